@@ -1,0 +1,133 @@
+"""The `dbqueue` command: ``serve`` runs a server, ``bench`` load-tests one."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from . import __version__
+from .protocol.frames import DEFAULT_MAX_MESSAGE_SIZE
+
+__all__ = ["main"]
+
+
+@click.group()
+@click.version_option(__version__, prog_name="dbqueue")
+def main() -> None:
+    """dbqueue: a message-queue server and its tools."""
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
+@click.option("--port", default=3003, show_default=True, type=click.IntRange(0, 65535), help="Port (0: any free port).")
+@click.option(
+    "--max-message-size",
+    default=DEFAULT_MAX_MESSAGE_SIZE,
+    show_default=True,
+    type=click.IntRange(1, 1 << 30),
+    help="Largest message accepted, in bytes.",
+)
+@click.option(
+    "--default-capacity",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Capacity of queues created without one (0: unbounded).",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+def serve(host: str, port: int, max_message_size: int, default_capacity: int, log_level: str) -> None:
+    """Run a server until SIGINT or SIGTERM."""
+    from .server import Server, run
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    server = Server(host, port, max_message_size=max_message_size, default_capacity=default_capacity)
+    try:
+        run(server)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+
+
+def _addresses(value: str) -> list[tuple[str, int]]:
+    from .client import parse_address
+
+    try:
+        return [parse_address(part.strip()) for part in value.split(",") if part.strip()]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=3003, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--address", "addresses", help="host:port[,host:port...] (overrides --host/--port): spread connections.")
+@click.option("--producers", default=16, show_default=True, type=click.IntRange(0))
+@click.option("--consumers", default=16, show_default=True, type=click.IntRange(0))
+@click.option("--pipeline", default=32, show_default=True, type=click.IntRange(1), help="Requests per batch.")
+@click.option("--iterations", default=1000, show_default=True, type=click.IntRange(1), help="Batches per producer.")
+@click.option("--payload", default=128, show_default=True, type=click.IntRange(0), help="Message size in bytes.")
+@click.option("--queue", default="foo", show_default=True)
+@click.option("--time-limit", default=120.0, show_default=True, help="Seconds before an unfinished run fails.")
+@click.option("--latency", is_flag=True, help="Unpipelined round trips on one connection instead of the load test.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+def bench(
+    host: str,
+    port: int,
+    addresses: str | None,
+    producers: int,
+    consumers: int,
+    pipeline: int,
+    iterations: int,
+    payload: int,
+    queue: str,
+    time_limit: float,
+    latency: bool,
+    as_json: bool,
+) -> None:
+    """Load-test a running server with the original's workload; every reply is checked."""
+    import json
+
+    from .bench import BenchConfig, BenchFailure, DbQueueDriver, run_load, run_round_trips
+    from .errors import DbQueueError
+    from .report import bench_table, progress_bar
+    from .server import new_event_loop
+
+    if consumers == 0 and producers and not latency:
+        raise click.BadParameter("a load test needs consumers to confirm what producers send", param_hint="--consumers")
+    config = BenchConfig(
+        _addresses(addresses) if addresses else [(host, port)],
+        producers,
+        consumers,
+        pipeline,
+        iterations,
+        payload,
+        queue,
+        time_limit=time_limit,
+    )
+    driver = DbQueueDriver(config)
+    loop = new_event_loop()
+    try:
+        if latency:
+            result = loop.run_until_complete(run_round_trips(driver))
+        elif as_json:
+            result = loop.run_until_complete(run_load(driver))
+        else:
+            with progress_bar("messages confirmed") as update:
+                result = loop.run_until_complete(run_load(driver, update))
+    except (BenchFailure, DbQueueError, OSError) as exc:
+        raise click.ClickException(f"benchmark failed: {exc}") from exc
+    finally:
+        loop.close()
+    if as_json:
+        click.echo(json.dumps(result.as_dict()))
+    else:
+        bench_table(result, "round trips" if latency else "load test")
+
+
+if __name__ == "__main__":
+    main()

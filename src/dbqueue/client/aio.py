@@ -1,0 +1,124 @@
+"""The asyncio client: many coroutines share one connection, their requests pipelined.
+
+Theory of operation
+-------------------
+Each command allocates a request id, parks a future under it and queues its
+frame. Frames queued during one loop iteration leave in one write (flushed by
+a single ``call_soon``), so concurrent coroutines pipeline without asking.
+Responses are matched to futures by request id, in whatever order they come.
+If the connection fails, every waiting future gets `ConnectionLost`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from ..errors import ConnectionLost, DbQueueError
+from ..protocol import messages as msg
+from ..protocol.connection import ClientConnection
+from .commands import Commands, Convert, parse_address, result_of
+
+__all__ = ["AsyncClient"]
+
+
+class _ClientProtocol(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.connection = ClientConnection()
+        self.transport: asyncio.Transport | None = None
+        self.pending: dict[int, asyncio.Future[msg.Response]] = {}
+        self.outgoing: list[bytes] = []
+        self.failure: DbQueueError | None = None
+        self._flush_scheduled = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's are not asyncio.Transport subclasses
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            responses = self.connection.receive_data(data)
+        except DbQueueError as exc:
+            self._fail(exc)
+            self.transport.close()  # type: ignore[union-attr]
+            return
+        pending = self.pending
+        for request_id, response in responses:
+            future = pending.pop(request_id, None)
+            if future is not None and not future.done():
+                future.set_result(response)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(ConnectionLost(f"connection lost: {exc}" if exc else "the server closed the connection"))
+
+    def _fail(self, error: DbQueueError) -> None:
+        if self.failure is None:
+            self.failure = error
+        pending, self.pending = self.pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(self.failure)
+
+    def submit(self, request: msg.Request) -> asyncio.Future[msg.Response]:
+        if self.failure is not None:
+            raise self.failure
+        request_id, frame = self.connection.send(request)
+        future = asyncio.get_running_loop().create_future()
+        self.pending[request_id] = future
+        self.outgoing.append(frame)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+        return future
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self.outgoing and self.failure is None:
+            data = b"".join(self.outgoing)
+            self.outgoing.clear()
+            self.transport.write(data)  # type: ignore[union-attr]
+
+
+class AsyncClient(Commands):
+    """An asyncio client; every command is a coroutine.
+
+    Any number of tasks may use one client at once: their requests share the
+    connection and are matched to their answers by request id.
+    """
+
+    def __init__(self, protocol: _ClientProtocol) -> None:
+        self._protocol = protocol
+
+    @classmethod
+    async def connect(cls, address: str | tuple[str, int], timeout: float | None = 10.0) -> AsyncClient:
+        """Connect to ``"host:port"`` and say Hello. Raises `ConnectionLost` (a `ConnectionError`)."""
+        host, port = parse_address(address)
+        loop = asyncio.get_running_loop()
+        try:
+            _, protocol = await asyncio.wait_for(loop.create_connection(_ClientProtocol, host, port), timeout)
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise ConnectionLost(f"cannot connect to {host}:{port}: {exc!r}") from exc
+        client = cls(protocol)
+        try:
+            ok = await client._call(msg.Hello(), lambda response: result_of(response, msg.HelloOk))
+        except BaseException:
+            await client.close()
+            raise
+        protocol.connection.max_message_size = ok.max_message_size
+        return client
+
+    async def _call(self, request: msg.Request, convert: Convert) -> Any:
+        return convert(await self._protocol.submit(request))
+
+    async def close(self) -> None:
+        """Close the connection; messages it holds in flight go back to their queues."""
+        transport = self._protocol.transport
+        if transport is not None and not transport.is_closing():
+            self._protocol._flush()
+            transport.close()
+        await asyncio.sleep(0)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()

@@ -1,0 +1,182 @@
+"""Blocking clients: `PipelinedClient` (raw requests and responses), `Client`, and `Pipeline`."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterable
+from typing import Any
+
+from ..errors import ConnectionLost, RequestError
+from ..protocol import messages as msg
+from ..protocol.connection import ClientConnection
+from .commands import Commands, Convert, parse_address, result_of
+
+__all__ = ["PipelinedClient", "Client", "Pipeline"]
+
+_RECV_SIZE = 256 * 1024
+
+
+class PipelinedClient:
+    """A blocking connection that sends many requests at once and reads responses as they come.
+
+    The lower-level form, for load generators and batch jobs: `send_many`
+    returns the request ids, `receive` returns (request id, response) pairs.
+    Responses are protocol messages (`dbqueue.protocol`), errors included.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.protocol = ClientConnection()
+        self._ready: list[tuple[int, msg.Response]] = []
+
+    @classmethod
+    def connect(cls, address: str | tuple[str, int], timeout: float | None = 10.0) -> PipelinedClient:
+        """Connect and say Hello. Raises `ConnectionLost` (an `OSError`) if the server is not there."""
+        host, port = parse_address(address)
+        try:
+            sock = socket.create_connection((host, port), timeout=timeout)
+        except OSError as exc:
+            raise ConnectionLost(f"cannot connect to {host}:{port}: {exc}") from exc
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        client = cls(sock)
+        try:
+            client.hello()
+        except BaseException:
+            sock.close()
+            raise
+        return client
+
+    def hello(self) -> msg.HelloOk:
+        """Exchange versions; the server's message-size limit then applies locally."""
+        (request_id,) = self.send_many([msg.Hello()])
+        ok = result_of(self.receive(1)[0][1], msg.HelloOk)
+        self.protocol.max_message_size = ok.max_message_size  # type: ignore[union-attr]
+        return ok  # type: ignore[return-value]
+
+    def send_many(self, requests: Iterable[msg.Request]) -> list[int]:
+        """Send ``requests`` in one write; return their request ids in order."""
+        ids = []
+        frames = []
+        for request in requests:
+            request_id, frame = self.protocol.send(request)
+            ids.append(request_id)
+            frames.append(frame)
+        self.send_bytes(b"".join(frames))
+        return ids
+
+    def send_bytes(self, data: bytes) -> None:
+        """Write prebuilt frames as they are."""
+        try:
+            self.sock.sendall(data)
+        except OSError as exc:
+            raise ConnectionLost(f"connection lost while sending: {exc}") from exc
+
+    def receive(self, count: int) -> list[tuple[int, msg.Response]]:
+        """Block until ``count`` responses have arrived; return them in arrival order."""
+        ready = self._ready
+        while len(ready) < count:
+            try:
+                data = self.sock.recv(_RECV_SIZE)
+            except OSError as exc:
+                raise ConnectionLost(f"connection lost while waiting for a response: {exc}") from exc
+            if not data:
+                raise ConnectionLost("the server closed the connection")
+            ready.extend(self.protocol.receive_data(data))
+        taken, self._ready = ready[:count], ready[count:]
+        return taken
+
+    def close(self) -> None:
+        """Close the socket (the server requeues whatever this connection holds in flight)."""
+        self.sock.close()
+
+    def __enter__(self) -> PipelinedClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class Client(Commands):
+    """A blocking client: each command sends one request and waits for its answer.
+
+    >>> with Client.connect("127.0.0.1:3003") as client:
+    ...     client.create("jobs")
+    ...     id_ = client.send("jobs", b"hello")
+    ...     message = client.read("jobs", timeout_ms=30_000)
+    ...     client.confirm(message.id)
+    """
+
+    def __init__(self, connection: PipelinedClient) -> None:
+        self.connection = connection
+
+    @classmethod
+    def connect(cls, address: str | tuple[str, int], timeout: float | None = 10.0) -> Client:
+        """Connect to ``"host:port"``. Raises `ConnectionLost` (a `ConnectionError`)."""
+        return cls(PipelinedClient.connect(address, timeout))
+
+    def _call(self, request: msg.Request, convert: Convert) -> Any:
+        self.connection.send_many((request,))
+        ((_, response),) = self.connection.receive(1)
+        return convert(response)
+
+    def pipeline(self) -> Pipeline:
+        """Start a pipeline: queue commands, then `Pipeline.execute` sends them in one write."""
+        return Pipeline(self.connection)
+
+    def close(self) -> None:
+        """Close the connection; messages it holds in flight go back to their queues."""
+        self.connection.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class Pipeline(Commands):
+    """Commands queued without waiting; `execute` sends them all and returns their results.
+
+    Each command returns the pipeline, so calls chain. Results come back in
+    request order; a refused request's result is its exception instance (not
+    raised) unless ``execute(raise_on_error=True)``.
+    """
+
+    def __init__(self, connection: PipelinedClient) -> None:
+        self.connection = connection
+        self._queued: list[tuple[msg.Request, Convert]] = []
+
+    def _call(self, request: msg.Request, convert: Convert) -> Pipeline:
+        self._queued.append((request, convert))
+        return self
+
+    def __len__(self) -> int:
+        return len(self._queued)
+
+    def execute(self, raise_on_error: bool = False) -> list[Any]:
+        """Send every queued command in one write; return their results in order.
+
+        Raises the first refused request's error if ``raise_on_error``; raises
+        `ConnectionLost` if the connection fails.
+        """
+        queued, self._queued = self._queued, []
+        if not queued:
+            return []
+        ids = self.connection.send_many(request for request, _ in queued)
+        # Matched by request id: the server may answer out of order.
+        responses = dict(self.connection.receive(len(queued)))
+        results: list[Any] = []
+        for (_, convert), request_id in zip(queued, ids):
+            try:
+                results.append(convert(responses[request_id]))
+            except RequestError as exc:
+                if raise_on_error:
+                    raise
+                results.append(exc)
+        return results
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._queued.clear()

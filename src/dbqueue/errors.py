@@ -1,0 +1,146 @@
+"""One error tree for the whole package, and the table from wire error code to class.
+
+Errors fall in two families, as in trio and h11:
+
+* *the server refused a request* (`RequestError` and its subclasses): the
+  connection is fine and the caller may go on using it;
+* *the connection is unusable* (`ProtocolError`, `ConnectionLost`): the peer
+  sent bytes that break the framing, or the socket went away.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DbQueueError",
+    "RequestError",
+    "NoSuchQueue",
+    "NoSuchMessage",
+    "QueueFull",
+    "Requeued",
+    "InvalidRequest",
+    "UnknownOpcode",
+    "MessageTooLarge",
+    "InvalidQueueName",
+    "UnsupportedVersion",
+    "ProtocolError",
+    "ConnectionLost",
+    "ErrorCode",
+    "error_for_code",
+]
+
+import enum
+
+
+class ErrorCode(enum.IntEnum):
+    """Codes carried by the wire `Error` response (see docs/protocol.md)."""
+
+    MALFORMED = 1  # the body does not parse for its opcode
+    UNKNOWN_OPCODE = 2
+    MESSAGE_TOO_LARGE = 3
+    INVALID_QUEUE_NAME = 4
+    NO_SUCH_QUEUE = 5
+    NO_SUCH_MESSAGE = 6
+    UNSUPPORTED_VERSION = 7
+    BAD_FRAME = 8  # framing lost: the server closes the connection after it
+    QUEUE_FULL = 9  # only used client-side; the wire answers with a Full frame
+    REQUEUED = 10  # only used client-side; the wire answers with a Requeued frame
+    INTERNAL = 99
+
+
+class DbQueueError(Exception):
+    """Root of every error dbqueue raises."""
+
+
+class RequestError(DbQueueError):
+    """The server refused one request; the connection stays usable."""
+
+    code: ErrorCode = ErrorCode.INTERNAL
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message or self.__class__.__doc__ or self.__class__.__name__)
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+class NoSuchQueue(RequestError, LookupError):
+    """No queue has that name."""
+
+    code = ErrorCode.NO_SUCH_QUEUE
+
+
+class NoSuchMessage(RequestError, LookupError):
+    """No message with that id is in flight (never read, already confirmed, or its queue was deleted)."""
+
+    code = ErrorCode.NO_SUCH_MESSAGE
+
+
+class QueueFull(RequestError):
+    """The queue holds as many messages as its capacity allows."""
+
+    code = ErrorCode.QUEUE_FULL
+
+
+class Requeued(RequestError):
+    """The message's timeout passed before the confirm: it went back to its queue."""
+
+    code = ErrorCode.REQUEUED
+
+
+class InvalidRequest(RequestError, ValueError):
+    """The request was malformed or used an unknown opcode."""
+
+    code = ErrorCode.MALFORMED
+
+
+class UnknownOpcode(InvalidRequest):
+    """The opcode is not one this server knows (a newer client?)."""
+
+    code = ErrorCode.UNKNOWN_OPCODE
+
+
+class MessageTooLarge(InvalidRequest):
+    """The message is larger than the server's limit."""
+
+    code = ErrorCode.MESSAGE_TOO_LARGE
+
+
+class InvalidQueueName(InvalidRequest):
+    """Queue names are 1-255 bytes of UTF-8."""
+
+    code = ErrorCode.INVALID_QUEUE_NAME
+
+
+class UnsupportedVersion(RequestError):
+    """The server and the client share no protocol version."""
+
+    code = ErrorCode.UNSUPPORTED_VERSION
+
+
+class ProtocolError(DbQueueError):
+    """The peer sent bytes that break the framing; the connection cannot go on."""
+
+
+class ConnectionLost(DbQueueError, ConnectionError):
+    """The connection closed or failed before the answer arrived."""
+
+
+_CLASS_FOR_CODE: dict[int, type[RequestError]] = {
+    ErrorCode.MALFORMED: InvalidRequest,
+    ErrorCode.UNKNOWN_OPCODE: UnknownOpcode,
+    ErrorCode.MESSAGE_TOO_LARGE: MessageTooLarge,
+    ErrorCode.INVALID_QUEUE_NAME: InvalidQueueName,
+    ErrorCode.NO_SUCH_QUEUE: NoSuchQueue,
+    ErrorCode.NO_SUCH_MESSAGE: NoSuchMessage,
+    ErrorCode.UNSUPPORTED_VERSION: UnsupportedVersion,
+    ErrorCode.QUEUE_FULL: QueueFull,
+    ErrorCode.REQUEUED: Requeued,
+}
+
+
+def error_for_code(code: int, message: str) -> DbQueueError:
+    """Return the exception instance for a wire error code (unknown codes give a plain `RequestError`)."""
+    if code == ErrorCode.BAD_FRAME:
+        return ProtocolError(message)
+    return _CLASS_FOR_CODE.get(code, RequestError)(message)

@@ -1,0 +1,61 @@
+"""The client side of a connection, without I/O: request ids out, responses in.
+
+Every I/O flavour (the blocking `Client`, the `AsyncClient`, load generators)
+is a thin loop around `ClientConnection`: ``send`` returns the bytes to write,
+``receive_data`` takes the bytes that arrived and returns the responses they
+complete, each tagged with the request id it answers.
+"""
+
+from __future__ import annotations
+
+from ..errors import InvalidRequest, MessageTooLarge, ProtocolError
+from .frames import BODY_OVERHEAD, DEFAULT_MAX_MESSAGE_SIZE, FrameReader
+from .messages import Enqueue, Request, Response, decode_response, encode
+
+__all__ = ["ClientConnection"]
+
+_MAX_REQUEST_ID = 0xFFFFFFFF
+
+
+class ClientConnection:
+    """Request-id allocation and response decoding for one connection."""
+
+    __slots__ = ("_next_id", "_reader", "max_message_size")
+
+    def __init__(self, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
+        self._next_id = 1
+        self.max_message_size = max_message_size
+        # Accept responses of any size the protocol allows: the server's own
+        # limit only becomes known with its HelloOk.
+        self._reader = FrameReader(max(max_message_size, 64 * 1024 * 1024) + BODY_OVERHEAD)
+
+    def next_request_id(self) -> int:
+        """Allocate a request id (1 .. 2**32-1, wrapping)."""
+        request_id = self._next_id
+        self._next_id = request_id + 1 if request_id < _MAX_REQUEST_ID else 1
+        return request_id
+
+    def send(self, request: Request) -> tuple[int, bytes]:
+        """Return (request id, frame) for ``request``.
+
+        Raises `InvalidQueueName` for a bad name and `MessageTooLarge` for a
+        payload over the server's limit, before anything is sent.
+        """
+        if isinstance(request, Enqueue) and len(request.data) > self.max_message_size:
+            raise MessageTooLarge(
+                f"message of {len(request.data)} bytes exceeds the server's limit of {self.max_message_size} bytes"
+            )
+        request_id = self.next_request_id()
+        return request_id, encode(request_id, request)
+
+    def receive_data(self, data: bytes) -> list[tuple[int, Response]]:
+        """Return the (request id, response) pairs completed by ``data``; raise `ProtocolError` on garbage."""
+        frames = self._reader.feed(data)
+        try:
+            responses = [(request_id, decode_response(opcode, body)) for opcode, _flags, request_id, body in frames]
+        except InvalidRequest as exc:
+            raise ProtocolError(f"the server sent a malformed frame: {exc}") from None
+        failure = self._reader.failure
+        if failure is not None:
+            raise ProtocolError(f"the server's byte stream is broken: {failure.message}")
+        return responses

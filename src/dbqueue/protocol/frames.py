@@ -1,0 +1,159 @@
+"""Framing: the fixed header, the opcodes, and the receive buffer.
+
+Theory of operation
+-------------------
+Every frame, in both directions, is a 12-byte header and a body::
+
+    magic u8 (0xDB) | opcode u8 | flags u16 | request_id u32 | body_length u32 | body
+
+all big-endian. The header alone tells where the frame ends, so the receiver
+checks the announced length against its limit *before* buffering any of the
+body: a peer that announces 4 GiB is refused at the header.
+
+`FrameReader.feed` takes whatever bytes arrived and returns every complete
+frame in them as ``(opcode, flags, request_id, body)`` tuples, in one tight
+loop: the server handles a whole received buffer of pipelined requests at once
+and answers them with one write. A frame that breaks the framing (bad magic,
+oversized length) stops the reader for good: `feed` returns the frames before
+it and `FrameReader.failure` says what went wrong, so the caller can answer
+what it has, report the failure and close.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from typing import NamedTuple
+
+from ..errors import ErrorCode
+
+__all__ = [
+    "MAGIC",
+    "HEADER",
+    "HEADER_SIZE",
+    "PROTOCOL_VERSION",
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "MAX_QUEUE_NAME",
+    "BODY_OVERHEAD",
+    "Op",
+    "Frame",
+    "FrameFailure",
+    "FrameReader",
+]
+
+MAGIC = 0xDB
+HEADER = struct.Struct(">BBHII")
+HEADER_SIZE = HEADER.size  # 12
+PROTOCOL_VERSION = 1
+DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
+MAX_QUEUE_NAME = 255
+# Room in a body for everything but the payload: the largest fixed fields
+# (a Message response: id u64 + deliveries u32) plus a length-prefixed queue name.
+BODY_OVERHEAD = 1 + MAX_QUEUE_NAME + 16
+
+
+class Op(enum.IntEnum):
+    """Opcodes. Requests are below 0x80, responses at or above it.
+
+    Gaps are deliberate: each block leaves room for the operations planned
+    next (batches, waiting reads, touch/release, stats, group discovery).
+    """
+
+    # requests: session and queue management
+    HELLO = 0x01
+    CREATE_QUEUE = 0x02
+    DELETE_QUEUE = 0x03
+    # requests: messages
+    ENQUEUE = 0x10
+    READ = 0x11
+    CONFIRM = 0x12
+    # responses
+    HELLO_OK = 0x81
+    QUEUE_CREATED = 0x82
+    QUEUE_DELETED = 0x83
+    OBJECT_QUEUED = 0x90
+    MESSAGE = 0x91
+    CONFIRMED = 0x92
+    REQUEUED = 0x93
+    FULL = 0x94
+    EMPTY = 0x95
+    ERROR = 0xFF
+
+
+# (opcode, flags, request_id, body): a plain tuple, built once per frame on the hot path.
+Frame = tuple[int, int, int, bytes]
+
+
+class FrameFailure(NamedTuple):
+    """Why a reader stopped: the framing is lost and the connection must close."""
+
+    request_id: int  # of the offending frame when its header was readable, else 0
+    code: int  # an `ErrorCode`
+    message: str
+
+
+class FrameReader:
+    """Cuts a byte stream into frames; holds at most one partial frame.
+
+    ``max_body`` bounds the body length a header may announce.
+    """
+
+    __slots__ = ("max_body", "failure", "_chunks", "_buffered", "_needed")
+
+    def __init__(self, max_body: int) -> None:
+        self.max_body = max_body
+        self.failure: FrameFailure | None = None
+        self._chunks: list[bytes] = []
+        self._buffered = 0
+        self._needed = HEADER_SIZE  # bytes needed before parsing is worth trying
+
+    def feed(self, data: bytes) -> list[Frame]:
+        """Add received bytes; return every frame now complete, in order."""
+        if self.failure is not None:
+            return []
+        if self._chunks:
+            # Join only once enough has arrived: a large frame received in
+            # many small reads costs one copy, not one per read.
+            self._chunks.append(data)
+            self._buffered += len(data)
+            if self._buffered < self._needed:
+                return []
+            data = b"".join(self._chunks)
+            self._chunks.clear()
+        frames: list[Frame] = []
+        unpack = HEADER.unpack_from
+        max_body = self.max_body
+        pos = 0
+        end = len(data)
+        needed = HEADER_SIZE
+        while end - pos >= HEADER_SIZE:
+            magic, opcode, flags, request_id, length = unpack(data, pos)
+            if magic != MAGIC or length > max_body:
+                self.failure = _failure(magic, request_id, length, max_body)
+                return frames
+            stop = pos + HEADER_SIZE + length
+            if stop > end:
+                needed = stop - pos
+                break
+            frames.append((opcode, flags, request_id, data[pos + HEADER_SIZE : stop]))
+            pos = stop
+        if pos < end:
+            self._chunks.append(data[pos:] if pos else data)
+        self._buffered = end - pos
+        self._needed = needed
+        return frames
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held of a frame not yet complete."""
+        return self._buffered
+
+
+def _failure(magic: int, request_id: int, length: int, max_body: int) -> FrameFailure:
+    if magic != MAGIC:
+        return FrameFailure(0, ErrorCode.BAD_FRAME, f"bad frame: magic byte 0x{magic:02x}, expected 0x{MAGIC:02x}")
+    return FrameFailure(
+        request_id,
+        ErrorCode.MESSAGE_TOO_LARGE,
+        f"frame body of {length} bytes exceeds the limit of {max_body} bytes",
+    )

@@ -1,0 +1,404 @@
+"""Message types and their body layouts, shared by the server and every client.
+
+Each request and response is a frozen, slotted dataclass with an ``OPCODE``;
+`encode` turns one into a frame, `decode_request` / `decode_response` turn a
+frame back. The server's hot path skips the dataclasses and calls the
+``split_*`` functions and precompiled structs below directly: they are the
+single definition of each body layout, used by both paths.
+
+Queue names travel as a u8 length and that many bytes of UTF-8 (1-255).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import ClassVar, Union
+
+from ..errors import InvalidQueueName, InvalidRequest, UnknownOpcode
+from .frames import HEADER, MAGIC, MAX_QUEUE_NAME, PROTOCOL_VERSION, Op
+
+__all__ = [
+    "Hello",
+    "CreateQueue",
+    "DeleteQueue",
+    "Enqueue",
+    "Read",
+    "Confirm",
+    "HelloOk",
+    "QueueCreated",
+    "QueueDeleted",
+    "ObjectQueued",
+    "Message",
+    "Confirmed",
+    "Requeued",
+    "Full",
+    "Empty",
+    "Error",
+    "Request",
+    "Response",
+    "encode",
+    "decode_request",
+    "decode_response",
+    "encode_name",
+    "split_enqueue",
+    "split_read",
+    "split_name",
+    "error_frame",
+    "U64",
+    "ID_FRAME",
+    "MESSAGE_HEAD",
+]
+
+U16 = struct.Struct(">H")
+U32 = struct.Struct(">I")
+U64 = struct.Struct(">Q")
+HELLO_OK_HEAD = struct.Struct(">HI")
+MESSAGE_FIELDS = struct.Struct(">QI")
+# Whole frames the server builds in one call on its hot path.
+ID_FRAME = struct.Struct(">BBHIIQ")  # header + one u64 id (ObjectQueued, Confirm)
+MESSAGE_HEAD = struct.Struct(">BBHIIQI")  # header + id + deliveries; the payload follows
+
+
+# --- body helpers --------------------------------------------------------------------
+
+
+def encode_name(name: str) -> bytes:
+    """Return the wire form of a queue name (u8 length + UTF-8); raise `InvalidQueueName`."""
+    raw = name.encode("utf-8") if isinstance(name, str) else b""
+    if not 1 <= len(raw) <= MAX_QUEUE_NAME:
+        raise InvalidQueueName(f"queue names are 1-{MAX_QUEUE_NAME} bytes of UTF-8, got {name!r}")
+    return bytes((len(raw),)) + raw
+
+
+def split_name(body: bytes, pos: int = 0) -> tuple[bytes, int]:
+    """Return (raw name, position after it) of a name at ``pos``; raise `InvalidRequest`."""
+    try:
+        size = body[pos]
+    except IndexError:
+        raise InvalidRequest("body too short for a queue name") from None
+    stop = pos + 1 + size
+    if size == 0:
+        raise InvalidQueueName(f"queue names are 1-{MAX_QUEUE_NAME} bytes of UTF-8, got an empty name")
+    if stop > len(body):
+        raise InvalidRequest(f"a queue name of {size} bytes runs past the end of the body")
+    return body[pos + 1 : stop], stop
+
+
+def split_enqueue(body: bytes) -> tuple[bytes, bytes]:
+    """Return (raw queue name, payload) of an ENQUEUE body."""
+    name, stop = split_name(body)
+    return name, body[stop:]
+
+
+def split_read(body: bytes) -> tuple[bytes, int]:
+    """Return (raw queue name, timeout_ms) of a READ body."""
+    if len(body) < 5:
+        raise InvalidRequest("READ body too short")
+    name, stop = split_name(body, 4)
+    if stop != len(body):
+        raise InvalidRequest("READ body has trailing bytes")
+    return name, U32.unpack_from(body)[0]
+
+
+def _decode_name(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidQueueName("queue name is not valid UTF-8") from None
+
+
+def _expect_empty(body: bytes, what: str) -> None:
+    if body:
+        raise InvalidRequest(f"{what} takes no body, got {len(body)} bytes")
+
+
+def _fixed(layout: struct.Struct, body: bytes, what: str) -> tuple:
+    if len(body) != layout.size:
+        raise InvalidRequest(f"{what} body must be {layout.size} bytes, got {len(body)}")
+    return layout.unpack(body)
+
+
+# --- requests ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """Opens a session: the client's protocol version."""
+
+    OPCODE: ClassVar[int] = Op.HELLO
+    version: int = PROTOCOL_VERSION
+
+    def body(self) -> bytes:
+        return U16.pack(self.version)
+
+    @classmethod
+    def from_body(cls, body: bytes) -> Hello:
+        return cls(*_fixed(U16, body, "HELLO"))
+
+
+@dataclass(frozen=True, slots=True)
+class CreateQueue:
+    """Create a queue (idempotent). ``capacity`` 0 means the server's default."""
+
+    OPCODE: ClassVar[int] = Op.CREATE_QUEUE
+    name: str
+    capacity: int = 0
+
+    def body(self) -> bytes:
+        return encode_name(self.name) + U64.pack(self.capacity)
+
+    @classmethod
+    def from_body(cls, body: bytes) -> CreateQueue:
+        raw, stop = split_name(body)
+        (capacity,) = _fixed(U64, body[stop:], "CREATE_QUEUE capacity")
+        return cls(_decode_name(raw), capacity)
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteQueue:
+    """Delete a queue with every message it holds."""
+
+    OPCODE: ClassVar[int] = Op.DELETE_QUEUE
+    name: str
+
+    def body(self) -> bytes:
+        return encode_name(self.name)
+
+    @classmethod
+    def from_body(cls, body: bytes) -> DeleteQueue:
+        raw, stop = split_name(body)
+        if stop != len(body):
+            raise InvalidRequest("DELETE_QUEUE body has trailing bytes")
+        return cls(_decode_name(raw))
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueue:
+    """Append ``data`` to a queue."""
+
+    OPCODE: ClassVar[int] = Op.ENQUEUE
+    queue: str
+    data: bytes
+
+    def body(self) -> bytes:
+        return encode_name(self.queue) + self.data
+
+    @classmethod
+    def from_body(cls, body: bytes) -> Enqueue:
+        raw, data = split_enqueue(body)
+        return cls(_decode_name(raw), data)
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    """Take the next message of a queue; confirm it within ``timeout_ms`` (0: no timeout)."""
+
+    OPCODE: ClassVar[int] = Op.READ
+    queue: str
+    timeout_ms: int = 0
+
+    def body(self) -> bytes:
+        return U32.pack(self.timeout_ms) + encode_name(self.queue)
+
+    @classmethod
+    def from_body(cls, body: bytes) -> Read:
+        raw, timeout_ms = split_read(body)
+        return cls(_decode_name(raw), timeout_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class Confirm:
+    """Acknowledge an in-flight message: the server forgets it."""
+
+    OPCODE: ClassVar[int] = Op.CONFIRM
+    id: int
+
+    def body(self) -> bytes:
+        return U64.pack(self.id)
+
+    @classmethod
+    def from_body(cls, body: bytes) -> Confirm:
+        return cls(*_fixed(U64, body, "CONFIRM"))
+
+
+# --- responses -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class HelloOk:
+    """The server's answer to Hello: the version it will speak and its limits."""
+
+    OPCODE: ClassVar[int] = Op.HELLO_OK
+    version: int
+    max_message_size: int
+    server: str = ""
+
+    def body(self) -> bytes:
+        return HELLO_OK_HEAD.pack(self.version, self.max_message_size) + self.server.encode()
+
+    @classmethod
+    def from_body(cls, body: bytes) -> HelloOk:
+        if len(body) < HELLO_OK_HEAD.size:
+            raise InvalidRequest("HELLO_OK body too short")
+        version, max_size = HELLO_OK_HEAD.unpack_from(body)
+        return cls(version, max_size, body[HELLO_OK_HEAD.size :].decode("utf-8", "replace"))
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectQueued:
+    """The message was accepted; ``id`` names it from now on."""
+
+    OPCODE: ClassVar[int] = Op.OBJECT_QUEUED
+    id: int
+
+    def body(self) -> bytes:
+        return U64.pack(self.id)
+
+    @classmethod
+    def from_body(cls, body: bytes) -> ObjectQueued:
+        return cls(*_fixed(U64, body, "OBJECT_QUEUED"))
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message handed out by a read: confirm ``id`` before the read's timeout.
+
+    ``deliveries`` counts how many times it has been handed out, this time included.
+    """
+
+    OPCODE: ClassVar[int] = Op.MESSAGE
+    id: int
+    data: bytes
+    deliveries: int = 1
+
+    def body(self) -> bytes:
+        return MESSAGE_FIELDS.pack(self.id, self.deliveries) + self.data
+
+    @classmethod
+    def from_body(cls, body: bytes) -> Message:
+        if len(body) < MESSAGE_FIELDS.size:
+            raise InvalidRequest("MESSAGE body too short")
+        id_, deliveries = MESSAGE_FIELDS.unpack_from(body)
+        return cls(id_, body[MESSAGE_FIELDS.size :], deliveries)
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    """A refused request: an `ErrorCode` and a readable reason."""
+
+    OPCODE: ClassVar[int] = Op.ERROR
+    code: int
+    message: str
+
+    def body(self) -> bytes:
+        return U16.pack(self.code) + self.message.encode("utf-8")
+
+    @classmethod
+    def from_body(cls, body: bytes) -> Error:
+        if len(body) < 2:
+            raise InvalidRequest("ERROR body too short")
+        return cls(U16.unpack_from(body)[0], body[2:].decode("utf-8", "replace"))
+
+
+class _Bare:
+    """A response with no body; its one instance is the class's ``INSTANCE``."""
+
+    __slots__ = ()
+    OPCODE: ClassVar[int]
+
+    def body(self) -> bytes:
+        return b""
+
+    @classmethod
+    def from_body(cls, body: bytes) -> _Bare:
+        _expect_empty(body, cls.__name__)
+        return cls.INSTANCE  # type: ignore[attr-defined, no-any-return]
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self)
+
+    def __hash__(self) -> int:
+        return self.OPCODE
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class QueueCreated(_Bare):
+    """The queue exists (it may have existed before)."""
+
+    OPCODE = Op.QUEUE_CREATED
+
+
+class QueueDeleted(_Bare):
+    """The queue and its messages are gone."""
+
+    OPCODE = Op.QUEUE_DELETED
+
+
+class Confirmed(_Bare):
+    """The message was confirmed in time and is gone for good."""
+
+    OPCODE = Op.CONFIRMED
+
+
+class Requeued(_Bare):
+    """The confirm came too late: the message went back to its queue."""
+
+    OPCODE = Op.REQUEUED
+
+
+class Full(_Bare):
+    """The queue is at capacity; the message was not accepted."""
+
+    OPCODE = Op.FULL
+
+
+class Empty(_Bare):
+    """The queue has no message ready."""
+
+    OPCODE = Op.EMPTY
+
+
+for _bare in (QueueCreated, QueueDeleted, Confirmed, Requeued, Full, Empty):
+    _bare.INSTANCE = _bare()  # type: ignore[attr-defined]
+
+Request = Union[Hello, CreateQueue, DeleteQueue, Enqueue, Read, Confirm]
+Response = Union[
+    HelloOk, QueueCreated, QueueDeleted, ObjectQueued, Message, Confirmed, Requeued, Full, Empty, Error
+]
+
+_REQUESTS = {cls.OPCODE: cls for cls in (Hello, CreateQueue, DeleteQueue, Enqueue, Read, Confirm)}
+_RESPONSES = {
+    cls.OPCODE: cls
+    for cls in (HelloOk, QueueCreated, QueueDeleted, ObjectQueued, Message, Confirmed, Requeued, Full, Empty, Error)
+}
+
+
+def encode(request_id: int, message: Request | Response, flags: int = 0) -> bytes:
+    """Return the whole frame for ``message``; raise `InvalidQueueName` for a bad name."""
+    body = message.body()
+    return HEADER.pack(MAGIC, message.OPCODE, flags, request_id, len(body)) + body
+
+
+def decode_request(opcode: int, body: bytes) -> Request:
+    """Return the request a frame carries; raise `InvalidRequest` (or a subclass) if it does not parse."""
+    cls = _REQUESTS.get(opcode)
+    if cls is None:
+        raise UnknownOpcode(f"unknown request opcode 0x{opcode:02x}")
+    return cls.from_body(body)  # type: ignore[no-any-return]
+
+
+def decode_response(opcode: int, body: bytes) -> Response:
+    """Return the response a frame carries; raise `InvalidRequest` if it does not parse."""
+    cls = _RESPONSES.get(opcode)
+    if cls is None:
+        raise InvalidRequest(f"unknown response opcode 0x{opcode:02x}")
+    return cls.from_body(body)  # type: ignore[no-any-return]
+
+
+def error_frame(request_id: int, code: int, message: str) -> bytes:
+    """Return an ERROR frame (the server's one way to refuse a request)."""
+    return encode(request_id, Error(code, message))
+

@@ -1,0 +1,154 @@
+"""The Server: listening socket, sessions, and the one timer that sweeps deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+
+from .. import __version__
+from ..protocol.frames import DEFAULT_MAX_MESSAGE_SIZE
+from .queues import Broker
+from .session import Session
+
+__all__ = ["Server", "run", "new_event_loop"]
+
+log = logging.getLogger("dbqueue.server")
+
+# Deadlines are swept at most this often: timeouts fire up to this late, and a
+# stream of reads whose deadlines all differ costs 100 wake-ups a second, not one each.
+SWEEP_RESOLUTION = 0.01
+
+
+class Server:
+    """A dbqueue server inside the running asyncio loop.
+
+    ``port=0`` picks a free port; `port` holds the real one after `start`.
+    ``default_capacity`` bounds queues created without a capacity (0: unbounded).
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 3003,
+        *,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        default_capacity: int = 0,
+        backlog: int = 4096,
+    ) -> None:
+        if max_message_size < 1:
+            raise ValueError("max_message_size must be positive")
+        self.host = host
+        self.port = port
+        self.max_message_size = max_message_size
+        self.backlog = backlog
+        self.name = f"dbqueue/{__version__}"
+        self.broker = Broker(default_capacity=default_capacity)
+        self.sessions: set[Session] = set()
+        self.clock: Callable[[], float] = _unstarted_clock
+        self._listener: asyncio.base_events.Server | None = None
+        self._expiry: asyncio.TimerHandle | None = None
+        self._expiry_at = 0.0
+
+    @property
+    def address(self) -> str:
+        """``host:port`` as a client would connect to it."""
+        return f"{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        """Bind and start accepting connections; raise `OSError` if the address is taken."""
+        loop = asyncio.get_running_loop()
+        self.clock = loop.time
+        self._listener = await loop.create_server(
+            lambda: Session(self), self.host, self.port, backlog=self.backlog, reuse_address=True
+        )
+        self.port = self._listener.sockets[0].getsockname()[1]
+        log.info("dbqueue listening on %s (max message %d bytes)", self.address, self.max_message_size)
+
+    async def stop(self) -> None:
+        """Stop accepting, close every connection (their in-flight messages go back) and wait."""
+        if self._listener is not None:
+            self._listener.close()
+        for session in list(self.sessions):
+            if session.transport is not None:
+                session.transport.close()
+        await asyncio.sleep(0)  # let each closed session's connection_lost run
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if self._listener is not None:
+            await self._listener.wait_closed()
+            self._listener = None
+        log.info("dbqueue on %s stopped", self.address)
+
+    async def __aenter__(self) -> Server:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def serve_forever(self) -> None:
+        """Start if needed and serve until cancelled."""
+        if self._listener is None:
+            await self.start()
+        try:
+            await asyncio.Future()
+        finally:
+            await self.stop()
+
+    # --- deadlines -------------------------------------------------------------------
+
+    def schedule_expiry(self) -> None:
+        """Make sure the timer fires by the earliest in-flight deadline."""
+        deadline = self.broker.next_deadline()
+        if deadline is None:
+            return
+        if self._expiry is not None:
+            if self._expiry_at <= deadline:
+                return
+            self._expiry.cancel()
+        when = max(deadline, self.clock() + SWEEP_RESOLUTION)
+        self._expiry_at = when
+        self._expiry = asyncio.get_running_loop().call_at(when, self._expire)
+
+    def _expire(self) -> None:
+        self._expiry = None
+        count = self.broker.expire(self.clock())
+        if count:
+            log.debug("requeued %d messages whose timeout passed", count)
+        self.schedule_expiry()
+
+
+def _unstarted_clock() -> float:
+    raise RuntimeError("the server has not been started")
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """A uvloop loop when uvloop is installed, else the stdlib's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()  # type: ignore[no-any-return]
+
+
+def run(server: Server) -> None:
+    """Run ``server`` in a new event loop until SIGINT or SIGTERM, then shut down cleanly."""
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
+
+    async def main() -> None:
+        await server.start()
+        stopping = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stopping.set)
+        await stopping.wait()
+        log.info("signal received, shutting down")
+        await server.stop()
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
