@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ..errors import ErrorCode
 
@@ -107,7 +107,7 @@ class FrameReader:
         self._buffered = 0
         self._needed = HEADER_SIZE  # bytes needed before parsing is worth trying
 
-    def feed(self, data: bytes) -> list[Frame]:
+    def feed(self, data: bytes) -> list[Any]:
         """Add received bytes; return every frame now complete, in order."""
         if self.failure is not None:
             return []
@@ -120,28 +120,31 @@ class FrameReader:
                 return []
             data = b"".join(self._chunks)
             self._chunks.clear()
+        items, pos, self._needed = self._scan(data)
+        end = len(data)
+        if pos < end:
+            self._chunks.append(data[pos:] if pos else data)
+        self._buffered = end - pos
+        return items
+
+    def _scan(self, data: bytes) -> tuple[list[Any], int, int]:
+        """Cut complete frames from ``data``; return (frames, bytes consumed, bytes the next frame needs)."""
         frames: list[Frame] = []
         unpack = HEADER.unpack_from
         max_body = self.max_body
         pos = 0
         end = len(data)
-        needed = HEADER_SIZE
         while end - pos >= HEADER_SIZE:
             magic, opcode, flags, request_id, length = unpack(data, pos)
             if magic != MAGIC or length > max_body:
-                self.failure = _failure(magic, request_id, length, max_body)
-                return frames
+                self.failure = framing_failure(magic, request_id, length, max_body)
+                return frames, end, HEADER_SIZE
             stop = pos + HEADER_SIZE + length
             if stop > end:
-                needed = stop - pos
-                break
+                return frames, pos, stop - pos
             frames.append((opcode, flags, request_id, data[pos + HEADER_SIZE : stop]))
             pos = stop
-        if pos < end:
-            self._chunks.append(data[pos:] if pos else data)
-        self._buffered = end - pos
-        self._needed = needed
-        return frames
+        return frames, pos, HEADER_SIZE
 
     @property
     def buffered(self) -> int:
@@ -149,7 +152,7 @@ class FrameReader:
         return self._buffered
 
 
-def _failure(magic: int, request_id: int, length: int, max_body: int) -> FrameFailure:
+def framing_failure(magic: int, request_id: int, length: int, max_body: int) -> FrameFailure:
     if magic != MAGIC:
         return FrameFailure(0, ErrorCode.BAD_FRAME, f"bad frame: magic byte 0x{magic:02x}, expected 0x{MAGIC:02x}")
     return FrameFailure(

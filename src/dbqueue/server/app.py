@@ -47,6 +47,7 @@ class Server:
         self.broker = Broker(default_capacity=default_capacity)
         self.sessions: set[Session] = set()
         self.clock: Callable[[], float] = _unstarted_clock
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._listener: asyncio.base_events.Server | None = None
         self._expiry: asyncio.TimerHandle | None = None
         self._expiry_at = 0.0
@@ -58,7 +59,7 @@ class Server:
 
     async def start(self) -> None:
         """Bind and start accepting connections; raise `OSError` if the address is taken."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self.clock = loop.time
         self._listener = await loop.create_server(
             lambda: Session(self), self.host, self.port, backlog=self.backlog, reuse_address=True
@@ -111,7 +112,7 @@ class Server:
             self._expiry.cancel()
         when = max(deadline, self.clock() + SWEEP_RESOLUTION)
         self._expiry_at = when
-        self._expiry = asyncio.get_running_loop().call_at(when, self._expire)
+        self._expiry = self._loop.call_at(when, self._expire)  # type: ignore[union-attr]
 
     def _expire(self) -> None:
         self._expiry = None

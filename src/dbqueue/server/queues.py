@@ -175,19 +175,18 @@ class Broker:
         record = queue.pop()
         if record is None:
             return None
+        id_ = record.id
         record.deliveries += 1
         record.held = held
-        held[record.id] = record
-        self.records[record.id] = record
-        if timeout_ms:
+        held[id_] = record
+        self.records[id_] = record
+        if timeout_ms:  # else the deadline is already 0: fresh, or reset by `requeue`
             record.deadline = deadline = now + timeout_ms / 1000.0
             heap = self._deadlines
-            heapq.heappush(heap, (deadline, record.id))
+            heapq.heappush(heap, (deadline, id_))
             self._timed += 1
             if len(heap) > 2 * self._timed + 1024:
                 self._compact()
-        else:
-            record.deadline = 0.0
         return record
 
     def confirm(self, id_: int) -> Outcome:
