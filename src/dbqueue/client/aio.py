@@ -29,6 +29,7 @@ class _ClientProtocol(asyncio.Protocol):
         self.pending: dict[int, asyncio.Future[msg.Response]] = {}
         self.outgoing: list[bytes] = []
         self.failure: DbQueueError | None = None
+        self.closing = False  # set by AsyncClient.close: "you closed it", not "the peer broke it"
         self._flush_scheduled = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -48,7 +49,10 @@ class _ClientProtocol(asyncio.Protocol):
                 future.set_result(response)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._fail(ConnectionLost(f"connection lost: {exc}" if exc else "the server closed the connection"))
+        if self.closing:
+            self._fail(ConnectionLost("the client closed the connection"))
+        else:
+            self._fail(ConnectionLost(f"connection lost: {exc}" if exc else "the server closed the connection"))
 
     def _fail(self, error: DbQueueError) -> None:
         if self.failure is None:
@@ -112,6 +116,7 @@ class AsyncClient(Commands):
     async def close(self) -> None:
         """Close the connection; messages it holds in flight go back to their queues."""
         transport = self._protocol.transport
+        self._protocol.closing = True
         if transport is not None and not transport.is_closing():
             self._protocol._flush()
             transport.close()

@@ -20,14 +20,24 @@ _MAX_REQUEST_ID = 0xFFFFFFFF
 class ClientConnection:
     """Request-id allocation and response decoding for one connection."""
 
-    __slots__ = ("_next_id", "_reader", "max_message_size")
+    __slots__ = ("_next_id", "_reader", "_max_message_size")
 
     def __init__(self, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
         self._next_id = 1
+        # Until the server's HelloOk says its limit, accept responses up to 64 MiB.
+        self._reader = FrameReader(64 * 1024 * 1024 + BODY_OVERHEAD)
+        self._max_message_size = 0
         self.max_message_size = max_message_size
-        # Accept responses of any size the protocol allows: the server's own
-        # limit only becomes known with its HelloOk.
-        self._reader = FrameReader(max(max_message_size, 64 * 1024 * 1024) + BODY_OVERHEAD)
+
+    @property
+    def max_message_size(self) -> int:
+        """The server's message-size limit: larger sends are refused locally."""
+        return self._max_message_size
+
+    @max_message_size.setter
+    def max_message_size(self, size: int) -> None:
+        self._max_message_size = size
+        self._reader.max_body = max(self._reader.max_body, size + BODY_OVERHEAD)
 
     def next_request_id(self) -> int:
         """Allocate a request id (1 .. 2**32-1, wrapping)."""

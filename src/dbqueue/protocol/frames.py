@@ -35,6 +35,7 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
     "MAX_QUEUE_NAME",
     "BODY_OVERHEAD",
+    "MAX_MESSAGE_SIZE_LIMIT",
     "Op",
     "Frame",
     "FrameFailure",
@@ -47,9 +48,11 @@ HEADER_SIZE = HEADER.size  # 12
 PROTOCOL_VERSION = 1
 DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
 MAX_QUEUE_NAME = 255
-# Room in a body for everything but the payload: the largest fixed fields
-# (a Message response: id u64 + deliveries u32) plus a length-prefixed queue name.
+# Room in a body for everything but the payload: a length-prefixed queue name
+# plus 16 bytes of fixed fields (a Message response uses 12 of them).
 BODY_OVERHEAD = 1 + MAX_QUEUE_NAME + 16
+# The largest message size a server may be configured with: HelloOk carries it as a u32.
+MAX_MESSAGE_SIZE_LIMIT = 0xFFFFFFFF - BODY_OVERHEAD
 
 
 class Op(enum.IntEnum):

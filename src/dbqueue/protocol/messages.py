@@ -62,7 +62,7 @@ OTHER = -1  # RequestReader's tag for frames off the hot path
 HELLO_OK_HEAD = struct.Struct(">HI")
 MESSAGE_FIELDS = struct.Struct(">QI")
 # Whole frames the server builds in one call on its hot path.
-ID_FRAME = struct.Struct(">BBHIIQ")  # header + one u64 id (ObjectQueued, Confirm)
+ID_FRAME = struct.Struct(">BBHIIQ")  # header + one u64 id: ObjectQueued (and the bench's Confirm)
 MESSAGE_HEAD = struct.Struct(">BBHIIQI")  # header + id + deliveries; the payload follows
 
 
@@ -71,7 +71,10 @@ MESSAGE_HEAD = struct.Struct(">BBHIIQI")  # header + id + deliveries; the payloa
 
 def encode_name(name: str) -> bytes:
     """Return the wire form of a queue name (u8 length + UTF-8); raise `InvalidQueueName`."""
-    raw = name.encode("utf-8") if isinstance(name, str) else b""
+    try:
+        raw = name.encode("utf-8") if isinstance(name, str) else b""
+    except UnicodeEncodeError:  # a lone surrogate
+        raw = b""
     if not 1 <= len(raw) <= MAX_QUEUE_NAME:
         raise InvalidQueueName(f"queue names are 1-{MAX_QUEUE_NAME} bytes of UTF-8, got {name!r}")
     return bytes((len(raw),)) + raw

@@ -8,7 +8,7 @@ import signal
 from collections.abc import Callable
 
 from .. import __version__
-from ..protocol.frames import DEFAULT_MAX_MESSAGE_SIZE
+from ..protocol.frames import DEFAULT_MAX_MESSAGE_SIZE, MAX_MESSAGE_SIZE_LIMIT
 from .queues import Broker
 from .session import Session
 
@@ -37,8 +37,8 @@ class Server:
         default_capacity: int = 0,
         backlog: int = 4096,
     ) -> None:
-        if max_message_size < 1:
-            raise ValueError("max_message_size must be positive")
+        if not 1 <= max_message_size <= MAX_MESSAGE_SIZE_LIMIT:
+            raise ValueError(f"max_message_size must be 1 .. {MAX_MESSAGE_SIZE_LIMIT}, got {max_message_size}")
         self.host = host
         self.port = port
         self.max_message_size = max_message_size
@@ -106,11 +106,11 @@ class Server:
         deadline = self.broker.next_deadline()
         if deadline is None:
             return
+        when = max(deadline, self.clock() + SWEEP_RESOLUTION)
         if self._expiry is not None:
-            if self._expiry_at <= deadline:
+            if self._expiry_at <= when:  # never postpone a pending sweep
                 return
             self._expiry.cancel()
-        when = max(deadline, self.clock() + SWEEP_RESOLUTION)
         self._expiry_at = when
         self._expiry = self._loop.call_at(when, self._expire)  # type: ignore[union-attr]
 

@@ -16,10 +16,12 @@ and goes to the front of its queue's ``returned`` deque, ahead of every fresh
 message; its record stays in `Broker.records` with no holder, so a late
 confirm can answer Requeued.
 
-Deadlines live in one heap of ``(deadline, id)``, swept by `Broker.expire`;
-there is never a timer per message. A confirm leaves its heap entry behind
+Deadlines live in one heap of ``(deadline, lease, record)``, swept by
+`Broker.expire`; there is never a timer per message. Each timed delivery takes
+a new *lease* number: it breaks ties in read order, and an entry is live only
+while its record still holds that lease. A confirm leaves its heap entry behind
 (removing from the middle of a heap is O(n)); `expire` skips entries whose
-record is gone or has a newer deadline, and the heap is rebuilt whenever stale
+lease is over, and the heap is rebuilt whenever stale
 entries outnumber live ones, so its size stays within about twice the
 in-flight count.
 
@@ -49,7 +51,7 @@ class Outcome(enum.IntEnum):
 class InFlight:
     """A message that has been read at least once. ``held`` is None while it waits in its queue."""
 
-    __slots__ = ("id", "queue", "data", "deliveries", "deadline", "held")
+    __slots__ = ("id", "queue", "data", "deliveries", "deadline", "lease", "held")
 
     def __init__(self, id_: int, queue: Queue, data: bytes) -> None:
         self.id = id_
@@ -57,6 +59,7 @@ class InFlight:
         self.data = data
         self.deliveries = 0
         self.deadline = 0.0  # 0: no timeout
+        self.lease = 0  # which heap entry is this delivery's, while it has a deadline
         self.held: dict[int, InFlight] | None = None
 
 
@@ -133,8 +136,9 @@ class Broker:
         self.default_capacity = default_capacity
         self.queues: dict[bytes, Queue] = {}
         self.records: dict[int, InFlight] = {}
-        self._deadlines: list[tuple[float, int]] = []
+        self._deadlines: list[tuple[float, int, InFlight]] = []
         self._timed = 0  # records in flight with a deadline (live heap entries)
+        self._leases = 0
         self._next_id = first_id
 
     # --- ids -------------------------------------------------------------------------
@@ -182,8 +186,9 @@ class Broker:
         self.records[id_] = record
         if timeout_ms:  # else the deadline is already 0: fresh, or reset by `requeue`
             record.deadline = deadline = now + timeout_ms / 1000.0
+            record.lease = lease = self._leases = self._leases + 1
             heap = self._deadlines
-            heapq.heappush(heap, (deadline, id_))
+            heapq.heappush(heap, (deadline, lease, record))
             self._timed += 1
             if len(heap) > 2 * self._timed + 1024:
                 self._compact()
@@ -199,6 +204,7 @@ class Broker:
             return Outcome.REQUEUED
         del self.records[id_]
         del held[id_]
+        record.held = None  # ends the lease: its heap entry is now stale
         if record.deadline:
             self._timed -= 1
         if record.queue.deleted:
@@ -231,14 +237,12 @@ class Broker:
     def expire(self, now: float) -> int:
         """Requeue every in-flight message whose deadline has passed; return how many."""
         heap = self._deadlines
-        records = self.records
         due: list[InFlight] = []
         while heap and heap[0][0] <= now:
-            deadline, id_ = heapq.heappop(heap)
-            record = records.get(id_)
-            if record is not None and record.held is not None and record.deadline == deadline:
+            _, lease, record = heapq.heappop(heap)
+            if record.lease == lease and record.held is not None and record.deadline:
                 due.append(record)
-        # Expired in deadline order; `requeue` keeps that order at the front of the queue.
+        # Expired in deadline order (read order on ties); `requeue` keeps that order.
         return self.requeue(due)
 
     def next_deadline(self) -> float | None:
@@ -247,11 +251,10 @@ class Broker:
 
     def _compact(self) -> None:
         # O(heap), not O(records): untimed in-flight messages cost nothing here.
-        records = self.records
         live = []
         for entry in self._deadlines:
-            record = records.get(entry[1])
-            if record is not None and record.held is not None and record.deadline == entry[0]:
+            record = entry[2]
+            if record.lease == entry[1] and record.held is not None and record.deadline:
                 live.append(entry)
         heapq.heapify(live)
         self._deadlines = live

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import (
     ErrorCode,
+    InvalidQueueName,
     InvalidRequest,
     MessageTooLarge,
     NoSuchMessage,
@@ -194,8 +195,12 @@ def _too_large(size: int, limit: int) -> MessageTooLarge:
     return MessageTooLarge(f"message of {size} bytes exceeds the limit of {limit} bytes")
 
 
-def _no_such_queue(name: bytes) -> NoSuchQueue:
-    return NoSuchQueue(f"no queue named {name.decode('utf-8', 'replace')!r}")
+def _no_such_queue(name: bytes) -> RequestError:
+    # The hot path looks names up as raw bytes; only a miss pays for the UTF-8 check.
+    try:
+        return NoSuchQueue(f"no queue named {name.decode('utf-8')!r}")
+    except UnicodeDecodeError:
+        return InvalidQueueName("queue name is not valid UTF-8")
 
 
 def _no_such_message(id_: int) -> NoSuchMessage:
