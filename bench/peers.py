@@ -1,0 +1,671 @@
+"""The load test's peers: drivers that speak beanstalkd and Redis, and launchers for every server.
+
+Theory of operation
+-------------------
+`dbqueue.bench` runs one workload (producers pipeline sends; consumers pipeline
+reads, then confirm what they got) through a `Driver` that turns each step into
+bytes and checks the replies. This module maps that workload onto each peer's
+own at-least-once pattern:
+
+=================  ==============================  ===================================  ===========================
+system             send                            read (nothing there = empty)         confirm
+=================  ==============================  ===================================  ===========================
+beanstalkd         ``put <pri> 0 <ttr> <bytes>``   ``reserve-with-timeout 0``           ``delete <id>``
+redis-list         ``RPUSH foo <payload>``         ``LMOVE foo processing LEFT RIGHT``  ``LREM processing 1 <p>``
+redis-stream       ``XADD foo * d <payload>``      ``XREADGROUP GROUP g c COUNT 1 ...`` ``XACK foo g <id>``
+=================  ==============================  ===================================  ===========================
+
+The drivers write the raw wire protocol over the engine's own connections; no
+client library is on the hot path. Replies are parsed in C where possible:
+hiredis's reader for RESP, and for beanstalkd two precompiled patterns (one
+that spans every complete reply in a buffer, one that splits them). Every
+reply is still checked, one by one, in request order; anything unexpected is
+returned as a value and turned into `BenchFailure` by the check, so a wrong
+reply can never become a number.
+
+The engine opens its connections itself and sends only the frames a driver
+returns, so nothing can be said once per connection. beanstalkd therefore uses
+the ``default`` tube (every connection starts out using and watching it) and
+`BeanstalkdDriver.prepare` empties it; ``config.queue`` names the Redis keys.
+
+The launchers (`DbQueueServer`, `BeanstalkdServer`, `RedisServer`) each start
+one server as a child process on a free loopback port, inside a temporary
+directory that also holds its log, wait until it accepts connections, and stop
+it (SIGTERM, then SIGKILL if it lingers). They are context managers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import hiredis
+
+from dbqueue.bench import BenchConfig, BenchFailure, Driver
+
+__all__ = [
+    "BeanstalkdDriver",
+    "RedisListDriver",
+    "RedisStreamDriver",
+    "ServerProcess",
+    "ServerUnavailable",
+    "DbQueueServer",
+    "BeanstalkdServer",
+    "RedisServer",
+    "ensure_installed",
+]
+
+
+# --- beanstalkd ---------------------------------------------------------------------
+
+
+def _reply_pattern(payload_size: int, capture: bool) -> bytes:
+    """One beanstalkd reply the load test expects. A ``RESERVED`` body has the payload's size or it is no match."""
+    g = "(" if capture else "(?:"
+    return (
+        rb"%sINSERTED|RESERVED|DELETED|TIMED_OUT|DEADLINE_SOON)(?: %s\d+))?(?: %d\r\n%s.{%d}))?\r\n"
+        % (g.encode(), g.encode(), payload_size, g.encode(), payload_size)
+    )
+
+
+class BeanstalkdDriver(Driver):
+    """The load test in beanstalkd's text protocol, on the ``default`` tube.
+
+    A read is ``reserve-with-timeout 0``: ``TIMED_OUT`` is an empty read, and so is
+    ``DEADLINE_SOON`` (beanstalkd's answer when nothing is ready and this
+    connection holds a job within a second of its time-to-run, which with a
+    one-second ``ttr`` is every job it holds). The in-flight timeout
+    ``config.timeout_ms`` becomes the jobs' ``ttr``, rounded up to whole seconds.
+    """
+
+    name = "beanstalkd"
+    priority = 1024
+
+    def __init__(self, config: BenchConfig) -> None:
+        super().__init__(config)
+        self.ttr = max(1, math.ceil(config.timeout_ms / 1000))
+
+    async def prepare(self, address: tuple[str, int]) -> None:
+        """Empty the ``default`` tube: kick buried and delayed jobs, reserve and delete all, then verify."""
+        reader, writer = await asyncio.open_connection(*address)
+        try:
+            for _attempt in range(50):
+                # Jobs reserved by connections that just closed come back to ready a moment later.
+                for _ in range(2):  # `kick` moves buried jobs if there are any, else delayed ones
+                    writer.write(b"kick 1000000000\r\n")
+                    await _beanstalkd_line(reader, b"KICKED")
+                while await self._drain_batch(reader, writer, 1000):
+                    pass
+                writer.write(b"stats-tube default\r\n")
+                stats = await _beanstalkd_body(reader)
+                counts = dict(re.findall(rb"current-jobs-(\w+): (\d+)", stats))
+                if counts and not any(int(counts.get(k, b"0")) for k in (b"ready", b"reserved", b"delayed", b"buried")):
+                    return
+                await asyncio.sleep(0.02)
+            raise BenchFailure(f"beanstalkd: the default tube does not empty: {stats.decode(errors='replace')}")
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+    async def _drain_batch(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, count: int) -> int:
+        writer.write(b"reserve-with-timeout 0\r\n" * count)
+        ids = []
+        for _ in range(count):
+            line = await reader.readline()
+            if line.startswith(b"RESERVED "):
+                _, job_id, size = line.split()
+                await reader.readexactly(int(size) + 2)
+                ids.append(job_id)
+            elif line not in (b"TIMED_OUT\r\n", b"DEADLINE_SOON\r\n"):
+                raise BenchFailure(f"beanstalkd: reserve while draining: {line!r}")
+        if ids:
+            writer.write(b"".join(b"delete %s\r\n" % job_id for job_id in ids))
+            for _ in ids:
+                await _beanstalkd_line(reader, b"DELETED")
+        return len(ids)
+
+    def new_parser(self) -> Callable[[bytes], list[Any]]:
+        """Replies as ``(word, id, body)`` tuples (``b""`` where absent); a line it cannot parse as ``(b"?", line, b"")``."""
+        size = self.config.payload
+        spans = re.compile(rb"(?:%s)*" % _reply_pattern(size, capture=False), re.DOTALL).match
+        split = re.compile(_reply_pattern(size, capture=True), re.DOTALL).findall
+        reserved_head = re.compile(rb"RESERVED \d+ %d\r\n" % size).match
+        pending = b""
+
+        def parse(data: bytes) -> list[Any]:
+            nonlocal pending
+            buffer = pending + data if pending else data
+            replies: list[Any] = []
+            start = 0
+            while True:
+                end = spans(buffer, start).end()  # type: ignore[union-attr]  # `*` always matches
+                if end > start:
+                    replies += split(buffer, start, end)
+                eol = buffer.find(b"\r\n", end)
+                if eol < 0:
+                    break  # the rest is an incomplete line
+                head = reserved_head(buffer, end)
+                if head is not None and len(buffer) < head.end() + size + 2:
+                    break  # a job whose body has not all arrived
+                replies.append((b"?", buffer[end:eol], b""))  # unexpected: let the check name it
+                start = eol + 2
+            pending = buffer[end:]
+            return replies
+
+        return parse
+
+    def send_frames(self, count: int) -> bytes:
+        payload = self.payload
+        return (b"put %d 0 %d %d\r\n%s\r\n" % (self.priority, self.ttr, len(payload), payload)) * count
+
+    def check_sent(self, replies: list[Any]) -> None:
+        for word, job_id, _ in replies:
+            if word != b"INSERTED":
+                raise BenchFailure(f"beanstalkd put: got {_line(word, job_id)}")
+
+    def read_frames(self, count: int) -> bytes:
+        return b"reserve-with-timeout 0\r\n" * count
+
+    def take_messages(self, replies: list[Any]) -> list[Any]:
+        ids = []
+        payload = self.payload
+        for word, job_id, body in replies:
+            if word == b"RESERVED":
+                if body != payload:
+                    raise BenchFailure(f"beanstalkd reserve: job {job_id.decode()} payload corrupted")
+                ids.append(job_id)
+            elif word != b"TIMED_OUT" and word != b"DEADLINE_SOON":
+                raise BenchFailure(f"beanstalkd reserve: got {_line(word, job_id)}")
+        return ids
+
+    def confirm_frames(self, handles: list[Any]) -> bytes:
+        return b"".join([b"delete " + job_id + b"\r\n" for job_id in handles])
+
+    def check_confirmed(self, replies: list[Any]) -> None:
+        for word, job_id, _ in replies:
+            if word != b"DELETED":
+                raise BenchFailure(f"beanstalkd delete: got {_line(word, job_id)}")
+
+
+def _line(word: bytes, rest: bytes) -> str:
+    return repr(word + b" " + rest if word != b"?" else rest)
+
+
+async def _beanstalkd_line(reader: asyncio.StreamReader, expected: bytes) -> bytes:
+    line = await reader.readline()
+    if not line.startswith(expected):
+        raise BenchFailure(f"beanstalkd: expected {expected.decode()}, got {line!r}")
+    return line
+
+
+async def _beanstalkd_body(reader: asyncio.StreamReader) -> bytes:
+    """The body of an ``OK <bytes>`` reply."""
+    line = await _beanstalkd_line(reader, b"OK ")
+    return (await reader.readexactly(int(line.split()[1]) + 2))[:-2]
+
+
+# --- Redis --------------------------------------------------------------------------
+
+
+def _resp(*parts: bytes) -> bytes:
+    """One command in RESP, as a client sends it."""
+    return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(part), part) for part in parts)
+
+
+def _resp_parser() -> Callable[[bytes], list[Any]]:
+    """Replies decoded by hiredis's C reader: ints, bytes, lists, ``None`` for nil, ``ReplyError`` values for errors."""
+    reader = hiredis.Reader()
+    feed, gets = reader.feed, reader.gets
+
+    def parse(data: bytes) -> list[Any]:
+        feed(data)
+        replies = []
+        reply = gets()
+        while reply is not False:
+            replies.append(reply)
+            reply = gets()
+        return replies
+
+    return parse
+
+
+async def _redis_call(address: tuple[str, int], *commands: Sequence[bytes]) -> list[Any]:
+    """Send ``commands`` on a fresh connection; return their replies, raising `BenchFailure` on any error reply."""
+    reader, writer = await asyncio.open_connection(*address)
+    try:
+        writer.write(b"".join(_resp(*command) for command in commands))
+        parse = _resp_parser()
+        replies: list[Any] = []
+        while len(replies) < len(commands):
+            data = await reader.read(65536)
+            if not data:
+                raise BenchFailure("redis closed the connection during setup")
+            replies += parse(data)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    for command, reply in zip(commands, replies):
+        if isinstance(reply, hiredis.ReplyError):
+            raise BenchFailure(f"redis {b' '.join(command).decode()}: {reply}")
+    return replies
+
+
+class RedisListDriver(Driver):
+    """The reliable-queue pattern on Redis lists: ``LMOVE`` into a processing list, ``LREM`` to confirm.
+
+    Redis has no in-flight timeout here: a real deployment needs a reaper that
+    moves stale entries back, which this load test does not run. Every payload
+    is the same, so ``LREM`` finds its match at the head of the processing list.
+    """
+
+    name = "redis-list"
+
+    def __init__(self, config: BenchConfig) -> None:
+        super().__init__(config)
+        self.key = config.queue.encode()
+        self.processing = b"processing"
+        self._lrem = b"*4\r\n$4\r\nLREM\r\n" + b"$%d\r\n%s\r\n$1\r\n1\r\n" % (len(self.processing), self.processing)
+
+    async def prepare(self, address: tuple[str, int]) -> None:
+        await _redis_call(address, (b"DEL", self.key, self.processing))
+
+    def new_parser(self) -> Callable[[bytes], list[Any]]:
+        return _resp_parser()
+
+    def send_frames(self, count: int) -> bytes:
+        return _resp(b"RPUSH", self.key, self.payload) * count
+
+    def check_sent(self, replies: list[Any]) -> None:
+        for reply in replies:
+            if type(reply) is not int:
+                raise BenchFailure(f"redis RPUSH: got {reply!r}")
+
+    def read_frames(self, count: int) -> bytes:
+        return _resp(b"LMOVE", self.key, self.processing, b"LEFT", b"RIGHT") * count
+
+    def take_messages(self, replies: list[Any]) -> list[Any]:
+        payload = self.payload
+        handles = []
+        for reply in replies:
+            if reply is None:
+                continue
+            if reply != payload:
+                raise BenchFailure(f"redis LMOVE: got {reply!r:.80}")
+            handles.append(reply)
+        return handles
+
+    def confirm_frames(self, handles: list[Any]) -> bytes:
+        lrem = self._lrem
+        return b"".join([lrem + b"$%d\r\n%s\r\n" % (len(value), value) for value in handles])
+
+    def check_confirmed(self, replies: list[Any]) -> None:
+        for reply in replies:
+            if reply != 1 or type(reply) is not int:
+                raise BenchFailure(f"redis LREM: got {reply!r}")
+
+
+class RedisStreamDriver(Driver):
+    """The consumer-group pattern on a Redis stream: ``XREADGROUP`` delivers, ``XACK`` confirms.
+
+    ``XACK`` removes the entry from the pending list but not from the stream,
+    which keeps every entry until `prepare` deletes the key before the next run.
+    Redelivery after a timeout would be ``XAUTOCLAIM`` by a reaper, not run here.
+    """
+
+    name = "redis-stream"
+
+    def __init__(self, config: BenchConfig) -> None:
+        super().__init__(config)
+        self.key = config.queue.encode()
+        self.group = b"g"
+        self._xack = b"*4\r\n$4\r\nXACK\r\n" + b"$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
+            len(self.key),
+            self.key,
+            len(self.group),
+            self.group,
+        )
+
+    async def prepare(self, address: tuple[str, int]) -> None:
+        await _redis_call(
+            address,
+            (b"DEL", self.key),
+            (b"XGROUP", b"CREATE", self.key, self.group, b"$", b"MKSTREAM"),
+        )
+
+    def new_parser(self) -> Callable[[bytes], list[Any]]:
+        return _resp_parser()
+
+    def send_frames(self, count: int) -> bytes:
+        return _resp(b"XADD", self.key, b"*", b"d", self.payload) * count
+
+    def check_sent(self, replies: list[Any]) -> None:
+        for reply in replies:
+            if type(reply) is not bytes:
+                raise BenchFailure(f"redis XADD: got {reply!r}")
+
+    def read_frames(self, count: int) -> bytes:
+        command = _resp(b"XREADGROUP", b"GROUP", self.group, b"c", b"COUNT", b"1", b"STREAMS", self.key, b">")
+        return command * count
+
+    def take_messages(self, replies: list[Any]) -> list[Any]:
+        payload, key = self.payload, self.key
+        handles = []
+        for reply in replies:
+            if reply is None:
+                continue
+            try:
+                [[stream, [[entry_id, [field, value]]]]] = reply
+            except (TypeError, ValueError):
+                raise BenchFailure(f"redis XREADGROUP: got {reply!r:.120}") from None
+            if stream != key or field != b"d" or value != payload:
+                raise BenchFailure(f"redis XREADGROUP: entry {entry_id!r} corrupted")
+            handles.append(entry_id)
+        return handles
+
+    def confirm_frames(self, handles: list[Any]) -> bytes:
+        xack = self._xack
+        return b"".join([xack + b"$%d\r\n%s\r\n" % (len(entry_id), entry_id) for entry_id in handles])
+
+    def check_confirmed(self, replies: list[Any]) -> None:
+        for reply in replies:
+            if reply != 1 or type(reply) is not int:
+                raise BenchFailure(f"redis XACK: got {reply!r}")
+
+
+# --- server launchers ---------------------------------------------------------------
+
+_install_attempted = False
+
+
+def ensure_installed(*programs: str) -> str | None:
+    """Return ``None`` if every program is on ``PATH``, else why not.
+
+    The first time a program is missing and we run as root, try
+    ``apt-get install -y beanstalkd redis-server`` once for the whole process.
+    """
+    missing = [program for program in programs if shutil.which(program) is None]
+    if not missing:
+        return None
+    global _install_attempted
+    note = ""
+    if not _install_attempted and hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
+        _install_attempted = True
+        print("installing beanstalkd and redis-server with apt-get ...", file=sys.stderr)
+        done = subprocess.run(
+            ["apt-get", "install", "-y", "beanstalkd", "redis-server"],
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+        )
+        missing = [program for program in programs if shutil.which(program) is None]
+        if not missing:
+            return None
+        if done.returncode:
+            tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or [""]
+            note = f"; `apt-get install -y beanstalkd redis-server` failed: {tail[0]}"
+        else:
+            note = "; `apt-get install -y beanstalkd redis-server` did not provide it"
+    elif _install_attempted:
+        note = "; apt-get install was already tried"
+    else:
+        note = "; not root, so apt-get install was not tried"
+    return f"{', '.join(missing)} not found on PATH{note}"
+
+
+class ServerUnavailable(RuntimeError):
+    """A server could not be started: not installed, or it exited or never listened."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on right now (another process may still take it before us)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]  # type: ignore[no-any-return]
+
+
+class ServerProcess(ABC):
+    """One server as a child process on a free loopback port, in its own temporary directory.
+
+    `start` raises `ServerUnavailable` if the program is missing, exits early or
+    does not accept connections within ``start_timeout`` seconds; `stop` is
+    safe to call at any time and more than once. ``durable`` asks for the
+    system's write-ahead log (see each subclass); it is off by default.
+    """
+
+    name: str
+    program: str  # looked up on PATH; "" for none
+    start_timeout = 15.0
+    stop_timeout = 5.0
+
+    def __init__(self, *, host: str = "127.0.0.1", durable: bool = False) -> None:
+        self.host = host
+        self.durable = durable
+        self.port = 0
+        self.workdir: Path | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log: Any = None
+
+    @abstractmethod
+    def command(self, port: int, workdir: Path) -> list[str]:
+        """The command line that starts the server on ``port`` with ``workdir`` for its files."""
+
+    def environment(self) -> dict[str, str] | None:
+        return None
+
+    def unavailable(self) -> str | None:
+        """Why this server cannot run here, or ``None``."""
+        return ensure_installed(self.program) if self.program else None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def version(self) -> str:
+        """The server's own version string, or ``"?"``."""
+        return "?"
+
+    def start(self) -> ServerProcess:
+        reason = self.unavailable()
+        if reason:
+            raise ServerUnavailable(f"{self.name}: {reason}")
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"dbqueue-bench-{self.name}-"))
+        for _attempt in range(3):  # the free port may be taken between our probe and the server's bind
+            self.port = free_port(self.host)
+            self._log = open(self.workdir / "server.log", "ab")
+            self.process = subprocess.Popen(
+                self.command(self.port, self.workdir),
+                cwd=self.workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                env=self.environment(),
+                start_new_session=True,  # a Ctrl-C reaches us, and we stop the server in order
+            )
+            if self._wait_until_listening():
+                return self
+            self._reap()
+        log = self.log_tail(lines=5, limit=600)
+        self.stop()
+        raise ServerUnavailable(f"{self.name} did not start listening on {self.host}:{self.port}: {log}")
+
+    def _wait_until_listening(self) -> bool:
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                return False
+            try:
+                with socket.create_connection(self.address, timeout=0.5):
+                    return True
+            except OSError:
+                time.sleep(0.02)
+        return False
+
+    def _reap(self) -> None:
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def stop(self) -> None:
+        """Terminate the server (kill it if it lingers) and remove its directory."""
+        self._reap()
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_tail(self, lines: int = 2, limit: int = 300) -> str:
+        """The last lines of the server's output, joined with `` | `` and cut to ``limit`` characters."""
+        if self.workdir is None:
+            return ""
+        try:
+            text = (self.workdir / "server.log").read_text(errors="replace")
+        except OSError:
+            return ""
+        tail = " | ".join(text.strip().splitlines()[-lines:]) or "(empty log)"
+        return tail if len(tail) <= limit else "..." + tail[-limit:]
+
+    def exit_description(self) -> str:
+        """How the server ended, for an error message ("" while it runs)."""
+        if self.process is None or self.process.returncode is None and self.process.poll() is None:
+            return ""
+        return f"the server exited with status {self.process.returncode}; its log ends: {self.log_tail()}"
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU the server process (all its threads) has used so far; 0.0 if unknown."""
+        if self.process is None:
+            return 0.0
+        try:
+            stat = Path(f"/proc/{self.process.pid}/stat").read_text()
+        except OSError:
+            return 0.0
+        fields = stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+class DbQueueServer(ServerProcess):
+    """``python -m dbqueue.cli serve``, with the same interpreter and the same dbqueue as this process."""
+
+    name = "dbqueue"
+    program = ""
+
+    def __init__(self, *, host: str = "127.0.0.1", durable: bool = False, max_message_size: int | None = None) -> None:
+        if durable:
+            raise ValueError("dbqueue has no durable mode yet")
+        super().__init__(host=host)
+        self.max_message_size = max_message_size
+
+    def command(self, port: int, workdir: Path) -> list[str]:
+        command = [sys.executable, "-m", "dbqueue.cli", "serve", "--host", self.host, "--port", str(port)]
+        if self.max_message_size:
+            command += ["--max-message-size", str(self.max_message_size)]
+        return command + ["--log-level", "warning"]
+
+    def environment(self) -> dict[str, str]:
+        import dbqueue
+
+        source = str(Path(dbqueue.__file__).resolve().parent.parent)
+        path = os.environ.get("PYTHONPATH")
+        return {**os.environ, "PYTHONPATH": source + (os.pathsep + path if path else "")}
+
+    def version(self) -> str:
+        import dbqueue
+
+        return dbqueue.__version__
+
+
+class BeanstalkdServer(ServerProcess):
+    """beanstalkd, in memory; durable: a binlog in the work directory, fsync at most every ``fsync_ms``.
+
+    ``fsync_ms=1000`` matches Redis's ``appendfsync everysec``; ``None`` leaves
+    beanstalkd's default (the binlog is written but never fsynced).
+    """
+
+    name = "beanstalkd"
+    program = "beanstalkd"
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        durable: bool = False,
+        fsync_ms: int | None = 1000,
+        max_job_size: int = 65535,
+    ) -> None:
+        super().__init__(host=host, durable=durable)
+        self.fsync_ms = fsync_ms
+        self.max_job_size = max_job_size
+
+    def command(self, port: int, workdir: Path) -> list[str]:
+        command = [self.program, "-l", self.host, "-p", str(port), "-z", str(self.max_job_size)]
+        if self.durable:
+            binlog = workdir / "binlog"
+            binlog.mkdir(exist_ok=True)
+            command += ["-b", str(binlog)]
+            if self.fsync_ms is not None:
+                command += ["-f", str(self.fsync_ms)]
+        return command
+
+    def version(self) -> str:
+        return _program_output([self.program, "-v"]).removeprefix("beanstalkd ").strip() or "?"
+
+
+class RedisServer(ServerProcess):
+    """redis-server with no snapshots; durable: ``appendonly yes``, ``appendfsync everysec``."""
+
+    name = "redis"
+    program = "redis-server"
+
+    def __init__(self, *, host: str = "127.0.0.1", durable: bool = False, label: str = "redis") -> None:
+        super().__init__(host=host, durable=durable)
+        self.name = label
+
+    def command(self, port: int, workdir: Path) -> list[str]:
+        command = [self.program, "--port", str(port), "--bind", self.host, "--dir", str(workdir), "--save", ""]
+        command += ["--daemonize", "no"]
+        if self.durable:
+            return command + ["--appendonly", "yes", "--appendfsync", "everysec"]
+        return command + ["--appendonly", "no"]
+
+    def version(self) -> str:
+        match = re.search(r"v=(\S+)", _program_output([self.program, "--version"]))
+        return match.group(1) if match else "?"
+
+
+def _program_output(command: list[str]) -> str:
+    try:
+        return subprocess.run(command, capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
