@@ -8,10 +8,10 @@ the `AsyncClient` returns a coroutine: they differ only in ``_call``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..errors import ProtocolError, QueueFull, Requeued, error_for_code
+from ..errors import NoSuchMessage, ProtocolError, QueueFull, RequestError, Requeued, error_for_code
 from ..protocol import messages as msg
 
 __all__ = ["Commands", "Message", "parse_address", "result_of"]
@@ -43,16 +43,28 @@ def result_of(response: msg.Response, expected: type) -> msg.Response:
     raise ProtocolError(f"expected {expected.__name__}, got {response!r}")
 
 
-def _created(response: msg.Response) -> None:
-    result_of(response, msg.QueueCreated)
+def _ignore(expected: type) -> Convert:
+    """A converter for commands whose success carries nothing: it returns None."""
+
+    def convert(response: msg.Response) -> None:
+        result_of(response, expected)
+
+    return convert
 
 
-def _deleted(response: msg.Response) -> None:
-    result_of(response, msg.QueueDeleted)
+_created = _ignore(msg.QueueCreated)
+_deleted = _ignore(msg.QueueDeleted)
+_confirmed = _ignore(msg.Confirmed)
+_touched = _ignore(msg.Touched)
+_released = _ignore(msg.Released)
 
 
 def _queued_id(response: msg.Response) -> int:
-    return result_of(response, msg.ObjectQueued).id  # type: ignore[union-attr]
+    return result_of(response, msg.ObjectQueued).id  # type: ignore[union-attr, no-any-return]
+
+
+def _queued_ids(response: msg.Response) -> list[int]:
+    return list(result_of(response, msg.ObjectsQueued).ids)  # type: ignore[union-attr]
 
 
 def _message_or_none(response: msg.Response) -> msg.Message | None:
@@ -61,43 +73,135 @@ def _message_or_none(response: msg.Response) -> msg.Message | None:
     return result_of(response, msg.Message)  # type: ignore[return-value]
 
 
-def _confirmed(response: msg.Response) -> None:
-    result_of(response, msg.Confirmed)
+def _messages(response: msg.Response) -> list[msg.Message]:
+    return list(result_of(response, msg.Messages).messages)  # type: ignore[union-attr]
+
+
+def _confirm_results(response: msg.Response) -> list[RequestError | None]:
+    outcomes = result_of(response, msg.ConfirmResults).outcomes  # type: ignore[union-attr]
+    return [_OUTCOME_ERRORS[outcome]() if outcome else None for outcome in outcomes]
+
+
+_OUTCOME_ERRORS = {
+    1: lambda: Requeued("the timeout passed before the confirm: the message went back to its queue"),
+    2: lambda: NoSuchMessage("the message is not in flight (never read, already confirmed, or its queue was deleted)"),
+}
+
+
+def _purged(response: msg.Response) -> int:
+    return result_of(response, msg.Purged).count  # type: ignore[union-attr, no-any-return]
+
+
+def _stats(response: msg.Response) -> dict[str, Any]:
+    return result_of(response, msg.StatsReply).stats  # type: ignore[union-attr, no-any-return]
+
+
+def _queue_list(response: msg.Response) -> list[dict[str, Any]]:
+    return _stats(response)["queues"]  # type: ignore[no-any-return]
+
+
+def _milliseconds(name: str, value: int) -> int:
+    if not isinstance(value, int) or not 0 <= value <= _U32_MAX:
+        raise ValueError(f"{name} must be an int in 0 .. {_U32_MAX}, got {value!r}")
+    return value
+
+
+_U32_MAX = 0xFFFFFFFF
 
 
 class Commands:
-    """The wire operations, one method each; ``_call`` decides what each returns."""
+    """The wire operations, one method each; ``_call`` decides what each returns.
+
+    Every method below documents its result as the blocking `Client` returns
+    it; the `AsyncClient` returns a coroutine of the same, and a `Pipeline`
+    queues the command and returns itself.
+    """
 
     def _call(self, request: msg.Request, convert: Convert) -> Any:
         raise NotImplementedError
 
-    def create(self, name: str, capacity: int | None = None) -> Any:
-        """Create queue ``name`` (no-op if it exists). ``capacity`` bounds ready + in-flight messages.
+    # --- queues ----------------------------------------------------------------------
 
-        Returns None. Raises `InvalidQueueName`.
+    def create(
+        self,
+        name: str,
+        capacity: int | None = None,
+        *,
+        max_deliveries: int | None = None,
+        dead_letter_queue: str | None = None,
+    ) -> Any:
+        """Create queue ``name`` (no-op if it exists: the existing queue keeps its options).
+
+        ``capacity`` bounds the messages it holds (ready, in flight and delayed);
+        a message delivered ``max_deliveries`` times without a confirm moves to
+        ``dead_letter_queue`` (which must exist), or is dropped if none is set.
+        Returns None. Raises `InvalidQueueName`, `NoSuchQueue` (no such
+        dead-letter queue), `InvalidRequest` (a dead-letter loop).
         """
-        return self._call(msg.CreateQueue(name, capacity or 0), _created)
+        return self._call(
+            msg.CreateQueue(name, capacity or 0, max_deliveries or 0, dead_letter_queue or ""), _created
+        )
 
     def delete(self, name: str) -> Any:
         """Delete queue ``name`` and every message it holds. Returns None. Raises `NoSuchQueue`."""
         return self._call(msg.DeleteQueue(name), _deleted)
 
-    def send(self, name: str, data: bytes) -> Any:
-        """Append ``data`` to queue ``name``. Returns the message id.
+    def purge(self, name: str) -> Any:
+        """Drop every ready and delayed message of ``name`` (in-flight ones stay). Returns how many."""
+        return self._call(msg.Purge(name), _purged)
 
-        Raises `NoSuchQueue`, `QueueFull`, `MessageTooLarge`.
+    def stats(self, name: str) -> Any:
+        """Return queue ``name``'s figures as a dict (ready, in_flight, delayed, totals...)."""
+        return self._call(msg.Stats(name), _stats)
+
+    def list_queues(self) -> Any:
+        """Return every queue's figures, a list of dicts as `stats` returns them."""
+        return self._call(msg.ListQueues(), _queue_list)
+
+    # --- sending ---------------------------------------------------------------------
+
+    def send(self, name: str, data: bytes, *, delay_ms: int = 0) -> Any:
+        """Append ``data`` to queue ``name``; with ``delay_ms`` it is readable only after that delay.
+
+        Returns the message id. Raises `NoSuchQueue`, `QueueFull`, `MessageTooLarge`.
         """
+        if _milliseconds("delay_ms", delay_ms):
+            return self._call(msg.EnqueueDelayed(name, bytes(data), delay_ms), _queued_id)
         return self._call(msg.Enqueue(name, bytes(data)), _queued_id)
 
-    def read(self, name: str, timeout_ms: int = 0) -> Any:
-        """Take the next message of queue ``name``: a `Message`, or None when the queue is empty.
+    def send_batch(self, name: str, items: Iterable[bytes]) -> Any:
+        """Append every message of ``items`` in one request, all or none. Returns their ids in order.
 
-        Confirm it within ``timeout_ms`` (0: no timeout; it comes back only if this
-        connection closes). Raises `NoSuchQueue`.
+        Raises `NoSuchQueue`, `QueueFull` (none was accepted), `MessageTooLarge`
+        (the batch must fit in the server's message-size limit), `ValueError` (empty).
         """
-        if not 0 <= timeout_ms <= 0xFFFFFFFF:
-            raise ValueError(f"timeout_ms must be 0 .. 2**32-1, got {timeout_ms}")
-        return self._call(msg.Read(name, timeout_ms), _message_or_none)
+        batch = tuple(bytes(item) for item in items)
+        if not batch:
+            raise ValueError("send_batch needs at least one message")
+        return self._call(msg.EnqueueBatch(name, batch), _queued_ids)
+
+    # --- reading ---------------------------------------------------------------------
+
+    def read(self, name: str, timeout_ms: int = 0, *, wait_ms: int = 0) -> Any:
+        """Take the next message of queue ``name``: a `Message`, or None when there is none.
+
+        Confirm it within ``timeout_ms`` (0: no timeout; it comes back only if
+        this connection closes). With ``wait_ms`` the server waits up to that
+        long for a message before answering None. Raises `NoSuchQueue`.
+        """
+        _milliseconds("timeout_ms", timeout_ms)
+        _milliseconds("wait_ms", wait_ms)
+        return self._call(msg.Read(name, timeout_ms, wait_ms), _message_or_none)
+
+    def read_batch(self, name: str, max_messages: int, timeout_ms: int = 0, *, wait_ms: int = 0) -> Any:
+        """Take up to ``max_messages`` (1-65535) messages of ``name``; returns a list, empty when none came."""
+        if not isinstance(max_messages, int) or not 1 <= max_messages <= 0xFFFF:
+            raise ValueError(f"max_messages must be 1 .. 65535, got {max_messages!r}")
+        _milliseconds("timeout_ms", timeout_ms)
+        _milliseconds("wait_ms", wait_ms)
+        return self._call(msg.ReadBatch(name, max_messages, timeout_ms, wait_ms), _messages)
+
+    # --- settling --------------------------------------------------------------------
 
     def confirm(self, id: int) -> Any:  # noqa: A002 - the wire's name for it
         """Confirm message ``id``: the server forgets it. Returns None.
@@ -105,3 +209,28 @@ class Commands:
         Raises `Requeued` (its timeout passed first) or `NoSuchMessage`.
         """
         return self._call(msg.Confirm(id), _confirmed)
+
+    def confirm_batch(self, ids: Iterable[int]) -> Any:
+        """Confirm several messages in one request. Returns one result per id, in order:
+        None when confirmed, else the `Requeued` or `NoSuchMessage` instance (not raised)."""
+        batch = tuple(ids)
+        if not batch:
+            raise ValueError("confirm_batch needs at least one id")
+        return self._call(msg.ConfirmBatch(batch), _confirm_results)
+
+    def touch(self, id: int, timeout_ms: int) -> Any:  # noqa: A002
+        """Give in-flight message ``id`` ``timeout_ms`` more from now (0: no timeout). Returns None.
+
+        Raises `Requeued` (too late) or `NoSuchMessage`.
+        """
+        _milliseconds("timeout_ms", timeout_ms)
+        return self._call(msg.Touch(id, timeout_ms), _touched)
+
+    def release(self, id: int, delay_ms: int = 0) -> Any:  # noqa: A002
+        """Give in-flight message ``id`` back now (to the front of its queue) or after ``delay_ms``
+        (to the back). Counts as a delivery for ``max_deliveries``. Returns None.
+
+        Raises `Requeued` (too late) or `NoSuchMessage`.
+        """
+        _milliseconds("delay_ms", delay_ms)
+        return self._call(msg.Release(id, delay_ms), _released)

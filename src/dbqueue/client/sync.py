@@ -27,11 +27,18 @@ class PipelinedClient:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.protocol = ClientConnection()
+        self.timeout = sock.gettimeout()  # for each send and each wait for a response
         self._ready: list[tuple[int, msg.Response]] = []
+        self._outstanding = 0  # requests sent and not yet answered
+        self._longest_wait = 0.0  # the longest wait_ms among them, in seconds: the server may hold those
 
     @classmethod
     def connect(cls, address: str | tuple[str, int], timeout: float | None = 10.0) -> PipelinedClient:
-        """Connect and say Hello. Raises `ConnectionLost` (an `OSError`) if the server is not there."""
+        """Connect and say Hello. Raises `ConnectionLost` (an `OSError`) if the server is not there.
+
+        ``timeout`` bounds the connect and each wait for a response (plus the
+        ``wait_ms`` of a waiting read); None waits for ever.
+        """
         host, port = parse_address(address)
         try:
             sock = socket.create_connection((host, port), timeout=timeout)
@@ -61,7 +68,9 @@ class PipelinedClient:
             request_id, frame = self.protocol.send(request)
             ids.append(request_id)
             frames.append(frame)
+            self._longest_wait = max(self._longest_wait, getattr(request, "wait_ms", 0) / 1000.0)
         self.send_bytes(b"".join(frames))
+        self._outstanding += len(ids)
         return ids
 
     def send_bytes(self, data: bytes) -> None:
@@ -74,6 +83,8 @@ class PipelinedClient:
     def receive(self, count: int) -> list[tuple[int, msg.Response]]:
         """Block until ``count`` responses have arrived; return them in arrival order."""
         ready = self._ready
+        if self.timeout is not None:
+            self.sock.settimeout(self.timeout + self._longest_wait)
         while len(ready) < count:
             try:
                 data = self.sock.recv(_RECV_SIZE)
@@ -83,6 +94,10 @@ class PipelinedClient:
                 raise ConnectionLost("the server closed the connection")
             ready.extend(self.protocol.receive_data(data))
         taken, self._ready = ready[:count], ready[count:]
+        self._outstanding -= count
+        if self._outstanding <= 0:
+            self._outstanding = 0
+            self._longest_wait = 0.0
         return taken
 
     def close(self) -> None:

@@ -9,7 +9,7 @@ complete, each tagged with the request id it answers.
 from __future__ import annotations
 
 from ..errors import InvalidRequest, MessageTooLarge, ProtocolError
-from .frames import BODY_OVERHEAD, DEFAULT_MAX_MESSAGE_SIZE, FrameReader
+from .frames import BODY_OVERHEAD, DEFAULT_MAX_MESSAGE_SIZE, HEADER_SIZE, FrameReader
 from .messages import Enqueue, Request, Response, decode_response, encode
 
 __all__ = ["ClientConnection"]
@@ -49,14 +49,21 @@ class ClientConnection:
         """Return (request id, frame) for ``request``.
 
         Raises `InvalidQueueName` for a bad name and `MessageTooLarge` for a
-        payload over the server's limit, before anything is sent.
+        message, or a whole batch frame, over the server's limit, before
+        anything is sent (the server would close the connection on such a frame).
         """
         if isinstance(request, Enqueue) and len(request.data) > self.max_message_size:
             raise MessageTooLarge(
                 f"message of {len(request.data)} bytes exceeds the server's limit of {self.max_message_size} bytes"
             )
         request_id = self.next_request_id()
-        return request_id, encode(request_id, request)
+        frame = encode(request_id, request)
+        if len(frame) - HEADER_SIZE > self.max_message_size + BODY_OVERHEAD:
+            raise MessageTooLarge(
+                f"{type(request).__name__} of {len(frame) - HEADER_SIZE} bytes exceeds the server's limit of "
+                f"{self.max_message_size + BODY_OVERHEAD} bytes a frame: split it"
+            )
+        return request_id, frame
 
     def receive_data(self, data: bytes) -> list[tuple[int, Response]]:
         """Return the (request id, response) pairs completed by ``data``; raise `ProtocolError` on garbage."""

@@ -59,27 +59,43 @@ class Op(enum.IntEnum):
     """Opcodes. Requests are below 0x80, responses at or above it.
 
     Gaps are deliberate: each block leaves room for the operations planned
-    next (batches, waiting reads, touch/release, stats, group discovery).
+    next (group discovery, authentication).
     """
 
     # requests: session and queue management
     HELLO = 0x01
     CREATE_QUEUE = 0x02
     DELETE_QUEUE = 0x03
+    PURGE = 0x04
+    STATS = 0x05
+    LIST_QUEUES = 0x06
     # requests: messages
     ENQUEUE = 0x10
     READ = 0x11
     CONFIRM = 0x12
+    ENQUEUE_BATCH = 0x13
+    READ_BATCH = 0x14
+    CONFIRM_BATCH = 0x15
+    TOUCH = 0x16
+    RELEASE = 0x17
+    ENQUEUE_DELAYED = 0x18
     # responses
     HELLO_OK = 0x81
     QUEUE_CREATED = 0x82
     QUEUE_DELETED = 0x83
+    PURGED = 0x84
+    STATS_REPLY = 0x85
     OBJECT_QUEUED = 0x90
     MESSAGE = 0x91
     CONFIRMED = 0x92
     REQUEUED = 0x93
     FULL = 0x94
     EMPTY = 0x95
+    OBJECTS_QUEUED = 0x96
+    MESSAGES = 0x97
+    CONFIRM_RESULTS = 0x98
+    TOUCHED = 0x99
+    RELEASED = 0x9A
     ERROR = 0xFF
 
 

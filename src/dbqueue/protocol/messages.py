@@ -11,6 +11,7 @@ Queue names travel as a u8 length and that many bytes of UTF-8 (1-255).
 
 from __future__ import annotations
 
+import json
 import struct
 from dataclasses import dataclass
 from typing import Any, ClassVar, Union
@@ -35,6 +36,24 @@ __all__ = [
     "Full",
     "Empty",
     "Error",
+    "Purge",
+    "Stats",
+    "ListQueues",
+    "EnqueueDelayed",
+    "EnqueueBatch",
+    "ReadBatch",
+    "ConfirmBatch",
+    "Touch",
+    "Release",
+    "Purged",
+    "StatsReply",
+    "ObjectsQueued",
+    "Messages",
+    "ConfirmResults",
+    "Touched",
+    "Released",
+    "REQUEST_TYPES",
+    "RESPONSE_TYPES",
     "Request",
     "Response",
     "encode",
@@ -55,11 +74,17 @@ __all__ = [
 U16 = struct.Struct(">H")
 U32 = struct.Struct(">I")
 U64 = struct.Struct(">Q")
-_unpack_u32 = U32.unpack_from
+U8 = struct.Struct(">B")
+TIMES = struct.Struct(">II")  # timeout_ms, wait_ms (READ) or id-less pairs
+_unpack_times = TIMES.unpack_from
 _unpack_u64 = U64.unpack_from
 _ENQUEUE, _READ, _CONFIRM = int(Op.ENQUEUE), int(Op.READ), int(Op.CONFIRM)
 OTHER = -1  # RequestReader's tag for frames off the hot path
 HELLO_OK_HEAD = struct.Struct(">HI")
+CREATE_OPTIONS = struct.Struct(">QI")  # capacity, max_deliveries
+ID_AND_MS = struct.Struct(">QI")  # TOUCH, RELEASE: id, milliseconds
+BATCHED_MESSAGE = struct.Struct(">QII")  # id, deliveries, length; the payload follows
+READ_BATCH_HEAD = struct.Struct(">IIH")  # timeout_ms, wait_ms, max_messages
 MESSAGE_FIELDS = struct.Struct(">QI")
 # Whole frames the server builds in one call on its hot path.
 ID_FRAME = struct.Struct(">BBHIIQ")  # header + one u64 id: ObjectQueued (and the bench's Confirm)
@@ -103,17 +128,18 @@ def split_enqueue(body: bytes) -> tuple[bytes, bytes]:
     return name, body[size + 1 :]
 
 
-def split_read(body: bytes) -> tuple[bytes, int]:
-    """Return (raw queue name, timeout_ms) of a READ body: timeout_ms u32, then the name to the end."""
-    if len(body) < 6 or body[4] != len(body) - 5:
+def split_read(body: bytes) -> tuple[bytes, int, int]:
+    """Return (raw queue name, timeout_ms, wait_ms) of a READ body: two u32, then the name to the end."""
+    if len(body) < 10 or body[8] != len(body) - 9:
         _bad_read(body)
-    return body[5:], _unpack_u32(body)[0]
+    timeout_ms, wait_ms = _unpack_times(body)
+    return body[9:], timeout_ms, wait_ms
 
 
 def _bad_read(body: bytes) -> None:
-    if len(body) < 5:
-        raise InvalidRequest(f"READ body must hold timeout_ms and a queue name, got {len(body)} bytes")
-    name, stop = split_name(body, 4)
+    if len(body) < 9:
+        raise InvalidRequest(f"READ body must hold timeout_ms, wait_ms and a queue name, got {len(body)} bytes")
+    name, stop = split_name(body, 8)
     raise InvalidRequest(f"READ body has {len(body) - stop} bytes after the queue name")
 
 
@@ -123,7 +149,7 @@ class RequestReader(FrameReader):
     `feed` returns ``(opcode, request_id, a, b)`` tuples:
 
     * ``(Op.ENQUEUE, request_id, raw queue name, payload)``
-    * ``(Op.READ, request_id, raw queue name, timeout_ms)``
+    * ``(Op.READ, request_id, raw queue name, (timeout_ms, wait_ms))``
     * ``(Op.CONFIRM, request_id, message id, None)``
     * ``(OTHER, request_id, (opcode, flags, request_id, body), None)`` for every
       other frame, and for a hot request whose body or flags are not well-formed:
@@ -139,7 +165,7 @@ class RequestReader(FrameReader):
         items: list[Any] = []
         append = items.append
         unpack = HEADER.unpack_from
-        unpack_u32 = _unpack_u32
+        unpack_times = _unpack_times
         unpack_u64 = _unpack_u64
         max_body = self.max_body
         pos = 0
@@ -162,8 +188,8 @@ class RequestReader(FrameReader):
                         append((_ENQUEUE, request_id, data[start + 1 : name_end], data[name_end:stop]))
                         continue
                 elif opcode == _READ:
-                    if length >= 6 and data[start + 4] == length - 5:
-                        append((_READ, request_id, data[start + 5 : stop], unpack_u32(data, start)[0]))
+                    if length >= 10 and data[start + 8] == length - 9:
+                        append((_READ, request_id, data[start + 9 : stop], unpack_times(data, start)))
                         continue
                 elif opcode == _CONFIRM and length == 8:
                     append((_CONFIRM, request_id, unpack_u64(data, start)[0], None))
@@ -210,20 +236,38 @@ class Hello:
 
 @dataclass(frozen=True, slots=True)
 class CreateQueue:
-    """Create a queue (idempotent). ``capacity`` 0 means the server's default."""
+    """Create a queue (idempotent: an existing queue keeps its options).
+
+    ``capacity`` 0 means the server's default; ``max_deliveries`` 0 means no
+    limit; ``dead_letter_queue`` "" means none.
+    """
 
     OPCODE: ClassVar[int] = Op.CREATE_QUEUE
     name: str
     capacity: int = 0
+    max_deliveries: int = 0
+    dead_letter_queue: str = ""
 
     def body(self) -> bytes:
-        return encode_name(self.name) + U64.pack(self.capacity)
+        dead_letter = encode_name(self.dead_letter_queue) if self.dead_letter_queue else b"\x00"
+        return encode_name(self.name) + CREATE_OPTIONS.pack(self.capacity, self.max_deliveries) + dead_letter
 
     @classmethod
     def from_body(cls, body: bytes) -> CreateQueue:
         raw, stop = split_name(body)
-        (capacity,) = _fixed(U64, body[stop:], "CREATE_QUEUE capacity")
-        return cls(_decode_name(raw), capacity)
+        options_end = stop + CREATE_OPTIONS.size
+        if len(body) < options_end + 1:
+            raise InvalidRequest("CREATE_QUEUE body too short for its options")
+        capacity, max_deliveries = CREATE_OPTIONS.unpack_from(body, stop)
+        dead_letter = ""
+        if body[options_end]:
+            raw_dead_letter, options_end = split_name(body, options_end)
+            dead_letter = _decode_name(raw_dead_letter)
+        else:
+            options_end += 1
+        if options_end != len(body):
+            raise InvalidRequest("CREATE_QUEUE body has trailing bytes")
+        return cls(_decode_name(raw), capacity, max_deliveries, dead_letter)
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,19 +307,23 @@ class Enqueue:
 
 @dataclass(frozen=True, slots=True)
 class Read:
-    """Take the next message of a queue; confirm it within ``timeout_ms`` (0: no timeout)."""
+    """Take the next message of a queue; confirm it within ``timeout_ms`` (0: no timeout).
+
+    With ``wait_ms`` the server waits that long for a message before answering Empty.
+    """
 
     OPCODE: ClassVar[int] = Op.READ
     queue: str
     timeout_ms: int = 0
+    wait_ms: int = 0
 
     def body(self) -> bytes:
-        return U32.pack(self.timeout_ms) + encode_name(self.queue)
+        return TIMES.pack(self.timeout_ms, self.wait_ms) + encode_name(self.queue)
 
     @classmethod
     def from_body(cls, body: bytes) -> Read:
-        raw, timeout_ms = split_read(body)
-        return cls(_decode_name(raw), timeout_ms)
+        raw, timeout_ms, wait_ms = split_read(body)
+        return cls(_decode_name(raw), timeout_ms, wait_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +339,179 @@ class Confirm:
     @classmethod
     def from_body(cls, body: bytes) -> Confirm:
         return cls(*_fixed(U64, body, "CONFIRM"))
+
+
+@dataclass(frozen=True, slots=True)
+class _NameOnly:
+    """A request whose body is a queue name and nothing else."""
+
+    name: str
+
+    def body(self) -> bytes:
+        return encode_name(self.name)
+
+    @classmethod
+    def from_body(cls, body: bytes) -> Any:
+        raw, stop = split_name(body)
+        if stop != len(body):
+            raise InvalidRequest(f"{cls.__name__} body has trailing bytes")
+        return cls(_decode_name(raw))
+
+
+@dataclass(frozen=True, slots=True)
+class Purge(_NameOnly):
+    """Drop every ready and delayed message of a queue (in-flight ones stay)."""
+
+    OPCODE: ClassVar[int] = Op.PURGE
+
+
+@dataclass(frozen=True, slots=True)
+class Stats(_NameOnly):
+    """Ask for one queue's figures."""
+
+    OPCODE: ClassVar[int] = Op.STATS
+
+
+@dataclass(frozen=True, slots=True)
+class ListQueues:
+    """Ask for every queue's figures."""
+
+    OPCODE: ClassVar[int] = Op.LIST_QUEUES
+
+    def body(self) -> bytes:
+        return b""
+
+    @classmethod
+    def from_body(cls, body: bytes) -> ListQueues:
+        _expect_empty(body, "LIST_QUEUES")
+        return cls()
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueDelayed:
+    """Append ``data`` to a queue, readable only after ``delay_ms``."""
+
+    OPCODE: ClassVar[int] = Op.ENQUEUE_DELAYED
+    queue: str
+    data: bytes
+    delay_ms: int
+
+    def body(self) -> bytes:
+        return encode_name(self.queue) + U32.pack(self.delay_ms) + self.data
+
+    @classmethod
+    def from_body(cls, body: bytes) -> EnqueueDelayed:
+        raw, stop = split_name(body)
+        if len(body) < stop + 4:
+            raise InvalidRequest("ENQUEUE_DELAYED body too short for delay_ms")
+        return cls(_decode_name(raw), body[stop + 4 :], U32.unpack_from(body, stop)[0])
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueBatch:
+    """Append several messages to a queue at once (all or none)."""
+
+    OPCODE: ClassVar[int] = Op.ENQUEUE_BATCH
+    queue: str
+    items: tuple[bytes, ...]
+
+    def body(self) -> bytes:
+        pack = U32.pack
+        return encode_name(self.queue) + b"".join(pack(len(item)) + item for item in self.items)
+
+    @classmethod
+    def from_body(cls, body: bytes) -> EnqueueBatch:
+        raw, pos = split_name(body)
+        items = []
+        end = len(body)
+        unpack = U32.unpack_from
+        while pos < end:
+            if pos + 4 > end:
+                raise InvalidRequest("ENQUEUE_BATCH item length cut short")
+            (size,) = unpack(body, pos)
+            pos += 4
+            if pos + size > end:
+                raise InvalidRequest(f"ENQUEUE_BATCH item of {size} bytes runs past the end of the body")
+            items.append(body[pos : pos + size])
+            pos += size
+        if not items:
+            raise InvalidRequest("ENQUEUE_BATCH holds no message")
+        return cls(_decode_name(raw), tuple(items))
+
+
+@dataclass(frozen=True, slots=True)
+class ReadBatch:
+    """Take up to ``max_messages`` messages of a queue (see `Read`)."""
+
+    OPCODE: ClassVar[int] = Op.READ_BATCH
+    queue: str
+    max_messages: int
+    timeout_ms: int = 0
+    wait_ms: int = 0
+
+    def body(self) -> bytes:
+        return READ_BATCH_HEAD.pack(self.timeout_ms, self.wait_ms, self.max_messages) + encode_name(self.queue)
+
+    @classmethod
+    def from_body(cls, body: bytes) -> ReadBatch:
+        if len(body) < READ_BATCH_HEAD.size:
+            raise InvalidRequest("READ_BATCH body too short")
+        timeout_ms, wait_ms, max_messages = READ_BATCH_HEAD.unpack_from(body)
+        raw, stop = split_name(body, READ_BATCH_HEAD.size)
+        if stop != len(body):
+            raise InvalidRequest("READ_BATCH body has trailing bytes")
+        if not max_messages:
+            raise InvalidRequest("READ_BATCH max_messages must be at least 1")
+        return cls(_decode_name(raw), max_messages, timeout_ms, wait_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfirmBatch:
+    """Confirm several messages at once."""
+
+    OPCODE: ClassVar[int] = Op.CONFIRM_BATCH
+    ids: tuple[int, ...]
+
+    def body(self) -> bytes:
+        return struct.pack(f">{len(self.ids)}Q", *self.ids)
+
+    @classmethod
+    def from_body(cls, body: bytes) -> ConfirmBatch:
+        if not body or len(body) % 8:
+            raise InvalidRequest(f"CONFIRM_BATCH body must be a nonzero multiple of 8 bytes, got {len(body)}")
+        return cls(struct.unpack(f">{len(body) // 8}Q", body))
+
+
+@dataclass(frozen=True, slots=True)
+class Touch:
+    """Give an in-flight message ``timeout_ms`` more, counted from now (0: no timeout)."""
+
+    OPCODE: ClassVar[int] = Op.TOUCH
+    id: int
+    timeout_ms: int
+
+    def body(self) -> bytes:
+        return ID_AND_MS.pack(self.id, self.timeout_ms)
+
+    @classmethod
+    def from_body(cls, body: bytes) -> Touch:
+        return cls(*_fixed(ID_AND_MS, body, "TOUCH"))
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """Give an in-flight message back now, or after ``delay_ms``, without waiting for its timeout."""
+
+    OPCODE: ClassVar[int] = Op.RELEASE
+    id: int
+    delay_ms: int = 0
+
+    def body(self) -> bytes:
+        return ID_AND_MS.pack(self.id, self.delay_ms)
+
+    @classmethod
+    def from_body(cls, body: bytes) -> Release:
+        return cls(*_fixed(ID_AND_MS, body, "RELEASE"))
 
 
 # --- responses -----------------------------------------------------------------------
@@ -372,6 +593,105 @@ class Error:
         return cls(U16.unpack_from(body)[0], body[2:].decode("utf-8", "replace"))
 
 
+@dataclass(frozen=True, slots=True)
+class Purged:
+    """How many messages a purge dropped."""
+
+    OPCODE: ClassVar[int] = Op.PURGED
+    count: int
+
+    def body(self) -> bytes:
+        return U64.pack(self.count)
+
+    @classmethod
+    def from_body(cls, body: bytes) -> Purged:
+        return cls(*_fixed(U64, body, "PURGED"))
+
+
+@dataclass(frozen=True, slots=True)
+class StatsReply:
+    """Figures as a JSON object: one queue's for Stats, ``{"queues": [...]}`` for ListQueues."""
+
+    OPCODE: ClassVar[int] = Op.STATS_REPLY
+    stats: dict[str, Any]
+
+    def body(self) -> bytes:
+        return json.dumps(self.stats, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_body(cls, body: bytes) -> StatsReply:
+        try:
+            stats = json.loads(body)
+        except ValueError:
+            raise InvalidRequest("STATS_REPLY body is not JSON") from None
+        if not isinstance(stats, dict):
+            raise InvalidRequest("STATS_REPLY body is not a JSON object")
+        return cls(stats)
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectsQueued:
+    """The ids of a batch's messages, in order."""
+
+    OPCODE: ClassVar[int] = Op.OBJECTS_QUEUED
+    ids: tuple[int, ...]
+
+    def body(self) -> bytes:
+        return struct.pack(f">{len(self.ids)}Q", *self.ids)
+
+    @classmethod
+    def from_body(cls, body: bytes) -> ObjectsQueued:
+        if len(body) % 8:
+            raise InvalidRequest("OBJECTS_QUEUED body is not a multiple of 8 bytes")
+        return cls(struct.unpack(f">{len(body) // 8}Q", body))
+
+
+@dataclass(frozen=True, slots=True)
+class Messages:
+    """The messages of a batch read (none when the queue was empty)."""
+
+    OPCODE: ClassVar[int] = Op.MESSAGES
+    messages: tuple[Message, ...]
+
+    def body(self) -> bytes:
+        pack = BATCHED_MESSAGE.pack
+        return b"".join(pack(m.id, m.deliveries, len(m.data)) + m.data for m in self.messages)
+
+    @classmethod
+    def from_body(cls, body: bytes) -> Messages:
+        messages = []
+        pos, end = 0, len(body)
+        unpack = BATCHED_MESSAGE.unpack_from
+        size = BATCHED_MESSAGE.size
+        while pos < end:
+            if pos + size > end:
+                raise InvalidRequest("MESSAGES entry cut short")
+            id_, deliveries, length = unpack(body, pos)
+            pos += size
+            if pos + length > end:
+                raise InvalidRequest("MESSAGES payload runs past the end of the body")
+            messages.append(Message(id_, body[pos : pos + length], deliveries))
+            pos += length
+        return cls(tuple(messages))
+
+
+@dataclass(frozen=True, slots=True)
+class ConfirmResults:
+    """One outcome byte per confirmed id: 0 confirmed, 1 requeued, 2 no such message."""
+
+    OPCODE: ClassVar[int] = Op.CONFIRM_RESULTS
+    outcomes: tuple[int, ...]
+
+    def body(self) -> bytes:
+        return bytes(self.outcomes)
+
+    @classmethod
+    def from_body(cls, body: bytes) -> ConfirmResults:
+        if any(outcome > 2 for outcome in body):
+            raise InvalidRequest("CONFIRM_RESULTS holds an unknown outcome")
+        return cls(tuple(body))
+
+
 class _Bare:
     """A response with no body; its one instance is the class's ``INSTANCE``."""
 
@@ -432,24 +752,47 @@ class Empty(_Bare):
     OPCODE = Op.EMPTY
 
 
-for _bare in (QueueCreated, QueueDeleted, Confirmed, Requeued, Full, Empty):
+class Touched(_Bare):
+    """The in-flight message's deadline moved."""
+
+    OPCODE = Op.TOUCHED
+
+
+class Released(_Bare):
+    """The in-flight message went back to its queue."""
+
+    OPCODE = Op.RELEASED
+
+
+for _bare in (QueueCreated, QueueDeleted, Confirmed, Requeued, Full, Empty, Touched, Released):
     _bare.INSTANCE = _bare()  # type: ignore[attr-defined]
 
-Request = Union[Hello, CreateQueue, DeleteQueue, Enqueue, Read, Confirm]
-Response = Union[
-    HelloOk, QueueCreated, QueueDeleted, ObjectQueued, Message, Confirmed, Requeued, Full, Empty, Error
-]
+REQUEST_TYPES = (
+    Hello, CreateQueue, DeleteQueue, Purge, Stats, ListQueues,
+    Enqueue, Read, Confirm, EnqueueBatch, ReadBatch, ConfirmBatch, Touch, Release, EnqueueDelayed,
+)  # fmt: skip
+RESPONSE_TYPES = (
+    HelloOk, QueueCreated, QueueDeleted, Purged, StatsReply,
+    ObjectQueued, Message, Confirmed, Requeued, Full, Empty,
+    ObjectsQueued, Messages, ConfirmResults, Touched, Released, Error,
+)  # fmt: skip
+Request = Union[REQUEST_TYPES]  # type: ignore[valid-type]
+Response = Union[RESPONSE_TYPES]  # type: ignore[valid-type]
 
-_REQUESTS = {cls.OPCODE: cls for cls in (Hello, CreateQueue, DeleteQueue, Enqueue, Read, Confirm)}
-_RESPONSES = {
-    cls.OPCODE: cls
-    for cls in (HelloOk, QueueCreated, QueueDeleted, ObjectQueued, Message, Confirmed, Requeued, Full, Empty, Error)
-}
+_REQUESTS = {cls.OPCODE: cls for cls in REQUEST_TYPES}
+_RESPONSES = {cls.OPCODE: cls for cls in RESPONSE_TYPES}
 
 
 def encode(request_id: int, message: Request | Response, flags: int = 0) -> bytes:
-    """Return the whole frame for ``message``; raise `InvalidQueueName` for a bad name."""
-    body = message.body()
+    """Return the whole frame for ``message``.
+
+    Raises `InvalidQueueName` for a bad name, `ValueError` for a number that
+    does not fit its field (a negative id, a capacity over 2**64-1...).
+    """
+    try:
+        body = message.body()
+    except struct.error as exc:
+        raise ValueError(f"{type(message).__name__}: a field is out of range for the wire ({exc})") from None
     return HEADER.pack(MAGIC, message.OPCODE, flags, request_id, len(body)) + body
 
 

@@ -44,7 +44,7 @@ class Server:
         self.max_message_size = max_message_size
         self.backlog = backlog
         self.name = f"dbqueue/{__version__}"
-        self.broker = Broker(default_capacity=default_capacity)
+        self.broker = Broker(default_capacity=default_capacity, max_batch_bytes=max_message_size)
         self.sessions: set[Session] = set()
         self.clock: Callable[[], float] = _unstarted_clock
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -98,6 +98,14 @@ class Server:
             await asyncio.Future()
         finally:
             await self.stop()
+
+    def stats(self) -> dict[str, object]:
+        """Server-wide figures and every queue's, as LIST_QUEUES answers them."""
+        return {
+            "server": self.name,
+            "connections": len(self.sessions),
+            "queues": [queue.stats() for queue in self.broker.queues.values()],
+        }
 
     # --- deadlines -------------------------------------------------------------------
 

@@ -1,29 +1,40 @@
-"""Queues, in-flight messages and their deadlines: the server's logic, with no I/O.
+"""Queues, in-flight messages, delays, waiting reads: the server's logic, with no I/O.
 
 Theory of operation
 -------------------
-A message is *ready* (in its queue, waiting for a read) or *in flight* (read,
-waiting for its confirm). Ready messages that were never read are stored as
-bare ``bytes`` in *runs* of consecutive ids, so a queued message costs its
-payload plus one deque slot: the id is implied by its position in the run.
-Ids come from one server-wide counter, handed to queues in blocks of
-`ID_BLOCK`, so they stay unique for the server's lifetime across all queues.
+A message is *ready* (in its queue, waiting for a read), *in flight* (read,
+waiting for its confirm) or *delayed* (sent or released with a delay not yet
+over). A queue's ready messages are a deque of *segments*:
 
-A read turns a message into an `InFlight` record, kept in `Broker.records`
+* a `_Run` holds fresh messages (never read) as bare ``bytes`` with
+  consecutive ids, so a queued message costs its payload plus one deque slot:
+  the id is implied by its position. Ids come from one server-wide counter,
+  handed to queues in blocks of `ID_BLOCK`, so they stay unique for the
+  server's lifetime across all queues;
+* a `Record` is a message that has been read, or was delayed: it carries its
+  own id and delivery count.
+
+A read turns the first ready message into a `Record`, kept in `Broker.records`
 (by id) and in its holder's ``held`` dict (one per connection, in read order).
-A message that comes back (timeout, or its connection closed) keeps its record
-and goes to the front of its queue's ``returned`` deque, ahead of every fresh
-message; its record stays in `Broker.records` with no holder, so a late
-confirm can answer Requeued.
+A message that comes back (timeout, release, or its connection closed) goes
+to the front of its queue, ahead of every fresh message, unless it has been
+delivered ``max_deliveries`` times: then it moves to the queue's dead-letter
+queue (or is dropped and logged when there is none). A delayed message joins
+the back of its queue when its delay ends.
 
-Deadlines live in one heap of ``(deadline, lease, record)``, swept by
-`Broker.expire`; there is never a timer per message. Each timed delivery takes
-a new *lease* number: it breaks ties in read order, and an entry is live only
-while its record still holds that lease. A confirm leaves its heap entry behind
-(removing from the middle of a heap is O(n)); `expire` skips entries whose
-lease is over, and the heap is rebuilt whenever stale
-entries outnumber live ones, so its size stays within about twice the
-in-flight count.
+Three heaps hold every time-driven event: in-flight deadlines, delay ends,
+and the ends of waiting reads. `Broker.expire` sweeps all three; the server
+runs it from one timer, never a timer per message. Each entry takes a new
+*lease* number, which breaks ties in arrival order; a record's ``lease`` names
+its one live entry (0: none), so an entry is stale as soon as its record is
+confirmed, requeued, touched or purged. Stale entries stay behind (removing
+from the middle of a heap is O(n)) and are skipped; the deadline heap is
+rebuilt whenever they outnumber live ones.
+
+A read with ``wait_ms`` on an empty queue leaves a `Waiter`; every path that
+makes a message ready (`enqueue`, requeue, delay end) hands it straight to the
+queue's first live waiter, whose ``wake`` callback (the session's) sends the
+answer.
 
 Every method takes ``now`` (seconds, monotonic) from the caller, so tests drive
 a fake clock.
@@ -33,34 +44,66 @@ from __future__ import annotations
 
 import enum
 import heapq
+import logging
 from collections import deque
+from collections.abc import Callable
+from typing import Any
 
-__all__ = ["Broker", "Queue", "InFlight", "Outcome", "ID_BLOCK"]
+from ..errors import InvalidRequest, NoSuchQueue
+
+__all__ = ["Broker", "Queue", "Record", "Waiter", "Outcome", "ID_BLOCK"]
+
+log = logging.getLogger("dbqueue.server")
 
 ID_BLOCK = 1 << 16
 
 
 class Outcome(enum.IntEnum):
-    """What a confirm did."""
+    """What a confirm, touch or release did (also the CONFIRM_RESULTS byte)."""
 
     CONFIRMED = 0
     REQUEUED = 1
     NO_SUCH_MESSAGE = 2
 
 
-class InFlight:
-    """A message that has been read at least once. ``held`` is None while it waits in its queue."""
+class Record:
+    """A message that has been read at least once, or was delayed.
 
-    __slots__ = ("id", "queue", "data", "deliveries", "deadline", "lease", "held")
+    ``held`` is the holder's dict while in flight, None otherwise.
+    """
 
-    def __init__(self, id_: int, queue: Queue, data: bytes) -> None:
+    __slots__ = ("id", "queue", "data", "deliveries", "lease", "held")
+
+    def __init__(self, id_: int, queue: Queue, data: bytes, held: dict[int, Record] | None = None) -> None:
         self.id = id_
         self.queue = queue
         self.data = data
-        self.deliveries = 0
-        self.deadline = 0.0  # 0: no timeout
-        self.lease = 0  # which heap entry is this delivery's, while it has a deadline
-        self.held: dict[int, InFlight] | None = None
+        self.deliveries = 1 if held is not None else 0  # a record made for a read is a first delivery
+        self.lease = 0  # its live heap entry: a deadline while in flight, a delay end while delayed
+        self.held = held
+
+
+class Waiter:
+    """A read waiting for a message; ``wake`` gets the records, or None if the queue was deleted."""
+
+    __slots__ = ("queue", "held", "timeout_ms", "max_messages", "deadline", "wake", "active")
+
+    def __init__(
+        self,
+        queue: Queue,
+        held: dict[int, Record],
+        timeout_ms: int,
+        max_messages: int,
+        deadline: float,
+        wake: Callable[[list[Record] | None], None],
+    ) -> None:
+        self.queue = queue
+        self.held = held
+        self.timeout_ms = timeout_ms
+        self.max_messages = max_messages
+        self.deadline = deadline
+        self.wake = wake
+        self.active = True
 
 
 class _Run:
@@ -74,70 +117,156 @@ class _Run:
 
 
 class Queue:
-    """One named queue. ``count`` is every message it holds: ready plus in flight."""
+    """One named queue. ``count`` is every message it holds: ready, in flight and delayed."""
 
-    __slots__ = ("name", "capacity", "count", "deleted", "returned", "_runs", "_tail", "_block_end", "_broker")
+    __slots__ = (
+        "name", "capacity", "max_deliveries", "dead_letter", "deleted",
+        "ready", "delayed", "enqueued", "confirmed", "requeued", "dead_lettered", "dropped", "consumers",
+        "waiters", "waiting", "_segments", "_tail", "_next_id", "_block_end", "_broker", "_records",
+    )  # fmt: skip
 
-    def __init__(self, broker: Broker, name: bytes, capacity: int) -> None:
+    def __init__(
+        self, broker: Broker, name: bytes, capacity: int, max_deliveries: int = 0, dead_letter: bytes | None = None
+    ) -> None:
         self.name = name
         self.capacity = capacity  # 0: unbounded
-        self.count = 0
+        self.max_deliveries = max_deliveries  # 0: no limit
+        self.dead_letter = dead_letter
         self.deleted = False
-        self.returned: deque[InFlight] = deque()
+        self.ready = 0
+        self.delayed = 0
+        self.enqueued = 0
+        self.confirmed = 0
+        self.requeued = 0
+        self.dead_lettered = 0
+        self.dropped = 0  # purged
+        self.consumers = 0  # open connections that have read from this queue
+        self.waiters: deque[Waiter] = deque()  # may hold inactive ones, see Broker.cancel_wait
+        self.waiting = 0  # active waiters
         self._broker = broker
-        self._runs: deque[_Run] = deque()
-        self._tail: _Run | None = None
+        self._records = broker.records
+        self._segments: deque[_Run | Record] = deque()
+        self._tail: _Run | None = None  # the run `push` appends to
+        self._next_id = 0
         self._block_end = 0
 
-    def push(self, data: bytes) -> int:
-        """Append a message; return its id, or -1 if the queue is full."""
-        if self.count == self.capacity and self.capacity:
-            return -1
-        tail = self._tail
-        if tail is None or tail.next_id + len(tail.items) == self._block_end:
-            tail = self._new_run()
-        self.count += 1
-        tail.items.append(data)
-        return tail.next_id + len(tail.items) - 1
-
-    def pop(self) -> InFlight | None:
-        """Take the first ready message as a record, or None when none is ready."""
-        if self.returned:
-            return self.returned.popleft()
-        runs = self._runs
-        while runs:
-            run = runs[0]
-            if run.items:
-                id_ = run.next_id
-                run.next_id = id_ + 1
-                return InFlight(id_, self, run.items.popleft())
-            if run is self._tail:
-                return None
-            runs.popleft()
-        return None
+    @property
+    def count(self) -> int:
+        """Every message the queue holds: ready, in flight and delayed (derived, to keep `push` lean)."""
+        return self.enqueued - self.confirmed - self.dead_lettered - self.dropped
 
     @property
-    def ready(self) -> int:
-        """Messages waiting for a read."""
-        return len(self.returned) + sum(len(run.items) for run in self._runs)
+    def in_flight(self) -> int:
+        return self.count - self.ready - self.delayed
 
-    def _new_run(self) -> _Run:
-        first = self._broker.allocate_ids(ID_BLOCK)
-        self._block_end = first + ID_BLOCK
-        run = self._tail = _Run(first)
-        self._runs.append(run)
+    @property
+    def returned(self) -> list[Record]:
+        """Ready messages that carry a record (read before, or delayed), in queue order."""
+        return [segment for segment in self._segments if segment.__class__ is Record]  # type: ignore[misc]
+
+    def has_room(self, count: int = 1) -> bool:
+        return not self.capacity or self.count + count <= self.capacity
+
+    def push(self, data: bytes) -> int:
+        """Append a fresh message; return its id, or -1 if the queue is full."""
+        if self.capacity and self.enqueued - self.confirmed - self.dead_lettered - self.dropped >= self.capacity:
+            return -1
+        id_ = self._next_id
+        tail = self._tail
+        if tail is None or id_ == self._block_end:
+            tail = self._start_run()
+            id_ = self._next_id
+        tail.items.append(data)
+        self._next_id = id_ + 1
+        self.ready += 1
+        self.enqueued += 1
+        return id_
+
+    def take(self, held: dict[int, Record]) -> Record | None:
+        """Hand the first ready message to ``held`` and register it in flight with the broker;
+        return its record (deliveries counted), or None when none is ready."""
+        segments = self._segments
+        while segments:
+            segment = segments[0]
+            if segment.__class__ is _Run:
+                items = segment.items  # type: ignore[union-attr]
+                if items:
+                    id_ = segment.next_id  # type: ignore[union-attr]
+                    segment.next_id = id_ + 1  # type: ignore[union-attr]
+                    self.ready -= 1
+                    record = held[id_] = self._records[id_] = Record(id_, self, items.popleft(), held)
+                    return record
+                if segment is self._tail:
+                    return None
+                segments.popleft()
+            else:
+                segments.popleft()
+                self.ready -= 1
+                segment.deliveries += 1  # type: ignore[union-attr]
+                segment.held = held  # type: ignore[union-attr]
+                held[segment.id] = segment  # type: ignore[union-attr,index]
+                return segment  # type: ignore[return-value]
+        return None
+
+    def push_front(self, record: Record) -> None:
+        """Return a record ahead of every ready message."""
+        self._segments.appendleft(record)
+        self.ready += 1
+
+    def push_back(self, record: Record) -> None:
+        """Make a record ready behind every ready message (a delay ended)."""
+        self._segments.append(record)
+        self._tail = None  # the next fresh message starts a new run behind it
+        self.ready += 1
+
+    def drop_ready(self) -> list[Record]:
+        """Drop every ready message; return the records among them."""
+        records = self.returned
+        self._segments.clear()
+        self._tail = None
+        self.dropped += self.ready
+        self.ready = 0
+        return records  # type: ignore[return-value]
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "name": self.name.decode("utf-8", "replace"),
+            "ready": self.ready,
+            "in_flight": self.in_flight,
+            "delayed": self.delayed,
+            "capacity": self.capacity,
+            "max_deliveries": self.max_deliveries,
+            "dead_letter_queue": self.dead_letter.decode("utf-8", "replace") if self.dead_letter else None,
+            "enqueued": self.enqueued,
+            "confirmed": self.confirmed,
+            "requeued": self.requeued,
+            "dead_lettered": self.dead_lettered,
+            "consumers": self.consumers,
+            "waiting": self.waiting,
+        }
+
+    def _start_run(self) -> _Run:
+        if self._next_id == self._block_end:
+            self._next_id = self._broker.allocate_ids(ID_BLOCK)
+            self._block_end = self._next_id + ID_BLOCK
+        run = self._tail = _Run(self._next_id)
+        self._segments.append(run)
         return run
 
 
 class Broker:
-    """Every queue and every in-flight message of one server."""
+    """Every queue and every message record of one server."""
 
-    def __init__(self, default_capacity: int = 0, first_id: int = 1) -> None:
+    def __init__(self, default_capacity: int = 0, first_id: int = 1, max_batch_bytes: int = 1 << 20) -> None:
         self.default_capacity = default_capacity
+        self.max_batch_bytes = max_batch_bytes
         self.queues: dict[bytes, Queue] = {}
-        self.records: dict[int, InFlight] = {}
-        self._deadlines: list[tuple[float, int, InFlight]] = []
-        self._timed = 0  # records in flight with a deadline (live heap entries)
+        self.records: dict[int, Record] = {}
+        self._deadlines: list[tuple[float, int, Record]] = []
+        self._delays: list[tuple[float, int, Record]] = []
+        self._waits: list[tuple[float, int, Waiter]] = []
+        self._timed = 0  # records in flight with a deadline (live entries of `_deadlines`)
+        self._waiting = 0  # active waiters (live entries of `_waits`)
         self._leases = 0
         self._next_id = first_id
 
@@ -151,48 +280,178 @@ class Broker:
 
     # --- queues ----------------------------------------------------------------------
 
-    def create_queue(self, name: bytes, capacity: int = 0) -> Queue:
-        """Return the queue called ``name``, creating it if needed (an existing one is kept as is)."""
+    def create_queue(
+        self, name: bytes, capacity: int = 0, max_deliveries: int = 0, dead_letter: bytes | None = None
+    ) -> Queue:
+        """Return the queue called ``name``, creating it if needed (an existing one keeps its options).
+
+        Raises `NoSuchQueue` if ``dead_letter`` names no queue, `InvalidRequest`
+        if it would close a loop of dead-letter queues.
+        """
         queue = self.queues.get(name)
-        if queue is None:
-            queue = self.queues[name] = Queue(self, name, capacity or self.default_capacity)
+        if queue is not None:
+            return queue
+        if dead_letter:
+            self._check_dead_letter(name, dead_letter)
+        queue = self.queues[name] = Queue(self, name, capacity or self.default_capacity, max_deliveries, dead_letter)
         return queue
+
+    def _check_dead_letter(self, name: bytes, dead_letter: bytes) -> None:
+        seen = {name}
+        hop: bytes | None = dead_letter
+        while hop:
+            if hop in seen:
+                raise InvalidRequest(f"dead-letter queue {dead_letter.decode()!r} would close a loop back to {name.decode()!r}")
+            target = self.queues.get(hop)
+            if target is None:
+                raise NoSuchQueue(f"no queue named {hop.decode()!r} to use as a dead-letter queue")
+            seen.add(hop)
+            hop = target.dead_letter
 
     def delete_queue(self, name: bytes) -> bool:
         """Drop a queue and every message it holds; return False if there was none.
 
-        Its in-flight records are dropped lazily: a confirm of one answers
-        no-such-message, and its timeout or its holder's disconnect discards it.
+        Its in-flight and delayed records are dropped lazily: a confirm of one
+        answers no-such-message, and its timeout, delay end or holder's
+        disconnect discards it. Its waiting reads are woken with None.
         """
         queue = self.queues.pop(name, None)
         if queue is None:
             return False
         queue.deleted = True
-        for record in queue.returned:
+        for record in queue.drop_ready():
             del self.records[record.id]
+        waiters, queue.waiters = queue.waiters, deque()
+        for waiter in waiters:
+            if waiter.active:
+                self.cancel_wait(waiter)
+                waiter.wake(None)
         return True
 
-    # --- messages --------------------------------------------------------------------
+    def purge(self, queue: Queue) -> int:
+        """Drop every ready and delayed message of ``queue``; return how many."""
+        dropped = queue.ready + queue.delayed
+        for record in queue.drop_ready():
+            del self.records[record.id]
+        if queue.delayed:
+            for _, lease, record in self._delays:
+                if record.queue is queue and record.lease == lease:
+                    record.lease = 0  # its heap entry goes stale
+                    del self.records[record.id]
+            queue.dropped += queue.delayed
+            queue.delayed = 0
+        return dropped
 
-    def deliver(self, queue: Queue, timeout_ms: int, held: dict[int, InFlight], now: float) -> InFlight | None:
-        """Read the next message of ``queue`` on behalf of ``held``; None when none is ready."""
-        record = queue.pop()
-        if record is None:
+    # --- sending ---------------------------------------------------------------------
+
+    def enqueue(self, queue: Queue, data: bytes, now: float) -> int:
+        """Append a message and hand it to a waiting read if there is one; return its id or -1 (full)."""
+        id_ = queue.push(data)
+        if id_ >= 0 and queue.waiters:
+            self.feed_waiters(queue, now)
+        return id_
+
+    def enqueue_batch(self, queue: Queue, items: list[bytes], now: float) -> list[int] | None:
+        """Append every message or none; return their ids, or None if they do not all fit."""
+        if not queue.has_room(len(items)):
             return None
-        id_ = record.id
-        record.deliveries += 1
-        record.held = held
-        held[id_] = record
-        self.records[id_] = record
-        if timeout_ms:  # else the deadline is already 0: fresh, or reset by `requeue`
-            record.deadline = deadline = now + timeout_ms / 1000.0
-            record.lease = lease = self._leases = self._leases + 1
-            heap = self._deadlines
-            heapq.heappush(heap, (deadline, lease, record))
-            self._timed += 1
-            if len(heap) > 2 * self._timed + 1024:
-                self._compact()
+        ids = [queue.push(data) for data in items]
+        if queue.waiters:
+            self.feed_waiters(queue, now)
+        return ids
+
+    def enqueue_delayed(self, queue: Queue, data: bytes, delay_ms: int, now: float) -> int:
+        """Add a message that becomes ready after ``delay_ms``; return its id or -1 (full)."""
+        if not queue.has_room():
+            return -1
+        record = Record(self.allocate_ids(1), queue, data)
+        self.records[record.id] = record
+        queue.enqueued += 1
+        self._delay(record, delay_ms, now)
+        return record.id
+
+    def _delay(self, record: Record, delay_ms: int, now: float) -> None:
+        record.queue.delayed += 1
+        record.lease = self._leases = self._leases + 1
+        heapq.heappush(self._delays, (now + delay_ms / 1000.0, record.lease, record))
+
+    # --- reading ---------------------------------------------------------------------
+
+    def deliver(self, queue: Queue, timeout_ms: int, held: dict[int, Record], now: float) -> Record | None:
+        """Read the next message of ``queue`` on behalf of ``held``; None when none is ready."""
+        record = queue.take(held)
+        if record is not None and timeout_ms:
+            self.set_deadline(record, timeout_ms, now)
         return record
+
+    def set_deadline(self, record: Record, timeout_ms: int, now: float) -> None:
+        """Give an in-flight record, without a deadline yet, one ``timeout_ms`` from now."""
+        record.lease = lease = self._leases = self._leases + 1
+        heap = self._deadlines
+        heapq.heappush(heap, (now + timeout_ms / 1000.0, lease, record))
+        self._timed += 1
+        if len(heap) > 2 * self._timed + 1024:
+            self._compact()
+
+    def deliver_many(
+        self, queue: Queue, max_messages: int, timeout_ms: int, held: dict[int, Record], now: float
+    ) -> list[Record]:
+        """Read up to ``max_messages`` messages of ``queue``, stopping once their payloads
+        pass ``max_batch_bytes`` so that any client can take the reply in."""
+        records = []
+        size = 0
+        for _ in range(max_messages):
+            record = self.deliver(queue, timeout_ms, held, now)
+            if record is None:
+                break
+            records.append(record)
+            size += len(record.data)
+            if size >= self.max_batch_bytes:
+                break
+        return records
+
+    def wait(
+        self,
+        queue: Queue,
+        held: dict[int, Record],
+        timeout_ms: int,
+        max_messages: int,
+        wait_ms: int,
+        now: float,
+        wake: Callable[[list[Record] | None], None],
+    ) -> Waiter:
+        """Park a read on an empty queue: ``wake`` gets its messages, or [] once ``wait_ms`` passes."""
+        # Retired waiters are dropped lazily; rebuild before they pile up.
+        if len(queue.waiters) > 2 * queue.waiting + 16:
+            queue.waiters = deque(w for w in queue.waiters if w.active)
+        if len(self._waits) > 2 * self._waiting + 1024:
+            self._waits = [entry for entry in self._waits if entry[2].active]
+            heapq.heapify(self._waits)
+        waiter = Waiter(queue, held, timeout_ms, max_messages, now + wait_ms / 1000.0, wake)
+        queue.waiters.append(waiter)
+        queue.waiting += 1
+        self._waiting += 1
+        self._leases += 1
+        heapq.heappush(self._waits, (waiter.deadline, self._leases, waiter))
+        return waiter
+
+    def cancel_wait(self, waiter: Waiter) -> None:
+        """Retire a waiting read (answered, timed out, or its connection closed)."""
+        if not waiter.active:
+            return
+        waiter.active = False
+        waiter.queue.waiting -= 1
+        self._waiting -= 1
+
+    def feed_waiters(self, queue: Queue, now: float) -> None:
+        """Hand ready messages to the queue's waiting reads, oldest first."""
+        while queue.waiters and queue.ready:
+            waiter = queue.waiters.popleft()
+            if waiter.active:
+                self.cancel_wait(waiter)
+                waiter.wake(self.deliver_many(queue, waiter.max_messages, waiter.timeout_ms, waiter.held, now))
+
+    # --- settling --------------------------------------------------------------------
 
     def confirm(self, id_: int) -> Outcome:
         """Acknowledge a message by id."""
@@ -204,57 +463,131 @@ class Broker:
             return Outcome.REQUEUED
         del self.records[id_]
         del held[id_]
-        record.held = None  # ends the lease: its heap entry is now stale
-        if record.deadline:
+        record.held = None
+        if record.lease:
             self._timed -= 1
-        if record.queue.deleted:
+            record.lease = 0  # its heap entry goes stale
+        queue = record.queue
+        if queue.deleted:
             return Outcome.NO_SUCH_MESSAGE
-        record.queue.count -= 1
+        queue.confirmed += 1
         return Outcome.CONFIRMED
 
-    def requeue(self, records: list[InFlight]) -> int:
-        """Put in-flight records back at the front of their queues, keeping their order; return how many."""
+    def touch(self, id_: int, timeout_ms: int, now: float) -> Outcome:
+        """Move an in-flight message's deadline to ``now + timeout_ms`` (0: no timeout)."""
+        record = self.records.get(id_)
+        if record is None or record.queue.deleted:
+            return Outcome.NO_SUCH_MESSAGE
+        if record.held is None:
+            return Outcome.REQUEUED
+        if record.lease:
+            self._timed -= 1
+            record.lease = 0  # the old heap entry goes stale
+        if timeout_ms:
+            self.set_deadline(record, timeout_ms, now)
+        return Outcome.CONFIRMED
+
+    def release(self, id_: int, delay_ms: int, now: float) -> Outcome:
+        """Give an in-flight message back now (to the front) or after ``delay_ms`` (to the back)."""
+        record = self.records.get(id_)
+        if record is None or record.queue.deleted:
+            return Outcome.NO_SUCH_MESSAGE
+        if record.held is None:
+            return Outcome.REQUEUED
+        self.requeue([record], now, delay_ms)
+        return Outcome.CONFIRMED
+
+    def requeue(self, records: list[Record], now: float, delay_ms: int = 0) -> int:
+        """Take in-flight records back, keeping their order at the front of their queues; return how many."""
         returned = 0
+        touched: set[Queue] = set()
         for record in reversed(records):
             del record.held[record.id]  # type: ignore[union-attr]
             record.held = None
-            if record.deadline:
+            if record.lease:
                 self._timed -= 1
-                record.deadline = 0.0
-            if record.queue.deleted:
+                record.lease = 0
+            queue = record.queue
+            if queue.deleted:
                 del self.records[record.id]
-                continue
-            record.queue.returned.appendleft(record)
-            returned += 1
+            elif queue.max_deliveries and record.deliveries >= queue.max_deliveries:
+                self._dead_letter(record, now)
+            elif delay_ms:
+                self._delay(record, delay_ms, now)
+            else:
+                queue.push_front(record)
+                queue.requeued += 1
+                returned += 1
+                touched.add(queue)
+        for queue in touched:
+            if queue.waiters:
+                self.feed_waiters(queue, now)
         return returned
 
-    def release_all(self, held: dict[int, InFlight]) -> int:
+    def release_all(self, held: dict[int, Record], now: float) -> int:
         """Requeue everything a closing connection holds; return how many went back."""
-        return self.requeue(list(held.values()))
+        return self.requeue(list(held.values()), now)
 
-    # --- deadlines -------------------------------------------------------------------
+    def _dead_letter(self, record: Record, now: float) -> None:
+        queue = record.queue
+        del self.records[record.id]
+        queue.dead_lettered += 1
+        target = self.queues.get(queue.dead_letter) if queue.dead_letter else None
+        name = queue.name.decode("utf-8", "replace")
+        if target is None:
+            log.warning("message %d of %r dropped after %d deliveries (no dead-letter queue)", record.id, name, record.deliveries)
+        elif self.enqueue(target, record.data, now) < 0:
+            log.warning("message %d of %r dropped after %d deliveries: its dead-letter queue is full", record.id, name, record.deliveries)
+
+    # --- time ------------------------------------------------------------------------
 
     def expire(self, now: float) -> int:
-        """Requeue every in-flight message whose deadline has passed; return how many."""
+        """Run every event now due: timeouts, delay ends, waits. Return how many messages came back."""
         heap = self._deadlines
-        due: list[InFlight] = []
+        due: list[Record] = []
         while heap and heap[0][0] <= now:
             _, lease, record = heapq.heappop(heap)
-            if record.lease == lease and record.held is not None and record.deadline:
+            if record.lease == lease:
                 due.append(record)
         # Expired in deadline order (read order on ties); `requeue` keeps that order.
-        return self.requeue(due)
+        count = self.requeue(due, now)
+        delays = self._delays
+        ready: set[Queue] = set()
+        while delays and delays[0][0] <= now:
+            _, lease, record = heapq.heappop(delays)
+            if record.lease != lease:
+                continue  # purged
+            record.lease = 0
+            queue = record.queue
+            queue.delayed -= 1
+            if queue.deleted:
+                self.records.pop(record.id, None)
+                continue
+            queue.push_back(record)
+            ready.add(queue)
+        for queue in ready:
+            if queue.waiters:
+                self.feed_waiters(queue, now)
+        waits = self._waits
+        while waits and waits[0][0] <= now:
+            waiter = heapq.heappop(waits)[2]
+            if waiter.active:
+                self.cancel_wait(waiter)
+                waiter.wake([])
+        return count
 
     def next_deadline(self) -> float | None:
-        """The earliest deadline in the heap (it may be stale), or None."""
-        return self._deadlines[0][0] if self._deadlines else None
+        """The earliest time `expire` has something to do (it may be a stale entry), or None."""
+        tops = [heap[0][0] for heap in (self._deadlines, self._delays, self._waits) if heap]
+        return min(tops) if tops else None
 
     def _compact(self) -> None:
         # O(heap), not O(records): untimed in-flight messages cost nothing here.
-        live = []
-        for entry in self._deadlines:
-            record = entry[2]
-            if record.lease == entry[1] and record.held is not None and record.deadline:
-                live.append(entry)
+        live = [entry for entry in self._deadlines if _is_live(entry)]
         heapq.heapify(live)
         self._deadlines = live
+
+
+def _is_live(entry: tuple[float, int, Record]) -> bool:
+    record = entry[2]
+    return record.lease == entry[1]

@@ -18,18 +18,22 @@ When the client stops reading and the transport's write buffer passes its high
 mark, the session stops reading requests until the buffer drains, so a slow
 consumer cannot make the server buffer without bound.
 
+A read that waits (``wait_ms``) on an empty queue is answered later, from the
+broker's wake callback, by its request id; the session meanwhile goes on with
+the requests behind it.
+
 When the connection goes, every message it holds in flight goes back to the
-front of its queue.
+front of its queue, and its waiting reads are retired.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 from typing import TYPE_CHECKING
 
 from ..errors import (
-    ErrorCode,
     InvalidQueueName,
     InvalidRequest,
     MessageTooLarge,
@@ -40,7 +44,7 @@ from ..errors import (
 )
 from ..protocol import frames as fr
 from ..protocol import messages as msg
-from .queues import InFlight, Outcome
+from .queues import Outcome, Queue, Record, Waiter
 
 if TYPE_CHECKING:
     from .app import Server
@@ -64,7 +68,9 @@ class Session(asyncio.Protocol):
         self.server = server
         self.broker = server.broker
         self.reader = msg.RequestReader(server.max_message_size + fr.BODY_OVERHEAD)
-        self.held: dict[int, InFlight] = {}  # in-flight messages this connection read, in read order
+        self.held: dict[int, Record] = {}  # in-flight messages this connection read, in read order
+        self.waiters: list[Waiter] = []  # its waiting reads (some may be retired)
+        self.read_from: set[Queue] = set()  # queues it counts as a consumer of
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
 
@@ -79,10 +85,11 @@ class Session(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         reader = self.reader
-        frames = reader.feed(data)
-        if frames:
-            replies = self.handle(frames)
-            self.transport.write(replies[0] if len(replies) == 1 else b"".join(replies))  # type: ignore[union-attr]
+        requests = reader.feed(data)
+        if requests:
+            replies = self.handle(requests)
+            if replies:
+                self.transport.write(replies[0] if len(replies) == 1 else b"".join(replies))  # type: ignore[union-attr]
         if reader.failure is not None:
             failure = reader.failure
             log.warning("closing %s: %s", self.peer, failure.message)
@@ -91,9 +98,15 @@ class Session(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.sessions.discard(self)
+        broker = self.broker
+        for waiter in self.waiters:
+            broker.cancel_wait(waiter)
+        for queue in self.read_from:
+            queue.consumers -= 1
         if self.held:
-            count = self.broker.release_all(self.held)
-            log.debug("%s closed holding %d messages: requeued", self.peer, count)
+            count = broker.release_all(self.held, self.server.clock())
+            log.debug("%s closed holding messages: %d requeued", self.peer, count)
+            self.server.schedule_expiry()
 
     def pause_writing(self) -> None:
         self.transport.pause_reading()  # type: ignore[union-attr]
@@ -104,11 +117,16 @@ class Session(asyncio.Protocol):
     # --- requests --------------------------------------------------------------------
 
     def handle(self, requests: list[tuple]) -> list[bytes]:
-        """Answer a batch of requests from `RequestReader`; return the reply frames in request order."""
-        queues = self.broker.queues
-        deliver = self.broker.deliver
-        confirm = self.broker.confirm
+        """Answer a batch of requests from `RequestReader`; return the reply frames in request order.
+
+        A waiting read has no reply here: it is answered when it wakes.
+        """
+        broker = self.broker
+        queues = broker.queues
+        set_deadline = broker.set_deadline
+        confirm = broker.confirm
         held = self.held
+        read_from = self.read_from
         max_size = self.server.max_message_size
         now = self.server.clock()
         pack_queued = msg.ID_FRAME.pack
@@ -129,6 +147,9 @@ class Session(asyncio.Protocol):
                     id_ = queue.push(b)
                     if id_ >= 0:
                         append(pack_queued(magic, _OBJECT_QUEUED, 0, request_id, 8, id_))
+                        if queue.waiters:
+                            broker.feed_waiters(queue, now)
+                            timed = True
                     else:
                         append(bare(magic, _FULL, 0, request_id, 0))
             elif opcode == _READ:
@@ -136,14 +157,22 @@ class Session(asyncio.Protocol):
                 if queue is None:
                     append(_refusal(request_id, _no_such_queue(a)))
                     continue
-                record = deliver(queue, b, held, now)
-                if record is None:
-                    append(bare(magic, _EMPTY, 0, request_id, 0))
-                else:
-                    timed = timed or b > 0
+                if queue not in read_from:
+                    self._count_consumer(queue)
+                timeout_ms, wait_ms = b
+                record = queue.take(held)
+                if record is not None:
+                    if timeout_ms:
+                        set_deadline(record, timeout_ms, now)
+                        timed = True
                     data = record.data
                     append(pack_message(magic, _MESSAGE, 0, request_id, 12 + len(data), record.id, record.deliveries))
                     append(data)
+                elif wait_ms:
+                    self._wait(queue, request_id, timeout_ms, 0, wait_ms, now)
+                    timed = True
+                else:
+                    append(bare(magic, _EMPTY, 0, request_id, 0))
             elif opcode == _CONFIRM:
                 outcome = confirm(a)
                 if outcome == _CONFIRMED:
@@ -153,38 +182,157 @@ class Session(asyncio.Protocol):
                 else:
                     append(_refusal(request_id, _no_such_message(a)))
             else:
-                append(self._handle_other(a))
+                reply = self._handle_other(a, now)
+                if reply:
+                    append(reply)
+                timed = True
         if timed:
             self.server.schedule_expiry()
         return replies
 
-    def _handle_other(self, frame: fr.Frame) -> bytes:
-        """Answer a frame off the hot path; a refused request gets an Error frame."""
+    def _handle_other(self, frame: fr.Frame, now: float) -> bytes:
+        """Answer a frame off the hot path: a refused request gets an Error frame, a waiting read b""."""
         opcode, flags, request_id, body = frame
         try:
             if flags:
                 raise InvalidRequest(f"unsupported flags 0x{flags:04x} for opcode 0x{opcode:02x}")
-            return msg.encode(request_id, self._answer(msg.decode_request(opcode, body)))
+            request = msg.decode_request(opcode, body)
+            handler = _HANDLERS.get(type(request))
+            if handler is None:  # a well-formed ENQUEUE, READ or CONFIRM is always answered by `handle`
+                raise RequestError(f"no handler for {type(request).__name__}")
+            response = handler(self, request, request_id, now)
         except RequestError as exc:
             return _refusal(request_id, exc)
+        return b"" if response is None else msg.encode(request_id, response)
 
-    def _answer(self, request: msg.Request) -> msg.Response:
-        """Handle a decoded request off the hot path; raise `RequestError` to refuse it."""
-        broker = self.broker
-        if isinstance(request, msg.Hello):
-            if request.version < 1:
-                raise UnsupportedVersion(f"protocol version {request.version} is not supported (1-{fr.PROTOCOL_VERSION})")
-            version = min(request.version, fr.PROTOCOL_VERSION)
-            return msg.HelloOk(version, self.server.max_message_size, self.server.name)
-        if isinstance(request, msg.CreateQueue):
-            broker.create_queue(request.name.encode(), request.capacity)
-            return msg.QueueCreated.INSTANCE  # type: ignore[attr-defined, no-any-return]
-        if isinstance(request, msg.DeleteQueue):
-            if not broker.delete_queue(request.name.encode()):
-                raise _no_such_queue(request.name.encode())
-            return msg.QueueDeleted.INSTANCE  # type: ignore[attr-defined, no-any-return]
-        # A well-formed Enqueue, Read or Confirm never gets here: `handle` answers it.
-        raise RequestError(f"no handler for {type(request).__name__}")
+    # --- one handler per request type off the hot path; each returns its response,
+    # --- None for an answer that comes later, or raises RequestError to refuse.
+
+    def _hello(self, request: msg.Hello, request_id: int, now: float) -> msg.Response:
+        if request.version < 1:
+            raise UnsupportedVersion(f"protocol version {request.version} is not supported (1-{fr.PROTOCOL_VERSION})")
+        return msg.HelloOk(min(request.version, fr.PROTOCOL_VERSION), self.server.max_message_size, self.server.name)
+
+    def _create(self, request: msg.CreateQueue, request_id: int, now: float) -> msg.Response:
+        dead_letter = request.dead_letter_queue.encode() or None
+        self.broker.create_queue(request.name.encode(), request.capacity, request.max_deliveries, dead_letter)
+        return msg.QueueCreated.INSTANCE  # type: ignore[attr-defined, no-any-return]
+
+    def _delete(self, request: msg.DeleteQueue, request_id: int, now: float) -> msg.Response:
+        if not self.broker.delete_queue(request.name.encode()):
+            raise _no_such_queue(request.name.encode())
+        return msg.QueueDeleted.INSTANCE  # type: ignore[attr-defined, no-any-return]
+
+    def _purge(self, request: msg.Purge, request_id: int, now: float) -> msg.Response:
+        return msg.Purged(self.broker.purge(self._queue(request.name)))
+
+    def _stats(self, request: msg.Stats, request_id: int, now: float) -> msg.Response:
+        return msg.StatsReply(self._queue(request.name).stats())
+
+    def _list(self, request: msg.ListQueues, request_id: int, now: float) -> msg.Response:
+        return msg.StatsReply(self.server.stats())
+
+    def _enqueue_delayed(self, request: msg.EnqueueDelayed, request_id: int, now: float) -> msg.Response:
+        queue = self._queue(request.queue)
+        self._check_size(request.data)
+        id_ = self.broker.enqueue_delayed(queue, request.data, request.delay_ms, now)
+        return msg.ObjectQueued(id_) if id_ >= 0 else msg.Full.INSTANCE  # type: ignore[attr-defined]
+
+    def _enqueue_batch(self, request: msg.EnqueueBatch, request_id: int, now: float) -> msg.Response:
+        queue = self._queue(request.queue)
+        for item in request.items:
+            self._check_size(item)
+        ids = self.broker.enqueue_batch(queue, list(request.items), now)
+        return msg.ObjectsQueued(tuple(ids)) if ids is not None else msg.Full.INSTANCE  # type: ignore[attr-defined]
+
+    def _read_batch(self, request: msg.ReadBatch, request_id: int, now: float) -> msg.Response | None:
+        queue = self._queue(request.queue)
+        if queue not in self.read_from:
+            self._count_consumer(queue)
+        records = self.broker.deliver_many(queue, request.max_messages, request.timeout_ms, self.held, now)
+        if not records and request.wait_ms:
+            self._wait(queue, request_id, request.timeout_ms, request.max_messages, request.wait_ms, now)
+            return None
+        return _messages(records)
+
+    def _confirm_batch(self, request: msg.ConfirmBatch, request_id: int, now: float) -> msg.Response:
+        confirm = self.broker.confirm
+        return msg.ConfirmResults(tuple(int(confirm(id_)) for id_ in request.ids))
+
+    def _touch(self, request: msg.Touch, request_id: int, now: float) -> msg.Response:
+        outcome = self.broker.touch(request.id, request.timeout_ms, now)
+        return _settled(outcome, request.id, msg.Touched.INSTANCE)  # type: ignore[attr-defined]
+
+    def _release(self, request: msg.Release, request_id: int, now: float) -> msg.Response:
+        outcome = self.broker.release(request.id, request.delay_ms, now)
+        return _settled(outcome, request.id, msg.Released.INSTANCE)  # type: ignore[attr-defined]
+
+    # --- helpers ---------------------------------------------------------------------
+
+    def _queue(self, name: str) -> Queue:
+        raw = name.encode()
+        queue = self.broker.queues.get(raw)
+        if queue is None:
+            raise _no_such_queue(raw)
+        return queue
+
+    def _check_size(self, data: bytes) -> None:
+        if len(data) > self.server.max_message_size:
+            raise _too_large(len(data), self.server.max_message_size)
+
+    def _count_consumer(self, queue: Queue) -> None:
+        self.read_from.add(queue)
+        queue.consumers += 1
+
+    def _wait(self, queue: Queue, request_id: int, timeout_ms: int, max_messages: int, wait_ms: int, now: float) -> None:
+        """Park a read; ``max_messages`` 0 means a single READ (answered with Message/Empty)."""
+        if len(self.waiters) > 32:
+            self.waiters = [waiter for waiter in self.waiters if waiter.active]
+        wake = partial(self._wake, request_id, max_messages)
+        self.waiters.append(self.broker.wait(queue, self.held, timeout_ms, max_messages or 1, wait_ms, now, wake))
+
+    def _wake(self, request_id: int, max_messages: int, records: list[Record] | None) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return  # the broker already took the messages back via connection_lost
+        if records is None:
+            reply = _refusal(request_id, NoSuchQueue("the queue was deleted while the read waited"))
+        elif max_messages:
+            reply = msg.encode(request_id, _messages(records))
+        elif records:
+            record = records[0]
+            reply = msg.encode(request_id, msg.Message(record.id, record.data, record.deliveries))
+        else:
+            reply = _BARE_FRAME(fr.MAGIC, _EMPTY, 0, request_id, 0)
+        transport.write(reply)
+
+
+_HANDLERS = {
+    msg.Hello: Session._hello,
+    msg.CreateQueue: Session._create,
+    msg.DeleteQueue: Session._delete,
+    msg.Purge: Session._purge,
+    msg.Stats: Session._stats,
+    msg.ListQueues: Session._list,
+    msg.EnqueueDelayed: Session._enqueue_delayed,
+    msg.EnqueueBatch: Session._enqueue_batch,
+    msg.ReadBatch: Session._read_batch,
+    msg.ConfirmBatch: Session._confirm_batch,
+    msg.Touch: Session._touch,
+    msg.Release: Session._release,
+}
+
+
+def _messages(records: list[Record]) -> msg.Messages:
+    return msg.Messages(tuple(msg.Message(r.id, r.data, r.deliveries) for r in records))
+
+
+def _settled(outcome: Outcome, id_: int, done: msg.Response) -> msg.Response:
+    if outcome == Outcome.CONFIRMED:
+        return done
+    if outcome == Outcome.REQUEUED:
+        return msg.Requeued.INSTANCE  # type: ignore[attr-defined, no-any-return]
+    raise _no_such_message(id_)
 
 
 def _refusal(request_id: int, error: RequestError) -> bytes:
