@@ -76,7 +76,7 @@ class System:
 
 
 SYSTEMS: dict[str, System] = {
-    "dbqueue": System(DbQueueDriver, lambda args: DbQueueServer()),
+    "dbqueue": System(DbQueueDriver, lambda args: DbQueueServer(python=args.server_python)),
     "beanstalkd": System(BeanstalkdDriver, lambda args: BeanstalkdServer(max_job_size=max(65535, args.payload))),
     "redis-list": System(RedisListDriver, lambda args: RedisServer(label="redis-list")),
     "redis-stream": System(RedisStreamDriver, lambda args: RedisServer(label="redis-stream")),
@@ -107,6 +107,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="unpipelined send/read/confirm cycles per round against dbqueue and redis-list (0: none)",
     )
     parser.add_argument("--time-limit", type=float, default=120.0, help="seconds before one load run fails")
+    parser.add_argument(
+        "--server-python",
+        metavar="PATH",
+        help="interpreter for the dbqueue server (default: this one); it must have dbqueue installed",
+    )
     parser.add_argument("--plot", metavar="PATH", help="write a PNG bar chart (needs matplotlib)")
     parser.add_argument("--json", metavar="PATH", help="write every raw result as JSON")
     parser.add_argument("--smoke", action="store_true", help="tiny run for CI: 1 round, 20 iterations, 200 round trips, unless given")

@@ -576,19 +576,27 @@ class ServerProcess(ABC):
 
 
 class DbQueueServer(ServerProcess):
-    """``python -m dbqueue.cli serve``, with the same interpreter and the same dbqueue as this process."""
+    """``python -m dbqueue.cli serve``, by default with this process's interpreter and dbqueue."""
 
     name = "dbqueue"
     program = ""
 
-    def __init__(self, *, host: str = "127.0.0.1", durable: bool = False, max_message_size: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        durable: bool = False,
+        max_message_size: int | None = None,
+        python: str | None = None,
+    ) -> None:
         if durable:
             raise ValueError("dbqueue has no durable mode yet")
         super().__init__(host=host)
         self.max_message_size = max_message_size
+        self.python = python or sys.executable  # an interpreter that has dbqueue installed
 
     def command(self, port: int, workdir: Path) -> list[str]:
-        command = [sys.executable, "-m", "dbqueue.cli", "serve", "--host", self.host, "--port", str(port)]
+        command = [self.python, "-m", "dbqueue.cli", "serve", "--host", self.host, "--port", str(port)]
         if self.max_message_size:
             command += ["--max-message-size", str(self.max_message_size)]
         return command + ["--log-level", "warning"]

@@ -46,10 +46,11 @@ class BenchConfig:
     queue: str = "foo"
     timeout_ms: int = 1000  # the in-flight timeout consumers ask for
     time_limit: float = 120.0  # seconds; the run fails if consumers are not done by then
+    batch: int = 1  # messages per request: >1 sends, reads and confirms in batches
 
     @property
     def messages(self) -> int:
-        return self.producers * self.iterations * self.pipeline
+        return self.producers * self.iterations * self.pipeline * self.batch
 
 
 @dataclass
@@ -126,7 +127,11 @@ class Driver(ABC):
 
     @abstractmethod
     def confirm_frames(self, handles: list[Any]) -> bytes:
-        """One pipelined confirm per handle."""
+        """Pipelined confirms for every handle."""
+
+    def confirm_replies(self, handles: list[Any]) -> int:
+        """How many replies `confirm_frames` gets: one per handle unless confirms are batched."""
+        return len(handles)
 
     @abstractmethod
     def check_confirmed(self, replies: list[Any]) -> None:
@@ -152,25 +157,36 @@ class DbQueueDriver(Driver):
             await client.close()
 
     def new_parser(self) -> Callable[[bytes], list[Any]]:
-        return fr.FrameReader(self.config.payload + fr.BODY_OVERHEAD).feed
+        config = self.config
+        return fr.FrameReader(config.batch * (config.payload + 16) + fr.BODY_OVERHEAD).feed
 
     def _batch(self, request: msg.Request, count: int) -> bytes:
         # Request ids 1..count, reused by every batch: replies are checked against them.
         return b"".join(msg.encode(request_id, request) for request_id in range(1, count + 1))
 
     def send_frames(self, count: int) -> bytes:
-        return self._batch(msg.Enqueue(self.config.queue, self.payload), count)
+        config = self.config
+        if config.batch > 1:
+            return self._batch(msg.EnqueueBatch(config.queue, (self.payload,) * config.batch), count)
+        return self._batch(msg.Enqueue(config.queue, self.payload), count)
 
     def check_sent(self, replies: list[Any]) -> None:
-        queued = fr.Op.OBJECT_QUEUED
-        for expected_id, (opcode, _flags, request_id, _body) in enumerate(replies, 1):
-            if opcode != queued or request_id != expected_id:
+        batch = self.config.batch
+        queued = fr.Op.OBJECTS_QUEUED if batch > 1 else fr.Op.OBJECT_QUEUED
+        size = 8 * batch
+        for expected_id, (opcode, _flags, request_id, body) in enumerate(replies, 1):
+            if opcode != queued or request_id != expected_id or len(body) != size:
                 raise BenchFailure(f"send {expected_id}: got opcode 0x{opcode:02x} for request {request_id}")
 
     def read_frames(self, count: int) -> bytes:
-        return self._batch(msg.Read(self.config.queue, self.config.timeout_ms), count)
+        config = self.config
+        if config.batch > 1:
+            return self._batch(msg.ReadBatch(config.queue, config.batch, config.timeout_ms), count)
+        return self._batch(msg.Read(config.queue, config.timeout_ms), count)
 
     def take_messages(self, replies: list[Any]) -> list[Any]:
+        if self.config.batch > 1:
+            return self._take_batches(replies)
         ids = []
         message, empty = fr.Op.MESSAGE, fr.Op.EMPTY
         unpack_id = msg.U64.unpack_from
@@ -186,15 +202,38 @@ class DbQueueDriver(Driver):
                 raise BenchFailure(f"read {expected_id}: got opcode 0x{opcode:02x}")
         return ids
 
+    def _take_batches(self, replies: list[Any]) -> list[Any]:
+        ids: list[int] = []
+        payload = self.payload
+        for expected_id, (opcode, _flags, request_id, body) in enumerate(replies, 1):
+            if opcode != fr.Op.MESSAGES or request_id != expected_id:
+                raise BenchFailure(f"read batch {expected_id}: got opcode 0x{opcode:02x} for request {request_id}")
+            messages = msg.Messages.from_body(body).messages
+            if any(message.data != payload for message in messages):
+                raise BenchFailure(f"read batch {expected_id}: payload corrupted")
+            ids += [message.id for message in messages]
+        return ids
+
+    def _chunks(self, handles: list[Any]) -> list[list[Any]]:
+        batch = self.config.batch
+        return [handles[i : i + batch] for i in range(0, len(handles), batch)]
+
     def confirm_frames(self, handles: list[Any]) -> bytes:
+        if self.config.batch > 1:
+            chunks = self._chunks(handles)
+            return b"".join(msg.encode(i, msg.ConfirmBatch(tuple(chunk))) for i, chunk in enumerate(chunks, 1))
         pack = msg.ID_FRAME.pack
         confirm = fr.Op.CONFIRM
         return b"".join(pack(fr.MAGIC, confirm, 0, i, 8, id_) for i, id_ in enumerate(handles, 1))
 
+    def confirm_replies(self, handles: list[Any]) -> int:
+        return len(self._chunks(handles)) if self.config.batch > 1 else len(handles)
+
     def check_confirmed(self, replies: list[Any]) -> None:
-        confirmed = fr.Op.CONFIRMED
-        for expected_id, (opcode, _flags, request_id, _body) in enumerate(replies, 1):
-            if opcode != confirmed or request_id != expected_id:
+        batched = self.config.batch > 1
+        confirmed = fr.Op.CONFIRM_RESULTS if batched else fr.Op.CONFIRMED
+        for expected_id, (opcode, _flags, request_id, body) in enumerate(replies, 1):
+            if opcode != confirmed or request_id != expected_id or (batched and any(body)):
                 raise BenchFailure(f"confirm {expected_id}: got opcode 0x{opcode:02x} for request {request_id}")
 
 
@@ -280,9 +319,11 @@ async def run_load(
             if not handles:
                 await asyncio.sleep(0.001)  # the queue is empty: do not spin against the producers
                 continue
-            driver.check_confirmed(await link.exchange(driver.confirm_frames(handles), len(handles)))
+            replies = driver.confirm_replies(handles)
+            if replies:
+                driver.check_confirmed(await link.exchange(driver.confirm_frames(handles), replies))
             tally.latencies.append(time.perf_counter() - begun)
-            tally.requests += len(handles)
+            tally.requests += replies
             tally.confirmed += len(handles)
 
     async def report() -> None:

@@ -41,12 +41,22 @@ def main() -> None:
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
-def serve(host: str, port: int, max_message_size: int, default_capacity: int, log_level: str) -> None:
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve Prometheus metrics on http://HOST:PORT/metrics (off by default).",
+)
+def serve(
+    host: str, port: int, max_message_size: int, default_capacity: int, log_level: str, metrics_port: int | None
+) -> None:
     """Run a server until SIGINT or SIGTERM."""
     from .server import Server, run
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    server = Server(host, port, max_message_size=max_message_size, default_capacity=default_capacity)
+    server = Server(
+        host, port, max_message_size=max_message_size, default_capacity=default_capacity, metrics_port=metrics_port
+    )
     try:
         run(server)
     except OSError as exc:
@@ -73,6 +83,7 @@ def _addresses(value: str) -> list[tuple[str, int]]:
 @click.option("--payload", default=128, show_default=True, type=click.IntRange(0), help="Message size in bytes.")
 @click.option("--queue", default="foo", show_default=True)
 @click.option("--time-limit", default=120.0, show_default=True, help="Seconds before an unfinished run fails.")
+@click.option("--batch", default=1, show_default=True, type=click.IntRange(1, 65535), help="Messages per request (send_batch / read_batch / confirm_batch).")
 @click.option("--latency", is_flag=True, help="Unpipelined round trips on one connection instead of the load test.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def bench(
@@ -86,6 +97,7 @@ def bench(
     payload: int,
     queue: str,
     time_limit: float,
+    batch: int,
     latency: bool,
     as_json: bool,
 ) -> None:
@@ -108,6 +120,7 @@ def bench(
         payload,
         queue,
         time_limit=time_limit,
+        batch=batch,
     )
     driver = DbQueueDriver(config)
     loop = new_event_loop()
@@ -127,6 +140,38 @@ def bench(
         click.echo(json.dumps(result.as_dict()))
     else:
         bench_table(result, "round trips" if latency else "load test")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=3003, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--queue", "queue_name", help="Only this queue.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--watch", type=float, default=None, metavar="SECONDS", help="Refresh every SECONDS until Ctrl-C.")
+def stats(host: str, port: int, queue_name: str | None, as_json: bool, watch: float | None) -> None:
+    """Show every queue's depth, in-flight, delayed and totals."""
+    import json
+    import time
+
+    from .client import Client
+    from .errors import DbQueueError
+    from .report import queue_table
+
+    try:
+        with Client.connect((host, port)) as client:
+            while True:
+                queues = [client.stats(queue_name)] if queue_name else client.list_queues()
+                if as_json:
+                    click.echo(json.dumps(queues if not queue_name else queues[0]))
+                else:
+                    queue_table(queues, clear=watch is not None)
+                if watch is None:
+                    return
+                time.sleep(watch)
+    except DbQueueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except KeyboardInterrupt:
+        pass
 
 
 if __name__ == "__main__":

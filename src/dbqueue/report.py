@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -11,7 +12,12 @@ from rich.table import Table
 
 from .bench import BenchResult
 
-__all__ = ["progress_bar", "bench_table"]
+__all__ = ["progress_bar", "bench_table", "queue_table"]
+
+_QUEUE_COLUMNS = (
+    "ready", "in_flight", "delayed", "waiting", "consumers", "capacity",
+    "enqueued", "confirmed", "requeued", "dead_lettered",
+)  # fmt: skip
 
 
 @contextmanager
@@ -45,3 +51,20 @@ def bench_table(result: BenchResult, title: str) -> None:
     table.add_row(f"latency per {unit} p99.9", f"{figures['p999_ms']:.3f} ms")
     table.add_row("client CPU", f"{figures['client_cpu_seconds']:.2f} s ({figures['client_cpu_percent']:.0f}% of one core)")
     Console().print(table)
+
+
+def queue_table(queues: list[dict[str, Any]], clear: bool = False) -> None:
+    """Print queue figures (as `Client.list_queues` returns them) as a table."""
+    table = Table(title="dbqueue queues")
+    table.add_column("queue")
+    for column in _QUEUE_COLUMNS:
+        table.add_column(column.replace("_", " "), justify="right")
+    table.add_column("dead letters to")
+    for queue in queues:
+        table.add_row(
+            queue["name"], *(f"{queue[column]:,}" for column in _QUEUE_COLUMNS), queue["dead_letter_queue"] or ""
+        )
+    console = Console()
+    if clear:
+        console.clear()
+    console.print(table)

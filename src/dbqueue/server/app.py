@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from .. import __version__
 from ..protocol.frames import DEFAULT_MAX_MESSAGE_SIZE, MAX_MESSAGE_SIZE_LIMIT
+from .metrics import MetricsEndpoint, RequestStats
 from .queues import Broker
 from .session import Session
 
@@ -26,6 +27,7 @@ class Server:
 
     ``port=0`` picks a free port; `port` holds the real one after `start`.
     ``default_capacity`` bounds queues created without a capacity (0: unbounded).
+    ``metrics_port`` serves Prometheus metrics on ``host:metrics_port/metrics``.
     """
 
     def __init__(
@@ -36,6 +38,7 @@ class Server:
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         default_capacity: int = 0,
         backlog: int = 4096,
+        metrics_port: int | None = None,
     ) -> None:
         if not 1 <= max_message_size <= MAX_MESSAGE_SIZE_LIMIT:
             raise ValueError(f"max_message_size must be 1 .. {MAX_MESSAGE_SIZE_LIMIT}, got {max_message_size}")
@@ -51,6 +54,9 @@ class Server:
         self._listener: asyncio.base_events.Server | None = None
         self._expiry: asyncio.TimerHandle | None = None
         self._expiry_at = 0.0
+        self.metrics_port = metrics_port
+        self.request_stats: RequestStats | None = RequestStats() if metrics_port is not None else None
+        self._metrics: MetricsEndpoint | None = None
 
     @property
     def address(self) -> str:
@@ -65,12 +71,19 @@ class Server:
             lambda: Session(self), self.host, self.port, backlog=self.backlog, reuse_address=True
         )
         self.port = self._listener.sockets[0].getsockname()[1]
+        if self.metrics_port is not None:
+            self._metrics = MetricsEndpoint(self, self.host, self.metrics_port)
+            await self._metrics.start()
+            self.metrics_port = self._metrics.port
         log.info("dbqueue listening on %s (max message %d bytes)", self.address, self.max_message_size)
 
     async def stop(self) -> None:
         """Stop accepting, close every connection (their in-flight messages go back) and wait."""
         if self._listener is not None:
             self._listener.close()
+        if self._metrics is not None:
+            await self._metrics.stop()
+            self._metrics = None
         for session in list(self.sessions):
             if session.transport is not None:
                 session.transport.close()

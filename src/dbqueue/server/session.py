@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from functools import partial
+from time import perf_counter
 from typing import TYPE_CHECKING
 
 from ..errors import (
@@ -87,7 +88,13 @@ class Session(asyncio.Protocol):
         reader = self.reader
         requests = reader.feed(data)
         if requests:
-            replies = self.handle(requests)
+            stats = self.server.request_stats
+            if stats is None:
+                replies = self.handle(requests)
+            else:
+                began = perf_counter()
+                replies = self.handle(requests)
+                stats.record(len(requests), perf_counter() - began)
             if replies:
                 self.transport.write(replies[0] if len(replies) == 1 else b"".join(replies))  # type: ignore[union-attr]
         if reader.failure is not None:
@@ -203,10 +210,12 @@ class Session(asyncio.Protocol):
             response = handler(self, request, request_id, now)
         except RequestError as exc:
             return _refusal(request_id, exc)
-        return b"" if response is None else msg.encode(request_id, response)
+        if response is None or isinstance(response, bytes):
+            return response or b""
+        return msg.encode(request_id, response)
 
-    # --- one handler per request type off the hot path; each returns its response,
-    # --- None for an answer that comes later, or raises RequestError to refuse.
+    # --- one handler per request type off the hot path; each returns its response (or
+    # --- its frame), None for an answer that comes later, or raises RequestError to refuse.
 
     def _hello(self, request: msg.Hello, request_id: int, now: float) -> msg.Response:
         if request.version < 1:
@@ -245,7 +254,7 @@ class Session(asyncio.Protocol):
         ids = self.broker.enqueue_batch(queue, list(request.items), now)
         return msg.ObjectsQueued(tuple(ids)) if ids is not None else msg.Full.INSTANCE  # type: ignore[attr-defined]
 
-    def _read_batch(self, request: msg.ReadBatch, request_id: int, now: float) -> msg.Response | None:
+    def _read_batch(self, request: msg.ReadBatch, request_id: int, now: float) -> bytes | None:
         queue = self._queue(request.queue)
         if queue not in self.read_from:
             self._count_consumer(queue)
@@ -253,7 +262,7 @@ class Session(asyncio.Protocol):
         if not records and request.wait_ms:
             self._wait(queue, request_id, request.timeout_ms, request.max_messages, request.wait_ms, now)
             return None
-        return _messages(records)
+        return _messages_frame(request_id, records)
 
     def _confirm_batch(self, request: msg.ConfirmBatch, request_id: int, now: float) -> msg.Response:
         confirm = self.broker.confirm
@@ -298,7 +307,7 @@ class Session(asyncio.Protocol):
         if records is None:
             reply = _refusal(request_id, NoSuchQueue("the queue was deleted while the read waited"))
         elif max_messages:
-            reply = msg.encode(request_id, _messages(records))
+            reply = _messages_frame(request_id, records)
         elif records:
             record = records[0]
             reply = msg.encode(request_id, msg.Message(record.id, record.data, record.deliveries))
@@ -323,8 +332,8 @@ _HANDLERS = {
 }
 
 
-def _messages(records: list[Record]) -> msg.Messages:
-    return msg.Messages(tuple(msg.Message(r.id, r.data, r.deliveries) for r in records))
+def _messages_frame(request_id: int, records: list[Record]) -> bytes:
+    return msg.messages_frame(request_id, [(r.id, r.deliveries, r.data) for r in records])
 
 
 def _settled(outcome: Outcome, id_: int, done: msg.Response) -> msg.Response:
