@@ -173,10 +173,13 @@ def test_malformed_bodies_are_refused_and_the_connection_stays_usable(raw: Raw) 
     connection.recv_frame()
     cases = [
         (Op.READ, b"\x00\x00", ErrorCode.MALFORMED),
-        (Op.READ, b"\x00\x00\x00\x00\x09q", ErrorCode.MALFORMED),
+        (Op.READ, bytes(8) + b"\x09q", ErrorCode.MALFORMED),
+        (Op.READ, b"\x00\x00\x00\x00\x01q", ErrorCode.MALFORMED),  # the old layout, without wait_ms
         (Op.CONFIRM, b"\x00" * 7, ErrorCode.MALFORMED),
         (Op.ENQUEUE, b"", ErrorCode.MALFORMED),
         (Op.CREATE_QUEUE, b"\x01q", ErrorCode.MALFORMED),
+        (Op.CREATE_QUEUE, b"\x01q" + bytes(8), ErrorCode.MALFORMED),  # the old layout, capacity only
+        (Op.CREATE_QUEUE, b"\x01q" + bytes(13) + b"x", ErrorCode.MALFORMED),  # trailing bytes
         (Op.HELLO, b"", ErrorCode.MALFORMED),
     ]
     # All pipelined in one write; answered in order.
@@ -191,14 +194,18 @@ def test_malformed_bodies_are_refused_and_the_connection_stays_usable(raw: Raw) 
 @pytest.mark.parametrize(
     "opcode, body",
     [
-        (Op.CREATE_QUEUE, b"\x00" + bytes(8)),
+        (Op.CREATE_QUEUE, b"\x00" + bytes(13)),
         (Op.DELETE_QUEUE, b"\x00"),
         (Op.ENQUEUE, b"\x00data"),
-        (Op.READ, b"\x00\x00\x00\x00\x00"),
-        (Op.CREATE_QUEUE, b"\x02\xff\xfe" + bytes(8)),
+        (Op.READ, bytes(8) + b"\x00"),
+        (Op.CREATE_QUEUE, b"\x02\xff\xfe" + bytes(13)),
+        (Op.CREATE_QUEUE, b"\x01q" + bytes(12) + b"\x02\xff\xfe"),
         (Op.DELETE_QUEUE, b"\x02\xc3\x28"),
     ],
-    ids=["create-empty", "delete-empty", "enqueue-empty", "read-empty", "create-bad-utf8", "delete-bad-utf8"],
+    ids=[
+        "create-empty", "delete-empty", "enqueue-empty", "read-empty",
+        "create-bad-utf8", "create-dead-letter-bad-utf8", "delete-bad-utf8",
+    ],  # fmt: skip
 )
 def test_invalid_queue_names_over_the_wire(raw: Raw, opcode: int, body: bytes) -> None:
     connection = raw()
@@ -211,7 +218,7 @@ def test_invalid_queue_names_over_the_wire(raw: Raw, opcode: int, body: bytes) -
 
 @pytest.mark.parametrize(
     "opcode, body",
-    [(Op.ENQUEUE, b"\x02\xff\xfedata"), (Op.READ, b"\x00\x00\x00\x00\x02\xff\xfe")],
+    [(Op.ENQUEUE, b"\x02\xff\xfedata"), (Op.READ, bytes(8) + b"\x02\xff\xfe")],
     ids=["enqueue", "read"],
 )
 def test_bad_utf8_names_on_the_hot_path(raw: Raw, opcode: int, body: bytes) -> None:

@@ -21,6 +21,17 @@ from dbqueue.protocol import (
     encode,
 )
 from dbqueue.protocol.frames import FrameFailure
+from dbqueue.protocol.messages import (
+    ConfirmBatch,
+    EnqueueBatch,
+    EnqueueDelayed,
+    ListQueues,
+    Purge,
+    ReadBatch,
+    Release,
+    Stats,
+    Touch,
+)
 
 MAX_BODY = 64
 
@@ -98,13 +109,24 @@ def test_decode_response_raises_only_invalid_request(opcode: int, body: bytes) -
 
 
 names = st.text(st.characters(codec="utf-8"), min_size=1, max_size=60).filter(lambda s: len(s.encode()) <= 255)
+u32s = st.integers(0, 0xFFFFFFFF)
+u64s = st.integers(0, 2**64 - 1)
 requests = st.one_of(
     st.builds(Hello, st.integers(0, 0xFFFF)),
-    st.builds(CreateQueue, names, st.integers(0, 2**64 - 1)),
+    st.builds(CreateQueue, names, u64s, u32s, st.one_of(st.just(""), names)),
     st.builds(DeleteQueue, names),
     st.builds(Enqueue, names, st.binary(max_size=200)),
-    st.builds(Read, names, st.integers(0, 0xFFFFFFFF)),
-    st.builds(Confirm, st.integers(0, 2**64 - 1)),
+    st.builds(Read, names, u32s, u32s),
+    st.builds(Confirm, u64s),
+    st.builds(Purge, names),
+    st.builds(Stats, names),
+    st.just(ListQueues()),
+    st.builds(EnqueueDelayed, names, st.binary(max_size=100), u32s),
+    st.builds(EnqueueBatch, names, st.lists(st.binary(max_size=40), min_size=1, max_size=5).map(tuple)),
+    st.builds(ReadBatch, names, st.integers(1, 0xFFFF), u32s, u32s),
+    st.builds(ConfirmBatch, st.lists(u64s, min_size=1, max_size=5).map(tuple)),
+    st.builds(Touch, u64s, u32s),
+    st.builds(Release, u64s, u32s),
 )
 
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from dbqueue.errors import ErrorCode, InvalidRequest
 from dbqueue.protocol import HEADER, MAGIC, Confirm, CreateQueue, Enqueue, FrameReader, Hello, Op, Read, decode_request, encode
-from dbqueue.protocol.messages import OTHER, RequestReader
+from dbqueue.protocol.messages import OTHER, EnqueueDelayed, ReadBatch, RequestReader
 
 MAX_BODY = 300
 
@@ -27,27 +27,39 @@ STREAM = b"".join(
     [
         encode(1, Enqueue("jobs", b"payload")),
         encode(2, Read("jobs", 250)),
+        encode(11, Read("jobs", 0xFFFFFFFF, 1500)),
         encode(3, Confirm(2**64 - 1)),
         encode(4, Hello()),
         encode(5, CreateQueue("jobs", 3)),
         raw_frame(Op.ENQUEUE, b"\x01qx", 6, flags=1),  # flags: off the hot path
         raw_frame(Op.ENQUEUE, b"\x00x", 7),  # empty name
-        raw_frame(Op.READ, b"\x00\x00\x00\x01\x03ab", 8),  # name past the end
+        raw_frame(Op.READ, bytes(8) + b"\x03ab", 8),  # name past the end
+        raw_frame(Op.READ, b"\x00\x00\x00\x01\x02ab", 12),  # the old layout, without wait_ms
+        raw_frame(Op.READ, bytes(8) + b"\x01ab", 13),  # trailing bytes
         raw_frame(Op.CONFIRM, bytes(9), 9),
         encode(10, Enqueue("q", b"")),
+        encode(14, ReadBatch("jobs", 5, 250, 1500)),  # the new requests all go the dataclass way
+        encode(15, EnqueueDelayed("jobs", b"later", 100)),
+        encode(16, Read("j", 0, 0xFFFFFFFF)),
     ]
 )
 EXPECTED = [
     (Op.ENQUEUE, 1, b"jobs", b"payload"),
-    (Op.READ, 2, b"jobs", 250),
+    (Op.READ, 2, b"jobs", (250, 0)),
+    (Op.READ, 11, b"jobs", (0xFFFFFFFF, 1500)),
     (Op.CONFIRM, 3, 2**64 - 1, None),
     (OTHER, 4, (Op.HELLO, 0, 4, Hello().body()), None),
     (OTHER, 5, (Op.CREATE_QUEUE, 0, 5, CreateQueue("jobs", 3).body()), None),
     (OTHER, 6, (Op.ENQUEUE, 1, 6, b"\x01qx"), None),
     (OTHER, 7, (Op.ENQUEUE, 0, 7, b"\x00x"), None),
-    (OTHER, 8, (Op.READ, 0, 8, b"\x00\x00\x00\x01\x03ab"), None),
+    (OTHER, 8, (Op.READ, 0, 8, bytes(8) + b"\x03ab"), None),
+    (OTHER, 12, (Op.READ, 0, 12, b"\x00\x00\x00\x01\x02ab"), None),
+    (OTHER, 13, (Op.READ, 0, 13, bytes(8) + b"\x01ab"), None),
     (OTHER, 9, (Op.CONFIRM, 0, 9, bytes(9)), None),
     (Op.ENQUEUE, 10, b"q", b""),
+    (OTHER, 14, (Op.READ_BATCH, 0, 14, ReadBatch("jobs", 5, 250, 1500).body()), None),
+    (OTHER, 15, (Op.ENQUEUE_DELAYED, 0, 15, EnqueueDelayed("jobs", b"later", 100).body()), None),
+    (Op.READ, 16, b"j", (0, 0xFFFFFFFF)),
 ]
 
 
@@ -79,7 +91,7 @@ def test_random_chunkings() -> None:
 def test_failures_match_frame_reader() -> None:
     data = encode(1, Read("q")) + HEADER.pack(MAGIC, Op.ENQUEUE, 0, 42, MAX_BODY + 1)
     reader = RequestReader(MAX_BODY)
-    assert reader.feed(data) == [(Op.READ, 1, b"q", 0)]
+    assert reader.feed(data) == [(Op.READ, 1, b"q", (0, 0))]
     assert reader.failure is not None
     assert (reader.failure.code, reader.failure.request_id) == (ErrorCode.MESSAGE_TOO_LARGE, 42)
     assert reader.feed(encode(2, Read("q"))) == []
@@ -91,11 +103,19 @@ def test_failures_match_frame_reader() -> None:
 hot_bodies = st.one_of(
     st.binary(max_size=40),
     st.builds(lambda n, rest: bytes([n]) + rest, st.integers(0, 40), st.binary(max_size=40)),
-    st.builds(lambda t, n, rest: t + bytes([n]) + rest, st.binary(min_size=4, max_size=4), st.integers(0, 8), st.binary(max_size=8)),
+    # READ's layout: timeout_ms and wait_ms (8 bytes), a name length, then mostly a name of about that length.
+    st.builds(
+        lambda t, n, rest: t + bytes([n]) + rest,
+        st.binary(min_size=8, max_size=8),
+        st.integers(0, 8),
+        st.binary(max_size=8),
+    ),
 )
 frames = st.builds(
     raw_frame,
-    st.sampled_from([Op.ENQUEUE, Op.READ, Op.CONFIRM, Op.HELLO, Op.CREATE_QUEUE, Op.DELETE_QUEUE, 0x7F]),
+    st.sampled_from(
+        [Op.ENQUEUE, Op.READ, Op.CONFIRM, Op.HELLO, Op.CREATE_QUEUE, Op.DELETE_QUEUE, Op.READ_BATCH, Op.TOUCH, 0x7F]
+    ),
     hot_bodies,
     st.integers(0, 0xFFFFFFFF),
     st.sampled_from([0, 0, 0, 1]),
@@ -135,5 +155,5 @@ def test_agrees_with_frame_reader_and_decode_request(stream: bytes, cuts: list[i
             name = a.decode("utf-8")
         except UnicodeDecodeError:
             continue  # the hot path does not check UTF-8 (see test_raw_wire.py)
-        expected = Enqueue(name, b) if tag == Op.ENQUEUE else Read(name, b)
+        expected = Enqueue(name, b) if tag == Op.ENQUEUE else Read(name, *b)
         assert decode_request(opcode, body) == expected

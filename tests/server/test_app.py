@@ -9,7 +9,7 @@ import pytest
 
 from dbqueue import Server
 from dbqueue.server.app import SWEEP_RESOLUTION
-from dbqueue.server.queues import InFlight
+from dbqueue.server.queues import Record
 
 
 def with_started_server(body: Callable[[Server, list[float]], Awaitable[None]]) -> None:
@@ -44,7 +44,7 @@ def test_timer_follows_the_earliest_deadline() -> None:
         queue = broker.create_queue(b"q")
         for _ in range(3):
             queue.push(b"x")
-        held: dict[int, InFlight] = {}
+        held: dict[int, Record] = {}
         server.schedule_expiry()
         assert server._expiry is None  # nothing in flight: no timer
         broker.deliver(queue, 5_000, held, now[0])
@@ -72,7 +72,7 @@ def test_a_pending_sweep_is_never_postponed() -> None:
         queue = broker.create_queue(b"q")
         for _ in range(10):
             queue.push(b"x")
-        held: dict[int, InFlight] = {}
+        held: dict[int, Record] = {}
         broker.deliver(queue, 5, held, now[0])  # due in 5 ms: the sweep goes at +10 ms
         server.schedule_expiry()
         first = server._expiry_at
@@ -97,7 +97,7 @@ def test_the_timer_sweeps_and_rearms() -> None:
             queue = broker.create_queue(b"q")
             queue.push(b"a")
             queue.push(b"b")
-            held: dict[int, InFlight] = {}
+            held: dict[int, Record] = {}
             loop_now = server.clock()
             a = broker.deliver(queue, 20, held, loop_now)
             b = broker.deliver(queue, 60, held, loop_now)

@@ -15,7 +15,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from dbqueue.server.queues import Broker, InFlight, Outcome
+from dbqueue.server.queues import Broker, Outcome, Record
 
 NAMES = [b"a", b"b"]
 CONNECTIONS = 3
@@ -28,7 +28,7 @@ class BrokerModel(RuleBasedStateMachine):
         self.now = 0.0
         self.capacity = dict(zip(NAMES, capacities))
         self.ready: dict[bytes, list[int]] = {}  # queue -> ids, front first
-        self.held: list[dict[int, InFlight]] = [{} for _ in range(CONNECTIONS)]
+        self.held: list[dict[int, Record]] = [{} for _ in range(CONNECTIONS)]
         self.model_held: list[list[int]] = [[] for _ in range(CONNECTIONS)]  # read order
         self.deadline: dict[int, float] = {}  # timed held id -> deadline
         self.queue_of: dict[int, bytes] = {}
@@ -108,7 +108,7 @@ class BrokerModel(RuleBasedStateMachine):
     def disconnect(self, conn: int) -> None:
         self._tick()
         ids = self.model_held[conn]
-        assert self.broker.release_all(self.held[conn]) == len(ids)
+        assert self.broker.release_all(self.held[conn], self.now) == len(ids)
         self._return(ids)
         self.model_held[conn] = []
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dbqueue.server import queues as queues_module
-from dbqueue.server.queues import ID_BLOCK, Broker, InFlight, Outcome, Queue
+from dbqueue.server.queues import ID_BLOCK, Broker, Outcome, Queue, Record
 
 
 def make(capacity: int = 0, **broker_kwargs: int) -> tuple[Broker, Queue]:
@@ -13,21 +13,21 @@ def make(capacity: int = 0, **broker_kwargs: int) -> tuple[Broker, Queue]:
     return broker, broker.create_queue(b"q", capacity)
 
 
-def drain(broker: Broker, queue: Queue, now: float = 0.0, timeout_ms: int = 0) -> list[InFlight]:
+def drain(broker: Broker, queue: Queue, now: float = 0.0, timeout_ms: int = 0) -> list[Record]:
     """Read every ready message (holding them on a throwaway connection)."""
-    held: dict[int, InFlight] = {}
+    held: dict[int, Record] = {}
     out = []
     while (record := broker.deliver(queue, timeout_ms, held, now)) is not None:
         out.append(record)
     return out
 
 
-def assert_consistent(broker: Broker, *held_dicts: dict[int, InFlight]) -> None:
-    """Every record is either held by one connection or waiting in its queue's ``returned``."""
+def assert_consistent(broker: Broker, *held_dicts: dict[int, Record], timed: int = 0) -> None:
+    """Every record is either held by one connection or waiting in its queue's ``returned``,
+    and ``timed`` of the held ones have a deadline."""
     held_ids = [id_ for held in held_dicts for id_ in held]
     returned_ids = [r.id for q in broker.queues.values() for r in q.returned]
     assert sorted(broker.records) == sorted(held_ids + returned_ids)
-    timed = sum(1 for held in held_dicts for r in held.values() if r.deadline)
     assert broker._timed == timed
 
 
@@ -39,7 +39,7 @@ def test_fifo_order_and_ids() -> None:
     ids = [queue.push(b"m%d" % i) for i in range(10)]
     assert ids == list(range(1, 11))
     assert queue.ready == 10 and queue.count == 10
-    held: dict[int, InFlight] = {}
+    held: dict[int, Record] = {}
     records = [broker.deliver(queue, 0, held, 0.0) for _ in range(10)]
     assert [r.data for r in records] == [b"m%d" % i for i in range(10)]  # type: ignore[union-attr]
     assert [r.id for r in records] == ids  # type: ignore[union-attr]
@@ -52,7 +52,7 @@ def test_fifo_order_and_ids() -> None:
 
 def test_empty_queue_delivers_none_and_interleaving_keeps_order() -> None:
     broker, queue = make()
-    held: dict[int, InFlight] = {}
+    held: dict[int, Record] = {}
     assert broker.deliver(queue, 0, held, 0.0) is None
     queue.push(b"a")
     assert broker.deliver(queue, 0, held, 0.0).data == b"a"  # type: ignore[union-attr]
@@ -120,7 +120,7 @@ def test_ids_unique_after_a_run_empties_at_a_block_end(monkeypatch: pytest.Monke
         assert broker.deliver(queue, 0, {}, 0.0) is not None
     assert len(set(ids)) == len(ids)
     assert queue.ready == 0
-    assert len(queue._runs) <= 1  # drained runs are let go
+    assert len(queue._segments) <= 1  # drained runs are let go (at most the empty tail stays)
 
 
 # --- capacity -------------------------------------------------------------------------
@@ -131,7 +131,7 @@ def test_capacity_counts_ready_and_in_flight() -> None:
     assert queue.push(b"a") > 0
     assert queue.push(b"b") > 0
     assert queue.push(b"c") == -1
-    held: dict[int, InFlight] = {}
+    held: dict[int, Record] = {}
     record = broker.deliver(queue, 0, held, 0.0)
     assert record is not None
     assert queue.push(b"c") == -1  # the read message is still the queue's
@@ -169,9 +169,9 @@ def test_default_capacity_and_idempotent_create() -> None:
 def test_confirm_outcomes() -> None:
     broker, queue = make()
     queue.push(b"a")
-    held: dict[int, InFlight] = {}
+    held: dict[int, Record] = {}
     record = broker.deliver(queue, 100, held, 0.0)
-    assert record is not None and record.deadline == pytest.approx(0.1)
+    assert record is not None and broker.next_deadline() == pytest.approx(0.1)
     assert broker.confirm(record.id) == Outcome.CONFIRMED
     assert broker.confirm(record.id) == Outcome.NO_SUCH_MESSAGE  # already confirmed
     assert broker.confirm(12345) == Outcome.NO_SUCH_MESSAGE  # never existed
@@ -185,7 +185,7 @@ def test_confirm_outcomes() -> None:
 def test_confirm_works_from_any_connection() -> None:
     broker, queue = make()
     queue.push(b"a")
-    held: dict[int, InFlight] = {}
+    held: dict[int, Record] = {}
     record = broker.deliver(queue, 0, held, 0.0)
     assert broker.confirm(record.id) == Outcome.CONFIRMED  # type: ignore[union-attr]
     assert held == {}
@@ -198,7 +198,7 @@ def test_expire_requeues_to_the_front_in_read_order() -> None:
     broker, queue = make()
     for data in (b"a", b"b", b"c", b"d", b"e"):
         queue.push(data)
-    held: dict[int, InFlight] = {}
+    held: dict[int, Record] = {}
     a = broker.deliver(queue, 10, held, 0.000)
     b = broker.deliver(queue, 10, held, 0.001)
     c = broker.deliver(queue, 0, held, 0.002)  # no timeout: never expires
@@ -214,7 +214,7 @@ def test_expire_requeues_to_the_front_in_read_order() -> None:
     assert broker.confirm(a.id) == Outcome.REQUEUED  # type: ignore[union-attr]
     assert broker.confirm(d.id) == Outcome.REQUEUED  # type: ignore[union-attr]
     assert broker.confirm(c.id) == Outcome.CONFIRMED  # type: ignore[union-attr]
-    later: dict[int, InFlight] = {}
+    later: dict[int, Record] = {}
     again = [broker.deliver(queue, 0, later, 6.0) for _ in range(4)]
     assert [r.data for r in again] == [b"d", b"a", b"b", b"e"]  # type: ignore[union-attr]
     assert [r.deliveries for r in again] == [2, 2, 2, 1]  # type: ignore[union-attr]
@@ -229,7 +229,7 @@ def test_expired_messages_go_ahead_of_earlier_returns() -> None:
     broker, queue = make()
     for data in (b"a", b"b", b"c"):
         queue.push(data)
-    held: dict[int, InFlight] = {}
+    held: dict[int, Record] = {}
     broker.deliver(queue, 10, held, 0.0)  # a
     broker.deliver(queue, 20, held, 0.0)  # b
     assert broker.expire(0.015) == 1
@@ -250,7 +250,7 @@ def test_redelivered_message_gets_a_fresh_deadline() -> None:
     queue.push(b"a")
     record = broker.deliver(queue, 10, {}, 0.0)
     assert broker.expire(0.02) == 1
-    held: dict[int, InFlight] = {}
+    held: dict[int, Record] = {}
     assert broker.deliver(queue, 100, held, 0.03) is record
     assert broker.expire(0.05) == 0  # the old deadline does not fire again
     assert record.held is held  # type: ignore[union-attr]
@@ -262,15 +262,16 @@ def test_release_then_redeliver_with_the_same_deadline_expires_once() -> None:
     broker, queue = make()
     queue.push(b"a")
     queue.push(b"b")
-    first: dict[int, InFlight] = {}
+    first: dict[int, Record] = {}
     broker.deliver(queue, 20, first, 0.0)  # a, deadline 0.02
-    second: dict[int, InFlight] = {}
+    second: dict[int, Record] = {}
     b_record = broker.deliver(queue, 15, second, 0.0)  # b, deadline 0.015
-    broker.release_all(first)  # a back at the front; its (0.02, a) heap entry stays behind
-    third: dict[int, InFlight] = {}
+    broker.release_all(first, 0.0)  # a back at the front; its (0.02, a) heap entry stays behind
+    third: dict[int, Record] = {}
     record = broker.deliver(queue, 10, third, 0.01)  # a again: 0.01 + 0.01 == 0.02 exactly
     assert record is not None and record.data == b"a"
-    assert record.deadline == 0.02
+    assert 0.01 + 10 / 1000 == 0.02  # the new deadline equals the stale entry's exactly
+    assert sorted(deadline for deadline, _, _ in broker._deadlines) == [0.015, 0.02, 0.02]
     assert b_record is not None
     # Today: expire collects a twice and requeue raises TypeError on the second copy,
     # after which b (earlier in the due list) is never requeued: stuck in flight for good.
@@ -284,13 +285,13 @@ def test_equal_deadlines_come_back_in_read_order() -> None:
     broker, queue = make()
     for data in (b"a", b"b", b"c"):
         queue.push(data)
-    one: dict[int, InFlight] = {}
-    two: dict[int, InFlight] = {}
+    one: dict[int, Record] = {}
+    two: dict[int, Record] = {}
     broker.deliver(queue, 0, one, 0.0)  # a
     broker.deliver(queue, 0, two, 0.0)  # b
-    broker.release_all(one)  # queue: a c
-    broker.release_all(two)  # queue: b a c (the newest return is the front)
-    reader: dict[int, InFlight] = {}
+    broker.release_all(one, 0.0)  # queue: a c
+    broker.release_all(two, 0.0)  # queue: b a c (the newest return is the front)
+    reader: dict[int, Record] = {}
     # One batch (one `now`), one timeout: b then a are read, with equal deadlines.
     got = [broker.deliver(queue, 50, reader, 1.0) for _ in range(2)]
     assert [r.data for r in got] == [b"b", b"a"]  # type: ignore[union-attr]
@@ -305,12 +306,12 @@ def test_release_all_requeues_at_the_front_in_read_order() -> None:
     broker, queue = make()
     for data in (b"a", b"b", b"c", b"d"):
         queue.push(data)
-    held: dict[int, InFlight] = {}
+    held: dict[int, Record] = {}
     a = broker.deliver(queue, 0, held, 0.0)
     b = broker.deliver(queue, 5000, held, 0.0)  # timed and untimed alike
     c = broker.deliver(queue, 0, held, 0.0)
     assert broker.confirm(b.id) == Outcome.CONFIRMED  # type: ignore[union-attr]
-    assert broker.release_all(held) == 2
+    assert broker.release_all(held, 0.0) == 2
     assert held == {}
     assert broker._timed == 0
     assert broker.confirm(a.id) == Outcome.REQUEUED  # type: ignore[union-attr]
@@ -328,11 +329,11 @@ def test_release_all_across_queues_and_empty() -> None:
     x.push(b"x1")
     y.push(b"y1")
     x.push(b"x2")
-    held: dict[int, InFlight] = {}
-    assert broker.release_all(held) == 0
+    held: dict[int, Record] = {}
+    assert broker.release_all(held, 0.0) == 0
     for queue in (x, y, x):
         broker.deliver(queue, 0, held, 0.0)
-    assert broker.release_all(held) == 3
+    assert broker.release_all(held, 0.0) == 3
     assert [r.data for r in x.returned] == [b"x1", b"x2"]
     assert [r.data for r in y.returned] == [b"y1"]
     assert x.count == 2 and y.count == 1
@@ -345,14 +346,14 @@ def test_delete_queue_with_messages_in_flight_does_not_leak() -> None:
     broker, queue = make()
     for data in (b"a", b"b", b"c", b"d", b"e"):
         queue.push(data)
-    timed: dict[int, InFlight] = {}
-    untimed: dict[int, InFlight] = {}
-    gone: dict[int, InFlight] = {}
+    timed: dict[int, Record] = {}
+    untimed: dict[int, Record] = {}
+    gone: dict[int, Record] = {}
     a = broker.deliver(queue, 10, timed, 0.0)
     b = broker.deliver(queue, 0, untimed, 0.0)
     c = broker.deliver(queue, 0, untimed, 0.0)
     d = broker.deliver(queue, 0, gone, 0.0)
-    broker.release_all(gone)  # d waits in `returned`
+    broker.release_all(gone, 0.0)  # d waits in `returned`
     assert len(broker.records) == 4
 
     assert broker.delete_queue(b"q") is True
@@ -364,7 +365,7 @@ def test_delete_queue_with_messages_in_flight_does_not_leak() -> None:
     assert broker.confirm(b.id) == Outcome.NO_SUCH_MESSAGE  # type: ignore[union-attr]
     assert broker.confirm(d.id) == Outcome.NO_SUCH_MESSAGE  # type: ignore[union-attr]
     assert broker.expire(1.0) == 0  # a's expiry drops it instead of requeueing
-    assert broker.release_all(untimed) == 0  # c's release drops it too
+    assert broker.release_all(untimed, 0.0) == 0  # c's release drops it too
     assert broker.records == {}
     assert timed == {} and untimed == {}
     assert broker._timed == 0
@@ -376,7 +377,7 @@ def test_recreated_queue_starts_empty_and_old_records_stay_dead() -> None:
     broker, queue = make()
     queue.push(b"old")
     queue.push(b"old2")
-    held: dict[int, InFlight] = {}
+    held: dict[int, Record] = {}
     old = broker.deliver(queue, 0, held, 0.0)
     broker.delete_queue(b"q")
     fresh = broker.create_queue(b"q")
@@ -385,7 +386,7 @@ def test_recreated_queue_starts_empty_and_old_records_stay_dead() -> None:
     assert broker.confirm(old.id) == Outcome.NO_SUCH_MESSAGE  # type: ignore[union-attr]
     assert fresh.count == 0
     fresh.push(b"new")
-    assert broker.release_all(held) == 0
+    assert broker.release_all(held, 0.0) == 0
     assert [r.data for r in drain(broker, fresh)] == [b"new"]
 
 
@@ -394,8 +395,8 @@ def test_recreated_queue_starts_empty_and_old_records_stay_dead() -> None:
 
 def test_deadline_heap_stays_bounded() -> None:
     broker, queue = make()
-    in_flight: list[InFlight] = []
-    held: dict[int, InFlight] = {}
+    in_flight: list[Record] = []
+    held: dict[int, Record] = {}
     worst = 0
     now = 0.0
     for i in range(100_000):
@@ -414,11 +415,11 @@ def test_deadline_heap_stays_bounded() -> None:
 def test_deadline_heap_compacts_after_disconnects() -> None:
     broker, queue = make()
     for round_ in range(50):
-        held: dict[int, InFlight] = {}
+        held: dict[int, Record] = {}
         for _ in range(100):
             queue.push(b"x")
             broker.deliver(queue, 60_000, held, float(round_))
-        broker.release_all(held)
+        broker.release_all(held, float(round_))
         drain(broker, queue)  # untimed reads: nothing new in the heap
         for record in list(broker.records.values()):
             broker.confirm(record.id)

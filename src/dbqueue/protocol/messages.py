@@ -624,7 +624,7 @@ class StatsReply:
     def from_body(cls, body: bytes) -> StatsReply:
         try:
             stats = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise InvalidRequest("STATS_REPLY body is not JSON") from None
         if not isinstance(stats, dict):
             raise InvalidRequest("STATS_REPLY body is not a JSON object")

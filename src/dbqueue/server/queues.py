@@ -56,6 +56,7 @@ __all__ = ["Broker", "Queue", "Record", "Waiter", "Outcome", "ID_BLOCK"]
 log = logging.getLogger("dbqueue.server")
 
 ID_BLOCK = 1 << 16
+BATCH_ENTRY_OVERHEAD = 16  # a batch reply's id, deliveries and length before each payload
 
 
 class Outcome(enum.IntEnum):
@@ -181,6 +182,15 @@ class Queue:
         self.ready += 1
         self.enqueued += 1
         return id_
+
+    def next_size(self) -> int:
+        """The wire size of the next ready message in a batch reply (0 when none is ready)."""
+        for segment in self._segments:
+            if segment.__class__ is Record:
+                return len(segment.data) + BATCH_ENTRY_OVERHEAD  # type: ignore[union-attr]
+            if segment.items:  # type: ignore[union-attr]
+                return len(segment.items[0]) + BATCH_ENTRY_OVERHEAD  # type: ignore[union-attr]
+        return 0
 
     def push_many(self, items: list[bytes]) -> list[int]:
         """Append fresh messages (the caller checked the capacity); return their ids."""
@@ -319,11 +329,11 @@ class Broker:
         while hop:
             if hop in seen:
                 raise InvalidRequest(f"dead-letter queue {dead_letter.decode()!r} would close a loop back to {name.decode()!r}")
-            target = self.queues.get(hop)
-            if target is None:
-                raise NoSuchQueue(f"no queue named {hop.decode()!r} to use as a dead-letter queue")
             seen.add(hop)
-            hop = target.dead_letter
+            target = self.queues.get(hop)
+            hop = target.dead_letter if target is not None else None  # a chain may end at a queue deleted since
+        if dead_letter not in self.queues:
+            raise NoSuchQueue(f"no queue named {dead_letter.decode()!r} to use as a dead-letter queue")
 
     def delete_queue(self, name: bytes) -> bool:
         """Drop a queue and every message it holds; return False if there was none.
@@ -415,16 +425,17 @@ class Broker:
     ) -> list[Record]:
         """Read up to ``max_messages`` messages of ``queue``, stopping once their payloads
         pass ``max_batch_bytes`` so that any client can take the reply in."""
-        records = []
+        records: list[Record] = []
         size = 0
+        limit = self.max_batch_bytes
         for _ in range(max_messages):
+            if records and size + queue.next_size() > limit:
+                break
             record = self.deliver(queue, timeout_ms, held, now)
             if record is None:
                 break
             records.append(record)
-            size += len(record.data)
-            if size >= self.max_batch_bytes:
-                break
+            size += len(record.data) + BATCH_ENTRY_OVERHEAD
         return records
 
     def wait(
@@ -476,8 +487,8 @@ class Broker:
         if record is None:
             return Outcome.NO_SUCH_MESSAGE
         held = record.held
-        if held is None:
-            return Outcome.REQUEUED
+        if held is None:  # ready or delayed: requeued if it was ever handed out
+            return Outcome.REQUEUED if record.deliveries else Outcome.NO_SUCH_MESSAGE
         del self.records[id_]
         del held[id_]
         record.held = None
@@ -496,7 +507,7 @@ class Broker:
         if record is None or record.queue.deleted:
             return Outcome.NO_SUCH_MESSAGE
         if record.held is None:
-            return Outcome.REQUEUED
+            return Outcome.REQUEUED if record.deliveries else Outcome.NO_SUCH_MESSAGE
         if record.lease:
             self._timed -= 1
             record.lease = 0  # the old heap entry goes stale
@@ -510,7 +521,7 @@ class Broker:
         if record is None or record.queue.deleted:
             return Outcome.NO_SUCH_MESSAGE
         if record.held is None:
-            return Outcome.REQUEUED
+            return Outcome.REQUEUED if record.deliveries else Outcome.NO_SUCH_MESSAGE
         self.requeue([record], now, delay_ms)
         return Outcome.CONFIRMED
 
@@ -518,6 +529,7 @@ class Broker:
         """Take in-flight records back, keeping their order at the front of their queues; return how many."""
         returned = 0
         touched: set[Queue] = set()
+        spent: list[Record] = []  # out of deliveries, in reverse order
         for record in reversed(records):
             del record.held[record.id]  # type: ignore[union-attr]
             record.held = None
@@ -528,14 +540,17 @@ class Broker:
             if queue.deleted:
                 del self.records[record.id]
             elif queue.max_deliveries and record.deliveries >= queue.max_deliveries:
-                self._dead_letter(record, now)
+                spent.append(record)
             elif delay_ms:
                 self._delay(record, delay_ms, now)
+                queue.requeued += 1
             else:
                 queue.push_front(record)
                 queue.requeued += 1
                 returned += 1
                 touched.add(queue)
+        for record in reversed(spent):  # dead letters keep their order
+            self._dead_letter(record, now)
         for queue in touched:
             if queue.waiters:
                 self.feed_waiters(queue, now)

@@ -22,8 +22,8 @@ every call in sequence::
 That order is correct because of how the calls relate. Ids are never reused,
 except that a message may be removed and added again with its id (moved to a
 dead-letter queue), so removals go before additions. A pending addition is
-dropped from the buffer by its queue's deletion or purge, so every addition
-left after them belongs after them. Count and due-time changes to a message
+dropped from the buffer by its queue's deletion or purge (unless the purge
+keeps its id), so every addition left after them belongs after them. Count and due-time changes to a message
 added in the same batch are folded into the pending addition; the others
 touch a row that existed before the batch, so they go first (on a row that
 the batch then removes, they are harmless).
@@ -32,14 +32,16 @@ Queues are referred to by a small integer *qid* (creation order) so a message
 row does not repeat its queue's name. Message rows are keyed by their id (the
 rowid, so a removal is one B-tree lookup) and carry a ``seq`` number given at
 `add` time; `load` returns each queue's messages in ``seq`` order, which is the
-order they were added (ids cannot give that order: a message moved to another
-queue keeps its id). There is no index besides the id: each one would cost
+order they were added (ids cannot give that order: a queue takes them in
+blocks while a delayed message takes a single one, and a moved message may
+keep its id). There is no index besides the id: each one would cost
 every add and remove. The price is that `delete_queue` and `purge` scan the
 table when committed, and that `load` sorts.
 
-Ids: the server hands out ids in blocks from one counter. Before it hands out
-an id it calls ``reserve_ids(upto)`` (in the same batch as the first message
-that uses the block is enough: they commit together), and `load` returns a
+Ids: the server hands out ids from one counter. Before it hands out an id it
+calls ``reserve_ids(upto)``, best well ahead (a block or more at a time), and
+in the same batch as the first message using it at the latest: they commit
+together, and a reply naming the id is sent only after. `load` returns a
 `Snapshot.next_id` at or above every reserved id, so ids stay unique across
 restarts, even those of messages that were confirmed and are gone.
 
@@ -57,8 +59,9 @@ stays bounded even if `reclaim` is never called.
 
 Threading: a `Store` belongs to the thread that opened it (the event loop's).
 Do not hand `commit` to a worker thread: Python's sqlite3 releases the GIL for
-every row it steps, and a busy event loop holding the GIL makes each of those
-re-acquisitions wait, so a threaded commit gets far slower, not faster.
+every statement step, and a busy event loop holding the GIL makes each of
+those re-acquisitions wait (measured: a 1000-message commit took 22 ms in a
+thread beside a busy Python thread, 1.9 ms on its own).
 
 Files: ``DIR/dbqueue.db`` (plus SQLite's ``dbqueue.db-wal``) and
 ``DIR/dbqueue.lock``, which the open store holds an exclusive `fcntl.flock`
