@@ -47,18 +47,47 @@ def main() -> None:
     default=None,
     help="Serve Prometheus metrics on http://HOST:PORT/metrics (off by default).",
 )
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Keep queues and unconfirmed messages in a store in this directory (default: memory only).",
+)
+@click.option(
+    "--sync",
+    type=click.Choice(["os", "disk"]),
+    default="os",
+    show_default=True,
+    help="With --data-dir: 'os' survives a crash of the server, 'disk' (fsync) also a power cut.",
+)
 def serve(
-    host: str, port: int, max_message_size: int, default_capacity: int, log_level: str, metrics_port: int | None
+    host: str,
+    port: int,
+    max_message_size: int,
+    default_capacity: int,
+    log_level: str,
+    metrics_port: int | None,
+    data_dir: str | None,
+    sync: str,
 ) -> None:
     """Run a server until SIGINT or SIGTERM."""
     from .server import Server, run
+    from .server.storage import StoreError
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server = Server(
-        host, port, max_message_size=max_message_size, default_capacity=default_capacity, metrics_port=metrics_port
+        host,
+        port,
+        max_message_size=max_message_size,
+        default_capacity=default_capacity,
+        metrics_port=metrics_port,
+        data_dir=data_dir,
+        sync=sync,
     )
     try:
         run(server)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from exc
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Callable
 
@@ -12,6 +13,7 @@ from ..protocol.frames import DEFAULT_MAX_MESSAGE_SIZE, MAX_MESSAGE_SIZE_LIMIT
 from .metrics import MetricsEndpoint, RequestStats
 from .queues import Broker
 from .session import Session
+from .storage import Store, StoreError
 
 __all__ = ["Server", "run", "new_event_loop"]
 
@@ -20,6 +22,8 @@ log = logging.getLogger("dbqueue.server")
 # Deadlines are swept at most this often: timeouts fire up to this late, and a
 # stream of reads whose deadlines all differ costs 100 wake-ups a second, not one each.
 SWEEP_RESOLUTION = 0.01
+# Seconds between two rounds of giving freed store pages back (each round is a few ms).
+RECLAIM_INTERVAL = 1.0
 
 
 class Server:
@@ -28,6 +32,9 @@ class Server:
     ``port=0`` picks a free port; `port` holds the real one after `start`.
     ``default_capacity`` bounds queues created without a capacity (0: unbounded).
     ``metrics_port`` serves Prometheus metrics on ``host:metrics_port/metrics``.
+    ``data_dir`` keeps every queue and unconfirmed message in a SQLite store
+    there; ``sync`` is "os" (a commit reaches the OS before the reply: survives
+    a crash of the process) or "disk" (fsync first: survives a power cut).
     """
 
     def __init__(
@@ -39,7 +46,11 @@ class Server:
         default_capacity: int = 0,
         backlog: int = 4096,
         metrics_port: int | None = None,
+        data_dir: str | os.PathLike[str] | None = None,
+        sync: str = "os",
     ) -> None:
+        if sync not in ("os", "disk"):
+            raise ValueError(f"sync must be 'os' or 'disk', got {sync!r}")
         if not 1 <= max_message_size <= MAX_MESSAGE_SIZE_LIMIT:
             raise ValueError(f"max_message_size must be 1 .. {MAX_MESSAGE_SIZE_LIMIT}, got {max_message_size}")
         self.host = host
@@ -57,6 +68,13 @@ class Server:
         self.metrics_port = metrics_port
         self.request_stats: RequestStats | None = RequestStats() if metrics_port is not None else None
         self._metrics: MetricsEndpoint | None = None
+        self.data_dir = data_dir
+        self.sync = sync
+        self.store: Store | None = None
+        self._outbox: list[tuple[asyncio.Transport, bytes]] = []  # replies waiting for the next commit
+        self._closing: list[asyncio.Transport] = []
+        self._commit_scheduled = False
+        self._reclaimer: asyncio.TimerHandle | None = None
 
     @property
     def address(self) -> str:
@@ -67,6 +85,8 @@ class Server:
         """Bind and start accepting connections; raise `OSError` if the address is taken."""
         loop = self._loop = asyncio.get_running_loop()
         self.clock = loop.time
+        if self.data_dir is not None and self.store is None:
+            self._open_store()
         self._listener = await loop.create_server(
             lambda: Session(self), self.host, self.port, backlog=self.backlog, reuse_address=True
         )
@@ -91,6 +111,12 @@ class Server:
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
+        if self.store is not None:
+            self._commit()
+            if self._reclaimer is not None:
+                self._reclaimer.cancel()
+            self.store.close()
+            self.store = None
         if self._listener is not None:
             await self._listener.wait_closed()
             self._listener = None
@@ -111,6 +137,74 @@ class Server:
             await asyncio.Future()
         finally:
             await self.stop()
+
+    # --- replies and group commit ----------------------------------------------------
+
+    def send(self, transport: asyncio.Transport, data: bytes) -> None:
+        """Write a reply now in memory; with a store, after the next commit (group commit)."""
+        if self.store is None:
+            transport.write(data)
+            return
+        self._outbox.append((transport, data))
+        if not self._commit_scheduled:
+            self._commit_scheduled = True
+            self._loop.call_soon(self._commit)  # type: ignore[union-attr]
+
+    def close_after_send(self, transport: asyncio.Transport) -> None:
+        """Close a connection once the replies already sent to it are out."""
+        if self.store is None:
+            transport.close()
+        else:
+            self._closing.append(transport)
+
+    def _commit(self) -> None:
+        # Everything handled since the last commit, across every connection, in one
+        # transaction; then the replies it allows. Runs once per loop iteration at most.
+        self._commit_scheduled = False
+        store = self.store
+        if store is None:
+            return
+        try:
+            if store.pending():
+                store.commit()
+        except StoreError:
+            log.critical("the store failed to commit; stopping so that no reply promises what the disk lacks", exc_info=True)
+            self._outbox.clear()
+            for session in list(self.sessions):
+                if session.transport is not None:
+                    session.transport.abort()
+            if self._listener is not None:
+                self._listener.close()
+            return
+        outbox, self._outbox = self._outbox, []
+        for transport, data in outbox:
+            if not transport.is_closing():
+                transport.write(data)
+        closing, self._closing = self._closing, []
+        for transport in closing:
+            transport.close()
+
+    def _open_store(self) -> None:
+        self.store = Store.open(self.data_dir, self.sync)  # type: ignore[arg-type]
+        snapshot = self.store.load()
+        restored = self.broker.restore(snapshot, self.clock())
+        self.broker.attach(self.store)
+        log.info(
+            "store %s: %d queues and %d messages restored (sync=%s)",
+            self.data_dir, len(snapshot.queues), restored, self.sync,
+        )
+        self.schedule_expiry()
+        self._reclaim()
+
+    def _reclaim(self) -> None:
+        # Give the space of confirmed messages back to the file system, a little at a time.
+        if self.store is None:
+            return
+        self._commit()
+        if self.store is None:
+            return
+        self.store.reclaim(256)
+        self._reclaimer = self._loop.call_later(RECLAIM_INTERVAL, self._reclaim)  # type: ignore[union-attr]
 
     def stats(self) -> dict[str, object]:
         """Server-wide figures and every queue's, as LIST_QUEUES answers them."""

@@ -36,6 +36,12 @@ makes a message ready (`enqueue`, requeue, delay end) hands it straight to the
 queue's first live waiter, whose ``wake`` callback (the session's) sends the
 answer.
 
+With a data directory, a *journal* (`storage.Store`) is told of every change
+that must survive a restart: messages added and removed, queues created,
+deleted and purged, id blocks reserved, delays and delivery counts. It only
+buffers; the server commits it once per loop iteration, before it sends the
+replies. In memory the journal is None and costs one test per change.
+
 Every method takes ``now`` (seconds, monotonic) from the caller, so tests drive
 a fake clock.
 """
@@ -50,6 +56,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import InvalidRequest, NoSuchQueue
+from .storage import Snapshot, Store, now_ms
 
 __all__ = ["Broker", "Queue", "Record", "Waiter", "Outcome", "ID_BLOCK"]
 
@@ -123,7 +130,7 @@ class Queue:
     __slots__ = (
         "name", "capacity", "max_deliveries", "dead_letter", "deleted",
         "ready", "delayed", "enqueued", "confirmed", "requeued", "dead_lettered", "dropped", "consumers",
-        "waiters", "waiting", "_segments", "_tail", "_next_id", "_block_end", "_broker", "_records",
+        "waiters", "waiting", "_segments", "_tail", "_next_id", "_block_end", "_broker", "_records", "journal",
     )  # fmt: skip
 
     def __init__(
@@ -146,6 +153,7 @@ class Queue:
         self.waiting = 0  # active waiters
         self._broker = broker
         self._records = broker.records
+        self.journal: Store | None = broker.journal
         self._segments: deque[_Run | Record] = deque()
         self._tail: _Run | None = None  # the run `push` appends to
         self._next_id = 0
@@ -181,6 +189,8 @@ class Queue:
         self._next_id = id_ + 1
         self.ready += 1
         self.enqueued += 1
+        if self.journal is not None:
+            self.journal.add(self.name, id_, data)
         return id_
 
     def next_size(self) -> int:
@@ -207,6 +217,9 @@ class Queue:
             start += len(chunk)
         self.ready += len(items)
         self.enqueued += len(items)
+        if self.journal is not None:
+            for id_, data in zip(ids, items):
+                self.journal.add(self.name, id_, data)
         return ids
 
     def take(self, held: dict[int, Record]) -> Record | None:
@@ -296,6 +309,8 @@ class Broker:
         self._waiting = 0  # active waiters (live entries of `_waits`)
         self._leases = 0
         self._next_id = first_id
+        self._reserved = first_id  # ids below this are reserved in the journal
+        self.journal: Store | None = None
 
     # --- ids -------------------------------------------------------------------------
 
@@ -303,7 +318,44 @@ class Broker:
         """Reserve ``count`` consecutive ids; return the first."""
         first = self._next_id
         self._next_id = first + count
+        if self._next_id > self._reserved and self.journal is not None:
+            # Reserve well ahead: one journal entry per 16 blocks, not per id.
+            self._reserved = self._next_id + 16 * ID_BLOCK
+            self.journal.reserve_ids(self._reserved)
         return first
+
+    def attach(self, journal: Store) -> None:
+        """From now on, tell ``journal`` of every change that must survive a restart."""
+        self.journal = journal
+        self._reserved = self._next_id
+        for queue in self.queues.values():
+            queue.journal = journal
+
+    def restore(self, snapshot: Snapshot, now: float) -> int:
+        """Rebuild queues and messages from a store's snapshot; return how many messages came back.
+
+        Every message comes back ready (or delayed, if its delay has not ended),
+        in the order it was added. Call before `attach`.
+        """
+        wall = now_ms()
+        restored = 0
+        for stored in snapshot.queues:
+            self.queues[stored.name] = Queue(
+                self, stored.name, stored.capacity, stored.max_deliveries, stored.dead_letter
+            )
+        for stored in snapshot.queues:
+            queue = self.queues[stored.name]
+            for id_, data, deliveries, due_ms in stored.messages:
+                record = self.records[id_] = Record(id_, queue, data)
+                record.deliveries = deliveries
+                queue.enqueued += 1
+                if due_ms > wall:
+                    self._delay(record, due_ms - wall, now)
+                else:
+                    queue.push_back(record)
+                restored += 1
+        self._next_id = max(self._next_id, snapshot.next_id)
+        return restored
 
     # --- queues ----------------------------------------------------------------------
 
@@ -321,6 +373,8 @@ class Broker:
         if dead_letter:
             self._check_dead_letter(name, dead_letter)
         queue = self.queues[name] = Queue(self, name, capacity or self.default_capacity, max_deliveries, dead_letter)
+        if self.journal is not None:
+            self.journal.create_queue(name, queue.capacity, max_deliveries, dead_letter)
         return queue
 
     def _check_dead_letter(self, name: bytes, dead_letter: bytes) -> None:
@@ -346,6 +400,8 @@ class Broker:
         if queue is None:
             return False
         queue.deleted = True
+        if self.journal is not None:
+            self.journal.delete_queue(name)
         for record in queue.drop_ready():
             del self.records[record.id]
         waiters, queue.waiters = queue.waiters, deque()
@@ -358,6 +414,9 @@ class Broker:
     def purge(self, queue: Queue) -> int:
         """Drop every ready and delayed message of ``queue``; return how many."""
         dropped = queue.ready + queue.delayed
+        if self.journal is not None:
+            in_flight = [r.id for r in self.records.values() if r.queue is queue and r.held is not None]
+            self.journal.purge(queue.name, keep=in_flight)
         for record in queue.drop_ready():
             del self.records[record.id]
         if queue.delayed:
@@ -395,6 +454,8 @@ class Broker:
         self.records[record.id] = record
         queue.enqueued += 1
         self._delay(record, delay_ms, now)
+        if self.journal is not None:
+            self.journal.add(queue.name, record.id, data, due_ms=now_ms() + delay_ms)
         return record.id
 
     def _delay(self, record: Record, delay_ms: int, now: float) -> None:
@@ -499,6 +560,8 @@ class Broker:
         if queue.deleted:
             return Outcome.NO_SUCH_MESSAGE
         queue.confirmed += 1
+        if self.journal is not None:
+            self.journal.remove(id_)
         return Outcome.CONFIRMED
 
     def touch(self, id_: int, timeout_ms: int, now: float) -> Outcome:
@@ -544,11 +607,16 @@ class Broker:
             elif delay_ms:
                 self._delay(record, delay_ms, now)
                 queue.requeued += 1
+                if self.journal is not None:
+                    self.journal.set_due(record.id, now_ms() + delay_ms)
             else:
                 queue.push_front(record)
                 queue.requeued += 1
                 returned += 1
                 touched.add(queue)
+            if queue.max_deliveries and self.journal is not None and not queue.deleted:
+                # Counted where it matters: after a restart, dead-lettering picks up from here.
+                self.journal.set_deliveries(record.id, record.deliveries)
         for record in reversed(spent):  # dead letters keep their order
             self._dead_letter(record, now)
         for queue in touched:
@@ -564,6 +632,8 @@ class Broker:
         queue = record.queue
         del self.records[record.id]
         queue.dead_lettered += 1
+        if self.journal is not None:
+            self.journal.remove(record.id)
         target = self.queues.get(queue.dead_letter) if queue.dead_letter else None
         name = queue.name.decode("utf-8", "replace")
         if target is None:

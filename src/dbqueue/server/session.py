@@ -18,6 +18,9 @@ When the client stops reading and the transport's write buffer passes its high
 mark, the session stops reading requests until the buffer drains, so a slow
 consumer cannot make the server buffer without bound.
 
+With a data directory, replies go out only after the store has committed the
+changes they report (`Server.send`): "queued" then means "stored".
+
 A read that waits (``wait_ms``) on an empty queue is answered later, from the
 broker's wake callback, by its request id; the session meanwhile goes on with
 the requests behind it.
@@ -96,12 +99,12 @@ class Session(asyncio.Protocol):
                 replies = self.handle(requests)
                 stats.record(len(requests), perf_counter() - began)
             if replies:
-                self.transport.write(replies[0] if len(replies) == 1 else b"".join(replies))  # type: ignore[union-attr]
+                self.server.send(self.transport, replies[0] if len(replies) == 1 else b"".join(replies))
         if reader.failure is not None:
             failure = reader.failure
             log.warning("closing %s: %s", self.peer, failure.message)
-            self.transport.write(msg.error_frame(failure.request_id, failure.code, failure.message))  # type: ignore[union-attr]
-            self.transport.close()  # type: ignore[union-attr]
+            self.server.send(self.transport, msg.error_frame(failure.request_id, failure.code, failure.message))
+            self.server.close_after_send(self.transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.sessions.discard(self)
@@ -313,7 +316,7 @@ class Session(asyncio.Protocol):
             reply = msg.encode(request_id, msg.Message(record.id, record.data, record.deliveries))
         else:
             reply = _BARE_FRAME(fr.MAGIC, _EMPTY, 0, request_id, 0)
-        transport.write(reply)
+        self.server.send(transport, reply)
 
 
 _HANDLERS = {
