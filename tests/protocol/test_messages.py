@@ -52,6 +52,8 @@ from dbqueue.protocol.messages import (
     Released,
     Stats,
     StatsReply,
+    Members,
+    MembersReply,
     Touch,
     Touched,
     encode_name,
@@ -63,6 +65,7 @@ from dbqueue.protocol.messages import (
 LONGEST_NAME = "n" * 255
 
 REQUESTS = [
+    Members(),
     Hello(),
     Hello(0),
     Hello(0xFFFF),
@@ -128,6 +131,8 @@ RESPONSES = [
     Purged(0),
     Purged(2**64 - 1),
     StatsReply({}),
+    MembersReply(("127.0.0.1:3000", "10.0.0.2:3000"), 1),
+    MembersReply((), 0),
     StatsReply({"name": "名前", "ready": 3, "in_flight": 0, "dead_letter_queue": None}),
     StatsReply({"server": "dbqueue/0.1.0", "connections": 2, "queues": [{"name": "q", "ready": 1}]}),
     ObjectsQueued((1,)),

@@ -42,6 +42,9 @@ class _ClientProtocol(asyncio.Protocol):
             self._fail(exc)
             self.transport.close()  # type: ignore[union-attr]
             return
+        releases = self.connection.data_to_send()
+        if releases:
+            self.transport.write(releases)  # type: ignore[union-attr]
         pending = self.pending
         for request_id, response in responses:
             future = pending.pop(request_id, None)
@@ -62,7 +65,7 @@ class _ClientProtocol(asyncio.Protocol):
             if not future.done():
                 future.set_exception(self.failure)
 
-    def submit(self, request: msg.Request) -> asyncio.Future[msg.Response]:
+    def submit(self, request: msg.Request) -> tuple[int, asyncio.Future[msg.Response]]:
         if self.failure is not None:
             raise self.failure
         request_id, frame = self.connection.send(request)
@@ -72,7 +75,12 @@ class _ClientProtocol(asyncio.Protocol):
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
-        return future
+        return request_id, future
+
+    def abandon(self, request_id: int) -> None:
+        """A caller stopped waiting: drop its response when it comes, releasing any message in it."""
+        if self.pending.pop(request_id, None) is not None:
+            self.connection.abandon(request_id)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -111,7 +119,14 @@ class AsyncClient(Commands):
         return client
 
     async def _call(self, request: msg.Request, convert: Convert) -> Any:
-        return convert(await self._protocol.submit(request))
+        request_id, future = self._protocol.submit(request)
+        try:
+            response = await future
+        except asyncio.CancelledError:
+            # A cancelled read must not leave a message in flight on this connection.
+            self._protocol.abandon(request_id)
+            raise
+        return convert(response)
 
     async def close(self) -> None:
         """Close the connection; messages it holds in flight go back to their queues."""

@@ -100,6 +100,10 @@ def _queue_list(response: msg.Response) -> list[dict[str, Any]]:
     return _stats(response)["queues"]  # type: ignore[no-any-return]
 
 
+def _members(response: msg.Response) -> msg.MembersReply:
+    return result_of(response, msg.MembersReply)  # type: ignore[return-value]
+
+
 def _milliseconds(name: str, value: int) -> int:
     if not isinstance(value, int) or not 0 <= value <= _U32_MAX:
         raise ValueError(f"{name} must be an int in 0 .. {_U32_MAX}, got {value!r}")
@@ -157,6 +161,10 @@ class Commands:
     def list_queues(self) -> Any:
         """Return every queue's figures, a list of dicts as `stats` returns them."""
         return self._call(msg.ListQueues(), _queue_list)
+
+    def members(self) -> Any:
+        """Return the server's group: ``.members`` ("host:port" list) and ``.index`` (its own place)."""
+        return self._call(msg.Members(), _members)
 
     # --- sending ---------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ import socket
 from collections.abc import Iterable
 from typing import Any
 
-from ..errors import ConnectionLost, RequestError
+from ..errors import ConnectionLost, ProtocolError, RequestError
 from ..protocol import messages as msg
 from ..protocol.connection import ClientConnection
 from .commands import Commands, Convert, parse_address, result_of
@@ -86,19 +86,35 @@ class PipelinedClient:
         if self.timeout is not None:
             self.sock.settimeout(self.timeout + self._longest_wait)
         while len(ready) < count:
-            try:
-                data = self.sock.recv(_RECV_SIZE)
-            except OSError as exc:
-                raise ConnectionLost(f"connection lost while waiting for a response: {exc}") from exc
-            if not data:
-                raise ConnectionLost("the server closed the connection")
-            ready.extend(self.protocol.receive_data(data))
+            ready.extend(self.receive_some())
         taken, self._ready = ready[:count], ready[count:]
         self._outstanding -= count
         if self._outstanding <= 0:
             self._outstanding = 0
             self._longest_wait = 0.0
         return taken
+
+    def receive_some(self) -> list[tuple[int, msg.Response]]:
+        """Block for one read from the socket; return the responses it completed (maybe none).
+
+        Responses to abandoned requests are not returned (see `abandon`).
+        """
+        try:
+            data = self.sock.recv(_RECV_SIZE)
+        except OSError as exc:
+            raise ConnectionLost(f"connection lost while waiting for a response: {exc}") from exc
+        if not data:
+            raise ConnectionLost("the server closed the connection")
+        responses = self.protocol.receive_data(data)
+        releases = self.protocol.data_to_send()
+        if releases:
+            self.send_bytes(releases)
+        return responses
+
+    def abandon(self, request_id: int) -> None:
+        """Stop waiting for a request: its response is dropped, and a message it brings is released."""
+        self.protocol.abandon(request_id)
+        self._outstanding = max(0, self._outstanding - 1)
 
     def close(self) -> None:
         """Close the socket (the server requeues whatever this connection holds in flight)."""
@@ -130,8 +146,10 @@ class Client(Commands):
         return cls(PipelinedClient.connect(address, timeout))
 
     def _call(self, request: msg.Request, convert: Convert) -> Any:
-        self.connection.send_many((request,))
-        ((_, response),) = self.connection.receive(1)
+        (request_id,) = self.connection.send_many((request,))
+        ((answered, response),) = self.connection.receive(1)
+        if answered != request_id:
+            raise ProtocolError(f"expected the answer to request {request_id}, got one to {answered}")
         return convert(response)
 
     def pipeline(self) -> Pipeline:

@@ -4,13 +4,18 @@ Every I/O flavour (the blocking `Client`, the `AsyncClient`, load generators)
 is a thin loop around `ClientConnection`: ``send`` returns the bytes to write,
 ``receive_data`` takes the bytes that arrived and returns the responses they
 complete, each tagged with the request id it answers.
+
+A caller that stops waiting for a response (a cancelled task, a group read
+won by another member) *abandons* its request id. When that response comes,
+it is not returned: if it hands out messages, the connection queues Release
+requests for them (`data_to_send`), so an abandoned read holds nothing.
 """
 
 from __future__ import annotations
 
 from ..errors import InvalidRequest, MessageTooLarge, ProtocolError
 from .frames import BODY_OVERHEAD, DEFAULT_MAX_MESSAGE_SIZE, HEADER_SIZE, FrameReader
-from .messages import Enqueue, Request, Response, decode_response, encode
+from .messages import Enqueue, Message, Messages, Release, Request, Response, decode_response, encode
 
 __all__ = ["ClientConnection"]
 
@@ -20,7 +25,7 @@ _MAX_REQUEST_ID = 0xFFFFFFFF
 class ClientConnection:
     """Request-id allocation and response decoding for one connection."""
 
-    __slots__ = ("_next_id", "_reader", "_max_message_size")
+    __slots__ = ("_next_id", "_reader", "_max_message_size", "_abandoned", "_to_send")
 
     def __init__(self, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
         self._next_id = 1
@@ -28,6 +33,8 @@ class ClientConnection:
         self._reader = FrameReader(64 * 1024 * 1024 + BODY_OVERHEAD)
         self._max_message_size = 0
         self.max_message_size = max_message_size
+        self._abandoned: set[int] = set()
+        self._to_send: list[bytes] = []
 
     @property
     def max_message_size(self) -> int:
@@ -75,4 +82,32 @@ class ClientConnection:
         failure = self._reader.failure
         if failure is not None:
             raise ProtocolError(f"the server's byte stream is broken: {failure.message}")
+        if self._abandoned:
+            responses = [(rid, response) for rid, response in responses if not self._swallow(rid, response)]
         return responses
+
+    def abandon(self, request_id: int) -> None:
+        """Stop waiting for ``request_id``: its response will be dropped, its messages released."""
+        self._abandoned.add(request_id)
+
+    def data_to_send(self) -> bytes:
+        """Bytes the connection itself needs written (Releases for abandoned reads); b"" if none."""
+        data = b"".join(self._to_send)
+        self._to_send.clear()
+        return data
+
+    def _swallow(self, request_id: int, response: Response) -> bool:
+        if request_id not in self._abandoned:
+            return False
+        self._abandoned.discard(request_id)
+        if isinstance(response, Message):
+            ids = [response.id]
+        elif isinstance(response, Messages):
+            ids = [message.id for message in response.messages]
+        else:
+            return True
+        for id_ in ids:
+            release_id, frame = self.send(Release(id_))
+            self._abandoned.add(release_id)
+            self._to_send.append(frame)
+        return True

@@ -59,7 +59,7 @@ class Op(enum.IntEnum):
     """Opcodes. Requests are below 0x80, responses at or above it.
 
     Gaps are deliberate: each block leaves room for the operations planned
-    next (group discovery, authentication).
+    next (authentication).
     """
 
     # requests: session and queue management
@@ -69,6 +69,7 @@ class Op(enum.IntEnum):
     PURGE = 0x04
     STATS = 0x05
     LIST_QUEUES = 0x06
+    MEMBERS = 0x07
     # requests: messages
     ENQUEUE = 0x10
     READ = 0x11
@@ -85,6 +86,7 @@ class Op(enum.IntEnum):
     QUEUE_DELETED = 0x83
     PURGED = 0x84
     STATS_REPLY = 0x85
+    MEMBERS_REPLY = 0x87
     OBJECT_QUEUED = 0x90
     MESSAGE = 0x91
     CONFIRMED = 0x92

@@ -40,6 +40,8 @@ __all__ = [
     "Purge",
     "Stats",
     "ListQueues",
+    "Members",
+    "MembersReply",
     "EnqueueDelayed",
     "EnqueueBatch",
     "ReadBatch",
@@ -390,6 +392,21 @@ class ListQueues:
 
 
 @dataclass(frozen=True, slots=True)
+class Members:
+    """Ask which servers form this server's group."""
+
+    OPCODE: ClassVar[int] = Op.MEMBERS
+
+    def body(self) -> bytes:
+        return b""
+
+    @classmethod
+    def from_body(cls, body: bytes) -> Members:
+        _expect_empty(body, "MEMBERS")
+        return cls()
+
+
+@dataclass(frozen=True, slots=True)
 class EnqueueDelayed:
     """Append ``data`` to a queue, readable only after ``delay_ms``."""
 
@@ -632,6 +649,29 @@ class StatsReply:
 
 
 @dataclass(frozen=True, slots=True)
+class MembersReply:
+    """The group, as JSON: ``{"members": ["host:port", ...], "index": i}``, where ``index`` is the
+    answering server's place in the list and the top byte of every id it hands out."""
+
+    OPCODE: ClassVar[int] = Op.MEMBERS_REPLY
+    members: tuple[str, ...]
+    index: int
+
+    def body(self) -> bytes:
+        return json.dumps({"members": list(self.members), "index": self.index}).encode()
+
+    @classmethod
+    def from_body(cls, body: bytes) -> MembersReply:
+        try:
+            group = json.loads(body)
+            members = tuple(str(member) for member in group["members"])
+            index = int(group["index"])
+        except (ValueError, RecursionError, KeyError, TypeError):
+            raise InvalidRequest("MEMBERS_REPLY body is not the expected JSON object") from None
+        return cls(members, index)
+
+
+@dataclass(frozen=True, slots=True)
 class ObjectsQueued:
     """The ids of a batch's messages, in order."""
 
@@ -770,11 +810,11 @@ for _bare in (QueueCreated, QueueDeleted, Confirmed, Requeued, Full, Empty, Touc
     _bare.INSTANCE = _bare()  # type: ignore[attr-defined]
 
 REQUEST_TYPES = (
-    Hello, CreateQueue, DeleteQueue, Purge, Stats, ListQueues,
+    Hello, CreateQueue, DeleteQueue, Purge, Stats, ListQueues, Members,
     Enqueue, Read, Confirm, EnqueueBatch, ReadBatch, ConfirmBatch, Touch, Release, EnqueueDelayed,
 )  # fmt: skip
 RESPONSE_TYPES = (
-    HelloOk, QueueCreated, QueueDeleted, Purged, StatsReply,
+    HelloOk, QueueCreated, QueueDeleted, Purged, StatsReply, MembersReply,
     ObjectQueued, Message, Confirmed, Requeued, Full, Empty,
     ObjectsQueued, Messages, ConfirmResults, Touched, Released, Error,
 )  # fmt: skip

@@ -15,13 +15,16 @@ from .queues import Broker
 from .session import Session
 from .storage import Store, StoreError
 
-__all__ = ["Server", "run", "new_event_loop"]
+__all__ = ["Server", "run", "new_event_loop", "MEMBER_SHIFT", "MAX_MEMBERS"]
 
 log = logging.getLogger("dbqueue.server")
 
 # Deadlines are swept at most this often: timeouts fire up to this late, and a
 # stream of reads whose deadlines all differ costs 100 wake-ups a second, not one each.
 SWEEP_RESOLUTION = 0.01
+# A group's member index is the top byte of every id the member hands out.
+MEMBER_SHIFT = 56
+MAX_MEMBERS = 1 << (64 - MEMBER_SHIFT)
 # Seconds between two rounds of giving freed store pages back (each round is a few ms).
 RECLAIM_INTERVAL = 1.0
 
@@ -35,6 +38,9 @@ class Server:
     ``data_dir`` keeps every queue and unconfirmed message in a SQLite store
     there; ``sync`` is "os" (a commit reaches the OS before the reply: survives
     a crash of the process) or "disk" (fsync first: survives a power cut).
+    ``members`` lists every server of its group ("host:port", this one
+    included, at ``member_index``): clients discover the group from any member,
+    and the top byte of every id says which member handed it out.
     """
 
     def __init__(
@@ -48,6 +54,8 @@ class Server:
         metrics_port: int | None = None,
         data_dir: str | os.PathLike[str] | None = None,
         sync: str = "os",
+        members: list[str] | None = None,
+        member_index: int = 0,
     ) -> None:
         if sync not in ("os", "disk"):
             raise ValueError(f"sync must be 'os' or 'disk', got {sync!r}")
@@ -58,7 +66,15 @@ class Server:
         self.max_message_size = max_message_size
         self.backlog = backlog
         self.name = f"dbqueue/{__version__}"
-        self.broker = Broker(default_capacity=default_capacity, max_batch_bytes=max_message_size)
+        if not 0 <= member_index < MAX_MEMBERS:
+            raise ValueError(f"member_index must be 0 .. {MAX_MEMBERS - 1}, got {member_index}")
+        self.members = list(members or [])
+        self.member_index = member_index
+        self.broker = Broker(
+            default_capacity=default_capacity,
+            max_batch_bytes=max_message_size,
+            first_id=(member_index << MEMBER_SHIFT) + 1,
+        )
         self.sessions: set[Session] = set()
         self.clock: Callable[[], float] = _unstarted_clock
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -91,6 +107,8 @@ class Server:
             lambda: Session(self), self.host, self.port, backlog=self.backlog, reuse_address=True
         )
         self.port = self._listener.sockets[0].getsockname()[1]
+        if not self.members:
+            self.members = [self.address]
         if self.metrics_port is not None:
             self._metrics = MetricsEndpoint(self, self.host, self.metrics_port)
             await self._metrics.start()

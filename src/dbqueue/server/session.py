@@ -244,6 +244,9 @@ class Session(asyncio.Protocol):
     def _list(self, request: msg.ListQueues, request_id: int, now: float) -> msg.Response:
         return msg.StatsReply(self.server.stats())
 
+    def _members(self, request: msg.Members, request_id: int, now: float) -> msg.Response:
+        return msg.MembersReply(tuple(self.server.members), self.server.member_index)
+
     def _enqueue_delayed(self, request: msg.EnqueueDelayed, request_id: int, now: float) -> msg.Response:
         queue = self._queue(request.queue)
         self._check_size(request.data)
@@ -326,6 +329,7 @@ _HANDLERS = {
     msg.Purge: Session._purge,
     msg.Stats: Session._stats,
     msg.ListQueues: Session._list,
+    msg.Members: Session._members,
     msg.EnqueueDelayed: Session._enqueue_delayed,
     msg.EnqueueBatch: Session._enqueue_batch,
     msg.ReadBatch: Session._read_batch,
