@@ -7,7 +7,7 @@ and asyncio clients; `errors` the one error tree; `cli` the `dbqueue` command.
 
 __version__ = "0.1.0"
 
-from .client import AsyncClient, Client, Message, Pipeline, PipelinedClient  # noqa: E402
+from .client import AsyncClient, AsyncGroupClient, Client, GroupClient, Message, Pipeline, PipelinedClient  # noqa: E402
 from .errors import (  # noqa: E402
     ConnectionLost,
     DbQueueError,
@@ -31,6 +31,8 @@ __all__ = [
     "Pipeline",
     "PipelinedClient",
     "AsyncClient",
+    "GroupClient",
+    "AsyncGroupClient",
     "Message",
     "Server",
     "DbQueueError",

@@ -60,6 +60,20 @@ def main() -> None:
     show_default=True,
     help="With --data-dir: 'os' survives a crash of the server, 'disk' (fsync) also a power cut.",
 )
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 256),
+    help="Run a group of N server processes on ports PORT .. PORT+N-1 (one per core).",
+)
+@click.option(
+    "--peers",
+    default=None,
+    metavar="HOST:PORT,...",
+    help="Every member of a group spread over machines, this server included (for discovery and ids).",
+)
+@click.option("--member-index", type=click.IntRange(0, 255), default=None, hidden=True)
 def serve(
     host: str,
     port: int,
@@ -69,12 +83,37 @@ def serve(
     metrics_port: int | None,
     data_dir: str | None,
     sync: str,
+    workers: int,
+    peers: str | None,
+    member_index: int | None,
 ) -> None:
-    """Run a server until SIGINT or SIGTERM."""
+    """Run a server (or a group of --workers servers) until SIGINT or SIGTERM."""
     from .server import Server, run
     from .server.storage import StoreError
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    members = [part.strip() for part in peers.split(",") if part.strip()] if peers else []
+    if workers > 1:
+        from .server.workers import supervise, worker_command
+
+        local = [f"{host}:{port + i}" for i in range(workers)]
+        members = members or local
+        missing = [address for address in local if address not in members]
+        if missing:
+            raise click.BadParameter(f"--peers must list every local worker, missing {missing}", param_hint="--peers")
+        shared = ["--host", host, "--max-message-size", str(max_message_size)]
+        shared += ["--default-capacity", str(default_capacity), "--log-level", log_level, "--sync", sync]
+        commands = [
+            worker_command(members.index(local[i]), port + i, members, shared, data_dir)
+            + (["--metrics-port", str(metrics_port + i)] if metrics_port else [])
+            for i in range(workers)
+        ]
+        raise SystemExit(supervise(commands))
+    if member_index is None:
+        own = f"{host}:{port}"
+        if members and own not in members:
+            raise click.BadParameter(f"--peers must list this server ({own})", param_hint="--peers")
+        member_index = members.index(own) if members else 0
     server = Server(
         host,
         port,
@@ -83,6 +122,8 @@ def serve(
         metrics_port=metrics_port,
         data_dir=data_dir,
         sync=sync,
+        members=members,
+        member_index=member_index,
     )
     try:
         run(server)

@@ -281,6 +281,7 @@ class Queue:
             "confirmed": self.confirmed,
             "requeued": self.requeued,
             "dead_lettered": self.dead_lettered,
+            "purged": self.dropped,
             "consumers": self.consumers,
             "waiting": self.waiting,
         }
@@ -545,7 +546,7 @@ class Broker:
     def confirm(self, id_: int) -> Outcome:
         """Acknowledge a message by id."""
         record = self.records.get(id_)
-        if record is None:
+        if record is None or (record.queue.deleted and record.held is None):
             return Outcome.NO_SUCH_MESSAGE
         held = record.held
         if held is None:  # ready or delayed: requeued if it was ever handed out

@@ -309,7 +309,12 @@ class Session(asyncio.Protocol):
     def _wake(self, request_id: int, max_messages: int, records: list[Record] | None) -> None:
         transport = self.transport
         if transport is None or transport.is_closing():
-            return  # the broker already took the messages back via connection_lost
+            # Woken while closing: these messages were never sent, so they do not count as delivered.
+            if records:
+                for record in records:
+                    record.deliveries -= 1
+                self.broker.requeue(records, self.server.clock())
+            return
         if records is None:
             reply = _refusal(request_id, NoSuchQueue("the queue was deleted while the read waited"))
         elif max_messages:
