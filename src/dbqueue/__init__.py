@@ -9,7 +9,9 @@ __version__ = "0.1.0"
 
 from .client import AsyncClient, AsyncGroupClient, Client, GroupClient, Message, Pipeline, PipelinedClient  # noqa: E402
 from .errors import (  # noqa: E402
+    AuthenticationFailed,
     ConnectionLost,
+    LimitExceeded,
     DbQueueError,
     InvalidQueueName,
     InvalidRequest,
@@ -48,4 +50,6 @@ __all__ = [
     "UnsupportedVersion",
     "ProtocolError",
     "ConnectionLost",
+    "LimitExceeded",
+    "AuthenticationFailed",
 ]

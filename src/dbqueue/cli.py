@@ -74,6 +74,33 @@ def main() -> None:
     help="Every member of a group spread over machines, this server included (for discovery and ids).",
 )
 @click.option("--member-index", type=click.IntRange(0, 255), default=None, hidden=True)
+@click.option(
+    "--auth-token-file",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="Clients must send this file's token in their Hello (or set DBQUEUE_AUTH_TOKEN).",
+)
+@click.option("--insecure", is_flag=True, help="Allow a non-loopback address without a token.")
+@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True), default=None, help="Serve TLS with this certificate (PEM).")
+@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True), default=None, help="The certificate's private key (PEM).")
+@click.option(
+    "--tls-ca",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="Require client certificates signed by this CA (PEM).",
+)
+@click.option("--max-queues", default=10_000, show_default=True, type=click.IntRange(1))
+@click.option("--max-queue-name", default=255, show_default=True, type=click.IntRange(1, 255), help="Bytes.")
+@click.option("--max-connections", default=16_384, show_default=True, type=click.IntRange(1))
+@click.option("--max-in-flight", default=100_000, show_default=True, type=click.IntRange(1), help="Per connection.")
+@click.option(
+    "--max-output-buffer",
+    default=64 * 1024 * 1024,
+    show_default=True,
+    type=click.IntRange(1024),
+    help="Bytes of unread replies after which a connection is cut off.",
+)
+@click.option("--idle-timeout", type=click.FloatRange(0.01), default=None, help="Close connections idle this many seconds (off by default).")
 def serve(
     host: str,
     port: int,
@@ -86,12 +113,38 @@ def serve(
     workers: int,
     peers: str | None,
     member_index: int | None,
+    auth_token_file: str | None,
+    insecure: bool,
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_ca: str | None,
+    max_queues: int,
+    max_queue_name: int,
+    max_connections: int,
+    max_in_flight: int,
+    max_output_buffer: int,
+    idle_timeout: float | None,
 ) -> None:
     """Run a server (or a group of --workers servers) until SIGINT or SIGTERM."""
+    import os
+
     from .server import Server, run
+    from .server.security import is_loopback, read_token, server_tls_context
     from .server.storage import StoreError
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        token = read_token(auth_token_file, os.environ.get("DBQUEUE_AUTH_TOKEN"))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--auth-token-file") from exc
+    if token is None and not insecure and not is_loopback(host):
+        raise click.UsageError(
+            f"refusing to serve {host} without authentication: anyone who can reach it could read and delete "
+            "every message. Give clients a token with --auth-token-file FILE (or DBQUEUE_AUTH_TOKEN), "
+            "or pass --insecure if the network is trusted."
+        )
+    if bool(tls_cert) != bool(tls_key):
+        raise click.UsageError("--tls-cert and --tls-key go together")
     members = [part.strip() for part in peers.split(",") if part.strip()] if peers else []
     if workers > 1:
         from .server.workers import supervise, worker_command
@@ -103,6 +156,14 @@ def serve(
             raise click.BadParameter(f"--peers must list every local worker, missing {missing}", param_hint="--peers")
         shared = ["--host", host, "--max-message-size", str(max_message_size)]
         shared += ["--default-capacity", str(default_capacity), "--log-level", log_level, "--sync", sync]
+        shared += ["--max-queues", str(max_queues), "--max-queue-name", str(max_queue_name)]
+        shared += ["--max-connections", str(max_connections), "--max-in-flight", str(max_in_flight)]
+        shared += ["--max-output-buffer", str(max_output_buffer)]
+        shared += ["--idle-timeout", str(idle_timeout)] if idle_timeout else []
+        shared += ["--auth-token-file", auth_token_file] if auth_token_file else []
+        shared += ["--insecure"] if insecure else []
+        for flag, path in (("--tls-cert", tls_cert), ("--tls-key", tls_key), ("--tls-ca", tls_ca)):
+            shared += [flag, path] if path else []
         commands = [
             worker_command(members.index(local[i]), port + i, members, shared, data_dir)
             + (["--metrics-port", str(metrics_port + i)] if metrics_port else [])
@@ -124,6 +185,14 @@ def serve(
         sync=sync,
         members=members,
         member_index=member_index,
+        auth_token=token,
+        ssl=server_tls_context(tls_cert, tls_key, tls_ca) if tls_cert else None,
+        max_queues=max_queues,
+        max_queue_name=max_queue_name,
+        max_connections=max_connections,
+        max_in_flight=max_in_flight,
+        max_output_buffer=max_output_buffer,
+        idle_timeout=idle_timeout,
     )
     try:
         run(server)

@@ -22,6 +22,8 @@ __all__ = [
     "MessageTooLarge",
     "InvalidQueueName",
     "UnsupportedVersion",
+    "LimitExceeded",
+    "AuthenticationFailed",
     "ProtocolError",
     "ConnectionLost",
     "ErrorCode",
@@ -44,6 +46,8 @@ class ErrorCode(enum.IntEnum):
     BAD_FRAME = 8  # framing lost: the server closes the connection after it
     QUEUE_FULL = 9  # only used client-side; the wire answers with a Full frame
     REQUEUED = 10  # only used client-side; the wire answers with a Requeued frame
+    LIMIT_EXCEEDED = 11  # a configured server limit (queues, connections, in flight...)
+    NOT_AUTHENTICATED = 12  # no or wrong token: the server closes the connection after it
     INTERNAL = 99
 
 
@@ -118,6 +122,16 @@ class UnsupportedVersion(RequestError):
     code = ErrorCode.UNSUPPORTED_VERSION
 
 
+class LimitExceeded(RequestError):
+    """A configured server limit was reached (queues, in-flight messages per connection, connections)."""
+
+    code = ErrorCode.LIMIT_EXCEEDED
+
+
+class AuthenticationFailed(DbQueueError, PermissionError):
+    """The server wants a token this client did not give, or gave wrong; it closes the connection."""
+
+
 class ProtocolError(DbQueueError):
     """The peer sent bytes that break the framing; the connection cannot go on."""
 
@@ -136,6 +150,7 @@ _CLASS_FOR_CODE: dict[int, type[RequestError]] = {
     ErrorCode.UNSUPPORTED_VERSION: UnsupportedVersion,
     ErrorCode.QUEUE_FULL: QueueFull,
     ErrorCode.REQUEUED: Requeued,
+    ErrorCode.LIMIT_EXCEEDED: LimitExceeded,
 }
 
 
@@ -143,4 +158,6 @@ def error_for_code(code: int, message: str) -> DbQueueError:
     """Return the exception instance for a wire error code (unknown codes give a plain `RequestError`)."""
     if code == ErrorCode.BAD_FRAME:
         return ProtocolError(message)
+    if code == ErrorCode.NOT_AUTHENTICATED:
+        return AuthenticationFailed(message)
     return _CLASS_FOR_CODE.get(code, RequestError)(message)

@@ -65,6 +65,7 @@ from dbqueue.protocol.messages import (
 LONGEST_NAME = "n" * 255
 
 REQUESTS = [
+    Hello(1, b"s3cret-token"),
     Members(),
     Hello(),
     Hello(0),
@@ -301,7 +302,7 @@ MALFORMED = [
     (Op.CONFIRM, bytes(7), InvalidRequest),
     (Op.CONFIRM, bytes(9), InvalidRequest),
     (Op.HELLO, b"", InvalidRequest),
-    (Op.HELLO, b"\x00\x01\x00", InvalidRequest),
+    (Op.HELLO, b"\x00", InvalidRequest),
     (0x00, b"", UnknownOpcode),
     (0x7F, b"abc", UnknownOpcode),
     (Op.MESSAGE, bytes(12), UnknownOpcode),  # a response opcode is no request

@@ -12,12 +12,13 @@ If the connection fails, every waiting future gets `ConnectionLost`.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import Any
 
 from ..errors import ConnectionLost, DbQueueError
 from ..protocol import messages as msg
 from ..protocol.connection import ClientConnection
-from .commands import Commands, Convert, parse_address, result_of
+from .commands import Commands, Convert, as_token, parse_address, result_of, tls_context
 
 __all__ = ["AsyncClient"]
 
@@ -101,17 +102,36 @@ class AsyncClient(Commands):
         self._protocol = protocol
 
     @classmethod
-    async def connect(cls, address: str | tuple[str, int], timeout: float | None = 10.0) -> AsyncClient:
-        """Connect to ``"host:port"`` and say Hello. Raises `ConnectionLost` (a `ConnectionError`)."""
+    async def connect(
+        cls,
+        address: str | tuple[str, int],
+        timeout: float | None = 10.0,
+        *,
+        token: str | bytes | None = None,
+        tls: bool | ssl.SSLContext | None = None,
+    ) -> AsyncClient:
+        """Connect to ``"host:port"`` and say Hello (``token`` and ``tls`` as for `Client.connect`).
+
+        Raises `ConnectionLost` (a `ConnectionError`), `AuthenticationFailed`, `ssl.SSLError`.
+        """
         host, port = parse_address(address)
         loop = asyncio.get_running_loop()
+        context = tls_context(tls)
         try:
-            _, protocol = await asyncio.wait_for(loop.create_connection(_ClientProtocol, host, port), timeout)
+            _, protocol = await asyncio.wait_for(
+                loop.create_connection(
+                    _ClientProtocol, host, port, ssl=context, server_hostname=host if context else None
+                ),
+                timeout,
+            )
+        except ssl.SSLError:
+            raise
         except (OSError, asyncio.TimeoutError) as exc:
             raise ConnectionLost(f"cannot connect to {host}:{port}: {exc!r}") from exc
         client = cls(protocol)
         try:
-            ok = await client._call(msg.Hello(), lambda response: result_of(response, msg.HelloOk))
+            hello = msg.Hello(token=as_token(token))
+            ok = await client._call(hello, lambda response: result_of(response, msg.HelloOk))
         except BaseException:
             await client.close()
             raise

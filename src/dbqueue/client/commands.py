@@ -8,13 +8,14 @@ the `AsyncClient` returns a coroutine: they differ only in ``_call``.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..errors import NoSuchMessage, ProtocolError, QueueFull, RequestError, Requeued, error_for_code
 from ..protocol import messages as msg
 
-__all__ = ["Commands", "Message", "parse_address", "result_of"]
+__all__ = ["Commands", "Message", "parse_address", "result_of", "as_token", "tls_context"]
 
 Message = msg.Message
 Convert = Callable[[msg.Response], Any]
@@ -28,6 +29,22 @@ def parse_address(address: str | tuple[str, int]) -> tuple[str, int]:
     if not sep or not port.isdigit():
         raise ValueError(f"address must be 'host:port', got {address!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def as_token(token: str | bytes | None) -> bytes:
+    """A token as the Hello carries it."""
+    if token is None:
+        return b""
+    return token.encode() if isinstance(token, str) else bytes(token)
+
+
+def tls_context(tls: bool | ssl.SSLContext | None) -> ssl.SSLContext | None:
+    """The client TLS context for a ``tls`` argument: True means the system's trusted CAs."""
+    if tls is None or tls is False:
+        return None
+    if tls is True:
+        return ssl.create_default_context()
+    return tls
 
 
 def result_of(response: msg.Response, expected: type) -> msg.Response:

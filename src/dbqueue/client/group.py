@@ -126,20 +126,24 @@ class GroupClient:
     >>> group.create("jobs"); group.send("jobs", b"x"); message = group.read("jobs", 30_000, wait_ms=5000)
     """
 
-    def __init__(self, members: _Members, timeout: float | None) -> None:
+    def __init__(self, members: _Members, timeout: float | None, **options: Any) -> None:
         self._members = members
         self._timeout = timeout
+        self._options = options  # token, tls: for every member
 
     @classmethod
-    def connect(cls, addresses: str | list[str], timeout: float | None = 10.0) -> GroupClient:
+    def connect(
+        cls, addresses: str | list[str], timeout: float | None = 10.0, *, token: Any = None, tls: Any = None
+    ) -> GroupClient:
         """Connect to every member. One address: ask it for the group (MEMBERS) first.
 
-        Raises `ConnectionLost` if no member can be reached.
+        ``token`` and ``tls`` apply to every member. Raises `ConnectionLost` if
+        no member can be reached, `AuthenticationFailed`.
         """
         if isinstance(addresses, str):
-            with Client.connect(addresses, timeout) as first:
+            with Client.connect(addresses, timeout, token=token, tls=tls) as first:
                 addresses = _discovered(first.members(), addresses)
-        group = cls(_Members([f"{h}:{p}" for h, p in map(parse_address, addresses)]), timeout)
+        group = cls(_Members([f"{h}:{p}" for h, p in map(parse_address, addresses)]), timeout, token=token, tls=tls)
         group._reconnect()
         if not group._members.up():
             raise ConnectionLost(f"no member of {addresses} is reachable")
@@ -155,7 +159,7 @@ class GroupClient:
         members = self._members
         for index in members.due_for_retry():
             try:
-                client = Client.connect(members.addresses[index], self._timeout)
+                client = Client.connect(members.addresses[index], self._timeout, **self._options)
                 for name, args in members.created.items():
                     client.create(name, *args[:1], max_deliveries=args[1], dead_letter_queue=args[2])
             except (DbQueueError, OSError):
@@ -403,19 +407,22 @@ class GroupPipeline:
 class AsyncGroupClient:
     """The asyncio form of `GroupClient`: the same routing; every command is a coroutine."""
 
-    def __init__(self, members: _Members, timeout: float | None) -> None:
+    def __init__(self, members: _Members, timeout: float | None, **options: Any) -> None:
         self._members = members
         self._timeout = timeout
+        self._options = options
 
     @classmethod
-    async def connect(cls, addresses: str | list[str], timeout: float | None = 10.0) -> AsyncGroupClient:
+    async def connect(
+        cls, addresses: str | list[str], timeout: float | None = 10.0, *, token: Any = None, tls: Any = None
+    ) -> AsyncGroupClient:
         if isinstance(addresses, str):
-            first = await AsyncClient.connect(addresses, timeout)
+            first = await AsyncClient.connect(addresses, timeout, token=token, tls=tls)
             try:
                 addresses = _discovered(await first.members(), addresses)
             finally:
                 await first.close()
-        group = cls(_Members([f"{h}:{p}" for h, p in map(parse_address, addresses)]), timeout)
+        group = cls(_Members([f"{h}:{p}" for h, p in map(parse_address, addresses)]), timeout, token=token, tls=tls)
         await group._reconnect()
         if not group._members.up():
             raise ConnectionLost(f"no member of {addresses} is reachable")
@@ -425,7 +432,7 @@ class AsyncGroupClient:
         members = self._members
         for index in members.due_for_retry():
             try:
-                client = await AsyncClient.connect(members.addresses[index], self._timeout)
+                client = await AsyncClient.connect(members.addresses[index], self._timeout, **self._options)
                 for name, args in members.created.items():
                     await client.create(name, args[0], max_deliveries=args[1], dead_letter_queue=args[2])
             except (DbQueueError, OSError):

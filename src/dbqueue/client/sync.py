@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import socket
+import ssl
 from collections.abc import Iterable
 from typing import Any
 
 from ..errors import ConnectionLost, ProtocolError, RequestError
 from ..protocol import messages as msg
 from ..protocol.connection import ClientConnection
-from .commands import Commands, Convert, parse_address, result_of
+from .commands import Commands, Convert, as_token, parse_address, result_of, tls_context
 
 __all__ = ["PipelinedClient", "Client", "Pipeline"]
 
@@ -33,11 +34,20 @@ class PipelinedClient:
         self._longest_wait = 0.0  # the longest wait_ms among them, in seconds: the server may hold those
 
     @classmethod
-    def connect(cls, address: str | tuple[str, int], timeout: float | None = 10.0) -> PipelinedClient:
-        """Connect and say Hello. Raises `ConnectionLost` (an `OSError`) if the server is not there.
+    def connect(
+        cls,
+        address: str | tuple[str, int],
+        timeout: float | None = 10.0,
+        *,
+        token: str | bytes | None = None,
+        tls: bool | ssl.SSLContext | None = None,
+    ) -> PipelinedClient:
+        """Connect and say Hello. Raises `ConnectionLost` (an `OSError`) if the server is not there,
+        `AuthenticationFailed` if it wants another ``token``, `ssl.SSLError` if TLS fails.
 
         ``timeout`` bounds the connect and each wait for a response (plus the
-        ``wait_ms`` of a waiting read); None waits for ever.
+        ``wait_ms`` of a waiting read); None waits for ever. ``tls``: True for
+        the system's trusted CAs, or an `ssl.SSLContext` (own CA, client certificate).
         """
         host, port = parse_address(address)
         try:
@@ -45,17 +55,20 @@ class PipelinedClient:
         except OSError as exc:
             raise ConnectionLost(f"cannot connect to {host}:{port}: {exc}") from exc
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        client = cls(sock)
+        context = tls_context(tls)
         try:
-            client.hello()
+            if context is not None:
+                sock = context.wrap_socket(sock, server_hostname=host)
+            client = cls(sock)
+            client.hello(token)
         except BaseException:
             sock.close()
             raise
         return client
 
-    def hello(self) -> msg.HelloOk:
-        """Exchange versions; the server's message-size limit then applies locally."""
-        (request_id,) = self.send_many([msg.Hello()])
+    def hello(self, token: str | bytes | None = None) -> msg.HelloOk:
+        """Exchange versions (and the token); the server's message-size limit then applies locally."""
+        (request_id,) = self.send_many([msg.Hello(token=as_token(token))])
         ok = result_of(self.receive(1)[0][1], msg.HelloOk)
         self.protocol.max_message_size = ok.max_message_size  # type: ignore[union-attr]
         return ok  # type: ignore[return-value]
@@ -141,9 +154,19 @@ class Client(Commands):
         self.connection = connection
 
     @classmethod
-    def connect(cls, address: str | tuple[str, int], timeout: float | None = 10.0) -> Client:
-        """Connect to ``"host:port"``. Raises `ConnectionLost` (a `ConnectionError`)."""
-        return cls(PipelinedClient.connect(address, timeout))
+    def connect(
+        cls,
+        address: str | tuple[str, int],
+        timeout: float | None = 10.0,
+        *,
+        token: str | bytes | None = None,
+        tls: bool | ssl.SSLContext | None = None,
+    ) -> Client:
+        """Connect to ``"host:port"`` (see `PipelinedClient.connect` for ``token`` and ``tls``).
+
+        Raises `ConnectionLost` (a `ConnectionError`) or `AuthenticationFailed`.
+        """
+        return cls(PipelinedClient.connect(address, timeout, token=token, tls=tls))
 
     def _call(self, request: msg.Request, convert: Convert) -> Any:
         (request_id,) = self.connection.send_many((request,))

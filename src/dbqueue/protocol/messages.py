@@ -225,17 +225,23 @@ def _fixed(layout: struct.Struct, body: bytes, what: str) -> tuple:
 
 @dataclass(frozen=True, slots=True)
 class Hello:
-    """Opens a session: the client's protocol version."""
+    """Opens a session: the client's protocol version, and the server's token if it wants one."""
 
     OPCODE: ClassVar[int] = Op.HELLO
     version: int = PROTOCOL_VERSION
+    token: bytes = b""
 
     def body(self) -> bytes:
-        return U16.pack(self.version)
+        return U16.pack(self.version) + self.token
 
     @classmethod
     def from_body(cls, body: bytes) -> Hello:
-        return cls(*_fixed(U16, body, "HELLO"))
+        if len(body) < 2:
+            raise InvalidRequest(f"HELLO body must be at least 2 bytes, got {len(body)}")
+        return cls(U16.unpack_from(body)[0], body[2:])
+
+    def __repr__(self) -> str:  # never print a token
+        return f"Hello(version={self.version}, token={'<set>' if self.token else '<none>'})"
 
 
 @dataclass(frozen=True, slots=True)

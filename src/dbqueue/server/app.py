@@ -6,10 +6,11 @@ import asyncio
 import logging
 import os
 import signal
+import ssl as ssl_module
 from collections.abc import Callable
 
 from .. import __version__
-from ..protocol.frames import DEFAULT_MAX_MESSAGE_SIZE, MAX_MESSAGE_SIZE_LIMIT
+from ..protocol.frames import DEFAULT_MAX_MESSAGE_SIZE, MAX_MESSAGE_SIZE_LIMIT, MAX_QUEUE_NAME
 from .metrics import MetricsEndpoint, RequestStats
 from .queues import Broker
 from .session import Session
@@ -41,6 +42,9 @@ class Server:
     ``members`` lists every server of its group ("host:port", this one
     included, at ``member_index``): clients discover the group from any member,
     and the top byte of every id says which member handed it out.
+    ``auth_token`` makes every connection start with a Hello carrying it;
+    ``ssl`` serves TLS. The ``max_*`` limits and ``idle_timeout`` (seconds,
+    None: off) are described in the README.
     """
 
     def __init__(
@@ -56,6 +60,14 @@ class Server:
         sync: str = "os",
         members: list[str] | None = None,
         member_index: int = 0,
+        auth_token: bytes | None = None,
+        ssl: ssl_module.SSLContext | None = None,
+        max_queues: int = 10_000,
+        max_queue_name: int = MAX_QUEUE_NAME,
+        max_connections: int = 16_384,
+        max_in_flight: int = 100_000,
+        max_output_buffer: int = 64 * 1024 * 1024,
+        idle_timeout: float | None = None,
     ) -> None:
         if sync not in ("os", "disk"):
             raise ValueError(f"sync must be 'os' or 'disk', got {sync!r}")
@@ -74,7 +86,16 @@ class Server:
             default_capacity=default_capacity,
             max_batch_bytes=max_message_size,
             first_id=(member_index << MEMBER_SHIFT) + 1,
+            max_queues=max_queues,
+            max_queue_name=max_queue_name,
         )
+        self.auth_token = auth_token or None
+        self.ssl = ssl
+        self.max_connections = max_connections
+        self.max_in_flight = max_in_flight
+        self.max_output_buffer = max_output_buffer
+        self.idle_timeout = idle_timeout
+        self._reaper: asyncio.TimerHandle | None = None
         self.sessions: set[Session] = set()
         self.clock: Callable[[], float] = _unstarted_clock
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -104,8 +125,10 @@ class Server:
         if self.data_dir is not None and self.store is None:
             self._open_store()
         self._listener = await loop.create_server(
-            lambda: Session(self), self.host, self.port, backlog=self.backlog, reuse_address=True
+            lambda: Session(self), self.host, self.port, backlog=self.backlog, reuse_address=True, ssl=self.ssl
         )
+        if self.idle_timeout:
+            self._reap_idle()
         self.port = self._listener.sockets[0].getsockname()[1]
         if not self.members:
             self.members = [self.address]
@@ -129,6 +152,9 @@ class Server:
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
         if self.store is not None:
             self._commit()
             if self._reclaimer is not None:
@@ -161,12 +187,32 @@ class Server:
     def send(self, transport: asyncio.Transport, data: bytes) -> None:
         """Write a reply now in memory; with a store, after the next commit (group commit)."""
         if self.store is None:
-            transport.write(data)
+            self._write(transport, data)
             return
         self._outbox.append((transport, data))
         if not self._commit_scheduled:
             self._commit_scheduled = True
             self._loop.call_soon(self._commit)  # type: ignore[union-attr]
+
+    def _write(self, transport: asyncio.Transport, data: bytes) -> None:
+        transport.write(data)
+        if transport.get_write_buffer_size() > self.max_output_buffer:
+            # A client that stops reading while its replies pile up is cut off (its
+            # messages in flight go back) before it can exhaust the server's memory.
+            log.warning(
+                "closing %s: %d bytes of replies unread (limit %d)",
+                transport.get_extra_info("peername"), transport.get_write_buffer_size(), self.max_output_buffer,
+            )
+            transport.abort()
+
+    def _reap_idle(self) -> None:
+        # Close connections that sent nothing for idle_timeout seconds; one timer for all.
+        cutoff = self.clock() - self.idle_timeout  # type: ignore[operator]
+        for session in list(self.sessions):
+            if session.last_active < cutoff and session.transport is not None and not session.waiters_active():
+                log.info("closing %s: idle for %.0f s", session.peer, self.idle_timeout)
+                session.transport.close()
+        self._reaper = self._loop.call_later(max(0.05, self.idle_timeout / 4), self._reap_idle)  # type: ignore[union-attr, operator]
 
     def close_after_send(self, transport: asyncio.Transport) -> None:
         """Close a connection once the replies already sent to it are out."""
@@ -197,7 +243,7 @@ class Server:
         outbox, self._outbox = self._outbox, []
         for transport, data in outbox:
             if not transport.is_closing():
-                transport.write(data)
+                self._write(transport, data)
         closing, self._closing = self._closing, []
         for transport in closing:
             transport.close()

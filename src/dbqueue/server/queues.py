@@ -55,7 +55,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import InvalidRequest, NoSuchQueue
+from ..errors import InvalidQueueName, InvalidRequest, LimitExceeded, NoSuchQueue
 from .storage import Snapshot, Store, now_ms
 
 __all__ = ["Broker", "Queue", "Record", "Waiter", "Outcome", "ID_BLOCK"]
@@ -298,8 +298,17 @@ class Queue:
 class Broker:
     """Every queue and every message record of one server."""
 
-    def __init__(self, default_capacity: int = 0, first_id: int = 1, max_batch_bytes: int = 1 << 20) -> None:
+    def __init__(
+        self,
+        default_capacity: int = 0,
+        first_id: int = 1,
+        max_batch_bytes: int = 1 << 20,
+        max_queues: int = 10_000,
+        max_queue_name: int = 255,
+    ) -> None:
         self.default_capacity = default_capacity
+        self.max_queues = max_queues
+        self.max_queue_name = max_queue_name
         self.max_batch_bytes = max_batch_bytes
         self.queues: dict[bytes, Queue] = {}
         self.records: dict[int, Record] = {}
@@ -371,6 +380,10 @@ class Broker:
         queue = self.queues.get(name)
         if queue is not None:
             return queue
+        if len(name) > self.max_queue_name:
+            raise InvalidQueueName(f"queue names on this server are at most {self.max_queue_name} bytes")
+        if len(self.queues) >= self.max_queues:
+            raise LimitExceeded(f"the server holds its limit of {self.max_queues} queues")
         if dead_letter:
             self._check_dead_letter(name, dead_letter)
         queue = self.queues[name] = Queue(self, name, capacity or self.default_capacity, max_deliveries, dead_letter)

@@ -32,13 +32,16 @@ front of its queue, and its waiting reads are retired.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from functools import partial
 from time import perf_counter
 from typing import TYPE_CHECKING
 
 from ..errors import (
+    ErrorCode,
     InvalidQueueName,
+    LimitExceeded,
     InvalidRequest,
     MessageTooLarge,
     NoSuchMessage,
@@ -77,6 +80,9 @@ class Session(asyncio.Protocol):
         self.read_from: set[Queue] = set()  # queues it counts as a consumer of
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
+        self.authenticated = server.auth_token is None
+        self.refused = False  # failed authentication: read nothing more
+        self.last_active = 0.0
 
     # --- asyncio callbacks -----------------------------------------------------------
 
@@ -84,12 +90,24 @@ class Session(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's are not asyncio.Transport subclasses
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self.server.sessions.add(self)
+        server = self.server
+        if len(server.sessions) >= server.max_connections:
+            log.warning("refusing %s: %d connections open, the limit", self.peer, len(server.sessions))
+            refusal = LimitExceeded(f"the server holds its limit of {server.max_connections} connections")
+            transport.write(_refusal(0, refusal))  # type: ignore[attr-defined]
+            transport.close()
+            return
+        server.sessions.add(self)
+        self.last_active = server.clock()
         log.debug("connection from %s", self.peer)
 
     def data_received(self, data: bytes) -> None:
+        if self.refused:
+            return
         reader = self.reader
         requests = reader.feed(data)
+        if requests and not self.authenticated:
+            requests = self._admit(requests)
         if requests:
             stats = self.server.request_stats
             if stats is None:
@@ -105,6 +123,36 @@ class Session(asyncio.Protocol):
             log.warning("closing %s: %s", self.peer, failure.message)
             self.server.send(self.transport, msg.error_frame(failure.request_id, failure.code, failure.message))
             self.server.close_after_send(self.transport)
+
+    def waiters_active(self) -> bool:
+        """Whether a waiting read is parked for this connection (it is not idle then)."""
+        return any(waiter.active for waiter in self.waiters)
+
+    def _admit(self, requests: list[tuple]) -> list[tuple]:
+        """Before authentication: the first request must be a Hello with the server's token.
+
+        Returns the requests after it; on anything else the connection gets an
+        error and is closed (the token itself is never logged).
+        """
+        opcode, request_id, frame, _ = requests[0]
+        hello = None
+        if opcode == msg.OTHER and frame[0] == fr.Op.HELLO and not frame[1]:
+            try:
+                hello = msg.Hello.from_body(frame[3])
+            except RequestError:
+                hello = None
+        token = self.server.auth_token or b""
+        if hello is not None and hmac.compare_digest(hello.token, token):
+            self.authenticated = True
+            self.server.send(self.transport, msg.encode(request_id, self._hello(hello, request_id, 0.0)))  # type: ignore[arg-type]
+            return requests[1:]
+        reason = "a wrong token" if hello is not None and hello.token else "no token" if hello is not None else "no Hello"
+        log.warning("authentication failed from %s: %s", self.peer, reason)
+        error = msg.error_frame(request_id, ErrorCode.NOT_AUTHENTICATED, "authentication failed: send Hello with the server's token")
+        self.server.send(self.transport, error)  # type: ignore[arg-type]
+        self.server.close_after_send(self.transport)  # type: ignore[arg-type]
+        self.refused = True
+        return []
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.sessions.discard(self)
@@ -138,7 +186,8 @@ class Session(asyncio.Protocol):
         held = self.held
         read_from = self.read_from
         max_size = self.server.max_message_size
-        now = self.server.clock()
+        max_in_flight = self.server.max_in_flight
+        now = self.last_active = self.server.clock()
         pack_queued = msg.ID_FRAME.pack
         pack_message = msg.MESSAGE_HEAD.pack
         bare = _BARE_FRAME
@@ -169,6 +218,9 @@ class Session(asyncio.Protocol):
                     continue
                 if queue not in read_from:
                     self._count_consumer(queue)
+                if len(held) >= max_in_flight:
+                    append(_refusal(request_id, _too_many_in_flight(max_in_flight)))
+                    continue
                 timeout_ms, wait_ms = b
                 record = queue.take(held)
                 if record is not None:
@@ -264,9 +316,13 @@ class Session(asyncio.Protocol):
         queue = self._queue(request.queue)
         if queue not in self.read_from:
             self._count_consumer(queue)
-        records = self.broker.deliver_many(queue, request.max_messages, request.timeout_ms, self.held, now)
+        allowance = self.server.max_in_flight - len(self.held)
+        if allowance <= 0:
+            raise _too_many_in_flight(self.server.max_in_flight)
+        count = min(request.max_messages, allowance)
+        records = self.broker.deliver_many(queue, count, request.timeout_ms, self.held, now)
         if not records and request.wait_ms:
-            self._wait(queue, request_id, request.timeout_ms, request.max_messages, request.wait_ms, now)
+            self._wait(queue, request_id, request.timeout_ms, count, request.wait_ms, now)
             return None
         return _messages_frame(request_id, records)
 
@@ -358,6 +414,10 @@ def _settled(outcome: Outcome, id_: int, done: msg.Response) -> msg.Response:
 
 def _refusal(request_id: int, error: RequestError) -> bytes:
     return msg.error_frame(request_id, error.code, error.message)
+
+
+def _too_many_in_flight(limit: int) -> LimitExceeded:
+    return LimitExceeded(f"this connection holds its limit of {limit} messages in flight: confirm some first")
 
 
 def _too_large(size: int, limit: int) -> MessageTooLarge:
