@@ -81,7 +81,7 @@ class Session(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         self.authenticated = server.auth_token is None
-        self.refused = False  # failed authentication: read nothing more
+        self.done = False  # failed authentication or lost framing: read nothing more
         self.last_active = 0.0
 
     # --- asyncio callbacks -----------------------------------------------------------
@@ -102,7 +102,7 @@ class Session(asyncio.Protocol):
         log.debug("connection from %s", self.peer)
 
     def data_received(self, data: bytes) -> None:
-        if self.refused:
+        if self.done:
             return
         reader = self.reader
         requests = reader.feed(data)
@@ -123,6 +123,7 @@ class Session(asyncio.Protocol):
             log.warning("closing %s: %s", self.peer, failure.message)
             self.server.send(self.transport, msg.error_frame(failure.request_id, failure.code, failure.message))
             self.server.close_after_send(self.transport)
+            self.done = True
 
     def waiters_active(self) -> bool:
         """Whether a waiting read is parked for this connection (it is not idle then)."""
@@ -151,7 +152,7 @@ class Session(asyncio.Protocol):
         error = msg.error_frame(request_id, ErrorCode.NOT_AUTHENTICATED, "authentication failed: send Hello with the server's token")
         self.server.send(self.transport, error)  # type: ignore[arg-type]
         self.server.close_after_send(self.transport)  # type: ignore[arg-type]
-        self.refused = True
+        self.done = True
         return []
 
     def connection_lost(self, exc: Exception | None) -> None:
