@@ -8,6 +8,7 @@ block on); failures quote the tail of it.
 
 from __future__ import annotations
 
+import resource
 import signal
 import socket
 import subprocess
@@ -36,10 +37,10 @@ def _serve_command(port: int, data_dir: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "dbqueue.cli", "serve", "--port", str(port), "--data-dir", str(data_dir), *extra]
 
 
-def store_bytes(data_dir: Path) -> int:
-    """The size of the store's files: ``dbqueue.db`` plus its ``-wal`` (0 for one that is missing)."""
+def store_bytes(data_dir: Path, *names: str) -> int:
+    """The size of the store's files, ``dbqueue.db`` plus its ``-wal`` unless ``names`` says which (0 if missing)."""
     total = 0
-    for name in ("dbqueue.db", "dbqueue.db-wal"):
+    for name in names or ("dbqueue.db", "dbqueue.db-wal"):
         try:
             total += (data_dir / name).stat().st_size
         except FileNotFoundError:
@@ -54,6 +55,8 @@ class ServerProcess:
         self.data_dir = data_dir
         self.port = port or free_port()
         self.sync = sync
+        self.file_size_limit: int | None = None  # RLIMIT_FSIZE for the next start: a disk that fills up
+        self.tracebacks_expected = False  # see `check_log`
         self.log_path = data_dir.parent / f"{data_dir.name}-server.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -73,6 +76,7 @@ class ServerProcess:
                 _serve_command(self.port, self.data_dir, "--sync", self.sync, "--log-level", "info"),
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                preexec_fn=self._limit if self.file_size_limit is not None else None,
             )
         deadline = time.monotonic() + START_TIMEOUT
         while True:
@@ -85,6 +89,10 @@ class ServerProcess:
                 if time.monotonic() > deadline:
                     pytest.fail(f"the server did not come up on {self.address}:\n{self.log_tail()}")
                 time.sleep(0.02)
+
+    def _limit(self) -> None:
+        # In the child, before exec. Python ignores SIGXFSZ, so a write past the limit fails with EFBIG.
+        resource.setrlimit(resource.RLIMIT_FSIZE, (self.file_size_limit, self.file_size_limit))
 
     def client(self, timeout: float = 5.0) -> Client:
         return Client.connect(self.address, timeout=timeout)
@@ -120,6 +128,14 @@ class ServerProcess:
         self.stop(how)
         return self.start()
 
+    def wait(self, timeout: float) -> int | None:
+        """The exit code if the server exits on its own within ``timeout`` seconds, else None (left running)."""
+        assert self.process is not None
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
@@ -127,6 +143,11 @@ class ServerProcess:
         """Kill the server if it still runs (test teardown)."""
         if self.running():
             self.kill()
+
+    def check_log(self) -> None:
+        """Fail if the server logged a traceback (an unhandled exception) and none was expected."""
+        if not self.tracebacks_expected and "Traceback" in self.log_tail(10**6):
+            pytest.fail(f"the server logged a traceback:\n{self.log_tail(60)}")
 
     def log_tail(self, lines: int = 30) -> str:
         try:

@@ -1,22 +1,24 @@
 """Durability end to end: `dbqueue serve --data-dir` as a real process, stopped cleanly, killed, restarted.
 
-Four parts:
-
 * restarts: queues with their options and every unconfirmed message come back
   after SIGTERM and after kill -9, in the order they were sent; in-flight
   messages come back ready, confirmed ones do not; ids keep growing; delays,
   purges, deletions and dead letters hold;
+* a full disk: a commit that fails costs no acknowledged message;
 * refusals: a corrupt store, a store in use, a store from a newer dbqueue stop
   the start with a message naming the file;
 * crashes under load: several producer and consumer connections pipeline
   against a server that is killed at random moments, and what the clients were
   *told* (queued, confirmed) is checked against what the store gives back;
 * space: the store's files stay near the live data under send/confirm churn.
+
+Every server is a child process (`server_process.ServerProcess`) on a fixed
+port, so clients reconnect to the same address after a restart; a test fails
+if a server logged a traceback it did not expect.
 """
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import sqlite3
@@ -29,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from dbqueue import ConnectionLost, PipelinedClient, QueueFull
+from dbqueue import Client, ConnectionLost, PipelinedClient, QueueFull
 from dbqueue.protocol import Confirm, Confirmed, Empty, Enqueue, Message, ObjectQueued, Read
 from dbqueue.protocol.messages import ConfirmBatch, ConfirmResults, EnqueueBatch, Messages, ObjectsQueued, ReadBatch
 
@@ -53,13 +55,15 @@ def served(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     yield serve
     for server in started:
         server.close()
+    for server in started:
+        server.check_log()
 
 
-def queues_by_name(client) -> dict[str, dict]:  # type: ignore[no-untyped-def]
+def queues_by_name(client: Client) -> dict[str, dict]:
     return {queue["name"]: queue for queue in client.list_queues()}
 
 
-def read_all(client, name: str) -> list[Message]:  # type: ignore[no-untyped-def]
+def read_all(client: Client, name: str) -> list[Message]:
     """Read every ready message of ``name`` (kept in flight on ``client``), in order."""
     messages: list[Message] = []
     while batch := client.read_batch(name, 1000, timeout_ms=600_000):
@@ -81,7 +85,8 @@ def test_queues_and_unconfirmed_messages_come_back_in_order(served: Callable[...
         jobs = [(client.send("jobs", b"job-%d" % i), b"job-%d" % i) for i in range(8)]
         batch = [b"job-%d" % i for i in range(8, 12)]
         jobs += zip(client.send_batch("jobs", batch), batch)
-        plain = [(client.send("plain", b"plain-%d" % i), b"plain-%d" % i) for i in range(5)]
+        plain = [(client.send("plain", b"plain-%d" % i), b"plain-%d" % i) for i in range(3)]
+        plain += [(client.send("plain", data), data) for data in (b"", bytes(range(256)) * 2048)]  # empty, 512 KiB
     first, second, third = (holder.read("jobs", timeout_ms=600_000) for _ in range(3))
     holder.confirm(first.id)
     assert holder.read("plain").id == plain[0][0]  # in flight without a timeout
@@ -154,7 +159,7 @@ def test_ids_keep_growing_across_restarts(served: Callable[..., ServerProcess]) 
 
 def test_delayed_messages_stay_delayed(served: Callable[..., ServerProcess]) -> None:
     server = served()
-    delay = 2.0
+    delay = 2.5
     with server.client() as client:
         client.create("later")
         sent_at = time.monotonic()
@@ -194,6 +199,7 @@ def test_purge_and_delete_survive(served: Callable[..., ServerProcess], stop: st
 
         client.create("gone")
         client.send_batch("gone", [b"g1", b"g2"])
+        client.send("gone", b"g3", delay_ms=600_000)
         client.delete("gone")
 
         client.create("reborn", 5)
@@ -240,6 +246,84 @@ def test_dead_letters_survive(served: Callable[..., ServerProcess], stop: str) -
         counts = {name: (q["ready"], q["in_flight"], q["delayed"]) for name, q in queues_by_name(client).items()}
         assert counts == {"dlq": (2, 0, 0), "once": (0, 0, 0), "twice": (0, 0, 0)}
         assert [m.data for m in read_all(client, "dlq")] == [b"a", b"c"]
+
+
+def test_clean_stop_settles_a_connection_with_unsent_replies(served: Callable[..., ServerProcess]) -> None:
+    server = served()
+    with server.client() as client:
+        client.create("dlq")
+        client.create("once", max_deliveries=1, dead_letter_queue="dlq")
+        client.create("big")
+        client.send("once", b"x")
+        for _ in range(32):
+            client.send("big", bytes(1_000_000))
+    holder = server.client()
+    assert holder.read("once", timeout_ms=600_000).data == b"x"
+    # 32 MB of replies the holder does not read: most stay in the server's output buffer.
+    holder.connection.send_many([Read("big", 600_000, 0) for _ in range(32)])
+    with server.client() as client:
+        deadline = time.monotonic() + 5.0
+        while client.stats("big")["ready"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+    server.restart("sigterm")
+    holder.close()
+    with server.client() as client:
+        counts = {name: (q["ready"], q["in_flight"]) for name, q in queues_by_name(client).items()}
+    # As for a connection that closed while the server ran: x used its one delivery.
+    assert counts == {"dlq": (1, 0), "once": (0, 0), "big": (32, 0)}
+
+
+# --- a full disk ----------------------------------------------------------------------
+
+
+@dataclass
+class FullDisk:
+    acked: list[tuple[int, bytes]] = field(repr=False)  # (id, payload) answered ObjectQueued before the failure
+    sent: int  # sends attempted
+    exit_code: int | None  # how the server ended on its own after the failure (None: still running)
+    restored: list[tuple[int, bytes]] = field(repr=False)  # what a restart with room found
+
+
+@pytest.fixture(scope="module")
+def full_disk(tmp_path_factory: pytest.TempPathFactory) -> FullDisk:
+    """A server whose files may not pass 3 MiB (RLIMIT_FSIZE), fed until a commit fails; then restarted with room."""
+    server = ServerProcess(tmp_path_factory.mktemp("full") / "data")
+    server.file_size_limit = 3 << 20
+    server.tracebacks_expected = True  # the failed commit is logged with its traceback
+    server.start()
+    acked: list[tuple[int, bytes]] = []
+    sent = 0
+    try:
+        with server.client() as client:
+            client.create("q")
+            while sent < 20_000:
+                payload = b"%06d" % sent + bytes(1000)
+                sent += 1
+                acked.append((client.send("q", payload), payload))
+    except ConnectionLost:
+        pass
+    exit_code = server.wait(3.0)
+    server.close()
+    server.file_size_limit = None
+    server.start()
+    try:
+        with server.client() as client:
+            restored = [(m.id, m.data) for m in read_all(client, "q")]
+    finally:
+        server.close()
+    return FullDisk(acked, sent, exit_code, restored)
+
+
+def test_a_full_disk_loses_no_acknowledged_message(full_disk: FullDisk) -> None:
+    assert 0 < len(full_disk.acked) < full_disk.sent, "the disk never filled up"
+    # Everything acknowledged is there, in order; what was not may be, but nothing else.
+    assert full_disk.restored[: len(full_disk.acked)] == full_disk.acked
+    assert len(full_disk.restored) <= full_disk.sent
+
+
+def test_a_server_that_cannot_commit_exits_non_zero(full_disk: FullDisk) -> None:
+    code = full_disk.exit_code
+    assert code not in (None, 0), f"exit code {code} (None: still running 3 s after the failed commit)"
 
 
 # --- refusals at start ----------------------------------------------------------------
@@ -326,7 +410,8 @@ def test_newer_store_is_refused(stored: Path, tmp_path: Path) -> None:
 # --- crashes under load ---------------------------------------------------------------
 #
 # Each cycle starts the server on the same directory and port, runs producer and
-# consumer connections against it, and kill -9s it at a random moment. Every
+# consumer connections against it, and kill -9s it at a random moment (one cycle
+# ends with SIGTERM instead, a clean stop under the same load). Every
 # connection keeps a `Tally` of what it was told. A reply is sent only after the
 # commit of what it reports, so a payload answered ObjectQueued must survive every
 # later crash until it is confirmed, and a payload answered Confirmed must never be
@@ -357,7 +442,7 @@ class Load:
         self.address = address
         self.next_seq = next_seq  # per producer, carried across cycles so payloads stay unique
         self.until = until  # a bound in case the kill never comes
-        self.killed = threading.Event()  # set just before the kill: a lost connection is expected after
+        self.killed = threading.Event()  # set just before the stop: a lost connection is expected after
         self.tallies: list[Tally] = []
         self.threads: list[threading.Thread] = []
 
@@ -424,7 +509,7 @@ class Load:
             if batch:
                 requests: list = [ReadBatch(QUEUE, 8, 600_000, 20) for _ in range(4)]
             else:
-                requests = [Read(QUEUE, 600_000, 20) for _ in range(16)]
+                requests = [Read(QUEUE, 600_000, 20) for _ in range(PIPELINE)]
             client.send_many(requests)
             got: list[Message] = []
             for _ in requests:
@@ -468,7 +553,7 @@ def drain(address: str) -> Tally:
     """Read and confirm every message left, as one more consumer's tally."""
     tally = Tally()
     with PipelinedClient.connect(address, timeout=5.0) as client:
-        while True:
+        for _ in range(10_000):  # far more rounds than messages sent / 1000
             client.send_many([ReadBatch(QUEUE, 1000, 600_000, 0)])
             ((_, response),) = client.receive(1)
             assert isinstance(response, Messages), response
@@ -479,24 +564,26 @@ def drain(address: str) -> Tally:
             ((_, results),) = client.receive(1)
             assert isinstance(results, ConfirmResults) and set(results.outcomes) == {0}, results
             tally.confirmed.update((message.data, message.id) for message in response.messages)
+    raise AssertionError("the drain never emptied the queue")
 
 
-def crash_cycles(server: ServerProcess, cycles: int, rng: random.Random, kill_after: tuple[float, float]) -> dict:
-    """Run ``cycles`` load-and-kill cycles, then drain; check what the clients were told. Returns figures."""
-    producers, consumers = 3, 3
+def crash_cycles(server: ServerProcess, stops: list[str], rng: random.Random, stop_after: tuple[float, float]) -> dict:
+    """Run one load cycle per entry of ``stops``, each ended by that stop ("sigkill" or "sigterm")
+    at a random moment, then drain; check what the clients were told. Returns figures."""
+    producers, consumers = 2, 4
     next_seq = [0] * producers
     history: list[list[Tally]] = []  # per cycle; the drain is the last
-    for cycle in range(cycles):
+    for cycle, stop in enumerate(stops):
         if cycle:
             server.start()
         else:
             with server.client() as client:
                 client.create(QUEUE)
-        load = Load(server.address, next_seq, until=time.monotonic() + kill_after[1] + 5.0)
+        load = Load(server.address, next_seq, until=time.monotonic() + stop_after[1] + 5.0)
         load.start(producers, consumers)
-        time.sleep(rng.uniform(*kill_after))
+        time.sleep(rng.uniform(*stop_after))
         load.killed.set()
-        server.kill()
+        server.stop(stop)
         load.join()
         history.append(load.tallies)
     server.start()
@@ -533,6 +620,8 @@ def check_history(history: list[list[Tally]]) -> dict:
         ids_seen = list(cycle_queued.values()) + [id_ for _, id_ in reads]
         handed_out_before = max([handed_out_before, *ids_seen])
         queued.update(cycle_queued)
+        # Within a cycle no timeout passes and no connection closes: nothing is delivered twice.
+        assert len({payload for payload, _ in reads}) == len(reads), f"cycle {cycle} delivered a message twice"
         for payload, id_ in reads:
             assert payload in sent, f"cycle {cycle}: read {payload!r}, which no producer sent"
             assert queued.get(payload, id_) == id_, f"cycle {cycle}: {payload!r} read as {id_}, queued as {queued[payload]}"
@@ -547,6 +636,10 @@ def check_history(history: list[list[Tally]]) -> dict:
     assert len(set(queued.values())) == len(queued), "two messages were given one id"
     remaining = [payload for payload, _ in history[-1][0].reads]
     assert len(remaining) == len(set(remaining)), "a message is stored twice"
+    # The drain reads what was left in stored order: each producer's messages in the order sent.
+    for producer in {payload.split(b"-")[0] for payload in remaining}:
+        seqs = [int(payload.split(b"-")[1]) for payload in remaining if payload.startswith(producer + b"-")]
+        assert seqs == sorted(seqs), f"producer {producer!r}'s messages came back out of order"
     # (a) every payload answered ObjectQueued was confirmed, or is still there at the end. A
     # confirm whose answer was cut off by the kill may or may not have been committed.
     lost = set(queued) - set(confirmed_in) - unsettled
@@ -561,12 +654,103 @@ def check_history(history: list[list[Tally]]) -> dict:
 def test_kill_9_under_load_loses_no_queued_message_and_repeats_no_confirmed_one(
     served: Callable[..., ServerProcess],
 ) -> None:
+    # Four crashes, and one clean stop under the same load (in flight goes back, the outbox is dropped).
     seed = random.randrange(1 << 30)
-    figures = crash_cycles(served(), cycles=4, rng=random.Random(seed), kill_after=(0.3, 1.0))
+    stops = ["sigkill", "sigkill", "sigterm", "sigkill", "sigkill"]
+    figures = crash_cycles(served(), stops, rng=random.Random(seed), stop_after=(0.3, 1.0))
     print(f"seed {seed}: {figures}")
 
 
 def test_kill_9_under_load_with_sync_disk(served: Callable[..., ServerProcess]) -> None:
     seed = random.randrange(1 << 30)
-    figures = crash_cycles(served(sync="disk"), cycles=2, rng=random.Random(seed), kill_after=(0.3, 0.8))
+    figures = crash_cycles(served(sync="disk"), ["sigkill", "sigkill"], rng=random.Random(seed), stop_after=(0.3, 0.8))
     print(f"seed {seed}: {figures}")
+
+
+# --- space ----------------------------------------------------------------------------
+#
+# Two senders, each sending 32 messages, reading the 32 oldest and confirming
+# them, over a backlog of 8000: the live data stays the same while every message
+# on disk is replaced many times over. Store sizes are sampled as it runs, and
+# once more after a round of the server's reclaim timer.
+
+FLOOR = 4 << 20
+CHURN_SECONDS = 5.0
+LIVE = 8000
+PAYLOAD = bytes(range(256))
+LIVE_BYTES = LIVE * len(PAYLOAD)
+
+
+def churn(address: str, until: float, counts: list[int]) -> None:
+    """Send 32, read the 32 oldest, confirm them; again until ``until``. The backlog stays as it was."""
+    with PipelinedClient.connect(address, timeout=5.0) as client:
+        while time.monotonic() < until:
+            client.send_many([Enqueue("churn", PAYLOAD)] * PIPELINE)
+            assert all(isinstance(r, ObjectQueued) for _, r in client.receive(PIPELINE))
+            client.send_many([ReadBatch("churn", PIPELINE, 600_000, 0)])
+            ((_, messages),) = client.receive(1)
+            assert isinstance(messages, Messages) and len(messages.messages) == PIPELINE, messages
+            client.send_many([ConfirmBatch(tuple(m.id for m in messages.messages))])
+            ((_, results),) = client.receive(1)
+            assert isinstance(results, ConfirmResults) and set(results.outcomes) == {0}, results
+            counts.append(PIPELINE)
+
+
+@dataclass
+class Churned:
+    messages: int  # sent and confirmed during the churn
+    db: list[int]  # dbqueue.db sizes sampled during the churn
+    wal: list[int]  # dbqueue.db-wal sizes at the same moments
+    settled: int  # both files, a reclaim round after the churn stopped
+
+    def describe(self) -> str:
+        peak = max(map(sum, zip(self.db, self.wal)))
+        return (
+            f"{self.messages} messages churned over {LIVE} live ({LIVE_BYTES} B): db up to {max(self.db)} B,"
+            f" WAL up to {max(self.wal)} B, both up to {peak} B; {self.settled} B after reclaim"
+        )
+
+
+@pytest.fixture(scope="module")
+def churned(tmp_path_factory: pytest.TempPathFactory) -> Churned:
+    server = ServerProcess(tmp_path_factory.mktemp("churn") / "data").start()
+    try:
+        with server.client() as client:
+            client.create("churn")
+            for _ in range(LIVE // 1000):
+                client.send_batch("churn", [PAYLOAD] * 1000)
+        counts: list[int] = []
+        until = time.monotonic() + CHURN_SECONDS
+        workers = [threading.Thread(target=churn, args=(server.address, until, counts)) for _ in range(2)]
+        for worker in workers:
+            worker.start()
+        db: list[int] = []
+        wal: list[int] = []
+        while any(worker.is_alive() for worker in workers):
+            db.append(store_bytes(server.data_dir, "dbqueue.db"))
+            wal.append(store_bytes(server.data_dir, "dbqueue.db-wal"))
+            time.sleep(0.05)
+        for worker in workers:
+            worker.join()
+        time.sleep(1.5)  # RECLAIM_INTERVAL and a margin
+        settled = store_bytes(server.data_dir)
+        with server.client() as client:
+            stats = client.stats("churn")
+        assert (stats["ready"], stats["in_flight"]) == (LIVE, 0), stats
+    finally:
+        server.close()
+    result = Churned(sum(counts), db, wal, settled)
+    print(result.describe())
+    assert result.messages > 10 * LIVE, f"too little churn to mean anything: {result.describe()}"
+    return result
+
+
+def test_store_files_shrink_back_near_the_live_data_after_churn(churned: Churned) -> None:
+    assert churned.settled < 2 * LIVE_BYTES + FLOOR, churned.describe()
+    assert max(churned.db) < 2 * LIVE_BYTES + FLOOR, churned.describe()  # freed pages are reused
+
+
+def test_store_files_stay_near_the_live_data_during_churn(churned: Churned) -> None:
+    # The WAL counts too: between two reclaim rounds it is SQLite's autocheckpoint that bounds it.
+    peak = max(map(sum, zip(churned.db, churned.wal)))
+    assert peak < 2 * LIVE_BYTES + FLOOR, churned.describe()

@@ -97,6 +97,8 @@ class Server:
         self.max_output_buffer = max_output_buffer
         self.idle_timeout = idle_timeout
         self._reaper: asyncio.TimerHandle | None = None
+        # Set to the error when the server cannot go on (its store cannot commit): `run` then stops.
+        self.failed: asyncio.Future[BaseException] | None = None
         self.sessions: set[Session] = set()
         self.clock: Callable[[], float] = _unstarted_clock
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -123,6 +125,7 @@ class Server:
         """Bind and start accepting connections; raise `OSError` if the address is taken."""
         loop = self._loop = asyncio.get_running_loop()
         self.clock = loop.time
+        self.failed = loop.create_future()
         if self.data_dir is not None and self.store is None:
             self._open_store()
         self._listener = await loop.create_server(
@@ -147,6 +150,7 @@ class Server:
             await self._metrics.stop()
             self._metrics = None
         for session in list(self.sessions):
+            session.release()  # now, not at connection_lost: the store must hear of it before it closes
             if session.transport is not None:
                 session.transport.close()
         await asyncio.sleep(0)  # let each closed session's connection_lost run
@@ -232,7 +236,7 @@ class Server:
         try:
             if store.pending():
                 store.commit()
-        except StoreError:
+        except StoreError as exc:
             log.critical("the store failed to commit; stopping so that no reply promises what the disk lacks", exc_info=True)
             self._outbox.clear()
             for session in list(self.sessions):
@@ -240,6 +244,8 @@ class Server:
                     session.transport.abort()
             if self._listener is not None:
                 self._listener.close()
+            if self.failed is not None and not self.failed.done():
+                self.failed.set_result(exc)  # `run` stops the process, which exits non-zero
             return
         outbox, self._outbox = self._outbox, []
         for transport, data in outbox:
@@ -316,7 +322,10 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 
 def run(server: Server) -> None:
-    """Run ``server`` in a new event loop until SIGINT or SIGTERM, then shut down cleanly."""
+    """Run ``server`` in a new event loop until SIGINT or SIGTERM, then shut down cleanly.
+
+    Raises the server's fatal error (`StoreError`) if it had to stop on its own.
+    """
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
 
@@ -328,12 +337,19 @@ def run(server: Server) -> None:
         # collect the young generation less often than the default 700.
         gc.freeze()
         gc.set_threshold(50_000, 20, 20)
-        stopping = asyncio.Event()
+        stopping = loop.create_future()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stopping.set)
-        await stopping.wait()
-        log.info("signal received, shutting down")
+            loop.add_signal_handler(sig, lambda: stopping.done() or stopping.set_result(None))
+        failed = server.failed
+        assert failed is not None  # made by start
+        await asyncio.wait([stopping, failed], return_when=asyncio.FIRST_COMPLETED)
+        if failed.done():
+            log.critical("shutting down: %s", failed.result())
+        else:
+            log.info("signal received, shutting down")
         await server.stop()
+        if failed.done():
+            raise failed.result()
 
     try:
         loop.run_until_complete(main())

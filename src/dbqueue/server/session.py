@@ -156,12 +156,23 @@ class Session(asyncio.Protocol):
         return []
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.release()
+
+    def release(self) -> None:
+        """Give back everything this connection holds: in-flight messages, waiting reads, consumer counts.
+
+        Runs when the connection goes, or earlier when the server stops (so the
+        store records the requeues before it closes); the second call does nothing.
+        """
         self.server.sessions.discard(self)
+        self.done = True
         broker = self.broker
         for waiter in self.waiters:
             broker.cancel_wait(waiter)
+        self.waiters = []
         for queue in self.read_from:
             queue.consumers -= 1
+        self.read_from = set()
         if self.held:
             count = broker.release_all(self.held, self.server.clock())
             log.debug("%s closed holding messages: %d requeued", self.peer, count)
