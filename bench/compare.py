@@ -16,6 +16,27 @@ bottleneck was. Servers are stopped at the end, also on failure or Ctrl-C.
 
 Messages/s is the figure to compare: requests/s also counts reads that found
 the queue empty, and how many of those a system causes is not a virtue.
+
+Three modes, each with its own systems, baseline (the numerator of every
+ratio) and targets, which the report checks in a table (target, reached, met?):
+
+* default, in memory: dbqueue against beanstalkd, redis-list, redis-stream.
+* ``--durable``: every system with its write-ahead log, plus in-memory dbqueue
+  in the same rounds: dbqueue-durable (``--data-dir``, ``--sync os``) against
+  dbqueue (target: at least half its rate), beanstalkd-binlog (``-b``, fsync
+  every second), redis-list-aof and redis-stream-aof (``appendonly yes``,
+  ``appendfsync everysec``) (target: faster than each). The report ends
+  with each durable system's disk use: after every load run (the largest) and
+  at the end.
+* ``--batch N``: N messages a request: dbqueue-batch (``send_batch`` /
+  ``read_batch`` / ``confirm_batch``) against redis-list-batch (``RPUSH`` of N
+  values / ``LPOP key N``, no confirm step); target: dbqueue at 1M messages/s.
+
+Before it starts, the run waits (``--quiet-load``, ``--quiet-wait``) for the
+machine's load average to settle; a round in which any run saw other processes
+use more than a quarter of a core is run again (``--retry-crowded``), after
+waiting for the machine to be quiet, and the crowded figures are kept in the
+JSON but not in the medians.
 """
 
 from __future__ import annotations
@@ -24,11 +45,9 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import shlex
 import signal
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -41,11 +60,22 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `peers` sits next to this file
 
 import hiredis  # noqa: E402
+from machine import CpuWatch, dbqueue_origin, describe_machine, python_description, wait_until_quiet  # noqa: E402
+from peers import (  # noqa: E402
+    BeanstalkdDriver,
+    BeanstalkdServer,
+    DbQueueServer,
+    RedisBatchDriver,
+    RedisListDriver,
+    RedisServer,
+    RedisStreamDriver,
+    ServerProcess,
+    ServerUnavailable,
+)
 from rich import box  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-import dbqueue  # noqa: E402
 from dbqueue.bench import (  # noqa: E402
     BenchConfig,
     BenchFailure,
@@ -57,16 +87,6 @@ from dbqueue.bench import (  # noqa: E402
 )
 from dbqueue.errors import DbQueueError  # noqa: E402
 from dbqueue.server import new_event_loop  # noqa: E402
-from peers import (  # noqa: E402
-    BeanstalkdDriver,
-    BeanstalkdServer,
-    DbQueueServer,
-    RedisListDriver,
-    RedisServer,
-    RedisStreamDriver,
-    ServerProcess,
-    ServerUnavailable,
-)
 
 
 @dataclass(frozen=True)
@@ -75,16 +95,75 @@ class System:
     server: Callable[[argparse.Namespace], ServerProcess]
 
 
+def _beanstalkd(args: argparse.Namespace, durable: bool = False) -> ServerProcess:
+    return BeanstalkdServer(durable=durable, max_job_size=max(65535, args.payload))
+
+
 SYSTEMS: dict[str, System] = {
     "dbqueue": System(DbQueueDriver, lambda args: DbQueueServer(python=args.server_python)),
-    "beanstalkd": System(BeanstalkdDriver, lambda args: BeanstalkdServer(max_job_size=max(65535, args.payload))),
+    "beanstalkd": System(BeanstalkdDriver, _beanstalkd),
     "redis-list": System(RedisListDriver, lambda args: RedisServer(label="redis-list")),
     "redis-stream": System(RedisStreamDriver, lambda args: RedisServer(label="redis-stream")),
+    "dbqueue-durable": System(
+        DbQueueDriver,
+        lambda args: DbQueueServer(
+            python=args.server_python, durable=True, sync=args.dbqueue_sync, label="dbqueue-durable"
+        ),
+    ),
+    "beanstalkd-binlog": System(BeanstalkdDriver, lambda args: _beanstalkd(args, durable=True)),
+    "redis-list-aof": System(RedisListDriver, lambda args: RedisServer(label="redis-list-aof", durable=True)),
+    "redis-stream-aof": System(RedisStreamDriver, lambda args: RedisServer(label="redis-stream-aof", durable=True)),
+    "dbqueue-batch": System(DbQueueDriver, lambda args: DbQueueServer(python=args.server_python, label="dbqueue-batch")),
+    "redis-list-batch": System(RedisBatchDriver, lambda args: RedisServer(label="redis-list-batch")),
 }
-BASELINE = "dbqueue"
-LATENCY_SYSTEMS = ("dbqueue", "redis-list")  # the round-trip comparison
+
+
+@dataclass(frozen=True)
+class Target:
+    """A goal for one figure: ``baseline ÷ system`` messages/s (``system`` set) or the baseline's own messages/s."""
+
+    description: str
+    op: str  # ">=" or ">"
+    threshold: float
+    system: str | None = None  # None: the baseline's own median messages/s
+
+    def met(self, value: float) -> bool:
+        return value >= self.threshold if self.op == ">=" else value > self.threshold
+
+
+@dataclass(frozen=True)
+class Mode:
+    """Which systems run, which one is every ratio's numerator, which pair does round trips, and the goals."""
+
+    systems: tuple[str, ...]
+    baseline: str
+    latency: tuple[str, str] | None
+    targets: tuple[Target, ...] = ()
+
+
+MODES: dict[str, Mode] = {
+    "memory": Mode(("dbqueue", "beanstalkd", "redis-list", "redis-stream"), "dbqueue", ("dbqueue", "redis-list")),
+    "durable": Mode(
+        ("dbqueue-durable", "dbqueue", "beanstalkd-binlog", "redis-list-aof", "redis-stream-aof"),
+        "dbqueue-durable",
+        ("dbqueue-durable", "redis-list-aof"),
+        (
+            Target("durable dbqueue ÷ in-memory dbqueue, msg/s", ">=", 0.5, "dbqueue"),
+            Target("durable dbqueue ÷ beanstalkd with binlog, msg/s", ">", 1.0, "beanstalkd-binlog"),
+            Target("durable dbqueue ÷ Redis list with AOF, msg/s", ">", 1.0, "redis-list-aof"),
+            Target("durable dbqueue ÷ Redis stream with AOF, msg/s", ">", 1.0, "redis-stream-aof"),
+        ),
+    ),
+    "batch": Mode(
+        ("dbqueue-batch", "redis-list-batch"),
+        "dbqueue-batch",
+        None,
+        (Target("dbqueue with batches, msg/s", ">=", 1_000_000.0),),
+    ),
+}
 CROWDED = 0.25  # other processes' CPU, in cores, above which a run is flagged
-SMOKE = {"rounds": 1, "iterations": 20, "latency_iterations": 200}
+# A smoke run checks that everything works, not the figures: it neither waits for quiet nor retries.
+SMOKE = {"rounds": 1, "iterations": 20, "latency_iterations": 200, "quiet_load": 0.0, "retry_crowded": 0}
 FAILURES = (BenchFailure, DbQueueError, OSError, hiredis.HiredisError)
 
 
@@ -93,18 +172,38 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Load-test dbqueue and its peers (beanstalkd, Redis lists, Redis streams) in interleaved rounds.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument(
+        "--durable",
+        action="store_true",
+        help="durable variants (dbqueue --data-dir, beanstalkd binlog, Redis AOF everysec) plus in-memory dbqueue",
+    )
+    modes.add_argument(
+        "--batch",
+        type=_positive,
+        metavar="N",
+        help="N messages a request: dbqueue send/read/confirm_batch against Redis RPUSH/LPOP N (default iterations: 4000/N)",
+    )
+    parser.add_argument(
+        "--dbqueue-sync", choices=("os", "disk"), default="os", help="with --durable: dbqueue-durable's --sync"
+    )
     parser.add_argument("--rounds", type=_positive, default=5, help="rounds of A B C D ...")
     parser.add_argument("--producers", type=_positive, default=16, help="connections that send")
     parser.add_argument("--consumers", type=_positive, default=16, help="connections that read and confirm")
     parser.add_argument("--pipeline", type=_positive, default=32, help="requests per batch")
     parser.add_argument("--iterations", type=_positive, default=1000, help="batches per producer")
     parser.add_argument("--payload", type=_natural, default=128, help="message size in bytes")
-    parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated, from {', '.join(SYSTEMS)}")
+    parser.add_argument(
+        "--systems",
+        help="comma-separated subset of the mode's systems (default: all of them; the baseline must be in): "
+        + "; ".join(f"{name}: {', '.join(mode.systems)}" for name, mode in MODES.items()),
+    )
     parser.add_argument(
         "--latency-iterations",
         type=_natural,
         default=2000,
-        help="unpipelined send/read/confirm cycles per round against dbqueue and redis-list (0: none)",
+        help="unpipelined send/read/confirm cycles per round against dbqueue and redis-list "
+        "(--durable: their durable variants; --batch: none) (0: none)",
     )
     parser.add_argument("--time-limit", type=float, default=120.0, help="seconds before one load run fails")
     parser.add_argument(
@@ -112,18 +211,50 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="PATH",
         help="interpreter for the dbqueue server (default: this one); it must have dbqueue installed",
     )
+    parser.add_argument(
+        "--quiet-load",
+        type=float,
+        default=0.7,
+        metavar="LOAD",
+        help="before starting, wait until the 1-minute load average is at most this (0: do not wait)",
+    )
+    parser.add_argument(
+        "--quiet-wait", type=float, default=300.0, metavar="SECONDS", help="wait at most this long for a quiet machine"
+    )
+    parser.add_argument(
+        "--retry-crowded",
+        type=_natural,
+        default=2,
+        metavar="K",
+        help=f"run a round again, up to K times, when other processes used over {100 * CROWDED:.0f}%% of a core in a run",
+    )
     parser.add_argument("--plot", metavar="PATH", help="write a PNG bar chart (needs matplotlib)")
     parser.add_argument("--json", metavar="PATH", help="write every raw result as JSON")
-    parser.add_argument("--smoke", action="store_true", help="tiny run for CI: 1 round, 20 iterations, 200 round trips, unless given")
-    if parser.parse_known_args(argv)[0].smoke:
-        parser.set_defaults(**SMOKE)  # options given explicitly still win
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny run for CI: 1 round, 20 iterations, 200 round trips, no waiting, unless given"
+    )
+    known = parser.parse_known_args(argv)[0]
+    defaults: dict[str, Any] = dict(SMOKE) if known.smoke else {}
+    if known.batch:
+        # Keep a run near 2M messages (16 x 32 x 40 x 100): a batch run counts messages, not requests.
+        defaults["iterations"] = max(1, round((20 if known.smoke else 4000) / known.batch))
+        defaults["latency_iterations"] = 0  # round trips are single messages: see the default mode
+    parser.set_defaults(**defaults)  # options given explicitly still win
     args = parser.parse_args(argv)
-    args.systems = [name.strip() for name in args.systems.split(",") if name.strip()]
-    unknown = sorted(set(args.systems) - set(SYSTEMS))
+    args.mode = "durable" if args.durable else "batch" if args.batch else "memory"
+    args.batch = args.batch or 1
+    mode = MODES[args.mode]
+    if args.systems is None:
+        args.systems = list(mode.systems)
+    else:
+        args.systems = [name.strip() for name in args.systems.split(",") if name.strip()]
+    unknown = sorted(set(args.systems) - set(mode.systems))
     if unknown:
-        parser.error(f"unknown systems: {', '.join(unknown)} (known: {', '.join(SYSTEMS)})")
+        parser.error(f"systems not in the {args.mode} mode: {', '.join(unknown)} (it has: {', '.join(mode.systems)})")
     if len(set(args.systems)) != len(args.systems):
         parser.error("--systems lists a system twice")
+    if mode.baseline not in args.systems:
+        parser.error(f"--systems must include {mode.baseline}: every ratio is taken against it")
     return args
 
 
@@ -153,12 +284,19 @@ class Run:
     kind: str  # "load" or "round-trips"
     result: BenchResult | None = None
     server_cpu_seconds: float = 0.0
-    other_cpu_seconds: float = 0.0  # every other process on the machine, over the same window
+    other_cpu_seconds: float = 0.0  # every other user-space process on the machine, over the same window
+    kernel_cpu_seconds: float = 0.0  # the kernel's own work (softirqs, writeback, kernel threads), same window
     window_seconds: float = 0.0  # wall time the CPU figures above cover (the run plus its setup)
+    data_bytes: int | None = None  # a durable server's files after the run
     error: str = ""
+    discarded: bool = False  # its round was crowded and run again
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"round": self.round, "system": self.system, "kind": self.kind}
+        if self.discarded:
+            out["discarded"] = "crowded round, run again"
+        if self.data_bytes is not None:
+            out["data_bytes"] = self.data_bytes
         if self.result is None:
             return {**out, "error": self.error}
         figures = self.result.as_dict()
@@ -170,6 +308,8 @@ class Run:
             "server_cpu_percent": round(100.0 * self.server_cpu_fraction, 1),
             "other_cpu_seconds": round(self.other_cpu_seconds, 3),
             "other_cpu_percent": round(100.0 * self.other_cpu_fraction, 1),
+            "kernel_cpu_seconds": round(self.kernel_cpu_seconds, 3),
+            "kernel_cpu_percent": round(100.0 * self.kernel_cpu_fraction, 1),
             "cpu_window_seconds": round(self.window_seconds, 4),
         }
 
@@ -181,6 +321,15 @@ class Run:
     def other_cpu_fraction(self) -> float:
         return self.other_cpu_seconds / self.window_seconds if self.window_seconds else 0.0
 
+    @property
+    def kernel_cpu_fraction(self) -> float:
+        return self.kernel_cpu_seconds / self.window_seconds if self.window_seconds else 0.0
+
+    @property
+    def crowded(self) -> bool:
+        # Below a second the 10 ms ticks of /proc/stat make the share too coarse to judge.
+        return self.result is not None and self.other_cpu_fraction > CROWDED and self.window_seconds >= 1.0
+
 
 @dataclass
 class Comparison:
@@ -189,9 +338,14 @@ class Comparison:
     servers: dict[str, ServerProcess] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)  # system -> why it has no figures (or stopped having them)
     runs: list[Run] = field(default_factory=list)
+    disk: dict[str, dict[str, Any]] = field(default_factory=dict)  # durable system -> its disk use at the end
     interrupted: bool = False
 
-    def config(self, system: str, iterations: int) -> BenchConfig:
+    @property
+    def mode(self) -> Mode:
+        return MODES[self.args.mode]
+
+    def config(self, system: str, iterations: int, batch: int = 1) -> BenchConfig:
         args = self.args
         return BenchConfig(
             addresses=[self.servers[system].address],
@@ -201,6 +355,7 @@ class Comparison:
             iterations=iterations,
             payload=args.payload,
             time_limit=args.time_limit,
+            batch=batch,
         )
 
     def start_servers(self, stack: ExitStack) -> None:
@@ -221,22 +376,50 @@ class Comparison:
 
     def run(self, loop: asyncio.AbstractEventLoop) -> None:
         args = self.args
+        latency = self.mode.latency if args.latency_iterations else None
         for round_ in range(1, args.rounds + 1):
-            for name in args.systems:
-                if name in self.servers and name not in self.skipped:
-                    self.measure(loop, round_, name, "load")
-            if args.latency_iterations:
-                for name in LATENCY_SYSTEMS:
+            for attempt in range(args.retry_crowded + 1):
+                first = len(self.runs)
+                for name in args.systems:
+                    if name in self.servers and name not in self.skipped:
+                        self.measure(loop, round_, name, "load")
+                for name in latency or ():
                     if name in self.servers and name not in self.skipped:
                         self.measure(loop, round_, name, "round-trips")
+                crowded = [run for run in self.runs[first:] if run.crowded]
+                if not crowded or attempt == args.retry_crowded:
+                    break
+                for run in self.runs[first:]:
+                    run.discarded = True
+                names = ", ".join(f"{run.system} {run.kind}" for run in crowded)
+                self.console.print(
+                    f"[bold yellow]round {round_} was crowded[/] ({names}): running it again "
+                    f"({attempt + 1} of {args.retry_crowded}) once the machine is quiet"
+                )
+                _wait_for_idle_cpu(self.console, args.quiet_wait)
+        self.record_disk(final=True)
+
+    def record_disk(self, final: bool = False) -> None:
+        """Note each durable server's disk use (at the end when ``final``)."""
+        for name, server in self.servers.items():
+            if not server.data_paths():
+                continue
+            entry = self.disk.setdefault(name, {"what": server.data_description(), "max_after_run": 0})
+            size = server.data_bytes()
+            entry["max_after_run"] = max(entry["max_after_run"], size)
+            if final:
+                entry["end"] = size
 
     def measure(self, loop: asyncio.AbstractEventLoop, round_: int, name: str, kind: str) -> None:
         server = self.servers[name]
         iterations = self.args.iterations if kind == "load" else self.args.latency_iterations
-        driver = SYSTEMS[name].driver(self.config(name, iterations))
+        batch = self.args.batch if kind == "load" else 1
+        driver = SYSTEMS[name].driver(self.config(name, iterations, batch))
         run = Run(round_, name, kind)
         began = time.perf_counter()
-        cpu_before, own_before, busy_before = server.cpu_seconds(), time.process_time(), _machine_busy_seconds()
+        watch = CpuWatch(lambda: [os.getpid()])  # the servers are our children: left out with us
+        watch.start()
+        cpu_before = server.cpu_seconds()
         task = loop.create_task(run_load(driver) if kind == "load" else run_round_trips(driver))
         try:
             with _signals_cancel(loop, task):
@@ -248,27 +431,38 @@ class Comparison:
             if not server.alive():
                 run.error += f" ({server.exit_description()})"
         run.server_cpu_seconds = server.cpu_seconds() - cpu_before
-        own = time.process_time() - own_before
-        run.other_cpu_seconds = max(0.0, _machine_busy_seconds() - busy_before - own - run.server_cpu_seconds)
+        watch.stop()
+        run.other_cpu_seconds, run.kernel_cpu_seconds = watch.other_seconds, watch.kernel_seconds
         run.window_seconds = time.perf_counter() - began
+        if server.data_paths():
+            run.data_bytes = server.data_bytes()
+            self.record_disk()
         self.runs.append(run)
         self.console.print(_run_line(run, self.args.rounds))
         if run.error:
             self.skip(name, f"round {round_} {kind} failed, no further runs: {run.error}")
 
     def results(self, name: str, kind: str = "load") -> dict[int, Run]:
-        return {r.round: r for r in self.runs if r.system == name and r.kind == kind and r.result is not None}
+        """The runs that count: finished, and not from a round that was run again."""
+        return {
+            r.round: r
+            for r in self.runs
+            if r.system == name and r.kind == kind and r.result is not None and not r.discarded
+        }
 
 
-def _machine_busy_seconds() -> float:
-    """CPU time all processors have spent busy since boot, from /proc/stat (0.0 where there is none)."""
-    try:
-        with open("/proc/stat") as stat:
-            fields = [int(value) for value in stat.readline().split()[1:9]]
-    except (OSError, ValueError):
-        return 0.0
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+def _wait_for_idle_cpu(console: Console, patience: float, window: float = 3.0) -> None:
+    """Wait until, over ``window`` seconds, other processes use at most `CROWDED` of a core (or ``patience`` passes)."""
+    deadline = time.monotonic() + patience
+    while True:
+        watch = CpuWatch(lambda: [os.getpid()])
+        watch.start()
+        time.sleep(window)
+        watch.stop()
+        busy = watch.other_seconds / window
+        if busy <= CROWDED or time.monotonic() >= deadline:
+            console.print(f"other processes use {busy:.0%} of a core: going on")
+            return
 
 
 def _run_line(run: Run, rounds: int) -> str:
@@ -278,8 +472,10 @@ def _run_line(run: Run, rounds: int) -> str:
     r = run.result
     cpu = (
         f"CPU: client {100 * r.client_cpu_seconds / r.seconds:.0f}%, server {100 * run.server_cpu_fraction:.0f}%, "
-        f"other processes {100 * run.other_cpu_fraction:.0f}%"
+        f"other processes {100 * run.other_cpu_fraction:.0f}%, kernel {100 * run.kernel_cpu_fraction:.0f}%"
     )
+    if run.data_bytes is not None:
+        cpu += f", data {run.data_bytes / 1e6:,.1f} MB"
     if run.kind == "load":
         return (
             f"{head} {r.requests_per_second:>11,.0f} req/s {r.messages_per_second:>10,.0f} msg/s"
@@ -295,8 +491,13 @@ def _median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def _empty_read_fraction(result: BenchResult) -> float:
-    """Reads that found nothing, over all reads: every message is sent once and confirmed once, the rest are reads."""
+def _empty_read_fraction(result: BenchResult, batch: int = 1) -> float | None:
+    """Reads that found nothing, over all reads: every message is sent once and confirmed once, the rest are reads.
+
+    None for batches: a batched read may return part of a batch, so the counts cannot tell.
+    """
+    if batch > 1:
+        return None
     reads = result.requests - 2 * result.messages
     return (reads - result.messages) / reads if reads else 0.0
 
@@ -309,7 +510,9 @@ def _pooled_percentile_ms(latencies: list[float], fraction: float) -> float:
 def summarise(comparison: Comparison) -> dict[str, Any]:
     """Medians, pair-by-pair ratios and pooled latency percentiles, as plain data (what --json stores)."""
     throughput: dict[str, Any] = {}
-    base = {i: run.result for i, run in comparison.results(BASELINE).items()}
+    mode = comparison.mode
+    baseline = mode.baseline
+    base = {i: run.result for i, run in comparison.results(baseline).items()}
     for name in comparison.args.systems:
         runs = comparison.results(name)
         if not runs:
@@ -322,21 +525,49 @@ def summarise(comparison: Comparison) -> dict[str, Any]:
             "messages_per_second": _median(rates),
             "messages_per_second_min": min(rates),
             "messages_per_second_max": max(rates),
-            "empty_read_fraction": _median([_empty_read_fraction(r) for r in results.values()]),
+            "empty_read_fraction": (
+                None
+                if comparison.args.batch > 1
+                else _median([_empty_read_fraction(r) for r in results.values()])  # type: ignore[misc]
+            ),
             "client_cpu_fraction": _median([r.client_cpu_seconds / r.seconds for r in results.values()]),
             "server_cpu_fraction": _median([run.server_cpu_fraction for run in runs.values()]),
             "other_cpu_fraction": _median([run.other_cpu_fraction for run in runs.values()]),
+            "kernel_cpu_fraction": _median([run.kernel_cpu_fraction for run in runs.values()]),
         }
-        if name != BASELINE:
+        if name != baseline:
             pairs = [(base[i], results[i]) for i in sorted(results) if base.get(i) is not None]
             figures["pairs"] = len(pairs)
             if pairs:
-                figures["dbqueue_ratio_messages"] = _median([a.messages_per_second / b.messages_per_second for a, b in pairs])
-                figures["dbqueue_ratio_requests"] = _median([a.requests_per_second / b.requests_per_second for a, b in pairs])
+                by_round = [a.messages_per_second / b.messages_per_second for a, b in pairs]
+                figures["ratio_messages_by_round"] = by_round
+                figures["ratio_messages"] = _median(by_round)
+                figures["ratio_requests"] = _median([a.requests_per_second / b.requests_per_second for a, b in pairs])
         throughput[name] = figures
 
+    targets = []
+    for target in mode.targets:
+        if target.system is None:
+            figures = throughput.get(baseline)
+            reached = figures["messages_per_second"] if figures else None
+            by_round = [r.messages_per_second for r in base.values() if r is not None]
+        else:
+            figures = throughput.get(target.system)
+            reached = figures.get("ratio_messages") if figures else None
+            by_round = figures.get("ratio_messages_by_round", []) if figures else []
+        targets.append(
+            {
+                "target": target.description,
+                "goal": f"{target.op} {target.threshold:g}",
+                "reached": reached,
+                "by_round": by_round,
+                "met": None if reached is None else target.met(reached),
+            }
+        )
+
     latency: dict[str, Any] = {}
-    for name in LATENCY_SYSTEMS:
+    pair = mode.latency or ()
+    for name in pair:
         runs = comparison.results(name, "round-trips")
         if not runs:
             continue
@@ -350,18 +581,28 @@ def summarise(comparison: Comparison) -> dict[str, Any]:
             ),
             "server_cpu_fraction": _median([r.server_cpu_fraction for r in runs.values()]),
             "other_cpu_fraction": _median([r.other_cpu_fraction for r in runs.values()]),
+            "kernel_cpu_fraction": _median([r.kernel_cpu_fraction for r in runs.values()]),
         }
     if len(latency) == 2:
-        a, b = (latency[name] for name in LATENCY_SYSTEMS)
+        a, b = (latency[name] for name in pair)
         latency["ratio"] = {"p50": a["p50_ms"] / b["p50_ms"], "p99": a["p99_ms"] / b["p99_ms"]}
-    return {"throughput": throughput, "latency": latency}
+    return {
+        "mode": comparison.args.mode,
+        "baseline": baseline,
+        "throughput": throughput,
+        "targets": targets,
+        "latency": latency,
+        "disk": comparison.disk,
+    }
 
 
 def print_report(console: Console, comparison: Comparison, summary: dict[str, Any]) -> None:
     args = comparison.args
+    baseline = summary["baseline"]
     throughput = summary["throughput"]
     if throughput:
-        title = f"Load test, medians over {args.rounds} interleaved round(s)"
+        batches = f", {args.batch} messages a request" if args.batch > 1 else ""
+        title = f"Load test{batches}, medians over {args.rounds} interleaved round(s)"
         table = Table(box=box.MARKDOWN)
         table.add_column("system")
         table.add_column("runs", justify="right")
@@ -373,43 +614,71 @@ def print_report(console: Console, comparison: Comparison, summary: dict[str, An
             "client CPU",
             "server CPU",
             "other CPU",
+            "kernel CPU",
         ):
             table.add_column(heading, justify="right")
-        table.add_column(f"{BASELINE} ÷ system, msg/s", justify="right")
-        table.add_column(f"{BASELINE} ÷ system, req/s", justify="right")
+        table.add_column(f"{baseline} ÷ system, msg/s", justify="right")
+        table.add_column(f"{baseline} ÷ system, req/s", justify="right")
         for name, f in throughput.items():
             ratio_m = ratio_r = "—"
             if "pairs" in f:
-                ratio_m = f"{f['dbqueue_ratio_messages']:.2f}×" if f["pairs"] else "no pair"
-                ratio_r = f"{f['dbqueue_ratio_requests']:.2f}×" if f["pairs"] else "no pair"
+                ratio_m = f"{f['ratio_messages']:.2f}×" if f["pairs"] else "no pair"
+                ratio_r = f"{f['ratio_requests']:.2f}×" if f["pairs"] else "no pair"
             table.add_row(
                 name,
                 str(f["rounds"]),
                 f"{f['requests_per_second']:,.0f}",
                 f"{f['messages_per_second']:,.0f}",
                 f"{f['messages_per_second_min']:,.0f}–{f['messages_per_second_max']:,.0f}",
-                f"{100 * f['empty_read_fraction']:.1f}%",
+                "—" if f["empty_read_fraction"] is None else f"{100 * f['empty_read_fraction']:.1f}%",
                 f"{100 * f['client_cpu_fraction']:.0f}%",
                 f"{100 * f['server_cpu_fraction']:.0f}%",
                 f"{100 * f['other_cpu_fraction']:.0f}%",
+                f"{100 * f['kernel_cpu_fraction']:.0f}%",
                 ratio_m,
                 ratio_r,
             )
         _print_table(console, title, table)
         console.print(
-            "Ratios are the median of round i's dbqueue figure over round i's peer figure (> 1: dbqueue faster).\n"
-            "CPU is the median share of one core over each run (client: this process; server: all its threads;\n"
-            "other: every other process on the machine, which should be near 0%).\n"
-            "Empty reads: reads that found nothing, as a share of all reads."
+            f"Ratios are the median of round i's {baseline} figure over round i's figure for the system "
+            f"(> 1: {baseline} faster).\n"
+            "CPU is the median share of one core over each run (client: this process; server: all its threads and\n"
+            "children; other: every other user-space process, which should be near 0%; kernel: softirqs, writeback\n"
+            "and kernel threads, i.e. loopback TCP and disk work the systems cause).\n"
+            + (
+                "A request is one batch (a send, a read or a confirm of up to N messages); redis-list-batch has no confirms."
+                if args.batch > 1
+                else "Empty reads: reads that found nothing, as a share of all reads."
+            )
         )
+    if summary["targets"]:
+        table = Table(box=box.MARKDOWN)
+        for heading in ("target", "goal", "reached (median)", "by round", "met?"):
+            table.add_column(heading, justify="left" if heading == "target" else "right")
+        for t in summary["targets"]:
+            absolute = t["reached"] is not None and t["reached"] > 100
+            shown = "—" if t["reached"] is None else f"{t['reached']:,.0f}" if absolute else f"{t['reached']:.2f}×"
+            rounds = " ".join(f"{v:,.0f}" if absolute else f"{v:.2f}" for v in t["by_round"])
+            met = "—" if t["met"] is None else "yes" if t["met"] else "[bold red]no[/]"
+            table.add_row(t["target"], t["goal"], shown, rounds, met)
+        _print_table(console, "Targets", table)
+    disk = summary["disk"]
+    if disk:
+        table = Table(box=box.MARKDOWN)
+        for heading in ("system", "what", "largest after a load run", "at the end"):
+            table.add_column(heading, justify="left" if heading in ("system", "what") else "right")
+        for name, d in disk.items():
+            table.add_row(name, d["what"], _size(d["max_after_run"]), _size(d["end"]) if "end" in d else "—")
+        _print_table(console, "Disk use of the durable systems (apparent file sizes)", table)
     latency = summary["latency"]
     if latency:
         title = f"Unpipelined round trips, one connection, {args.latency_iterations:,} send/read/confirm cycles per round"
         table = Table(box=box.MARKDOWN)
         table.add_column("system")
-        for heading in ("round trips", "p50", "p99", "client CPU", "server CPU", "other CPU"):
+        for heading in ("round trips", "p50", "p99", "client CPU", "server CPU", "other CPU", "kernel CPU"):
             table.add_column(heading, justify="right")
-        for name in LATENCY_SYSTEMS:
+        pair = comparison.mode.latency or ()
+        for name in pair:
             if name in latency:
                 f = latency[name]
                 table.add_row(
@@ -420,14 +689,18 @@ def print_report(console: Console, comparison: Comparison, summary: dict[str, An
                     f"{100 * f['client_cpu_fraction']:.0f}%",
                     f"{100 * f['server_cpu_fraction']:.0f}%",
                     f"{100 * f['other_cpu_fraction']:.0f}%",
+                    f"{100 * f['kernel_cpu_fraction']:.0f}%",
                 )
         if "ratio" in latency:
             ratio = latency["ratio"]
-            table.add_row(f"{LATENCY_SYSTEMS[0]} ÷ {LATENCY_SYSTEMS[1]}", "", f"{ratio['p50']:.2f}×", f"{ratio['p99']:.2f}×", "", "", "")
+            table.add_row(f"{pair[0]} ÷ {pair[1]}", "", f"{ratio['p50']:.2f}×", f"{ratio['p99']:.2f}×", "", "", "", "")
         _print_table(console, title, table)
-        console.print("Percentiles pool every round's requests; a latency ratio > 1 means dbqueue is slower.")
-    finished = [run for run in comparison.runs if run.result is not None]
-    crowded = [run for run in finished if run.other_cpu_fraction > CROWDED and run.window_seconds >= 1.0]  # ticks: 10 ms
+        console.print(f"Percentiles pool every round's requests; a latency ratio > 1 means {pair[0]} is slower.")
+    finished = [run for run in comparison.runs if run.result is not None and not run.discarded]
+    crowded = [run for run in finished if run.crowded]
+    discarded = sum(1 for run in comparison.runs if run.discarded)
+    if discarded:
+        console.print(f"{discarded} runs of crowded rounds were run again; they are in --json, not in the figures above")
     if crowded:
         console.print(
             f"[bold yellow]warning[/]: in {len(crowded)} of {len(finished)} runs other processes used more than "
@@ -438,6 +711,10 @@ def print_report(console: Console, comparison: Comparison, summary: dict[str, An
         console.print(f"[bold red]{name}[/]: {reason}")
     if comparison.interrupted:
         console.print("[bold red]interrupted[/]: the figures above cover the runs that finished")
+
+
+def _size(count: int) -> str:
+    return f"{count:,} B ({count / 1e6:,.1f} MB)"
 
 
 def _print_table(console: Console, title: str, table: Table) -> None:
@@ -451,41 +728,8 @@ def _print_table(console: Console, title: str, table: Table) -> None:
 # --- the machine, and what was run --------------------------------------------------
 
 
-def describe_machine(comparison: Comparison | None = None) -> dict[str, Any]:
-    model = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {
-        "nproc": usable,
-        "cpu_count": os.cpu_count(),
-        "cpu_model": model,
-        "kernel": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
-    }
-
-
-def _git_revision() -> str:
-    here = Path(__file__).resolve().parent.parent
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "src"], cwd=here, capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "?"
-    if rev.returncode:
-        return "?"
-    return rev.stdout.strip() + (" with uncommitted changes under src/" if dirty.stdout.strip() else "")
-
-
 def _versions(servers: dict[str, ServerProcess]) -> dict[str, str]:
-    versions = {"dbqueue": f"{dbqueue.__version__} (git {_git_revision()})"}
+    versions = {"dbqueue": dbqueue_origin()}
     try:
         import uvloop
 
@@ -493,8 +737,8 @@ def _versions(servers: dict[str, ServerProcess]) -> dict[str, str]:
     except ImportError:
         versions["uvloop"] = "not installed (stdlib asyncio loop)"
     versions["hiredis"] = getattr(hiredis, "__version__", "?")
-    for name, server in servers.items():
-        if name != "dbqueue":
+    for server in servers.values():
+        if type(server).program:
             versions[type(server).program] = server.version()
     return versions
 
@@ -516,13 +760,16 @@ def print_header(console: Console, info: dict[str, Any]) -> None:
     console.print(f"command: {info['command']}")
     console.print(
         f"machine: nproc {machine['nproc']} (of {machine['cpu_count']}), {machine['cpu_model']}, "
-        f"{machine['kernel']}, Python {machine['python']}"
+        f"{machine['memory_bytes'] / 2**30:.0f} GiB, {machine['kernel']}; load average at the start {info['load']}"
     )
+    console.print(f"load generator: {machine['python_build']}")
+    console.print(f"dbqueue server: {info['server_python']}")
     console.print("versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
+    batch = f", {args['batch']} messages a request" if args["batch"] > 1 else ""
     console.print(
-        f"workload: {args['producers']} producers, {args['consumers']} consumers, pipeline {args['pipeline']}, "
-        f"{args['iterations']:,} iterations, {args['payload']}-byte payloads = {args['messages']:,} messages a run; "
-        f"{args['rounds']} round(s) of {' → '.join(args['systems'])}"
+        f"workload ({args['mode']}): {args['producers']} producers, {args['consumers']} consumers, "
+        f"pipeline {args['pipeline']}{batch}, {args['iterations']:,} iterations, {args['payload']}-byte payloads "
+        f"= {args['messages']:,} messages a run; {args['rounds']} round(s) of {' → '.join(args['systems'])}"
     )
     if machine["nproc"] and machine["nproc"] < 4:
         console.print(
@@ -549,7 +796,7 @@ def write_plot(path: str, comparison: Comparison, summary: dict[str, Any], conso
         return
     medians = [summary["throughput"][n]["messages_per_second"] for n in names]
     fig, ax = plt.subplots(figsize=(1.8 * len(names) + 2, 4.5))
-    ax.bar(names, medians, color=["#d55e00" if n == BASELINE else "#0072b2" for n in names])
+    ax.bar(names, medians, color=["#d55e00" if n == summary["baseline"] else "#0072b2" for n in names])
     for x, name in enumerate(names):
         rounds = [r.result.messages_per_second for r in comparison.results(name).values() if r.result is not None]
         ax.scatter([x] * len(rounds), rounds, color="black", s=12, zorder=3)
@@ -606,18 +853,23 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(width=None if sys.stdout.isatty() else 200)
     signal.signal(signal.SIGTERM, _raise_interrupt)  # stop the servers on `kill` too
     comparison = Comparison(args, console)
+    wait_until_quiet(args.quiet_load, args.quiet_wait, console.print)
     info: dict[str, Any] = {
         "date": datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"),
         "command": _command_line(),
         "machine": describe_machine(),
+        "load": " ".join(f"{value:.2f}" for value in os.getloadavg()),
+        "server_python": python_description(args.server_python),
         "workload": {
+            "mode": args.mode,
+            "batch": args.batch,
             "rounds": args.rounds,
             "producers": args.producers,
             "consumers": args.consumers,
             "pipeline": args.pipeline,
             "iterations": args.iterations,
             "payload": args.payload,
-            "messages": args.producers * args.pipeline * args.iterations,
+            "messages": args.producers * args.pipeline * args.iterations * args.batch,
             "latency_iterations": args.latency_iterations,
             "systems": args.systems,
         },

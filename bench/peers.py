@@ -13,7 +13,13 @@ system             send                            read (nothing there = empty) 
 beanstalkd         ``put <pri> 0 <ttr> <bytes>``   ``reserve-with-timeout 0``           ``delete <id>``
 redis-list         ``RPUSH foo <payload>``         ``LMOVE foo processing LEFT RIGHT``  ``LREM processing 1 <p>``
 redis-stream       ``XADD foo * d <payload>``      ``XREADGROUP GROUP g c COUNT 1 ...`` ``XACK foo g <id>``
+redis-list-batch   ``RPUSH foo <p1> .. <pN>``      ``LPOP foo N``                       (none: popped is gone)
 =================  ==============================  ===================================  ===========================
+
+``redis-list-batch`` is the batched counterpart of dbqueue's ``send_batch`` /
+``read_batch`` / ``confirm_batch`` (``config.batch`` messages a request). It has
+no confirm step, so it is *at-most-once*: it does less work than dbqueue, and
+a consumer that dies loses what it popped.
 
 The drivers write the raw wire protocol over the engine's own connections; no
 client library is on the hot path. Replies are parsed in C where possible:
@@ -31,7 +37,11 @@ the ``default`` tube (every connection starts out using and watching it) and
 The launchers (`DbQueueServer`, `BeanstalkdServer`, `RedisServer`) each start
 one server as a child process on a free loopback port, inside a temporary
 directory that also holds its log, wait until it accepts connections, and stop
-it (SIGTERM, then SIGKILL if it lingers). They are context managers.
+it (SIGTERM, then SIGKILL if it lingers). They are context managers. With
+``durable=True`` each keeps its write-ahead log in that directory (dbqueue: a
+``--data-dir``; Redis: an append-only file; beanstalkd: a binlog), and
+`ServerProcess.data_bytes` says how much disk it takes; `ServerProcess.rss_bytes`
+reads the process's resident memory.
 """
 
 from __future__ import annotations
@@ -57,13 +67,14 @@ from dbqueue.bench import BenchConfig, BenchFailure, Driver
 
 __all__ = [
     "BeanstalkdDriver",
+    "BeanstalkdServer",
+    "DbQueueServer",
+    "RedisBatchDriver",
     "RedisListDriver",
+    "RedisServer",
     "RedisStreamDriver",
     "ServerProcess",
     "ServerUnavailable",
-    "DbQueueServer",
-    "BeanstalkdServer",
-    "RedisServer",
     "ensure_installed",
 ]
 
@@ -384,6 +395,59 @@ class RedisStreamDriver(Driver):
                 raise BenchFailure(f"redis XACK: got {reply!r}")
 
 
+class RedisBatchDriver(Driver):
+    """Batches on a Redis list: ``RPUSH`` of ``config.batch`` values, ``LPOP key <batch>``; nothing to confirm.
+
+    `take_messages` returns one handle per message popped (the payload itself),
+    so the engine counts messages, not requests; `confirm_replies` is 0, which
+    tells the engine to skip the confirm exchange.
+    """
+
+    name = "redis-list-batch"
+
+    def __init__(self, config: BenchConfig) -> None:
+        super().__init__(config)
+        self.key = config.queue.encode()
+
+    async def prepare(self, address: tuple[str, int]) -> None:
+        await _redis_call(address, (b"DEL", self.key))
+
+    def new_parser(self) -> Callable[[bytes], list[Any]]:
+        return _resp_parser()
+
+    def send_frames(self, count: int) -> bytes:
+        return _resp(b"RPUSH", self.key, *(self.payload,) * self.config.batch) * count
+
+    def check_sent(self, replies: list[Any]) -> None:
+        for reply in replies:
+            if type(reply) is not int:
+                raise BenchFailure(f"redis RPUSH: got {reply!r}")
+
+    def read_frames(self, count: int) -> bytes:
+        return _resp(b"LPOP", self.key, b"%d" % self.config.batch) * count
+
+    def take_messages(self, replies: list[Any]) -> list[Any]:
+        payload = self.payload
+        handles: list[Any] = []
+        for reply in replies:
+            if reply is None:  # the list is empty (or gone)
+                continue
+            if type(reply) is not list or any(value != payload for value in reply):
+                raise BenchFailure(f"redis LPOP: got {reply!r:.80}")
+            handles += reply
+        return handles
+
+    def confirm_frames(self, handles: list[Any]) -> bytes:
+        return b""
+
+    def confirm_replies(self, handles: list[Any]) -> int:
+        return 0
+
+    def check_confirmed(self, replies: list[Any]) -> None:
+        if replies:
+            raise BenchFailure(f"redis-list-batch has no confirms, yet got {len(replies)} replies")
+
+
 # --- server launchers ---------------------------------------------------------------
 
 _install_attempted = False
@@ -558,7 +622,11 @@ class ServerProcess(ABC):
         return f"the server exited with status {self.process.returncode}; its log ends: {self.log_tail()}"
 
     def cpu_seconds(self) -> float:
-        """User plus system CPU the server process (all its threads) has used so far; 0.0 if unknown."""
+        """User plus system CPU the server has used so far; 0.0 if unknown.
+
+        Counts all its threads, and the children it has waited for (Redis forks
+        one to rewrite its append-only file: that work is the server's too).
+        """
         if self.process is None:
             return 0.0
         try:
@@ -566,7 +634,39 @@ class ServerProcess(ABC):
         except OSError:
             return 0.0
         fields = stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+    def rss_bytes(self) -> int:
+        """The server process's resident memory (``VmRSS``), in bytes; 0 if unknown."""
+        if self.process is None:
+            return 0
+        try:
+            status = Path(f"/proc/{self.process.pid}/status").read_text()
+        except OSError:
+            return 0
+        match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
+        return int(match.group(1)) * 1024 if match else 0
+
+    def data_paths(self) -> list[Path]:
+        """The files or directories that hold what the server keeps on disk (none when not durable)."""
+        return []
+
+    def data_description(self) -> str:
+        """What `data_paths` are, in a few words."""
+        return "nothing (in memory)"
+
+    def data_bytes(self) -> int:
+        """Bytes of every file under `data_paths` (their apparent sizes; preallocated space counts)."""
+        total = 0
+        for path in self.data_paths():
+            files = path.rglob("*") if path.is_dir() else [path]
+            for file in files:
+                try:
+                    if file.is_file():
+                        total += file.stat().st_size
+                except OSError:
+                    pass  # removed while we walked
+        return total
 
     def __enter__(self) -> ServerProcess:
         return self.start()
@@ -576,7 +676,12 @@ class ServerProcess(ABC):
 
 
 class DbQueueServer(ServerProcess):
-    """``python -m dbqueue.cli serve``, by default with this process's interpreter and dbqueue."""
+    """``python -m dbqueue.cli serve``, by default with this process's interpreter and dbqueue.
+
+    Durable: ``--data-dir`` in the work directory, with ``--sync`` ``sync``
+    ("os": each group commit reaches the kernel before its replies; "disk": it
+    is fsynced too).
+    """
 
     name = "dbqueue"
     program = ""
@@ -586,12 +691,16 @@ class DbQueueServer(ServerProcess):
         *,
         host: str = "127.0.0.1",
         durable: bool = False,
+        sync: str = "os",
         max_message_size: int | None = None,
         python: str | None = None,
+        label: str = "dbqueue",
     ) -> None:
-        if durable:
-            raise ValueError("dbqueue has no durable mode yet")
-        super().__init__(host=host)
+        if sync not in ("os", "disk"):
+            raise ValueError(f"sync must be 'os' or 'disk', got {sync!r}")
+        super().__init__(host=host, durable=durable)
+        self.name = label
+        self.sync = sync
         self.max_message_size = max_message_size
         self.python = python or sys.executable  # an interpreter that has dbqueue installed
 
@@ -599,7 +708,15 @@ class DbQueueServer(ServerProcess):
         command = [self.python, "-m", "dbqueue.cli", "serve", "--host", self.host, "--port", str(port)]
         if self.max_message_size:
             command += ["--max-message-size", str(self.max_message_size)]
+        if self.durable:
+            command += ["--data-dir", str(workdir / "data"), "--sync", self.sync]
         return command + ["--log-level", "warning"]
+
+    def data_paths(self) -> list[Path]:
+        return [self.workdir / "data"] if self.durable and self.workdir is not None else []
+
+    def data_description(self) -> str:
+        return f"--data-dir (SQLite + WAL, --sync {self.sync})" if self.durable else super().data_description()
 
     def environment(self) -> dict[str, str]:
         import dbqueue
@@ -649,6 +766,15 @@ class BeanstalkdServer(ServerProcess):
     def version(self) -> str:
         return _program_output([self.program, "-v"]).removeprefix("beanstalkd ").strip() or "?"
 
+    def data_paths(self) -> list[Path]:
+        return [self.workdir / "binlog"] if self.durable and self.workdir is not None else []
+
+    def data_description(self) -> str:
+        if not self.durable:
+            return super().data_description()
+        fsync = f"fsync every {self.fsync_ms} ms" if self.fsync_ms is not None else "no fsync"
+        return f"binlog directory ({fsync}; files are preallocated)"
+
 
 class RedisServer(ServerProcess):
     """redis-server with no snapshots; durable: ``appendonly yes``, ``appendfsync everysec``."""
@@ -670,6 +796,15 @@ class RedisServer(ServerProcess):
     def version(self) -> str:
         match = re.search(r"v=(\S+)", _program_output([self.program, "--version"]))
         return match.group(1) if match else "?"
+
+    def data_paths(self) -> list[Path]:
+        if not self.durable or self.workdir is None:
+            return []
+        # Redis 7 keeps a base file and increments in appendonlydir/; older ones write appendonly.aof.
+        return [self.workdir / "appendonlydir", self.workdir / "appendonly.aof"]
+
+    def data_description(self) -> str:
+        return "append-only file (appendfsync everysec)" if self.durable else super().data_description()
 
 
 def _program_output(command: list[str]) -> str:

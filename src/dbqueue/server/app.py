@@ -215,7 +215,7 @@ class Server:
         cutoff = self.clock() - self.idle_timeout  # type: ignore[operator]
         for session in list(self.sessions):
             if session.last_active < cutoff and session.transport is not None and not session.waiters_active():
-                log.info("closing %s: idle for %.0f s", session.peer, self.idle_timeout)
+                log.info("closing %s: idle for %g s", session.peer, self.idle_timeout)
                 session.transport.close()
         self._reaper = self._loop.call_later(max(0.05, self.idle_timeout / 4), self._reap_idle)  # type: ignore[union-attr, operator]
 
