@@ -479,7 +479,6 @@ def test_a_member_that_stops_answering_does_not_stall_the_group(
     group: Group, connect: Callable[..., Any], flavour: str, request: pytest.FixtureRequest,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
-    request.applymarker(pytest.mark.xfail(strict=True, reason=HUNG_MEMBER_BUGS[flavour]))
     monkeypatch.setattr(group_module, "RETRY_SECONDS", 0.2)
     client = connect(group.addresses, timeout=1.0)
     if flavour == "async":
@@ -501,14 +500,6 @@ def test_a_member_that_stops_answering_does_not_stall_the_group(
         silent.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: GroupPipeline.execute lets a dead member's ConnectionLost escape (the other members' "
-        "results are lost with it) and never marks the member down nor reconnects: every later pipeline "
-        "that routes a command there raises again, though the other members are up"
-    ),
-)
 def test_the_group_pipeline_carries_on_without_a_member(group: Group) -> None:
     with GroupClient.connect(group.addresses, timeout=2.0) as client:
         client.create("q")
@@ -525,15 +516,6 @@ def test_the_group_pipeline_carries_on_without_a_member(group: Group) -> None:
 # --- addresses given in another order than the members' indexes --------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: the group clients route confirm/touch/release/confirm_batch to clients[member_of(id)], "
-        "i.e. by the position in the address list the caller gave, not by each member's own index "
-        "(MEMBERS .index): addresses listed in another order send every confirm to the wrong member, "
-        "which answers NoSuchMessage while the message stays in flight"
-    ),
-)
 def test_addresses_in_any_order_still_route_confirms(group: Group, connect: Callable[..., Any]) -> None:
     client = connect(list(reversed(group.addresses)))
     client.create("q")
@@ -557,14 +539,6 @@ def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
         assert errors == [], f"the client's loop saw unhandled exceptions: {errors}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: AsyncGroupClient.read_batch's waiting phase adds up every task finished in the same "
-        "asyncio.wait round: with several members answering at once it returns more than max_messages, "
-        "and read() keeps only the first, the others staying in flight with no one to confirm them"
-    ),
-)
 def test_async_waiting_read_returns_at_most_max_messages(group: Group) -> None:
     async def main() -> tuple[list[Message], list[int]]:
         client = await AsyncGroupClient.connect(group.addresses)
@@ -586,15 +560,6 @@ def test_async_waiting_read_returns_at_most_max_messages(group: Group) -> None:
     assert (len(got), sum(in_flight)) == (1, 1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: AsyncClient._call abandons a cancelled request only if its answer has not come yet: a task "
-        "cancelled after its read's answer arrived (the future done, the task not yet resumed) drops the "
-        "messages without releasing them. AsyncGroupClient.read_batch cancels the losing members' reads "
-        "exactly then when they answer in the same turn: those messages stay in flight, held by nobody"
-    ),
-)
 def test_a_read_cancelled_after_its_answer_came_releases_its_message(group: Group) -> None:
     async def main() -> int:
         client = await AsyncClient.connect(group.addresses[0])

@@ -15,7 +15,7 @@ import asyncio
 import ssl
 from typing import Any
 
-from ..errors import ConnectionLost, DbQueueError
+from ..errors import ConnectionLost, DbQueueError, error_for_code
 from ..protocol import messages as msg
 from ..protocol.connection import ClientConnection
 from .commands import Commands, Convert, as_token, parse_address, result_of, tls_context
@@ -48,6 +48,10 @@ class _ClientProtocol(asyncio.Protocol):
             self.transport.write(releases)  # type: ignore[union-attr]
         pending = self.pending
         for request_id, response in responses:
+            if request_id == 0 and isinstance(response, msg.Error):
+                # Not an answer to a request: the server refuses the connection (limit, lost framing).
+                self._fail(error_for_code(response.code, response.message))
+                continue
             future = pending.pop(request_id, None)
             if future is not None and not future.done():
                 future.set_result(response)
@@ -78,10 +82,19 @@ class _ClientProtocol(asyncio.Protocol):
             asyncio.get_running_loop().call_soon(self._flush)
         return request_id, future
 
-    def abandon(self, request_id: int) -> None:
-        """A caller stopped waiting: drop its response when it comes, releasing any message in it."""
+    def abandon(self, request_id: int, future: asyncio.Future[msg.Response], cancel: bool) -> None:
+        """A caller stopped waiting: drop its response when it comes, releasing any message in it.
+
+        If the response came already (the caller was cancelled before it resumed),
+        release its messages now. ``cancel`` also ends a waiting read on the server.
+        """
         if self.pending.pop(request_id, None) is not None:
-            self.connection.abandon(request_id)
+            self.connection.abandon(request_id, cancel)
+        elif future.done() and not future.cancelled() and future.exception() is None:
+            self.connection.give_back(future.result())
+        data = self.connection.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -98,8 +111,9 @@ class AsyncClient(Commands):
     connection and are matched to their answers by request id.
     """
 
-    def __init__(self, protocol: _ClientProtocol) -> None:
+    def __init__(self, protocol: _ClientProtocol, timeout: float | None = None) -> None:
         self._protocol = protocol
+        self._timeout = timeout  # for each answer (plus a waiting read's wait_ms); None: wait for ever
 
     @classmethod
     async def connect(
@@ -111,6 +125,9 @@ class AsyncClient(Commands):
         tls: bool | ssl.SSLContext | None = None,
     ) -> AsyncClient:
         """Connect to ``"host:port"`` and say Hello (``token`` and ``tls`` as for `Client.connect`).
+
+        ``timeout`` bounds the connect and each answer (a waiting read gets its
+        ``wait_ms`` on top); on expiry the connection is closed and `ConnectionLost` raised.
 
         Raises `ConnectionLost` (a `ConnectionError`), `AuthenticationFailed`, `ssl.SSLError`.
         """
@@ -128,7 +145,7 @@ class AsyncClient(Commands):
             raise
         except (OSError, asyncio.TimeoutError) as exc:
             raise ConnectionLost(f"cannot connect to {host}:{port}: {exc!r}") from exc
-        client = cls(protocol)
+        client = cls(protocol, timeout)
         try:
             hello = msg.Hello(token=as_token(token))
             ok = await client._call(hello, lambda response: result_of(response, msg.HelloOk))
@@ -140,12 +157,20 @@ class AsyncClient(Commands):
 
     async def _call(self, request: msg.Request, convert: Convert) -> Any:
         request_id, future = self._protocol.submit(request)
+        waits = getattr(request, "wait_ms", 0) / 1000.0
         try:
-            response = await future
+            async with asyncio.timeout(None if self._timeout is None else self._timeout + waits):
+                response = await future
         except asyncio.CancelledError:
             # A cancelled read must not leave a message in flight on this connection.
-            self._protocol.abandon(request_id)
+            self._protocol.abandon(request_id, future, cancel=waits > 0)
             raise
+        except TimeoutError:
+            self._protocol.abandon(request_id, future, cancel=False)
+            transport = self._protocol.transport
+            if transport is not None:
+                transport.close()  # a server that does not answer is not to be trusted with the next request
+            raise ConnectionLost(f"no answer within {self._timeout + waits:g} s") from None
         return convert(response)
 
     async def close(self) -> None:

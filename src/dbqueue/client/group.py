@@ -19,7 +19,9 @@ group client makes them look like one server:
 
 Members come from the addresses given, or from any one member's MEMBERS
 answer. A member whose connection fails is marked down and retried after
-`RETRY_SECONDS`; meanwhile the others carry on. FIFO holds within a member,
+`RETRY_SECONDS` (doubling while it stays down), in the background (a thread,
+or a task), so a member that hangs never stalls a call; meanwhile the others
+carry on. FIFO holds within a member,
 best-effort across members; delivery stays at least once.
 
 The routing decisions are pure functions shared by both clients
@@ -31,12 +33,21 @@ from __future__ import annotations
 
 import asyncio
 import selectors
+import threading
 import time
 import zlib
 from collections.abc import Iterable
 from typing import Any
 
-from ..errors import ConnectionLost, DbQueueError, NoSuchQueue, ProtocolError, RequestError
+from ..errors import (
+    AuthenticationFailed,
+    ConnectionLost,
+    DbQueueError,
+    NoSuchMessage,
+    NoSuchQueue,
+    ProtocolError,
+    RequestError,
+)
 from ..protocol import messages as msg
 from .aio import AsyncClient
 from .commands import parse_address, result_of
@@ -45,8 +56,12 @@ from .sync import Client
 __all__ = ["GroupClient", "AsyncGroupClient", "MEMBER_SHIFT"]
 
 MEMBER_SHIFT = 56  # the same as the server's: an id's top byte is its member's index
-RETRY_SECONDS = 1.0
-_SUMMED = ("ready", "in_flight", "delayed", "waiting", "consumers", "enqueued", "confirmed", "requeued", "dead_lettered")
+RETRY_SECONDS = 1.0  # first wait before reconnecting to a member that went down; doubles up to:
+MAX_RETRY_SECONDS = 30.0
+_SUMMED = (
+    "ready", "in_flight", "delayed", "waiting", "consumers",
+    "enqueued", "confirmed", "requeued", "dead_lettered", "purged",
+)  # fmt: skip
 
 
 def member_of(id_: int) -> int:
@@ -89,12 +104,18 @@ def _split_by_member(ids: list[int]) -> dict[int, list[int]]:
 
 
 class _Members:
-    """The member addresses, their clients, which are down, and the queues to recreate on reconnect."""
+    """The member addresses, their clients, which are down, and the queues to recreate on reconnect.
+
+    Positions follow the addresses given; a member's *index* (the top byte of
+    its ids) is what it says in its MEMBERS answer, learned at each connect.
+    """
 
     def __init__(self, addresses: list[str]) -> None:
         self.addresses = addresses
         self.clients: list[Any] = [None] * len(addresses)
         self.retry_at = [0.0] * len(addresses)
+        self.backoff = [RETRY_SECONDS] * len(addresses)
+        self.position_of_index: dict[int, int] = {}
         self.created: dict[str, tuple[Any, ...]] = {}  # name -> create() arguments
         self.turn = 0
 
@@ -105,9 +126,24 @@ class _Members:
         now = time.monotonic()
         return [i for i, client in enumerate(self.clients) if client is None and self.retry_at[i] <= now]
 
-    def mark_down(self, index: int) -> None:
-        self.clients[index] = None
-        self.retry_at[index] = time.monotonic() + RETRY_SECONDS
+    def connected(self, position: int, client: Any, index: int) -> None:
+        self.clients[position] = client
+        self.position_of_index[index] = position
+        self.backoff[position] = RETRY_SECONDS
+
+    def mark_down(self, position: int) -> None:
+        # Retry later, and later again while it stays down: a member that accepts
+        # connections but never answers must not stall every call.
+        self.clients[position] = None
+        self.retry_at[position] = time.monotonic() + self.backoff[position]
+        self.backoff[position] = min(self.backoff[position] * 2, MAX_RETRY_SECONDS)
+
+    def holder(self, id_: int) -> int:
+        """The position of the member that handed out message ``id_``."""
+        index = member_of(id_)
+        if index not in self.position_of_index:
+            raise NoSuchMessage(f"message {id_} comes from group member {index}, which this client does not know")
+        return self.position_of_index[index]
 
     def next_turn(self) -> int:
         self.turn += 1
@@ -115,8 +151,8 @@ class _Members:
 
 
 def _discovered(reply: msg.MembersReply, asked: str) -> list[str]:
-    members = list(reply.members) or [asked]
-    return members
+    # A server alone answers with its bind address (maybe 0.0.0.0): keep the one that reached it.
+    return list(reply.members) if len(reply.members) > 1 else [asked]
 
 
 class GroupClient:
@@ -130,6 +166,7 @@ class GroupClient:
         self._members = members
         self._timeout = timeout
         self._options = options  # token, tls: for every member
+        self._refusal: AuthenticationFailed | None = None
 
     @classmethod
     def connect(
@@ -144,8 +181,10 @@ class GroupClient:
             with Client.connect(addresses, timeout, token=token, tls=tls) as first:
                 addresses = _discovered(first.members(), addresses)
         group = cls(_Members([f"{h}:{p}" for h, p in map(parse_address, addresses)]), timeout, token=token, tls=tls)
-        group._reconnect()
+        group._reconnect(wait=True)
         if not group._members.up():
+            if group._refusal is not None:
+                raise group._refusal
             raise ConnectionLost(f"no member of {addresses} is reachable")
         return group
 
@@ -155,17 +194,32 @@ class GroupClient:
 
     # --- plumbing ----------------------------------------------------------------------
 
-    def _reconnect(self) -> None:
+    def _reconnect(self, wait: bool = False) -> None:
+        """Reconnect to members due for a retry: in the background, so that a member that
+        accepts connections but does not answer never stalls a call (``wait``: inline, at connect)."""
         members = self._members
-        for index in members.due_for_retry():
-            try:
-                client = Client.connect(members.addresses[index], self._timeout, **self._options)
-                for name, args in members.created.items():
-                    client.create(name, *args[:1], max_deliveries=args[1], dead_letter_queue=args[2])
-            except (DbQueueError, OSError):
-                members.mark_down(index)
-                continue
-            members.clients[index] = client
+        for position in members.due_for_retry():
+            members.retry_at[position] = float("inf")  # one attempt at a time
+            if wait:
+                self._connect_member(position)
+            else:
+                threading.Thread(target=self._connect_member, args=(position,), daemon=True).start()
+
+    def _connect_member(self, position: int) -> None:
+        members = self._members
+        try:
+            client = Client.connect(members.addresses[position], self._timeout, **self._options)
+            index = client.members().index
+            for name, args in list(members.created.items()):
+                client.create(name, args[0], max_deliveries=args[1], dead_letter_queue=args[2])
+        except AuthenticationFailed as exc:
+            self._refusal = exc
+            members.mark_down(position)
+            return
+        except (DbQueueError, OSError):
+            members.mark_down(position)
+            return
+        members.connected(position, client, index)
 
     def _on(self, index: int, method: str, *args: Any, **kwargs: Any) -> Any:
         """Call ``method`` on member ``index``; a connection failure marks it down and re-raises."""
@@ -310,8 +364,9 @@ class GroupClient:
                     del waiting[index]
                     messages = list(result_of(answers[request_id], msg.Messages).messages)  # type: ignore[union-attr]
                     if messages:
-                        for other, (other_connection, other_id) in waiting.items():
-                            other_connection.abandon(other_id)  # its messages, if any, are released
+                        for other_connection, other_id in waiting.values():
+                            # The server ends that wait now; a message it already sent is released.
+                            other_connection.abandon(other_id, cancel=True)
                         return messages
                 if time.monotonic() > deadline:
                     raise ConnectionLost("no member answered a waiting read in time")
@@ -319,21 +374,28 @@ class GroupClient:
 
     def confirm(self, id: int) -> None:  # noqa: A002
         """Confirm at the member that handed the message out. Raises as `Client.confirm`."""
-        self._on(member_of(id), "confirm", id)
+        self._on(self._members.holder(id), "confirm", id)
 
     def touch(self, id: int, timeout_ms: int) -> None:  # noqa: A002
-        self._on(member_of(id), "touch", id, timeout_ms)
+        self._on(self._members.holder(id), "touch", id, timeout_ms)
 
     def release(self, id: int, delay_ms: int = 0) -> None:  # noqa: A002
-        self._on(member_of(id), "release", id, delay_ms)
+        self._on(self._members.holder(id), "release", id, delay_ms)
 
     def confirm_batch(self, ids: Iterable[int]) -> list[RequestError | None]:
         """Confirm each id at its member; one result per id, in order (as `Client.confirm_batch`)."""
         ids = list(ids)
         outcome: dict[int, RequestError | None] = {}
         for index, member_ids in _split_by_member(ids).items():
-            outcome.update(zip(member_ids, self._on(index, "confirm_batch", member_ids)))
+            if index not in self._members.position_of_index:
+                outcome.update((id_, self._unknown(id_)) for id_ in member_ids)
+                continue
+            outcome.update(zip(member_ids, self._on(self._members.holder(member_ids[0]), "confirm_batch", member_ids)))
         return [outcome[id_] for id_ in ids]
+
+    @staticmethod
+    def _unknown(id_: int) -> RequestError:
+        return NoSuchMessage(f"message {id_} comes from a group member this client does not know")
 
     def pipeline(self) -> GroupPipeline:
         """Queue commands without waiting; `GroupPipeline.execute` sends them member by member."""
@@ -375,7 +437,7 @@ class GroupPipeline:
         return self._add(_member_for_send(None, members.next_turn(), members.up()), "read", name, timeout_ms)
 
     def confirm(self, id: int) -> GroupPipeline:  # noqa: A002
-        return self._add(member_of(id), "confirm", id)
+        return self._add(self._group._members.holder(id), "confirm", id)
 
     def execute(self) -> list[Any]:
         queued, self._queued = self._queued, []
@@ -393,7 +455,13 @@ class GroupPipeline:
                 for position in positions:
                     _, method, args, kwargs = queued[position]
                     getattr(pipeline, method)(*args, **kwargs)
-                for position, result in zip(positions, pipeline.execute()):
+                try:
+                    answers = pipeline.execute()
+                except (ConnectionLost, ProtocolError, OSError) as exc:
+                    client.close()
+                    self._group._members.mark_down(index)
+                    answers = [exc] * len(positions)
+                for position, result in zip(positions, answers):
                     results[position] = result
         return results
 
@@ -411,6 +479,8 @@ class AsyncGroupClient:
         self._members = members
         self._timeout = timeout
         self._options = options
+        self._attempts: set[asyncio.Future[None]] = set()  # reconnects under way
+        self._refusal: AuthenticationFailed | None = None
 
     @classmethod
     async def connect(
@@ -423,22 +493,41 @@ class AsyncGroupClient:
             finally:
                 await first.close()
         group = cls(_Members([f"{h}:{p}" for h, p in map(parse_address, addresses)]), timeout, token=token, tls=tls)
-        await group._reconnect()
+        await group._reconnect(wait=True)
         if not group._members.up():
+            if group._refusal is not None:
+                raise group._refusal
             raise ConnectionLost(f"no member of {addresses} is reachable")
         return group
 
-    async def _reconnect(self) -> None:
+    async def _reconnect(self, wait: bool = False) -> None:
+        """Reconnect to members due for a retry, as background tasks (``wait``: awaited, at connect)."""
         members = self._members
-        for index in members.due_for_retry():
-            try:
-                client = await AsyncClient.connect(members.addresses[index], self._timeout, **self._options)
-                for name, args in members.created.items():
-                    await client.create(name, args[0], max_deliveries=args[1], dead_letter_queue=args[2])
-            except (DbQueueError, OSError):
-                members.mark_down(index)
-                continue
-            members.clients[index] = client
+        attempts = []
+        for position in members.due_for_retry():
+            members.retry_at[position] = float("inf")  # one attempt at a time
+            attempts.append(asyncio.ensure_future(self._connect_member(position)))
+        self._attempts.update(attempts)
+        for attempt in attempts:
+            attempt.add_done_callback(self._attempts.discard)
+        if wait and attempts:
+            await asyncio.wait(attempts)
+
+    async def _connect_member(self, position: int) -> None:
+        members = self._members
+        try:
+            client = await AsyncClient.connect(members.addresses[position], self._timeout, **self._options)
+            index = (await client.members()).index
+            for name, args in list(members.created.items()):
+                await client.create(name, args[0], max_deliveries=args[1], dead_letter_queue=args[2])
+        except AuthenticationFailed as exc:
+            self._refusal = exc
+            members.mark_down(position)
+            return
+        except (DbQueueError, OSError):
+            members.mark_down(position)
+            return
+        members.connected(position, client, index)
 
     async def _on(self, index: int, method: str, *args: Any, **kwargs: Any) -> Any:
         client = self._members.clients[index]
@@ -544,29 +633,41 @@ class AsyncGroupClient:
                     if task.exception() is None and task.result():
                         found += task.result()
                 if found:
-                    return found
+                    for extra in found[max_messages:]:  # members that answered in the same round
+                        await self.release(extra.id)
+                    return found[:max_messages]
             return []
         finally:
             for task in tasks:
                 task.cancel()  # a cancelled read is abandoned: a message it brings is released
 
     async def confirm(self, id: int) -> None:  # noqa: A002
-        await self._on(member_of(id), "confirm", id)
+        await self._on(self._members.holder(id), "confirm", id)
 
     async def touch(self, id: int, timeout_ms: int) -> None:  # noqa: A002
-        await self._on(member_of(id), "touch", id, timeout_ms)
+        await self._on(self._members.holder(id), "touch", id, timeout_ms)
 
     async def release(self, id: int, delay_ms: int = 0) -> None:  # noqa: A002
-        await self._on(member_of(id), "release", id, delay_ms)
+        await self._on(self._members.holder(id), "release", id, delay_ms)
 
     async def confirm_batch(self, ids: Iterable[int]) -> list[RequestError | None]:
         ids = list(ids)
         outcome: dict[int, RequestError | None] = {}
         for index, member_ids in _split_by_member(ids).items():
-            outcome.update(zip(member_ids, await self._on(index, "confirm_batch", member_ids)))
+            if index not in self._members.position_of_index:
+                outcome.update((id_, GroupClient._unknown(id_)) for id_ in member_ids)
+                continue
+            position = self._members.holder(member_ids[0])
+            outcome.update(zip(member_ids, await self._on(position, "confirm_batch", member_ids)))
         return [outcome[id_] for id_ in ids]
 
+    @property
+    def addresses(self) -> list[str]:
+        return list(self._members.addresses)
+
     async def close(self) -> None:
+        for attempt in list(self._attempts):
+            attempt.cancel()
         for index in self._members.up():
             await self._members.clients[index].close()
             self._members.clients[index] = None

@@ -124,10 +124,16 @@ class PipelinedClient:
             self.send_bytes(releases)
         return responses
 
-    def abandon(self, request_id: int) -> None:
-        """Stop waiting for a request: its response is dropped, and a message it brings is released."""
-        self.protocol.abandon(request_id)
+    def abandon(self, request_id: int, cancel: bool = False) -> None:
+        """Stop waiting for a request: its response is dropped, and a message it brings is released.
+
+        ``cancel`` (for a waiting read) also tells the server to end the wait now.
+        """
+        self.protocol.abandon(request_id, cancel)
         self._outstanding = max(0, self._outstanding - 1)
+        pending = self.protocol.data_to_send()
+        if pending:
+            self.send_bytes(pending)
 
     def close(self) -> None:
         """Close the socket (the server requeues whatever this connection holds in flight)."""

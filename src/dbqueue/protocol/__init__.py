@@ -20,6 +20,8 @@ from .frames import (
 from .messages import (
     REQUEST_TYPES,
     RESPONSE_TYPES,
+    Cancel,
+    Cancelled,
     Confirm,
     ConfirmBatch,
     ConfirmResults,
@@ -64,6 +66,8 @@ from .messages import (
 __all__ = [
     "REQUEST_TYPES",
     "RESPONSE_TYPES",
+    "Cancel",
+    "Cancelled",
     "ConfirmBatch",
     "ConfirmResults",
     "EnqueueBatch",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from ..errors import InvalidRequest, MessageTooLarge, ProtocolError
 from .frames import BODY_OVERHEAD, DEFAULT_MAX_MESSAGE_SIZE, HEADER_SIZE, FrameReader
-from .messages import Enqueue, Message, Messages, Release, Request, Response, decode_response, encode
+from .messages import Cancel, Enqueue, Message, Messages, Release, Request, Response, decode_response, encode
 
 __all__ = ["ClientConnection"]
 
@@ -86,9 +86,31 @@ class ClientConnection:
             responses = [(rid, response) for rid, response in responses if not self._swallow(rid, response)]
         return responses
 
-    def abandon(self, request_id: int) -> None:
-        """Stop waiting for ``request_id``: its response will be dropped, its messages released."""
+    def abandon(self, request_id: int, cancel: bool = False) -> None:
+        """Stop waiting for ``request_id``: its response will be dropped, its messages released.
+
+        ``cancel`` also asks the server to end the read's wait now (a waiting
+        read would otherwise take the next message that arrives), by queuing a
+        Cancel for `data_to_send`.
+        """
         self._abandoned.add(request_id)
+        if cancel:
+            cancel_id, frame = self.send(Cancel(request_id))
+            self._abandoned.add(cancel_id)
+            self._to_send.append(frame)
+
+    def give_back(self, response: Response) -> None:
+        """Queue Releases (for `data_to_send`) for every message ``response`` hands out."""
+        if isinstance(response, Message):
+            ids = [response.id]
+        elif isinstance(response, Messages):
+            ids = [message.id for message in response.messages]
+        else:
+            return
+        for id_ in ids:
+            release_id, frame = self.send(Release(id_))
+            self._abandoned.add(release_id)
+            self._to_send.append(frame)
 
     def data_to_send(self) -> bytes:
         """Bytes the connection itself needs written (Releases for abandoned reads); b"" if none."""
@@ -100,14 +122,5 @@ class ClientConnection:
         if request_id not in self._abandoned:
             return False
         self._abandoned.discard(request_id)
-        if isinstance(response, Message):
-            ids = [response.id]
-        elif isinstance(response, Messages):
-            ids = [message.id for message in response.messages]
-        else:
-            return True
-        for id_ in ids:
-            release_id, frame = self.send(Release(id_))
-            self._abandoned.add(release_id)
-            self._to_send.append(frame)
+        self.give_back(response)
         return True

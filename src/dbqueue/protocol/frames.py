@@ -80,6 +80,7 @@ class Op(enum.IntEnum):
     TOUCH = 0x16
     RELEASE = 0x17
     ENQUEUE_DELAYED = 0x18
+    CANCEL = 0x19
     # responses
     HELLO_OK = 0x81
     QUEUE_CREATED = 0x82
@@ -98,6 +99,7 @@ class Op(enum.IntEnum):
     CONFIRM_RESULTS = 0x98
     TOUCHED = 0x99
     RELEASED = 0x9A
+    CANCELLED = 0x9B
     ERROR = 0xFF
 
 

@@ -55,6 +55,8 @@ __all__ = [
     "ConfirmResults",
     "Touched",
     "Released",
+    "Cancel",
+    "Cancelled",
     "REQUEST_TYPES",
     "RESPONSE_TYPES",
     "Request",
@@ -539,6 +541,21 @@ class Release:
         return cls(*_fixed(ID_AND_MS, body, "RELEASE"))
 
 
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """Stop a waiting read of this connection (named by its request id): it is answered as empty now."""
+
+    OPCODE: ClassVar[int] = Op.CANCEL
+    request_id: int
+
+    def body(self) -> bytes:
+        return U32.pack(self.request_id)
+
+    @classmethod
+    def from_body(cls, body: bytes) -> Cancel:
+        return cls(*_fixed(U32, body, "CANCEL"))
+
+
 # --- responses -----------------------------------------------------------------------
 
 
@@ -664,16 +681,18 @@ class MembersReply:
     index: int
 
     def body(self) -> bytes:
-        return json.dumps({"members": list(self.members), "index": self.index}).encode()
+        return json.dumps({"members": list(self.members), "index": self.index}, separators=(",", ":")).encode()
 
     @classmethod
     def from_body(cls, body: bytes) -> MembersReply:
         try:
             group = json.loads(body)
-            members = tuple(str(member) for member in group["members"])
-            index = int(group["index"])
+            members = tuple(group["members"])
+            index = group["index"]
         except (ValueError, RecursionError, KeyError, TypeError):
             raise InvalidRequest("MEMBERS_REPLY body is not the expected JSON object") from None
+        if type(index) is not int or not all(isinstance(member, str) for member in members):
+            raise InvalidRequest("MEMBERS_REPLY needs a list of 'host:port' strings and an integer index")
         return cls(members, index)
 
 
@@ -812,17 +831,23 @@ class Released(_Bare):
     OPCODE = Op.RELEASED
 
 
-for _bare in (QueueCreated, QueueDeleted, Confirmed, Requeued, Full, Empty, Touched, Released):
+class Cancelled(_Bare):
+    """The cancel was handled: the read it named (if it still waited) has been answered."""
+
+    OPCODE = Op.CANCELLED
+
+
+for _bare in (QueueCreated, QueueDeleted, Confirmed, Requeued, Full, Empty, Touched, Released, Cancelled):
     _bare.INSTANCE = _bare()  # type: ignore[attr-defined]
 
 REQUEST_TYPES = (
     Hello, CreateQueue, DeleteQueue, Purge, Stats, ListQueues, Members,
-    Enqueue, Read, Confirm, EnqueueBatch, ReadBatch, ConfirmBatch, Touch, Release, EnqueueDelayed,
+    Enqueue, Read, Confirm, EnqueueBatch, ReadBatch, ConfirmBatch, Touch, Release, EnqueueDelayed, Cancel,
 )  # fmt: skip
 RESPONSE_TYPES = (
     HelloOk, QueueCreated, QueueDeleted, Purged, StatsReply, MembersReply,
     ObjectQueued, Message, Confirmed, Requeued, Full, Empty,
-    ObjectsQueued, Messages, ConfirmResults, Touched, Released, Error,
+    ObjectsQueued, Messages, ConfirmResults, Touched, Released, Cancelled, Error,
 )  # fmt: skip
 Request = Union[REQUEST_TYPES]  # type: ignore[valid-type]
 Response = Union[RESPONSE_TYPES]  # type: ignore[valid-type]

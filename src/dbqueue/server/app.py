@@ -89,6 +89,7 @@ class Server:
             first_id=(member_index << MEMBER_SHIFT) + 1,
             max_queues=max_queues,
             max_queue_name=max_queue_name,
+            max_in_flight=max_in_flight,
         )
         self.auth_token = auth_token or None
         self.ssl = ssl

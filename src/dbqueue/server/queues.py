@@ -305,8 +305,10 @@ class Broker:
         max_batch_bytes: int = 1 << 20,
         max_queues: int = 10_000,
         max_queue_name: int = 255,
+        max_in_flight: int = 1 << 62,
     ) -> None:
         self.default_capacity = default_capacity
+        self.max_in_flight = max_in_flight  # per holder: waiting reads are woken with no more than this
         self.max_queues = max_queues
         self.max_queue_name = max_queue_name
         self.max_batch_bytes = max_batch_bytes
@@ -418,6 +420,11 @@ class Broker:
             self.journal.delete_queue(name)
         for record in queue.drop_ready():
             del self.records[record.id]
+        if queue.delayed:  # free them now, not when their delays end (maybe weeks away)
+            for _, lease, record in self._delays:
+                if record.queue is queue and record.lease == lease:
+                    record.lease = 0
+                    del self.records[record.id]
         waiters, queue.waiters = queue.waiters, deque()
         for waiter in waiters:
             if waiter.active:
@@ -552,7 +559,8 @@ class Broker:
             waiter = queue.waiters.popleft()
             if waiter.active:
                 self.cancel_wait(waiter)
-                waiter.wake(self.deliver_many(queue, waiter.max_messages, waiter.timeout_ms, waiter.held, now))
+                room = min(waiter.max_messages, self.max_in_flight - len(waiter.held))
+                waiter.wake(self.deliver_many(queue, room, waiter.timeout_ms, waiter.held, now) if room > 0 else [])
 
     # --- settling --------------------------------------------------------------------
 

@@ -76,7 +76,7 @@ class Session(asyncio.Protocol):
         self.broker = server.broker
         self.reader = msg.RequestReader(server.max_message_size + fr.BODY_OVERHEAD)
         self.held: dict[int, Record] = {}  # in-flight messages this connection read, in read order
-        self.waiters: list[Waiter] = []  # its waiting reads (some may be retired)
+        self.waiting: dict[int, Waiter] = {}  # its waiting reads by request id (some may be retired)
         self.read_from: set[Queue] = set()  # queues it counts as a consumer of
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
@@ -116,7 +116,7 @@ class Session(asyncio.Protocol):
                 began = perf_counter()
                 replies = self.handle(requests)
                 stats.record(len(requests), perf_counter() - began)
-            if replies:
+            if replies and not self.done:
                 self.server.send(self.transport, replies[0] if len(replies) == 1 else b"".join(replies))
         if reader.failure is not None:
             failure = reader.failure
@@ -125,9 +125,15 @@ class Session(asyncio.Protocol):
             self.server.close_after_send(self.transport)
             self.done = True
 
+    def _overflow(self, size: int) -> None:
+        """Cut off a client whose replies to one received buffer pass the unread-reply limit."""
+        log.warning("closing %s: %d bytes of replies unread (limit %d)", self.peer, size, self.server.max_output_buffer)
+        self.done = True
+        self.transport.abort()  # type: ignore[union-attr]  # connection_lost gives its messages back
+
     def waiters_active(self) -> bool:
         """Whether a waiting read is parked for this connection (it is not idle then)."""
-        return any(waiter.active for waiter in self.waiters)
+        return any(waiter.active for waiter in self.waiting.values())
 
     def _admit(self, requests: list[tuple]) -> list[tuple]:
         """Before authentication: the first request must be a Hello with the server's token.
@@ -144,8 +150,13 @@ class Session(asyncio.Protocol):
                 hello = None
         token = self.server.auth_token or b""
         if hello is not None and hmac.compare_digest(hello.token, token):
+            try:
+                reply = msg.encode(request_id, self._hello(hello, request_id, 0.0))
+            except RequestError as exc:  # an unsupported version: refused like any Hello
+                self.server.send(self.transport, _refusal(request_id, exc))  # type: ignore[arg-type]
+                return []
             self.authenticated = True
-            self.server.send(self.transport, msg.encode(request_id, self._hello(hello, request_id, 0.0)))  # type: ignore[arg-type]
+            self.server.send(self.transport, reply)  # type: ignore[arg-type]
             return requests[1:]
         reason = "a wrong token" if hello is not None and hello.token else "no token" if hello is not None else "no Hello"
         log.warning("authentication failed from %s: %s", self.peer, reason)
@@ -167,9 +178,9 @@ class Session(asyncio.Protocol):
         self.server.sessions.discard(self)
         self.done = True
         broker = self.broker
-        for waiter in self.waiters:
+        for waiter in self.waiting.values():
             broker.cancel_wait(waiter)
-        self.waiters = []
+        self.waiting = {}
         for queue in self.read_from:
             queue.consumers -= 1
         self.read_from = set()
@@ -199,6 +210,8 @@ class Session(asyncio.Protocol):
         read_from = self.read_from
         max_size = self.server.max_message_size
         max_in_flight = self.server.max_in_flight
+        max_output = self.server.max_output_buffer
+        output = 0  # payload bytes of the replies so far: bounded before they are built, not after
         now = self.last_active = self.server.clock()
         pack_queued = msg.ID_FRAME.pack
         pack_message = msg.MESSAGE_HEAD.pack
@@ -242,6 +255,10 @@ class Session(asyncio.Protocol):
                     data = record.data
                     append(pack_message(magic, _MESSAGE, 0, request_id, 12 + len(data), record.id, record.deliveries))
                     append(data)
+                    output += len(data)
+                    if output > max_output:
+                        self._overflow(output)
+                        break
                 elif wait_ms:
                     self._wait(queue, request_id, timeout_ms, 0, wait_ms, now)
                     timed = True
@@ -259,6 +276,10 @@ class Session(asyncio.Protocol):
                 reply = self._handle_other(a, now)
                 if reply:
                     append(reply)
+                    output += len(reply)
+                    if output > max_output:
+                        self._overflow(output)
+                        break
                 timed = True
         if timed:
             self.server.schedule_expiry()
@@ -342,6 +363,13 @@ class Session(asyncio.Protocol):
         confirm = self.broker.confirm
         return msg.ConfirmResults(tuple(int(confirm(id_)) for id_ in request.ids))
 
+    def _cancel(self, request: msg.Cancel, request_id: int, now: float) -> msg.Response:
+        waiter = self.waiting.pop(request.request_id, None)
+        if waiter is not None and waiter.active:
+            self.broker.cancel_wait(waiter)
+            waiter.wake([])  # the read is answered now, as if its wait had ended
+        return msg.Cancelled.INSTANCE  # type: ignore[attr-defined, no-any-return]
+
     def _touch(self, request: msg.Touch, request_id: int, now: float) -> msg.Response:
         outcome = self.broker.touch(request.id, request.timeout_ms, now)
         return _settled(outcome, request.id, msg.Touched.INSTANCE)  # type: ignore[attr-defined]
@@ -369,12 +397,17 @@ class Session(asyncio.Protocol):
 
     def _wait(self, queue: Queue, request_id: int, timeout_ms: int, max_messages: int, wait_ms: int, now: float) -> None:
         """Park a read; ``max_messages`` 0 means a single READ (answered with Message/Empty)."""
-        if len(self.waiters) > 32:
-            self.waiters = [waiter for waiter in self.waiters if waiter.active]
+        if len(self.waiting) > 32:
+            self.waiting = {rid: waiter for rid, waiter in self.waiting.items() if waiter.active}
+        earlier = self.waiting.get(request_id)
+        if earlier is not None and earlier.active:  # the client reused a request id: answer the older read now
+            self.broker.cancel_wait(earlier)
+            earlier.wake([])
         wake = partial(self._wake, request_id, max_messages)
-        self.waiters.append(self.broker.wait(queue, self.held, timeout_ms, max_messages or 1, wait_ms, now, wake))
+        self.waiting[request_id] = self.broker.wait(queue, self.held, timeout_ms, max_messages or 1, wait_ms, now, wake)
 
     def _wake(self, request_id: int, max_messages: int, records: list[Record] | None) -> None:
+        self.last_active = self.server.clock()  # an answered wait restarts the idle clock
         transport = self.transport
         if transport is None or transport.is_closing():
             # Woken while closing: these messages were never sent, so they do not count as delivered.
@@ -409,6 +442,7 @@ _HANDLERS = {
     msg.ConfirmBatch: Session._confirm_batch,
     msg.Touch: Session._touch,
     msg.Release: Session._release,
+    msg.Cancel: Session._cancel,
 }
 
 
