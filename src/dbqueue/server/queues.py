@@ -588,11 +588,9 @@ class Broker:
 
     def touch(self, id_: int, timeout_ms: int, now: float) -> Outcome:
         """Move an in-flight message's deadline to ``now + timeout_ms`` (0: no timeout)."""
-        record = self.records.get(id_)
-        if record is None or record.queue.deleted:
-            return Outcome.NO_SUCH_MESSAGE
-        if record.held is None:
-            return Outcome.REQUEUED if record.deliveries else Outcome.NO_SUCH_MESSAGE
+        record = self._in_flight(id_)
+        if not isinstance(record, Record):
+            return record
         if record.lease:
             self._timed -= 1
             record.lease = 0  # the old heap entry goes stale
@@ -602,13 +600,20 @@ class Broker:
 
     def release(self, id_: int, delay_ms: int, now: float) -> Outcome:
         """Give an in-flight message back now (to the front) or after ``delay_ms`` (to the back)."""
+        record = self._in_flight(id_)
+        if not isinstance(record, Record):
+            return record
+        self.requeue([record], now, delay_ms)
+        return Outcome.CONFIRMED
+
+    def _in_flight(self, id_: int) -> Record | Outcome:
+        """The record of in-flight message ``id_``, or the outcome that says why there is none."""
         record = self.records.get(id_)
         if record is None or record.queue.deleted:
             return Outcome.NO_SUCH_MESSAGE
-        if record.held is None:
+        if record.held is None:  # ready or delayed: requeued if it was ever handed out
             return Outcome.REQUEUED if record.deliveries else Outcome.NO_SUCH_MESSAGE
-        self.requeue([record], now, delay_ms)
-        return Outcome.CONFIRMED
+        return record
 
     def requeue(self, records: list[Record], now: float, delay_ms: int = 0) -> int:
         """Take in-flight records back, keeping their order at the front of their queues; return how many."""
