@@ -24,7 +24,9 @@ __all__ = ["ChildServer", "free_port", "serve_refusal", "UNHANDLED_MARKERS"]
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
 # What asyncio and uvloop log when a callback raises: a server log holding one of these hid an exception.
-UNHANDLED_MARKERS = ("Traceback", "Fatal error", "Exception in callback", "exception was never retrieved", "Task was destroyed")
+UNHANDLED_MARKERS = (
+    "Traceback", "Fatal error", "Exception in callback", "exception was never retrieved", "Task was destroyed",
+)  # fmt: skip
 
 
 def free_port() -> int:
@@ -128,6 +130,17 @@ class ChildServer:
 
     def log_tail(self, lines: int = 40) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:]) or "(empty log)"
+
+    def error_records(self) -> list[str]:
+        """Every log record at ERROR or above, each with its traceback lines (the log's format starts records
+        with a date)."""
+        records: list[str] = []
+        for line in self.log_text().splitlines():
+            if line[:4].isdigit() and line[4:5] == "-":
+                records.append(line)
+            elif records:
+                records[-1] += "\n" + line
+        return [record for record in records if " ERROR " in record or " CRITICAL " in record]
 
     def assert_no_unhandled_errors(self) -> None:
         """Fail if the server's log shows an exception that escaped a callback."""

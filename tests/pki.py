@@ -78,10 +78,11 @@ def _with_cryptography(directory: Path) -> None:
         return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
     def write(stem: str, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> None:
+        pem = serialization.Encoding.PEM
         (directory / f"{stem}.key").write_bytes(
-            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+            key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
         )
-        (directory / f"{stem}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (directory / f"{stem}.pem").write_bytes(cert.public_bytes(pem))
 
     def builder(subject: str, issuer: str, key: ec.EllipticCurvePrivateKey, issuer_key: ec.EllipticCurvePrivateKey):  # type: ignore[no-untyped-def]
         return (
@@ -121,10 +122,8 @@ def _with_cryptography(directory: Path) -> None:
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         )
         if leaf.endswith("server"):
-            cert_builder = cert_builder.add_extension(
-                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
-                critical=False,
-            )
+            names = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            cert_builder = cert_builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
         write(leaf, key, cert_builder.sign(issuer_key, hashes.SHA256()))
 
 

@@ -289,22 +289,11 @@ def test_a_waiting_read_returns_empty_after_wait_ms(group: Group, connect: Calla
     assert 0.25 < time.monotonic() - started < 2.0
 
 
-SYNC_HOLDS_ABANDONED = pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: GroupClient._wait_everywhere abandons the other members' waiting reads only on the client: "
-        "they stay registered on their servers until wait_ms ends, take the next message sent there, and "
-        "the blocking client reads (and so releases) that answer only the next time it talks to that member: "
-        "meanwhile the message is in flight, held by nobody"
-    ),
-)
 
 
 def test_a_waiting_read_holds_one_message_when_every_member_answers(
     group: Group, connect: Callable[..., Any], flavour: str, request: pytest.FixtureRequest
 ) -> None:
-    if flavour == "sync":
-        request.applymarker(SYNC_HOLDS_ABANDONED)
     client = connect(group.addresses)
     client.create("q")
     read = in_thread(lambda: client.read("q", 0, wait_ms=5_000))  # timeout 0: held until confirmed
@@ -325,8 +314,6 @@ def test_an_abandoned_waiting_read_does_not_starve_another_consumer(
 ) -> None:
     # Consumer A's waiting read is won by member 0; A then works on its message.
     # Consumer B waits next; a message sent to member 1 must reach B, not A's stale wait there.
-    if flavour == "sync":
-        request.applymarker(SYNC_HOLDS_ABANDONED)
     first, second = connect(group.addresses), connect(group.addresses)
     first.create("q")
     read = in_thread(lambda: first.read("q", 0, wait_ms=3_000))

@@ -8,14 +8,15 @@ last test checks that `dbqueue serve` passes every limit flag through.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
-import re
 import socket
 import time
+import tracemalloc
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -26,13 +27,11 @@ from dbqueue import (
     ConnectionLost,
     InvalidQueueName,
     LimitExceeded,
-    MessageTooLarge,
     NoSuchQueue,
     Server,
 )
 from dbqueue.errors import ErrorCode
 from dbqueue.protocol import (
-    CreateQueue,
     Enqueue,
     Error,
     Hello,
@@ -43,7 +42,7 @@ from dbqueue.protocol import (
     decode_response,
     encode,
 )
-from dbqueue.protocol.messages import EnqueueBatch, EnqueueDelayed, ReadBatch
+from dbqueue.protocol.messages import EnqueueBatch, EnqueueDelayed
 
 if TYPE_CHECKING:
     from conftest import RawConnection, ServerThread
@@ -74,6 +73,18 @@ def drain_until_closed(sock: socket.socket, within: float = 5.0) -> int:
     except TimeoutError:
         pytest.fail(f"the server kept the connection open for more than {within}s")
     return total
+
+
+def connect_when_room(address: str, within: float = 3.0) -> Client:
+    """Connect, retrying while the server is at its connection limit (a closed connection it has not yet seen go)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return Client.connect(address)
+        except LimitExceeded:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 # --- message size and queue names ------------------------------------------------------------
@@ -152,15 +163,8 @@ def test_the_number_of_connections_is_limited_and_closing_frees_room(server_fact
             client.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ConnectionLost,
-    reason="BUG: AsyncClient.connect to a server at --max-connections raises ConnectionLost('the server closed the "
-    "connection', sometimes 'Connection reset by peer'), not LimitExceeded: the server's refusal is an Error frame "
-    "with request id 0, which _ClientProtocol.data_received drops (no future waits on id 0); the sync Client "
-    "reports it because hello() takes the first response whatever its id",
-)
 def test_the_async_client_over_the_connection_limit_gets_limit_exceeded(server_factory: Factory) -> None:
+    """Regression: the refusal is an Error frame with request id 0, which the AsyncClient used to drop."""
     server = server_factory(max_connections=1)
     with Client.connect(server.address):
 
@@ -217,14 +221,8 @@ def test_pipelined_reads_past_the_limit_are_refused_one_by_one(server_factory: F
         assert client.stats("q")["in_flight"] == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: waiting reads bypass --max-in-flight: Session.handle checks len(held) only when a READ (or "
-    "READ_BATCH) arrives, so with max_in_flight=2 ten pipelined READs with wait_ms on an empty queue all park, and "
-    "ten sends then hand all ten messages to that one connection (the broker's wake path never checks the limit)",
-)
 def test_waiting_reads_respect_the_in_flight_limit(server_factory: Factory) -> None:
+    """Regression: the limit used to be checked only when a read arrived, so parked reads took any number when woken."""
     server = server_factory(max_in_flight=2)
     with Client.connect(server.address) as producer:
         producer.create("q")
@@ -234,8 +232,9 @@ def test_waiting_reads_respect_the_in_flight_limit(server_factory: Factory) -> N
         server.wait_until(lambda: server.server.broker.queues[b"q"].waiting == 10, what="ten waiting reads")
         for i in range(10):
             producer.send("q", b"%d" % i)
-        server.wait_until(lambda: server.server.broker.queues[b"q"].ready + server.server.broker.queues[b"q"].in_flight == 10)
-        in_flight = server.call(lambda: server.server.broker.queues[b"q"].in_flight)
+        queue = server.call(lambda: server.server.broker.queues[b"q"])
+        server.wait_until(lambda: queue.ready + queue.in_flight == 10, what="the ten messages to be handed out")
+        in_flight = server.call(lambda: queue.in_flight)
         assert in_flight <= 2, f"one connection holds {in_flight} messages in flight with max_in_flight=2"
 
 
@@ -275,14 +274,9 @@ def test_a_consumer_that_stops_reading_is_cut_off_and_its_messages_requeued(
         assert consumer.confirm_batch([m.id for m in messages]) == [None] * len(payloads)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: --max-output-buffer is checked only after a whole received buffer of requests has been answered "
-    "(Session.data_received builds every reply, joins them, then Server._write checks): 1000 pipelined LIST_QUEUES "
-    "(12 kB sent) on a server with 200 queues make it build ~43 MB of replies against a 1 MiB limit (peak RSS +80 MB "
-    "or more, and the loop is blocked ~1 s; 6000 of them on 500 queues: +1.3 GB and 22 s)",
-)
 def test_the_unread_reply_limit_bounds_memory_even_within_one_received_buffer(tmp_path: Path) -> None:
+    """Regression: the limit used to be checked only after every reply to one received buffer was built: 1000
+    LIST_QUEUES (12 kB) on 200 queues built ~43 MB of replies against 1 MiB (peak RSS +90 MB, loop blocked ~1 s)."""
     limit = 1 << 20
     with ChildServer(tmp_path, "--max-output-buffer", str(limit), "--log-level", "warning") as server:
         with Client.connect(server.address) as client:
@@ -302,6 +296,51 @@ def test_the_unread_reply_limit_bounds_memory_even_within_one_received_buffer(tm
         grown = server.peak_rss() - before
         server.stop()
     assert grown < 24 * limit, f"the server's peak RSS grew by {grown / 2**20:.0f} MiB with a {limit >> 20} MiB limit"
+
+
+def test_deleting_a_queue_frees_its_delayed_messages(server_factory: Factory) -> None:
+    """Regression: a deleted queue's delayed messages used to stay in memory until each delay ended (up to 49 days),
+    bounded by neither the queue's capacity nor --max-queues."""
+    server = server_factory()
+    with Client.connect(server.address) as client:
+        for _ in range(20):
+            client.create("q", capacity=100)
+            client.send_batch("q", [b"ready"] * 10)
+            for _ in range(90):
+                client.send("q", b"x" * 10_000, delay_ms=3_600_000)
+            client.delete("q")
+    left = server.call(lambda: len(server.server.broker.records))
+    assert left == 0, f"{left} messages of deleted queues are still held in memory"
+
+
+@pytest.mark.parametrize("how", ["delete", "purge", "confirm"])
+def test_messages_dropped_or_confirmed_free_their_memory(server_factory: Factory, how: str) -> None:
+    server = server_factory()
+    with Client.connect(server.address) as client:
+        client.create("q")
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for _ in range(20 if how != "confirm" else 10):
+                client.create("q", capacity=100)
+                pipe = client.pipeline()
+                for _ in range(100):
+                    pipe.send("q", b"x" * 10_000, delay_ms=0 if how == "confirm" else 3_600_000)
+                pipe.execute(raise_on_error=True)
+                if how == "delete":
+                    client.delete("q")
+                elif how == "purge":
+                    client.purge("q")
+                else:
+                    messages = client.read_batch("q", 100, timeout_ms=3_600_000)
+                    assert client.confirm_batch([m.id for m in messages]) == [None] * 100
+            server.call(gc.collect)
+            kept = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        assert server.call(lambda: len(server.server.broker.records)) == 0
+    assert kept < 4_000_000, f"{kept / 1e6:.1f} MB still allocated after {how} was done with every message"
 
 
 # --- idle connections ------------------------------------------------------------------------------
@@ -335,7 +374,7 @@ def test_an_idle_connection_closes_about_on_time(server_factory: Factory) -> Non
     started = time.monotonic()
     assert raw.at_eof()
     elapsed = time.monotonic() - started
-    assert 0.25 <= elapsed <= 1.5, elapsed
+    assert 0.25 <= elapsed <= 2.5, elapsed
 
 
 def test_a_waiting_read_is_not_idle(server_factory: Factory) -> None:
@@ -348,7 +387,6 @@ def test_a_waiting_read_is_not_idle(server_factory: Factory) -> None:
         with Client.connect(server.address) as reader:
             return reader.read("q", wait_ms=5000)  # type: ignore[no-any-return]
 
-    # (Each connection makes no request after its wait: see the xfail below for why.)
     with ThreadPoolExecutor(max_workers=1) as pool:
         woken = pool.submit(wait_for_a_message)
         with Client.connect(server.address) as client:
@@ -361,16 +399,8 @@ def test_a_waiting_read_is_not_idle(server_factory: Factory) -> None:
     assert message is not None and message.data == b"late"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ConnectionLost,
-    reason="BUG: the idle clock is not restarted when a waiting read ends: Session.last_active is set only when a "
-    "request arrives, so once a read(wait_ms=W) with W > idle_timeout answers, the next idle sweep (every "
-    "idle_timeout/4) closes the connection at once; with idle_timeout=0.5 a request 0.2 s after the Empty "
-    "answer gets ConnectionLost, and a long-polling consumer loses its connection whenever a sweep lands "
-    "between two polls",
-)
 def test_the_idle_clock_restarts_when_a_waiting_read_ends(server_factory: Factory) -> None:
+    """Regression: an answered wait used not to count as activity, so the next idle sweep closed the connection."""
     server = server_factory(idle_timeout=0.5)
     with Client.connect(server.address) as client:
         client.create("q")
@@ -389,7 +419,7 @@ def test_idle_timeout_is_off_by_default() -> None:
 def test_serve_passes_every_limit_flag_through(tmp_path: Path) -> None:
     flags = [
         "--max-message-size", "100", "--max-queues", "2", "--max-queue-name", "5", "--max-connections", "3",
-        "--max-in-flight", "1", "--max-output-buffer", "1024", "--idle-timeout", "0.5",
+        "--max-in-flight", "1", "--max-output-buffer", "1024", "--idle-timeout", "1",
     ]  # fmt: skip
     with ChildServer(tmp_path, *flags, "--log-level", "info") as server:
         with Client.connect(server.address) as client:
@@ -404,16 +434,18 @@ def test_serve_passes_every_limit_flag_through(tmp_path: Path) -> None:
             client.read("q")
             with pytest.raises(LimitExceeded, match="1 messages in flight"):
                 client.read("q")
-            with Client.connect(server.address), Client.connect(server.address):
-                with pytest.raises(LimitExceeded, match="3 connections"):
-                    Client.connect(server.address)
             hog = socket.socket()
             hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             hog.connect(("127.0.0.1", server.port))
             with hog:
                 hog.sendall(encode(1, Hello()) + encode(2, ListQueues()) * 12000)  # ~7 MB of replies, never read
                 drain_until_closed(hog)
-            time.sleep(0.8)  # the first client sits idle past the timeout
+            client.stats("q")  # not idle
+            # The server may not have seen the hog go yet: retry while it still counts it.
+            with connect_when_room(server.address), connect_when_room(server.address):
+                with pytest.raises(LimitExceeded, match="3 connections"):
+                    Client.connect(server.address)
+            time.sleep(1.5)  # the first client sits idle past the timeout
             with pytest.raises(ConnectionLost):
                 client.stats("q")
         server.stop()

@@ -53,6 +53,8 @@ from dbqueue.protocol.messages import (
     Stats,
     StatsReply,
     Members,
+    Cancel,
+    Cancelled,
     MembersReply,
     Touch,
     Touched,
@@ -65,6 +67,7 @@ from dbqueue.protocol.messages import (
 LONGEST_NAME = "n" * 255
 
 REQUESTS = [
+    Cancel(7),
     Hello(1, b"s3cret-token"),
     Members(),
     Hello(),
@@ -134,6 +137,7 @@ RESPONSES = [
     StatsReply({}),
     MembersReply(("127.0.0.1:3000", "10.0.0.2:3000"), 1),
     MembersReply((), 0),
+    Cancelled.INSTANCE,
     StatsReply({"name": "名前", "ready": 3, "in_flight": 0, "dead_letter_queue": None}),
     StatsReply({"server": "dbqueue/0.1.0", "connections": 2, "queues": [{"name": "q", "ready": 1}]}),
     ObjectsQueued((1,)),

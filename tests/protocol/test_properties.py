@@ -2,26 +2,54 @@
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+import json
+import os
+
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from dbqueue.errors import InvalidRequest
+from dbqueue.errors import InvalidRequest, ProtocolError
 from dbqueue.protocol import (
     HEADER,
     MAGIC,
+    RESPONSE_TYPES,
+    Cancel,
+    Cancelled,
+    ClientConnection,
     Confirm,
+    Confirmed,
+    ConfirmResults,
     CreateQueue,
     DeleteQueue,
+    Empty,
     Enqueue,
+    Error,
     FrameReader,
+    Full,
     Hello,
+    HelloOk,
+    MembersReply,
+    Message,
+    Messages,
+    ObjectQueued,
+    ObjectsQueued,
+    Op,
+    Purged,
+    QueueCreated,
+    QueueDeleted,
     Read,
+    Released,
+    Requeued,
+    StatsReply,
+    Touched,
     decode_request,
     decode_response,
     encode,
 )
-from dbqueue.protocol.frames import FrameFailure
+from dbqueue.protocol.frames import BODY_OVERHEAD, FrameFailure
 from dbqueue.protocol.messages import (
+    OTHER,
+    RequestReader,
     ConfirmBatch,
     EnqueueBatch,
     EnqueueDelayed,
@@ -35,7 +63,8 @@ from dbqueue.protocol.messages import (
 
 MAX_BODY = 64
 
-FUZZ = settings(max_examples=300, deadline=None)
+# DBQUEUE_PROPERTY_EXAMPLES raises the count for a long run (see RELIABILITY.md).
+FUZZ = settings(max_examples=int(os.environ.get("DBQUEUE_PROPERTY_EXAMPLES", "300")), deadline=None)
 
 
 def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
@@ -127,6 +156,7 @@ requests = st.one_of(
     st.builds(ConfirmBatch, st.lists(u64s, min_size=1, max_size=5).map(tuple)),
     st.builds(Touch, u64s, u32s),
     st.builds(Release, u64s, u32s),
+    st.builds(Cancel, u32s),
 )
 
 
@@ -141,3 +171,166 @@ def test_requests_round_trip_in_any_chunking(batch: list, cuts: list[int]) -> No
     assert reader.failure is None
     assert [rid for _, _, rid, _ in frames] == list(range(1, len(batch) + 1))
     assert [decode_request(opcode, body) for opcode, _, _, body in frames] == batch
+
+
+# --- hostile input, continued: the server's reader, the client's receive path, mutated bodies ---------
+
+
+@FUZZ
+@given(data=streams, cuts=st.lists(st.integers(0, 500), max_size=30))
+def test_request_reader_takes_any_bytes_in_any_chunking(data: bytes, cuts: list[int]) -> None:
+    """The server's reader on hostile bytes: items or a failure, the same in any chunking, cut as FrameReader cuts."""
+    reader = RequestReader(MAX_BODY)
+    items = []
+    for chunk in chunked(data, cuts):
+        items.extend(reader.feed(chunk))
+    whole = RequestReader(MAX_BODY)
+    assert items == whole.feed(data)
+    frames, failure, buffered = run_reader([data])
+    assert (reader.failure, reader.buffered) == (whole.failure, whole.buffered) == (failure, buffered)
+    assert len(items) == len(frames)
+    for (tag, request_id, a, _), frame in zip(items, frames):
+        opcode, flags, frame_id, body = frame
+        assert request_id == frame_id
+        if tag == OTHER:
+            assert a == frame
+        else:
+            assert (tag, flags) == (opcode, 0)  # only flag-less ENQUEUE, READ and CONFIRM take the hot path
+
+
+def mutate(data: bytes, edits: list[tuple[int, int, int]]) -> bytes:
+    """Apply (kind, position, value) edits: flip a byte, cut the tail, insert a byte, drop a byte."""
+    out = bytearray(data)
+    for kind, position, value in edits:
+        at = position % (len(out) + 1)
+        if kind == 0 and out:
+            out[at % len(out)] ^= value or 1
+        elif kind == 1:
+            del out[at:]
+        elif kind == 2:
+            out.insert(at, value)
+        elif out:
+            del out[at % len(out)]
+    return bytes(out)
+
+
+edits = st.lists(st.tuples(st.integers(0, 3), st.integers(0, 1000), st.integers(0, 255)), min_size=1, max_size=4)
+
+
+@FUZZ
+@given(request=requests, changes=edits)
+def test_mutated_request_bodies_raise_only_invalid_request(request: object, changes: list) -> None:
+    body = mutate(request.body(), changes)  # type: ignore[attr-defined]
+    try:
+        decoded = decode_request(request.OPCODE, body)  # type: ignore[attr-defined]
+    except InvalidRequest:
+        return
+    assert decoded.body() == body  # whatever still parses is exactly what the bytes say
+
+
+json_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=10),
+)  # fmt: skip
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+    max_leaves=12,
+)
+responses = st.one_of(
+    st.builds(HelloOk, st.integers(0, 0xFFFF), u32s, st.text(max_size=20)),
+    st.builds(ObjectQueued, u64s),
+    st.builds(Message, u64s, st.binary(max_size=60), u32s),
+    st.builds(Error, st.integers(0, 0xFFFF), st.text(max_size=40)),
+    st.builds(Purged, u64s),
+    st.builds(StatsReply, st.dictionaries(st.text(max_size=8), json_values, max_size=4)),
+    st.builds(MembersReply, st.lists(st.text(max_size=20), max_size=4).map(tuple), st.integers(0, 255)),
+    st.builds(ObjectsQueued, st.lists(u64s, max_size=5).map(tuple)),
+    st.builds(Messages, st.lists(st.builds(Message, u64s, st.binary(max_size=30), u32s), max_size=4).map(tuple)),
+    st.builds(ConfirmResults, st.lists(st.integers(0, 2), max_size=6).map(tuple)),
+    st.sampled_from(
+        [QueueCreated(), QueueDeleted(), Confirmed(), Requeued(), Full(), Empty(), Touched(), Released(), Cancelled()]
+    ),
+)
+
+
+@FUZZ
+@given(response=responses, changes=edits)
+def test_mutated_response_bodies_raise_only_invalid_request(response: object, changes: list) -> None:
+    body = mutate(response.body(), changes)  # type: ignore[attr-defined]
+    try:
+        decode_response(response.OPCODE, body)  # type: ignore[attr-defined]
+    except InvalidRequest:
+        pass
+
+
+# JSON the way a hostile server could write it: Python's json reads Infinity, NaN and 1e999 as floats.
+json_numbers = st.sampled_from(
+    ["Infinity", "-Infinity", "NaN", "1e999", "-1e999", "1e308", "0.5", "-1", "9" * 5000, "1"]
+)
+
+
+@FUZZ
+@given(values=st.lists(st.one_of(json_numbers, json_values.map(json.dumps)), max_size=3))
+def test_stats_reply_json_of_any_shape_raises_only_invalid_request(values: list[str]) -> None:
+    for shaped in (f"{{\"queues\": [{', '.join(values)}]}}", f"[{', '.join(values)}]", values[0] if values else ""):
+        try:
+            decode_response(Op.STATS_REPLY, shaped.encode())
+        except InvalidRequest:
+            pass
+
+
+@FUZZ
+@example(index="Infinity", members='["a:1"]')
+@given(
+    index=st.one_of(json_numbers, json_values.map(json.dumps)),
+    members=st.sampled_from(['["a:1"]', "[]", '"ab"', "{}", "3"]),
+)
+def test_members_reply_json_of_any_shape_raises_only_invalid_request(index: str, members: str) -> None:
+    """Regression: an index of Infinity or 1e999 used to raise OverflowError (through ClientConnection.receive_data
+    into the AsyncClient's data_received)."""
+    try:
+        decode_response(Op.MEMBERS_REPLY, f'{{"members": {members}, "index": {index}}}'.encode())
+    except InvalidRequest:
+        pass
+
+
+response_frames = st.one_of(
+    st.builds(lambda rid, response: encode(rid, response), u32s, responses),
+    st.builds(lambda rid, response, changes: mutate(encode(rid, response), changes), u32s, responses, edits),
+    st.binary(max_size=40),
+)
+
+
+@FUZZ
+@given(
+    data=st.lists(response_frames, max_size=6).map(b"".join),
+    cuts=st.lists(st.integers(0, 600), max_size=20),
+    abandoned=st.sets(u32s | st.integers(0, 4), max_size=4),
+)
+def test_client_connection_takes_any_bytes_in_any_chunking(data: bytes, cuts: list[int], abandoned: set[int]) -> None:
+    """What a hostile server can send a client: responses, or ProtocolError, never another exception."""
+
+    def receive(chunks: list[bytes]) -> tuple[list, bool, bytes]:
+        connection = ClientConnection(max_message_size=1024)
+        for request_id in abandoned:
+            connection.abandon(request_id)
+        got = []
+        try:
+            for chunk in chunks:
+                got.extend(connection.receive_data(chunk))
+        except ProtocolError:
+            return got, True, connection.data_to_send()
+        return got, False, connection.data_to_send()
+
+    got, failed, releases = receive(chunked(data, cuts))
+    whole, whole_failed, _ = receive([data])
+    assert failed == whole_failed
+    if not failed:
+        assert got == whole
+    assert all(type(response) in RESPONSE_TYPES for _, response in got)
+    # The Releases an abandoned read triggers are well-formed requests.
+    reader = FrameReader(64 + BODY_OVERHEAD)
+    for opcode, _, _, body in reader.feed(releases):
+        assert isinstance(decode_request(opcode, body), Release)
+    assert reader.failure is None and reader.buffered == 0

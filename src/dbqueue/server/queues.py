@@ -424,6 +424,7 @@ class Broker:
             for _, lease, record in self._delays:
                 if record.queue is queue and record.lease == lease:
                     record.lease = 0
+                    record.data = b""
                     del self.records[record.id]
         waiters, queue.waiters = queue.waiters, deque()
         for waiter in waiters:
@@ -444,6 +445,7 @@ class Broker:
             for _, lease, record in self._delays:
                 if record.queue is queue and record.lease == lease:
                     record.lease = 0  # its heap entry goes stale
+                    record.data = b""  # and holds no payload until it is swept
                     del self.records[record.id]
             queue.dropped += queue.delayed
             queue.delayed = 0
@@ -575,6 +577,7 @@ class Broker:
         del self.records[id_]
         del held[id_]
         record.held = None
+        record.data = b""  # a stale heap entry may keep the record a while: not its payload
         if record.lease:
             self._timed -= 1
             record.lease = 0  # its heap entry goes stale
