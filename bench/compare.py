@@ -5,14 +5,17 @@ starts every server once, on its own free loopback port, then runs the load
 test of `dbqueue.bench` against each system in turn, A B C D A B C D ..., for
 ``--rounds`` rounds, with the load generator in this process on uvloop. Each
 round ends with unpipelined round trips (send, read, confirm one at a time on
-one connection) against dbqueue and redis-list.
+one connection) against dbqueue and redis-list (``--durable``: their durable
+variants; ``--batch``: none).
 
-It reports, per system, the median requests/s and messages/s; for dbqueue
-against each peer, the median of the round-by-round ratios (round i's dbqueue
-figure over round i's peer figure), so that a machine slowing down or speeding
-up over the run cancels out; the round trips' p50 and p99 (pooled over rounds);
-and the CPU the load generator and each server used, which says who the
-bottleneck was. Servers are stopped at the end, also on failure or Ctrl-C.
+It reports, per system, the median requests/s and messages/s; for the
+baseline (dbqueue) against each other system, the median of the
+round-by-round ratios (round i's baseline figure over round i's figure for
+the other), so that a machine slowing down or speeding up over the run
+cancels out; the round trips' p50 and p99 (pooled over rounds); and the CPU
+the load generator, each server, every other process and the kernel used,
+which says who the bottleneck was and whether the machine was shared.
+Servers are stopped at the end, also on failure or Ctrl-C.
 
 Messages/s is the figure to compare: requests/s also counts reads that found
 the queue empty, and how many of those a system causes is not a virtue.
@@ -45,7 +48,6 @@ import argparse
 import asyncio
 import json
 import os
-import shlex
 import signal
 import statistics
 import sys
@@ -60,7 +62,15 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `peers` sits next to this file
 
 import hiredis  # noqa: E402
-from machine import CpuWatch, dbqueue_origin, describe_machine, python_description, wait_until_quiet  # noqa: E402
+from machine import (  # noqa: E402
+    CpuWatch,
+    command_line,
+    dbqueue_origin,
+    describe_machine,
+    python_description,
+    wait_for_idle_cpu,
+    wait_until_quiet,
+)
 from peers import (  # noqa: E402
     BeanstalkdDriver,
     BeanstalkdServer,
@@ -285,7 +295,7 @@ class Run:
     result: BenchResult | None = None
     server_cpu_seconds: float = 0.0
     other_cpu_seconds: float = 0.0  # every other user-space process on the machine, over the same window
-    kernel_cpu_seconds: float = 0.0  # the kernel's own work (softirqs, writeback, kernel threads), same window
+    kernel_cpu_seconds: float = 0.0  # kernel threads and interrupt work charged to no process, same window
     window_seconds: float = 0.0  # wall time the CPU figures above cover (the run plus its setup)
     data_bytes: int | None = None  # a durable server's files after the run
     error: str = ""
@@ -328,7 +338,7 @@ class Run:
     @property
     def crowded(self) -> bool:
         # Below a second the 10 ms ticks of /proc/stat make the share too coarse to judge.
-        return self.result is not None and self.other_cpu_fraction > CROWDED and self.window_seconds >= 1.0
+        return self.other_cpu_fraction > CROWDED and self.window_seconds >= 1.0
 
 
 @dataclass
@@ -387,7 +397,11 @@ class Comparison:
                     if name in self.servers and name not in self.skipped:
                         self.measure(loop, round_, name, "round-trips")
                 crowded = [run for run in self.runs[first:] if run.crowded]
-                if not crowded or attempt == args.retry_crowded:
+                last = attempt == args.retry_crowded
+                for run in self.runs[first:]:
+                    if run.error and (last or not run.crowded):
+                        self.skip(run.system, f"round {round_} {run.kind} failed, no further runs: {run.error}")
+                if not crowded or last:
                     break
                 for run in self.runs[first:]:
                     run.discarded = True
@@ -396,7 +410,7 @@ class Comparison:
                     f"[bold yellow]round {round_} was crowded[/] ({names}): running it again "
                     f"({attempt + 1} of {args.retry_crowded}) once the machine is quiet"
                 )
-                _wait_for_idle_cpu(self.console, args.quiet_wait)
+                wait_for_idle_cpu(args.quiet_wait, CROWDED, say=self.console.print)
         self.record_disk(final=True)
 
     def record_disk(self, final: bool = False) -> None:
@@ -420,14 +434,16 @@ class Comparison:
         watch = CpuWatch(lambda: [os.getpid()])  # the servers are our children: left out with us
         watch.start()
         cpu_before = server.cpu_seconds()
-        task = loop.create_task(run_load(driver) if kind == "load" else run_round_trips(driver))
+        # The engine's own time limit binds the consumers; this one also ends a run whose server stopped answering.
+        work = run_load(driver) if kind == "load" else run_round_trips(driver)
+        task = loop.create_task(asyncio.wait_for(work, self.args.time_limit + 30))
         try:
             with _signals_cancel(loop, task):
                 run.result = loop.run_until_complete(task)
         except asyncio.CancelledError:
             raise KeyboardInterrupt from None
         except FAILURES as exc:
-            run.error = f"{type(exc).__name__}: {exc}"
+            run.error = f"{type(exc).__name__}: {exc or f'not done {self.args.time_limit + 30:.0f} s after it began'}"
             if not server.alive():
                 run.error += f" ({server.exit_description()})"
         run.server_cpu_seconds = server.cpu_seconds() - cpu_before
@@ -439,8 +455,8 @@ class Comparison:
             self.record_disk()
         self.runs.append(run)
         self.console.print(_run_line(run, self.args.rounds))
-        if run.error:
-            self.skip(name, f"round {round_} {kind} failed, no further runs: {run.error}")
+        # A failure on a crowded machine (a confirm after a 1 s timeout, say) is retried with its round;
+        # `run` skips the system for good once a failure is not crowded, or the retries are spent.
 
     def results(self, name: str, kind: str = "load") -> dict[int, Run]:
         """The runs that count: finished, and not from a round that was run again."""
@@ -451,22 +467,8 @@ class Comparison:
         }
 
 
-def _wait_for_idle_cpu(console: Console, patience: float, window: float = 3.0) -> None:
-    """Wait until, over ``window`` seconds, other processes use at most `CROWDED` of a core (or ``patience`` passes)."""
-    deadline = time.monotonic() + patience
-    while True:
-        watch = CpuWatch(lambda: [os.getpid()])
-        watch.start()
-        time.sleep(window)
-        watch.stop()
-        busy = watch.other_seconds / window
-        if busy <= CROWDED or time.monotonic() >= deadline:
-            console.print(f"other processes use {busy:.0%} of a core: going on")
-            return
-
-
 def _run_line(run: Run, rounds: int) -> str:
-    head = f"round {run.round}/{rounds}  {run.system:<12} {run.kind:<11}"
+    head = f"round {run.round}/{rounds}  {run.system:<17} {run.kind:<11}"
     if run.result is None:
         return f"{head} [bold red]FAILED[/] {run.error}"
     r = run.result
@@ -558,7 +560,7 @@ def summarise(comparison: Comparison) -> dict[str, Any]:
         targets.append(
             {
                 "target": target.description,
-                "goal": f"{target.op} {target.threshold:g}",
+                "goal": f"{target.op} {target.threshold:,.0f}" if target.threshold >= 100 else f"{target.op} {target.threshold:g}",
                 "reached": reached,
                 "by_round": by_round,
                 "met": None if reached is None else target.met(reached),
@@ -643,8 +645,8 @@ def print_report(console: Console, comparison: Comparison, summary: dict[str, An
             f"Ratios are the median of round i's {baseline} figure over round i's figure for the system "
             f"(> 1: {baseline} faster).\n"
             "CPU is the median share of one core over each run (client: this process; server: all its threads and\n"
-            "children; other: every other user-space process, which should be near 0%; kernel: softirqs, writeback\n"
-            "and kernel threads, i.e. loopback TCP and disk work the systems cause).\n"
+            "children; other: every other user-space process, which should be near 0%; kernel: kernel threads\n"
+            "(writeback, ksoftirqd) and interrupt work charged to no process: mostly disk and network work the systems cause).\n"
             + (
                 "A request is one batch (a send, a read or a confirm of up to N messages); redis-list-batch has no confirms."
                 if args.batch > 1
@@ -741,17 +743,6 @@ def _versions(servers: dict[str, ServerProcess]) -> dict[str, str]:
         if type(server).program:
             versions[type(server).program] = server.version()
     return versions
-
-
-def _command_line() -> str:
-    python = sys.executable
-    try:
-        relative = os.path.relpath(python)
-        if not relative.startswith(".."):
-            python = relative
-    except ValueError:
-        pass
-    return shlex.join([python, *sys.argv])
 
 
 def print_header(console: Console, info: dict[str, Any]) -> None:
@@ -856,7 +847,7 @@ def main(argv: list[str] | None = None) -> int:
     wait_until_quiet(args.quiet_load, args.quiet_wait, console.print)
     info: dict[str, Any] = {
         "date": datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"),
-        "command": _command_line(),
+        "command": command_line(),
         "machine": describe_machine(),
         "load": " ".join(f"{value:.2f}" for value in os.getloadavg()),
         "server_python": python_description(args.server_python),

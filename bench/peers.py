@@ -76,6 +76,7 @@ __all__ = [
     "ServerProcess",
     "ServerUnavailable",
     "ensure_installed",
+    "redis_call",
 ]
 
 
@@ -252,7 +253,7 @@ def _resp_parser() -> Callable[[bytes], list[Any]]:
     return parse
 
 
-async def _redis_call(address: tuple[str, int], *commands: Sequence[bytes]) -> list[Any]:
+async def redis_call(address: tuple[str, int], *commands: Sequence[bytes]) -> list[Any]:
     """Send ``commands`` on a fresh connection; return their replies, raising `BenchFailure` on any error reply."""
     reader, writer = await asyncio.open_connection(*address)
     try:
@@ -290,7 +291,7 @@ class RedisListDriver(Driver):
         self._lrem = b"*4\r\n$4\r\nLREM\r\n" + b"$%d\r\n%s\r\n$1\r\n1\r\n" % (len(self.processing), self.processing)
 
     async def prepare(self, address: tuple[str, int]) -> None:
-        await _redis_call(address, (b"DEL", self.key, self.processing))
+        await redis_call(address, (b"DEL", self.key, self.processing))
 
     def new_parser(self) -> Callable[[bytes], list[Any]]:
         return _resp_parser()
@@ -349,7 +350,7 @@ class RedisStreamDriver(Driver):
         )
 
     async def prepare(self, address: tuple[str, int]) -> None:
-        await _redis_call(
+        await redis_call(
             address,
             (b"DEL", self.key),
             (b"XGROUP", b"CREATE", self.key, self.group, b"$", b"MKSTREAM"),
@@ -410,7 +411,7 @@ class RedisBatchDriver(Driver):
         self.key = config.queue.encode()
 
     async def prepare(self, address: tuple[str, int]) -> None:
-        await _redis_call(address, (b"DEL", self.key))
+        await redis_call(address, (b"DEL", self.key))
 
     def new_parser(self) -> Callable[[bytes], list[Any]]:
         return _resp_parser()

@@ -1,0 +1,134 @@
+"""Fill a queue fast, and take messages in flight and keep them there: the setup of memory.py and inflight.py.
+
+Theory of operation
+-------------------
+Both speak through a `dbqueue.bench.Driver`, so the bytes are the ones the
+load test sends: a driver with ``config.batch`` = B turns one send into a
+batch of B messages (dbqueue ``ENQUEUE_BATCH``, Redis ``RPUSH`` with B
+values) and one read into a batch read (dbqueue ``READ_BATCH``). `fill`
+spreads the requests over a few connections, keeps ``pipeline`` of them
+outstanding on each (one write per window) and checks every reply with the
+driver, so a refused batch stops the run instead of shrinking the count.
+`hold` takes everything in the queue with batch reads on a few connections
+and leaves those connections open: until `Holders.close`, the server keeps
+every message they took in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from dbqueue.bench import BenchFailure, Driver
+
+__all__ = ["Holders", "fill", "hold"]
+
+
+class _Link:
+    """One connection: write a window of frames, then collect as many replies."""
+
+    def __init__(self, driver: Driver, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.parse = driver.new_parser()
+        self.reader = reader
+        self.writer = writer
+        self.replies: list[Any] = []
+
+    @classmethod
+    async def open(cls, driver: Driver, address: tuple[str, int]) -> _Link:
+        reader, writer = await asyncio.open_connection(*address, limit=1 << 22)
+        return cls(driver, reader, writer)
+
+    async def exchange(self, frames: bytes, count: int) -> list[Any]:
+        self.writer.write(frames)
+        while len(self.replies) < count:
+            data = await self.reader.read(1 << 20)
+            if not data:
+                raise BenchFailure("the server closed the connection")
+            self.replies += self.parse(data)
+        if len(self.replies) != count:
+            raise BenchFailure(f"expected {count} replies, got {len(self.replies)}")
+        replies, self.replies = self.replies, []
+        return replies
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except OSError:
+            pass
+
+
+async def fill(
+    driver: Driver, address: tuple[str, int], requests: int, *, connections: int = 4, pipeline: int = 8
+) -> float:
+    """Send ``requests`` sends (each ``driver.config.batch`` messages) to the driver's queue; return the seconds it took.
+
+    The caller prepares the queue. Raises `BenchFailure` on any reply that is not a success.
+    """
+    links = [await _Link.open(driver, address) for _ in range(connections)]
+    shares = [requests // connections + (i < requests % connections) for i in range(connections)]
+    started = time.perf_counter()
+
+    async def send(link: _Link, share: int) -> None:
+        window = driver.send_frames(pipeline)
+        while share:
+            count = min(pipeline, share)
+            frames = window if count == pipeline else driver.send_frames(count)
+            driver.check_sent(await link.exchange(frames, count))
+            share -= count
+
+    try:
+        await asyncio.gather(*(send(link, share) for link, share in zip(links, shares)))
+    finally:
+        for link in links:
+            await link.close()
+    return time.perf_counter() - started
+
+
+@dataclass
+class Holders:
+    """Connections that hold messages in flight; `close` gives them back (the server requeues them)."""
+
+    links: list[_Link] = field(default_factory=list)
+    messages: int = 0
+    seconds: float = 0.0
+
+    async def close(self) -> None:
+        for link in self.links:
+            await link.close()
+        self.links = []
+
+
+async def hold(driver: Driver, address: tuple[str, int], *, connections: int = 4, pipeline: int = 4) -> Holders:
+    """Take every message of the driver's queue in flight with batch reads (``driver.config.batch`` each,
+    ``driver.config.timeout_ms``) on ``connections`` connections, and keep them open.
+
+    Returns `Holders`, which the caller must `close`. A connection stops once a
+    window of reads comes back short (the queue was empty for its last read),
+    so no other client may feed the queue meanwhile.
+    """
+    holders = Holders()
+    wanted = pipeline * driver.config.batch
+    frames = driver.read_frames(pipeline)
+    started = time.perf_counter()
+
+    async def take(link: _Link) -> int:
+        taken = 0
+        while True:
+            got = len(driver.take_messages(await link.exchange(frames, pipeline)))
+            taken += got
+            if got < wanted:
+                return taken
+
+    try:
+        for _ in range(connections):
+            holders.links.append(await _Link.open(driver, address))
+        counts = await asyncio.gather(*(take(link) for link in holders.links))
+    except BaseException:
+        await holders.close()
+        raise
+    holders.messages = sum(counts)
+    holders.seconds = time.perf_counter() - started
+    return holders
