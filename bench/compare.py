@@ -514,7 +514,7 @@ def summarise(comparison: Comparison) -> dict[str, Any]:
     throughput: dict[str, Any] = {}
     mode = comparison.mode
     baseline = mode.baseline
-    base = {i: run.result for i, run in comparison.results(baseline).items()}
+    base = {i: run.result for i, run in comparison.results(baseline).items() if run.result is not None}
     for name in comparison.args.systems:
         runs = comparison.results(name)
         if not runs:
@@ -550,13 +550,13 @@ def summarise(comparison: Comparison) -> dict[str, Any]:
     targets = []
     for target in mode.targets:
         if target.system is None:
-            figures = throughput.get(baseline)
-            reached = figures["messages_per_second"] if figures else None
-            by_round = [r.messages_per_second for r in base.values() if r is not None]
+            entry = throughput.get(baseline)
+            reached = entry["messages_per_second"] if entry else None
+            by_round = [r.messages_per_second for r in base.values()]
         else:
-            figures = throughput.get(target.system)
-            reached = figures.get("ratio_messages") if figures else None
-            by_round = figures.get("ratio_messages_by_round", []) if figures else []
+            entry = throughput.get(target.system)
+            reached = entry.get("ratio_messages") if entry else None
+            by_round = entry.get("ratio_messages_by_round", []) if entry else []
         targets.append(
             {
                 "target": target.description,
@@ -568,7 +568,7 @@ def summarise(comparison: Comparison) -> dict[str, Any]:
         )
 
     latency: dict[str, Any] = {}
-    pair = mode.latency or ()
+    pair: tuple[str, ...] = mode.latency or ()
     for name in pair:
         runs = comparison.results(name, "round-trips")
         if not runs:
@@ -679,7 +679,7 @@ def print_report(console: Console, comparison: Comparison, summary: dict[str, An
         table.add_column("system")
         for heading in ("round trips", "p50", "p99", "client CPU", "server CPU", "other CPU", "kernel CPU"):
             table.add_column(heading, justify="right")
-        pair = comparison.mode.latency or ()
+        pair: tuple[str, ...] = comparison.mode.latency or ()
         for name in pair:
             if name in latency:
                 f = latency[name]

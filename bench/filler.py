@@ -101,22 +101,37 @@ class Holders:
         self.links = []
 
 
-async def hold(driver: Driver, address: tuple[str, int], *, connections: int = 4, pipeline: int = 4) -> Holders:
+async def hold(
+    driver: Driver,
+    address: tuple[str, int],
+    *,
+    connections: int = 4,
+    pipeline: int = 4,
+    limit: int | None = None,
+) -> Holders:
     """Take every message of the driver's queue in flight with batch reads (``driver.config.batch`` each,
     ``driver.config.timeout_ms``) on ``connections`` connections, and keep them open.
 
     Returns `Holders`, which the caller must `close`. A connection stops once a
     window of reads comes back short (the queue was empty for its last read),
-    so no other client may feed the queue meanwhile.
+    so no other client may feed the queue meanwhile, or once another window
+    could take it past ``limit`` messages (the server's in-flight cap per
+    connection). Raises `BenchFailure` if every connection stopped at its
+    limit with messages still queued: more connections are needed.
     """
     holders = Holders()
     wanted = pipeline * driver.config.batch
     frames = driver.read_frames(pipeline)
     started = time.perf_counter()
+    full = 0  # connections that stopped at their limit
 
     async def take(link: _Link) -> int:
+        nonlocal full
         taken = 0
         while True:
+            if limit is not None and taken + wanted > limit:
+                full += 1
+                return taken
             got = len(driver.take_messages(await link.exchange(frames, pipeline)))
             taken += got
             if got < wanted:
@@ -131,4 +146,10 @@ async def hold(driver: Driver, address: tuple[str, int], *, connections: int = 4
         raise
     holders.messages = sum(counts)
     holders.seconds = time.perf_counter() - started
+    if full == connections:
+        await holders.close()
+        raise BenchFailure(
+            f"{connections} connections took {holders.messages} messages, {limit} each at most, and the queue is "
+            "not empty: use more connections"
+        )
     return holders

@@ -8,9 +8,10 @@ pairs, runs the standard load test (16 producers, 16 consumers, pipeline 32,
 * *without*: nothing else on the server;
 * *with*: first ``--held`` messages are sent to queue ``held`` and taken in
   flight, with a ``--held-timeout-ms`` timeout (10 minutes), by ``--holders``
-  connections reading with ``read_batch``; those connections stay open
-  through the load test, then close (the server requeues their messages) and
-  ``held`` is deleted.
+  connections reading with ``read_batch`` (16: the server lets one
+  connection hold 100,000 at most, ``--max-in-flight``); those connections
+  stay open through the load test, then close (the server requeues their
+  messages) and ``held`` is deleted.
 
 So the order is without / with / without / with ... on the same server. Every
 measured run follows a short unmeasured warm-up run, so one-off work the
@@ -56,7 +57,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--held", type=int, default=1_000_000, help="messages kept in flight during the 'with' runs")
     parser.add_argument("--held-timeout-ms", type=int, default=600_000, help="their in-flight timeout")
-    parser.add_argument("--holders", type=int, default=4, help="connections that hold them")
+    parser.add_argument("--holders", type=int, default=16, help="connections that hold them")
+    parser.add_argument(
+        "--holder-limit",
+        type=int,
+        default=100_000,
+        help="messages one holder takes at most (keep it within the server's --max-in-flight, 100,000 by default)",
+    )
     parser.add_argument("--read-batch", type=int, default=1000, help="messages a send_batch / read_batch when holding")
     parser.add_argument("--pairs", type=int, default=2, help="pairs of runs (without, with)")
     parser.add_argument("--producers", type=int, default=16)
@@ -121,7 +128,9 @@ class Bench:
         started = time.perf_counter()
         await asyncio.wait_for(fill(driver, self.server.address, a.held // a.read_batch), a.time_limit)
         filled = time.perf_counter() - started
-        holders = await asyncio.wait_for(hold(driver, self.server.address, connections=a.holders), a.time_limit)
+        holders = await asyncio.wait_for(
+            hold(driver, self.server.address, connections=a.holders, limit=a.holder_limit), a.time_limit
+        )
         stats = await self.stats(HELD_QUEUE)
         if holders.messages != a.held or stats["in_flight"] != a.held:
             await holders.close()
@@ -207,7 +216,7 @@ class Bench:
 def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
     kept = [run for run in runs if not run.get("discarded")]
     by_phase = {phase: [run for run in kept if run["phase"] == phase] for phase in ("without", "with")}
-    pairs = {}
+    pairs: dict[int, dict[str, dict[str, Any]]] = {}
     for run in kept:
         pairs.setdefault(run["pair"], {})[run["phase"]] = run
     ratios = [
