@@ -6,7 +6,7 @@ test of `dbqueue.bench` against each system in turn, A B C D A B C D ..., for
 ``--rounds`` rounds, with the load generator in this process on uvloop. Each
 round ends with unpipelined round trips (send, read, confirm one at a time on
 one connection) against dbqueue and redis-list (``--durable``: their durable
-variants; ``--batch``: none).
+variants; ``--batch`` and ``--workers``: none).
 
 It reports, per system, the median requests/s and messages/s; for the
 baseline (dbqueue) against each other system, the median of the
@@ -20,7 +20,7 @@ Servers are stopped at the end, also on failure or Ctrl-C.
 Messages/s is the figure to compare: requests/s also counts reads that found
 the queue empty, and how many of those a system causes is not a virtue.
 
-Three modes, each with its own systems, baseline (the numerator of every
+Four modes, each with its own systems, baseline (the numerator of every
 ratio) and targets, which the report checks in a table (target, reached, met?):
 
 * default, in memory: dbqueue against beanstalkd, redis-list, redis-stream.
@@ -34,6 +34,10 @@ ratio) and targets, which the report checks in a table (target, reached, met?):
 * ``--batch N``: N messages a request: dbqueue-batch (``send_batch`` /
   ``read_batch`` / ``confirm_batch``) against redis-list-batch (``RPUSH`` of N
   values / ``LPOP key N``, no confirm step); target: dbqueue at 1M messages/s.
+* ``--workers``: dbqueue-2-workers (``serve --workers 2``; the load generator
+  spreads its connections over both workers' ports) against dbqueue-1-worker
+  (one plain server); target: the group at least 1.3 times as fast. Server
+  CPU is the whole group's: the supervisor and both workers.
 
 Before it starts, the run waits (``--quiet-load``, ``--quiet-wait``) for the
 machine's load average to settle; a round in which any run saw other processes
@@ -125,6 +129,12 @@ SYSTEMS: dict[str, System] = {
     "redis-stream-aof": System(RedisStreamDriver, lambda args: RedisServer(label="redis-stream-aof", durable=True)),
     "dbqueue-batch": System(DbQueueDriver, lambda args: DbQueueServer(python=args.server_python, label="dbqueue-batch")),
     "redis-list-batch": System(RedisBatchDriver, lambda args: RedisServer(label="redis-list-batch")),
+    "dbqueue-1-worker": System(
+        DbQueueDriver, lambda args: DbQueueServer(python=args.server_python, label="dbqueue-1-worker")
+    ),
+    "dbqueue-2-workers": System(
+        DbQueueDriver, lambda args: DbQueueServer(python=args.server_python, workers=2, label="dbqueue-2-workers")
+    ),
 }
 
 
@@ -170,6 +180,12 @@ MODES: dict[str, Mode] = {
         None,
         (Target("dbqueue with batches, msg/s", ">=", 1_000_000.0),),
     ),
+    "workers": Mode(
+        ("dbqueue-2-workers", "dbqueue-1-worker"),
+        "dbqueue-2-workers",
+        None,
+        (Target("2 workers ÷ 1 worker, msg/s", ">=", 1.3, "dbqueue-1-worker"),),
+    ),
 }
 CROWDED = 0.25  # other processes' CPU, in cores, above which a run is flagged
 # A smoke run checks that everything works, not the figures: it neither waits for quiet nor retries.
@@ -194,6 +210,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="N",
         help="N messages a request: dbqueue send/read/confirm_batch against Redis RPUSH/LPOP N (default iterations: 4000/N)",
     )
+    modes.add_argument(
+        "--workers",
+        action="store_true",
+        help="dbqueue serve --workers 2 (connections spread over both workers) against a single dbqueue server",
+    )
     parser.add_argument(
         "--dbqueue-sync", choices=("os", "disk"), default="os", help="with --durable: dbqueue-durable's --sync"
     )
@@ -213,7 +234,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=_natural,
         default=2000,
         help="unpipelined send/read/confirm cycles per round against dbqueue and redis-list "
-        "(--durable: their durable variants; --batch: none) (0: none)",
+        "(--durable: their durable variants; --batch, --workers: none) (0: none)",
     )
     parser.add_argument("--time-limit", type=float, default=120.0, help="seconds before one load run fails")
     parser.add_argument(
@@ -249,9 +270,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         # Keep a run near 2M messages (16 x 32 x 40 x 100): a batch run counts messages, not requests.
         defaults["iterations"] = max(1, round((20 if known.smoke else 4000) / known.batch))
         defaults["latency_iterations"] = 0  # round trips are single messages: see the default mode
+    if known.workers:
+        defaults["latency_iterations"] = 0  # one connection reaches one worker: nothing to compare
     parser.set_defaults(**defaults)  # options given explicitly still win
     args = parser.parse_args(argv)
-    args.mode = "durable" if args.durable else "batch" if args.batch else "memory"
+    args.mode = "durable" if args.durable else "batch" if args.batch else "workers" if args.workers else "memory"
     args.batch = args.batch or 1
     mode = MODES[args.mode]
     if args.systems is None:
@@ -358,7 +381,7 @@ class Comparison:
     def config(self, system: str, iterations: int, batch: int = 1) -> BenchConfig:
         args = self.args
         return BenchConfig(
-            addresses=[self.servers[system].address],
+            addresses=self.servers[system].addresses,  # a group's workers: run_load spreads connections over them
             producers=args.producers,
             consumers=args.consumers,
             pipeline=args.pipeline,
@@ -378,7 +401,8 @@ class Comparison:
                 self.skip(name, str(exc))
                 continue
             self.servers[name] = server
-            self.console.print(f"started {name} {server.version()} on {server.host}:{server.port} (pid {server.pid})")
+            ports = f"{server.port}" if server.ports == 1 else f"{server.port}-{server.port + server.ports - 1}"
+            self.console.print(f"started {name} {server.version()} on {server.host}:{ports} (pid {server.pid})")
 
     def skip(self, name: str, reason: str) -> None:
         self.skipped[name] = reason
@@ -645,8 +669,9 @@ def print_report(console: Console, comparison: Comparison, summary: dict[str, An
             f"Ratios are the median of round i's {baseline} figure over round i's figure for the system "
             f"(> 1: {baseline} faster).\n"
             "CPU is the median share of one core over each run (client: this process; server: all its threads and\n"
-            "children; other: every other user-space process, which should be near 0%; kernel: kernel threads\n"
-            "(writeback, ksoftirqd) and interrupt work charged to no process: mostly disk and network work the systems cause).\n"
+            "children, for a group the supervisor's and every worker's summed; other: every other user-space process,\n"
+            "which should be near 0%; kernel: kernel threads (writeback, ksoftirqd) and interrupt work charged to no\n"
+            "process: mostly disk and network work the systems cause).\n"
             + (
                 "A request is one batch (a send, a read or a confirm of up to N messages); redis-list-batch has no confirms."
                 if args.batch > 1

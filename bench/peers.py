@@ -37,7 +37,10 @@ the ``default`` tube (every connection starts out using and watching it) and
 The launchers (`DbQueueServer`, `BeanstalkdServer`, `RedisServer`) each start
 one server as a child process on a free loopback port, inside a temporary
 directory that also holds its log, wait until it accepts connections, and stop
-it (SIGTERM, then SIGKILL if it lingers). They are context managers. With
+it (SIGTERM, then SIGKILL if it lingers). They are context managers.
+``DbQueueServer(workers=N)`` starts a ``serve --workers N`` group: a
+supervisor and N worker processes on N consecutive ports (`ServerProcess.addresses`),
+and its CPU and memory figures add up the whole group. With
 ``durable=True`` each keeps its write-ahead log in that directory (dbqueue: a
 ``--data-dir``; Redis: an append-only file; beanstalkd: a binlog), and
 `ServerProcess.data_bytes` says how much disk it takes; `ServerProcess.rss_bytes`
@@ -51,6 +54,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -494,11 +498,40 @@ class ServerUnavailable(RuntimeError):
     """A server could not be started: not installed, or it exited or never listened."""
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on right now (another process may still take it before us)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]  # type: ignore[no-any-return]
+def free_port(host: str = "127.0.0.1", count: int = 1) -> int:
+    """A port P such that P .. P+count-1 are all free right now (another process may still take one before us)."""
+    for _attempt in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port: int = sock.getsockname()[1]
+            try:
+                for other in range(port + 1, port + count):
+                    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                        probe.bind((host, other))
+            except OSError:  # taken, or past 65535: try another start
+                continue
+            return port
+    raise OSError(f"no {count} consecutive free ports on {host}")
+
+
+def _process_stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (which may hold spaces), or None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def _children(pid: int) -> list[int]:
+    """The live processes whose parent is ``pid``."""
+    children = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            fields = _process_stat(int(entry.name))
+            if fields is not None and int(fields[1]) == pid:
+                children.append(int(entry.name))
+    return children
 
 
 class ServerProcess(ABC):
@@ -512,6 +545,7 @@ class ServerProcess(ABC):
 
     name: str
     program: str  # looked up on PATH; "" for none
+    ports = 1  # it listens on ``port`` .. ``port + ports - 1``
     start_timeout = 15.0
     stop_timeout = 5.0
 
@@ -539,6 +573,15 @@ class ServerProcess(ABC):
         return (self.host, self.port)
 
     @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """Every address it listens on: just `address`, unless it is a group of servers."""
+        return [(self.host, self.port + i) for i in range(self.ports)]
+
+    def pids(self) -> list[int]:
+        """The processes whose CPU and memory are the server's: the one we started (a group adds its workers)."""
+        return [self.process.pid] if self.process is not None else []
+
+    @property
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
 
@@ -552,7 +595,7 @@ class ServerProcess(ABC):
             raise ServerUnavailable(f"{self.name}: {reason}")
         self.workdir = Path(tempfile.mkdtemp(prefix=f"dbqueue-bench-{self.name}-"))
         for _attempt in range(3):  # the free port may be taken between our probe and the server's bind
-            self.port = free_port(self.host)
+            self.port = free_port(self.host, self.ports)
             self._log = open(self.workdir / "server.log", "ab")
             self.process = subprocess.Popen(
                 self.command(self.port, self.workdir),
@@ -572,14 +615,19 @@ class ServerProcess(ABC):
 
     def _wait_until_listening(self) -> bool:
         deadline = time.monotonic() + self.start_timeout
+        waiting = self.addresses
         while time.monotonic() < deadline:
             if self.process is None or self.process.poll() is not None:
                 return False
             try:
-                with socket.create_connection(self.address, timeout=0.5):
-                    return True
+                with socket.create_connection(waiting[0], timeout=0.5):
+                    pass
             except OSError:
                 time.sleep(0.02)
+                continue
+            waiting = waiting[1:]
+            if not waiting:
+                return True
         return False
 
     def _reap(self) -> None:
@@ -591,6 +639,13 @@ class ServerProcess(ABC):
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        if process is not None:
+            # The server leads its own process group (start_new_session): whatever is still in it (a worker
+            # whose supervisor was killed or crashed, a Redis rewrite child) would outlive us, so end it too.
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except OSError:
+                pass  # nothing left: the usual case
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -625,28 +680,28 @@ class ServerProcess(ABC):
     def cpu_seconds(self) -> float:
         """User plus system CPU the server has used so far; 0.0 if unknown.
 
-        Counts all its threads, and the children it has waited for (Redis forks
-        one to rewrite its append-only file: that work is the server's too).
+        Counts all threads of every process in `pids`, and the children they
+        have waited for (Redis forks one to rewrite its append-only file; a
+        group's supervisor restarts workers that die: that work is the server's too).
         """
-        if self.process is None:
-            return 0.0
-        try:
-            stat = Path(f"/proc/{self.process.pid}/stat").read_text()
-        except OSError:
-            return 0.0
-        fields = stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces
-        return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+        ticks = 0
+        for pid in self.pids():
+            fields = _process_stat(pid)
+            if fields is not None:
+                ticks += sum(int(value) for value in fields[11:15])  # utime, stime, cutime, cstime
+        return ticks / os.sysconf("SC_CLK_TCK")
 
     def rss_bytes(self) -> int:
-        """The server process's resident memory (``VmRSS``), in bytes; 0 if unknown."""
-        if self.process is None:
-            return 0
-        try:
-            status = Path(f"/proc/{self.process.pid}/status").read_text()
-        except OSError:
-            return 0
-        match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
-        return int(match.group(1)) * 1024 if match else 0
+        """The resident memory (``VmRSS``) of every process in `pids`, summed, in bytes; 0 if unknown."""
+        total = 0
+        for pid in self.pids():
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
+            total += int(match.group(1)) * 1024 if match else 0
+        return total
 
     def data_paths(self) -> list[Path]:
         """The files or directories that hold what the server keeps on disk (none when not durable)."""
@@ -681,7 +736,9 @@ class DbQueueServer(ServerProcess):
 
     Durable: ``--data-dir`` in the work directory, with ``--sync`` ``sync``
     ("os": each group commit reaches the kernel before its replies; "disk": it
-    is fsynced too).
+    is fsynced too). ``workers > 1``: ``serve --workers N``, a supervisor and N
+    workers on ports ``port`` .. ``port + N - 1``; SIGTERM to the supervisor
+    stops them all.
     """
 
     name = "dbqueue"
@@ -696,22 +753,33 @@ class DbQueueServer(ServerProcess):
         max_message_size: int | None = None,
         python: str | None = None,
         label: str = "dbqueue",
+        workers: int = 1,
     ) -> None:
         if sync not in ("os", "disk"):
             raise ValueError(f"sync must be 'os' or 'disk', got {sync!r}")
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
         super().__init__(host=host, durable=durable)
         self.name = label
+        self.workers = self.ports = workers
         self.sync = sync
         self.max_message_size = max_message_size
         self.python = python or sys.executable  # an interpreter that has dbqueue installed
 
     def command(self, port: int, workdir: Path) -> list[str]:
         command = [self.python, "-m", "dbqueue.cli", "serve", "--host", self.host, "--port", str(port)]
+        if self.workers > 1:
+            command += ["--workers", str(self.workers)]
         if self.max_message_size:
             command += ["--max-message-size", str(self.max_message_size)]
         if self.durable:
             command += ["--data-dir", str(workdir / "data"), "--sync", self.sync]
         return command + ["--log-level", "warning"]
+
+    def pids(self) -> list[int]:
+        pids = super().pids()
+        # A group's supervisor does little; its live workers do the work (it has reaped only those that died).
+        return pids + _children(pids[0]) if pids and self.workers > 1 else pids
 
     def data_paths(self) -> list[Path]:
         return [self.workdir / "data"] if self.durable and self.workdir is not None else []
