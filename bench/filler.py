@@ -30,27 +30,26 @@ class _Link:
     """One connection: write a window of frames, then collect as many replies."""
 
     def __init__(self, driver: Driver, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.parse = driver.new_parser()
+        self.replies = driver.new_reader()
         self.reader = reader
         self.writer = writer
-        self.replies: list[Any] = []
 
     @classmethod
     async def open(cls, driver: Driver, address: tuple[str, int]) -> _Link:
         reader, writer = await asyncio.open_connection(*address, limit=1 << 22)
         return cls(driver, reader, writer)
 
-    async def exchange(self, frames: bytes, count: int) -> list[Any]:
+    async def exchange(self, frames: bytes, count: int) -> Any:
         self.writer.write(frames)
-        while len(self.replies) < count:
+        complete = 0
+        while complete < count:
             data = await self.reader.read(1 << 20)
             if not data:
                 raise BenchFailure("the server closed the connection")
-            self.replies += self.parse(data)
-        if len(self.replies) != count:
-            raise BenchFailure(f"expected {count} replies, got {len(self.replies)}")
-        replies, self.replies = self.replies, []
-        return replies
+            complete = self.replies.feed(data)
+        if complete != count:
+            raise BenchFailure(f"expected {count} replies, got {complete}")
+        return self.replies.take()
 
     async def close(self) -> None:
         self.writer.close()

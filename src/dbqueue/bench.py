@@ -142,9 +142,10 @@ class Driver(ABC):
     async def prepare(self, address: tuple[str, int]) -> None:
         """Make the queue exist and be empty on one server."""
 
-    @abstractmethod
     def new_parser(self) -> Callable[[bytes], list[Any]]:
-        """Return a function that takes received bytes and returns the replies they complete."""
+        """Return a function that takes received bytes and returns the replies they complete
+        (a driver implements this or `new_reader`)."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither new_parser nor new_reader")
 
     def new_reader(self) -> ReplyReader:
         """A reader for one connection's replies: by default, the list `new_parser` makes."""
@@ -206,10 +207,13 @@ class _ColumnReader:
 
     def feed(self, data: bytes) -> int:
         columns = self.columns
-        if not self.reader.buffered and len(data) >= fr.HEADER_SIZE:
+        reader = self.reader
+        if reader.failure is not None:
+            raise BenchFailure(f"bad reply framing: {reader.failure.message}")
+        if not reader.buffered and len(data) >= fr.HEADER_SIZE:
             size = fr.HEADER_SIZE + int.from_bytes(data[8:12], "big")
             count, rest = divmod(len(data), size)
-            if not rest and count <= self.MAX_RUN:
+            if not rest and count <= self.MAX_RUN and size - fr.HEADER_SIZE <= reader.max_body:
                 layout = self.layouts.get((size, count))
                 if layout is None:
                     layout = self.layouts[size, count] = struct.Struct(">" + f"BBHII{size - fr.HEADER_SIZE}s" * count)
@@ -225,9 +229,9 @@ class _ColumnReader:
                     columns.lengths.extend(values[4::6])
                     columns.bodies.extend(values[5::6])
                     return len(columns.opcodes)
-        frames = self.reader.feed(data)
-        if self.reader.failure is not None:
-            raise BenchFailure(f"bad reply framing: {self.reader.failure.message}")
+        frames = reader.feed(data)
+        if reader.failure is not None:
+            raise BenchFailure(f"bad reply framing: {reader.failure.message}")
         for opcode, flags, request_id, body in frames:
             if flags:
                 raise BenchFailure(f"reply to request {request_id} has flags 0x{flags:04x}")
@@ -273,13 +277,7 @@ class DbQueueDriver(Driver):
         finally:
             await client.close()
 
-    def new_parser(self) -> Callable[[bytes], list[Any]]:
-        return self._reader().feed  # type: ignore[return-value]  # `new_reader` is what the engine uses
-
     def new_reader(self) -> ReplyReader:
-        return self._reader()
-
-    def _reader(self) -> _ColumnReader:
         config = self.config
         return _ColumnReader(config.batch * (config.payload + 16) + fr.BODY_OVERHEAD)
 
@@ -327,10 +325,10 @@ class DbQueueDriver(Driver):
         count = len(replies.opcodes)
         if replies.opcodes.count(fr.Op.MESSAGE) == count:  # the usual case: every read found a message
             self._check(replies, fr.Op.MESSAGE, 12 + len(self.payload), "read")
-            bodies = replies.bodies
-            if not all(map(bytes.endswith, bodies, repeat(self.payload))):
-                raise BenchFailure("read: payload corrupted")
-            return list(map(_FIRST_8, bodies))
+            intact = list(map(bytes.endswith, replies.bodies, repeat(self.payload)))
+            if intact.count(True) != count:
+                raise BenchFailure(f"read {intact.index(False) + 1}: payload corrupted")
+            return list(map(_FIRST_8, replies.bodies))
         ids = []
         for expected, (opcode, request_id, body) in enumerate(zip(replies.opcodes, replies.request_ids, replies.bodies), 1):
             if request_id != expected:
@@ -378,8 +376,11 @@ class DbQueueDriver(Driver):
             self._check(replies, fr.Op.CONFIRMED, 0, "confirm")
             return
         self._check(replies, fr.Op.CONFIRM_RESULTS, None, "confirm batch")
-        if any(map(any, replies.bodies)):
-            raise BenchFailure("confirm batch: a message was not confirmed")
+        # One outcome per id: every batch but the last is full.
+        batch, lengths = self.config.batch, replies.lengths
+        for number, (body, length) in enumerate(zip(replies.bodies, lengths), 1):
+            if any(body) or not 0 < length <= batch or (length < batch and number < len(lengths)):
+                raise BenchFailure(f"confirm batch {number}: outcomes {list(body)} for a batch of up to {batch} ids")
 
 
 class _Link(asyncio.Protocol):
@@ -394,7 +395,7 @@ class _Link(asyncio.Protocol):
         self.reader = reader
         self.wanted = 0
         self.then: Callable[[list[Any]], None] | None = None
-        self.failed: Callable[[BaseException], None] | None = None
+        self.failed: Callable[[Exception], None] | None = None
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -408,7 +409,7 @@ class _Link(asyncio.Protocol):
                     raise BenchFailure(f"expected {self.wanted} replies, got {complete}")
                 then, self.then = self.then, None
                 then(self.reader.take())
-        except BaseException as exc:  # a failed check ends this link's run, not the event loop
+        except Exception as exc:  # a failed check ends this link's run, not the event loop
             self.fail(exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -416,7 +417,7 @@ class _Link(asyncio.Protocol):
             self.then = None
             self.fail(BenchFailure(f"server closed the connection: {exc}"))
 
-    def fail(self, exc: BaseException) -> None:
+    def fail(self, exc: Exception) -> None:
         if self.failed is not None:
             self.failed(exc)
 
@@ -461,15 +462,23 @@ class _Worker:
         self.loop = asyncio.get_running_loop()
         self.done: asyncio.Future[None] = self.loop.create_future()
         self.began = 0.0
+        self.retry: asyncio.TimerHandle | None = None  # a consumer's pause after an empty read
         link.failed = self.fail
 
-    def fail(self, exc: BaseException) -> None:
+    def fail(self, exc: Exception) -> None:
         if not self.done.done():
             self.done.set_exception(exc)
 
     def finish(self) -> None:
         if not self.done.done():
             self.done.set_result(None)
+
+    def stop(self) -> None:
+        """End this worker's part for good (the run is over, or failed elsewhere)."""
+        self.link.failed = self.link.then = None
+        if self.retry is not None:
+            self.retry.cancel()
+        self.finish()
 
 
 class _Producer(_Worker):
@@ -517,7 +526,7 @@ class _Consumer(_Worker):
         self.handles = handles = driver.take_messages(replies)
         self.tally.requests += self.config.pipeline
         if not handles:
-            self.loop.call_later(0.001, self.start)  # the queue is empty: do not spin against the producers
+            self.retry = self.loop.call_later(0.001, self.start)  # the queue is empty: do not spin against the producers
             return
         self.confirms = driver.confirm_replies(handles)
         if self.confirms:
@@ -543,12 +552,16 @@ async def run_load(
     addresses = list(config.addresses)
     for address in addresses:
         await driver.prepare(address)
-    links = [await _open(driver, addresses[i % len(addresses)]) for i in range(config.producers + config.consumers)]
+    # Producers and consumers are spread over the addresses each on their own, so that
+    # every server that gets messages also gets consumers.
+    senders = [await _open(driver, addresses[i % len(addresses)]) for i in range(config.producers)]
+    readers = [await _open(driver, addresses[i % len(addresses)]) for i in range(config.consumers)]
+    links = senders + readers
     started = time.perf_counter()
     cpu_started = time.process_time()
     tally = _Tally(config)
-    workers: list[_Worker] = [_Producer(driver, link, tally) for link in links[: config.producers]]
-    workers += [_Consumer(driver, link, tally) for link in links[config.producers :]]
+    workers: list[_Worker] = [_Producer(driver, link, tally) for link in senders]
+    workers += [_Consumer(driver, link, tally) for link in readers]
 
     async def report() -> None:
         while True:
@@ -559,12 +572,16 @@ async def run_load(
     try:
         for worker in workers:
             worker.start()
-        await asyncio.gather(*(worker.done for worker in workers))
+        # Consumers check the time limit before each batch; this bounds a server that stops answering.
+        await asyncio.wait_for(asyncio.gather(*(worker.done for worker in workers)), config.time_limit + 5.0)
+    except TimeoutError:
+        raise BenchFailure(f"no end {config.time_limit + 5.0:.0f} s after the start: the server stopped answering") from None
     finally:
         if reporter is not None:
             reporter.cancel()
+        for worker in workers:
+            worker.stop()
         for link in links:
-            link.failed = None
             link.transport.close()  # type: ignore[union-attr]
     if tally.confirmed != tally.total:
         raise BenchFailure(f"{tally.confirmed} messages confirmed, {tally.total} sent")
@@ -598,9 +615,9 @@ async def run_round_trips(driver: Driver) -> BenchResult:
             t1 = clock()
             handles = driver.take_messages(await link.exchange(read, 1))
             t2 = clock()
-            if len(handles) != 1:
-                raise BenchFailure("a message sent was not read back")
-            driver.check_confirmed(await link.exchange(driver.confirm_frames(handles), 1))
+            if len(handles) != config.batch:
+                raise BenchFailure(f"{config.batch} messages sent, {len(handles)} read back")
+            driver.check_confirmed(await link.exchange(driver.confirm_frames(handles), driver.confirm_replies(handles)))
             latencies += (t1 - t0, t2 - t1, clock() - t2)
     finally:
         link.transport.close()  # type: ignore[union-attr]

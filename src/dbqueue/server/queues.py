@@ -22,14 +22,18 @@ delivered ``max_deliveries`` times: then it moves to the queue's dead-letter
 queue (or is dropped and logged when there is none). A delayed message joins
 the back of its queue when its delay ends.
 
-Three heaps hold every time-driven event: in-flight deadlines, delay ends,
-and the ends of waiting reads. `Broker.expire` sweeps all three; the server
-runs it from one timer, never a timer per message. Each entry takes a new
-*lease* number, which breaks ties in arrival order; a record's ``lease`` names
-its one live entry (0: none), so an entry is stale as soon as its record is
-confirmed, requeued, touched or purged. Stale entries stay behind (removing
-from the middle of a heap is O(n)) and are skipped; the deadline heap is
-rebuilt whenever they outnumber live ones.
+Three structures hold every time-driven event: in-flight deadlines
+(`_Lanes`), delay ends and the ends of waiting reads (heaps). `Broker.expire`
+sweeps all three; the server runs it from one timer, never a timer per
+message. In-flight deadlines come in lanes, one per timeout value: reads
+with the same timeout join their lane in deadline order, since time only
+moves forward, so a deadline costs an append and a pop, however many
+messages are in flight (a heap would sift a new 1 s deadline past a million
+10-minute ones). Each entry takes a new *lease* number, which breaks ties in
+arrival order; a record's ``lease`` names its one live entry (0: none), so an
+entry is stale as soon as its record is confirmed, requeued, touched or
+purged. Stale entries stay behind and are skipped; the lanes are rebuilt
+whenever they outnumber live ones.
 
 A read with ``wait_ms`` on an empty queue leaves a `Waiter`; every path that
 makes a message ready (`enqueue`, requeue, delay end) hands it straight to the
@@ -52,7 +56,7 @@ import enum
 import heapq
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..errors import InvalidQueueName, InvalidRequest, LimitExceeded, NoSuchQueue
@@ -122,6 +126,69 @@ class _Run:
     def __init__(self, first_id: int) -> None:
         self.next_id = first_id
         self.items: deque[bytes] = deque()
+
+
+class _Lanes:
+    """In-flight deadlines: a FIFO of (deadline, lease, record) entries per timeout value,
+    and a heap of each non-empty lane's first deadline. Iterating gives every entry."""
+
+    __slots__ = ("lanes", "heads", "size")
+
+    def __init__(self) -> None:
+        self.lanes: dict[int, deque[tuple[float, int, Record]]] = {}
+        self.heads: list[tuple[float, int]] = []  # (first deadline, timeout_ms) of each non-empty lane
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[tuple[float, int, Record]]:
+        for lane in self.lanes.values():
+            yield from lane
+
+    def push(self, timeout_ms: int, deadline: float, lease: int, record: Record) -> None:
+        lane = self.lanes.get(timeout_ms)
+        if lane is None:
+            lane = self.lanes[timeout_ms] = deque()
+            heapq.heappush(self.heads, (deadline, timeout_ms))
+        lane.append((deadline, lease, record))
+        self.size += 1
+
+    def pop_due(self, now: float) -> list[tuple[float, int, Record]]:
+        """Remove and return every entry due by ``now``, in (deadline, lease) order."""
+        due: list[tuple[float, int, Record]] = []
+        heads = self.heads
+        while heads and heads[0][0] <= now:
+            timeout_ms = heapq.heappop(heads)[1]
+            lane = self.lanes[timeout_ms]
+            while lane and lane[0][0] <= now:
+                due.append(lane.popleft())
+            if lane:
+                heapq.heappush(heads, (lane[0][0], timeout_ms))
+            else:
+                del self.lanes[timeout_ms]  # a lane per timeout value ever used would pile up
+        self.size -= len(due)
+        due.sort(key=_deadline_and_lease)
+        return due
+
+    def next_deadline(self) -> float | None:
+        return self.heads[0][0] if self.heads else None
+
+    def keep_live(self) -> None:
+        """Drop every stale entry: O(entries), not O(records)."""
+        lanes = {}
+        for timeout_ms, lane in self.lanes.items():
+            live = deque(entry for entry in lane if entry[2].lease == entry[1])
+            if live:
+                lanes[timeout_ms] = live
+        self.lanes = lanes
+        self.heads = [(lane[0][0], timeout_ms) for timeout_ms, lane in lanes.items()]
+        heapq.heapify(self.heads)
+        self.size = sum(map(len, lanes.values()))
+
+
+def _deadline_and_lease(entry: tuple[float, int, Record]) -> tuple[float, int]:
+    return entry[0], entry[1]
 
 
 class Queue:
@@ -314,7 +381,7 @@ class Broker:
         self.max_batch_bytes = max_batch_bytes
         self.queues: dict[bytes, Queue] = {}
         self.records: dict[int, Record] = {}
-        self._deadlines: list[tuple[float, int, Record]] = []
+        self._deadlines = _Lanes()
         self._delays: list[tuple[float, int, Record]] = []
         self._waits: list[tuple[float, int, Waiter]] = []
         self._timed = 0  # records in flight with a deadline (live entries of `_deadlines`)
@@ -498,11 +565,11 @@ class Broker:
     def set_deadline(self, record: Record, timeout_ms: int, now: float) -> None:
         """Give an in-flight record, without a deadline yet, one ``timeout_ms`` from now."""
         record.lease = lease = self._leases = self._leases + 1
-        heap = self._deadlines
-        heapq.heappush(heap, (now + timeout_ms / 1000.0, lease, record))
+        deadlines = self._deadlines
+        deadlines.push(timeout_ms, now + timeout_ms / 1000.0, lease, record)
         self._timed += 1
-        if len(heap) > 2 * self._timed + 1024:
-            self._compact()
+        if deadlines.size > 2 * self._timed + 1024:
+            deadlines.keep_live()
 
     def deliver_many(
         self, queue: Queue, max_messages: int, timeout_ms: int, held: dict[int, Record], now: float
@@ -675,12 +742,7 @@ class Broker:
 
     def expire(self, now: float) -> int:
         """Run every event now due: timeouts, delay ends, waits. Return how many messages came back."""
-        heap = self._deadlines
-        due: list[Record] = []
-        while heap and heap[0][0] <= now:
-            _, lease, record = heapq.heappop(heap)
-            if record.lease == lease:
-                due.append(record)
+        due = [record for _, lease, record in self._deadlines.pop_due(now) if record.lease == lease]
         # Expired in deadline order (read order on ties); `requeue` keeps that order.
         count = self.requeue(due, now)
         delays = self._delays
@@ -710,16 +772,8 @@ class Broker:
 
     def next_deadline(self) -> float | None:
         """The earliest time `expire` has something to do (it may be a stale entry), or None."""
-        tops = [heap[0][0] for heap in (self._deadlines, self._delays, self._waits) if heap]
+        tops = [heap[0][0] for heap in (self._delays, self._waits) if heap]
+        first = self._deadlines.next_deadline()
+        if first is not None:
+            tops.append(first)
         return min(tops) if tops else None
-
-    def _compact(self) -> None:
-        # O(heap), not O(records): untimed in-flight messages cost nothing here.
-        live = [entry for entry in self._deadlines if _is_live(entry)]
-        heapq.heapify(live)
-        self._deadlines = live
-
-
-def _is_live(entry: tuple[float, int, Record]) -> bool:
-    record = entry[2]
-    return record.lease == entry[1]
