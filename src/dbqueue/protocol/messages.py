@@ -15,6 +15,7 @@ import json
 import struct
 from dataclasses import dataclass
 from collections.abc import Iterable
+from itertools import chain
 from typing import Any, ClassVar, Union
 
 from ..errors import InvalidQueueName, InvalidRequest, UnknownOpcode
@@ -885,11 +886,11 @@ def decode_response(opcode: int, body: bytes) -> Response:
     return cls.from_body(body)  # type: ignore[no-any-return]
 
 
-def messages_frame(request_id: int, messages: Iterable[tuple[int, int, bytes]]) -> bytes:
-    """A MESSAGES frame straight from (id, deliveries, data) triples: the server's batch reads
-    skip building a `Message` per entry."""
-    pack = BATCHED_MESSAGE.pack
-    body = b"".join([part for id_, deliveries, data in messages for part in (pack(id_, deliveries, len(data)), data)])
+def messages_frame(request_id: int, ids: Iterable[int], deliveries: Iterable[int], payloads: list[bytes]) -> bytes:
+    """A MESSAGES frame straight from its columns: the server's batch reads build no
+    `Message` per entry, and the entries are packed and joined without a Python loop."""
+    heads = map(BATCHED_MESSAGE.pack, ids, deliveries, map(len, payloads))
+    body = b"".join(chain.from_iterable(zip(heads, payloads)))
     return HEADER.pack(MAGIC, Op.MESSAGES, 0, request_id, len(body)) + body
 
 

@@ -56,6 +56,7 @@ import enum
 import heapq
 import logging
 from collections import deque
+from itertools import islice, repeat
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -154,6 +155,15 @@ class _Lanes:
         lane.append((deadline, lease, record))
         self.size += 1
 
+    def push_many(self, timeout_ms: int, deadline: float, lease: int, records: list[Record]) -> None:
+        """One deadline and lease for several records (a batch read): a tie keeps their read order."""
+        lane = self.lanes.get(timeout_ms)
+        if lane is None:
+            lane = self.lanes[timeout_ms] = deque()
+            heapq.heappush(self.heads, (deadline, timeout_ms))
+        lane.extend(zip(repeat(deadline), repeat(lease), records))
+        self.size += len(records)
+
     def pop_due(self, now: float) -> list[tuple[float, int, Record]]:
         """Remove and return every entry due by ``now``, in (deadline, lease) order."""
         due: list[tuple[float, int, Record]] = []
@@ -185,6 +195,20 @@ class _Lanes:
         self.heads = [(lane[0][0], timeout_ms) for timeout_ms, lane in lanes.items()]
         heapq.heapify(self.heads)
         self.size = sum(map(len, lanes.values()))
+
+
+def _fitting(lengths: list[int], room: int, first: bool) -> tuple[int, int]:
+    """How many of these payloads fit in ``room`` bytes of batch reply, and the bytes they take
+    (at least one when ``first``: a batch always carries its first message)."""
+    used = sum(lengths) + BATCH_ENTRY_OVERHEAD * len(lengths)
+    if used <= room:
+        return len(lengths), used
+    used = 0
+    for count, length in enumerate(lengths):
+        if used + length + BATCH_ENTRY_OVERHEAD > room and (count or not first):
+            return count, used
+        used += length + BATCH_ENTRY_OVERHEAD
+    return len(lengths), used
 
 
 def _deadline_and_lease(entry: tuple[float, int, Record]) -> tuple[float, int]:
@@ -314,6 +338,43 @@ class Queue:
                 held[segment.id] = segment  # type: ignore[union-attr,index]
                 return segment  # type: ignore[return-value]
         return None
+
+    def take_many(self, held: dict[int, Record], count: int, limit: int) -> list[Record]:
+        """Like `take`, for up to ``count`` messages whose batch reply entries stay within
+        ``limit`` bytes (the first one always goes). Fresh messages leave their run in one slice."""
+        records: list[Record] = []
+        size = 0
+        segments = self._segments
+        while len(records) < count and segments:
+            segment = segments[0]
+            if segment.__class__ is Record:
+                size += len(segment.data) + BATCH_ENTRY_OVERHEAD  # type: ignore[union-attr]
+                if records and size > limit:
+                    break
+                records.append(self.take(held))  # type: ignore[arg-type]
+                continue
+            items = segment.items  # type: ignore[union-attr]
+            if not items:
+                if segment is self._tail:
+                    break
+                segments.popleft()
+                continue
+            wanted = min(count - len(records), len(items))
+            fits, used = _fitting(list(map(len, islice(items, wanted))), limit - size, not records)
+            if not fits:
+                break
+            first = segment.next_id  # type: ignore[union-attr]
+            segment.next_id = first + fits  # type: ignore[union-attr]
+            ids = range(first, first + fits)
+            batch = list(map(Record, ids, repeat(self), [items.popleft() for _ in ids], repeat(held)))
+            held.update(zip(ids, batch))
+            self._records.update(zip(ids, batch))
+            self.ready -= fits
+            records += batch
+            size += used
+            if fits < wanted:
+                break
+        return records
 
     def push_front(self, record: Record) -> None:
         """Return a record ahead of every ready message."""
@@ -576,18 +637,21 @@ class Broker:
     ) -> list[Record]:
         """Read up to ``max_messages`` messages of ``queue``, stopping once their payloads
         pass ``max_batch_bytes`` so that any client can take the reply in."""
-        records: list[Record] = []
-        size = 0
-        limit = self.max_batch_bytes
-        for _ in range(max_messages):
-            if records and size + queue.next_size() > limit:
-                break
-            record = self.deliver(queue, timeout_ms, held, now)
-            if record is None:
-                break
-            records.append(record)
-            size += len(record.data) + BATCH_ENTRY_OVERHEAD
+        records = queue.take_many(held, max_messages, self.max_batch_bytes)
+        if records and timeout_ms:
+            self.set_deadlines(records, timeout_ms, now)
         return records
+
+    def set_deadlines(self, records: list[Record], timeout_ms: int, now: float) -> None:
+        """`set_deadline` for a batch: one lease number, one lane entry each, in read order."""
+        lease = self._leases = self._leases + 1
+        for record in records:
+            record.lease = lease
+        deadlines = self._deadlines
+        deadlines.push_many(timeout_ms, now + timeout_ms / 1000.0, lease, records)
+        self._timed += len(records)
+        if deadlines.size > 2 * self._timed + 1024:
+            deadlines.keep_live()
 
     def wait(
         self,
@@ -655,6 +719,32 @@ class Broker:
         if self.journal is not None:
             self.journal.remove(id_)
         return Outcome.CONFIRMED
+
+    def confirm_many(self, ids: tuple[int, ...]) -> bytes:
+        """Acknowledge messages by id; return one `Outcome` byte each.
+
+        The usual case (in flight, queue alive) is handled inline, as in `confirm`;
+        any other goes through `confirm` itself.
+        """
+        records = self.records
+        journal = self.journal
+        outcomes = bytearray(len(ids))  # zeros: CONFIRMED
+        for index, id_ in enumerate(ids):
+            record = records.get(id_)
+            if record is None or record.held is None or record.queue.deleted:
+                outcomes[index] = self.confirm(id_)
+                continue
+            del records[id_]
+            del record.held[id_]
+            record.held = None
+            record.data = b""
+            if record.lease:
+                self._timed -= 1
+                record.lease = 0
+            record.queue.confirmed += 1
+            if journal is not None:
+                journal.remove(id_)
+        return bytes(outcomes)
 
     def touch(self, id_: int, timeout_ms: int, now: float) -> Outcome:
         """Move an in-flight message's deadline to ``now + timeout_ms`` (0: no timeout)."""

@@ -35,6 +35,7 @@ import asyncio
 import hmac
 import logging
 from functools import partial
+from operator import attrgetter
 from time import perf_counter
 from typing import TYPE_CHECKING
 
@@ -340,8 +341,7 @@ class Session(asyncio.Protocol):
 
     def _enqueue_batch(self, request: msg.EnqueueBatch, request_id: int, now: float) -> msg.Response:
         queue = self._queue(request.queue)
-        for item in request.items:
-            self._check_size(item)
+        self._check_size(max(request.items, key=len))
         ids = self.broker.enqueue_batch(queue, list(request.items), now)
         return msg.ObjectsQueued(tuple(ids)) if ids is not None else msg.Full.INSTANCE  # type: ignore[attr-defined]
 
@@ -360,8 +360,8 @@ class Session(asyncio.Protocol):
         return _messages_frame(request_id, records)
 
     def _confirm_batch(self, request: msg.ConfirmBatch, request_id: int, now: float) -> msg.Response:
-        confirm = self.broker.confirm
-        return msg.ConfirmResults(tuple(int(confirm(id_)) for id_ in request.ids))
+        outcomes = self.broker.confirm_many(request.ids)
+        return fr.HEADER.pack(fr.MAGIC, fr.Op.CONFIRM_RESULTS, 0, request_id, len(outcomes)) + outcomes
 
     def _cancel(self, request: msg.Cancel, request_id: int, now: float) -> msg.Response:
         waiter = self.waiting.pop(request.request_id, None)
@@ -447,7 +447,10 @@ _HANDLERS = {
 
 
 def _messages_frame(request_id: int, records: list[Record]) -> bytes:
-    return msg.messages_frame(request_id, [(r.id, r.deliveries, r.data) for r in records])
+    return msg.messages_frame(request_id, map(_ID, records), map(_DELIVERIES, records), list(map(_DATA, records)))
+
+
+_ID, _DELIVERIES, _DATA = attrgetter("id"), attrgetter("deliveries"), attrgetter("data")
 
 
 def _settled(outcome: Outcome, id_: int, done: msg.Response) -> msg.Response:
