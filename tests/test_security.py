@@ -515,3 +515,8 @@ def test_serve_with_tls_flags_client_certificates_and_a_token(tmp_path: Path, pk
 def test_serve_refuses_a_certificate_without_its_key(pki: Pki) -> None:
     code, output = serve_refusal("--tls-cert", pki.cert("server"))
     assert code != 0 and "--tls-key" in output
+
+
+def test_serve_refuses_a_client_ca_without_tls(pki: Pki) -> None:
+    code, output = serve_refusal("--tls-ca", pki.cert("ca"))
+    assert code != 0 and "--tls-cert" in output

@@ -210,25 +210,13 @@ class _ColumnReader:
         reader = self.reader
         if reader.failure is not None:
             raise BenchFailure(f"bad reply framing: {reader.failure.message}")
-        if not reader.buffered and len(data) >= fr.HEADER_SIZE:
-            size = fr.HEADER_SIZE + int.from_bytes(data[8:12], "big")
-            count, rest = divmod(len(data), size)
-            if not rest and count <= self.MAX_RUN and size - fr.HEADER_SIZE <= reader.max_body:
-                layout = self.layouts.get((size, count))
-                if layout is None:
-                    layout = self.layouts[size, count] = struct.Struct(">" + f"BBHII{size - fr.HEADER_SIZE}s" * count)
-                values = layout.unpack(data)
-                # Every frame's magic, flags and length, checked at once; a mismatch takes the general path.
-                if (
-                    values[0::6].count(fr.MAGIC) == count
-                    and values[2::6].count(0) == count
-                    and values[4::6].count(size - fr.HEADER_SIZE) == count
-                ):
-                    columns.opcodes.extend(values[1::6])
-                    columns.request_ids.extend(values[3::6])
-                    columns.lengths.extend(values[4::6])
-                    columns.bodies.extend(values[5::6])
-                    return len(columns.opcodes)
+        values = self._cut_alike(data) if not reader.buffered else None
+        if values is not None:
+            columns.opcodes.extend(values[1::6])
+            columns.request_ids.extend(values[3::6])
+            columns.lengths.extend(values[4::6])
+            columns.bodies.extend(values[5::6])
+            return len(columns.opcodes)
         frames = reader.feed(data)
         if reader.failure is not None:
             raise BenchFailure(f"bad reply framing: {reader.failure.message}")
@@ -240,6 +228,24 @@ class _ColumnReader:
             columns.lengths.append(len(body))
             columns.bodies.append(body)
         return len(columns.opcodes)
+
+    def _cut_alike(self, data: bytes) -> tuple[Any, ...] | None:
+        """(magic, opcode, flags, request id, length, body) per frame if ``data`` is whole,
+        well-formed frames of one size; None for anything else."""
+        if len(data) < fr.HEADER_SIZE:
+            return None
+        length = int.from_bytes(data[8:12], "big")
+        count, rest = divmod(len(data), fr.HEADER_SIZE + length)
+        if rest or count > self.MAX_RUN or length > self.reader.max_body:
+            return None
+        layout = self.layouts.get((length, count))
+        if layout is None:
+            layout = self.layouts[length, count] = struct.Struct(">" + f"BBHII{length}s" * count)
+        values = layout.unpack(data)
+        # Every frame's magic, flags and length, checked at once.
+        if values[0::6].count(fr.MAGIC) == values[2::6].count(0) == values[4::6].count(length) == count:
+            return values
+        return None
 
     def take(self) -> Replies:
         columns, self.columns = self.columns, Replies([], [], [], [])

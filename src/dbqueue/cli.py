@@ -145,6 +145,8 @@ def serve(
         )
     if bool(tls_cert) != bool(tls_key):
         raise click.UsageError("--tls-cert and --tls-key go together")
+    if tls_ca and not tls_cert:
+        raise click.UsageError("--tls-ca checks client certificates over TLS: it needs --tls-cert and --tls-key")
     members = [part.strip() for part in peers.split(",") if part.strip()] if peers else []
     if workers > 1:
         from .server.workers import supervise, worker_command
