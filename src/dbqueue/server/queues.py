@@ -56,8 +56,8 @@ import enum
 import heapq
 import logging
 from collections import deque
-from itertools import islice, repeat
 from collections.abc import Callable, Iterator
+from itertools import islice, repeat
 from typing import Any
 
 from ..errors import InvalidQueueName, InvalidRequest, LimitExceeded, NoSuchQueue
@@ -283,15 +283,6 @@ class Queue:
         if self.journal is not None:
             self.journal.add(self.name, id_, data)
         return id_
-
-    def next_size(self) -> int:
-        """The wire size of the next ready message in a batch reply (0 when none is ready)."""
-        for segment in self._segments:
-            if segment.__class__ is Record:
-                return len(segment.data) + BATCH_ENTRY_OVERHEAD  # type: ignore[union-attr]
-            if segment.items:  # type: ignore[union-attr]
-                return len(segment.items[0]) + BATCH_ENTRY_OVERHEAD  # type: ignore[union-attr]
-        return 0
 
     def push_many(self, items: list[bytes]) -> list[int]:
         """Append fresh messages (the caller checked the capacity); return their ids."""

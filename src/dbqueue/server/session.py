@@ -359,7 +359,7 @@ class Session(asyncio.Protocol):
             return None
         return _messages_frame(request_id, records)
 
-    def _confirm_batch(self, request: msg.ConfirmBatch, request_id: int, now: float) -> msg.Response:
+    def _confirm_batch(self, request: msg.ConfirmBatch, request_id: int, now: float) -> bytes:
         outcomes = self.broker.confirm_many(request.ids)
         return fr.HEADER.pack(fr.MAGIC, fr.Op.CONFIRM_RESULTS, 0, request_id, len(outcomes)) + outcomes
 
