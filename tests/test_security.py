@@ -50,7 +50,7 @@ from dbqueue.protocol import (
     encode,
 )
 from dbqueue.server import session as session_module
-from dbqueue.server.security import server_tls_context
+from dbqueue.server.security import MAX_TOKEN_BYTES, server_tls_context
 from pki import Pki, make_pki
 
 if TYPE_CHECKING:
@@ -202,6 +202,52 @@ def test_the_right_hello_pipelined_with_requests_in_one_write(authed: ServerThre
     assert response(raw) == (2, QueueCreated())
     request_id, queued = response(raw)
     assert request_id == 3 and isinstance(queued, ObjectQueued)
+
+
+def test_the_right_hello_pipelined_with_a_large_message_in_one_write(authed: ServerThread) -> None:
+    """The pre-authentication bound applies to the first frame only: what follows a good Hello
+    may be as large as the server's message limit."""
+    raw = authed.raw()
+    payload = bytes(range(256)) * 1024  # 256 KiB
+    raw.send(encode(1, Hello(token=TOKEN.encode())) + encode(2, CreateQueue("big")) + encode(3, Enqueue("big", payload)))
+    assert isinstance(response(raw)[1], HelloOk)
+    assert response(raw) == (2, QueueCreated())
+    assert isinstance(response(raw)[1], ObjectQueued)
+    with Client.connect(authed.address, token=TOKEN) as client:
+        assert client.read("big").data == payload
+
+
+def test_a_large_first_frame_is_refused_before_it_is_buffered(authed: ServerThread) -> None:
+    raw = authed.raw()
+    limit = session_module.PRE_AUTH_MAX_BODY
+    frame = encode(7, Enqueue("q", bytes(limit)))
+    raw.send(frame[:64])  # the header alone tells: the body is never waited for
+    request_id, answer = response(raw)
+    assert request_id == 7 and isinstance(answer, Error) and answer.code == ErrorCode.NOT_AUTHENTICATED
+    assert str(limit) in answer.message
+    assert raw.at_eof()
+
+
+def test_a_hello_with_a_token_of_the_largest_size_authenticates(server_factory: Factory, tmp_path: Path) -> None:
+    token = b"t" * MAX_TOKEN_BYTES
+    server = server_factory(auth_token=token)
+    with Client.connect(server.address, token=token) as client:
+        assert client.list_queues() == []
+
+
+def test_bad_framing_before_authentication_is_bad_frame(authed: ServerThread) -> None:
+    raw = authed.raw()
+    raw.send(b"\x00" * 12)
+    request_id, answer = response(raw)
+    assert isinstance(answer, Error) and answer.code == ErrorCode.BAD_FRAME
+    assert raw.at_eof()
+
+
+def test_serve_refuses_a_token_over_the_limit(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_bytes(b"x" * (MAX_TOKEN_BYTES + 1))
+    code, output = serve_refusal("--auth-token-file", str(token_file))
+    assert code != 0 and str(MAX_TOKEN_BYTES) in output and "Traceback" not in output
 
 
 def test_a_hello_cut_in_pieces_still_authenticates(authed: ServerThread) -> None:

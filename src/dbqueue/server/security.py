@@ -7,13 +7,20 @@ import socket
 import ssl
 from pathlib import Path
 
-__all__ = ["read_token", "server_tls_context", "is_loopback"]
+__all__ = ["read_token", "server_tls_context", "is_loopback", "MAX_TOKEN_BYTES", "PRE_AUTH_MAX_BODY"]
+
+# Before authentication a connection's first frame may carry at most a Hello: its 2-byte
+# version and a token. Bounding it keeps an unauthenticated peer from making the server
+# buffer a full-size message.
+MAX_TOKEN_BYTES = 4094
+PRE_AUTH_MAX_BODY = 2 + MAX_TOKEN_BYTES
 
 
 def read_token(path: str | None, environment_value: str | None) -> bytes | None:
     """The token from ``path`` (surrounding whitespace stripped) or else from the environment; None if neither.
 
-    Raises `ValueError` for an empty token: an empty secret would let anyone in.
+    Raises `ValueError` for an empty token (an empty secret would let anyone in) or one over
+    `MAX_TOKEN_BYTES`.
     """
     if path is not None:
         token = Path(path).read_bytes().strip()
@@ -21,8 +28,11 @@ def read_token(path: str | None, environment_value: str | None) -> bytes | None:
         token = environment_value.strip().encode()
     else:
         return None
+    where = "in " + path if path else "in DBQUEUE_AUTH_TOKEN"
     if not token:
-        raise ValueError(f"the token {'in ' + path if path else 'in DBQUEUE_AUTH_TOKEN'} is empty")
+        raise ValueError(f"the token {where} is empty")
+    if len(token) > MAX_TOKEN_BYTES:
+        raise ValueError(f"the token {where} is {len(token)} bytes long; at most {MAX_TOKEN_BYTES}")
     return token
 
 

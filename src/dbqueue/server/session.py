@@ -53,6 +53,7 @@ from ..errors import (
 from ..protocol import frames as fr
 from ..protocol import messages as msg
 from .queues import Outcome, Queue, Record, Waiter
+from .security import PRE_AUTH_MAX_BODY
 
 if TYPE_CHECKING:
     from .app import Server
@@ -82,6 +83,7 @@ class Session(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         self.authenticated = server.auth_token is None
+        self.unadmitted = bytearray()  # the first frame, while it is incomplete and not yet authenticated
         self.done = False  # failed authentication or lost framing: read nothing more
         self.last_active = 0.0
 
@@ -105,10 +107,12 @@ class Session(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.done:
             return
+        if not self.authenticated:
+            data = self._authenticate(data)
+            if not data:
+                return
         reader = self.reader
         requests = reader.feed(data)
-        if requests and not self.authenticated:
-            requests = self._admit(requests)
         if requests:
             stats = self.server.request_stats
             if stats is None:
@@ -136,17 +140,40 @@ class Session(asyncio.Protocol):
         """Whether a waiting read is parked for this connection (it is not idle then)."""
         return any(waiter.active for waiter in self.waiting.values())
 
-    def _admit(self, requests: list[tuple]) -> list[tuple]:
-        """Before authentication: the first request must be a Hello with the server's token.
+    def _authenticate(self, data: bytes) -> bytes:
+        """Before authentication: the first frame must be a Hello with the server's token.
 
-        Returns the requests after it; on anything else the connection gets an
-        error and is closed (the token itself is never logged).
+        The first frame is cut here, bounded at `PRE_AUTH_MAX_BODY`, so an unauthenticated
+        peer cannot make the server buffer a full-size message. Returns the bytes after it
+        once the connection is admitted, else b"" (not complete yet, or refused: then the
+        connection gets an error and is closed; the token itself is never logged).
         """
-        opcode, request_id, frame, _ = requests[0]
+        pending = self.unadmitted
+        pending += data
+        if len(pending) < fr.HEADER_SIZE:
+            return b""
+        magic, opcode, flags, request_id, length = fr.HEADER.unpack_from(pending)
+        if magic != fr.MAGIC:
+            failure = fr.framing_failure(magic, request_id, length, PRE_AUTH_MAX_BODY)
+            self._shut(failure.request_id, failure.code, failure.message, failure.message)
+            return b""
+        if length > PRE_AUTH_MAX_BODY:
+            message = f"authentication failed: the first frame must be a Hello of at most {PRE_AUTH_MAX_BODY} bytes"
+            self._shut(request_id, ErrorCode.NOT_AUTHENTICATED, message, f"a first frame of {length} bytes")
+            return b""
+        end = fr.HEADER_SIZE + length
+        if len(pending) < end:
+            return b""
+        body, rest = bytes(pending[fr.HEADER_SIZE : end]), bytes(pending[end:])
+        self.unadmitted = bytearray()
+        return rest if self._admit(opcode, flags, request_id, body) else b""
+
+    def _admit(self, opcode: int, flags: int, request_id: int, body: bytes) -> bool:
+        """Answer the first frame: True if it is a Hello with the right token and a supported version."""
         hello = None
-        if opcode == msg.OTHER and frame[0] == fr.Op.HELLO and not frame[1]:
+        if opcode == fr.Op.HELLO and not flags:
             try:
-                hello = msg.Hello.from_body(frame[3])
+                hello = msg.Hello.from_body(body)
             except RequestError:
                 hello = None
         token = self.server.auth_token or b""
@@ -155,17 +182,22 @@ class Session(asyncio.Protocol):
                 reply = msg.encode(request_id, self._hello(hello, request_id, 0.0))
             except RequestError as exc:  # an unsupported version: refused like any Hello
                 self.server.send(self.transport, _refusal(request_id, exc))  # type: ignore[arg-type]
-                return []
+                return False
             self.authenticated = True
             self.server.send(self.transport, reply)  # type: ignore[arg-type]
-            return requests[1:]
+            return True
         reason = "a wrong token" if hello is not None and hello.token else "no token" if hello is not None else "no Hello"
+        message = "authentication failed: send Hello with the server's token"
+        self._shut(request_id, ErrorCode.NOT_AUTHENTICATED, message, reason)
+        return False
+
+    def _shut(self, request_id: int, code: int, message: str, reason: str) -> None:
+        """Refuse an unauthenticated connection: log ``reason``, answer an error, close."""
         log.warning("authentication failed from %s: %s", self.peer, reason)
-        error = msg.error_frame(request_id, ErrorCode.NOT_AUTHENTICATED, "authentication failed: send Hello with the server's token")
-        self.server.send(self.transport, error)  # type: ignore[arg-type]
+        self.server.send(self.transport, msg.error_frame(request_id, code, message))  # type: ignore[arg-type]
         self.server.close_after_send(self.transport)  # type: ignore[arg-type]
         self.done = True
-        return []
+        self.unadmitted = bytearray()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.release()
