@@ -59,22 +59,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `peers` sits next to this file
 
 import hiredis  # noqa: E402
-from machine import (  # noqa: E402
-    CpuWatch,
-    command_line,
-    dbqueue_origin,
-    describe_machine,
-    python_description,
-    wait_for_idle_cpu,
-    wait_until_quiet,
-)
+from machine import CpuWatch, begin_run, context_lines, wait_for_idle_cpu  # noqa: E402
 from peers import (  # noqa: E402
     BeanstalkdDriver,
     BeanstalkdServer,
@@ -401,8 +392,7 @@ class Comparison:
                 self.skip(name, str(exc))
                 continue
             self.servers[name] = server
-            ports = f"{server.port}" if server.ports == 1 else f"{server.port}-{server.port + server.ports - 1}"
-            self.console.print(f"started {name} {server.version()} on {server.host}:{ports} (pid {server.pid})")
+            self.console.print(f"started {name} {server.describe()}")
 
     def skip(self, name: str, reason: str) -> None:
         self.skipped[name] = reason
@@ -755,8 +745,8 @@ def _print_table(console: Console, title: str, table: Table) -> None:
 # --- the machine, and what was run --------------------------------------------------
 
 
-def _versions(servers: dict[str, ServerProcess]) -> dict[str, str]:
-    versions = {"dbqueue": dbqueue_origin()}
+def _versions(dbqueue: str, servers: dict[str, ServerProcess]) -> dict[str, str]:
+    versions = {"dbqueue": dbqueue}
     try:
         import uvloop
 
@@ -772,14 +762,8 @@ def _versions(servers: dict[str, ServerProcess]) -> dict[str, str]:
 
 def print_header(console: Console, info: dict[str, Any]) -> None:
     machine, args = info["machine"], info["workload"]
-    console.print(f"date: {info['date']}")
-    console.print(f"command: {info['command']}")
-    console.print(
-        f"machine: nproc {machine['nproc']} (of {machine['cpu_count']}), {machine['cpu_model']}, "
-        f"{machine['memory_bytes'] / 2**30:.0f} GiB, {machine['kernel']}; load average at the start {info['load']}"
-    )
-    console.print(f"load generator: {machine['python_build']}")
-    console.print(f"dbqueue server: {info['server_python']}")
+    for line in context_lines(info):  # without a dbqueue line: main moved it among the versions
+        console.print(line)
     console.print("versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
     batch = f", {args['batch']} messages a request" if args["batch"] > 1 else ""
     console.print(
@@ -869,33 +853,27 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(width=None if sys.stdout.isatty() else 200)
     signal.signal(signal.SIGTERM, _raise_interrupt)  # stop the servers on `kill` too
     comparison = Comparison(args, console)
-    wait_until_quiet(args.quiet_load, args.quiet_wait, console.print)
-    info: dict[str, Any] = {
-        "date": datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds"),
-        "command": command_line(),
-        "machine": describe_machine(),
-        "load": " ".join(f"{value:.2f}" for value in os.getloadavg()),
-        "server_python": python_description(args.server_python),
-        "workload": {
-            "mode": args.mode,
-            "batch": args.batch,
-            "rounds": args.rounds,
-            "producers": args.producers,
-            "consumers": args.consumers,
-            "pipeline": args.pipeline,
-            "iterations": args.iterations,
-            "payload": args.payload,
-            "messages": args.producers * args.pipeline * args.iterations * args.batch,
-            "latency_iterations": args.latency_iterations,
-            "systems": args.systems,
-        },
+    info = begin_run(args, console.print)
+    dbqueue = info.pop("dbqueue")  # printed and stored among the versions
+    info["workload"] = {
+        "mode": args.mode,
+        "batch": args.batch,
+        "rounds": args.rounds,
+        "producers": args.producers,
+        "consumers": args.consumers,
+        "pipeline": args.pipeline,
+        "iterations": args.iterations,
+        "payload": args.payload,
+        "messages": args.producers * args.pipeline * args.iterations * args.batch,
+        "latency_iterations": args.latency_iterations,
+        "systems": args.systems,
     }
     loop = new_event_loop()
     try:
         with ExitStack() as stack:
             try:
                 comparison.start_servers(stack)
-                info["versions"] = _versions(comparison.servers)
+                info["versions"] = _versions(dbqueue, comparison.servers)
                 print_header(console, info)
                 comparison.run(loop)
             except KeyboardInterrupt:

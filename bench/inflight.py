@@ -37,13 +37,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the modules beside this file
 
 from filler import Holders, fill, hold
-from machine import CpuWatch, context_lines, run_context, wait_for_idle_cpu, wait_until_quiet
-from peers import DbQueueServer
+from machine import CpuWatch, add_run_options, begin_run, context_lines, wait_for_idle_cpu
+from peers import DbQueueServer, run_guarded
 
 from dbqueue.bench import BenchConfig, BenchFailure, DbQueueDriver, run_load
 from dbqueue.client import AsyncClient
 from dbqueue.errors import DbQueueError
-from dbqueue.server import new_event_loop
 
 TARGET = 0.90  # with ÷ without, messages/s
 CROWDED = 0.25  # other processes' CPU, in cores, above which a run is flagged
@@ -76,13 +75,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--time-limit", type=float, default=300.0, help="seconds one load run or one setup may take")
     parser.add_argument("--retry-crowded", type=int, default=2, help="run a crowded pair again, up to this many times")
-    parser.add_argument(
-        "--server-python", metavar="PATH", help="interpreter for the dbqueue server (default: this one)"
-    )
-    parser.add_argument(
-        "--quiet-load", type=float, default=0.7, help="wait for a 1-minute load average this low (0: no)"
-    )
-    parser.add_argument("--quiet-wait", type=float, default=300.0, help="seconds to wait for it at most")
+    add_run_options(parser)
     parser.add_argument("--json", metavar="PATH", help="write every run as JSON")
     args = parser.parse_args(argv)
     if args.held < 1 or args.held % args.read_batch:
@@ -91,10 +84,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, server: DbQueueServer, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, args: argparse.Namespace, server: DbQueueServer) -> None:
         self.args = args
         self.server = server
-        self.loop = loop
         self.runs: list[dict[str, Any]] = []
 
     def load_config(self, iterations: int) -> BenchConfig:
@@ -156,8 +148,10 @@ class Bench:
         finally:
             await client.close()
 
-    def measure(self, pair: int, phase: str, attempt: int, setup: dict[str, Any]) -> dict[str, Any]:
-        loop, server = self.loop, self.server
+    def measure(
+        self, loop: asyncio.AbstractEventLoop, pair: int, phase: str, attempt: int, setup: dict[str, Any]
+    ) -> dict[str, Any]:
+        server = self.server
         loop.run_until_complete(run_load(DbQueueDriver(self.load_config(self.args.warmup_iterations))))
         watch = CpuWatch(lambda: [os.getpid()])
         watch.start()
@@ -188,29 +182,32 @@ class Bench:
         )
         return run
 
-    def pair(self, number: int, attempt: int) -> list[dict[str, Any]]:
-        without = self.measure(number, "without", attempt, {})
-        holders, setup = self.loop.run_until_complete(self.put_in_flight())
+    def pair(self, loop: asyncio.AbstractEventLoop, number: int, attempt: int) -> list[dict[str, Any]]:
+        without = self.measure(loop, number, "without", attempt, {})
+        holders, setup = loop.run_until_complete(self.put_in_flight())
         print(
             f"pair {number} with:    {self.args.held:,} messages in flight (sent in {setup['fill_seconds']:.1f} s, "
             f"read in {setup['hold_seconds']:.1f} s; server RSS {setup['rss_bytes'] / 2**20:,.0f} MiB)"
         )
         try:
-            with_ = self.measure(number, "with", attempt, setup)
+            with_ = self.measure(loop, number, "with", attempt, setup)
         finally:
-            self.loop.run_until_complete(self.give_back(holders))
+            loop.run_until_complete(self.give_back(holders))
         return [without, with_]
 
-    def run(self) -> None:
-        for number in range(1, self.args.pairs + 1):
-            for attempt in range(self.args.retry_crowded + 1):
-                runs = self.pair(number, attempt)
-                if not any(run["crowded"] for run in runs) or attempt == self.args.retry_crowded:
-                    break
-                for run in runs:
-                    run["discarded"] = True
-                print(f"pair {number} was crowded: running it again once the machine is quiet")
-                wait_for_idle_cpu(self.args.quiet_wait, CROWDED)
+    def run(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the server, run every pair on it (a crowded one again), stop it."""
+        with self.server:
+            print(f"started dbqueue {self.server.describe()}")
+            for number in range(1, self.args.pairs + 1):
+                for attempt in range(self.args.retry_crowded + 1):
+                    runs = self.pair(loop, number, attempt)
+                    if not any(run["crowded"] for run in runs) or attempt == self.args.retry_crowded:
+                        break
+                    for run in runs:
+                        run["discarded"] = True
+                    print(f"pair {number} was crowded: running it again once the machine is quiet")
+                    wait_for_idle_cpu(self.args.quiet_wait, CROWDED)
 
 
 def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
@@ -264,27 +261,13 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, An
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    wait_until_quiet(args.quiet_load, args.quiet_wait)
-    context = run_context(args.server_python)
+    context = begin_run(args)
     for line in context_lines(context):
         print(line)
-    loop = new_event_loop()
-    server = DbQueueServer(python=args.server_python)
-    bench = Bench(args, server, loop)
-    try:
-        with server:
-            print(f"started dbqueue {server.version()} on {server.host}:{server.port} (pid {server.pid})")
-            bench.run()
-    except (TimeoutError, BenchFailure, DbQueueError, OSError) as exc:
-        print(f"failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        if not server.alive():
-            print(server.exit_description(), file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    finally:
-        loop.close()
+    bench = Bench(args, DbQueueServer(python=args.server_python))
+    status = run_guarded(bench.run, (TimeoutError, BenchFailure, DbQueueError, OSError), bench.server)
+    if status:
+        return status
     summary = report(bench.runs, args)
     if args.json:
         Path(args.json).write_text(

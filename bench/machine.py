@@ -6,7 +6,9 @@ time that every *other* user-space process used over a run (`CpuWatch`, from
 ``/proc/<pid>/stat``: everything except the load generator, the servers and
 their children). A figure taken while something else was busy measures a
 shared machine, so scripts flag it, and `wait_until_quiet` lets a run start
-only once the load average has settled.
+only once the load average has settled. `add_run_options` and `begin_run` are
+how the scripts start: the options ``--server-python``, ``--quiet-load`` and
+``--quiet-wait``, then the wait and the description (`run_context`).
 
 The kernel's own work (kernel threads such as writeback and ksoftirqd, and
 interrupts that hit an idle CPU) is measured apart, as what ``/proc/stat``
@@ -18,6 +20,7 @@ to that process, so most loopback TCP work shows up as client or server CPU.)
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import shlex
@@ -30,6 +33,8 @@ from typing import Any
 
 __all__ = [
     "CpuWatch",
+    "add_run_options",
+    "begin_run",
     "command_line",
     "context_lines",
     "dbqueue_origin",
@@ -282,9 +287,13 @@ def run_context(server_python: str | None = None) -> dict[str, Any]:
 
 
 def context_lines(context: dict[str, Any]) -> list[str]:
-    """`run_context` as the lines every script prints before its figures."""
+    """`run_context` as the lines every script prints before its figures.
+
+    The ``dbqueue:`` line comes last, and only while the context holds it (compare.py
+    moves it into its own line of versions).
+    """
     machine = context["machine"]
-    return [
+    lines = [
         f"date: {context['date']}",
         f"command: {context['command']}",
         (
@@ -293,5 +302,28 @@ def context_lines(context: dict[str, Any]) -> list[str]:
         ),
         f"load generator: {machine['python_build']}",
         f"dbqueue server: {context['server_python']}",
-        f"dbqueue: {context['dbqueue']}",
     ]
+    if "dbqueue" in context:
+        lines.append(f"dbqueue: {context['dbqueue']}")
+    return lines
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """Add ``--server-python``, ``--quiet-load`` and ``--quiet-wait``: what `begin_run` reads."""
+    parser.add_argument(
+        "--server-python", metavar="PATH", help="interpreter for the dbqueue server (default: this one)"
+    )
+    parser.add_argument(
+        "--quiet-load", type=float, default=0.7, help="wait for a 1-minute load average this low (0: no)"
+    )
+    parser.add_argument("--quiet-wait", type=float, default=300.0, help="seconds to wait for it at most")
+
+
+def begin_run(args: argparse.Namespace, say: Any = print) -> dict[str, Any]:
+    """Wait until the machine is quiet (``args.quiet_load``, ``args.quiet_wait``), then return its `run_context`.
+
+    ``args`` holds the options `add_run_options` adds (a script may word their help its own way);
+    ``say`` hears about the wait. Printing the context (`context_lines`) is left to the caller.
+    """
+    wait_until_quiet(args.quiet_load, args.quiet_wait, say)
+    return run_context(args.server_python)

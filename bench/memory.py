@@ -27,18 +27,18 @@ import json
 import re
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the modules beside this file
 
 from filler import fill
-from machine import context_lines, run_context, wait_until_quiet
-from peers import DbQueueServer, RedisBatchDriver, RedisServer, ServerProcess, redis_call
+from machine import add_run_options, begin_run, context_lines
+from peers import DbQueueServer, RedisBatchDriver, RedisServer, ServerProcess, redis_call, run_guarded
 
 from dbqueue.bench import BenchConfig, BenchFailure, DbQueueDriver
 from dbqueue.client import AsyncClient
-from dbqueue.server import new_event_loop
 
 TARGET = 1.5  # dbqueue's bytes a message at most this times Redis's used_memory a message
 QUEUE = "memory"
@@ -57,13 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--settle", type=float, default=2.0, help="seconds to wait before each memory reading")
     parser.add_argument("--time-limit", type=float, default=600.0, help="seconds one fill may take")
     parser.add_argument("--systems", default="dbqueue,redis", help="comma-separated: dbqueue, redis")
-    parser.add_argument(
-        "--server-python", metavar="PATH", help="interpreter for the dbqueue server (default: this one)"
-    )
-    parser.add_argument(
-        "--quiet-load", type=float, default=0.7, help="wait for a 1-minute load average this low (0: no)"
-    )
-    parser.add_argument("--quiet-wait", type=float, default=300.0, help="seconds to wait for it at most")
+    add_run_options(parser)
     parser.add_argument("--json", metavar="PATH", help="write the figures as JSON")
     args = parser.parse_args(argv)
     if args.messages < 1 or args.batch < 1 or args.messages % args.batch:
@@ -177,39 +171,35 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> dict
     return summary
 
 
+def measure_each(args: argparse.Namespace, results: dict[str, dict[str, Any]], loop: asyncio.AbstractEventLoop) -> None:
+    """For each system in turn: start a fresh server, measure it into ``results[name]``, stop it."""
+    for name in args.systems:
+        server: ServerProcess = (
+            DbQueueServer(python=args.server_python, max_message_size=max(1 << 20, args.batch * args.payload))
+            if name == "dbqueue"
+            else RedisServer(label="redis")
+        )
+        with server:
+            print(f"started {name} {server.version()} (pid {server.pid}); filling {args.messages:,} messages ...")
+            began = time.perf_counter()
+            measure = measure_dbqueue if name == "dbqueue" else measure_redis
+            results[name] = loop.run_until_complete(measure(server, args))  # type: ignore[arg-type]
+            r = results[name]
+            print(
+                f"{name}: {r['measure']} {r['idle_bytes'] / 2**20:,.1f} -> {r['full_bytes'] / 2**20:,.1f} MiB, "
+                f"{r['bytes_per_message']:.1f} bytes/message ({time.perf_counter() - began:.0f} s)"
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    wait_until_quiet(args.quiet_load, args.quiet_wait)
-    context = run_context(args.server_python)
+    context = begin_run(args)
     for line in context_lines(context):
         print(line)
     results: dict[str, dict[str, Any]] = {}
-    loop = new_event_loop()
-    try:
-        for name in args.systems:
-            server: ServerProcess = (
-                DbQueueServer(python=args.server_python, max_message_size=max(1 << 20, args.batch * args.payload))
-                if name == "dbqueue"
-                else RedisServer(label="redis")
-            )
-            with server:
-                print(f"started {name} {server.version()} (pid {server.pid}); filling {args.messages:,} messages ...")
-                began = time.perf_counter()
-                measure = measure_dbqueue if name == "dbqueue" else measure_redis
-                results[name] = loop.run_until_complete(measure(server, args))  # type: ignore[arg-type]
-                r = results[name]
-                print(
-                    f"{name}: {r['measure']} {r['idle_bytes'] / 2**20:,.1f} -> {r['full_bytes'] / 2**20:,.1f} MiB, "
-                    f"{r['bytes_per_message']:.1f} bytes/message ({time.perf_counter() - began:.0f} s)"
-                )
-    except (TimeoutError, BenchFailure, OSError) as exc:
-        print(f"failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    finally:
-        loop.close()
+    status = run_guarded(partial(measure_each, args, results), (TimeoutError, BenchFailure, OSError))
+    if status:
+        return status
     summary = report(results, args)
     if args.json:
         Path(args.json).write_text(json.dumps({**context, "args": vars(args), **summary}, indent=2) + "\n")

@@ -45,6 +45,9 @@ and its CPU and memory figures add up the whole group. With
 ``--data-dir``; Redis: an append-only file; beanstalkd: a binlog), and
 `ServerProcess.data_bytes` says how much disk it takes; `ServerProcess.rss_bytes`
 reads the process's resident memory.
+
+`run_guarded` is how a script runs its work against them: on a fresh event
+loop, with a failure or Ctrl-C turned into the script's exit status.
 """
 
 from __future__ import annotations
@@ -68,6 +71,7 @@ from typing import Any
 import hiredis
 
 from dbqueue.bench import BenchConfig, BenchFailure, Driver
+from dbqueue.server import new_event_loop
 
 __all__ = [
     "BeanstalkdDriver",
@@ -81,6 +85,7 @@ __all__ = [
     "ServerUnavailable",
     "ensure_installed",
     "redis_call",
+    "run_guarded",
 ]
 
 
@@ -589,6 +594,11 @@ class ServerProcess(ABC):
         """The server's own version string, or ``"?"``."""
         return "?"
 
+    def describe(self) -> str:
+        """``<version> on <host>:<port> (pid <pid>)`` (a group's ports as a range), once it has started."""
+        ports = f"{self.port}" if self.ports == 1 else f"{self.port}-{self.port + self.ports - 1}"
+        return f"{self.version()} on {self.host}:{ports} (pid {self.pid})"
+
     def start(self) -> ServerProcess:
         reason = self.unavailable()
         if reason:
@@ -881,3 +891,35 @@ def _program_output(command: list[str]) -> str:
         return subprocess.run(command, capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
         return ""
+
+
+# --- a script's run -----------------------------------------------------------------
+
+
+def run_guarded(
+    work: Callable[[asyncio.AbstractEventLoop], None],
+    failures: tuple[type[BaseException], ...],
+    server: ServerProcess | None = None,
+) -> int:
+    """Run ``work`` with a fresh event loop, closed at the end; return the script's exit status.
+
+    0 when ``work`` returns; 1 when it raises one of ``failures``, after a line
+    ``failed: <type>: <message>`` on stderr and, when ``server`` is given and no
+    longer runs, its `ServerProcess.exit_description`; 130 on Ctrl-C, after
+    ``interrupted``. Anything else propagates. ``work`` starts and stops its
+    servers itself (``with server:``).
+    """
+    loop = new_event_loop()
+    try:
+        work(loop)
+    except failures as exc:
+        print(f"failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        if server is not None and not server.alive():
+            print(server.exit_description(), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    finally:
+        loop.close()
+    return 0

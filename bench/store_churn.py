@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the modules beside this file
+
+from peers import DbQueueServer, ServerUnavailable
 
 from dbqueue import Client, PipelinedClient
 from dbqueue.protocol import Confirm, Confirmed, Enqueue, Message, ObjectQueued, Read
@@ -28,24 +29,8 @@ from dbqueue.protocol import Confirm, Confirmed, Enqueue, Message, ObjectQueued,
 FLOOR = 8 * 1024 * 1024  # bytes: SQLite's fixed costs plus one WAL's worth
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def store_bytes(directory: Path) -> int:
     return sum(path.stat().st_size for path in directory.glob("dbqueue.db*"))
-
-
-def wait_until_up(port: int) -> None:
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit("the server did not start")
 
 
 def main() -> None:
@@ -58,58 +43,56 @@ def main() -> None:
     args = parser.parse_args()
 
     payload = os.urandom(args.payload)
-    with tempfile.TemporaryDirectory(prefix="dbqueue-churn-") as tmp:
-        data_dir = Path(tmp) / "data"
-        port = free_port()
-        server = subprocess.Popen(
-            [sys.executable, "-m", "dbqueue.cli", "serve", "--port", str(port), "--data-dir", str(data_dir),
-             "--log-level", "warning"]  # fmt: skip
+    try:
+        server = DbQueueServer(durable=True).start()  # serve --data-dir <its temporary directory>/data --sync os
+    except ServerUnavailable as exc:
+        raise SystemExit(f"the server did not start: {exc}") from None
+    [data_dir] = server.data_paths()
+    try:
+        address = f"{server.host}:{server.port}"
+        with Client.connect(address) as admin:
+            admin.create("churn")
+            for start in range(0, args.live, 1000):
+                admin.send_batch("churn", [payload] * min(1000, args.live - start))
+        sends = [Enqueue("churn", payload)] * args.batch
+        reads = [Read("churn", 60_000)] * args.batch
+        churned = 0
+        largest = 0
+        live_bytes = args.live * args.payload
+        started = next_sample = time.monotonic()
+        with PipelinedClient.connect(address) as link:
+            while time.monotonic() - started < args.seconds:
+                link.send_many(reads)
+                ids = [r.id for _, r in link.receive(len(reads)) if isinstance(r, Message)]
+                link.send_many(Confirm(id_) for id_ in ids)
+                if not all(isinstance(r, Confirmed) for _, r in link.receive(len(ids))):
+                    raise SystemExit("a confirm failed")
+                link.send_many(sends[: len(ids)])
+                if not all(isinstance(r, ObjectQueued) for _, r in link.receive(len(ids))):
+                    raise SystemExit("a send failed")
+                churned += len(ids)
+                if time.monotonic() >= next_sample:
+                    size = store_bytes(data_dir)
+                    largest = max(largest, size)
+                    elapsed = time.monotonic() - started
+                    print(
+                        f"{elapsed:7.1f} s  churned {churned:>10,}  store {size / 1e6:8.2f} MB  "
+                        f"live {live_bytes / 1e6:6.2f} MB  bound {(2 * live_bytes + FLOOR) / 1e6:6.2f} MB",
+                        flush=True,
+                    )
+                    next_sample += args.sample
+        largest = max(largest, store_bytes(data_dir))
+        bound = 2 * live_bytes + FLOOR
+        verdict = "within" if largest <= bound else "OVER"
+        print(
+            f"churned {churned:,} messages in {args.seconds:.0f} s ({churned / args.seconds:,.0f}/s); "
+            f"largest store {largest / 1e6:.2f} MB, {verdict} the bound of 2 x {live_bytes / 1e6:.2f} MB live "
+            f"+ {FLOOR / 1e6:.1f} MB"
         )
-        try:
-            wait_until_up(port)
-            address = f"127.0.0.1:{port}"
-            with Client.connect(address) as admin:
-                admin.create("churn")
-                for start in range(0, args.live, 1000):
-                    admin.send_batch("churn", [payload] * min(1000, args.live - start))
-            sends = [Enqueue("churn", payload)] * args.batch
-            reads = [Read("churn", 60_000)] * args.batch
-            churned = 0
-            largest = 0
-            live_bytes = args.live * args.payload
-            started = next_sample = time.monotonic()
-            with PipelinedClient.connect(address) as link:
-                while time.monotonic() - started < args.seconds:
-                    link.send_many(reads)
-                    ids = [r.id for _, r in link.receive(len(reads)) if isinstance(r, Message)]
-                    link.send_many(Confirm(id_) for id_ in ids)
-                    if not all(isinstance(r, Confirmed) for _, r in link.receive(len(ids))):
-                        raise SystemExit("a confirm failed")
-                    link.send_many(sends[: len(ids)])
-                    if not all(isinstance(r, ObjectQueued) for _, r in link.receive(len(ids))):
-                        raise SystemExit("a send failed")
-                    churned += len(ids)
-                    if time.monotonic() >= next_sample:
-                        size = store_bytes(data_dir)
-                        largest = max(largest, size)
-                        elapsed = time.monotonic() - started
-                        print(
-                            f"{elapsed:7.1f} s  churned {churned:>10,}  store {size / 1e6:8.2f} MB  "
-                            f"live {live_bytes / 1e6:6.2f} MB  bound {(2 * live_bytes + FLOOR) / 1e6:6.2f} MB",
-                            flush=True,
-                        )
-                        next_sample += args.sample
-            largest = max(largest, store_bytes(data_dir))
-            bound = 2 * live_bytes + FLOOR
-            verdict = "within" if largest <= bound else "OVER"
-            print(
-                f"churned {churned:,} messages in {args.seconds:.0f} s ({churned / args.seconds:,.0f}/s); "
-                f"largest store {largest / 1e6:.2f} MB, {verdict} the bound of 2 x {live_bytes / 1e6:.2f} MB live "
-                f"+ {FLOOR / 1e6:.1f} MB"
-            )
-        finally:
-            server.terminate()
-            server.wait(10)
+    finally:
+        if not server.alive():  # its output went to a log in the directory that `stop` removes
+            print(server.exit_description(), file=sys.stderr)
+        server.stop()
 
 
 if __name__ == "__main__":
