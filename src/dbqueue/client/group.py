@@ -24,9 +24,15 @@ or a task), so a member that hangs never stalls a call; meanwhile the others
 carry on. FIFO holds within a member,
 best-effort across members; delivery stays at least once.
 
-The routing decisions are pure functions shared by both clients
-(`_member_for_send`, `_merge_stats`, `_split_by_member`); only the waiting
-differs: selectors for the blocking client, ``asyncio.wait`` for the other.
+Every decision is written once, without I/O, and shared by both clients (the
+h11 way; redis-py's near-copied sync and async parsers are what this avoids):
+`_Failover` picks the member for a send and the next one when it fails;
+`_ReadPass` and `_WaitingRead` decide a read (which member to ask next, what
+each answer means, which surplus messages to release); `_fan_out_answers` and
+the ``_*_result`` functions turn every member's answer into one result or
+error; `_ConfirmBatch` routes confirms by id; `_Members` keeps the reconnect
+and backoff bookkeeping. Each client keeps only its I/O loop around them:
+selectors and threads for the blocking client, tasks for the other.
 """
 
 from __future__ import annotations
@@ -103,6 +109,181 @@ def _split_by_member(ids: list[int]) -> dict[int, list[int]]:
     return groups
 
 
+def _raise_or(result: Any) -> Any:
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+def _unknown_holder(id_: int) -> RequestError:
+    return NoSuchMessage(f"message {id_} comes from a group member this client does not know")
+
+
+# --- plans: what each member's answer means, without I/O ------------------------------
+
+# A member that fails so is down, not refusing: the caller goes on with the others.
+_CONNECTION_FAILURES = (ConnectionLost, ProtocolError, OSError)
+# What a client's `_outcome` hands back as a value, for the plans below to judge.
+_ANSWERS_AS_VALUES = (RequestError, *_CONNECTION_FAILURES)
+
+
+def _fan_out_answers(outcomes: list[Any]) -> list[Any]:
+    """The answers of the members reached, in member order: results, and `RequestError` as values.
+
+    ``outcomes`` holds one result or exception per member asked. Raises
+    `ConnectionLost` if no member was reached, or the first other error raised.
+    """
+    answers = [outcome for outcome in outcomes if not isinstance(outcome, _CONNECTION_FAILURES)]
+    if not answers:
+        raise ConnectionLost("no member of the group is reachable")
+    for answer in answers:
+        if isinstance(answer, BaseException) and not isinstance(answer, RequestError):
+            raise answer
+    return answers
+
+
+def _create_result(answers: list[Any]) -> None:
+    """Raise the first refusal: the queue must exist on every member reached."""
+    for answer in answers:
+        _raise_or(answer)
+
+
+def _delete_result(answers: list[Any]) -> None:
+    """Raise `NoSuchQueue` only if no member had the queue: deleting is done once it is gone everywhere."""
+    if all(isinstance(answer, NoSuchQueue) for answer in answers):
+        raise answers[0]
+
+
+def _purge_result(answers: list[Any]) -> int:
+    return sum(_raise_or(answer) for answer in answers)
+
+
+def _stats_result(answers: list[Any]) -> dict[str, Any]:
+    return _merge_stats([_raise_or(answer) for answer in answers])
+
+
+def _list_queues_result(answers: list[Any]) -> list[dict[str, Any]]:
+    return _merge_lists([_raise_or(answer) for answer in answers])
+
+
+class _Failover:
+    """Where a send goes: a live member (by key, else round-robin), then another for each that fails."""
+
+    def __init__(self, members: _Members, key: bytes | str | None) -> None:
+        self._members = members
+        self._key = key
+        self._tried: set[int] = set()
+        self._current = -1
+
+    def next_member(self) -> int:
+        """A live member not tried yet. Raises `ConnectionLost` when none is left."""
+        untried = [i for i in self._members.up() if i not in self._tried]
+        self._current = _member_for_send(self._key, self._members.next_turn(), untried)
+        return self._current
+
+    def done(self, answer: Any) -> bool:
+        """Whether ``answer`` (the last member's result or error) ends the send; raises a refusal."""
+        if isinstance(answer, _CONNECTION_FAILURES):
+            self._tried.add(self._current)
+            return False
+        _raise_or(answer)
+        return True
+
+
+class _ReadPass:
+    """The first step of a group read: ask the members in turn, without waiting.
+
+    Each member is asked for what is still wanted, starting one further round
+    the group at every read so that no member is always drained first. A
+    member that is down is skipped; one without the queue is counted, so the
+    read fails only if no member has it.
+    """
+
+    def __init__(self, name: str, max_messages: int, up: list[int], start: int) -> None:
+        self.name = name
+        self.max_messages = max_messages
+        self.order = [up[(start + step) % len(up)] for step in range(len(up))]
+        self.found: list[msg.Message] = []
+        self._missing = 0
+
+    def wanted(self) -> int:
+        return self.max_messages - len(self.found)
+
+    def take(self, answer: list[msg.Message] | BaseException) -> bool:
+        """Record one member's answer (messages, or the error it raised); True once enough are found.
+
+        Raises a refusal other than `NoSuchQueue`.
+        """
+        if isinstance(answer, NoSuchQueue):
+            self._missing += 1
+        elif isinstance(answer, RequestError):
+            raise answer
+        elif isinstance(answer, BaseException):
+            return False  # that member is down; the others may still have messages
+        else:
+            self.found += answer
+        return len(self.found) >= self.max_messages
+
+    def must_wait(self, wait_ms: int) -> bool:
+        """After every member was asked: whether to wait on all of them (`_WaitingRead`).
+
+        Raises `NoSuchQueue` if no member has the queue.
+        """
+        if self.order and self._missing == len(self.order):
+            raise NoSuchQueue(f"no queue named {self.name!r} on any member")
+        return not self.found and bool(wait_ms)
+
+
+class _WaitingRead:
+    """The second step of a group read: a waiting read on every member at once.
+
+    The first answers that bring messages end the read. Answers that arrive
+    together are all taken first; then up to ``max_messages`` are kept and the
+    rest must be released (`extras`), and the reads still waiting cancelled.
+    An empty answer only ends that member's wait.
+    """
+
+    def __init__(self, max_messages: int) -> None:
+        self.max_messages = max_messages
+        self._found: list[msg.Message] = []
+
+    def take(self, messages: list[msg.Message]) -> None:
+        self._found += messages
+
+    @property
+    def over(self) -> bool:
+        return bool(self._found)
+
+    def kept(self) -> list[msg.Message]:
+        return self._found[: self.max_messages]
+
+    def extras(self) -> list[msg.Message]:
+        return self._found[self.max_messages :]
+
+
+class _ConfirmBatch:
+    """Confirms of many ids: one CONFIRM_BATCH per member that handed some out, results in the ids' order.
+
+    Ids from a member this client does not know get `NoSuchMessage` without a request.
+    """
+
+    def __init__(self, members: _Members, ids: Iterable[int]) -> None:
+        self.ids = list(ids)
+        self.calls: list[tuple[int, list[int]]] = []  # (member position, its ids)
+        self._outcome: dict[int, RequestError | None] = {}
+        for index, member_ids in _split_by_member(self.ids).items():
+            if index in members.position_of_index:
+                self.calls.append((members.holder(member_ids[0]), member_ids))
+            else:
+                self._outcome.update((id_, _unknown_holder(id_)) for id_ in member_ids)
+
+    def take(self, member_ids: list[int], answers: list[RequestError | None]) -> None:
+        self._outcome.update(zip(member_ids, answers))
+
+    def results(self) -> list[RequestError | None]:
+        return [self._outcome[id_] for id_ in self.ids]
+
+
 class _Members:
     """The member addresses, their clients, which are down, and the queues to recreate on reconnect.
 
@@ -118,6 +299,7 @@ class _Members:
         self.position_of_index: dict[int, int] = {}
         self.created: dict[str, tuple[Any, ...]] = {}  # name -> create() arguments
         self.turn = 0
+        self.refusal: AuthenticationFailed | None = None  # kept to explain a group that no member lets in
 
     def up(self) -> list[int]:
         return [i for i, client in enumerate(self.clients) if client is not None]
@@ -126,10 +308,22 @@ class _Members:
         now = time.monotonic()
         return [i for i, client in enumerate(self.clients) if client is None and self.retry_at[i] <= now]
 
+    def claim_retries(self) -> list[int]:
+        """The members due for a reconnect, each claimed until its attempt ends: one attempt at a time."""
+        due = self.due_for_retry()
+        for position in due:
+            self.retry_at[position] = float("inf")
+        return due
+
     def connected(self, position: int, client: Any, index: int) -> None:
         self.clients[position] = client
         self.position_of_index[index] = position
         self.backoff[position] = RETRY_SECONDS
+
+    def connect_failed(self, position: int, exc: BaseException) -> None:
+        if isinstance(exc, AuthenticationFailed):
+            self.refusal = exc
+        self.mark_down(position)
 
     def mark_down(self, position: int) -> None:
         # Retry later, and later again while it stays down: a member that accepts
@@ -137,6 +331,13 @@ class _Members:
         self.clients[position] = None
         self.retry_at[position] = time.monotonic() + self.backoff[position]
         self.backoff[position] = min(self.backoff[position] * 2, MAX_RETRY_SECONDS)
+
+    def raise_if_unreachable(self, addresses: list[str]) -> None:
+        """After the first connects: raise the refusal met, else `ConnectionLost`, if no member is up."""
+        if not self.up():
+            if self.refusal is not None:
+                raise self.refusal
+            raise ConnectionLost(f"no member of {addresses} is reachable")
 
     def holder(self, id_: int) -> int:
         """The position of the member that handed out message ``id_``."""
@@ -166,7 +367,6 @@ class GroupClient:
         self._members = members
         self._timeout = timeout
         self._options = options  # token, tls: for every member
-        self._refusal: AuthenticationFailed | None = None
 
     @classmethod
     def connect(
@@ -182,10 +382,7 @@ class GroupClient:
                 addresses = _discovered(first.members(), addresses)
         group = cls(_Members([f"{h}:{p}" for h, p in map(parse_address, addresses)]), timeout, token=token, tls=tls)
         group._reconnect(wait=True)
-        if not group._members.up():
-            if group._refusal is not None:
-                raise group._refusal
-            raise ConnectionLost(f"no member of {addresses} is reachable")
+        group._members.raise_if_unreachable(addresses)
         return group
 
     @property
@@ -197,9 +394,7 @@ class GroupClient:
     def _reconnect(self, wait: bool = False) -> None:
         """Reconnect to members due for a retry: in the background, so that a member that
         accepts connections but does not answer never stalls a call (``wait``: inline, at connect)."""
-        members = self._members
-        for position in members.due_for_retry():
-            members.retry_at[position] = float("inf")  # one attempt at a time
+        for position in self._members.claim_retries():
             if wait:
                 self._connect_member(position)
             else:
@@ -212,12 +407,8 @@ class GroupClient:
             index = client.members().index
             for name, args in list(members.created.items()):
                 client.create(name, args[0], max_deliveries=args[1], dead_letter_queue=args[2])
-        except AuthenticationFailed as exc:
-            self._refusal = exc
-            members.mark_down(position)
-            return
-        except (DbQueueError, OSError):
-            members.mark_down(position)
+        except (DbQueueError, OSError) as exc:
+            members.connect_failed(position, exc)
             return
         members.connected(position, client, index)
 
@@ -228,25 +419,22 @@ class GroupClient:
             raise ConnectionLost(f"member {self._members.addresses[index]} is down")
         try:
             return getattr(client, method)(*args, **kwargs)
-        except (ConnectionLost, ProtocolError, OSError):
+        except _CONNECTION_FAILURES:
             client.close()
             self._members.mark_down(index)
             raise
 
+    def _outcome(self, index: int, method: str, *args: Any, **kwargs: Any) -> Any:
+        """`_on`, but a refusal or a connection failure is returned as a value for a plan to judge."""
+        try:
+            return self._on(index, method, *args, **kwargs)
+        except _ANSWERS_AS_VALUES as exc:
+            return exc
+
     def _everywhere(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
-        """Call ``method`` on every live member; return the results (exceptions as values)."""
+        """Call ``method`` on every live member, one after the other; see `_fan_out_answers`."""
         self._reconnect()
-        results = []
-        for index in self._members.up():
-            try:
-                results.append(self._on(index, method, *args, **kwargs))
-            except (ConnectionLost, ProtocolError, OSError):
-                continue
-            except RequestError as exc:
-                results.append(exc)
-        if not results:
-            raise ConnectionLost("no member of the group is reachable")
-        return results
+        return _fan_out_answers([self._outcome(index, method, *args, **kwargs) for index in self._members.up()])
 
     # --- queues ------------------------------------------------------------------------
 
@@ -254,29 +442,28 @@ class GroupClient:
                dead_letter_queue: str | None = None) -> None:  # fmt: skip
         """Create the queue on every member (capacity applies per member). Raises as `Client.create`."""
         self._members.created[name] = (capacity, max_deliveries, dead_letter_queue)
-        for result in self._everywhere(
-            "create", name, capacity, max_deliveries=max_deliveries, dead_letter_queue=dead_letter_queue
-        ):
-            if isinstance(result, Exception):
-                raise result
+        _create_result(
+            self._everywhere(
+                "create", name, capacity, max_deliveries=max_deliveries, dead_letter_queue=dead_letter_queue
+            )
+        )
 
     def delete(self, name: str) -> None:
         """Delete the queue on every member; raise `NoSuchQueue` only if no member had it."""
         self._members.created.pop(name, None)
-        results = self._everywhere("delete", name)
-        if all(isinstance(result, NoSuchQueue) for result in results):
-            raise results[0]
+        _delete_result(self._everywhere("delete", name))
 
     def purge(self, name: str) -> int:
         """Purge the queue on every member; return how many messages were dropped in all."""
-        return sum(_raise_or(result) for result in self._everywhere("purge", name))
+        return _purge_result(self._everywhere("purge", name))
 
     def stats(self, name: str) -> dict[str, Any]:
         """The queue's figures summed over the group (``members``: how many answered)."""
-        return _merge_stats([_raise_or(result) for result in self._everywhere("stats", name)])
+        return _stats_result(self._everywhere("stats", name))
 
     def list_queues(self) -> list[dict[str, Any]]:
-        return _merge_lists([_raise_or(result) for result in self._everywhere("list_queues")])
+        """Every queue of the group, each with its figures summed over the members that have it."""
+        return _list_queues_result(self._everywhere("list_queues"))
 
     # --- messages ----------------------------------------------------------------------
 
@@ -290,15 +477,11 @@ class GroupClient:
 
     def _send(self, method: str, name: str, payload: Any, key: bytes | str | None, **kwargs: Any) -> Any:
         self._reconnect()
-        members = self._members
-        tried: set[int] = set()
+        failover = _Failover(self._members, key)
         while True:
-            up = [i for i in members.up() if i not in tried]
-            index = _member_for_send(key, members.next_turn(), up)
-            try:
-                return self._on(index, method, name, payload, **kwargs)
-            except (ConnectionLost, ProtocolError, OSError):
-                tried.add(index)
+            answer = self._outcome(failover.next_member(), method, name, payload, **kwargs)
+            if failover.done(answer):
+                return answer
 
     def read(self, name: str, timeout_ms: int = 0, *, wait_ms: int = 0) -> msg.Message | None:
         """A message from any member, or None. With ``wait_ms``, waits on every member at once."""
@@ -311,29 +494,18 @@ class GroupClient:
 
     def _read_batch(self, name: str, max_messages: int, timeout_ms: int, wait_ms: int) -> list[msg.Message]:
         self._reconnect()
-        members = self._members
-        up = members.up()
-        start = members.next_turn()
-        found: list[msg.Message] = []
-        missing = 0
-        for step in range(len(up)):
-            index = up[(start + step) % len(up)]
-            try:
-                found += self._on(index, "read_batch", name, max_messages - len(found), timeout_ms)
-            except NoSuchQueue:
-                missing += 1
-            except (ConnectionLost, ProtocolError, OSError):
-                continue
-            if len(found) >= max_messages:
-                return found
-        if missing == len(up) and up:
-            raise NoSuchQueue(f"no queue named {name!r} on any member")
-        if found or not wait_ms:
-            return found
+        read = _ReadPass(name, max_messages, self._members.up(), self._members.next_turn())
+        for index in read.order:
+            if read.take(self._outcome(index, "read_batch", name, read.wanted(), timeout_ms)):
+                return read.found
+        if not read.must_wait(wait_ms):
+            return read.found
         return self._wait_everywhere(name, max_messages, timeout_ms, wait_ms)
 
     def _wait_everywhere(self, name: str, max_messages: int, timeout_ms: int, wait_ms: int) -> list[msg.Message]:
+        """`_WaitingRead` over selectors: each member's answer is taken as soon as it arrives."""
         members = self._members
+        read = _WaitingRead(max_messages)
         request = msg.ReadBatch(name, max_messages, timeout_ms, wait_ms)
         waiting: dict[int, tuple[Any, int]] = {}  # member index -> (its PipelinedClient, request id)
         with selectors.DefaultSelector() as selector:
@@ -362,12 +534,14 @@ class GroupClient:
                         continue
                     selector.unregister(connection.sock)
                     del waiting[index]
-                    messages = list(result_of(answers[request_id], msg.Messages).messages)  # type: ignore[union-attr]
-                    if messages:
+                    read.take(list(result_of(answers[request_id], msg.Messages).messages))  # type: ignore[union-attr]
+                    if read.over:
                         for other_connection, other_id in waiting.values():
                             # The server ends that wait now; a message it already sent is released.
                             other_connection.abandon(other_id, cancel=True)
-                        return messages
+                        for extra in read.extras():
+                            self.release(extra.id)
+                        return read.kept()
                 if time.monotonic() > deadline:
                     raise ConnectionLost("no member answered a waiting read in time")
         return []
@@ -384,18 +558,10 @@ class GroupClient:
 
     def confirm_batch(self, ids: Iterable[int]) -> list[RequestError | None]:
         """Confirm each id at its member; one result per id, in order (as `Client.confirm_batch`)."""
-        ids = list(ids)
-        outcome: dict[int, RequestError | None] = {}
-        for index, member_ids in _split_by_member(ids).items():
-            if index not in self._members.position_of_index:
-                outcome.update((id_, self._unknown(id_)) for id_ in member_ids)
-                continue
-            outcome.update(zip(member_ids, self._on(self._members.holder(member_ids[0]), "confirm_batch", member_ids)))
-        return [outcome[id_] for id_ in ids]
-
-    @staticmethod
-    def _unknown(id_: int) -> RequestError:
-        return NoSuchMessage(f"message {id_} comes from a group member this client does not know")
+        batch = _ConfirmBatch(self._members, ids)
+        for position, member_ids in batch.calls:
+            batch.take(member_ids, self._on(position, "confirm_batch", member_ids))
+        return batch.results()
 
     def pipeline(self) -> GroupPipeline:
         """Queue commands without waiting; `GroupPipeline.execute` sends them member by member."""
@@ -457,7 +623,7 @@ class GroupPipeline:
                     getattr(pipeline, method)(*args, **kwargs)
                 try:
                     answers = pipeline.execute()
-                except (ConnectionLost, ProtocolError, OSError) as exc:
+                except _CONNECTION_FAILURES as exc:
                     client.close()
                     self._group._members.mark_down(index)
                     answers = [exc] * len(positions)
@@ -480,7 +646,6 @@ class AsyncGroupClient:
         self._timeout = timeout
         self._options = options
         self._attempts: set[asyncio.Future[None]] = set()  # reconnects under way
-        self._refusal: AuthenticationFailed | None = None
 
     @classmethod
     async def connect(
@@ -494,19 +659,12 @@ class AsyncGroupClient:
                 await first.close()
         group = cls(_Members([f"{h}:{p}" for h, p in map(parse_address, addresses)]), timeout, token=token, tls=tls)
         await group._reconnect(wait=True)
-        if not group._members.up():
-            if group._refusal is not None:
-                raise group._refusal
-            raise ConnectionLost(f"no member of {addresses} is reachable")
+        group._members.raise_if_unreachable(addresses)
         return group
 
     async def _reconnect(self, wait: bool = False) -> None:
         """Reconnect to members due for a retry, as background tasks (``wait``: awaited, at connect)."""
-        members = self._members
-        attempts = []
-        for position in members.due_for_retry():
-            members.retry_at[position] = float("inf")  # one attempt at a time
-            attempts.append(asyncio.ensure_future(self._connect_member(position)))
+        attempts = [asyncio.ensure_future(self._connect_member(position)) for position in self._members.claim_retries()]
         self._attempts.update(attempts)
         for attempt in attempts:
             attempt.add_done_callback(self._attempts.discard)
@@ -520,12 +678,8 @@ class AsyncGroupClient:
             index = (await client.members()).index
             for name, args in list(members.created.items()):
                 await client.create(name, args[0], max_deliveries=args[1], dead_letter_queue=args[2])
-        except AuthenticationFailed as exc:
-            self._refusal = exc
-            members.mark_down(position)
-            return
-        except (DbQueueError, OSError):
-            members.mark_down(position)
+        except (DbQueueError, OSError) as exc:
+            members.connect_failed(position, exc)
             return
         members.connected(position, client, index)
 
@@ -535,46 +689,50 @@ class AsyncGroupClient:
             raise ConnectionLost(f"member {self._members.addresses[index]} is down")
         try:
             return await getattr(client, method)(*args, **kwargs)
-        except (ConnectionLost, ProtocolError, OSError):
+        except _CONNECTION_FAILURES:
             await client.close()
             self._members.mark_down(index)
             raise
 
+    async def _outcome(self, index: int, method: str, *args: Any, **kwargs: Any) -> Any:
+        """`_on`, but a refusal or a connection failure is returned as a value for a plan to judge."""
+        try:
+            return await self._on(index, method, *args, **kwargs)
+        except _ANSWERS_AS_VALUES as exc:
+            return exc
+
     async def _everywhere(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
+        """Call ``method`` on every live member at once; see `_fan_out_answers`."""
         await self._reconnect()
-        up = self._members.up()
-        outcomes = await asyncio.gather(*(self._on(i, method, *args, **kwargs) for i in up), return_exceptions=True)
-        results = [o for o in outcomes if not isinstance(o, (ConnectionLost, ProtocolError, OSError))]
-        if not results:
-            raise ConnectionLost("no member of the group is reachable")
-        for result in results:
-            if isinstance(result, BaseException) and not isinstance(result, RequestError):
-                raise result
-        return results
+        calls = (self._on(index, method, *args, **kwargs) for index in self._members.up())
+        return _fan_out_answers(await asyncio.gather(*calls, return_exceptions=True))
 
     async def create(self, name: str, capacity: int | None = None, *, max_deliveries: int | None = None,
                      dead_letter_queue: str | None = None) -> None:  # fmt: skip
+        """As `GroupClient.create`."""
         self._members.created[name] = (capacity, max_deliveries, dead_letter_queue)
-        for result in await self._everywhere(
-            "create", name, capacity, max_deliveries=max_deliveries, dead_letter_queue=dead_letter_queue
-        ):
-            if isinstance(result, Exception):
-                raise result
+        _create_result(
+            await self._everywhere(
+                "create", name, capacity, max_deliveries=max_deliveries, dead_letter_queue=dead_letter_queue
+            )
+        )
 
     async def delete(self, name: str) -> None:
+        """As `GroupClient.delete`."""
         self._members.created.pop(name, None)
-        results = await self._everywhere("delete", name)
-        if all(isinstance(result, NoSuchQueue) for result in results):
-            raise results[0]
+        _delete_result(await self._everywhere("delete", name))
 
     async def purge(self, name: str) -> int:
-        return sum(_raise_or(result) for result in await self._everywhere("purge", name))
+        """As `GroupClient.purge`."""
+        return _purge_result(await self._everywhere("purge", name))
 
     async def stats(self, name: str) -> dict[str, Any]:
-        return _merge_stats([_raise_or(result) for result in await self._everywhere("stats", name)])
+        """As `GroupClient.stats`."""
+        return _stats_result(await self._everywhere("stats", name))
 
     async def list_queues(self) -> list[dict[str, Any]]:
-        return _merge_lists([_raise_or(result) for result in await self._everywhere("list_queues")])
+        """As `GroupClient.list_queues`."""
+        return _list_queues_result(await self._everywhere("list_queues"))
 
     async def send(self, name: str, data: bytes, *, delay_ms: int = 0, key: bytes | str | None = None) -> int:
         return await self._send("send", name, data, key, delay_ms=delay_ms)  # type: ignore[no-any-return]
@@ -584,15 +742,11 @@ class AsyncGroupClient:
 
     async def _send(self, method: str, name: str, payload: Any, key: bytes | str | None, **kwargs: Any) -> Any:
         await self._reconnect()
-        members = self._members
-        tried: set[int] = set()
+        failover = _Failover(self._members, key)
         while True:
-            up = [i for i in members.up() if i not in tried]
-            index = _member_for_send(key, members.next_turn(), up)
-            try:
-                return await self._on(index, method, name, payload, **kwargs)
-            except (ConnectionLost, ProtocolError, OSError):
-                tried.add(index)
+            answer = await self._outcome(failover.next_member(), method, name, payload, **kwargs)
+            if failover.done(answer):
+                return answer
 
     async def read(self, name: str, timeout_ms: int = 0, *, wait_ms: int = 0) -> msg.Message | None:
         found = await self.read_batch(name, 1, timeout_ms, wait_ms=wait_ms)
@@ -603,25 +757,20 @@ class AsyncGroupClient:
     ) -> list[msg.Message]:
         """Ask the members in turn; if none has a message, wait on all of them at once."""
         await self._reconnect()
-        members = self._members
-        up = members.up()
-        start = members.next_turn()
-        found: list[msg.Message] = []
-        missing = 0
-        for step in range(len(up)):
-            index = up[(start + step) % len(up)]
-            try:
-                found += await self._on(index, "read_batch", name, max_messages - len(found), timeout_ms)
-            except NoSuchQueue:
-                missing += 1
-            except (ConnectionLost, ProtocolError, OSError):
-                continue
-            if len(found) >= max_messages:
-                return found
-        if missing == len(up) and up:
-            raise NoSuchQueue(f"no queue named {name!r} on any member")
-        if found or not wait_ms:
-            return found
+        up = self._members.up()
+        read = _ReadPass(name, max_messages, up, self._members.next_turn())
+        for index in read.order:
+            if read.take(await self._outcome(index, "read_batch", name, read.wanted(), timeout_ms)):
+                return read.found
+        if not read.must_wait(wait_ms):
+            return read.found
+        return await self._wait_everywhere(up, name, max_messages, timeout_ms, wait_ms)
+
+    async def _wait_everywhere(
+        self, up: list[int], name: str, max_messages: int, timeout_ms: int, wait_ms: int
+    ) -> list[msg.Message]:
+        """`_WaitingRead` over tasks: the answers of one ``asyncio.wait`` round are taken together."""
+        read = _WaitingRead(max_messages)
         tasks = {
             asyncio.ensure_future(self._on(i, "read_batch", name, max_messages, timeout_ms, wait_ms=wait_ms))
             for i in up
@@ -630,12 +779,12 @@ class AsyncGroupClient:
             while tasks:
                 done, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
-                    if task.exception() is None and task.result():
-                        found += task.result()
-                if found:
-                    for extra in found[max_messages:]:  # members that answered in the same round
+                    if task.exception() is None:  # a member that failed just ends its wait
+                        read.take(task.result())
+                if read.over:
+                    for extra in read.extras():
                         await self.release(extra.id)
-                    return found[:max_messages]
+                    return read.kept()
             return []
         finally:
             for task in tasks:
@@ -651,15 +800,11 @@ class AsyncGroupClient:
         await self._on(self._members.holder(id), "release", id, delay_ms)
 
     async def confirm_batch(self, ids: Iterable[int]) -> list[RequestError | None]:
-        ids = list(ids)
-        outcome: dict[int, RequestError | None] = {}
-        for index, member_ids in _split_by_member(ids).items():
-            if index not in self._members.position_of_index:
-                outcome.update((id_, GroupClient._unknown(id_)) for id_ in member_ids)
-                continue
-            position = self._members.holder(member_ids[0])
-            outcome.update(zip(member_ids, await self._on(position, "confirm_batch", member_ids)))
-        return [outcome[id_] for id_ in ids]
+        """As `GroupClient.confirm_batch`."""
+        batch = _ConfirmBatch(self._members, ids)
+        for position, member_ids in batch.calls:
+            batch.take(member_ids, await self._on(position, "confirm_batch", member_ids))
+        return batch.results()
 
     @property
     def addresses(self) -> list[str]:
@@ -677,9 +822,3 @@ class AsyncGroupClient:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
-
-
-def _raise_or(result: Any) -> Any:
-    if isinstance(result, Exception):
-        raise result
-    return result
