@@ -17,7 +17,6 @@ move by about 1%, so a change of a few percent is visible.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import re
 import shutil
@@ -49,8 +48,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def count(args: argparse.Namespace, iterations: int, src: Path | None) -> tuple[int, int]:
-    """(instructions, requests) of one server life under a load run of ``iterations``."""
+def count(args: argparse.Namespace, iterations: int, src: Path | None) -> tuple[int, int, int]:
+    """(instructions, requests, messages) of one server life under a load run of ``iterations``."""
     port = free_port()
     command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", args.server_python]
     command += ["-m", "dbqueue.cli", "serve", "--port", str(port), "--log-level", "warning"]
@@ -80,7 +79,7 @@ def count(args: argparse.Namespace, iterations: int, src: Path | None) -> tuple[
     found = re.search(r"Collected : (\d+)", log)
     if found is None:
         raise SystemExit(f"no instruction count in valgrind's output: {log[-500:]}")
-    return int(found.group(1)), result.requests
+    return int(found.group(1)), result.requests, result.messages
 
 
 def wait_until_listening(port: int, server: subprocess.Popen[str]) -> None:
@@ -96,9 +95,15 @@ def wait_until_listening(port: int, server: subprocess.Popen[str]) -> None:
     raise SystemExit("the server under valgrind did not start listening within 120 s")
 
 
-def per_request(args: argparse.Namespace, src: Path | None) -> float:
+def per_request(args: argparse.Namespace, src: Path | None) -> tuple[float, float]:
+    """Instructions per request and per message (sent, read and confirmed), between the two load sizes.
+
+    Per message is the figure to compare for batches: how many requests carry a message
+    (reads that find the queue empty) depends on timing.
+    """
     small, large = (count(args, iterations, src) for iterations in args.iterations)
-    return (large[0] - small[0]) / (large[1] - small[1])
+    spent = large[0] - small[0]
+    return spent / (large[1] - small[1]), spent / (large[2] - small[2])
 
 
 def export(revision: str) -> Path:
@@ -118,14 +123,17 @@ def main(argv: list[str] | None = None) -> int:
     what += ", metrics served" if args.metrics else ""
     print(f"load test ({what}), iterations {args.iterations[0]} and {args.iterations[1]}, server {args.server_python}")
     here = per_request(args, None)
-    print(f"working tree: {here:,.0f} instructions per request")
+    print(f"working tree: {here[0]:,.0f} instructions per request, {here[1]:,.0f} per message")
     if args.compare_with:
         other_src = export(args.compare_with)
         try:
             other = per_request(args, other_src)
         finally:
             shutil.rmtree(other_src.parent, ignore_errors=True)
-        print(f"{args.compare_with}: {other:,.0f} instructions per request ({here / other - 1:+.1%} in the working tree)")
+        print(
+            f"{args.compare_with}: {other[0]:,.0f} instructions per request, {other[1]:,.0f} per message "
+            f"({here[1] / other[1] - 1:+.1%} per message in the working tree)"
+        )
     return 0
 
 
