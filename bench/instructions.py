@@ -10,6 +10,13 @@ requests: start-up, shutdown and import costs cancel out, while the event
 loop, the garbage collector, the expiry timer and the system-call wrappers
 all count. Kernel work does not (valgrind counts user space only).
 
+``--direct`` counts the server's own work per message, nothing else: one
+`Session` with a null transport is fed prebuilt frames in this process (no
+sockets, no event loop, no reads that find the queue empty), each round being
+32 sends, 32 reads and 32 confirms (or, with ``--batch N``, one send_batch,
+one read_batch and one confirm_batch of N). Every frame is built before the
+count starts, for both sizes alike, so only handling them differs.
+
 On a shared machine, timings move by ±20% from run to run; these counts
 move by about 1%, so a change of a few percent is visible.
 """
@@ -17,6 +24,7 @@ move by about 1%, so a change of a few percent is visible.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import re
 import shutil
@@ -45,6 +53,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--metrics", action="store_true", help="serve Prometheus metrics (--metrics-port)")
     parser.add_argument("--server-python", default=sys.executable, help="interpreter for the server")
     parser.add_argument("--compare-with", metavar="REV", help="also count a git revision's src/ (exported with git archive)")
+    parser.add_argument("--direct", action="store_true", help="feed one in-process Session prebuilt frames (see above)")
+    parser.add_argument("--rounds", type=int, nargs=2, default=[200, 1000], metavar=("A", "B"), help="--direct: two sizes")
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)  # --direct's measured process: this many rounds
     return parser.parse_args(argv)
 
 
@@ -95,6 +106,68 @@ def wait_until_listening(port: int, server: subprocess.Popen[str]) -> None:
     raise SystemExit("the server under valgrind did not start listening within 120 s")
 
 
+def feed_session(rounds: int, most: int, batch: int) -> None:
+    """The measured process of ``--direct``: frames for ``most`` rounds are built, ``rounds`` are fed."""
+    from dbqueue.protocol import messages as msg
+    from dbqueue.server.app import Server
+    from dbqueue.server.session import Session
+
+    class NullTransport:
+        def write(self, data: bytes) -> None:
+            pass
+
+        def get_write_buffer_size(self) -> int:
+            return 0
+
+        def is_closing(self) -> bool:
+            return False
+
+    server = Server(port=0)
+    server.clock = time.monotonic
+    server.schedule_expiry = lambda: None  # type: ignore[method-assign]  # no loop: deadlines are only recorded
+    server.broker.create_queue(b"q")
+    session = Session(server)
+    session.transport = NullTransport()  # type: ignore[assignment]
+    payload = bytes(128)
+    if batch > 1:
+        send = msg.encode(1, msg.EnqueueBatch("q", (payload,) * batch))
+        read = msg.encode(2, msg.ReadBatch("q", batch, 60_000))
+        confirms = [msg.encode(3, msg.ConfirmBatch(tuple(range(r * batch + 1, r * batch + batch + 1)))) for r in range(most)]
+    else:  # ids are handed out from 1 in order, so each round's confirms are known beforehand
+        send = b"".join(msg.encode(i, msg.Enqueue("q", payload)) for i in range(1, 33))
+        read = b"".join(msg.encode(i, msg.Read("q", 60_000)) for i in range(1, 33))
+        confirms = [b"".join(msg.encode(i, msg.Confirm(r * 32 + i)) for i in range(1, 33)) for r in range(most)]
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 1000)  # as `dbqueue.server.app.run` sets them
+    feed = session.data_received
+    for confirm in confirms[:rounds]:
+        feed(send)
+        feed(read)
+        feed(confirm)
+    if session.held:
+        raise SystemExit(f"{len(session.held)} messages left in flight: the confirms did not match")
+
+
+def count_direct(args: argparse.Namespace, rounds: int, src: Path | None) -> int:
+    command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", args.server_python, __file__]
+    command += ["--child", str(rounds), "--rounds", *map(str, args.rounds), "--batch", str(args.batch)]
+    environment = dict(os.environ)
+    if src is not None:
+        environment["PYTHONPATH"] = f"{src}{os.pathsep}{environment.get('PYTHONPATH', '')}"
+    log = subprocess.run(command, capture_output=True, text=True, env=environment, check=True).stderr
+    found = re.search(r"Collected : (\d+)", log)
+    if found is None:
+        raise SystemExit(f"no instruction count in valgrind's output: {log[-500:]}")
+    return int(found.group(1))
+
+
+def per_message_direct(args: argparse.Namespace, src: Path | None) -> tuple[float, float]:
+    small, large = (count_direct(args, rounds, src) for rounds in args.rounds)
+    per_round = (large - small) / (args.rounds[1] - args.rounds[0])
+    requests, messages = (3, args.batch) if args.batch > 1 else (96, 32)
+    return per_round / requests, per_round / messages
+
+
 def per_request(args: argparse.Namespace, src: Path | None) -> tuple[float, float]:
     """Instructions per request and per message (sent, read and confirmed), between the two load sizes.
 
@@ -116,18 +189,25 @@ def export(revision: str) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.child is not None:
+        feed_session(args.child, max(args.rounds), args.batch)
+        return 0
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
         return 2
     what = f"batch {args.batch}" if args.batch > 1 else "single requests"
     what += ", metrics served" if args.metrics else ""
-    print(f"load test ({what}), iterations {args.iterations[0]} and {args.iterations[1]}, server {args.server_python}")
-    here = per_request(args, None)
+    if args.direct:
+        print(f"one session fed directly ({what}), rounds {args.rounds[0]} and {args.rounds[1]}, {args.server_python}")
+    else:
+        print(f"load test ({what}), iterations {args.iterations[0]} and {args.iterations[1]}, server {args.server_python}")
+    measure = per_message_direct if args.direct else per_request
+    here = measure(args, None)
     print(f"working tree: {here[0]:,.0f} instructions per request, {here[1]:,.0f} per message")
     if args.compare_with:
         other_src = export(args.compare_with)
         try:
-            other = per_request(args, other_src)
+            other = measure(args, other_src)
         finally:
             shutil.rmtree(other_src.parent, ignore_errors=True)
         print(
