@@ -561,6 +561,7 @@ class ServerProcess(ABC):
         self.workdir: Path | None = None
         self.process: subprocess.Popen[bytes] | None = None
         self._log: Any = None
+        self._ended = ""  # how the server ended, when it did so on its own before `stop`
 
     @abstractmethod
     def command(self, port: int, workdir: Path) -> list[str]:
@@ -641,6 +642,8 @@ class ServerProcess(ABC):
         return False
 
     def _reap(self) -> None:
+        if self.process is not None and self.process.poll() is not None:
+            self._ended = self.exit_description()  # kept: `stop` removes the log it quotes
         process, self.process = self.process, None
         if process is not None and process.poll() is None:
             process.terminate()
@@ -682,9 +685,9 @@ class ServerProcess(ABC):
         return tail if len(tail) <= limit else "..." + tail[-limit:]
 
     def exit_description(self) -> str:
-        """How the server ended, for an error message ("" while it runs)."""
+        """How the server ended, for an error message ("" while it runs, or when we stopped it)."""
         if self.process is None or self.process.returncode is None and self.process.poll() is None:
-            return ""
+            return self._ended
         return f"the server exited with status {self.process.returncode}; its log ends: {self.log_tail()}"
 
     def cpu_seconds(self) -> float:
@@ -896,6 +899,10 @@ def _program_output(command: list[str]) -> str:
 # --- a script's run -----------------------------------------------------------------
 
 
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def run_guarded(
     work: Callable[[asyncio.AbstractEventLoop], None],
     failures: tuple[type[BaseException], ...],
@@ -909,12 +916,13 @@ def run_guarded(
     ``interrupted``. Anything else propagates. ``work`` starts and stops its
     servers itself (``with server:``).
     """
+    signal.signal(signal.SIGTERM, _raise_interrupt)  # a `kill` stops the servers too, as Ctrl-C does
     loop = new_event_loop()
     try:
         work(loop)
     except failures as exc:
         print(f"failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        if server is not None and not server.alive():
+        if server is not None and server.exit_description():
             print(server.exit_description(), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
