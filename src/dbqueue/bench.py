@@ -362,20 +362,17 @@ class DbQueueDriver(Driver):
         return ids
 
     def confirm_frames(self, handles: list[bytes]) -> bytes:
-        heads = self.confirm_heads
-        if self.config.batch == 1:
-            return b"".join(chain.from_iterable(zip(heads, handles)))
+        batch = self.config.batch
+        if batch == 1:
+            return b"".join(chain.from_iterable(zip(self.confirm_heads, handles)))
         frames = []
-        for number, chunk in enumerate(self._chunks(handles), 1):
+        for number, start in enumerate(range(0, len(handles), batch), 1):
+            chunk = handles[start : start + batch]
             frames += (fr.HEADER.pack(fr.MAGIC, fr.Op.CONFIRM_BATCH, 0, number, 8 * len(chunk)), *chunk)
         return b"".join(frames)
 
-    def _chunks(self, handles: list[Any]) -> list[list[Any]]:
-        batch = self.config.batch
-        return [handles[i : i + batch] for i in range(0, len(handles), batch)]
-
     def confirm_replies(self, handles: list[Any]) -> int:
-        return len(self._chunks(handles)) if self.config.batch > 1 else len(handles)
+        return -(-len(handles) // self.config.batch)  # one per batch of ids: a ceiling division
 
     def check_confirmed(self, replies: Replies) -> None:
         if self.config.batch == 1:
