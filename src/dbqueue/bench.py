@@ -268,7 +268,8 @@ class DbQueueDriver(Driver):
         super().__init__(config)
         self.request_ids = list(range(1, config.pipeline + 1))  # every batch numbers its requests 1..n
         self.confirm_heads = [fr.HEADER.pack(fr.MAGIC, fr.Op.CONFIRM, 0, i, 8) for i in self.request_ids]
-        self.entry = struct.Struct(f">8sII{config.payload}s")  # one message of a MESSAGES body
+        self.length_column = struct.pack(">I", config.payload) * config.batch  # a full MESSAGES body's lengths
+        self.id_columns: dict[int, struct.Struct] = {}  # by message count: cuts a MESSAGES id column into 8-byte ids
 
     async def prepare(self, address: tuple[str, int]) -> None:
         from .client import AsyncClient
@@ -348,17 +349,22 @@ class DbQueueDriver(Driver):
         return ids
 
     def _take_batches(self, replies: Replies) -> list[bytes]:
+        """The ids of every message in MESSAGES bodies (count, ids, deliveries, lengths, payloads),
+        each body checked by comparing its length column and payloads whole."""
         self._check(replies, fr.Op.MESSAGES, None, "read batch")
-        entry = self.entry
+        payload = self.payload
         ids: list[bytes] = []
         for expected, body in enumerate(replies.bodies, 1):
-            if len(body) % entry.size:
-                raise BenchFailure(f"read batch {expected}: body of {len(body)} bytes is not whole messages")
-            # One C-level pass cuts the entries; a wrong length shows up as a corrupted payload.
-            id_bytes, _deliveries, lengths, payloads = zip(*entry.iter_unpack(body)) if body else ((), (), (), ())
-            if payloads.count(self.payload) != len(payloads) or lengths.count(len(self.payload)) != len(lengths):
+            count = int.from_bytes(body[:4], "big")
+            if len(body) != 4 + count * (16 + len(payload)) or count > self.config.batch:
+                raise BenchFailure(f"read batch {expected}: a body of {len(body)} bytes for {count} messages")
+            lengths = body[4 + 12 * count : 4 + 16 * count]
+            if lengths != self.length_column[: 4 * count] or body[4 + 16 * count :] != payload * count:
                 raise BenchFailure(f"read batch {expected}: payload corrupted")
-            ids += id_bytes
+            cut = self.id_columns.get(count)
+            if cut is None:
+                cut = self.id_columns[count] = struct.Struct("8s" * count)
+            ids += cut.unpack_from(body, 4)
         return ids
 
     def confirm_frames(self, handles: list[bytes]) -> bytes:

@@ -34,7 +34,6 @@ from dbqueue.protocol import (
     encode,
 )
 from dbqueue.protocol.messages import (
-    BATCHED_MESSAGE,
     READ_BATCH_HEAD,
     REQUEST_TYPES,
     RESPONSE_TYPES,
@@ -225,9 +224,16 @@ def test_dataclasses_are_frozen() -> None:
 TIMES = bytes(8)  # READ's timeout_ms and wait_ms
 
 
-def batch_item(data: bytes) -> bytes:
-    """One ENQUEUE_BATCH item: u32 length, then the payload."""
-    return struct.pack(">I", len(data)) + data
+def batch_of(*payloads: bytes) -> bytes:
+    """An ENQUEUE_BATCH body after the name: u32 count, a u32 length each, the payloads."""
+    return struct.pack(f">I{len(payloads)}I", len(payloads), *map(len, payloads)) + b"".join(payloads)
+
+
+def messages_of(*entries: tuple[int, int, bytes]) -> bytes:
+    """A MESSAGES body: u32 count, then the ids, deliveries and lengths columns, then the payloads."""
+    ids, deliveries, payloads = zip(*entries) if entries else ((), (), ())
+    count = len(entries)
+    return struct.pack(f">I{count}Q{count}I{count}I", count, *ids, *deliveries, *map(len, payloads)) + b"".join(payloads)
 
 NO_OPTIONS = bytes(13)  # CREATE_QUEUE's capacity, max_deliveries and an empty dead-letter name
 
@@ -276,13 +282,16 @@ MALFORMED = [
     (Op.ENQUEUE_DELAYED, b"\x00" + bytes(4), InvalidQueueName),
     (Op.ENQUEUE_DELAYED, b"\x01\xff" + bytes(4), InvalidQueueName),
     (Op.ENQUEUE_BATCH, b"", InvalidRequest),
-    (Op.ENQUEUE_BATCH, b"\x01q", InvalidRequest),  # an empty batch
-    (Op.ENQUEUE_BATCH, b"\x00" + batch_item(b"a"), InvalidQueueName),
-    (Op.ENQUEUE_BATCH, b"\x01q\x00\x00\x00", InvalidRequest),  # item length cut short
-    (Op.ENQUEUE_BATCH, b"\x01q" + batch_item(b"a") + b"\x00\x00", InvalidRequest),  # ... after a good item
-    (Op.ENQUEUE_BATCH, b"\x01q" + struct.pack(">I", 5) + b"abcd", InvalidRequest),  # item length past the end
-    (Op.ENQUEUE_BATCH, b"\x01q" + batch_item(b"a") + struct.pack(">I", 3) + b"ab", InvalidRequest),  # the second one
-    (Op.ENQUEUE_BATCH, b"\x01q" + struct.pack(">I", 0xFFFFFFFF), InvalidRequest),  # 4 GiB announced
+    (Op.ENQUEUE_BATCH, b"\x01q", InvalidRequest),  # no count
+    (Op.ENQUEUE_BATCH, b"\x01q" + batch_of(), InvalidRequest),  # an empty batch
+    (Op.ENQUEUE_BATCH, b"\x00" + batch_of(b"a"), InvalidQueueName),
+    (Op.ENQUEUE_BATCH, b"\x01q\x00\x00\x00", InvalidRequest),  # count cut short
+    (Op.ENQUEUE_BATCH, b"\x01q" + batch_of(b"a", b"b")[:10], InvalidRequest),  # length column cut short
+    (Op.ENQUEUE_BATCH, b"\x01q" + batch_of(b"abcde")[:-1], InvalidRequest),  # payload past the end
+    (Op.ENQUEUE_BATCH, b"\x01q" + batch_of(b"a") + b"x", InvalidRequest),  # a byte after the payloads
+    (Op.ENQUEUE_BATCH, b"\x01q" + batch_of(b"a", b"bc")[:-1], InvalidRequest),  # the second one cut
+    (Op.ENQUEUE_BATCH, b"\x01q" + struct.pack(">I", 0xFFFFFFFF), InvalidRequest),  # 4 G messages announced
+    (Op.ENQUEUE_BATCH, b"\x01q" + struct.pack(">II", 1, 0xFFFFFFFF), InvalidRequest),  # 4 GiB announced
     (Op.READ_BATCH, b"", InvalidRequest),
     (Op.READ_BATCH, READ_BATCH_HEAD.pack(0, 0, 1)[:9], InvalidRequest),  # head cut short
     (Op.READ_BATCH, READ_BATCH_HEAD.pack(0, 0, 1), InvalidRequest),  # no name
@@ -349,9 +358,11 @@ MALFORMED_RESPONSES = [
     (Op.STATS_REPLY, b"\xff\xfe\x00"),  # not UTF-8
     (Op.OBJECTS_QUEUED, bytes(7)),
     (Op.OBJECTS_QUEUED, bytes(12)),
-    (Op.MESSAGES, bytes(15)),  # an entry's fixed fields cut short
-    (Op.MESSAGES, BATCHED_MESSAGE.pack(1, 1, 5) + b"abcd"),  # payload past the end
-    (Op.MESSAGES, BATCHED_MESSAGE.pack(1, 1, 1) + b"a" + bytes(3)),  # a good entry, then a cut one
+    (Op.MESSAGES, b""),  # no count
+    (Op.MESSAGES, messages_of((1, 1, b"a"))[:15]),  # columns cut short
+    (Op.MESSAGES, messages_of((1, 1, b"abcde"))[:-1]),  # payload past the end
+    (Op.MESSAGES, messages_of((1, 1, b"a")) + b"x"),  # a byte after the payloads
+    (Op.MESSAGES, messages_of((1, 1, b"a"), (2, 1, b"bc"))[:-1]),  # the second one cut
     (Op.CONFIRM_RESULTS, b"\x03"),  # outcomes are 0, 1, 2
     (Op.CONFIRM_RESULTS, b"\x00\x01\x02\xff"),
     (Op.TOUCHED, b"x"),
@@ -420,7 +431,7 @@ def test_new_struct_layouts() -> None:
     assert Stats("ab").body() == b"\x02ab"
     assert ListQueues().body() == b""
     assert EnqueueDelayed("q", b"pay", 0x01020304).body() == b"\x01q\x01\x02\x03\x04pay"
-    assert EnqueueBatch("q", (b"a", b"", b"bc")).body() == b"\x01q" + u32(1) + b"a" + u32(0) + u32(2) + b"bc"
+    assert EnqueueBatch("q", (b"a", b"", b"bc")).body() == b"\x01q" + u32(3) + u32(1) + u32(0) + u32(2) + b"abc"
     assert ReadBatch("q", 3, 5, 7).body() == u32(5) + u32(7) + b"\x00\x03" + b"\x01q"
     assert ConfirmBatch((1, 2**64 - 1)).body() == u64(1) + u64(2**64 - 1)
     assert Touch(9, 5).body() == u64(9) + u32(5)
@@ -430,8 +441,9 @@ def test_new_struct_layouts() -> None:
     assert StatsReply({"a": 1, "b": [None]}).body() == b'{"a":1,"b":[null]}'
     assert ObjectsQueued((1, 2)).body() == u64(1) + u64(2)
     assert Messages((Message(1, b"ab", 2), Message(3, b"", 1))).body() == (
-        u64(1) + u32(2) + u32(2) + b"ab" + u64(3) + u32(1) + u32(0)
+        u32(2) + u64(1) + u64(3) + u32(2) + u32(1) + u32(2) + u32(0) + b"ab"
     )
+    assert Messages(()).body() == u32(0)
     assert ConfirmResults((0, 1, 2)).body() == b"\x00\x01\x02"
     assert Touched().body() == Released().body() == b""
     assert decode_response(Op.TOUCHED, b"") is Touched.INSTANCE  # type: ignore[attr-defined]

@@ -14,9 +14,9 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass
-from collections.abc import Iterable
-from itertools import chain
-from typing import Any, ClassVar, Union
+from itertools import accumulate, chain, repeat
+from operator import add
+from typing import Any, ClassVar, NamedTuple, Union
 
 from ..errors import InvalidQueueName, InvalidRequest, UnknownOpcode
 from .frames import HEADER, HEADER_SIZE, MAGIC, MAX_QUEUE_NAME, PROTOCOL_VERSION, FrameReader, Op, framing_failure
@@ -73,6 +73,11 @@ __all__ = [
     "OTHER",
     "error_frame",
     "messages_frame",
+    "Run",
+    "cut_run",
+    "id_frames",
+    "bare_frames",
+    "message_frames",
     "U64",
     "ID_FRAME",
     "MESSAGE_HEAD",
@@ -85,12 +90,11 @@ U8 = struct.Struct(">B")
 TIMES = struct.Struct(">II")  # timeout_ms, wait_ms (READ) or id-less pairs
 _unpack_times = TIMES.unpack_from
 _unpack_u64 = U64.unpack_from
-_ENQUEUE, _READ, _CONFIRM = int(Op.ENQUEUE), int(Op.READ), int(Op.CONFIRM)
+_ENQUEUE, _READ, _CONFIRM, _MESSAGE = int(Op.ENQUEUE), int(Op.READ), int(Op.CONFIRM), int(Op.MESSAGE)
 OTHER = -1  # RequestReader's tag for frames off the hot path
 HELLO_OK_HEAD = struct.Struct(">HI")
 CREATE_OPTIONS = struct.Struct(">QI")  # capacity, max_deliveries
 ID_AND_MS = struct.Struct(">QI")  # TOUCH, RELEASE: id, milliseconds
-BATCHED_MESSAGE = struct.Struct(">QII")  # id, deliveries, length; the payload follows
 READ_BATCH_HEAD = struct.Struct(">IIH")  # timeout_ms, wait_ms, max_messages
 MESSAGE_FIELDS = struct.Struct(">QI")
 # Whole frames the server builds in one call on its hot path.
@@ -203,6 +207,91 @@ class RequestReader(FrameReader):
                     continue
             append((OTHER, request_id, (opcode, flags, request_id, data[start:stop]), None))
         return items, pos, HEADER_SIZE
+
+
+class Run(NamedTuple):
+    """Pipelined requests alike, cut by `cut_run`: ``request_ids`` in order and, by ``opcode``,
+    ENQUEUE: ``key`` the raw queue name, ``values`` the payloads; READ: ``key`` the body
+    they all share; CONFIRM: ``values`` the message ids."""
+
+    opcode: int
+    request_ids: tuple[int, ...]
+    key: bytes
+    values: tuple[Any, ...]
+
+
+MAX_RUN = 256  # frames per run layout; longer buffers go frame by frame
+_run_layouts: dict[tuple[str, int], struct.Struct] = {}
+
+
+def _layout(fields: str, count: int) -> struct.Struct:
+    """A precompiled struct for ``count`` repetitions of ``fields`` (cached, and the cache bounded)."""
+    layout = _run_layouts.get((fields, count))
+    if layout is None:
+        if len(_run_layouts) >= 512:
+            _run_layouts.clear()
+        layout = _run_layouts[fields, count] = struct.Struct(">" + fields * count)
+    return layout
+
+
+def cut_run(data: bytes) -> Run | None:
+    """Cut ``data`` in one struct call if it is two or more whole frames of one size, all ENQUEUEs
+    to one queue, all READs with one body, or all CONFIRMs, with no flags: what a client that
+    pipelines sends. None for anything else (which `RequestReader` then cuts frame by frame).
+    Frames are only cut here; whether their fields make sense is for the caller to check."""
+    if len(data) < 2 * HEADER_SIZE or data[0] != MAGIC:
+        return None
+    opcode = data[1]
+    length = int.from_bytes(data[8:12], "big")
+    count, rest = divmod(len(data), HEADER_SIZE + length)
+    if rest or not 2 <= count <= MAX_RUN:
+        return None
+    if opcode == _ENQUEUE and length:
+        name_size = data[HEADER_SIZE]
+        if not 0 < name_size < length:
+            return None
+        fields, width = f"BBHIIB{name_size}s{length - 1 - name_size}s", 8
+    elif opcode == _READ:
+        fields, width = f"BBHII{length}s", 6
+    elif opcode == _CONFIRM and length == 8:
+        fields, width = "BBHIIQ", 6
+    else:
+        return None
+    values = _layout(fields, count).unpack(data)
+    if not (
+        values[0::width].count(MAGIC) == values[1::width].count(opcode) == values[2::width].count(0)
+        == values[4::width].count(length) == count
+    ):  # fmt: skip
+        return None
+    request_ids = values[3::width]
+    if opcode == _CONFIRM:
+        return Run(opcode, request_ids, b"", values[5::6])
+    key = values[-2] if opcode == _ENQUEUE else values[-1]  # the last frame's name, or body
+    keys = values[6::8] if opcode == _ENQUEUE else values[5::6]
+    if keys.count(key) != count or (opcode == _ENQUEUE and values[5::8].count(name_size) != count):
+        return None
+    return Run(opcode, request_ids, key, values[7::8] if opcode == _ENQUEUE else ())
+
+
+def id_frames(opcode: int, request_ids: tuple[int, ...], ids: list[int]) -> bytes:
+    """One frame with a u64 id for each request (ObjectQueued), packed in one call."""
+    count = len(request_ids)
+    fields = zip(repeat(MAGIC, count), repeat(opcode), repeat(0), request_ids, repeat(8), ids)
+    return _layout("BBHIIQ", count).pack(*chain.from_iterable(fields))
+
+
+def bare_frames(opcode: int, request_ids: tuple[int, ...]) -> bytes:
+    """One frame with no body for each request (Confirmed, Empty), packed in one call."""
+    count = len(request_ids)
+    fields = zip(repeat(MAGIC, count), repeat(opcode), repeat(0), request_ids, repeat(0))
+    return _layout("BBHII", count).pack(*chain.from_iterable(fields))
+
+
+def message_frames(request_ids: tuple[int, ...], ids: list[int], deliveries: list[int], payloads: list[bytes]) -> bytes:
+    """One Message frame for each of the first ``len(ids)`` requests, built without a Python loop."""
+    sizes = map(add, map(len, payloads), repeat(12))  # each body: id, deliveries, payload
+    heads = map(MESSAGE_HEAD.pack, repeat(MAGIC), repeat(_MESSAGE), repeat(0), request_ids, sizes, ids, deliveries)
+    return b"".join(chain.from_iterable(zip(heads, payloads)))
 
 
 def _decode_name(raw: bytes) -> str:
@@ -444,27 +533,15 @@ class EnqueueBatch:
     items: tuple[bytes, ...]
 
     def body(self) -> bytes:
-        pack = U32.pack
-        return encode_name(self.queue) + b"".join(pack(len(item)) + item for item in self.items)
+        return encode_name(self.queue) + _pack_lengths(self.items) + b"".join(self.items)
 
     @classmethod
     def from_body(cls, body: bytes) -> EnqueueBatch:
         raw, pos = split_name(body)
-        items = []
-        end = len(body)
-        unpack = U32.unpack_from
-        while pos < end:
-            if pos + 4 > end:
-                raise InvalidRequest("ENQUEUE_BATCH item length cut short")
-            (size,) = unpack(body, pos)
-            pos += 4
-            if pos + size > end:
-                raise InvalidRequest(f"ENQUEUE_BATCH item of {size} bytes runs past the end of the body")
-            items.append(body[pos : pos + size])
-            pos += size
+        items = _cut_payloads(body, pos, 0, "ENQUEUE_BATCH")
         if not items:
             raise InvalidRequest("ENQUEUE_BATCH holds no message")
-        return cls(_decode_name(raw), tuple(items))
+        return cls(_decode_name(raw), items)
 
 
 @dataclass(frozen=True, slots=True)
@@ -722,25 +799,16 @@ class Messages:
     messages: tuple[Message, ...]
 
     def body(self) -> bytes:
-        pack = BATCHED_MESSAGE.pack
-        return b"".join(pack(m.id, m.deliveries, len(m.data)) + m.data for m in self.messages)
+        messages = self.messages
+        return _messages_body([m.id for m in messages], [m.deliveries for m in messages], [m.data for m in messages])
 
     @classmethod
     def from_body(cls, body: bytes) -> Messages:
-        messages = []
-        pos, end = 0, len(body)
-        unpack = BATCHED_MESSAGE.unpack_from
-        size = BATCHED_MESSAGE.size
-        while pos < end:
-            if pos + size > end:
-                raise InvalidRequest("MESSAGES entry cut short")
-            id_, deliveries, length = unpack(body, pos)
-            pos += size
-            if pos + length > end:
-                raise InvalidRequest("MESSAGES payload runs past the end of the body")
-            messages.append(Message(id_, body[pos : pos + length], deliveries))
-            pos += length
-        return cls(tuple(messages))
+        payloads = _cut_payloads(body, 0, 12, "MESSAGES")  # 12: each message's id and deliveries
+        count = len(payloads)
+        ids = struct.unpack_from(f">{count}Q", body, 4)
+        deliveries = struct.unpack_from(f">{count}I", body, 4 + 8 * count)
+        return cls(tuple(map(Message, ids, payloads, deliveries)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -886,12 +954,40 @@ def decode_response(opcode: int, body: bytes) -> Response:
     return cls.from_body(body)  # type: ignore[no-any-return]
 
 
-def messages_frame(request_id: int, ids: Iterable[int], deliveries: Iterable[int], payloads: list[bytes]) -> bytes:
-    """A MESSAGES frame straight from its columns: the server's batch reads build no
-    `Message` per entry, and the entries are packed and joined without a Python loop."""
-    heads = map(BATCHED_MESSAGE.pack, ids, deliveries, map(len, payloads))
-    body = b"".join(chain.from_iterable(zip(heads, payloads)))
+def messages_frame(request_id: int, ids: list[int], deliveries: list[int], payloads: list[bytes]) -> bytes:
+    """A MESSAGES frame straight from its columns: the server's batch reads build no `Message`."""
+    body = _messages_body(ids, deliveries, payloads)
     return HEADER.pack(MAGIC, Op.MESSAGES, 0, request_id, len(body)) + body
+
+
+def _messages_body(ids: list[int], deliveries: list[int], payloads: list[bytes]) -> bytes:
+    count = len(payloads)
+    columns = struct.pack(f">I{count}Q{count}I{count}I", count, *ids, *deliveries, *map(len, payloads))
+    return columns + b"".join(payloads)
+
+
+def _pack_lengths(payloads: tuple[bytes, ...] | list[bytes]) -> bytes:
+    """A batch's count and length column (the payloads follow them, back to back)."""
+    return struct.pack(f">I{len(payloads)}I", len(payloads), *map(len, payloads))
+
+
+def _cut_payloads(body: bytes, start: int, fixed: int, what: str) -> tuple[bytes, ...]:
+    """The payloads of a batch body laid out in columns from ``start``: a u32 count, ``fixed``
+    bytes of other columns per message, a u32 length per message, then the payloads back to
+    back up to the end of the body. One C-level pass cuts them: no Python loop per message."""
+    if len(body) < start + 4:
+        raise InvalidRequest(f"{what} body has no message count")
+    (count,) = U32.unpack_from(body, start)
+    payloads_start = start + 4 + (fixed + 4) * count
+    if payloads_start > len(body):
+        raise InvalidRequest(f"{what} body too short for the columns of {count} messages")
+    lengths = struct.unpack_from(f">{count}I", body, payloads_start - 4 * count)
+    if sum(lengths) != len(body) - payloads_start:
+        raise InvalidRequest(
+            f"{what} payload lengths add up to {sum(lengths)} bytes, the body carries {len(body) - payloads_start}"
+        )
+    ends = list(accumulate(lengths, initial=payloads_start))
+    return tuple([body[begin:end] for begin, end in zip(ends, ends[1:])])
 
 
 def error_frame(request_id: int, code: int, message: str) -> bytes:

@@ -16,6 +16,11 @@ over). A queue's ready messages are a deque of *segments*:
 
 A read turns the first ready message into a `Record`, kept in `Broker.records`
 (by id) and in its holder's ``held`` dict (one per connection, in read order).
+A batch read takes fresh messages as a `Block` instead: one entry for a slice
+of a run, listed under each of its ids in both dicts, with one deadline, so
+a batch costs a few C-level dict updates rather than a record per message. A
+block member that is touched, released or comes back gets a `Record` of its
+own (`Broker._split`); a block is retired when its last member leaves.
 A message that comes back (timeout, release, or its connection closed) goes
 to the front of its queue, ahead of every fresh message, unless it has been
 delivered ``max_deliveries`` times: then it moves to the queue's dead-letter
@@ -56,19 +61,20 @@ import enum
 import heapq
 import logging
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from itertools import islice, repeat
 from typing import Any
 
 from ..errors import InvalidQueueName, InvalidRequest, LimitExceeded, NoSuchQueue
 from .storage import Snapshot, Store, now_ms
 
-__all__ = ["Broker", "Queue", "Record", "Waiter", "Outcome", "ID_BLOCK"]
+__all__ = ["Broker", "Queue", "Record", "Block", "Entry", "Waiter", "Outcome", "ID_BLOCK", "NO_BYTE_LIMIT", "columns"]
 
 log = logging.getLogger("dbqueue.server")
 
 ID_BLOCK = 1 << 16
-BATCH_ENTRY_OVERHEAD = 16  # a batch reply's id, deliveries and length before each payload
+BATCH_ENTRY_OVERHEAD = 16  # a batch reply's id, deliveries and length for each payload
+NO_BYTE_LIMIT = 1 << 62  # `Queue.take_many`'s limit for reads answered one frame each
 
 
 class Outcome(enum.IntEnum):
@@ -87,13 +93,49 @@ class Record:
 
     __slots__ = ("id", "queue", "data", "deliveries", "lease", "held")
 
-    def __init__(self, id_: int, queue: Queue, data: bytes, held: dict[int, Record] | None = None) -> None:
+    def __init__(self, id_: int, queue: Queue, data: bytes, held: dict[int, Entry] | None = None) -> None:
         self.id = id_
         self.queue = queue
         self.data = data
         self.deliveries = 1 if held is not None else 0  # a record made for a read is a first delivery
         self.lease = 0  # its live heap entry: a deadline while in flight, a delay end while delayed
         self.held = held
+
+
+class Block:
+    """Fresh messages with consecutive ids, ``first_id`` onwards, read together by one batch read
+    and in flight on one deadline: ``live`` of them are still held (see `Broker._split`)."""
+
+    __slots__ = ("first_id", "queue", "payloads", "held", "live", "lease")
+    deliveries = 1  # a block is always a first delivery
+
+    def __init__(self, first_id: int, queue: Queue, payloads: list[bytes], held: dict[int, Entry]) -> None:
+        self.first_id = first_id
+        self.queue = queue
+        self.payloads = payloads
+        self.held: dict[int, Entry] | None = held
+        self.live = len(payloads)
+        self.lease = 0
+
+
+Entry = Record | Block  # what `Broker.records` and a holder's ``held`` map an in-flight id to
+
+
+def columns(entries: list[Entry]) -> tuple[list[int], list[int], list[bytes]]:
+    """The ids, delivery counts and payloads of read messages, in read order."""
+    ids: list[int] = []
+    deliveries: list[int] = []
+    payloads: list[bytes] = []
+    for entry in entries:
+        if entry.__class__ is Block:
+            ids += range(entry.first_id, entry.first_id + len(entry.payloads))  # type: ignore[union-attr]
+            deliveries += repeat(1, len(entry.payloads))  # type: ignore[union-attr]
+            payloads += entry.payloads  # type: ignore[union-attr]
+        else:
+            ids.append(entry.id)  # type: ignore[union-attr]
+            deliveries.append(entry.deliveries)
+            payloads.append(entry.data)  # type: ignore[union-attr]
+    return ids, deliveries, payloads
 
 
 class Waiter:
@@ -104,11 +146,11 @@ class Waiter:
     def __init__(
         self,
         queue: Queue,
-        held: dict[int, Record],
+        held: dict[int, Entry],
         timeout_ms: int,
         max_messages: int,
         deadline: float,
-        wake: Callable[[list[Record] | None], None],
+        wake: Callable[[list[Entry] | None], None],
     ) -> None:
         self.queue = queue
         self.held = held
@@ -136,14 +178,14 @@ class _Lanes:
     __slots__ = ("lanes", "heads", "size")
 
     def __init__(self) -> None:
-        self.lanes: dict[int, deque[tuple[float, int, Record]]] = {}
+        self.lanes: dict[int, deque[tuple[float, int, Entry]]] = {}
         self.heads: list[tuple[float, int]] = []  # (first deadline, timeout_ms) of each non-empty lane
         self.size = 0
 
     def __len__(self) -> int:
         return self.size
 
-    def __iter__(self) -> Iterator[tuple[float, int, Record]]:
+    def __iter__(self) -> Iterator[tuple[float, int, Entry]]:
         for lane in self.lanes.values():
             yield from lane
 
@@ -155,7 +197,7 @@ class _Lanes:
         lane.append((deadline, lease, record))
         self.size += 1
 
-    def push_many(self, timeout_ms: int, deadline: float, lease: int, records: list[Record]) -> None:
+    def push_many(self, timeout_ms: int, deadline: float, lease: int, records: list[Entry]) -> None:
         """One deadline and lease for several records (a batch read): a tie keeps their read order."""
         lane = self.lanes.get(timeout_ms)
         if lane is None:
@@ -164,9 +206,9 @@ class _Lanes:
         lane.extend(zip(repeat(deadline), repeat(lease), records))
         self.size += len(records)
 
-    def pop_due(self, now: float) -> list[tuple[float, int, Record]]:
+    def pop_due(self, now: float) -> list[tuple[float, int, Entry]]:
         """Remove and return every entry due by ``now``, in (deadline, lease) order."""
-        due: list[tuple[float, int, Record]] = []
+        due: list[tuple[float, int, Entry]] = []
         heads = self.heads
         while heads and heads[0][0] <= now:
             timeout_ms = heapq.heappop(heads)[1]
@@ -211,7 +253,12 @@ def _fitting(lengths: list[int], room: int, first: bool) -> tuple[int, int]:
     return len(lengths), used
 
 
-def _deadline_and_lease(entry: tuple[float, int, Record]) -> tuple[float, int]:
+def _forget(mapping: dict[int, Entry], keys: Iterable[int]) -> None:
+    """Delete every key (each present once) in one C-level pass."""
+    deque(map(mapping.__delitem__, keys), maxlen=0)
+
+
+def _deadline_and_lease(entry: tuple[float, int, Entry]) -> tuple[float, int]:
     return entry[0], entry[1]
 
 
@@ -304,7 +351,7 @@ class Queue:
                 self.journal.add(self.name, id_, data)
         return ids
 
-    def take(self, held: dict[int, Record]) -> Record | None:
+    def take(self, held: dict[int, Entry]) -> Record | None:
         """Hand the first ready message to ``held`` and register it in flight with the broker;
         return its record (deliveries counted), or None when none is ready."""
         segments = self._segments
@@ -330,19 +377,20 @@ class Queue:
                 return segment  # type: ignore[return-value]
         return None
 
-    def take_many(self, held: dict[int, Record], count: int, limit: int) -> list[Record]:
+    def take_many(self, held: dict[int, Entry], count: int, limit: int) -> list[Entry]:
         """Like `take`, for up to ``count`` messages whose batch reply entries stay within
-        ``limit`` bytes (the first one always goes). Fresh messages leave their run in one slice."""
-        records: list[Record] = []
-        size = 0
+        ``limit`` bytes (the first one always goes). Fresh messages leave their run as a `Block`."""
+        entries: list[Entry] = []
+        taken = size = 0
         segments = self._segments
-        while len(records) < count and segments:
+        while taken < count and segments:
             segment = segments[0]
             if segment.__class__ is Record:
                 size += len(segment.data) + BATCH_ENTRY_OVERHEAD  # type: ignore[union-attr]
-                if records and size > limit:
+                if entries and size > limit:
                     break
-                records.append(self.take(held))  # type: ignore[arg-type]
+                entries.append(self.take(held))  # type: ignore[arg-type]
+                taken += 1
                 continue
             items = segment.items  # type: ignore[union-attr]
             if not items:
@@ -350,22 +398,26 @@ class Queue:
                     break
                 segments.popleft()
                 continue
-            wanted = min(count - len(records), len(items))
-            fits, used = _fitting(list(map(len, islice(items, wanted))), limit - size, not records)
+            wanted = min(count - taken, len(items))
+            fits, used = _fitting(list(map(len, islice(items, wanted))), limit - size, not entries)
             if not fits:
                 break
-            first = segment.next_id  # type: ignore[union-attr]
-            segment.next_id = first + fits  # type: ignore[union-attr]
-            ids = range(first, first + fits)
-            batch = list(map(Record, ids, repeat(self), [items.popleft() for _ in ids], repeat(held)))
-            held.update(zip(ids, batch))
-            self._records.update(zip(ids, batch))
-            self.ready -= fits
-            records += batch
+            if fits == 1:  # a block pays off from two messages
+                entries.append(self.take(held))  # type: ignore[arg-type]
+            else:
+                first = segment.next_id  # type: ignore[union-attr]
+                segment.next_id = first + fits  # type: ignore[union-attr]
+                block = Block(first, self, [items.popleft() for _ in range(fits)], held)
+                listed = dict.fromkeys(range(first, first + fits), block)
+                held.update(listed)
+                self._records.update(listed)
+                self.ready -= fits
+                entries.append(block)
+            taken += fits
             size += used
             if fits < wanted:
                 break
-        return records
+        return entries
 
     def push_front(self, record: Record) -> None:
         """Return a record ahead of every ready message."""
@@ -432,9 +484,9 @@ class Broker:
         self.max_queue_name = max_queue_name
         self.max_batch_bytes = max_batch_bytes
         self.queues: dict[bytes, Queue] = {}
-        self.records: dict[int, Record] = {}
+        self.records: dict[int, Entry] = {}
         self._deadlines = _Lanes()
-        self._delays: list[tuple[float, int, Record]] = []
+        self._delays: list[tuple[float, int, Entry]] = []
         self._waits: list[tuple[float, int, Waiter]] = []
         self._timed = 0  # records in flight with a deadline (live entries of `_deadlines`)
         self._waiting = 0  # active waiters (live entries of `_waits`)
@@ -556,7 +608,7 @@ class Broker:
         """Drop every ready and delayed message of ``queue``; return how many."""
         dropped = queue.ready + queue.delayed
         if self.journal is not None:
-            in_flight = [r.id for r in self.records.values() if r.queue is queue and r.held is not None]
+            in_flight = [id_ for id_, entry in self.records.items() if entry.queue is queue and entry.held is not None]
             self.journal.purge(queue.name, keep=in_flight)
         for record in queue.drop_ready():
             del self.records[record.id]
@@ -607,7 +659,7 @@ class Broker:
 
     # --- reading ---------------------------------------------------------------------
 
-    def deliver(self, queue: Queue, timeout_ms: int, held: dict[int, Record], now: float) -> Record | None:
+    def deliver(self, queue: Queue, timeout_ms: int, held: dict[int, Entry], now: float) -> Record | None:
         """Read the next message of ``queue`` on behalf of ``held``; None when none is ready."""
         record = queue.take(held)
         if record is not None and timeout_ms:
@@ -624,35 +676,35 @@ class Broker:
             deadlines.keep_live()
 
     def deliver_many(
-        self, queue: Queue, max_messages: int, timeout_ms: int, held: dict[int, Record], now: float
-    ) -> list[Record]:
+        self, queue: Queue, max_messages: int, timeout_ms: int, held: dict[int, Entry], now: float
+    ) -> list[Entry]:
         """Read up to ``max_messages`` messages of ``queue``, stopping once their payloads
-        pass ``max_batch_bytes`` so that any client can take the reply in."""
-        records = queue.take_many(held, max_messages, self.max_batch_bytes)
-        if records and timeout_ms:
-            self.set_deadlines(records, timeout_ms, now)
-        return records
+        pass ``max_batch_bytes`` so that any client can take the reply in (see `columns`)."""
+        entries = queue.take_many(held, max_messages, self.max_batch_bytes)
+        if entries and timeout_ms:
+            self.set_deadlines(entries, timeout_ms, now)
+        return entries
 
-    def set_deadlines(self, records: list[Record], timeout_ms: int, now: float) -> None:
+    def set_deadlines(self, entries: list[Entry], timeout_ms: int, now: float) -> None:
         """`set_deadline` for a batch: one lease number, one lane entry each, in read order."""
         lease = self._leases = self._leases + 1
-        for record in records:
-            record.lease = lease
+        for entry in entries:
+            entry.lease = lease
         deadlines = self._deadlines
-        deadlines.push_many(timeout_ms, now + timeout_ms / 1000.0, lease, records)
-        self._timed += len(records)
+        deadlines.push_many(timeout_ms, now + timeout_ms / 1000.0, lease, entries)
+        self._timed += len(entries)
         if deadlines.size > 2 * self._timed + 1024:
             deadlines.keep_live()
 
     def wait(
         self,
         queue: Queue,
-        held: dict[int, Record],
+        held: dict[int, Entry],
         timeout_ms: int,
         max_messages: int,
         wait_ms: int,
         now: float,
-        wake: Callable[[list[Record] | None], None],
+        wake: Callable[[list[Entry] | None], None],
     ) -> Waiter:
         """Park a read on an empty queue: ``wake`` gets its messages, or [] once ``wait_ms`` passes."""
         # Retired waiters are dropped lazily; rebuild before they pile up.
@@ -690,20 +742,25 @@ class Broker:
 
     def confirm(self, id_: int) -> Outcome:
         """Acknowledge a message by id."""
-        record = self.records.get(id_)
-        if record is None or (record.queue.deleted and record.held is None):
+        entry = self.records.get(id_)
+        if entry is None or (entry.queue.deleted and entry.held is None):
             return Outcome.NO_SUCH_MESSAGE
-        held = record.held
+        held = entry.held
         if held is None:  # ready or delayed: requeued if it was ever handed out
-            return Outcome.REQUEUED if record.deliveries else Outcome.NO_SUCH_MESSAGE
+            return Outcome.REQUEUED if entry.deliveries else Outcome.NO_SUCH_MESSAGE
         del self.records[id_]
         del held[id_]
-        record.held = None
-        record.data = b""  # a stale heap entry may keep the record a while: not its payload
-        if record.lease:
-            self._timed -= 1
-            record.lease = 0  # its heap entry goes stale
-        queue = record.queue
+        if entry.__class__ is Block:
+            entry.live -= 1  # type: ignore[union-attr]
+            if not entry.live:  # type: ignore[union-attr]
+                self._retire(entry)  # type: ignore[arg-type]
+        else:
+            entry.held = None
+            entry.data = b""  # type: ignore[union-attr]  # a stale lane entry may keep the record a while
+            if entry.lease:
+                self._timed -= 1
+                entry.lease = 0  # its lane entry goes stale
+        queue = entry.queue
         if queue.deleted:
             return Outcome.NO_SUCH_MESSAGE
         queue.confirmed += 1
@@ -714,28 +771,62 @@ class Broker:
     def confirm_many(self, ids: tuple[int, ...]) -> bytes:
         """Acknowledge messages by id; return one `Outcome` byte each.
 
-        The usual case (in flight, queue alive) is handled inline, as in `confirm`;
-        any other goes through `confirm` itself.
+        The usual case, a confirm of messages read together (distinct members of one block
+        of a live queue), is settled by C-level dict operations; any other goes id by id.
         """
+        block = self.records.get(ids[0])
+        if block.__class__ is Block and not block.queue.deleted and self._held_members(block, ids):  # type: ignore[union-attr,arg-type]
+            _forget(self.records, ids)
+            _forget(block.held, ids)  # type: ignore[arg-type,union-attr]
+            block.live -= len(ids)  # type: ignore[union-attr]
+            if not block.live:  # type: ignore[union-attr]
+                self._retire(block)  # type: ignore[arg-type]
+            block.queue.confirmed += len(ids)  # type: ignore[union-attr]
+            if self.journal is not None:
+                self.journal.remove_many(ids)
+            return bytes(len(ids))  # zeros: CONFIRMED
+        return bytes(map(self.confirm, ids))
+
+    def _held_members(self, block: Block, ids: tuple[int, ...]) -> bool:
+        """Whether ``ids`` are distinct held members of ``block`` (told at once when they are all of it)."""
+        size = len(block.payloads)
+        if block.live == size == len(ids) and ids == tuple(range(block.first_id, block.first_id + size)):
+            return True
+        return list(map(self.records.get, ids)).count(block) == len(ids) == len(set(ids))
+
+    def _retire(self, block: Block) -> None:
+        """Forget a block none of whose members is held any more."""
+        if block.lease:
+            self._timed -= 1
+            block.lease = 0  # its lane entry goes stale
+        block.live = 0
+        block.payloads = []
+        block.held = None
+
+    def _split(self, block: Block, ids: Iterable[int]) -> list[Record]:
+        """Give these held members of a block records of their own (in flight, no deadline yet)."""
         records = self.records
-        journal = self.journal
-        outcomes = bytearray(len(ids))  # zeros: CONFIRMED
-        for index, id_ in enumerate(ids):
-            record = records.get(id_)
-            if record is None or record.held is None or record.queue.deleted:
-                outcomes[index] = self.confirm(id_)
-                continue
-            del records[id_]
-            del record.held[id_]
-            record.held = None
-            record.data = b""
-            if record.lease:
-                self._timed -= 1
-                record.lease = 0
-            record.queue.confirmed += 1
-            if journal is not None:
-                journal.remove(id_)
-        return bytes(outcomes)
+        held = block.held
+        first = block.first_id
+        split = [Record(id_, block.queue, block.payloads[id_ - first], held) for id_ in ids]
+        for record in split:
+            records[record.id] = held[record.id] = record  # type: ignore[index]
+        block.live -= len(split)
+        if not block.live:
+            self._retire(block)
+        return split
+
+    def records_of(self, entries: Iterable[Entry]) -> list[Record]:
+        """The in-flight records of these entries, in order, a block's held members split off."""
+        records: list[Record] = []
+        for entry in entries:
+            if entry.__class__ is Block:
+                first = entry.first_id  # type: ignore[union-attr]
+                members = range(first, first + len(entry.payloads))  # type: ignore[union-attr]
+                records += self._split(entry, [id_ for id_ in members if self.records.get(id_) is entry])  # type: ignore[arg-type]
+            else:
+                records.append(entry)  # type: ignore[arg-type]
+        return records
 
     def touch(self, id_: int, timeout_ms: int, now: float) -> Outcome:
         """Move an in-flight message's deadline to ``now + timeout_ms`` (0: no timeout)."""
@@ -758,16 +849,19 @@ class Broker:
         return Outcome.CONFIRMED
 
     def _in_flight(self, id_: int) -> Record | Outcome:
-        """The record of in-flight message ``id_``, or the outcome that says why there is none."""
-        record = self.records.get(id_)
-        if record is None or record.queue.deleted:
+        """The record of in-flight message ``id_`` (split off its block), or the outcome that says why there is none."""
+        entry = self.records.get(id_)
+        if entry is None or entry.queue.deleted:
             return Outcome.NO_SUCH_MESSAGE
-        if record.held is None:  # ready or delayed: requeued if it was ever handed out
-            return Outcome.REQUEUED if record.deliveries else Outcome.NO_SUCH_MESSAGE
-        return record
+        if entry.held is None:  # ready or delayed: requeued if it was ever handed out
+            return Outcome.REQUEUED if entry.deliveries else Outcome.NO_SUCH_MESSAGE
+        if entry.__class__ is Block:
+            return self._split(entry, [id_])[0]  # type: ignore[arg-type]
+        return entry  # type: ignore[return-value]
 
-    def requeue(self, records: list[Record], now: float, delay_ms: int = 0) -> int:
-        """Take in-flight records back, keeping their order at the front of their queues; return how many."""
+    def requeue(self, entries: list[Entry], now: float, delay_ms: int = 0) -> int:
+        """Take in-flight messages back, keeping their order at the front of their queues; return how many."""
+        records = self.records_of(entries)
         returned = 0
         touched: set[Queue] = set()
         spent: list[Record] = []  # out of deliveries, in reverse order
@@ -802,8 +896,10 @@ class Broker:
                 self.feed_waiters(queue, now)
         return returned
 
-    def release_all(self, held: dict[int, Record], now: float) -> int:
+    def release_all(self, held: dict[int, Entry], now: float) -> int:
         """Requeue everything a closing connection holds; return how many went back."""
+        blocks = [entry for entry in dict.fromkeys(held.values()) if entry.__class__ is Block]
+        self.records_of(blocks)  # their members get records in place in ``held``, which keeps the read order
         return self.requeue(list(held.values()), now)
 
     def _dead_letter(self, record: Record, now: float) -> None:
@@ -823,7 +919,7 @@ class Broker:
 
     def expire(self, now: float) -> int:
         """Run every event now due: timeouts, delay ends, waits. Return how many messages came back."""
-        due = [record for _, lease, record in self._deadlines.pop_due(now) if record.lease == lease]
+        due = [entry for _, lease, entry in self._deadlines.pop_due(now) if entry.lease == lease]
         # Expired in deadline order (read order on ties); `requeue` keeps that order.
         count = self.requeue(due, now)
         delays = self._delays

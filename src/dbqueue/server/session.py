@@ -35,7 +35,6 @@ import asyncio
 import hmac
 import logging
 from functools import partial
-from operator import attrgetter
 from time import perf_counter
 from typing import TYPE_CHECKING
 
@@ -52,7 +51,7 @@ from ..errors import (
 )
 from ..protocol import frames as fr
 from ..protocol import messages as msg
-from .queues import Outcome, Queue, Record, Waiter
+from .queues import NO_BYTE_LIMIT, Entry, Outcome, Queue, Waiter, columns
 from .security import PRE_AUTH_MAX_BODY
 
 if TYPE_CHECKING:
@@ -77,7 +76,7 @@ class Session(asyncio.Protocol):
         self.server = server
         self.broker = server.broker
         self.reader = msg.RequestReader(server.max_message_size + fr.BODY_OVERHEAD)
-        self.held: dict[int, Record] = {}  # in-flight messages this connection read, in read order
+        self.held: dict[int, Entry] = {}  # in-flight messages this connection read, in read order
         self.waiting: dict[int, Waiter] = {}  # its waiting reads by request id (some may be retired)
         self.read_from: set[Queue] = set()  # queues it counts as a consumer of
         self.transport: asyncio.Transport | None = None
@@ -112,17 +111,22 @@ class Session(asyncio.Protocol):
             if not data:
                 return
         reader = self.reader
-        requests = reader.feed(data)
-        if requests:
-            stats = self.server.request_stats
-            if stats is None:
-                replies = self.handle(requests)
-            else:
-                began = perf_counter()
-                replies = self.handle(requests)
-                stats.record(len(requests), perf_counter() - began)
-            if replies and not self.done:
-                self.server.send(self.transport, replies[0] if len(replies) == 1 else b"".join(replies))
+        stats = self.server.request_stats
+        began = perf_counter() if stats is not None else 0.0
+        run = None if reader.buffered else msg.cut_run(data)
+        answer = None if run is None else self.handle_run(run)
+        if answer is not None:
+            count = len(run.request_ids)  # type: ignore[union-attr]
+        else:
+            requests = reader.feed(data)
+            count = len(requests)
+            replies = self.handle(requests) if requests else ()
+            answer = replies[0] if len(replies) == 1 else b"".join(replies)
+        if count:
+            if stats is not None:
+                stats.record(count, perf_counter() - began)
+            if answer and not self.done:
+                self.server.send(self.transport, answer)
         if reader.failure is not None:
             failure = reader.failure
             log.warning("closing %s: %s", self.peer, failure.message)
@@ -318,6 +322,71 @@ class Session(asyncio.Protocol):
             self.server.schedule_expiry()
         return replies
 
+    def handle_run(self, run: msg.Run) -> bytes | None:
+        """Answer a run of like requests (`msg.cut_run`) as one batch: the same replies, in the same
+        order, as `handle` would give them one by one. None, having done nothing, when the run
+        needs that path: an unknown or full queue, a payload over the limit, reads that would
+        wait or pass the in-flight limit, or a request `RequestReader` would refuse."""
+        if run.opcode == _CONFIRM:
+            self.last_active = self.server.clock()
+            outcomes = self.broker.confirm_many(run.values)
+            if outcomes.count(_CONFIRMED) != len(outcomes):
+                return self._settled_each(run.request_ids, run.values, outcomes)
+            return msg.bare_frames(_CONFIRMED_OP, run.request_ids)
+        if run.opcode == _ENQUEUE:
+            return self._enqueue_run(run.request_ids, run.key, run.values)
+        return self._read_run(run.request_ids, run.key)
+
+    def _enqueue_run(self, request_ids: tuple[int, ...], name: bytes, payloads: tuple[bytes, ...]) -> bytes | None:
+        queue = self.broker.queues.get(name)
+        if queue is None or len(payloads[0]) > self.server.max_message_size or not queue.has_room(len(payloads)):
+            return None  # every payload has the first one's size
+        now = self.last_active = self.server.clock()
+        fed = bool(queue.waiters)
+        ids = self.broker.enqueue_batch(queue, list(payloads), now)
+        if fed:
+            self.server.schedule_expiry()
+        return msg.id_frames(_OBJECT_QUEUED, request_ids, ids)  # type: ignore[arg-type]
+
+    def _read_run(self, request_ids: tuple[int, ...], body: bytes) -> bytes | None:
+        if len(body) < 10 or body[8] != len(body) - 9:
+            return None
+        timeout_ms, wait_ms = msg.TIMES.unpack_from(body)
+        queue = self.broker.queues.get(body[9:])
+        count = len(request_ids)
+        if (
+            queue is None
+            or len(self.held) + count > self.server.max_in_flight
+            or (wait_ms and queue.ready < count)
+        ):
+            return None
+        if queue not in self.read_from:
+            self._count_consumer(queue)
+        now = self.last_active = self.server.clock()
+        entries = queue.take_many(self.held, count, NO_BYTE_LIMIT)
+        if entries and timeout_ms:
+            self.broker.set_deadlines(entries, timeout_ms, now)
+            self.server.schedule_expiry()
+        ids, deliveries, payloads = columns(entries)
+        output = sum(map(len, payloads))
+        if output > self.server.max_output_buffer:
+            self._overflow(output)
+            return b""
+        taken = len(ids)
+        return msg.message_frames(request_ids, ids, deliveries, payloads) + msg.bare_frames(_EMPTY, request_ids[taken:])
+
+    def _settled_each(self, request_ids: tuple[int, ...], ids: tuple[int, ...], outcomes: bytes) -> bytes:
+        """Confirm replies one by one, for a run of confirms that did not all confirm."""
+        replies = []
+        for request_id, id_, outcome in zip(request_ids, ids, outcomes):
+            if outcome == _CONFIRMED:
+                replies.append(_BARE_FRAME(fr.MAGIC, _CONFIRMED_OP, 0, request_id, 0))
+            elif outcome == _REQUEUED:
+                replies.append(_BARE_FRAME(fr.MAGIC, _REQUEUED_OP, 0, request_id, 0))
+            else:
+                replies.append(_refusal(request_id, _no_such_message(id_)))
+        return b"".join(replies)
+
     def _handle_other(self, frame: fr.Frame, now: float) -> bytes:
         """Answer a frame off the hot path: a refused request gets an Error frame, a waiting read b""."""
         opcode, flags, request_id, body = frame
@@ -385,11 +454,11 @@ class Session(asyncio.Protocol):
         if allowance <= 0:
             raise _too_many_in_flight(self.server.max_in_flight)
         count = min(request.max_messages, allowance)
-        records = self.broker.deliver_many(queue, count, request.timeout_ms, self.held, now)
-        if not records and request.wait_ms:
+        entries = self.broker.deliver_many(queue, count, request.timeout_ms, self.held, now)
+        if not entries and request.wait_ms:
             self._wait(queue, request_id, request.timeout_ms, count, request.wait_ms, now)
             return None
-        return _messages_frame(request_id, records)
+        return msg.messages_frame(request_id, *columns(entries))
 
     def _confirm_batch(self, request: msg.ConfirmBatch, request_id: int, now: float) -> bytes:
         outcomes = self.broker.confirm_many(request.ids)
@@ -438,23 +507,24 @@ class Session(asyncio.Protocol):
         wake = partial(self._wake, request_id, max_messages)
         self.waiting[request_id] = self.broker.wait(queue, self.held, timeout_ms, max_messages or 1, wait_ms, now, wake)
 
-    def _wake(self, request_id: int, max_messages: int, records: list[Record] | None) -> None:
+    def _wake(self, request_id: int, max_messages: int, entries: list[Entry] | None) -> None:
         self.last_active = self.server.clock()  # an answered wait restarts the idle clock
         transport = self.transport
         if transport is None or transport.is_closing():
             # Woken while closing: these messages were never sent, so they do not count as delivered.
-            if records:
+            if entries:
+                records = self.broker.records_of(entries)
                 for record in records:
                     record.deliveries -= 1
-                self.broker.requeue(records, self.server.clock())
+                self.broker.requeue(records, self.server.clock())  # type: ignore[arg-type]
             return
-        if records is None:
+        if entries is None:
             reply = _refusal(request_id, NoSuchQueue("the queue was deleted while the read waited"))
         elif max_messages:
-            reply = _messages_frame(request_id, records)
-        elif records:
-            record = records[0]
-            reply = msg.encode(request_id, msg.Message(record.id, record.data, record.deliveries))
+            reply = msg.messages_frame(request_id, *columns(entries))
+        elif entries:
+            (id_,), (deliveries,), (data,) = columns(entries)
+            reply = msg.encode(request_id, msg.Message(id_, data, deliveries))
         else:
             reply = _BARE_FRAME(fr.MAGIC, _EMPTY, 0, request_id, 0)
         self.server.send(transport, reply)
@@ -476,13 +546,6 @@ _HANDLERS = {
     msg.Release: Session._release,
     msg.Cancel: Session._cancel,
 }
-
-
-def _messages_frame(request_id: int, records: list[Record]) -> bytes:
-    return msg.messages_frame(request_id, map(_ID, records), map(_DELIVERIES, records), list(map(_DATA, records)))
-
-
-_ID, _DELIVERIES, _DATA = attrgetter("id"), attrgetter("deliveries"), attrgetter("data")
 
 
 def _settled(outcome: Outcome, id_: int, done: msg.Response) -> msg.Response:

@@ -100,7 +100,7 @@ import itertools
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
@@ -365,6 +365,14 @@ class Store:
         """Record that a message is gone (confirmed, dead-lettered, dropped). Unknown ids are ignored at commit."""
         if self._adds.pop(id_, None) is None:
             self._removes.append(id_)
+
+    def remove_many(self, ids: Sequence[int]) -> None:
+        """`remove` for several ids; usually none was added since the last commit, and they are listed at once."""
+        if self._adds.keys().isdisjoint(ids):
+            self._removes += ids
+        else:
+            for id_ in ids:
+                self.remove(id_)
 
     def set_deliveries(self, id_: int, deliveries: int) -> None:
         """Record a message's delivery count, so dead-lettering counts across restarts."""
