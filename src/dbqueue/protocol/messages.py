@@ -100,6 +100,7 @@ MESSAGE_FIELDS = struct.Struct(">QI")
 # Whole frames the server builds in one call on its hot path.
 ID_FRAME = struct.Struct(">BBHIIQ")  # header + one u64 id: ObjectQueued (and the bench's Confirm)
 MESSAGE_HEAD = struct.Struct(">BBHIIQI")  # header + id + deliveries; the payload follows
+_MESSAGE_HEAD_RAW_ID = struct.Struct(">BBH4sIQI")  # the same, the request id as its wire bytes
 
 
 # --- body helpers --------------------------------------------------------------------
@@ -210,12 +211,13 @@ class RequestReader(FrameReader):
 
 
 class Run(NamedTuple):
-    """Pipelined requests alike, cut by `cut_run`: ``request_ids`` in order and, by ``opcode``,
-    ENQUEUE: ``key`` the raw queue name, ``values`` the payloads; READ: ``key`` the body
-    they all share; CONFIRM: ``values`` the message ids."""
+    """Pipelined requests alike, cut by `cut_run`: ``request_ids`` in order, each as its 4 wire
+    bytes (replies copy them), and, by ``opcode``, ENQUEUE: ``key`` the raw queue name,
+    ``values`` the payloads; READ: ``key`` the body they all share; CONFIRM: ``values`` the
+    message ids."""
 
     opcode: int
-    request_ids: tuple[int, ...]
+    request_ids: tuple[bytes, ...]
     key: bytes
     values: tuple[Any, ...]
 
@@ -250,11 +252,11 @@ def cut_run(data: bytes) -> Run | None:
         name_size = data[HEADER_SIZE]
         if not 0 < name_size < length:
             return None
-        fields, width = f"BBHIIB{name_size}s{length - 1 - name_size}s", 8
+        fields, width = f"BBH4sIB{name_size}s{length - 1 - name_size}s", 8
     elif opcode == _READ:
-        fields, width = f"BBHII{length}s", 6
+        fields, width = f"BBH4sI{length}s", 6
     elif opcode == _CONFIRM and length == 8:
-        fields, width = "BBHIIQ", 6
+        fields, width = "BBH4sIQ", 6
     else:
         return None
     values = _layout(fields, count).unpack(data)
@@ -273,24 +275,26 @@ def cut_run(data: bytes) -> Run | None:
     return Run(opcode, request_ids, key, values[7::8] if opcode == _ENQUEUE else ())
 
 
-def id_frames(opcode: int, request_ids: tuple[int, ...], ids: list[int]) -> bytes:
+def id_frames(opcode: int, request_ids: tuple[bytes, ...], ids: list[int]) -> bytes:
     """One frame with a u64 id for each request (ObjectQueued), packed in one call."""
     count = len(request_ids)
     fields = zip(repeat(MAGIC, count), repeat(opcode), repeat(0), request_ids, repeat(8), ids)
-    return _layout("BBHIIQ", count).pack(*chain.from_iterable(fields))
+    return _layout("BBH4sIQ", count).pack(*chain.from_iterable(fields))
 
 
-def bare_frames(opcode: int, request_ids: tuple[int, ...]) -> bytes:
-    """One frame with no body for each request (Confirmed, Empty), packed in one call."""
-    count = len(request_ids)
-    fields = zip(repeat(MAGIC, count), repeat(opcode), repeat(0), request_ids, repeat(0))
-    return _layout("BBHII", count).pack(*chain.from_iterable(fields))
+def bare_frames(opcode: int, request_ids: tuple[bytes, ...]) -> bytes:
+    """One frame with no body for each request (Confirmed, Empty): the request ids joined by
+    the bytes that stand between them (the rest of a header, the start of the next)."""
+    if not request_ids:
+        return b""
+    start, end = HEADER.pack(MAGIC, opcode, 0, 0, 0)[:4], bytes(4)  # magic, opcode, flags | length 0
+    return start + (end + start).join(request_ids) + end
 
 
-def message_frames(request_ids: tuple[int, ...], ids: list[int], deliveries: list[int], payloads: list[bytes]) -> bytes:
+def message_frames(request_ids: tuple[bytes, ...], ids: list[int], deliveries: list[int], payloads: list[bytes]) -> bytes:
     """One Message frame for each of the first ``len(ids)`` requests, built without a Python loop."""
     sizes = map(add, map(len, payloads), repeat(12))  # each body: id, deliveries, payload
-    heads = map(MESSAGE_HEAD.pack, repeat(MAGIC), repeat(_MESSAGE), repeat(0), request_ids, sizes, ids, deliveries)
+    heads = map(_MESSAGE_HEAD_RAW_ID.pack, repeat(MAGIC), repeat(_MESSAGE), repeat(0), request_ids, sizes, ids, deliveries)
     return b"".join(chain.from_iterable(zip(heads, payloads)))
 
 

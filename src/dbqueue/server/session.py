@@ -337,7 +337,7 @@ class Session(asyncio.Protocol):
             return self._enqueue_run(run.request_ids, run.key, run.values)
         return self._read_run(run.request_ids, run.key)
 
-    def _enqueue_run(self, request_ids: tuple[int, ...], name: bytes, payloads: tuple[bytes, ...]) -> bytes | None:
+    def _enqueue_run(self, request_ids: tuple[bytes, ...], name: bytes, payloads: tuple[bytes, ...]) -> bytes | None:
         queue = self.broker.queues.get(name)
         if queue is None or len(payloads[0]) > self.server.max_message_size or not queue.has_room(len(payloads)):
             return None  # every payload has the first one's size
@@ -348,7 +348,7 @@ class Session(asyncio.Protocol):
             self.server.schedule_expiry()
         return msg.id_frames(_OBJECT_QUEUED, request_ids, ids)  # type: ignore[arg-type]
 
-    def _read_run(self, request_ids: tuple[int, ...], body: bytes) -> bytes | None:
+    def _read_run(self, request_ids: tuple[bytes, ...], body: bytes) -> bytes | None:
         if len(body) < 10 or body[8] != len(body) - 9:
             return None
         timeout_ms, wait_ms = msg.TIMES.unpack_from(body)
@@ -375,10 +375,11 @@ class Session(asyncio.Protocol):
         taken = len(ids)
         return msg.message_frames(request_ids, ids, deliveries, payloads) + msg.bare_frames(_EMPTY, request_ids[taken:])
 
-    def _settled_each(self, request_ids: tuple[int, ...], ids: tuple[int, ...], outcomes: bytes) -> bytes:
+    def _settled_each(self, request_ids: tuple[bytes, ...], ids: tuple[int, ...], outcomes: bytes) -> bytes:
         """Confirm replies one by one, for a run of confirms that did not all confirm."""
         replies = []
-        for request_id, id_, outcome in zip(request_ids, ids, outcomes):
+        for raw_id, id_, outcome in zip(request_ids, ids, outcomes):
+            request_id = int.from_bytes(raw_id, "big")
             if outcome == _CONFIRMED:
                 replies.append(_BARE_FRAME(fr.MAGIC, _CONFIRMED_OP, 0, request_id, 0))
             elif outcome == _REQUEUED:
