@@ -8,6 +8,16 @@ received bytes, handles them all in one loop and answers them all with one
 ``transport.write``: a client that pipelines 32 requests costs one system call
 each way, not 32.
 
+What pipelining clients send most is a *run*: a buffer of whole frames alike,
+32 ENQUEUEs to one queue, 32 READs of one queue with one timeout, or 32
+CONFIRMs. `msg.cut_run` cuts such a buffer with one struct call and
+`handle_run` answers it with the broker's batch operations (the reads take
+their fresh messages as one in-flight `Block`), giving the replies the
+requests would get one by one, in order. Anything that could make them
+differ (an unknown or full queue, an oversized payload, a read that would
+wait or pass the in-flight limit) sends the buffer down the frame-by-frame
+path instead, before anything is changed.
+
 Errors come in two kinds (as in NSQ). A request the server refuses (a missing
 queue, a malformed body, an unknown opcode) gets an Error frame and the
 session goes on. A frame that breaks the framing (bad magic, a body over the
