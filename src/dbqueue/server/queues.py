@@ -347,8 +347,7 @@ class Queue:
         self.ready += len(items)
         self.enqueued += len(items)
         if self.journal is not None:
-            for id_, data in zip(ids, items):
-                self.journal.add(self.name, id_, data)
+            self.journal.add_many(self.name, ids, items)
         return ids
 
     def take(self, held: dict[int, Entry]) -> Record | None:

@@ -361,6 +361,11 @@ class Store:
         """
         self._adds[id_] = (id_, self._qids[queue], data, deliveries, due_ms, next(self._seq))
 
+    def add_many(self, queue: bytes, ids: Sequence[int], items: Sequence[bytes]) -> None:
+        """`add` for several new messages at once, in order (no delay, no deliveries)."""
+        qid = self._qids[queue]
+        self._adds.update(zip(ids, zip(ids, itertools.repeat(qid), items, itertools.repeat(0), itertools.repeat(0), self._seq)))
+
     def remove(self, id_: int) -> None:
         """Record that a message is gone (confirmed, dead-lettered, dropped). Unknown ids are ignored at commit."""
         if self._adds.pop(id_, None) is None:
