@@ -349,13 +349,15 @@ class Session(asyncio.Protocol):
 
     def _enqueue_run(self, request_ids: tuple[bytes, ...], name: bytes, payloads: tuple[bytes, ...]) -> bytes | None:
         queue = self.broker.queues.get(name)
-        if queue is None or len(payloads[0]) > self.server.max_message_size or not queue.has_room(len(payloads)):
-            return None  # every payload has the first one's size
-        now = self.last_active = self.server.clock()
-        fed = bool(queue.waiters)
+        if (
+            queue is None
+            or len(payloads[0]) > self.server.max_message_size  # every payload has the first one's size
+            or not queue.has_room(len(payloads))
+            or queue.waiters  # one by one, each message would wake a waiting read of its own
+        ):
+            return None
+        self.last_active = now = self.server.clock()
         ids = self.broker.enqueue_batch(queue, list(payloads), now)
-        if fed:
-            self.server.schedule_expiry()
         return msg.id_frames(_OBJECT_QUEUED, request_ids, ids)  # type: ignore[arg-type]
 
     def _read_run(self, request_ids: tuple[bytes, ...], body: bytes) -> bytes | None:
@@ -364,10 +366,12 @@ class Session(asyncio.Protocol):
         timeout_ms, wait_ms = msg.TIMES.unpack_from(body)
         queue = self.broker.queues.get(body[9:])
         count = len(request_ids)
+        server = self.server
         if (
             queue is None
-            or len(self.held) + count > self.server.max_in_flight
+            or len(self.held) + count > server.max_in_flight
             or (wait_ms and queue.ready < count)
+            or count * server.max_message_size > server.max_output_buffer  # `handle` would check as it goes
         ):
             return None
         if queue not in self.read_from:
@@ -378,10 +382,6 @@ class Session(asyncio.Protocol):
             self.broker.set_deadlines(entries, timeout_ms, now)
             self.server.schedule_expiry()
         ids, deliveries, payloads = columns(entries)
-        output = sum(map(len, payloads))
-        if output > self.server.max_output_buffer:
-            self._overflow(output)
-            return b""
         taken = len(ids)
         return msg.message_frames(request_ids, ids, deliveries, payloads) + msg.bare_frames(_EMPTY, request_ids[taken:])
 
