@@ -773,7 +773,7 @@ class Broker:
         The usual case, a confirm of messages read together (distinct members of one block
         of a live queue), is settled by C-level dict operations; any other goes id by id.
         """
-        block = self.records.get(ids[0])
+        block = self.records.get(ids[0]) if ids else None
         if block.__class__ is Block and not block.queue.deleted and self._held_members(block, ids):  # type: ignore[union-attr,arg-type]
             _forget(self.records, ids)
             _forget(block.held, ids)  # type: ignore[arg-type,union-attr]
