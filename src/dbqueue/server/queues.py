@@ -485,7 +485,7 @@ class Broker:
         self.queues: dict[bytes, Queue] = {}
         self.records: dict[int, Entry] = {}
         self._deadlines = _Lanes()
-        self._delays: list[tuple[float, int, Entry]] = []
+        self._delays: list[tuple[float, int, Record]] = []
         self._waits: list[tuple[float, int, Waiter]] = []
         self._timed = 0  # records in flight with a deadline (live entries of `_deadlines`)
         self._waiting = 0  # active waiters (live entries of `_waits`)

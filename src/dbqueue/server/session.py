@@ -14,9 +14,10 @@ CONFIRMs. `msg.cut_run` cuts such a buffer with one struct call and
 `handle_run` answers it with the broker's batch operations (the reads take
 their fresh messages as one in-flight `Block`), giving the replies the
 requests would get one by one, in order. Anything that could make them
-differ (an unknown or full queue, an oversized payload, a read that would
-wait or pass the in-flight limit) sends the buffer down the frame-by-frame
-path instead, before anything is changed.
+differ (an unknown or full queue, an oversized payload, sends to a queue
+with waiting reads, reads that would wait or pass the in-flight or output
+limit) sends the buffer down the frame-by-frame path instead, before
+anything is changed.
 
 Errors come in two kinds (as in NSQ). A request the server refuses (a missing
 queue, a malformed body, an unknown opcode) gets an Error frame and the
@@ -335,8 +336,7 @@ class Session(asyncio.Protocol):
     def handle_run(self, run: msg.Run) -> bytes | None:
         """Answer a run of like requests (`msg.cut_run`) as one batch: the same replies, in the same
         order, as `handle` would give them one by one. None, having done nothing, when the run
-        needs that path: an unknown or full queue, a payload over the limit, reads that would
-        wait or pass the in-flight limit, or a request `RequestReader` would refuse."""
+        needs that path (see the module's docstring), or holds a request `handle` would refuse."""
         if run.opcode == _CONFIRM:
             self.last_active = self.server.clock()
             outcomes = self.broker.confirm_many(run.values)
@@ -386,7 +386,8 @@ class Session(asyncio.Protocol):
         return msg.message_frames(request_ids, ids, deliveries, payloads) + msg.bare_frames(_EMPTY, request_ids[taken:])
 
     def _settled_each(self, request_ids: tuple[bytes, ...], ids: tuple[int, ...], outcomes: bytes) -> bytes:
-        """Confirm replies one by one, for a run of confirms that did not all confirm."""
+        """Confirm replies one by one, for a run of confirms that did not all confirm (as `handle`
+        answers a confirm, kept inline there: it is the per-request hot path)."""
         replies = []
         for raw_id, id_, outcome in zip(request_ids, ids, outcomes):
             request_id = int.from_bytes(raw_id, "big")
