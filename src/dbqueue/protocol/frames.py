@@ -121,13 +121,13 @@ class FrameReader:
     ``max_body`` bounds the body length a header may announce.
     """
 
-    __slots__ = ("max_body", "failure", "_chunks", "_buffered", "_needed")
+    __slots__ = ("max_body", "failure", "buffered", "_chunks", "_needed")
 
     def __init__(self, max_body: int) -> None:
         self.max_body = max_body
         self.failure: FrameFailure | None = None
         self._chunks: list[bytes] = []
-        self._buffered = 0
+        self.buffered = 0  # bytes held of a frame not yet complete (a plain field: read per received buffer)
         self._needed = HEADER_SIZE  # bytes needed before parsing is worth trying
 
     def feed(self, data: bytes) -> list[Any]:
@@ -138,8 +138,8 @@ class FrameReader:
             # Join only once enough has arrived: a large frame received in
             # many small reads costs one copy, not one per read.
             self._chunks.append(data)
-            self._buffered += len(data)
-            if self._buffered < self._needed:
+            self.buffered += len(data)
+            if self.buffered < self._needed:
                 return []
             data = b"".join(self._chunks)
             self._chunks.clear()
@@ -147,7 +147,7 @@ class FrameReader:
         end = len(data)
         if pos < end:
             self._chunks.append(data[pos:] if pos else data)
-        self._buffered = end - pos
+        self.buffered = end - pos
         return items
 
     def _scan(self, data: bytes) -> tuple[list[Any], int, int]:
@@ -168,11 +168,6 @@ class FrameReader:
             frames.append((opcode, flags, request_id, data[pos + HEADER_SIZE : stop]))
             pos = stop
         return frames, pos, HEADER_SIZE
-
-    @property
-    def buffered(self) -> int:
-        """Bytes held of a frame not yet complete."""
-        return self._buffered
 
 
 def framing_failure(magic: int, request_id: int, length: int, max_body: int) -> FrameFailure:
