@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -32,6 +32,7 @@ from dbqueue.protocol import (
     encode,
 )
 from dbqueue.protocol.frames import BODY_OVERHEAD
+from dbqueue.server.session import Session
 
 if TYPE_CHECKING:
     from conftest import RawConnection, ServerThread
@@ -272,3 +273,139 @@ def test_requests_work_without_hello_and_split_across_writes(raw: Raw) -> None:
     opcode, _, rid, body = connection.recv_frame()
     assert rid == 3 and decode_response(opcode, body).data == b"hi"  # type: ignore[union-attr]
     assert isinstance(decode_response(opcode, body), Message)
+
+
+# --- pipelined runs: 32 like requests in one write, every reply byte checked -----------------------
+
+NO_SUCH_MESSAGE_TEXT = "message {} is not in flight (never read, already confirmed, or its queue was deleted)"
+
+
+def bare(opcode: int, request_id: int) -> bytes:
+    return HEADER.pack(MAGIC, opcode, 0, request_id, 0)
+
+
+def queued(request_id: int, id_: int) -> bytes:
+    return HEADER.pack(MAGIC, Op.OBJECT_QUEUED, 0, request_id, 8) + id_.to_bytes(8, "big")
+
+
+def message(request_id: int, id_: int, deliveries: int, payload: bytes) -> bytes:
+    head = HEADER.pack(MAGIC, Op.MESSAGE, 0, request_id, 12 + len(payload))
+    return head + id_.to_bytes(8, "big") + deliveries.to_bytes(4, "big") + payload
+
+
+def no_such_message(request_id: int, id_: int) -> bytes:
+    body = int(ErrorCode.NO_SUCH_MESSAGE).to_bytes(2, "big") + NO_SUCH_MESSAGE_TEXT.format(id_).encode()
+    return HEADER.pack(MAGIC, Op.ERROR, 0, request_id, len(body)) + body
+
+
+def exchange(connection: RawConnection, requests: list[bytes], expected: list[bytes]) -> None:
+    """Send ``requests`` in one write; the replies must be ``expected``, frame for frame, byte for byte."""
+    connection.send(b"".join(requests))
+    replies = []
+    for _ in expected:
+        opcode, flags, request_id, body = connection.recv_frame()
+        replies.append(HEADER.pack(MAGIC, opcode, flags, request_id, len(body)) + body)
+    assert replies == expected
+
+
+@pytest.fixture
+def runs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, bool]]:
+    """(opcode, requests, answered as a batch) of every run the server's sessions are handed."""
+    seen: list[tuple[int, int, bool]] = []
+    handle_run = Session.handle_run
+
+    def recorded(self: Session, run: Any) -> bytes | None:
+        answer = handle_run(self, run)
+        seen.append((run.opcode, len(run.request_ids), answer is not None))
+        return answer
+
+    monkeypatch.setattr(Session, "handle_run", recorded)
+    return seen
+
+
+def test_pipelined_runs_with_an_empty_tail_a_duplicate_and_an_unknown_id(
+    server: ServerThread, raw: Raw, runs: list[tuple[int, int, bool]]
+) -> None:
+    producer, other = raw(), raw()
+    exchange(producer, [frame(Op.CREATE_QUEUE, CreateQueue("q").body(), request_id=1)], [bare(Op.QUEUE_CREATED, 1)])
+    payloads = [b"payload-%02d" % i for i in range(32)]  # one size: one run
+    exchange(
+        producer,
+        [frame(Op.ENQUEUE, Enqueue("q", data).body(), request_id=100 + i) for i, data in enumerate(payloads)],
+        [queued(100 + i, 1 + i) for i in range(32)],  # the server's first ids: 1, 2, ...
+    )
+    # Another connection takes the first 12; then 32 reads find 20 messages and 12 Empty.
+    exchange(
+        other,
+        [frame(Op.READ, Read("q").body(), request_id=200 + i) for i in range(12)],
+        [message(200 + i, 1 + i, 1, payloads[i]) for i in range(12)],
+    )
+    exchange(
+        producer,
+        [frame(Op.READ, Read("q", 60_000).body(), request_id=300 + i) for i in range(32)],
+        [message(300 + i, 13 + i, 1, payloads[12 + i]) for i in range(20)]
+        + [bare(Op.EMPTY, 300 + i) for i in range(20, 32)],
+    )
+    # 32 confirms: its own 20, one of them again, an id nobody holds, and 10 the other connection holds.
+    ids = list(range(13, 33)) + [13, 999_999] + list(range(1, 11))
+    expected = [bare(Op.CONFIRMED, 400 + i) for i in range(20)]
+    expected += [no_such_message(420, 13), no_such_message(421, 999_999)]
+    expected += [bare(Op.CONFIRMED, 422 + i) for i in range(10)]
+    confirms = [frame(Op.CONFIRM, Confirm(id_).body(), request_id=400 + i) for i, id_ in enumerate(ids)]
+    exchange(producer, confirms, expected)
+    stats = server.call(lambda: server.server.broker.queues[b"q"].stats())
+    assert (stats["ready"], stats["in_flight"], stats["confirmed"], stats["consumers"]) == (0, 2, 30, 2)
+    assert runs == [(Op.ENQUEUE, 32, True), (Op.READ, 12, True), (Op.READ, 32, True), (Op.CONFIRM, 32, True)]
+    # The other connection still holds 11 and 12; the producer goes on after its refusals.
+    exchange(
+        other,
+        [frame(Op.CONFIRM, Confirm(id_).body(), request_id=id_) for id_ in (11, 12)],
+        [bare(Op.CONFIRMED, 11), bare(Op.CONFIRMED, 12)],
+    )
+    exchange(producer, [frame(Op.READ, Read("q").body(), request_id=9)], [bare(Op.EMPTY, 9)])
+
+
+def test_pipelined_runs_of_empty_payloads_confirms_of_a_whole_block_and_requeued_confirms(
+    server: ServerThread, raw: Raw, runs: list[tuple[int, int, bool]]
+) -> None:
+    connection = raw()
+    exchange(connection, [frame(Op.CREATE_QUEUE, CreateQueue("q").body(), request_id=1)], [bare(Op.QUEUE_CREATED, 1)])
+    exchange(
+        connection,
+        [frame(Op.ENQUEUE, Enqueue("q", b"").body(), request_id=i) for i in range(32)],  # request id 0 too
+        [queued(i, 1 + i) for i in range(32)],
+    )
+    exchange(
+        connection,
+        [frame(Op.READ, Read("q", 60_000).body(), request_id=0xFFFFFFFF - i) for i in range(32)],
+        [message(0xFFFFFFFF - i, 1 + i, 1, b"") for i in range(32)],
+    )
+    exchange(  # exactly the messages one run read: settled together
+        connection,
+        [frame(Op.CONFIRM, Confirm(1 + i).body(), request_id=500 + i) for i in range(32)],
+        [bare(Op.CONFIRMED, 500 + i) for i in range(32)],
+    )
+    exchange(
+        connection,
+        [frame(Op.ENQUEUE, Enqueue("q", b"m%02d" % i).body(), request_id=600 + i) for i in range(32)],
+        [queued(600 + i, 33 + i) for i in range(32)],
+    )
+    exchange(
+        connection,
+        [frame(Op.READ, Read("q", 50).body(), request_id=700 + i) for i in range(32)],
+        [message(700 + i, 33 + i, 1, b"m%02d" % i) for i in range(32)],
+    )
+    server.wait_until(lambda: server.server.broker.queues[b"q"].ready == 32, what="the 50 ms leases to run out")
+    exchange(  # too late: each one went back to the queue
+        connection,
+        [frame(Op.CONFIRM, Confirm(33 + i).body(), request_id=800 + i) for i in range(32)],
+        [bare(Op.REQUEUED, 800 + i) for i in range(32)],
+    )
+    exchange(  # back in read order, each on its second delivery
+        connection,
+        [frame(Op.READ, Read("q").body(), request_id=900 + i) for i in range(32)],
+        [message(900 + i, 33 + i, 2, b"m%02d" % i) for i in range(32)],
+    )
+    stats = server.call(lambda: server.server.broker.queues[b"q"].stats())
+    assert (stats["ready"], stats["in_flight"], stats["confirmed"], stats["requeued"]) == (0, 32, 32, 32)
+    assert runs == [(op, 32, True) for op in [Op.ENQUEUE, Op.READ, Op.CONFIRM] * 2 + [Op.READ]]
