@@ -38,6 +38,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from child_server import ChildServer
+from fake_transport import FakeTransport
 from dbqueue import AsyncClient, Client, DbQueueError
 from dbqueue.errors import ProtocolError
 from dbqueue.protocol import (
@@ -169,37 +170,6 @@ class Vocabulary:
 
 
 # --- one session, no socket: a property test ----------------------------------------------------------
-
-
-class FakeTransport:
-    """Just enough of an asyncio transport for a `Session`: collects what it writes, notes a close."""
-
-    def __init__(self) -> None:
-        self.written = bytearray()
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.written += data
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def close(self) -> None:
-        self.closed = True
-
-    abort = close
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("127.0.0.1", 4242) if name == "peername" else default
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
 
 
 SessionInput = tuple[bytes | None, list[tuple[bytes, float]]]

@@ -52,6 +52,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from fake_transport import FakeTransport
 from dbqueue.protocol import (
     HEADER,
     HEADER_SIZE,
@@ -90,37 +91,6 @@ EXAMPLES = int(os.environ.get("DBQUEUE_RUN_EXAMPLES", "200"))
 
 
 # --- fakes: a transport that records, a loop whose clock the test moves ------------------------------
-
-
-class FakeTransport:
-    """Just enough of an asyncio transport for a `Session`: keeps what it is sent, notes a close."""
-
-    def __init__(self) -> None:
-        self.written = bytearray()
-        self.closing = False
-
-    def write(self, data: bytes) -> None:
-        self.written += data
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        self.closing = True
-
-    abort = close
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("127.0.0.1", 4242) if name == "peername" else default
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
 
 
 @dataclass

@@ -798,7 +798,6 @@ class Broker:
         if block.lease:
             self._timed -= 1
             block.lease = 0  # its lane entry goes stale
-        block.live = 0
         block.payloads = []
         block.held = None
 
