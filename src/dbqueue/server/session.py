@@ -376,11 +376,11 @@ class Session(asyncio.Protocol):
             return None
         if queue not in self.read_from:
             self._count_consumer(queue)
-        now = self.last_active = self.server.clock()
+        now = self.last_active = server.clock()
         entries = queue.take_many(self.held, count, NO_BYTE_LIMIT)
         if entries and timeout_ms:
             self.broker.set_deadlines(entries, timeout_ms, now)
-            self.server.schedule_expiry()
+            server.schedule_expiry()
         ids, deliveries, payloads = columns(entries)
         taken = len(ids)
         return msg.message_frames(request_ids, ids, deliveries, payloads) + msg.bare_frames(_EMPTY, request_ids[taken:])
