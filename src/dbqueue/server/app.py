@@ -288,6 +288,12 @@ class Server:
 
     # --- deadlines -------------------------------------------------------------------
 
+    def expire_by(self, deadline: float) -> None:
+        """Make sure the timer fires by ``deadline``, one just set: usually a timer is
+        already due sooner, and nothing needs computing."""
+        if self._expiry is None or self._expiry_at > deadline:
+            self.schedule_expiry()
+
     def schedule_expiry(self) -> None:
         """Make sure the timer fires by the earliest in-flight deadline."""
         deadline = self.broker.next_deadline()

@@ -665,14 +665,16 @@ class Broker:
             self.set_deadline(record, timeout_ms, now)
         return record
 
-    def set_deadline(self, record: Record, timeout_ms: int, now: float) -> None:
-        """Give an in-flight record, without a deadline yet, one ``timeout_ms`` from now."""
+    def set_deadline(self, record: Record, timeout_ms: int, now: float) -> float:
+        """Give an in-flight record, without a deadline yet, one ``timeout_ms`` from now; return it."""
         record.lease = lease = self._leases = self._leases + 1
         deadlines = self._deadlines
-        deadlines.push(timeout_ms, now + timeout_ms / 1000.0, lease, record)
+        deadline = now + timeout_ms / 1000.0
+        deadlines.push(timeout_ms, deadline, lease, record)
         self._timed += 1
         if deadlines.size > 2 * self._timed + 1024:
             deadlines.keep_live()
+        return deadline
 
     def deliver_many(
         self, queue: Queue, max_messages: int, timeout_ms: int, held: dict[int, Entry], now: float
@@ -684,16 +686,18 @@ class Broker:
             self.set_deadlines(entries, timeout_ms, now)
         return entries
 
-    def set_deadlines(self, entries: list[Entry], timeout_ms: int, now: float) -> None:
+    def set_deadlines(self, entries: list[Entry], timeout_ms: int, now: float) -> float:
         """`set_deadline` for a batch: one lease number, one lane entry each, in read order."""
         lease = self._leases = self._leases + 1
         for entry in entries:
             entry.lease = lease
         deadlines = self._deadlines
-        deadlines.push_many(timeout_ms, now + timeout_ms / 1000.0, lease, entries)
+        deadline = now + timeout_ms / 1000.0
+        deadlines.push_many(timeout_ms, deadline, lease, entries)
         self._timed += len(entries)
         if deadlines.size > 2 * self._timed + 1024:
             deadlines.keep_live()
+        return deadline
 
     def wait(
         self,

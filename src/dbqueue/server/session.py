@@ -52,8 +52,8 @@ from typing import TYPE_CHECKING
 from ..errors import (
     ErrorCode,
     InvalidQueueName,
-    LimitExceeded,
     InvalidRequest,
+    LimitExceeded,
     MessageTooLarge,
     NoSuchMessage,
     NoSuchQueue,
@@ -72,7 +72,10 @@ __all__ = ["Session"]
 
 log = logging.getLogger("dbqueue.server")
 
+_MAGIC = fr.MAGIC
 _BARE_FRAME = fr.HEADER.pack  # (MAGIC, opcode, 0, request_id, 0): a response with no body
+_PACK_ID_FRAME = msg.ID_FRAME.pack  # a header and a u64 id: ObjectQueued
+_PACK_MESSAGE_HEAD = msg.MESSAGE_HEAD.pack  # a Message frame's header, id and deliveries; the payload follows
 # Plain ints: comparing against an enum member looked up on its class costs ~6x more.
 _ENQUEUE, _READ, _CONFIRM = int(fr.Op.ENQUEUE), int(fr.Op.READ), int(fr.Op.CONFIRM)  # as RequestReader tags them
 _OBJECT_QUEUED, _MESSAGE, _FULL, _EMPTY = int(fr.Op.OBJECT_QUEUED), int(fr.Op.MESSAGE), int(fr.Op.FULL), int(fr.Op.EMPTY)
@@ -124,7 +127,9 @@ class Session(asyncio.Protocol):
         reader = self.reader
         stats = self.server.request_stats
         began = perf_counter() if stats is not None else 0.0
-        run = None if reader.buffered else msg.cut_run(data)
+        # A buffer of one frame at most (an unpipelined client) is no run.
+        single = len(data) <= fr.HEADER_SIZE + int.from_bytes(data[8:12], "big")
+        run = None if single or reader.buffered else msg.cut_run(data)
         answer = None if run is None else self.handle_run(run)
         if answer is not None:
             count = len(run.request_ids)  # type: ignore[union-attr]
@@ -250,21 +255,14 @@ class Session(asyncio.Protocol):
 
         A waiting read has no reply here: it is answered when it wakes.
         """
+        # Few names bound up front: most calls carry one request (an unpipelined client), and
+        # pipelined batches of like requests take `handle_run` instead.
         broker = self.broker
         queues = broker.queues
-        set_deadline = broker.set_deadline
-        confirm = broker.confirm
         held = self.held
-        read_from = self.read_from
-        max_size = self.server.max_message_size
-        max_in_flight = self.server.max_in_flight
-        max_output = self.server.max_output_buffer
+        server = self.server
         output = 0  # payload bytes of the replies so far: bounded before they are built, not after
-        now = self.last_active = self.server.clock()
-        pack_queued = msg.ID_FRAME.pack
-        pack_message = msg.MESSAGE_HEAD.pack
-        bare = _BARE_FRAME
-        magic = fr.MAGIC
+        now = self.last_active = server.clock()
         timed = False
         replies: list[bytes] = []
         append = replies.append
@@ -273,51 +271,50 @@ class Session(asyncio.Protocol):
                 queue = queues.get(a)
                 if queue is None:
                     append(_refusal(request_id, _no_such_queue(a)))
-                elif len(b) > max_size:
-                    append(_refusal(request_id, _too_large(len(b), max_size)))
+                elif len(b) > server.max_message_size:
+                    append(_refusal(request_id, _too_large(len(b), server.max_message_size)))
                 else:
                     id_ = queue.push(b)
                     if id_ >= 0:
-                        append(pack_queued(magic, _OBJECT_QUEUED, 0, request_id, 8, id_))
+                        append(_PACK_ID_FRAME(_MAGIC, _OBJECT_QUEUED, 0, request_id, 8, id_))
                         if queue.waiters:
                             broker.feed_waiters(queue, now)
                             timed = True
                     else:
-                        append(bare(magic, _FULL, 0, request_id, 0))
+                        append(_BARE_FRAME(_MAGIC, _FULL, 0, request_id, 0))
             elif opcode == _READ:
                 queue = queues.get(a)
                 if queue is None:
                     append(_refusal(request_id, _no_such_queue(a)))
                     continue
-                if queue not in read_from:
+                if queue not in self.read_from:
                     self._count_consumer(queue)
-                if len(held) >= max_in_flight:
-                    append(_refusal(request_id, _too_many_in_flight(max_in_flight)))
+                if len(held) >= server.max_in_flight:
+                    append(_refusal(request_id, _too_many_in_flight(server.max_in_flight)))
                     continue
                 timeout_ms, wait_ms = b
                 record = queue.take(held)
                 if record is not None:
                     if timeout_ms:
-                        set_deadline(record, timeout_ms, now)
-                        timed = True
+                        server.expire_by(broker.set_deadline(record, timeout_ms, now))
                     data = record.data
-                    append(pack_message(magic, _MESSAGE, 0, request_id, 12 + len(data), record.id, record.deliveries))
+                    append(_PACK_MESSAGE_HEAD(_MAGIC, _MESSAGE, 0, request_id, 12 + len(data), record.id, record.deliveries))
                     append(data)
                     output += len(data)
-                    if output > max_output:
+                    if output > server.max_output_buffer:
                         self._overflow(output)
                         break
                 elif wait_ms:
                     self._wait(queue, request_id, timeout_ms, 0, wait_ms, now)
                     timed = True
                 else:
-                    append(bare(magic, _EMPTY, 0, request_id, 0))
+                    append(_BARE_FRAME(_MAGIC, _EMPTY, 0, request_id, 0))
             elif opcode == _CONFIRM:
-                outcome = confirm(a)
+                outcome = broker.confirm(a)
                 if outcome == _CONFIRMED:
-                    append(bare(magic, _CONFIRMED_OP, 0, request_id, 0))
+                    append(_BARE_FRAME(_MAGIC, _CONFIRMED_OP, 0, request_id, 0))
                 elif outcome == _REQUEUED:
-                    append(bare(magic, _REQUEUED_OP, 0, request_id, 0))
+                    append(_BARE_FRAME(_MAGIC, _REQUEUED_OP, 0, request_id, 0))
                 else:
                     append(_refusal(request_id, _no_such_message(a)))
             else:
@@ -325,12 +322,12 @@ class Session(asyncio.Protocol):
                 if reply:
                     append(reply)
                     output += len(reply)
-                    if output > max_output:
+                    if output > server.max_output_buffer:
                         self._overflow(output)
                         break
                 timed = True
         if timed:
-            self.server.schedule_expiry()
+            server.schedule_expiry()
         return replies
 
     def handle_run(self, run: msg.Run) -> bytes | None:
@@ -379,8 +376,7 @@ class Session(asyncio.Protocol):
         now = self.last_active = server.clock()
         entries = queue.take_many(self.held, count, NO_BYTE_LIMIT)
         if entries and timeout_ms:
-            self.broker.set_deadlines(entries, timeout_ms, now)
-            server.schedule_expiry()
+            server.expire_by(self.broker.set_deadlines(entries, timeout_ms, now))
         ids, deliveries, payloads = columns(entries)
         taken = len(ids)
         return msg.message_frames(request_ids, ids, deliveries, payloads) + msg.bare_frames(_EMPTY, request_ids[taken:])
