@@ -210,7 +210,12 @@ class _ColumnReader:
         reader = self.reader
         if reader.failure is not None:
             raise BenchFailure(f"bad reply framing: {reader.failure.message}")
-        values = self._cut_alike(data) if not reader.buffered else None
+        if reader.buffered:
+            values = None
+        elif len(data) == fr.HEADER_SIZE + int.from_bytes(data[8:12], "big") and self._add_one(data):
+            return len(columns.opcodes)  # one whole frame: an unpipelined round trip
+        else:
+            values = self._cut_alike(data)
         if values is not None:
             columns.opcodes.extend(values[1::6])
             columns.request_ids.extend(values[3::6])
@@ -228,6 +233,19 @@ class _ColumnReader:
             columns.lengths.append(len(body))
             columns.bodies.append(body)
         return len(columns.opcodes)
+
+    def _add_one(self, data: bytes) -> bool:
+        """Add ``data``, one whole frame, if it is well-formed (else the caller's general path
+        reports what is wrong)."""
+        magic, opcode, flags, request_id, length = fr.HEADER.unpack_from(data)
+        if magic != fr.MAGIC or flags or length > self.reader.max_body:
+            return False
+        columns = self.columns
+        columns.opcodes.append(opcode)
+        columns.request_ids.append(request_id)
+        columns.lengths.append(length)
+        columns.bodies.append(data[fr.HEADER_SIZE :])
+        return True
 
     def _cut_alike(self, data: bytes) -> tuple[Any, ...] | None:
         """(magic, opcode, flags, request id, length, body) per frame if ``data`` is whole,

@@ -1,4 +1,4 @@
-"""Pipelined runs: `cut_run` and `Session.handle_run` against the request-by-request path.
+"""Pipelined runs and lone frames: `cut_run`, `Session.handle_run` and `handle_one` against the request-by-request path.
 
 Theory of operation
 -------------------
@@ -7,6 +7,8 @@ with one body, CONFIRMs) is cut by `msg.cut_run` in one struct call and answered
 by `Session.handle_run` as a batch. Its contract is strict: the same reply bytes,
 in the same order, and the same state afterwards as `Session.handle` gives
 request by request, or no change at all (the frames then take the usual path).
+A lone ENQUEUE, READ or CONFIRM frame (an unpipelined client's) is answered by
+`Session.handle_one` under the same contract.
 
 `Pair` holds two servers side by side, each with two in-process sessions on
 fake transports and a fake event loop whose clock the test moves and which
@@ -15,8 +17,9 @@ arm the timer shows up as messages that never come back). The *run* side gets
 every pipelined batch in one `data_received`, where the run path applies. The
 *reference* side gets the same bytes in a way where it cannot:
 
-* ``declined``: the whole buffer, with the session's `handle_run` declining:
-  exactly `handle` over the same requests, the contract's own words;
+* ``declined``: the whole buffer, with the session's `handle_run` (and
+  `handle_one`, its shortcut for a lone frame) declining: exactly `handle`
+  over the same requests, the contract's own words;
 * ``frames``: frame by frame (a lone frame is never a run);
 * ``tail``: all but the last byte, then the last byte (the reader holds a
   partial frame, so the buffer is never cut as a run).
@@ -171,6 +174,7 @@ class Side:
         session = Session(self.server)
         if self.feeding == "declined":
             session.handle_run = lambda run: None  # type: ignore[method-assign]
+            session.handle_one = lambda data: None  # type: ignore[method-assign]
         elif self.feeding == "run":
             session.handle_run = self._counted(session.handle_run)  # type: ignore[method-assign]
         transport = FakeTransport()
@@ -390,7 +394,7 @@ def step(draw: st.DrawFn, pair: Pair) -> None:
         )
     )
     slot = draw(st.integers(0, 1))
-    count = draw(st.sampled_from([2, 2, 3, 4, 5, 8, 12]))
+    count = draw(st.sampled_from([1, 2, 2, 3, 4, 5, 8, 12]))  # 1: a lone frame, `handle_one`'s on the run side
     # The run side gets the bytes in two pieces, cut where drawn below; not under a small output limit,
     # which `handle` counts over each received buffer.
     cut = not pair.small_output and draw(st.integers(0, 5)) == 0

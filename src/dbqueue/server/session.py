@@ -127,13 +127,19 @@ class Session(asyncio.Protocol):
         reader = self.reader
         stats = self.server.request_stats
         began = perf_counter() if stats is not None else 0.0
-        # A buffer of one frame at most (an unpipelined client) is no run.
-        single = len(data) <= fr.HEADER_SIZE + int.from_bytes(data[8:12], "big")
-        run = None if single or reader.buffered else msg.cut_run(data)
-        answer = None if run is None else self.handle_run(run)
-        if answer is not None:
-            count = len(run.request_ids)  # type: ignore[union-attr]
-        else:
+        answer = None
+        if not reader.buffered:
+            size = len(data)
+            whole = fr.HEADER_SIZE + int.from_bytes(data[8:12], "big")  # what the first frame takes
+            if size == whole:  # one whole frame: what an unpipelined client sends
+                answer = self.handle_one(data)
+                count = 1
+            elif size > whole:
+                run = msg.cut_run(data)
+                if run is not None:
+                    answer = self.handle_run(run)
+                    count = len(run.request_ids)
+        if answer is None:
             requests = reader.feed(data)
             count = len(requests)
             replies = self.handle(requests) if requests else ()
@@ -310,13 +316,7 @@ class Session(asyncio.Protocol):
                 else:
                     append(_BARE_FRAME(_MAGIC, _EMPTY, 0, request_id, 0))
             elif opcode == _CONFIRM:
-                outcome = broker.confirm(a)
-                if outcome == _CONFIRMED:
-                    append(_BARE_FRAME(_MAGIC, _CONFIRMED_OP, 0, request_id, 0))
-                elif outcome == _REQUEUED:
-                    append(_BARE_FRAME(_MAGIC, _REQUEUED_OP, 0, request_id, 0))
-                else:
-                    append(_refusal(request_id, _no_such_message(a)))
+                append(_settled(request_id, a, broker.confirm(a)))
             else:
                 reply = self._handle_other(a, now)
                 if reply:
@@ -330,6 +330,55 @@ class Session(asyncio.Protocol):
             server.schedule_expiry()
         return replies
 
+    def handle_one(self, data: bytes) -> bytes | None:
+        """Answer one whole frame (an unpipelined client's request) if it is a plain ENQUEUE,
+        READ or CONFIRM: the reply `handle` would give, without cutting it into a request first.
+        None, having changed nothing, for anything else (a wait, a refusal, a full in-flight
+        allowance, a queue with waiting reads), which then goes through `handle`."""
+        magic, opcode, flags, request_id, length = fr.HEADER.unpack_from(data)
+        if magic != _MAGIC or flags:
+            return None
+        server = self.server
+        if opcode == _ENQUEUE:
+            size = data[12] if length else 0  # the queue name's length
+            queue = self.broker.queues.get(data[13 : 13 + size]) if size and size < length else None
+            if queue is None or queue.waiters or length - 1 - size > server.max_message_size:
+                return None
+            self.last_active = server.clock()
+            id_ = queue.push(data[13 + size :])
+            if id_ < 0:
+                return _BARE_FRAME(_MAGIC, _FULL, 0, request_id, 0)
+            return _PACK_ID_FRAME(_MAGIC, _OBJECT_QUEUED, 0, request_id, 8, id_)
+        if opcode == _READ:
+            if length < 10 or data[20] != length - 9:
+                return None
+            queue = self.broker.queues.get(data[21:])
+            held = self.held
+            if queue is None or len(held) >= server.max_in_flight:
+                return None
+            timeout_ms, wait_ms = msg.TIMES.unpack_from(data, fr.HEADER_SIZE)
+            if wait_ms and not queue.ready:
+                return None
+            if queue not in self.read_from:
+                self._count_consumer(queue)
+            now = self.last_active = server.clock()
+            record = queue.take(held)
+            if record is None:
+                return _BARE_FRAME(_MAGIC, _EMPTY, 0, request_id, 0)
+            if timeout_ms:
+                server.expire_by(self.broker.set_deadline(record, timeout_ms, now))
+            payload = record.data
+            if len(payload) > server.max_output_buffer:
+                self._overflow(len(payload))
+                return b""
+            head = _PACK_MESSAGE_HEAD(_MAGIC, _MESSAGE, 0, request_id, 12 + len(payload), record.id, record.deliveries)
+            return head + payload
+        if opcode == _CONFIRM and length == 8:
+            self.last_active = server.clock()
+            id_ = int.from_bytes(data[12:], "big")
+            return _settled(request_id, id_, self.broker.confirm(id_))
+        return None
+
     def handle_run(self, run: msg.Run) -> bytes | None:
         """Answer a run of like requests (`msg.cut_run`) as one batch: the same replies, in the same
         order, as `handle` would give them one by one. None, having done nothing, when the run
@@ -338,7 +387,7 @@ class Session(asyncio.Protocol):
             self.last_active = self.server.clock()
             outcomes = self.broker.confirm_many(run.values)
             if outcomes.count(_CONFIRMED) != len(outcomes):
-                return self._settled_each(run.request_ids, run.values, outcomes)
+                return b"".join(map(_settled, map(int.from_bytes, run.request_ids), run.values, outcomes))
             return msg.bare_frames(_CONFIRMED_OP, run.request_ids)
         if run.opcode == _ENQUEUE:
             return self._enqueue_run(run.request_ids, run.key, run.values)
@@ -380,20 +429,6 @@ class Session(asyncio.Protocol):
         ids, deliveries, payloads = columns(entries)
         taken = len(ids)
         return msg.message_frames(request_ids, ids, deliveries, payloads) + msg.bare_frames(_EMPTY, request_ids[taken:])
-
-    def _settled_each(self, request_ids: tuple[bytes, ...], ids: tuple[int, ...], outcomes: bytes) -> bytes:
-        """Confirm replies one by one, for a run of confirms that did not all confirm (as `handle`
-        answers a confirm, kept inline there: it is the per-request hot path)."""
-        replies = []
-        for raw_id, id_, outcome in zip(request_ids, ids, outcomes):
-            request_id = int.from_bytes(raw_id, "big")
-            if outcome == _CONFIRMED:
-                replies.append(_BARE_FRAME(fr.MAGIC, _CONFIRMED_OP, 0, request_id, 0))
-            elif outcome == _REQUEUED:
-                replies.append(_BARE_FRAME(fr.MAGIC, _REQUEUED_OP, 0, request_id, 0))
-            else:
-                replies.append(_refusal(request_id, _no_such_message(id_)))
-        return b"".join(replies)
 
     def _handle_other(self, frame: fr.Frame, now: float) -> bytes:
         """Answer a frame off the hot path: a refused request gets an Error frame, a waiting read b""."""
@@ -562,6 +597,15 @@ def _settled(outcome: Outcome, id_: int, done: msg.Response) -> msg.Response:
     if outcome == Outcome.REQUEUED:
         return msg.Requeued.INSTANCE  # type: ignore[attr-defined, no-any-return]
     raise _no_such_message(id_)
+
+
+def _settled(request_id: int, id_: int, outcome: int) -> bytes:
+    """The reply to a confirm of ``id_`` that had ``outcome``."""
+    if outcome == _CONFIRMED:
+        return _BARE_FRAME(_MAGIC, _CONFIRMED_OP, 0, request_id, 0)
+    if outcome == _REQUEUED:
+        return _BARE_FRAME(_MAGIC, _REQUEUED_OP, 0, request_id, 0)
+    return _refusal(request_id, _no_such_message(id_))
 
 
 def _refusal(request_id: int, error: RequestError) -> bytes:
