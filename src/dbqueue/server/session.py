@@ -8,6 +8,10 @@ received bytes, handles them all in one loop and answers them all with one
 ``transport.write``: a client that pipelines 32 requests costs one system call
 each way, not 32.
 
+What an unpipelined client sends is one whole frame per buffer: `handle_one`
+answers a lone ENQUEUE, READ or CONFIRM straight from its bytes, with the
+reply `handle` would give, and leaves anything else (a wait, a refusal) to it.
+
 What pipelining clients send most is a *run*: a buffer of whole frames alike,
 32 ENQUEUEs to one queue, 32 READs of one queue with one timeout, or 32
 CONFIRMs. `msg.cut_run` cuts such a buffer with one struct call and
@@ -316,7 +320,7 @@ class Session(asyncio.Protocol):
                 else:
                     append(_BARE_FRAME(_MAGIC, _EMPTY, 0, request_id, 0))
             elif opcode == _CONFIRM:
-                append(_settled(request_id, a, broker.confirm(a)))
+                append(_confirm_reply(request_id, a, broker.confirm(a)))
             else:
                 reply = self._handle_other(a, now)
                 if reply:
@@ -376,7 +380,7 @@ class Session(asyncio.Protocol):
         if opcode == _CONFIRM and length == 8:
             self.last_active = server.clock()
             id_ = int.from_bytes(data[12:], "big")
-            return _settled(request_id, id_, self.broker.confirm(id_))
+            return _confirm_reply(request_id, id_, self.broker.confirm(id_))
         return None
 
     def handle_run(self, run: msg.Run) -> bytes | None:
@@ -387,7 +391,7 @@ class Session(asyncio.Protocol):
             self.last_active = self.server.clock()
             outcomes = self.broker.confirm_many(run.values)
             if outcomes.count(_CONFIRMED) != len(outcomes):
-                return b"".join(map(_settled, map(int.from_bytes, run.request_ids), run.values, outcomes))
+                return b"".join(map(_confirm_reply, map(int.from_bytes, run.request_ids), run.values, outcomes))
             return msg.bare_frames(_CONFIRMED_OP, run.request_ids)
         if run.opcode == _ENQUEUE:
             return self._enqueue_run(run.request_ids, run.key, run.values)
@@ -599,7 +603,7 @@ def _settled(outcome: Outcome, id_: int, done: msg.Response) -> msg.Response:
     raise _no_such_message(id_)
 
 
-def _settled(request_id: int, id_: int, outcome: int) -> bytes:
+def _confirm_reply(request_id: int, id_: int, outcome: int) -> bytes:
     """The reply to a confirm of ``id_`` that had ``outcome``."""
     if outcome == _CONFIRMED:
         return _BARE_FRAME(_MAGIC, _CONFIRMED_OP, 0, request_id, 0)
