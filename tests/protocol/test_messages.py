@@ -448,3 +448,22 @@ def test_new_struct_layouts() -> None:
     assert Touched().body() == Released().body() == b""
     assert decode_response(Op.TOUCHED, b"") is Touched.INSTANCE  # type: ignore[attr-defined]
     assert Touched() != Released()
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        (b"x" * 128,) * 100,  # one size: cut by one struct call
+        (b"",) * 7,
+        (b"ab",) * 256,
+        (b"ab",) * 257,  # past the one-call limit: cut one by one
+        (b"x" * 128,) * 99 + (b"y" * 127,),  # one odd size
+        tuple(bytes([n]) * n for n in range(40)),
+    ],
+    ids=["128x100", "empty", "256", "257", "odd-one", "mixed"],
+)
+def test_batch_payloads_are_cut_whatever_their_sizes(items: tuple[bytes, ...]) -> None:
+    """Batches of one payload size take a faster cut than mixed ones: both give the same payloads."""
+    assert EnqueueBatch.from_body(EnqueueBatch("q", items).body()) == EnqueueBatch("q", items)
+    messages = Messages(tuple(Message(id_, data, 1) for id_, data in enumerate(items, 1)))
+    assert Messages.from_body(messages.body()) == messages

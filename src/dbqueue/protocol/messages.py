@@ -990,6 +990,8 @@ def _cut_payloads(body: bytes, start: int, fixed: int, what: str) -> tuple[bytes
         raise InvalidRequest(
             f"{what} payload lengths add up to {sum(lengths)} bytes, the body carries {len(body) - payloads_start}"
         )
+    if 0 < count <= MAX_RUN and lengths.count(lengths[0]) == count:  # all of one size: one struct call
+        return _layout(f"{lengths[0]}s", count).unpack_from(body, payloads_start)  # type: ignore[no-any-return]
     ends = list(accumulate(lengths, initial=payloads_start))
     return tuple([body[begin:end] for begin, end in zip(ends, ends[1:])])
 

@@ -62,7 +62,7 @@ import heapq
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from itertools import islice, repeat
+from itertools import islice, repeat, starmap
 from typing import Any
 
 from ..errors import InvalidQueueName, InvalidRequest, LimitExceeded, NoSuchQueue
@@ -406,7 +406,7 @@ class Queue:
             else:
                 first = segment.next_id  # type: ignore[union-attr]
                 segment.next_id = first + fits  # type: ignore[union-attr]
-                block = Block(first, self, [items.popleft() for _ in range(fits)], held)
+                block = Block(first, self, list(starmap(items.popleft, repeat((), fits))), held)
                 listed = dict.fromkeys(range(first, first + fits), block)
                 held.update(listed)
                 self._records.update(listed)
