@@ -14,7 +14,9 @@ all count. Kernel work does not (valgrind counts user space only).
 `Session` with a null transport is fed prebuilt frames in this process (no
 sockets, no event loop, no reads that find the queue empty), each round being
 32 sends, 32 reads and 32 confirms (or, with ``--batch N``, one send_batch,
-one read_batch and one confirm_batch of N). Every frame is built before the
+one read_batch and one confirm_batch of N; with ``--lone``, one send, one
+read and one confirm, each in a buffer of its own, as an unpipelined client
+sends them). Every frame is built before the
 count starts, for both sizes alike, so only handling them differs.
 
 On a shared machine, timings move by ±20% from run to run; these counts
@@ -54,6 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--server-python", default=sys.executable, help="interpreter for the server")
     parser.add_argument("--compare-with", metavar="REV", help="also count a git revision's src/ (exported with git archive)")
     parser.add_argument("--direct", action="store_true", help="feed one in-process Session prebuilt frames (see above)")
+    parser.add_argument("--lone", action="store_true", help="--direct: one frame a buffer, as an unpipelined client sends")
     parser.add_argument("--rounds", type=int, nargs=2, default=[200, 1000], metavar=("A", "B"), help="--direct: two sizes")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)  # --direct's measured process: this many rounds
     return parser.parse_args(argv)
@@ -106,7 +109,7 @@ def wait_until_listening(port: int, server: subprocess.Popen[str]) -> None:
     raise SystemExit("the server under valgrind did not start listening within 120 s")
 
 
-def feed_session(rounds: int, most: int, batch: int) -> None:
+def feed_session(rounds: int, most: int, batch: int, lone: bool) -> None:
     """The measured process of ``--direct``: frames for ``most`` rounds are built, ``rounds`` are fed."""
     from dbqueue.protocol import messages as msg
     from dbqueue.server.app import Server
@@ -133,6 +136,10 @@ def feed_session(rounds: int, most: int, batch: int) -> None:
         send = msg.encode(1, msg.EnqueueBatch("q", (payload,) * batch))
         read = msg.encode(2, msg.ReadBatch("q", batch, 60_000))
         confirms = [msg.encode(3, msg.ConfirmBatch(tuple(range(r * batch + 1, r * batch + batch + 1)))) for r in range(most)]
+    elif lone:  # one send, one read, one confirm a round, each in a buffer of its own
+        send = msg.encode(1, msg.Enqueue("q", payload))
+        read = msg.encode(2, msg.Read("q", 60_000))
+        confirms = [msg.encode(3, msg.Confirm(r + 1)) for r in range(most)]
     else:  # ids are handed out from 1 in order, so each round's confirms are known beforehand
         send = b"".join(msg.encode(i, msg.Enqueue("q", payload)) for i in range(1, 33))
         read = b"".join(msg.encode(i, msg.Read("q", 60_000)) for i in range(1, 33))
@@ -151,6 +158,7 @@ def feed_session(rounds: int, most: int, batch: int) -> None:
 def count_direct(args: argparse.Namespace, rounds: int, src: Path | None) -> int:
     command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", args.server_python, __file__]
     command += ["--child", str(rounds), "--rounds", *map(str, args.rounds), "--batch", str(args.batch)]
+    command += ["--lone"] if args.lone else []
     environment = dict(os.environ)
     if src is not None:
         environment["PYTHONPATH"] = f"{src}{os.pathsep}{environment.get('PYTHONPATH', '')}"
@@ -164,7 +172,7 @@ def count_direct(args: argparse.Namespace, rounds: int, src: Path | None) -> int
 def per_message_direct(args: argparse.Namespace, src: Path | None) -> tuple[float, float]:
     small, large = (count_direct(args, rounds, src) for rounds in args.rounds)
     per_round = (large - small) / (args.rounds[1] - args.rounds[0])
-    requests, messages = (3, args.batch) if args.batch > 1 else (96, 32)
+    requests, messages = (3, args.batch) if args.batch > 1 else (3, 1) if args.lone else (96, 32)
     return per_round / requests, per_round / messages
 
 
@@ -190,12 +198,12 @@ def export(revision: str) -> Path:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.child is not None:
-        feed_session(args.child, max(args.rounds), args.batch)
+        feed_session(args.child, max(args.rounds), args.batch, args.lone)
         return 0
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
         return 2
-    what = f"batch {args.batch}" if args.batch > 1 else "single requests"
+    what = f"batch {args.batch}" if args.batch > 1 else "lone frames" if args.lone else "single requests"
     what += ", metrics served" if args.metrics else ""
     if args.direct:
         print(f"one session fed directly ({what}), rounds {args.rounds[0]} and {args.rounds[1]}, {args.server_python}")
