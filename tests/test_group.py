@@ -71,9 +71,9 @@ class Group:
         self.direct[index].close()
         self.handles[index].stop()
 
-    def restart(self, index: int) -> None:
+    def restart(self, index: int, **options: Any) -> None:
         """Start a fresh, empty server in member ``index``'s place: same port, same member index."""
-        handle = ServerThread(member_index=index, members=list(self.addresses))
+        handle = ServerThread(member_index=index, members=list(self.addresses), **options)
         handle.server.port = self.handles[index].server.port
         handle.start()
         self._restarted.append(handle)
@@ -421,6 +421,23 @@ def test_clients_carry_on_without_a_member_and_reconnect_when_it_returns(
     assert sorted(message.id for message in got) == sorted(ids)
     assert client.confirm_batch([message.id for message in got]) == [None] * 12
     assert client.stats("q")["members"] == 3
+
+
+def test_a_member_that_refuses_the_queues_back_is_not_left_connected(
+    group: Group, connect: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(group_module, "RETRY_SECONDS", 0.05)
+    client = connect(group.addresses, timeout=2.0)
+    client.create("a")
+    client.create("b")
+    group.stop(1)
+    group.restart(1, max_queues=1)  # room for "a" only: re-creating "b" fails at every retry
+    for _ in range(20):  # each call starts the retries that are due
+        client.send("a", b"x")
+        time.sleep(0.05)
+    member = group.handles[1]  # only the test's own client should stay connected to it
+    member.wait_until(lambda: len(member.server.sessions) == 1, what="refused retries to disconnect")
+    assert group.direct[1].stats("a")["enqueued"] == 0  # the member never rejoined
 
 
 def test_a_waiting_read_survives_a_member_going_down(group: Group, connect: Callable[..., Any]) -> None:

@@ -402,12 +402,15 @@ class GroupClient:
 
     def _connect_member(self, position: int) -> None:
         members = self._members
+        client = None
         try:
             client = Client.connect(members.addresses[position], self._timeout, **self._options)
             index = client.members().index
             for name, args in list(members.created.items()):
                 client.create(name, args[0], max_deliveries=args[1], dead_letter_queue=args[2])
         except (DbQueueError, OSError) as exc:
+            if client is not None:  # connected, then refused: the next retry opens a new one
+                client.close()
             members.connect_failed(position, exc)
             return
         members.connected(position, client, index)
@@ -673,12 +676,15 @@ class AsyncGroupClient:
 
     async def _connect_member(self, position: int) -> None:
         members = self._members
+        client = None
         try:
             client = await AsyncClient.connect(members.addresses[position], self._timeout, **self._options)
             index = (await client.members()).index
             for name, args in list(members.created.items()):
                 await client.create(name, args[0], max_deliveries=args[1], dead_letter_queue=args[2])
         except (DbQueueError, OSError) as exc:
+            if client is not None:  # connected, then refused: the next retry opens a new one
+                await client.close()
             members.connect_failed(position, exc)
             return
         members.connected(position, client, index)
