@@ -399,7 +399,10 @@ class Queue:
                 segments.popleft()
                 continue
             wanted = min(count - taken, len(items))
-            fits, used = _fitting(list(map(len, islice(items, wanted))), limit - size, not entries)
+            if limit == NO_BYTE_LIMIT:  # reads answered a frame each: nothing to add up
+                fits, used = wanted, 0
+            else:
+                fits, used = _fitting(list(map(len, islice(items, wanted))), limit - size, not entries)
             if not fits:
                 break
             if fits == 1:  # a block pays off from two messages
