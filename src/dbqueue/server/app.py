@@ -193,7 +193,9 @@ class Server:
     def send(self, transport: asyncio.Transport, data: bytes) -> None:
         """Write a reply now in memory; with a store, after the next commit (group commit)."""
         if self.store is None:
-            self._write(transport, data)
+            transport.write(data)
+            if transport.get_write_buffer_size() > self.max_output_buffer:
+                self._cut_off(transport)
             return
         self._outbox.append((transport, data))
         if not self._commit_scheduled:
@@ -203,13 +205,16 @@ class Server:
     def _write(self, transport: asyncio.Transport, data: bytes) -> None:
         transport.write(data)
         if transport.get_write_buffer_size() > self.max_output_buffer:
-            # A client that stops reading while its replies pile up is cut off (its
-            # messages in flight go back) before it can exhaust the server's memory.
-            log.warning(
-                "closing %s: %d bytes of replies unread (limit %d)",
-                transport.get_extra_info("peername"), transport.get_write_buffer_size(), self.max_output_buffer,
-            )
-            transport.abort()
+            self._cut_off(transport)
+
+    def _cut_off(self, transport: asyncio.Transport) -> None:
+        # A client that stops reading while its replies pile up is cut off (its
+        # messages in flight go back) before it can exhaust the server's memory.
+        log.warning(
+            "closing %s: %d bytes of replies unread (limit %d)",
+            transport.get_extra_info("peername"), transport.get_write_buffer_size(), self.max_output_buffer,
+        )
+        transport.abort()
 
     def _reap_idle(self) -> None:
         # Close connections that sent nothing for idle_timeout seconds; one timer for all.
