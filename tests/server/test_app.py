@@ -66,6 +66,26 @@ def test_timer_follows_the_earliest_deadline() -> None:
     with_started_server(body)
 
 
+def test_expire_by_moves_the_timer_only_for_an_earlier_deadline() -> None:
+    """`expire_by` (what every read with a timeout calls) arms the timer when none is set, moves it up
+    for an earlier deadline, and leaves it for a later one."""
+
+    async def body(server: Server, now: list[float]) -> None:
+        broker = server.broker
+        queue = broker.create_queue(b"q")
+        for _ in range(3):
+            queue.push(b"x")
+        held: dict[int, Record] = {}
+        server.expire_by(broker.set_deadline(queue.take(held), 5_000, now[0]))  # type: ignore[arg-type]
+        assert server._expiry_at == pytest.approx(now[0] + 5.0)
+        server.expire_by(broker.set_deadline(queue.take(held), 9_000, now[0]))  # type: ignore[arg-type]
+        assert server._expiry_at == pytest.approx(now[0] + 5.0)  # later: the timer stays
+        server.expire_by(broker.set_deadline(queue.take(held), 1_000, now[0]))  # type: ignore[arg-type]
+        assert server._expiry_at == pytest.approx(now[0] + 1.0)  # earlier: the timer moves up
+
+    with_started_server(body)
+
+
 def test_a_pending_sweep_is_never_postponed() -> None:
     async def body(server: Server, now: list[float]) -> None:
         broker = server.broker
