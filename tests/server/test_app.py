@@ -9,7 +9,7 @@ import pytest
 
 from dbqueue import Server
 from dbqueue.server.app import SWEEP_RESOLUTION
-from dbqueue.server.queues import Record
+from dbqueue.server.queues import Queue, Record
 
 
 def with_started_server(body: Callable[[Server, list[float]], Awaitable[None]]) -> None:
@@ -29,6 +29,14 @@ def with_started_server(body: Callable[[Server, list[float]], Awaitable[None]]) 
     asyncio.run(main())
 
 
+def ready_queue(server: Server, count: int) -> Queue:
+    """Queue "q" on ``server``'s broker, holding ``count`` fresh messages."""
+    queue = server.broker.create_queue(b"q")
+    for _ in range(count):
+        queue.push(b"x")
+    return queue
+
+
 def test_server_options() -> None:
     with pytest.raises(ValueError):
         Server(max_message_size=0)
@@ -41,9 +49,7 @@ def test_server_options() -> None:
 def test_timer_follows_the_earliest_deadline() -> None:
     async def body(server: Server, now: list[float]) -> None:
         broker = server.broker
-        queue = broker.create_queue(b"q")
-        for _ in range(3):
-            queue.push(b"x")
+        queue = ready_queue(server, 3)
         held: dict[int, Record] = {}
         server.schedule_expiry()
         assert server._expiry is None  # nothing in flight: no timer
@@ -72,9 +78,7 @@ def test_expire_by_moves_the_timer_only_for_an_earlier_deadline() -> None:
 
     async def body(server: Server, now: list[float]) -> None:
         broker = server.broker
-        queue = broker.create_queue(b"q")
-        for _ in range(3):
-            queue.push(b"x")
+        queue = ready_queue(server, 3)
         held: dict[int, Record] = {}
         server.expire_by(broker.set_deadline(queue.take(held), 5_000, now[0]))  # type: ignore[arg-type]
         assert server._expiry_at == pytest.approx(now[0] + 5.0)
@@ -89,9 +93,7 @@ def test_expire_by_moves_the_timer_only_for_an_earlier_deadline() -> None:
 def test_a_pending_sweep_is_never_postponed() -> None:
     async def body(server: Server, now: list[float]) -> None:
         broker = server.broker
-        queue = broker.create_queue(b"q")
-        for _ in range(10):
-            queue.push(b"x")
+        queue = ready_queue(server, 10)
         held: dict[int, Record] = {}
         broker.deliver(queue, 5, held, now[0])  # due in 5 ms: the sweep goes at +10 ms
         server.schedule_expiry()

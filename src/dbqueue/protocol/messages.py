@@ -296,7 +296,7 @@ def bare_frames(opcode: int, request_ids: tuple[bytes, ...]) -> bytes:
     the bytes that stand between them (the rest of a header, the start of the next)."""
     if not request_ids:
         return b""
-    start, end = HEADER.pack(MAGIC, opcode, 0, 0, 0)[:4], bytes(4)  # magic, opcode, flags | length 0
+    start, end = _frame_start(opcode), bytes(4)  # magic, opcode, flags | length 0
     return start + (end + start).join(request_ids) + end
 
 
