@@ -16,8 +16,9 @@ added and removed (sent and confirmed) within one batch never reaches SQLite.
 Whatever is left is applied in an order that gives the same result as applying
 every call in sequence::
 
-    queue creations, deletions and purges (in call order)
+    extractions -> queue creations, deletions and purges (in call order)
     -> id high-water mark -> delivery counts -> due times -> removals -> additions
+    -> packs retired -> packs' gone members -> packs added
 
 That order is correct because of how the calls relate. Ids are never reused,
 except that a message may be removed and added again with its id (moved to a
@@ -28,11 +29,26 @@ added in the same batch are folded into the pending addition; the others
 touch a row that existed before the batch, so they go first (on a row that
 the batch then removes, they are harmless).
 
+Packs: messages sent together (`add_many`: a pipelined run or a send_batch) are
+stored as one row of ``packs``, their payloads joined, instead of a row each:
+SQLite's work per row, not per byte, is what a durable server spends most of its
+time on. A pack's row stays until every member is gone; while only some are, a
+small ``pack_gone`` row holds a bitmap of the gone ones (a confirm of part of a
+pack writes that row, not the pack). A pack member whose delivery count or due
+time must be stored is first *extracted*: copied into ``messages`` by one
+``INSERT ... SELECT substr(...)``, and marked gone in its pack. Space: a pack
+that has been partly gone for a whole `reclaim` round with fewer than half its
+members live is compacted (its live members extracted, its row dropped), so
+packs never hold more than about twice their live bytes for long. The store
+keeps an index of every live pack member (``_packs``, id -> pack): a dict entry
+per stored message, in memory.
+
 Queues are referred to by a small integer *qid* (creation order) so a message
 row does not repeat its queue's name. Message rows are keyed by their id (the
 rowid, so a removal is one B-tree lookup) and carry a ``seq`` number given at
-`add` time; `load` returns each queue's messages in ``seq`` order, which is the
-order they were added (ids cannot give that order: a queue takes them in
+`add` time (a pack has one, its members follow in id order, and an extracted
+member keeps its pack's); `load` returns each queue's messages in (``seq``, id)
+order, which is the order they were added (ids cannot give that order: a queue takes them in
 blocks while a delayed message takes a single one, and a moved message may
 keep its id). There is no index besides the id: each one would cost
 every add and remove. The price is that `delete_queue` and `purge` scan the
@@ -84,13 +100,20 @@ SQLite file is refused rather than adopted) and ``PRAGMA user_version`` =
 * A file whose version is above `FORMAT_VERSION` was written by a newer
   server: opening it raises `StoreError`; there is no downgrade.
 
-Version 1 schema::
+Version 2 schema (version 1 had no ``packs`` and ``pack_gone``)::
 
     meta(key TEXT PRIMARY KEY, value INTEGER)   -- 'next_id': id high-water mark
     queues(qid INTEGER PRIMARY KEY, name BLOB UNIQUE, capacity, max_deliveries,
            dead_letter BLOB NULL)               -- qid is creation order
     messages(id INTEGER PRIMARY KEY, qid, seq, data BLOB, deliveries,
              due_ms)                            -- due_ms: Unix ms, 0 = now
+    packs(first_id INTEGER PRIMARY KEY, qid, seq, count, sizes BLOB,
+          data BLOB)                            -- ids first_id .. first_id + count - 1,
+                                                -- never delivered, no due time; sizes:
+                                                -- a u32 (big-endian) per payload
+    pack_gone(first_id INTEGER PRIMARY KEY, gone BLOB)
+                                                -- bit i (little-endian bit order):
+                                                -- member first_id + i is gone
 """
 
 from __future__ import annotations
@@ -99,7 +122,9 @@ import fcntl
 import itertools
 import os
 import sqlite3
+import struct
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,7 +145,7 @@ __all__ = [
     "now_ms",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 APPLICATION_ID = 0x64627175  # b"dbqu"
 DB_NAME = "dbqueue.db"
 LOCK_NAME = "dbqueue.lock"
@@ -165,6 +190,34 @@ class Snapshot:
     next_id: int
 
 
+class _Pack:
+    """Messages ``first_id`` .. ``first_id + count - 1`` stored as one row of ``packs``; ``live``
+    of them are still stored, bit i of ``gone`` is set once member ``first_id + i`` is not."""
+
+    __slots__ = ("first_id", "qid", "seq", "count", "sizes", "data", "live", "gone", "written", "partial_round")
+
+    def __init__(self, first_id: int, qid: int, seq: int, sizes: bytes, data: bytes | None) -> None:
+        self.first_id = first_id
+        self.qid = qid
+        self.seq = seq
+        self.count = len(sizes) // 4
+        self.sizes = sizes
+        self.data = data  # the joined payloads until the row is written
+        self.live = self.count
+        self.gone = 0
+        self.written = data is None
+        self.partial_round = -1  # the `reclaim` round that first saw it partly gone
+
+    def span(self, id_: int) -> tuple[int, int]:
+        """Where member ``id_``'s payload lies in ``data``: (offset, size)."""
+        index = id_ - self.first_id
+        sizes = struct.unpack_from(f">{index + 1}I", self.sizes)
+        return sum(sizes) - sizes[-1], sizes[-1]
+
+    def gone_bits(self) -> bytes:
+        return self.gone.to_bytes((self.count + 7) // 8, "little")
+
+
 def now_ms() -> int:
     """Wall-clock time in Unix milliseconds, the unit of stored due times."""
     return time.time_ns() // 1_000_000
@@ -183,8 +236,24 @@ _SCHEMA_V1 = (
     "INSERT INTO meta (key, value) VALUES ('next_id', 1)",
 )
 
-# Version N -> N+1, run in place inside the opening transaction. Empty while only v1 exists.
-_UPGRADES: dict[int, Callable[[sqlite3.Connection], None]] = {}
+# Version 2: messages sent together are stored as one row (see "Packs" above).
+_PACK_TABLES = (
+    (
+        "CREATE TABLE packs (first_id INTEGER PRIMARY KEY, qid INTEGER NOT NULL, seq INTEGER NOT NULL,"
+        " count INTEGER NOT NULL, sizes BLOB NOT NULL, data BLOB NOT NULL)"
+    ),
+    "CREATE TABLE pack_gone (first_id INTEGER PRIMARY KEY, gone BLOB NOT NULL)",
+)
+_SCHEMA = _SCHEMA_V1 + _PACK_TABLES
+
+
+def _upgrade_v1(con: sqlite3.Connection) -> None:
+    for statement in _PACK_TABLES:
+        con.execute(statement)
+
+
+# Version N -> N+1, run in place inside the opening transaction.
+_UPGRADES: dict[int, Callable[[sqlite3.Connection], None]] = {1: _upgrade_v1}
 
 _INSERT = "INSERT INTO messages (id, qid, data, deliveries, due_ms, seq) VALUES (?, ?, ?, ?, ?, ?)"
 _DELETE = "DELETE FROM messages WHERE id = ?"
@@ -193,6 +262,15 @@ _DELETE = "DELETE FROM messages WHERE id = ?"
 _CHUNK = 32
 _INSERT_CHUNK = _INSERT.partition(" VALUES ")[0] + " VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?)"] * _CHUNK)
 _DELETE_CHUNK = "DELETE FROM messages WHERE id IN (" + ", ".join(["?"] * _CHUNK) + ")"
+_INSERT_PACK = "INSERT INTO packs (first_id, qid, seq, count, sizes, data) VALUES (?, ?, ?, ?, ?, ?)"
+_DELETE_PACK = "DELETE FROM packs WHERE first_id = ?"
+_SET_GONE = "INSERT OR REPLACE INTO pack_gone (first_id, gone) VALUES (?, ?)"
+_DELETE_GONE = "DELETE FROM pack_gone WHERE first_id = ?"
+# A pack member copied into `messages` (substr counts bytes from 1 on a BLOB).
+_EXTRACT = (
+    "INSERT INTO messages (id, qid, data, deliveries, due_ms, seq)"
+    " SELECT ?, qid, substr(data, ?, ?), ?, ?, seq FROM packs WHERE first_id = ?"
+)
 _SET_DELIVERIES = "UPDATE messages SET deliveries = ? WHERE id = ?"
 _SET_DUE = "UPDATE messages SET due_ms = ? WHERE id = ?"
 _RESERVE = "UPDATE meta SET value = ? WHERE key = 'next_id' AND value < ?"
@@ -218,16 +296,40 @@ class Store:
         qids = con.execute("SELECT name, qid FROM queues").fetchall()
         self._qids: dict[bytes, int] = dict(qids)
         self._next_qid = max((qid for _, qid in qids), default=0) + 1
-        (max_seq,) = con.execute("SELECT max(seq) FROM messages").fetchone()
+        (max_seq,) = con.execute("SELECT max(seq) FROM (SELECT seq FROM messages UNION ALL SELECT seq FROM packs)").fetchone()
         self._seq = itertools.count((max_seq or 0) + 1)
         (self._reserved,) = con.execute("SELECT value FROM meta WHERE key = 'next_id'").fetchone()
         self._reserved_written = self._reserved
+        self._packs: dict[int, _Pack] = {}  # every live pack member: id -> its pack
+        self._partial: dict[int, _Pack] = {}  # written packs with members gone: first_id -> pack
+        self._reclaim_round = 0
+        self._index_packs(con)
+        self._clear_buffer()
+
+    def _clear_buffer(self) -> None:
         # The buffer: everything since the last successful commit.
         self._adds: dict[int, tuple[int, int, bytes, int, int, int]] = {}  # id -> row, as _INSERT binds it
         self._removes: list[int] = []
         self._deliveries: dict[int, int] = {}
         self._dues: dict[int, int] = {}
         self._queue_ops: list[tuple] = []
+        self._new_packs: dict[int, _Pack] = {}  # first_id -> a pack not written yet
+        self._dead_packs: list[_Pack] = []  # written packs whose last member went
+        self._gone_changed: dict[int, _Pack] = {}  # first_id -> a written pack with newly gone members
+        self._extracts: dict[int, list] = {}  # id -> [pack, deliveries, due_ms]: members of written packs to copy
+
+    def _index_packs(self, con: sqlite3.Connection) -> None:
+        gone = dict(con.execute("SELECT first_id, gone FROM pack_gone"))
+        for first_id, qid, seq, sizes in con.execute("SELECT first_id, qid, seq, sizes FROM packs"):
+            pack = _Pack(first_id, qid, seq, sizes, None)
+            bits = gone.get(first_id)
+            ids = range(first_id, first_id + pack.count)
+            if bits is not None:
+                pack.gone = int.from_bytes(bits, "little")
+                pack.live = pack.count - pack.gone.bit_count()
+                ids = [id_ for id_ in ids if not pack.gone >> (id_ - first_id) & 1]
+                self._partial[first_id] = pack
+            self._packs.update(zip(ids, itertools.repeat(pack)))
 
     # --- opening and closing ---------------------------------------------------------
 
@@ -307,18 +409,28 @@ class Store:
             queues = con.execute(
                 "SELECT qid, name, capacity, max_deliveries, dead_letter FROM queues ORDER BY qid"
             ).fetchall()
-            by_qid: dict[int, list[StoredMessage]] = {row[0]: [] for row in queues}
-            for row in con.execute("SELECT id, data, deliveries, due_ms, qid FROM messages ORDER BY seq"):
-                by_qid[row[4]].append(row[:4])
+            # (seq, id, message) for each queue, to sort: a pack's members share its seq.
+            by_qid: dict[int, list[tuple[int, int, StoredMessage]]] = {row[0]: [] for row in queues}
+            for seq, qid, *message in con.execute("SELECT seq, qid, id, data, deliveries, due_ms FROM messages"):
+                by_qid[qid].append((seq, message[0], tuple(message)))  # type: ignore[arg-type]
+            gone = dict(con.execute("SELECT first_id, gone FROM pack_gone"))
+            for first_id, qid, seq, sizes, data in con.execute("SELECT first_id, qid, seq, sizes, data FROM packs"):
+                by_qid[qid] += _unpacked(first_id, seq, sizes, data, int.from_bytes(gone.get(first_id, b""), "little"))
             (max_id,) = con.execute("SELECT max(id) FROM messages").fetchone()
+            (max_packed,) = con.execute("SELECT max(first_id + count - 1) FROM packs").fetchone()
             (reserved,) = con.execute("SELECT value FROM meta WHERE key = 'next_id'").fetchone()
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot read the store: {exc}") from exc
         except KeyError as exc:
             raise StoreError(f"{self.path}: a message refers to queue {exc}, which is not stored") from exc
+        for messages in by_qid.values():
+            messages.sort()  # (seq, id) is unique: the messages themselves are never compared
         return Snapshot(
-            queues=[StoredQueue(name, cap, maxd, dlq, by_qid[qid]) for qid, name, cap, maxd, dlq in queues],
-            next_id=max(reserved, (max_id or 0) + 1, 1),
+            queues=[
+                StoredQueue(name, cap, maxd, dlq, [message for _, _, message in by_qid[qid]])
+                for qid, name, cap, maxd, dlq in queues
+            ],
+            next_id=max(reserved, (max_id or 0) + 1, (max_packed or 0) + 1, 1),
         )
 
     # --- buffered changes (the hot path: no SQLite here) ------------------------------
@@ -337,6 +449,7 @@ class Store:
         """Record that a queue and every message in it are gone. Raises `KeyError` for an unknown queue."""
         qid = self._qids.pop(name)
         self._drop_pending_adds(qid)
+        self._drop_packs(qid)
         self._queue_ops.append((_DELETE_QUEUE, qid))
 
     def purge(self, name: bytes, keep: Iterable[int] = ()) -> None:
@@ -349,6 +462,7 @@ class Store:
         qid = self._qids[name]
         kept = frozenset(keep)
         self._drop_pending_adds(qid, kept)
+        self._drop_packs(qid, kept)
         self._queue_ops.append((_PURGE, qid, kept))
 
     def add(self, queue: bytes, id_: int, data: bytes, due_ms: int = 0, deliveries: int = 0) -> None:
@@ -362,18 +476,44 @@ class Store:
         self._adds[id_] = (id_, self._qids[queue], data, deliveries, due_ms, next(self._seq))
 
     def add_many(self, queue: bytes, ids: Sequence[int], items: Sequence[bytes]) -> None:
-        """`add` for several new messages at once, in order (no delay, no deliveries)."""
+        """`add` for several new messages at once, in order (no delay, no deliveries): stored as one
+        pack for each stretch of consecutive ids."""
         qid = self._qids[queue]
-        self._adds.update(zip(ids, zip(ids, itertools.repeat(qid), items, itertools.repeat(0), itertools.repeat(0), self._seq)))
+        start = 0
+        while start < len(ids):
+            end = start + 1
+            while end < len(ids) and ids[end] == ids[end - 1] + 1:
+                end += 1
+            if end - start == 1:
+                self._adds[ids[start]] = (ids[start], qid, items[start], 0, 0, next(self._seq))
+            else:
+                chunk = items[start:end]
+                sizes = struct.pack(f">{len(chunk)}I", *map(len, chunk))
+                pack = self._new_packs[ids[start]] = _Pack(ids[start], qid, next(self._seq), sizes, b"".join(chunk))
+                self._packs.update(zip(ids[start:end], itertools.repeat(pack)))
+            start = end
 
     def remove(self, id_: int) -> None:
         """Record that a message is gone (confirmed, dead-lettered, dropped). Unknown ids are ignored at commit."""
-        if self._adds.pop(id_, None) is None:
+        if self._adds.pop(id_, None) is not None:
+            return
+        pack = self._packs.pop(id_, None)
+        if pack is not None:
+            pack.live -= 1
+            self._mark_gone(pack, id_)
+        elif self._extracts.pop(id_, None) is None:  # (an extracted member is already gone from its pack)
             self._removes.append(id_)
 
     def remove_many(self, ids: Sequence[int]) -> None:
-        """`remove` for several ids; usually none was added since the last commit, and they are listed at once."""
-        if self._adds.keys().isdisjoint(ids):
+        """`remove` for several ids; usually they are the members of one pack, or none was added since
+        the last commit, and they are settled at once."""
+        packs = list(map(self._packs.get, ids))
+        first = packs[0] if packs else None
+        if first is not None and packs.count(first) == len(ids) == first.live == len(set(ids)):  # a whole pack
+            deque(map(self._packs.pop, ids), maxlen=0)
+            first.live = 0
+            self._retire(first)
+        elif first is None and packs.count(None) == len(ids) and self._adds.keys().isdisjoint(ids) and self._extracts.keys().isdisjoint(ids):
             self._removes += ids
         else:
             for id_ in ids:
@@ -381,19 +521,64 @@ class Store:
 
     def set_deliveries(self, id_: int, deliveries: int) -> None:
         """Record a message's delivery count, so dead-lettering counts across restarts."""
-        row = self._adds.get(id_)
-        if row is None:
-            self._deliveries[id_] = deliveries
-        else:
-            self._adds[id_] = row[:3] + (deliveries,) + row[4:]
+        self._update(id_, 3, deliveries, self._deliveries)
 
     def set_due(self, id_: int, due_ms: int) -> None:
         """Record a message's new due time (wall-clock ms, `now_ms`; 0: deliverable now)."""
+        self._update(id_, 4, due_ms, self._dues)
+
+    def _update(self, id_: int, field: int, value: int, updates: dict[int, int]) -> None:
+        # ``field``: the value's place in an _INSERT row (3 deliveries, 4 due_ms).
+        if id_ in self._packs:
+            self._extract(id_)
         row = self._adds.get(id_)
-        if row is None:
-            self._dues[id_] = due_ms
+        extract = self._extracts.get(id_)
+        if row is not None:
+            self._adds[id_] = row[:field] + (value,) + row[field + 1 :]
+        elif extract is not None:
+            extract[field - 2] = value
         else:
-            self._adds[id_] = row[:4] + (due_ms,) + row[5:]
+            updates[id_] = value
+
+    def _extract(self, id_: int) -> None:
+        """Turn a pack member into a message of its own (in `messages`, at its pack's place)."""
+        pack = self._packs.pop(id_)
+        if pack.written:
+            self._extracts[id_] = [pack, 0, 0]  # copied by SQL at commit: [pack, deliveries, due_ms]
+        else:
+            offset, size = pack.span(id_)
+            self._adds[id_] = (id_, pack.qid, pack.data[offset : offset + size], 0, 0, pack.seq)  # type: ignore[index]
+        pack.live -= 1
+        self._mark_gone(pack, id_)
+
+    def _mark_gone(self, pack: _Pack, id_: int) -> None:
+        # ``id_`` has left ``pack`` (its ``live`` already counts it out).
+        if not pack.live:
+            self._retire(pack)
+            return
+        pack.gone |= 1 << (id_ - pack.first_id)
+        if pack.written:
+            self._gone_changed[pack.first_id] = self._partial[pack.first_id] = pack
+
+    def _retire(self, pack: _Pack) -> None:
+        # Its last member is gone: a written row is deleted, an unwritten one never written.
+        if pack.written:
+            self._dead_packs.append(pack)
+            self._gone_changed.pop(pack.first_id, None)
+            self._partial.pop(pack.first_id, None)
+        else:
+            del self._new_packs[pack.first_id]
+
+    def _drop_packs(self, qid: int, kept: frozenset[int] = frozenset()) -> None:
+        # A queue deleted or purged: its pack members are gone, except those kept (extracted).
+        # The written rows go by the queue operation's own SQL. O(stored messages): rare.
+        for id_ in [id_ for id_, extract in self._extracts.items() if extract[0].qid == qid and id_ not in kept]:
+            del self._extracts[id_]
+        for id_ in [id_ for id_, pack in self._packs.items() if pack.qid == qid]:
+            if id_ in kept:
+                self._extract(id_)
+            else:
+                self.remove(id_)
 
     def reserve_ids(self, upto: int) -> None:
         """Record that ids below ``upto`` may be handed out: `Snapshot.next_id` will never be lower."""
@@ -407,6 +592,10 @@ class Store:
             or self._queue_ops
             or self._deliveries
             or self._dues
+            or self._new_packs
+            or self._dead_packs
+            or self._gone_changed
+            or self._extracts
             or self._reserved != self._reserved_written
         )
 
@@ -425,6 +614,8 @@ class Store:
         con = self._connection()
         try:
             con.execute("BEGIN")
+            if self._extracts:
+                con.executemany(_EXTRACT, list(map(_extract_row, self._extracts.items())))
             for op in self._queue_ops:
                 kind, qid = op[0], op[1]
                 if kind == _CREATE:
@@ -433,13 +624,16 @@ class Store:
                         op[1:],
                     )
                 elif kind == _DELETE_QUEUE:
+                    _delete_packs_of(con, qid)
                     con.execute("DELETE FROM messages WHERE qid = ?", (qid,))
                     con.execute("DELETE FROM queues WHERE qid = ?", (qid,))
                 elif op[2]:
+                    _delete_packs_of(con, qid)
                     con.executemany("INSERT INTO temp.kept (id) VALUES (?)", zip(op[2]))
                     con.execute("DELETE FROM messages WHERE qid = ? AND id NOT IN temp.kept", (qid,))
                     con.execute("DELETE FROM temp.kept")
                 else:
+                    _delete_packs_of(con, qid)
                     con.execute("DELETE FROM messages WHERE qid = ?", (qid,))
             if self._reserved != self._reserved_written:
                 con.execute(_RESERVE, (self._reserved, self._reserved))
@@ -451,16 +645,26 @@ class Store:
                 _delete(con, self._removes)
             if self._adds:
                 _insert(con, list(self._adds.values()))
+            if self._dead_packs:
+                con.executemany(_DELETE_PACK, [(pack.first_id,) for pack in self._dead_packs])
+                con.executemany(_DELETE_GONE, [(pack.first_id,) for pack in self._dead_packs if pack.gone])
+            new_packs = self._new_packs.values()
+            changed = [*self._gone_changed.values(), *(pack for pack in new_packs if pack.gone)]
+            if changed:
+                con.executemany(_SET_GONE, [(pack.first_id, pack.gone_bits()) for pack in changed])
+            if new_packs:
+                con.executemany(_INSERT_PACK, [(p.first_id, p.qid, p.seq, p.count, p.sizes, p.data) for p in new_packs])
             con.execute("COMMIT")
         except sqlite3.Error as exc:
             if con.in_transaction:
                 con.rollback()
             raise StoreError(f"{self.path}: commit failed, nothing of the batch was written: {exc}") from exc
-        self._adds = {}
-        self._removes = []
-        self._deliveries = {}
-        self._dues = {}
-        self._queue_ops = []
+        for pack in new_packs:
+            pack.written = True
+            pack.data = None  # the queue holds the payloads; an extraction reads them back from the row
+            if pack.gone:
+                self._partial[pack.first_id] = pack
+        self._clear_buffer()
         self._reserved_written = self._reserved
 
     def reclaim(self, max_pages: int = 1024) -> int:
@@ -471,6 +675,8 @@ class Store:
         (every second or so); buffered changes are left for `commit`. Raises
         `StoreError` if SQLite fails.
         """
+        self._compact_packs()
+        self.commit()
         con = self._connection()
         try:
             (free,) = con.execute("PRAGMA freelist_count").fetchone()
@@ -485,6 +691,17 @@ class Store:
             raise StoreError(f"{self.path}: reclaim failed: {exc}") from exc
         return free - left
 
+    def _compact_packs(self) -> None:
+        # A pack partly gone since the last round, and more gone than live, gives its live
+        # members rows of their own and goes: packs hold at most about twice their live bytes.
+        self._reclaim_round += 1
+        for pack in list(self._partial.values()):
+            if pack.partial_round < 0:
+                pack.partial_round = self._reclaim_round
+            elif pack.partial_round < self._reclaim_round and pack.live * 2 < pack.count:
+                for id_ in [id_ for id_ in range(pack.first_id, pack.first_id + pack.count) if self._packs.get(id_) is pack]:
+                    self._extract(id_)
+
     # --- internals -------------------------------------------------------------------
 
     def _connection(self) -> sqlite3.Connection:
@@ -496,6 +713,29 @@ class Store:
         adds = self._adds
         for id_ in [id_ for id_, row in adds.items() if row[1] == qid and id_ not in kept]:
             del adds[id_]
+
+
+def _extract_row(item: tuple[int, list]) -> tuple[int, int, int, int, int, int]:
+    # (id, [pack, deliveries, due_ms]) as _EXTRACT binds it.
+    id_, (pack, deliveries, due_ms) = item
+    offset, size = pack.span(id_)
+    return id_, offset + 1, size, deliveries, due_ms, pack.first_id
+
+
+def _delete_packs_of(con: sqlite3.Connection, qid: int) -> None:
+    con.execute("DELETE FROM pack_gone WHERE first_id IN (SELECT first_id FROM packs WHERE qid = ?)", (qid,))
+    con.execute("DELETE FROM packs WHERE qid = ?", (qid,))
+
+
+def _unpacked(first_id: int, seq: int, sizes: bytes, data: bytes, gone: int) -> list[tuple[int, int, StoredMessage]]:
+    """A pack row's live members as `load` sorts them: (seq, id, message)."""
+    lengths = struct.unpack(f">{len(sizes) // 4}I", sizes)
+    ends = list(itertools.accumulate(lengths))
+    return [
+        (seq, first_id + index, (first_id + index, data[end - length : end], 0, 0))
+        for index, (length, end) in enumerate(zip(lengths, ends))
+        if not gone >> index & 1
+    ]
 
 
 def _delete(con: sqlite3.Connection, ids: list[int]) -> None:
@@ -575,7 +815,7 @@ def _create(con: sqlite3.Connection) -> None:
     con.execute("PRAGMA auto_vacuum = INCREMENTAL")
     con.execute("PRAGMA journal_mode = WAL").fetchall()
     con.execute("BEGIN")
-    for statement in _SCHEMA_V1:
+    for statement in _SCHEMA:
         con.execute(statement)
     con.execute(f"PRAGMA application_id = {APPLICATION_ID}")
     con.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
