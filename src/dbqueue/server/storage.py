@@ -119,6 +119,7 @@ Version 2 schema (version 1 had no ``packs`` and ``pack_gone``)::
 from __future__ import annotations
 
 import fcntl
+import functools
 import itertools
 import os
 import sqlite3
@@ -211,7 +212,7 @@ class _Pack:
     def span(self, id_: int) -> tuple[int, int]:
         """Where member ``id_``'s payload lies in ``data``: (offset, size)."""
         index = id_ - self.first_id
-        sizes = struct.unpack_from(f">{index + 1}I", self.sizes)
+        sizes = _sizes_layout(index + 1).unpack_from(self.sizes)
         return sum(sizes) - sizes[-1], sizes[-1]
 
     def gone_bits(self) -> bytes:
@@ -476,19 +477,17 @@ class Store:
         self._adds[id_] = (id_, self._qids[queue], data, deliveries, due_ms, next(self._seq))
 
     def add_many(self, queue: bytes, ids: Sequence[int], items: Sequence[bytes]) -> None:
-        """`add` for several new messages at once, in order (no delay, no deliveries): stored as one
-        pack for each stretch of consecutive ids."""
+        """`add` for several new messages at once, in order of increasing ids (no delay, no deliveries):
+        stored as one pack for each stretch of consecutive ids."""
         qid = self._qids[queue]
         start = 0
-        while start < len(ids):
-            end = start + 1
-            while end < len(ids) and ids[end] == ids[end - 1] + 1:
-                end += 1
+        while start < len(ids):  # ``ids`` increase: a stretch ends where they skip
+            end = len(ids) if ids[-1] - ids[start] == len(ids) - 1 - start else _stretch_end(ids, start)
             if end - start == 1:
                 self._adds[ids[start]] = (ids[start], qid, items[start], 0, 0, next(self._seq))
             else:
                 chunk = items[start:end]
-                sizes = struct.pack(f">{len(chunk)}I", *map(len, chunk))
+                sizes = _sizes_layout(len(chunk)).pack(*map(len, chunk))
                 pack = self._new_packs[ids[start]] = _Pack(ids[start], qid, next(self._seq), sizes, b"".join(chunk))
                 self._packs.update(zip(ids[start:end], itertools.repeat(pack)))
             start = end
@@ -715,6 +714,19 @@ class Store:
             del adds[id_]
 
 
+def _stretch_end(ids: Sequence[int], start: int) -> int:
+    end = start + 1
+    while end < len(ids) and ids[end] == ids[end - 1] + 1:
+        end += 1
+    return end
+
+
+@functools.cache
+def _sizes_layout(count: int) -> struct.Struct:
+    # A pack's ``sizes``: a big-endian u32 per payload.
+    return struct.Struct(f">{count}I")
+
+
 def _extract_row(item: tuple[int, list]) -> tuple[int, int, int, int, int, int]:
     # (id, [pack, deliveries, due_ms]) as _EXTRACT binds it.
     id_, (pack, deliveries, due_ms) = item
@@ -729,7 +741,7 @@ def _delete_packs_of(con: sqlite3.Connection, qid: int) -> None:
 
 def _unpacked(first_id: int, seq: int, sizes: bytes, data: bytes, gone: int) -> list[tuple[int, int, StoredMessage]]:
     """A pack row's live members as `load` sorts them: (seq, id, message)."""
-    lengths = struct.unpack(f">{len(sizes) // 4}I", sizes)
+    lengths = _sizes_layout(len(sizes) // 4).unpack(sizes)
     ends = list(itertools.accumulate(lengths))
     return [
         (seq, first_id + index, (first_id + index, data[end - length : end], 0, 0))
