@@ -202,7 +202,8 @@ class Server:
             self._commit_scheduled = True
             self._loop.call_soon(self._commit)  # type: ignore[union-attr]
 
-    def _write(self, transport: asyncio.Transport, data: bytes) -> None:
+    def write(self, transport: asyncio.Transport, data: bytes) -> None:
+        """Write a reply now, even with a store: for replies that report no change to it (reads)."""
         transport.write(data)
         if transport.get_write_buffer_size() > self.max_output_buffer:
             self._cut_off(transport)
@@ -256,7 +257,7 @@ class Server:
         outbox, self._outbox = self._outbox, []
         for transport, data in outbox:
             if not transport.is_closing():
-                self._write(transport, data)
+                self.write(transport, data)
         closing, self._closing = self._closing, []
         for transport in closing:
             transport.close()

@@ -132,27 +132,31 @@ class Session(asyncio.Protocol):
         stats = self.server.request_stats
         began = perf_counter() if stats is not None else 0.0
         answer = None
+        reads = False  # whether the answer is only reads': they report no change to a store
         if not reader.buffered:
             size = len(data)
             whole = fr.HEADER_SIZE + int.from_bytes(data[8:12], "big")  # what the first frame takes
             if size == whole:  # one whole frame: what an unpipelined client sends
                 answer = self.handle_one(data)
                 count = 1
+                reads = data[1] == _READ
             elif size > whole:
                 run = msg.cut_run(data)
                 if run is not None:
                     answer = self.handle_run(run)
                     count = len(run.request_ids)
+                    reads = run.opcode == _READ
         if answer is None:
             requests = reader.feed(data)
             count = len(requests)
             replies = self.handle(requests) if requests else ()
             answer = replies[0] if len(replies) == 1 else b"".join(replies)
+            reads = False
         if count:
             if stats is not None:
                 stats.record(count, perf_counter() - began)
             if answer and not self.done:
-                self.server.send(self.transport, answer)
+                (self.server.write if reads else self.server.send)(self.transport, answer)
         if reader.failure is not None:
             failure = reader.failure
             log.warning("closing %s: %s", self.peer, failure.message)

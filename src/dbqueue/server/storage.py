@@ -40,8 +40,8 @@ time must be stored is first *extracted*: copied into ``messages`` by one
 that has been partly gone for a whole `reclaim` round with fewer than half its
 members live is compacted (its live members extracted, its row dropped), so
 packs never hold more than about twice their live bytes for long. The store
-keeps an index of every live pack member (``_packs``, id -> pack): a dict entry
-per stored message, in memory.
+finds a message's pack by its id in `_PackIndex`, whose memory is a few entries
+a pack, not one a message.
 
 Queues are referred to by a small integer *qid* (creation order) so a message
 row does not repeat its queue's name. Message rows are keyed by their id (the
@@ -125,7 +125,6 @@ import os
 import sqlite3
 import struct
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,6 +217,57 @@ class _Pack:
     def gone_bits(self) -> bytes:
         return self.gone.to_bytes((self.count + 7) // 8, "little")
 
+    def members(self) -> list[int]:
+        """The ids still stored in it."""
+        return [id_ for id_ in range(self.first_id, self.first_id + self.count) if not self.gone >> (id_ - self.first_id) & 1]
+
+    def buckets(self) -> range:
+        """The `_PackIndex` buckets its ids fall in."""
+        return range(self.first_id >> _BUCKET_BITS, ((self.first_id + self.count - 1) >> _BUCKET_BITS) + 1)
+
+
+_BUCKET_BITS = 6  # a `_PackIndex` bucket spans 64 ids
+
+
+class _PackIndex:
+    """The packs with members still stored (and not yet retired), found by any member's id.
+
+    Ids are cut into buckets of 64; each bucket lists the packs that overlap it (one or
+    two for a pack of up to 64), so the index costs a few entries a pack, not one a message.
+    """
+
+    __slots__ = ("buckets", "packs")
+
+    def __init__(self) -> None:
+        self.buckets: dict[int, list[_Pack]] = {}
+        self.packs: dict[int, _Pack] = {}  # first_id -> pack
+
+    def add(self, pack: _Pack) -> None:
+        self.packs[pack.first_id] = pack
+        for bucket in pack.buckets():
+            listed = self.buckets.get(bucket)
+            if listed is None:
+                self.buckets[bucket] = [pack]
+            else:
+                listed.append(pack)
+
+    def discard(self, pack: _Pack) -> None:
+        del self.packs[pack.first_id]
+        for bucket in pack.buckets():
+            listed = self.buckets[bucket]
+            if len(listed) == 1:
+                del self.buckets[bucket]
+            else:
+                listed.remove(pack)
+
+    def find(self, id_: int) -> _Pack | None:
+        """The pack that still stores message ``id_``, or None."""
+        for pack in self.buckets.get(id_ >> _BUCKET_BITS, ()):
+            offset = id_ - pack.first_id
+            if 0 <= offset < pack.count:
+                return None if pack.gone >> offset & 1 else pack
+        return None
+
 
 def now_ms() -> int:
     """Wall-clock time in Unix milliseconds, the unit of stored due times."""
@@ -301,7 +351,7 @@ class Store:
         self._seq = itertools.count((max_seq or 0) + 1)
         (self._reserved,) = con.execute("SELECT value FROM meta WHERE key = 'next_id'").fetchone()
         self._reserved_written = self._reserved
-        self._packs: dict[int, _Pack] = {}  # every live pack member: id -> its pack
+        self._packs = _PackIndex()
         self._partial: dict[int, _Pack] = {}  # written packs with members gone: first_id -> pack
         self._reclaim_round = 0
         self._index_packs(con)
@@ -324,13 +374,11 @@ class Store:
         for first_id, qid, seq, sizes in con.execute("SELECT first_id, qid, seq, sizes FROM packs"):
             pack = _Pack(first_id, qid, seq, sizes, None)
             bits = gone.get(first_id)
-            ids = range(first_id, first_id + pack.count)
             if bits is not None:
                 pack.gone = int.from_bytes(bits, "little")
                 pack.live = pack.count - pack.gone.bit_count()
-                ids = [id_ for id_ in ids if not pack.gone >> (id_ - first_id) & 1]
                 self._partial[first_id] = pack
-            self._packs.update(zip(ids, itertools.repeat(pack)))
+            self._packs.add(pack)
 
     # --- opening and closing ---------------------------------------------------------
 
@@ -489,14 +537,14 @@ class Store:
                 chunk = items[start:end]
                 sizes = _sizes_layout(len(chunk)).pack(*map(len, chunk))
                 pack = self._new_packs[ids[start]] = _Pack(ids[start], qid, next(self._seq), sizes, b"".join(chunk))
-                self._packs.update(zip(ids[start:end], itertools.repeat(pack)))
+                self._packs.add(pack)
             start = end
 
     def remove(self, id_: int) -> None:
         """Record that a message is gone (confirmed, dead-lettered, dropped). Unknown ids are ignored at commit."""
         if self._adds.pop(id_, None) is not None:
             return
-        pack = self._packs.pop(id_, None)
+        pack = self._packs.find(id_)
         if pack is not None:
             pack.live -= 1
             self._mark_gone(pack, id_)
@@ -506,13 +554,16 @@ class Store:
     def remove_many(self, ids: Sequence[int]) -> None:
         """`remove` for several ids; usually they are the members of one pack, or none was added since
         the last commit, and they are settled at once."""
-        packs = list(map(self._packs.get, ids))
-        first = packs[0] if packs else None
-        if first is not None and packs.count(first) == len(ids) == first.live == len(set(ids)):  # a whole pack
-            deque(map(self._packs.pop, ids), maxlen=0)
-            first.live = 0
-            self._retire(first)
-        elif first is None and packs.count(None) == len(ids) and self._adds.keys().isdisjoint(ids) and self._extracts.keys().isdisjoint(ids):
+        pack = self._packs.find(ids[0]) if ids else None
+        if pack is not None and len(ids) == pack.live == pack.count and tuple(ids) == _pack_ids(pack):  # a whole pack
+            pack.live = 0
+            self._retire(pack)
+        elif (
+            pack is None
+            and not any(map(self._packs.find, ids))
+            and self._adds.keys().isdisjoint(ids)
+            and self._extracts.keys().isdisjoint(ids)
+        ):
             self._removes += ids
         else:
             for id_ in ids:
@@ -528,8 +579,9 @@ class Store:
 
     def _update(self, id_: int, field: int, value: int, updates: dict[int, int]) -> None:
         # ``field``: the value's place in an _INSERT row (3 deliveries, 4 due_ms).
-        if id_ in self._packs:
-            self._extract(id_)
+        pack = self._packs.find(id_)
+        if pack is not None:
+            self._extract(pack, id_)
         row = self._adds.get(id_)
         extract = self._extracts.get(id_)
         if row is not None:
@@ -539,9 +591,8 @@ class Store:
         else:
             updates[id_] = value
 
-    def _extract(self, id_: int) -> None:
+    def _extract(self, pack: _Pack, id_: int) -> None:
         """Turn a pack member into a message of its own (in `messages`, at its pack's place)."""
-        pack = self._packs.pop(id_)
         if pack.written:
             self._extracts[id_] = [pack, 0, 0]  # copied by SQL at commit: [pack, deliveries, due_ms]
         else:
@@ -561,6 +612,7 @@ class Store:
 
     def _retire(self, pack: _Pack) -> None:
         # Its last member is gone: a written row is deleted, an unwritten one never written.
+        self._packs.discard(pack)
         if pack.written:
             self._dead_packs.append(pack)
             self._gone_changed.pop(pack.first_id, None)
@@ -573,11 +625,13 @@ class Store:
         # The written rows go by the queue operation's own SQL. O(stored messages): rare.
         for id_ in [id_ for id_, extract in self._extracts.items() if extract[0].qid == qid and id_ not in kept]:
             del self._extracts[id_]
-        for id_ in [id_ for id_, pack in self._packs.items() if pack.qid == qid]:
-            if id_ in kept:
-                self._extract(id_)
-            else:
-                self.remove(id_)
+        for pack in [pack for pack in self._packs.packs.values() if pack.qid == qid]:
+            for id_ in pack.members():
+                if id_ in kept:
+                    self._extract(pack, id_)
+                else:
+                    pack.live -= 1
+                    self._mark_gone(pack, id_)
 
     def reserve_ids(self, upto: int) -> None:
         """Record that ids below ``upto`` may be handed out: `Snapshot.next_id` will never be lower."""
@@ -698,8 +752,8 @@ class Store:
             if pack.partial_round < 0:
                 pack.partial_round = self._reclaim_round
             elif pack.partial_round < self._reclaim_round and pack.live * 2 < pack.count:
-                for id_ in [id_ for id_ in range(pack.first_id, pack.first_id + pack.count) if self._packs.get(id_) is pack]:
-                    self._extract(id_)
+                for id_ in pack.members():
+                    self._extract(pack, id_)
 
     # --- internals -------------------------------------------------------------------
 
@@ -712,6 +766,10 @@ class Store:
         adds = self._adds
         for id_ in [id_ for id_, row in adds.items() if row[1] == qid and id_ not in kept]:
             del adds[id_]
+
+
+def _pack_ids(pack: _Pack) -> tuple[int, ...]:
+    return tuple(range(pack.first_id, pack.first_id + pack.count))
 
 
 def _stretch_end(ids: Sequence[int], start: int) -> int:
