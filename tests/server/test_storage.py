@@ -544,6 +544,38 @@ def test_disk_use_stays_bounded_under_churn(tmp_path: Path) -> None:
     store.close()
 
 
+def test_disk_use_stays_bounded_when_packs_are_confirmed_piecemeal(tmp_path: Path) -> None:
+    # Packs of 32, confirmed in random pieces across commits (reads that do not line up with
+    # sends), each leaving one message behind for much longer (a slow consumer's): without
+    # compaction the store would keep every pack for its straggler, 32 times the live bytes.
+    store = Store.open(tmp_path)
+    store.create_queue(b"q")
+    data = b"x" * 128
+    bound = (3 << 19) + storage.WAL_AUTOCHECKPOINT_PAGES * (storage.PAGE_SIZE + 24)  # floor and WAL
+    rng = random.Random(11)
+    stored: deque[int] = deque()  # confirmed in order, a few at a time
+    stragglers: deque[int] = deque()
+    next_id = 1
+    for round_ in range(4000):
+        ids = list(range(next_id, next_id + 32))
+        next_id += 32
+        store.add_many(b"q", ids, [data] * 32)
+        stragglers.append(ids[0])
+        stored.extend(ids[1:])
+        while len(stored) > 1000:
+            store.remove_many([stored.popleft() for _ in range(min(len(stored), rng.randint(1, 20)))])
+        while len(stragglers) > 3000:
+            store.remove(stragglers.popleft())
+        store.commit()
+        if round_ % 50 == 49:
+            store.reclaim()
+            assert disk_usage(tmp_path) < 2 * (len(stored) + len(stragglers)) * len(data) + bound
+    assert sorted(m[0] for m in store.load().queues[0].messages) == sorted([*stored, *stragglers])
+    store = reopen(store)
+    assert sorted(m[0] for m in store.load().queues[0].messages) == sorted([*stored, *stragglers])
+    store.close()
+
+
 # --- crashes --------------------------------------------------------------------------
 
 # Adds batches of 50 messages; removes the ids divisible by 3 of the previous batch
