@@ -135,7 +135,9 @@ def test_a_pack_member_with_a_count_or_due_time_gets_a_row_of_its_own(tmp_path: 
     assert (rows(store, "packs"), rows(store, "messages")) == (1, 5)
     store = reopen(store)
     q, dead = store.load().queues
-    assert q.messages == [(1, b"before", 0, 0), (2, b"two", 0, 0), (3, b"three", 2, 1234), (5, b"five", 1, 0), (6, b"after", 0, 0)]
+    assert q.messages == [
+        (1, b"before", 0, 0), (2, b"two", 0, 0), (3, b"three", 2, 1234), (5, b"five", 1, 0), (6, b"after", 0, 0)
+    ]
     assert dead.messages == [(4, b"four", 3, 0)]
     store.remove(2)  # the pack's last member: its row goes, the extracted ones stay
     store.commit()
@@ -781,7 +783,8 @@ class StoreModel(RuleBasedStateMachine):
         assert list(got) == list(want)  # creation order
         max_id = max((id_ for _, msgs in self.committed.values() for id_ in msgs), default=0)
         # A pack's row keeps the ids of its gone members: next_id may stay above the live ones.
-        assert max(self.committed_reserved, max_id + 1) <= snapshot.next_id <= max(self.committed_reserved, self.next_id)
+        lowest = max(self.committed_reserved, max_id + 1)
+        assert lowest <= snapshot.next_id <= max(self.committed_reserved, self.next_id)
         self.now = _copy(self.committed)
         self.reserved = self.committed_reserved
         self.next_id = max(self.next_id, snapshot.next_id)  # ids stay unique across the "crash"

@@ -219,7 +219,8 @@ class _Pack:
 
     def members(self) -> list[int]:
         """The ids still stored in it."""
-        return [id_ for id_ in range(self.first_id, self.first_id + self.count) if not self.gone >> (id_ - self.first_id) & 1]
+        first, gone = self.first_id, self.gone
+        return [id_ for id_ in range(first, first + self.count) if not gone >> (id_ - first) & 1]
 
     def buckets(self) -> range:
         """The `_PackIndex` buckets its ids fall in."""
@@ -347,7 +348,9 @@ class Store:
         qids = con.execute("SELECT name, qid FROM queues").fetchall()
         self._qids: dict[bytes, int] = dict(qids)
         self._next_qid = max((qid for _, qid in qids), default=0) + 1
-        (max_seq,) = con.execute("SELECT max(seq) FROM (SELECT seq FROM messages UNION ALL SELECT seq FROM packs)").fetchone()
+        (max_seq,) = con.execute(
+            "SELECT max(seq) FROM (SELECT seq FROM messages UNION ALL SELECT seq FROM packs)"
+        ).fetchone()
         self._seq = itertools.count((max_seq or 0) + 1)
         (self._reserved,) = con.execute("SELECT value FROM meta WHERE key = 'next_id'").fetchone()
         self._reserved_written = self._reserved
