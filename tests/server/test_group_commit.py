@@ -2,9 +2,11 @@
 
 An in-process session on a fake transport, inside a real event loop: the commit
 runs as the loop's next callback, so what the transport holds before the loop
-turns is what went out ahead of the commit. Reads change nothing in the store
-and are answered at once, whether they come alone, in a pipelined run, or not;
-sends and confirms are answered only once the store holds their change.
+turns is what went out ahead of the commit. Sends and confirms are answered only
+once the store holds their change. Reads change nothing in the store: a read
+(alone or a pipelined run) that hands out only stored messages is answered at
+once, and one that hands out a message whose send is not committed yet waits for
+that commit, so a consumer never sees a message a crash could undo.
 """
 
 from __future__ import annotations
@@ -73,6 +75,22 @@ def test_sends_and_confirms_wait_for_the_commit_reads_do_not(tmp_path: Path) -> 
         await asyncio.sleep(0)
         assert replies(transport) == [Confirmed, Confirmed]
         assert stored_ids(server) == ids[2:]
+
+    with_durable_session(tmp_path, body)
+
+
+def test_a_read_of_a_message_not_committed_yet_waits_for_the_commit(tmp_path: Path) -> None:
+    async def body(server: Server, session: Session, transport: FakeTransport) -> None:
+        consumer = Session(server)
+        consumer_transport = FakeTransport()
+        consumer.connection_made(consumer_transport)  # type: ignore[arg-type]
+        for count in (1, 3):  # a lone read, then a run of reads
+            session.data_received(frames(*[Enqueue("q", b"m")] * count))
+            consumer.data_received(frames(*[Read("q", 60_000)] * count))  # before the commit
+            assert transport.written == consumer_transport.written == b""
+            await asyncio.sleep(0)
+            assert replies(transport) == [ObjectQueued] * count
+            assert replies(consumer_transport) == [Message] * count
 
     with_durable_session(tmp_path, body)
 

@@ -66,7 +66,7 @@ from ..errors import (
 )
 from ..protocol import frames as fr
 from ..protocol import messages as msg
-from .queues import NO_BYTE_LIMIT, Entry, Outcome, Queue, Waiter, columns
+from .queues import NO_BYTE_LIMIT, Block, Entry, Outcome, Queue, Waiter, columns
 from .security import PRE_AUTH_MAX_BODY
 
 if TYPE_CHECKING:
@@ -102,6 +102,7 @@ class Session(asyncio.Protocol):
         self.authenticated = server.auth_token is None
         self.unadmitted = bytearray()  # the first frame, while it is incomplete and not yet authenticated
         self.done = False  # failed authentication or lost framing: read nothing more
+        self.unstored_read = False  # the answer being built hands out a message not committed yet
         self.last_active = 0.0
 
     # --- asyncio callbacks -----------------------------------------------------------
@@ -132,7 +133,7 @@ class Session(asyncio.Protocol):
         stats = self.server.request_stats
         began = perf_counter() if stats is not None else 0.0
         answer = None
-        reads = False  # whether the answer is only reads': they report no change to a store
+        reads = False  # whether the answer is only reads' (see `_hands_out_unstored`)
         if not reader.buffered:
             size = len(data)
             whole = fr.HEADER_SIZE + int.from_bytes(data[8:12], "big")  # what the first frame takes
@@ -156,7 +157,11 @@ class Session(asyncio.Protocol):
             if stats is not None:
                 stats.record(count, perf_counter() - began)
             if answer and not self.done:
-                (self.server.write if reads else self.server.send)(self.transport, answer)
+                if reads and not self.unstored_read:
+                    self.server.write(self.transport, answer)
+                else:
+                    self.unstored_read = False
+                    self.server.send(self.transport, answer)
         if reader.failure is not None:
             failure = reader.failure
             log.warning("closing %s: %s", self.peer, failure.message)
@@ -375,6 +380,8 @@ class Session(asyncio.Protocol):
                 return _BARE_FRAME(_MAGIC, _EMPTY, 0, request_id, 0)
             if timeout_ms:
                 server.expire_by(self.broker.set_deadline(record, timeout_ms, now))
+            if server.store is not None and not server.store.committed(record.id):
+                self.unstored_read = True
             payload = record.data
             if len(payload) > server.max_output_buffer:
                 self._overflow(len(payload))
@@ -386,6 +393,21 @@ class Session(asyncio.Protocol):
             id_ = int.from_bytes(data[12:], "big")
             return _confirm_reply(request_id, id_, self.broker.confirm(id_))
         return None
+
+    def _note_unstored(self, entries: list[Entry]) -> None:
+        # With a store, an answer of reads that hands out only stored messages reports no change
+        # and is sent at once; one that hands out a message whose send is not committed yet waits
+        # for the commit, so a consumer never sees a message a crash could undo. A block's
+        # messages were added in id order and commits keep that order: its newest one tells.
+        committed = self.server.store.committed  # type: ignore[union-attr]
+        for entry in entries:
+            if entry.__class__ is Block:
+                newest = entry.first_id + len(entry.payloads) - 1  # type: ignore[union-attr]
+            else:
+                newest = entry.id  # type: ignore[union-attr]
+            if not committed(newest):
+                self.unstored_read = True
+                return
 
     def handle_run(self, run: msg.Run) -> bytes | None:
         """Answer a run of like requests (`msg.cut_run`) as one batch: the same replies, in the same
@@ -435,6 +457,8 @@ class Session(asyncio.Protocol):
         if entries and timeout_ms:
             server.expire_by(self.broker.set_deadlines(entries, timeout_ms, now))
         ids, deliveries, payloads = columns(entries)
+        if server.store is not None:
+            self._note_unstored(entries)
         taken = len(ids)
         return msg.message_frames(request_ids, ids, deliveries, payloads) + msg.bare_frames(_EMPTY, request_ids[taken:])
 

@@ -640,6 +640,13 @@ class Store:
         """Record that ids below ``upto`` may be handed out: `Snapshot.next_id` will never be lower."""
         self._reserved = max(self._reserved, upto)
 
+    def committed(self, id_: int) -> bool:
+        """Whether message ``id_``, if stored, is in the file (its addition is not buffered)."""
+        if id_ in self._adds:
+            return False
+        pack = self._packs.find(id_)
+        return pack is None or pack.written
+
     def pending(self) -> bool:
         """Whether anything is buffered that `commit` would write."""
         return bool(
