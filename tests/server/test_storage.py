@@ -648,6 +648,7 @@ class StoreModel(RuleBasedStateMachine):
         # name -> (options, {id: [data, deliveries, due]} in order); dicts keep creation order.
         self.now: dict[bytes, tuple[tuple[int, int, bytes | None], dict[int, list]]] = {}
         self.committed: dict = {}
+        self.fresh: set[int] = set()  # ids added (or moved) since the last commit
         self.next_id = 1
         self.reserved = 1
         self.committed_reserved = 1
@@ -692,6 +693,7 @@ class StoreModel(RuleBasedStateMachine):
             for _ in range(count):
                 self.store.add(name, self.next_id, b"m%d" % self.next_id, due_ms=due)
                 self.now[name][1][self.next_id] = [b"m%d" % self.next_id, 0, due]
+                self.fresh.add(self.next_id)
                 self.next_id += 1
 
     @rule(name=st.sampled_from(NAMES), count=st.integers(1, 5), gap=st.booleans())
@@ -702,6 +704,7 @@ class StoreModel(RuleBasedStateMachine):
             self.store.add_many(name, ids, [b"p%d" % id_ for id_ in ids])
             for id_ in ids:
                 self.now[name][1][id_] = [b"p%d" % id_, 0, 0]
+                self.fresh.add(id_)
             self.next_id = ids[-1] + 1
 
     @rule(pick=st.randoms(use_true_random=False))
@@ -723,6 +726,7 @@ class StoreModel(RuleBasedStateMachine):
         self.store.reclaim()
         self.committed = _copy(self.now)
         self.committed_reserved = self.reserved
+        self.fresh.clear()
 
     @rule(pick=st.randoms(use_true_random=False))
     def remove(self, pick: random.Random) -> None:
@@ -744,6 +748,7 @@ class StoreModel(RuleBasedStateMachine):
         self.store.remove(id_)
         self.store.add(to, id_, message[0], due_ms=message[2], deliveries=message[1])
         self.now[to][1][id_] = message
+        self.fresh.add(id_)
 
     @rule(pick=st.randoms(use_true_random=False), value=st.integers(0, 9), due=st.booleans())
     def update(self, pick: random.Random, value: int, due: bool) -> None:
@@ -765,6 +770,7 @@ class StoreModel(RuleBasedStateMachine):
         self.store.commit()
         self.committed = _copy(self.now)
         self.committed_reserved = self.reserved
+        self.fresh.clear()
 
     @rule()
     def crash_and_reopen(self) -> None:
@@ -787,7 +793,15 @@ class StoreModel(RuleBasedStateMachine):
         assert lowest <= snapshot.next_id <= max(self.committed_reserved, self.next_id)
         self.now = _copy(self.committed)
         self.reserved = self.committed_reserved
+        self.fresh.clear()
         self.next_id = max(self.next_id, snapshot.next_id)  # ids stay unique across the "crash"
+
+    @invariant()
+    def committed_means_in_the_file(self) -> None:
+        # A stored message is `committed` unless it was added (or moved) since the last commit.
+        for _, messages in self.now.values():
+            for id_ in messages:
+                assert self.store.committed(id_) == (id_ not in self.fresh), id_
 
     @invariant()
     def pending_means_something_to_write(self) -> None:
@@ -832,6 +846,7 @@ def test_long_random_histories_against_the_model(seed: int) -> None:
         for _ in range(400):
             rng.choices(steps, weights)[0][1]()
             machine.pending_means_something_to_write()
+            machine.committed_means_in_the_file()
         machine.commit()
         machine.crash_and_reopen()
     finally:
