@@ -133,7 +133,7 @@ class Session(asyncio.Protocol):
         stats = self.server.request_stats
         began = perf_counter() if stats is not None else 0.0
         answer = None
-        reads = False  # whether the answer is only reads' (see `_hands_out_unstored`)
+        reads = False  # whether the answer is only reads' (see `_note_unstored`)
         if not reader.buffered:
             size = len(data)
             whole = fr.HEADER_SIZE + int.from_bytes(data[8:12], "big")  # what the first frame takes
@@ -160,8 +160,8 @@ class Session(asyncio.Protocol):
                 if reads and not self.unstored_read:
                     self.server.write(self.transport, answer)
                 else:
-                    self.unstored_read = False
                     self.server.send(self.transport, answer)
+            self.unstored_read = False
         if reader.failure is not None:
             failure = reader.failure
             log.warning("closing %s: %s", self.peer, failure.message)
