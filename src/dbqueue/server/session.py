@@ -102,7 +102,7 @@ class Session(asyncio.Protocol):
         self.authenticated = server.auth_token is None
         self.unadmitted = bytearray()  # the first frame, while it is incomplete and not yet authenticated
         self.done = False  # failed authentication or lost framing: read nothing more
-        self.unstored_read = False  # the answer being built hands out a message not committed yet
+        self.answer_now = False  # with a store: the answer just built is reads' of stored messages only
         self.last_active = 0.0
 
     # --- asyncio callbacks -----------------------------------------------------------
@@ -133,35 +133,31 @@ class Session(asyncio.Protocol):
         stats = self.server.request_stats
         began = perf_counter() if stats is not None else 0.0
         answer = None
-        reads = False  # whether the answer is only reads' (see `_note_unstored`)
         if not reader.buffered:
             size = len(data)
             whole = fr.HEADER_SIZE + int.from_bytes(data[8:12], "big")  # what the first frame takes
             if size == whole:  # one whole frame: what an unpipelined client sends
                 answer = self.handle_one(data)
                 count = 1
-                reads = data[1] == _READ
             elif size > whole:
                 run = msg.cut_run(data)
                 if run is not None:
                     answer = self.handle_run(run)
                     count = len(run.request_ids)
-                    reads = run.opcode == _READ
         if answer is None:
             requests = reader.feed(data)
             count = len(requests)
             replies = self.handle(requests) if requests else ()
             answer = replies[0] if len(replies) == 1 else b"".join(replies)
-            reads = False
         if count:
             if stats is not None:
                 stats.record(count, perf_counter() - began)
             if answer and not self.done:
-                if reads and not self.unstored_read:
+                if self.answer_now:  # see `_all_stored`
+                    self.answer_now = False
                     self.server.write(self.transport, answer)
                 else:
                     self.server.send(self.transport, answer)
-            self.unstored_read = False
         if reader.failure is not None:
             failure = reader.failure
             log.warning("closing %s: %s", self.peer, failure.message)
@@ -380,12 +376,12 @@ class Session(asyncio.Protocol):
                 return _BARE_FRAME(_MAGIC, _EMPTY, 0, request_id, 0)
             if timeout_ms:
                 server.expire_by(self.broker.set_deadline(record, timeout_ms, now))
-            if server.store is not None and not server.store.committed(record.id):
-                self.unstored_read = True
             payload = record.data
             if len(payload) > server.max_output_buffer:
                 self._overflow(len(payload))
                 return b""
+            if server.store is not None:
+                self.answer_now = server.store.committed(record.id)
             head = _PACK_MESSAGE_HEAD(_MAGIC, _MESSAGE, 0, request_id, 12 + len(payload), record.id, record.deliveries)
             return head + payload
         if opcode == _CONFIRM and length == 8:
@@ -394,11 +390,12 @@ class Session(asyncio.Protocol):
             return _confirm_reply(request_id, id_, self.broker.confirm(id_))
         return None
 
-    def _note_unstored(self, entries: list[Entry]) -> None:
-        # With a store, an answer of reads that hands out only stored messages reports no change
-        # and is sent at once; one that hands out a message whose send is not committed yet waits
-        # for the commit, so a consumer never sees a message a crash could undo. A block's
-        # messages were added in id order and commits keep that order: its newest one tells.
+    def _all_stored(self, entries: list[Entry]) -> bool:
+        # With a store, an answer of reads (`handle_one`'s, `_read_run`'s) that hands out only
+        # stored messages reports no change: it is written at once (`answer_now`). One that hands
+        # out a message whose send is not committed yet waits for the commit like any reply, so a
+        # consumer never sees a message a crash could undo. A block's messages were added in id
+        # order and commits keep that order: its newest one tells.
         committed = self.server.store.committed  # type: ignore[union-attr]
         for entry in entries:
             if entry.__class__ is Block:
@@ -406,8 +403,8 @@ class Session(asyncio.Protocol):
             else:
                 newest = entry.id  # type: ignore[union-attr]
             if not committed(newest):
-                self.unstored_read = True
-                return
+                return False
+        return True
 
     def handle_run(self, run: msg.Run) -> bytes | None:
         """Answer a run of like requests (`msg.cut_run`) as one batch: the same replies, in the same
@@ -458,7 +455,7 @@ class Session(asyncio.Protocol):
             server.expire_by(self.broker.set_deadlines(entries, timeout_ms, now))
         ids, deliveries, payloads = columns(entries)
         if server.store is not None:
-            self._note_unstored(entries)
+            self.answer_now = self._all_stored(entries)
         taken = len(ids)
         return msg.message_frames(request_ids, ids, deliveries, payloads) + msg.bare_frames(_EMPTY, request_ids[taken:])
 
