@@ -34,7 +34,11 @@ mark, the session stops reading requests until the buffer drains, so a slow
 consumer cannot make the server buffer without bound.
 
 With a data directory, replies go out only after the store has committed the
-changes they report (`Server.send`): "queued" then means "stored".
+changes they report (`Server.send`): "queued" then means "stored". An answer of
+reads (a lone READ, a run of them) reports no change: when every message it hands
+out is stored already, it is written at once (`Server.write`, `answer_now`); when
+one is still being sent, it waits for that commit too, so a consumer never sees a
+message a crash could undo.
 
 A read that waits (``wait_ms``) on an empty queue is answered later, from the
 broker's wake callback, by its request id; the session meanwhile goes on with
