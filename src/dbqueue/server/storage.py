@@ -107,13 +107,14 @@ Version 2 schema (version 1 had no ``packs`` and ``pack_gone``)::
            dead_letter BLOB NULL)               -- qid is creation order
     messages(id INTEGER PRIMARY KEY, qid, seq, data BLOB, deliveries,
              due_ms)                            -- due_ms: Unix ms, 0 = now
-    packs(first_id INTEGER PRIMARY KEY, qid, seq, count, sizes BLOB,
+    packs(slot INTEGER PRIMARY KEY, first_id, qid, seq, count, sizes BLOB,
           data BLOB)                            -- ids first_id .. first_id + count - 1,
                                                 -- never delivered, no due time; sizes:
                                                 -- a u32 (big-endian) per payload
-    pack_gone(first_id INTEGER PRIMARY KEY, gone BLOB)
+    pack_gone(slot INTEGER PRIMARY KEY, gone BLOB)
                                                 -- bit i (little-endian bit order):
-                                                -- member first_id + i is gone
+                                                -- member first_id + i is gone; every
+                                                -- bit set: a free slot
 """
 
 from __future__ import annotations
@@ -121,6 +122,7 @@ from __future__ import annotations
 import fcntl
 import functools
 import itertools
+import operator
 import os
 import sqlite3
 import struct
@@ -161,6 +163,9 @@ WAL_AUTOCHECKPOINT_PAGES = 1024
 JOURNAL_SIZE_LIMIT = 4 << 20
 # `reclaim` keeps this many free pages for the next additions instead of returning them.
 FREE_PAGES_KEPT = 256
+# Payload bytes of retired packs whose rows are kept as free slots, for new packs of the same shape to
+# take over: a fixed floor of dead data, in exchange for rows rewritten in place.
+FREE_SLOT_BYTES = 1 << 20
 
 # A stored message as `load` returns it: (id, data, deliveries, due_ms). A plain
 # tuple, straight from SQLite: a snapshot may hold millions of them.
@@ -194,10 +199,17 @@ class _Pack:
     """Messages ``first_id`` .. ``first_id + count - 1`` stored as one row of ``packs``; ``live``
     of them are still stored, bit i of ``gone`` is set once member ``first_id + i`` is not."""
 
-    __slots__ = ("first_id", "qid", "seq", "count", "sizes", "data", "live", "gone", "written", "partial_round")
+    __slots__ = (
+        "first_id", "qid", "seq", "count", "sizes", "data", "live", "gone", "written", "partial_round",
+        "slot", "shape", "reused_qid", "freed",
+    )  # fmt: skip
 
-    def __init__(self, first_id: int, qid: int, seq: int, sizes: bytes, data: bytes | None) -> None:
+    def __init__(self, first_id: int, qid: int, seq: int, sizes: bytes, data: bytes | None, slot: int, size: int) -> None:
         self.first_id = first_id
+        self.slot = slot  # its row's key
+        self.shape = (len(sizes), size)  # rows of one shape have one size: a free one is rewritten in place
+        self.reused_qid = -1  # unwritten, in a free slot: the qid its row still holds (-1: a new row)
+        self.freed = False  # retired into the free slots (else its row is deleted)
         self.qid = qid
         self.seq = seq
         self.count = len(sizes) // 4
@@ -291,10 +303,10 @@ _SCHEMA_V1 = (
 # Version 2: messages sent together are stored as one row (see "Packs" above).
 _PACK_TABLES = (
     (
-        "CREATE TABLE packs (first_id INTEGER PRIMARY KEY, qid INTEGER NOT NULL, seq INTEGER NOT NULL,"
-        " count INTEGER NOT NULL, sizes BLOB NOT NULL, data BLOB NOT NULL)"
+        "CREATE TABLE packs (slot INTEGER PRIMARY KEY, first_id INTEGER NOT NULL, qid INTEGER NOT NULL,"
+        " seq INTEGER NOT NULL, count INTEGER NOT NULL, sizes BLOB NOT NULL, data BLOB NOT NULL)"
     ),
-    "CREATE TABLE pack_gone (first_id INTEGER PRIMARY KEY, gone BLOB NOT NULL)",
+    "CREATE TABLE pack_gone (slot INTEGER PRIMARY KEY, gone BLOB NOT NULL)",
 )
 _SCHEMA = _SCHEMA_V1 + _PACK_TABLES
 
@@ -314,14 +326,16 @@ _DELETE = "DELETE FROM messages WHERE id = ?"
 _CHUNK = 32
 _INSERT_CHUNK = _INSERT.partition(" VALUES ")[0] + " VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?)"] * _CHUNK)
 _DELETE_CHUNK = "DELETE FROM messages WHERE id IN (" + ", ".join(["?"] * _CHUNK) + ")"
-_INSERT_PACK = "INSERT INTO packs (first_id, qid, seq, count, sizes, data) VALUES (?, ?, ?, ?, ?, ?)"
-_DELETE_PACK = "DELETE FROM packs WHERE first_id = ?"
-_SET_GONE = "INSERT OR REPLACE INTO pack_gone (first_id, gone) VALUES (?, ?)"
-_DELETE_GONE = "DELETE FROM pack_gone WHERE first_id = ?"
+_INSERT_PACK = "INSERT INTO packs (first_id, qid, seq, count, sizes, data, slot) VALUES (?, ?, ?, ?, ?, ?, ?)"
+# A free slot taken over: SQLite rewrites a row of the same size in place (no pages freed or allocated).
+_REUSE_PACK = "UPDATE packs SET first_id = ?, qid = ?, seq = ?, count = ?, sizes = ?, data = ? WHERE slot = ?"
+_DELETE_PACK = "DELETE FROM packs WHERE slot = ?"
+_SET_GONE = "INSERT OR REPLACE INTO pack_gone (slot, gone) VALUES (?, ?)"
+_DELETE_GONE = "DELETE FROM pack_gone WHERE slot = ?"
 # A pack member copied into `messages` (substr counts bytes from 1 on a BLOB).
 _EXTRACT = (
     "INSERT INTO messages (id, qid, data, deliveries, due_ms, seq)"
-    " SELECT ?, qid, substr(data, ?, ?), ?, ?, seq FROM packs WHERE first_id = ?"
+    " SELECT ?, qid, substr(data, ?, ?), ?, ?, seq FROM packs WHERE slot = ?"
 )
 _SET_DELIVERIES = "UPDATE messages SET deliveries = ? WHERE id = ?"
 _SET_DUE = "UPDATE messages SET due_ms = ? WHERE id = ?"
@@ -356,6 +370,9 @@ class Store:
         self._reserved_written = self._reserved
         self._packs = _PackIndex()
         self._partial: dict[int, _Pack] = {}  # written packs with members gone: first_id -> pack
+        self._free: dict[tuple[int, int], list[tuple[int, int]]] = {}  # shape -> [(slot, qid in its row)]
+        self._free_bytes = 0
+        self._next_slot = 1
         self._reclaim_round = 0
         self._index_packs(con)
         self._clear_buffer()
@@ -373,13 +390,18 @@ class Store:
         self._extracts: dict[int, list] = {}  # id -> [pack, deliveries, due_ms]: members of written packs to copy
 
     def _index_packs(self, con: sqlite3.Connection) -> None:
-        gone = dict(con.execute("SELECT first_id, gone FROM pack_gone"))
-        for first_id, qid, seq, sizes in con.execute("SELECT first_id, qid, seq, sizes FROM packs"):
-            pack = _Pack(first_id, qid, seq, sizes, None)
-            bits = gone.get(first_id)
+        gone = dict(con.execute("SELECT slot, gone FROM pack_gone"))
+        rows = con.execute("SELECT slot, first_id, qid, seq, sizes, length(data) FROM packs")
+        for slot, first_id, qid, seq, sizes, size in rows:
+            self._next_slot = max(self._next_slot, slot + 1)
+            pack = _Pack(first_id, qid, seq, sizes, None, slot, size)
+            bits = gone.get(slot)
             if bits is not None:
                 pack.gone = int.from_bytes(bits, "little")
                 pack.live = pack.count - pack.gone.bit_count()
+                if not pack.live:
+                    self._free_slot(pack.shape, slot, qid)
+                    continue
                 self._partial[first_id] = pack
             self._packs.add(pack)
 
@@ -465,9 +487,9 @@ class Store:
             by_qid: dict[int, list[tuple[int, int, StoredMessage]]] = {row[0]: [] for row in queues}
             for seq, qid, *message in con.execute("SELECT seq, qid, id, data, deliveries, due_ms FROM messages"):
                 by_qid[qid].append((seq, message[0], tuple(message)))  # type: ignore[arg-type]
-            gone = dict(con.execute("SELECT first_id, gone FROM pack_gone"))
-            for first_id, qid, seq, sizes, data in con.execute("SELECT first_id, qid, seq, sizes, data FROM packs"):
-                by_qid[qid] += _unpacked(first_id, seq, sizes, data, int.from_bytes(gone.get(first_id, b""), "little"))
+            gone = dict(con.execute("SELECT slot, gone FROM pack_gone"))
+            for slot, first_id, qid, seq, sizes, data in con.execute("SELECT slot, first_id, qid, seq, sizes, data FROM packs"):
+                by_qid[qid] += _unpacked(first_id, seq, sizes, data, int.from_bytes(gone.get(slot, b""), "little"))
             (max_id,) = con.execute("SELECT max(id) FROM messages").fetchone()
             (max_packed,) = con.execute("SELECT max(first_id + count - 1) FROM packs").fetchone()
             (reserved,) = con.execute("SELECT value FROM meta WHERE key = 'next_id'").fetchone()
@@ -502,6 +524,7 @@ class Store:
         qid = self._qids.pop(name)
         self._drop_pending_adds(qid)
         self._drop_packs(qid)
+        self._forget_rows_of(qid)
         self._queue_ops.append((_DELETE_QUEUE, qid))
 
     def purge(self, name: bytes, keep: Iterable[int] = ()) -> None:
@@ -515,6 +538,7 @@ class Store:
         kept = frozenset(keep)
         self._drop_pending_adds(qid, kept)
         self._drop_packs(qid, kept)
+        self._forget_rows_of(qid)
         self._queue_ops.append((_PURGE, qid, kept))
 
     def add(self, queue: bytes, id_: int, data: bytes, due_ms: int = 0, deliveries: int = 0) -> None:
@@ -539,7 +563,16 @@ class Store:
             else:
                 chunk = items[start:end]
                 sizes = _sizes_layout(len(chunk)).pack(*map(len, chunk))
-                pack = self._new_packs[ids[start]] = _Pack(ids[start], qid, next(self._seq), sizes, b"".join(chunk))
+                data = b"".join(chunk)
+                pack = _Pack(ids[start], qid, next(self._seq), sizes, data, 0, len(data))
+                free = self._free.get(pack.shape)
+                if free:
+                    pack.slot, pack.reused_qid = free.pop()
+                    self._free_bytes -= len(data)
+                else:
+                    pack.slot = self._next_slot
+                    self._next_slot += 1
+                self._new_packs[ids[start]] = pack
                 self._packs.add(pack)
             start = end
 
@@ -614,14 +647,38 @@ class Store:
             self._gone_changed[pack.first_id] = self._partial[pack.first_id] = pack
 
     def _retire(self, pack: _Pack) -> None:
-        # Its last member is gone: a written row is deleted, an unwritten one never written.
+        # Its last member is gone. A written row becomes a free slot (up to FREE_SLOT_BYTES of
+        # them) or is deleted; an unwritten one is never written, and a slot it took is free again.
         self._packs.discard(pack)
         if pack.written:
             self._dead_packs.append(pack)
             self._gone_changed.pop(pack.first_id, None)
             self._partial.pop(pack.first_id, None)
+            if self._free_bytes + pack.shape[1] <= FREE_SLOT_BYTES:
+                pack.freed = True
+                self._free_slot(pack.shape, pack.slot, pack.qid)
         else:
             del self._new_packs[pack.first_id]
+            if pack.reused_qid >= 0:
+                self._free_slot(pack.shape, pack.slot, pack.reused_qid)
+
+    def _free_slot(self, shape: tuple[int, int], slot: int, qid: int) -> None:
+        self._free.setdefault(shape, []).append((slot, qid))
+        self._free_bytes += shape[1]
+
+    def _forget_rows_of(self, qid: int) -> None:
+        # A queue deletion or purge deletes every pack row that holds ``qid``, free slots included:
+        # they cannot be taken over any more, nor marked free.
+        for shape, slots in list(self._free.items()):
+            kept = [(slot, row_qid) for slot, row_qid in slots if row_qid != qid]
+            self._free_bytes -= (len(slots) - len(kept)) * shape[1]
+            self._free[shape] = kept
+        for pack in self._dead_packs:
+            if pack.qid == qid:
+                pack.freed = False
+        for pack in self._new_packs.values():
+            if pack.reused_qid == qid:
+                pack.reused_qid = -1  # its row goes with the queue: it is inserted anew
 
     def _drop_packs(self, qid: int, kept: frozenset[int] = frozenset()) -> None:
         # A queue deleted or purged: its pack members are gone, except those kept (extracted).
@@ -708,15 +765,21 @@ class Store:
                 _delete(con, self._removes)
             if self._adds:
                 _insert(con, list(self._adds.values()))
-            if self._dead_packs:
-                con.executemany(_DELETE_PACK, [(pack.first_id,) for pack in self._dead_packs])
-                con.executemany(_DELETE_GONE, [(pack.first_id,) for pack in self._dead_packs if pack.gone])
+            dead = self._dead_packs
+            if dead:
+                con.executemany(_SET_GONE, [(pack.slot, _all_gone(pack.count)) for pack in dead if pack.freed])
+                con.executemany(_DELETE_PACK, [(pack.slot,) for pack in dead if not pack.freed])
+                con.executemany(_DELETE_GONE, [(pack.slot,) for pack in dead if not pack.freed and pack.gone])
             new_packs = self._new_packs.values()
+            if new_packs:
+                rows = [(p.first_id, p.qid, p.seq, p.count, p.sizes, p.data, p.slot) for p in new_packs]
+                reused = [p.reused_qid >= 0 for p in new_packs]
+                con.executemany(_REUSE_PACK, itertools.compress(rows, reused))
+                con.executemany(_DELETE_GONE, [(p.slot,) for p in new_packs if p.reused_qid >= 0])
+                con.executemany(_INSERT_PACK, itertools.compress(rows, map(operator.not_, reused)))
             changed = [*self._gone_changed.values(), *(pack for pack in new_packs if pack.gone)]
             if changed:
-                con.executemany(_SET_GONE, [(pack.first_id, pack.gone_bits()) for pack in changed])
-            if new_packs:
-                con.executemany(_INSERT_PACK, [(p.first_id, p.qid, p.seq, p.count, p.sizes, p.data) for p in new_packs])
+                con.executemany(_SET_GONE, [(pack.slot, pack.gone_bits()) for pack in changed])
             con.execute("COMMIT")
         except sqlite3.Error as exc:
             if con.in_transaction:
@@ -724,6 +787,7 @@ class Store:
             raise StoreError(f"{self.path}: commit failed, nothing of the batch was written: {exc}") from exc
         for pack in new_packs:
             pack.written = True
+            pack.reused_qid = -1
             pack.data = None  # the queue holds the payloads; an extraction reads them back from the row
             if pack.gone:
                 self._partial[pack.first_id] = pack
@@ -795,15 +859,20 @@ def _sizes_layout(count: int) -> struct.Struct:
     return struct.Struct(f">{count}I")
 
 
+def _all_gone(count: int) -> bytes:
+    """The gone bitmap of a free slot: every member gone."""
+    return ((1 << count) - 1).to_bytes((count + 7) // 8, "little")
+
+
 def _extract_row(item: tuple[int, list]) -> tuple[int, int, int, int, int, int]:
     # (id, [pack, deliveries, due_ms]) as _EXTRACT binds it.
     id_, (pack, deliveries, due_ms) = item
     offset, size = pack.span(id_)
-    return id_, offset + 1, size, deliveries, due_ms, pack.first_id
+    return id_, offset + 1, size, deliveries, due_ms, pack.slot
 
 
 def _delete_packs_of(con: sqlite3.Connection, qid: int) -> None:
-    con.execute("DELETE FROM pack_gone WHERE first_id IN (SELECT first_id FROM packs WHERE qid = ?)", (qid,))
+    con.execute("DELETE FROM pack_gone WHERE slot IN (SELECT slot FROM packs WHERE qid = ?)", (qid,))
     con.execute("DELETE FROM packs WHERE qid = ?", (qid,))
 
 
