@@ -18,7 +18,8 @@ every call in sequence::
 
     extractions -> queue creations, deletions and purges (in call order)
     -> id high-water mark -> delivery counts -> due times -> removals -> additions
-    -> packs retired -> packs' gone members -> packs added
+    -> packs retired (freed or deleted) -> packs added (into free slots or new rows)
+    -> packs' gone members
 
 That order is correct because of how the calls relate. Ids are never reused,
 except that a message may be removed and added again with its id (moved to a
@@ -42,6 +43,16 @@ members live is compacted (its live members extracted, its row dropped), so
 packs never hold more than about twice their live bytes for long. The store
 finds a message's pack by its id in `_PackIndex`, whose memory is a few entries
 a pack, not one a message.
+
+Free slots: rows are keyed by a *slot* number, and a pack whose last member is
+gone leaves its row behind as a free slot (a ``pack_gone`` row with every bit
+set) instead of being deleted, up to `FREE_SLOT_BYTES` of them. A new pack of the
+same shape (count and payload bytes) takes a free slot over with an UPDATE,
+which SQLite does in place for a row of the same size: no pages are freed or
+allocated, so the freelist, the pointer map and the file header are not
+rewritten by every commit (in a bare replay, 0.35-0.63 µs a message against
+0.83-1.19 for DELETE + INSERT). A queue's deletion or purge deletes its rows,
+free slots included.
 
 Queues are referred to by a small integer *qid* (creation order) so a message
 row does not repeat its queue's name. Message rows are keyed by their id (the
