@@ -215,7 +215,9 @@ class _Pack:
         "slot", "shape", "reused_qid", "freed",
     )  # fmt: skip
 
-    def __init__(self, first_id: int, qid: int, seq: int, sizes: bytes, data: bytes | None, slot: int, size: int) -> None:
+    def __init__(
+        self, first_id: int, qid: int, seq: int, sizes: bytes, data: bytes | None, slot: int, size: int
+    ) -> None:
         self.first_id = first_id
         self.slot = slot  # its row's key
         self.shape = (len(sizes), size)  # rows of one shape have one size: a free one is rewritten in place
@@ -499,7 +501,8 @@ class Store:
             for seq, qid, *message in con.execute("SELECT seq, qid, id, data, deliveries, due_ms FROM messages"):
                 by_qid[qid].append((seq, message[0], tuple(message)))  # type: ignore[arg-type]
             gone = dict(con.execute("SELECT slot, gone FROM pack_gone"))
-            for slot, first_id, qid, seq, sizes, data in con.execute("SELECT slot, first_id, qid, seq, sizes, data FROM packs"):
+            packs = con.execute("SELECT slot, first_id, qid, seq, sizes, data FROM packs")
+            for slot, first_id, qid, seq, sizes, data in packs:
                 by_qid[qid] += _unpacked(first_id, seq, sizes, data, int.from_bytes(gone.get(slot, b""), "little"))
             (max_id,) = con.execute("SELECT max(id) FROM messages").fetchone()
             (max_packed,) = con.execute("SELECT max(first_id + count - 1) FROM packs").fetchone()
@@ -572,20 +575,23 @@ class Store:
             if end - start == 1:
                 self._adds[ids[start]] = (ids[start], qid, items[start], 0, 0, next(self._seq))
             else:
-                chunk = items[start:end]
-                sizes = _sizes_layout(len(chunk)).pack(*map(len, chunk))
-                data = b"".join(chunk)
-                pack = _Pack(ids[start], qid, next(self._seq), sizes, data, 0, len(data))
-                free = self._free.get(pack.shape)
-                if free:
-                    pack.slot, pack.reused_qid = free.pop()
-                    self._free_bytes -= len(data)
-                else:
-                    pack.slot = self._next_slot
-                    self._next_slot += 1
-                self._new_packs[ids[start]] = pack
-                self._packs.add(pack)
+                self._add_pack(qid, ids[start], items[start:end])
             start = end
+
+    def _add_pack(self, qid: int, first_id: int, chunk: Sequence[bytes]) -> None:
+        # A new pack, in a free slot of its shape if there is one, else in a new row.
+        data = b"".join(chunk)
+        sizes = _sizes_layout(len(chunk)).pack(*map(len, chunk))
+        pack = _Pack(first_id, qid, next(self._seq), sizes, data, 0, len(data))
+        free = self._free.get(pack.shape)
+        if free:
+            pack.slot, pack.reused_qid = free.pop()
+            self._free_bytes -= len(data)
+        else:
+            pack.slot = self._next_slot
+            self._next_slot += 1
+        self._new_packs[first_id] = pack
+        self._packs.add(pack)
 
     def remove(self, id_: int) -> None:
         """Record that a message is gone (confirmed, dead-lettered, dropped). Unknown ids are ignored at commit."""
