@@ -219,10 +219,6 @@ class _Pack:
         self, first_id: int, qid: int, seq: int, sizes: bytes, data: bytes | None, slot: int, size: int
     ) -> None:
         self.first_id = first_id
-        self.slot = slot  # its row's key
-        self.shape = (len(sizes), size)  # rows of one shape have one size: a free one is rewritten in place
-        self.reused_qid = -1  # unwritten, in a free slot: the qid its row still holds (-1: a new row)
-        self.freed = False  # retired into the free slots (else its row is deleted)
         self.qid = qid
         self.seq = seq
         self.count = len(sizes) // 4
@@ -232,6 +228,10 @@ class _Pack:
         self.gone = 0
         self.written = data is None
         self.partial_round = -1  # the `reclaim` round that first saw it partly gone
+        self.slot = slot  # its row's key
+        self.shape = (len(sizes), size)  # rows of one shape have one size: a free one is rewritten in place
+        self.reused_qid = -1  # unwritten, in a free slot: the qid its row still holds (-1: a new row)
+        self.freed = False  # retired into the free slots (else its row is deleted)
 
     def span(self, id_: int) -> tuple[int, int]:
         """Where member ``id_``'s payload lies in ``data``: (offset, size)."""
@@ -782,27 +782,13 @@ class Store:
                 _delete(con, self._removes)
             if self._adds:
                 _insert(con, list(self._adds.values()))
-            dead = self._dead_packs
-            if dead:
-                con.executemany(_SET_GONE, [(pack.slot, _all_gone(pack.count)) for pack in dead if pack.freed])
-                con.executemany(_DELETE_PACK, [(pack.slot,) for pack in dead if not pack.freed])
-                con.executemany(_DELETE_GONE, [(pack.slot,) for pack in dead if not pack.freed and pack.gone])
-            new_packs = self._new_packs.values()
-            if new_packs:
-                rows = [(p.first_id, p.qid, p.seq, p.count, p.sizes, p.data, p.slot) for p in new_packs]
-                reused = [p.reused_qid >= 0 for p in new_packs]
-                con.executemany(_REUSE_PACK, itertools.compress(rows, reused))
-                con.executemany(_DELETE_GONE, [(p.slot,) for p in new_packs if p.reused_qid >= 0])
-                con.executemany(_INSERT_PACK, itertools.compress(rows, map(operator.not_, reused)))
-            changed = [*self._gone_changed.values(), *(pack for pack in new_packs if pack.gone)]
-            if changed:
-                con.executemany(_SET_GONE, [(pack.slot, pack.gone_bits()) for pack in changed])
+            self._write_packs(con)
             con.execute("COMMIT")
         except sqlite3.Error as exc:
             if con.in_transaction:
                 con.rollback()
             raise StoreError(f"{self.path}: commit failed, nothing of the batch was written: {exc}") from exc
-        for pack in new_packs:
+        for pack in self._new_packs.values():
             pack.written = True
             pack.reused_qid = -1
             pack.data = None  # the queue holds the payloads; an extraction reads them back from the row
@@ -810,6 +796,25 @@ class Store:
                 self._partial[pack.first_id] = pack
         self._clear_buffer()
         self._reserved_written = self._reserved
+
+    def _write_packs(self, con: sqlite3.Connection) -> None:
+        # Retired packs (free slots, or rows deleted), then new ones (into free slots, or new
+        # rows), then the gone bitmaps: a slot freed and taken over in one batch ends up taken.
+        dead = self._dead_packs
+        if dead:
+            con.executemany(_SET_GONE, [(pack.slot, _all_gone(pack.count)) for pack in dead if pack.freed])
+            con.executemany(_DELETE_PACK, [(pack.slot,) for pack in dead if not pack.freed])
+            con.executemany(_DELETE_GONE, [(pack.slot,) for pack in dead if not pack.freed and pack.gone])
+        new_packs = list(self._new_packs.values())
+        if new_packs:
+            reused = [pack.reused_qid >= 0 for pack in new_packs]
+            rows = [(p.first_id, p.qid, p.seq, p.count, p.sizes, p.data, p.slot) for p in new_packs]
+            con.executemany(_REUSE_PACK, itertools.compress(rows, reused))
+            con.executemany(_DELETE_GONE, [(pack.slot,) for pack in itertools.compress(new_packs, reused)])
+            con.executemany(_INSERT_PACK, itertools.compress(rows, map(operator.not_, reused)))
+        changed = [*self._gone_changed.values(), *(pack for pack in new_packs if pack.gone)]
+        if changed:
+            con.executemany(_SET_GONE, [(pack.slot, pack.gone_bits()) for pack in changed])
 
     def reclaim(self, max_pages: int = 1024) -> int:
         """Give free space back to the file system and truncate the WAL; return the pages released.
