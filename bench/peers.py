@@ -519,7 +519,7 @@ def free_port(host: str = "127.0.0.1", count: int = 1) -> int:
     raise OSError(f"no {count} consecutive free ports on {host}")
 
 
-def _process_stat(pid: int) -> list[str] | None:
+def process_stat(pid: int) -> list[str] | None:
     """The fields of ``/proc/<pid>/stat`` after the command name (which may hold spaces), or None if it is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -533,7 +533,7 @@ def _children(pid: int) -> list[int]:
     children = []
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
-            fields = _process_stat(int(entry.name))
+            fields = process_stat(int(entry.name))
             if fields is not None and int(fields[1]) == pid:
                 children.append(int(entry.name))
     return children
@@ -699,7 +699,7 @@ class ServerProcess(ABC):
         """
         ticks = 0
         for pid in self.pids():
-            fields = _process_stat(pid)
+            fields = process_stat(pid)
             if fields is not None:
                 ticks += sum(int(value) for value in fields[11:15])  # utime, stime, cutime, cstime
         return ticks / os.sysconf("SC_CLK_TCK")

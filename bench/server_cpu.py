@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `peers` sits next to this file
 
-from peers import DbQueueServer, RedisListDriver, RedisServer, ServerProcess  # noqa: E402
+from peers import DbQueueServer, RedisListDriver, RedisServer, ServerProcess, process_stat  # noqa: E402
 
 from dbqueue.bench import BenchConfig, DbQueueDriver, Driver, run_load  # noqa: E402
 from dbqueue.server import new_event_loop  # noqa: E402
@@ -32,7 +32,9 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
     """(user, system) seconds a process has used: fields 14 and 15 of /proc/PID/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()  # after "pid (comm)"
+    fields = process_stat(pid)
+    if fields is None:
+        raise SystemExit(f"the server (pid {pid}) is gone")
     return int(fields[11]) / TICK, int(fields[12]) / TICK
 
 
