@@ -84,6 +84,7 @@ __all__ = [
     "ServerProcess",
     "ServerUnavailable",
     "ensure_installed",
+    "process_stat",
     "redis_call",
     "run_guarded",
 ]
