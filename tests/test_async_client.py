@@ -62,7 +62,7 @@ def test_200_coroutines_share_one_connection(server: ServerThread) -> None:
     ids = run(main())
     assert len(set(ids)) == 200
     broker = server.server.broker
-    assert server.call(lambda: (broker.records, sum(q.count for q in broker.queues.values()))) == ({}, 0)
+    assert server.call(lambda: (broker.entries(), sum(q.count for q in broker.queues.values()))) == ({}, 0)
 
 
 def test_concurrent_readers_of_one_queue_get_each_message_once(server: ServerThread) -> None:
@@ -101,7 +101,7 @@ def test_errors_reach_only_their_own_coroutine(server: ServerThread) -> None:
             # Still usable after every refusal; wait out the timeout, then a late confirm.
             read = results[4]
             assert isinstance(read, Message)
-            while server.call(lambda: server.server.broker.records[read.id].held is not None):
+            while server.call(lambda: server.server.broker.entries()[read.id].held is not None):
                 await asyncio.sleep(0.005)
             with pytest.raises(Requeued):
                 await client.confirm(read.id)

@@ -80,7 +80,7 @@ def test_read_confirm_timeout_requeues_to_the_front(server: ServerThread) -> Non
         client.send("jobs", b"second")
         message = client.read("jobs", timeout_ms=30)
         assert (message.id, message.deliveries) == (first, 1)
-        server.wait_until(lambda: broker.records[first].held is None, what="the read to time out")
+        server.wait_until(lambda: broker.entries()[first].held is None, what="the read to time out")
         with pytest.raises(Requeued):
             client.confirm(first)
         again = client.read("jobs", timeout_ms=10_000)
@@ -98,7 +98,7 @@ def test_confirmed_in_time_never_comes_back(server: ServerThread) -> None:
         client.confirm(id_)
         time.sleep(0.04)  # past the deadline and the sweep after it
         assert client.read("jobs") is None
-        assert server.call(lambda: (broker.records, broker.queues[b"jobs"].count)) == ({}, 0)
+        assert server.call(lambda: (broker.entries(), broker.queues[b"jobs"].count)) == ({}, 0)
 
 
 def test_pipelining_exact_response_order(address: str) -> None:
@@ -226,7 +226,7 @@ def test_delete_queue_with_messages_in_flight(server: ServerThread) -> None:
         client.create("q")
         assert client.read("q") is None  # nothing of the old queue came back
         # Its timeout drops the in-flight record instead of requeueing it anywhere.
-        server.wait_until(lambda: not server.server.broker.records, what="the old record to be dropped")
+        server.wait_until(lambda: not server.server.broker.entries(), what="the old record to be dropped")
         assert client.read("q") is None
 
 
@@ -333,7 +333,7 @@ def test_pipeline_reports_requeued(server: ServerThread) -> None:
         client.create("q")
         id_ = client.send("q", b"a")
         client.read("q", timeout_ms=10)
-        server.wait_until(lambda: broker.records[id_].held is None, what="the read to time out")
+        server.wait_until(lambda: broker.entries()[id_].held is None, what="the read to time out")
         results = client.pipeline().confirm(id_).read("q").execute()
         assert isinstance(results[0], Requeued)
         assert results[1] == Message(id_, b"a", 2)
@@ -462,10 +462,10 @@ def test_timeouts_fire_while_other_clients_keep_reading(server: ServerThread) ->
             busy.confirm(busy.read("w", timeout_ms=60_000).id)
             now = time.monotonic()
             worst_gap, last = max(worst_gap, now - last), now
-            if server.call(lambda: broker.records[m2.id].held is None):
+            if server.call(lambda: broker.entries()[m2.id].held is None):
                 requeued = now - started
                 break
         if requeued is None and worst_gap > 0.008:
             pytest.skip(f"the busy client paused for {worst_gap * 1000:.0f} ms: too noisy to judge")
-        assert server.call(lambda: broker.records[m1.id].held is None)  # the first sweep did run
+        assert server.call(lambda: broker.entries()[m1.id].held is None)  # the first sweep did run
         assert requeued is not None and requeued < 0.2, "m2's 50 ms timeout never fired while the other client read"

@@ -74,6 +74,7 @@ from dbqueue.protocol.messages import (
     Touch,
 )
 from dbqueue.server import Server
+from dbqueue.server.queues import Holding
 from dbqueue.server.session import Session
 
 U32 = 0xFFFFFFFF
@@ -247,8 +248,8 @@ def test_a_session_takes_any_input_and_leaves_nothing_behind(case: SessionInput)
         assert not server.sessions
         for queue in server.broker.queues.values():
             assert (queue.in_flight, queue.waiting) == (0, 0), queue.stats()
-        assert all(record.held is None for record in server.broker.records.values())
-        held: dict[int, Any] = {}
+        assert all(record.held is None for record in server.broker.entries().values())
+        held = Holding()
         assert [keep.take(held).data for _ in kept] == kept  # type: ignore[union-attr]
     finally:
         loop.close()

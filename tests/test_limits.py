@@ -309,7 +309,7 @@ def test_deleting_a_queue_frees_its_delayed_messages(server_factory: Factory) ->
             for _ in range(90):
                 client.send("q", b"x" * 10_000, delay_ms=3_600_000)
             client.delete("q")
-    left = server.call(lambda: len(server.server.broker.records))
+    left = server.call(lambda: len(server.server.broker.entries()))
     assert left == 0, f"{left} messages of deleted queues are still held in memory"
 
 
@@ -339,7 +339,7 @@ def test_messages_dropped_or_confirmed_free_their_memory(server_factory: Factory
             kept = tracemalloc.get_traced_memory()[0] - before
         finally:
             tracemalloc.stop()
-        assert server.call(lambda: len(server.server.broker.records)) == 0
+        assert server.call(lambda: len(server.server.broker.entries())) == 0
     assert kept < 4_000_000, f"{kept / 1e6:.1f} MB still allocated after {how} was done with every message"
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from dbqueue import Server
 from dbqueue.server.app import SWEEP_RESOLUTION
-from dbqueue.server.queues import Queue, Record
+from dbqueue.server.queues import Holding, Queue
 
 
 def with_started_server(body: Callable[[Server, list[float]], Awaitable[None]]) -> None:
@@ -50,7 +50,7 @@ def test_timer_follows_the_earliest_deadline() -> None:
     async def body(server: Server, now: list[float]) -> None:
         broker = server.broker
         queue = ready_queue(server, 3)
-        held: dict[int, Record] = {}
+        held = Holding()
         server.schedule_expiry()
         assert server._expiry is None  # nothing in flight: no timer
         broker.deliver(queue, 5_000, held, now[0])
@@ -79,7 +79,7 @@ def test_expire_by_moves_the_timer_only_for_an_earlier_deadline() -> None:
     async def body(server: Server, now: list[float]) -> None:
         broker = server.broker
         queue = ready_queue(server, 3)
-        held: dict[int, Record] = {}
+        held = Holding()
         server.expire_by(broker.set_deadline(queue.take(held), 5_000, now[0]))  # type: ignore[arg-type]
         assert server._expiry_at == pytest.approx(now[0] + 5.0)
         server.expire_by(broker.set_deadline(queue.take(held), 9_000, now[0]))  # type: ignore[arg-type]
@@ -94,7 +94,7 @@ def test_a_pending_sweep_is_never_postponed() -> None:
     async def body(server: Server, now: list[float]) -> None:
         broker = server.broker
         queue = ready_queue(server, 10)
-        held: dict[int, Record] = {}
+        held = Holding()
         broker.deliver(queue, 5, held, now[0])  # due in 5 ms: the sweep goes at +10 ms
         server.schedule_expiry()
         first = server._expiry_at
@@ -119,7 +119,7 @@ def test_the_timer_sweeps_and_rearms() -> None:
             queue = broker.create_queue(b"q")
             queue.push(b"a")
             queue.push(b"b")
-            held: dict[int, Record] = {}
+            held = Holding()
             loop_now = server.clock()
             a = broker.deliver(queue, 20, held, loop_now)
             b = broker.deliver(queue, 60, held, loop_now)

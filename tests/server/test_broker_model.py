@@ -27,7 +27,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from dbqueue.server.queues import Block, Broker, Entry, Outcome, Record, columns
+from dbqueue.server.queues import Block, Broker, Entry, Holding, Outcome, Record, columns
 
 NAMES = [b"a", b"b"]
 CONNECTIONS = 3
@@ -44,7 +44,7 @@ class BrokerModel(RuleBasedStateMachine):
         self.now = 0.0
         self.capacity = dict(zip(NAMES, capacities))
         self.ready: dict[bytes, list[int]] = {}  # queue -> ids, front first
-        self.held: list[dict[int, Entry]] = [{} for _ in range(CONNECTIONS)]
+        self.held = [Holding() for _ in range(CONNECTIONS)]
         self.model_held: list[list[int]] = [[] for _ in range(CONNECTIONS)]  # read order
         self.deadline: dict[int, float] = {}  # timed held id -> deadline
         self.order: dict[int, tuple[int, int]] = {}  # timed held id -> (step that set its deadline, place in its read)
@@ -314,12 +314,12 @@ class BrokerModel(RuleBasedStateMachine):
     @invariant()
     def records_are_exactly_the_read_messages_still_alive(self) -> None:
         expected = {id_ for id_ in self.data if id_ not in self.dead and self.deliveries[id_] > 0}
-        records = self.broker.records
+        records = self.broker.entries()
         assert set(records) == expected
         for conn in range(CONNECTIONS):
-            assert list(self.held[conn]) == self.model_held[conn]
+            assert self.held[conn].ids() == self.model_held[conn]
+            assert self.held[conn].count == len(self.model_held[conn])
             for id_ in self.model_held[conn]:
-                assert self.held[conn][id_] is records[id_]
                 assert records[id_].held is self.held[conn]
         blocks: dict[int, Entry] = {}  # the step of a batch read -> its block
         for id_ in expected:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from dbqueue.errors import InvalidRequest, NoSuchQueue
-from dbqueue.server.queues import Broker, Entry, Outcome, Queue, Record, columns
+from dbqueue.server.queues import Broker, Entry, Holding, Outcome, Queue, Record, columns
 
 
 class Wakes:
@@ -37,7 +37,7 @@ def make(capacity: int = 0, **broker_kwargs: Any) -> tuple[Broker, Queue]:
 
 
 def read_all(broker: Broker, queue: Queue, now: float, timeout_ms: int = 0) -> list[Record]:
-    held: dict[int, Record] = {}
+    held = Holding()
     out = []
     while (record := broker.deliver(queue, timeout_ms, held, now)) is not None:
         out.append(record)
@@ -62,7 +62,7 @@ def assert_counts(queue: Queue, ready: int, in_flight: int, delayed: int) -> Non
 
 def test_a_waiting_read_wakes_on_enqueue_with_its_timeout() -> None:
     broker, queue = make()
-    held: dict[int, Record] = {}
+    held = Holding()
     wakes = Wakes()
     waiter = broker.wait(queue, held, 5_000, 1, 1_000, 1.0, wakes)
     assert (queue.waiting, broker._waiting, waiter.active) == (1, 1, True)
@@ -84,9 +84,9 @@ def test_a_waiting_read_wakes_on_enqueue_with_its_timeout() -> None:
 def test_waiters_are_served_oldest_first_and_each_takes_up_to_its_batch() -> None:
     broker, queue = make()
     first, second, third = Wakes(), Wakes(), Wakes()
-    broker.wait(queue, {}, 0, 2, 1_000, 0.0, first)
-    broker.wait(queue, {}, 0, 1, 1_000, 0.0, second)
-    broker.wait(queue, {}, 0, 5, 1_000, 0.0, third)
+    broker.wait(queue, Holding(), 0, 2, 1_000, 0.0, first)
+    broker.wait(queue, Holding(), 0, 1, 1_000, 0.0, second)
+    broker.wait(queue, Holding(), 0, 5, 1_000, 0.0, third)
     assert broker.enqueue(queue, b"a", 0.1) > 0
     assert (first.data, second.data, third.data) == ([[b"a"]], [], [])  # one ready message: one waiter
     ids = broker.enqueue_batch(queue, [b"b", b"c", b"d"], 0.2)
@@ -102,10 +102,10 @@ def test_waiters_are_served_oldest_first_and_each_takes_up_to_its_batch() -> Non
 def test_a_waiting_read_wakes_when_a_timed_out_message_comes_back() -> None:
     broker, queue = make()
     queue.push(b"a")
-    record = broker.deliver(queue, 10, {}, 0.0)
+    record = broker.deliver(queue, 10, Holding(), 0.0)
     assert record is not None
     wakes = Wakes()
-    reader: dict[int, Record] = {}
+    reader = Holding()
     broker.wait(queue, reader, 0, 1, 1_000, 0.001, wakes)
     assert broker.expire(0.005) == 0 and wakes.calls == []
     assert broker.expire(0.010) == 1
@@ -118,7 +118,7 @@ def test_a_waiting_read_wakes_when_a_delay_ends() -> None:
     broker, queue = make()
     id_ = broker.enqueue_delayed(queue, b"later", 100, 1.0)
     wakes = Wakes()
-    broker.wait(queue, {}, 0, 1, 1_000, 1.0, wakes)
+    broker.wait(queue, Holding(), 0, 1, 1_000, 1.0, wakes)
     assert broker.next_deadline() == pytest.approx(1.1)
     broker.expire(1.099)
     assert wakes.calls == []
@@ -132,13 +132,13 @@ def test_a_waiting_read_wakes_on_release_and_on_a_disconnect() -> None:
     broker, queue = make()
     queue.push(b"a")
     queue.push(b"b")
-    holder: dict[int, Record] = {}
+    holder = Holding()
     a = broker.deliver(queue, 0, holder, 0.0)
     b = broker.deliver(queue, 0, holder, 0.0)
     assert a is not None and b is not None
     released, disconnected = Wakes(), Wakes()
-    broker.wait(queue, {}, 0, 1, 1_000, 0.0, released)
-    broker.wait(queue, {}, 0, 5, 1_000, 0.0, disconnected)
+    broker.wait(queue, Holding(), 0, 1, 1_000, 0.0, released)
+    broker.wait(queue, Holding(), 0, 5, 1_000, 0.0, disconnected)
     assert broker.release(b.id, 0, 0.1) == Outcome.CONFIRMED
     assert released.calls == [[b]] and disconnected.calls == []
     assert broker.release_all(holder, 0.2) == 1
@@ -149,10 +149,10 @@ def test_a_waiting_read_wakes_on_release_and_on_a_disconnect() -> None:
 def test_a_waiting_read_wakes_after_a_delayed_release() -> None:
     broker, queue = make()
     queue.push(b"a")
-    record = broker.deliver(queue, 0, {}, 0.0)
+    record = broker.deliver(queue, 0, Holding(), 0.0)
     assert record is not None
     wakes = Wakes()
-    broker.wait(queue, {}, 0, 1, 1_000, 0.0, wakes)
+    broker.wait(queue, Holding(), 0, 1, 1_000, 0.0, wakes)
     assert broker.release(record.id, 50, 0.0) == Outcome.CONFIRMED
     assert wakes.calls == []  # not before its delay
     assert_counts(queue, ready=0, in_flight=0, delayed=1)
@@ -165,7 +165,7 @@ def test_a_waiting_read_wakes_after_a_delayed_release() -> None:
 def test_a_wait_that_runs_out_wakes_with_an_empty_list() -> None:
     broker, queue = make()
     wakes = Wakes()
-    waiter = broker.wait(queue, {}, 0, 1, 50, 1.0, wakes)
+    waiter = broker.wait(queue, Holding(), 0, 1, 50, 1.0, wakes)
     assert broker.next_deadline() == pytest.approx(1.05)
     broker.expire(1.049)
     assert wakes.calls == []
@@ -182,11 +182,11 @@ def test_a_wait_that_runs_out_wakes_with_an_empty_list() -> None:
 def test_deleting_a_queue_wakes_its_waiters_with_none() -> None:
     broker, queue = make()
     one, two = Wakes(), Wakes()
-    broker.wait(queue, {}, 0, 1, 1_000, 0.0, one)
-    broker.wait(queue, {}, 0, 3, 1_000, 0.0, two)
+    broker.wait(queue, Holding(), 0, 1, 1_000, 0.0, one)
+    broker.wait(queue, Holding(), 0, 3, 1_000, 0.0, two)
     other = broker.create_queue(b"other")
     bystander = Wakes()
-    broker.wait(other, {}, 0, 1, 1_000, 0.0, bystander)
+    broker.wait(other, Holding(), 0, 1, 1_000, 0.0, bystander)
     assert broker.delete_queue(b"q") is True
     assert (one.calls, two.calls, bystander.calls) == ([None], [None], [])
     assert queue.waiting == 0 and broker._waiting == 1
@@ -198,7 +198,7 @@ def test_deleting_a_queue_wakes_its_waiters_with_none() -> None:
 def test_cancel_wait_retires_a_waiter_once() -> None:
     broker, queue = make()
     wakes = Wakes()
-    waiter = broker.wait(queue, {}, 0, 1, 1_000, 0.0, wakes)
+    waiter = broker.wait(queue, Holding(), 0, 1, 1_000, 0.0, wakes)
     broker.cancel_wait(waiter)
     broker.cancel_wait(waiter)  # twice is harmless: the counts do not go negative
     assert (queue.waiting, broker._waiting, waiter.active) == (0, 0, False)
@@ -212,11 +212,11 @@ def test_retired_waiters_do_not_pile_up_after_many_wait_and_expire_cycles() -> N
     broker, queue = make()
     steady = Wakes()
     for _ in range(3):  # a few long waits stay live throughout
-        broker.wait(queue, {}, 0, 1, 10**9, 0.0, steady)
+        broker.wait(queue, Holding(), 0, 1, 10**9, 0.0, steady)
     now = 0.0
     worst_waiters = worst_waits = 0
     for _ in range(5_000):
-        broker.wait(queue, {}, 0, 1, 10, now, Wakes())
+        broker.wait(queue, Holding(), 0, 1, 10, now, Wakes())
         now += 0.01
         broker.expire(now)
         worst_waiters = max(worst_waiters, len(queue.waiters))
@@ -232,7 +232,7 @@ def test_cancelled_waiters_do_not_pile_up() -> None:
     broker, queue = make()
     worst_waiters = worst_waits = 0
     for i in range(5_000):
-        waiter = broker.wait(queue, {}, 0, 1, 60_000, i * 0.001, Wakes())
+        waiter = broker.wait(queue, Holding(), 0, 1, 60_000, i * 0.001, Wakes())
         broker.cancel_wait(waiter)
         worst_waiters = max(worst_waiters, len(queue.waiters))
         worst_waits = max(worst_waits, len(broker._waits))
@@ -250,7 +250,7 @@ def test_enqueue_batch_is_all_or_nothing_against_capacity() -> None:
     broker, queue = make(capacity=4)
     queue.push(b"a")
     broker.enqueue_delayed(queue, b"d", 1_000, 0.0)  # delayed messages count too
-    assert broker.deliver(queue, 0, {}, 0.0) is not None  # and so do in-flight ones
+    assert broker.deliver(queue, 0, Holding(), 0.0) is not None  # and so do in-flight ones
     assert broker.enqueue_batch(queue, [b"x", b"y", b"z"], 0.0) is None
     assert (queue.count, queue.enqueued) == (2, 2)  # none of them went in
     ids = broker.enqueue_batch(queue, [b"x", b"y"], 0.0)
@@ -263,10 +263,10 @@ def test_enqueue_batch_is_all_or_nothing_against_capacity() -> None:
 def test_deliver_many_takes_at_most_max_messages_in_order() -> None:
     broker, queue = make()
     ids = broker.enqueue_batch(queue, [b"%d" % i for i in range(10)], 0.0)
-    held: dict[int, Record] = {}
+    held = Holding()
     got = broker.deliver_many(queue, 4, 100, held, 0.0)
     assert ids_of(got) == ids[:4]  # type: ignore[index]
-    assert list(held) == ids[:4]  # type: ignore[index]
+    assert held.ids() == ids[:4]  # type: ignore[index]
     assert ids_of(broker.deliver_many(queue, 100, 0, held, 0.0)) == ids[4:]  # type: ignore[index]
     assert broker.deliver_many(queue, 5, 0, held, 0.0) == []
     assert broker.expire(0.0999) == 0
@@ -278,9 +278,9 @@ def test_deliver_many_always_takes_one_message_even_past_the_byte_limit() -> Non
     broker, queue = make(max_batch_bytes=10)
     queue.push(b"x" * 25)
     queue.push(b"y")
-    got = broker.deliver_many(queue, 10, 0, {}, 0.0)
+    got = broker.deliver_many(queue, 10, 0, Holding(), 0.0)
     assert payloads_of(got) == [b"x" * 25]
-    assert payloads_of(broker.deliver_many(queue, 10, 0, {}, 0.0)) == [b"y"]
+    assert payloads_of(broker.deliver_many(queue, 10, 0, Holding(), 0.0)) == [b"y"]
 
 
 def test_deliver_many_stops_when_the_bytes_reach_the_limit() -> None:
@@ -288,16 +288,16 @@ def test_deliver_many_stops_when_the_bytes_reach_the_limit() -> None:
     broker, queue = make(max_batch_bytes=52)
     for data in (b"aaaa", b"bbbbbb", b"c", b"d"):
         queue.push(data)
-    got = broker.deliver_many(queue, 10, 0, {}, 0.0)
+    got = broker.deliver_many(queue, 10, 0, Holding(), 0.0)
     assert payloads_of(got) == [b"aaaa", b"bbbbbb"]  # 20 + 22 bytes; b"c" would make 59
-    assert payloads_of(broker.deliver_many(queue, 10, 0, {}, 0.0)) == [b"c", b"d"]
+    assert payloads_of(broker.deliver_many(queue, 10, 0, Holding(), 0.0)) == [b"c", b"d"]
 
 
 def test_deliver_many_never_passes_the_byte_limit_with_more_than_one_message() -> None:
     broker, queue = make(max_batch_bytes=10)
     queue.push(b"a" * 9)
     queue.push(b"b" * 10)
-    got = payloads_of(broker.deliver_many(queue, 10, 0, {}, 0.0))
+    got = payloads_of(broker.deliver_many(queue, 10, 0, Holding(), 0.0))
     assert sum(map(len, got)) <= 10
     assert got == [b"a" * 9]
 
@@ -314,7 +314,7 @@ def test_a_delayed_message_is_ready_only_after_its_delay_and_joins_the_back() ->
     assert queue.enqueued == 3
     assert [r.data for r in read_all(broker, queue, 1.05)] == [b"a", b"b"]
     broker.expire(1.099)
-    assert broker.deliver(queue, 0, {}, 1.099) is None
+    assert broker.deliver(queue, 0, Holding(), 1.099) is None
     queue.push(b"c")  # sent before the delay ends: ahead of it
     broker.expire(1.1)
     assert_counts(queue, ready=2, in_flight=2, delayed=0)
@@ -328,7 +328,7 @@ def test_a_requeued_message_goes_ahead_of_a_delayed_one_that_became_ready() -> N
     broker, queue = make()
     queue.push(b"a")
     broker.enqueue_delayed(queue, b"later", 10, 0.0)
-    a = broker.deliver(queue, 20, {}, 0.0)
+    a = broker.deliver(queue, 20, Holding(), 0.0)
     assert a is not None
     broker.expire(0.01)  # "later" becomes ready
     broker.expire(0.02)  # a times out: to the front
@@ -357,7 +357,7 @@ def test_enqueue_delayed_respects_capacity() -> None:
 def test_touch_moves_the_deadline_from_now() -> None:
     broker, queue = make()
     queue.push(b"a")
-    held: dict[int, Record] = {}
+    held = Holding()
     record = broker.deliver(queue, 100, held, 0.0)
     assert record is not None
     assert broker.touch(record.id, 500, 0.05) == Outcome.CONFIRMED
@@ -372,7 +372,7 @@ def test_touch_moves_the_deadline_from_now() -> None:
 def test_touch_with_zero_removes_the_timeout_and_a_later_touch_restores_one() -> None:
     broker, queue = make()
     queue.push(b"a")
-    record = broker.deliver(queue, 100, {}, 0.0)
+    record = broker.deliver(queue, 100, Holding(), 0.0)
     assert record is not None
     assert broker.touch(record.id, 0, 0.05) == Outcome.CONFIRMED
     assert broker._timed == 0
@@ -386,13 +386,13 @@ def test_touch_outcomes() -> None:
     broker, queue = make()
     queue.push(b"a")
     unread = queue.push(b"b")
-    record = broker.deliver(queue, 10, {}, 0.0)
+    record = broker.deliver(queue, 10, Holding(), 0.0)
     assert record is not None
     assert broker.expire(0.01) == 1
     assert broker.touch(record.id, 1_000, 0.02) == Outcome.REQUEUED  # it came back: too late
     assert broker.touch(10**9, 1_000, 0.02) == Outcome.NO_SUCH_MESSAGE
     assert broker.touch(unread, 1_000, 0.02) == Outcome.NO_SUCH_MESSAGE  # queued, never read
-    assert broker.deliver(queue, 0, {}, 0.02) is record
+    assert broker.deliver(queue, 0, Holding(), 0.02) is record
     assert broker.confirm(record.id) == Outcome.CONFIRMED
     assert broker.touch(record.id, 1_000, 0.03) == Outcome.NO_SUCH_MESSAGE  # confirmed
     assert broker._timed == 0
@@ -418,7 +418,7 @@ def test_release_now_goes_to_the_front() -> None:
     broker, queue = make()
     for data in (b"a", b"b", b"c"):
         queue.push(data)
-    held: dict[int, Record] = {}
+    held = Holding()
     a = broker.deliver(queue, 50, held, 0.0)
     b = broker.deliver(queue, 50, held, 0.0)
     assert a is not None and b is not None
@@ -434,7 +434,7 @@ def test_release_with_a_delay_goes_to_the_back_after_it() -> None:
     broker, queue = make()
     for data in (b"a", b"b"):
         queue.push(data)
-    a = broker.deliver(queue, 0, {}, 0.0)
+    a = broker.deliver(queue, 0, Holding(), 0.0)
     assert a is not None
     assert broker.release(a.id, 100, 1.0) == Outcome.CONFIRMED
     assert_counts(queue, ready=1, in_flight=0, delayed=1)
@@ -451,14 +451,14 @@ def test_release_with_a_delay_goes_to_the_back_after_it() -> None:
 def test_release_outcomes() -> None:
     broker, queue = make()
     queue.push(b"a")
-    record = broker.deliver(queue, 10, {}, 0.0)
+    record = broker.deliver(queue, 10, Holding(), 0.0)
     assert record is not None
     assert broker.release(10**9, 0, 0.0) == Outcome.NO_SUCH_MESSAGE
     broker.expire(0.01)
     assert broker.release(record.id, 0, 0.02) == Outcome.REQUEUED
     assert broker.release(record.id, 50, 0.02) == Outcome.REQUEUED
     assert_counts(queue, ready=1, in_flight=0, delayed=0)
-    again = broker.deliver(queue, 0, {}, 0.03)
+    again = broker.deliver(queue, 0, Holding(), 0.03)
     assert again is record
     assert broker.confirm(record.id) == Outcome.CONFIRMED
     assert broker.release(record.id, 0, 0.04) == Outcome.NO_SUCH_MESSAGE
@@ -467,7 +467,7 @@ def test_release_outcomes() -> None:
 def test_touch_and_release_of_a_deleted_queues_message() -> None:
     broker, queue = make()
     queue.push(b"a")
-    record = broker.deliver(queue, 0, {}, 0.0)
+    record = broker.deliver(queue, 0, Holding(), 0.0)
     assert record is not None
     broker.delete_queue(b"q")
     assert broker.touch(record.id, 10, 0.0) == Outcome.NO_SUCH_MESSAGE
@@ -482,14 +482,14 @@ def test_max_deliveries_moves_a_message_to_its_dead_letter_queue() -> None:
     dlq = broker.create_queue(b"dlq")
     queue = broker.create_queue(b"q", 0, 2, b"dlq")
     id_ = queue.push(b"payload")
-    first = broker.deliver(queue, 10, {}, 0.0)
+    first = broker.deliver(queue, 10, Holding(), 0.0)
     assert broker.expire(0.01) == 1  # the first failure: back to the front
-    second = broker.deliver(queue, 10, {}, 0.02)
+    second = broker.deliver(queue, 10, Holding(), 0.02)
     assert first is second and second is not None and second.deliveries == 2
     assert broker.expire(0.03) == 0  # the second: to the dead-letter queue, not back
     assert_counts(queue, ready=0, in_flight=0, delayed=0)
     assert (queue.dead_lettered, queue.requeued, dlq.enqueued) == (1, 1, 1)
-    assert id_ not in broker.records
+    assert id_ not in broker.entries()
     assert broker.confirm(id_) == Outcome.NO_SUCH_MESSAGE
     (moved,) = read_all(broker, dlq, 0.04)
     assert moved.data == b"payload" and moved.deliveries == 1
@@ -502,7 +502,7 @@ def test_every_way_back_counts_towards_max_deliveries(how: str) -> None:
     dlq = broker.create_queue(b"dlq")
     queue = broker.create_queue(b"q", 0, 1, b"dlq")
     queue.push(b"x")
-    held: dict[int, Record] = {}
+    held = Holding()
     record = broker.deliver(queue, 10, held, 0.0)
     assert record is not None
     if how == "release":
@@ -517,7 +517,7 @@ def test_every_way_back_counts_towards_max_deliveries(how: str) -> None:
     assert_counts(queue, ready=0, in_flight=0, delayed=0)
     assert [r.data for r in read_all(broker, dlq, 0.02)] == [b"x"]
     broker.expire(1.0)
-    assert queue.count == 0 and broker.deliver(queue, 0, {}, 1.0) is None
+    assert queue.count == 0 and broker.deliver(queue, 0, Holding(), 1.0) is None
 
 
 @pytest.mark.parametrize("how", ["timeout", "disconnect"])
@@ -527,7 +527,7 @@ def test_messages_that_fail_together_reach_the_dead_letter_queue_in_order(how: s
     queue = broker.create_queue(b"q", 0, 1, b"dlq")
     for data in (b"a", b"b", b"c"):
         queue.push(data)
-    held: dict[int, Record] = {}
+    held = Holding()
     for _ in range(3):
         broker.deliver(queue, 10, held, 0.0)  # equal deadlines: they expire in read order
     if how == "timeout":
@@ -542,10 +542,10 @@ def test_a_dead_lettered_message_wakes_a_read_waiting_on_the_dead_letter_queue()
     dlq = broker.create_queue(b"dlq")
     queue = broker.create_queue(b"q", 0, 1, b"dlq")
     queue.push(b"x")
-    record = broker.deliver(queue, 0, {}, 0.0)
+    record = broker.deliver(queue, 0, Holding(), 0.0)
     assert record is not None
     wakes = Wakes()
-    broker.wait(dlq, {}, 0, 1, 1_000, 0.0, wakes)
+    broker.wait(dlq, Holding(), 0, 1, 1_000, 0.0, wakes)
     broker.release(record.id, 0, 0.1)
     assert wakes.data == [[b"x"]]
 
@@ -555,12 +555,12 @@ def test_without_a_dead_letter_queue_the_message_is_dropped(caplog: pytest.LogCa
     queue.max_deliveries = 1
     queue.push(b"x")
     queue.push(b"y")
-    record = broker.deliver(queue, 10, {}, 0.0)
+    record = broker.deliver(queue, 10, Holding(), 0.0)
     assert record is not None
     with caplog.at_level(logging.WARNING, logger="dbqueue.server"):
         assert broker.expire(0.01) == 0
     assert "dropped" in caplog.text and str(record.id) in caplog.text
-    assert queue.dead_lettered == 1 and record.id not in broker.records
+    assert queue.dead_lettered == 1 and record.id not in broker.entries()
     assert [r.data for r in read_all(broker, queue, 0.02)] == [b"y"]
     assert queue.count == 1
 
@@ -571,12 +571,12 @@ def test_a_full_dead_letter_queue_drops_the_message(caplog: pytest.LogCaptureFix
     dlq.push(b"already")
     queue = broker.create_queue(b"q", 0, 1, b"dlq")
     queue.push(b"x")
-    record = broker.deliver(queue, 0, {}, 0.0)
+    record = broker.deliver(queue, 0, Holding(), 0.0)
     assert record is not None
     with caplog.at_level(logging.WARNING, logger="dbqueue.server"):
         assert broker.release(record.id, 0, 0.0) == Outcome.CONFIRMED
     assert "full" in caplog.text
-    assert queue.count == 0 and queue.dead_lettered == 1 and record.id not in broker.records
+    assert queue.count == 0 and queue.dead_lettered == 1 and record.id not in broker.entries()
     assert [r.data for r in read_all(broker, dlq, 0.0)] == [b"already"]
 
 
@@ -585,11 +585,11 @@ def test_a_deleted_dead_letter_queue_drops_the_message() -> None:
     broker.create_queue(b"dlq")
     queue = broker.create_queue(b"q", 0, 1, b"dlq")
     queue.push(b"x")
-    record = broker.deliver(queue, 0, {}, 0.0)
+    record = broker.deliver(queue, 0, Holding(), 0.0)
     assert record is not None
     broker.delete_queue(b"dlq")
     broker.release(record.id, 0, 0.0)
-    assert queue.count == 0 and queue.dead_lettered == 1 and broker.records == {}
+    assert queue.count == 0 and queue.dead_lettered == 1 and broker.entries() == {}
 
 
 def test_dead_letter_loops_are_refused() -> None:
@@ -647,26 +647,26 @@ def test_purge_drops_ready_and_delayed_but_not_in_flight() -> None:
     broker, queue = make()
     for data in (b"a", b"b", b"c"):
         queue.push(data)
-    held: dict[int, Record] = {}
+    held = Holding()
     a = broker.deliver(queue, 100, held, 0.0)
     b = broker.deliver(queue, 0, held, 0.0)
     assert a is not None and b is not None
     broker.release(b.id, 0, 0.0)  # b: ready again, as a record
     delayed = broker.enqueue_delayed(queue, b"d", 50, 0.0)
-    c2 = broker.deliver(queue, 0, {}, 0.0)  # b
+    c2 = broker.deliver(queue, 0, Holding(), 0.0)  # b
     assert c2 is b
     broker.release(b.id, 30, 0.0)  # b: delayed by a release
     assert_counts(queue, ready=1, in_flight=1, delayed=2)
     assert broker.purge(queue) == 3
     assert_counts(queue, ready=0, in_flight=1, delayed=0)
-    assert set(broker.records) == {a.id}
+    assert set(broker.entries()) == {a.id}
     assert broker.confirm(b.id) == Outcome.NO_SUCH_MESSAGE
     assert broker.confirm(delayed) == Outcome.NO_SUCH_MESSAGE
     broker.expire(0.06)  # the purged delays end: nothing comes back
     assert queue.ready == 0 and queue.count == 1
     assert broker.expire(0.1) == 1  # the in-flight one still times out
     assert_counts(queue, ready=1, in_flight=0, delayed=0)
-    assert broker.purge(queue) == 1 and broker.records == {}
+    assert broker.purge(queue) == 1 and broker.entries() == {}
     assert broker.purge(queue) == 0
     new = queue.push(b"after")
     assert [r.id for r in read_all(broker, queue, 0.2)] == [new]
@@ -694,7 +694,7 @@ def test_stats_counters_are_exact() -> None:
         queue.push(data)
     broker.enqueue_batch(queue, [b"d", b"e"], 0.0)
     broker.enqueue_delayed(queue, b"f", 1_000, 0.0)
-    held: dict[int, Record] = {}
+    held = Holding()
     a = broker.deliver(queue, 10, held, 0.0)
     b = broker.deliver(queue, 0, held, 0.0)
     assert a is not None and b is not None
@@ -706,8 +706,8 @@ def test_stats_counters_are_exact() -> None:
     c = broker.deliver(queue, 0, held, 0.04)
     assert c is not None and c.data == b"c"
     waiting = broker.create_queue(b"w")
-    broker.wait(waiting, {}, 0, 1, 1_000, 0.05, Wakes())
-    broker.wait(waiting, {}, 0, 1, 1_000, 0.05, Wakes())
+    broker.wait(waiting, Holding(), 0, 1, 1_000, 0.05, Wakes())
+    broker.wait(waiting, Holding(), 0, 1, 1_000, 0.05, Wakes())
     assert queue.stats() == {
         "name": "q",
         "ready": 2,  # d, e

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dbqueue.server import queues as queues_module
-from dbqueue.server.queues import ID_BLOCK, Broker, Outcome, Queue, Record
+from dbqueue.server.queues import ID_BLOCK, Broker, Holding, Outcome, Queue, Record
 
 
 def make(capacity: int = 0, **broker_kwargs: int) -> tuple[Broker, Queue]:
@@ -15,7 +15,7 @@ def make(capacity: int = 0, **broker_kwargs: int) -> tuple[Broker, Queue]:
 
 def drain(broker: Broker, queue: Queue, now: float = 0.0, timeout_ms: int = 0) -> list[Record]:
     """Read every ready message (holding them on a throwaway connection)."""
-    held: dict[int, Record] = {}
+    held = Holding()
     out = []
     while (record := broker.deliver(queue, timeout_ms, held, now)) is not None:
         out.append(record)
@@ -27,7 +27,7 @@ def assert_consistent(broker: Broker, *held_dicts: dict[int, Record], timed: int
     and ``timed`` of the held ones have a deadline."""
     held_ids = [id_ for held in held_dicts for id_ in held]
     returned_ids = [r.id for q in broker.queues.values() for r in q.returned]
-    assert sorted(broker.records) == sorted(held_ids + returned_ids)
+    assert sorted(broker.entries()) == sorted(held_ids + returned_ids)
     assert broker._timed == timed
 
 
@@ -39,12 +39,12 @@ def test_fifo_order_and_ids() -> None:
     ids = [queue.push(b"m%d" % i) for i in range(10)]
     assert ids == list(range(1, 11))
     assert queue.ready == 10 and queue.count == 10
-    held: dict[int, Record] = {}
+    held = Holding()
     records = [broker.deliver(queue, 0, held, 0.0) for _ in range(10)]
     assert [r.data for r in records] == [b"m%d" % i for i in range(10)]  # type: ignore[union-attr]
     assert [r.id for r in records] == ids  # type: ignore[union-attr]
     assert all(r.deliveries == 1 for r in records)  # type: ignore[union-attr]
-    assert list(held) == ids
+    assert held.ids() == ids
     assert broker.deliver(queue, 0, held, 0.0) is None
     assert queue.ready == 0 and queue.count == 10  # in flight still counts
     assert_consistent(broker, held)
@@ -52,7 +52,7 @@ def test_fifo_order_and_ids() -> None:
 
 def test_empty_queue_delivers_none_and_interleaving_keeps_order() -> None:
     broker, queue = make()
-    held: dict[int, Record] = {}
+    held = Holding()
     assert broker.deliver(queue, 0, held, 0.0) is None
     queue.push(b"a")
     assert broker.deliver(queue, 0, held, 0.0).data == b"a"  # type: ignore[union-attr]
@@ -100,7 +100,7 @@ def test_ids_unique_across_many_small_blocks(monkeypatch: pytest.MonkeyPatch) ->
         seen.add(id_)
         pushed[queue.name].append((id_, data))
         if step % 3 == 0:  # read some while pushing, so runs empty and refill
-            record = broker.deliver(queue, 0, {}, 0.0)
+            record = broker.deliver(queue, 0, Holding(), 0.0)
             assert record is not None
             assert (record.id, record.data) == pushed[queue.name].pop(0)
     for queue in queues:
@@ -116,8 +116,8 @@ def test_ids_unique_after_a_run_empties_at_a_block_end(monkeypatch: pytest.Monke
         ids.append(queue.push(b"x"))
         ids.append(other.push(b"y"))
         ids.append(queue.push(b"x"))
-        assert broker.deliver(queue, 0, {}, 0.0) is not None
-        assert broker.deliver(queue, 0, {}, 0.0) is not None
+        assert broker.deliver(queue, 0, Holding(), 0.0) is not None
+        assert broker.deliver(queue, 0, Holding(), 0.0) is not None
     assert len(set(ids)) == len(ids)
     assert queue.ready == 0
     assert len(queue._segments) <= 1  # drained runs are let go (at most the empty tail stays)
@@ -131,7 +131,7 @@ def test_capacity_counts_ready_and_in_flight() -> None:
     assert queue.push(b"a") > 0
     assert queue.push(b"b") > 0
     assert queue.push(b"c") == -1
-    held: dict[int, Record] = {}
+    held = Holding()
     record = broker.deliver(queue, 0, held, 0.0)
     assert record is not None
     assert queue.push(b"c") == -1  # the read message is still the queue's
@@ -145,7 +145,7 @@ def test_capacity_counts_ready_and_in_flight() -> None:
 def test_capacity_holds_through_expiry_and_late_confirm() -> None:
     broker, queue = make(capacity=1)
     queue.push(b"a")
-    record = broker.deliver(queue, 10, {}, 0.0)
+    record = broker.deliver(queue, 10, Holding(), 0.0)
     assert broker.expire(1.0) == 1
     assert queue.push(b"b") == -1  # back in the queue, still counted
     assert broker.confirm(record.id) == Outcome.REQUEUED  # type: ignore[union-attr]
@@ -169,7 +169,7 @@ def test_default_capacity_and_idempotent_create() -> None:
 def test_confirm_outcomes() -> None:
     broker, queue = make()
     queue.push(b"a")
-    held: dict[int, Record] = {}
+    held = Holding()
     record = broker.deliver(queue, 100, held, 0.0)
     assert record is not None and broker.next_deadline() == pytest.approx(0.1)
     assert broker.confirm(record.id) == Outcome.CONFIRMED
@@ -185,7 +185,7 @@ def test_confirm_outcomes() -> None:
 def test_confirm_works_from_any_connection() -> None:
     broker, queue = make()
     queue.push(b"a")
-    held: dict[int, Record] = {}
+    held = Holding()
     record = broker.deliver(queue, 0, held, 0.0)
     assert broker.confirm(record.id) == Outcome.CONFIRMED  # type: ignore[union-attr]
     assert held == {}
@@ -198,7 +198,7 @@ def test_expire_requeues_to_the_front_in_read_order() -> None:
     broker, queue = make()
     for data in (b"a", b"b", b"c", b"d", b"e"):
         queue.push(data)
-    held: dict[int, Record] = {}
+    held = Holding()
     a = broker.deliver(queue, 10, held, 0.000)
     b = broker.deliver(queue, 10, held, 0.001)
     c = broker.deliver(queue, 0, held, 0.002)  # no timeout: never expires
@@ -206,15 +206,15 @@ def test_expire_requeues_to_the_front_in_read_order() -> None:
     assert broker.next_deadline() == pytest.approx(0.010)
     assert broker.expire(0.0099) == 0
     assert broker.expire(0.0115) == 2  # a and b
-    assert list(held) == [c.id, d.id]  # type: ignore[union-attr]
+    assert held.ids() == [c.id, d.id]  # type: ignore[union-attr]
     assert [r.id for r in queue.returned] == [a.id, b.id]  # type: ignore[union-attr]
     assert broker.expire(5.0) == 1  # d, ahead of the earlier returns
-    assert list(held) == [c.id]  # type: ignore[union-attr]
+    assert held.ids() == [c.id]  # type: ignore[union-attr]
     assert [r.id for r in queue.returned] == [d.id, a.id, b.id]  # type: ignore[union-attr]
     assert broker.confirm(a.id) == Outcome.REQUEUED  # type: ignore[union-attr]
     assert broker.confirm(d.id) == Outcome.REQUEUED  # type: ignore[union-attr]
     assert broker.confirm(c.id) == Outcome.CONFIRMED  # type: ignore[union-attr]
-    later: dict[int, Record] = {}
+    later = Holding()
     again = [broker.deliver(queue, 0, later, 6.0) for _ in range(4)]
     assert [r.data for r in again] == [b"d", b"a", b"b", b"e"]  # type: ignore[union-attr]
     assert [r.deliveries for r in again] == [2, 2, 2, 1]  # type: ignore[union-attr]
@@ -229,7 +229,7 @@ def test_expired_messages_go_ahead_of_earlier_returns() -> None:
     broker, queue = make()
     for data in (b"a", b"b", b"c"):
         queue.push(data)
-    held: dict[int, Record] = {}
+    held = Holding()
     broker.deliver(queue, 10, held, 0.0)  # a
     broker.deliver(queue, 20, held, 0.0)  # b
     assert broker.expire(0.015) == 1
@@ -240,7 +240,7 @@ def test_expired_messages_go_ahead_of_earlier_returns() -> None:
 def test_expire_is_exact_at_the_deadline() -> None:
     broker, queue = make()
     queue.push(b"a")
-    broker.deliver(queue, 250, {}, 1.0)
+    broker.deliver(queue, 250, Holding(), 1.0)
     assert broker.expire(1.2499) == 0
     assert broker.expire(1.25) == 1
 
@@ -248,9 +248,9 @@ def test_expire_is_exact_at_the_deadline() -> None:
 def test_redelivered_message_gets_a_fresh_deadline() -> None:
     broker, queue = make()
     queue.push(b"a")
-    record = broker.deliver(queue, 10, {}, 0.0)
+    record = broker.deliver(queue, 10, Holding(), 0.0)
     assert broker.expire(0.02) == 1
-    held: dict[int, Record] = {}
+    held = Holding()
     assert broker.deliver(queue, 100, held, 0.03) is record
     assert broker.expire(0.05) == 0  # the old deadline does not fire again
     assert record.held is held  # type: ignore[union-attr]
@@ -262,12 +262,12 @@ def test_release_then_redeliver_with_the_same_deadline_expires_once() -> None:
     broker, queue = make()
     queue.push(b"a")
     queue.push(b"b")
-    first: dict[int, Record] = {}
+    first = Holding()
     broker.deliver(queue, 20, first, 0.0)  # a, deadline 0.02
-    second: dict[int, Record] = {}
+    second = Holding()
     b_record = broker.deliver(queue, 15, second, 0.0)  # b, deadline 0.015
     broker.release_all(first, 0.0)  # a back at the front; its (0.02, a) heap entry stays behind
-    third: dict[int, Record] = {}
+    third = Holding()
     record = broker.deliver(queue, 10, third, 0.01)  # a again: 0.01 + 0.01 == 0.02 exactly
     assert record is not None and record.data == b"a"
     assert 0.01 + 10 / 1000 == 0.02  # the new deadline equals the stale entry's exactly
@@ -285,13 +285,13 @@ def test_equal_deadlines_come_back_in_read_order() -> None:
     broker, queue = make()
     for data in (b"a", b"b", b"c"):
         queue.push(data)
-    one: dict[int, Record] = {}
-    two: dict[int, Record] = {}
+    one = Holding()
+    two = Holding()
     broker.deliver(queue, 0, one, 0.0)  # a
     broker.deliver(queue, 0, two, 0.0)  # b
     broker.release_all(one, 0.0)  # queue: a c
     broker.release_all(two, 0.0)  # queue: b a c (the newest return is the front)
-    reader: dict[int, Record] = {}
+    reader = Holding()
     # One batch (one `now`), one timeout: b then a are read, with equal deadlines.
     got = [broker.deliver(queue, 50, reader, 1.0) for _ in range(2)]
     assert [r.data for r in got] == [b"b", b"a"]  # type: ignore[union-attr]
@@ -306,7 +306,7 @@ def test_release_all_requeues_at_the_front_in_read_order() -> None:
     broker, queue = make()
     for data in (b"a", b"b", b"c", b"d"):
         queue.push(data)
-    held: dict[int, Record] = {}
+    held = Holding()
     a = broker.deliver(queue, 0, held, 0.0)
     b = broker.deliver(queue, 5000, held, 0.0)  # timed and untimed alike
     c = broker.deliver(queue, 0, held, 0.0)
@@ -329,7 +329,7 @@ def test_release_all_across_queues_and_empty() -> None:
     x.push(b"x1")
     y.push(b"y1")
     x.push(b"x2")
-    held: dict[int, Record] = {}
+    held = Holding()
     assert broker.release_all(held, 0.0) == 0
     for queue in (x, y, x):
         broker.deliver(queue, 0, held, 0.0)
@@ -346,27 +346,27 @@ def test_delete_queue_with_messages_in_flight_does_not_leak() -> None:
     broker, queue = make()
     for data in (b"a", b"b", b"c", b"d", b"e"):
         queue.push(data)
-    timed: dict[int, Record] = {}
-    untimed: dict[int, Record] = {}
-    gone: dict[int, Record] = {}
+    timed = Holding()
+    untimed = Holding()
+    gone = Holding()
     a = broker.deliver(queue, 10, timed, 0.0)
     b = broker.deliver(queue, 0, untimed, 0.0)
     c = broker.deliver(queue, 0, untimed, 0.0)
     d = broker.deliver(queue, 0, gone, 0.0)
     broker.release_all(gone, 0.0)  # d waits in `returned`
-    assert len(broker.records) == 4
+    assert len(broker.entries()) == 4
 
     assert broker.delete_queue(b"q") is True
     assert b"q" not in broker.queues
     assert broker.delete_queue(b"q") is False
-    assert d.id not in broker.records  # type: ignore[union-attr]  # a returned record goes at once
+    assert d.id not in broker.entries()  # type: ignore[union-attr]  # a returned record goes at once
 
     assert broker.confirm(b.id) == Outcome.NO_SUCH_MESSAGE  # type: ignore[union-attr]
     assert broker.confirm(b.id) == Outcome.NO_SUCH_MESSAGE  # type: ignore[union-attr]
     assert broker.confirm(d.id) == Outcome.NO_SUCH_MESSAGE  # type: ignore[union-attr]
     assert broker.expire(1.0) == 0  # a's expiry drops it instead of requeueing
     assert broker.release_all(untimed, 0.0) == 0  # c's release drops it too
-    assert broker.records == {}
+    assert broker.entries() == {}
     assert timed == {} and untimed == {}
     assert broker._timed == 0
     assert broker.confirm(a.id) == Outcome.NO_SUCH_MESSAGE  # type: ignore[union-attr]
@@ -377,7 +377,7 @@ def test_recreated_queue_starts_empty_and_old_records_stay_dead() -> None:
     broker, queue = make()
     queue.push(b"old")
     queue.push(b"old2")
-    held: dict[int, Record] = {}
+    held = Holding()
     old = broker.deliver(queue, 0, held, 0.0)
     broker.delete_queue(b"q")
     fresh = broker.create_queue(b"q")
@@ -396,7 +396,7 @@ def test_recreated_queue_starts_empty_and_old_records_stay_dead() -> None:
 def test_deadline_heap_stays_bounded() -> None:
     broker, queue = make()
     in_flight: list[Record] = []
-    held: dict[int, Record] = {}
+    held = Holding()
     worst = 0
     now = 0.0
     for i in range(100_000):
@@ -415,14 +415,14 @@ def test_deadline_heap_stays_bounded() -> None:
 def test_deadline_heap_compacts_after_disconnects() -> None:
     broker, queue = make()
     for round_ in range(50):
-        held: dict[int, Record] = {}
+        held = Holding()
         for _ in range(100):
             queue.push(b"x")
             broker.deliver(queue, 60_000, held, float(round_))
         broker.release_all(held, float(round_))
         drain(broker, queue)  # untimed reads: nothing new in the heap
-        for record in list(broker.records.values()):
+        for record in list(broker.entries().values()):
             broker.confirm(record.id)
-    assert broker.records == {}
+    assert broker.entries() == {}
     assert broker._timed == 0
     assert len(broker._deadlines) <= 1024 + 100

@@ -218,11 +218,13 @@ class Side:
     def observe(self) -> dict[str, Any]:
         """Everything a client could tell apart, and the in-flight state behind it."""
         broker = self.server.broker
+        entries = broker.entries()
         return {
             "queues": {name: queue.stats() for name, queue in broker.queues.items()},
-            "held": [[(id_, entry.deliveries) for id_, entry in session.held.items()] for session in self.sessions],
+            "held": [[(id_, entries[id_].deliveries) for id_ in session.held.ids()] for session in self.sessions],
+            "held counts": [session.held.count for session in self.sessions],
             "waiting": [session.waiters_active() for session in self.sessions],
-            "records": sorted(broker.records),
+            "records": sorted(entries),
             "next deadline": broker.next_deadline(),
             "next sweep": self.loop.next_sweep(),
         }
@@ -350,7 +352,7 @@ class Pair:
 def ids_to_confirm(draw: st.DrawFn, pair: Pair, slot: int) -> list[int]:
     """Ids for a run of confirms: what this connection just read (whole blocks: the fast path), what
     either connection holds, or any ids seen so far and unknown ones, with duplicates."""
-    held = [list(session.held) for session in pair.run.sessions]
+    held = [session.held.ids() for session in pair.run.sessions]
     choices = ["sample"]
     if len(pair.last_read[slot]) >= 2:
         choices += ["last read"] * 3
@@ -639,13 +641,13 @@ def test_a_run_split_across_receives(pair: Pair) -> None:
     pair.enqueue(0, "a", 6, 5, cut=3 * (HEADER_SIZE + 7))  # on a frame boundary: two runs of three
     pair.read(1, "a", 6, timeout_ms=125, cut=HEADER_SIZE + 10 + 20)
     pair.read(1, "a", 6, timeout_ms=125, cut=2 * (HEADER_SIZE + 10))
-    pair.confirm(1, list(pair.run.sessions[1].held)[:6], cut=5)
+    pair.confirm(1, pair.run.sessions[1].held.ids()[:6], cut=5)
     # The rest of a partial frame that looks like a run (this payload is two CONFIRM frames) is no run.
-    inner = b"".join(encode(rid, Confirm(id_)) for rid, id_ in enumerate(list(pair.run.sessions[1].held)[:2]))
+    inner = b"".join(encode(rid, Confirm(id_)) for rid, id_ in enumerate(pair.run.sessions[1].held.ids()[:2]))
     pair.feed(
         0, [encode(pair.request_ids(1)[0], Enqueue("a", inner))], cut=HEADER_SIZE + 2, what="ENQUEUE of CONFIRM frames"
     )
-    assert len(pair.run.sessions[1].held) == 6
+    assert pair.run.sessions[1].held.count == 6
     pair.drain()
 
 

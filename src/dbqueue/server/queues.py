@@ -15,12 +15,14 @@ over). A queue's ready messages are a deque of *segments*:
   own id and delivery count.
 
 A read turns the first ready message into a `Record`, kept in `Broker.records`
-(by id) and in its holder's ``held`` dict (one per connection, in read order).
-A batch read takes fresh messages as a `Block` instead: one entry for a slice
-of a run, listed under each of its ids in both dicts, with one deadline, so
-a batch costs a few C-level dict updates rather than a record per message. A
-block member that is touched, released or comes back gets a `Record` of its
-own (`Broker._split`); a block is retired when its last member leaves.
+(by id) and in its holder's `Holding` (one per connection, in read order).
+A batch read takes fresh messages as a `Block` instead: one object for a slice
+of a run, with one deadline, held under itself and found from any member's id
+through `Broker.blocks` (buckets of id ranges), so a batch costs a few
+operations, not a dict entry per message. Members that leave a block are
+marked in its ``gone`` set: a confirm marks them; a touch, release or return
+gives the member a `Record` of its own (`Broker._split`). A block is retired
+when its last member leaves.
 A message that comes back (timeout, release, or its connection closed) goes
 to the front of its queue, ahead of every fresh message, unless it has been
 delivered ``max_deliveries`` times: then it moves to the queue's dead-letter
@@ -68,11 +70,15 @@ from typing import Any
 from ..errors import InvalidQueueName, InvalidRequest, LimitExceeded, NoSuchQueue
 from .storage import Snapshot, Store, now_ms
 
-__all__ = ["Broker", "Queue", "Record", "Block", "Entry", "Waiter", "Outcome", "ID_BLOCK", "NO_BYTE_LIMIT", "columns"]
+__all__ = [
+    "Broker", "Queue", "Record", "Block", "Entry", "Holding", "Waiter", "Outcome",
+    "ID_BLOCK", "NO_BYTE_LIMIT", "columns", "read_order",
+]  # fmt: skip
 
 log = logging.getLogger("dbqueue.server")
 
 ID_BLOCK = 1 << 16
+BUCKET_BITS = 6  # `_BlockIndex` lists a block under each 64-id range it overlaps
 BATCH_ENTRY_OVERHEAD = 16  # a batch reply's id, deliveries and length for each payload
 NO_BYTE_LIMIT = 1 << 62  # `Queue.take_many`'s limit for reads answered one frame each
 
@@ -88,37 +94,120 @@ class Outcome(enum.IntEnum):
 class Record:
     """A message that has been read at least once, or was delayed.
 
-    ``held`` is the holder's dict while in flight, None otherwise.
+    ``held`` is its holder's `Holding` while in flight, None otherwise; ``read`` numbers
+    its last read among its holder's reads.
     """
 
-    __slots__ = ("id", "queue", "data", "deliveries", "lease", "held")
+    __slots__ = ("id", "queue", "data", "deliveries", "lease", "held", "read")
 
-    def __init__(self, id_: int, queue: Queue, data: bytes, held: dict[int, Entry] | None = None) -> None:
+    def __init__(self, id_: int, queue: Queue, data: bytes, held: Holding | None = None) -> None:
         self.id = id_
         self.queue = queue
         self.data = data
         self.deliveries = 1 if held is not None else 0  # a record made for a read is a first delivery
         self.lease = 0  # its live heap entry: a deadline while in flight, a delay end while delayed
         self.held = held
+        self.read = 0
 
 
 class Block:
-    """Fresh messages with consecutive ids, ``first_id`` onwards, read together by one batch read
-    and in flight on one deadline: ``live`` of them are still held (see `Broker._split`)."""
+    """Fresh messages with consecutive ids, ``first_id`` up to ``end``, read together by one batch
+    read and in flight on one deadline. ``live`` of them are still held; the ids of those that
+    left (confirmed, or given a record of their own by `Broker._split`) are in ``gone``."""
 
-    __slots__ = ("first_id", "queue", "payloads", "held", "live", "lease")
+    __slots__ = ("first_id", "end", "queue", "payloads", "held", "live", "gone", "lease", "read")
     deliveries = 1  # a block is always a first delivery
 
-    def __init__(self, first_id: int, queue: Queue, payloads: list[bytes], held: dict[int, Entry]) -> None:
+    def __init__(self, first_id: int, queue: Queue, payloads: list[bytes], held: Holding) -> None:
         self.first_id = first_id
+        self.end = first_id + len(payloads)
         self.queue = queue
         self.payloads = payloads
-        self.held: dict[int, Entry] | None = held
+        self.held: Holding | None = held
         self.live = len(payloads)
+        self.gone: set[int] | None = None  # made on the first departure: most blocks leave whole
         self.lease = 0
+        self.read = 0  # see `Record`
+
+    def holds(self, id_: int) -> bool:
+        """Whether member ``id_`` (in range) is still held as part of this block."""
+        return self.held is not None and (self.gone is None or id_ not in self.gone)
+
+    def members(self) -> list[int]:
+        """The ids of the members still held as part of this block, in order."""
+        gone = self.gone
+        return [id_ for id_ in range(self.first_id, self.end) if gone is None or id_ not in gone]
 
 
-Entry = Record | Block  # what `Broker.records` and a holder's ``held`` map an in-flight id to
+Entry = Record | Block  # what a holder holds in flight
+
+
+class Holding(dict):  # type: ignore[type-arg]
+    """What one connection holds in flight: each `Record` under its id, each `Block` under
+    itself. ``count`` is how many messages that is (a block counts its live members); ``reads``
+    numbers its reads, so that what it holds can be put back in read order (`read_order`)."""
+
+    __slots__ = ("count", "reads")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+        self.reads = 0
+
+    def ids(self) -> list[int]:
+        """The ids of the messages held, in read order."""
+        order: list[tuple[int, int]] = []
+        for key, entry in self.items():
+            if entry.__class__ is Block:
+                order += zip(repeat(entry.read), entry.members())  # type: ignore[union-attr]
+            else:
+                order.append((entry.read, key))
+        return [id_ for _, id_ in sorted(order)]
+
+
+def read_order(record: Record) -> tuple[int, int]:
+    """A sort key for one holder's records: read order (a batch's members share a read, in id order)."""
+    return record.read, record.id
+
+
+class _BlockIndex:
+    """The blocks in flight, found by any member's id: each is listed under every bucket of
+    2**BUCKET_BITS ids it overlaps, a few entries per block however many members it has."""
+
+    __slots__ = ("buckets",)
+
+    def __init__(self) -> None:
+        self.buckets: dict[int, list[Block]] = {}
+
+    def __iter__(self) -> Iterator[Block]:
+        return iter(dict.fromkeys(block for bucket in self.buckets.values() for block in bucket))
+
+    def add(self, block: Block) -> None:
+        buckets = self.buckets
+        for key in range(block.first_id >> BUCKET_BITS, ((block.end - 1) >> BUCKET_BITS) + 1):
+            bucket = buckets.get(key)
+            if bucket is None:
+                buckets[key] = [block]
+            else:
+                bucket.append(block)
+
+    def remove(self, block: Block) -> None:
+        buckets = self.buckets
+        for key in range(block.first_id >> BUCKET_BITS, ((block.end - 1) >> BUCKET_BITS) + 1):
+            bucket = buckets[key]
+            if len(bucket) == 1:
+                del buckets[key]
+            else:
+                bucket.remove(block)
+
+    def find(self, id_: int) -> Block | None:
+        """The block in flight that ``id_`` belongs to (the member may have left it), or None."""
+        bucket = self.buckets.get(id_ >> BUCKET_BITS)
+        if bucket is not None:
+            for block in bucket:
+                if block.first_id <= id_ < block.end:
+                    return block
+        return None
 
 
 def columns(entries: list[Entry]) -> tuple[list[int], list[int], list[bytes]]:
@@ -128,7 +217,7 @@ def columns(entries: list[Entry]) -> tuple[list[int], list[int], list[bytes]]:
     payloads: list[bytes] = []
     for entry in entries:
         if entry.__class__ is Block:
-            ids += range(entry.first_id, entry.first_id + len(entry.payloads))  # type: ignore[union-attr]
+            ids += range(entry.first_id, entry.end)  # type: ignore[union-attr]
             deliveries += repeat(1, len(entry.payloads))  # type: ignore[union-attr]
             payloads += entry.payloads  # type: ignore[union-attr]
         else:
@@ -146,7 +235,7 @@ class Waiter:
     def __init__(
         self,
         queue: Queue,
-        held: dict[int, Entry],
+        held: Holding,
         timeout_ms: int,
         max_messages: int,
         deadline: float,
@@ -253,12 +342,6 @@ def _fitting(lengths: list[int], room: int, first: bool) -> tuple[int, int]:
     return len(lengths), used
 
 
-def _forget(mapping: dict[int, Entry], keys: Iterable[int]) -> None:
-    """Delete every key (each present once) in one C-level pass. (``dict.pop`` is a plain
-    C method; the ``__delitem__`` slot wrapper took 2.3x as long per key.)"""
-    deque(map(mapping.pop, keys), maxlen=0)
-
-
 def _deadline_and_lease(entry: tuple[float, int, Entry]) -> tuple[float, int]:
     return entry[0], entry[1]
 
@@ -269,7 +352,8 @@ class Queue:
     __slots__ = (
         "name", "capacity", "max_deliveries", "dead_letter", "deleted",
         "ready", "delayed", "enqueued", "confirmed", "requeued", "dead_lettered", "dropped", "consumers",
-        "waiters", "waiting", "_segments", "_tail", "_next_id", "_block_end", "_broker", "_records", "journal",
+        "waiters", "waiting", "_segments", "_tail", "_next_id", "_block_end",
+        "_broker", "_records", "_blocks", "journal",
     )  # fmt: skip
 
     def __init__(
@@ -292,6 +376,7 @@ class Queue:
         self.waiting = 0  # active waiters
         self._broker = broker
         self._records = broker.records
+        self._blocks = broker.blocks
         self.journal: Store | None = broker.journal
         self._segments: deque[_Run | Record] = deque()
         self._tail: _Run | None = None  # the run `push` appends to
@@ -351,7 +436,7 @@ class Queue:
             self.journal.add_many(self.name, ids, items)
         return ids
 
-    def take(self, held: dict[int, Entry]) -> Record | None:
+    def take(self, held: Holding) -> Record | None:
         """Hand the first ready message to ``held`` and register it in flight with the broker;
         return its record (deliveries counted), or None when none is ready."""
         segments = self._segments
@@ -364,6 +449,8 @@ class Queue:
                     segment.next_id = id_ + 1  # type: ignore[union-attr]
                     self.ready -= 1
                     record = held[id_] = self._records[id_] = Record(id_, self, items.popleft(), held)
+                    record.read = held.reads = held.reads + 1
+                    held.count += 1
                     return record
                 if segment is self._tail:
                     return None
@@ -374,10 +461,12 @@ class Queue:
                 segment.deliveries += 1  # type: ignore[union-attr]
                 segment.held = held  # type: ignore[union-attr]
                 held[segment.id] = segment  # type: ignore[union-attr,index]
+                segment.read = held.reads = held.reads + 1  # type: ignore[union-attr]
+                held.count += 1
                 return segment  # type: ignore[return-value]
         return None
 
-    def take_many(self, held: dict[int, Entry], count: int, limit: int) -> list[Entry]:
+    def take_many(self, held: Holding, count: int, limit: int) -> list[Entry]:
         """Like `take`, for up to ``count`` messages whose batch reply entries stay within
         ``limit`` bytes (the first one always goes). Fresh messages leave their run as a `Block`."""
         entries: list[Entry] = []
@@ -410,10 +499,10 @@ class Queue:
             else:
                 first = segment.next_id  # type: ignore[union-attr]
                 segment.next_id = first + fits  # type: ignore[union-attr]
-                block = Block(first, self, list(starmap(items.popleft, repeat((), fits))), held)
-                listed = dict.fromkeys(range(first, first + fits), block)
-                held.update(listed)
-                self._records.update(listed)
+                block = held[block] = Block(first, self, list(starmap(items.popleft, repeat((), fits))), held)
+                block.read = held.reads = held.reads + 1
+                held.count += fits
+                self._blocks.add(block)
                 self.ready -= fits
                 entries.append(block)
             taken += fits
@@ -487,7 +576,8 @@ class Broker:
         self.max_queue_name = max_queue_name
         self.max_batch_bytes = max_batch_bytes
         self.queues: dict[bytes, Queue] = {}
-        self.records: dict[int, Entry] = {}
+        self.records: dict[int, Record] = {}  # every message with a record: in flight, returned or delayed
+        self.blocks = _BlockIndex()  # every block in flight
         self._deadlines = _Lanes()
         self._delays: list[tuple[float, int, Record]] = []
         self._waits: list[tuple[float, int, Waiter]] = []
@@ -497,6 +587,13 @@ class Broker:
         self._next_id = first_id
         self._reserved = first_id  # ids below this are reserved in the journal
         self.journal: Store | None = None
+
+    def entries(self) -> dict[int, Entry]:
+        """Every message with a record or held in a block, by id, to what holds it (for inspection: O(n))."""
+        entries: dict[int, Entry] = dict(self.records)
+        for block in self.blocks:
+            entries.update(dict.fromkeys(block.members(), block))
+        return entries
 
     # --- ids -------------------------------------------------------------------------
 
@@ -611,7 +708,8 @@ class Broker:
         """Drop every ready and delayed message of ``queue``; return how many."""
         dropped = queue.ready + queue.delayed
         if self.journal is not None:
-            in_flight = [id_ for id_, entry in self.records.items() if entry.queue is queue and entry.held is not None]
+            in_flight = [id_ for id_, record in self.records.items() if record.queue is queue and record.held is not None]
+            in_flight += [id_ for block in self.blocks if block.queue is queue for id_ in block.members()]
             self.journal.purge(queue.name, keep=in_flight)
         for record in queue.drop_ready():
             del self.records[record.id]
@@ -662,7 +760,7 @@ class Broker:
 
     # --- reading ---------------------------------------------------------------------
 
-    def deliver(self, queue: Queue, timeout_ms: int, held: dict[int, Entry], now: float) -> Record | None:
+    def deliver(self, queue: Queue, timeout_ms: int, held: Holding, now: float) -> Record | None:
         """Read the next message of ``queue`` on behalf of ``held``; None when none is ready."""
         record = queue.take(held)
         if record is not None and timeout_ms:
@@ -681,7 +779,7 @@ class Broker:
         return deadline
 
     def deliver_many(
-        self, queue: Queue, max_messages: int, timeout_ms: int, held: dict[int, Entry], now: float
+        self, queue: Queue, max_messages: int, timeout_ms: int, held: Holding, now: float
     ) -> list[Entry]:
         """Read up to ``max_messages`` messages of ``queue``, stopping once their payloads
         pass ``max_batch_bytes`` so that any client can take the reply in (see `columns`)."""
@@ -706,7 +804,7 @@ class Broker:
     def wait(
         self,
         queue: Queue,
-        held: dict[int, Entry],
+        held: Holding,
         timeout_ms: int,
         max_messages: int,
         wait_ms: int,
@@ -742,32 +840,34 @@ class Broker:
             waiter = queue.waiters.popleft()
             if waiter.active:
                 self.cancel_wait(waiter)
-                room = min(waiter.max_messages, self.max_in_flight - len(waiter.held))
+                room = min(waiter.max_messages, self.max_in_flight - waiter.held.count)
                 waiter.wake(self.deliver_many(queue, room, waiter.timeout_ms, waiter.held, now) if room > 0 else [])
 
     # --- settling --------------------------------------------------------------------
 
     def confirm(self, id_: int) -> Outcome:
         """Acknowledge a message by id."""
-        entry = self.records.get(id_)
-        if entry is None or (entry.queue.deleted and entry.held is None):
+        record = self.records.get(id_)
+        if record is None:
+            block = self.blocks.find(id_)
+            if block is None or not block.holds(id_):
+                return Outcome.NO_SUCH_MESSAGE
+            self._settle(block, (id_,))
+            return Outcome.NO_SUCH_MESSAGE if block.queue.deleted else Outcome.CONFIRMED
+        if record.queue.deleted and record.held is None:
             return Outcome.NO_SUCH_MESSAGE
-        held = entry.held
+        held = record.held
         if held is None:  # ready or delayed: requeued if it was ever handed out
-            return Outcome.REQUEUED if entry.deliveries else Outcome.NO_SUCH_MESSAGE
+            return Outcome.REQUEUED if record.deliveries else Outcome.NO_SUCH_MESSAGE
         del self.records[id_]
         del held[id_]
-        if entry.__class__ is Block:
-            entry.live -= 1  # type: ignore[union-attr]
-            if not entry.live:  # type: ignore[union-attr]
-                self._retire(entry)  # type: ignore[arg-type]
-        else:
-            entry.held = None
-            entry.data = b""  # type: ignore[union-attr]  # a stale lane entry may keep the record a while
-            if entry.lease:
-                self._timed -= 1
-                entry.lease = 0  # its lane entry goes stale
-        queue = entry.queue
+        held.count -= 1
+        record.held = None
+        record.data = b""  # a stale lane entry may keep the record a while
+        if record.lease:
+            self._timed -= 1
+            record.lease = 0  # its lane entry goes stale
+        queue = record.queue
         if queue.deleted:
             return Outcome.NO_SUCH_MESSAGE
         queue.confirmed += 1
@@ -778,38 +878,58 @@ class Broker:
     def confirm_many(self, ids: tuple[int, ...]) -> bytes:
         """Acknowledge messages by id; return one `Outcome` byte each.
 
-        The usual case, a confirm of messages read together (distinct members of one block
-        of a live queue), is settled by C-level dict operations; any other goes id by id.
+        The usual case, a confirm of messages read together (distinct held members of one
+        block of a live queue), settles them at once; any other goes id by id.
         """
-        block = self.records.get(ids[0]) if ids else None
-        if block.__class__ is Block and not block.queue.deleted and self._held_members(block, ids):  # type: ignore[union-attr,arg-type]
-            _forget(self.records, ids)
-            _forget(block.held, ids)  # type: ignore[arg-type,union-attr]
-            block.live -= len(ids)  # type: ignore[union-attr]
-            if not block.live:  # type: ignore[union-attr]
-                self._retire(block)  # type: ignore[arg-type]
-            block.queue.confirmed += len(ids)  # type: ignore[union-attr]
-            if self.journal is not None:
-                self.journal.remove_many(ids)
-            return bytes(len(ids))  # zeros: CONFIRMED
+        block = self.blocks.find(ids[0]) if ids else None
+        if block is not None and not block.queue.deleted:
+            first, end = block.first_id, block.end
+            if block.live == end - first == len(ids) and ids == tuple(range(first, end)):  # the whole block
+                self._settle(block, ids)
+                return bytes(len(ids))  # zeros: CONFIRMED
+            members = set(ids)
+            if (
+                len(members) == len(ids)
+                and first <= min(ids) and max(ids) < end
+                and (block.gone is None or block.gone.isdisjoint(members))
+            ):  # fmt: skip
+                self._settle(block, ids)
+                return bytes(len(ids))
         return bytes(map(self.confirm, ids))
 
-    def _held_members(self, block: Block, ids: tuple[int, ...]) -> bool:
-        """Whether ``ids`` are distinct held members of ``block`` (told at once when they are all of it)."""
-        size = len(block.payloads)
-        if block.live == size == len(ids) and ids == tuple(range(block.first_id, block.first_id + size)):
-            return True
-        return list(map(self.records.get, ids)).count(block) == len(ids) == len(set(ids))
+    def _settle(self, block: Block, ids: tuple[int, ...]) -> None:
+        """Confirm distinct held members of a block (none of them confirmed, if its queue was deleted)."""
+        block.held.count -= len(ids)  # type: ignore[union-attr]
+        self._depart(block, ids)
+        queue = block.queue
+        if not queue.deleted:
+            queue.confirmed += len(ids)
+            if self.journal is not None:
+                self.journal.remove_many(ids)
+
+    def _depart(self, block: Block, ids: tuple[int, ...] | list[int]) -> None:
+        """Mark distinct held members as gone from their block; retire it when none is left."""
+        if len(ids) == block.live:  # the last ones: nothing left to mark
+            self._retire(block)
+            return
+        if block.gone is None:
+            block.gone = set(ids)
+        else:
+            block.gone.update(ids)
+        block.live -= len(ids)
 
     def _retire(self, block: Block) -> None:
         """Forget a block none of whose members is held any more."""
         if block.lease:
             self._timed -= 1
             block.lease = 0  # its lane entry goes stale
+        del block.held[block]  # type: ignore[union-attr]
+        self.blocks.remove(block)
+        block.live = 0
         block.payloads = []
         block.held = None
 
-    def _split(self, block: Block, ids: Iterable[int]) -> list[Record]:
+    def _split(self, block: Block, ids: list[int]) -> list[Record]:
         """Give these held members of a block records of their own (in flight, no deadline yet)."""
         records = self.records
         held = block.held
@@ -817,9 +937,8 @@ class Broker:
         split = [Record(id_, block.queue, block.payloads[id_ - first], held) for id_ in ids]
         for record in split:
             records[record.id] = held[record.id] = record  # type: ignore[index]
-        block.live -= len(split)
-        if not block.live:
-            self._retire(block)
+            record.read = block.read
+        self._depart(block, ids)
         return split
 
     def records_of(self, entries: Iterable[Entry]) -> list[Record]:
@@ -827,9 +946,8 @@ class Broker:
         records: list[Record] = []
         for entry in entries:
             if entry.__class__ is Block:
-                first = entry.first_id  # type: ignore[union-attr]
-                members = range(first, first + len(entry.payloads))  # type: ignore[union-attr]
-                records += self._split(entry, [id_ for id_ in members if self.records.get(id_) is entry])  # type: ignore[arg-type]
+                if entry.held is not None:
+                    records += self._split(entry, entry.members())  # type: ignore[arg-type,union-attr]
             else:
                 records.append(entry)  # type: ignore[arg-type]
         return records
@@ -856,14 +974,17 @@ class Broker:
 
     def _in_flight(self, id_: int) -> Record | Outcome:
         """The record of in-flight message ``id_`` (split off its block), or the outcome that says why there is none."""
-        entry = self.records.get(id_)
-        if entry is None or entry.queue.deleted:
+        record = self.records.get(id_)
+        if record is None:
+            block = self.blocks.find(id_)
+            if block is None or block.queue.deleted or not block.holds(id_):
+                return Outcome.NO_SUCH_MESSAGE
+            return self._split(block, [id_])[0]
+        if record.queue.deleted:
             return Outcome.NO_SUCH_MESSAGE
-        if entry.held is None:  # ready or delayed: requeued if it was ever handed out
-            return Outcome.REQUEUED if entry.deliveries else Outcome.NO_SUCH_MESSAGE
-        if entry.__class__ is Block:
-            return self._split(entry, [id_])[0]  # type: ignore[arg-type]
-        return entry  # type: ignore[return-value]
+        if record.held is None:  # ready or delayed: requeued if it was ever handed out
+            return Outcome.REQUEUED if record.deliveries else Outcome.NO_SUCH_MESSAGE
+        return record
 
     def requeue(self, entries: list[Entry], now: float, delay_ms: int = 0) -> int:
         """Take in-flight messages back, keeping their order at the front of their queues; return how many."""
@@ -872,7 +993,9 @@ class Broker:
         touched: set[Queue] = set()
         spent: list[Record] = []  # out of deliveries, in reverse order
         for record in reversed(records):
-            del record.held[record.id]  # type: ignore[union-attr]
+            held = record.held
+            del held[record.id]  # type: ignore[union-attr]
+            held.count -= 1  # type: ignore[union-attr]
             record.held = None
             if record.lease:
                 self._timed -= 1
@@ -902,11 +1025,11 @@ class Broker:
                 self.feed_waiters(queue, now)
         return returned
 
-    def release_all(self, held: dict[int, Entry], now: float) -> int:
-        """Requeue everything a closing connection holds; return how many went back."""
-        blocks = [entry for entry in dict.fromkeys(held.values()) if entry.__class__ is Block]
-        self.records_of(blocks)  # their members get records in place in ``held``, which keeps the read order
-        return self.requeue(list(held.values()), now)
+    def release_all(self, held: Holding, now: float) -> int:
+        """Requeue everything a closing connection holds, in its read order; return how many went back."""
+        records = self.records_of(list(held.values()))
+        records.sort(key=read_order)
+        return self.requeue(records, now)
 
     def _dead_letter(self, record: Record, now: float) -> None:
         queue = record.queue

@@ -70,7 +70,7 @@ from ..errors import (
 )
 from ..protocol import frames as fr
 from ..protocol import messages as msg
-from .queues import NO_BYTE_LIMIT, Block, Entry, Outcome, Queue, Waiter, columns
+from .queues import NO_BYTE_LIMIT, Block, Entry, Holding, Outcome, Queue, Waiter, columns
 from .security import PRE_AUTH_MAX_BODY
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ class Session(asyncio.Protocol):
         self.server = server
         self.broker = server.broker
         self.reader = msg.RequestReader(server.max_message_size + fr.BODY_OVERHEAD)
-        self.held: dict[int, Entry] = {}  # in-flight messages this connection read, in read order
+        self.held = Holding()  # in-flight messages this connection read, in read order
         self.waiting: dict[int, Waiter] = {}  # its waiting reads by request id (some may be retired)
         self.read_from: set[Queue] = set()  # queues it counts as a consumer of
         self.transport: asyncio.Transport | None = None
@@ -308,7 +308,7 @@ class Session(asyncio.Protocol):
                     continue
                 if queue not in self.read_from:
                     self._count_consumer(queue)
-                if len(held) >= server.max_in_flight:
+                if held.count >= server.max_in_flight:
                     append(_refusal(request_id, _too_many_in_flight(server.max_in_flight)))
                     continue
                 timeout_ms, wait_ms = b
@@ -367,7 +367,7 @@ class Session(asyncio.Protocol):
                 return None
             queue = self.broker.queues.get(data[21:])
             held = self.held
-            if queue is None or len(held) >= server.max_in_flight:
+            if queue is None or held.count >= server.max_in_flight:
                 return None
             timeout_ms, wait_ms = msg.TIMES.unpack_from(data, fr.HEADER_SIZE)
             if wait_ms and not queue.ready:
@@ -403,7 +403,7 @@ class Session(asyncio.Protocol):
         committed = self.server.store.committed  # type: ignore[union-attr]
         for entry in entries:
             if entry.__class__ is Block:
-                newest = entry.first_id + len(entry.payloads) - 1  # type: ignore[union-attr]
+                newest = entry.end - 1  # type: ignore[union-attr]
             else:
                 newest = entry.id  # type: ignore[union-attr]
             if not committed(newest):
@@ -446,7 +446,7 @@ class Session(asyncio.Protocol):
         server = self.server
         if (
             queue is None
-            or len(self.held) + count > server.max_in_flight
+            or self.held.count + count > server.max_in_flight
             or (wait_ms and queue.ready < count)
             or count * server.max_message_size > server.max_output_buffer  # `handle` would check as it goes
         ):
@@ -526,7 +526,7 @@ class Session(asyncio.Protocol):
         queue = self._queue(request.queue)
         if queue not in self.read_from:
             self._count_consumer(queue)
-        allowance = self.server.max_in_flight - len(self.held)
+        allowance = self.server.max_in_flight - self.held.count
         if allowance <= 0:
             raise _too_many_in_flight(self.server.max_in_flight)
         count = min(request.max_messages, allowance)
