@@ -10,12 +10,13 @@ member is settled exactly once, in order, and that the block is forgotten
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from dbqueue.server.queues import Block, Broker, Entry, Holding, Outcome, Queue, Record, columns
+from dbqueue.server.queues import ID_BLOCK, Block, Broker, Entry, Holding, Outcome, Queue, Record, columns
 from dbqueue.server.storage import Store
 
 NO_SUCH = Outcome.NO_SUCH_MESSAGE
@@ -588,3 +589,168 @@ def test_confirm_many_of_a_block_reaches_the_journal(tmp_path: Path, commit_firs
     assert broker.confirm_many((ids[3],)) == bytes(1)
     store.close()
     assert stored_ids(tmp_path) == {b"q": [ids[1]]}
+
+
+# --- slabs: batches kept in the columns they were sent in ----------------------------
+
+
+def send_columns(broker: Broker, queue: Queue, payloads: list[bytes]) -> bytes:
+    """Send ``payloads`` as the server keeps a sent ENQUEUE_BATCH; return their ids column."""
+    lengths = struct.pack(f">{len(payloads)}I", *map(len, payloads))
+    ids = broker.enqueue_columns(queue, lengths, b"".join(payloads), 0.0)
+    assert ids is not None
+    return ids
+
+
+def unpack_ids(column: bytes) -> list[int]:
+    return list(struct.unpack(f">{len(column) // 8}Q", column))
+
+
+def test_a_slab_read_whole_is_answered_and_confirmed_from_its_columns() -> None:
+    broker, queue = make()
+    payloads = [b"a", b"", b"ccc", b"dd" * 300]
+    column = send_columns(broker, queue, payloads)
+    ids = unpack_ids(column)
+    assert ids == list(range(ids[0], ids[0] + 4)) and queue.ready == 4 and queue.count == 4
+    held = Holding()
+    (block,) = broker.deliver_many(queue, 10, 100, held, 0.0)
+    assert block.__class__ is Block and block.slab is not None  # type: ignore[union-attr]
+    sent_ids, lengths, data = block.slab  # type: ignore[union-attr,misc]
+    assert sent_ids is column and data == b"".join(payloads)  # the slab as sent: nothing copied
+    assert columns([block]) == (ids, [1, 1, 1, 1], payloads)
+    assert held.count == 4 and queue.ready == 0
+    assert broker.confirm_column(column) is True
+    assert_retired(block)
+    assert held == {} and held.count == 0 and queue.confirmed == 4 and broker._timed == 0
+    assert broker.confirm_column(column) is False and broker.confirm_many(tuple(ids)) == bytes([NO_SUCH] * 4)
+
+
+def test_a_slab_is_read_in_pieces_in_order() -> None:
+    broker, queue = make()
+    payloads = [b"m%d" % (10**i) for i in range(7)]  # sizes 2..8
+    ids = unpack_ids(send_columns(broker, queue, payloads))
+    held = Holding()
+    one = broker.deliver(queue, 0, held, 0.0)
+    assert one is not None and (one.id, one.data) == (ids[0], payloads[0])
+    (two,) = broker.deliver_many(queue, 3, 0, held, 0.0)
+    assert columns([two]) == (ids[1:4], [1, 1, 1], payloads[1:4])
+    assert two.slab[1] == struct.pack(">3I", *map(len, payloads[1:4]))  # type: ignore[union-attr,index]
+    rest = broker.deliver_many(queue, 10, 0, held, 0.0)
+    assert columns(rest) == (ids[4:], [1, 1, 1], payloads[4:])
+    assert queue.ready == 0 and broker.deliver(queue, 0, held, 0.0) is None and not queue._segments
+    assert held.ids() == ids and held.count == 7
+
+
+def test_a_slab_cut_by_the_byte_limit() -> None:
+    broker, queue = make(max_batch_bytes=3 * (10 + 16))  # three 10-byte payloads per batch reply
+    payloads = [b"%010d" % i for i in range(5)]
+    ids = unpack_ids(send_columns(broker, queue, payloads))
+    held = Holding()
+    first = broker.deliver_many(queue, 10, 0, held, 0.0)
+    second = broker.deliver_many(queue, 10, 0, held, 0.0)
+    assert columns(first) == (ids[:3], [1, 1, 1], payloads[:3])
+    assert columns(second) == (ids[3:], [1, 1], payloads[3:])
+
+
+def test_slabs_and_single_sends_keep_their_order() -> None:
+    broker, queue = make()
+    queue.push(b"before")
+    send_columns(broker, queue, [b"s1", b"s2"])
+    queue.push(b"after")
+    send_columns(broker, queue, [b"t1"])
+    broker.enqueue_batch(queue, [b"u1", b"u2"], 0.0)
+    got = broker.deliver_many(queue, 10, 0, Holding(), 0.0)
+    assert columns(got)[2] == [b"before", b"s1", b"s2", b"after", b"t1", b"u1", b"u2"]
+    assert len(set(columns(got)[0])) == 7
+
+
+def test_a_slab_past_the_end_of_its_queues_id_block_takes_ids_of_its_own() -> None:
+    broker, queue = make(max_batch_bytes=1 << 30)
+    other = broker.create_queue(b"other")
+    queue.push(b"first")  # the queue takes a block of ID_BLOCK ids
+    for _ in range(ID_BLOCK - 3):
+        queue.push(b"x")
+    column = send_columns(broker, queue, [b"a", b"b", b"c"])  # two ids left in the block: not enough
+    other.push(b"o")
+    queue.push(b"last")  # the two ids left are used after all
+    ids = unpack_ids(column)
+    assert ids == list(range(ids[0], ids[0] + 3)) and ids[0] > ID_BLOCK
+    got = broker.deliver_many(queue, ID_BLOCK + 10, 0, Holding(), 0.0)
+    every = columns(got)[0] + columns(broker.deliver_many(other, 1, 0, Holding(), 0.0))[0]
+    assert len(every) == len(set(every)) == ID_BLOCK + 3
+    assert columns(got)[2][-4:] == [b"a", b"b", b"c", b"last"]
+
+
+@pytest.mark.parametrize("how", ["one confirmed first", "out of order", "a prefix", "queue deleted", "read one by one"])
+def test_confirm_column_takes_only_a_whole_block_as_it_was_read(how: str) -> None:
+    broker, queue = make()
+    column = send_columns(broker, queue, [b"a", b"b", b"c"])
+    ids = unpack_ids(column)
+    held = Holding()
+    if how == "read one by one":
+        for _ in ids:
+            broker.deliver(queue, 0, held, 0.0)
+    else:
+        broker.deliver_many(queue, 3, 0, held, 0.0)
+    sent = column
+    if how == "one confirmed first":
+        assert broker.confirm(ids[1]) == Outcome.CONFIRMED
+    elif how == "out of order":
+        sent = struct.pack(">3Q", ids[1], ids[0], ids[2])
+    elif how == "a prefix":
+        sent = column[:16]
+    elif how == "queue deleted":
+        assert broker.delete_queue(b"q")
+    before = (held.ids(), held.count, queue.confirmed)
+    assert broker.confirm_column(sent) is False
+    assert (held.ids(), held.count, queue.confirmed) == before  # declined, nothing changed
+    outcomes = broker.confirm_many(tuple(unpack_ids(sent)))
+    if how == "queue deleted":
+        assert outcomes == bytes([NO_SUCH] * 3)
+    elif how == "one confirmed first":
+        assert outcomes == bytes([0, NO_SUCH, 0]) and queue.confirmed == 3
+    else:
+        assert outcomes == bytes(len(sent) // 8) and queue.confirmed == before[2] + len(sent) // 8
+
+
+@pytest.mark.parametrize("how", ["touch", "release", "expiry", "disconnect"])
+def test_members_of_a_slab_block_settle_one_by_one(how: str) -> None:
+    broker, queue = make()
+    payloads = [b"a", b"bb", b"ccc", b"dddd"]
+    ids = unpack_ids(send_columns(broker, queue, payloads))
+    held = Holding()
+    (block,) = broker.deliver_many(queue, 4, 100, held, 0.0)
+    assert broker.confirm(ids[0]) == Outcome.CONFIRMED
+    if how == "touch":
+        assert broker.touch(ids[2], 1_000, 0.0) == Outcome.CONFIRMED
+        assert broker.entries()[ids[2]].__class__ is Record and broker.entries()[ids[2]].data == b"ccc"  # type: ignore[union-attr]
+        assert broker.expire(0.1) == 2  # b and d
+        assert columns(broker.deliver_many(queue, 10, 0, Holding(), 0.2))[2] == [b"bb", b"dddd"]
+    elif how == "release":
+        assert broker.release(ids[3], 0, 0.0) == Outcome.CONFIRMED
+        assert broker.deliver(queue, 0, Holding(), 0.0).data == b"dddd"  # type: ignore[union-attr]
+        assert broker.confirm_many((ids[1], ids[2])) == bytes(2)
+    elif how == "expiry":
+        assert broker.expire(0.1) == 3
+        assert columns(broker.deliver_many(queue, 10, 0, Holding(), 0.2)) == (ids[1:], [2, 2, 2], payloads[1:])
+    else:
+        assert broker.release_all(held, 0.0) == 3
+        assert columns(broker.deliver_many(queue, 10, 0, Holding(), 0.2)) == (ids[1:], [2, 2, 2], payloads[1:])
+    assert block.held is None and held.count == (1 if how == "touch" else 0)
+
+
+def test_a_slab_reaches_the_journal_as_one_pack(tmp_path: Path) -> None:
+    store = Store.open(tmp_path)
+    broker = Broker()
+    broker.attach(store)
+    queue = broker.create_queue(b"q")
+    column = send_columns(broker, queue, [b"a", b"bb", b"ccc"])
+    lone = send_columns(broker, queue, [b"lone"])
+    assert len(store._new_packs) == 1 and list(store._adds) == unpack_ids(lone)
+    store.commit()
+    ids = unpack_ids(column)
+    broker.deliver_many(queue, 3, 0, Holding(), 0.0)
+    assert broker.confirm_column(struct.pack(">2Q", *ids[:2])) is False
+    assert broker.confirm_many((ids[1],)) == bytes(1)
+    store.close()
+    assert stored_ids(tmp_path) == {b"q": [ids[0], ids[2], *unpack_ids(lone)]}

@@ -23,6 +23,9 @@ model sorts them by deadline, then by the order of the reads and touches.
 
 from __future__ import annotations
 
+import struct
+from itertools import groupby
+
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -48,7 +51,9 @@ class BrokerModel(RuleBasedStateMachine):
         self.model_held: list[list[int]] = [[] for _ in range(CONNECTIONS)]  # read order
         self.deadline: dict[int, float] = {}  # timed held id -> deadline
         self.order: dict[int, tuple[int, int]] = {}  # timed held id -> (step that set its deadline, place in its read)
-        self.block_of: dict[int, int] = {}  # held id still in a block -> the step of the batch read that made it
+        self.block_of: dict[int, tuple[int, int]] = {}  # held id still in a block -> (the batch read's step, block)
+        self.segment_of: dict[int, int] = {}  # fresh id -> the run or slab it waits in (a batch read's blocks follow them)
+        self.run: dict[bytes, int] = {}  # queue -> the run its next fresh message joins
         self.queue_of: dict[int, bytes] = {}
         self.data: dict[int, bytes] = {}
         self.deliveries: dict[int, int] = {}
@@ -64,6 +69,11 @@ class BrokerModel(RuleBasedStateMachine):
     def _create(self, name: bytes) -> None:
         self.broker.create_queue(name, self.capacity[name])
         self.ready[name] = []
+        self.run[name] = self._new_segment()
+
+    def _new_segment(self) -> int:
+        self.counter += 1
+        return self.counter
 
     def _tick(self) -> None:
         self.now += 1.0
@@ -92,8 +102,9 @@ class BrokerModel(RuleBasedStateMachine):
         known = sorted(self.data)
         return data.draw(st.sampled_from(known)) if known and data.draw(st.booleans()) else UNKNOWN
 
-    def _add(self, name: bytes, id_: int, payload: bytes) -> None:
+    def _add(self, name: bytes, id_: int, payload: bytes, segment: int) -> None:
         assert id_ > 0 and id_ not in self.data
+        self.segment_of[id_] = segment
         self.data[id_] = payload
         self.queue_of[id_] = name
         self.deliveries[id_] = 0
@@ -125,25 +136,34 @@ class BrokerModel(RuleBasedStateMachine):
         if capacity and self._count(name) >= capacity:
             assert id_ == -1
             return
-        self._add(name, id_, payload)
+        self._add(name, id_, payload, self.run[name])
 
-    @rule(name=st.sampled_from(NAMES), size=st.integers(1, 6))
-    def enqueue_batch(self, name: bytes, size: int) -> None:
+    @rule(name=st.sampled_from(NAMES), size=st.integers(1, 6), in_columns=st.booleans())
+    def enqueue_batch(self, name: bytes, size: int, in_columns: bool) -> None:
         self._tick()
-        self._enqueue_batch(name, size)
+        self._enqueue_batch(name, size, in_columns)
 
-    def _enqueue_batch(self, name: bytes, size: int) -> None:
+    def _enqueue_batch(self, name: bytes, size: int, in_columns: bool = False) -> None:
         payloads = [b"m%d" % (self.counter + i + 1) for i in range(size)]
         self.counter += size
-        ids = self.broker.enqueue_batch(self.broker.queues[name], payloads, self.now)
+        queue = self.broker.queues[name]
+        if in_columns:  # kept whole as a slab, as the server keeps a sent ENQUEUE_BATCH
+            lengths = struct.pack(f">{size}I", *map(len, payloads))
+            column = self.broker.enqueue_columns(queue, lengths, b"".join(payloads), self.now)
+            ids = None if column is None else list(struct.unpack(f">{size}Q", column))
+        else:
+            ids = self.broker.enqueue_batch(queue, payloads, self.now)
         capacity = self.capacity[name]
         if capacity and self._count(name) + size > capacity:
             assert ids is None  # all or nothing
             return
         assert ids is not None and len(ids) == size
         assert ids == list(range(ids[0], ids[0] + size))
+        segment = self._new_segment() if in_columns else self.run[name]
         for id_, payload in zip(ids, payloads):
-            self._add(name, id_, payload)
+            self._add(name, id_, payload, segment)
+        if in_columns:
+            self.run[name] = self._new_segment()  # fresh messages sent next wait behind the slab
 
     @rule(name=st.sampled_from(NAMES), conn=st.integers(0, CONNECTIONS - 1), timeout_ms=st.sampled_from([0, 1500]))
     def deliver(self, name: bytes, conn: int, timeout_ms: int) -> None:
@@ -178,7 +198,8 @@ class BrokerModel(RuleBasedStateMachine):
         returned = [id_ for id_ in taken if self.deliveries[id_]]
         fresh = taken[len(returned) :]
         assert all(self.deliveries[id_] == 0 for id_ in fresh)  # the ones that came back are ahead
-        kinds = [Record] * len(returned) + ([Block] if len(fresh) > 1 else [Record] * len(fresh))
+        groups = [list(group) for _, group in groupby(fresh, key=self.segment_of.get)]  # a block each, from two
+        kinds = [Record] * len(returned) + [Block if len(group) > 1 else Record for group in groups]
         assert [entry.__class__ for entry in entries] == kinds
         for id_ in taken:
             self.deliveries[id_] += 1
@@ -187,10 +208,11 @@ class BrokerModel(RuleBasedStateMachine):
         assert deliveries == [self.deliveries[id_] for id_ in taken]
         assert payloads == [self.data[id_] for id_ in taken]
         self.model_held[conn] += taken
-        self.batches += [batch for batch in (taken, fresh) if len(batch) > 1][: 2 if returned else 1]  # + its block
+        self.batches += [batch for batch in (taken, *groups) if len(batch) > 1]  # the read, and each of its blocks
         self.steps += 1
-        if len(fresh) > 1:
-            self.block_of.update(dict.fromkeys(fresh, self.steps))
+        for number, group in enumerate(groups):
+            if len(group) > 1:
+                self.block_of.update(dict.fromkeys(group, (self.steps, number)))
         for place, id_ in enumerate(taken):  # one deadline, in read order
             self._time(id_, timeout_ms, place)
 
@@ -219,6 +241,10 @@ class BrokerModel(RuleBasedStateMachine):
         how = data.draw(st.integers(0, 3))
         if how == 0 and self.batches:  # one whole batch read, even if some of it has been settled since
             ids = list(data.draw(st.sampled_from(self.batches)))
+            if data.draw(st.booleans()):  # as its ids column, as a client confirms a batch it read
+                if self.broker.confirm_column(struct.pack(f">{len(ids)}Q", *ids)):
+                    assert [self._settle(id_) for id_ in ids] == [Outcome.CONFIRMED] * len(ids)
+                    return
         elif how == 3 and self.block_of:  # some of those still in one block, in read order
             step = data.draw(st.sampled_from(sorted(set(self.block_of.values()))))
             members = [id_ for id_, s in self.block_of.items() if s == step]

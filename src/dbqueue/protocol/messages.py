@@ -985,6 +985,40 @@ def _messages_body(ids: list[int], deliveries: list[int], payloads: list[bytes])
     return columns + b"".join(payloads)
 
 
+def messages_frame_of_columns(
+    request_id: int, count: int, ids: list[bytes], deliveries: list[bytes], lengths: list[bytes], payloads: list[bytes]
+) -> bytes:
+    """A MESSAGES frame from its columns already packed, each given as pieces: u64 ids, u32
+    delivery counts, u32 lengths, payloads back to back (the server's slabs keep them so)."""
+    parts = [b"", U32.pack(count), *ids, *deliveries, *lengths, *payloads]
+    size = sum(map(len, parts))
+    parts[0] = HEADER.pack(MAGIC, Op.MESSAGES, 0, request_id, size)
+    return b"".join(parts)
+
+
+def objects_queued_frame(request_id: int, ids: bytes) -> bytes:
+    """An OBJECTS_QUEUED frame for ids already packed as a u64 column."""
+    return HEADER.pack(MAGIC, Op.OBJECTS_QUEUED, 0, request_id, len(ids)) + ids
+
+
+def split_enqueue_batch(body: bytes) -> tuple[bytes, bytes, bytes, int] | None:
+    """An ENQUEUE_BATCH body left in its columns, payloads not cut apart: (raw queue name, u32
+    length column, payloads back to back, the longest payload's size). None for a body that
+    `EnqueueBatch.from_body` would refuse: it says why."""
+    size = body[0] if body else 0
+    start = 1 + size  # the message count
+    if not size or len(body) < start + 4:
+        return None
+    (count,) = U32.unpack_from(body, start)
+    payloads_start = start + 4 + 4 * count
+    if not count or payloads_start > len(body):
+        return None
+    lengths = struct.unpack_from(f">{count}I", body, start + 4)
+    if sum(lengths) != len(body) - payloads_start:
+        return None
+    return body[1:start], body[start + 4 : payloads_start], body[payloads_start:], max(lengths)
+
+
 def _pack_lengths(payloads: tuple[bytes, ...] | list[bytes]) -> bytes:
     """A batch's count and length column (the payloads follow them, back to back)."""
     return struct.pack(f">I{len(payloads)}I", len(payloads), *map(len, payloads))

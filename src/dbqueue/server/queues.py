@@ -62,9 +62,10 @@ from __future__ import annotations
 import enum
 import heapq
 import logging
+import struct
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from itertools import islice, repeat, starmap
+from itertools import accumulate, islice, repeat, starmap
 from typing import Any
 
 from ..errors import InvalidQueueName, InvalidRequest, LimitExceeded, NoSuchQueue
@@ -79,6 +80,7 @@ log = logging.getLogger("dbqueue.server")
 
 ID_BLOCK = 1 << 16
 BUCKET_BITS = 6  # `_BlockIndex` lists a block under each 64-id range it overlaps
+_U32 = struct.Struct(">I")
 BATCH_ENTRY_OVERHEAD = 16  # a batch reply's id, deliveries and length for each payload
 NO_BYTE_LIMIT = 1 << 62  # `Queue.take_many`'s limit for reads answered one frame each
 
@@ -113,21 +115,43 @@ class Record:
 class Block:
     """Fresh messages with consecutive ids, ``first_id`` up to ``end``, read together by one batch
     read and in flight on one deadline. ``live`` of them are still held; the ids of those that
-    left (confirmed, or given a record of their own by `Broker._split`) are in ``gone``."""
+    left (confirmed, or given a record of their own by `Broker._split`) are in ``gone``.
 
-    __slots__ = ("first_id", "end", "queue", "payloads", "held", "live", "gone", "lease", "read")
+    Taken from a run, it holds its payloads as ``items``; taken from a slab, as ``slab``: the
+    columns of the batch they were sent in (u64 ids, u32 lengths, payloads back to back), from
+    which a batch reply is built and a batch confirm recognised without a step per message.
+    """
+
+    __slots__ = ("first_id", "end", "queue", "items", "slab", "held", "live", "gone", "lease", "read")
     deliveries = 1  # a block is always a first delivery
 
-    def __init__(self, first_id: int, queue: Queue, payloads: list[bytes], held: Holding) -> None:
+    def __init__(
+        self,
+        first_id: int,
+        queue: Queue,
+        count: int,
+        held: Holding,
+        items: list[bytes] | None = None,
+        slab: tuple[bytes, bytes, bytes] | None = None,
+    ) -> None:
         self.first_id = first_id
-        self.end = first_id + len(payloads)
+        self.end = first_id + count
         self.queue = queue
-        self.payloads = payloads
+        self.items = items
+        self.slab = slab
         self.held: Holding | None = held
-        self.live = len(payloads)
+        self.live = count
         self.gone: set[int] | None = None  # made on the first departure: most blocks leave whole
         self.lease = 0
         self.read = 0  # see `Record`
+
+    @property
+    def payloads(self) -> list[bytes]:
+        """Every member's payload, in id order (a slab's are cut apart the first time they are asked for)."""
+        if self.items is None:
+            _, lengths, data = self.slab  # type: ignore[misc]
+            self.items = _cut(lengths, data)
+        return self.items
 
     def holds(self, id_: int) -> bool:
         """Whether member ``id_`` (in range) is still held as part of this block."""
@@ -260,6 +284,50 @@ class _Run:
         self.items: deque[bytes] = deque()
 
 
+class _Slab:
+    """Fresh messages sent in one batch, kept in the batch's columns: ``ids`` (u64 each, the
+    OBJECTS_QUEUED body), ``lengths`` (u32 each) and ``data`` (the payloads back to back). The
+    first ``taken`` have left; their payloads end at ``offset``."""
+
+    __slots__ = ("first_id", "count", "ids", "lengths", "data", "taken", "offset")
+
+    def __init__(self, first_id: int, ids: bytes, lengths: bytes, data: bytes) -> None:
+        self.first_id = first_id
+        self.count = len(lengths) // 4
+        self.ids = ids
+        self.lengths = lengths
+        self.data = data
+        self.taken = 0
+        self.offset = 0
+
+    def sizes(self, count: int) -> tuple[int, ...]:
+        """The payload sizes of the next ``count`` members."""
+        return struct.unpack_from(f">{count}I", self.lengths, 4 * self.taken)
+
+    def take_one(self) -> tuple[int, bytes]:
+        """The next member: (id, payload)."""
+        index, start = self.taken, self.offset
+        end = start + _U32.unpack_from(self.lengths, 4 * index)[0]
+        self.taken, self.offset = index + 1, end
+        return self.first_id + index, self.data[start:end]
+
+    def take(self, count: int, size: int) -> tuple[int, tuple[bytes, bytes, bytes]]:
+        """The next ``count`` members, whose payloads take ``size`` bytes: (first id, their columns)."""
+        index, start = self.taken, self.offset
+        end = start + size
+        self.taken, self.offset = index + count, end
+        if index == 0 and count == self.count:  # the whole batch, as it was sent: nothing copied
+            return self.first_id, (self.ids, self.lengths, self.data)
+        columns = (self.ids[8 * index : 8 * (index + count)], self.lengths[4 * index : 4 * (index + count)], self.data[start:end])
+        return self.first_id + index, columns
+
+
+def _cut(lengths: bytes, data: bytes) -> list[bytes]:
+    """Payloads back to back, cut apart by their u32 length column."""
+    ends = list(accumulate(struct.unpack(f">{len(lengths) // 4}I", lengths), initial=0))
+    return [data[start:end] for start, end in zip(ends, ends[1:])]
+
+
 class _Lanes:
     """In-flight deadlines: a FIFO of (deadline, lease, record) entries per timeout value,
     and a heap of each non-empty lane's first deadline. Iterating gives every entry."""
@@ -378,7 +446,7 @@ class Queue:
         self._records = broker.records
         self._blocks = broker.blocks
         self.journal: Store | None = broker.journal
-        self._segments: deque[_Run | Record] = deque()
+        self._segments: deque[_Run | _Slab | Record] = deque()
         self._tail: _Run | None = None  # the run `push` appends to
         self._next_id = 0
         self._block_end = 0
@@ -436,6 +504,24 @@ class Queue:
             self.journal.add_many(self.name, ids, items)
         return ids
 
+    def push_columns(self, lengths: bytes, data: bytes) -> bytes:
+        """Append fresh messages given as a batch's columns (u32 lengths, payloads back to back), kept
+        whole as one slab (the caller checked the capacity); return their ids as a u64 column."""
+        count = len(lengths) // 4
+        first = self._next_id
+        if first + count <= self._block_end:  # consecutive ids from the queue's block, else a range of their own
+            self._next_id = first + count
+        else:
+            first = self._broker.allocate_ids(count)
+        ids = struct.pack(f">{count}Q", *range(first, first + count))
+        self._segments.append(_Slab(first, ids, lengths, data))
+        self._tail = None  # a message sent next starts a run behind the slab
+        self.ready += count
+        self.enqueued += count
+        if self.journal is not None:
+            self.journal.add_columns(self.name, first, lengths, data)
+        return ids
+
     def take(self, held: Holding) -> Record | None:
         """Hand the first ready message to ``held`` and register it in flight with the broker;
         return its record (deliveries counted), or None when none is ready."""
@@ -455,6 +541,15 @@ class Queue:
                 if segment is self._tail:
                     return None
                 segments.popleft()
+            elif segment.__class__ is _Slab:
+                id_, data = segment.take_one()  # type: ignore[union-attr]
+                if segment.taken == segment.count:  # type: ignore[union-attr]
+                    segments.popleft()
+                self.ready -= 1
+                record = held[id_] = self._records[id_] = Record(id_, self, data, held)
+                record.read = held.reads = held.reads + 1
+                held.count += 1
+                return record
             else:
                 segments.popleft()
                 self.ready -= 1
@@ -481,6 +576,13 @@ class Queue:
                 entries.append(self.take(held))  # type: ignore[arg-type]
                 taken += 1
                 continue
+            if segment.__class__ is _Slab:
+                fits, used = self._take_slab(segment, held, count - taken, limit - size, not entries, entries)  # type: ignore[arg-type]
+                taken += fits
+                size += used
+                if segment.taken < segment.count:  # type: ignore[union-attr]
+                    break  # the count or the byte limit stopped it
+                continue
             items = segment.items  # type: ignore[union-attr]
             if not items:
                 if segment is self._tail:
@@ -499,7 +601,7 @@ class Queue:
             else:
                 first = segment.next_id  # type: ignore[union-attr]
                 segment.next_id = first + fits  # type: ignore[union-attr]
-                block = held[block] = Block(first, self, list(starmap(items.popleft, repeat((), fits))), held)
+                block = held[block] = Block(first, self, fits, held, items=list(starmap(items.popleft, repeat((), fits))))
                 block.read = held.reads = held.reads + 1
                 held.count += fits
                 self._blocks.add(block)
@@ -510,6 +612,34 @@ class Queue:
             if fits < wanted:
                 break
         return entries
+
+    def _take_slab(
+        self, slab: _Slab, held: Holding, wanted: int, room: int, first: bool, entries: list[Entry]
+    ) -> tuple[int, int]:
+        """`take_many`'s step over the first segment, a slab: append up to ``wanted`` of its members
+        whose reply entries fit in ``room`` bytes to ``entries`` as one block (a record, for one),
+        drop the slab once empty; return (how many, their reply bytes)."""
+        wanted = min(wanted, slab.count - slab.taken)
+        whole = slab.taken == 0 and wanted == slab.count
+        payload = len(slab.data) if whole else sum(slab.sizes(wanted))  # the whole slab: nothing to add up
+        fits, used = wanted, payload + BATCH_ENTRY_OVERHEAD * wanted
+        if used > room:
+            fits, used = _fitting(list(slab.sizes(wanted)), room, first)
+            payload = used - BATCH_ENTRY_OVERHEAD * fits
+        if fits == 1:
+            entries.append(self.take(held))  # type: ignore[arg-type]  # (it drops the slab once empty)
+            return fits, used
+        if fits:
+            first_id, columns = slab.take(fits, payload)
+            block = held[block] = Block(first_id, self, fits, held, slab=columns)
+            block.read = held.reads = held.reads + 1
+            held.count += fits
+            self._blocks.add(block)
+            self.ready -= fits
+            entries.append(block)
+            if slab.taken == slab.count:
+                self._segments.popleft()
+        return fits, used
 
     def push_front(self, record: Record) -> None:
         """Return a record ahead of every ready message."""
@@ -741,6 +871,16 @@ class Broker:
             self.feed_waiters(queue, now)
         return ids
 
+    def enqueue_columns(self, queue: Queue, lengths: bytes, data: bytes, now: float) -> bytes | None:
+        """`enqueue_batch` for a batch in its columns (u32 lengths, payloads back to back), kept as
+        they are; return the ids as a u64 column, or None if they do not all fit."""
+        if not queue.has_room(len(lengths) // 4):
+            return None
+        ids = queue.push_columns(lengths, data)
+        if queue.waiters:
+            self.feed_waiters(queue, now)
+        return ids
+
     def enqueue_delayed(self, queue: Queue, data: bytes, delay_ms: int, now: float) -> int:
         """Add a message that becomes ready after ``delay_ms``; return its id or -1 (full)."""
         if not queue.has_room():
@@ -897,7 +1037,23 @@ class Broker:
                 return bytes(len(ids))
         return bytes(map(self.confirm, ids))
 
-    def _settle(self, block: Block, ids: tuple[int, ...]) -> None:
+    def confirm_column(self, ids: bytes) -> bool:
+        """Confirm a whole block, its ids given as the u64 column it was read with (what a consumer
+        that confirms a batch as it read it sends): True if they were that, else False, having done
+        nothing (`confirm_many` then settles them id by id)."""
+        block = self.blocks.find(int.from_bytes(ids[:8], "big"))
+        if (
+            block is None
+            or block.slab is None
+            or block.slab[0] != ids
+            or block.live != block.end - block.first_id
+            or block.queue.deleted
+        ):
+            return False
+        self._settle(block, range(block.first_id, block.end))
+        return True
+
+    def _settle(self, block: Block, ids: tuple[int, ...] | range) -> None:
         """Confirm distinct held members of a block (none of them confirmed, if its queue was deleted)."""
         block.held.count -= len(ids)  # type: ignore[union-attr]
         self._depart(block, ids)
@@ -907,7 +1063,7 @@ class Broker:
             if self.journal is not None:
                 self.journal.remove_many(ids)
 
-    def _depart(self, block: Block, ids: tuple[int, ...] | list[int]) -> None:
+    def _depart(self, block: Block, ids: tuple[int, ...] | list[int] | range) -> None:
         """Mark distinct held members as gone from their block; retire it when none is left."""
         if len(ids) == block.live:  # the last ones: nothing left to mark
             self._retire(block)
@@ -926,7 +1082,8 @@ class Broker:
         del block.held[block]  # type: ignore[union-attr]
         self.blocks.remove(block)
         block.live = 0
-        block.payloads = []
+        block.items = []
+        block.slab = None
         block.held = None
 
     def _split(self, block: Block, ids: list[int]) -> list[Record]:

@@ -89,6 +89,8 @@ _ENQUEUE, _READ, _CONFIRM = int(fr.Op.ENQUEUE), int(fr.Op.READ), int(fr.Op.CONFI
 _OBJECT_QUEUED, _MESSAGE, _FULL, _EMPTY = int(fr.Op.OBJECT_QUEUED), int(fr.Op.MESSAGE), int(fr.Op.FULL), int(fr.Op.EMPTY)
 _CONFIRMED_OP, _REQUEUED_OP = int(fr.Op.CONFIRMED), int(fr.Op.REQUEUED)
 _CONFIRMED, _REQUEUED = int(Outcome.CONFIRMED), int(Outcome.REQUEUED)
+_CONFIRM_RESULTS = int(fr.Op.CONFIRM_RESULTS)
+_FIRST_DELIVERY = msg.U32.pack(1)  # a block's delivery count, each member's entry in a MESSAGES column
 
 
 class Session(asyncio.Protocol):
@@ -466,6 +468,10 @@ class Session(asyncio.Protocol):
     def _handle_other(self, frame: fr.Frame, now: float) -> bytes:
         """Answer a frame off the hot path: a refused request gets an Error frame, a waiting read b""."""
         opcode, flags, request_id, body = frame
+        if opcode in _IN_COLUMNS and not flags:
+            reply = _IN_COLUMNS[opcode](self, request_id, body, now)
+            if reply is not None:
+                return reply
         try:
             if flags:
                 raise InvalidRequest(f"unsupported flags 0x{flags:04x} for opcode 0x{opcode:02x}")
@@ -516,6 +522,25 @@ class Session(asyncio.Protocol):
         id_ = self.broker.enqueue_delayed(queue, request.data, request.delay_ms, now)
         return msg.ObjectQueued(id_) if id_ >= 0 else msg.Full.INSTANCE  # type: ignore[attr-defined]
 
+    # --- batches kept in their columns: each answers what the decoded request would get, or
+    # --- returns None, having changed nothing, to leave it to its handler (a refusal, a full queue).
+
+    def _enqueue_columns(self, request_id: int, body: bytes, now: float) -> bytes | None:
+        columns = msg.split_enqueue_batch(body)
+        if columns is None:
+            return None
+        name, lengths, data, longest = columns
+        queue = self.broker.queues.get(name)
+        if queue is None or longest > self.server.max_message_size:
+            return None
+        ids = self.broker.enqueue_columns(queue, lengths, data, now)
+        return msg.objects_queued_frame(request_id, ids) if ids is not None else None
+
+    def _confirm_columns(self, request_id: int, body: bytes, now: float) -> bytes | None:
+        if not self.broker.confirm_column(body):
+            return None
+        return fr.HEADER.pack(_MAGIC, _CONFIRM_RESULTS, 0, request_id, len(body) >> 3) + bytes(len(body) >> 3)
+
     def _enqueue_batch(self, request: msg.EnqueueBatch, request_id: int, now: float) -> msg.Response:
         queue = self._queue(request.queue)
         self._check_size(max(request.items, key=len))
@@ -534,7 +559,7 @@ class Session(asyncio.Protocol):
         if not entries and request.wait_ms:
             self._wait(queue, request_id, request.timeout_ms, count, request.wait_ms, now)
             return None
-        return msg.messages_frame(request_id, *columns(entries))
+        return _messages_frame(request_id, entries)
 
     def _confirm_batch(self, request: msg.ConfirmBatch, request_id: int, now: float) -> bytes:
         outcomes = self.broker.confirm_many(request.ids)
@@ -597,7 +622,7 @@ class Session(asyncio.Protocol):
         if entries is None:
             reply = _refusal(request_id, NoSuchQueue("the queue was deleted while the read waited"))
         elif max_messages:
-            reply = msg.messages_frame(request_id, *columns(entries))
+            reply = _messages_frame(request_id, entries)
         elif entries:
             (id_,), (deliveries,), (data,) = columns(entries)
             reply = msg.encode(request_id, msg.Message(id_, data, deliveries))
@@ -605,6 +630,11 @@ class Session(asyncio.Protocol):
             reply = _BARE_FRAME(fr.MAGIC, _EMPTY, 0, request_id, 0)
         self.server.send(transport, reply)
 
+
+_IN_COLUMNS = {
+    int(fr.Op.ENQUEUE_BATCH): Session._enqueue_columns,
+    int(fr.Op.CONFIRM_BATCH): Session._confirm_columns,
+}
 
 _HANDLERS = {
     msg.Hello: Session._hello,
@@ -622,6 +652,17 @@ _HANDLERS = {
     msg.Release: Session._release,
     msg.Cancel: Session._cancel,
 }
+
+
+def _messages_frame(request_id: int, entries: list[Entry]) -> bytes:
+    """The MESSAGES frame of a batch read: straight from the columns its messages were sent in
+    when it took them from slabs (the usual case), else from their columns gathered."""
+    if all(entry.__class__ is Block and entry.slab is not None for entry in entries):  # type: ignore[union-attr]
+        slabs = [entry.slab for entry in entries]  # type: ignore[union-attr]
+        count = sum(entry.end - entry.first_id for entry in entries)  # type: ignore[union-attr]
+        ids, lengths, payloads = zip(*slabs) if slabs else ((), (), ())
+        return msg.messages_frame_of_columns(request_id, count, ids, [_FIRST_DELIVERY * count], lengths, payloads)
+    return msg.messages_frame(request_id, *columns(entries))
 
 
 def _settled(outcome: Outcome, id_: int, done: msg.Response) -> msg.Response:

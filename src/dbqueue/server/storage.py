@@ -575,13 +575,21 @@ class Store:
             if end - start == 1:
                 self._adds[ids[start]] = (ids[start], qid, items[start], 0, 0, next(self._seq))
             else:
-                self._add_pack(qid, ids[start], items[start:end])
+                chunk = items[start:end]
+                self._add_pack(qid, ids[start], _sizes_layout(len(chunk)).pack(*map(len, chunk)), b"".join(chunk))
             start = end
 
-    def _add_pack(self, qid: int, first_id: int, chunk: Sequence[bytes]) -> None:
+    def add_columns(self, queue: bytes, first_id: int, sizes: bytes, data: bytes) -> None:
+        """`add_many` for messages with consecutive ids from ``first_id``, given as a batch's columns:
+        their u32 sizes and their payloads back to back (stored as they are, as one pack)."""
+        qid = self._qids[queue]
+        if len(sizes) == 4:
+            self._adds[first_id] = (first_id, qid, data, 0, 0, next(self._seq))
+        else:
+            self._add_pack(qid, first_id, sizes, data)
+
+    def _add_pack(self, qid: int, first_id: int, sizes: bytes, data: bytes) -> None:
         # A new pack, in a free slot of its shape if there is one, else in a new row.
-        data = b"".join(chunk)
-        sizes = _sizes_layout(len(chunk)).pack(*map(len, chunk))
         pack = _Pack(first_id, qid, next(self._seq), sizes, data, 0, len(data))
         free = self._free.get(pack.shape)
         if free:
