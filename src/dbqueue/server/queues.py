@@ -11,15 +11,22 @@ over). A queue's ready messages are a deque of *segments*:
   the id is implied by its position. Ids come from one server-wide counter,
   handed to queues in blocks of `ID_BLOCK`, so they stay unique for the
   server's lifetime across all queues;
+* a `_Slab` holds the fresh messages of one sent batch (ENQUEUE_BATCH) as the
+  batch's columns, never cut apart: its ids (u64 each, the body of the reply
+  that gave them), its u32 length column and its payloads back to back;
 * a `Record` is a message that has been read, or was delayed: it carries its
   own id and delivery count.
 
 A read turns the first ready message into a `Record`, kept in `Broker.records`
-(by id) and in its holder's `Holding` (one per connection, in read order).
-A batch read takes fresh messages as a `Block` instead: one object for a slice
-of a run, with one deadline, held under itself and found from any member's id
-through `Broker.blocks` (buckets of id ranges), so a batch costs a few
-operations, not a dict entry per message. Members that leave a block are
+(by id) and in its holder's `Holding` (one per connection; ``read`` numbers
+keep the read order). A batch read takes fresh messages as a `Block` instead:
+one object for a slice of a run or of a slab, with one deadline, held under
+itself and found from any member's id through `Broker.blocks` (buckets of id
+ranges), so a batch costs a few operations, not a dict entry per message. A
+block cut from a slab keeps the slab's columns: the reply is those columns
+joined, and a confirm of the block as it was read is recognised by comparing
+its ids column (`Broker.confirm_column`), so a batch sent, read and confirmed
+whole costs no step per message at all. Members that leave a block are
 marked in its ``gone`` set: a confirm marks them; a touch, release or return
 gives the member a `Record` of its own (`Broker._split`). A block is retired
 when its last member leaves.
