@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import enum
 import heapq
+import itertools
 import logging
 import struct
 from collections import deque
@@ -88,6 +89,7 @@ log = logging.getLogger("dbqueue.server")
 ID_BLOCK = 1 << 16
 BUCKET_BITS = 6  # `_BlockIndex` lists a block under each 64-id range it overlaps
 _U32 = struct.Struct(">I")
+_next_read = itertools.count(1).__next__  # numbers every read server-wide, so a holder's reads sort in read order
 BATCH_ENTRY_OVERHEAD = 16  # a batch reply's id, deliveries and length for each payload
 NO_BYTE_LIMIT = 1 << 62  # `Queue.take_many`'s limit for reads answered one frame each
 
@@ -104,7 +106,7 @@ class Record:
     """A message that has been read at least once, or was delayed.
 
     ``held`` is its holder's `Holding` while in flight, None otherwise; ``read`` numbers
-    its last read among its holder's reads.
+    its last read (see `Holding`).
     """
 
     __slots__ = ("id", "queue", "data", "deliveries", "lease", "held", "read")
@@ -116,7 +118,7 @@ class Record:
         self.deliveries = 1 if held is not None else 0  # a record made for a read is a first delivery
         self.lease = 0  # its live heap entry: a deadline while in flight, a delay end while delayed
         self.held = held
-        self.read = 0
+        self.read = _next_read()
 
 
 class Block:
@@ -150,7 +152,7 @@ class Block:
         self.live = count
         self.gone: set[int] | None = None  # made on the first departure: most blocks leave whole
         self.lease = 0
-        self.read = 0  # see `Record`
+        self.read = _next_read()  # see `Record`
 
     @property
     def payloads(self) -> list[bytes]:
@@ -174,16 +176,21 @@ Entry = Record | Block  # what a holder holds in flight
 
 
 class Holding(dict):  # type: ignore[type-arg]
-    """What one connection holds in flight: each `Record` under its id, each `Block` under
-    itself. ``count`` is how many messages that is (a block counts its live members); ``reads``
-    numbers its reads, so that what it holds can be put back in read order (`read_order`)."""
+    """What one connection holds in flight: each `Record` under its id, each `Block` under itself.
+    ``extra`` is what its blocks' single entries leave out of the count of messages (`count`),
+    kept by the block paths alone, so that a lone read or confirm costs one dict operation. Reads
+    are numbered (``read``), so that what it holds can be put back in read order (`read_order`)."""
 
-    __slots__ = ("count", "reads")
+    __slots__ = ("extra",)
 
     def __init__(self) -> None:
         super().__init__()
-        self.count = 0
-        self.reads = 0
+        self.extra = 0  # the sum of (live members - 1) over its blocks
+
+    @property
+    def count(self) -> int:
+        """How many messages it holds (a block counts its live members)."""
+        return len(self) + self.extra
 
     def ids(self) -> list[int]:
         """The ids of the messages held, in read order."""
@@ -542,8 +549,6 @@ class Queue:
                     segment.next_id = id_ + 1  # type: ignore[union-attr]
                     self.ready -= 1
                     record = held[id_] = self._records[id_] = Record(id_, self, items.popleft(), held)
-                    record.read = held.reads = held.reads + 1
-                    held.count += 1
                     return record
                 if segment is self._tail:
                     return None
@@ -554,8 +559,6 @@ class Queue:
                     segments.popleft()
                 self.ready -= 1
                 record = held[id_] = self._records[id_] = Record(id_, self, data, held)
-                record.read = held.reads = held.reads + 1
-                held.count += 1
                 return record
             else:
                 segments.popleft()
@@ -563,8 +566,7 @@ class Queue:
                 segment.deliveries += 1  # type: ignore[union-attr]
                 segment.held = held  # type: ignore[union-attr]
                 held[segment.id] = segment  # type: ignore[union-attr,index]
-                segment.read = held.reads = held.reads + 1  # type: ignore[union-attr]
-                held.count += 1
+                segment.read = _next_read()  # type: ignore[union-attr]
                 return segment  # type: ignore[return-value]
         return None
 
@@ -609,8 +611,7 @@ class Queue:
                 first = segment.next_id  # type: ignore[union-attr]
                 segment.next_id = first + fits  # type: ignore[union-attr]
                 block = held[block] = Block(first, self, fits, held, items=list(starmap(items.popleft, repeat((), fits))))
-                block.read = held.reads = held.reads + 1
-                held.count += fits
+                held.extra += fits - 1
                 self._blocks.add(block)
                 self.ready -= fits
                 entries.append(block)
@@ -639,8 +640,7 @@ class Queue:
         if fits:
             first_id, columns = slab.take(fits, payload)
             block = held[block] = Block(first_id, self, fits, held, slab=columns)
-            block.read = held.reads = held.reads + 1
-            held.count += fits
+            held.extra += fits - 1
             self._blocks.add(block)
             self.ready -= fits
             entries.append(block)
@@ -1008,7 +1008,6 @@ class Broker:
             return Outcome.REQUEUED if record.deliveries else Outcome.NO_SUCH_MESSAGE
         del self.records[id_]
         del held[id_]
-        held.count -= 1
         record.held = None
         record.data = b""  # a stale lane entry may keep the record a while
         if record.lease:
@@ -1062,7 +1061,6 @@ class Broker:
 
     def _settle(self, block: Block, ids: tuple[int, ...] | range) -> None:
         """Confirm distinct held members of a block (none of them confirmed, if its queue was deleted)."""
-        block.held.count -= len(ids)  # type: ignore[union-attr]
         self._depart(block, ids)
         queue = block.queue
         if not queue.deleted:
@@ -1073,8 +1071,10 @@ class Broker:
     def _depart(self, block: Block, ids: tuple[int, ...] | list[int] | range) -> None:
         """Mark distinct held members as gone from their block; retire it when none is left."""
         if len(ids) == block.live:  # the last ones: nothing left to mark
+            block.held.extra -= block.live - 1  # type: ignore[union-attr]  # (and its entry goes)
             self._retire(block)
             return
+        block.held.extra -= len(ids)  # type: ignore[union-attr]
         if block.gone is None:
             block.gone = set(ids)
         else:
@@ -1157,9 +1157,7 @@ class Broker:
         touched: set[Queue] = set()
         spent: list[Record] = []  # out of deliveries, in reverse order
         for record in reversed(records):
-            held = record.held
-            del held[record.id]  # type: ignore[union-attr]
-            held.count -= 1  # type: ignore[union-attr]
+            del record.held[record.id]  # type: ignore[union-attr]
             record.held = None
             if record.lease:
                 self._timed -= 1

@@ -310,7 +310,7 @@ class Session(asyncio.Protocol):
                     continue
                 if queue not in self.read_from:
                     self._count_consumer(queue)
-                if held.count >= server.max_in_flight:
+                if len(held) + held.extra >= server.max_in_flight:  # (`Holding.count` inlined)
                     append(_refusal(request_id, _too_many_in_flight(server.max_in_flight)))
                     continue
                 timeout_ms, wait_ms = b
@@ -369,7 +369,7 @@ class Session(asyncio.Protocol):
                 return None
             queue = self.broker.queues.get(data[21:])
             held = self.held
-            if queue is None or held.count >= server.max_in_flight:
+            if queue is None or len(held) + held.extra >= server.max_in_flight:
                 return None
             timeout_ms, wait_ms = msg.TIMES.unpack_from(data, fr.HEADER_SIZE)
             if wait_ms and not queue.ready:
