@@ -332,7 +332,8 @@ class _Slab:
         self.taken, self.offset = index + count, end
         if index == 0 and count == self.count:  # the whole batch, as it was sent: nothing copied
             return self.first_id, (self.ids, self.lengths, self.data)
-        columns = (self.ids[8 * index : 8 * (index + count)], self.lengths[4 * index : 4 * (index + count)], self.data[start:end])
+        stop = index + count
+        columns = (self.ids[8 * index : 8 * stop], self.lengths[4 * index : 4 * stop], self.data[start:end])
         return self.first_id + index, columns
 
 
@@ -610,7 +611,8 @@ class Queue:
             else:
                 first = segment.next_id  # type: ignore[union-attr]
                 segment.next_id = first + fits  # type: ignore[union-attr]
-                block = held[block] = Block(first, self, fits, held, items=list(starmap(items.popleft, repeat((), fits))))
+                payloads = list(starmap(items.popleft, repeat((), fits)))
+                block = held[block] = Block(first, self, fits, held, items=payloads)
                 held.extra += fits - 1
                 self._blocks.add(block)
                 self.ready -= fits
@@ -845,7 +847,8 @@ class Broker:
         """Drop every ready and delayed message of ``queue``; return how many."""
         dropped = queue.ready + queue.delayed
         if self.journal is not None:
-            in_flight = [id_ for id_, record in self.records.items() if record.queue is queue and record.held is not None]
+            records = self.records.values()
+            in_flight = [record.id for record in records if record.queue is queue and record.held is not None]
             in_flight += [id_ for block in self.blocks if block.queue is queue for id_ in block.members()]
             self.journal.purge(queue.name, keep=in_flight)
         for record in queue.drop_ready():
