@@ -664,21 +664,21 @@ def test_slabs_and_single_sends_keep_their_order() -> None:
     assert len(set(columns(got)[0])) == 7
 
 
-def test_a_slab_past_the_end_of_its_queues_id_block_takes_ids_of_its_own() -> None:
+def test_a_slab_across_the_end_of_its_queues_id_block_takes_the_ids_push_many_would() -> None:
     broker, queue = make(max_batch_bytes=1 << 30)
-    other = broker.create_queue(b"other")
-    queue.push(b"first")  # the queue takes a block of ID_BLOCK ids
-    for _ in range(ID_BLOCK - 3):
-        queue.push(b"x")
-    column = send_columns(broker, queue, [b"a", b"b", b"c"])  # two ids left in the block: not enough
-    other.push(b"o")
-    queue.push(b"last")  # the two ids left are used after all
-    ids = unpack_ids(column)
-    assert ids == list(range(ids[0], ids[0] + 3)) and ids[0] > ID_BLOCK
-    got = broker.deliver_many(queue, ID_BLOCK + 10, 0, Holding(), 0.0)
-    every = columns(got)[0] + columns(broker.deliver_many(other, 1, 0, Holding(), 0.0))[0]
-    assert len(every) == len(set(every)) == ID_BLOCK + 3
-    assert columns(got)[2][-4:] == [b"a", b"b", b"c", b"last"]
+    twin, other = make(max_batch_bytes=1 << 30)
+    for q in (queue, other):
+        q.push(b"first")  # the queue takes a block of ID_BLOCK ids
+        for _ in range(ID_BLOCK - 3):
+            q.push(b"x")
+    payloads = [b"a", b"bb", b"ccc"]
+    column = send_columns(broker, queue, payloads)  # two ids left in the block: the third starts another
+    assert unpack_ids(column) == twin.enqueue_batch(other, payloads, 0.0)
+    queue.push(b"last")
+    got = columns(broker.deliver_many(queue, ID_BLOCK + 10, 0, Holding(), 0.0))
+    assert len(got[0]) == len(set(got[0])) == ID_BLOCK + 2
+    assert got[2][-4:] == [b"a", b"bb", b"ccc", b"last"]
+    assert got[0][-4:] == [*unpack_ids(column), unpack_ids(column)[-1] + 1]
 
 
 @pytest.mark.parametrize("how", ["one confirmed first", "out of order", "a prefix", "queue deleted", "read one by one"])

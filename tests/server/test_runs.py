@@ -8,7 +8,8 @@ by `Session.handle_run` as a batch. Its contract is strict: the same reply bytes
 in the same order, and the same state afterwards as `Session.handle` gives
 request by request, or no change at all (the frames then take the usual path).
 A lone ENQUEUE, READ or CONFIRM frame (an unpipelined client's) is answered by
-`Session.handle_one` under the same contract.
+`Session.handle_one` under the same contract, and so are an ENQUEUE_BATCH kept
+as a slab and a CONFIRM_BATCH of a whole block as read (`Session.in_columns`).
 
 `Pair` holds two servers side by side, each with two in-process sessions on
 fake transports and a fake event loop whose clock the test moves and which
@@ -18,8 +19,8 @@ every pipelined batch in one `data_received`, where the run path applies. The
 *reference* side gets the same bytes in a way where it cannot:
 
 * ``declined``: the whole buffer, with the session's `handle_run` (and
-  `handle_one`, its shortcut for a lone frame) declining: exactly `handle`
-  over the same requests, the contract's own words;
+  `handle_one`, its shortcut for a lone frame, and `in_columns`) declining:
+  exactly `handle` over the same requests, decoded, the contract's own words;
 * ``frames``: frame by frame (a lone frame is never a run);
 * ``tail``: all but the last byte, then the last byte (the reader holds a
   partial frame, so the buffer is never cut as a run).
@@ -77,7 +78,7 @@ from dbqueue.protocol import (
     encode,
 )
 from dbqueue.protocol import messages as msg
-from dbqueue.protocol.messages import MAX_RUN, ReadBatch, Run, cut_run
+from dbqueue.protocol.messages import MAX_RUN, ConfirmBatch, EnqueueBatch, ReadBatch, Run, cut_run
 from dbqueue.server import Server
 from dbqueue.server.session import Session
 
@@ -175,6 +176,7 @@ class Side:
         if self.feeding == "declined":
             session.handle_run = lambda run: None  # type: ignore[method-assign]
             session.handle_one = lambda data: None  # type: ignore[method-assign]
+            session.in_columns = {}  # batches decoded, never answered from their columns
         elif self.feeding == "run":
             session.handle_run = self._counted(session.handle_run)  # type: ignore[method-assign]
         transport = FakeTransport()
@@ -392,7 +394,7 @@ def step(draw: st.DrawFn, pair: Pair) -> None:
             + ["read"] * 4
             + ["confirm"] * 3
             + ["time"] * 3
-            + ["release", "touch", "reconnect", "batch read"]
+            + ["release", "touch", "reconnect", "batch read", "batch send", "batch send", "batch confirm"]
         )
     )
     slot = draw(st.integers(0, 1))
@@ -459,6 +461,22 @@ def step(draw: st.DrawFn, pair: Pair) -> None:
         )
         frames = [encode(pair.request_ids(1)[0], request)]
         what = repr(request)
+    elif kind == "batch send":  # one ENQUEUE_BATCH, kept as a slab on the run side (sometimes refused)
+        queue = draw(st.sampled_from(NAMES + ["a"] * 3))
+        sizes = draw(st.lists(st.sampled_from([0, 1, 5, MAX_SIZE, MAX_SIZE + 1]), min_size=1, max_size=12))
+        payloads = [pair.payloads(1, size)[0] for size in sizes]
+        if pair.run.sessions[slot].waiters_active():  # timing-sensitive: see the module docstring
+            if pair.feeding != "declined":
+                return
+            cut = False
+        request = EnqueueBatch(queue, tuple(payloads))
+        frames = [encode(pair.request_ids(1)[0], request)]
+        what = f"ENQUEUE_BATCH {queue!r} of {sizes}"
+    elif kind == "batch confirm":  # one CONFIRM_BATCH: a whole batch as read (its ids column), or anything
+        last = pair.last_read[slot]
+        ids = list(last) if last and draw(st.booleans()) else draw(ids_to_confirm(pair, slot))
+        frames = [encode(pair.request_ids(1)[0], ConfirmBatch(tuple(ids)))]
+        what = f"CONFIRM_BATCH {ids}"
     else:  # one RELEASE (back to the front of its queue) or TOUCH (a block member on a deadline of its own)
         id_ = draw(st.sampled_from(pair.seen + UNKNOWN_IDS))
         request = Release(id_) if kind == "release" else Touch(id_, draw(st.sampled_from(TIMEOUTS)))
@@ -525,6 +543,39 @@ def test_an_enqueue_run_the_batch_cannot_answer_goes_one_by_one(pair: Pair, queu
         "no room for all": ["OBJECT_QUEUED"] * 2 + ["FULL"],
     }
     assert [opcode for opcode, _, _ in replies] == expected[why]
+    pair.drain()
+
+
+def batch(pair: Pair, slot: int, request: Any) -> list[str]:
+    """Feed one batch request to both sides; return the opcodes of the run side's replies to it."""
+    transport = pair.run.transports[slot][-1]
+    before = len(frames_of(transport.written))
+    pair.feed(slot, [encode(pair.request_ids(1)[0], request)], what=repr(request))
+    return [opcode for opcode, _, _ in frames_of(transport.written)[before:]]
+
+
+def test_batches_in_columns_answer_as_decoded_ones(pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
+    taken: list[str] = []  # which batches the run side answered from their columns
+    for opcode, handler in list(Session.in_columns.items()):
+        def spy(session: Session, *args: Any, handler: Any = handler, name: str = Op(opcode).name) -> bytes | None:
+            reply = handler(session, *args)
+            if reply is not None and session.server is pair.run.server:
+                taken.append(name)
+            return reply
+        monkeypatch.setitem(Session.in_columns, opcode, spy)
+    assert batch(pair, 1, ReadBatch("a", 5, 250, 500)) == []  # left waiting
+    assert batch(pair, 0, EnqueueBatch("a", (b"p", b"qq", b""))) == ["OBJECTS_QUEUED"]  # wakes it, as a slab
+    assert batch(pair, 0, EnqueueBatch("a", tuple(b"%d" % i for i in range(8)))) == ["OBJECTS_QUEUED"]
+    assert frames_of(pair.run.transports[1][-1].written)[-1][0] == "MESSAGES"
+    first = pair.last_read[1]
+    assert batch(pair, 1, ReadBatch("a", 3, 250)) == ["MESSAGES"]  # part of the second slab
+    assert batch(pair, 1, ConfirmBatch(tuple(first))) == ["CONFIRM_RESULTS"]  # a whole block as read
+    assert batch(pair, 1, ConfirmBatch(tuple(pair.last_read[1][::-1]))) == ["CONFIRM_RESULTS"]  # not as read
+    assert batch(pair, 0, EnqueueBatch("b", (b"x",) * 7)) == ["FULL"]  # more than its capacity: declined
+    assert batch(pair, 0, EnqueueBatch("u", (b"x",))) == ["ERROR"]
+    assert batch(pair, 0, EnqueueBatch("a", (b"x" * (MAX_SIZE + 1),))) == ["ERROR"]
+    pair.advance(0.25)  # the rest of the second block comes back
+    assert taken == ["ENQUEUE_BATCH", "ENQUEUE_BATCH", "CONFIRM_BATCH"]
     pair.drain()
 
 

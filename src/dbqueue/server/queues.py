@@ -521,21 +521,35 @@ class Queue:
 
     def push_columns(self, lengths: bytes, data: bytes) -> bytes:
         """Append fresh messages given as a batch's columns (u32 lengths, payloads back to back), kept
-        whole as one slab (the caller checked the capacity); return their ids as a u64 column."""
+        whole as one slab (the caller checked the capacity); return their ids as a u64 column. Ids
+        are handed out as `push_many` hands them: a batch that crosses the end of the queue's id
+        block (rare) becomes two slabs."""
         count = len(lengths) // 4
-        first = self._next_id
-        if first + count <= self._block_end:  # consecutive ids from the queue's block, else a range of their own
-            self._next_id = first + count
-        else:
-            first = self._broker.allocate_ids(count)
-        ids = struct.pack(f">{count}Q", *range(first, first + count))
-        self._segments.append(_Slab(first, ids, lengths, data))
+        columns: list[bytes] = []
+        placed = offset = 0
+        while placed < count:
+            if self._next_id == self._block_end:
+                self._next_id = self._broker.allocate_ids(ID_BLOCK)
+                self._block_end = self._next_id + ID_BLOCK
+            first = self._next_id
+            part = min(count - placed, self._block_end - first)
+            if part == count:
+                part_lengths, part_data = lengths, data
+            else:
+                part_lengths = lengths[4 * placed : 4 * (placed + part)]
+                size = sum(struct.unpack(f">{part}I", part_lengths))
+                part_data, offset = data[offset : offset + size], offset + size
+            ids = struct.pack(f">{part}Q", *range(first, first + part))
+            self._segments.append(_Slab(first, ids, part_lengths, part_data))
+            self._next_id = first + part
+            if self.journal is not None:
+                self.journal.add_columns(self.name, first, part_lengths, part_data)
+            columns.append(ids)
+            placed += part
         self._tail = None  # a message sent next starts a run behind the slab
         self.ready += count
         self.enqueued += count
-        if self.journal is not None:
-            self.journal.add_columns(self.name, first, lengths, data)
-        return ids
+        return columns[0] if len(columns) == 1 else b"".join(columns)
 
     def take(self, held: Holding) -> Record | None:
         """Hand the first ready message to ``held`` and register it in flight with the broker;

@@ -53,9 +53,10 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+from collections.abc import Callable
 from functools import partial
 from time import perf_counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from ..errors import (
     ErrorCode,
@@ -95,6 +96,8 @@ _FIRST_DELIVERY = msg.U32.pack(1)  # a block's delivery count, each member's ent
 
 class Session(asyncio.Protocol):
     """The server side of one connection."""
+
+    in_columns: ClassVar[dict[int, Callable[[Session, int, bytes, float], bytes | None]]]
 
     def __init__(self, server: Server) -> None:
         self.server = server
@@ -468,8 +471,9 @@ class Session(asyncio.Protocol):
     def _handle_other(self, frame: fr.Frame, now: float) -> bytes:
         """Answer a frame off the hot path: a refused request gets an Error frame, a waiting read b""."""
         opcode, flags, request_id, body = frame
-        if opcode in _IN_COLUMNS and not flags:
-            reply = _IN_COLUMNS[opcode](self, request_id, body, now)
+        in_columns = self.in_columns.get(opcode)
+        if in_columns is not None and not flags:
+            reply = in_columns(self, request_id, body, now)
             if reply is not None:
                 return reply
         try:
@@ -631,7 +635,8 @@ class Session(asyncio.Protocol):
         self.server.send(transport, reply)
 
 
-_IN_COLUMNS = {
+# Batch requests answered from their columns first (see `_enqueue_columns`), by opcode.
+Session.in_columns = {
     int(fr.Op.ENQUEUE_BATCH): Session._enqueue_columns,
     int(fr.Op.CONFIRM_BATCH): Session._confirm_columns,
 }
