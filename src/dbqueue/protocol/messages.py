@@ -285,10 +285,14 @@ _LENGTH_8 = U32.pack(8)
 
 
 def id_frames(opcode: int, request_ids: tuple[bytes, ...], ids: list[int]) -> bytes:
-    """One frame with a u64 id for each request (ObjectQueued), packed in one call."""
+    """One frame with a u64 id for each request (ObjectQueued), packed in one call. (The fields are
+    laid out by slice assignment: zipping them made a tuple a frame and took half as long again.)"""
     count = len(request_ids)
-    fields = zip(repeat(_frame_start(opcode), count), request_ids, repeat(_LENGTH_8), ids)
-    return _layout("4s4s4sQ", count).pack(*chain.from_iterable(fields))
+    fields: list[Any] = [_frame_start(opcode)] * (4 * count)
+    fields[1::4] = request_ids
+    fields[2::4] = [_LENGTH_8] * count
+    fields[3::4] = ids
+    return _layout("4s4s4sQ", count).pack(*fields)
 
 
 def bare_frames(opcode: int, request_ids: tuple[bytes, ...]) -> bytes:
@@ -306,8 +310,13 @@ def message_frames(request_ids: tuple[bytes, ...], ids: list[int], deliveries: l
     count = len(ids)
     size = len(payloads[0]) if count else 0
     if 0 < count <= MAX_RUN and list(map(len, payloads)).count(size) == count:
-        fields = zip(repeat(_frame_start(_MESSAGE), count), request_ids, repeat(U32.pack(12 + size)), ids, deliveries, payloads)
-        return _layout(f"4s4s4sQI{size}s", count).pack(*chain.from_iterable(fields))
+        fields: list[Any] = [_frame_start(_MESSAGE)] * (6 * count)  # laid out as in `id_frames`
+        fields[1::6] = request_ids[:count]
+        fields[2::6] = [U32.pack(12 + size)] * count
+        fields[3::6] = ids
+        fields[4::6] = deliveries
+        fields[5::6] = payloads
+        return _layout(f"4s4s4sQI{size}s", count).pack(*fields)
     sizes = map(add, map(len, payloads), repeat(12))  # each body: id, deliveries, payload
     heads = map(_MESSAGE_HEAD_RAW_ID.pack, repeat(MAGIC), repeat(_MESSAGE), repeat(0), request_ids, sizes, ids, deliveries)
     return b"".join(chain.from_iterable(zip(heads, payloads)))
