@@ -275,10 +275,9 @@ def cut_run(data: bytes) -> Run | None:
     return Run(opcode, request_ids, key, values[7::8] if opcode == _ENQUEUE else ())
 
 
-def _frame_start(opcode: int) -> bytes:
-    """A header's first four bytes (magic, opcode, no flags): packed as one field, a header's
-    constant parts cost a copy rather than an integer conversion each."""
-    return HEADER.pack(MAGIC, opcode, 0, 0, 0)[:4]
+# A header's first four bytes (magic, opcode, no flags) by opcode: packed as one field, a header's
+# constant parts cost a copy rather than an integer conversion each.
+_FRAME_STARTS = {int(opcode): HEADER.pack(MAGIC, opcode, 0, 0, 0)[:4] for opcode in Op}
 
 
 _LENGTH_8 = U32.pack(8)
@@ -288,7 +287,7 @@ def id_frames(opcode: int, request_ids: tuple[bytes, ...], ids: list[int]) -> by
     """One frame with a u64 id for each request (ObjectQueued), packed in one call. (The fields are
     laid out by slice assignment: zipping them made a tuple a frame and took half as long again.)"""
     count = len(request_ids)
-    fields: list[Any] = [_frame_start(opcode)] * (4 * count)
+    fields: list[Any] = [_FRAME_STARTS[opcode]] * (4 * count)
     fields[1::4] = request_ids
     fields[2::4] = [_LENGTH_8] * count
     fields[3::4] = ids
@@ -300,7 +299,7 @@ def bare_frames(opcode: int, request_ids: tuple[bytes, ...]) -> bytes:
     the bytes that stand between them (the rest of a header, the start of the next)."""
     if not request_ids:
         return b""
-    start, end = _frame_start(opcode), bytes(4)  # magic, opcode, flags | length 0
+    start, end = _FRAME_STARTS[opcode], bytes(4)  # magic, opcode, flags | length 0
     return start + (end + start).join(request_ids) + end
 
 
@@ -310,7 +309,7 @@ def message_frames(request_ids: tuple[bytes, ...], ids: list[int], deliveries: l
     count = len(ids)
     size = len(payloads[0]) if count else 0
     if 0 < count <= MAX_RUN and list(map(len, payloads)).count(size) == count:
-        fields: list[Any] = [_frame_start(_MESSAGE)] * (6 * count)  # laid out as in `id_frames`
+        fields: list[Any] = [_FRAME_STARTS[_MESSAGE]] * (6 * count)  # laid out as in `id_frames`
         fields[1::6] = request_ids[:count]
         fields[2::6] = [U32.pack(12 + size)] * count
         fields[3::6] = ids
