@@ -626,11 +626,7 @@ class Queue:
                 first = segment.next_id  # type: ignore[union-attr]
                 segment.next_id = first + fits  # type: ignore[union-attr]
                 payloads = list(starmap(items.popleft, repeat((), fits)))
-                block = held[block] = Block(first, self, fits, held, items=payloads)
-                held.extra += fits - 1
-                self._blocks.add(block)
-                self.ready -= fits
-                entries.append(block)
+                entries.append(self._hold(Block(first, self, fits, held, items=payloads)))
             taken += fits
             size += used
             if fits < wanted:
@@ -655,14 +651,19 @@ class Queue:
             return fits, used
         if fits:
             first_id, columns = slab.take(fits, payload)
-            block = held[block] = Block(first_id, self, fits, held, slab=columns)
-            held.extra += fits - 1
-            self._blocks.add(block)
-            self.ready -= fits
-            entries.append(block)
+            entries.append(self._hold(Block(first_id, self, fits, held, slab=columns)))
             if slab.taken == slab.count:
                 self._segments.popleft()
         return fits, used
+
+    def _hold(self, block: Block) -> Block:
+        """Put a block just taken in flight: with its holder, and findable by its members' ids."""
+        held = block.held
+        held[block] = block  # type: ignore[index]
+        held.extra += block.live - 1  # type: ignore[union-attr]
+        self._blocks.add(block)
+        self.ready -= block.live
+        return block
 
     def push_front(self, record: Record) -> None:
         """Return a record ahead of every ready message."""
