@@ -1048,7 +1048,7 @@ class Broker:
         block = self.blocks.find(ids[0]) if ids else None
         if block is not None and not block.queue.deleted:
             first, end = block.first_id, block.end
-            if block.live == end - first == len(ids) and ids == tuple(range(first, end)):  # the whole block
+            if block.live == end - first == len(ids) and ids == tuple(range(first, end)):  # whole: no set needed
                 self._settle(block, ids)
                 return bytes(len(ids))  # zeros: CONFIRMED
             members = set(ids)
