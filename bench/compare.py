@@ -2,7 +2,7 @@
 
 Run ``python bench/compare.py`` (``--smoke`` for a few seconds' check). It
 starts every server once, on its own free loopback port, then runs the load
-test of `dbqueue.bench` against each system in turn, A B C D A B C D ..., for
+test of `dbqueue.loadtest` against each system in turn, A B C D A B C D ..., for
 ``--rounds`` rounds, with the load generator in this process on uvloop. Each
 round ends with unpipelined round trips (send, read, confirm one at a time on
 one connection) against dbqueue and redis-list (``--durable``: their durable
@@ -81,7 +81,7 @@ from rich import box  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from dbqueue.bench import (  # noqa: E402
+from dbqueue.loadtest import (  # noqa: E402
     BenchConfig,
     BenchFailure,
     BenchResult,

@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-Both speak through a `dbqueue.bench.Driver`, so the bytes are the ones the
+Both speak through a `dbqueue.loadtest.Driver`, so the bytes are the ones the
 load test sends: a driver with ``config.batch`` = B turns one send into a
 batch of B messages (dbqueue ``ENQUEUE_BATCH``, Redis ``RPUSH`` with B
 values) and one read into a batch read (dbqueue ``READ_BATCH``). `fill`
@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from dbqueue.bench import BenchFailure, Driver
+from dbqueue.loadtest import BenchFailure, Driver
 
 __all__ = ["Holders", "fill", "hold"]
 

@@ -40,7 +40,7 @@ from filler import Holders, fill, hold
 from machine import CpuWatch, add_run_options, begin_run, context_lines, wait_for_idle_cpu
 from peers import DbQueueServer, run_guarded
 
-from dbqueue.bench import BenchConfig, BenchFailure, DbQueueDriver, run_load
+from dbqueue.loadtest import BenchConfig, BenchFailure, DbQueueDriver, run_load
 from dbqueue.client import AsyncClient
 from dbqueue.errors import DbQueueError
 

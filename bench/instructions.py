@@ -3,7 +3,7 @@
 Run ``python bench/instructions.py`` (``--metrics`` to serve Prometheus metrics
 too, ``--batch 100`` for batches, ``--compare-with REV`` for another commit
 in the same run). It starts the server under ``valgrind --tool=callgrind``
-twice, runs the load test (`dbqueue.bench`, 16 producers + 16 consumers,
+twice, runs the load test (`dbqueue.loadtest`, 16 producers + 16 consumers,
 pipeline 32, 128-byte messages) against it for ``--iterations`` A and then B
 iterations, and divides the difference in instructions by the difference in
 requests: start-up, shutdown and import costs cancel out, while the event
@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # `peers` sits next to
 
 from peers import free_port  # noqa: E402
 
-from dbqueue.bench import BenchConfig, DbQueueDriver, run_load  # noqa: E402
+from dbqueue.loadtest import BenchConfig, DbQueueDriver, run_load  # noqa: E402
 from dbqueue.server import new_event_loop  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent

@@ -37,7 +37,7 @@ from filler import fill
 from machine import add_run_options, begin_run, context_lines
 from peers import DbQueueServer, RedisBatchDriver, RedisServer, ServerProcess, redis_call, run_guarded
 
-from dbqueue.bench import BenchConfig, BenchFailure, DbQueueDriver
+from dbqueue.loadtest import BenchConfig, BenchFailure, DbQueueDriver
 from dbqueue.client import AsyncClient
 
 TARGET = 1.5  # dbqueue's bytes a message at most this times Redis's used_memory a message

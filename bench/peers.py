@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-`dbqueue.bench` runs one workload (producers pipeline sends; consumers pipeline
+`dbqueue.loadtest` runs one workload (producers pipeline sends; consumers pipeline
 reads, then confirm what they got) through a `Driver` that turns each step into
 bytes and checks the replies. This module maps that workload onto each peer's
 own at-least-once pattern:
@@ -70,7 +70,7 @@ from typing import Any
 
 import hiredis
 
-from dbqueue.bench import BenchConfig, BenchFailure, Driver
+from dbqueue.loadtest import BenchConfig, BenchFailure, Driver
 from dbqueue.server import new_event_loop
 
 __all__ = [

@@ -2,7 +2,7 @@
 
     python bench/server_cpu.py --rounds 3
 
-Each round runs the original's load test (`dbqueue.bench`, 16 producers + 16
+Each round runs the original's load test (`dbqueue.loadtest`, 16 producers + 16
 consumers, pipeline 32) against a dbqueue server and then a Redis server
 (lists: RPUSH / LMOVE / LREM), and reads each server's CPU time from
 ``/proc/PID/stat`` before and after. `bench/instructions.py` counts user-space
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # `peers` sits next to
 
 from peers import DbQueueServer, RedisListDriver, RedisServer, ServerProcess, process_stat  # noqa: E402
 
-from dbqueue.bench import BenchConfig, DbQueueDriver, Driver, run_load  # noqa: E402
+from dbqueue.loadtest import BenchConfig, DbQueueDriver, Driver, run_load  # noqa: E402
 from dbqueue.server import new_event_loop  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")

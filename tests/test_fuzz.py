@@ -74,7 +74,7 @@ from dbqueue.protocol.messages import (
     Touch,
 )
 from dbqueue.server import Server
-from dbqueue.server.queues import Holding
+from dbqueue.core.queues import Holding
 from dbqueue.server.session import Session
 
 U32 = 0xFFFFFFFF

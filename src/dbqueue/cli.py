@@ -130,7 +130,7 @@ def serve(
 
     from .server import Server, run
     from .server.security import is_loopback, read_token, server_tls_context
-    from .server.storage import StoreError
+    from .store import StoreError
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -245,7 +245,7 @@ def bench(
     """Load-test a running server with the original's workload; every reply is checked."""
     import json
 
-    from .bench import BenchConfig, BenchFailure, DbQueueDriver, run_load, run_round_trips
+    from .loadtest import BenchConfig, BenchFailure, DbQueueDriver, run_load, run_round_trips
     from .errors import DbQueueError
     from .report import bench_table, progress_bar
     from .server import new_event_loop

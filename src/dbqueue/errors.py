@@ -140,6 +140,10 @@ class ConnectionLost(DbQueueError, ConnectionError):
     """The connection closed or failed before the answer arrived."""
 
 
+class StoreError(DbQueueError):
+    """The store cannot be opened or written: the message names the file and says why."""
+
+
 _CLASS_FOR_CODE: dict[int, type[RequestError]] = {
     ErrorCode.MALFORMED: InvalidRequest,
     ErrorCode.UNKNOWN_OPCODE: UnknownOpcode,

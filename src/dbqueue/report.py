@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .bench import BenchResult
+from .loadtest import BenchResult
 
 __all__ = ["progress_bar", "bench_table", "queue_table"]
 

@@ -9,7 +9,7 @@ import pytest
 
 from dbqueue import Server
 from dbqueue.server.app import SWEEP_RESOLUTION
-from dbqueue.server.queues import Holding, Queue
+from dbqueue.core.queues import Holding, Queue
 
 
 def with_started_server(body: Callable[[Server, list[float]], Awaitable[None]]) -> None:

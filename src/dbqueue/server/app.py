@@ -13,9 +13,9 @@ from collections.abc import Callable
 from .. import __version__
 from ..protocol.frames import DEFAULT_MAX_MESSAGE_SIZE, MAX_MESSAGE_SIZE_LIMIT, MAX_QUEUE_NAME
 from .metrics import MetricsEndpoint, RequestStats
-from .queues import Broker
+from ..core import Broker
 from .session import Session
-from .storage import Store, StoreError
+from ..store import Store, StoreError
 
 __all__ = ["Server", "run", "new_event_loop", "MEMBER_SHIFT", "MAX_MEMBERS"]
 

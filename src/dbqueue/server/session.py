@@ -71,7 +71,7 @@ from ..errors import (
 )
 from ..protocol import frames as fr
 from ..protocol import messages as msg
-from .queues import NO_BYTE_LIMIT, Block, Entry, Holding, Outcome, Queue, Waiter, columns
+from ..core import NO_BYTE_LIMIT, Block, Entry, Holding, Outcome, Queue, Waiter, columns
 from .security import PRE_AUTH_MAX_BODY
 
 if TYPE_CHECKING:

@@ -30,7 +30,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from dbqueue.server.queues import Block, Broker, Entry, Holding, Outcome, Record, columns
+from dbqueue.core.queues import Block, Broker, Entry, Holding, Outcome, Record, columns
 
 NAMES = [b"a", b"b"]
 CONNECTIONS = 3

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from dbqueue.server import queues as queues_module
-from dbqueue.server.queues import ID_BLOCK, Broker, Holding, Outcome, Queue, Record
+from dbqueue.core import queues as queues_module
+from dbqueue.core.queues import ID_BLOCK, Broker, Holding, Outcome, Queue, Record
 
 
 def make(capacity: int = 0, **broker_kwargs: int) -> tuple[Broker, Queue]:

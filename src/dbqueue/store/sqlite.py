@@ -139,11 +139,11 @@ import sqlite3
 import struct
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
-from ..errors import DbQueueError
+from ..core.journal import Snapshot, StoredMessage, StoredQueue, now_ms
+from ..errors import StoreError
 
 __all__ = [
     "DB_NAME",
@@ -177,34 +177,6 @@ FREE_PAGES_KEPT = 256
 # Payload bytes of retired packs whose rows are kept as free slots, for new packs of the same shape to
 # take over: a fixed floor of dead data, in exchange for rows rewritten in place.
 FREE_SLOT_BYTES = 1 << 20
-
-# A stored message as `load` returns it: (id, data, deliveries, due_ms). A plain
-# tuple, straight from SQLite: a snapshot may hold millions of them.
-StoredMessage = tuple[int, bytes, int, int]
-
-
-class StoreError(DbQueueError):
-    """The store cannot be opened or written: the message names the file and says why."""
-
-
-@dataclass(frozen=True, slots=True)
-class StoredQueue:
-    """One queue as stored; ``messages`` in the order they were added."""
-
-    name: bytes
-    capacity: int  # 0: unbounded
-    max_deliveries: int  # 0: no limit
-    dead_letter: bytes | None
-    messages: list[StoredMessage]
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """Everything `Store.load` found: queues in creation order, and the first id that is free."""
-
-    queues: list[StoredQueue]
-    next_id: int
-
 
 class _Pack:
     """Messages ``first_id`` .. ``first_id + count - 1`` stored as one row of ``packs``; ``live``
@@ -293,11 +265,6 @@ class _PackIndex:
             if 0 <= offset < pack.count:
                 return None if pack.gone >> offset & 1 else pack
         return None
-
-
-def now_ms() -> int:
-    """Wall-clock time in Unix milliseconds, the unit of stored due times."""
-    return time.time_ns() // 1_000_000
 
 
 _SCHEMA_V1 = (

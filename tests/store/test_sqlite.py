@@ -26,8 +26,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from dbqueue.errors import DbQueueError
-from dbqueue.server import storage
-from dbqueue.server.storage import DB_NAME, FORMAT_VERSION, LOCK_NAME, Snapshot, Store, StoreError, now_ms
+from dbqueue.store import sqlite as storage
+from dbqueue.core import Snapshot, now_ms
+from dbqueue.store import DB_NAME, FORMAT_VERSION, LOCK_NAME, Store, StoreError
 
 
 def contents(snapshot: Snapshot) -> dict[bytes, list[int]]:
@@ -484,7 +485,7 @@ def test_second_open_in_another_process_is_refused(tmp_path: Path) -> None:
 _TRY_OPEN = textwrap.dedent(
     """
     import sys
-    from dbqueue.server.storage import Store, StoreError
+    from dbqueue.store.sqlite import Store, StoreError
     try:
         Store.open(sys.argv[1]).close()
     except StoreError as exc:
@@ -590,7 +591,7 @@ def test_disk_use_stays_bounded_when_packs_are_confirmed_piecemeal(tmp_path: Pat
 _CRASHER = textwrap.dedent(
     """
     import sys
-    from dbqueue.server.storage import Store
+    from dbqueue.store.sqlite import Store
     store = Store.open(sys.argv[1])
     store.create_queue(b"q")
     store.commit()

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from dbqueue.errors import InvalidRequest, NoSuchQueue
-from dbqueue.server.queues import Broker, Entry, Holding, Outcome, Queue, Record, columns
+from dbqueue.core.queues import Broker, Entry, Holding, Outcome, Queue, Record, columns
 
 
 class Wakes:

@@ -54,7 +54,7 @@ makes a message ready (`enqueue`, requeue, delay end) hands it straight to the
 queue's first live waiter, whose ``wake`` callback (the session's) sends the
 answer.
 
-With a data directory, a *journal* (`storage.Store`) is told of every change
+With a data directory, a *journal* (`journal.Journal`, the store's) is told of every change
 that must survive a restart: messages added and removed, queues created,
 deleted and purged, id blocks reserved, delays and delivery counts. It only
 buffers; the server commits it once per loop iteration, before it sends the
@@ -77,7 +77,7 @@ from itertools import accumulate, islice, repeat, starmap
 from typing import Any
 
 from ..errors import InvalidQueueName, InvalidRequest, LimitExceeded, NoSuchQueue
-from .storage import Snapshot, Store, now_ms
+from .journal import Journal, Snapshot, now_ms
 
 __all__ = [
     "Broker", "Queue", "Record", "Block", "Entry", "Holding", "Waiter", "Outcome",
@@ -460,7 +460,7 @@ class Queue:
         self._broker = broker
         self._records = broker.records
         self._blocks = broker.blocks
-        self.journal: Store | None = broker.journal
+        self.journal: Journal | None = broker.journal
         self._segments: deque[_Run | _Slab | Record] = deque()
         self._tail: _Run | None = None  # the run `push` appends to
         self._next_id = 0
@@ -740,7 +740,7 @@ class Broker:
         self._leases = 0
         self._next_id = first_id
         self._reserved = first_id  # ids below this are reserved in the journal
-        self.journal: Store | None = None
+        self.journal: Journal | None = None
 
     def entries(self) -> dict[int, Entry]:
         """Every message with a record or held in a block, by id, to what holds it (for inspection: O(n))."""
@@ -761,7 +761,7 @@ class Broker:
             self.journal.reserve_ids(self._reserved)
         return first
 
-    def attach(self, journal: Store) -> None:
+    def attach(self, journal: Journal) -> None:
         """From now on, tell ``journal`` of every change that must survive a restart."""
         self.journal = journal
         self._reserved = self._next_id

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from dbqueue.server.queues import ID_BLOCK, Block, Broker, Entry, Holding, Outcome, Queue, Record, columns
-from dbqueue.server.storage import Store
+from dbqueue.core.queues import ID_BLOCK, Block, Broker, Entry, Holding, Outcome, Queue, Record, columns
+from dbqueue.store.sqlite import Store
 
 NO_SUCH = Outcome.NO_SUCH_MESSAGE
 

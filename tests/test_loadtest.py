@@ -1,4 +1,4 @@
-"""The load generator (`dbqueue.bench`): its figures add up, and wrong data fails the run.
+"""The load generator (`dbqueue.loadtest`): its figures add up, and wrong data fails the run.
 
 Runs go against real servers on port 0 (conftest's ``server_factory``) from a
 fresh client-side loop (`dbqueue.server.new_event_loop`, so uvloop when
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pytest
 
 from dbqueue import Client
-from dbqueue.bench import (
+from dbqueue.loadtest import (
     BenchConfig,
     BenchFailure,
     BenchResult,
