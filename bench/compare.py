@@ -64,9 +64,24 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `peers` sits next to this file
 
-import hiredis  # noqa: E402
-from machine import CpuWatch, begin_run, context_lines, wait_for_idle_cpu  # noqa: E402
-from peers import (  # noqa: E402
+import hiredis
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from dbqueue.errors import DbQueueError
+from dbqueue.loadtest import (
+    BenchConfig,
+    BenchFailure,
+    BenchResult,
+    DbQueueDriver,
+    Driver,
+    run_load,
+    run_round_trips,
+)
+from dbqueue.server import new_event_loop
+from machine import CpuWatch, begin_run, context_lines, wait_for_idle_cpu
+from peers import (
     BeanstalkdDriver,
     BeanstalkdServer,
     DbQueueServer,
@@ -77,21 +92,6 @@ from peers import (  # noqa: E402
     ServerProcess,
     ServerUnavailable,
 )
-from rich import box  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-from dbqueue.loadtest import (  # noqa: E402
-    BenchConfig,
-    BenchFailure,
-    BenchResult,
-    DbQueueDriver,
-    Driver,
-    run_load,
-    run_round_trips,
-)
-from dbqueue.errors import DbQueueError  # noqa: E402
-from dbqueue.server import new_event_loop  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,9 @@ SYSTEMS: dict[str, System] = {
     "beanstalkd-binlog": System(BeanstalkdDriver, lambda args: _beanstalkd(args, durable=True)),
     "redis-list-aof": System(RedisListDriver, lambda args: RedisServer(label="redis-list-aof", durable=True)),
     "redis-stream-aof": System(RedisStreamDriver, lambda args: RedisServer(label="redis-stream-aof", durable=True)),
-    "dbqueue-batch": System(DbQueueDriver, lambda args: DbQueueServer(python=args.server_python, label="dbqueue-batch")),
+    "dbqueue-batch": System(
+        DbQueueDriver, lambda args: DbQueueServer(python=args.server_python, label="dbqueue-batch")
+    ),
     "redis-list-batch": System(RedisBatchDriver, lambda args: RedisServer(label="redis-list-batch")),
     "dbqueue-1-worker": System(
         DbQueueDriver, lambda args: DbQueueServer(python=args.server_python, label="dbqueue-1-worker")
@@ -253,7 +255,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--plot", metavar="PATH", help="write a PNG bar chart (needs matplotlib)")
     parser.add_argument("--json", metavar="PATH", help="write every raw result as JSON")
     parser.add_argument(
-        "--smoke", action="store_true", help="tiny run for CI: 1 round, 20 iterations, 200 round trips, no waiting, unless given"
+        "--smoke",
+        action="store_true",
+        help="tiny run for CI: 1 round, 20 iterations, 200 round trips, no waiting, unless given",
     )
     known = parser.parse_known_args(argv)[0]
     defaults: dict[str, Any] = dict(SMOKE) if known.smoke else {}
@@ -542,9 +546,7 @@ def summarise(comparison: Comparison) -> dict[str, Any]:
             "messages_per_second_min": min(rates),
             "messages_per_second_max": max(rates),
             "empty_read_fraction": (
-                None
-                if comparison.args.batch > 1
-                else _median([_empty_read_fraction(r) for r in results.values()])  # type: ignore[misc]
+                None if comparison.args.batch > 1 else _median([_empty_read_fraction(r) for r in results.values()])  # type: ignore[misc]
             ),
             "client_cpu_fraction": _median([r.client_cpu_seconds / r.seconds for r in results.values()]),
             "server_cpu_fraction": _median([run.server_cpu_fraction for run in runs.values()]),
@@ -574,7 +576,9 @@ def summarise(comparison: Comparison) -> dict[str, Any]:
         targets.append(
             {
                 "target": target.description,
-                "goal": f"{target.op} {target.threshold:,.0f}" if target.threshold >= 100 else f"{target.op} {target.threshold:g}",
+                "goal": f"{target.op} {target.threshold:,.0f}"
+                if target.threshold >= 100
+                else f"{target.op} {target.threshold:g}",
                 "reached": reached,
                 "by_round": by_round,
                 "met": None if reached is None else target.met(reached),
@@ -689,7 +693,9 @@ def print_report(console: Console, comparison: Comparison, summary: dict[str, An
         _print_table(console, "Disk use of the durable systems (apparent file sizes)", table)
     latency = summary["latency"]
     if latency:
-        title = f"Unpipelined round trips, one connection, {args.latency_iterations:,} send/read/confirm cycles per round"
+        title = (
+            f"Unpipelined round trips, one connection, {args.latency_iterations:,} send/read/confirm cycles per round"
+        )
         table = Table(box=box.MARKDOWN)
         table.add_column("system")
         for heading in ("round trips", "p50", "p99", "client CPU", "server CPU", "other CPU", "kernel CPU"):
@@ -717,7 +723,9 @@ def print_report(console: Console, comparison: Comparison, summary: dict[str, An
     crowded = [run for run in finished if run.crowded]
     discarded = sum(1 for run in comparison.runs if run.discarded)
     if discarded:
-        console.print(f"{discarded} runs of crowded rounds were run again; they are in --json, not in the figures above")
+        console.print(
+            f"{discarded} runs of crowded rounds were run again; they are in --json, not in the figures above"
+        )
     if crowded:
         console.print(
             f"[bold yellow]warning[/]: in {len(crowded)} of {len(finished)} runs other processes used more than "

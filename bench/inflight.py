@@ -36,13 +36,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the modules beside this file
 
+from dbqueue.client import AsyncClient
+from dbqueue.errors import DbQueueError
+from dbqueue.loadtest import BenchConfig, BenchFailure, DbQueueDriver, run_load
 from filler import Holders, fill, hold
 from machine import CpuWatch, add_run_options, begin_run, context_lines, wait_for_idle_cpu
 from peers import DbQueueServer, run_guarded
-
-from dbqueue.loadtest import BenchConfig, BenchFailure, DbQueueDriver, run_load
-from dbqueue.client import AsyncClient
-from dbqueue.errors import DbQueueError
 
 TARGET = 0.90  # with ÷ without, messages/s
 CROWDED = 0.25  # other processes' CPU, in cores, above which a run is flagged

@@ -40,24 +40,33 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `peers` sits next to this file
 
-from peers import free_port  # noqa: E402
-
-from dbqueue.loadtest import BenchConfig, DbQueueDriver, run_load  # noqa: E402
-from dbqueue.server import new_event_loop  # noqa: E402
+from dbqueue.loadtest import BenchConfig, DbQueueDriver, run_load
+from dbqueue.server import new_event_loop
+from peers import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--iterations", type=int, nargs=2, default=[40, 160], metavar=("A", "B"), help="two load sizes")
-    parser.add_argument("--batch", type=int, default=1, help="messages a request (send_batch / read_batch / confirm_batch)")
+    parser.add_argument(
+        "--batch", type=int, default=1, help="messages a request (send_batch / read_batch / confirm_batch)"
+    )
     parser.add_argument("--metrics", action="store_true", help="serve Prometheus metrics (--metrics-port)")
     parser.add_argument("--server-python", default=sys.executable, help="interpreter for the server")
-    parser.add_argument("--compare-with", metavar="REV", help="also count a git revision's src/ (exported with git archive)")
+    parser.add_argument(
+        "--compare-with", metavar="REV", help="also count a git revision's src/ (exported with git archive)"
+    )
     parser.add_argument("--direct", action="store_true", help="feed one in-process Session prebuilt frames (see above)")
-    parser.add_argument("--lone", action="store_true", help="--direct: one frame a buffer, as an unpipelined client sends")
-    parser.add_argument("--rounds", type=int, nargs=2, default=[200, 1000], metavar=("A", "B"), help="--direct: two sizes")
+    parser.add_argument(
+        "--lone", action="store_true", help="--direct: one frame a buffer, as an unpipelined client sends"
+    )
+    parser.add_argument(
+        "--rounds", type=int, nargs=2, default=[200, 1000], metavar=("A", "B"), help="--direct: two sizes"
+    )
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)  # --direct's measured process: this many rounds
     return parser.parse_args(argv)
 
@@ -77,7 +86,11 @@ def count(args: argparse.Namespace, iterations: int, src: Path | None) -> tuple[
         wait_until_listening(port, server)
         # Under valgrind the server runs ~50x slower: a 1 s in-flight timeout would expire mid-run.
         config = BenchConfig(
-            addresses=[("127.0.0.1", port)], iterations=iterations, batch=args.batch, timeout_ms=600_000, time_limit=1800
+            addresses=[("127.0.0.1", port)],
+            iterations=iterations,
+            batch=args.batch,
+            timeout_ms=600_000,
+            time_limit=1800,
         )
         loop = new_event_loop()
         try:
@@ -135,7 +148,9 @@ def feed_session(rounds: int, most: int, batch: int, lone: bool) -> None:
     if batch > 1:
         send = msg.encode(1, msg.EnqueueBatch("q", (payload,) * batch))
         read = msg.encode(2, msg.ReadBatch("q", batch, 60_000))
-        confirms = [msg.encode(3, msg.ConfirmBatch(tuple(range(r * batch + 1, r * batch + batch + 1)))) for r in range(most)]
+        confirms = [
+            msg.encode(3, msg.ConfirmBatch(tuple(range(r * batch + 1, r * batch + batch + 1)))) for r in range(most)
+        ]
     elif lone:  # one send, one read, one confirm a round, each in a buffer of its own
         send = msg.encode(1, msg.Enqueue("q", payload))
         read = msg.encode(2, msg.Read("q", 60_000))
@@ -190,7 +205,9 @@ def per_request(args: argparse.Namespace, src: Path | None) -> tuple[float, floa
 def export(revision: str) -> Path:
     """``src/`` of ``revision`` in a temporary directory."""
     target = Path(tempfile.mkdtemp(prefix="dbqueue-rev-"))
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", revision, "src"], check=True, capture_output=True).stdout
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", revision, "src"], check=True, capture_output=True
+    ).stdout
     subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
     return target / "src"
 
@@ -208,7 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.direct:
         print(f"one session fed directly ({what}), rounds {args.rounds[0]} and {args.rounds[1]}, {args.server_python}")
     else:
-        print(f"load test ({what}), iterations {args.iterations[0]} and {args.iterations[1]}, server {args.server_python}")
+        print(
+            f"load test ({what}), iterations {args.iterations[0]} and {args.iterations[1]}, server {args.server_python}"
+        )
     measure = per_message_direct if args.direct else per_request
     here = measure(args, None)
     print(f"working tree: {here[0]:,.0f} instructions per request, {here[1]:,.0f} per message")

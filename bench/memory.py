@@ -33,12 +33,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the modules beside this file
 
+from dbqueue.client import AsyncClient
+from dbqueue.loadtest import BenchConfig, BenchFailure, DbQueueDriver
 from filler import fill
 from machine import add_run_options, begin_run, context_lines
 from peers import DbQueueServer, RedisBatchDriver, RedisServer, ServerProcess, redis_call, run_guarded
-
-from dbqueue.loadtest import BenchConfig, BenchFailure, DbQueueDriver
-from dbqueue.client import AsyncClient
 
 TARGET = 1.5  # dbqueue's bytes a message at most this times Redis's used_memory a message
 QUEUE = "memory"

@@ -96,9 +96,12 @@ __all__ = [
 def _reply_pattern(payload_size: int, capture: bool) -> bytes:
     """One beanstalkd reply the load test expects. A ``RESERVED`` body has the payload's size or it is no match."""
     g = "(" if capture else "(?:"
-    return (
-        rb"%sINSERTED|RESERVED|DELETED|TIMED_OUT|DEADLINE_SOON)(?: %s\d+))?(?: %d\r\n%s.{%d}))?\r\n"
-        % (g.encode(), g.encode(), payload_size, g.encode(), payload_size)
+    return rb"%sINSERTED|RESERVED|DELETED|TIMED_OUT|DEADLINE_SOON)(?: %s\d+))?(?: %d\r\n%s.{%d}))?\r\n" % (
+        g.encode(),
+        g.encode(),
+        payload_size,
+        g.encode(),
+        payload_size,
     )
 
 

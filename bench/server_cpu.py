@@ -22,10 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `peers` sits next to this file
 
-from peers import DbQueueServer, RedisListDriver, RedisServer, ServerProcess, process_stat  # noqa: E402
-
-from dbqueue.loadtest import BenchConfig, DbQueueDriver, Driver, run_load  # noqa: E402
-from dbqueue.server import new_event_loop  # noqa: E402
+from dbqueue.loadtest import BenchConfig, DbQueueDriver, Driver, run_load
+from dbqueue.server import new_event_loop
+from peers import DbQueueServer, RedisListDriver, RedisServer, ServerProcess, process_stat
 
 TICK = os.sysconf("SC_CLK_TCK")
 

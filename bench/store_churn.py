@@ -21,10 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the modules beside this file
 
-from peers import DbQueueServer, ServerUnavailable
-
 from dbqueue import Client, PipelinedClient
 from dbqueue.protocol import Confirm, Confirmed, Enqueue, Message, ObjectQueued, Read
+from peers import DbQueueServer, ServerUnavailable
 
 FLOOR = 8 * 1024 * 1024  # bytes: SQLite's fixed costs plus one WAL's worth
 

@@ -100,7 +100,9 @@ def main() -> None:
         threading.Thread(target=guarded, args=(producer, args.address, args.iterations, args.pipeline, sent))
         for _ in range(args.producers)
     ] + [
-        threading.Thread(target=guarded, args=(consumer, args.address, args.pipeline, total, confirmed, reads, deadline))
+        threading.Thread(
+            target=guarded, args=(consumer, args.address, args.pipeline, total, confirmed, reads, deadline)
+        )
         for _ in range(args.consumers)
     ]
     started = time.perf_counter()

@@ -173,4 +173,3 @@ def serve_expecting_failure(data_dir: Path, *extra: str, within: float = START_T
         out, err = process.communicate()
         pytest.fail(f"the server started on {data_dir} instead of refusing it:\n{err.decode(errors='replace')}")
     return process.returncode, (out + err).decode(errors="replace")
-

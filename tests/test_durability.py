@@ -34,7 +34,6 @@ import pytest
 from dbqueue import Client, ConnectionLost, PipelinedClient, QueueFull
 from dbqueue.protocol import Confirm, Confirmed, Empty, Enqueue, Message, ObjectQueued, Read
 from dbqueue.protocol.messages import ConfirmBatch, ConfirmResults, EnqueueBatch, Messages, ObjectsQueued, ReadBatch
-
 from server_process import ServerProcess, serve_expecting_failure, store_bytes
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="signals and flock")
@@ -214,7 +213,10 @@ def test_purge_and_delete_survive(served: Callable[..., ServerProcess], stop: st
         queues = queues_by_name(client)
         assert list(queues) == ["purged", "reborn"]
         assert (queues["reborn"]["capacity"], queues["reborn"]["max_deliveries"]) == (7, 2)
-        assert [(m.id, m.data) for m in read_all(client, "purged")] == [(kept_id, b"in flight"), (after_id, b"after the purge")]
+        assert [(m.id, m.data) for m in read_all(client, "purged")] == [
+            (kept_id, b"in flight"),
+            (after_id, b"after the purge"),
+        ]
         assert [(m.id, m.data) for m in read_all(client, "reborn")] == [(reborn_id, b"new life")]
         assert client.stats("purged")["delayed"] == 0
 
@@ -368,7 +370,9 @@ def test_corrupt_store_is_refused(stored: Path, tmp_path: Path, where: str) -> N
         data_dir = copy_of(stored, tmp_path)
         path = data_dir / "dbqueue.db"
         size = path.stat().st_size
-        start, stop = {"whole file": (0, size), "past the header": (100, size), "inner pages": (2 * 4096, size - 4096)}[where]
+        start, stop = {"whole file": (0, size), "past the header": (100, size), "inner pages": (2 * 4096, size - 4096)}[
+            where
+        ]
         assert stop - start >= 4096, size
         with open(path, "r+b") as file:
             file.seek(start)
@@ -476,7 +480,7 @@ class Load:
         except ConnectionLost as exc:
             if not self.killed.is_set():
                 tally.problems.append(f"connection lost while the server was up: {exc}")
-        except Exception as exc:  # noqa: BLE001 - reported, not swallowed
+        except Exception as exc:
             tally.problems.append(f"{type(exc).__name__}: {exc}")
         finally:
             client.close()
@@ -624,7 +628,9 @@ def check_history(history: list[list[Tally]]) -> dict:
         assert len({payload for payload, _ in reads}) == len(reads), f"cycle {cycle} delivered a message twice"
         for payload, id_ in reads:
             assert payload in sent, f"cycle {cycle}: read {payload!r}, which no producer sent"
-            assert queued.get(payload, id_) == id_, f"cycle {cycle}: {payload!r} read as {id_}, queued as {queued[payload]}"
+            assert queued.get(payload, id_) == id_, (
+                f"cycle {cycle}: {payload!r} read as {id_}, queued as {queued[payload]}"
+            )
             # (b) a payload answered Confirmed is never delivered again in a later cycle.
             assert confirmed_in.get(payload, cycle) == cycle, (
                 f"{payload!r} (id {id_}) was answered Confirmed in cycle {confirmed_in[payload]}"

@@ -59,8 +59,20 @@ def workers_of(supervisor: int) -> list[int]:
 def test_kill_9_of_workers_loses_no_queued_message_and_repeats_no_confirmed_one(tmp_path: Path) -> None:
     port = free_port_pair()
     supervisor = subprocess.Popen(
-        [sys.executable, "-m", "dbqueue.cli", "serve", "--workers", "2", "--port", str(port),
-         "--data-dir", str(tmp_path / "data"), "--log-level", "warning"],  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "dbqueue.cli",
+            "serve",
+            "--workers",
+            "2",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--log-level",
+            "warning",
+        ],  # fmt: skip
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

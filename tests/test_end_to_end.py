@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import pytest

@@ -42,6 +42,8 @@ if TYPE_CHECKING:
     from conftest import ServerThread
 
 Factory = Callable[..., "ServerThread"]
+
+
 def reset(sock: socket.socket) -> None:
     """Close with RST instead of FIN (SO_LINGER on, 0 s)."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, bytes([1, 0, 0, 0, 0, 0, 0, 0]))

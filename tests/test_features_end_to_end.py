@@ -536,8 +536,14 @@ def test_out_of_range_arguments_are_refused_locally(server: ServerThread, connec
         ("create", ("q",), {"max_deliveries": 2**32}),
     ],
     ids=[
-        "confirm-negative", "confirm-2**64", "touch", "release",
-        "confirm_batch", "capacity", "capacity-2**64", "max_deliveries",
+        "confirm-negative",
+        "confirm-2**64",
+        "touch",
+        "release",
+        "confirm_batch",
+        "capacity",
+        "capacity-2**64",
+        "max_deliveries",
     ],  # fmt: skip
 )
 def test_out_of_range_ids_and_options_are_value_errors(
@@ -634,9 +640,10 @@ def test_a_pipelined_waiting_read_is_woken_by_a_send_later_in_the_same_pipeline(
 
 def test_a_pending_waiting_read_does_not_block_the_same_async_connection(server: ServerThread) -> None:
     async def main() -> None:
-        async with await AsyncClient.connect(server.address) as client, await AsyncClient.connect(
-            server.address
-        ) as other:
+        async with (
+            await AsyncClient.connect(server.address) as client,
+            await AsyncClient.connect(server.address) as other,
+        ):
             await asyncio.gather(client.create("slow"), client.create("busy"), client.create("batch"))
             pending = asyncio.ensure_future(client.read("slow", 10_000, wait_ms=2_000))
             while server.call(lambda: server.server.broker.queues[b"slow"].waiting) == 0:

@@ -38,8 +38,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from child_server import ChildServer
-from fake_transport import FakeTransport
 from dbqueue import AsyncClient, Client, DbQueueError
+from dbqueue.core.queues import Holding
 from dbqueue.errors import ProtocolError
 from dbqueue.protocol import (
     HEADER,
@@ -74,8 +74,8 @@ from dbqueue.protocol.messages import (
     Touch,
 )
 from dbqueue.server import Server
-from dbqueue.core.queues import Holding
 from dbqueue.server.session import Session
+from fake_transport import FakeTransport
 
 U32 = 0xFFFFFFFF
 
@@ -351,7 +351,7 @@ async def _connection(port: int, vocabulary: Vocabulary, tally: Tally) -> None:
     kind = rng.choices(list(KINDS), weights=list(KINDS.values()))[0]
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         tally["connect failures"] += 1
         await asyncio.sleep(0.05)
         return
@@ -369,7 +369,7 @@ async def _connection(port: int, vocabulary: Vocabulary, tally: Tally) -> None:
             if kind == "truncated":
                 break
             await asyncio.sleep(rng.choice([0, 0, 0.001, 0.02]))
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         tally["sends cut short"] += 1
     ending = rng.choice(ENDINGS)
     tally[f"ended by {ending}"] += 1

@@ -22,13 +22,12 @@ from typing import Any, TypeVar
 
 import pytest
 
+from conftest import ServerThread
 from dbqueue import AsyncClient, Client, Message, NoSuchMessage
 from dbqueue.client import group as group_module
 from dbqueue.client.group import AsyncGroupClient, GroupClient, member_of
 from dbqueue.protocol import Enqueue
 from dbqueue.server import new_event_loop
-
-from conftest import ServerThread
 
 T = TypeVar("T")
 
@@ -156,7 +155,7 @@ def connect(request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]]:
 
 @pytest.fixture
 def flavour(request: pytest.FixtureRequest, connect: Callable[..., Any]) -> str:
-    """"sync" or "async": which client ``connect`` opens in this test."""
+    """ "sync" or "async": which client ``connect`` opens in this test."""
     return request.node.callspec.params["connect"]  # type: ignore[no-any-return]
 
 
@@ -287,8 +286,6 @@ def test_a_waiting_read_returns_empty_after_wait_ms(group: Group, connect: Calla
     started = time.monotonic()
     assert client.read("q", 1_000, wait_ms=300) is None
     assert 0.25 < time.monotonic() - started < 2.0
-
-
 
 
 def test_a_waiting_read_holds_one_message_when_every_member_answers(

@@ -204,8 +204,13 @@ def test_malformed_bodies_are_refused_and_the_connection_stays_usable(raw: Raw) 
         (Op.DELETE_QUEUE, b"\x02\xc3\x28"),
     ],
     ids=[
-        "create-empty", "delete-empty", "enqueue-empty", "read-empty",
-        "create-bad-utf8", "create-dead-letter-bad-utf8", "delete-bad-utf8",
+        "create-empty",
+        "delete-empty",
+        "enqueue-empty",
+        "read-empty",
+        "create-bad-utf8",
+        "create-dead-letter-bad-utf8",
+        "delete-bad-utf8",
     ],  # fmt: skip
 )
 def test_invalid_queue_names_over_the_wire(raw: Raw, opcode: int, body: bytes) -> None:

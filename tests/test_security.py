@@ -209,7 +209,9 @@ def test_the_right_hello_pipelined_with_a_large_message_in_one_write(authed: Ser
     may be as large as the server's message limit."""
     raw = authed.raw()
     payload = bytes(range(256)) * 1024  # 256 KiB
-    raw.send(encode(1, Hello(token=TOKEN.encode())) + encode(2, CreateQueue("big")) + encode(3, Enqueue("big", payload)))
+    raw.send(
+        encode(1, Hello(token=TOKEN.encode())) + encode(2, CreateQueue("big")) + encode(3, Enqueue("big", payload))
+    )
     assert isinstance(response(raw)[1], HelloOk)
     assert response(raw) == (2, QueueCreated())
     assert isinstance(response(raw)[1], ObjectQueued)

@@ -7,14 +7,14 @@ and asyncio clients; `errors` the one error tree; `cli` the `dbqueue` command.
 
 __version__ = "0.1.0"
 
-from .client import AsyncClient, AsyncGroupClient, Client, GroupClient, Message, Pipeline, PipelinedClient  # noqa: E402
-from .errors import (  # noqa: E402
+from .client import AsyncClient, AsyncGroupClient, Client, GroupClient, Message, Pipeline, PipelinedClient
+from .errors import (
     AuthenticationFailed,
     ConnectionLost,
-    LimitExceeded,
     DbQueueError,
     InvalidQueueName,
     InvalidRequest,
+    LimitExceeded,
     MessageTooLarge,
     NoSuchMessage,
     NoSuchQueue,
@@ -25,7 +25,7 @@ from .errors import (  # noqa: E402
     UnknownOpcode,
     UnsupportedVersion,
 )
-from .server import Server  # noqa: E402
+from .server import Server
 
 __all__ = [
     "__version__",

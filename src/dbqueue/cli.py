@@ -81,8 +81,15 @@ def main() -> None:
     help="Clients must send this file's token in their Hello (or set DBQUEUE_AUTH_TOKEN).",
 )
 @click.option("--insecure", is_flag=True, help="Allow a non-loopback address without a token.")
-@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True), default=None, help="Serve TLS with this certificate (PEM).")
-@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True), default=None, help="The certificate's private key (PEM).")
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="Serve TLS with this certificate (PEM).",
+)
+@click.option(
+    "--tls-key", type=click.Path(dir_okay=False, exists=True), default=None, help="The certificate's private key (PEM)."
+)
 @click.option(
     "--tls-ca",
     type=click.Path(dir_okay=False, exists=True),
@@ -100,7 +107,12 @@ def main() -> None:
     type=click.IntRange(1024),
     help="Bytes of unread replies after which a connection is cut off.",
 )
-@click.option("--idle-timeout", type=click.FloatRange(0.01), default=None, help="Close connections idle this many seconds (off by default).")
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(0.01),
+    default=None,
+    help="Close connections idle this many seconds (off by default).",
+)
 def serve(
     host: str,
     port: int,
@@ -224,7 +236,13 @@ def _addresses(value: str) -> list[tuple[str, int]]:
 @click.option("--payload", default=128, show_default=True, type=click.IntRange(0), help="Message size in bytes.")
 @click.option("--queue", default="foo", show_default=True)
 @click.option("--time-limit", default=120.0, show_default=True, help="Seconds before an unfinished run fails.")
-@click.option("--batch", default=1, show_default=True, type=click.IntRange(1, 65535), help="Messages per request (send_batch / read_batch / confirm_batch).")
+@click.option(
+    "--batch",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 65535),
+    help="Messages per request (send_batch / read_batch / confirm_batch).",
+)
 @click.option("--latency", is_flag=True, help="Unpipelined round trips on one connection instead of the load test.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def bench(
@@ -245,8 +263,8 @@ def bench(
     """Load-test a running server with the original's workload; every reply is checked."""
     import json
 
-    from .loadtest import BenchConfig, BenchFailure, DbQueueDriver, run_load, run_round_trips
     from .errors import DbQueueError
+    from .loadtest import BenchConfig, BenchFailure, DbQueueDriver, run_load, run_round_trips
     from .report import bench_table, progress_bar
     from .server import new_event_loop
 

@@ -320,7 +320,9 @@ class DbQueueDriver(Driver):
             and replies.request_ids == self.request_ids[:count]
         ):
             return
-        for expected, (got, request_id, size) in enumerate(zip(replies.opcodes, replies.request_ids, replies.lengths), 1):
+        for expected, (got, request_id, size) in enumerate(
+            zip(replies.opcodes, replies.request_ids, replies.lengths), 1
+        ):
             if got != opcode or request_id != expected or length not in (None, size):
                 raise BenchFailure(f"{what} {expected}: got opcode 0x{got:02x}, {size} bytes, for request {request_id}")
 
@@ -355,7 +357,9 @@ class DbQueueDriver(Driver):
                 raise BenchFailure(f"read {intact.index(False) + 1}: payload corrupted")
             return list(map(_FIRST_8, replies.bodies))
         ids = []
-        for expected, (opcode, request_id, body) in enumerate(zip(replies.opcodes, replies.request_ids, replies.bodies), 1):
+        for expected, (opcode, request_id, body) in enumerate(
+            zip(replies.opcodes, replies.request_ids, replies.bodies), 1
+        ):
             if request_id != expected:
                 raise BenchFailure(f"read {expected}: reply for request {request_id}")
             if opcode == fr.Op.MESSAGE:
@@ -553,7 +557,9 @@ class _Consumer(_Worker):
         self.handles = handles = driver.take_messages(replies)
         self.tally.requests += self.config.pipeline
         if not handles:
-            self.retry = self.loop.call_later(0.001, self.start)  # the queue is empty: do not spin against the producers
+            self.retry = self.loop.call_later(
+                0.001, self.start
+            )  # the queue is empty: do not spin against the producers
             return
         self.confirms = driver.confirm_replies(handles)
         if self.confirms:
@@ -571,9 +577,7 @@ class _Consumer(_Worker):
         self.start()
 
 
-async def run_load(
-    driver: Driver, on_progress: Callable[[int, int], None] | None = None
-) -> BenchResult:
+async def run_load(driver: Driver, on_progress: Callable[[int, int], None] | None = None) -> BenchResult:
     """Run the load test; return its figures. Raises `BenchFailure` on any wrong or missing reply."""
     config = driver.config
     addresses = list(config.addresses)
@@ -602,7 +606,9 @@ async def run_load(
         # Consumers check the time limit before each batch; this bounds a server that stops answering.
         await asyncio.wait_for(asyncio.gather(*(worker.done for worker in workers)), config.time_limit + 5.0)
     except TimeoutError:
-        raise BenchFailure(f"no end {config.time_limit + 5.0:.0f} s after the start: the server stopped answering") from None
+        raise BenchFailure(
+            f"no end {config.time_limit + 5.0:.0f} s after the start: the server stopped answering"
+        ) from None
     finally:
         if reporter is not None:
             reporter.cancel()
@@ -656,4 +662,3 @@ async def run_round_trips(driver: Driver) -> BenchResult:
         time.process_time() - cpu_started,
         latencies,
     )
-

@@ -49,7 +49,9 @@ def bench_table(result: BenchResult, title: str) -> None:
     table.add_row(f"latency per {unit} p50", f"{figures['p50_ms']:.3f} ms")
     table.add_row(f"latency per {unit} p99", f"{figures['p99_ms']:.3f} ms")
     table.add_row(f"latency per {unit} p99.9", f"{figures['p999_ms']:.3f} ms")
-    table.add_row("client CPU", f"{figures['client_cpu_seconds']:.2f} s ({figures['client_cpu_percent']:.0f}% of one core)")
+    table.add_row(
+        "client CPU", f"{figures['client_cpu_seconds']:.2f} s ({figures['client_cpu_percent']:.0f}% of one core)"
+    )
     Console().print(table)
 
 

@@ -52,7 +52,9 @@ class BrokerModel(RuleBasedStateMachine):
         self.deadline: dict[int, float] = {}  # timed held id -> deadline
         self.order: dict[int, tuple[int, int]] = {}  # timed held id -> (step that set its deadline, place in its read)
         self.block_of: dict[int, tuple[int, int]] = {}  # held id still in a block -> (the batch read's step, block)
-        self.segment_of: dict[int, int] = {}  # fresh id -> the run or slab it waits in (a batch read's blocks follow them)
+        self.segment_of: dict[
+            int, int
+        ] = {}  # fresh id -> the run or slab it waits in (a batch read's blocks follow them)
         self.run: dict[bytes, int] = {}  # queue -> the run its next fresh message joins
         self.queue_of: dict[int, bytes] = {}
         self.data: dict[int, bytes] = {}

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from dbqueue.errors import InvalidRequest, NoSuchQueue
 from dbqueue.core.queues import Broker, Entry, Holding, Outcome, Queue, Record, columns
+from dbqueue.errors import InvalidRequest, NoSuchQueue
 
 
 class Wakes:

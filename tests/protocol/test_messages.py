@@ -37,11 +37,15 @@ from dbqueue.protocol.messages import (
     READ_BATCH_HEAD,
     REQUEST_TYPES,
     RESPONSE_TYPES,
+    Cancel,
+    Cancelled,
     ConfirmBatch,
     ConfirmResults,
     EnqueueBatch,
     EnqueueDelayed,
     ListQueues,
+    Members,
+    MembersReply,
     Messages,
     ObjectsQueued,
     Purge,
@@ -51,10 +55,6 @@ from dbqueue.protocol.messages import (
     Released,
     Stats,
     StatsReply,
-    Members,
-    Cancel,
-    Cancelled,
-    MembersReply,
     Touch,
     Touched,
     encode_name,
@@ -195,7 +195,9 @@ def test_every_message_type_is_covered() -> None:
 
 def test_encode_carries_flags_and_exact_layout() -> None:
     data = encode(0x01020304, Confirm(0x1122334455667788), flags=0xBEEF)
-    assert data == bytes([0xDB, 0x12, 0xBE, 0xEF, 1, 2, 3, 4, 0, 0, 0, 8, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88])
+    assert data == bytes(
+        [0xDB, 0x12, 0xBE, 0xEF, 1, 2, 3, 4, 0, 0, 0, 8, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88]
+    )
     assert encode(7, Read("ab", 258, 0x01020304)) == (
         HEADER.pack(MAGIC, Op.READ, 0, 7, 11) + b"\x00\x00\x01\x02" + b"\x01\x02\x03\x04" + b"\x02ab"
     )
@@ -233,7 +235,10 @@ def messages_of(*entries: tuple[int, int, bytes]) -> bytes:
     """A MESSAGES body: u32 count, then the ids, deliveries and lengths columns, then the payloads."""
     ids, deliveries, payloads = zip(*entries) if entries else ((), (), ())
     count = len(entries)
-    return struct.pack(f">I{count}Q{count}I{count}I", count, *ids, *deliveries, *map(len, payloads)) + b"".join(payloads)
+    return struct.pack(f">I{count}Q{count}I{count}I", count, *ids, *deliveries, *map(len, payloads)) + b"".join(
+        payloads
+    )
+
 
 NO_OPTIONS = bytes(13)  # CREATE_QUEUE's capacity, max_deliveries and an empty dead-letter name
 

@@ -49,7 +49,6 @@ from dbqueue.protocol import (
 from dbqueue.protocol.frames import BODY_OVERHEAD, FrameFailure
 from dbqueue.protocol.messages import (
     OTHER,
-    RequestReader,
     ConfirmBatch,
     EnqueueBatch,
     EnqueueDelayed,
@@ -57,6 +56,7 @@ from dbqueue.protocol.messages import (
     Purge,
     ReadBatch,
     Release,
+    RequestReader,
     Stats,
     Touch,
 )
@@ -123,7 +123,7 @@ def test_decode_request_raises_only_invalid_request(opcode: int, body: bytes) ->
     except InvalidRequest:
         return
     # Whatever parsed re-encodes to the very same body.
-    assert type(request).OPCODE == opcode
+    assert opcode == type(request).OPCODE
     assert request.body() == body
 
 
@@ -134,7 +134,7 @@ def test_decode_response_raises_only_invalid_request(opcode: int, body: bytes) -
         response = decode_response(opcode, body)
     except InvalidRequest:
         return
-    assert type(response).OPCODE == opcode
+    assert opcode == type(response).OPCODE
 
 
 names = st.text(st.characters(codec="utf-8"), min_size=1, max_size=60).filter(lambda s: len(s.encode()) <= 255)
@@ -273,7 +273,7 @@ json_numbers = st.sampled_from(
 @FUZZ
 @given(values=st.lists(st.one_of(json_numbers, json_values.map(json.dumps)), max_size=3))
 def test_stats_reply_json_of_any_shape_raises_only_invalid_request(values: list[str]) -> None:
-    for shaped in (f"{{\"queues\": [{', '.join(values)}]}}", f"[{', '.join(values)}]", values[0] if values else ""):
+    for shaped in (f'{{"queues": [{", ".join(values)}]}}', f"[{', '.join(values)}]", values[0] if values else ""):
         try:
             decode_response(Op.STATS_REPLY, shaped.encode())
         except InvalidRequest:

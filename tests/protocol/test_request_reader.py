@@ -13,7 +13,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dbqueue.errors import ErrorCode, InvalidRequest
-from dbqueue.protocol import HEADER, MAGIC, Confirm, CreateQueue, Enqueue, FrameReader, Hello, Op, Read, decode_request, encode
+from dbqueue.protocol import (
+    HEADER,
+    MAGIC,
+    Confirm,
+    CreateQueue,
+    Enqueue,
+    FrameReader,
+    Hello,
+    Op,
+    Read,
+    decode_request,
+    encode,
+)
 from dbqueue.protocol.messages import OTHER, EnqueueDelayed, ReadBatch, RequestReader
 
 MAX_BODY = 300

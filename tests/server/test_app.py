@@ -8,8 +8,8 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from dbqueue import Server
-from dbqueue.server.app import SWEEP_RESOLUTION
 from dbqueue.core.queues import Holding, Queue
+from dbqueue.server.app import SWEEP_RESOLUTION
 
 
 def with_started_server(body: Callable[[Server, list[float]], Awaitable[None]]) -> None:

@@ -56,7 +56,6 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from fake_transport import FakeTransport
 from dbqueue.protocol import (
     HEADER,
     HEADER_SIZE,
@@ -81,6 +80,7 @@ from dbqueue.protocol import messages as msg
 from dbqueue.protocol.messages import MAX_RUN, ConfirmBatch, EnqueueBatch, ReadBatch, Run, cut_run
 from dbqueue.server import Server
 from dbqueue.server.session import Session
+from fake_transport import FakeTransport
 
 MAX_SIZE = 64  # the servers' max_message_size: payloads of 65 bytes are refused
 NAMES = ["a", "b", "d", "x", "u"]  # "u" is never created; all one byte long, so a stray name keeps the frame size
@@ -557,11 +557,13 @@ def batch(pair: Pair, slot: int, request: Any) -> list[str]:
 def test_batches_in_columns_answer_as_decoded_ones(pair: Pair, monkeypatch: pytest.MonkeyPatch) -> None:
     taken: list[str] = []  # which batches the run side answered from their columns
     for opcode, handler in list(Session.in_columns.items()):
+
         def spy(session: Session, *args: Any, handler: Any = handler, name: str = Op(opcode).name) -> bytes | None:
             reply = handler(session, *args)
             if reply is not None and session.server is pair.run.server:
                 taken.append(name)
             return reply
+
         monkeypatch.setitem(Session.in_columns, opcode, spy)
     assert batch(pair, 1, ReadBatch("a", 5, 250, 500)) == []  # left waiting
     assert batch(pair, 0, EnqueueBatch("a", (b"p", b"qq", b""))) == ["OBJECTS_QUEUED"]  # wakes it, as a slab

@@ -25,10 +25,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from dbqueue.errors import DbQueueError
-from dbqueue.store import sqlite as storage
 from dbqueue.core import Snapshot, now_ms
+from dbqueue.errors import DbQueueError
 from dbqueue.store import DB_NAME, FORMAT_VERSION, LOCK_NAME, Store, StoreError
+from dbqueue.store import sqlite as storage
 
 
 def contents(snapshot: Snapshot) -> dict[bytes, list[int]]:
@@ -143,7 +143,11 @@ def test_a_pack_member_with_a_count_or_due_time_gets_a_row_of_its_own(tmp_path: 
     store = reopen(store)
     q, dead = store.load().queues
     assert q.messages == [
-        (1, b"before", 0, 0), (2, b"two", 0, 0), (3, b"three", 2, 1234), (5, b"five", 1, 0), (6, b"after", 0, 0)
+        (1, b"before", 0, 0),
+        (2, b"two", 0, 0),
+        (3, b"three", 2, 1234),
+        (5, b"five", 1, 0),
+        (6, b"after", 0, 0),
     ]
     assert dead.messages == [(4, b"four", 3, 0)]
     store.remove(2)  # the pack's last member: its row is a free slot, the extracted ones stay

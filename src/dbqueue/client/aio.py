@@ -143,7 +143,7 @@ class AsyncClient(Commands):
             )
         except ssl.SSLError:
             raise
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             raise ConnectionLost(f"cannot connect to {host}:{port}: {exc!r}") from exc
         client = cls(protocol, timeout)
         try:

@@ -159,9 +159,7 @@ class Commands:
         Returns None. Raises `InvalidQueueName`, `NoSuchQueue` (no such
         dead-letter queue), `InvalidRequest` (a dead-letter loop).
         """
-        return self._call(
-            msg.CreateQueue(name, capacity or 0, max_deliveries or 0, dead_letter_queue or ""), _created
-        )
+        return self._call(msg.CreateQueue(name, capacity or 0, max_deliveries or 0, dead_letter_queue or ""), _created)
 
     def delete(self, name: str) -> Any:
         """Delete queue ``name`` and every message it holds. Returns None. Raises `NoSuchQueue`."""
@@ -228,7 +226,7 @@ class Commands:
 
     # --- settling --------------------------------------------------------------------
 
-    def confirm(self, id: int) -> Any:  # noqa: A002 - the wire's name for it
+    def confirm(self, id: int) -> Any:
         """Confirm message ``id``: the server forgets it. Returns None.
 
         Raises `Requeued` (its timeout passed first) or `NoSuchMessage`.
@@ -243,7 +241,7 @@ class Commands:
             raise ValueError("confirm_batch needs at least one id")
         return self._call(msg.ConfirmBatch(batch), _confirm_results)
 
-    def touch(self, id: int, timeout_ms: int) -> Any:  # noqa: A002
+    def touch(self, id: int, timeout_ms: int) -> Any:
         """Give in-flight message ``id`` ``timeout_ms`` more from now (0: no timeout). Returns None.
 
         Raises `Requeued` (too late) or `NoSuchMessage`.
@@ -251,7 +249,7 @@ class Commands:
         _milliseconds("timeout_ms", timeout_ms)
         return self._call(msg.Touch(id, timeout_ms), _touched)
 
-    def release(self, id: int, delay_ms: int = 0) -> Any:  # noqa: A002
+    def release(self, id: int, delay_ms: int = 0) -> Any:
         """Give in-flight message ``id`` back now (to the front of its queue) or after ``delay_ms``
         (to the back). Counts as a delivery for ``max_deliveries``. Returns None.
 

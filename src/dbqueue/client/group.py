@@ -549,14 +549,14 @@ class GroupClient:
                     raise ConnectionLost("no member answered a waiting read in time")
         return []
 
-    def confirm(self, id: int) -> None:  # noqa: A002
+    def confirm(self, id: int) -> None:
         """Confirm at the member that handed the message out. Raises as `Client.confirm`."""
         self._on(self._members.holder(id), "confirm", id)
 
-    def touch(self, id: int, timeout_ms: int) -> None:  # noqa: A002
+    def touch(self, id: int, timeout_ms: int) -> None:
         self._on(self._members.holder(id), "touch", id, timeout_ms)
 
-    def release(self, id: int, delay_ms: int = 0) -> None:  # noqa: A002
+    def release(self, id: int, delay_ms: int = 0) -> None:
         self._on(self._members.holder(id), "release", id, delay_ms)
 
     def confirm_batch(self, ids: Iterable[int]) -> list[RequestError | None]:
@@ -599,13 +599,15 @@ class GroupPipeline:
 
     def send(self, name: str, data: bytes, *, delay_ms: int = 0, key: bytes | str | None = None) -> GroupPipeline:
         members = self._group._members
-        return self._add(_member_for_send(key, members.next_turn(), members.up()), "send", name, data, delay_ms=delay_ms)
+        return self._add(
+            _member_for_send(key, members.next_turn(), members.up()), "send", name, data, delay_ms=delay_ms
+        )
 
     def read(self, name: str, timeout_ms: int = 0) -> GroupPipeline:
         members = self._group._members
         return self._add(_member_for_send(None, members.next_turn(), members.up()), "read", name, timeout_ms)
 
-    def confirm(self, id: int) -> GroupPipeline:  # noqa: A002
+    def confirm(self, id: int) -> GroupPipeline:
         return self._add(self._group._members.holder(id), "confirm", id)
 
     def execute(self) -> list[Any]:
@@ -796,13 +798,13 @@ class AsyncGroupClient:
             for task in tasks:
                 task.cancel()  # a cancelled read is abandoned: a message it brings is released
 
-    async def confirm(self, id: int) -> None:  # noqa: A002
+    async def confirm(self, id: int) -> None:
         await self._on(self._members.holder(id), "confirm", id)
 
-    async def touch(self, id: int, timeout_ms: int) -> None:  # noqa: A002
+    async def touch(self, id: int, timeout_ms: int) -> None:
         await self._on(self._members.holder(id), "touch", id, timeout_ms)
 
-    async def release(self, id: int, delay_ms: int = 0) -> None:  # noqa: A002
+    async def release(self, id: int, delay_ms: int = 0) -> None:
         await self._on(self._members.holder(id), "release", id, delay_ms)
 
     async def confirm_batch(self, ids: Iterable[int]) -> list[RequestError | None]:

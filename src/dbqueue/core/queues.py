@@ -823,7 +823,9 @@ class Broker:
         hop: bytes | None = dead_letter
         while hop:
             if hop in seen:
-                raise InvalidRequest(f"dead-letter queue {dead_letter.decode()!r} would close a loop back to {name.decode()!r}")
+                raise InvalidRequest(
+                    f"dead-letter queue {dead_letter.decode()!r} would close a loop back to {name.decode()!r}"
+                )
             seen.add(hop)
             target = self.queues.get(hop)
             hop = target.dead_letter if target is not None else None  # a chain may end at a queue deleted since
@@ -943,9 +945,7 @@ class Broker:
             deadlines.keep_live()
         return deadline
 
-    def deliver_many(
-        self, queue: Queue, max_messages: int, timeout_ms: int, held: Holding, now: float
-    ) -> list[Entry]:
+    def deliver_many(self, queue: Queue, max_messages: int, timeout_ms: int, held: Holding, now: float) -> list[Entry]:
         """Read up to ``max_messages`` messages of ``queue``, stopping once their payloads
         pass ``max_batch_bytes`` so that any client can take the reply in (see `columns`)."""
         entries = queue.take_many(held, max_messages, self.max_batch_bytes)
@@ -1220,9 +1220,19 @@ class Broker:
         target = self.queues.get(queue.dead_letter) if queue.dead_letter else None
         name = queue.name.decode("utf-8", "replace")
         if target is None:
-            log.warning("message %d of %r dropped after %d deliveries (no dead-letter queue)", record.id, name, record.deliveries)
+            log.warning(
+                "message %d of %r dropped after %d deliveries (no dead-letter queue)",
+                record.id,
+                name,
+                record.deliveries,
+            )
         elif self.enqueue(target, record.data, now) < 0:
-            log.warning("message %d of %r dropped after %d deliveries: its dead-letter queue is full", record.id, name, record.deliveries)
+            log.warning(
+                "message %d of %r dropped after %d deliveries: its dead-letter queue is full",
+                record.id,
+                name,
+                record.deliveries,
+            )
 
     # --- time ------------------------------------------------------------------------
 

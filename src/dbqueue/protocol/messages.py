@@ -303,7 +303,9 @@ def bare_frames(opcode: int, request_ids: tuple[bytes, ...]) -> bytes:
     return start + (end + start).join(request_ids) + end
 
 
-def message_frames(request_ids: tuple[bytes, ...], ids: list[int], deliveries: list[int], payloads: list[bytes]) -> bytes:
+def message_frames(
+    request_ids: tuple[bytes, ...], ids: list[int], deliveries: list[int], payloads: list[bytes]
+) -> bytes:
     """One Message frame for each of the first ``len(ids)`` requests, built without a Python loop
     (payloads of one size, the usual case: in one struct call)."""
     count = len(ids)
@@ -317,7 +319,9 @@ def message_frames(request_ids: tuple[bytes, ...], ids: list[int], deliveries: l
         fields[5::6] = payloads
         return _layout(f"4s4s4sQI{size}s", count).pack(*fields)
     sizes = map(add, map(len, payloads), repeat(12))  # each body: id, deliveries, payload
-    heads = map(_MESSAGE_HEAD_RAW_ID.pack, repeat(MAGIC), repeat(_MESSAGE), repeat(0), request_ids, sizes, ids, deliveries)
+    heads = map(
+        _MESSAGE_HEAD_RAW_ID.pack, repeat(MAGIC), repeat(_MESSAGE), repeat(0), request_ids, sizes, ids, deliveries
+    )
     return b"".join(chain.from_iterable(zip(heads, payloads)))
 
 
@@ -1056,4 +1060,3 @@ def _cut_payloads(body: bytes, start: int, fixed: int, what: str) -> tuple[bytes
 def error_frame(request_id: int, code: int, message: str) -> bytes:
     """Return an ERROR frame (the server's one way to refuse a request)."""
     return encode(request_id, Error(code, message))
-

@@ -11,11 +11,11 @@ import ssl as ssl_module
 from collections.abc import Callable
 
 from .. import __version__
-from ..protocol.frames import DEFAULT_MAX_MESSAGE_SIZE, MAX_MESSAGE_SIZE_LIMIT, MAX_QUEUE_NAME
-from .metrics import MetricsEndpoint, RequestStats
 from ..core import Broker
-from .session import Session
+from ..protocol.frames import DEFAULT_MAX_MESSAGE_SIZE, MAX_MESSAGE_SIZE_LIMIT, MAX_QUEUE_NAME
 from ..store import Store, StoreError
+from .metrics import MetricsEndpoint, RequestStats
+from .session import Session
 
 __all__ = ["Server", "run", "new_event_loop", "MEMBER_SHIFT", "MAX_MEMBERS"]
 
@@ -213,7 +213,9 @@ class Server:
         # messages in flight go back) before it can exhaust the server's memory.
         log.warning(
             "closing %s: %d bytes of replies unread (limit %d)",
-            transport.get_extra_info("peername"), transport.get_write_buffer_size(), self.max_output_buffer,
+            transport.get_extra_info("peername"),
+            transport.get_write_buffer_size(),
+            self.max_output_buffer,
         )
         transport.abort()
 
@@ -244,7 +246,9 @@ class Server:
             if store.pending():
                 store.commit()
         except StoreError as exc:
-            log.critical("the store failed to commit; stopping so that no reply promises what the disk lacks", exc_info=True)
+            log.critical(
+                "the store failed to commit; stopping so that no reply promises what the disk lacks", exc_info=True
+            )
             self._outbox.clear()
             for session in list(self.sessions):
                 if session.transport is not None:
@@ -269,7 +273,10 @@ class Server:
         self.broker.attach(self.store)
         log.info(
             "store %s: %d queues and %d messages restored (sync=%s)",
-            self.data_dir, len(snapshot.queues), restored, self.sync,
+            self.data_dir,
+            len(snapshot.queues),
+            restored,
+            self.sync,
         )
         self.schedule_expiry()
         self._reclaim()

@@ -58,6 +58,7 @@ from functools import partial
 from time import perf_counter
 from typing import TYPE_CHECKING, ClassVar
 
+from ..core import NO_BYTE_LIMIT, Block, Entry, Holding, Outcome, Queue, Waiter, columns
 from ..errors import (
     ErrorCode,
     InvalidQueueName,
@@ -71,7 +72,6 @@ from ..errors import (
 )
 from ..protocol import frames as fr
 from ..protocol import messages as msg
-from ..core import NO_BYTE_LIMIT, Block, Entry, Holding, Outcome, Queue, Waiter, columns
 from .security import PRE_AUTH_MAX_BODY
 
 if TYPE_CHECKING:
@@ -87,7 +87,12 @@ _PACK_ID_FRAME = msg.ID_FRAME.pack  # a header and a u64 id: ObjectQueued
 _PACK_MESSAGE_HEAD = msg.MESSAGE_HEAD.pack  # a Message frame's header, id and deliveries; the payload follows
 # Plain ints: comparing against an enum member looked up on its class costs ~6x more.
 _ENQUEUE, _READ, _CONFIRM = int(fr.Op.ENQUEUE), int(fr.Op.READ), int(fr.Op.CONFIRM)  # as RequestReader tags them
-_OBJECT_QUEUED, _MESSAGE, _FULL, _EMPTY = int(fr.Op.OBJECT_QUEUED), int(fr.Op.MESSAGE), int(fr.Op.FULL), int(fr.Op.EMPTY)
+_OBJECT_QUEUED, _MESSAGE, _FULL, _EMPTY = (
+    int(fr.Op.OBJECT_QUEUED),
+    int(fr.Op.MESSAGE),
+    int(fr.Op.FULL),
+    int(fr.Op.EMPTY),
+)
 _CONFIRMED_OP, _REQUEUED_OP = int(fr.Op.CONFIRMED), int(fr.Op.REQUEUED)
 _CONFIRMED, _REQUEUED = int(Outcome.CONFIRMED), int(Outcome.REQUEUED)
 _CONFIRM_RESULTS = int(fr.Op.CONFIRM_RESULTS)
@@ -230,7 +235,9 @@ class Session(asyncio.Protocol):
             self.authenticated = True
             self.server.send(self.transport, reply)  # type: ignore[arg-type]
             return True
-        reason = "a wrong token" if hello is not None and hello.token else "no token" if hello is not None else "no Hello"
+        reason = (
+            "a wrong token" if hello is not None and hello.token else "no token" if hello is not None else "no Hello"
+        )
         message = "authentication failed: send Hello with the server's token"
         self._shut(request_id, ErrorCode.NOT_AUTHENTICATED, message, reason)
         return False
@@ -322,7 +329,11 @@ class Session(asyncio.Protocol):
                     if timeout_ms:
                         server.expire_by(broker.set_deadline(record, timeout_ms, now))
                     data = record.data
-                    append(_PACK_MESSAGE_HEAD(_MAGIC, _MESSAGE, 0, request_id, 12 + len(data), record.id, record.deliveries))
+                    append(
+                        _PACK_MESSAGE_HEAD(
+                            _MAGIC, _MESSAGE, 0, request_id, 12 + len(data), record.id, record.deliveries
+                        )
+                    )
                     append(data)
                     output += len(data)
                     if output > server.max_output_buffer:
@@ -601,7 +612,9 @@ class Session(asyncio.Protocol):
         self.read_from.add(queue)
         queue.consumers += 1
 
-    def _wait(self, queue: Queue, request_id: int, timeout_ms: int, max_messages: int, wait_ms: int, now: float) -> None:
+    def _wait(
+        self, queue: Queue, request_id: int, timeout_ms: int, max_messages: int, wait_ms: int, now: float
+    ) -> None:
         """Park a read; ``max_messages`` 0 means a single READ (answered with Message/Empty)."""
         if len(self.waiting) > 32:
             self.waiting = {rid: waiter for rid, waiter in self.waiting.items() if waiter.active}

@@ -29,7 +29,9 @@ RESTART_PAUSE = 0.5  # seconds between a worker's death and its restart, so a cr
 STOP_GRACE = 10.0  # seconds a worker gets to stop cleanly before it is killed
 
 
-def worker_command(index: int, port: int, peers: Sequence[str], serve_args: Sequence[str], data_dir: str | None) -> list[str]:
+def worker_command(
+    index: int, port: int, peers: Sequence[str], serve_args: Sequence[str], data_dir: str | None
+) -> list[str]:
     """The command line of worker ``index``: the same options as the supervisor's, its own port and member index."""
     command = [sys.executable, "-m", "dbqueue.cli", "serve", *serve_args, "--port", str(port)]
     command += ["--member-index", str(index), "--peers", ",".join(peers)]

@@ -137,7 +137,6 @@ import operator
 import os
 import sqlite3
 import struct
-import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Self
@@ -177,6 +176,7 @@ FREE_PAGES_KEPT = 256
 # Payload bytes of retired packs whose rows are kept as free slots, for new packs of the same shape to
 # take over: a fixed floor of dead data, in exchange for rows rewritten in place.
 FREE_SLOT_BYTES = 1 << 20
+
 
 class _Pack:
     """Messages ``first_id`` .. ``first_id + count - 1`` stored as one row of ``packs``; ``live``
