@@ -173,9 +173,9 @@ def test_confirming_every_member_one_by_one_retires_the_block_once() -> None:
     broker, queue = make()
     ids, block, held = read_block(broker, queue, [b"a", b"b", b"c"])
     for left, id_ in zip((2, 1), ids):
-        assert broker.confirm(id_) == Outcome.CONFIRMED
+        assert broker.confirm(id_) == Outcome.DONE
         assert block.live == left and broker._timed == 1
-    assert broker.confirm(ids[2]) == Outcome.CONFIRMED
+    assert broker.confirm(ids[2]) == Outcome.DONE
     assert_retired(block)
     assert broker._timed == 0 and broker.entries() == {} and held == {}
     assert broker.confirm(ids[2]) == NO_SUCH
@@ -189,7 +189,7 @@ def test_after_a_partial_confirm_expiry_requeues_exactly_the_rest_at_the_front_i
     queue.push(b"fresh")
     settled = (ids[3], ids[1])  # not in id order
     if how == "confirm":
-        assert [broker.confirm(id_) for id_ in settled] == [Outcome.CONFIRMED] * 2
+        assert [broker.confirm(id_) for id_ in settled] == [Outcome.DONE] * 2
     else:
         assert broker.confirm_many(settled) == bytes(2)
     left = [ids[0], ids[2], ids[4]]
@@ -210,9 +210,9 @@ def test_after_a_partial_confirm_expiry_requeues_exactly_the_rest_at_the_front_i
 def test_confirm_many_with_a_duplicate_id_confirms_it_once() -> None:
     broker, queue = make()
     ids, block, held = read_block(broker, queue, [b"a", b"b", b"c"])
-    assert broker.confirm_many((ids[0], ids[0])) == bytes([Outcome.CONFIRMED, NO_SUCH])
+    assert broker.confirm_many((ids[0], ids[0])) == bytes([Outcome.DONE, NO_SUCH])
     assert block.live == 2 and held.ids() == ids[1:] and queue.confirmed == 1
-    assert broker.confirm_many((ids[1], ids[2], ids[1])) == bytes([Outcome.CONFIRMED, Outcome.CONFIRMED, NO_SUCH])
+    assert broker.confirm_many((ids[1], ids[2], ids[1])) == bytes([Outcome.DONE, Outcome.DONE, NO_SUCH])
     assert_retired(block)
     assert queue.confirmed == 3 and broker.entries() == {} and broker._timed == 0
 
@@ -222,13 +222,13 @@ def test_confirm_many_of_every_id_of_a_block_after_one_member_left_it(how: str) 
     broker, queue = make()
     (a, b, c), block, held = read_block(broker, queue, [b"a", b"b", b"c"])
     if how == "confirmed":
-        assert broker.confirm(b) == Outcome.CONFIRMED
+        assert broker.confirm(b) == Outcome.DONE
     elif how == "touched":
-        assert broker.touch(b, 1_000, 0.0) == Outcome.CONFIRMED
+        assert broker.touch(b, 1_000, 0.0) == Outcome.DONE
     else:
-        assert broker.release(b, 0, 0.0) == Outcome.CONFIRMED
-    expected = {"confirmed": NO_SUCH, "touched": Outcome.CONFIRMED, "released": Outcome.REQUEUED}[how]
-    assert broker.confirm_many((a, b, c)) == bytes([Outcome.CONFIRMED, expected, Outcome.CONFIRMED])
+        assert broker.release(b, 0, 0.0) == Outcome.DONE
+    expected = {"confirmed": NO_SUCH, "touched": Outcome.DONE, "released": Outcome.REQUEUED}[how]
+    assert broker.confirm_many((a, b, c)) == bytes([Outcome.DONE, expected, Outcome.DONE])
     assert_retired(block)
     assert held == {} and broker._timed == 0
     assert queue.confirmed == (2 if how == "released" else 3)
@@ -256,9 +256,9 @@ def test_confirm_many_with_unknown_and_already_settled_ids() -> None:
     broker, queue = make()
     (a, b, c, d), block, held = read_block(broker, queue, [b"a", b"b", b"c", b"d"])
     unread = queue.push(b"unread")  # ready, never read
-    assert broker.confirm_many((a, 10**9, b)) == bytes([Outcome.CONFIRMED, NO_SUCH, Outcome.CONFIRMED])
-    assert broker.confirm_many((10**9, c)) == bytes([NO_SUCH, Outcome.CONFIRMED])
-    assert broker.release(d, 0, 0.0) == Outcome.CONFIRMED
+    assert broker.confirm_many((a, 10**9, b)) == bytes([Outcome.DONE, NO_SUCH, Outcome.DONE])
+    assert broker.confirm_many((10**9, c)) == bytes([NO_SUCH, Outcome.DONE])
+    assert broker.release(d, 0, 0.0) == Outcome.DONE
     assert broker.confirm_many((d, a, unread)) == bytes([Outcome.REQUEUED, NO_SUCH, NO_SUCH])
     assert_retired(block)
     assert held == {} and queue.confirmed == 3 and broker._timed == 0
@@ -288,7 +288,7 @@ def test_confirm_many_of_block_members_mixed_with_single_read_records() -> None:
 def test_touching_one_member_moves_only_its_deadline() -> None:
     broker, queue = make()
     (a, b, c), block, held = read_block(broker, queue, [b"a", b"b", b"c"])
-    assert broker.touch(b, 500, 0.05) == Outcome.CONFIRMED
+    assert broker.touch(b, 500, 0.05) == Outcome.DONE
     touched = held[b]
     assert touched.__class__ is Record and broker.entries()[b] is touched
     assert (touched.id, touched.data, touched.deliveries, touched.held) == (b, b"b", 1, held)  # type: ignore[union-attr]
@@ -308,13 +308,13 @@ def test_touching_one_member_moves_only_its_deadline() -> None:
 def test_touching_one_member_with_zero_takes_it_off_the_clock() -> None:
     broker, queue = make()
     (a, b), block, held = read_block(broker, queue, [b"a", b"b"])
-    assert broker.touch(a, 0, 0.05) == Outcome.CONFIRMED
+    assert broker.touch(a, 0, 0.05) == Outcome.DONE
     assert block.live == 1 and held[a].__class__ is Record
     assert broker._timed == 1  # the block's, for b
     assert broker.expire(0.1) == 1
     assert held.ids() == [a] and broker._timed == 0
     assert broker.expire(1e9) == 0
-    assert broker.confirm(a) == Outcome.CONFIRMED
+    assert broker.confirm(a) == Outcome.DONE
     assert list(broker.entries()) == [b] and broker.entries()[b].held is None  # b: ready again
     assert_counts(queue, ready=1, in_flight=0, delayed=0)
 
@@ -323,7 +323,7 @@ def test_touching_every_member_retires_the_block() -> None:
     broker, queue = make()
     ids, block, held = read_block(broker, queue, [b"a", b"b"])
     for id_ in ids:
-        assert broker.touch(id_, 1_000, 0.05) == Outcome.CONFIRMED
+        assert broker.touch(id_, 1_000, 0.05) == Outcome.DONE
     assert_retired(block)
     assert broker._timed == 2 and all(held[id_].__class__ is Record for id_ in ids)
     assert broker.expire(1.0) == 0  # the block's old deadline is stale
@@ -335,7 +335,7 @@ def test_releasing_one_member_gives_it_back_now_and_leaves_the_others_in_flight(
     broker, queue = make()
     (a, b, c), block, held = read_block(broker, queue, [b"a", b"b", b"c"])
     queue.push(b"d")
-    assert broker.release(b, 0, 0.01) == Outcome.CONFIRMED
+    assert broker.release(b, 0, 0.01) == Outcome.DONE
     assert held.ids() == [a, c] and block.live == 2 and broker._timed == 1
     released = broker.entries()[b]
     assert released.__class__ is Record and released.held is None
@@ -352,7 +352,7 @@ def test_releasing_one_member_gives_it_back_now_and_leaves_the_others_in_flight(
 def test_releasing_one_member_with_a_delay_sends_it_to_the_back_later() -> None:
     broker, queue = make()
     (a, b, c), block, held = read_block(broker, queue, [b"a", b"b", b"c"])
-    assert broker.release(b, 50, 0.01) == Outcome.CONFIRMED
+    assert broker.release(b, 50, 0.01) == Outcome.DONE
     assert held.ids() == [a, c] and block.live == 2
     assert_counts(queue, ready=0, in_flight=2, delayed=1)
     assert broker.confirm(b) == Outcome.REQUEUED
@@ -367,7 +367,7 @@ def test_releasing_one_member_with_a_delay_sends_it_to_the_back_later() -> None:
 def test_settling_a_member_that_already_left_its_block() -> None:
     broker, queue = make()
     (a, b), block, held = read_block(broker, queue, [b"a", b"b"])
-    assert broker.confirm(a) == Outcome.CONFIRMED
+    assert broker.confirm(a) == Outcome.DONE
     assert broker.touch(a, 10, 0.0) == NO_SUCH
     assert broker.release(a, 0, 0.0) == NO_SUCH
     assert block.live == 1 and held.ids() == [b]
@@ -388,10 +388,10 @@ def test_a_disconnect_requeues_every_live_member_once_in_read_order(touched: str
     (first,) = broker.deliver_many(queue, 3, 100, held, 0.0)  # a b c
     assert broker.deliver(queue, 100, held, 0.0) is not None  # d
     (second,) = broker.deliver_many(queue, 3, 100, held, 0.0)  # e f g
-    assert broker.confirm(f) == Outcome.CONFIRMED
+    assert broker.confirm(f) == Outcome.DONE
     ids = dict(zip("abc", (a, b, c)))
     for name in touched:  # each touched member is split off (out of read order); then the block dissolves
-        assert broker.touch(ids[name], 1_000, 0.01) == Outcome.CONFIRMED
+        assert broker.touch(ids[name], 1_000, 0.01) == Outcome.DONE
     assert (first.held is None) == (len(touched) == 3)  # type: ignore[union-attr]
     assert held.ids() == [a, b, c, d, e, g]
     assert broker.release_all(held, 0.02) == 6
@@ -493,14 +493,14 @@ def test_members_past_max_deliveries_move_to_the_dead_letter_queue_in_order(how:
     dlq = broker.create_queue(b"dlq")
     queue = broker.create_queue(b"q", 0, 1, b"dlq")
     (a, b, c, d), block, held = read_block(broker, queue, [b"a", b"b", b"c", b"d"], timeout_ms=10)
-    assert broker.confirm(b) == Outcome.CONFIRMED
+    assert broker.confirm(b) == Outcome.DONE
     if how == "timeout":
         assert broker.expire(0.01) == 0  # none goes back to q
     elif how == "disconnect":
         assert broker.release_all(held, 0.001) == 0
     else:
         for id_ in (a, c, d):
-            assert broker.release(id_, 0, 0.001) == Outcome.CONFIRMED
+            assert broker.release(id_, 0, 0.001) == Outcome.DONE
     assert held == {} and broker.entries() == {} and broker._timed == 0
     assert_retired(block)
     assert_counts(queue, ready=0, in_flight=0, delayed=0)
@@ -513,7 +513,7 @@ def test_block_members_reach_the_dead_letter_queue_after_their_second_delivery()
     dlq = broker.create_queue(b"dlq")
     queue = broker.create_queue(b"q", 0, 2, b"dlq")
     (a, b, c), _, held = read_block(broker, queue, [b"a", b"b", b"c"], timeout_ms=10)
-    assert broker.confirm(b) == Outcome.CONFIRMED
+    assert broker.confirm(b) == Outcome.DONE
     assert broker.expire(0.01) == 2  # the first failure: back to the front
     again = broker.deliver_many(queue, 10, 10, held, 0.02)
     assert [e.__class__ for e in again] == [Record, Record]  # read before: records, not a block
@@ -694,7 +694,7 @@ def test_confirm_column_takes_only_a_whole_block_as_it_was_read(how: str) -> Non
         broker.deliver_many(queue, 3, 0, held, 0.0)
     sent = column
     if how == "one confirmed first":
-        assert broker.confirm(ids[1]) == Outcome.CONFIRMED
+        assert broker.confirm(ids[1]) == Outcome.DONE
     elif how == "out of order":
         sent = struct.pack(">3Q", ids[1], ids[0], ids[2])
     elif how == "a prefix":
@@ -720,14 +720,14 @@ def test_members_of_a_slab_block_settle_one_by_one(how: str) -> None:
     ids = unpack_ids(send_columns(broker, queue, payloads))
     held = Holding()
     (block,) = broker.deliver_many(queue, 4, 100, held, 0.0)
-    assert broker.confirm(ids[0]) == Outcome.CONFIRMED
+    assert broker.confirm(ids[0]) == Outcome.DONE
     if how == "touch":
-        assert broker.touch(ids[2], 1_000, 0.0) == Outcome.CONFIRMED
+        assert broker.touch(ids[2], 1_000, 0.0) == Outcome.DONE
         assert broker.entries()[ids[2]].__class__ is Record and broker.entries()[ids[2]].data == b"ccc"  # type: ignore[union-attr]
         assert broker.expire(0.1) == 2  # b and d
         assert columns(broker.deliver_many(queue, 10, 0, Holding(), 0.2))[2] == [b"bb", b"dddd"]
     elif how == "release":
-        assert broker.release(ids[3], 0, 0.0) == Outcome.CONFIRMED
+        assert broker.release(ids[3], 0, 0.0) == Outcome.DONE
         assert broker.deliver(queue, 0, Holding(), 0.0).data == b"dddd"  # type: ignore[union-attr]
         assert broker.confirm_many((ids[1], ids[2])) == bytes(2)
     elif how == "expiry":

@@ -233,7 +233,7 @@ class BrokerModel(RuleBasedStateMachine):
         self.model_held[holder].remove(id_)
         self._unhold(id_)
         self.dead.add(id_)
-        return Outcome.CONFIRMED
+        return Outcome.DONE
 
     @rule(data=st.data())
     def confirm_many(self, data: st.DataObject) -> None:
@@ -245,7 +245,7 @@ class BrokerModel(RuleBasedStateMachine):
             ids = list(data.draw(st.sampled_from(self.batches)))
             if data.draw(st.booleans()):  # as its ids column, as a client confirms a batch it read
                 if self.broker.confirm_column(struct.pack(f">{len(ids)}Q", *ids)):
-                    assert [self._settle(id_) for id_ in ids] == [Outcome.CONFIRMED] * len(ids)
+                    assert [self._settle(id_) for id_ in ids] == [Outcome.DONE] * len(ids)
                     return
         elif how == 3 and self.block_of:  # some of those still in one block, in read order
             step = data.draw(st.sampled_from(sorted(set(self.block_of.values()))))
@@ -273,7 +273,7 @@ class BrokerModel(RuleBasedStateMachine):
         if self._holder(id_) is None:
             assert outcome == self._not_held(id_)
             return
-        assert outcome == Outcome.CONFIRMED
+        assert outcome == Outcome.DONE
         self.block_of.pop(id_, None)  # a deadline of its own from now on
         self.steps += 1
         self._time(id_, timeout_ms)
@@ -287,7 +287,7 @@ class BrokerModel(RuleBasedStateMachine):
         if holder is None:
             assert outcome == self._not_held(id_)
             return
-        assert outcome == Outcome.CONFIRMED
+        assert outcome == Outcome.DONE
         self.model_held[holder].remove(id_)
         self._return([id_])
 

@@ -139,7 +139,7 @@ def test_a_waiting_read_wakes_on_release_and_on_a_disconnect() -> None:
     released, disconnected = Wakes(), Wakes()
     broker.wait(queue, Holding(), 0, 1, 1_000, 0.0, released)
     broker.wait(queue, Holding(), 0, 5, 1_000, 0.0, disconnected)
-    assert broker.release(b.id, 0, 0.1) == Outcome.CONFIRMED
+    assert broker.release(b.id, 0, 0.1) == Outcome.DONE
     assert released.calls == [[b]] and disconnected.calls == []
     assert broker.release_all(holder, 0.2) == 1
     assert disconnected.calls == [[a]]
@@ -153,7 +153,7 @@ def test_a_waiting_read_wakes_after_a_delayed_release() -> None:
     assert record is not None
     wakes = Wakes()
     broker.wait(queue, Holding(), 0, 1, 1_000, 0.0, wakes)
-    assert broker.release(record.id, 50, 0.0) == Outcome.CONFIRMED
+    assert broker.release(record.id, 50, 0.0) == Outcome.DONE
     assert wakes.calls == []  # not before its delay
     assert_counts(queue, ready=0, in_flight=0, delayed=1)
     broker.expire(0.049)
@@ -360,7 +360,7 @@ def test_touch_moves_the_deadline_from_now() -> None:
     held = Holding()
     record = broker.deliver(queue, 100, held, 0.0)
     assert record is not None
-    assert broker.touch(record.id, 500, 0.05) == Outcome.CONFIRMED
+    assert broker.touch(record.id, 500, 0.05) == Outcome.DONE
     assert broker._timed == 1
     assert broker.expire(0.1) == 0  # the old deadline is stale
     assert record.held is held
@@ -374,10 +374,10 @@ def test_touch_with_zero_removes_the_timeout_and_a_later_touch_restores_one() ->
     queue.push(b"a")
     record = broker.deliver(queue, 100, Holding(), 0.0)
     assert record is not None
-    assert broker.touch(record.id, 0, 0.05) == Outcome.CONFIRMED
+    assert broker.touch(record.id, 0, 0.05) == Outcome.DONE
     assert broker._timed == 0
     assert broker.expire(100.0) == 0
-    assert broker.touch(record.id, 10, 200.0) == Outcome.CONFIRMED
+    assert broker.touch(record.id, 10, 200.0) == Outcome.DONE
     assert broker._timed == 1
     assert broker.expire(200.01) == 1
 
@@ -393,7 +393,7 @@ def test_touch_outcomes() -> None:
     assert broker.touch(10**9, 1_000, 0.02) == Outcome.NO_SUCH_MESSAGE
     assert broker.touch(unread, 1_000, 0.02) == Outcome.NO_SUCH_MESSAGE  # queued, never read
     assert broker.deliver(queue, 0, Holding(), 0.02) is record
-    assert broker.confirm(record.id) == Outcome.CONFIRMED
+    assert broker.confirm(record.id) == Outcome.DONE
     assert broker.touch(record.id, 1_000, 0.03) == Outcome.NO_SUCH_MESSAGE  # confirmed
     assert broker._timed == 0
 
@@ -422,7 +422,7 @@ def test_release_now_goes_to_the_front() -> None:
     a = broker.deliver(queue, 50, held, 0.0)
     b = broker.deliver(queue, 50, held, 0.0)
     assert a is not None and b is not None
-    assert broker.release(b.id, 0, 0.01) == Outcome.CONFIRMED
+    assert broker.release(b.id, 0, 0.01) == Outcome.DONE
     assert held == {a.id: a} and b.held is None
     assert broker._timed == 1 and queue.requeued == 1
     assert broker.expire(0.05) == 1  # only a's deadline fires; b's is stale
@@ -436,7 +436,7 @@ def test_release_with_a_delay_goes_to_the_back_after_it() -> None:
         queue.push(data)
     a = broker.deliver(queue, 0, Holding(), 0.0)
     assert a is not None
-    assert broker.release(a.id, 100, 1.0) == Outcome.CONFIRMED
+    assert broker.release(a.id, 100, 1.0) == Outcome.DONE
     assert_counts(queue, ready=1, in_flight=0, delayed=1)
     assert broker.confirm(a.id) == Outcome.REQUEUED  # not in flight any more
     queue.push(b"c")
@@ -460,7 +460,7 @@ def test_release_outcomes() -> None:
     assert_counts(queue, ready=1, in_flight=0, delayed=0)
     again = broker.deliver(queue, 0, Holding(), 0.03)
     assert again is record
-    assert broker.confirm(record.id) == Outcome.CONFIRMED
+    assert broker.confirm(record.id) == Outcome.DONE
     assert broker.release(record.id, 0, 0.04) == Outcome.NO_SUCH_MESSAGE
 
 
@@ -506,9 +506,9 @@ def test_every_way_back_counts_towards_max_deliveries(how: str) -> None:
     record = broker.deliver(queue, 10, held, 0.0)
     assert record is not None
     if how == "release":
-        assert broker.release(record.id, 0, 0.001) == Outcome.CONFIRMED
+        assert broker.release(record.id, 0, 0.001) == Outcome.DONE
     elif how == "delayed release":
-        assert broker.release(record.id, 500, 0.001) == Outcome.CONFIRMED
+        assert broker.release(record.id, 500, 0.001) == Outcome.DONE
     elif how == "disconnect":
         assert broker.release_all(held, 0.001) == 0  # none went back to q
     else:
@@ -574,7 +574,7 @@ def test_a_full_dead_letter_queue_drops_the_message(caplog: pytest.LogCaptureFix
     record = broker.deliver(queue, 0, Holding(), 0.0)
     assert record is not None
     with caplog.at_level(logging.WARNING, logger="dbqueue.server"):
-        assert broker.release(record.id, 0, 0.0) == Outcome.CONFIRMED
+        assert broker.release(record.id, 0, 0.0) == Outcome.DONE
     assert "full" in caplog.text
     assert queue.count == 0 and queue.dead_lettered == 1 and record.id not in broker.entries()
     assert [r.data for r in read_all(broker, dlq, 0.0)] == [b"already"]
@@ -698,7 +698,7 @@ def test_stats_counters_are_exact() -> None:
     a = broker.deliver(queue, 10, held, 0.0)
     b = broker.deliver(queue, 0, held, 0.0)
     assert a is not None and b is not None
-    assert broker.confirm(b.id) == Outcome.CONFIRMED
+    assert broker.confirm(b.id) == Outcome.DONE
     broker.expire(0.01)  # a: requeued once
     a = broker.deliver(queue, 0, held, 0.02)
     assert a is not None and a.deliveries == 2

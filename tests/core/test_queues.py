@@ -135,7 +135,7 @@ def test_capacity_counts_ready_and_in_flight() -> None:
     record = broker.deliver(queue, 0, held, 0.0)
     assert record is not None
     assert queue.push(b"c") == -1  # the read message is still the queue's
-    assert broker.confirm(record.id) == Outcome.CONFIRMED
+    assert broker.confirm(record.id) == Outcome.DONE
     assert queue.count == 1
     assert queue.push(b"c") > 0
     assert queue.push(b"d") == -1
@@ -172,7 +172,7 @@ def test_confirm_outcomes() -> None:
     held = Holding()
     record = broker.deliver(queue, 100, held, 0.0)
     assert record is not None and broker.next_deadline() == pytest.approx(0.1)
-    assert broker.confirm(record.id) == Outcome.CONFIRMED
+    assert broker.confirm(record.id) == Outcome.DONE
     assert broker.confirm(record.id) == Outcome.NO_SUCH_MESSAGE  # already confirmed
     assert broker.confirm(12345) == Outcome.NO_SUCH_MESSAGE  # never existed
     assert broker.confirm(queue.push(b"b")) == Outcome.NO_SUCH_MESSAGE  # never read
@@ -187,7 +187,7 @@ def test_confirm_works_from_any_connection() -> None:
     queue.push(b"a")
     held = Holding()
     record = broker.deliver(queue, 0, held, 0.0)
-    assert broker.confirm(record.id) == Outcome.CONFIRMED  # type: ignore[union-attr]
+    assert broker.confirm(record.id) == Outcome.DONE  # type: ignore[union-attr]
     assert held == {}
 
 
@@ -213,13 +213,13 @@ def test_expire_requeues_to_the_front_in_read_order() -> None:
     assert [r.id for r in queue.returned] == [d.id, a.id, b.id]  # type: ignore[union-attr]
     assert broker.confirm(a.id) == Outcome.REQUEUED  # type: ignore[union-attr]
     assert broker.confirm(d.id) == Outcome.REQUEUED  # type: ignore[union-attr]
-    assert broker.confirm(c.id) == Outcome.CONFIRMED  # type: ignore[union-attr]
+    assert broker.confirm(c.id) == Outcome.DONE  # type: ignore[union-attr]
     later = Holding()
     again = [broker.deliver(queue, 0, later, 6.0) for _ in range(4)]
     assert [r.data for r in again] == [b"d", b"a", b"b", b"e"]  # type: ignore[union-attr]
     assert [r.deliveries for r in again] == [2, 2, 2, 1]  # type: ignore[union-attr]
     assert again[1] is a  # the record itself came back, same id
-    assert broker.confirm(a.id) == Outcome.CONFIRMED  # type: ignore[union-attr]
+    assert broker.confirm(a.id) == Outcome.DONE  # type: ignore[union-attr]
     assert queue.count == 3
     assert_consistent(broker, held, later)
 
@@ -310,7 +310,7 @@ def test_release_all_requeues_at_the_front_in_read_order() -> None:
     a = broker.deliver(queue, 0, held, 0.0)
     b = broker.deliver(queue, 5000, held, 0.0)  # timed and untimed alike
     c = broker.deliver(queue, 0, held, 0.0)
-    assert broker.confirm(b.id) == Outcome.CONFIRMED  # type: ignore[union-attr]
+    assert broker.confirm(b.id) == Outcome.DONE  # type: ignore[union-attr]
     assert broker.release_all(held, 0.0) == 2
     assert held == {}
     assert broker._timed == 0
@@ -404,7 +404,7 @@ def test_deadline_heap_stays_bounded() -> None:
         queue.push(b"x")
         in_flight.append(broker.deliver(queue, 1000 + i % 7, held, now))  # type: ignore[arg-type]
         if len(in_flight) > 100:
-            assert broker.confirm(in_flight.pop(0).id) == Outcome.CONFIRMED
+            assert broker.confirm(in_flight.pop(0).id) == Outcome.DONE
         worst = max(worst, len(broker._deadlines) - 2 * len(in_flight))
     assert worst <= 1024 + 2
     assert len(broker._deadlines) <= 2 * len(in_flight) + 1024 + 2

@@ -55,13 +55,13 @@ from ..errors import (
     RequestError,
 )
 from ..protocol import messages as msg
+from ..protocol.frames import MEMBER_SHIFT
 from .aio import AsyncClient
 from .commands import parse_address, result_of
 from .sync import Client
 
 __all__ = ["GroupClient", "AsyncGroupClient", "MEMBER_SHIFT"]
 
-MEMBER_SHIFT = 56  # the same as the server's: an id's top byte is its member's index
 RETRY_SECONDS = 1.0  # first wait before reconnecting to a member that went down; doubles up to:
 MAX_RETRY_SECONDS = 30.0
 _SUMMED = (

@@ -95,9 +95,12 @@ NO_BYTE_LIMIT = 1 << 62  # `Queue.take_many`'s limit for reads answered one fram
 
 
 class Outcome(enum.IntEnum):
-    """What a confirm, touch or release did (also the CONFIRM_RESULTS byte)."""
+    """What a confirm, touch or release did (also the CONFIRM_RESULTS byte).
 
-    CONFIRMED = 0
+    DONE: the message was in flight and the request was done (confirmed, touched or released).
+    """
+
+    DONE = 0
     REQUEUED = 1
     NO_SUCH_MESSAGE = 2
 
@@ -434,7 +437,7 @@ class Queue:
 
     __slots__ = (
         "name", "capacity", "max_deliveries", "dead_letter", "deleted",
-        "ready", "delayed", "enqueued", "confirmed", "requeued", "dead_lettered", "dropped", "consumers",
+        "ready", "delayed", "enqueued", "confirmed", "requeued", "dead_lettered", "purged", "consumers",
         "waiters", "waiting", "_segments", "_tail", "_next_id", "_block_end",
         "_broker", "_records", "_blocks", "journal",
     )  # fmt: skip
@@ -453,7 +456,7 @@ class Queue:
         self.confirmed = 0
         self.requeued = 0
         self.dead_lettered = 0
-        self.dropped = 0  # purged
+        self.purged = 0
         self.consumers = 0  # open connections that have read from this queue
         self.waiters: deque[Waiter] = deque()  # may hold inactive ones, see Broker.cancel_wait
         self.waiting = 0  # active waiters
@@ -469,7 +472,7 @@ class Queue:
     @property
     def count(self) -> int:
         """Every message the queue holds: ready, in flight and delayed (derived, to keep `push` lean)."""
-        return self.enqueued - self.confirmed - self.dead_lettered - self.dropped
+        return self.enqueued - self.confirmed - self.dead_lettered - self.purged
 
     @property
     def in_flight(self) -> int:
@@ -485,7 +488,7 @@ class Queue:
 
     def push(self, data: bytes) -> int:
         """Append a fresh message; return its id, or -1 if the queue is full."""
-        if self.capacity and self.enqueued - self.confirmed - self.dead_lettered - self.dropped >= self.capacity:
+        if self.capacity and self.enqueued - self.confirmed - self.dead_lettered - self.purged >= self.capacity:
             return -1
         id_ = self._next_id
         tail = self._tail
@@ -681,7 +684,7 @@ class Queue:
         records = self.returned
         self._segments.clear()
         self._tail = None
-        self.dropped += self.ready
+        self.purged += self.ready
         self.ready = 0
         return records  # type: ignore[return-value]
 
@@ -698,7 +701,7 @@ class Queue:
             "confirmed": self.confirmed,
             "requeued": self.requeued,
             "dead_lettered": self.dead_lettered,
-            "purged": self.dropped,
+            "purged": self.purged,
             "consumers": self.consumers,
             "waiting": self.waiting,
         }
@@ -876,7 +879,7 @@ class Broker:
                     record.lease = 0  # its heap entry goes stale
                     record.data = b""  # and holds no payload until it is swept
                     del self.records[record.id]
-            queue.dropped += queue.delayed
+            queue.purged += queue.delayed
             queue.delayed = 0
         return dropped
 
@@ -1018,7 +1021,7 @@ class Broker:
             if block is None or not block.holds(id_):
                 return Outcome.NO_SUCH_MESSAGE
             self._settle(block, (id_,))
-            return Outcome.NO_SUCH_MESSAGE if block.queue.deleted else Outcome.CONFIRMED
+            return Outcome.NO_SUCH_MESSAGE if block.queue.deleted else Outcome.DONE
         if record.queue.deleted and record.held is None:
             return Outcome.NO_SUCH_MESSAGE
         held = record.held
@@ -1037,7 +1040,7 @@ class Broker:
         queue.confirmed += 1
         if self.journal is not None:
             self.journal.remove(id_)
-        return Outcome.CONFIRMED
+        return Outcome.DONE
 
     def confirm_many(self, ids: tuple[int, ...]) -> bytes:
         """Acknowledge messages by id; return one `Outcome` byte each.
@@ -1050,7 +1053,7 @@ class Broker:
             first, end = block.first_id, block.end
             if block.live == end - first == len(ids) and ids == tuple(range(first, end)):  # whole: no set needed
                 self._settle(block, ids)
-                return bytes(len(ids))  # zeros: CONFIRMED
+                return bytes(len(ids))  # zeros: DONE
             members = set(ids)
             if (
                 len(members) == len(ids)
@@ -1144,7 +1147,7 @@ class Broker:
             record.lease = 0  # the old heap entry goes stale
         if timeout_ms:
             self.set_deadline(record, timeout_ms, now)
-        return Outcome.CONFIRMED
+        return Outcome.DONE
 
     def release(self, id_: int, delay_ms: int, now: float) -> Outcome:
         """Give an in-flight message back now (to the front) or after ``delay_ms`` (to the back)."""
@@ -1152,7 +1155,7 @@ class Broker:
         if not isinstance(record, Record):
             return record
         self.requeue([record], now, delay_ms)
-        return Outcome.CONFIRMED
+        return Outcome.DONE
 
     def _in_flight(self, id_: int) -> Record | Outcome:
         """The record of in-flight message ``id_`` (split off its block), or the outcome that says why there is none."""

@@ -36,6 +36,8 @@ __all__ = [
     "MAX_QUEUE_NAME",
     "BODY_OVERHEAD",
     "MAX_MESSAGE_SIZE_LIMIT",
+    "MEMBER_SHIFT",
+    "MAX_MEMBERS",
     "Op",
     "Frame",
     "FrameFailure",
@@ -53,6 +55,10 @@ MAX_QUEUE_NAME = 255
 BODY_OVERHEAD = 1 + MAX_QUEUE_NAME + 16
 # The largest message size a server may be configured with: HelloOk carries it as a u32.
 MAX_MESSAGE_SIZE_LIMIT = 0xFFFFFFFF - BODY_OVERHEAD
+# A message id's top byte is the index of the group member that handed it out: clients route
+# a confirm by it, and each member numbers its messages from ``index << MEMBER_SHIFT``.
+MEMBER_SHIFT = 56
+MAX_MEMBERS = 1 << (64 - MEMBER_SHIFT)
 
 
 class Op(enum.IntEnum):

@@ -12,7 +12,13 @@ from collections.abc import Callable
 
 from .. import __version__
 from ..core import Broker
-from ..protocol.frames import DEFAULT_MAX_MESSAGE_SIZE, MAX_MESSAGE_SIZE_LIMIT, MAX_QUEUE_NAME
+from ..protocol.frames import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    MAX_MEMBERS,
+    MAX_MESSAGE_SIZE_LIMIT,
+    MAX_QUEUE_NAME,
+    MEMBER_SHIFT,
+)
 from ..store import Store, StoreError
 from .metrics import MetricsEndpoint, RequestStats
 from .session import Session
@@ -25,8 +31,6 @@ log = logging.getLogger("dbqueue.server")
 # stream of reads whose deadlines all differ costs 100 wake-ups a second, not one each.
 SWEEP_RESOLUTION = 0.01
 # A group's member index is the top byte of every id the member hands out.
-MEMBER_SHIFT = 56
-MAX_MEMBERS = 1 << (64 - MEMBER_SHIFT)
 # Seconds between two rounds of giving freed store pages back (each round is a few ms).
 RECLAIM_INTERVAL = 1.0
 

@@ -94,7 +94,7 @@ _OBJECT_QUEUED, _MESSAGE, _FULL, _EMPTY = (
     int(fr.Op.EMPTY),
 )
 _CONFIRMED_OP, _REQUEUED_OP = int(fr.Op.CONFIRMED), int(fr.Op.REQUEUED)
-_CONFIRMED, _REQUEUED = int(Outcome.CONFIRMED), int(Outcome.REQUEUED)
+_DONE, _REQUEUED = int(Outcome.DONE), int(Outcome.REQUEUED)
 _CONFIRM_RESULTS = int(fr.Op.CONFIRM_RESULTS)
 _FIRST_DELIVERY = msg.U32.pack(1)  # a block's delivery count, each member's entry in a MESSAGES column
 
@@ -433,7 +433,7 @@ class Session(asyncio.Protocol):
         if run.opcode == _CONFIRM:
             self.last_active = self.server.clock()
             outcomes = self.broker.confirm_many(run.values)
-            if outcomes.count(_CONFIRMED) != len(outcomes):
+            if outcomes.count(_DONE) != len(outcomes):
                 return b"".join(map(_confirm_reply, map(int.from_bytes, run.request_ids), run.values, outcomes))
             return msg.bare_frames(_CONFIRMED_OP, run.request_ids)
         if run.opcode == _ENQUEUE:
@@ -684,7 +684,7 @@ def _messages_frame(request_id: int, entries: list[Entry]) -> bytes:
 
 
 def _settled(outcome: Outcome, id_: int, done: msg.Response) -> msg.Response:
-    if outcome == Outcome.CONFIRMED:
+    if outcome == Outcome.DONE:
         return done
     if outcome == Outcome.REQUEUED:
         return msg.Requeued.INSTANCE  # type: ignore[attr-defined, no-any-return]
@@ -693,7 +693,7 @@ def _settled(outcome: Outcome, id_: int, done: msg.Response) -> msg.Response:
 
 def _confirm_reply(request_id: int, id_: int, outcome: int) -> bytes:
     """The reply to a confirm of ``id_`` that had ``outcome``."""
-    if outcome == _CONFIRMED:
+    if outcome == _DONE:
         return _BARE_FRAME(_MAGIC, _CONFIRMED_OP, 0, request_id, 0)
     if outcome == _REQUEUED:
         return _BARE_FRAME(_MAGIC, _REQUEUED_OP, 0, request_id, 0)
