@@ -27,7 +27,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from dbqueue.core import Snapshot, now_ms
 from dbqueue.errors import DbQueueError
-from dbqueue.store import DB_NAME, FORMAT_VERSION, LOCK_NAME, Store, StoreError
+from dbqueue.store import DB_NAME, FORMAT_VERSION, LOCK_NAME, Store, StoreError, packs, schema
 from dbqueue.store import sqlite as storage
 
 
@@ -194,15 +194,15 @@ def test_sparse_packs_are_compacted_by_reclaim(tmp_path: Path) -> None:
 
 def test_a_version_1_store_is_upgraded_in_place(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / DB_NAME) as con:
-        for statement in storage._SCHEMA_V1:
+        for statement in schema.SCHEMA_V1:
             con.execute(statement)
         con.execute("INSERT INTO queues VALUES (1, x'6a6f6273', 0, 0, NULL)")
         con.execute("INSERT INTO messages VALUES (7, 1, 1, x'6869', 0, 0)")
-        con.execute(f"PRAGMA application_id = {storage.APPLICATION_ID}")
+        con.execute(f"PRAGMA application_id = {schema.APPLICATION_ID}")
         con.execute("PRAGMA user_version = 1")
     con.close()
     store = Store.open(tmp_path)
-    assert storage._pragma(store._connection(), "user_version") == FORMAT_VERSION
+    assert schema.pragma(store._connection(), "user_version") == FORMAT_VERSION
     assert [(q.name, q.messages) for q in store.load().queues] == [(b"jobs", [(7, b"hi", 0, 0)])]
     store.add_many(b"jobs", [8, 9], [b"x", b"y"])
     store = reopen(store)
@@ -393,9 +393,9 @@ def test_sqlite_settings(tmp_path: Path) -> None:
             assert pragma("journal_mode") == "wal"
             assert pragma("synchronous") == level
             assert pragma("auto_vacuum") == 2  # incremental
-            assert pragma("page_size") == storage.PAGE_SIZE
+            assert pragma("page_size") == schema.PAGE_SIZE
             assert pragma("user_version") == FORMAT_VERSION
-            assert pragma("application_id") == storage.APPLICATION_ID
+            assert pragma("application_id") == schema.APPLICATION_ID
     assert not (tmp_path / f"{DB_NAME}-shm").exists()  # exclusive locking: the WAL index is in memory
 
 
@@ -407,7 +407,7 @@ def test_store_error_is_a_dbqueue_error() -> None:
 
 
 def test_every_old_format_has_an_upgrade() -> None:
-    assert sorted(storage._UPGRADES) == list(range(1, FORMAT_VERSION))
+    assert sorted(schema.UPGRADES) == list(range(1, FORMAT_VERSION))
 
 
 def test_newer_format_is_refused(tmp_path: Path) -> None:
@@ -453,9 +453,9 @@ def test_corrupt_store_is_refused(tmp_path: Path) -> None:
     store.close()
     path = tmp_path / DB_NAME
     raw = bytearray(path.read_bytes())
-    assert len(raw) > 20 * storage.PAGE_SIZE
+    assert len(raw) > 20 * schema.PAGE_SIZE
     # Scribble over the middle of the table's pages (past page 1, which holds the schema).
-    for offset in range(10 * storage.PAGE_SIZE, 14 * storage.PAGE_SIZE, 16):
+    for offset in range(10 * schema.PAGE_SIZE, 14 * schema.PAGE_SIZE, 16):
         raw[offset : offset + 8] = b"\xde\xad\xbe\xef" * 2
     path.write_bytes(bytes(raw))
     with pytest.raises(StoreError, match="corrupt") as info:
@@ -512,7 +512,7 @@ def test_disk_use_stays_bounded_under_churn(tmp_path: Path) -> None:
     live = 10_000
     live_bytes = live * len(data)
     floor = 3 << 19  # FREE_PAGES_KEPT (1 MiB), the schema, pointer maps
-    wal_bound = storage.WAL_AUTOCHECKPOINT_PAGES * (storage.PAGE_SIZE + 24) + (1 << 20)
+    wal_bound = storage.WAL_AUTOCHECKPOINT_PAGES * (schema.PAGE_SIZE + 24) + (1 << 20)
     rng = random.Random(7)
     stored = deque(range(1, live + 1))
     for id_ in stored:
@@ -549,7 +549,7 @@ def test_disk_use_stays_bounded_under_churn(tmp_path: Path) -> None:
         store.remove(id_)
     store.commit()
     assert store.reclaim(max_pages=512) == 512  # a whole step per call, not one page
-    assert disk_usage(tmp_path) <= high - 512 * storage.PAGE_SIZE
+    assert disk_usage(tmp_path) <= high - 512 * schema.PAGE_SIZE
     while store.reclaim():
         pass
     assert disk_usage(tmp_path) < floor < high
@@ -563,7 +563,7 @@ def test_disk_use_stays_bounded_when_packs_are_confirmed_piecemeal(tmp_path: Pat
     store = Store.open(tmp_path)
     store.create_queue(b"q")
     data = b"x" * 128
-    bound = (3 << 19) + storage.FREE_SLOT_BYTES + storage.WAL_AUTOCHECKPOINT_PAGES * (storage.PAGE_SIZE + 24)
+    bound = (3 << 19) + packs.FREE_SLOT_BYTES + storage.WAL_AUTOCHECKPOINT_PAGES * (schema.PAGE_SIZE + 24)
     rng = random.Random(11)
     stored: deque[int] = deque()  # confirmed in order, a few at a time
     stragglers: deque[int] = deque()

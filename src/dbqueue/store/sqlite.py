@@ -1,15 +1,16 @@
-"""The durable store: queues and messages in one SQLite file, written in batches.
+"""The durable store: the `Store` that buffers the queue logic's changes and commits them in batches.
 
 Theory of operation
 -------------------
-The server keeps every queue in memory (`queues.Broker`) and tells the store
-what changed. Change methods (`Store.add`, `Store.remove`, ...) only *buffer*:
-they are plain dict and list operations, cheap enough for the hot path.
-`Store.commit` writes everything buffered since the last commit in one SQLite
-transaction and returns once it is durable to the chosen level. Group commit
-is the caller's job: the server commits once per event-loop batch and sends the
-replies of that batch only after `commit` returns, so a client never hears of
-a change that a crash could undo.
+The server keeps every queue in memory (`core.queues.Broker`) and tells the
+store what changed, through the `core.journal.Journal` methods. Change
+methods (`Store.add`, `Store.remove`, ...) only *buffer*: they are plain dict
+and list operations, cheap enough for the hot path. `Store.commit` writes
+everything buffered since the last commit in one SQLite transaction and
+returns once it is durable to the chosen level. Group commit is the caller's
+job: the server commits once per event-loop batch and sends the replies of
+that batch only after `commit` returns, so a client never hears of a change
+that a crash could undo.
 
 A buffered change is cancelled in memory when a later one undoes it: a message
 added and removed (sent and confirmed) within one batch never reaches SQLite.
@@ -25,45 +26,16 @@ That order is correct because of how the calls relate. Ids are never reused,
 except that a message may be removed and added again with its id (moved to a
 dead-letter queue), so removals go before additions. A pending addition is
 dropped from the buffer by its queue's deletion or purge (unless the purge
-keeps its id), so every addition left after them belongs after them. Count and due-time changes to a message
-added in the same batch are folded into the pending addition; the others
-touch a row that existed before the batch, so they go first (on a row that
-the batch then removes, they are harmless).
+keeps its id), so every addition left after them belongs after them. Count
+and due-time changes to a message added in the same batch are folded into
+the pending addition; the others touch a row that existed before the batch,
+so they go first (on a row that the batch then removes, they are harmless).
 
-Packs: messages sent together (`add_many`: a pipelined run or a send_batch) are
-stored as one row of ``packs``, their payloads joined, instead of a row each:
-SQLite's work per row, not per byte, is what a durable server spends most of its
-time on. A pack's row stays until every member is gone; while only some are, a
-small ``pack_gone`` row holds a bitmap of the gone ones (a confirm of part of a
-pack writes that row, not the pack). A pack member whose delivery count or due
-time must be stored is first *extracted*: copied into ``messages`` by one
-``INSERT ... SELECT substr(...)``, and marked gone in its pack. Space: a pack
-that has been partly gone for a whole `reclaim` round with fewer than half its
-members live is compacted (its live members extracted, its row dropped), so
-packs never hold more than about twice their live bytes for long. The store
-finds a message's pack by its id in `_PackIndex`, whose memory is a few entries
-a pack, not one a message.
-
-Free slots: rows are keyed by a *slot* number, and a pack whose last member is
-gone leaves its row behind as a free slot (a ``pack_gone`` row with every bit
-set) instead of being deleted, up to `FREE_SLOT_BYTES` of them. A new pack of the
-same shape (count and payload bytes) takes a free slot over with an UPDATE,
-which SQLite does in place for a row of the same size: no pages are freed or
-allocated, so the freelist, the pointer map and the file header are not
-rewritten by every commit (in a bare replay, 0.35-0.63 µs a message against
-0.83-1.19 for DELETE + INSERT). A queue's deletion or purge deletes its rows,
-free slots included.
-
-Queues are referred to by a small integer *qid* (creation order) so a message
-row does not repeat its queue's name. Message rows are keyed by their id (the
-rowid, so a removal is one B-tree lookup) and carry a ``seq`` number given at
-`add` time (a pack has one, its members follow in id order, and an extracted
-member keeps its pack's); `load` returns each queue's messages in (``seq``, id)
-order, which is the order they were added (ids cannot give that order: a queue takes them in
-blocks while a delayed message takes a single one, and a moved message may
-keep its id). There is no index besides the id: each one would cost
-every add and remove. The price is that `delete_queue` and `purge` scan the
-table when committed, and that `load` sorts.
+Messages sent together become one row, a *pack* (`store.packs`, which also
+explains extraction, compaction and free slots); the tables, and the rule for
+bumping their format version, are in `store.schema`. There is no index besides
+the message id: `delete_queue` and `purge` scan the message table when
+committed, and `load` sorts it.
 
 Ids: the server hands out ids from one counter. Before it hands out an id it
 calls ``reserve_ids(upto)``, best well ahead (a block or more at a time), and
@@ -87,62 +59,30 @@ stays bounded even if `reclaim` is never called.
 Threading: a `Store` belongs to the thread that opened it (the event loop's).
 Do not hand `commit` to a worker thread: Python's sqlite3 releases the GIL for
 every statement step, and a busy event loop holding the GIL makes each of
-those re-acquisitions wait (measured: a 1000-message commit took 22 ms in a
-thread beside a busy Python thread, 1.9 ms on its own).
+those re-acquisitions wait, so a commit beside a busy event loop takes many
+times longer than the same commit on the loop's own thread.
 
 Files: ``DIR/dbqueue.db`` (plus SQLite's ``dbqueue.db-wal``) and
-``DIR/dbqueue.lock``, which the open store holds an exclusive `fcntl.flock`
-on for its whole life, so two servers never share a directory.
-
-Format version
---------------
-The file carries ``PRAGMA application_id`` = `APPLICATION_ID` (so a stray
-SQLite file is refused rather than adopted) and ``PRAGMA user_version`` =
-`FORMAT_VERSION`. The rule for changing it:
-
-* Bump `FORMAT_VERSION` for any change that a reader of the previous version
-  would misread or silently ignore: a new, renamed or retyped column or table,
-  a change in what a stored value means (units, encoding, ordering). Changes
-  an old reader cannot notice (pragma tuning, an extra index) need no bump.
-* With each bump, add ``_upgrade_vN`` (turning a version N file into N+1, in
-  place, inside the opening transaction) to `_UPGRADES`, and a test that
-  builds a version N file with raw SQL and loads it. Never edit or drop an
-  existing upgrade: every old version stays readable, through the chain.
-* A file whose version is above `FORMAT_VERSION` was written by a newer
-  server: opening it raises `StoreError`; there is no downgrade.
-
-Version 2 schema (version 1 had no ``packs`` and ``pack_gone``)::
-
-    meta(key TEXT PRIMARY KEY, value INTEGER)   -- 'next_id': id high-water mark
-    queues(qid INTEGER PRIMARY KEY, name BLOB UNIQUE, capacity, max_deliveries,
-           dead_letter BLOB NULL)               -- qid is creation order
-    messages(id INTEGER PRIMARY KEY, qid, seq, data BLOB, deliveries,
-             due_ms)                            -- due_ms: Unix ms, 0 = now
-    packs(slot INTEGER PRIMARY KEY, first_id, qid, seq, count, sizes BLOB,
-          data BLOB)                            -- ids first_id .. first_id + count - 1,
-                                                -- never delivered, no due time; sizes:
-                                                -- a u32 (big-endian) per payload
-    pack_gone(slot INTEGER PRIMARY KEY, gone BLOB)
-                                                -- bit i (little-endian bit order):
-                                                -- member first_id + i is gone; every
-                                                -- bit set: a free slot
+``DIR/dbqueue.lock`` (`store.lock`), locked for the store's whole life, so two
+servers never share a directory.
 """
 
 from __future__ import annotations
 
-import fcntl
-import functools
 import itertools
 import operator
 import os
 import sqlite3
-import struct
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Self
 
-from ..core.journal import Snapshot, StoredMessage, StoredQueue, now_ms
+from ..core.journal import Journal, Snapshot, StoredMessage, StoredQueue, now_ms
 from ..errors import StoreError
+from . import schema
+from .lock import LOCK_NAME, DirectoryLock
+from .packs import FREE_SLOT_BYTES, Pack, PackIndex, all_gone, sizes_layout, unpacked
+from .schema import FORMAT_VERSION
 
 __all__ = [
     "DB_NAME",
@@ -157,15 +97,9 @@ __all__ = [
     "now_ms",
 ]
 
-FORMAT_VERSION = 2
-APPLICATION_ID = 0x64627175  # b"dbqu"
 DB_NAME = "dbqueue.db"
-LOCK_NAME = "dbqueue.lock"
 SYNC_MODES = {"os": "NORMAL", "disk": "FULL"}
 
-# 4 KiB pages: a batch of 32 small messages dirties two or three of them; larger
-# pages write more WAL per small commit and measured no faster for big ones.
-PAGE_SIZE = 4096
 # SQLite's own checkpoint (4 MiB of WAL): under steady churn the WAL, not the
 # database, is what grows between two `reclaim` rounds, so keep it short.
 WAL_AUTOCHECKPOINT_PAGES = 1024
@@ -173,131 +107,6 @@ WAL_AUTOCHECKPOINT_PAGES = 1024
 JOURNAL_SIZE_LIMIT = 4 << 20
 # `reclaim` keeps this many free pages for the next additions instead of returning them.
 FREE_PAGES_KEPT = 256
-# Payload bytes of retired packs whose rows are kept as free slots, for new packs of the same shape to
-# take over: a fixed floor of dead data, in exchange for rows rewritten in place.
-FREE_SLOT_BYTES = 1 << 20
-
-
-class _Pack:
-    """Messages ``first_id`` .. ``first_id + count - 1`` stored as one row of ``packs``; ``live``
-    of them are still stored, bit i of ``gone`` is set once member ``first_id + i`` is not."""
-
-    __slots__ = (
-        "first_id", "qid", "seq", "count", "sizes", "data", "live", "gone", "written", "partial_round",
-        "slot", "shape", "reused_qid", "freed",
-    )  # fmt: skip
-
-    def __init__(
-        self, first_id: int, qid: int, seq: int, sizes: bytes, data: bytes | None, slot: int, size: int
-    ) -> None:
-        self.first_id = first_id
-        self.qid = qid
-        self.seq = seq
-        self.count = len(sizes) // 4
-        self.sizes = sizes
-        self.data = data  # the joined payloads until the row is written
-        self.live = self.count
-        self.gone = 0
-        self.written = data is None
-        self.partial_round = -1  # the `reclaim` round that first saw it partly gone
-        self.slot = slot  # its row's key
-        self.shape = (len(sizes), size)  # rows of one shape have one size: a free one is rewritten in place
-        self.reused_qid = -1  # unwritten, in a free slot: the qid its row still holds (-1: a new row)
-        self.freed = False  # retired into the free slots (else its row is deleted)
-
-    def span(self, id_: int) -> tuple[int, int]:
-        """Where member ``id_``'s payload lies in ``data``: (offset, size)."""
-        index = id_ - self.first_id
-        sizes = _sizes_layout(index + 1).unpack_from(self.sizes)
-        return sum(sizes) - sizes[-1], sizes[-1]
-
-    def gone_bits(self) -> bytes:
-        return self.gone.to_bytes((self.count + 7) // 8, "little")
-
-    def members(self) -> list[int]:
-        """The ids still stored in it."""
-        first, gone = self.first_id, self.gone
-        return [id_ for id_ in range(first, first + self.count) if not gone >> (id_ - first) & 1]
-
-    def buckets(self) -> range:
-        """The `_PackIndex` buckets its ids fall in."""
-        return range(self.first_id >> _BUCKET_BITS, ((self.first_id + self.count - 1) >> _BUCKET_BITS) + 1)
-
-
-_BUCKET_BITS = 6  # a `_PackIndex` bucket spans 64 ids
-
-
-class _PackIndex:
-    """The packs with members still stored (and not yet retired), found by any member's id.
-
-    Ids are cut into buckets of 64; each bucket lists the packs that overlap it (one or
-    two for a pack of up to 64), so the index costs a few entries a pack, not one a message.
-    """
-
-    __slots__ = ("buckets", "packs")
-
-    def __init__(self) -> None:
-        self.buckets: dict[int, list[_Pack]] = {}
-        self.packs: dict[int, _Pack] = {}  # first_id -> pack
-
-    def add(self, pack: _Pack) -> None:
-        self.packs[pack.first_id] = pack
-        for bucket in pack.buckets():
-            listed = self.buckets.get(bucket)
-            if listed is None:
-                self.buckets[bucket] = [pack]
-            else:
-                listed.append(pack)
-
-    def discard(self, pack: _Pack) -> None:
-        del self.packs[pack.first_id]
-        for bucket in pack.buckets():
-            listed = self.buckets[bucket]
-            if len(listed) == 1:
-                del self.buckets[bucket]
-            else:
-                listed.remove(pack)
-
-    def find(self, id_: int) -> _Pack | None:
-        """The pack that still stores message ``id_``, or None."""
-        for pack in self.buckets.get(id_ >> _BUCKET_BITS, ()):
-            offset = id_ - pack.first_id
-            if 0 <= offset < pack.count:
-                return None if pack.gone >> offset & 1 else pack
-        return None
-
-
-_SCHEMA_V1 = (
-    "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
-    (
-        "CREATE TABLE queues (qid INTEGER PRIMARY KEY, name BLOB NOT NULL UNIQUE, capacity INTEGER NOT NULL,"
-        " max_deliveries INTEGER NOT NULL, dead_letter BLOB)"
-    ),
-    (
-        "CREATE TABLE messages (id INTEGER PRIMARY KEY, qid INTEGER NOT NULL, seq INTEGER NOT NULL,"
-        " data BLOB NOT NULL, deliveries INTEGER NOT NULL, due_ms INTEGER NOT NULL)"
-    ),
-    "INSERT INTO meta (key, value) VALUES ('next_id', 1)",
-)
-
-# Version 2: messages sent together are stored as one row (see "Packs" above).
-_PACK_TABLES = (
-    (
-        "CREATE TABLE packs (slot INTEGER PRIMARY KEY, first_id INTEGER NOT NULL, qid INTEGER NOT NULL,"
-        " seq INTEGER NOT NULL, count INTEGER NOT NULL, sizes BLOB NOT NULL, data BLOB NOT NULL)"
-    ),
-    "CREATE TABLE pack_gone (slot INTEGER PRIMARY KEY, gone BLOB NOT NULL)",
-)
-_SCHEMA = _SCHEMA_V1 + _PACK_TABLES
-
-
-def _upgrade_v1(con: sqlite3.Connection) -> None:
-    for statement in _PACK_TABLES:
-        con.execute(statement)
-
-
-# Version N -> N+1, run in place inside the opening transaction.
-_UPGRADES: dict[int, Callable[[sqlite3.Connection], None]] = {1: _upgrade_v1}
 
 _INSERT = "INSERT INTO messages (id, qid, data, deliveries, due_ms, seq) VALUES (?, ?, ?, ?, ?, ?)"
 _DELETE = "DELETE FROM messages WHERE id = ?"
@@ -321,8 +130,21 @@ _SET_DELIVERIES = "UPDATE messages SET deliveries = ? WHERE id = ?"
 _SET_DUE = "UPDATE messages SET due_ms = ? WHERE id = ?"
 _RESERVE = "UPDATE meta SET value = ? WHERE key = 'next_id' AND value < ?"
 
-# Queue operations, kept in call order: (kind, qid, *arguments).
-_CREATE, _DELETE_QUEUE, _PURGE = 0, 1, 2
+# Queue operations, kept in call order: (qid, name, capacity, max_deliveries, dead_letter) creates,
+# (qid,) deletes, (qid, kept ids) purges.
+_QueueOp = tuple[int, bytes, int, int, bytes | None] | tuple[int] | tuple[int, frozenset[int]]
+# A message row as _INSERT binds it: (id, qid, data, deliveries, due_ms, seq).
+_Row = tuple[int, int, bytes, int, int, int]
+
+
+class _Extract:
+    # A member of a written pack to copy into `messages` at commit, with the values its row will hold.
+    __slots__ = ("deliveries", "due_ms", "pack")
+
+    def __init__(self, pack: Pack) -> None:
+        self.pack = pack
+        self.deliveries = 0
+        self.due_ms = 0
 
 
 class Store:
@@ -332,13 +154,13 @@ class Store:
     the thread that opened the store.
     """
 
-    def __init__(self, directory: Path, sync: str, con: sqlite3.Connection, lock_fd: int) -> None:
+    def __init__(self, directory: Path, sync: str, con: sqlite3.Connection, lock: DirectoryLock) -> None:
         # Use `Store.open`.
         self.directory = directory
         self.path = directory / DB_NAME
         self.sync = sync
         self._con: sqlite3.Connection | None = con
-        self._lock_fd = lock_fd
+        self._lock = lock
         qids = con.execute("SELECT name, qid FROM queues").fetchall()
         self._qids: dict[bytes, int] = dict(qids)
         self._next_qid = max((qid for _, qid in qids), default=0) + 1
@@ -348,8 +170,8 @@ class Store:
         self._seq = itertools.count((max_seq or 0) + 1)
         (self._reserved,) = con.execute("SELECT value FROM meta WHERE key = 'next_id'").fetchone()
         self._reserved_written = self._reserved
-        self._packs = _PackIndex()
-        self._partial: dict[int, _Pack] = {}  # written packs with members gone: first_id -> pack
+        self._packs = PackIndex()
+        self._partial: dict[int, Pack] = {}  # written packs with members gone: first_id -> pack
         self._free: dict[tuple[int, int], list[tuple[int, int]]] = {}  # shape -> [(slot, qid in its row)]
         self._free_bytes = 0
         self._next_slot = 1
@@ -359,22 +181,22 @@ class Store:
 
     def _clear_buffer(self) -> None:
         # The buffer: everything since the last successful commit.
-        self._adds: dict[int, tuple[int, int, bytes, int, int, int]] = {}  # id -> row, as _INSERT binds it
+        self._adds: dict[int, _Row] = {}  # id -> row
         self._removes: list[int] = []
         self._deliveries: dict[int, int] = {}
         self._dues: dict[int, int] = {}
-        self._queue_ops: list[tuple] = []
-        self._new_packs: dict[int, _Pack] = {}  # first_id -> a pack not written yet
-        self._dead_packs: list[_Pack] = []  # written packs whose last member went
-        self._gone_changed: dict[int, _Pack] = {}  # first_id -> a written pack with newly gone members
-        self._extracts: dict[int, list] = {}  # id -> [pack, deliveries, due_ms]: members of written packs to copy
+        self._queue_ops: list[_QueueOp] = []
+        self._new_packs: dict[int, Pack] = {}  # first_id -> a pack not written yet
+        self._dead_packs: list[Pack] = []  # written packs whose last member went
+        self._gone_changed: dict[int, Pack] = {}  # first_id -> a written pack with newly gone members
+        self._extracts: dict[int, _Extract] = {}  # id -> a member of a written pack to copy
 
     def _index_packs(self, con: sqlite3.Connection) -> None:
         gone = dict(con.execute("SELECT slot, gone FROM pack_gone"))
         rows = con.execute("SELECT slot, first_id, qid, seq, sizes, length(data) FROM packs")
         for slot, first_id, qid, seq, sizes, size in rows:
             self._next_slot = max(self._next_slot, slot + 1)
-            pack = _Pack(first_id, qid, seq, sizes, None, slot, size)
+            pack = Pack(first_id, qid, seq, sizes, None, slot, size)
             bits = gone.get(slot)
             if bits is not None:
                 pack.gone = int.from_bytes(bits, "little")
@@ -406,20 +228,20 @@ class Store:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"{directory}: cannot create the store directory: {exc}") from exc
-        lock_fd = _lock(directory / LOCK_NAME)
+        lock = DirectoryLock.acquire(directory)
         path = directory / DB_NAME
         con = None
         try:
             created = not path.exists()
             con = _connect(path, sync)
-            store = cls(directory, sync, con, lock_fd)
+            store = cls(directory, sync, con, lock)
             if created:
                 _fsync_directory(directory)
             return store
         except BaseException as exc:
             if con is not None:
                 con.close()
-            os.close(lock_fd)  # releases the flock
+            lock.release()
             if isinstance(exc, sqlite3.Error):
                 raise StoreError(f"{path}: cannot open the store: {exc}") from exc
             raise
@@ -442,7 +264,7 @@ class Store:
         finally:
             self._con = None
             con.close()
-            os.close(self._lock_fd)
+            self._lock.release()
 
     def __enter__(self) -> Self:
         return self
@@ -465,12 +287,13 @@ class Store:
             ).fetchall()
             # (seq, id, message) for each queue, to sort: a pack's members share its seq.
             by_qid: dict[int, list[tuple[int, int, StoredMessage]]] = {row[0]: [] for row in queues}
-            for seq, qid, *message in con.execute("SELECT seq, qid, id, data, deliveries, due_ms FROM messages"):
-                by_qid[qid].append((seq, message[0], tuple(message)))  # type: ignore[arg-type]
+            rows = con.execute("SELECT seq, qid, id, data, deliveries, due_ms FROM messages")
+            for seq, qid, id_, data, deliveries, due_ms in rows:
+                by_qid[qid].append((seq, id_, (id_, data, deliveries, due_ms)))
             gone = dict(con.execute("SELECT slot, gone FROM pack_gone"))
             packs = con.execute("SELECT slot, first_id, qid, seq, sizes, data FROM packs")
             for slot, first_id, qid, seq, sizes, data in packs:
-                by_qid[qid] += _unpacked(first_id, seq, sizes, data, int.from_bytes(gone.get(slot, b""), "little"))
+                by_qid[qid] += unpacked(first_id, seq, sizes, data, int.from_bytes(gone.get(slot, b""), "little"))
             (max_id,) = con.execute("SELECT max(id) FROM messages").fetchone()
             (max_packed,) = con.execute("SELECT max(first_id + count - 1) FROM packs").fetchone()
             (reserved,) = con.execute("SELECT value FROM meta WHERE key = 'next_id'").fetchone()
@@ -498,7 +321,7 @@ class Store:
             raise ValueError(f"queue {name!r} is already stored")
         qid = self._qids[name] = self._next_qid
         self._next_qid = qid + 1
-        self._queue_ops.append((_CREATE, qid, name, capacity, max_deliveries, dead_letter))
+        self._queue_ops.append((qid, name, capacity, max_deliveries, dead_letter))
 
     def delete_queue(self, name: bytes) -> None:
         """Record that a queue and every message in it are gone. Raises `KeyError` for an unknown queue."""
@@ -506,7 +329,7 @@ class Store:
         self._drop_pending_adds(qid)
         self._drop_packs(qid)
         self._forget_rows_of(qid)
-        self._queue_ops.append((_DELETE_QUEUE, qid))
+        self._queue_ops.append((qid,))
 
     def purge(self, name: bytes, keep: Iterable[int] = ()) -> None:
         """Record that every message of a queue is gone except the ids in ``keep``; the queue stays.
@@ -520,7 +343,7 @@ class Store:
         self._drop_pending_adds(qid, kept)
         self._drop_packs(qid, kept)
         self._forget_rows_of(qid)
-        self._queue_ops.append((_PURGE, qid, kept))
+        self._queue_ops.append((qid, kept))
 
     def add(self, queue: bytes, id_: int, data: bytes, due_ms: int = 0, deliveries: int = 0) -> None:
         """Record a new message at the end of ``queue``.
@@ -543,7 +366,7 @@ class Store:
                 self._adds[ids[start]] = (ids[start], qid, items[start], 0, 0, next(self._seq))
             else:
                 chunk = items[start:end]
-                self._add_pack(qid, ids[start], _sizes_layout(len(chunk)).pack(*map(len, chunk)), b"".join(chunk))
+                self._add_pack(qid, ids[start], sizes_layout(len(chunk)).pack(*map(len, chunk)), b"".join(chunk))
             start = end
 
     def add_columns(self, queue: bytes, first_id: int, sizes: bytes, data: bytes) -> None:
@@ -557,7 +380,7 @@ class Store:
 
     def _add_pack(self, qid: int, first_id: int, sizes: bytes, data: bytes) -> None:
         # A new pack, in a free slot of its shape if there is one, else in a new row.
-        pack = _Pack(first_id, qid, next(self._seq), sizes, data, 0, len(data))
+        pack = Pack(first_id, qid, next(self._seq), sizes, data, 0, len(data))
         free = self._free.get(pack.shape)
         if free:
             pack.slot, pack.reused_qid = free.pop()
@@ -583,7 +406,7 @@ class Store:
         """`remove` for several ids; usually they are the members of one pack, or none was added since
         the last commit, and they are settled at once."""
         pack = self._packs.find(ids[0]) if ids else None
-        if pack is not None and len(ids) == pack.live == pack.count and tuple(ids) == _pack_ids(pack):  # a whole pack
+        if pack is not None and len(ids) == pack.live == pack.count and tuple(ids) == pack.ids():  # a whole pack
             pack.live = 0
             self._retire(pack)
         elif (
@@ -599,37 +422,48 @@ class Store:
 
     def set_deliveries(self, id_: int, deliveries: int) -> None:
         """Record a message's delivery count, so dead-lettering counts across restarts."""
-        self._update(id_, 3, deliveries, self._deliveries)
+        self._update(id_, deliveries, None)
 
     def set_due(self, id_: int, due_ms: int) -> None:
         """Record a message's new due time (wall-clock ms, `now_ms`; 0: deliverable now)."""
-        self._update(id_, 4, due_ms, self._dues)
+        self._update(id_, None, due_ms)
 
-    def _update(self, id_: int, field: int, value: int, updates: dict[int, int]) -> None:
-        # ``field``: the value's place in an _INSERT row (3 deliveries, 4 due_ms).
+    def _update(self, id_: int, deliveries: int | None, due_ms: int | None) -> None:
+        # One of ``deliveries`` and ``due_ms`` is given: folded into a pending row, else buffered.
         pack = self._packs.find(id_)
         if pack is not None:
             self._extract(pack, id_)
         row = self._adds.get(id_)
         extract = self._extracts.get(id_)
         if row is not None:
-            self._adds[id_] = row[:field] + (value,) + row[field + 1 :]
+            _, qid, data, old_deliveries, old_due_ms, seq = row
+            if deliveries is None:
+                deliveries = old_deliveries
+            if due_ms is None:
+                due_ms = old_due_ms
+            self._adds[id_] = (id_, qid, data, deliveries, due_ms, seq)
         elif extract is not None:
-            extract[field - 2] = value
-        else:
-            updates[id_] = value
+            if deliveries is not None:
+                extract.deliveries = deliveries
+            if due_ms is not None:
+                extract.due_ms = due_ms
+        elif deliveries is not None:
+            self._deliveries[id_] = deliveries
+        elif due_ms is not None:
+            self._dues[id_] = due_ms
 
-    def _extract(self, pack: _Pack, id_: int) -> None:
+    def _extract(self, pack: Pack, id_: int) -> None:
         """Turn a pack member into a message of its own (in `messages`, at its pack's place)."""
         if pack.written:
-            self._extracts[id_] = [pack, 0, 0]  # copied by SQL at commit: [pack, deliveries, due_ms]
+            self._extracts[id_] = _Extract(pack)  # copied by SQL at commit
         else:
+            assert pack.data is not None  # an unwritten pack holds its payloads
             offset, size = pack.span(id_)
-            self._adds[id_] = (id_, pack.qid, pack.data[offset : offset + size], 0, 0, pack.seq)  # type: ignore[index]
+            self._adds[id_] = (id_, pack.qid, pack.data[offset : offset + size], 0, 0, pack.seq)
         pack.live -= 1
         self._mark_gone(pack, id_)
 
-    def _mark_gone(self, pack: _Pack, id_: int) -> None:
+    def _mark_gone(self, pack: Pack, id_: int) -> None:
         # ``id_`` has left ``pack`` (its ``live`` already counts it out).
         if not pack.live:
             self._retire(pack)
@@ -638,7 +472,7 @@ class Store:
         if pack.written:
             self._gone_changed[pack.first_id] = self._partial[pack.first_id] = pack
 
-    def _retire(self, pack: _Pack) -> None:
+    def _retire(self, pack: Pack) -> None:
         # Its last member is gone. A written row becomes a free slot (up to FREE_SLOT_BYTES of
         # them) or is deleted; an unwritten one is never written, and a slot it took is free again.
         self._packs.discard(pack)
@@ -675,7 +509,7 @@ class Store:
     def _drop_packs(self, qid: int, kept: frozenset[int] = frozenset()) -> None:
         # A queue deleted or purged: its pack members are gone, except those kept (extracted).
         # The written rows go by the queue operation's own SQL. O(stored messages): rare.
-        for id_ in [id_ for id_, extract in self._extracts.items() if extract[0].qid == qid and id_ not in kept]:
+        for id_ in [id_ for id_, extract in self._extracts.items() if extract.pack.qid == qid and id_ not in kept]:
             del self._extracts[id_]
         for pack in [pack for pack in self._packs.packs.values() if pack.qid == qid]:
             for id_ in pack.members():
@@ -729,24 +563,7 @@ class Store:
             if self._extracts:
                 con.executemany(_EXTRACT, list(map(_extract_row, self._extracts.items())))
             for op in self._queue_ops:
-                kind, qid = op[0], op[1]
-                if kind == _CREATE:
-                    con.execute(
-                        "INSERT INTO queues (qid, name, capacity, max_deliveries, dead_letter) VALUES (?, ?, ?, ?, ?)",
-                        op[1:],
-                    )
-                elif kind == _DELETE_QUEUE:
-                    _delete_packs_of(con, qid)
-                    con.execute("DELETE FROM messages WHERE qid = ?", (qid,))
-                    con.execute("DELETE FROM queues WHERE qid = ?", (qid,))
-                elif op[2]:
-                    _delete_packs_of(con, qid)
-                    con.executemany("INSERT INTO temp.kept (id) VALUES (?)", zip(op[2]))
-                    con.execute("DELETE FROM messages WHERE qid = ? AND id NOT IN temp.kept", (qid,))
-                    con.execute("DELETE FROM temp.kept")
-                else:
-                    _delete_packs_of(con, qid)
-                    con.execute("DELETE FROM messages WHERE qid = ?", (qid,))
+                _queue_op(con, op)
             if self._reserved != self._reserved_written:
                 con.execute(_RESERVE, (self._reserved, self._reserved))
             if self._deliveries:
@@ -777,7 +594,7 @@ class Store:
         # rows), then the gone bitmaps: a slot freed and taken over in one batch ends up taken.
         dead = self._dead_packs
         if dead:
-            con.executemany(_SET_GONE, [(pack.slot, _all_gone(pack.count)) for pack in dead if pack.freed])
+            con.executemany(_SET_GONE, [(pack.slot, all_gone(pack.count)) for pack in dead if pack.freed])
             con.executemany(_DELETE_PACK, [(pack.slot,) for pack in dead if not pack.freed])
             con.executemany(_DELETE_GONE, [(pack.slot,) for pack in dead if not pack.freed and pack.gone])
         new_packs = list(self._new_packs.values())
@@ -813,7 +630,7 @@ class Store:
             con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: reclaim failed: {exc}") from exc
-        return free - left
+        return int(free - left)
 
     def _compact_packs(self) -> None:
         # A pack partly gone since the last round, and more gone than live, gives its live
@@ -839,10 +656,6 @@ class Store:
             del adds[id_]
 
 
-def _pack_ids(pack: _Pack) -> tuple[int, ...]:
-    return tuple(range(pack.first_id, pack.first_id + pack.count))
-
-
 def _stretch_end(ids: Sequence[int], start: int) -> int:
     end = start + 1
     while end < len(ids) and ids[end] == ids[end - 1] + 1:
@@ -850,38 +663,34 @@ def _stretch_end(ids: Sequence[int], start: int) -> int:
     return end
 
 
-@functools.cache
-def _sizes_layout(count: int) -> struct.Struct:
-    # A pack's ``sizes``: a big-endian u32 per payload.
-    return struct.Struct(f">{count}I")
+def _extract_row(item: tuple[int, _Extract]) -> tuple[int, int, int, int, int, int]:
+    # (id, extract) as _EXTRACT binds it.
+    id_, extract = item
+    offset, size = extract.pack.span(id_)
+    return id_, offset + 1, size, extract.deliveries, extract.due_ms, extract.pack.slot
 
 
-def _all_gone(count: int) -> bytes:
-    """The gone bitmap of a free slot: every member gone."""
-    return ((1 << count) - 1).to_bytes((count + 7) // 8, "little")
-
-
-def _extract_row(item: tuple[int, list]) -> tuple[int, int, int, int, int, int]:
-    # (id, [pack, deliveries, due_ms]) as _EXTRACT binds it.
-    id_, (pack, deliveries, due_ms) = item
-    offset, size = pack.span(id_)
-    return id_, offset + 1, size, deliveries, due_ms, pack.slot
+def _queue_op(con: sqlite3.Connection, op: _QueueOp) -> None:
+    # A queue's creation, deletion or purge, as `_QueueOp` lays them out.
+    qid = op[0]
+    if len(op) == 5:
+        con.execute("INSERT INTO queues (qid, name, capacity, max_deliveries, dead_letter) VALUES (?, ?, ?, ?, ?)", op)
+        return
+    _delete_packs_of(con, qid)
+    if len(op) == 1:
+        con.execute("DELETE FROM messages WHERE qid = ?", (qid,))
+        con.execute("DELETE FROM queues WHERE qid = ?", (qid,))
+    elif op[1]:
+        con.executemany("INSERT INTO temp.kept (id) VALUES (?)", zip(op[1]))
+        con.execute("DELETE FROM messages WHERE qid = ? AND id NOT IN temp.kept", (qid,))
+        con.execute("DELETE FROM temp.kept")
+    else:
+        con.execute("DELETE FROM messages WHERE qid = ?", (qid,))
 
 
 def _delete_packs_of(con: sqlite3.Connection, qid: int) -> None:
     con.execute("DELETE FROM pack_gone WHERE slot IN (SELECT slot FROM packs WHERE qid = ?)", (qid,))
     con.execute("DELETE FROM packs WHERE qid = ?", (qid,))
-
-
-def _unpacked(first_id: int, seq: int, sizes: bytes, data: bytes, gone: int) -> list[tuple[int, int, StoredMessage]]:
-    """A pack row's live members as `load` sorts them: (seq, id, message)."""
-    lengths = _sizes_layout(len(sizes) // 4).unpack(sizes)
-    ends = list(itertools.accumulate(lengths))
-    return [
-        (seq, first_id + index, (first_id + index, data[end - length : end], 0, 0))
-        for index, (length, end) in enumerate(zip(lengths, ends))
-        if not gone >> index & 1
-    ]
 
 
 def _delete(con: sqlite3.Connection, ids: list[int]) -> None:
@@ -907,23 +716,6 @@ def _swapped(values: dict[int, int]) -> zip[tuple[int, int]]:
     return zip(values.values(), values.keys())
 
 
-def _lock(path: Path) -> int:
-    """Take the directory's exclusive lock; return its descriptor or raise `StoreError`."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except OSError as exc:
-        raise StoreError(f"{path}: cannot open the lock file: {exc}") from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-        os.close(fd)
-        raise StoreError(f"{path}: the store is in use by another dbqueue server (pid {holder})") from exc
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
-
-
 def _connect(path: Path, sync: str) -> sqlite3.Connection:
     """Open, check and (if new) create the database; raise `StoreError` naming ``path`` if it is not usable."""
     # timeout=0: our flock already excludes other servers; anything else holding
@@ -934,15 +726,15 @@ def _connect(path: Path, sync: str) -> sqlite3.Connection:
         # file) and SQLite's own lock is exclusive too.
         con.execute("PRAGMA locking_mode = EXCLUSIVE")
         try:
-            version = _pragma(con, "user_version")
-            app_id = _pragma(con, "application_id")
+            version = schema.pragma(con, "user_version")
+            app_id = schema.pragma(con, "application_id")
             (objects,) = con.execute("SELECT count(*) FROM sqlite_master").fetchone()
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{path}: not a readable dbqueue store ({exc})") from exc
         if version == 0 and app_id == 0 and objects == 0:
-            _create(con)
+            schema.create(con)
         else:
-            _check(con, path, version, app_id)
+            schema.adopt(con, path, version, app_id)
         con.execute("PRAGMA journal_mode = WAL").fetchall()
         con.execute(f"PRAGMA synchronous = {SYNC_MODES[sync]}")
         con.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
@@ -955,48 +747,6 @@ def _connect(path: Path, sync: str) -> sqlite3.Connection:
         raise
 
 
-def _create(con: sqlite3.Connection) -> None:
-    # page_size and auto_vacuum only take effect before the first table exists.
-    con.execute(f"PRAGMA page_size = {PAGE_SIZE}")
-    con.execute("PRAGMA auto_vacuum = INCREMENTAL")
-    con.execute("PRAGMA journal_mode = WAL").fetchall()
-    con.execute("BEGIN")
-    for statement in _SCHEMA:
-        con.execute(statement)
-    con.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-    con.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
-    con.execute("COMMIT")
-
-
-def _check(con: sqlite3.Connection, path: Path, version: int, app_id: int) -> None:
-    """Refuse a foreign, newer or corrupt file; upgrade an older one in place."""
-    if app_id != APPLICATION_ID:
-        raise StoreError(f"{path}: not a dbqueue store (application_id {app_id:#x}, expected {APPLICATION_ID:#x})")
-    if version > FORMAT_VERSION:
-        raise StoreError(
-            f"{path}: written by a newer dbqueue (store format {version}; this one reads up to {FORMAT_VERSION})"
-        )
-    if version < 1:
-        raise StoreError(f"{path}: invalid store format version {version}")
-    try:
-        problems = [row[0] for row in con.execute("PRAGMA quick_check(5)")]
-    except sqlite3.DatabaseError as exc:
-        raise StoreError(f"{path}: the store is corrupt ({exc})") from exc
-    if problems != ["ok"]:
-        raise StoreError(f"{path}: the store is corrupt: " + "; ".join(problems))
-    if version < FORMAT_VERSION:
-        con.execute("BEGIN")
-        for step in range(version, FORMAT_VERSION):
-            _UPGRADES[step](con)
-        con.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
-        con.execute("COMMIT")
-
-
-def _pragma(con: sqlite3.Connection, name: str) -> int:
-    (value,) = con.execute(f"PRAGMA {name}").fetchone()
-    return int(value)
-
-
 def _fsync_directory(directory: Path) -> None:
     # A new file's directory entry is durable only once the directory is synced.
     fd = os.open(directory, os.O_RDONLY)
@@ -1004,3 +754,6 @@ def _fsync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_journal: type[Journal] = Store  # checked by mypy: the Store is what the queue logic writes to
