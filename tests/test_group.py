@@ -24,7 +24,7 @@ import pytest
 
 from conftest import ServerThread
 from dbqueue import AsyncClient, Client, Message, NoSuchMessage
-from dbqueue.client import group as group_module
+from dbqueue.client.group import plans as group_plans
 from dbqueue.client.group import AsyncGroupClient, GroupClient, member_of
 from dbqueue.protocol import Enqueue
 from dbqueue.server import new_event_loop
@@ -358,7 +358,7 @@ def test_confirm_batch_splits_by_member_and_keeps_the_order(group: Group, connec
     for direct in group.direct:
         direct.send_batch("q", [b"a", b"b"])
     ids = [message.id for message in client.read_batch("q", 6, 10_000)]
-    unknown = (1 << group_module.MEMBER_SHIFT) + 999_999  # member 1 never handed this out
+    unknown = (1 << group_plans.MEMBER_SHIFT) + 999_999  # member 1 never handed this out
     mixed = [ids[5], unknown, ids[0], ids[3], ids[1], ids[4], ids[2]]
     results = client.confirm_batch(mixed)
     assert [type(result) for result in results] == [type(None), NoSuchMessage] + [type(None)] * 5
@@ -398,7 +398,7 @@ def test_the_group_pipeline_routes_each_command_and_keeps_request_order(group: G
 def test_clients_carry_on_without_a_member_and_reconnect_when_it_returns(
     group: Group, connect: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(group_module, "RETRY_SECONDS", 0.2)
+    monkeypatch.setattr(group_plans, "RETRY_SECONDS", 0.2)
     client = connect(group.addresses, timeout=2.0)
     client.create("q", max_deliveries=5)
     group.stop(1)
@@ -423,7 +423,7 @@ def test_clients_carry_on_without_a_member_and_reconnect_when_it_returns(
 def test_a_member_that_refuses_the_queues_back_is_not_left_connected(
     group: Group, connect: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(group_module, "RETRY_SECONDS", 0.05)
+    monkeypatch.setattr(group_plans, "RETRY_SECONDS", 0.05)
     client = connect(group.addresses, timeout=2.0)
     client.create("a")
     client.create("b")
@@ -480,7 +480,7 @@ def test_a_member_that_stops_answering_does_not_stall_the_group(
     group: Group, connect: Callable[..., Any], flavour: str, request: pytest.FixtureRequest,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
-    monkeypatch.setattr(group_module, "RETRY_SECONDS", 0.2)
+    monkeypatch.setattr(group_plans, "RETRY_SECONDS", 0.2)
     client = connect(group.addresses, timeout=1.0)
     if flavour == "async":
         client.call_timeout = 3.0

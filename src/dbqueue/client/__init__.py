@@ -1,6 +1,6 @@
-"""dbqueue clients. Every command is written once (`commands`); `sync` holds the blocking
-`Client`, its `Pipeline` and the raw `PipelinedClient`; `aio` holds the `AsyncClient`;
-`group` the clients for a group of servers."""
+"""dbqueue clients. Every command is written once, with its types (`commands`); `sync` holds
+the blocking `Client`, its `Pipeline` and the raw `PipelinedClient`; `aio` holds the
+`AsyncClient`; `group` the clients for a group of servers (its routing in `group.plans`)."""
 
 from .aio import AsyncClient
 from .commands import Message, parse_address

@@ -13,20 +13,31 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from typing import Any
+from functools import partial
+from typing import TypeVar, cast
 
 from ..errors import ConnectionLost, DbQueueError, error_for_code
 from ..protocol import messages as msg
 from ..protocol.connection import ClientConnection
-from .commands import Commands, Convert, as_token, parse_address, result_of, tls_context
+from .commands import Call, Commands, as_token, parse_address, result_of, tls_context
 
 __all__ = ["AsyncClient"]
 
+T = TypeVar("T")
+
+
+def _refusal(response: object) -> DbQueueError | None:
+    """The error an answer to no request carries (a connection limit, lost framing), if it is one."""
+    if isinstance(response, msg.Error):
+        return error_for_code(response.code, response.message)
+    return None
+
 
 class _ClientProtocol(asyncio.Protocol):
+    transport: asyncio.Transport  # set by connection_made, before anything else is called
+
     def __init__(self) -> None:
         self.connection = ClientConnection()
-        self.transport: asyncio.Transport | None = None
         self.pending: dict[int, asyncio.Future[msg.Response]] = {}
         self.outgoing: list[bytes] = []
         self.failure: DbQueueError | None = None
@@ -34,24 +45,25 @@ class _ClientProtocol(asyncio.Protocol):
         self._flush_scheduled = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's are not asyncio.Transport subclasses
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio.Transport subclasses
 
     def data_received(self, data: bytes) -> None:
         try:
             responses = self.connection.receive_data(data)
         except DbQueueError as exc:
             self._fail(exc)
-            self.transport.close()  # type: ignore[union-attr]
+            self.transport.close()
             return
         releases = self.connection.data_to_send()
         if releases:
-            self.transport.write(releases)  # type: ignore[union-attr]
+            self.transport.write(releases)
         pending = self.pending
         for request_id, response in responses:
-            if request_id == 0 and isinstance(response, msg.Error):
-                # Not an answer to a request: the server refuses the connection (limit, lost framing).
-                self._fail(error_for_code(response.code, response.message))
-                continue
+            if request_id == 0:  # not an answer to a request: the server refuses the connection
+                refusal = _refusal(response)
+                if refusal is not None:
+                    self._fail(refusal)
+                    continue
             future = pending.pop(request_id, None)
             if future is not None and not future.done():
                 future.set_result(response)
@@ -93,7 +105,7 @@ class _ClientProtocol(asyncio.Protocol):
         elif future.done() and not future.cancelled() and future.exception() is None:
             self.connection.give_back(future.result())
         data = self.connection.data_to_send()
-        if data and self.transport is not None and not self.transport.is_closing():
+        if data and not self.transport.is_closing():
             self.transport.write(data)
 
     def _flush(self) -> None:
@@ -101,7 +113,7 @@ class _ClientProtocol(asyncio.Protocol):
         if self.outgoing and self.failure is None:
             data = b"".join(self.outgoing)
             self.outgoing.clear()
-            self.transport.write(data)  # type: ignore[union-attr]
+            self.transport.write(data)
 
 
 class AsyncClient(Commands):
@@ -124,7 +136,8 @@ class AsyncClient(Commands):
         token: str | bytes | None = None,
         tls: bool | ssl.SSLContext | None = None,
     ) -> AsyncClient:
-        """Connect to ``"host:port"`` and say Hello (``token`` and ``tls`` as for `Client.connect`).
+        """Connect to ``"host:port"`` and say Hello (``token`` and ``tls`` as for `Client.connect`);
+        return the connected client.
 
         ``timeout`` bounds the connect and each answer (a waiting read gets its
         ``wait_ms`` on top); on expiry the connection is closed and `ConnectionLost` raised.
@@ -147,19 +160,20 @@ class AsyncClient(Commands):
             raise ConnectionLost(f"cannot connect to {host}:{port}: {exc!r}") from exc
         client = cls(protocol, timeout)
         try:
-            hello = msg.Hello(token=as_token(token))
-            ok = await client._call(hello, lambda response: result_of(response, msg.HelloOk))
+            hello = Call(msg.Hello(token=as_token(token)), partial(result_of, expected=msg.HelloOk))
+            ok = await client._call(hello)
         except BaseException:
             await client.close()
             raise
         protocol.connection.max_message_size = ok.max_message_size
         return client
 
-    async def _call(self, request: msg.Request, convert: Convert) -> Any:
-        request_id, future = self._protocol.submit(request)
-        waits = getattr(request, "wait_ms", 0) / 1000.0
+    async def _call(self, call: Call[T]) -> T:
+        request_id, future = self._protocol.submit(call.request)
+        waits = getattr(call.request, "wait_ms", 0) / 1000.0
+        limit = None if self._timeout is None else self._timeout + waits
         try:
-            async with asyncio.timeout(None if self._timeout is None else self._timeout + waits):
+            async with asyncio.timeout(limit):
                 response = await future
         except asyncio.CancelledError:
             # A cancelled read must not leave a message in flight on this connection.
@@ -167,17 +181,16 @@ class AsyncClient(Commands):
             raise
         except TimeoutError:
             self._protocol.abandon(request_id, future, cancel=False)
-            transport = self._protocol.transport
-            if transport is not None:
-                transport.close()  # a server that does not answer is not to be trusted with the next request
-            raise ConnectionLost(f"no answer within {self._timeout + waits:g} s") from None
-        return convert(response)
+            # A server that does not answer is not to be trusted with the next request.
+            self._protocol.transport.close()
+            raise ConnectionLost(f"no answer within {limit:g} s") from None
+        return call.decode(response)
 
     async def close(self) -> None:
-        """Close the connection; messages it holds in flight go back to their queues."""
+        """Close the connection; messages it holds in flight go back to their queues. Raises nothing."""
         transport = self._protocol.transport
         self._protocol.closing = True
-        if transport is not None and not transport.is_closing():
+        if not transport.is_closing():
             self._protocol._flush()
             transport.close()
         await asyncio.sleep(0)

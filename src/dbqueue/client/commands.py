@@ -1,28 +1,76 @@
 """Every client command, written once.
 
-`Commands` defines each wire operation as a method that builds a request and
-hands it, with the function that turns the response into a result, to
-``self._call``. The blocking `Client` sends and waits, the `Pipeline` queues,
-the `AsyncClient` returns a coroutine: they differ only in ``_call``.
+Theory of operation
+-------------------
+Each wire operation is one function in `Commands`, decorated with `command`.
+It checks its arguments and returns a `Call`: the request to send and the
+function that turns the server's answer into the command's result. It sends
+nothing. Each client kind has one ``_call(call)`` that does the I/O, and that
+is all they differ in:
+
+* the blocking `Client` sends, waits, and returns ``call.decode(response)``;
+* the `AsyncClient`'s ``_call`` is a coroutine of the same;
+* the `Pipeline`'s queues the pair and returns the pipeline, for chaining.
+
+Types
+-----
+A command's result type depends on the command (``send`` gives an ``int``)
+and on the client kind (an ``int``, a coroutine of one, or the pipeline).
+Python's type system cannot say "``F[int]`` for the client's ``F``" (it has
+no higher-kinded types), and a stub per kind would copy every signature
+three times and drift. So `command` types each method as a `Command`, a
+descriptor type whose parameters and decoded result come from the one
+definition, and whose ``__get__`` maps that result through the ``_call`` of
+the client it is read from: a ``_call`` that returns what ``decode`` returns
+gives the result; one that returns a coroutine of it gives a coroutine of the
+result; one that returns something else (the pipeline) gives that. At run time
+a command is a plain function, bound like any method: the typing costs
+nothing per call. tests/typing runs ``mypy --strict`` on a program that uses
+every command of every kind, and on one it must reject.
 """
 
 from __future__ import annotations
 
+import inspect
 import ssl
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Coroutine, Iterable
+from dataclasses import dataclass
+from typing import Any, Generic, ParamSpec, Protocol, Self, TypeAlias, TypeVar, cast, overload
 
 from ..errors import NoSuchMessage, ProtocolError, QueueFull, RequestError, Requeued, error_for_code
 from ..protocol import messages as msg
 
-__all__ = ["Commands", "Message", "parse_address", "result_of", "as_token", "tls_context"]
+__all__ = [
+    "Call",
+    "Command",
+    "Commands",
+    "Decode",
+    "Message",
+    "as_token",
+    "command",
+    "parse_address",
+    "result_of",
+    "tls_context",
+]
 
 Message = msg.Message
-Convert = Callable[[msg.Response], Any]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
+R = TypeVar("R")
+C_co = TypeVar("C_co", covariant=True)
+
+Decode: TypeAlias = Callable[[msg.Response], T]
+"""Turns a server's answer into a command's result, or raises the error the answer means."""
 
 
 def parse_address(address: str | tuple[str, int]) -> tuple[str, int]:
-    """Turn ``"host:port"`` (or a (host, port) pair) into a (host, port) pair; raise `ValueError`."""
+    """Turn ``"host:port"`` (or a (host, port) pair) into a (host, port) pair.
+
+    ``"[::1]:3003"`` gives ``("::1", 3003)``; an empty host means 127.0.0.1.
+    Raises `ValueError` if there is no ``:port``.
+    """
     if isinstance(address, tuple):
         return address
     host, sep, port = address.rpartition(":")
@@ -32,14 +80,15 @@ def parse_address(address: str | tuple[str, int]) -> tuple[str, int]:
 
 
 def as_token(token: str | bytes | None) -> bytes:
-    """A token as the Hello carries it."""
+    """Return a token as the Hello carries it (UTF-8; empty for none). Raises nothing."""
     if token is None:
         return b""
     return token.encode() if isinstance(token, str) else bytes(token)
 
 
 def tls_context(tls: bool | ssl.SSLContext | None) -> ssl.SSLContext | None:
-    """The client TLS context for a ``tls`` argument: True means the system's trusted CAs."""
+    """Return the client TLS context for a ``tls`` argument (True: the system's trusted CAs; None or
+    False: no TLS). Raises `ssl.SSLError` if the system's CAs cannot be loaded."""
     if tls is None or tls is False:
         return None
     if tls is True:
@@ -47,8 +96,12 @@ def tls_context(tls: bool | ssl.SSLContext | None) -> ssl.SSLContext | None:
     return tls
 
 
-def result_of(response: msg.Response, expected: type) -> msg.Response:
-    """Return ``response`` if it is an ``expected``; raise the matching error otherwise."""
+def result_of(response: object, expected: type[R]) -> R:
+    """Return ``response`` if it is an ``expected``; raise the error it means otherwise.
+
+    Raises the `RequestError` subclass an `Error` answer names, `QueueFull`
+    for Full, `Requeued` for Requeued, and `ProtocolError` for any other answer.
+    """
     if isinstance(response, expected):
         return response
     if isinstance(response, msg.Error):
@@ -60,65 +113,69 @@ def result_of(response: msg.Response, expected: type) -> msg.Response:
     raise ProtocolError(f"expected {expected.__name__}, got {response!r}")
 
 
-def _ignore(expected: type) -> Convert:
-    """A converter for commands whose success carries nothing: it returns None."""
+# --- decoders: one per kind of answer -----------------------------------------------------
 
-    def convert(response: msg.Response) -> None:
+
+def _nothing(expected: type[object]) -> Decode[None]:
+    """A decoder for commands whose success carries nothing: it returns None."""
+
+    def decode(response: object) -> None:
         result_of(response, expected)
 
-    return convert
+    return decode
 
 
-_created = _ignore(msg.QueueCreated)
-_deleted = _ignore(msg.QueueDeleted)
-_confirmed = _ignore(msg.Confirmed)
-_touched = _ignore(msg.Touched)
-_released = _ignore(msg.Released)
+_created = _nothing(msg.QueueCreated)
+_deleted = _nothing(msg.QueueDeleted)
+_confirmed = _nothing(msg.Confirmed)
+_touched = _nothing(msg.Touched)
+_released = _nothing(msg.Released)
 
 
-def _queued_id(response: msg.Response) -> int:
-    return result_of(response, msg.ObjectQueued).id  # type: ignore[union-attr, no-any-return]
+def _queued_id(response: object) -> int:
+    return result_of(response, msg.ObjectQueued).id
 
 
-def _queued_ids(response: msg.Response) -> list[int]:
-    return list(result_of(response, msg.ObjectsQueued).ids)  # type: ignore[union-attr]
+def _queued_ids(response: object) -> list[int]:
+    return list(result_of(response, msg.ObjectsQueued).ids)
 
 
-def _message_or_none(response: msg.Response) -> msg.Message | None:
+def _message_or_none(response: object) -> msg.Message | None:
     if isinstance(response, msg.Empty):
         return None
-    return result_of(response, msg.Message)  # type: ignore[return-value]
+    return result_of(response, msg.Message)
 
 
-def _messages(response: msg.Response) -> list[msg.Message]:
-    return list(result_of(response, msg.Messages).messages)  # type: ignore[union-attr]
+def _messages(response: object) -> list[msg.Message]:
+    return list(result_of(response, msg.Messages).messages)
 
 
-def _confirm_results(response: msg.Response) -> list[RequestError | None]:
-    outcomes = result_of(response, msg.ConfirmResults).outcomes  # type: ignore[union-attr]
+def _confirm_results(response: object) -> list[RequestError | None]:
+    outcomes = result_of(response, msg.ConfirmResults).outcomes
     return [_OUTCOME_ERRORS[outcome]() if outcome else None for outcome in outcomes]
 
 
-_OUTCOME_ERRORS = {
+_OUTCOME_ERRORS: dict[int, Callable[[], RequestError]] = {
     1: lambda: Requeued("the timeout passed before the confirm: the message went back to its queue"),
     2: lambda: NoSuchMessage("the message is not in flight (never read, already confirmed, or its queue was deleted)"),
 }
 
 
-def _purged(response: msg.Response) -> int:
-    return result_of(response, msg.Purged).count  # type: ignore[union-attr, no-any-return]
+def _purged(response: object) -> int:
+    return result_of(response, msg.Purged).count
 
 
-def _stats(response: msg.Response) -> dict[str, Any]:
-    return result_of(response, msg.StatsReply).stats  # type: ignore[union-attr, no-any-return]
+def _stats(response: object) -> dict[str, Any]:
+    return result_of(response, msg.StatsReply).stats
 
 
-def _queue_list(response: msg.Response) -> list[dict[str, Any]]:
-    return _stats(response)["queues"]  # type: ignore[no-any-return]
+def _queue_list(response: object) -> list[dict[str, Any]]:
+    queues: list[dict[str, Any]] = _stats(response)["queues"]
+    return queues
 
 
-def _members(response: msg.Response) -> msg.MembersReply:
-    return result_of(response, msg.MembersReply)  # type: ignore[return-value]
+def _members(response: object) -> msg.MembersReply:
+    return result_of(response, msg.MembersReply)
 
 
 def _milliseconds(name: str, value: int) -> int:
@@ -130,69 +187,160 @@ def _milliseconds(name: str, value: int) -> int:
 _U32_MAX = 0xFFFFFFFF
 
 
+# --- the command type ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Call(Generic[T]):
+    """What a command asks: the request to send, and how its answer becomes the result."""
+
+    request: msg.Request
+    decode: Decode[T]
+
+
+class _Returns(Protocol):
+    """A client whose ``_call`` returns the decoded result: the blocking `Client`."""
+
+    def _call(self, call: Call[T]) -> T: ...
+
+
+class _Awaits(Protocol):
+    """A client whose ``_call`` returns a coroutine of the decoded result: the `AsyncClient`."""
+
+    def _call(self, call: Call[T]) -> Coroutine[Any, Any, T]: ...
+
+
+class _Queues(Protocol[C_co]):
+    """A client whose ``_call`` returns something else, the same for every command: the `Pipeline`."""
+
+    def _call(self, call: Call[Any]) -> C_co: ...
+
+
+class Command(Protocol[P, T_co]):
+    """A command as the type checker sees it: read from a client, it is a method taking ``P``
+    and returning what that client's ``_call`` makes of the result ``T_co``."""
+
+    @overload
+    def __get__(self, client: None, owner: type[Any]) -> Self: ...
+    @overload
+    def __get__(self, client: _Returns, owner: type[Any]) -> Callable[P, T_co]: ...
+    @overload
+    def __get__(self, client: _Awaits, owner: type[Any]) -> Callable[P, Coroutine[Any, Any, T_co]]: ...
+    @overload
+    def __get__(self, client: _Queues[C_co], owner: type[Any]) -> Callable[P, C_co]: ...
+
+
+def command(build: Callable[P, Call[T]]) -> Command[P, T]:
+    """Return ``build`` (arguments -> `Call`) as a method that hands its `Call` to ``self._call``.
+
+    The method keeps ``build``'s name, docstring and signature (``self`` added
+    in front), so `help` and `inspect.signature` show the command as written.
+    """
+
+    def method(self: Any, *args: P.args, **kwargs: P.kwargs) -> Any:
+        return self._call(build(*args, **kwargs))
+
+    signature = inspect.signature(build)
+    itself = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    method.__name__ = build.__name__
+    method.__qualname__ = build.__qualname__
+    method.__doc__ = build.__doc__
+    method.__module__ = build.__module__
+    # Read by inspect.signature; typeshed does not declare it on functions.
+    method.__signature__ = signature.replace(parameters=[itself, *signature.parameters.values()])  # type: ignore[attr-defined]
+    # A function is a descriptor already; `Command` only tells the type checker what binding it gives.
+    return cast("Command[P, T]", method)
+
+
+# --- the commands --------------------------------------------------------------------------
+
+
 class Commands:
     """The wire operations, one method each; ``_call`` decides what each returns.
 
-    Every method below documents its result as the blocking `Client` returns
-    it; the `AsyncClient` returns a coroutine of the same, and a `Pipeline`
-    queues the command and returns itself.
+    Every method documents its result as the blocking `Client` returns it; the
+    `AsyncClient` returns a coroutine of the same, and a `Pipeline` queues the
+    command and returns itself (a refusal then comes back from
+    `Pipeline.execute` as a value). Every command raises `ValueError` for an
+    argument out of its range before anything is sent, and `ConnectionLost`
+    (a `ConnectionError`) if the connection fails.
+
+    The functions below take no ``self``: they only build the request, and
+    `command` makes each one a method.
     """
 
-    def _call(self, request: msg.Request, convert: Convert) -> Any:
+    def _call(self, call: Call[Any]) -> object:
         raise NotImplementedError
 
     # --- queues ----------------------------------------------------------------------
 
+    @command
     def create(
-        self,
         name: str,
         capacity: int | None = None,
         *,
         max_deliveries: int | None = None,
         dead_letter_queue: str | None = None,
-    ) -> Any:
+    ) -> Call[None]:
         """Create queue ``name`` (no-op if it exists: the existing queue keeps its options).
 
         ``capacity`` bounds the messages it holds (ready, in flight and delayed);
         a message delivered ``max_deliveries`` times without a confirm moves to
         ``dead_letter_queue`` (which must exist), or is dropped if none is set.
         Returns None. Raises `InvalidQueueName`, `NoSuchQueue` (no such
-        dead-letter queue), `InvalidRequest` (a dead-letter loop).
+        dead-letter queue), `InvalidRequest` (a dead-letter loop), `LimitExceeded`
+        (the server holds its most queues).
         """
-        return self._call(msg.CreateQueue(name, capacity or 0, max_deliveries or 0, dead_letter_queue or ""), _created)
+        return Call(msg.CreateQueue(name, capacity or 0, max_deliveries or 0, dead_letter_queue or ""), _created)
 
-    def delete(self, name: str) -> Any:
+    @command
+    def delete(name: str) -> Call[None]:
         """Delete queue ``name`` and every message it holds. Returns None. Raises `NoSuchQueue`."""
-        return self._call(msg.DeleteQueue(name), _deleted)
+        return Call(msg.DeleteQueue(name), _deleted)
 
-    def purge(self, name: str) -> Any:
-        """Drop every ready and delayed message of ``name`` (in-flight ones stay). Returns how many."""
-        return self._call(msg.Purge(name), _purged)
+    @command
+    def purge(name: str) -> Call[int]:
+        """Drop every ready and delayed message of ``name`` (in-flight ones stay).
 
-    def stats(self, name: str) -> Any:
-        """Return queue ``name``'s figures as a dict (ready, in_flight, delayed, totals...)."""
-        return self._call(msg.Stats(name), _stats)
+        Returns how many were dropped. Raises `NoSuchQueue`.
+        """
+        return Call(msg.Purge(name), _purged)
 
-    def list_queues(self) -> Any:
-        """Return every queue's figures, a list of dicts as `stats` returns them."""
-        return self._call(msg.ListQueues(), _queue_list)
+    @command
+    def stats(name: str) -> Call[dict[str, Any]]:
+        """Return queue ``name``'s figures as a dict (ready, in_flight, delayed, totals...).
 
-    def members(self) -> Any:
-        """Return the server's group: ``.members`` ("host:port" list) and ``.index`` (its own place)."""
-        return self._call(msg.Members(), _members)
+        Raises `NoSuchQueue`.
+        """
+        return Call(msg.Stats(name), _stats)
+
+    @command
+    def list_queues() -> Call[list[dict[str, Any]]]:
+        """Return every queue's figures, a list of dicts as `stats` returns them. Raises nothing else."""
+        return Call(msg.ListQueues(), _queue_list)
+
+    @command
+    def members() -> Call[msg.MembersReply]:
+        """Return the server's group: ``.members`` ("host:port" list) and ``.index`` (its own place).
+
+        Raises nothing else.
+        """
+        return Call(msg.Members(), _members)
 
     # --- sending ---------------------------------------------------------------------
 
-    def send(self, name: str, data: bytes, *, delay_ms: int = 0) -> Any:
+    @command
+    def send(name: str, data: bytes, *, delay_ms: int = 0) -> Call[int]:
         """Append ``data`` to queue ``name``; with ``delay_ms`` it is readable only after that delay.
 
         Returns the message id. Raises `NoSuchQueue`, `QueueFull`, `MessageTooLarge`.
         """
         if _milliseconds("delay_ms", delay_ms):
-            return self._call(msg.EnqueueDelayed(name, bytes(data), delay_ms), _queued_id)
-        return self._call(msg.Enqueue(name, bytes(data)), _queued_id)
+            return Call(msg.EnqueueDelayed(name, bytes(data), delay_ms), _queued_id)
+        return Call(msg.Enqueue(name, bytes(data)), _queued_id)
 
-    def send_batch(self, name: str, items: Iterable[bytes]) -> Any:
+    @command
+    def send_batch(name: str, items: Iterable[bytes]) -> Call[list[int]]:
         """Append every message of ``items`` in one request, all or none. Returns their ids in order.
 
         Raises `NoSuchQueue`, `QueueFull` (none was accepted), `MessageTooLarge`
@@ -201,11 +349,12 @@ class Commands:
         batch = tuple(bytes(item) for item in items)
         if not batch:
             raise ValueError("send_batch needs at least one message")
-        return self._call(msg.EnqueueBatch(name, batch), _queued_ids)
+        return Call(msg.EnqueueBatch(name, batch), _queued_ids)
 
     # --- reading ---------------------------------------------------------------------
 
-    def read(self, name: str, timeout_ms: int = 0, *, wait_ms: int = 0) -> Any:
+    @command
+    def read(name: str, timeout_ms: int = 0, *, wait_ms: int = 0) -> Call[msg.Message | None]:
         """Take the next message of queue ``name``: a `Message`, or None when there is none.
 
         Confirm it within ``timeout_ms`` (0: no timeout; it comes back only if
@@ -214,46 +363,58 @@ class Commands:
         """
         _milliseconds("timeout_ms", timeout_ms)
         _milliseconds("wait_ms", wait_ms)
-        return self._call(msg.Read(name, timeout_ms, wait_ms), _message_or_none)
+        return Call(msg.Read(name, timeout_ms, wait_ms), _message_or_none)
 
-    def read_batch(self, name: str, max_messages: int, timeout_ms: int = 0, *, wait_ms: int = 0) -> Any:
-        """Take up to ``max_messages`` (1-65535) messages of ``name``; returns a list, empty when none came."""
+    @command
+    def read_batch(name: str, max_messages: int, timeout_ms: int = 0, *, wait_ms: int = 0) -> Call[list[msg.Message]]:
+        """Take up to ``max_messages`` (1-65535) messages of ``name``, each to confirm within ``timeout_ms``.
+
+        Returns a list, empty when none came (after ``wait_ms`` at most, as for
+        `read`). Raises `NoSuchQueue`.
+        """
         if not isinstance(max_messages, int) or not 1 <= max_messages <= 0xFFFF:
             raise ValueError(f"max_messages must be 1 .. 65535, got {max_messages!r}")
         _milliseconds("timeout_ms", timeout_ms)
         _milliseconds("wait_ms", wait_ms)
-        return self._call(msg.ReadBatch(name, max_messages, timeout_ms, wait_ms), _messages)
+        return Call(msg.ReadBatch(name, max_messages, timeout_ms, wait_ms), _messages)
 
     # --- settling --------------------------------------------------------------------
 
-    def confirm(self, id: int) -> Any:
+    @command
+    def confirm(id: int) -> Call[None]:
         """Confirm message ``id``: the server forgets it. Returns None.
 
         Raises `Requeued` (its timeout passed first) or `NoSuchMessage`.
         """
-        return self._call(msg.Confirm(id), _confirmed)
+        return Call(msg.Confirm(id), _confirmed)
 
-    def confirm_batch(self, ids: Iterable[int]) -> Any:
+    @command
+    def confirm_batch(ids: Iterable[int]) -> Call[list[RequestError | None]]:
         """Confirm several messages in one request. Returns one result per id, in order:
-        None when confirmed, else the `Requeued` or `NoSuchMessage` instance (not raised)."""
+        None when confirmed, else the `Requeued` or `NoSuchMessage` instance (not raised).
+
+        Raises `ValueError` if ``ids`` is empty.
+        """
         batch = tuple(ids)
         if not batch:
             raise ValueError("confirm_batch needs at least one id")
-        return self._call(msg.ConfirmBatch(batch), _confirm_results)
+        return Call(msg.ConfirmBatch(batch), _confirm_results)
 
-    def touch(self, id: int, timeout_ms: int) -> Any:
+    @command
+    def touch(id: int, timeout_ms: int) -> Call[None]:
         """Give in-flight message ``id`` ``timeout_ms`` more from now (0: no timeout). Returns None.
 
         Raises `Requeued` (too late) or `NoSuchMessage`.
         """
         _milliseconds("timeout_ms", timeout_ms)
-        return self._call(msg.Touch(id, timeout_ms), _touched)
+        return Call(msg.Touch(id, timeout_ms), _touched)
 
-    def release(self, id: int, delay_ms: int = 0) -> Any:
+    @command
+    def release(id: int, delay_ms: int = 0) -> Call[None]:
         """Give in-flight message ``id`` back now (to the front of its queue) or after ``delay_ms``
         (to the back). Counts as a delivery for ``max_deliveries``. Returns None.
 
         Raises `Requeued` (too late) or `NoSuchMessage`.
         """
         _milliseconds("delay_ms", delay_ms)
-        return self._call(msg.Release(id, delay_ms), _released)
+        return Call(msg.Release(id, delay_ms), _released)

@@ -1,20 +1,27 @@
-"""Blocking clients: `PipelinedClient` (raw requests and responses), `Client`, and `Pipeline`."""
+"""Blocking clients: `PipelinedClient` (raw requests and responses), `Client`, and `Pipeline`.
+
+`PipelinedClient` owns the socket and the sans-I/O `ClientConnection`; `Client`
+and `Pipeline` are the typed commands of `Commands` over one of those, and
+differ only in their ``_call``: the one sends and waits, the other queues.
+"""
 
 from __future__ import annotations
 
 import socket
 import ssl
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Self, TypeVar
 
 from ..errors import ConnectionLost, ProtocolError, RequestError
 from ..protocol import messages as msg
 from ..protocol.connection import ClientConnection
-from .commands import Commands, Convert, as_token, parse_address, result_of, tls_context
+from .commands import Call, Commands, as_token, parse_address, result_of, tls_context
 
 __all__ = ["PipelinedClient", "Client", "Pipeline"]
 
 _RECV_SIZE = 256 * 1024
+
+T = TypeVar("T")
 
 
 class PipelinedClient:
@@ -67,14 +74,21 @@ class PipelinedClient:
         return client
 
     def hello(self, token: str | bytes | None = None) -> msg.HelloOk:
-        """Exchange versions (and the token); the server's message-size limit then applies locally."""
-        (request_id,) = self.send_many([msg.Hello(token=as_token(token))])
+        """Exchange versions (and the token); the server's message-size limit then applies locally.
+
+        Returns the server's `HelloOk`. Raises `UnsupportedVersion`,
+        `AuthenticationFailed`, `ConnectionLost`.
+        """
+        self.send_many([msg.Hello(token=as_token(token))])
         ok = result_of(self.receive(1)[0][1], msg.HelloOk)
-        self.protocol.max_message_size = ok.max_message_size  # type: ignore[union-attr]
-        return ok  # type: ignore[return-value]
+        self.protocol.max_message_size = ok.max_message_size
+        return ok
 
     def send_many(self, requests: Iterable[msg.Request]) -> list[int]:
-        """Send ``requests`` in one write; return their request ids in order."""
+        """Send ``requests`` in one write; return their request ids in order.
+
+        Raises `MessageTooLarge` (nothing is sent) or `ConnectionLost`.
+        """
         ids = []
         frames = []
         for request in requests:
@@ -87,14 +101,18 @@ class PipelinedClient:
         return ids
 
     def send_bytes(self, data: bytes) -> None:
-        """Write prebuilt frames as they are."""
+        """Write prebuilt frames as they are. Returns None; raises `ConnectionLost`."""
         try:
             self.sock.sendall(data)
         except OSError as exc:
             raise ConnectionLost(f"connection lost while sending: {exc}") from exc
 
     def receive(self, count: int) -> list[tuple[int, msg.Response]]:
-        """Block until ``count`` responses have arrived; return them in arrival order."""
+        """Block until ``count`` responses have arrived; return them in arrival order.
+
+        Raises `ConnectionLost` if the connection fails or no response comes in
+        time, `ProtocolError` if the server breaks the framing.
+        """
         ready = self._ready
         if self.timeout is not None:
             self.sock.settimeout(self.timeout + self._longest_wait)
@@ -111,6 +129,7 @@ class PipelinedClient:
         """Block for one read from the socket; return the responses it completed (maybe none).
 
         Responses to abandoned requests are not returned (see `abandon`).
+        Raises as `receive`.
         """
         try:
             data = self.sock.recv(_RECV_SIZE)
@@ -128,6 +147,7 @@ class PipelinedClient:
         """Stop waiting for a request: its response is dropped, and a message it brings is released.
 
         ``cancel`` (for a waiting read) also tells the server to end the wait now.
+        Returns None; raises `ConnectionLost`.
         """
         self.protocol.abandon(request_id, cancel)
         self._outstanding = max(0, self._outstanding - 1)
@@ -136,7 +156,7 @@ class PipelinedClient:
             self.send_bytes(pending)
 
     def close(self) -> None:
-        """Close the socket (the server requeues whatever this connection holds in flight)."""
+        """Close the socket (the server requeues whatever this connection holds in flight). Raises nothing."""
         self.sock.close()
 
     def __enter__(self) -> PipelinedClient:
@@ -174,19 +194,20 @@ class Client(Commands):
         """
         return cls(PipelinedClient.connect(address, timeout, token=token, tls=tls))
 
-    def _call(self, request: msg.Request, convert: Convert) -> Any:
-        (request_id,) = self.connection.send_many((request,))
+    def _call(self, call: Call[T]) -> T:
+        (request_id,) = self.connection.send_many((call.request,))
         ((answered, response),) = self.connection.receive(1)
         if answered != request_id:
             raise ProtocolError(f"expected the answer to request {request_id}, got one to {answered}")
-        return convert(response)
+        return call.decode(response)
 
     def pipeline(self) -> Pipeline:
-        """Start a pipeline: queue commands, then `Pipeline.execute` sends them in one write."""
+        """Return a new pipeline on this connection: queue commands, then `Pipeline.execute` sends
+        them in one write. Raises nothing."""
         return Pipeline(self.connection)
 
     def close(self) -> None:
-        """Close the connection; messages it holds in flight go back to their queues."""
+        """Close the connection; messages it holds in flight go back to their queues. Raises nothing."""
         self.connection.close()
 
     def __enter__(self) -> Client:
@@ -206,38 +227,43 @@ class Pipeline(Commands):
 
     def __init__(self, connection: PipelinedClient) -> None:
         self.connection = connection
-        self._queued: list[tuple[msg.Request, Convert]] = []
+        self._queued: list[Call[Any]] = []
 
-    def _call(self, request: msg.Request, convert: Convert) -> Pipeline:
-        self._queued.append((request, convert))
+    def _call(self, call: Call[Any]) -> Self:
+        self._queued.append(call)
         return self
 
     def __len__(self) -> int:
         return len(self._queued)
 
-    def execute(self, raise_on_error: bool = False) -> list[Any]:
-        """Send every queued command in one write; return their results in order.
+    def execute(self, raise_on_error: bool = False) -> list[object]:
+        """Send every queued command in one write; return their results in request order.
+
+        Each result is what the blocking `Client` returns for that command, or
+        the `RequestError` instance for a refused one. They are typed `object`:
+        which command sits at which place is not something the type checker can
+        follow, so narrow each (``isinstance(result, Message)``) before use.
 
         Raises the first refused request's error if ``raise_on_error``; raises
-        `ConnectionLost` if the connection fails.
+        `ConnectionLost` if the connection fails (the results are then lost).
         """
         queued, self._queued = self._queued, []
         if not queued:
             return []
-        ids = self.connection.send_many(request for request, _ in queued)
+        ids = self.connection.send_many(call.request for call in queued)
         # Matched by request id: the server may answer out of order.
         responses = dict(self.connection.receive(len(queued)))
-        results: list[Any] = []
-        for (_, convert), request_id in zip(queued, ids):
+        results: list[object] = []
+        for call, request_id in zip(queued, ids):
             try:
-                results.append(convert(responses[request_id]))
+                results.append(call.decode(responses[request_id]))
             except RequestError as exc:
                 if raise_on_error:
                     raise
                 results.append(exc)
         return results
 
-    def __enter__(self) -> Pipeline:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -1,0 +1,292 @@
+"""The asyncio group client, `AsyncGroupClient`: the routing of `plans` over `AsyncClient` members.
+
+Calls to every member run at once (``asyncio.gather``); a waiting read on every
+member is one task per member, and the answers that one ``asyncio.wait`` round
+brings are taken together. Reconnects run as background tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Self, TypeVar
+
+from ...errors import DbQueueError, RequestError
+from ...protocol import messages as msg
+from ..aio import AsyncClient
+from ..commands import parse_address
+from .plans import (
+    ANSWERS_AS_VALUES,
+    CONNECTION_FAILURES,
+    ConfirmBatch,
+    Failover,
+    Members,
+    QueueOptions,
+    ReadPass,
+    WaitingRead,
+    create_result,
+    delete_result,
+    discovered,
+    fan_out_answers,
+    list_queues_result,
+    purge_result,
+    raise_or,
+    stats_result,
+)
+
+__all__ = ["AsyncGroupClient"]
+
+T = TypeVar("T")
+
+
+class AsyncGroupClient:
+    """The asyncio form of `GroupClient`: the same routing; every command is a coroutine.
+
+    Any number of tasks may use one client at once.
+    """
+
+    def __init__(
+        self,
+        members: Members[AsyncClient],
+        timeout: float | None,
+        *,
+        token: str | bytes | None = None,
+        tls: bool | ssl.SSLContext | None = None,
+    ) -> None:
+        self._members = members
+        self._timeout = timeout
+        self._token = token  # for every member
+        self._tls = tls
+        self._attempts: set[asyncio.Future[None]] = set()  # reconnects under way
+
+    @classmethod
+    async def connect(
+        cls,
+        addresses: str | list[str],
+        timeout: float | None = 10.0,
+        *,
+        token: str | bytes | None = None,
+        tls: bool | ssl.SSLContext | None = None,
+    ) -> AsyncGroupClient:
+        """Connect to every member and return the group client; as `GroupClient.connect`.
+
+        Raises `ConnectionLost` if no member can be reached, `AuthenticationFailed`
+        if none lets this client in.
+        """
+        if isinstance(addresses, str):
+            first = await AsyncClient.connect(addresses, timeout, token=token, tls=tls)
+            try:
+                addresses = discovered(await first.members(), addresses)
+            finally:
+                await first.close()
+        members: Members[AsyncClient] = Members([f"{host}:{port}" for host, port in map(parse_address, addresses)])
+        group = cls(members, timeout, token=token, tls=tls)
+        await group._reconnect(wait=True)
+        members.raise_if_unreachable(addresses)
+        return group
+
+    @property
+    def addresses(self) -> list[str]:
+        """The members' addresses, ``"host:port"``, in the order given."""
+        return list(self._members.addresses)
+
+    # --- plumbing ----------------------------------------------------------------------
+
+    async def _reconnect(self, wait: bool = False) -> None:
+        """Reconnect to members due for a retry, as background tasks (``wait``: awaited, at connect)."""
+        positions = self._members.claim_retries(time.monotonic())
+        attempts = [asyncio.ensure_future(self._connect_member(position)) for position in positions]
+        self._attempts.update(attempts)
+        for attempt in attempts:
+            attempt.add_done_callback(self._attempts.discard)
+        if wait and attempts:
+            await asyncio.wait(attempts)
+
+    async def _connect_member(self, position: int) -> None:
+        members = self._members
+        client = None
+        try:
+            client = await AsyncClient.connect(
+                members.addresses[position], self._timeout, token=self._token, tls=self._tls
+            )
+            index = (await client.members()).index
+            for name, options in list(members.created.items()):
+                await client.create(
+                    name,
+                    options.capacity,
+                    max_deliveries=options.max_deliveries,
+                    dead_letter_queue=options.dead_letter_queue,
+                )
+        except (DbQueueError, OSError) as exc:
+            if client is not None:  # connected, then refused: the next retry opens a new one
+                await client.close()
+            members.connect_failed(position, exc, time.monotonic())
+            return
+        members.connected(position, client, index)
+
+    async def _on_member(self, position: int, call: Callable[[AsyncClient], Awaitable[T]]) -> T:
+        """Return what ``call`` of the member at ``position``'s client awaits to; a connection failure
+        marks it down and is raised, as is a refusal."""
+        client = self._members.client(position)
+        try:
+            return await call(client)
+        except CONNECTION_FAILURES:
+            await client.close()
+            self._members.mark_down(position, time.monotonic())
+            raise
+
+    async def _answer(self, position: int, call: Callable[[AsyncClient], Awaitable[T]]) -> T | Exception:
+        """`_on_member`, but a refusal or a connection failure is returned as a value for a plan to judge."""
+        try:
+            return await self._on_member(position, call)
+        except ANSWERS_AS_VALUES as exc:
+            return exc
+
+    async def _on_every_member(self, call: Callable[[AsyncClient], Awaitable[T]]) -> list[T | RequestError]:
+        """``call`` on every live member at once; see `plans.fan_out_answers`."""
+        await self._reconnect()
+        calls = (self._on_member(position, call) for position in self._members.up())
+        return fan_out_answers(await asyncio.gather(*calls, return_exceptions=True))
+
+    # --- queues ------------------------------------------------------------------------
+
+    async def create(
+        self,
+        name: str,
+        capacity: int | None = None,
+        *,
+        max_deliveries: int | None = None,
+        dead_letter_queue: str | None = None,
+    ) -> None:
+        """Create the queue on every member; as `GroupClient.create`."""
+        self._members.created[name] = QueueOptions(capacity, max_deliveries, dead_letter_queue)
+        create_result(
+            await self._on_every_member(
+                lambda client: client.create(
+                    name, capacity, max_deliveries=max_deliveries, dead_letter_queue=dead_letter_queue
+                )
+            )
+        )
+
+    async def delete(self, name: str) -> None:
+        """Delete the queue on every member; as `GroupClient.delete`."""
+        self._members.created.pop(name, None)
+        delete_result(await self._on_every_member(lambda client: client.delete(name)))
+
+    async def purge(self, name: str) -> int:
+        """Purge the queue on every member and return how many were dropped; as `GroupClient.purge`."""
+        return purge_result(await self._on_every_member(lambda client: client.purge(name)))
+
+    async def stats(self, name: str) -> dict[str, Any]:
+        """Return the queue's figures summed over the group; as `GroupClient.stats`."""
+        return stats_result(await self._on_every_member(lambda client: client.stats(name)))
+
+    async def list_queues(self) -> list[dict[str, Any]]:
+        """Return every queue of the group with its summed figures; as `GroupClient.list_queues`."""
+        return list_queues_result(await self._on_every_member(lambda client: client.list_queues()))
+
+    # --- messages ----------------------------------------------------------------------
+
+    async def send(self, name: str, data: bytes, *, delay_ms: int = 0, key: bytes | str | None = None) -> int:
+        """Send to one member, failing over to the others, and return the id; as `GroupClient.send`."""
+        return await self._send(lambda client: client.send(name, data, delay_ms=delay_ms), key)
+
+    async def send_batch(self, name: str, items: Iterable[bytes], *, key: bytes | str | None = None) -> list[int]:
+        """Send a batch to one member and return the ids; as `GroupClient.send_batch`."""
+        batch = list(items)
+        return await self._send(lambda client: client.send_batch(name, batch), key)
+
+    async def _send(self, call: Callable[[AsyncClient], Awaitable[T]], key: bytes | str | None) -> T:
+        await self._reconnect()
+        failover = Failover(self._members, key)
+        while True:
+            answer = await self._answer(failover.next_member(), call)
+            if not failover.failed(answer):
+                return raise_or(answer)
+
+    async def read(self, name: str, timeout_ms: int = 0, *, wait_ms: int = 0) -> msg.Message | None:
+        """Return a message from any member, or None; as `GroupClient.read`."""
+        found = await self.read_batch(name, 1, timeout_ms, wait_ms=wait_ms)
+        return found[0] if found else None
+
+    async def read_batch(
+        self, name: str, max_messages: int, timeout_ms: int = 0, *, wait_ms: int = 0
+    ) -> list[msg.Message]:
+        """Return up to ``max_messages`` messages: the members are asked in turn, and if none has a
+        message, waited on all at once. As `GroupClient.read_batch`."""
+        await self._reconnect()
+        up = self._members.up()
+        read = ReadPass(name, max_messages, up, self._members.next_turn())
+        for position in read.order:
+            if read.take(await self._read_from(position, name, read.wanted(), timeout_ms)):
+                return read.found
+        if not read.must_wait(wait_ms):
+            return read.found
+        return await self._wait_everywhere(up, name, max_messages, timeout_ms, wait_ms)
+
+    async def _read_from(self, position: int, name: str, count: int, timeout_ms: int) -> list[msg.Message] | Exception:
+        return await self._answer(position, lambda client: client.read_batch(name, count, timeout_ms))
+
+    async def _wait_everywhere(
+        self, up: list[int], name: str, max_messages: int, timeout_ms: int, wait_ms: int
+    ) -> list[msg.Message]:
+        """`WaitingRead` over tasks: the answers of one ``asyncio.wait`` round are taken together."""
+        read = WaitingRead(max_messages)
+
+        def waiting_read(client: AsyncClient) -> Awaitable[list[msg.Message]]:
+            return client.read_batch(name, max_messages, timeout_ms, wait_ms=wait_ms)
+
+        tasks = {asyncio.ensure_future(self._on_member(position, waiting_read)) for position in up}
+        try:
+            while tasks:
+                done, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if task.exception() is None:  # a member that failed just ends its wait
+                        read.take(task.result())
+                if read.over:
+                    for extra in read.extras():
+                        await self.release(extra.id)
+                    return read.kept()
+            return []
+        finally:
+            for task in tasks:
+                task.cancel()  # a cancelled read is abandoned: a message it brings is released
+
+    async def confirm(self, id: int) -> None:
+        """Confirm at the member that handed the message out; as `GroupClient.confirm`."""
+        await self._on_member(self._members.holder(id), lambda client: client.confirm(id))
+
+    async def touch(self, id: int, timeout_ms: int) -> None:
+        """Touch at the member that handed the message out; as `GroupClient.touch`."""
+        await self._on_member(self._members.holder(id), lambda client: client.touch(id, timeout_ms))
+
+    async def release(self, id: int, delay_ms: int = 0) -> None:
+        """Release at the member that handed the message out; as `GroupClient.release`."""
+        await self._on_member(self._members.holder(id), lambda client: client.release(id, delay_ms))
+
+    async def confirm_batch(self, ids: Iterable[int]) -> list[RequestError | None]:
+        """Confirm each id at its member; one result per id, in order. As `GroupClient.confirm_batch`."""
+        batch = ConfirmBatch(self._members, ids)
+        for position, member_ids in batch.calls:
+            batch.take(member_ids, await self._confirm_at(position, member_ids))
+        return batch.results()
+
+    async def _confirm_at(self, position: int, ids: list[int]) -> list[RequestError | None]:
+        return await self._on_member(position, lambda client: client.confirm_batch(ids))
+
+    async def close(self) -> None:
+        """Stop reconnecting and close every member's connection; messages they hold in flight go
+        back to their queues. Raises nothing."""
+        for attempt in list(self._attempts):
+            attempt.cancel()
+        for position in self._members.up():
+            await self._members.client(position).close()
+            self._members.clients[position] = None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()

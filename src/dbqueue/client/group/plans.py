@@ -1,0 +1,411 @@
+"""The group's routing decisions, without I/O: written once, used by `GroupClient` and `AsyncGroupClient`.
+
+Theory of operation
+-------------------
+A group client asks one member or several, and must decide where each request
+goes and what the answers mean. Every such decision lives here, as plain
+functions and small objects that never touch a socket, a thread or a loop
+(the h11 way; redis-py's near-copied sync and async parsers are what this
+avoids). A client's own code is only its I/O loop around them:
+
+* `Members` is the bookkeeping: each member's client, which are down and
+  when to retry them (backoff doubling up to `MAX_RETRY_SECONDS`), which
+  member *index* (the top byte of the ids it hands out) sits at which
+  *position* (the order of the addresses given), and the queues to create
+  again on a member that comes back. Time is passed in.
+* `member_for_send` and `Failover` pick the member for a send, then another
+  for each that fails.
+* `ReadPass` and `WaitingRead` decide a read: which member to ask next, what
+  each answer means, which surplus messages to release.
+* `fan_out_answers` and the ``*_result`` functions turn every member's answer
+  into one result or one error.
+* `ConfirmBatch` routes confirms by id.
+
+A member's answer reaches a plan as a value: its result, or the exception its
+call raised. A connection failure (`CONNECTION_FAILURES`) means the member is
+down, not that it refused: the plans go on with the others.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable
+from typing import Any, Generic, NamedTuple, TypeVar
+
+from ...errors import AuthenticationFailed, ConnectionLost, NoSuchMessage, NoSuchQueue, ProtocolError, RequestError
+from ...protocol import messages as msg
+from ...protocol.frames import MEMBER_SHIFT
+
+__all__ = [
+    "CONNECTION_FAILURES",
+    "ANSWERS_AS_VALUES",
+    "MAX_RETRY_SECONDS",
+    "MEMBER_SHIFT",
+    "RETRY_SECONDS",
+    "ConfirmBatch",
+    "Failover",
+    "Members",
+    "QueueOptions",
+    "ReadPass",
+    "WaitingRead",
+    "create_result",
+    "delete_result",
+    "discovered",
+    "fan_out_answers",
+    "list_queues_result",
+    "member_for_send",
+    "member_of",
+    "merge_stats",
+    "purge_result",
+    "raise_or",
+    "stats_result",
+]
+
+T = TypeVar("T")
+C = TypeVar("C")  # a member's client: `Client` or `AsyncClient`
+
+RETRY_SECONDS = 1.0  # first wait before reconnecting to a member that went down; doubles up to:
+MAX_RETRY_SECONDS = 30.0
+
+# A member that fails so is down, not refusing: the caller goes on with the others.
+CONNECTION_FAILURES = (ConnectionLost, ProtocolError, OSError)
+# What a client hands back as a value for the plans below to judge.
+ANSWERS_AS_VALUES = (RequestError, *CONNECTION_FAILURES)
+
+_SUMMED = (
+    "ready", "in_flight", "delayed", "waiting", "consumers",
+    "enqueued", "confirmed", "requeued", "dead_lettered", "purged",
+)  # fmt: skip
+
+
+def member_of(id_: int) -> int:
+    """Return the index of the member that handed out message ``id_`` (the top byte of the id)."""
+    return id_ >> MEMBER_SHIFT
+
+
+def member_for_send(key: bytes | str | None, turn: int, up: list[int]) -> int:
+    """Return the position of a live member for a send: by a stable hash of ``key``, else round-robin
+    by ``turn``. ``up`` holds the live positions. Raises `ConnectionLost` if it is empty."""
+    if not up:
+        raise ConnectionLost("no member of the group is reachable")
+    if key is None:
+        return up[turn % len(up)]
+    raw = key.encode() if isinstance(key, str) else key
+    return up[zlib.crc32(raw) % len(up)]
+
+
+def discovered(reply: msg.MembersReply, asked: str) -> list[str]:
+    """Return the member addresses a MEMBERS answer gives, asked of the member at ``asked``.
+
+    A server alone answers with its bind address (maybe 0.0.0.0): the one that reached it is kept.
+    """
+    return list(reply.members) if len(reply.members) > 1 else [asked]
+
+
+def raise_or(answer: T | BaseException) -> T:
+    """Return ``answer``, or raise it if it is an exception."""
+    if isinstance(answer, BaseException):
+        raise answer
+    return answer
+
+
+# --- answers from every member -------------------------------------------------------------
+
+
+def fan_out_answers(outcomes: Iterable[T | BaseException]) -> list[T | RequestError]:
+    """Return the answers of the members reached, in member order: results, and refusals as values.
+
+    ``outcomes`` holds one result or exception per member asked. Raises
+    `ConnectionLost` if no member was reached, or the first error that is
+    neither a refusal nor a connection failure.
+    """
+    answers: list[T | RequestError] = []
+    for outcome in outcomes:
+        if isinstance(outcome, CONNECTION_FAILURES):
+            continue
+        if isinstance(outcome, BaseException) and not isinstance(outcome, RequestError):
+            raise outcome
+        answers.append(outcome)
+    if not answers:
+        raise ConnectionLost("no member of the group is reachable")
+    return answers
+
+
+def create_result(answers: list[None | RequestError]) -> None:
+    """Return None, or raise the first refusal: the queue must exist on every member reached."""
+    for answer in answers:
+        raise_or(answer)
+
+
+def delete_result(answers: list[None | RequestError]) -> None:
+    """Return None, or raise `NoSuchQueue` if no member had the queue: deleting is done once it is
+    gone everywhere."""
+    if all(isinstance(answer, NoSuchQueue) for answer in answers):
+        raise_or(answers[0])
+
+
+def purge_result(answers: list[int | RequestError]) -> int:
+    """Return how many messages the members dropped in all; raise the first refusal."""
+    return sum(raise_or(answer) for answer in answers)
+
+
+def merge_stats(per_member: list[dict[str, Any]]) -> dict[str, Any]:
+    """Return one queue's figures over the group: counts summed, options from the first member,
+    ``members`` how many answered."""
+    merged = dict(per_member[0])
+    for field in _SUMMED:
+        merged[field] = sum(stats[field] for stats in per_member)
+    merged["members"] = len(per_member)
+    return merged
+
+
+def stats_result(answers: list[dict[str, Any] | RequestError]) -> dict[str, Any]:
+    """Return the queue's figures summed over the members (`merge_stats`); raise the first refusal."""
+    return merge_stats([raise_or(answer) for answer in answers])
+
+
+def list_queues_result(answers: list[list[dict[str, Any]] | RequestError]) -> list[dict[str, Any]]:
+    """Return every queue any member has, each with its figures summed over the members that have it."""
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for answer in answers:
+        for stats in raise_or(answer):
+            by_name.setdefault(stats["name"], []).append(stats)
+    return [merge_stats(stats) for stats in by_name.values()]
+
+
+# --- sends ---------------------------------------------------------------------------------
+
+
+class Failover:
+    """Where a send goes: a live member (by key, else round-robin), then another for each that fails."""
+
+    def __init__(self, members: Members[Any], key: bytes | str | None) -> None:
+        self._members = members
+        self._key = key
+        self._tried: set[int] = set()
+        self._current = -1
+
+    def next_member(self) -> int:
+        """Return the position of a live member not tried yet. Raises `ConnectionLost` when none is left."""
+        untried = [position for position in self._members.up() if position not in self._tried]
+        self._current = member_for_send(self._key, self._members.next_turn(), untried)
+        return self._current
+
+    def failed(self, answer: object) -> bool:
+        """Whether ``answer`` (the last member's result or error) is a connection failure: then try
+        another member. Anything else ends the send (`raise_or` gives its result)."""
+        if isinstance(answer, CONNECTION_FAILURES):
+            self._tried.add(self._current)
+            return True
+        return False
+
+
+# --- reads ---------------------------------------------------------------------------------
+
+
+class ReadPass:
+    """The first step of a group read: ask the members in turn, without waiting.
+
+    Each member is asked for what is still wanted, starting one further round
+    the group at every read so that no member is always drained first. A
+    member that is down is skipped; one without the queue is counted, so the
+    read fails only if no member has it.
+    """
+
+    def __init__(self, name: str, max_messages: int, up: list[int], start: int) -> None:
+        self.name = name
+        self.max_messages = max_messages
+        self.order = [up[(start + step) % len(up)] for step in range(len(up))]  # positions, in asking order
+        self.found: list[msg.Message] = []
+        self._missing = 0
+
+    def wanted(self) -> int:
+        """Return how many messages to ask the next member for."""
+        return self.max_messages - len(self.found)
+
+    def take(self, answer: list[msg.Message] | BaseException) -> bool:
+        """Record one member's answer (messages, or the error it raised); return True once enough are found.
+
+        Raises a refusal other than `NoSuchQueue`.
+        """
+        if isinstance(answer, NoSuchQueue):
+            self._missing += 1
+        elif isinstance(answer, RequestError):
+            raise answer
+        elif isinstance(answer, BaseException):
+            return False  # that member is down; the others may still have messages
+        else:
+            self.found += answer
+        return len(self.found) >= self.max_messages
+
+    def must_wait(self, wait_ms: int) -> bool:
+        """After every member was asked: return whether to wait on all of them (`WaitingRead`).
+
+        Raises `NoSuchQueue` if no member has the queue.
+        """
+        if self.order and self._missing == len(self.order):
+            raise NoSuchQueue(f"no queue named {self.name!r} on any member")
+        return not self.found and bool(wait_ms)
+
+
+class WaitingRead:
+    """The second step of a group read: a waiting read on every member at once.
+
+    The first answers that bring messages end the read. Answers that arrive
+    together are all taken first; then up to ``max_messages`` are kept and the
+    rest must be released (`extras`), and the reads still waiting cancelled.
+    An empty answer only ends that member's wait.
+    """
+
+    def __init__(self, max_messages: int) -> None:
+        self.max_messages = max_messages
+        self._found: list[msg.Message] = []
+
+    def take(self, messages: list[msg.Message]) -> None:
+        """Record one member's answer."""
+        self._found += messages
+
+    @property
+    def over(self) -> bool:
+        """Whether the read is over: some answer brought messages."""
+        return bool(self._found)
+
+    def kept(self) -> list[msg.Message]:
+        """Return the messages the read returns (``max_messages`` at most)."""
+        return self._found[: self.max_messages]
+
+    def extras(self) -> list[msg.Message]:
+        """Return the messages beyond ``max_messages``, for the caller to release."""
+        return self._found[self.max_messages :]
+
+
+# --- confirms ------------------------------------------------------------------------------
+
+
+class ConfirmBatch:
+    """Confirms of many ids: one CONFIRM_BATCH per member that handed some out, results in the ids' order.
+
+    Ids from a member this client does not know get `NoSuchMessage` without a request.
+    """
+
+    def __init__(self, members: Members[Any], ids: Iterable[int]) -> None:
+        self.ids = list(ids)
+        self.calls: list[tuple[int, list[int]]] = []  # (member position, its ids)
+        self._outcome: dict[int, RequestError | None] = {}
+        by_index: dict[int, list[int]] = {}
+        for id_ in self.ids:
+            by_index.setdefault(member_of(id_), []).append(id_)
+        for index, member_ids in by_index.items():
+            position = members.position_of_index.get(index)
+            if position is None:
+                self._outcome.update((id_, _unknown_holder(id_)) for id_ in member_ids)
+            else:
+                self.calls.append((position, member_ids))
+
+    def take(self, member_ids: list[int], answers: list[RequestError | None]) -> None:
+        """Record one member's results for ``member_ids``."""
+        self._outcome.update(zip(member_ids, answers))
+
+    def results(self) -> list[RequestError | None]:
+        """Return one result per id, in the order given: None, or the error as a value."""
+        return [self._outcome[id_] for id_ in self.ids]
+
+
+def _unknown_holder(id_: int) -> RequestError:
+    return NoSuchMessage(f"message {id_} comes from a group member this client does not know")
+
+
+# --- members -------------------------------------------------------------------------------
+
+
+class QueueOptions(NamedTuple):
+    """A queue's `create` options, kept to create it again on a member that comes back."""
+
+    capacity: int | None
+    max_deliveries: int | None
+    dead_letter_queue: str | None
+
+
+class Members(Generic[C]):
+    """The member addresses, their clients, which are down, and the queues to recreate on reconnect.
+
+    *Positions* follow the addresses given; a member's *index* (the top byte of
+    its ids) is what it says in its MEMBERS answer, learned at each connect.
+    """
+
+    def __init__(self, addresses: list[str]) -> None:
+        self.addresses = addresses
+        self.clients: list[C | None] = [None] * len(addresses)  # by position; None while down
+        self.retry_at = [0.0] * len(addresses)
+        self.backoff = [RETRY_SECONDS] * len(addresses)
+        self.position_of_index: dict[int, int] = {}
+        self.created: dict[str, QueueOptions] = {}
+        self.turn = 0
+        self.refusal: AuthenticationFailed | None = None  # kept to explain a group that no member lets in
+
+    def up(self) -> list[int]:
+        """Return the positions of the members connected now."""
+        return [position for position, client in enumerate(self.clients) if client is not None]
+
+    def client(self, position: int) -> C:
+        """Return the client of the member at ``position``. Raises `ConnectionLost` if it is down."""
+        client = self.clients[position]
+        if client is None:
+            raise ConnectionLost(f"member {self.addresses[position]} is down")
+        return client
+
+    def claim_retries(self, now: float) -> list[int]:
+        """Return the positions due for a reconnect at ``now``, each claimed until its attempt ends
+        (`connected` or `connect_failed`): one attempt at a time per member."""
+        due = [
+            position
+            for position, client in enumerate(self.clients)
+            if client is None and self.retry_at[position] <= now
+        ]
+        for position in due:
+            self.retry_at[position] = float("inf")
+        return due
+
+    def connected(self, position: int, client: C, index: int) -> None:
+        """Record that the member at ``position`` is up, with ``client``; it says it is member ``index``."""
+        self.clients[position] = client
+        self.position_of_index[index] = position
+        self.backoff[position] = RETRY_SECONDS
+
+    def connect_failed(self, position: int, exc: BaseException, now: float) -> None:
+        """Record a failed (re)connect: the member stays down until its next retry."""
+        if isinstance(exc, AuthenticationFailed):
+            self.refusal = exc
+        self.mark_down(position, now)
+
+    def mark_down(self, position: int, now: float) -> None:
+        """Forget the member's client; retry it after its backoff, which doubles while it stays down.
+
+        A member that accepts connections but never answers must not stall every call.
+        """
+        self.clients[position] = None
+        self.retry_at[position] = now + self.backoff[position]
+        self.backoff[position] = min(self.backoff[position] * 2, MAX_RETRY_SECONDS)
+
+    def raise_if_unreachable(self, addresses: list[str]) -> None:
+        """After the first connects: raise the refusal met, else `ConnectionLost`, if no member is up."""
+        if not self.up():
+            if self.refusal is not None:
+                raise self.refusal
+            raise ConnectionLost(f"no member of {addresses} is reachable")
+
+    def holder(self, id_: int) -> int:
+        """Return the position of the member that handed out message ``id_``.
+
+        Raises `NoSuchMessage` if no member this client knows has that index.
+        """
+        index = member_of(id_)
+        position = self.position_of_index.get(index)
+        if position is None:
+            raise NoSuchMessage(f"message {id_} comes from group member {index}, which this client does not know")
+        return position
+
+    def next_turn(self) -> int:
+        """Return the next turn, for round-robin choices."""
+        self.turn += 1
+        return self.turn

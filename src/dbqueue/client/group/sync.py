@@ -1,0 +1,432 @@
+"""The blocking group client, `GroupClient`, and its pipeline, `GroupPipeline`.
+
+Each member has a blocking `Client`; the routing is `plans`. A waiting read on
+every member at once runs over a selector on the members' sockets. Members due
+for a reconnect are retried on threads of their own, so a member that accepts
+connections but never answers does not stall the caller.
+"""
+
+from __future__ import annotations
+
+import selectors
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Self, TypeVar
+
+from ...errors import ConnectionLost, DbQueueError, ProtocolError, RequestError
+from ...protocol import messages as msg
+from ..commands import Call, Commands, parse_address, result_of
+from ..sync import Client, PipelinedClient
+from .plans import (
+    ANSWERS_AS_VALUES,
+    CONNECTION_FAILURES,
+    ConfirmBatch,
+    Failover,
+    Members,
+    QueueOptions,
+    ReadPass,
+    WaitingRead,
+    create_result,
+    delete_result,
+    discovered,
+    fan_out_answers,
+    list_queues_result,
+    member_for_send,
+    purge_result,
+    raise_or,
+    stats_result,
+)
+
+__all__ = ["GroupClient", "GroupPipeline"]
+
+T = TypeVar("T")
+
+
+class GroupClient:
+    """A blocking client for a group of servers; see `dbqueue.client.group` for the routing.
+
+    >>> group = GroupClient.connect(["127.0.0.1:3000", "127.0.0.1:3001"])
+    >>> group.create("jobs"); group.send("jobs", b"x"); message = group.read("jobs", 30_000, wait_ms=5000)
+    """
+
+    def __init__(
+        self,
+        members: Members[Client],
+        timeout: float | None,
+        *,
+        token: str | bytes | None = None,
+        tls: bool | ssl.SSLContext | None = None,
+    ) -> None:
+        self._members = members
+        self._timeout = timeout
+        self._token = token  # for every member
+        self._tls = tls
+
+    @classmethod
+    def connect(
+        cls,
+        addresses: str | list[str],
+        timeout: float | None = 10.0,
+        *,
+        token: str | bytes | None = None,
+        tls: bool | ssl.SSLContext | None = None,
+    ) -> GroupClient:
+        """Connect to every member and return the group client. One address: ask it for the group
+        (MEMBERS) first.
+
+        ``timeout``, ``token`` and ``tls`` apply to every member, as for
+        `Client.connect`. Raises `ConnectionLost` if no member can be reached,
+        `AuthenticationFailed` if none lets this client in.
+        """
+        if isinstance(addresses, str):
+            with Client.connect(addresses, timeout, token=token, tls=tls) as first:
+                addresses = discovered(first.members(), addresses)
+        members: Members[Client] = Members([f"{host}:{port}" for host, port in map(parse_address, addresses)])
+        group = cls(members, timeout, token=token, tls=tls)
+        group._reconnect(wait=True)
+        members.raise_if_unreachable(addresses)
+        return group
+
+    @property
+    def addresses(self) -> list[str]:
+        """The members' addresses, ``"host:port"``, in the order given."""
+        return list(self._members.addresses)
+
+    # --- plumbing ----------------------------------------------------------------------
+
+    def _reconnect(self, wait: bool = False) -> None:
+        """Reconnect to members due for a retry: in the background, so that a member that
+        accepts connections but does not answer never stalls a call (``wait``: inline, at connect)."""
+        for position in self._members.claim_retries(time.monotonic()):
+            if wait:
+                self._connect_member(position)
+            else:
+                threading.Thread(target=self._connect_member, args=(position,), daemon=True).start()
+
+    def _connect_member(self, position: int) -> None:
+        members = self._members
+        client = None
+        try:
+            client = Client.connect(members.addresses[position], self._timeout, token=self._token, tls=self._tls)
+            index = client.members().index
+            for name, options in list(members.created.items()):
+                client.create(
+                    name,
+                    options.capacity,
+                    max_deliveries=options.max_deliveries,
+                    dead_letter_queue=options.dead_letter_queue,
+                )
+        except (DbQueueError, OSError) as exc:
+            if client is not None:  # connected, then refused: the next retry opens a new one
+                client.close()
+            members.connect_failed(position, exc, time.monotonic())
+            return
+        members.connected(position, client, index)
+
+    def _on_member(self, position: int, call: Callable[[Client], T]) -> T:
+        """Return ``call`` of the member at ``position``'s client; a connection failure marks it down
+        and is raised, as is a refusal."""
+        client = self._members.client(position)
+        try:
+            return call(client)
+        except CONNECTION_FAILURES:
+            client.close()
+            self._members.mark_down(position, time.monotonic())
+            raise
+
+    def _answer(self, position: int, call: Callable[[Client], T]) -> T | Exception:
+        """`_on_member`, but a refusal or a connection failure is returned as a value for a plan to judge."""
+        try:
+            return self._on_member(position, call)
+        except ANSWERS_AS_VALUES as exc:
+            return exc
+
+    def _on_every_member(self, call: Callable[[Client], T]) -> list[T | RequestError]:
+        """``call`` on every live member, one after the other; see `plans.fan_out_answers`."""
+        self._reconnect()
+        return fan_out_answers([self._answer(position, call) for position in self._members.up()])
+
+    # --- queues ------------------------------------------------------------------------
+
+    def create(
+        self,
+        name: str,
+        capacity: int | None = None,
+        *,
+        max_deliveries: int | None = None,
+        dead_letter_queue: str | None = None,
+    ) -> None:
+        """Create the queue on every member (``capacity`` applies per member); a member that comes
+        back gets it again. Returns None. Raises as `Client.create`, or `ConnectionLost` if no
+        member is reachable."""
+        self._members.created[name] = QueueOptions(capacity, max_deliveries, dead_letter_queue)
+        create_result(
+            self._on_every_member(
+                lambda client: client.create(
+                    name, capacity, max_deliveries=max_deliveries, dead_letter_queue=dead_letter_queue
+                )
+            )
+        )
+
+    def delete(self, name: str) -> None:
+        """Delete the queue on every member. Returns None. Raises `NoSuchQueue` only if no member had
+        it, `ConnectionLost` if no member is reachable."""
+        self._members.created.pop(name, None)
+        delete_result(self._on_every_member(lambda client: client.delete(name)))
+
+    def purge(self, name: str) -> int:
+        """Purge the queue on every member; return how many messages were dropped in all.
+
+        Raises `NoSuchQueue`, `ConnectionLost` if no member is reachable.
+        """
+        return purge_result(self._on_every_member(lambda client: client.purge(name)))
+
+    def stats(self, name: str) -> dict[str, Any]:
+        """Return the queue's figures summed over the group (``members``: how many answered).
+
+        Raises `NoSuchQueue`, `ConnectionLost` if no member is reachable.
+        """
+        return stats_result(self._on_every_member(lambda client: client.stats(name)))
+
+    def list_queues(self) -> list[dict[str, Any]]:
+        """Return every queue of the group, each with its figures summed over the members that have it.
+
+        Raises `ConnectionLost` if no member is reachable.
+        """
+        return list_queues_result(self._on_every_member(lambda client: client.list_queues()))
+
+    # --- messages ----------------------------------------------------------------------
+
+    def send(self, name: str, data: bytes, *, delay_ms: int = 0, key: bytes | str | None = None) -> int:
+        """Send to one member (by ``key``, else round-robin), failing over to the others; return the id.
+
+        Raises as `Client.send`, or `ConnectionLost` if no member is reachable.
+        """
+        return self._send(lambda client: client.send(name, data, delay_ms=delay_ms), key)
+
+    def send_batch(self, name: str, items: Iterable[bytes], *, key: bytes | str | None = None) -> list[int]:
+        """Send a batch to one member (all or none), failing over to the others; return the ids in order.
+
+        Raises as `Client.send_batch`, or `ConnectionLost` if no member is reachable.
+        """
+        batch = list(items)
+        return self._send(lambda client: client.send_batch(name, batch), key)
+
+    def _send(self, call: Callable[[Client], T], key: bytes | str | None) -> T:
+        self._reconnect()
+        failover = Failover(self._members, key)
+        while True:
+            answer = self._answer(failover.next_member(), call)
+            if not failover.failed(answer):
+                return raise_or(answer)
+
+    def read(self, name: str, timeout_ms: int = 0, *, wait_ms: int = 0) -> msg.Message | None:
+        """Return a message from any member, or None. With ``wait_ms``, waits on every member at once.
+
+        Raises `NoSuchQueue` if no member has the queue, `ConnectionLost` if none is reachable.
+        """
+        found = self._read_batch(name, 1, timeout_ms, wait_ms)
+        return found[0] if found else None
+
+    def read_batch(self, name: str, max_messages: int, timeout_ms: int = 0, *, wait_ms: int = 0) -> list[msg.Message]:
+        """Return up to ``max_messages`` messages, gathered from the members in turn (empty: none).
+
+        With ``wait_ms``, and none found, waits on every member at once. Raises as `read`.
+        """
+        return self._read_batch(name, max_messages, timeout_ms, wait_ms)
+
+    def _read_batch(self, name: str, max_messages: int, timeout_ms: int, wait_ms: int) -> list[msg.Message]:
+        self._reconnect()
+        read = ReadPass(name, max_messages, self._members.up(), self._members.next_turn())
+        for position in read.order:
+            if read.take(self._read_from(position, name, read.wanted(), timeout_ms)):
+                return read.found
+        if not read.must_wait(wait_ms):
+            return read.found
+        return self._wait_everywhere(name, max_messages, timeout_ms, wait_ms)
+
+    def _read_from(self, position: int, name: str, count: int, timeout_ms: int) -> list[msg.Message] | Exception:
+        return self._answer(position, lambda client: client.read_batch(name, count, timeout_ms))
+
+    def _wait_everywhere(self, name: str, max_messages: int, timeout_ms: int, wait_ms: int) -> list[msg.Message]:
+        """`WaitingRead` over a selector: each member's answer is taken as soon as it arrives."""
+        members = self._members
+        read = WaitingRead(max_messages)
+        request = msg.ReadBatch(name, max_messages, timeout_ms, wait_ms)
+        waiting: dict[int, tuple[PipelinedClient, int]] = {}  # position -> (its connection, request id)
+        with selectors.DefaultSelector() as selector:
+            for position in members.up():
+                connection = members.client(position).connection
+                try:
+                    (request_id,) = connection.send_many([request])
+                except (ConnectionLost, OSError):
+                    members.mark_down(position, time.monotonic())
+                    continue
+                waiting[position] = (connection, request_id)
+                selector.register(connection.sock, selectors.EVENT_READ, position)
+            deadline = time.monotonic() + wait_ms / 1000.0 + (self._timeout or 60.0)
+            while waiting:
+                for key, _ in selector.select(max(0.0, deadline - time.monotonic())):
+                    position = key.data
+                    connection, request_id = waiting[position]
+                    try:
+                        answers = dict(connection.receive_some())
+                    except (ConnectionLost, ProtocolError, OSError):
+                        selector.unregister(connection.sock)
+                        del waiting[position]
+                        members.mark_down(position, time.monotonic())
+                        continue
+                    if request_id not in answers:
+                        continue
+                    selector.unregister(connection.sock)
+                    del waiting[position]
+                    read.take(list(result_of(answers[request_id], msg.Messages).messages))
+                    if read.over:
+                        for other_connection, other_id in waiting.values():
+                            # The server ends that wait now; a message it already sent is released.
+                            other_connection.abandon(other_id, cancel=True)
+                        for extra in read.extras():
+                            self.release(extra.id)
+                        return read.kept()
+                if time.monotonic() > deadline:
+                    raise ConnectionLost("no member answered a waiting read in time")
+        return []
+
+    def confirm(self, id: int) -> None:
+        """Confirm at the member that handed the message out. Returns None. Raises as `Client.confirm`
+        (`NoSuchMessage` also for an id from a member this client does not know)."""
+        self._on_member(self._members.holder(id), lambda client: client.confirm(id))
+
+    def touch(self, id: int, timeout_ms: int) -> None:
+        """Touch at the member that handed the message out. Returns None. Raises as `Client.touch`."""
+        self._on_member(self._members.holder(id), lambda client: client.touch(id, timeout_ms))
+
+    def release(self, id: int, delay_ms: int = 0) -> None:
+        """Release at the member that handed the message out. Returns None. Raises as `Client.release`."""
+        self._on_member(self._members.holder(id), lambda client: client.release(id, delay_ms))
+
+    def confirm_batch(self, ids: Iterable[int]) -> list[RequestError | None]:
+        """Confirm each id at its member; return one result per id, in order (as `Client.confirm_batch`).
+
+        Raises `ConnectionLost` if a member holding some of the ids is down.
+        """
+        batch = ConfirmBatch(self._members, ids)
+        for position, member_ids in batch.calls:
+            batch.take(member_ids, self._confirm_at(position, member_ids))
+        return batch.results()
+
+    def _confirm_at(self, position: int, ids: list[int]) -> list[RequestError | None]:
+        return self._on_member(position, lambda client: client.confirm_batch(ids))
+
+    def pipeline(self) -> GroupPipeline:
+        """Return a new pipeline: queue commands without waiting; `GroupPipeline.execute` sends them
+        member by member. Raises nothing."""
+        return GroupPipeline(self)
+
+    def close(self) -> None:
+        """Close every member's connection; messages they hold in flight go back to their queues."""
+        for position in self._members.up():
+            self._members.client(position).close()
+            self._members.clients[position] = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class _Requests(Commands):
+    """The commands as `Call` values that nobody sends yet: the group pipeline routes each first."""
+
+    def _call(self, call: Call[Any]) -> Call[Any]:
+        return call
+
+
+_REQUESTS = _Requests()
+
+
+class GroupPipeline:
+    """Sends, reads and confirms queued for a group, sent as one pipeline per member.
+
+    Each command returns the pipeline, so calls chain. Results come back in
+    request order, errors as values (as `Pipeline`); a command queued for a
+    member that is down gets `ConnectionLost`. Reads go to the members in turn
+    and do not wait.
+    """
+
+    def __init__(self, group: GroupClient) -> None:
+        self._members = group._members
+        self._queued: list[tuple[int, Call[Any]]] = []  # (member position, the command)
+
+    def send(self, name: str, data: bytes, *, delay_ms: int = 0, key: bytes | str | None = None) -> Self:
+        """Queue a send to one member (by ``key``, else round-robin); its result is the id.
+
+        Returns the pipeline. Raises `ValueError` for a bad ``delay_ms``,
+        `ConnectionLost` if no member is up.
+        """
+        call = _REQUESTS.send(name, data, delay_ms=delay_ms)
+        self._queued.append((member_for_send(key, self._members.next_turn(), self._members.up()), call))
+        return self
+
+    def read(self, name: str, timeout_ms: int = 0) -> Self:
+        """Queue a read of the next member in turn; its result is a `Message` or None (no wait).
+
+        Returns the pipeline. Raises `ValueError` for a bad ``timeout_ms``,
+        `ConnectionLost` if no member is up.
+        """
+        call = _REQUESTS.read(name, timeout_ms)
+        self._queued.append((member_for_send(None, self._members.next_turn(), self._members.up()), call))
+        return self
+
+    def confirm(self, id: int) -> Self:
+        """Queue a confirm at the member that handed the message out; its result is None.
+
+        Returns the pipeline. Raises `NoSuchMessage` for an id from a member
+        this client does not know.
+        """
+        self._queued.append((self._members.holder(id), _REQUESTS.confirm(id)))
+        return self
+
+    def __len__(self) -> int:
+        return len(self._queued)
+
+    def execute(self) -> list[object]:
+        """Send every queued command, one pipeline per member; return their results in request order.
+
+        Each result is what `GroupClient` returns for that command, or the
+        error as a value: a refusal, or `ConnectionLost` for a member that is
+        down or failed. Typed `object` as for `Pipeline.execute`. Raises nothing else.
+        """
+        queued, self._queued = self._queued, []
+        results: list[object] = [None] * len(queued)
+        by_member: dict[int, list[int]] = {}  # member position -> places in the request order
+        for place, (position, _) in enumerate(queued):
+            by_member.setdefault(position, []).append(place)
+        for position, places in by_member.items():
+            client = self._members.clients[position]
+            if client is None:
+                down = ConnectionLost(f"member {self._members.addresses[position]} is down")
+                for place in places:
+                    results[place] = down
+                continue
+            with client.pipeline() as pipeline:
+                for place in places:
+                    pipeline._call(queued[place][1])  # the member's own pipeline, handed the routed command
+                try:
+                    answers = pipeline.execute()
+                except CONNECTION_FAILURES as exc:
+                    client.close()
+                    self._members.mark_down(position, time.monotonic())
+                    answers = [exc] * len(places)
+            for place, result in zip(places, answers):
+                results[place] = result
+        return results
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._queued.clear()
