@@ -10,6 +10,7 @@ Tests that expect such an error call `ServerThread.take_errors()` themselves.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import threading
 import time
@@ -18,7 +19,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from dbqueue import Server
+from dbqueue import Limits, Server
 from dbqueue.protocol import HEADER, HEADER_SIZE, MAGIC
 from dbqueue.server import new_event_loop
 
@@ -26,17 +27,23 @@ pytest_plugins = ["pytester"]  # test_fixtures.py runs a small session against t
 
 T = TypeVar("T")
 
+LIMIT_NAMES = frozenset(field.name for field in dataclasses.fields(Limits))
+
 START_TIMEOUT = 5.0
 
 
 class ServerThread:
-    """A `dbqueue.Server` serving from its own loop on a background thread."""
+    """A `dbqueue.Server` serving from its own loop on a background thread.
 
-    def __init__(self, **kwargs: Any) -> None:
+    ``options`` are `Server` keywords and `Limits` fields alike (``max_in_flight=3``).
+    """
+
+    def __init__(self, **options: Any) -> None:
         self.loop = new_event_loop()
         self.errors: list[dict[str, Any]] = []
         self.loop.set_exception_handler(lambda loop, context: self.errors.append(context))
-        self.server = Server(port=0, **kwargs)
+        limits = Limits(**{name: options.pop(name) for name in LIMIT_NAMES & options.keys()})
+        self.server = Server(port=0, limits=limits, **options)
         self._thread = threading.Thread(target=self._run, name="dbqueue-test-server", daemon=True)
         self._stopped = False
         self._raw: list[RawConnection] = []
@@ -102,7 +109,8 @@ class ServerThread:
 
 @pytest.fixture
 def server_factory() -> Iterator[Callable[..., ServerThread]]:
-    """Start servers with chosen options (``server_factory(max_message_size=1024)``); stop and check them after."""
+    """Start servers with chosen options (``server_factory(max_message_size=1024)``: `Server` keywords or
+    `Limits` fields); stop and check them after."""
     started: list[ServerThread] = []
 
     def start(**kwargs: Any) -> ServerThread:

@@ -8,6 +8,7 @@ block on); failures quote the tail of it.
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import signal
 import socket
@@ -41,10 +42,8 @@ def store_bytes(data_dir: Path, *names: str) -> int:
     """The size of the store's files, ``dbqueue.db`` plus its ``-wal`` unless ``names`` says which (0 if missing)."""
     total = 0
     for name in names or ("dbqueue.db", "dbqueue.db-wal"):
-        try:
+        with contextlib.suppress(FileNotFoundError):
             total += (data_dir / name).stat().st_size
-        except FileNotFoundError:
-            pass
     return total
 
 

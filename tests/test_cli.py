@@ -1,4 +1,5 @@
-"""`dbqueue serve` as a real process: it serves, and SIGTERM shuts it down cleanly."""
+"""`dbqueue serve` as a real process (it serves, and SIGTERM shuts it down cleanly), its options made from
+`Limits`, and the version written once."""
 
 from __future__ import annotations
 
@@ -7,10 +8,17 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
+from pathlib import Path
 
+import click
 import pytest
+from click.testing import CliRunner
 
-from dbqueue import Client, ConnectionLost
+import dbqueue
+from dbqueue import Client, ConnectionLost, Limits, _version
+from dbqueue.cli import main, option_name, serve
+from dbqueue.server.limits import limit_fields
 
 
 def free_port() -> int:
@@ -77,3 +85,65 @@ def test_serve_on_a_taken_port_fails_cleanly() -> None:
     assert result.returncode != 0
     assert b"cannot listen" in result.stderr
     assert b"Traceback" not in result.stderr
+
+
+# --- options made from Limits ------------------------------------------------------------------------
+
+
+def serve_limits(*arguments: str) -> Limits:
+    """The `Limits` that ``dbqueue serve <arguments>`` would run with (parsed, not run)."""
+    context = serve.make_context("serve", list(arguments))
+    return Limits(**{described.name: context.params[described.name] for described in limit_fields()})
+
+
+def test_serve_has_one_option_per_limit_with_its_unit_default_and_help() -> None:
+    options = {option.name: option for option in serve.params if isinstance(option, click.Option)}
+    for described in limit_fields():
+        option = options[described.name]
+        assert option.opts == [option_name(described.name)]
+        assert option.metavar == described.bound.unit.upper()
+        assert option.default == described.default
+        assert option.help is not None and option.help.startswith(described.bound.help)
+    assert serve_limits() == Limits()
+    help_text = CliRunner().invoke(main, ["serve", "--help"], terminal_width=200).output
+    assert "--max-in-flight MESSAGES" in help_text and "[default: (100,000); x>=1]" in help_text, help_text
+    assert "--idle-timeout SECONDS" in help_text and "[default: (off); x>=0.01]" in help_text, help_text
+
+
+def test_serve_options_take_every_limit_within_its_bounds_and_refuse_the_rest() -> None:
+    for described in limit_fields():
+        bound = described.bound
+        flag = option_name(described.name)
+        assert getattr(serve_limits(flag, str(bound.low)), described.name) == bound.low
+        below = bound.low - (1 if described.kind is int else bound.low / 2)
+        with pytest.raises(click.BadParameter):
+            serve_limits(flag, str(below))
+        with pytest.raises(ValueError):
+            Limits(**{described.name: below})
+        if bound.high is not None:
+            assert getattr(serve_limits(flag, str(bound.high)), described.name) == bound.high
+            above = bound.high + 1
+            with pytest.raises(click.BadParameter):
+                serve_limits(flag, str(above))
+            with pytest.raises(ValueError):
+                Limits(**{described.name: above})
+
+
+def test_limits_refuse_unknown_fields_and_values_of_the_wrong_type() -> None:
+    with pytest.raises(TypeError):
+        Limits(max_inflight=3)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        Limits(max_in_flight="3")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        Limits(max_in_flight=2.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        Limits(max_in_flight=True)
+    assert Limits(idle_timeout=2).idle_timeout == 2  # an int where seconds are asked for is fine
+
+
+def test_the_version_is_written_once() -> None:
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert "version" not in pyproject["project"] and "version" in pyproject["project"]["dynamic"]
+    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "dbqueue._version.__version__"}
+    assert dbqueue.__version__ == _version.__version__
+    assert CliRunner().invoke(main, ["--version"]).output == f"dbqueue, version {_version.__version__}\n"

@@ -2,7 +2,8 @@
 
 Message size, queue-name length, number of queues, connections, messages in
 flight per connection, unread replies per connection, idle connections. The
-last test checks that `dbqueue serve` passes every limit flag through.
+last tests check that `dbqueue serve` passes every limit flag through, and
+that the README's limits table names every `Limits` option with its default.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import re
 import socket
 import time
 import tracemalloc
@@ -30,6 +32,7 @@ from dbqueue import (
     NoSuchQueue,
     Server,
 )
+from dbqueue.cli import option_name
 from dbqueue.errors import ErrorCode
 from dbqueue.protocol import (
     Enqueue,
@@ -43,6 +46,7 @@ from dbqueue.protocol import (
     encode,
 )
 from dbqueue.protocol.messages import EnqueueBatch, EnqueueDelayed
+from dbqueue.server.limits import limit_fields
 
 if TYPE_CHECKING:
     from conftest import RawConnection, ServerThread
@@ -442,9 +446,12 @@ def test_serve_passes_every_limit_flag_through(tmp_path: Path) -> None:
                 drain_until_closed(hog)
             client.stats("q")  # not idle
             # The server may not have seen the hog go yet: retry while it still counts it.
-            with connect_when_room(server.address), connect_when_room(server.address):
-                with pytest.raises(LimitExceeded, match="3 connections"):
-                    Client.connect(server.address)
+            with (
+                connect_when_room(server.address),
+                connect_when_room(server.address),
+                pytest.raises(LimitExceeded, match="3 connections"),
+            ):
+                Client.connect(server.address)
             time.sleep(1.5)  # the first client sits idle past the timeout
             with pytest.raises(ConnectionLost):
                 client.stats("q")
@@ -453,3 +460,21 @@ def test_serve_passes_every_limit_flag_through(tmp_path: Path) -> None:
     assert "replies unread (limit 1024)" in log, log
     assert "idle for" in log, log
     server.assert_no_unhandled_errors()
+
+
+# --- the documentation -----------------------------------------------------------------------------
+
+README = Path(__file__).parents[1] / "README.md"
+
+
+def test_the_readme_limits_table_names_every_limit_option_with_its_default() -> None:
+    """Every field of `Limits` has a row in a README table naming its option and its default as
+    `LimitField.describe` writes it (``| messages in flight ... | 100,000 | `--max-in-flight` ... |``)."""
+    rows = [line for line in README.read_text().splitlines() if line.startswith("|")]
+    missing = []
+    for described in limit_fields():
+        option = re.compile(re.escape(option_name(described.name)) + r"(?![\w-])")
+        default = f"| {described.describe(described.default)} |"
+        if not any(option.search(row) and default in row for row in rows):
+            missing.append(f"{option_name(described.name)} with default {described.describe(described.default)!r}")
+    assert not missing, "README.md's limits table lacks " + ", ".join(missing)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -14,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from dbqueue import Client, ConnectionLost
+from dbqueue import Client, ConnectionLost, LimitExceeded
+from dbqueue.cli import serve
 from dbqueue.client.group import GroupClient, member_of
+from test_cli import serve_limits
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads worker pids from /proc")
 
@@ -97,10 +100,8 @@ class Supervised:
             self.process.kill()
             self.process.wait()
             for pid in pids:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
 
 
 @pytest.fixture
@@ -152,3 +153,35 @@ def test_workers_form_a_group_are_restarted_and_stop_together(supervised: Superv
     log = supervised.log()
     assert "all workers stopped" in log
     assert "Traceback" not in log
+
+
+def test_workers_run_with_the_options_the_supervisor_was_given(tmp_path: Path) -> None:
+    """Every limit (and every other option but the per-worker ones) reaches every worker as given."""
+    flags = ["--max-in-flight", "1", "--max-queues", "2", "--idle-timeout", "30", "--sweep-resolution", "0.02"]
+    flags += ["--log-level", "warning"]
+    tree = Supervised(tmp_path, workers=2, command=lambda workers, port: [*serve_workers(workers, port), *flags])
+    try:
+        tree.wait_until(lambda: all(answers(address) for address in tree.addresses), "every worker to answer")
+        expected = serve_limits(*flags)
+        workers = workers_of(tree.process.pid)
+        assert sorted(workers) == [tree.port, tree.port + 1]
+        for port, pid in workers.items():
+            argv = [part.decode() for part in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if part]
+            arguments = argv[argv.index("serve") + 1 :]
+            assert "--workers" not in arguments
+            assert serve_limits(*arguments) == expected, arguments
+            context = serve.make_context("serve", arguments)
+            assert (context.params["port"], context.params["log_level"]) == (port, "warning")
+        with Client.connect(tree.addresses[1]) as client:
+            client.create("q")
+            client.send_batch("q", [b"a", b"b"])
+            client.read("q")
+            with pytest.raises(LimitExceeded, match="1 messages in flight"):
+                client.read("q")
+            client.create("r")
+            with pytest.raises(LimitExceeded, match="2 queues"):
+                client.create("s")
+        tree.process.send_signal(signal.SIGTERM)
+        assert tree.process.wait(timeout=10) == 0, tree.log()
+    finally:
+        tree.close()

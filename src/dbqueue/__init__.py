@@ -1,12 +1,20 @@
 """dbqueue: a message-queue server and its clients.
 
-Layout: `protocol` is the sans-I/O wire format shared by both sides; `server`
-holds the queue logic and the asyncio server; `client` the blocking, pipelining
-and asyncio clients; `errors` the one error tree; `cli` the `dbqueue` command.
+Layout: `protocol` is the sans-I/O wire format shared by both sides; `client`
+the blocking, pipelining and asyncio clients; `core` the queue logic (no I/O),
+`store` its durable store and `server` the asyncio server around them;
+`errors` the one error tree; `cli` the `dbqueue` command.
+
+Importing the package loads the clients only: `Server` and `Limits` are
+imported on first use (PEP 562), so a client never loads the server, its
+store or its metrics.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+from ._version import __version__
 from .client import AsyncClient, AsyncGroupClient, Client, GroupClient, Message, Pipeline, PipelinedClient
 from .errors import (
     AuthenticationFailed,
@@ -25,7 +33,9 @@ from .errors import (
     UnknownOpcode,
     UnsupportedVersion,
 )
-from .server import Server
+
+if TYPE_CHECKING:
+    from .server import Limits, Server
 
 __all__ = [
     "__version__",
@@ -37,6 +47,7 @@ __all__ = [
     "AsyncGroupClient",
     "Message",
     "Server",
+    "Limits",
     "DbQueueError",
     "RequestError",
     "NoSuchQueue",
@@ -53,3 +64,18 @@ __all__ = [
     "LimitExceeded",
     "AuthenticationFailed",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # PEP 562: `dbqueue.Server` imports the server on first use; later uses find it bound here.
+    if name not in ("Server", "Limits"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from . import server
+
+    value = getattr(server, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,15 +1,80 @@
-"""The `dbqueue` command: ``serve`` runs a server, ``bench`` load-tests one."""
+"""The `dbqueue` command: ``serve`` runs a server, ``bench`` load-tests one, ``stats`` shows its queues.
+
+``serve`` has one option per field of `dbqueue.server.Limits`, made from the
+field's metadata (``max_in_flight`` -> ``--max-in-flight MESSAGES``, its
+bounds as the option's range), so a limit's default, bounds and help are
+written once, in `dbqueue/server/limits.py`. ``serve --workers N`` starts
+each worker with the options it was given itself, read back from click's
+context, plus the worker's own port, member index, data directory and
+metrics port.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
+from click.core import ParameterSource
 
-from . import __version__
-from .protocol.frames import DEFAULT_MAX_MESSAGE_SIZE
+from ._version import __version__
+from .server.limits import LimitField, Limits, limit_fields
 
-__all__ = ["main"]
+__all__ = ["main", "option_name"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# `serve` options each worker of a group gets a value of its own for (or, for --workers, none).
+_PER_WORKER = frozenset({"port", "workers", "peers", "member_index", "data_dir", "metrics_port"})
+
+
+def option_name(field_name: str) -> str:
+    """The command-line option of a `Limits` field: ``max_in_flight`` -> ``--max-in-flight``."""
+    return "--" + field_name.replace("_", "-")
+
+
+def _limit_option(described: LimitField) -> Callable[[F], F]:
+    bound = described.bound
+    kind: click.IntRange | click.FloatRange
+    if described.kind is int:
+        kind = click.IntRange(int(bound.low), None if bound.high is None else int(bound.high))
+    else:
+        kind = click.FloatRange(bound.low, bound.high)
+    help_text = bound.help + (f" (0: {bound.off})" if bound.off is not None and bound.low == 0 else "") + "."
+    return click.option(
+        option_name(described.name),
+        described.name,
+        type=kind,
+        default=described.default,
+        show_default=described.describe(described.default),
+        metavar=bound.unit.upper(),
+        help=help_text,
+    )
+
+
+def _limit_options(command: F) -> F:
+    # Applied bottom-up, like stacked decorators: reversed, so that --help lists them in field order.
+    for described in reversed(limit_fields()):
+        command = _limit_option(described)(command)
+    return command
+
+
+def _given_options(context: click.Context, leave_out: frozenset[str]) -> list[str]:
+    """The options the user gave this command, as a command line, but those named in ``leave_out``."""
+    arguments: list[str] = []
+    for param in context.command.params:
+        name = param.name
+        if not isinstance(param, click.Option) or name is None or name in leave_out:
+            continue
+        if context.get_parameter_source(name) in (ParameterSource.DEFAULT, None):
+            continue
+        value = context.params[name]
+        if param.is_flag:
+            arguments += [param.opts[0]] if value else []
+        elif value is not None:
+            arguments += [param.opts[0], str(value)]
+    return arguments
 
 
 @click.group()
@@ -21,20 +86,6 @@ def main() -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
 @click.option("--port", default=3003, show_default=True, type=click.IntRange(0, 65535), help="Port (0: any free port).")
-@click.option(
-    "--max-message-size",
-    default=DEFAULT_MAX_MESSAGE_SIZE,
-    show_default=True,
-    type=click.IntRange(1, 1 << 30),
-    help="Largest message accepted, in bytes.",
-)
-@click.option(
-    "--default-capacity",
-    default=0,
-    show_default=True,
-    type=click.IntRange(0),
-    help="Capacity of queues created without one (0: unbounded).",
-)
 @click.option(
     "--log-level",
     default="info",
@@ -96,28 +147,13 @@ def main() -> None:
     default=None,
     help="Require client certificates signed by this CA (PEM).",
 )
-@click.option("--max-queues", default=10_000, show_default=True, type=click.IntRange(1))
-@click.option("--max-queue-name", default=255, show_default=True, type=click.IntRange(1, 255), help="Bytes.")
-@click.option("--max-connections", default=16_384, show_default=True, type=click.IntRange(1))
-@click.option("--max-in-flight", default=100_000, show_default=True, type=click.IntRange(1), help="Per connection.")
-@click.option(
-    "--max-output-buffer",
-    default=64 * 1024 * 1024,
-    show_default=True,
-    type=click.IntRange(1024),
-    help="Bytes of unread replies after which a connection is cut off.",
-)
-@click.option(
-    "--idle-timeout",
-    type=click.FloatRange(0.01),
-    default=None,
-    help="Close connections idle this many seconds (off by default).",
-)
+@_limit_options
+@click.pass_context
 def serve(
+    context: click.Context,
+    /,
     host: str,
     port: int,
-    max_message_size: int,
-    default_capacity: int,
     log_level: str,
     metrics_port: int | None,
     data_dir: str | None,
@@ -130,12 +166,7 @@ def serve(
     tls_cert: str | None,
     tls_key: str | None,
     tls_ca: str | None,
-    max_queues: int,
-    max_queue_name: int,
-    max_connections: int,
-    max_in_flight: int,
-    max_output_buffer: int,
-    idle_timeout: float | None,
+    **limit_values: Any,
 ) -> None:
     """Run a server (or a group of --workers servers) until SIGINT or SIGTERM."""
     import os
@@ -145,6 +176,7 @@ def serve(
     from .store import StoreError
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    limits = Limits(**limit_values)
     try:
         token = read_token(auth_token_file, os.environ.get("DBQUEUE_AUTH_TOKEN"))
     except ValueError as exc:
@@ -168,19 +200,10 @@ def serve(
         missing = [address for address in local if address not in members]
         if missing:
             raise click.BadParameter(f"--peers must list every local worker, missing {missing}", param_hint="--peers")
-        shared = ["--host", host, "--max-message-size", str(max_message_size)]
-        shared += ["--default-capacity", str(default_capacity), "--log-level", log_level, "--sync", sync]
-        shared += ["--max-queues", str(max_queues), "--max-queue-name", str(max_queue_name)]
-        shared += ["--max-connections", str(max_connections), "--max-in-flight", str(max_in_flight)]
-        shared += ["--max-output-buffer", str(max_output_buffer)]
-        shared += ["--idle-timeout", str(idle_timeout)] if idle_timeout else []
-        shared += ["--auth-token-file", auth_token_file] if auth_token_file else []
-        shared += ["--insecure"] if insecure else []
-        for flag, path in (("--tls-cert", tls_cert), ("--tls-key", tls_key), ("--tls-ca", tls_ca)):
-            shared += [flag, path] if path else []
+        shared = _given_options(context, _PER_WORKER)
         commands = [
             worker_command(members.index(local[i]), port + i, members, shared, data_dir)
-            + (["--metrics-port", str(metrics_port + i)] if metrics_port else [])
+            + (["--metrics-port", str(metrics_port and metrics_port + i)] if metrics_port is not None else [])
             for i in range(workers)
         ]
         raise SystemExit(supervise(commands))
@@ -192,21 +215,14 @@ def serve(
     server = Server(
         host,
         port,
-        max_message_size=max_message_size,
-        default_capacity=default_capacity,
+        limits=limits,
         metrics_port=metrics_port,
         data_dir=data_dir,
         sync=sync,
         members=members,
         member_index=member_index,
         auth_token=token,
-        ssl=server_tls_context(tls_cert, tls_key, tls_ca) if tls_cert else None,
-        max_queues=max_queues,
-        max_queue_name=max_queue_name,
-        max_connections=max_connections,
-        max_in_flight=max_in_flight,
-        max_output_buffer=max_output_buffer,
-        idle_timeout=idle_timeout,
+        ssl=server_tls_context(tls_cert, tls_key, tls_ca) if tls_cert and tls_key else None,
     )
     try:
         run(server)

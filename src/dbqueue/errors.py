@@ -26,6 +26,7 @@ __all__ = [
     "AuthenticationFailed",
     "ProtocolError",
     "ConnectionLost",
+    "StoreError",
     "ErrorCode",
     "error_for_code",
 ]

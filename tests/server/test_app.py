@@ -1,22 +1,28 @@
-"""The Server's one expiry timer, driven with a fake clock inside a real loop."""
+"""The Server: its limits, its one expiry timer (driven with a fake clock inside a real loop), its store
+reclaim timer and its metrics endpoint."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from dbqueue import Server
-from dbqueue.core.queues import Holding, Queue
-from dbqueue.server.app import SWEEP_RESOLUTION
+from dbqueue import Client, Limits, Server
+from dbqueue.core import Holding, Queue
+from dbqueue.store import Store
+
+SWEEP_RESOLUTION = Limits().sweep_resolution
 
 
-def with_started_server(body: Callable[[Server, list[float]], Awaitable[None]]) -> None:
+def with_started_server(body: Callable[[Server, list[float]], Awaitable[None]], limits: Limits | None = None) -> None:
     """Run ``body(server, now)`` against a started server whose clock reads ``now[0]``."""
 
     async def main() -> None:
-        server = Server(port=0)
+        server = Server(port=0, limits=limits)
         await server.start()
         now = [asyncio.get_running_loop().time()]
         server.clock = lambda: now[0]
@@ -39,7 +45,7 @@ def ready_queue(server: Server, count: int) -> Queue:
 
 def test_server_options() -> None:
     with pytest.raises(ValueError):
-        Server(max_message_size=0)
+        Server(limits=Limits(max_message_size=0))
     server = Server("127.0.0.1", 0)
     assert server.address == "127.0.0.1:0"
     with pytest.raises(RuntimeError):
@@ -135,3 +141,97 @@ def test_the_timer_sweeps_and_rearms() -> None:
             await server.stop()
 
     asyncio.run(main())
+
+
+def test_a_sweep_resolution_of_its_own_rounds_deadlines_up_to_it() -> None:
+    async def body(server: Server, now: list[float]) -> None:
+        queue = ready_queue(server, 1)
+        server.broker.deliver(queue, 1, Holding(), now[0])
+        server.schedule_expiry()
+        assert server._expiry_at == pytest.approx(now[0] + 0.25)
+
+    with_started_server(body, Limits(sweep_resolution=0.25))
+
+
+def test_the_server_takes_every_limit_from_its_limits() -> None:
+    limits = Limits(
+        max_message_size=512,
+        default_capacity=7,
+        max_queues=4,
+        max_queue_name=9,
+        max_connections=2,
+        max_in_flight=3,
+        max_output_buffer=4096,
+        idle_timeout=2.5,
+    )
+    server = Server(port=0, limits=limits)
+    assert server.limits is limits
+    assert (server.max_message_size, server.max_connections, server.max_in_flight) == (512, 2, 3)
+    assert (server.max_output_buffer, server.idle_timeout) == (4096, 2.5)
+    broker = server.broker
+    assert (broker.max_batch_bytes, broker.default_capacity, broker.max_queues) == (512, 7, 4)
+    assert (broker.max_queue_name, broker.max_in_flight) == (9, 3)
+    assert Server().limits == Limits()
+
+
+def test_the_old_limit_keywords_are_gone() -> None:
+    with pytest.raises(TypeError):
+        Server(max_in_flight=3)  # type: ignore[call-arg]
+
+
+def test_the_store_is_reclaimed_on_the_limits_interval_and_page_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rounds: list[int] = []
+    reclaim = Store.reclaim
+
+    def spy(store: Store, max_pages: int = 1024) -> int:
+        rounds.append(max_pages)
+        return reclaim(store, max_pages)
+
+    monkeypatch.setattr(Store, "reclaim", spy)
+
+    async def main() -> None:
+        server = Server(port=0, data_dir=tmp_path, limits=Limits(reclaim_interval=0.05, reclaim_pages=7))
+        await server.start()
+        try:
+            await asyncio.sleep(0.5)
+        finally:
+            await server.stop()
+        after = len(rounds)
+        await asyncio.sleep(0.15)
+        assert len(rounds) == after  # stop cancels the timer
+
+    asyncio.run(main())
+    assert 4 <= len(rounds) <= 11, rounds  # one at the start, then one every 0.05 s
+    assert set(rounds) == {7}
+
+
+def scrape(port: int) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as connection:
+        connection.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+        response = b""
+        while chunk := connection.recv(65536):
+            response += chunk
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200 OK"), head
+    return body.decode()
+
+
+def test_metrics_report_queues_connections_and_requests(server_factory: Callable[..., Any]) -> None:
+    server = server_factory(metrics_port=0)
+    metrics_port = server.server.metrics_port
+    assert metrics_port
+    with Client.connect(server.address) as client:
+        client.create("jobs")
+        client.send_batch("jobs", [b"a", b"b", b"c"])
+        client.read("jobs", timeout_ms=60_000)
+        text = scrape(metrics_port)
+    lines = set(text.splitlines())
+    assert 'dbqueue_queue_ready{queue="jobs"} 2.0' in lines, text
+    assert 'dbqueue_queue_in_flight{queue="jobs"} 1.0' in lines, text
+    assert 'dbqueue_queue_enqueued_total{queue="jobs"} 3.0' in lines, text
+    assert "dbqueue_connections 1.0" in lines, text
+    requests = [line for line in lines if line.startswith("dbqueue_requests_total ")]
+    assert requests and float(requests[0].split()[1]) >= 4, text  # hello, create, send_batch, read
+    assert any(line.startswith('dbqueue_batch_seconds_bucket{le="+Inf"}') for line in lines), text

@@ -9,37 +9,27 @@ import os
 import signal
 import ssl as ssl_module
 from collections.abc import Callable
+from typing import Any
 
-from .. import __version__
+from .._version import __version__
 from ..core import Broker
-from ..protocol.frames import (
-    DEFAULT_MAX_MESSAGE_SIZE,
-    MAX_MEMBERS,
-    MAX_MESSAGE_SIZE_LIMIT,
-    MAX_QUEUE_NAME,
-    MEMBER_SHIFT,
-)
+from ..protocol.frames import MAX_MEMBERS, MEMBER_SHIFT
 from ..store import Store, StoreError
+from .limits import Limits
 from .metrics import MetricsEndpoint, RequestStats
 from .session import Session
 
-__all__ = ["Server", "run", "new_event_loop", "MEMBER_SHIFT", "MAX_MEMBERS"]
+__all__ = ["Server", "run", "new_event_loop"]
 
 log = logging.getLogger("dbqueue.server")
-
-# Deadlines are swept at most this often: timeouts fire up to this late, and a
-# stream of reads whose deadlines all differ costs 100 wake-ups a second, not one each.
-SWEEP_RESOLUTION = 0.01
-# A group's member index is the top byte of every id the member hands out.
-# Seconds between two rounds of giving freed store pages back (each round is a few ms).
-RECLAIM_INTERVAL = 1.0
 
 
 class Server:
     """A dbqueue server inside the running asyncio loop.
 
     ``port=0`` picks a free port; `port` holds the real one after `start`.
-    ``default_capacity`` bounds queues created without a capacity (0: unbounded).
+    ``limits`` holds every limit and tuning setting (`Limits`: message size,
+    queues, connections, messages in flight, unread replies, idle timeout...).
     ``metrics_port`` serves Prometheus metrics on ``host:metrics_port/metrics``.
     ``data_dir`` keeps every queue and unconfirmed message in a SQLite store
     there; ``sync`` is "os" (a commit reaches the OS before the reply: survives
@@ -48,8 +38,9 @@ class Server:
     included, at ``member_index``): clients discover the group from any member,
     and the top byte of every id says which member handed it out.
     ``auth_token`` makes every connection start with a Hello carrying it;
-    ``ssl`` serves TLS. The ``max_*`` limits and ``idle_timeout`` (seconds,
-    None: off) are described in the README.
+    ``ssl`` serves TLS.
+
+    Raises `ValueError` for a ``sync`` or ``member_index`` out of range.
     """
 
     def __init__(
@@ -57,9 +48,7 @@ class Server:
         host: str = "127.0.0.1",
         port: int = 3003,
         *,
-        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-        default_capacity: int = 0,
-        backlog: int = 4096,
+        limits: Limits | None = None,
         metrics_port: int | None = None,
         data_dir: str | os.PathLike[str] | None = None,
         sync: str = "os",
@@ -67,40 +56,33 @@ class Server:
         member_index: int = 0,
         auth_token: bytes | None = None,
         ssl: ssl_module.SSLContext | None = None,
-        max_queues: int = 10_000,
-        max_queue_name: int = MAX_QUEUE_NAME,
-        max_connections: int = 16_384,
-        max_in_flight: int = 100_000,
-        max_output_buffer: int = 64 * 1024 * 1024,
-        idle_timeout: float | None = None,
     ) -> None:
         if sync not in ("os", "disk"):
             raise ValueError(f"sync must be 'os' or 'disk', got {sync!r}")
-        if not 1 <= max_message_size <= MAX_MESSAGE_SIZE_LIMIT:
-            raise ValueError(f"max_message_size must be 1 .. {MAX_MESSAGE_SIZE_LIMIT}, got {max_message_size}")
-        self.host = host
-        self.port = port
-        self.max_message_size = max_message_size
-        self.backlog = backlog
-        self.name = f"dbqueue/{__version__}"
         if not 0 <= member_index < MAX_MEMBERS:
             raise ValueError(f"member_index must be 0 .. {MAX_MEMBERS - 1}, got {member_index}")
+        self.host = host
+        self.port = port
+        self.limits = limits = limits or Limits()
+        # Copies of the limits read most often (sessions read the first four on every request).
+        self.max_message_size = limits.max_message_size
+        self.max_connections = limits.max_connections
+        self.max_in_flight = limits.max_in_flight
+        self.max_output_buffer = limits.max_output_buffer
+        self.idle_timeout = limits.idle_timeout
+        self.name = f"dbqueue/{__version__}"
         self.members = list(members or [])
         self.member_index = member_index
         self.broker = Broker(
-            default_capacity=default_capacity,
-            max_batch_bytes=max_message_size,
+            default_capacity=limits.default_capacity,
+            max_batch_bytes=limits.max_message_size,
             first_id=(member_index << MEMBER_SHIFT) + 1,
-            max_queues=max_queues,
-            max_queue_name=max_queue_name,
-            max_in_flight=max_in_flight,
+            max_queues=limits.max_queues,
+            max_queue_name=limits.max_queue_name,
+            max_in_flight=limits.max_in_flight,
         )
         self.auth_token = auth_token or None
         self.ssl = ssl
-        self.max_connections = max_connections
-        self.max_in_flight = max_in_flight
-        self.max_output_buffer = max_output_buffer
-        self.idle_timeout = idle_timeout
         self._reaper: asyncio.TimerHandle | None = None
         # Set to the error when the server cannot go on (its store cannot commit): `run` then stops.
         self.failed: asyncio.Future[BaseException] | None = None
@@ -132,17 +114,20 @@ class Server:
         self.clock = loop.time
         self.failed = loop.create_future()
         if self.data_dir is not None and self.store is None:
-            self._open_store()
+            self._open_store(self.data_dir, loop)
         self._listener = await loop.create_server(
-            lambda: Session(self), self.host, self.port, backlog=self.backlog, reuse_address=True, ssl=self.ssl
+            lambda: Session(self), self.host, self.port, backlog=self.limits.backlog, reuse_address=True, ssl=self.ssl
         )
         if self.idle_timeout:
-            self._reap_idle()
+            self._reap_idle(self.idle_timeout, loop)
         self.port = self._listener.sockets[0].getsockname()[1]
         if not self.members:
             self.members = [self.address]
         if self.metrics_port is not None:
-            self._metrics = MetricsEndpoint(self, self.host, self.metrics_port)
+            assert self.request_stats is not None  # made with a metrics port
+            self._metrics = MetricsEndpoint(
+                self.host, self.metrics_port, self.request_stats, self._queue_figures, self._connection_count
+            )
             await self._metrics.start()
             self.metrics_port = self._metrics.port
         log.info("dbqueue listening on %s (max message %d bytes)", self.address, self.max_message_size)
@@ -204,7 +189,7 @@ class Server:
         self._outbox.append((transport, data))
         if not self._commit_scheduled:
             self._commit_scheduled = True
-            self._loop.call_soon(self._commit)  # type: ignore[union-attr]
+            self._loop.call_soon(self._commit)  # type: ignore[union-attr]  # set by start, before any session
 
     def write(self, transport: asyncio.Transport, data: bytes) -> None:
         """Write a reply now, even with a store: for replies that report no change to it (reads)."""
@@ -223,14 +208,15 @@ class Server:
         )
         transport.abort()
 
-    def _reap_idle(self) -> None:
-        # Close connections that sent nothing for idle_timeout seconds; one timer for all.
-        cutoff = self.clock() - self.idle_timeout  # type: ignore[operator]
+    def _reap_idle(self, idle_timeout: float, loop: asyncio.AbstractEventLoop) -> None:
+        # Close connections that sent nothing for idle_timeout seconds: one timer for all, run four
+        # times per timeout, so a connection goes at most a quarter of the timeout late.
+        cutoff = self.clock() - idle_timeout
         for session in list(self.sessions):
             if session.last_active < cutoff and session.transport is not None and not session.waiters_active():
-                log.info("closing %s: idle for %g s", session.peer, self.idle_timeout)
+                log.info("closing %s: idle for %g s", session.peer, idle_timeout)
                 session.transport.close()
-        self._reaper = self._loop.call_later(max(0.05, self.idle_timeout / 4), self._reap_idle)  # type: ignore[union-attr, operator]
+        self._reaper = loop.call_later(max(0.05, idle_timeout / 4), self._reap_idle, idle_timeout, loop)
 
     def close_after_send(self, transport: asyncio.Transport) -> None:
         """Close a connection once the replies already sent to it are out."""
@@ -250,17 +236,7 @@ class Server:
             if store.pending():
                 store.commit()
         except StoreError as exc:
-            log.critical(
-                "the store failed to commit; stopping so that no reply promises what the disk lacks", exc_info=True
-            )
-            self._outbox.clear()
-            for session in list(self.sessions):
-                if session.transport is not None:
-                    session.transport.abort()
-            if self._listener is not None:
-                self._listener.close()
-            if self.failed is not None and not self.failed.done():
-                self.failed.set_result(exc)  # `run` stops the process, which exits non-zero
+            self._fail(exc)
             return
         outbox, self._outbox = self._outbox, []
         for transport, data in outbox:
@@ -270,8 +246,21 @@ class Server:
         for transport in closing:
             transport.close()
 
-    def _open_store(self) -> None:
-        self.store = Store.open(self.data_dir, self.sync)  # type: ignore[arg-type]
+    def _fail(self, exc: StoreError) -> None:
+        # The store cannot write: drop every reply still waiting for a commit, cut every
+        # connection, stop accepting, and let `run` stop the process, which exits non-zero.
+        log.critical("the store failed; stopping so that no reply promises what the disk lacks", exc_info=exc)
+        self._outbox.clear()
+        for session in list(self.sessions):
+            if session.transport is not None:
+                session.transport.abort()
+        if self._listener is not None:
+            self._listener.close()
+        if self.failed is not None and not self.failed.done():
+            self.failed.set_result(exc)
+
+    def _open_store(self, data_dir: str | os.PathLike[str], loop: asyncio.AbstractEventLoop) -> None:
+        self.store = Store.open(data_dir, self.sync)
         snapshot = self.store.load()
         restored = self.broker.restore(snapshot, self.clock())
         self.broker.attach(self.store)
@@ -283,25 +272,31 @@ class Server:
             self.sync,
         )
         self.schedule_expiry()
-        self._reclaim()
+        self._reclaim(loop)
 
-    def _reclaim(self) -> None:
-        # Give the space of confirmed messages back to the file system, a little at a time.
-        if self.store is None:
-            return
+    def _reclaim(self, loop: asyncio.AbstractEventLoop) -> None:
+        # Give the space of confirmed messages back to the file system, a little at a time,
+        # on a timer of its own; a failed store gets no more rounds.
         self._commit()
-        if self.store is None:
+        store = self.store
+        if store is None or (self.failed is not None and self.failed.done()):
             return
-        self.store.reclaim(256)
-        self._reclaimer = self._loop.call_later(RECLAIM_INTERVAL, self._reclaim)  # type: ignore[union-attr]
+        try:
+            store.reclaim(self.limits.reclaim_pages)
+        except StoreError as exc:
+            self._fail(exc)
+            return
+        self._reclaimer = loop.call_later(self.limits.reclaim_interval, self._reclaim, loop)
 
     def stats(self) -> dict[str, object]:
         """Server-wide figures and every queue's, as LIST_QUEUES answers them."""
-        return {
-            "server": self.name,
-            "connections": len(self.sessions),
-            "queues": [queue.stats() for queue in self.broker.queues.values()],
-        }
+        return {"server": self.name, "connections": len(self.sessions), "queues": self._queue_figures()}
+
+    def _queue_figures(self) -> list[dict[str, Any]]:
+        return [queue.stats() for queue in self.broker.queues.values()]
+
+    def _connection_count(self) -> int:
+        return len(self.sessions)
 
     # --- deadlines -------------------------------------------------------------------
 
@@ -316,13 +311,13 @@ class Server:
         deadline = self.broker.next_deadline()
         if deadline is None:
             return
-        when = max(deadline, self.clock() + SWEEP_RESOLUTION)
+        when = max(deadline, self.clock() + self.limits.sweep_resolution)
         if self._expiry is not None:
             if self._expiry_at <= when:  # never postpone a pending sweep
                 return
             self._expiry.cancel()
         self._expiry_at = when
-        self._expiry = self._loop.call_at(when, self._expire)  # type: ignore[union-attr]
+        self._expiry = self._loop.call_at(when, self._expire)  # type: ignore[union-attr]  # set by start
 
     def _expire(self) -> None:
         self._expiry = None
@@ -342,7 +337,7 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
         import uvloop
     except ImportError:
         return asyncio.new_event_loop()
-    return uvloop.new_event_loop()  # type: ignore[no-any-return]
+    return uvloop.new_event_loop()
 
 
 def run(server: Server) -> None:
@@ -359,17 +354,23 @@ def run(server: Server) -> None:
         # garbage collection. Records and heap entries are the only container
         # objects made at speed, and almost all die by reference counting, so
         # collect the young generation less often than the default 700. A full
-        # collection walks every live record (0.4 s with a million in flight) to
-        # find cycles the young passes missed, which only long-lived connections
+        # collection walks every live record (long, with many messages in flight)
+        # to find cycles the young passes missed, which only long-lived connections
         # leave: run it after 1000 old-generation passes, not the default 10.
         gc.freeze()
         gc.set_threshold(50_000, 20, 1000)
-        stopping = loop.create_future()
+        stopping: asyncio.Future[None] = loop.create_future()
+
+        def stop() -> None:
+            if not stopping.done():
+                stopping.set_result(None)
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, lambda: stopping.done() or stopping.set_result(None))
+            loop.add_signal_handler(sig, stop)
         failed = server.failed
         assert failed is not None  # made by start
-        await asyncio.wait([stopping, failed], return_when=asyncio.FIRST_COMPLETED)
+        either: list[asyncio.Future[Any]] = [stopping, failed]
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         if failed.done():
             log.critical("shutting down: %s", failed.result())
         else:

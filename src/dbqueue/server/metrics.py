@@ -7,6 +7,10 @@ handling time to `RequestStats` (a few integer additions per batch); queue
 figures are read from the broker only when Prometheus scrapes. The collector
 runs on the event loop's thread (the HTTP endpoint is an asyncio server in the
 same loop), so it never sees the broker half-way through a change.
+
+The endpoint knows nothing of the `Server`: it is handed the `RequestStats`
+and two callables, one returning every queue's figures (as `Queue.stats`
+gives them) and one the number of open connections.
 """
 
 from __future__ import annotations
@@ -14,14 +18,11 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
-
-if TYPE_CHECKING:
-    from .app import Server
 
 __all__ = ["RequestStats", "MetricsEndpoint"]
 
@@ -64,14 +65,18 @@ class RequestStats:
         self.bucket_counts[bisect.bisect_left(BUCKETS, seconds)] += 1
 
 
+QueueFigures = Callable[[], list[dict[str, Any]]]
+
+
 class _Collector:
-    def __init__(self, server: Server) -> None:
-        self.server = server
+    def __init__(self, stats: RequestStats, queue_figures: QueueFigures, connection_count: Callable[[], int]) -> None:
+        self.stats = stats
+        self.queue_figures = queue_figures
+        self.connection_count = connection_count
 
     def collect(self) -> Iterator[object]:
-        server = self.server
-        stats = server.request_stats
-        queues = [queue.stats() for queue in server.broker.queues.values()]
+        stats = self.stats
+        queues = self.queue_figures()
         for field, help_text in _QUEUE_GAUGES.items():
             gauge = GaugeMetricFamily(f"dbqueue_queue_{field}", help_text, labels=["queue"])
             for queue in queues:
@@ -82,7 +87,7 @@ class _Collector:
             for queue in queues:
                 counter.add_metric([queue["name"]], queue[field])
             yield counter
-        yield GaugeMetricFamily("dbqueue_connections", "Open client connections", value=len(server.sessions))
+        yield GaugeMetricFamily("dbqueue_connections", "Open client connections", value=self.connection_count())
         yield CounterMetricFamily("dbqueue_requests", "Requests handled", value=stats.requests)
         cumulative = 0
         buckets = []
@@ -98,13 +103,25 @@ class _Collector:
 
 
 class MetricsEndpoint:
-    """``GET /metrics`` in Prometheus's text format, on ``host:port``."""
+    """``GET /metrics`` in Prometheus's text format, on ``host:port`` (0: any free port, `port` after `start`).
 
-    def __init__(self, server: Server, host: str, port: int) -> None:
+    ``stats`` is what the sessions record into; ``queue_figures()`` returns every queue's figures
+    and ``connection_count()`` the open connections, both called at scrape time on the loop's thread.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        stats: RequestStats,
+        queue_figures: QueueFigures,
+        connection_count: Callable[[], int],
+    ) -> None:
         self.host = host
         self.port = port
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_Collector(server))  # type: ignore[arg-type]
+        # prometheus_client types `register` for its own Collector class; any object with `collect` will do.
+        self.registry.register(_Collector(stats, queue_figures, connection_count))  # type: ignore[arg-type]
         self._listener: asyncio.base_events.Server | None = None
 
     async def start(self) -> None:

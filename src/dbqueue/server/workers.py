@@ -5,10 +5,12 @@ Theory of operation
 Python threads share one interpreter lock, so a group gets more cores the
 way NSQ gets more machines: independent server processes, each holding its
 own part of every queue, with no coordination on the hot path. The
-supervisor starts worker ``i`` as ``dbqueue serve --port PORT+i
---member-index i --peers <every member>`` (and ``--data-dir DIR/worker-i``
-when durable), restarts a worker that dies (logging it), and on SIGINT or
-SIGTERM stops them all and waits for them.
+supervisor starts worker ``i`` as ``dbqueue serve <the supervisor's own
+options> --port PORT+i --member-index i --peers <every member>`` (and
+``--data-dir DIR/worker-i`` when durable, ``--metrics-port MPORT+i`` with
+metrics), restarts a worker that dies (logging it), and on SIGINT or SIGTERM
+stops them all and waits for them. Which options the workers share is the
+command line's business (`dbqueue.cli`): here they are only passed on.
 """
 
 from __future__ import annotations

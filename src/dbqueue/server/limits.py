@@ -1,0 +1,160 @@
+"""Every limit and tuning setting of a server, each written once with its default, bounds, unit and help.
+
+Theory of operation
+-------------------
+`Limits` is a frozen dataclass: one field per setting, its default the
+field's default, and its meaning in the field's metadata (a `Bound`: help
+text, unit, lowest and highest value, what its "off" value means). Nothing
+else in the package repeats a default or a bound:
+
+* the `Server` takes a `Limits` and reads its fields (``Server(limits=
+  Limits(max_in_flight=10))``);
+* ``dbqueue serve`` makes one command-line option per field from
+  `limit_fields` (``max_in_flight`` -> ``--max-in-flight MESSAGES``), with
+  the bounds as the option's range, and builds a `Limits` from them;
+  ``serve --workers N`` hands the same options on to every worker;
+* the README's limits table is checked against `limit_fields` by a test.
+
+A `Limits` checks its values against the bounds when it is made, so a
+server is never built with a limit the command line would have refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..protocol.frames import DEFAULT_MAX_MESSAGE_SIZE, MAX_MESSAGE_SIZE_LIMIT, MAX_QUEUE_NAME
+
+__all__ = ["Bound", "LimitField", "Limits", "limit_fields"]
+
+Number = int | float
+
+
+@dataclass(frozen=True, slots=True)
+class Bound:
+    """What one `Limits` field means: help text, unit, the values it may take, and what "off" is.
+
+    ``off`` names what the field's off value means (None, or 0 for a count
+    whose ``low`` is 0), as in "unbounded"; a field without it has no off value.
+    """
+
+    help: str
+    unit: str  # "bytes", "seconds", or what the field counts ("messages", "connections", ...)
+    low: Number
+    high: Number | None = None
+    off: str | None = None
+
+
+def _limit(default: Any, bound: Bound) -> Any:
+    # A field whose metadata carries its Bound. Typed Any so that the dataclass sees the field's
+    # own annotation as its type (a wrapper around `field` is not a field specifier to mypy).
+    return field(default=default, metadata={"bound": bound})
+
+
+_MIB = 1 << 20
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """A server's limits and tuning settings; every field has the default a plain `dbqueue serve` uses.
+
+    Raises `ValueError` when a value lies outside its field's bounds, `TypeError` for an unknown field.
+    """
+
+    max_message_size: int = _limit(
+        DEFAULT_MAX_MESSAGE_SIZE,
+        Bound(
+            "Largest message accepted, checked at the frame header before the body is buffered",
+            "bytes",
+            1,
+            MAX_MESSAGE_SIZE_LIMIT,
+        ),
+    )
+    default_capacity: int = _limit(0, Bound("Capacity of queues created without one", "messages", 0, off="unbounded"))
+    max_queues: int = _limit(10_000, Bound("Queues the server holds at most", "queues", 1))
+    max_queue_name: int = _limit(MAX_QUEUE_NAME, Bound("Longest queue name accepted", "bytes", 1, MAX_QUEUE_NAME))
+    max_connections: int = _limit(
+        16_384,
+        Bound("Open connections at most (raise the process's file limit to match)", "connections", 1),
+    )
+    max_in_flight: int = _limit(
+        100_000,
+        Bound("Messages one connection may hold in flight; a read beyond it gets LimitExceeded", "messages", 1),
+    )
+    max_output_buffer: int = _limit(
+        64 * _MIB,
+        Bound("Unread replies after which a connection is cut off and its messages go back", "bytes", 1),
+    )
+    idle_timeout: float | None = _limit(
+        None,
+        Bound("Close connections that send nothing this long (a waiting read is not idle)", "seconds", 0.01, off="off"),
+    )
+    backlog: int = _limit(4096, Bound("Connections the kernel queues before the server accepts them", "connections", 1))
+    sweep_resolution: float = _limit(
+        0.01,
+        Bound("Deadlines are swept at most this often: timeouts fire up to this late", "seconds", 0.001, 1.0),
+    )
+    reclaim_interval: float = _limit(
+        1.0, Bound("Time between two rounds of giving freed store pages back (--data-dir)", "seconds", 0.01)
+    )
+    reclaim_pages: int = _limit(256, Bound("Freed store pages given back per round at most (--data-dir)", "pages", 1))
+
+    def __post_init__(self) -> None:
+        for described in limit_fields():
+            value = getattr(self, described.name)
+            bound = described.bound
+            if value is None and described.default is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, described.kind | int):
+                raise TypeError(f"{described.name} must be a {described.kind.__name__}, got {value!r}")
+            if value < bound.low or (bound.high is not None and value > bound.high):
+                top = "" if bound.high is None else f" .. {bound.high}"
+                raise ValueError(f"{described.name} must be {bound.low}{top} ({bound.unit}), got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class LimitField:
+    """One field of `Limits` described: its name, its type without None, its default and its `Bound`."""
+
+    name: str
+    kind: type[int] | type[float]
+    default: Number | None
+    bound: Bound
+
+    def describe(self, value: Number | None) -> str:
+        """``value`` as a person reads it: "1 MiB", "100,000", "0.01 s", or the bound's word for off."""
+        if self.bound.off is not None and value in (None, 0):
+            return self.bound.off
+        assert value is not None  # only a field with an off word defaults to None
+        if self.bound.unit == "bytes":
+            for size, name in ((1 << 30, "GiB"), (_MIB, "MiB"), (1 << 10, "KiB")):
+                if value >= size and value % size == 0:
+                    return f"{value // size:,} {name}"
+            return f"{value:,} bytes"
+        if self.bound.unit == "seconds":
+            return f"{value:g} s"
+        return f"{value:,}"
+
+
+@functools.cache
+def limit_fields() -> tuple[LimitField, ...]:
+    """Every field of `Limits`, in order, with its type, default and `Bound`."""
+    hints = typing.get_type_hints(Limits)
+    return tuple(
+        LimitField(item.name, _kind(hints[item.name]), typing.cast(Number | None, item.default), item.metadata["bound"])
+        for item in dataclasses.fields(Limits)
+    )
+
+
+def _kind(hint: Any) -> type[int] | type[float]:
+    # `int`, `float` or `float | None`: the type a value takes when the setting is on.
+    if isinstance(hint, types.UnionType):
+        (hint,) = [arg for arg in hint.__args__ if arg is not type(None)]
+    if hint not in (int, float):
+        raise TypeError(f"a Limits field must be an int or a float (or None), not {hint!r}")
+    return hint  # type: ignore[no-any-return]  # narrowed to int or float by the check above
