@@ -13,7 +13,7 @@ import pytest
 
 from dbqueue import Client, Limits, Server
 from dbqueue.core import Holding, Queue
-from dbqueue.store import Store
+from dbqueue.store import Store, StoreError
 
 SWEEP_RESOLUTION = Limits().sweep_resolution
 
@@ -205,6 +205,38 @@ def test_the_store_is_reclaimed_on_the_limits_interval_and_page_count(
     asyncio.run(main())
     assert 4 <= len(rounds) <= 11, rounds  # one at the start, then one every 0.05 s
     assert set(rounds) == {7}
+
+
+def test_a_store_that_fails_to_give_space_back_stops_the_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    rounds: list[int] = []
+
+    def failing(store: Store, max_pages: int = 1024) -> int:
+        rounds.append(max_pages)
+        if len(rounds) > 1:
+            raise StoreError("the disk went away")
+        return 0
+
+    monkeypatch.setattr(Store, "reclaim", failing)
+    loop_errors: list[dict[str, Any]] = []
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: loop_errors.append(context))
+        server = Server(port=0, data_dir=tmp_path, limits=Limits(reclaim_interval=0.02))
+        await server.start()
+        try:
+            assert server.failed is not None
+            error = await asyncio.wait_for(asyncio.shield(server.failed), 5)
+            assert isinstance(error, StoreError)
+            await asyncio.sleep(0.1)
+            assert len(rounds) == 2  # no round after the failure
+        finally:
+            await server.stop()
+
+    asyncio.run(main())
+    assert loop_errors == []
+    assert "the store failed" in caplog.text
 
 
 def scrape(port: int) -> str:

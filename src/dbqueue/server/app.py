@@ -1,4 +1,30 @@
-"""The Server: listening socket, sessions, and the one timer that sweeps deadlines."""
+"""The Server: the listening socket, its sessions, and the timers that serve them all.
+
+Theory of operation
+-------------------
+Each connection is a `Session`, and every session works on the server's one
+`Broker` (the queue logic of `dbqueue.core`, which takes the time as an
+argument: here, the loop's clock). The server keeps every timer, one of each
+kind for all connections, never one per message or per connection:
+
+* the expiry timer fires at the earliest in-flight deadline, but no sooner
+  than `Limits.sweep_resolution` from now, and the broker requeues whatever
+  is due (`schedule_expiry` moves it up, never back);
+* with `Limits.idle_timeout`, the reaper closes connections that sent
+  nothing for that long;
+* with a store, the reclaimer gives freed pages back to the file system
+  every `Limits.reclaim_interval`.
+
+Replies. In memory, `send` writes a reply at once. With a store, a reply that
+reports a change waits in the outbox until the change is committed:
+everything handled in one loop iteration, over every connection, is one
+transaction (group commit: the iteration's first such reply schedules
+`_commit`), and the replies go out after it. Replies that report no change to
+the store (`write`: reads) go out at once. A connection whose unread replies
+pass `Limits.max_output_buffer` is cut off. If the store cannot commit, no
+waiting reply goes out: every connection is cut, and `failed` tells `run` to
+stop the process.
+"""
 
 from __future__ import annotations
 
@@ -209,8 +235,8 @@ class Server:
         transport.abort()
 
     def _reap_idle(self, idle_timeout: float, loop: asyncio.AbstractEventLoop) -> None:
-        # Close connections that sent nothing for idle_timeout seconds: one timer for all, run four
-        # times per timeout, so a connection goes at most a quarter of the timeout late.
+        # Close connections that sent nothing for idle_timeout seconds: one timer for all, run every
+        # quarter of the timeout (0.05 s at the shortest), so a connection goes that much late at most.
         cutoff = self.clock() - idle_timeout
         for session in list(self.sessions):
             if session.last_active < cutoff and session.transport is not None and not session.waiters_active():

@@ -23,6 +23,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.metrics_core import Metric
 
 __all__ = ["RequestStats", "MetricsEndpoint"]
 
@@ -74,7 +75,7 @@ class _Collector:
         self.queue_figures = queue_figures
         self.connection_count = connection_count
 
-    def collect(self) -> Iterator[object]:
+    def collect(self) -> Iterator[Metric]:
         stats = self.stats
         queues = self.queue_figures()
         for field, help_text in _QUEUE_GAUGES.items():
@@ -120,8 +121,7 @@ class MetricsEndpoint:
         self.host = host
         self.port = port
         self.registry = CollectorRegistry(auto_describe=False)
-        # prometheus_client types `register` for its own Collector class; any object with `collect` will do.
-        self.registry.register(_Collector(stats, queue_figures, connection_count))  # type: ignore[arg-type]
+        self.registry.register(_Collector(stats, queue_figures, connection_count))
         self._listener: asyncio.base_events.Server | None = None
 
     async def start(self) -> None:
