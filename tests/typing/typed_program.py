@@ -1,0 +1,265 @@
+"""A user's program that calls every public client call, as a user of the package would.
+
+tests/typing/test_public_types.py runs ``mypy --strict`` on it, which must pass:
+each ``assert_type`` pins the type a call gives, so a method that regresses to
+``Any`` (or to any other type) fails the check. The same test then runs
+`main` against real servers, and the ``assert`` lines check the values, so
+the types are known to be what the calls give at run time too.
+
+    python tests/typing/typed_program.py HOST:PORT GROUP_HOST:PORT GROUP_HOST:PORT...
+
+The server at HOST:PORT and the group must be fresh (no queues yet).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Coroutine
+from typing import Any, assert_type
+
+from dbqueue import (
+    AsyncClient,
+    AsyncGroupClient,
+    Client,
+    GroupClient,
+    Message,
+    NoSuchMessage,
+    NoSuchQueue,
+    Pipeline,
+    PipelinedClient,
+    RequestError,
+)
+from dbqueue.client import GroupPipeline, parse_address
+from dbqueue.client.group import member_of
+from dbqueue.errors import ErrorCode
+from dbqueue.protocol import (
+    Confirm,
+    Confirmed,
+    CreateQueue,
+    Enqueue,
+    Error,
+    HelloOk,
+    MembersReply,
+    ObjectQueued,
+    Read,
+    Response,
+    encode,
+)
+
+Stats = dict[str, Any]
+UNKNOWN = 2**50  # a message id no server here has handed out
+
+
+def blocking(address: str) -> None:
+    """Every command of the blocking `Client`, then its `Pipeline`."""
+    assert_type(parse_address(address), tuple[str, int])
+    with Client.connect(address, timeout=5.0) as client:
+        assert_type(client, Client)
+        assert assert_type(client.create("dead"), None) is None
+        assert assert_type(client.create("jobs", 100, max_deliveries=3, dead_letter_queue="dead"), None) is None
+        id_ = assert_type(client.send("jobs", b"one"), int)
+        assert isinstance(id_, int)
+        delayed = assert_type(client.send("jobs", b"later", delay_ms=60_000), int)
+        ids = assert_type(client.send_batch("jobs", [b"two", b"three"]), list[int])
+        assert len(ids) == 2 and delayed not in ids
+
+        message = assert_type(client.read("jobs", 30_000), Message | None)
+        assert message is not None
+        assert_type(message.id, int)
+        assert_type(message.data, bytes)
+        assert_type(message.deliveries, int)
+        assert (message.id, message.data, message.deliveries) == (id_, b"one", 1)
+        assert assert_type(client.touch(message.id, 60_000), None) is None
+        assert assert_type(client.release(message.id), None) is None
+
+        batch = assert_type(client.read_batch("jobs", 10, 30_000, wait_ms=10), list[Message])
+        assert sorted(m.data for m in batch) == [b"one", b"three", b"two"]
+        assert assert_type(client.confirm(batch[0].id), None) is None
+        results = assert_type(client.confirm_batch([m.id for m in batch]), list[RequestError | None])
+        assert results[0].__class__ is NoSuchMessage and results[1:] == [None, None]
+        assert assert_type(client.read("jobs", wait_ms=10), Message | None) is None
+
+        stats = assert_type(client.stats("jobs"), Stats)
+        assert stats["delayed"] == 1 and stats["confirmed"] == 3
+        queues = assert_type(client.list_queues(), list[Stats])
+        assert sorted(queue["name"] for queue in queues) == ["dead", "jobs"]
+        members = assert_type(client.members(), MembersReply)
+        assert_type(members.members, tuple[str, ...])
+        assert_type(members.index, int)
+        assert assert_type(client.purge("jobs"), int) == 1
+
+        pipeline = assert_type(client.pipeline(), Pipeline)
+        with pipeline:
+            chained = pipeline.send("jobs", b"a").send("jobs", b"b", delay_ms=60_000).send_batch("jobs", [b"c"])
+            assert_type(chained, Pipeline)
+            assert_type(pipeline.read("jobs", 30_000), Pipeline)
+            assert_type(pipeline.read_batch("jobs", 5, 30_000), Pipeline)
+            assert_type(pipeline.confirm(UNKNOWN), Pipeline)
+            assert_type(pipeline.confirm_batch([UNKNOWN]), Pipeline)
+            assert_type(pipeline.touch(UNKNOWN, 1), Pipeline)
+            assert_type(pipeline.release(UNKNOWN), Pipeline)
+            assert_type(pipeline.create("more"), Pipeline)
+            assert_type(pipeline.stats("more"), Pipeline)
+            assert_type(pipeline.list_queues(), Pipeline)
+            assert_type(pipeline.members(), Pipeline)
+            assert_type(pipeline.purge("more"), Pipeline)
+            assert_type(pipeline.delete("more"), Pipeline)
+            assert assert_type(len(pipeline), int) == 15
+            outcome = assert_type(pipeline.execute(), list[object])
+        assert len(pipeline) == 0
+        sent_a, _, sent_c, read, rest = outcome[:5]
+        assert isinstance(sent_a, int) and isinstance(sent_c, list)
+        assert isinstance(read, Message) and read.id == sent_a  # results are values to narrow
+        assert isinstance(rest, list) and [m.id for m in rest if isinstance(m, Message)] == sent_c
+        assert [type(result) for result in outcome[5:9]] == [NoSuchMessage, list, NoSuchMessage, NoSuchMessage]
+        assert outcome[9] is None and isinstance(outcome[10], dict) and isinstance(outcome[11], list)
+        assert isinstance(outcome[12], MembersReply) and outcome[13:] == [0, None]
+        with client.pipeline() as pipeline:
+            first, again = pipeline.confirm(read.id).confirm(read.id).execute()
+        assert first is None and isinstance(again, NoSuchMessage)
+
+        assert assert_type(client.delete("jobs"), None) is None
+        try:
+            client.delete("jobs")
+        except NoSuchQueue:
+            pass
+        else:
+            raise AssertionError("deleting a queue twice must raise NoSuchQueue")
+
+
+def pipelined(address: str) -> None:
+    """The raw `PipelinedClient`: protocol messages in, request ids and protocol messages out."""
+    with PipelinedClient.connect(address, timeout=5.0) as client:
+        assert_type(client, PipelinedClient)
+        assert isinstance(assert_type(client.hello(), HelloOk), HelloOk)
+        request_ids = assert_type(client.send_many([CreateQueue("raw"), Enqueue("raw", b"x")]), list[int])
+        answers = assert_type(client.receive(2), list[tuple[int, Response]])
+        assert [request_id for request_id, _ in answers] == request_ids
+        _, queued = answers[1]
+        assert isinstance(queued, ObjectQueued) and queued.id >= 0
+
+        (waiting,) = client.send_many([Read("raw", 30_000), Read("raw", 30_000, wait_ms=30_000)])[1:]
+        ((_, message),) = client.receive(1)
+        assert isinstance(message, Message) and message.id == queued.id
+        assert_type(client.abandon(waiting, cancel=True), None)  # the server ends the wait; no answer comes
+        client.send_many([Enqueue("missing", b"x")])
+        got: list[tuple[int, Response]] = []
+        while not got:
+            got = assert_type(client.receive_some(), list[tuple[int, Response]])
+        ((_, refused),) = got
+        assert isinstance(refused, Error) and refused.code == ErrorCode.NO_SUCH_QUEUE
+        assert_type(client.send_bytes(encode(99, Confirm(message.id))), None)
+        ((request_id, confirmed),) = client.receive(1)
+        assert (request_id, confirmed) == (99, Confirmed())
+        assert_type(client.close(), None)
+
+
+async def asynchronous(address: str) -> None:
+    """Every command of the `AsyncClient`: each gives a coroutine of the blocking client's result."""
+    async with await AsyncClient.connect(address, timeout=5.0) as client:
+        assert_type(client, AsyncClient)
+        creating = assert_type(client.create("async", 10, max_deliveries=2), Coroutine[Any, Any, None])
+        await creating
+        id_ = assert_type(await client.send("async", b"one"), int)
+        ids = assert_type(await client.send_batch("async", [b"two"]), list[int])
+        await client.send("async", b"later", delay_ms=60_000)
+        message = assert_type(await client.read("async", 30_000), Message | None)
+        assert message is not None and message.id == id_
+        assert_type(await client.touch(message.id, 60_000), None)
+        assert_type(await client.release(message.id, 0), None)
+        batch = assert_type(await client.read_batch("async", 5, 30_000), list[Message])
+        assert sorted(m.id for m in batch) == sorted([id_, *ids])
+        assert_type(await client.confirm(batch[0].id), None)
+        assert assert_type(await client.confirm_batch([batch[1].id]), list[RequestError | None]) == [None]
+        assert assert_type(await client.read("async", wait_ms=10), Message | None) is None
+        assert assert_type(await client.stats("async"), Stats)["delayed"] == 1
+        assert len(assert_type(await client.list_queues(), list[Stats])) >= 1
+        assert isinstance(assert_type(await client.members(), MembersReply), MembersReply)
+        assert assert_type(await client.purge("async"), int) == 1
+        assert_type(await client.delete("async"), None)
+        assert_type(await client.close(), None)
+
+
+def group(addresses: list[str]) -> None:
+    """Every command of the blocking `GroupClient`, then its `GroupPipeline`."""
+    with GroupClient.connect(addresses, timeout=5.0) as client:
+        assert_type(client, GroupClient)
+        assert assert_type(client.addresses, list[str]) == addresses
+        assert_type(client.create("dead"), None)
+        assert_type(client.create("g", None, max_deliveries=3, dead_letter_queue="dead"), None)
+        id_ = assert_type(client.send("g", b"one", key="customer-1"), int)
+        assert member_of(id_) in range(len(addresses))
+        ids = assert_type(client.send_batch("g", [b"two", b"three"], key=b"customer-2"), list[int])
+        assert_type(client.send("g", b"later", delay_ms=60_000), int)
+        message = assert_type(client.read("g", 30_000, wait_ms=100), Message | None)
+        assert message is not None
+        assert_type(client.touch(message.id, 60_000), None)
+        assert_type(client.release(message.id), None)
+        batch = assert_type(client.read_batch("g", 3, 30_000, wait_ms=100), list[Message])
+        batch += client.read_batch("g", 3, 30_000)
+        assert sorted(m.id for m in batch) == sorted([id_, *ids])
+        assert_type(client.confirm(batch[0].id), None)
+        results = assert_type(client.confirm_batch([m.id for m in batch]), list[RequestError | None])
+        assert isinstance(results[0], NoSuchMessage) and results[1:] == [None, None]
+        stats = assert_type(client.stats("g"), Stats)
+        assert stats["members"] == len(addresses) and stats["confirmed"] == 3
+        assert {queue["name"] for queue in assert_type(client.list_queues(), list[Stats])} == {"dead", "g"}
+        assert assert_type(client.purge("g"), int) == 1
+
+        pipeline = assert_type(client.pipeline(), GroupPipeline)
+        with pipeline:
+            assert_type(pipeline.send("g", b"p", key="k").send("g", b"q"), GroupPipeline)
+            assert_type(pipeline.read("g", 30_000), GroupPipeline)
+            assert assert_type(len(pipeline), int) == 3
+            outcome = assert_type(pipeline.execute(), list[object])
+        sent = [result for result in outcome[:2] if isinstance(result, int)]
+        held = [result for result in outcome[2:] if isinstance(result, Message)]  # None if its member had none
+        held += client.read_batch("g", 2 - len(held), 30_000, wait_ms=100)
+        assert sorted(m.id for m in held) == sorted(sent) and len(sent) == 2
+        with client.pipeline() as pipeline:
+            for message in held:
+                assert_type(pipeline.confirm(message.id), GroupPipeline)
+            assert pipeline.execute() == [None, None]
+        assert_type(client.delete("g"), None)
+        client.delete("dead")
+        assert_type(client.close(), None)
+
+
+async def asynchronous_group(addresses: list[str]) -> None:
+    """Every command of the `AsyncGroupClient`."""
+    async with await AsyncGroupClient.connect(addresses[0], timeout=5.0) as client:  # discovery
+        assert_type(client, AsyncGroupClient)
+        assert sorted(assert_type(client.addresses, list[str])) == sorted(addresses)
+        await client.create("ag", 100)
+        id_ = assert_type(await client.send("ag", b"one"), int)
+        ids = assert_type(await client.send_batch("ag", [b"two"], key="k"), list[int])
+        assert_type(await client.send("ag", b"later", delay_ms=60_000, key=b"k"), int)
+        message = assert_type(await client.read("ag", 30_000, wait_ms=100), Message | None)
+        assert message is not None
+        assert_type(await client.touch(message.id, 60_000), None)
+        assert_type(await client.release(message.id, 0), None)
+        batch = assert_type(await client.read_batch("ag", 2, 30_000, wait_ms=100), list[Message])
+        batch += await client.read_batch("ag", 2, 30_000)
+        assert sorted(m.id for m in batch) == sorted([id_, *ids])
+        assert_type(await client.confirm(batch[0].id), None)
+        results = assert_type(await client.confirm_batch([batch[1].id]), list[RequestError | None])
+        assert results == [None]
+        assert assert_type(await client.stats("ag"), Stats)["delayed"] == 1
+        assert [q["name"] for q in assert_type(await client.list_queues(), list[Stats])] == ["ag"]
+        assert assert_type(await client.purge("ag"), int) == 1
+        assert_type(await client.delete("ag"), None)
+        assert_type(await client.close(), None)
+
+
+def main(address: str, group_addresses: list[str]) -> None:
+    """Run every kind of client: ``address`` is a lone server, ``group_addresses`` a group's members."""
+    blocking(address)
+    pipelined(address)
+    asyncio.run(asynchronous(address))
+    group(group_addresses)
+    asyncio.run(asynchronous_group(group_addresses))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2:])
