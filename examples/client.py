@@ -13,8 +13,10 @@ response is checked. Start a server first: `python examples/server.py`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import threading
 import time
+from collections.abc import Callable
 
 from dbqueue import Client, NoSuchQueue, PipelinedClient
 from dbqueue.protocol import Confirm, Confirmed, Empty, Enqueue, Message, ObjectQueued, Read
@@ -76,10 +78,8 @@ def main() -> None:
     args = parser.parse_args()
 
     with Client.connect(args.address) as admin:  # start from an empty queue
-        try:
+        with contextlib.suppress(NoSuchQueue):
             admin.delete("foo")
-        except NoSuchQueue:
-            pass
         admin.create("foo")
 
     total = args.producers * args.iterations * args.pipeline
@@ -90,7 +90,7 @@ def main() -> None:
     errors: list[BaseException] = []
     deadline = time.monotonic() + args.time_limit
 
-    def guarded(target, *target_args) -> None:
+    def guarded(target: Callable[..., None], *target_args: object) -> None:
         try:
             target(*target_args)
         except BaseException as exc:  # reported after the run

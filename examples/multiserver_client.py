@@ -28,18 +28,20 @@ A Python process runs on one core: the threads are shared out over
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from dbqueue import Client, NoSuchQueue, PipelinedClient
+from dbqueue.client.group import member_of
 from dbqueue.protocol import Confirm, Confirmed, Empty, Enqueue, Message, ObjectQueued, Read
 
 PAYLOAD = bytes(range(128))
 QUEUE = "foo"
-MEMBER_SHIFT = 56  # an id's top byte is the index of the member that handed it out
 
 
 class Failure(Exception):
@@ -83,7 +85,7 @@ def producer(address: str, member: int, iterations: int, depth: int, tally: Tall
             for request_id, (answered, response) in zip(ids, client.receive(depth)):
                 if answered != request_id or not isinstance(response, ObjectQueued):
                     raise Failure(f"send {request_id} to {address}: got {response!r} for request {answered}")
-                if response.id >> MEMBER_SHIFT != member:
+                if member_of(response.id) != member:  # an id's top byte is the member that handed it out
                     raise Failure(f"{address} (member {member}) queued id {response.id}, not one of its own")
             tally.add("sent", depth)
 
@@ -107,7 +109,7 @@ def consumer(
                 if isinstance(response, Message):
                     if response.data != PAYLOAD:
                         raise Failure(f"message {response.id}: payload corrupted")
-                    if response.id >> MEMBER_SHIFT != member:
+                    if member_of(response.id) != member:
                         raise Failure(f"{addresses[at]} (member {member}) handed out id {response.id}")
                     got.append(response.id)
                 elif not isinstance(response, Empty):
@@ -135,7 +137,7 @@ def run_share(share: int, shares: int, args: argparse.Namespace, addresses: list
     total = args.producers * args.iterations * args.pipeline
     errors: list[BaseException] = []
 
-    def guarded(target: Any, *target_args: Any) -> None:
+    def guarded(target: Callable[..., None], *target_args: object) -> None:
         try:
             target(*target_args)
         except BaseException as exc:
@@ -182,17 +184,15 @@ def main() -> None:
     for address in addresses:  # start from an empty queue on every member; learn each one's index
         with Client.connect(address) as admin:
             indexes.append(admin.members().index)
-            try:
+            with contextlib.suppress(NoSuchQueue):
                 admin.delete(QUEUE)
-            except NoSuchQueue:
-                pass
             admin.create(QUEUE)
     if len(set(indexes)) != len(indexes):
         raise SystemExit(f"FAILED: members {addresses} do not have distinct indexes {indexes}: not one group")
 
     shares = max(1, min(args.processes or len(addresses), args.producers + args.consumers))
     total = args.producers * args.iterations * args.pipeline
-    context = multiprocessing.get_context("fork" if hasattr(os, "fork") else "spawn")
+    context = multiprocessing.get_context("fork") if hasattr(os, "fork") else multiprocessing.get_context("spawn")
     tally = Tally(context)
     deadline = time.monotonic() + args.time_limit
     print(f"{args.producers} producers, {args.consumers} consumers, pipeline {args.pipeline}, over "
