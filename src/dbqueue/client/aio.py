@@ -187,7 +187,8 @@ class AsyncClient(Commands):
         return call.decode(response)
 
     async def close(self) -> None:
-        """Close the connection; messages it holds in flight go back to their queues. Raises nothing."""
+        """Close the connection; messages it holds in flight go back to their queues. Returns None;
+        raises nothing."""
         transport = self._protocol.transport
         self._protocol.closing = True
         if not transport.is_closing():

@@ -66,7 +66,7 @@ Decode: TypeAlias = Callable[[msg.Response], T]
 
 
 def parse_address(address: str | tuple[str, int]) -> tuple[str, int]:
-    """Turn ``"host:port"`` (or a (host, port) pair) into a (host, port) pair.
+    """Return the (host, port) pair that ``"host:port"`` (or a (host, port) pair) names.
 
     ``"[::1]:3003"`` gives ``("::1", 3003)``; an empty host means 127.0.0.1.
     Raises `ValueError` if there is no ``:port``.
@@ -233,8 +233,9 @@ class Command(Protocol[P, T_co]):
 def command(build: Callable[P, Call[T]]) -> Command[P, T]:
     """Return ``build`` (arguments -> `Call`) as a method that hands its `Call` to ``self._call``.
 
-    The method keeps ``build``'s name, docstring and signature (``self`` added
-    in front), so `help` and `inspect.signature` show the command as written.
+    The method keeps ``build``'s name, docstring and parameters (``self`` added
+    in front), so `help` and `inspect.signature` show the command as written;
+    it has no return annotation, since what it returns depends on the client kind.
     """
 
     def method(self: Any, *args: P.args, **kwargs: P.kwargs) -> Any:
@@ -247,7 +248,9 @@ def command(build: Callable[P, Call[T]]) -> Command[P, T]:
     method.__doc__ = build.__doc__
     method.__module__ = build.__module__
     # Read by inspect.signature; typeshed does not declare it on functions.
-    method.__signature__ = signature.replace(parameters=[itself, *signature.parameters.values()])  # type: ignore[attr-defined]
+    method.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[itself, *signature.parameters.values()], return_annotation=inspect.Signature.empty
+    )
     # A function is a descriptor already; `Command` only tells the type checker what binding it gives.
     return cast("Command[P, T]", method)
 
@@ -355,7 +358,7 @@ class Commands:
 
     @command
     def read(name: str, timeout_ms: int = 0, *, wait_ms: int = 0) -> Call[msg.Message | None]:
-        """Take the next message of queue ``name``: a `Message`, or None when there is none.
+        """Take the next message of queue ``name`` and return it: a `Message`, or None when there is none.
 
         Confirm it within ``timeout_ms`` (0: no timeout; it comes back only if
         this connection closes). With ``wait_ms`` the server waits up to that

@@ -49,8 +49,8 @@ class PipelinedClient:
         token: str | bytes | None = None,
         tls: bool | ssl.SSLContext | None = None,
     ) -> PipelinedClient:
-        """Connect and say Hello. Raises `ConnectionLost` (an `OSError`) if the server is not there,
-        `AuthenticationFailed` if it wants another ``token``, `ssl.SSLError` if TLS fails.
+        """Connect, say Hello and return the connection. Raises `ConnectionLost` (an `OSError`) if the
+        server is not there, `AuthenticationFailed` if it wants another ``token``, `ssl.SSLError` if TLS fails.
 
         ``timeout`` bounds the connect and each wait for a response (plus the
         ``wait_ms`` of a waiting read); None waits for ever. ``tls``: True for
@@ -156,7 +156,8 @@ class PipelinedClient:
             self.send_bytes(pending)
 
     def close(self) -> None:
-        """Close the socket (the server requeues whatever this connection holds in flight). Raises nothing."""
+        """Close the socket; the server requeues whatever this connection holds in flight. Returns None;
+        raises nothing."""
         self.sock.close()
 
     def __enter__(self) -> PipelinedClient:
@@ -188,7 +189,8 @@ class Client(Commands):
         token: str | bytes | None = None,
         tls: bool | ssl.SSLContext | None = None,
     ) -> Client:
-        """Connect to ``"host:port"`` (see `PipelinedClient.connect` for ``token`` and ``tls``).
+        """Connect to ``"host:port"`` and return the client (see `PipelinedClient.connect` for
+        ``timeout``, ``token`` and ``tls``).
 
         Raises `ConnectionLost` (a `ConnectionError`) or `AuthenticationFailed`.
         """
@@ -207,7 +209,8 @@ class Client(Commands):
         return Pipeline(self.connection)
 
     def close(self) -> None:
-        """Close the connection; messages it holds in flight go back to their queues. Raises nothing."""
+        """Close the connection; messages it holds in flight go back to their queues. Returns None;
+        raises nothing."""
         self.connection.close()
 
     def __enter__(self) -> Client:

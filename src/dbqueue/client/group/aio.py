@@ -278,7 +278,7 @@ class AsyncGroupClient:
 
     async def close(self) -> None:
         """Stop reconnecting and close every member's connection; messages they hold in flight go
-        back to their queues. Raises nothing."""
+        back to their queues. Returns None; raises nothing."""
         for attempt in list(self._attempts):
             attempt.cancel()
         for position in self._members.up():

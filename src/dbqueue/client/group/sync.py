@@ -326,7 +326,8 @@ class GroupClient:
         return GroupPipeline(self)
 
     def close(self) -> None:
-        """Close every member's connection; messages they hold in flight go back to their queues."""
+        """Close every member's connection; messages they hold in flight go back to their queues.
+        Returns None; raises nothing."""
         for position in self._members.up():
             self._members.client(position).close()
             self._members.clients[position] = None
