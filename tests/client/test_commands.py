@@ -1,6 +1,6 @@
 """Each command, written once in `dbqueue.client.commands`, called directly: no socket, no server.
 
-A `Recorder` is a client kind whose ``_call`` hands back the `Call` itself, so
+A `Recorder` is a client kind whose ``_call`` hands back what it is given, so
 these tests read the request a command would send and feed its decoder the
 answers a server could give. Then: every client kind exposes the same
 commands with the same signatures, and every public callable says what it
@@ -10,7 +10,7 @@ returns and what it raises.
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -29,14 +29,19 @@ from dbqueue import (
     Requeued,
 )
 from dbqueue.client import GroupPipeline, commands, parse_address
-from dbqueue.client.commands import Call, Commands
+from dbqueue.client.commands import Commands, Decode
 from dbqueue.errors import ErrorCode
 from dbqueue.protocol import messages as msg
 
 
+class Recorded(NamedTuple):
+    request: msg.Request
+    decode: Decode[Any]
+
+
 class Recorder(Commands):
-    def _call(self, call: Call[Any]) -> Call[Any]:
-        return call
+    def _call(self, request: msg.Request, decode: Decode[Any]) -> Recorded:
+        return Recorded(request, decode)
 
 
 record = Recorder()
@@ -171,7 +176,9 @@ def test_every_kind_has_every_command_with_the_one_signature_and_docstring(kind:
 
 def test_a_bound_command_shows_its_arguments() -> None:
     pipeline = Pipeline(connection=None)  # queueing needs no connection
-    assert str(inspect.signature(pipeline.send)) == "(name: 'str', data: 'bytes', *, delay_ms: 'int' = 0)"
+    assert (
+        str(inspect.signature(pipeline.send)) == "(name: 'str', data: 'bytes', *, delay_ms: 'int' = 0) -> 'Result[int]'"
+    )
     assert pipeline.send("q", b"x").read("q") is pipeline and len(pipeline) == 2
 
 

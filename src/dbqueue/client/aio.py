@@ -19,7 +19,7 @@ from typing import TypeVar, cast
 from ..errors import ConnectionLost, DbQueueError, error_for_code
 from ..protocol import messages as msg
 from ..protocol.connection import ClientConnection
-from .commands import Call, Commands, as_token, parse_address, result_of, tls_context
+from .commands import Commands, Decode, as_token, parse_address, result_of, tls_context
 
 __all__ = ["AsyncClient"]
 
@@ -160,17 +160,16 @@ class AsyncClient(Commands):
             raise ConnectionLost(f"cannot connect to {host}:{port}: {exc!r}") from exc
         client = cls(protocol, timeout)
         try:
-            hello = Call(msg.Hello(token=as_token(token)), partial(result_of, expected=msg.HelloOk))
-            ok = await client._call(hello)
+            ok = await client._call(msg.Hello(token=as_token(token)), partial(result_of, expected=msg.HelloOk))
         except BaseException:
             await client.close()
             raise
         protocol.connection.max_message_size = ok.max_message_size
         return client
 
-    async def _call(self, call: Call[T]) -> T:
-        request_id, future = self._protocol.submit(call.request)
-        waits = getattr(call.request, "wait_ms", 0) / 1000.0
+    async def _call(self, request: msg.Request, decode: Decode[T]) -> T:
+        request_id, future = self._protocol.submit(request)
+        waits = getattr(request, "wait_ms", 0) / 1000.0
         limit = None if self._timeout is None else self._timeout + waits
         try:
             async with asyncio.timeout(limit):
@@ -184,7 +183,7 @@ class AsyncClient(Commands):
             # A server that does not answer is not to be trusted with the next request.
             self._protocol.transport.close()
             raise ConnectionLost(f"no answer within {limit:g} s") from None
-        return call.decode(response)
+        return decode(response)
 
     async def close(self) -> None:
         """Close the connection; messages it holds in flight go back to their queues. Returns None;

@@ -2,13 +2,13 @@
 
 Theory of operation
 -------------------
-Each wire operation is one function in `Commands`, decorated with `command`.
-It checks its arguments and returns a `Call`: the request to send and the
-function that turns the server's answer into the command's result. It sends
-nothing. Each client kind has one ``_call(call)`` that does the I/O, and that
-is all they differ in:
+Each wire operation is one method of `Commands`: it checks its arguments,
+builds the request, and hands it to ``self._call`` with the function that
+turns the server's answer into the command's result (its decoder). Each
+client kind has one ``_call(request, decode)`` that does the I/O, and that is
+all they differ in:
 
-* the blocking `Client` sends, waits, and returns ``call.decode(response)``;
+* the blocking `Client` sends, waits, and returns ``decode(answer)``;
 * the `AsyncClient`'s ``_call`` is a coroutine of the same;
 * the `Pipeline`'s queues the pair and returns the pipeline, for chaining.
 
@@ -17,35 +17,35 @@ Types
 A command's result type depends on the command (``send`` gives an ``int``)
 and on the client kind (an ``int``, a coroutine of one, or the pipeline).
 Python's type system cannot say "``F[int]`` for the client's ``F``" (it has
-no higher-kinded types), and a stub per kind would copy every signature
-three times and drift. So `command` types each method as a `Command`, a
-descriptor type whose parameters and decoded result come from the one
-definition, and whose ``__get__`` maps that result through the ``_call`` of
-the client it is read from: a ``_call`` that returns what ``decode`` returns
-gives the result; one that returns a coroutine of it gives a coroutine of the
-result; one that returns something else (the pipeline) gives that. At run time
-a command is a plain function, bound like any method: the typing costs
-nothing per call. tests/typing runs ``mypy --strict`` on a program that uses
-every command of every kind, and on one it must reject.
+no higher-kinded types), and a stub per kind would copy every signature three
+times and drift. So each method is written once, returning ``Result[int]``
+("an ``int``, in the client kind's form"), and the `command` decorator types
+it as a `Command`: a descriptor type whose parameters and result come from
+that one definition, and whose ``__get__`` maps the result through the
+``_call`` of the client it is read from. A ``_call`` that returns what
+``decode`` returns gives the result itself; one that returns a coroutine of
+it gives a coroutine of the result; one that returns anything else (the
+pipeline) gives that. Nothing of this exists at run time: `command` returns
+the method unchanged, so a command costs what a plain method costs.
+tests/typing runs ``mypy --strict`` on a program that uses every command of
+every kind, and on one that it must reject.
 """
 
 from __future__ import annotations
 
-import inspect
 import ssl
 from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass
-from typing import Any, Generic, ParamSpec, Protocol, Self, TypeAlias, TypeVar, cast, overload
+from typing import Any, Concatenate, ParamSpec, Protocol, Self, TypeAlias, TypeVar, cast, overload
 
 from ..errors import NoSuchMessage, ProtocolError, QueueFull, RequestError, Requeued, error_for_code
 from ..protocol import messages as msg
 
 __all__ = [
-    "Call",
     "Command",
     "Commands",
     "Decode",
     "Message",
+    "Result",
     "as_token",
     "command",
     "parse_address",
@@ -190,30 +190,28 @@ _U32_MAX = 0xFFFFFFFF
 # --- the command type ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Call(Generic[T]):
-    """What a command asks: the request to send, and how its answer becomes the result."""
-
-    request: msg.Request
-    decode: Decode[T]
+class Result(Protocol[T_co]):
+    """What a command returns, in its client kind's form: a ``T_co``, a coroutine of one, or the
+    pipeline. Only the type checker sees it, and only inside `Commands`: every value fits it,
+    and `Command` resolves it for each client kind."""
 
 
 class _Returns(Protocol):
     """A client whose ``_call`` returns the decoded result: the blocking `Client`."""
 
-    def _call(self, call: Call[T]) -> T: ...
+    def _call(self, request: msg.Request, decode: Decode[T]) -> T: ...
 
 
 class _Awaits(Protocol):
     """A client whose ``_call`` returns a coroutine of the decoded result: the `AsyncClient`."""
 
-    def _call(self, call: Call[T]) -> Coroutine[Any, Any, T]: ...
+    def _call(self, request: msg.Request, decode: Decode[T]) -> Coroutine[Any, Any, T]: ...
 
 
 class _Queues(Protocol[C_co]):
     """A client whose ``_call`` returns something else, the same for every command: the `Pipeline`."""
 
-    def _call(self, call: Call[Any]) -> C_co: ...
+    def _call(self, request: msg.Request, decode: Decode[Any]) -> C_co: ...
 
 
 class Command(Protocol[P, T_co]):
@@ -230,28 +228,9 @@ class Command(Protocol[P, T_co]):
     def __get__(self, client: _Queues[C_co], owner: type[Any]) -> Callable[P, C_co]: ...
 
 
-def command(build: Callable[P, Call[T]]) -> Command[P, T]:
-    """Return ``build`` (arguments -> `Call`) as a method that hands its `Call` to ``self._call``.
-
-    The method keeps ``build``'s name, docstring and parameters (``self`` added
-    in front), so `help` and `inspect.signature` show the command as written;
-    it has no return annotation, since what it returns depends on the client kind.
-    """
-
-    def method(self: Any, *args: P.args, **kwargs: P.kwargs) -> Any:
-        return self._call(build(*args, **kwargs))
-
-    signature = inspect.signature(build)
-    itself = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    method.__name__ = build.__name__
-    method.__qualname__ = build.__qualname__
-    method.__doc__ = build.__doc__
-    method.__module__ = build.__module__
-    # Read by inspect.signature; typeshed does not declare it on functions.
-    method.__signature__ = signature.replace(  # type: ignore[attr-defined]
-        parameters=[itself, *signature.parameters.values()], return_annotation=inspect.Signature.empty
-    )
-    # A function is a descriptor already; `Command` only tells the type checker what binding it gives.
+def command(method: Callable[Concatenate[Any, P], Result[T]]) -> Command[P, T]:
+    """Return ``method`` itself, typed as a `Command` (see the module docstring). Raises nothing."""
+    # A function is a descriptor already: `Command` only tells the type checker what binding it gives.
     return cast("Command[P, T]", method)
 
 
@@ -267,24 +246,22 @@ class Commands:
     `Pipeline.execute` as a value). Every command raises `ValueError` for an
     argument out of its range before anything is sent, and `ConnectionLost`
     (a `ConnectionError`) if the connection fails.
-
-    The functions below take no ``self``: they only build the request, and
-    `command` makes each one a method.
     """
 
-    def _call(self, call: Call[Any]) -> object:
+    def _call(self, request: msg.Request, decode: Decode[T]) -> Result[T]:
         raise NotImplementedError
 
     # --- queues ----------------------------------------------------------------------
 
     @command
     def create(
+        self,
         name: str,
         capacity: int | None = None,
         *,
         max_deliveries: int | None = None,
         dead_letter_queue: str | None = None,
-    ) -> Call[None]:
+    ) -> Result[None]:
         """Create queue ``name`` (no-op if it exists: the existing queue keeps its options).
 
         ``capacity`` bounds the messages it holds (ready, in flight and delayed);
@@ -294,56 +271,56 @@ class Commands:
         dead-letter queue), `InvalidRequest` (a dead-letter loop), `LimitExceeded`
         (the server holds its most queues).
         """
-        return Call(msg.CreateQueue(name, capacity or 0, max_deliveries or 0, dead_letter_queue or ""), _created)
+        return self._call(msg.CreateQueue(name, capacity or 0, max_deliveries or 0, dead_letter_queue or ""), _created)
 
     @command
-    def delete(name: str) -> Call[None]:
+    def delete(self, name: str) -> Result[None]:
         """Delete queue ``name`` and every message it holds. Returns None. Raises `NoSuchQueue`."""
-        return Call(msg.DeleteQueue(name), _deleted)
+        return self._call(msg.DeleteQueue(name), _deleted)
 
     @command
-    def purge(name: str) -> Call[int]:
+    def purge(self, name: str) -> Result[int]:
         """Drop every ready and delayed message of ``name`` (in-flight ones stay).
 
         Returns how many were dropped. Raises `NoSuchQueue`.
         """
-        return Call(msg.Purge(name), _purged)
+        return self._call(msg.Purge(name), _purged)
 
     @command
-    def stats(name: str) -> Call[dict[str, Any]]:
+    def stats(self, name: str) -> Result[dict[str, Any]]:
         """Return queue ``name``'s figures as a dict (ready, in_flight, delayed, totals...).
 
         Raises `NoSuchQueue`.
         """
-        return Call(msg.Stats(name), _stats)
+        return self._call(msg.Stats(name), _stats)
 
     @command
-    def list_queues() -> Call[list[dict[str, Any]]]:
+    def list_queues(self) -> Result[list[dict[str, Any]]]:
         """Return every queue's figures, a list of dicts as `stats` returns them. Raises nothing else."""
-        return Call(msg.ListQueues(), _queue_list)
+        return self._call(msg.ListQueues(), _queue_list)
 
     @command
-    def members() -> Call[msg.MembersReply]:
+    def members(self) -> Result[msg.MembersReply]:
         """Return the server's group: ``.members`` ("host:port" list) and ``.index`` (its own place).
 
         Raises nothing else.
         """
-        return Call(msg.Members(), _members)
+        return self._call(msg.Members(), _members)
 
     # --- sending ---------------------------------------------------------------------
 
     @command
-    def send(name: str, data: bytes, *, delay_ms: int = 0) -> Call[int]:
+    def send(self, name: str, data: bytes, *, delay_ms: int = 0) -> Result[int]:
         """Append ``data`` to queue ``name``; with ``delay_ms`` it is readable only after that delay.
 
         Returns the message id. Raises `NoSuchQueue`, `QueueFull`, `MessageTooLarge`.
         """
         if _milliseconds("delay_ms", delay_ms):
-            return Call(msg.EnqueueDelayed(name, bytes(data), delay_ms), _queued_id)
-        return Call(msg.Enqueue(name, bytes(data)), _queued_id)
+            return self._call(msg.EnqueueDelayed(name, bytes(data), delay_ms), _queued_id)
+        return self._call(msg.Enqueue(name, bytes(data)), _queued_id)
 
     @command
-    def send_batch(name: str, items: Iterable[bytes]) -> Call[list[int]]:
+    def send_batch(self, name: str, items: Iterable[bytes]) -> Result[list[int]]:
         """Append every message of ``items`` in one request, all or none. Returns their ids in order.
 
         Raises `NoSuchQueue`, `QueueFull` (none was accepted), `MessageTooLarge`
@@ -352,12 +329,12 @@ class Commands:
         batch = tuple(bytes(item) for item in items)
         if not batch:
             raise ValueError("send_batch needs at least one message")
-        return Call(msg.EnqueueBatch(name, batch), _queued_ids)
+        return self._call(msg.EnqueueBatch(name, batch), _queued_ids)
 
     # --- reading ---------------------------------------------------------------------
 
     @command
-    def read(name: str, timeout_ms: int = 0, *, wait_ms: int = 0) -> Call[msg.Message | None]:
+    def read(self, name: str, timeout_ms: int = 0, *, wait_ms: int = 0) -> Result[msg.Message | None]:
         """Take the next message of queue ``name`` and return it: a `Message`, or None when there is none.
 
         Confirm it within ``timeout_ms`` (0: no timeout; it comes back only if
@@ -366,10 +343,12 @@ class Commands:
         """
         _milliseconds("timeout_ms", timeout_ms)
         _milliseconds("wait_ms", wait_ms)
-        return Call(msg.Read(name, timeout_ms, wait_ms), _message_or_none)
+        return self._call(msg.Read(name, timeout_ms, wait_ms), _message_or_none)
 
     @command
-    def read_batch(name: str, max_messages: int, timeout_ms: int = 0, *, wait_ms: int = 0) -> Call[list[msg.Message]]:
+    def read_batch(
+        self, name: str, max_messages: int, timeout_ms: int = 0, *, wait_ms: int = 0
+    ) -> Result[list[msg.Message]]:
         """Take up to ``max_messages`` (1-65535) messages of ``name``, each to confirm within ``timeout_ms``.
 
         Returns a list, empty when none came (after ``wait_ms`` at most, as for
@@ -379,20 +358,20 @@ class Commands:
             raise ValueError(f"max_messages must be 1 .. 65535, got {max_messages!r}")
         _milliseconds("timeout_ms", timeout_ms)
         _milliseconds("wait_ms", wait_ms)
-        return Call(msg.ReadBatch(name, max_messages, timeout_ms, wait_ms), _messages)
+        return self._call(msg.ReadBatch(name, max_messages, timeout_ms, wait_ms), _messages)
 
     # --- settling --------------------------------------------------------------------
 
     @command
-    def confirm(id: int) -> Call[None]:
+    def confirm(self, id: int) -> Result[None]:
         """Confirm message ``id``: the server forgets it. Returns None.
 
         Raises `Requeued` (its timeout passed first) or `NoSuchMessage`.
         """
-        return Call(msg.Confirm(id), _confirmed)
+        return self._call(msg.Confirm(id), _confirmed)
 
     @command
-    def confirm_batch(ids: Iterable[int]) -> Call[list[RequestError | None]]:
+    def confirm_batch(self, ids: Iterable[int]) -> Result[list[RequestError | None]]:
         """Confirm several messages in one request. Returns one result per id, in order:
         None when confirmed, else the `Requeued` or `NoSuchMessage` instance (not raised).
 
@@ -401,23 +380,23 @@ class Commands:
         batch = tuple(ids)
         if not batch:
             raise ValueError("confirm_batch needs at least one id")
-        return Call(msg.ConfirmBatch(batch), _confirm_results)
+        return self._call(msg.ConfirmBatch(batch), _confirm_results)
 
     @command
-    def touch(id: int, timeout_ms: int) -> Call[None]:
+    def touch(self, id: int, timeout_ms: int) -> Result[None]:
         """Give in-flight message ``id`` ``timeout_ms`` more from now (0: no timeout). Returns None.
 
         Raises `Requeued` (too late) or `NoSuchMessage`.
         """
         _milliseconds("timeout_ms", timeout_ms)
-        return Call(msg.Touch(id, timeout_ms), _touched)
+        return self._call(msg.Touch(id, timeout_ms), _touched)
 
     @command
-    def release(id: int, delay_ms: int = 0) -> Call[None]:
+    def release(self, id: int, delay_ms: int = 0) -> Result[None]:
         """Give in-flight message ``id`` back now (to the front of its queue) or after ``delay_ms``
         (to the back). Counts as a delivery for ``max_deliveries``. Returns None.
 
         Raises `Requeued` (too late) or `NoSuchMessage`.
         """
         _milliseconds("delay_ms", delay_ms)
-        return Call(msg.Release(id, delay_ms), _released)
+        return self._call(msg.Release(id, delay_ms), _released)

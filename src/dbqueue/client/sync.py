@@ -15,7 +15,7 @@ from typing import Any, Self, TypeVar
 from ..errors import ConnectionLost, ProtocolError, RequestError
 from ..protocol import messages as msg
 from ..protocol.connection import ClientConnection
-from .commands import Call, Commands, as_token, parse_address, result_of, tls_context
+from .commands import Commands, Decode, as_token, parse_address, result_of, tls_context
 
 __all__ = ["PipelinedClient", "Client", "Pipeline"]
 
@@ -196,12 +196,12 @@ class Client(Commands):
         """
         return cls(PipelinedClient.connect(address, timeout, token=token, tls=tls))
 
-    def _call(self, call: Call[T]) -> T:
-        (request_id,) = self.connection.send_many((call.request,))
+    def _call(self, request: msg.Request, decode: Decode[T]) -> T:
+        (request_id,) = self.connection.send_many((request,))
         ((answered, response),) = self.connection.receive(1)
         if answered != request_id:
             raise ProtocolError(f"expected the answer to request {request_id}, got one to {answered}")
-        return call.decode(response)
+        return decode(response)
 
     def pipeline(self) -> Pipeline:
         """Return a new pipeline on this connection: queue commands, then `Pipeline.execute` sends
@@ -230,10 +230,10 @@ class Pipeline(Commands):
 
     def __init__(self, connection: PipelinedClient) -> None:
         self.connection = connection
-        self._queued: list[Call[Any]] = []
+        self._queued: list[tuple[msg.Request, Decode[Any]]] = []
 
-    def _call(self, call: Call[Any]) -> Self:
-        self._queued.append(call)
+    def _call(self, request: msg.Request, decode: Decode[Any]) -> Self:
+        self._queued.append((request, decode))
         return self
 
     def __len__(self) -> int:
@@ -253,13 +253,13 @@ class Pipeline(Commands):
         queued, self._queued = self._queued, []
         if not queued:
             return []
-        ids = self.connection.send_many(call.request for call in queued)
+        ids = self.connection.send_many(request for request, _ in queued)
         # Matched by request id: the server may answer out of order.
         responses = dict(self.connection.receive(len(queued)))
         results: list[object] = []
-        for call, request_id in zip(queued, ids):
+        for (_, decode), request_id in zip(queued, ids):
             try:
-                results.append(call.decode(responses[request_id]))
+                results.append(decode(responses[request_id]))
             except RequestError as exc:
                 if raise_on_error:
                     raise

@@ -17,7 +17,7 @@ from typing import Any, Self, TypeVar
 
 from ...errors import ConnectionLost, DbQueueError, ProtocolError, RequestError
 from ...protocol import messages as msg
-from ..commands import Call, Commands, parse_address, result_of
+from ..commands import Commands, Decode, parse_address, result_of
 from ..sync import Client, PipelinedClient
 from .plans import (
     ANSWERS_AS_VALUES,
@@ -340,10 +340,10 @@ class GroupClient:
 
 
 class _Requests(Commands):
-    """The commands as `Call` values that nobody sends yet: the group pipeline routes each first."""
+    """The commands as (request, decoder) pairs that nobody sends yet: the group pipeline routes each first."""
 
-    def _call(self, call: Call[Any]) -> Call[Any]:
-        return call
+    def _call(self, request: msg.Request, decode: Decode[Any]) -> tuple[msg.Request, Decode[Any]]:
+        return request, decode
 
 
 _REQUESTS = _Requests()
@@ -360,7 +360,7 @@ class GroupPipeline:
 
     def __init__(self, group: GroupClient) -> None:
         self._members = group._members
-        self._queued: list[tuple[int, Call[Any]]] = []  # (member position, the command)
+        self._queued: list[tuple[int, tuple[msg.Request, Decode[Any]]]] = []  # (member position, the command)
 
     def send(self, name: str, data: bytes, *, delay_ms: int = 0, key: bytes | str | None = None) -> Self:
         """Queue a send to one member (by ``key``, else round-robin); its result is the id.
@@ -415,7 +415,7 @@ class GroupPipeline:
                 continue
             with client.pipeline() as pipeline:
                 for place in places:
-                    pipeline._call(queued[place][1])  # the member's own pipeline, handed the routed command
+                    pipeline._call(*queued[place][1])  # the member's own pipeline, handed the routed command
                 try:
                     answers = pipeline.execute()
                 except CONNECTION_FAILURES as exc:
