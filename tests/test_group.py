@@ -24,8 +24,8 @@ import pytest
 
 from conftest import ServerThread
 from dbqueue import AsyncClient, Client, Message, NoSuchMessage
-from dbqueue.client.group import plans as group_plans
 from dbqueue.client.group import AsyncGroupClient, GroupClient, member_of
+from dbqueue.client.group import plans as group_plans
 from dbqueue.protocol import Enqueue
 from dbqueue.server import new_event_loop
 
@@ -288,9 +288,7 @@ def test_a_waiting_read_returns_empty_after_wait_ms(group: Group, connect: Calla
     assert 0.25 < time.monotonic() - started < 2.0
 
 
-def test_a_waiting_read_holds_one_message_when_every_member_answers(
-    group: Group, connect: Callable[..., Any], flavour: str, request: pytest.FixtureRequest
-) -> None:
+def test_a_waiting_read_holds_one_message_when_every_member_answers(group: Group, connect: Callable[..., Any]) -> None:
     client = connect(group.addresses)
     client.create("q")
     read = in_thread(lambda: client.read("q", 0, wait_ms=5_000))  # timeout 0: held until confirmed
@@ -306,9 +304,7 @@ def test_a_waiting_read_holds_one_message_when_every_member_answers(
     client.confirm(message.id)
 
 
-def test_an_abandoned_waiting_read_does_not_starve_another_consumer(
-    group: Group, connect: Callable[..., Any], flavour: str, request: pytest.FixtureRequest
-) -> None:
+def test_an_abandoned_waiting_read_does_not_starve_another_consumer(group: Group, connect: Callable[..., Any]) -> None:
     # Consumer A's waiting read is won by member 0; A then works on its message.
     # Consumer B waits next; a message sent to member 1 must reach B, not A's stale wait there.
     first, second = connect(group.addresses), connect(group.addresses)
@@ -340,11 +336,11 @@ def test_confirm_touch_and_release_go_to_the_member_that_handed_the_message_out(
     by_member: dict[int, list[int]] = {}
     for message in got:
         by_member.setdefault(member_of(message.id), []).append(message.id)
-    for member, (confirmed, touched) in by_member.items():
+    for confirmed, touched in by_member.values():
         client.confirm(confirmed)
         client.touch(touched, 60_000)
     assert group.column("q", "confirmed") == [1, 1, 1]
-    for member, (_, released) in by_member.items():
+    for _, released in by_member.values():
         client.release(released)
     assert group.column("q", "ready") == [1, 1, 1]
     assert group.column("q", "in_flight") == [0, 0, 0]
@@ -461,25 +457,9 @@ class Silent:
         self.sock.close()
 
 
-HUNG_MEMBER_BUGS = {
-    "sync": (
-        "BUG: GroupClient retries a member that is down inline, on the caller's call (_reconnect at the start "
-        "of every send/read/create): a member that accepts connections but does not answer costs a full "
-        "`timeout` every RETRY_SECONDS, so the blocking client spends timeout/(timeout+RETRY_SECONDS) of its "
-        "time stalled (91% with the defaults 10 s and 1 s) although the other members are fine"
-    ),
-    "async": (
-        "BUG: AsyncClient bounds only the TCP connect with `timeout`, never the Hello or any request: "
-        "AsyncGroupClient's inline reconnect to a member that accepts but does not answer (and any request "
-        "to a member whose established connection went silent) waits for ever, and with it every call"
-    ),
-}
-
-
 def test_a_member_that_stops_answering_does_not_stall_the_group(
-    group: Group, connect: Callable[..., Any], flavour: str, request: pytest.FixtureRequest,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:  # fmt: skip
+    group: Group, connect: Callable[..., Any], flavour: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(group_plans, "RETRY_SECONDS", 0.2)
     client = connect(group.addresses, timeout=1.0)
     if flavour == "async":
