@@ -40,10 +40,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `peers` sits next to this file
 
-from dbqueue.loadtest import BenchConfig, DbQueueDriver, run_load
-from dbqueue.server import new_event_loop
-from peers import free_port
-
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -73,6 +69,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def count(args: argparse.Namespace, iterations: int, src: Path | None) -> tuple[int, int, int]:
     """(instructions, requests, messages) of one server life under a load run of ``iterations``."""
+    # Imported here, not at the top: ``--direct``'s measured child runs this file against a revision's
+    # src/, which may predate `dbqueue.loadtest` (it was `dbqueue.bench` before e289cd7; `peers` imports it).
+    from dbqueue.loadtest import BenchConfig, DbQueueDriver, run_load
+    from dbqueue.server import new_event_loop
+    from peers import free_port
+
     port = free_port()
     command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", args.server_python]
     command += ["-m", "dbqueue.cli", "serve", "--port", str(port), "--log-level", "warning"]

@@ -39,7 +39,7 @@ from hypothesis import strategies as st
 
 from child_server import ChildServer
 from dbqueue import AsyncClient, Client, DbQueueError
-from dbqueue.core.queues import Holding
+from dbqueue.core import Holding
 from dbqueue.errors import ProtocolError
 from dbqueue.protocol import (
     HEADER,
@@ -73,7 +73,7 @@ from dbqueue.protocol.messages import (
     Stats,
     Touch,
 )
-from dbqueue.server import Server
+from dbqueue.server import Limits, Server
 from dbqueue.server.session import Session
 from fake_transport import FakeTransport
 
@@ -221,7 +221,7 @@ def test_a_session_takes_any_input_and_leaves_nothing_behind(case: SessionInput)
     loop = asyncio.new_event_loop()  # never run: the server only schedules its sweep on it
     now = [1000.0]
     try:
-        server = Server(port=0, max_message_size=256, max_queues=6, max_in_flight=8, auth_token=token)
+        server = Server(port=0, limits=Limits(max_message_size=256, max_queues=6, max_in_flight=8), auth_token=token)
         server._loop = loop
         server.clock = lambda: now[0]
         kept = [b"kept-%d" % i for i in range(5)]

@@ -19,12 +19,15 @@ sharing the machine's cores with it.
 What a system's bytes look like lives in a `Driver`; the engine (`run_load`,
 `run_round_trips`) knows nothing of any wire format, so `bench/compare.py`
 drives beanstalkd and Redis through the very same loops. dbqueue's replies
-are checked as columns (`Replies`), cut by one struct call per batch.
+are checked as columns (`Replies`), cut by one struct call per batch
+(`protocol.codecs.cut_alike`); their bodies are read through the protocol's
+layouts (`protocol.layouts`), never at offsets of the load test's own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 import time
 from abc import ABC, abstractmethod
@@ -32,11 +35,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain, repeat
 from operator import itemgetter
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, cast
 
-from .errors import DbQueueError
+from .errors import DbQueueError, InvalidRequest
+from .protocol import codecs
 from .protocol import frames as fr
 from .protocol import messages as msg
+from .protocol.layouts import CONFIRM_ID, MESSAGE_FIELDS, MESSAGE_ID, U32, U64, messages_columns
 
 __all__ = [
     "BenchConfig", "BenchFailure", "BenchResult", "DbQueueDriver", "Driver", "Replies", "ReplyReader",
@@ -155,8 +160,10 @@ class Driver(ABC):
     def send_frames(self, count: int) -> bytes:
         """``count`` pipelined sends of the payload."""
 
+    # Replies come in each driver's own form, what its reader's `take` returns (a list, `Replies`...).
+
     @abstractmethod
-    def check_sent(self, replies: list[Any]) -> None:
+    def check_sent(self, replies: Any) -> None:
         """Raise `BenchFailure` unless every reply says its message was queued."""
 
     @abstractmethod
@@ -164,7 +171,7 @@ class Driver(ABC):
         """``count`` pipelined reads (each with ``config.timeout_ms`` where the system has one)."""
 
     @abstractmethod
-    def take_messages(self, replies: list[Any]) -> list[Any]:
+    def take_messages(self, replies: Any) -> list[Any]:
         """Check read replies (payload intact); return a confirm handle for each message received."""
 
     @abstractmethod
@@ -176,7 +183,7 @@ class Driver(ABC):
         return len(handles)
 
     @abstractmethod
-    def check_confirmed(self, replies: list[Any]) -> None:
+    def check_confirmed(self, replies: Any) -> None:
         """Raise `BenchFailure` unless every reply says its message was confirmed."""
 
 
@@ -198,11 +205,11 @@ class _ColumnReader:
     through the protocol's `FrameReader`.
     """
 
-    MAX_RUN = 256  # frames per struct layout; longer buffers take the general path
+    MAX_RUN = codecs.MAX_RUN  # frames per struct layout; longer buffers take the general path
 
     def __init__(self, max_body: int) -> None:
         self.reader = fr.FrameReader(max_body)
-        self.layouts: dict[tuple[int, int], struct.Struct] = {}
+        self.layouts: dict[tuple[int, int], struct.Struct] = {}  # `cut_alike`'s, by (body length, count)
         self.columns = Replies([], [], [], [])
 
     def feed(self, data: bytes) -> int:
@@ -211,16 +218,16 @@ class _ColumnReader:
         if reader.failure is not None:
             raise BenchFailure(f"bad reply framing: {reader.failure.message}")
         if reader.buffered:
-            values = None
-        elif len(data) == fr.HEADER_SIZE + int.from_bytes(data[8:12], "big") and self._add_one(data):
+            values: codecs.Alike | None = None
+        elif len(data) == fr.HEADER_SIZE + int.from_bytes(data[fr.LENGTH_FIELD], "big") and self._add_one(data):
             return len(columns.opcodes)  # one whole frame: an unpipelined round trip
         else:
-            values = self._cut_alike(data)
+            values = codecs.cut_alike(data, reader.max_body, self.layouts)
         if values is not None:
-            columns.opcodes.extend(values[1::6])
-            columns.request_ids.extend(values[3::6])
-            columns.lengths.extend(values[4::6])
-            columns.bodies.extend(values[5::6])
+            columns.opcodes.extend(values.opcodes)
+            columns.request_ids.extend(values.request_ids)
+            columns.lengths.extend(values.lengths)
+            columns.bodies.extend(values.bodies)
             return len(columns.opcodes)
         frames = reader.feed(data)
         if reader.failure is not None:
@@ -247,30 +254,12 @@ class _ColumnReader:
         columns.bodies.append(data[fr.HEADER_SIZE :])
         return True
 
-    def _cut_alike(self, data: bytes) -> tuple[Any, ...] | None:
-        """(magic, opcode, flags, request id, length, body) per frame if ``data`` is whole,
-        well-formed frames of one size; None for anything else."""
-        if len(data) < fr.HEADER_SIZE:
-            return None
-        length = int.from_bytes(data[8:12], "big")
-        count, rest = divmod(len(data), fr.HEADER_SIZE + length)
-        if rest or count > self.MAX_RUN or length > self.reader.max_body:
-            return None
-        layout = self.layouts.get((length, count))
-        if layout is None:
-            layout = self.layouts[length, count] = struct.Struct(">" + f"BBHII{length}s" * count)
-        values = layout.unpack(data)
-        # Every frame's magic, flags and length, checked at once.
-        if values[0::6].count(fr.MAGIC) == values[2::6].count(0) == values[4::6].count(length) == count:
-            return values
-        return None
-
     def take(self) -> Replies:
         columns, self.columns = self.columns, Replies([], [], [], [])
         return columns
 
 
-_FIRST_8 = itemgetter(slice(0, 8))  # a message body's id, kept as its 8 wire bytes for the confirm
+_MESSAGE_ID = itemgetter(MESSAGE_ID)  # a MESSAGE body's id, kept as its wire bytes for the confirm
 
 
 class DbQueueDriver(Driver):
@@ -285,8 +274,8 @@ class DbQueueDriver(Driver):
     def __init__(self, config: BenchConfig) -> None:
         super().__init__(config)
         self.request_ids = list(range(1, config.pipeline + 1))  # every batch numbers its requests 1..n
-        self.confirm_heads = [fr.HEADER.pack(fr.MAGIC, fr.Op.CONFIRM, 0, i, 8) for i in self.request_ids]
-        self.length_column = struct.pack(">I", config.payload) * config.batch  # a full MESSAGES body's lengths
+        self.confirm_heads = [fr.HEADER.pack(fr.MAGIC, fr.Op.CONFIRM, 0, i, CONFIRM_ID.size) for i in self.request_ids]
+        self.length_column = U32.pack(config.payload) * config.batch  # a full MESSAGES body's lengths
         self.id_columns: dict[int, struct.Struct] = {}  # by message count: cuts a MESSAGES id column into 8-byte ids
 
     async def prepare(self, address: tuple[str, int]) -> None:
@@ -294,10 +283,8 @@ class DbQueueDriver(Driver):
 
         client = await AsyncClient.connect(address)
         try:
-            try:
+            with contextlib.suppress(DbQueueError):
                 await client.delete(self.config.queue)
-            except DbQueueError:
-                pass
             await client.create(self.config.queue)
         finally:
             await client.close()
@@ -351,11 +338,11 @@ class DbQueueDriver(Driver):
             return self._take_batches(replies)
         count = len(replies.opcodes)
         if replies.opcodes.count(fr.Op.MESSAGE) == count:  # the usual case: every read found a message
-            self._check(replies, fr.Op.MESSAGE, 12 + len(self.payload), "read")
+            self._check(replies, fr.Op.MESSAGE, MESSAGE_FIELDS.size + len(self.payload), "read")
             intact = list(map(bytes.endswith, replies.bodies, repeat(self.payload)))
             if intact.count(True) != count:
                 raise BenchFailure(f"read {intact.index(False) + 1}: payload corrupted")
-            return list(map(_FIRST_8, replies.bodies))
+            return list(map(_MESSAGE_ID, replies.bodies))
         ids = []
         for expected, (opcode, request_id, body) in enumerate(
             zip(replies.opcodes, replies.request_ids, replies.bodies), 1
@@ -363,9 +350,9 @@ class DbQueueDriver(Driver):
             if request_id != expected:
                 raise BenchFailure(f"read {expected}: reply for request {request_id}")
             if opcode == fr.Op.MESSAGE:
-                if body[12:] != self.payload:
+                if body[MESSAGE_FIELDS.size :] != self.payload:
                     raise BenchFailure(f"read {expected}: payload corrupted")
-                ids.append(body[:8])
+                ids.append(body[MESSAGE_ID])
             elif opcode != fr.Op.EMPTY:
                 raise BenchFailure(f"read {expected}: got opcode 0x{opcode:02x}")
         return ids
@@ -377,26 +364,28 @@ class DbQueueDriver(Driver):
         payload = self.payload
         ids: list[bytes] = []
         for expected, body in enumerate(replies.bodies, 1):
-            count = int.from_bytes(body[:4], "big")
-            if len(body) != 4 + count * (16 + len(payload)) or count > self.config.batch:
+            try:
+                count, id_column, _, lengths, payloads = messages_columns(body)
+            except InvalidRequest:
+                count = -1
+            if not 0 <= count <= self.config.batch:
                 raise BenchFailure(f"read batch {expected}: a body of {len(body)} bytes for {count} messages")
-            lengths = body[4 + 12 * count : 4 + 16 * count]
-            if lengths != self.length_column[: 4 * count] or body[4 + 16 * count :] != payload * count:
+            if lengths != self.length_column[: U32.size * count] or payloads != payload * count:
                 raise BenchFailure(f"read batch {expected}: payload corrupted")
             cut = self.id_columns.get(count)
             if cut is None:
-                cut = self.id_columns[count] = struct.Struct("8s" * count)
-            ids += cut.unpack_from(body, 4)
+                cut = self.id_columns[count] = struct.Struct(f"{U64.size}s" * count)
+            ids += cut.unpack(id_column)
         return ids
 
     def confirm_frames(self, handles: list[bytes]) -> bytes:
         batch = self.config.batch
         if batch == 1:
             return b"".join(chain.from_iterable(zip(self.confirm_heads, handles)))
-        frames = []
+        frames: list[bytes] = []
         for number, start in enumerate(range(0, len(handles), batch), 1):
             chunk = handles[start : start + batch]
-            frames += (fr.HEADER.pack(fr.MAGIC, fr.Op.CONFIRM_BATCH, 0, number, 8 * len(chunk)), *chunk)
+            frames += (fr.HEADER.pack(fr.MAGIC, fr.Op.CONFIRM_BATCH, 0, number, U64.size * len(chunk)), *chunk)
         return b"".join(frames)
 
     def confirm_replies(self, handles: list[Any]) -> int:
@@ -425,12 +414,14 @@ class _Link(asyncio.Protocol):
     def __init__(self, reader: ReplyReader) -> None:
         self.reader = reader
         self.wanted = 0
-        self.then: Callable[[list[Any]], None] | None = None
+        self.then: Callable[[Any], None] | None = None
         self.failed: Callable[[Exception], None] | None = None
-        self.transport: asyncio.Transport | None = None
+
+    # Set when the connection is made, before anything uses it.
+    transport: asyncio.Transport
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio.Transport subclasses
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -452,23 +443,32 @@ class _Link(asyncio.Protocol):
         if self.failed is not None:
             self.failed(exc)
 
-    def expect(self, frames: bytes, count: int, then: Callable[[list[Any]], None]) -> None:
+    def expect(self, frames: bytes, count: int, then: Callable[[Any], None]) -> None:
         """Write ``frames``; call ``then`` with the ``count`` replies once they are in."""
         self.wanted = count
         self.then = then
-        self.transport.write(frames)  # type: ignore[union-attr]
+        self.transport.write(frames)
 
-    async def exchange(self, frames: bytes, count: int) -> list[Any]:
-        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        self.failed = lambda exc: future.done() or future.set_exception(exc)
-        self.expect(frames, count, lambda replies: future.done() or future.set_result(replies))
+    async def exchange(self, frames: bytes, count: int) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def failed(exc: Exception) -> None:
+            if not future.done():
+                future.set_exception(exc)
+
+        def answered(replies: Any) -> None:
+            if not future.done():
+                future.set_result(replies)
+
+        self.failed = failed
+        self.expect(frames, count, answered)
         return await future
 
 
 async def _open(driver: Driver, address: tuple[str, int]) -> _Link:
     loop = asyncio.get_running_loop()
     _, link = await loop.create_connection(lambda: _Link(driver.new_reader()), *address)
-    return link  # type: ignore[return-value]
+    return link
 
 
 class _Tally:
@@ -504,6 +504,10 @@ class _Worker:
         if not self.done.done():
             self.done.set_result(None)
 
+    def start(self) -> None:
+        """Begin this worker's part (each kind of worker says how)."""
+        raise NotImplementedError
+
     def stop(self) -> None:
         """End this worker's part for good (the run is over, or failed elsewhere)."""
         self.link.failed = self.link.then = None
@@ -526,7 +530,7 @@ class _Producer(_Worker):
         self.began = time.perf_counter()
         self.link.expect(self.frames, self.config.pipeline, self.sent)
 
-    def sent(self, replies: list[Any]) -> None:
+    def sent(self, replies: Any) -> None:
         self.driver.check_sent(replies)
         tally = self.tally
         tally.latencies.append(time.perf_counter() - self.began)
@@ -552,7 +556,7 @@ class _Consumer(_Worker):
             return
         self.link.expect(self.frames, self.config.pipeline, self.read)
 
-    def read(self, replies: list[Any]) -> None:
+    def read(self, replies: Any) -> None:
         driver = self.driver
         self.handles = handles = driver.take_messages(replies)
         self.tally.requests += self.config.pipeline
@@ -594,12 +598,12 @@ async def run_load(driver: Driver, on_progress: Callable[[int, int], None] | Non
     workers: list[_Worker] = [_Producer(driver, link, tally) for link in senders]
     workers += [_Consumer(driver, link, tally) for link in readers]
 
-    async def report() -> None:
+    async def report(progress: Callable[[int, int], None]) -> None:
         while True:
-            on_progress(tally.confirmed, tally.total)  # type: ignore[misc]
+            progress(tally.confirmed, tally.total)
             await asyncio.sleep(0.2)
 
-    reporter = asyncio.ensure_future(report()) if on_progress else None
+    reporter = asyncio.ensure_future(report(on_progress)) if on_progress else None
     try:
         for worker in workers:
             worker.start()
@@ -615,7 +619,7 @@ async def run_load(driver: Driver, on_progress: Callable[[int, int], None] | Non
         for worker in workers:
             worker.stop()
         for link in links:
-            link.transport.close()  # type: ignore[union-attr]
+            link.transport.close()
     if tally.confirmed != tally.total:
         raise BenchFailure(f"{tally.confirmed} messages confirmed, {tally.total} sent")
     if on_progress:
@@ -637,7 +641,7 @@ async def run_round_trips(driver: Driver) -> BenchResult:
     await driver.prepare(address)
     link = await _open(driver, address)
     send, read = driver.send_frames(1), driver.read_frames(1)
-    latencies = []
+    latencies: list[float] = []
     started = time.perf_counter()
     cpu_started = time.process_time()
     clock = time.perf_counter
@@ -653,7 +657,7 @@ async def run_round_trips(driver: Driver) -> BenchResult:
             driver.check_confirmed(await link.exchange(driver.confirm_frames(handles), driver.confirm_replies(handles)))
             latencies += (t1 - t0, t2 - t1, clock() - t2)
     finally:
-        link.transport.close()  # type: ignore[union-attr]
+        link.transport.close()
     return BenchResult(
         driver.name,
         len(latencies),

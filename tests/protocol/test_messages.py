@@ -33,8 +33,8 @@ from dbqueue.protocol import (
     decode_response,
     encode,
 )
+from dbqueue.protocol.layouts import READ_BATCH_HEAD, encode_name, split_enqueue, split_name, split_read
 from dbqueue.protocol.messages import (
-    READ_BATCH_HEAD,
     REQUEST_TYPES,
     RESPONSE_TYPES,
     Cancel,
@@ -57,10 +57,6 @@ from dbqueue.protocol.messages import (
     StatsReply,
     Touch,
     Touched,
-    encode_name,
-    split_enqueue,
-    split_name,
-    split_read,
 )
 
 LONGEST_NAME = "n" * 255

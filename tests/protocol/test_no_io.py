@@ -30,7 +30,7 @@ def protocol_modules() -> list[Path]:
 
 def test_the_walk_sees_every_protocol_module() -> None:
     names = {path.name for path in protocol_modules()}
-    assert {"__init__.py", "frames.py", "messages.py", "connection.py"} <= names
+    assert {"__init__.py", "frames.py", "layouts.py", "messages.py", "codecs.py", "connection.py"} <= names
 
 
 def test_protocol_package_imports_no_io() -> None:

@@ -26,7 +26,8 @@ from dbqueue.protocol import (
     decode_request,
     encode,
 )
-from dbqueue.protocol.messages import OTHER, EnqueueDelayed, ReadBatch, RequestReader
+from dbqueue.protocol.codecs import OTHER, RequestReader
+from dbqueue.protocol.messages import EnqueueDelayed, ReadBatch
 
 MAX_BODY = 300
 

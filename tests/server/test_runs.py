@@ -1,15 +1,21 @@
-"""Pipelined runs and lone frames: `cut_run`, `Session.handle_run` and `handle_one` against the request-by-request path.
+"""The differential test of `dbqueue.server.fastpath` (and of `codecs.cut_run`): the fast paths against the
+general path, request by request.
 
 Theory of operation
 -------------------
-A received buffer of two or more like requests (ENQUEUEs to one queue, READs
-with one body, CONFIRMs) is cut by `msg.cut_run` in one struct call and answered
-by `Session.handle_run` as a batch. Its contract is strict: the same reply bytes,
-in the same order, and the same state afterwards as `Session.handle` gives
-request by request, or no change at all (the frames then take the usual path).
-A lone ENQUEUE, READ or CONFIRM frame (an unpipelined client's) is answered by
-`Session.handle_one` under the same contract, and so are an ENQUEUE_BATCH kept
-as a slab and a CONFIRM_BATCH of a whole block as read (`Session.in_columns`).
+This file guards the contract stated in `dbqueue.server.fastpath`: every fast
+path gives the same reply bytes, in the same order, and the same state
+afterwards as the general path (`Session.handle` and its handlers) gives
+request by request, or it declines having changed nothing the general path
+would not change first (the frames then take the general path). The fast paths
+are: a received buffer of two or more like requests (ENQUEUEs to one queue,
+READs with one body, CONFIRMs), cut by `codecs.cut_run` in one struct call and
+answered by `FastPaths.handle_run` as a batch; a lone ENQUEUE, READ or CONFIRM
+frame (an unpipelined client's), answered by `FastPaths.handle_one`; and an
+ENQUEUE_BATCH kept as a slab and a CONFIRM_BATCH of a whole block as read
+(`FastPaths.in_columns`). The property test below drives them all at random;
+the tests after it take each reason to decline, and each way to answer, one
+by one, deterministically.
 
 `Pair` holds two servers side by side, each with two in-process sessions on
 fake transports and a fake event loop whose clock the test moves and which
@@ -18,9 +24,9 @@ arm the timer shows up as messages that never come back). The *run* side gets
 every pipelined batch in one `data_received`, where the run path applies. The
 *reference* side gets the same bytes in a way where it cannot:
 
-* ``declined``: the whole buffer, with the session's `handle_run` (and
-  `handle_one`, its shortcut for a lone frame, and `in_columns`) declining:
-  exactly `handle` over the same requests, decoded, the contract's own words;
+* ``declined``: the whole buffer, with every fast path of the session
+  (`handle_run`, `handle_one` and `in_columns`) declining: exactly `handle`
+  over the same requests, decoded, the contract's own words;
 * ``frames``: frame by frame (a lone frame is never a run);
 * ``tail``: all but the last byte, then the last byte (the reader holds a
   partial frame, so the buffer is never cut as a run).
@@ -56,6 +62,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from dbqueue.errors import ErrorCode
 from dbqueue.protocol import (
     HEADER,
     HEADER_SIZE,
@@ -74,11 +81,12 @@ from dbqueue.protocol import (
     Release,
     Requeued,
     Touch,
+    codecs,
     encode,
 )
-from dbqueue.protocol import messages as msg
-from dbqueue.protocol.messages import MAX_RUN, ConfirmBatch, EnqueueBatch, ReadBatch, Run, cut_run
-from dbqueue.server import Server
+from dbqueue.protocol.codecs import MAX_RUN, Run, cut_run
+from dbqueue.protocol.messages import ConfirmBatch, EnqueueBatch, EnqueueDelayed, ReadBatch
+from dbqueue.server import Limits, Server
 from dbqueue.server.session import Session
 from fake_transport import FakeTransport
 
@@ -158,7 +166,7 @@ class Side:
     def __init__(self, feeding: str, **options: Any) -> None:
         self.feeding = feeding  # "run" or one of FEEDINGS
         self.loop = FakeLoop()
-        self.server = Server(port=0, max_message_size=MAX_SIZE, **options)
+        self.server = Server(port=0, limits=Limits(max_message_size=MAX_SIZE, **options))
         self.server._loop = self.loop  # type: ignore[assignment]  # only schedule_expiry uses it without a store
         self.server.clock = self.loop.time
         broker = self.server.broker
@@ -625,6 +633,54 @@ def test_a_read_run_past_max_in_flight_goes_one_by_one(feeding: str) -> None:
     pair.drain()
 
 
+def last_replies(pair: Pair, slot: int, count: int) -> list[str]:
+    """The opcodes of the run side's last ``count`` replies to ``slot``, an Error as its code's name."""
+    replies = frames_of(pair.run.transports[slot][-1].written)[-count:]
+    return [ErrorCode(int.from_bytes(body[:2], "big")).name if op == "ERROR" else op for op, _, body in replies]
+
+
+@pytest.mark.parametrize("feeding", FEEDINGS)
+def test_the_in_flight_limit_at_its_boundary_on_every_read_path(feeding: str) -> None:
+    """One admission check for every read: refused when held + wanted > max_in_flight, whatever the path."""
+    pair = Pair(feeding, max_in_flight=4)
+    pair.enqueue(0, "a", 12, 5)
+    pair.read(1, "a", 2)  # a run: 0 + 2 <= 4
+    pair.read(1, "a", 1)  # lone: 2 + 1 <= 4
+    pair.read(1, "a", 1)  # lone: 3 + 1 <= 4, the last one admitted
+    assert last_replies(pair, 1, 4) == ["MESSAGE"] * 4
+    pair.read(1, "a", 1)  # lone: 4 + 1 > 4
+    assert batch(pair, 1, ReadBatch("a", 3)) == ["ERROR"]  # 4 + 1 > 4
+    assert last_replies(pair, 1, 2) == ["LIMIT_EXCEEDED"] * 2
+    pair.confirm(1, pair.run.sessions[1].held.ids()[:1])  # holds 3
+    assert batch(pair, 1, ReadBatch("a", 3)) == ["MESSAGES"]  # 3 + 1 <= 4: admitted, and given one
+    assert pair.run.sessions[1].held.count == 4
+    pair.confirm(1, pair.run.sessions[1].held.ids())
+    pair.read(1, "a", 4)  # a run: 0 + 4 <= 4
+    assert last_replies(pair, 1, 4) == ["MESSAGE"] * 4
+    assert answered(pair, Op.READ) == 2
+    pair.drain()
+
+
+@pytest.mark.parametrize("feeding", FEEDINGS)
+def test_the_size_limit_at_its_boundary_on_every_send_path(feeding: str) -> None:
+    """One admission check for every send: refused when a message is larger than max_message_size."""
+    pair = Pair(feeding)
+    for size, admitted in ((MAX_SIZE, True), (MAX_SIZE + 1, False)):
+        pair.enqueue(0, "a", 1, size)  # lone
+        pair.enqueue(0, "a", 3, size)  # a run
+        replies = last_replies(pair, 0, 4)
+        sent = [
+            batch(pair, 0, EnqueueBatch("a", (b"x", pair.payloads(1, size)[0]))),  # in columns
+            batch(pair, 0, EnqueueDelayed("a", pair.payloads(1, size)[0], 125)),
+        ]
+        if admitted:
+            assert (replies, sent) == (["OBJECT_QUEUED"] * 4, [["OBJECTS_QUEUED"], ["OBJECT_QUEUED"]])
+        else:
+            assert (replies, sent) == (["MESSAGE_TOO_LARGE"] * 4, [["ERROR"], ["ERROR"]])
+    pair.advance(0.125)
+    pair.drain()
+
+
 def test_malformed_and_unknown_read_runs(pair: Pair) -> None:
     pair.enqueue(0, "a", 3, 5)
     body = Read("a", 125).body()
@@ -875,17 +931,17 @@ def test_cut_run_follows_the_definition(data: bytes) -> None:
 
 def test_the_reply_builders_match_encode() -> None:
     rids = (5, 2**32 - 1, 0)
-    assert msg.id_frames(Op.OBJECT_QUEUED, wire(*rids), [10, 2**64 - 1, 12]) == b"".join(
+    assert codecs.id_frames(Op.OBJECT_QUEUED, wire(*rids), [10, 2**64 - 1, 12]) == b"".join(
         encode(rid, ObjectQueued(id_)) for rid, id_ in zip(rids, [10, 2**64 - 1, 12])
     )
-    assert msg.bare_frames(Op.CONFIRMED, wire(*rids)) == b"".join(encode(rid, Confirmed()) for rid in rids)
-    assert msg.bare_frames(Op.EMPTY, ()) == b""
-    assert msg.bare_frames(Op.REQUEUED, wire(9)) == encode(9, Requeued())
+    assert codecs.bare_frames(Op.CONFIRMED, wire(*rids)) == b"".join(encode(rid, Confirmed()) for rid in rids)
+    assert codecs.bare_frames(Op.EMPTY, ()) == b""
+    assert codecs.bare_frames(Op.REQUEUED, wire(9)) == encode(9, Requeued())
     payloads = [b"", b"x", b"yy" * 40]
-    assert msg.message_frames(wire(*rids), [1, 2, 3], [1, 4, 1], payloads) == b"".join(
+    assert codecs.message_frames(wire(*rids), [1, 2, 3], [1, 4, 1], payloads) == b"".join(
         encode(rid, Message(id_, data, deliveries))
         for rid, id_, deliveries, data in zip(rids, [1, 2, 3], [1, 4, 1], payloads)
     )
     # Fewer messages than requests: the first requests get them (the rest are answered Empty by the caller).
-    assert msg.message_frames(wire(*rids), [1], [1], [b"z"]) == encode(5, Message(1, b"z"))
-    assert msg.bare_frames(Op.EMPTY, wire(*rids[1:])) == encode(2**32 - 1, Empty()) + encode(0, Empty())
+    assert codecs.message_frames(wire(*rids), [1], [1], [b"z"]) == encode(5, Message(1, b"z"))
+    assert codecs.bare_frames(Op.EMPTY, wire(*rids[1:])) == encode(2**32 - 1, Empty()) + encode(0, Empty())

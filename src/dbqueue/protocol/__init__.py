@@ -3,6 +3,14 @@
 Nothing in this package touches a socket or an event loop (a test keeps it so);
 the server and every client are loops around it. The byte layout is written
 down in docs/protocol.md.
+
+Modules: `frames` (the header, the opcodes, `FrameReader`), `layouts` (every
+body's structs and split helpers, defined once), `messages` (the message
+catalogue: one dataclass per request and response, `encode` and the decoders),
+`codecs` (the server's bulk codecs: many frames cut or built in a few C-level
+calls, on the same layouts) and `connection` (a client connection's state).
+The names below are the public face; `layouts` and `codecs` are for the
+server's hot paths and the load test.
 """
 
 from .connection import ClientConnection

@@ -31,6 +31,8 @@ __all__ = [
     "MAGIC",
     "HEADER",
     "HEADER_SIZE",
+    "HEADER_RAW_ID",
+    "LENGTH_FIELD",
     "PROTOCOL_VERSION",
     "DEFAULT_MAX_MESSAGE_SIZE",
     "MAX_QUEUE_NAME",
@@ -47,6 +49,9 @@ __all__ = [
 MAGIC = 0xDB
 HEADER = struct.Struct(">BBHII")
 HEADER_SIZE = HEADER.size  # 12
+LENGTH_FIELD = slice(HEADER_SIZE - 4, HEADER_SIZE)  # where a header holds body_length (a u32, last)
+# The same header with the request id as its 4 wire bytes: what bulk codecs cut and copy into replies.
+HEADER_RAW_ID = struct.Struct(">BBH4sI")
 PROTOCOL_VERSION = 1
 DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
 MAX_QUEUE_NAME = 255
