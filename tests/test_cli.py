@@ -101,9 +101,9 @@ def test_serve_has_one_option_per_limit_with_its_unit_default_and_help() -> None
     for described in limit_fields():
         option = options[described.name]
         assert option.opts == [option_name(described.name)]
-        assert option.metavar == described.bound.unit.upper()
+        assert option.metavar == described.spec.unit.upper()
         assert option.default == described.default
-        assert option.help is not None and option.help.startswith(described.bound.help)
+        assert option.help is not None and option.help.startswith(described.spec.help)
     assert serve_limits() == Limits()
     help_text = CliRunner().invoke(main, ["serve", "--help"], terminal_width=200).output
     assert "--max-in-flight MESSAGES" in help_text and "[default: (100,000); x>=1]" in help_text, help_text
@@ -112,17 +112,17 @@ def test_serve_has_one_option_per_limit_with_its_unit_default_and_help() -> None
 
 def test_serve_options_take_every_limit_within_its_bounds_and_refuse_the_rest() -> None:
     for described in limit_fields():
-        bound = described.bound
+        spec = described.spec
         flag = option_name(described.name)
-        assert getattr(serve_limits(flag, str(bound.low)), described.name) == bound.low
-        below = bound.low - (1 if described.kind is int else bound.low / 2)
+        assert getattr(serve_limits(flag, str(spec.low)), described.name) == spec.low
+        below = spec.low - (1 if described.kind is int else spec.low / 2)
         with pytest.raises(click.BadParameter):
             serve_limits(flag, str(below))
         with pytest.raises(ValueError):
             Limits(**{described.name: below})
-        if bound.high is not None:
-            assert getattr(serve_limits(flag, str(bound.high)), described.name) == bound.high
-            above = bound.high + 1
+        if spec.high is not None:
+            assert getattr(serve_limits(flag, str(spec.high)), described.name) == spec.high
+            above = spec.high + 1
             with pytest.raises(click.BadParameter):
                 serve_limits(flag, str(above))
             with pytest.raises(ValueError):

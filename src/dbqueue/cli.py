@@ -35,20 +35,20 @@ def option_name(field_name: str) -> str:
 
 
 def _limit_option(described: LimitField) -> Callable[[F], F]:
-    bound = described.bound
+    spec = described.spec
     kind: click.IntRange | click.FloatRange
     if described.kind is int:
-        kind = click.IntRange(int(bound.low), None if bound.high is None else int(bound.high))
+        kind = click.IntRange(int(spec.low), None if spec.high is None else int(spec.high))
     else:
-        kind = click.FloatRange(bound.low, bound.high)
-    help_text = bound.help + (f" (0: {bound.off})" if bound.off is not None and bound.low == 0 else "") + "."
+        kind = click.FloatRange(spec.low, spec.high)
+    help_text = spec.help + (f" (0: {spec.off})" if spec.off is not None and spec.low == 0 else "") + "."
     return click.option(
         option_name(described.name),
         described.name,
         type=kind,
         default=described.default,
         show_default=described.describe(described.default),
-        metavar=bound.unit.upper(),
+        metavar=spec.unit.upper(),
         help=help_text,
     )
 

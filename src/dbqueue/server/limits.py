@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 `Limits` is a frozen dataclass: one field per setting, its default the
-field's default, and its meaning in the field's metadata (a `Bound`: help
+field's default, and its meaning in the field's metadata (a `LimitSpec`: help
 text, unit, lowest and highest value, what its "off" value means). Nothing
 else in the package repeats a default or a bound:
 
@@ -30,13 +30,13 @@ from typing import Any
 
 from ..protocol.frames import DEFAULT_MAX_MESSAGE_SIZE, MAX_MESSAGE_SIZE_LIMIT, MAX_QUEUE_NAME
 
-__all__ = ["Bound", "LimitField", "Limits", "limit_fields"]
+__all__ = ["LimitSpec", "LimitField", "Limits", "limit_fields"]
 
 Number = int | float
 
 
 @dataclass(frozen=True, slots=True)
-class Bound:
+class LimitSpec:
     """What one `Limits` field means: help text, unit, the values it may take, and what "off" is.
 
     ``off`` names what the field's off value means (None, or 0 for a count
@@ -50,10 +50,10 @@ class Bound:
     off: str | None = None
 
 
-def _limit(default: Any, bound: Bound) -> Any:
-    # A field whose metadata carries its Bound. Typed Any so that the dataclass sees the field's
+def _limit(default: Any, spec: LimitSpec) -> Any:
+    # A field whose metadata carries its LimitSpec. Typed Any so that the dataclass sees the field's
     # own annotation as its type (a wrapper around `field` is not a field specifier to mypy).
-    return field(default=default, metadata={"bound": bound})
+    return field(default=default, metadata={"spec": spec})
 
 
 _MIB = 1 << 20
@@ -68,85 +68,93 @@ class Limits:
 
     max_message_size: int = _limit(
         DEFAULT_MAX_MESSAGE_SIZE,
-        Bound(
+        LimitSpec(
             "Largest message accepted, checked at the frame header before the body is buffered",
             "bytes",
             1,
             MAX_MESSAGE_SIZE_LIMIT,
         ),
     )
-    default_capacity: int = _limit(0, Bound("Capacity of queues created without one", "messages", 0, off="unbounded"))
-    max_queues: int = _limit(10_000, Bound("Queues the server holds at most", "queues", 1))
-    max_queue_name: int = _limit(MAX_QUEUE_NAME, Bound("Longest queue name accepted", "bytes", 1, MAX_QUEUE_NAME))
+    default_capacity: int = _limit(
+        0, LimitSpec("Capacity of queues created without one", "messages", 0, off="unbounded")
+    )
+    max_queues: int = _limit(10_000, LimitSpec("Queues the server holds at most", "queues", 1))
+    max_queue_name: int = _limit(MAX_QUEUE_NAME, LimitSpec("Longest queue name accepted", "bytes", 1, MAX_QUEUE_NAME))
     max_connections: int = _limit(
         16_384,
-        Bound("Open connections at most (raise the process's file limit to match)", "connections", 1),
+        LimitSpec("Open connections at most (raise the process's file limit to match)", "connections", 1),
     )
     max_in_flight: int = _limit(
         100_000,
-        Bound("Messages one connection may hold in flight; a read beyond it gets LimitExceeded", "messages", 1),
+        LimitSpec("Messages one connection may hold in flight; a read beyond it gets LimitExceeded", "messages", 1),
     )
     max_output_buffer: int = _limit(
         64 * _MIB,
-        Bound("Unread replies after which a connection is cut off and its messages go back", "bytes", 1),
+        LimitSpec("Unread replies after which a connection is cut off and its messages go back", "bytes", 1),
     )
     idle_timeout: float | None = _limit(
         None,
-        Bound("Close connections that send nothing this long (a waiting read is not idle)", "seconds", 0.01, off="off"),
+        LimitSpec(
+            "Close connections that send nothing this long (a waiting read is not idle)", "seconds", 0.01, off="off"
+        ),
     )
-    backlog: int = _limit(4096, Bound("Connections the kernel queues before the server accepts them", "connections", 1))
+    backlog: int = _limit(
+        4096, LimitSpec("Connections the kernel queues before the server accepts them", "connections", 1)
+    )
     sweep_resolution: float = _limit(
         0.01,
-        Bound("Deadlines are swept at most this often: timeouts fire up to this late", "seconds", 0.001, 1.0),
+        LimitSpec("Deadlines are swept at most this often: timeouts fire up to this late", "seconds", 0.001, 1.0),
     )
     reclaim_interval: float = _limit(
-        1.0, Bound("Time between two rounds of giving freed store pages back (--data-dir)", "seconds", 0.01)
+        1.0, LimitSpec("Time between two rounds of giving freed store pages back (--data-dir)", "seconds", 0.01)
     )
-    reclaim_pages: int = _limit(256, Bound("Freed store pages given back per round at most (--data-dir)", "pages", 1))
+    reclaim_pages: int = _limit(
+        256, LimitSpec("Freed store pages given back per round at most (--data-dir)", "pages", 1)
+    )
 
     def __post_init__(self) -> None:
         for described in limit_fields():
             value = getattr(self, described.name)
-            bound = described.bound
+            spec = described.spec
             if value is None and described.default is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, described.kind | int):
                 raise TypeError(f"{described.name} must be a {described.kind.__name__}, got {value!r}")
-            if value < bound.low or (bound.high is not None and value > bound.high):
-                top = "" if bound.high is None else f" .. {bound.high}"
-                raise ValueError(f"{described.name} must be {bound.low}{top} ({bound.unit}), got {value!r}")
+            if value < spec.low or (spec.high is not None and value > spec.high):
+                top = "" if spec.high is None else f" .. {spec.high}"
+                raise ValueError(f"{described.name} must be {spec.low}{top} ({spec.unit}), got {value!r}")
 
 
 @dataclass(frozen=True, slots=True)
 class LimitField:
-    """One field of `Limits` described: its name, its type without None, its default and its `Bound`."""
+    """One field of `Limits` described: its name, its type without None, its default and its `LimitSpec`."""
 
     name: str
     kind: type[int] | type[float]
     default: Number | None
-    bound: Bound
+    spec: LimitSpec
 
     def describe(self, value: Number | None) -> str:
-        """``value`` as a person reads it: "1 MiB", "100,000", "0.01 s", or the bound's word for off."""
-        if self.bound.off is not None and value in (None, 0):
-            return self.bound.off
+        """``value`` as a person reads it: "1 MiB", "100,000", "0.01 s", or the spec's word for off."""
+        if self.spec.off is not None and value in (None, 0):
+            return self.spec.off
         assert value is not None  # only a field with an off word defaults to None
-        if self.bound.unit == "bytes":
+        if self.spec.unit == "bytes":
             for size, name in ((1 << 30, "GiB"), (_MIB, "MiB"), (1 << 10, "KiB")):
                 if value >= size and value % size == 0:
                     return f"{value // size:,} {name}"
             return f"{value:,} bytes"
-        if self.bound.unit == "seconds":
+        if self.spec.unit == "seconds":
             return f"{value:g} s"
         return f"{value:,}"
 
 
 @functools.cache
 def limit_fields() -> tuple[LimitField, ...]:
-    """Every field of `Limits`, in order, with its type, default and `Bound`."""
+    """Every field of `Limits`, in order, with its type, default and `LimitSpec`."""
     hints = typing.get_type_hints(Limits)
     return tuple(
-        LimitField(item.name, _kind(hints[item.name]), typing.cast(Number | None, item.default), item.metadata["bound"])
+        LimitField(item.name, _kind(hints[item.name]), typing.cast(Number | None, item.default), item.metadata["spec"])
         for item in dataclasses.fields(Limits)
     )
 
