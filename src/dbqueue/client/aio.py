@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from functools import partial
-from typing import TypeVar, cast
+from typing import Self, TypeVar, cast
 
 from ..errors import ConnectionLost, DbQueueError, error_for_code
 from ..protocol import messages as msg
@@ -135,7 +135,7 @@ class AsyncClient(Commands):
         *,
         token: str | bytes | None = None,
         tls: bool | ssl.SSLContext | None = None,
-    ) -> AsyncClient:
+    ) -> Self:
         """Connect to ``"host:port"`` and say Hello (``token`` and ``tls`` as for `Client.connect`);
         return the connected client.
 
@@ -195,7 +195,7 @@ class AsyncClient(Commands):
             transport.close()
         await asyncio.sleep(0)
 
-    async def __aenter__(self) -> AsyncClient:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

@@ -48,7 +48,7 @@ class PipelinedClient:
         *,
         token: str | bytes | None = None,
         tls: bool | ssl.SSLContext | None = None,
-    ) -> PipelinedClient:
+    ) -> Self:
         """Connect, say Hello and return the connection. Raises `ConnectionLost` (an `OSError`) if the
         server is not there, `AuthenticationFailed` if it wants another ``token``, `ssl.SSLError` if TLS fails.
 
@@ -160,7 +160,7 @@ class PipelinedClient:
         raises nothing."""
         self.sock.close()
 
-    def __enter__(self) -> PipelinedClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -174,7 +174,8 @@ class Client(Commands):
     ...     client.create("jobs")
     ...     id_ = client.send("jobs", b"hello")
     ...     message = client.read("jobs", timeout_ms=30_000)
-    ...     client.confirm(message.id)
+    ...     if message is not None:  # None: the queue was empty
+    ...         client.confirm(message.id)
     """
 
     def __init__(self, connection: PipelinedClient) -> None:
@@ -188,7 +189,7 @@ class Client(Commands):
         *,
         token: str | bytes | None = None,
         tls: bool | ssl.SSLContext | None = None,
-    ) -> Client:
+    ) -> Self:
         """Connect to ``"host:port"`` and return the client (see `PipelinedClient.connect` for
         ``timeout``, ``token`` and ``tls``).
 
@@ -213,7 +214,7 @@ class Client(Commands):
         raises nothing."""
         self.connection.close()
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

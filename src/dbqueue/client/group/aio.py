@@ -69,7 +69,7 @@ class AsyncGroupClient:
         *,
         token: str | bytes | None = None,
         tls: bool | ssl.SSLContext | None = None,
-    ) -> AsyncGroupClient:
+    ) -> Self:
         """Connect to every member and return the group client; as `GroupClient.connect`.
 
         Raises `ConnectionLost` if no member can be reached, `AuthenticationFailed`

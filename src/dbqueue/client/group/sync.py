@@ -72,7 +72,7 @@ class GroupClient:
         *,
         token: str | bytes | None = None,
         tls: bool | ssl.SSLContext | None = None,
-    ) -> GroupClient:
+    ) -> Self:
         """Connect to every member and return the group client. One address: ask it for the group
         (MEMBERS) first.
 
