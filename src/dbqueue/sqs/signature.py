@@ -141,26 +141,26 @@ class SignatureVerifier:
             )
 
         payload_hash = self._payload_hash(fields, body)
-        canonical_request = "\n".join(
-            (
-                method.upper(),
-                _canonical_path(path),
-                _canonical_query(query, presigned is not None),
-                _canonical_headers(fields, signed_names),
-                ";".join(signed_names),
-                payload_hash,
-            )
-        )
+        head = f"{method.upper()}\n{_canonical_path(path)}\n"
+        tail = f"\n{_canonical_headers(fields, signed_names)}\n{';'.join(signed_names)}\n{payload_hash}"
         scope = f"{date}/{region}/{service}/aws4_request"
-        string_to_sign = f"{ALGORITHM}\n{amz_date}\n{scope}\n{hashlib.sha256(canonical_request.encode()).hexdigest()}"
         cache_key = (access_key, secret, date, region)
         key = self._keys.get(cache_key)
         derived = key is None
         if key is None:
             key = _signing_key(secret, date, region, service)
-        expected = hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
         # compare_digest wants ASCII text: anything else is no signature of ours anyway.
-        if _HEX_SIGNATURE.fullmatch(signature) is None or not hmac.compare_digest(expected, signature):
+        if _HEX_SIGNATURE.fullmatch(signature) is None:
+            raise SqsError(ErrorCode.SIGNATURE_DOES_NOT_MATCH)
+        for canonical_query in _canonical_queries(query, presigned is not None):
+            canonical_request = head + canonical_query + tail
+            string_to_sign = (
+                f"{ALGORITHM}\n{amz_date}\n{scope}\n{hashlib.sha256(canonical_request.encode()).hexdigest()}"
+            )
+            expected = hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
+            if hmac.compare_digest(expected, signature):
+                break
+        else:
             raise SqsError(ErrorCode.SIGNATURE_DOES_NOT_MATCH)
         if derived:
             if len(self._keys) >= _MAX_CACHED_KEYS:
@@ -332,18 +332,28 @@ def _canonical_path(path: str) -> str:
     return quote(normalized, safe="/~")
 
 
-def _canonical_query(query: str, presigned: bool) -> str:
+def _canonical_queries(query: str, presigned: bool) -> list[str]:
+    """The canonical query strings a client may have signed: one, or two for an unusual encoding.
+
+    The specification's form decodes each name and value and encodes it again
+    (RFC 3986 unreserved characters bare, everything else ``%XX``). botocore,
+    for a URL it is given whole, sorts the pairs as they are written instead.
+    The two agree whenever the client encoded canonically, as SDKs do; when it
+    did not (``%7E`` for ``~``), both forms are tried.
+    """
     if not query:
-        return ""
-    pairs = []
+        return [""]
+    decoded = []
+    written = []
     for pair in query.split("&"):
         key, _, value = pair.partition("=")
-        key = unquote(key)
-        if presigned and key == "X-Amz-Signature":
+        if presigned and unquote(key) == "X-Amz-Signature":
             continue
-        pairs.append((quote(key, safe="-_.~"), quote(unquote(value), safe="-_.~")))
-    pairs.sort()
-    return "&".join(f"{key}={value}" for key, value in pairs)
+        decoded.append((quote(unquote(key), safe="-_.~"), quote(unquote(value), safe="-_.~")))
+        written.append((key, value))
+    canonical = "&".join(f"{key}={value}" for key, value in sorted(decoded))
+    as_written = "&".join(f"{key}={value}" for key, value in sorted(written))
+    return [canonical] if as_written == canonical else [canonical, as_written]
 
 
 def _canonical_headers(fields: dict[str, list[str]], names: list[str]) -> str:
