@@ -157,7 +157,8 @@ def _batch(result: BatchResult) -> dict[str, Any]:
 
 
 def _list_queues(result: ListQueuesResult) -> dict[str, Any]:
-    out: dict[str, Any] = {"QueueUrls": list(result.queue_urls)}
+    # QueueUrls is optional in the model (unlike the batch lists): absent when empty, as in XML.
+    out: dict[str, Any] = {"QueueUrls": list(result.queue_urls)} if result.queue_urls else {}
     if result.next_token is not None:
         out["NextToken"] = result.next_token
     return out
