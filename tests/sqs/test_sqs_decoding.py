@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, quote, urlencode
 
 import pytest
 import sqs_kit
 from botocore.model import ServiceModel
 from botocore.serialize import create_serializer
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dbqueue import sqs
 from dbqueue.sqs import ErrorCode, MessageAttributeValue, Protocol, SqsError, build_request, decode_request
@@ -626,3 +628,17 @@ def test_the_protocol_is_told_by_the_headers() -> None:
     assert sqs.protocol_of(None, "AmazonSQS.SendMessage") is Protocol.JSON
     assert sqs.protocol_of("application/x-www-form-urlencoded; charset=utf-8", None) is Protocol.QUERY
     assert sqs.protocol_of(None, None) is Protocol.QUERY
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.text(st.characters(blacklist_categories=("Cs",))), st.text(st.characters(blacklist_categories=("Cs",)))
+        )
+    )
+)
+def test_the_form_splitter_reads_what_urlencode_writes_as_parse_qsl_does(pairs: list[tuple[str, str]]) -> None:
+    from dbqueue.sqs.query_protocol import _form
+
+    for encoded in (urlencode(pairs), urlencode(pairs, quote_via=quote)):
+        assert _form(encoded) == parse_qsl(encoded, keep_blank_values=True)

@@ -12,6 +12,8 @@ import pytest
 from botocore.auth import SigV4Auth, SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
+from hypothesis import given
+from hypothesis import strategies as st
 from sqs_kit import split_request
 
 from dbqueue.sqs import ErrorCode, SignatureVerifier, SqsError
@@ -283,3 +285,22 @@ def test_an_invalid_date_is_refused() -> None:
     for date in ("20241301T000000Z", "2024-01-01T00:00:00Z", "yesterday"):
         parts = with_header(signed(), "X-Amz-Date", date)
         assert refusal(parts).code in (ErrorCode.INCOMPLETE_SIGNATURE, ErrorCode.SIGNATURE_DOES_NOT_MATCH)
+
+
+@given(st.text(alphabet="/.a%~- é_", max_size=12))
+def test_the_plain_path_shortcut_changes_no_canonical_path(tail: str) -> None:
+    """`_canonical_path` returns plain paths as they are; every path must come out as the full rule makes it."""
+    from urllib.parse import quote
+
+    from dbqueue.sqs.signature import _canonical_path
+
+    path = "/" + tail
+    segments: list[str] = []
+    for segment in path.split("/"):
+        if segment == "..":
+            if segments:
+                segments.pop()
+        elif segment and segment != ".":
+            segments.append(segment)
+    normalized = "/" + "/".join(segments) + ("/" if path.endswith("/") and segments else "")
+    assert _canonical_path(path) == quote(normalized, safe="/~")

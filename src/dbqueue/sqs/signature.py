@@ -60,6 +60,8 @@ _MAX_CACHED_KEYS = 4096
 
 _AMZ_DATE = re.compile(r"(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z")
 _HEX_SIGNATURE = re.compile(r"[0-9a-f]{64}")
+# A path that normalizing and encoding leave as it is: segments of unreserved characters, no dot segments.
+_PLAIN_PATH = re.compile(r"/|(?:/(?!\.\.?(?:/|$))[A-Za-z0-9_.~-]+)+")
 
 Headers = Mapping[str, str] | Iterable[tuple[str, str]]
 
@@ -318,7 +320,10 @@ def _query_fields(query: str) -> dict[str, str]:
 
 def _canonical_path(path: str) -> str:
     # Remove dot segments and empty segments (RFC 3986 5.2.4; AWS also merges
-    # repeated slashes), then encode the raw path once more, as SDKs do.
+    # repeated slashes), then encode the raw path once more, as SDKs do. The
+    # paths SQS sees (``/``, ``/<account>/<queue>``) are already in that form.
+    if _PLAIN_PATH.fullmatch(path) is not None:
+        return path
     segments: list[str] = []
     for segment in path.split("/"):
         if segment == "..":
