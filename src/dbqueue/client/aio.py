@@ -26,13 +26,6 @@ __all__ = ["AsyncClient"]
 T = TypeVar("T")
 
 
-def _refusal(response: object) -> DbQueueError | None:
-    """The error an answer to no request carries (a connection limit, lost framing), if it is one."""
-    if isinstance(response, msg.Error):
-        return error_for_code(response.code, response.message)
-    return None
-
-
 class _ClientProtocol(asyncio.Protocol):
     transport: asyncio.Transport  # set by connection_made, before anything else is called
 
@@ -59,11 +52,10 @@ class _ClientProtocol(asyncio.Protocol):
             self.transport.write(releases)
         pending = self.pending
         for request_id, response in responses:
-            if request_id == 0:  # not an answer to a request: the server refuses the connection
-                refusal = _refusal(response)
-                if refusal is not None:
-                    self._fail(refusal)
-                    continue
+            if request_id == 0 and isinstance(response, msg.Error):
+                # Not an answer to a request: the server refuses the connection (limit, lost framing).
+                self._fail(error_for_code(response.code, response.message))
+                continue
             future = pending.pop(request_id, None)
             if future is not None and not future.done():
                 future.set_result(response)
