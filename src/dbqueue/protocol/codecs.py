@@ -128,6 +128,9 @@ class RequestReader(FrameReader):
 # --- runs: a buffer of like requests, cut in one call ----------------------------------------
 
 MAX_RUN = MAX_REPEAT  # frames per run layout; longer buffers go frame by frame
+# Where each frame's fields fall among a run layout's values, every ``width`` of them: the header's
+# five, then the body's: ENQUEUE's name length, name and payload; READ's body whole; CONFIRM's id.
+_MAGIC_AT, _OPCODE_AT, _FLAGS_AT, _ID_AT, _LENGTH_AT, _BODY_AT = range(6)
 
 
 class Run(NamedTuple):
@@ -155,32 +158,33 @@ def cut_run(data: bytes) -> Run | None:
     count, rest = divmod(len(data), HEADER_SIZE + length)
     if rest or not 2 <= count <= MAX_RUN:
         return None
-    # Each frame repeats the header's five fields and then, by opcode, the body's.
     if opcode == _ENQUEUE and length:
         name_size = data[HEADER_SIZE]
         if not 0 < name_size < length:
             return None
-        fields, width = f"{_HEADER_RAW_ID}B{name_size}s{length - NAME_SIZE - name_size}s", 8
+        fields, width = f"{_HEADER_RAW_ID}B{name_size}s{length - NAME_SIZE - name_size}s", _BODY_AT + 3
     elif opcode == _READ:
-        fields, width = f"{_HEADER_RAW_ID}{length}s", 6
+        fields, width = f"{_HEADER_RAW_ID}{length}s", _BODY_AT + 1
     elif opcode == _CONFIRM and length == CONFIRM_ID.size:
-        fields, width = _CONFIRM_FIELDS, 6
+        fields, width = _CONFIRM_FIELDS, _BODY_AT + 1
     else:
         return None
     values = repeated(fields, count).unpack(data)
     if not (
-        values[0::width].count(MAGIC) == values[1::width].count(opcode) == values[2::width].count(0)
-        == values[4::width].count(length) == count
+        values[_MAGIC_AT::width].count(MAGIC) == values[_OPCODE_AT::width].count(opcode)
+        == values[_FLAGS_AT::width].count(0) == values[_LENGTH_AT::width].count(length) == count
     ):  # fmt: skip
         return None
-    request_ids = values[3::width]
+    request_ids = values[_ID_AT::width]
     if opcode == _CONFIRM:
-        return Run(opcode, request_ids, b"", values[5::6])
-    key = values[-2] if opcode == _ENQUEUE else values[-1]  # the last frame's name, or body
-    keys = values[6::8] if opcode == _ENQUEUE else values[5::6]
-    if keys.count(key) != count or (opcode == _ENQUEUE and values[5::8].count(name_size) != count):
+        return Run(opcode, request_ids, b"", values[_BODY_AT::width])
+    if opcode == _READ:
+        bodies = values[_BODY_AT::width]
+        return Run(opcode, request_ids, bodies[0], ()) if bodies.count(bodies[0]) == count else None
+    names = values[_BODY_AT + 1 :: width]
+    if names.count(names[0]) != count or values[_BODY_AT::width].count(name_size) != count:
         return None
-    return Run(opcode, request_ids, key, values[7::8] if opcode == _ENQUEUE else ())
+    return Run(opcode, request_ids, names[0], values[_BODY_AT + 2 :: width])
 
 
 # --- building replies ------------------------------------------------------------------------
