@@ -17,21 +17,27 @@ SQLite file is refused rather than adopted) and ``PRAGMA user_version`` =
 * A file whose version is above `FORMAT_VERSION` was written by a newer
   server: opening it raises `StoreError`; there is no downgrade.
 
-Version 2 schema (version 1 had no ``packs`` and ``pack_gone``)::
+Version 3 schema (version 2 had no ``crc`` columns, version 1 no ``packs``
+and ``pack_gone``)::
 
     meta(key TEXT PRIMARY KEY, value INTEGER)   -- 'next_id': id high-water mark
     queues(qid INTEGER PRIMARY KEY, name BLOB UNIQUE, capacity, max_deliveries,
            dead_letter BLOB NULL)               -- qid is creation order
     messages(id INTEGER PRIMARY KEY, qid, seq, data BLOB, deliveries,
-             due_ms)                            -- due_ms: Unix ms, 0 = now
+             due_ms, crc)                       -- due_ms: Unix ms, 0 = now;
+                                                -- crc: checksums.row_crc(id, data)
     packs(slot INTEGER PRIMARY KEY, first_id, qid, seq, count, sizes BLOB,
-          data BLOB)                            -- ids first_id .. first_id + count - 1,
+          data BLOB, crc)                       -- ids first_id .. first_id + count - 1,
                                                 -- never delivered, no due time; sizes:
-                                                -- a u32 (big-endian) per payload
+                                                -- a u32 (big-endian) per payload;
+                                                -- crc: checksums.pack_crc(first_id, sizes, data)
     pack_gone(slot INTEGER PRIMARY KEY, gone BLOB)
                                                 -- bit i (little-endian bit order):
                                                 -- member first_id + i is gone; every
                                                 -- bit set: a free slot
+
+A new store is laid out by running the version 1 schema and then every
+upgrade in turn, so a new file and an upgraded one cannot differ.
 
 Queues are referred to by a small integer *qid* (creation order) so a message
 row does not repeat its queue's name. Message rows are keyed by their id (the
@@ -49,8 +55,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import StoreError
+from .checksums import pack_crc, row_crc
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 APPLICATION_ID = 0x64627175  # b"dbqu"
 
 # 4 KiB pages: a batch of small messages dirties only a few of them, and larger pages write more WAL
@@ -78,7 +85,6 @@ PACK_TABLES = (
     ),
     "CREATE TABLE pack_gone (slot INTEGER PRIMARY KEY, gone BLOB NOT NULL)",
 )
-SCHEMA = SCHEMA_V1 + PACK_TABLES
 
 
 def upgrade_v1(con: sqlite3.Connection) -> None:
@@ -87,8 +93,23 @@ def upgrade_v1(con: sqlite3.Connection) -> None:
         con.execute(statement)
 
 
+def upgrade_v2(con: sqlite3.Connection) -> None:
+    """Version 2 -> 3: give every message row and pack row the checksum of what it holds.
+
+    The checksums are computed from the bytes as they are: damage done before
+    the upgrade cannot be told from data (SQLite's quick_check, run first,
+    still finds damage to the file's structure).
+    """
+    con.create_function("dbqueue_row_crc", 2, row_crc, deterministic=True)
+    con.create_function("dbqueue_pack_crc", 3, pack_crc, deterministic=True)
+    con.execute("ALTER TABLE messages ADD COLUMN crc INTEGER NOT NULL DEFAULT 0")
+    con.execute("ALTER TABLE packs ADD COLUMN crc INTEGER NOT NULL DEFAULT 0")
+    con.execute("UPDATE messages SET crc = dbqueue_row_crc(id, data)")
+    con.execute("UPDATE packs SET crc = dbqueue_pack_crc(first_id, sizes, data)")
+
+
 # Version N -> N+1, run in place inside the opening transaction.
-UPGRADES: dict[int, Callable[[sqlite3.Connection], None]] = {1: upgrade_v1}
+UPGRADES: dict[int, Callable[[sqlite3.Connection], None]] = {1: upgrade_v1, 2: upgrade_v2}
 
 
 def create(con: sqlite3.Connection) -> None:
@@ -98,35 +119,70 @@ def create(con: sqlite3.Connection) -> None:
     con.execute("PRAGMA auto_vacuum = INCREMENTAL")
     con.execute("PRAGMA journal_mode = WAL").fetchall()
     con.execute("BEGIN")
-    for statement in SCHEMA:
+    for statement in SCHEMA_V1:
         con.execute(statement)
+    for step in range(1, FORMAT_VERSION):
+        UPGRADES[step](con)
     con.execute(f"PRAGMA application_id = {APPLICATION_ID}")
     con.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
     con.execute("COMMIT")
 
 
-def adopt(con: sqlite3.Connection, path: Path, version: int, app_id: int) -> None:
-    """Refuse a foreign, newer or corrupt file with a `StoreError` naming ``path``; upgrade an older one in place."""
+def version_of(con: sqlite3.Connection, path: Path) -> int:
+    """The format version of the dbqueue store behind ``con``.
+
+    Raises `StoreError` naming ``path`` if the file is not a dbqueue store
+    (another application's SQLite file, or not SQLite at all), was written by
+    a newer dbqueue, or carries an invalid version.
+    """
+    try:
+        version = pragma(con, "user_version")
+        app_id = pragma(con, "application_id")
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{path}: not a readable dbqueue store ({exc})") from exc
     if app_id != APPLICATION_ID:
         raise StoreError(f"{path}: not a dbqueue store (application_id {app_id:#x}, expected {APPLICATION_ID:#x})")
     if version > FORMAT_VERSION:
         raise StoreError(
-            f"{path}: written by a newer dbqueue (store format {version}; this one reads up to {FORMAT_VERSION})"
+            f"{path}: written by a newer dbqueue (store format {version}; this one reads up to {FORMAT_VERSION}):"
+            " run that version, there is no downgrade"
         )
     if version < 1:
         raise StoreError(f"{path}: invalid store format version {version}")
+    return version
+
+
+def structure_problems(con: sqlite3.Connection, limit: int = 5) -> list[str]:
+    """What SQLite's ``quick_check`` finds wrong with the file's structure (at most ``limit``); empty if nothing."""
     try:
-        problems = [row[0] for row in con.execute("PRAGMA quick_check(5)")]
+        problems = [str(row[0]) for row in con.execute(f"PRAGMA quick_check({int(limit)})")]
     except sqlite3.DatabaseError as exc:
-        raise StoreError(f"{path}: the store is corrupt ({exc})") from exc
-    if problems != ["ok"]:
+        return [str(exc)]
+    return [] if problems == ["ok"] else problems
+
+
+def adopt(con: sqlite3.Connection, path: Path) -> int:
+    """Check the existing store behind ``con`` and upgrade it in place to `FORMAT_VERSION`; return the version found.
+
+    Raises `StoreError` naming ``path`` for a file `version_of` refuses or one
+    whose structure is corrupt. The upgrade runs in one transaction: a
+    failure leaves the file at its old version.
+    """
+    version = version_of(con, path)
+    problems = structure_problems(con)
+    if problems:
         raise StoreError(f"{path}: the store is corrupt: " + "; ".join(problems))
     if version < FORMAT_VERSION:
         con.execute("BEGIN")
-        for step in range(version, FORMAT_VERSION):
-            UPGRADES[step](con)
-        con.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
-        con.execute("COMMIT")
+        try:
+            for step in range(version, FORMAT_VERSION):
+                UPGRADES[step](con)
+            con.execute(f"PRAGMA user_version = {FORMAT_VERSION}")
+            con.execute("COMMIT")
+        except BaseException:
+            con.rollback()
+            raise
+    return version
 
 
 def pragma(con: sqlite3.Connection, name: str) -> int:

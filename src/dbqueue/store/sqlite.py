@@ -65,6 +65,15 @@ times longer than the same commit on the loop's own thread.
 Files: ``DIR/dbqueue.db`` (plus SQLite's ``dbqueue.db-wal``) and
 ``DIR/dbqueue.lock`` (`store.lock`), locked for the store's whole life, so two
 servers never share a directory.
+
+Damage: a store is created only in a directory that never held one, and a
+store file that is missing or cut short stops the open (`store.files`). Every
+row that holds payloads carries a checksum (`store.checksums`), computed when
+the change is buffered (a message) or written (a pack), and verified by
+`load` for every live message, and by `commit` for a pack before members are
+extracted from it: damage stops the server, naming the file and the message
+ids, instead of being served. `store.check` reads a store without changing
+it and salvages the intact messages of a damaged one.
 """
 
 from __future__ import annotations
@@ -79,9 +88,11 @@ from typing import Self
 
 from ..core.journal import Journal, Snapshot, StoredMessage, StoredQueue, now_ms
 from ..errors import StoreError
-from . import schema
+from . import contents, files, schema
+from .checksums import pack_crc, row_crc
+from .files import DB_NAME
 from .lock import LOCK_NAME, DirectoryLock
-from .packs import FREE_SLOT_BYTES, Pack, PackIndex, all_gone, sizes_layout, unpacked
+from .packs import FREE_SLOT_BYTES, Pack, PackIndex, all_gone, sizes_layout
 from .schema import FORMAT_VERSION
 
 __all__ = [
@@ -97,7 +108,6 @@ __all__ = [
     "now_ms",
 ]
 
-DB_NAME = "dbqueue.db"
 SYNC_MODES = {"os": "NORMAL", "disk": "FULL"}
 
 # SQLite's own checkpoint (4 MiB of WAL): under steady churn the WAL, not the
@@ -108,24 +118,20 @@ JOURNAL_SIZE_LIMIT = 4 << 20
 # `reclaim` keeps this many free pages for the next additions instead of returning them.
 FREE_PAGES_KEPT = 256
 
-_INSERT = "INSERT INTO messages (id, qid, data, deliveries, due_ms, seq) VALUES (?, ?, ?, ?, ?, ?)"
+_INSERT = "INSERT INTO messages (id, qid, data, deliveries, due_ms, seq, crc) VALUES (?, ?, ?, ?, ?, ?, ?)"
 _DELETE = "DELETE FROM messages WHERE id = ?"
-# Rows per multi-row statement. One statement for 32 rows instead of 32 statements
-# took 15-25% off a commit in an A/B run of the benchmark.
+# Rows per multi-row statement: SQLite's cost per statement, not per row, dominates a commit of small rows.
 _CHUNK = 32
-_INSERT_CHUNK = _INSERT.partition(" VALUES ")[0] + " VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?)"] * _CHUNK)
+_INSERT_CHUNK = _INSERT.partition(" VALUES ")[0] + " VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * _CHUNK)
 _DELETE_CHUNK = "DELETE FROM messages WHERE id IN (" + ", ".join(["?"] * _CHUNK) + ")"
-_INSERT_PACK = "INSERT INTO packs (first_id, qid, seq, count, sizes, data, slot) VALUES (?, ?, ?, ?, ?, ?, ?)"
+_INSERT_PACK = "INSERT INTO packs (first_id, qid, seq, count, sizes, data, crc, slot) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 # A free slot taken over: SQLite rewrites a row of the same size in place (no pages freed or allocated).
-_REUSE_PACK = "UPDATE packs SET first_id = ?, qid = ?, seq = ?, count = ?, sizes = ?, data = ? WHERE slot = ?"
+_REUSE_PACK = "UPDATE packs SET first_id = ?, qid = ?, seq = ?, count = ?, sizes = ?, data = ?, crc = ? WHERE slot = ?"
 _DELETE_PACK = "DELETE FROM packs WHERE slot = ?"
 _SET_GONE = "INSERT OR REPLACE INTO pack_gone (slot, gone) VALUES (?, ?)"
 _DELETE_GONE = "DELETE FROM pack_gone WHERE slot = ?"
-# A pack member copied into `messages` (substr counts bytes from 1 on a BLOB).
-_EXTRACT = (
-    "INSERT INTO messages (id, qid, data, deliveries, due_ms, seq)"
-    " SELECT ?, qid, substr(data, ?, ?), ?, ?, seq FROM packs WHERE slot = ?"
-)
+# A written pack whose members are to be extracted, read back and checked first.
+_READ_PACK = "SELECT first_id, sizes, data, crc FROM packs WHERE slot = ?"
 _SET_DELIVERIES = "UPDATE messages SET deliveries = ? WHERE id = ?"
 _SET_DUE = "UPDATE messages SET due_ms = ? WHERE id = ?"
 _RESERVE = "UPDATE meta SET value = ? WHERE key = 'next_id' AND value < ?"
@@ -133,8 +139,8 @@ _RESERVE = "UPDATE meta SET value = ? WHERE key = 'next_id' AND value < ?"
 # Queue operations, kept in call order: (qid, name, capacity, max_deliveries, dead_letter) creates,
 # (qid,) deletes, (qid, kept ids) purges.
 _QueueOp = tuple[int, bytes, int, int, bytes | None] | tuple[int] | tuple[int, frozenset[int]]
-# A message row as _INSERT binds it: (id, qid, data, deliveries, due_ms, seq).
-_Row = tuple[int, int, bytes, int, int, int]
+# A message row as _INSERT binds it: (id, qid, data, deliveries, due_ms, seq, crc).
+_Row = tuple[int, int, bytes, int, int, int, int]
 
 
 class _Extract:
@@ -216,10 +222,16 @@ class Store:
         ``sync`` is "os" (a commit survives the process dying) or "disk" (it
         survives a power cut; each commit fsyncs).
 
+        An empty store is created only in a directory that never held one; a
+        store of an older format version is upgraded in place, for good.
+
         Raises `StoreError`, naming the file, if another process (or another
-        `Store` in this one) holds the directory, if the file is not a dbqueue
-        store, is corrupt (fails ``PRAGMA quick_check``), or was written by a
-        newer format version. Raises `ValueError` for an unknown ``sync``.
+        `Store` in this one) holds the directory, if the store looks lost or
+        damaged (`store.files`: its file missing beside its lock file or log,
+        empty or truncated), if the file is not a dbqueue store, is corrupt
+        (fails ``PRAGMA quick_check``), or was written by a newer format
+        version. Raises `ValueError` for an unknown ``sync``. Damaged payloads
+        are found by `load`.
         """
         if sync not in SYNC_MODES:
             raise ValueError(f"sync must be one of {sorted(SYNC_MODES)}, got {sync!r}")
@@ -232,15 +244,19 @@ class Store:
         path = directory / DB_NAME
         con = None
         try:
-            created = not path.exists()
+            if files.holds_store(directory, lock.found):
+                problem, _ = files.damage(directory)
+                if problem:
+                    raise StoreError(f"{path}: {problem}: the store is damaged; restore it from a backup")
+            else:
+                files.create(directory)
             con = _connect(path, sync)
-            store = cls(directory, sync, con, lock)
-            if created:
-                _fsync_directory(directory)
-            return store
+            return cls(directory, sync, con, lock)
         except BaseException as exc:
             if con is not None:
                 con.close()
+            if not lock.found and not path.exists():
+                lock.discard()  # a first start that failed leaves the directory as new as it found it
             lock.release()
             if isinstance(exc, sqlite3.Error):
                 raise StoreError(f"{path}: cannot open the store: {exc}") from exc
@@ -278,38 +294,26 @@ class Store:
         """Return every stored queue and message as last committed (buffered changes are not included).
 
         Meant to be called once, right after `open`. Costs one scan and sort of
-        the message table. Raises `StoreError` if SQLite fails.
+        the message table, and a checksum of every stored payload
+        (`store.checksums`). Raises `StoreError` if SQLite fails, and if any
+        payload fails its checksum: the error names the file and the damaged
+        message ids, and nothing is returned (`store.check.salvage` copies the
+        intact messages into a new store).
         """
         con = self._connection()
         try:
-            queues = con.execute(
-                "SELECT qid, name, capacity, max_deliveries, dead_letter FROM queues ORDER BY qid"
-            ).fetchall()
-            # (seq, id, message) for each queue, to sort: a pack's members share its seq.
-            by_qid: dict[int, list[tuple[int, int, StoredMessage]]] = {row[0]: [] for row in queues}
-            rows = con.execute("SELECT seq, qid, id, data, deliveries, due_ms FROM messages")
-            for seq, qid, id_, data, deliveries, due_ms in rows:
-                by_qid[qid].append((seq, id_, (id_, data, deliveries, due_ms)))
-            gone = dict(con.execute("SELECT slot, gone FROM pack_gone"))
-            packs = con.execute("SELECT slot, first_id, qid, seq, sizes, data FROM packs")
-            for slot, first_id, qid, seq, sizes, data in packs:
-                by_qid[qid] += unpacked(first_id, seq, sizes, data, int.from_bytes(gone.get(slot, b""), "little"))
-            (max_id,) = con.execute("SELECT max(id) FROM messages").fetchone()
-            (max_packed,) = con.execute("SELECT max(first_id + count - 1) FROM packs").fetchone()
-            (reserved,) = con.execute("SELECT value FROM meta WHERE key = 'next_id'").fetchone()
+            found = contents.read(con, FORMAT_VERSION)
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot read the store: {exc}") from exc
         except KeyError as exc:
             raise StoreError(f"{self.path}: a message refers to queue {exc}, which is not stored") from exc
-        for messages in by_qid.values():
-            messages.sort()  # (seq, id) is unique: the messages themselves are never compared
-        return Snapshot(
-            queues=[
-                StoredQueue(name, cap, maxd, dlq, [message for _, _, message in by_qid[qid]])
-                for qid, name, cap, maxd, dlq in queues
-            ],
-            next_id=max(reserved, (max_id or 0) + 1, (max_packed or 0) + 1, 1),
-        )
+        if found.damaged:
+            raise StoreError(
+                f"{self.path}: {len(found.damaged)} stored messages fail their checksum, the file is damaged"
+                f" (ids {contents.describe_ids(found.damaged)}); `dbqueue store check {self.directory}"
+                " --salvage NEW_DIR` copies the intact messages into a new store"
+            )
+        return Snapshot(queues=found.queues, next_id=found.next_id)
 
     # --- buffered changes (the hot path: no SQLite here) ------------------------------
 
@@ -353,7 +357,7 @@ class Store:
         (after ``remove(id_)``) to a dead-letter queue. Raises `KeyError` for an
         unknown queue.
         """
-        self._adds[id_] = (id_, self._qids[queue], data, deliveries, due_ms, next(self._seq))
+        self._adds[id_] = (id_, self._qids[queue], data, deliveries, due_ms, next(self._seq), row_crc(id_, data))
 
     def add_many(self, queue: bytes, ids: Sequence[int], items: Sequence[bytes]) -> None:
         """`add` for several new messages at once, in order of increasing ids (no delay, no deliveries):
@@ -363,7 +367,8 @@ class Store:
         while start < len(ids):  # ``ids`` increase: a stretch ends where they skip
             end = len(ids) if ids[-1] - ids[start] == len(ids) - 1 - start else _stretch_end(ids, start)
             if end - start == 1:
-                self._adds[ids[start]] = (ids[start], qid, items[start], 0, 0, next(self._seq))
+                id_, data = ids[start], items[start]
+                self._adds[id_] = (id_, qid, data, 0, 0, next(self._seq), row_crc(id_, data))
             else:
                 chunk = items[start:end]
                 self._add_pack(qid, ids[start], sizes_layout(len(chunk)).pack(*map(len, chunk)), b"".join(chunk))
@@ -374,7 +379,7 @@ class Store:
         their u32 sizes and their payloads back to back (stored as they are, as one pack)."""
         qid = self._qids[queue]
         if len(sizes) == 4:
-            self._adds[first_id] = (first_id, qid, data, 0, 0, next(self._seq))
+            self._adds[first_id] = (first_id, qid, data, 0, 0, next(self._seq), row_crc(first_id, data))
         else:
             self._add_pack(qid, first_id, sizes, data)
 
@@ -436,12 +441,12 @@ class Store:
         row = self._adds.get(id_)
         extract = self._extracts.get(id_)
         if row is not None:
-            _, qid, data, old_deliveries, old_due_ms, seq = row
+            _, qid, data, old_deliveries, old_due_ms, seq, crc = row
             if deliveries is None:
                 deliveries = old_deliveries
             if due_ms is None:
                 due_ms = old_due_ms
-            self._adds[id_] = (id_, qid, data, deliveries, due_ms, seq)
+            self._adds[id_] = (id_, qid, data, deliveries, due_ms, seq, crc)
         elif extract is not None:
             if deliveries is not None:
                 extract.deliveries = deliveries
@@ -455,11 +460,12 @@ class Store:
     def _extract(self, pack: Pack, id_: int) -> None:
         """Turn a pack member into a message of its own (in `messages`, at its pack's place)."""
         if pack.written:
-            self._extracts[id_] = _Extract(pack)  # copied by SQL at commit
+            self._extracts[id_] = _Extract(pack)  # read back from its row at commit
         else:
             assert pack.data is not None  # an unwritten pack holds its payloads
             offset, size = pack.span(id_)
-            self._adds[id_] = (id_, pack.qid, pack.data[offset : offset + size], 0, 0, pack.seq)
+            data = pack.data[offset : offset + size]
+            self._adds[id_] = (id_, pack.qid, data, 0, 0, pack.seq, row_crc(id_, data))
         pack.live -= 1
         self._mark_gone(pack, id_)
 
@@ -561,7 +567,7 @@ class Store:
         try:
             con.execute("BEGIN")
             if self._extracts:
-                con.executemany(_EXTRACT, list(map(_extract_row, self._extracts.items())))
+                con.executemany(_INSERT, self._extracted_rows(con))
             for op in self._queue_ops:
                 _queue_op(con, op)
             if self._reserved != self._reserved_written:
@@ -576,10 +582,12 @@ class Store:
                 _insert(con, list(self._adds.values()))
             self._write_packs(con)
             con.execute("COMMIT")
-        except sqlite3.Error as exc:
+        except BaseException as exc:
             if con.in_transaction:
                 con.rollback()
-            raise StoreError(f"{self.path}: commit failed, nothing of the batch was written: {exc}") from exc
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"{self.path}: commit failed, nothing of the batch was written: {exc}") from exc
+            raise
         for pack in self._new_packs.values():
             pack.written = True
             pack.reused_qid = -1
@@ -600,7 +608,7 @@ class Store:
         new_packs = list(self._new_packs.values())
         if new_packs:
             reused = [pack.reused_qid >= 0 for pack in new_packs]
-            rows = [(p.first_id, p.qid, p.seq, p.count, p.sizes, p.data, p.slot) for p in new_packs]
+            rows = list(map(_pack_row, new_packs))
             con.executemany(_REUSE_PACK, itertools.compress(rows, reused))
             con.executemany(_DELETE_GONE, [(pack.slot,) for pack in itertools.compress(new_packs, reused)])
             con.executemany(_INSERT_PACK, itertools.compress(rows, map(operator.not_, reused)))
@@ -645,6 +653,30 @@ class Store:
 
     # --- internals -------------------------------------------------------------------
 
+    def _extracted_rows(self, con: sqlite3.Connection) -> list[_Row]:
+        # The members to extract as message rows, read back from their packs' rows. Each pack is
+        # checked first: a payload damaged since the start must not be copied under a fresh checksum.
+        rows: list[_Row] = []
+        by_pack: dict[int, list[tuple[int, _Extract]]] = {}
+        for id_, extract in self._extracts.items():
+            by_pack.setdefault(extract.pack.slot, []).append((id_, extract))
+        for slot, members in by_pack.items():
+            pack = members[0][1].pack
+            [(first_id, sizes, data, crc)] = con.execute(_READ_PACK, (slot,)).fetchall()
+            if (first_id, sizes) != (pack.first_id, pack.sizes) or pack_crc(first_id, sizes, data) != crc:
+                live = [id_ for id_, _ in members] + pack.members()
+                raise StoreError(
+                    f"{self.path}: a stored pack fails its checksum, the file is damaged"
+                    f" (ids {contents.describe_ids(sorted(live))})"
+                )
+            for id_, extract in members:
+                offset, size = pack.span(id_)
+                payload = data[offset : offset + size]
+                rows.append(
+                    (id_, pack.qid, payload, extract.deliveries, extract.due_ms, pack.seq, row_crc(id_, payload))
+                )
+        return rows
+
     def _connection(self) -> sqlite3.Connection:
         if self._con is None:
             raise StoreError(f"{self.path}: the store is closed")
@@ -663,11 +695,20 @@ def _stretch_end(ids: Sequence[int], start: int) -> int:
     return end
 
 
-def _extract_row(item: tuple[int, _Extract]) -> tuple[int, int, int, int, int, int]:
-    # (id, extract) as _EXTRACT binds it.
-    id_, extract = item
-    offset, size = extract.pack.span(id_)
-    return id_, offset + 1, size, extract.deliveries, extract.due_ms, extract.pack.slot
+def _pack_row(pack: Pack) -> tuple[int, int, int, int, bytes, bytes, int, int]:
+    # A new pack as _INSERT_PACK and _REUSE_PACK bind it.
+    data = pack.data
+    assert data is not None  # an unwritten pack holds its payloads
+    return (
+        pack.first_id,
+        pack.qid,
+        pack.seq,
+        pack.count,
+        pack.sizes,
+        data,
+        pack_crc(pack.first_id, pack.sizes, data),
+        pack.slot,
+    )
 
 
 def _queue_op(con: sqlite3.Connection, op: _QueueOp) -> None:
@@ -701,11 +742,11 @@ def _delete(con: sqlite3.Connection, ids: list[int]) -> None:
         con.executemany(_DELETE, zip(ids[whole:]))
 
 
-def _insert(con: sqlite3.Connection, rows: list[tuple[int, int, bytes, int, int, int]]) -> None:
+def _insert(con: sqlite3.Connection, rows: list[_Row]) -> None:
     whole = len(rows) - len(rows) % _CHUNK
     if whole:
         flat = list(itertools.chain.from_iterable(rows[:whole]))
-        step = 6 * _CHUNK
+        step = 7 * _CHUNK
         con.executemany(_INSERT_CHUNK, [flat[i : i + step] for i in range(0, len(flat), step)])
     if whole < len(rows):
         con.executemany(_INSERT, rows[whole:])
@@ -717,7 +758,8 @@ def _swapped(values: dict[int, int]) -> zip[tuple[int, int]]:
 
 
 def _connect(path: Path, sync: str) -> sqlite3.Connection:
-    """Open, check and (if new) create the database; raise `StoreError` naming ``path`` if it is not usable."""
+    """Open and check the existing store at ``path``, upgrading it if older; raise `StoreError` naming ``path``
+    if it is not usable."""
     # timeout=0: our flock already excludes other servers; anything else holding
     # the file should make us fail now, not after a wait.
     con = sqlite3.connect(path, isolation_level=None, timeout=0, cached_statements=32)
@@ -725,16 +767,7 @@ def _connect(path: Path, sync: str) -> sqlite3.Connection:
         # Before the first read, so the WAL index lives in our memory (no -shm
         # file) and SQLite's own lock is exclusive too.
         con.execute("PRAGMA locking_mode = EXCLUSIVE")
-        try:
-            version = schema.pragma(con, "user_version")
-            app_id = schema.pragma(con, "application_id")
-            (objects,) = con.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{path}: not a readable dbqueue store ({exc})") from exc
-        if version == 0 and app_id == 0 and objects == 0:
-            schema.create(con)
-        else:
-            schema.adopt(con, path, version, app_id)
+        schema.adopt(con, path)
         con.execute("PRAGMA journal_mode = WAL").fetchall()
         con.execute(f"PRAGMA synchronous = {SYNC_MODES[sync]}")
         con.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
@@ -745,15 +778,6 @@ def _connect(path: Path, sync: str) -> sqlite3.Connection:
     except BaseException:
         con.close()
         raise
-
-
-def _fsync_directory(directory: Path) -> None:
-    # A new file's directory entry is durable only once the directory is synced.
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 _journal: type[Journal] = Store  # checked by mypy: the Store is what the queue logic writes to
