@@ -463,14 +463,12 @@ class ModelSqs:
             return sqs.BatchResult(tuple(ok), tuple(failed))
         if isinstance(request, sqs.ListDeadLetterSourceQueues):
             self._queue(request.queue)
-            arn = sqs.queue_arn(request.queue)
             sources = [
                 name
                 for name, queue in self.queues.items()
                 if queue.attributes.get("RedrivePolicy")
                 and sqs.redrive_policy(queue.attributes["RedrivePolicy"]).dead_letter_queue == request.queue
             ]
-            del arn
             names, token = sqs.paginate(sources, "", request.max_results, request.next_token)
             return sqs.ListDeadLetterSourceQueuesResult(tuple(sqs.queue_url(ENDPOINT, n) for n in names), token)
         if isinstance(request, sqs.StartMessageMoveTask):

@@ -222,3 +222,18 @@ def test_errors_carry_their_defaults_and_pickle() -> None:
     from dbqueue.errors import DbQueueError
 
     assert isinstance(error, DbQueueError)
+
+
+@BOTH
+def test_any_mapping_will_do_for_the_mappings_of_a_result(protocol: Protocol) -> None:
+    from types import MappingProxyType
+
+    attributes = MappingProxyType({"SentTimestamp": "1"})
+    message_attributes = MappingProxyType({"a": sqs.MessageAttributeValue("String", "x")})
+    message = sqs.ReceivedMessage.build("id", "handle", "body", attributes, message_attributes)
+    reply = encode_result(protocol, "ReceiveMessage", sqs.ReceiveMessageResult((message,)), "r")
+    [got] = parse(protocol, "ReceiveMessage", reply)["Messages"]
+    assert got["Attributes"] == {"SentTimestamp": "1"}
+    assert got["MessageAttributes"] == {"a": {"DataType": "String", "StringValue": "x"}}
+    tags = encode_result(protocol, "ListQueueTags", sqs.ListQueueTagsResult(MappingProxyType({"k": "v"})), "r")
+    assert parse(protocol, "ListQueueTags", tags) == {"Tags": {"k": "v"}}

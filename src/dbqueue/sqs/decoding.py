@@ -31,6 +31,7 @@ from typing import Any
 from .addresses import ACCOUNT_ID, check_queue_name, queue_of_arn, queue_of_url
 from .digests import attributes_size
 from .errors import ErrorCode, SqsError
+from .pagination import MAX_LISTED
 from .requests import (
     CancelMessageMoveTask,
     ChangeMessageVisibility,
@@ -80,7 +81,6 @@ MAX_MESSAGE_SIZE = 1_048_576
 MAX_BATCH_ENTRIES = 10
 MAX_MESSAGE_ATTRIBUTES = 10
 MAX_TAGS = 50
-MAX_LISTED = 1000
 
 Params = Mapping[str, Any]
 
@@ -148,7 +148,6 @@ _INTEGER_ATTRIBUTES = {
     "VisibilityTimeout": (0, 43_200),
     "KmsDataKeyReusePeriodSeconds": (60, 86_400),
 }
-_FIFO_ATTRIBUTES = frozenset({"ContentBasedDeduplication", "DeduplicationScope", "FifoThroughputLimit"})
 _TEXT_ATTRIBUTES = frozenset({"KmsMasterKeyId"})
 
 

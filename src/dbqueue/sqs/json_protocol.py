@@ -138,8 +138,10 @@ def _message(message: ReceivedMessage) -> dict[str, Any]:
         "MD5OfBody": message.md5_of_body,
         "Body": message.body,
     }
-    if message.attributes:
-        out["Attributes"] = message.attributes
+    attributes = message.attributes
+    if attributes:
+        # json encodes dicts only: any other Mapping is copied.
+        out["Attributes"] = attributes if type(attributes) is dict else dict(attributes)
     if message.message_attributes:
         out["MD5OfMessageAttributes"] = message.md5_of_message_attributes
         out["MessageAttributes"] = _attributes(message.message_attributes)
