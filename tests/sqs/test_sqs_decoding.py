@@ -642,3 +642,37 @@ def test_the_form_splitter_reads_what_urlencode_writes_as_parse_qsl_does(pairs: 
 
     for encoded in (urlencode(pairs), urlencode(pairs, quote_via=quote)):
         assert _form(encoded) == parse_qsl(encoded, keep_blank_values=True)
+
+
+LONE = "\ud800"
+
+
+@pytest.mark.parametrize(
+    ("action", "params"),
+    [
+        ("SendMessage", send(MessageBody=LONE)),
+        ("SendMessage", send(QueueUrl=URL + LONE)),
+        ("SendMessage", send(MessageGroupId=LONE)),
+        ("SendMessage", attribute({"DataType": "String", "StringValue": LONE})),
+        ("SendMessage", attribute({"DataType": "String." + LONE, "StringValue": "x"})),
+        ("SendMessage", send(MessageAttributes={LONE: {"DataType": "String", "StringValue": "x"}})),
+        ("GetQueueUrl", {"QueueName": LONE}),
+        ("TagQueue", {"QueueUrl": URL, "Tags": {"k": LONE}}),
+        ("TagQueue", {"QueueUrl": URL, "Tags": {LONE: "v"}}),
+        ("SetQueueAttributes", {"QueueUrl": URL, "Attributes": {"KmsMasterKeyId": LONE}}),
+        ("ReceiveMessage", {"QueueUrl": URL, "MessageAttributeNames": [LONE]}),
+        ("DeleteMessage", {"QueueUrl": URL, "ReceiptHandle": LONE}),
+        ("DeleteMessageBatch", {"QueueUrl": URL, "Entries": [{"Id": "a", "ReceiptHandle": LONE}]}),
+        ("ListQueues", {"NextToken": LONE}),
+        ("Frobnicate" + LONE, {}),
+    ],
+)
+def test_lone_surrogates_are_refused_and_the_refusal_encodes(action: str, params: dict[str, Any]) -> None:
+    """JSON can carry "\\ud800"; no request keeps one, and the error quoting it still encodes."""
+    body = json.dumps(params).encode()
+    with pytest.raises(SqsError) as caught:
+        decode_request(Protocol.JSON, "/", "", body, "AmazonSQS." + action)
+    for protocol in Protocol:
+        reply = sqs.encode_error(protocol, caught.value, "r")
+        assert reply.status == 400
+        reply.body.decode("utf-8")

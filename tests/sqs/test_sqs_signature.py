@@ -304,3 +304,10 @@ def test_the_plain_path_shortcut_changes_no_canonical_path(tail: str) -> None:
             segments.append(segment)
     normalized = "/" + "/".join(segments) + ("/" if path.endswith("/") and segments else "")
     assert _canonical_path(path) == quote(normalized, safe="/~")
+
+
+def test_undecodable_text_is_refused_not_a_crash() -> None:
+    method, path, query, headers, body = signed()
+    assert refusal((method, "/000000000000/\udcff", query, headers, body)).code is MISMATCH
+    assert refusal((method, path, "a=\udcff", headers, body)).code is MISMATCH
+    assert refusal(with_header((method, path, query, headers, body), "X-Amz-Target", "\udcff")).code is MISMATCH

@@ -90,9 +90,10 @@ _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _FORBIDDEN_CHARACTER = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 _BATCH_ENTRY_ID = re.compile(r"[A-Za-z0-9_-]{1,80}")
 _ATTRIBUTE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,256}")
-_DATA_TYPE = re.compile(r"(String|Number|Binary)(\.[^\x00-\x1f]{1,249})?")
+_DATA_TYPE = re.compile("(String|Number|Binary)(\\.[^\x00-\x1f\ud800-\udfff]{1,249})?")
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _DECIMAL = re.compile(r"[+-]?[0-9]{1,12}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 MESSAGE_SYSTEM_ATTRIBUTE_NAMES = frozenset(
     {
@@ -170,19 +171,31 @@ def _shown(value: object) -> str:
 
 
 # --- scalar readers -----------------------------------------------------------------------------------------------
+#
+# Every string a request keeps is valid Unicode: JSON can carry lone surrogates
+# ("\ud800"), which no answer could encode later. ASCII strings (the common
+# case) are known clean in O(1).
+
+
+def _text(name: str, value: str) -> str:
+    if value.isascii() or _SURROGATE.search(value) is None:
+        return value
+    raise _invalid(name, value, "Must be valid Unicode text (no lone surrogates).")
 
 
 def _string(params: Params, name: str) -> str | None:
     value = params.get(name)
-    if value is None or type(value) is str:
-        return value
+    if value is None:
+        return None
+    if type(value) is str:
+        return _text(name, value)
     raise _invalid(name, value, "Must be a string.")
 
 
 def _required_string(params: Params, name: str) -> str:
     value = params.get(name)
     if type(value) is str and value:
-        return value
+        return _text(name, value)
     if value is None or value == "":
         raise _missing(name)
     raise _invalid(name, value, "Must be a string.")
@@ -211,7 +224,7 @@ def _string_list(params: Params, name: str) -> tuple[str, ...]:
     if value is None:
         return ()
     if type(value) is list and all(type(item) is str for item in value):
-        return tuple(value)
+        return tuple(_text(name, item) for item in value)
     raise _invalid(name, value, "Must be a list of strings.")
 
 
@@ -220,6 +233,9 @@ def _string_map(params: Params, name: str) -> dict[str, str]:
     if value is None:
         return {}
     if type(value) is dict and all(type(item) is str for item in value.values()):
+        for key, item in value.items():
+            _text(name, key)
+            _text(name, item)
         return value
     raise _invalid(name, value, "Must be a map of strings to strings.")
 
@@ -228,7 +244,7 @@ def _queue(params: Params, path_queue: str | None) -> str:
     """The queue a request is about: its ``QueueUrl``, or the path it was sent to (Query protocol)."""
     url = params.get("QueueUrl")
     if type(url) is str and url:
-        return queue_of_url(url)
+        return queue_of_url(_text("QueueUrl", url))
     if url is None and path_queue is not None:
         return path_queue
     if url is None or url == "":
@@ -389,9 +405,7 @@ def _send_message(params: Params, path_queue: str | None) -> SendMessage:
         raise _too_long()
     if "MessageDeduplicationId" in params:
         _no_deduplication(params)
-    group = params.get("MessageGroupId")
-    if group is not None and type(group) is not str:
-        raise _invalid("MessageGroupId", group, "Must be a string.")
+    group = _string(params, "MessageGroupId") if "MessageGroupId" in params else None
     return SendMessage(queue, body, delay, message_attributes, system_attributes, group, size)
 
 
@@ -463,7 +477,7 @@ def _delete_message_batch(params: Params, path_queue: str | None) -> DeleteMessa
         handle = entry.get("ReceiptHandle")
         if type(handle) is not str or not handle:
             raise _missing(f"DeleteMessageBatchRequestEntry.{index}.ReceiptHandle")
-        entries.append(DeleteMessageBatchEntry(entry["Id"], handle))
+        entries.append(DeleteMessageBatchEntry(entry["Id"], _text("ReceiptHandle", handle)))
     return DeleteMessageBatch(queue, tuple(entries))
 
 
@@ -478,7 +492,7 @@ def _change_message_visibility_batch(params: Params, path_queue: str | None) -> 
         timeout = _integer(entry, "VisibilityTimeout", 0, 43_200)
         if timeout is None:
             raise _missing(prefix + "VisibilityTimeout")
-        entries.append(ChangeMessageVisibilityBatchEntry(entry["Id"], handle, timeout))
+        entries.append(ChangeMessageVisibilityBatchEntry(entry["Id"], _text("ReceiptHandle", handle), timeout))
     return ChangeMessageVisibilityBatch(queue, tuple(entries))
 
 

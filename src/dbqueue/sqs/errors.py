@@ -277,7 +277,13 @@ class SqsError(DbQueueError):
 
     def __init__(self, code: ErrorCode, message: str | None = None) -> None:
         self.code = code
-        self.message = message if message is not None else code.default_message
+        if message is None:
+            message = code.default_message
+        elif not message.isascii():
+            # Messages quote what the client sent, which may hold lone surrogates
+            # (JSON's "\ud800"): escape them, so that every error can be encoded.
+            message = message.encode("utf-8", "backslashreplace").decode("utf-8")
+        self.message = message
         super().__init__(f"{code.shape}: {self.message}")
 
     @property

@@ -143,7 +143,12 @@ class SignatureVerifier:
             )
 
         payload_hash = self._payload_hash(fields, body)
-        head = f"{method.upper()}\n{_canonical_path(path)}\n"
+        try:
+            head = f"{method.upper()}\n{_canonical_path(path)}\n"
+            queries = _canonical_queries(query, presigned is not None)
+        except UnicodeError:
+            # A path or query that is not text (undecodable bytes kept as surrogates) was signed by no SDK.
+            raise SqsError(ErrorCode.SIGNATURE_DOES_NOT_MATCH) from None
         tail = f"\n{_canonical_headers(fields, signed_names)}\n{';'.join(signed_names)}\n{payload_hash}"
         scope = f"{date}/{region}/{service}/aws4_request"
         cache_key = (access_key, secret, date, region)
@@ -154,11 +159,11 @@ class SignatureVerifier:
         # compare_digest wants ASCII text: anything else is no signature of ours anyway.
         if _HEX_SIGNATURE.fullmatch(signature) is None:
             raise SqsError(ErrorCode.SIGNATURE_DOES_NOT_MATCH)
-        for canonical_query in _canonical_queries(query, presigned is not None):
+        for canonical_query in queries:
             canonical_request = head + canonical_query + tail
-            string_to_sign = (
-                f"{ALGORITHM}\n{amz_date}\n{scope}\n{hashlib.sha256(canonical_request.encode()).hexdigest()}"
-            )
+            # surrogateescape gives back the bytes of headers an HTTP parser decoded that way.
+            digest = hashlib.sha256(canonical_request.encode("utf-8", "surrogateescape")).hexdigest()
+            string_to_sign = f"{ALGORITHM}\n{amz_date}\n{scope}\n{digest}"
             expected = hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
             if hmac.compare_digest(expected, signature):
                 break
