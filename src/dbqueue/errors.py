@@ -23,6 +23,8 @@ __all__ = [
     "InvalidQueueName",
     "UnsupportedVersion",
     "LimitExceeded",
+    "OverMemoryBudget",
+    "StoreUnavailable",
     "AuthenticationFailed",
     "ProtocolError",
     "ConnectionLost",
@@ -49,6 +51,8 @@ class ErrorCode(enum.IntEnum):
     REQUEUED = 10  # only used client-side; the wire answers with a Requeued frame
     LIMIT_EXCEEDED = 11  # a configured server limit (queues, connections, in flight...)
     NOT_AUTHENTICATED = 12  # no or wrong token: the server closes the connection after it
+    OVER_MEMORY_BUDGET = 13  # a send refused: queued payloads fill the server's memory budget
+    STORE_UNAVAILABLE = 14  # a change refused or undone: the store cannot commit (full disk, I/O error)
     INTERNAL = 99
 
 
@@ -129,6 +133,20 @@ class LimitExceeded(RequestError):
     code = ErrorCode.LIMIT_EXCEEDED
 
 
+class OverMemoryBudget(RequestError):
+    """The server's queued payloads fill its memory budget: sends are refused until consumers drain
+    the backlog (reads and confirms keep working). Retry later, with a backoff."""
+
+    code = ErrorCode.OVER_MEMORY_BUDGET
+
+
+class StoreUnavailable(RequestError):
+    """The store cannot commit (a full disk, an I/O error): this change was not stored and did not
+    happen. Reads keep working; retry once the operator has made room."""
+
+    code = ErrorCode.STORE_UNAVAILABLE
+
+
 class AuthenticationFailed(DbQueueError, PermissionError):
     """The server wants a token this client did not give, or gave wrong; it closes the connection."""
 
@@ -156,6 +174,8 @@ _CLASS_FOR_CODE: dict[int, type[RequestError]] = {
     ErrorCode.QUEUE_FULL: QueueFull,
     ErrorCode.REQUEUED: Requeued,
     ErrorCode.LIMIT_EXCEEDED: LimitExceeded,
+    ErrorCode.OVER_MEMORY_BUDGET: OverMemoryBudget,
+    ErrorCode.STORE_UNAVAILABLE: StoreUnavailable,
 }
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ class LimitSpec:
     low: Number
     high: Number | None = None
     off: str | None = None
+    default_text: str | None = None  # a default sized from the machine, in words ("half of the memory")
 
 
 def _limit(default: Any, spec: LimitSpec) -> Any:
@@ -57,6 +59,22 @@ def _limit(default: Any, spec: LimitSpec) -> Any:
 
 
 _MIB = 1 << 20
+
+
+def _physical_memory() -> int:
+    # The machine's memory, for the defaults sized from it (a guess of 4 GiB where it cannot be read).
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+def _default_memory_budget() -> int:
+    return _physical_memory() // 2
+
+
+def _default_output_total() -> int:
+    return _physical_memory() // 8
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -91,6 +109,45 @@ class Limits:
     max_output_buffer: int = _limit(
         64 * _MIB,
         LimitSpec("Unread replies after which a connection is cut off and its messages go back", "bytes", 1),
+    )
+    max_output_total: int = _limit(
+        _default_output_total(),
+        LimitSpec(
+            "Unread replies over all connections; past it the largest offenders are cut off first",
+            "bytes",
+            1,
+            default_text="1/8 of the machine's memory",
+        ),
+    )
+    memory_budget: int = _limit(
+        _default_memory_budget(),
+        LimitSpec(
+            "Queued payload bytes over all queues; at the budget sends get OverMemoryBudget while reads and "
+            "confirms go on",
+            "bytes",
+            1,
+            default_text="1/2 of the machine's memory",
+        ),
+    )
+    default_capacity_bytes: int = _limit(
+        0, LimitSpec("Payload bytes a queue holds at most (ready, in flight, delayed)", "bytes", 0, off="unbounded")
+    )
+    max_waiting_reads: int = _limit(
+        100_000,
+        LimitSpec("Waiting reads one connection may park; one more gets LimitExceeded", "reads", 1),
+    )
+    handshake_timeout: float = _limit(
+        5.0,
+        LimitSpec("Time a new connection has to finish its TLS handshake and, with a token, its Hello", "seconds", 0.1),
+    )
+    max_unauthenticated: int = _limit(
+        1024,
+        LimitSpec(
+            "Connections still in their handshake at once; kept below max_connections so that strangers "
+            "cannot take every place",
+            "connections",
+            1,
+        ),
     )
     idle_timeout: float | None = _limit(
         None,
@@ -138,6 +195,8 @@ class LimitField:
         """``value`` as a person reads it: "1 MiB", "100,000", "0.01 s", or the spec's word for off."""
         if self.spec.off is not None and value in (None, 0):
             return self.spec.off
+        if self.spec.default_text is not None and value == self.default:
+            return self.spec.default_text
         assert value is not None  # only a field with an off word defaults to None
         if self.spec.unit == "bytes":
             for size, name in ((1 << 30, "GiB"), (_MIB, "MiB"), (1 << 10, "KiB")):
