@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from dbqueue.core.queues import ID_BLOCK, Block, Broker, Entry, Holding, Outcome, Queue, Record, columns
+from dbqueue.core import ID_BLOCK, Block, Broker, Entry, Holding, Outcome, Queue, Record, columns
 from dbqueue.store.sqlite import Store
 
 NO_SUCH = Outcome.NO_SUCH_MESSAGE

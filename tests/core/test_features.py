@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from dbqueue.core.queues import Broker, Entry, Holding, Outcome, Queue, Record, columns
+from dbqueue.core import Broker, Entry, Holding, Outcome, Queue, Record, columns
 from dbqueue.errors import InvalidRequest, NoSuchQueue
 
 

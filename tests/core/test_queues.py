@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from dbqueue.core import queues as queues_module
-from dbqueue.core.queues import ID_BLOCK, Broker, Holding, Outcome, Queue, Record
+from dbqueue.core import ID_BLOCK, Broker, Holding, Outcome, Queue, Record
+from dbqueue.core import queue as queue_module
 
 
 def make(capacity: int = 0, **broker_kwargs: int) -> tuple[Broker, Queue]:
@@ -87,7 +87,7 @@ def test_ids_unique_across_queues_and_block_boundaries() -> None:
 
 
 def test_ids_unique_across_many_small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(queues_module, "ID_BLOCK", 3)
+    monkeypatch.setattr(queue_module, "ID_BLOCK", 3)
     broker = Broker()
     queues = [broker.create_queue(b"q%d" % i) for i in range(4)]
     pushed: dict[bytes, list[tuple[int, bytes]]] = {q.name: [] for q in queues}
@@ -105,10 +105,12 @@ def test_ids_unique_across_many_small_blocks(monkeypatch: pytest.MonkeyPatch) ->
             assert (record.id, record.data) == pushed[queue.name].pop(0)
     for queue in queues:
         assert [(r.id, r.data) for r in drain(broker, queue)] == pushed[queue.name]
+    # The patch took effect: the queues shared the first ID_BLOCK ids, in blocks of 3.
+    assert max(seen) < ID_BLOCK
 
 
 def test_ids_unique_after_a_run_empties_at_a_block_end(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(queues_module, "ID_BLOCK", 2)
+    monkeypatch.setattr(queue_module, "ID_BLOCK", 2)
     broker, queue = make()
     other = broker.create_queue(b"other")
     ids = []
@@ -121,6 +123,8 @@ def test_ids_unique_after_a_run_empties_at_a_block_end(monkeypatch: pytest.Monke
     assert len(set(ids)) == len(ids)
     assert queue.ready == 0
     assert len(queue._segments) <= 1  # drained runs are let go (at most the empty tail stays)
+    # The patch took effect: both queues took their ids among the first ID_BLOCK, in blocks of 2.
+    assert max(ids) < ID_BLOCK
 
 
 # --- capacity -------------------------------------------------------------------------

@@ -1,0 +1,624 @@
+"""The broker: every queue and every message record of one server, and the requests that move them.
+
+Theory of operation
+-------------------
+`Broker` owns the queues (`queue.Queue`) and everything that outlives a
+message's place in one: the records of messages in flight, returned or delayed
+(`Broker.records`), the blocks in flight (`Broker.blocks`, see `queue`), and
+the server-wide id counter. Sessions call it for every request: send, read,
+confirm, touch, release, and the return of everything a closing connection
+holds.
+
+A message that comes back (timeout, release, or its connection closed) goes
+to the front of its queue, ahead of every fresh message, unless it has been
+delivered ``max_deliveries`` times: then it moves to the queue's dead-letter
+queue (or is dropped and logged when there is none). A delayed message joins
+the back of its queue when its delay ends.
+
+Three structures hold every time-driven event: in-flight deadlines (a
+`deadlines.DeadlineLanes`), delay ends and the ends of waiting reads (heaps,
+see `queue.Waiter`). `Broker.expire` sweeps all three; the server runs it from one
+timer, never a timer per message.
+
+With a data directory, a *journal* (`journal.Journal`, the store's) is told of every change
+that must survive a restart: messages added and removed, queues created,
+deleted and purged, id blocks reserved, delays and delivery counts. It only
+buffers; the server commits it once per loop iteration, before it sends the
+replies. In memory the journal is None and costs one test per change.
+
+Every method takes ``now`` (seconds, monotonic) from the caller, so tests drive
+a fake clock.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable
+
+from ..errors import InvalidQueueName, InvalidRequest, LimitExceeded, NoSuchQueue
+from .deadlines import DeadlineLanes
+from .journal import Journal, Snapshot, now_ms
+from .queue import ID_BLOCK, Block, BlockIndex, Entry, Holding, Queue, Record, Waiter, read_order
+
+__all__ = ["Broker", "Outcome"]
+
+log = logging.getLogger("dbqueue.server")
+
+IDS_RESERVED_AHEAD = 16 * ID_BLOCK  # how far `Broker.allocate_ids` reserves ids in the journal ahead of its counter
+
+
+class Outcome(enum.IntEnum):
+    """What a confirm, touch or release did (also the CONFIRM_RESULTS byte).
+
+    DONE: the message was in flight and the request was done (confirmed, touched or released).
+    """
+
+    DONE = 0
+    REQUEUED = 1
+    NO_SUCH_MESSAGE = 2
+
+
+class Broker:
+    """Every queue and every message record of one server."""
+
+    def __init__(
+        self,
+        default_capacity: int = 0,
+        first_id: int = 1,
+        max_batch_bytes: int = 1 << 20,
+        max_queues: int = 10_000,
+        max_queue_name: int = 255,
+        max_in_flight: int = 1 << 62,
+    ) -> None:
+        self.default_capacity = default_capacity
+        self.max_in_flight = max_in_flight  # per holder: waiting reads are woken with no more than this
+        self.max_queues = max_queues
+        self.max_queue_name = max_queue_name
+        self.max_batch_bytes = max_batch_bytes
+        self.queues: dict[bytes, Queue] = {}
+        self.records: dict[int, Record] = {}  # every message with a record: in flight, returned or delayed
+        self.blocks = BlockIndex()  # every block in flight
+        self._deadlines = DeadlineLanes()
+        self._delays: list[tuple[float, int, Record]] = []
+        self._waits: list[tuple[float, int, Waiter]] = []
+        self._timed = 0  # records in flight with a deadline (live entries of `_deadlines`)
+        self._waiting = 0  # active waiters (live entries of `_waits`)
+        self._leases = 0
+        self._next_id = first_id
+        self._reserved = first_id  # ids below this are reserved in the journal
+        self.journal: Journal | None = None
+
+    def entries(self) -> dict[int, Entry]:
+        """Every message with a record or held in a block, by id, to what holds it (for inspection: O(n))."""
+        entries: dict[int, Entry] = dict(self.records)
+        for block in self.blocks:
+            entries.update(dict.fromkeys(block.members(), block))
+        return entries
+
+    # --- ids -------------------------------------------------------------------------
+
+    def allocate_ids(self, count: int) -> int:
+        """Reserve ``count`` consecutive ids; return the first."""
+        first = self._next_id
+        self._next_id = first + count
+        if self._next_id > self._reserved and self.journal is not None:
+            # Reserve well ahead: one journal entry per 16 blocks, not per id.
+            self._reserved = self._next_id + IDS_RESERVED_AHEAD
+            self.journal.reserve_ids(self._reserved)
+        return first
+
+    def attach(self, journal: Journal) -> None:
+        """From now on, tell ``journal`` of every change that must survive a restart."""
+        self.journal = journal
+        self._reserved = self._next_id
+        for queue in self.queues.values():
+            queue.journal = journal
+
+    def restore(self, snapshot: Snapshot, now: float) -> int:
+        """Rebuild queues and messages from a store's snapshot; return how many messages came back.
+
+        Every message comes back ready (or delayed, if its delay has not ended),
+        in the order it was added. Call before `attach`.
+        """
+        wall = now_ms()
+        restored = 0
+        for stored in snapshot.queues:
+            self.queues[stored.name] = Queue(
+                self, stored.name, stored.capacity, stored.max_deliveries, stored.dead_letter
+            )
+        for stored in snapshot.queues:
+            queue = self.queues[stored.name]
+            for id_, data, deliveries, due_ms in stored.messages:
+                record = self.records[id_] = Record(id_, queue, data)
+                record.deliveries = deliveries
+                queue.enqueued += 1
+                if due_ms > wall:
+                    self._delay(record, due_ms - wall, now)
+                else:
+                    queue.push_back(record)
+                restored += 1
+        self._next_id = max(self._next_id, snapshot.next_id)
+        return restored
+
+    # --- queues ----------------------------------------------------------------------
+
+    def create_queue(
+        self, name: bytes, capacity: int = 0, max_deliveries: int = 0, dead_letter: bytes | None = None
+    ) -> Queue:
+        """Return the queue called ``name``, creating it if needed (an existing one keeps its options).
+
+        Raises `NoSuchQueue` if ``dead_letter`` names no queue, `InvalidRequest`
+        if it would close a loop of dead-letter queues.
+        """
+        queue = self.queues.get(name)
+        if queue is not None:
+            return queue
+        if len(name) > self.max_queue_name:
+            raise InvalidQueueName(f"queue names on this server are at most {self.max_queue_name} bytes")
+        if len(self.queues) >= self.max_queues:
+            raise LimitExceeded(f"the server holds its limit of {self.max_queues} queues")
+        if dead_letter:
+            self._check_dead_letter(name, dead_letter)
+        queue = self.queues[name] = Queue(self, name, capacity or self.default_capacity, max_deliveries, dead_letter)
+        if self.journal is not None:
+            self.journal.create_queue(name, queue.capacity, max_deliveries, dead_letter)
+        return queue
+
+    def _check_dead_letter(self, name: bytes, dead_letter: bytes) -> None:
+        seen = {name}
+        hop: bytes | None = dead_letter
+        while hop:
+            if hop in seen:
+                raise InvalidRequest(
+                    f"dead-letter queue {dead_letter.decode()!r} would close a loop back to {name.decode()!r}"
+                )
+            seen.add(hop)
+            target = self.queues.get(hop)
+            hop = target.dead_letter if target is not None else None  # a chain may end at a queue deleted since
+        if dead_letter not in self.queues:
+            raise NoSuchQueue(f"no queue named {dead_letter.decode()!r} to use as a dead-letter queue")
+
+    def delete_queue(self, name: bytes) -> bool:
+        """Drop a queue and every message it holds; return False if there was none.
+
+        Its in-flight and delayed records are dropped lazily: a confirm of one
+        answers no-such-message, and its timeout, delay end or holder's
+        disconnect discards it. Its waiting reads are woken with None.
+        """
+        queue = self.queues.pop(name, None)
+        if queue is None:
+            return False
+        queue.deleted = True
+        if self.journal is not None:
+            self.journal.delete_queue(name)
+        for record in queue.drop_ready():
+            del self.records[record.id]
+        if queue.delayed:  # free them now, not when their delays end (maybe weeks away)
+            for _, lease, record in self._delays:
+                if record.queue is queue and record.lease == lease:
+                    record.lease = 0
+                    record.data = b""
+                    del self.records[record.id]
+        waiters, queue.waiters = queue.waiters, deque()
+        for waiter in waiters:
+            if waiter.active:
+                self.cancel_wait(waiter)
+                waiter.wake(None)
+        return True
+
+    def purge(self, queue: Queue) -> int:
+        """Drop every ready and delayed message of ``queue``; return how many."""
+        dropped = queue.ready + queue.delayed
+        if self.journal is not None:
+            records = self.records.values()
+            in_flight = [record.id for record in records if record.queue is queue and record.held is not None]
+            in_flight += [id_ for block in self.blocks if block.queue is queue for id_ in block.members()]
+            self.journal.purge(queue.name, keep=in_flight)
+        for record in queue.drop_ready():
+            del self.records[record.id]
+        if queue.delayed:
+            for _, lease, record in self._delays:
+                if record.queue is queue and record.lease == lease:
+                    record.lease = 0  # its heap entry goes stale
+                    record.data = b""  # and holds no payload until it is swept
+                    del self.records[record.id]
+            queue.purged += queue.delayed
+            queue.delayed = 0
+        return dropped
+
+    # --- sending ---------------------------------------------------------------------
+
+    def enqueue(self, queue: Queue, data: bytes, now: float) -> int:
+        """Append a message and hand it to a waiting read if there is one; return its id or -1 (full)."""
+        id_ = queue.push(data)
+        if id_ >= 0 and queue.waiters:
+            self.feed_waiters(queue, now)
+        return id_
+
+    def enqueue_batch(self, queue: Queue, items: list[bytes], now: float) -> list[int] | None:
+        """Append every message or none; return their ids, or None if they do not all fit."""
+        if not queue.has_room(len(items)):
+            return None
+        ids = queue.push_many(items)
+        if queue.waiters:
+            self.feed_waiters(queue, now)
+        return ids
+
+    def enqueue_columns(self, queue: Queue, lengths: bytes, data: bytes, now: float) -> bytes | None:
+        """`enqueue_batch` for a batch in its columns (u32 lengths, payloads back to back), kept as
+        they are; return the ids as a u64 column, or None if they do not all fit."""
+        if not queue.has_room(len(lengths) // 4):
+            return None
+        ids = queue.push_columns(lengths, data)
+        if queue.waiters:
+            self.feed_waiters(queue, now)
+        return ids
+
+    def enqueue_delayed(self, queue: Queue, data: bytes, delay_ms: int, now: float) -> int:
+        """Add a message that becomes ready after ``delay_ms``; return its id or -1 (full)."""
+        if not queue.has_room():
+            return -1
+        record = Record(self.allocate_ids(1), queue, data)
+        self.records[record.id] = record
+        queue.enqueued += 1
+        self._delay(record, delay_ms, now)
+        if self.journal is not None:
+            self.journal.add(queue.name, record.id, data, due_ms=now_ms() + delay_ms)
+        return record.id
+
+    def _delay(self, record: Record, delay_ms: int, now: float) -> None:
+        record.queue.delayed += 1
+        record.lease = self._leases = self._leases + 1
+        heapq.heappush(self._delays, (now + delay_ms / 1000.0, record.lease, record))
+
+    # --- reading ---------------------------------------------------------------------
+
+    def deliver(self, queue: Queue, timeout_ms: int, held: Holding, now: float) -> Record | None:
+        """Read the next message of ``queue`` on behalf of ``held``; None when none is ready."""
+        record = queue.take(held)
+        if record is not None and timeout_ms:
+            self.set_deadline(record, timeout_ms, now)
+        return record
+
+    def set_deadline(self, record: Record, timeout_ms: int, now: float) -> float:
+        """Give an in-flight record, without a deadline yet, one ``timeout_ms`` from now; return it."""
+        record.lease = lease = self._leases = self._leases + 1
+        deadlines = self._deadlines
+        deadline = now + timeout_ms / 1000.0
+        deadlines.push(timeout_ms, deadline, lease, record)
+        self._timed += 1
+        if deadlines.size > 2 * self._timed + 1024:
+            deadlines.keep_live()
+        return deadline
+
+    def deliver_many(self, queue: Queue, max_messages: int, timeout_ms: int, held: Holding, now: float) -> list[Entry]:
+        """Read up to ``max_messages`` messages of ``queue``, stopping once their payloads
+        pass ``max_batch_bytes`` so that any client can take the reply in (see `columns`)."""
+        entries = queue.take_many(held, max_messages, self.max_batch_bytes)
+        if entries and timeout_ms:
+            self.set_deadlines(entries, timeout_ms, now)
+        return entries
+
+    def set_deadlines(self, entries: list[Entry], timeout_ms: int, now: float) -> float:
+        """`set_deadline` for a batch: one lease number, one lane entry each, in read order."""
+        lease = self._leases = self._leases + 1
+        for entry in entries:
+            entry.lease = lease
+        deadlines = self._deadlines
+        deadline = now + timeout_ms / 1000.0
+        deadlines.push_many(timeout_ms, deadline, lease, entries)
+        self._timed += len(entries)
+        if deadlines.size > 2 * self._timed + 1024:
+            deadlines.keep_live()
+        return deadline
+
+    def wait(
+        self,
+        queue: Queue,
+        held: Holding,
+        timeout_ms: int,
+        max_messages: int,
+        wait_ms: int,
+        now: float,
+        wake: Callable[[list[Entry] | None], None],
+    ) -> Waiter:
+        """Park a read on an empty queue: ``wake`` gets its messages, or [] once ``wait_ms`` passes."""
+        # Retired waiters are dropped lazily; rebuild before they pile up.
+        if len(queue.waiters) > 2 * queue.waiting + 16:
+            queue.waiters = deque(w for w in queue.waiters if w.active)
+        if len(self._waits) > 2 * self._waiting + 1024:
+            self._waits = [entry for entry in self._waits if entry[2].active]
+            heapq.heapify(self._waits)
+        waiter = Waiter(queue, held, timeout_ms, max_messages, now + wait_ms / 1000.0, wake)
+        queue.waiters.append(waiter)
+        queue.waiting += 1
+        self._waiting += 1
+        self._leases += 1
+        heapq.heappush(self._waits, (waiter.deadline, self._leases, waiter))
+        return waiter
+
+    def cancel_wait(self, waiter: Waiter) -> None:
+        """Retire a waiting read (answered, timed out, or its connection closed)."""
+        if not waiter.active:
+            return
+        waiter.active = False
+        waiter.queue.waiting -= 1
+        self._waiting -= 1
+
+    def feed_waiters(self, queue: Queue, now: float) -> None:
+        """Hand ready messages to the queue's waiting reads, oldest first."""
+        while queue.waiters and queue.ready:
+            waiter = queue.waiters.popleft()
+            if waiter.active:
+                self.cancel_wait(waiter)
+                room = min(waiter.max_messages, self.max_in_flight - waiter.held.count)
+                waiter.wake(self.deliver_many(queue, room, waiter.timeout_ms, waiter.held, now) if room > 0 else [])
+
+    # --- settling --------------------------------------------------------------------
+
+    def confirm(self, id_: int) -> Outcome:
+        """Acknowledge a message by id."""
+        record = self.records.get(id_)
+        if record is None:
+            block = self.blocks.find(id_)
+            if block is None or not block.holds(id_):
+                return Outcome.NO_SUCH_MESSAGE
+            self._settle(block, (id_,))
+            return Outcome.NO_SUCH_MESSAGE if block.queue.deleted else Outcome.DONE
+        if record.queue.deleted and record.held is None:
+            return Outcome.NO_SUCH_MESSAGE
+        held = record.held
+        if held is None:  # ready or delayed: requeued if it was ever handed out
+            return Outcome.REQUEUED if record.deliveries else Outcome.NO_SUCH_MESSAGE
+        del self.records[id_]
+        del held[id_]
+        record.held = None
+        record.data = b""  # a stale lane entry may keep the record a while
+        if record.lease:
+            self._timed -= 1
+            record.lease = 0  # its lane entry goes stale
+        queue = record.queue
+        if queue.deleted:
+            return Outcome.NO_SUCH_MESSAGE
+        queue.confirmed += 1
+        if self.journal is not None:
+            self.journal.remove(id_)
+        return Outcome.DONE
+
+    def confirm_many(self, ids: tuple[int, ...]) -> bytes:
+        """Acknowledge messages by id; return one `Outcome` byte each.
+
+        The usual case, a confirm of messages read together (distinct held members of one
+        block of a live queue), settles them at once; any other goes id by id.
+        """
+        block = self.blocks.find(ids[0]) if ids else None
+        if block is not None and not block.queue.deleted:
+            first, end = block.first_id, block.end
+            if block.live == end - first == len(ids) and ids == tuple(range(first, end)):  # whole: no set needed
+                self._settle(block, ids)
+                return bytes(len(ids))  # zeros: DONE
+            members = set(ids)
+            if (
+                len(members) == len(ids)
+                and first <= min(ids) and max(ids) < end
+                and (block.gone is None or block.gone.isdisjoint(members))
+            ):  # fmt: skip
+                self._settle(block, ids)
+                return bytes(len(ids))
+        return bytes(map(self.confirm, ids))
+
+    def confirm_column(self, ids: bytes) -> bool:
+        """Confirm a whole block, its ids given as the u64 column it was read with (what a consumer
+        that confirms a batch as it read it sends): True if they were that, else False, having done
+        nothing (`confirm_many` then settles them id by id)."""
+        block = self.blocks.find(int.from_bytes(ids[:8], "big"))
+        if (
+            block is None
+            or block.slab is None
+            or block.slab[0] != ids
+            or block.live != block.end - block.first_id
+            or block.queue.deleted
+        ):
+            return False
+        self._settle(block, range(block.first_id, block.end))
+        return True
+
+    def _settle(self, block: Block, ids: tuple[int, ...] | range) -> None:
+        """Confirm distinct held members of a block (none of them confirmed, if its queue was deleted)."""
+        self._depart(block, ids)
+        queue = block.queue
+        if not queue.deleted:
+            queue.confirmed += len(ids)
+            if self.journal is not None:
+                self.journal.remove_many(ids)
+
+    def _depart(self, block: Block, ids: tuple[int, ...] | list[int] | range) -> None:
+        """Mark distinct held members as gone from their block; retire it when none is left."""
+        if len(ids) == block.live:  # the last ones: nothing left to mark
+            block.held.extra -= block.live - 1  # (and its entry goes)
+            self._retire(block)
+            return
+        block.held.extra -= len(ids)
+        if block.gone is None:
+            block.gone = set(ids)
+        else:
+            block.gone.update(ids)
+        block.live -= len(ids)
+
+    def _retire(self, block: Block) -> None:
+        """Forget a block none of whose members is held any more."""
+        if block.lease:
+            self._timed -= 1
+            block.lease = 0  # its lane entry goes stale
+        del block.held[block]
+        self.blocks.remove(block)
+        block.live = 0
+        block.items = []
+        block.slab = None
+        block.held = None  # type: ignore[assignment]  # the retired mark (see `Block`)
+
+    def _split(self, block: Block, ids: list[int]) -> list[Record]:
+        """Give these held members of a block records of their own (in flight, no deadline yet)."""
+        records = self.records
+        held = block.held
+        first = block.first_id
+        split = [Record(id_, block.queue, block.payloads[id_ - first], held) for id_ in ids]
+        for record in split:
+            records[record.id] = held[record.id] = record
+            record.read = block.read
+        self._depart(block, ids)
+        return split
+
+    def records_of(self, entries: Iterable[Entry]) -> list[Record]:
+        """The in-flight records of these entries, in order, a block's held members split off."""
+        records: list[Record] = []
+        for entry in entries:
+            if isinstance(entry, Block):
+                if entry.held is not None:
+                    records += self._split(entry, entry.members())
+            else:
+                records.append(entry)
+        return records
+
+    def touch(self, id_: int, timeout_ms: int, now: float) -> Outcome:
+        """Move an in-flight message's deadline to ``now + timeout_ms`` (0: no timeout)."""
+        record = self._in_flight(id_)
+        if not isinstance(record, Record):
+            return record
+        if record.lease:
+            self._timed -= 1
+            record.lease = 0  # the old heap entry goes stale
+        if timeout_ms:
+            self.set_deadline(record, timeout_ms, now)
+        return Outcome.DONE
+
+    def release(self, id_: int, delay_ms: int, now: float) -> Outcome:
+        """Give an in-flight message back now (to the front) or after ``delay_ms`` (to the back)."""
+        record = self._in_flight(id_)
+        if not isinstance(record, Record):
+            return record
+        self.requeue([record], now, delay_ms)
+        return Outcome.DONE
+
+    def _in_flight(self, id_: int) -> Record | Outcome:
+        """The record of in-flight message ``id_`` (split off its block), or the outcome that says why there is none."""
+        record = self.records.get(id_)
+        if record is None:
+            block = self.blocks.find(id_)
+            if block is None or block.queue.deleted or not block.holds(id_):
+                return Outcome.NO_SUCH_MESSAGE
+            return self._split(block, [id_])[0]
+        if record.queue.deleted:
+            return Outcome.NO_SUCH_MESSAGE
+        if record.held is None:  # ready or delayed: requeued if it was ever handed out
+            return Outcome.REQUEUED if record.deliveries else Outcome.NO_SUCH_MESSAGE
+        return record
+
+    def requeue(self, entries: Iterable[Entry], now: float, delay_ms: int = 0) -> int:
+        """Take in-flight messages back, keeping their order at the front of their queues; return how many."""
+        records = self.records_of(entries)
+        returned = 0
+        touched: set[Queue] = set()
+        spent: list[Record] = []  # out of deliveries, in reverse order
+        for record in reversed(records):
+            del record.held[record.id]  # type: ignore[union-attr]  # records_of gives records in flight
+            record.held = None
+            if record.lease:
+                self._timed -= 1
+                record.lease = 0
+            queue = record.queue
+            if queue.deleted:
+                del self.records[record.id]
+            elif queue.max_deliveries and record.deliveries >= queue.max_deliveries:
+                spent.append(record)
+            elif delay_ms:
+                self._delay(record, delay_ms, now)
+                queue.requeued += 1
+                if self.journal is not None:
+                    self.journal.set_due(record.id, now_ms() + delay_ms)
+            else:
+                queue.push_front(record)
+                queue.requeued += 1
+                returned += 1
+                touched.add(queue)
+            if queue.max_deliveries and self.journal is not None and not queue.deleted:
+                # Counted where it matters: after a restart, dead-lettering picks up from here.
+                self.journal.set_deliveries(record.id, record.deliveries)
+        for record in reversed(spent):  # dead letters keep their order
+            self._dead_letter(record, now)
+        for queue in touched:
+            if queue.waiters:
+                self.feed_waiters(queue, now)
+        return returned
+
+    def release_all(self, held: Holding, now: float) -> int:
+        """Requeue everything a closing connection holds, in its read order; return how many went back."""
+        records = self.records_of(list(held.values()))
+        records.sort(key=read_order)
+        return self.requeue(records, now)
+
+    def _dead_letter(self, record: Record, now: float) -> None:
+        queue = record.queue
+        del self.records[record.id]
+        queue.dead_lettered += 1
+        if self.journal is not None:
+            self.journal.remove(record.id)
+        target = self.queues.get(queue.dead_letter) if queue.dead_letter else None
+        name = queue.name.decode("utf-8", "replace")
+        if target is None:
+            log.warning(
+                "message %d of %r dropped after %d deliveries (no dead-letter queue)",
+                record.id,
+                name,
+                record.deliveries,
+            )
+        elif self.enqueue(target, record.data, now) < 0:
+            log.warning(
+                "message %d of %r dropped after %d deliveries: its dead-letter queue is full",
+                record.id,
+                name,
+                record.deliveries,
+            )
+
+    # --- time ------------------------------------------------------------------------
+
+    def expire(self, now: float) -> int:
+        """Run every event now due: timeouts, delay ends, waits. Return how many messages came back."""
+        due = [entry for _, lease, entry in self._deadlines.pop_due(now) if entry.lease == lease]
+        # Expired in deadline order (read order on ties); `requeue` keeps that order.
+        count = self.requeue(due, now)
+        delays = self._delays
+        ready: set[Queue] = set()
+        while delays and delays[0][0] <= now:
+            _, lease, record = heapq.heappop(delays)
+            if record.lease != lease:
+                continue  # purged
+            record.lease = 0
+            queue = record.queue
+            queue.delayed -= 1
+            if queue.deleted:
+                self.records.pop(record.id, None)
+                continue
+            queue.push_back(record)
+            ready.add(queue)
+        for queue in ready:
+            if queue.waiters:
+                self.feed_waiters(queue, now)
+        waits = self._waits
+        while waits and waits[0][0] <= now:
+            waiter = heapq.heappop(waits)[2]
+            if waiter.active:
+                self.cancel_wait(waiter)
+                waiter.wake([])
+        return count
+
+    def next_deadline(self) -> float | None:
+        """The earliest time `expire` has something to do (it may be a stale entry), or None."""
+        tops = [heap[0][0] for heap in (self._delays, self._waits) if heap]
+        first = self._deadlines.next_deadline()
+        if first is not None:
+            tops.append(first)
+        return min(tops) if tops else None

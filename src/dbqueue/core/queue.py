@@ -1,0 +1,581 @@
+"""One named queue and what it hands out: records and blocks, held in flight by a connection's
+`Holding`, and the reads that wait on it.
+
+Theory of operation
+-------------------
+A message is *ready* (in its queue, waiting for a read), *in flight* (read,
+waiting for its confirm) or *delayed* (sent or released with a delay not yet
+over). A `Queue` holds its ready messages itself, as a deque of segments (see
+`segments`: runs and slabs of fresh messages, and records), and counts the
+others. A fresh message is appended to the tail run; its id is the next of the
+queue's current id block, a range of `ID_BLOCK` ids taken from the broker's
+server-wide counter, so a queue takes from the counter once per block, not
+once per message. A batch sent in columns is kept whole as a slab.
+
+A read turns the first ready message into a `Record`, kept in `Broker.records`
+(by id) and in its holder's `Holding` (one per connection; ``read`` numbers
+keep the read order). A batch read takes fresh messages as a `Block` instead:
+one object for a slice of a run or of a slab, with one deadline, held under
+itself and found from any member's id through `Broker.blocks` (a `BlockIndex`:
+buckets of id ranges), so a batch costs a few operations, not a dict entry per
+message. A block cut from a slab keeps the slab's columns: the reply is those
+columns joined, and a confirm of the block as it was read is recognised by
+comparing its ids column (`Broker.confirm_column`), so a batch sent, read and
+confirmed whole costs no step per message at all. Members that leave a block
+are marked in its ``gone`` set: a confirm marks them; a touch, release or
+return gives the member a `Record` of its own (`Broker._split`). A block is
+retired when its last member leaves.
+
+A message that comes back goes to the front of its queue (`Queue.push_front`),
+ahead of every fresh message; a delayed one joins the back when its delay ends
+(`Queue.push_back`), and the next fresh message starts a new run behind it.
+
+A read with ``wait_ms`` on an empty queue leaves a `Waiter`, in its queue's
+``waiters`` (oldest first) and in the broker's heap of wait ends. Every path
+that makes a message ready (`Broker.enqueue`, a requeue, a delay end) hands it
+straight to the queue's first live waiter, whose ``wake`` callback (the
+session's) sends the answer; `Broker.expire` wakes the ones whose wait is over
+with nothing. A waiter that is answered, times out or loses its connection is
+only marked inactive (`Broker.cancel_wait`): the structures that still list it
+skip it, and are rebuilt before such leftovers pile up.
+
+Why one module: a queue, the records and blocks it makes, the holding that
+keeps them and the reads that wait on it all refer to one another, so they
+cannot sit in modules that each import only those below them. The broker
+that owns the queues stays apart: a queue sees it as an `Owner`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import struct
+from collections import deque
+from collections.abc import Callable, Iterator
+from itertools import islice, repeat, starmap
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .segments import Run, Slab, cut_payloads
+
+if TYPE_CHECKING:
+    from .journal import Journal
+
+__all__ = [
+    "BATCH_ENTRY_OVERHEAD", "BUCKET_BITS", "ID_BLOCK", "NO_BYTE_LIMIT", "Block", "BlockIndex", "Entry", "Holding",
+    "Owner", "Queue", "Record", "Waiter", "columns", "read_order",
+]  # fmt: skip
+
+ID_BLOCK = 1 << 16  # ids a queue takes from the broker's counter at a time
+BUCKET_BITS = 6  # `BlockIndex` lists a block under each 64-id range it overlaps
+BATCH_ENTRY_OVERHEAD = 16  # a batch reply's id, deliveries and length for each payload
+NO_BYTE_LIMIT = 1 << 62  # `Queue.take_many`'s limit for reads answered one frame each
+_next_read = itertools.count(1).__next__  # numbers every read server-wide, so a holder's reads sort in read order
+
+
+# --- what a read hands out ------------------------------------------------------------------------
+
+
+class Record:
+    """A message that has been read at least once, or was delayed.
+
+    ``held`` is its holder's `Holding` while in flight, None otherwise; ``read`` numbers
+    its last read (see `Holding`).
+    """
+
+    __slots__ = ("id", "queue", "data", "deliveries", "lease", "held", "read")
+
+    def __init__(self, id_: int, queue: Queue, data: bytes, held: Holding | None = None) -> None:
+        self.id = id_
+        self.queue = queue
+        self.data = data
+        self.deliveries = 1 if held is not None else 0  # a record made for a read is a first delivery
+        self.lease = 0  # its live heap entry: a deadline while in flight, a delay end while delayed
+        self.held = held
+        self.read = _next_read()
+
+
+class Block:
+    """Fresh messages with consecutive ids, ``first_id`` up to ``end``, read together by one batch
+    read and in flight on one deadline. ``live`` of them are still held; the ids of those that
+    left (confirmed, or given a record of their own by `Broker._split`) are in ``gone``.
+
+    Taken from a run, it holds its payloads as ``items``; taken from a slab, as ``slab``: the
+    columns of the batch they were sent in (u64 ids, u32 lengths, payloads back to back), from
+    which a batch reply is built and a batch confirm recognised without a step per message.
+    ``held`` becomes None when the block is retired. Its type leaves None out: nearly every path
+    handles blocks in flight and may take it as set; the few that may meet a retired block test
+    for it (`holds`, `Broker.records_of`), and its lane entry, stale, is skipped by its lease.
+    """
+
+    __slots__ = ("first_id", "end", "queue", "items", "slab", "held", "live", "gone", "lease", "read")
+    deliveries = 1  # a block is always a first delivery
+
+    def __init__(
+        self,
+        first_id: int,
+        queue: Queue,
+        count: int,
+        held: Holding,
+        items: list[bytes] | None = None,
+        slab: tuple[bytes, bytes, bytes] | None = None,
+    ) -> None:
+        self.first_id = first_id
+        self.end = first_id + count
+        self.queue = queue
+        self.items = items
+        self.slab = slab
+        self.held = held  # None once retired, a mark its type leaves out: see the class docstring
+        self.live = count
+        self.gone: set[int] | None = None  # made on the first departure: most blocks leave whole
+        self.lease = 0
+        self.read = _next_read()  # see `Record`
+
+    @property
+    def payloads(self) -> list[bytes]:
+        """Every member's payload, in id order (a slab's are cut apart the first time they are asked for)."""
+        if self.items is None:
+            _, lengths, data = self.slab  # type: ignore[misc]  # no items: taken from a slab, so it has one
+            self.items = cut_payloads(lengths, data)
+        return self.items
+
+    def holds(self, id_: int) -> bool:
+        """Whether member ``id_`` (in range) is still held as part of this block."""
+        return self.held is not None and (self.gone is None or id_ not in self.gone)
+
+    def members(self) -> list[int]:
+        """The ids of the members still held as part of this block, in order."""
+        gone = self.gone
+        return [id_ for id_ in range(self.first_id, self.end) if gone is None or id_ not in gone]
+
+
+Entry = Record | Block  # what a holder holds in flight
+
+
+class Holding(dict[int | Block, Entry]):
+    """What one connection holds in flight: each `Record` under its id, each `Block` under itself.
+    ``extra`` is what its blocks' single entries leave out of the count of messages (`count`),
+    kept by the block paths alone, so that a lone read or confirm costs one dict operation. Reads
+    are numbered (``read``), so that what it holds can be put back in read order (`read_order`)."""
+
+    __slots__ = ("extra",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.extra = 0  # the sum of (live members - 1) over its blocks
+
+    @property
+    def count(self) -> int:
+        """How many messages it holds (a block counts its live members)."""
+        return len(self) + self.extra
+
+    def ids(self) -> list[int]:
+        """The ids of the messages held, in read order."""
+        order: list[tuple[int, int]] = []
+        for entry in self.values():
+            if isinstance(entry, Block):
+                order += zip(repeat(entry.read), entry.members())
+            else:
+                order.append((entry.read, entry.id))
+        return [id_ for _, id_ in sorted(order)]
+
+
+def read_order(record: Record) -> tuple[int, int]:
+    """A sort key for one holder's records: read order (a batch's members share a read, in id order)."""
+    return record.read, record.id
+
+
+class BlockIndex:
+    """The blocks in flight, found by any member's id: each is listed under every bucket of
+    2**BUCKET_BITS ids it overlaps, a few entries per block however many members it has."""
+
+    __slots__ = ("buckets",)
+
+    def __init__(self) -> None:
+        self.buckets: dict[int, list[Block]] = {}
+
+    def __iter__(self) -> Iterator[Block]:
+        return iter(dict.fromkeys(block for bucket in self.buckets.values() for block in bucket))
+
+    def add(self, block: Block) -> None:
+        buckets = self.buckets
+        for key in range(block.first_id >> BUCKET_BITS, ((block.end - 1) >> BUCKET_BITS) + 1):
+            bucket = buckets.get(key)
+            if bucket is None:
+                buckets[key] = [block]
+            else:
+                bucket.append(block)
+
+    def remove(self, block: Block) -> None:
+        buckets = self.buckets
+        for key in range(block.first_id >> BUCKET_BITS, ((block.end - 1) >> BUCKET_BITS) + 1):
+            bucket = buckets[key]
+            if len(bucket) == 1:
+                del buckets[key]
+            else:
+                bucket.remove(block)
+
+    def find(self, id_: int) -> Block | None:
+        """The block in flight that ``id_`` belongs to (the member may have left it), or None."""
+        bucket = self.buckets.get(id_ >> BUCKET_BITS)
+        if bucket is not None:
+            for block in bucket:
+                if block.first_id <= id_ < block.end:
+                    return block
+        return None
+
+
+def columns(entries: list[Entry]) -> tuple[list[int], list[int], list[bytes]]:
+    """The ids, delivery counts and payloads of read messages, in read order."""
+    ids: list[int] = []
+    deliveries: list[int] = []
+    payloads: list[bytes] = []
+    for entry in entries:
+        if entry.__class__ is Block:
+            ids += range(entry.first_id, entry.end)
+            deliveries += repeat(1, len(entry.payloads))
+            payloads += entry.payloads
+        else:  # a record (mypy narrows `x.__class__ is C` in its if branch only)
+            ids.append(entry.id)  # type: ignore[union-attr]  # a record: see above
+            deliveries.append(entry.deliveries)
+            payloads.append(entry.data)  # type: ignore[union-attr]  # a record: see above
+    return ids, deliveries, payloads
+
+
+# --- reads that wait ------------------------------------------------------------------------------
+
+
+class Waiter:
+    """A read waiting for a message; ``wake`` gets the records, or None if the queue was deleted."""
+
+    __slots__ = ("queue", "held", "timeout_ms", "max_messages", "deadline", "wake", "active")
+
+    def __init__(
+        self,
+        queue: Queue,
+        held: Holding,
+        timeout_ms: int,
+        max_messages: int,
+        deadline: float,
+        wake: Callable[[list[Entry] | None], None],
+    ) -> None:
+        self.queue = queue
+        self.held = held
+        self.timeout_ms = timeout_ms
+        self.max_messages = max_messages
+        self.deadline = deadline
+        self.wake = wake
+        self.active = True
+
+
+# --- the queue ------------------------------------------------------------------------------------
+
+
+class Owner(Protocol):
+    """What a queue uses of the broker that owns it (`broker.Broker`), named as a protocol so that
+    this module need not import `broker`, which imports it."""
+
+    records: dict[int, Record]
+    blocks: BlockIndex
+    journal: Journal | None
+
+    def allocate_ids(self, count: int) -> int: ...
+
+
+def _fitting(lengths: list[int], room: int, first: bool) -> tuple[int, int]:
+    """How many of these payloads fit in ``room`` bytes of batch reply, and the bytes they take
+    (at least one when ``first``: a batch always carries its first message)."""
+    used = sum(lengths) + BATCH_ENTRY_OVERHEAD * len(lengths)
+    if used <= room:
+        return len(lengths), used
+    used = 0
+    for count, length in enumerate(lengths):
+        if used + length + BATCH_ENTRY_OVERHEAD > room and (count or not first):
+            return count, used
+        used += length + BATCH_ENTRY_OVERHEAD
+    return len(lengths), used
+
+
+class Queue:
+    """One named queue. ``count`` is every message it holds: ready, in flight and delayed."""
+
+    __slots__ = (
+        "name", "capacity", "max_deliveries", "dead_letter", "deleted",
+        "ready", "delayed", "enqueued", "confirmed", "requeued", "dead_lettered", "purged", "consumers",
+        "waiters", "waiting", "_segments", "_tail", "_next_id", "_block_end",
+        "_broker", "_records", "_blocks", "journal",
+    )  # fmt: skip
+
+    def __init__(
+        self, broker: Owner, name: bytes, capacity: int, max_deliveries: int = 0, dead_letter: bytes | None = None
+    ) -> None:
+        self.name = name
+        self.capacity = capacity  # 0: unbounded
+        self.max_deliveries = max_deliveries  # 0: no limit
+        self.dead_letter = dead_letter
+        self.deleted = False
+        self.ready = 0
+        self.delayed = 0
+        self.enqueued = 0
+        self.confirmed = 0
+        self.requeued = 0
+        self.dead_lettered = 0
+        self.purged = 0
+        self.consumers = 0  # open connections that have read from this queue
+        self.waiters: deque[Waiter] = deque()  # may hold inactive ones, see Broker.cancel_wait
+        self.waiting = 0  # active waiters
+        self._broker = broker
+        self._records = broker.records
+        self._blocks = broker.blocks
+        self.journal: Journal | None = broker.journal
+        self._segments: deque[Run | Slab | Record] = deque()
+        self._tail: Run | None = None  # the run `push` appends to
+        self._next_id = 0
+        self._block_end = 0
+
+    @property
+    def count(self) -> int:
+        """Every message the queue holds: ready, in flight and delayed (derived, to keep `push` lean)."""
+        return self.enqueued - self.confirmed - self.dead_lettered - self.purged
+
+    @property
+    def in_flight(self) -> int:
+        return self.count - self.ready - self.delayed
+
+    @property
+    def returned(self) -> list[Record]:
+        """Ready messages that carry a record (read before, or delayed), in queue order."""
+        return [segment for segment in self._segments if segment.__class__ is Record]
+
+    def has_room(self, count: int = 1) -> bool:
+        return not self.capacity or self.count + count <= self.capacity
+
+    def push(self, data: bytes) -> int:
+        """Append a fresh message; return its id, or -1 if the queue is full."""
+        if self.capacity and self.enqueued - self.confirmed - self.dead_lettered - self.purged >= self.capacity:
+            return -1
+        id_ = self._next_id
+        tail = self._tail
+        if tail is None or id_ == self._block_end:
+            tail = self._start_run()
+            id_ = self._next_id
+        tail.items.append(data)
+        self._next_id = id_ + 1
+        self.ready += 1
+        self.enqueued += 1
+        if self.journal is not None:
+            self.journal.add(self.name, id_, data)
+        return id_
+
+    def push_many(self, items: list[bytes]) -> list[int]:
+        """Append fresh messages (the caller checked the capacity); return their ids."""
+        ids: list[int] = []
+        start = 0
+        while start < len(items):
+            tail = self._tail
+            if tail is None or self._next_id == self._block_end:
+                tail = self._start_run()
+            first = self._next_id
+            chunk = items[start : start + self._block_end - first]
+            tail.items.extend(chunk)
+            self._next_id = first + len(chunk)
+            ids += range(first, self._next_id)
+            start += len(chunk)
+        self.ready += len(items)
+        self.enqueued += len(items)
+        if self.journal is not None:
+            self.journal.add_many(self.name, ids, items)
+        return ids
+
+    def push_columns(self, lengths: bytes, data: bytes) -> bytes:
+        """Append fresh messages given as a batch's columns (u32 lengths, payloads back to back), kept
+        whole as one slab (the caller checked the capacity); return their ids as a u64 column. Ids
+        are handed out as `push_many` hands them: a batch that crosses the end of the queue's id
+        block (rare) becomes two slabs."""
+        count = len(lengths) // 4
+        columns: list[bytes] = []
+        placed = offset = 0
+        while placed < count:
+            if self._next_id == self._block_end:
+                self._next_id = self._broker.allocate_ids(ID_BLOCK)
+                self._block_end = self._next_id + ID_BLOCK
+            first = self._next_id
+            part = min(count - placed, self._block_end - first)
+            if part == count:
+                part_lengths, part_data = lengths, data
+            else:
+                part_lengths = lengths[4 * placed : 4 * (placed + part)]
+                size = sum(struct.unpack(f">{part}I", part_lengths))
+                part_data, offset = data[offset : offset + size], offset + size
+            ids = struct.pack(f">{part}Q", *range(first, first + part))
+            self._segments.append(Slab(first, ids, part_lengths, part_data))
+            self._next_id = first + part
+            if self.journal is not None:
+                self.journal.add_columns(self.name, first, part_lengths, part_data)
+            columns.append(ids)
+            placed += part
+        self._tail = None  # a message sent next starts a run behind the slab
+        self.ready += count
+        self.enqueued += count
+        return columns[0] if len(columns) == 1 else b"".join(columns)
+
+    def take(self, held: Holding) -> Record | None:
+        """Hand the first ready message to ``held`` and register it in flight with the broker;
+        return its record (deliveries counted), or None when none is ready."""
+        segments = self._segments
+        while segments:
+            segment = segments[0]
+            if segment.__class__ is Run:
+                items = segment.items
+                if items:
+                    id_ = segment.next_id
+                    segment.next_id = id_ + 1
+                    self.ready -= 1
+                    record = held[id_] = self._records[id_] = Record(id_, self, items.popleft(), held)
+                    return record
+                if segment is self._tail:
+                    return None
+                segments.popleft()
+            elif segment.__class__ is Slab:
+                id_, data = segment.take_one()
+                if segment.taken == segment.count:
+                    segments.popleft()
+                self.ready -= 1
+                record = held[id_] = self._records[id_] = Record(id_, self, data, held)
+                return record
+            else:
+                # Neither a run nor a slab: a record (mypy narrows `x.__class__ is C` in its if branch only).
+                record = segments.popleft()  # type: ignore[assignment]  # a record: see above
+                self.ready -= 1
+                record.deliveries += 1
+                record.held = held
+                held[record.id] = record
+                record.read = _next_read()
+                return record
+        return None
+
+    def take_many(self, held: Holding, count: int, limit: int) -> list[Entry]:
+        """Like `take`, for up to ``count`` messages whose batch reply entries stay within
+        ``limit`` bytes (the first one always goes). Fresh messages leave their run as a `Block`."""
+        # Typed as `take` is, which finds a message each time it is called here: the list holds no None.
+        entries: list[Entry | None] = []
+        taken = size = 0
+        segments = self._segments
+        while taken < count and segments:
+            segment = segments[0]
+            if segment.__class__ is Record:
+                size += len(segment.data) + BATCH_ENTRY_OVERHEAD
+                if entries and size > limit:
+                    break
+                entries.append(self.take(held))
+                taken += 1
+                continue
+            if segment.__class__ is Slab:
+                fits, used = self._take_slab(segment, held, count - taken, limit - size, not entries, entries)
+                taken += fits
+                size += used
+                if segment.taken < segment.count:
+                    break  # the count or the byte limit stopped it
+                continue
+            # Neither a record nor a slab: a run (mypy narrows `x.__class__ is C` in its if branch only).
+            items = segment.items  # type: ignore[union-attr]  # a run: see above
+            if not items:
+                if segment is self._tail:
+                    break
+                segments.popleft()
+                continue
+            wanted = min(count - taken, len(items))
+            if limit == NO_BYTE_LIMIT:  # reads answered a frame each: nothing to add up
+                fits, used = wanted, 0
+            else:
+                fits, used = _fitting(list(map(len, islice(items, wanted))), limit - size, not entries)
+            if not fits:
+                break
+            if fits == 1:  # a block pays off from two messages
+                entries.append(self.take(held))
+            else:
+                first = segment.next_id  # type: ignore[union-attr]  # a run: see above
+                segment.next_id = first + fits  # type: ignore[union-attr]  # a run: see above
+                payloads = list(starmap(items.popleft, repeat((), fits)))
+                entries.append(self._hold(Block(first, self, fits, held, items=payloads)))
+            taken += fits
+            size += used
+            if fits < wanted:
+                break
+        return entries  # type: ignore[return-value]  # no None in it: see above
+
+    def _take_slab(
+        self, slab: Slab, held: Holding, wanted: int, room: int, first: bool, entries: list[Entry | None]
+    ) -> tuple[int, int]:
+        """`take_many`'s step over the first segment, a slab: append up to ``wanted`` of its members
+        whose reply entries fit in ``room`` bytes to ``entries`` as one block (a record, for one),
+        drop the slab once empty; return (how many, their reply bytes)."""
+        wanted = min(wanted, slab.count - slab.taken)
+        whole = slab.taken == 0 and wanted == slab.count
+        payload = len(slab.data) if whole else sum(slab.sizes(wanted))  # the whole slab: nothing to add up
+        fits, used = wanted, payload + BATCH_ENTRY_OVERHEAD * wanted
+        if used > room:
+            fits, used = _fitting(list(slab.sizes(wanted)), room, first)
+            payload = used - BATCH_ENTRY_OVERHEAD * fits
+        if fits == 1:
+            entries.append(self.take(held))  # (it drops the slab once empty)
+            return fits, used
+        if fits:
+            first_id, columns = slab.take(fits, payload)
+            entries.append(self._hold(Block(first_id, self, fits, held, slab=columns)))
+            if slab.taken == slab.count:
+                self._segments.popleft()
+        return fits, used
+
+    def _hold(self, block: Block) -> Block:
+        """Put a block just taken in flight: with its holder, and findable by its members' ids."""
+        held = block.held
+        held[block] = block
+        held.extra += block.live - 1
+        self._blocks.add(block)
+        self.ready -= block.live
+        return block
+
+    def push_front(self, record: Record) -> None:
+        """Return a record ahead of every ready message."""
+        self._segments.appendleft(record)
+        self.ready += 1
+
+    def push_back(self, record: Record) -> None:
+        """Make a record ready behind every ready message (a delay ended)."""
+        self._segments.append(record)
+        self._tail = None  # the next fresh message starts a new run behind it
+        self.ready += 1
+
+    def drop_ready(self) -> list[Record]:
+        """Drop every ready message; return the records among them."""
+        records = self.returned
+        self._segments.clear()
+        self._tail = None
+        self.purged += self.ready
+        self.ready = 0
+        return records
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "name": self.name.decode("utf-8", "replace"),
+            "ready": self.ready,
+            "in_flight": self.in_flight,
+            "delayed": self.delayed,
+            "capacity": self.capacity,
+            "max_deliveries": self.max_deliveries,
+            "dead_letter_queue": self.dead_letter.decode("utf-8", "replace") if self.dead_letter else None,
+            "enqueued": self.enqueued,
+            "confirmed": self.confirmed,
+            "requeued": self.requeued,
+            "dead_lettered": self.dead_lettered,
+            "purged": self.purged,
+            "consumers": self.consumers,
+            "waiting": self.waiting,
+        }
+
+    def _start_run(self) -> Run:
+        if self._next_id == self._block_end:
+            self._next_id = self._broker.allocate_ids(ID_BLOCK)
+            self._block_end = self._next_id + ID_BLOCK
+        run = self._tail = Run(self._next_id)
+        self._segments.append(run)
+        return run

@@ -1,0 +1,86 @@
+"""A queue's ready messages, held in *segments*: runs and slabs of fresh messages, and records.
+
+Theory of operation
+-------------------
+A queue's ready messages are a deque of segments, read from the front:
+
+* a `Run` holds fresh messages (never read) as bare ``bytes`` with
+  consecutive ids, so a queued message costs its payload plus one deque slot:
+  the id is implied by its position. Ids come from one server-wide counter,
+  handed to queues in blocks of `queue.ID_BLOCK`, so they stay unique for the
+  server's lifetime across all queues;
+* a `Slab` holds the fresh messages of one sent batch (ENQUEUE_BATCH) as the
+  batch's columns, never cut apart: its ids (u64 each, the body of the reply
+  that gave them), its u32 length column and its payloads back to back;
+* a `queue.Record` is a message that has been read, or was delayed: it
+  carries its own id and delivery count.
+
+A read takes from the first segment; a batch read takes a slice of a run or a
+slab as one `queue.Block` (a slab's slice keeps its columns). The segments
+know nothing of reads or holders: `queue.Queue` moves messages out of them.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from itertools import accumulate
+
+__all__ = ["Run", "Slab", "cut_payloads"]
+
+_U32 = struct.Struct(">I")
+
+
+class Run:
+    """Fresh messages with consecutive ids, the first being ``next_id``."""
+
+    __slots__ = ("next_id", "items")
+
+    def __init__(self, first_id: int) -> None:
+        self.next_id = first_id
+        self.items: deque[bytes] = deque()
+
+
+class Slab:
+    """Fresh messages sent in one batch, kept in the batch's columns: ``ids`` (u64 each, the
+    OBJECTS_QUEUED body), ``lengths`` (u32 each) and ``data`` (the payloads back to back). The
+    first ``taken`` have left; their payloads end at ``offset``."""
+
+    __slots__ = ("first_id", "count", "ids", "lengths", "data", "taken", "offset")
+
+    def __init__(self, first_id: int, ids: bytes, lengths: bytes, data: bytes) -> None:
+        self.first_id = first_id
+        self.count = len(lengths) // 4
+        self.ids = ids
+        self.lengths = lengths
+        self.data = data
+        self.taken = 0
+        self.offset = 0
+
+    def sizes(self, count: int) -> tuple[int, ...]:
+        """The payload sizes of the next ``count`` members."""
+        return struct.unpack_from(f">{count}I", self.lengths, 4 * self.taken)
+
+    def take_one(self) -> tuple[int, bytes]:
+        """The next member: (id, payload)."""
+        index, start = self.taken, self.offset
+        end = start + _U32.unpack_from(self.lengths, 4 * index)[0]
+        self.taken, self.offset = index + 1, end
+        return self.first_id + index, self.data[start:end]
+
+    def take(self, count: int, size: int) -> tuple[int, tuple[bytes, bytes, bytes]]:
+        """The next ``count`` members, whose payloads take ``size`` bytes: (first id, their columns)."""
+        index, start = self.taken, self.offset
+        end = start + size
+        self.taken, self.offset = index + count, end
+        if index == 0 and count == self.count:  # the whole batch, as it was sent: nothing copied
+            return self.first_id, (self.ids, self.lengths, self.data)
+        stop = index + count
+        columns = (self.ids[8 * index : 8 * stop], self.lengths[4 * index : 4 * stop], self.data[start:end])
+        return self.first_id + index, columns
+
+
+def cut_payloads(lengths: bytes, data: bytes) -> list[bytes]:
+    """Payloads back to back, cut apart by their u32 length column."""
+    ends = list(accumulate(struct.unpack(f">{len(lengths) // 4}I", lengths), initial=0))
+    return [data[start:end] for start, end in zip(ends, ends[1:])]
