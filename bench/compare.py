@@ -201,7 +201,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--batch",
         type=_positive,
         metavar="N",
-        help="N messages a request: dbqueue send/read/confirm_batch against Redis RPUSH/LPOP N (default iterations: 4000/N)",
+        help=(
+            "N messages a request: dbqueue send/read/confirm_batch against Redis RPUSH/LPOP N"
+            " (default iterations: 4000/N)"
+        ),
     )
     modes.add_argument(
         "--workers",
@@ -250,7 +253,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=_natural,
         default=2,
         metavar="K",
-        help=f"run a round again, up to K times, when other processes used over {100 * CROWDED:.0f}%% of a core in a run",
+        help=(
+            f"run a round again, up to K times, when other processes used over {100 * CROWDED:.0f}%% of a core in a run"
+        ),
     )
     parser.add_argument("--plot", metavar="PATH", help="write a PNG bar chart (needs matplotlib)")
     parser.add_argument("--json", metavar="PATH", help="write every raw result as JSON")
@@ -667,7 +672,8 @@ def print_report(console: Console, comparison: Comparison, summary: dict[str, An
             "which should be near 0%; kernel: kernel threads (writeback, ksoftirqd) and interrupt work charged to no\n"
             "process: mostly disk and network work the systems cause).\n"
             + (
-                "A request is one batch (a send, a read or a confirm of up to N messages); redis-list-batch has no confirms."
+                "A request is one batch (a send, a read or a confirm of up to N messages);"
+                " redis-list-batch has no confirms."
                 if args.batch > 1
                 else "Empty reads: reads that found nothing, as a share of all reads."
             )

@@ -17,6 +17,7 @@ every message they took in flight.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,16 +54,16 @@ class _Link:
 
     async def close(self) -> None:
         self.writer.close()
-        try:
+        with contextlib.suppress(OSError):
             await self.writer.wait_closed()
-        except OSError:
-            pass
 
 
 async def fill(
     driver: Driver, address: tuple[str, int], requests: int, *, connections: int = 4, pipeline: int = 8
 ) -> float:
-    """Send ``requests`` sends (each ``driver.config.batch`` messages) to the driver's queue; return the seconds it took.
+    """Send ``requests`` sends (each ``driver.config.batch`` messages) to the driver's queue.
+
+    Returns the seconds it took.
 
     The caller prepares the queue. Raises `BenchFailure` on any reply that is not a success.
     """

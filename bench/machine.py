@@ -298,7 +298,8 @@ def context_lines(context: dict[str, Any]) -> list[str]:
         f"command: {context['command']}",
         (
             f"machine: nproc {machine['nproc']} (of {machine['cpu_count']}), {machine['cpu_model']}, "
-            f"{machine['memory_bytes'] / 2**30:.0f} GiB, {machine['kernel']}; load average at the start {context['load']}"
+            f"{machine['memory_bytes'] / 2**30:.0f} GiB, {machine['kernel']}; "
+            f"load average at the start {context['load']}"
         ),
         f"load generator: {machine['python_build']}",
         f"dbqueue server: {context['server_python']}",

@@ -143,7 +143,8 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> dict
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in results.values():
         print(
-            f"| {r['system']} | {r['measure']} | {r['idle_bytes'] / 2**20:,.1f} MiB | {r['full_bytes'] / 2**20:,.1f} MiB "
+            f"| {r['system']} | {r['measure']} | {r['idle_bytes'] / 2**20:,.1f} MiB "
+            f"| {r['full_bytes'] / 2**20:,.1f} MiB "
             f"| {r['bytes_per_message']:.1f} | {r['bytes_per_message'] - args.payload:+.1f} "
             f"| {r['rss_bytes_per_message']:.1f} | {r['fill_seconds']:.1f} s "
             f"({args.messages / r['fill_seconds']:,.0f} msg/s) |"

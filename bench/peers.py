@@ -53,6 +53,7 @@ loop, with a failure or Ctrl-C turned into the script's exit status.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import re
@@ -162,7 +163,9 @@ class BeanstalkdDriver(Driver):
         return len(ids)
 
     def new_parser(self) -> Callable[[bytes], list[Any]]:
-        """Replies as ``(word, id, body)`` tuples (``b""`` where absent); a line it cannot parse as ``(b"?", line, b"")``."""
+        """Replies as ``(word, id, body)`` tuples (``b""`` where absent).
+
+        A line it cannot parse comes as ``(b"?", line, b"")``."""
         size = self.config.payload
         spans = re.compile(rb"(?:%s)*" % _reply_pattern(size, capture=False), re.DOTALL).match
         split = re.compile(_reply_pattern(size, capture=True), re.DOTALL).findall
@@ -611,7 +614,7 @@ class ServerProcess(ABC):
         self.workdir = Path(tempfile.mkdtemp(prefix=f"dbqueue-bench-{self.name}-"))
         for _attempt in range(3):  # the free port may be taken between our probe and the server's bind
             self.port = free_port(self.host, self.ports)
-            self._log = open(self.workdir / "server.log", "ab")
+            self._log = open(self.workdir / "server.log", "ab")  # noqa: SIM115  # closed by _reap, not a block
             self.process = subprocess.Popen(
                 self.command(self.port, self.workdir),
                 cwd=self.workdir,
@@ -659,10 +662,8 @@ class ServerProcess(ABC):
         if process is not None:
             # The server leads its own process group (start_new_session): whatever is still in it (a worker
             # whose supervisor was killed or crashed, a Redis rewrite child) would outlive us, so end it too.
-            try:
+            with contextlib.suppress(OSError):  # nothing left: the usual case
                 os.killpg(process.pid, signal.SIGKILL)
-            except OSError:
-                pass  # nothing left: the usual case
         if self._log is not None:
             self._log.close()
             self._log = None
