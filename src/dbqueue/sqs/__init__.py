@@ -15,6 +15,7 @@ Layout, one noun per module:
 * `digests`: the MD5s SQS returns, and message sizes;
 * `signature`: AWS Signature Version 4 verification;
 * `receipts`: HMAC-authenticated receipt handles and message ids;
+* `envelope`: how an SQS message (body, attributes, send time, sender) is kept in a dbqueue payload;
 * `addresses`: queue URLs, ARNs and names; `pagination`: pages of queue names.
 
 docs/sqs.md says which actions and parameters are supported and how they map
@@ -44,6 +45,7 @@ from .decoding import (
     redrive_policy,
 )
 from .digests import attributes_size, md5_of_attributes, md5_of_body, select_attributes
+from .envelope import ENCODING_ATTRIBUTE, Envelope, bare_body, open_envelope, seal
 from .errors import ErrorCode, SqsError
 from .pagination import MAX_LISTED, paginate
 from .receipts import Receipt, ReceiptHandles, message_id_of_text, message_id_text
@@ -110,6 +112,12 @@ __all__ = [
     "SignatureVerifier",
     "ReceiptHandles",
     "Receipt",
+    # the payload of an SQS message
+    "Envelope",
+    "seal",
+    "open_envelope",
+    "bare_body",
+    "ENCODING_ATTRIBUTE",
     # errors
     "SqsError",
     "ErrorCode",

@@ -1,0 +1,380 @@
+"""The HTTP listener: the SQS API and ``/metrics`` on one port, served by aiohttp on the server's own loop.
+
+Theory of operation
+-------------------
+`HttpListener` runs aiohttp's low-level server (its C request parser, no
+router) in the loop that runs the `Server`, and shares its `Broker`: an SQS
+request is answered by `sqs_api.SqsService` between two of the sessions'
+callbacks, never beside them, so the broker needs no lock, and a message sent
+over SQS is read over dbqueue's own protocol and the other way round.
+
+Each request goes, in order, through:
+
+1. the body limit, checked against ``Content-Length`` before anything is
+   buffered (aiohttp's ``client_max_size`` bounds a chunked body as it comes);
+   a body over it is refused with an SQS-shaped error and the connection closed;
+2. the body, read within `HttpSettings.body_timeout` (a slow body closes the
+   connection);
+3. the signature (SigV4, `dbqueue.sqs.SignatureVerifier`) when credentials are
+   configured; without credentials the listener accepts unsigned requests, and
+   refuses to bind anything but loopback unless told it is on a trusted network
+   (the rule of the native port without a token);
+4. the SQS layer: `dbqueue.sqs.wire` decodes, `SqsService` acts, `wire` encodes;
+   every refusal is answered in the request's protocol (JSON or XML).
+
+``GET`` and ``HEAD /metrics`` answer from the metrics registry (`metrics`), with
+format and compression negotiated by prometheus_client.
+
+Connections: aiohttp closes one that sends no complete request within
+`HttpSettings.idle_timeout`, whether it never sent one or is idle between
+two; header lines are bounded in length and number. An idle connection costs
+a parser and a parked task, no thread and no timer of its own besides its
+keep-alive handle, so thousands of them do not hold up the others; beyond the
+server's ``max_connections`` open HTTP connections, a new one is answered 503
+and closed. A long poll is a parked future (see `sqs_api`): it holds nothing
+else up either.
+
+Stopping: the listening socket closes, parked receives are answered with no
+messages, open requests get `HttpSettings.shutdown_timeout` to finish, and
+every message in flight through SQS goes back to its queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import ssl as ssl_module
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import RequestHandler
+
+from ..sqs import (
+    ACCOUNT_ID,
+    MAX_MESSAGE_SIZE,
+    ErrorCode,
+    HttpReply,
+    ReceiptHandles,
+    SignatureVerifier,
+    SqsError,
+    decode_request,
+    encode_error,
+    encode_result,
+    protocol_of,
+)
+from .metrics import RequestStats, SqsStats, build_registry, serve_metrics
+from .security import is_loopback
+from .sqs_api import SqsHost, SqsService
+
+__all__ = [
+    "HttpHost",
+    "HttpListener",
+    "HttpSettings",
+    "MAX_BODY",
+    "read_credentials",
+    "ACCESS_KEY_VARIABLE",
+    "SECRET_KEY_VARIABLE",
+]
+
+log = logging.getLogger("dbqueue.server")
+
+MAX_BODY = 3 * MAX_MESSAGE_SIZE + 65_536
+"""The largest request body accepted: a full batch (1 MiB of message) as the most verbose encoding writes it.
+
+A form percent-encodes each byte of UTF-8 as three characters, and JSON writes
+a 2-byte character as a 6-character escape: three times the message, and room
+for the parameters around it.
+"""
+
+ACCESS_KEY_VARIABLE = "DBQUEUE_SQS_ACCESS_KEY_ID"
+SECRET_KEY_VARIABLE = "DBQUEUE_SQS_SECRET_ACCESS_KEY"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpSettings:
+    """The listener's timeouts and body limit.
+
+    ``idle_timeout``: seconds a connection may go without a complete request
+    (before its first, or between two) before it is closed; ``body_timeout``:
+    seconds a request's body may take to arrive; ``max_body``: the largest body
+    accepted, in bytes; ``shutdown_timeout``: seconds open requests get to
+    finish when the listener stops.
+    """
+
+    idle_timeout: float = 60.0
+    body_timeout: float = 30.0
+    max_body: int = MAX_BODY
+    shutdown_timeout: float = 1.0
+
+
+class HttpHost(SqsHost, Protocol):
+    """What the listener uses of the server besides what the SQS service uses: its address, TLS, connections."""
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def ssl(self) -> ssl_module.SSLContext | None: ...
+
+    @property
+    def max_connections(self) -> int: ...
+
+    # Its open sessions of dbqueue's own protocol (counted for /metrics).
+    @property
+    def sessions(self) -> set[Any]: ...
+
+    @property
+    def request_stats(self) -> RequestStats | None: ...
+
+
+def read_credentials(path: str | os.PathLike[str] | None, environment: Mapping[str, str]) -> dict[str, str]:
+    """Return the SQS credentials (access key id -> secret access key) of a file and of the environment.
+
+    The file holds one ``ACCESS_KEY_ID:SECRET_ACCESS_KEY`` a line (split at the
+    first colon; blank lines and lines starting with ``#`` are skipped). The
+    environment may add one pair: `ACCESS_KEY_VARIABLE` and `SECRET_KEY_VARIABLE`
+    (``DBQUEUE_SQS_ACCESS_KEY_ID``, ``DBQUEUE_SQS_SECRET_ACCESS_KEY``), both or
+    neither. Returns an empty dict when there are none. Raises `ValueError` for a
+    malformed line (named by its number, never showing a secret), an empty key
+    or secret, or one of the two variables without the other; `OSError` if the
+    file cannot be read.
+    """
+    credentials: dict[str, str] = {}
+    if path is not None:
+        for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            access_key, colon, secret = line.partition(":")
+            access_key, secret = access_key.strip(), secret.strip()
+            if not colon or not access_key or not secret:
+                raise ValueError(f"{path}, line {number}: expected ACCESS_KEY_ID:SECRET_ACCESS_KEY")
+            credentials[access_key] = secret
+    access_key = environment.get(ACCESS_KEY_VARIABLE, "").strip()
+    secret = environment.get(SECRET_KEY_VARIABLE, "").strip()
+    if bool(access_key) != bool(secret):
+        raise ValueError(f"{ACCESS_KEY_VARIABLE} and {SECRET_KEY_VARIABLE} go together: set both or neither")
+    if access_key:
+        credentials[access_key] = secret
+    return credentials
+
+
+class _Connections(web.Server):
+    """aiohttp's low-level server, counting its open connections (its own list is copied at each look)."""
+
+    def __init__(self, handler: Callable[[web.BaseRequest], Any], **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.open = 0
+
+    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
+        super().connection_made(handler, transport)
+        self.open += 1
+
+    def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
+        super().connection_lost(handler, exc)
+        self.open -= 1
+
+
+class _Refused(asyncio.Protocol):
+    """A connection over the limit: answered 503 and closed before anything is read."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)  # a stream connection
+        transport.write(b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+        transport.close()
+
+
+class HttpListener:
+    """The SQS API and ``/metrics`` over HTTP on ``host:port`` (0: any free port, `port` after `start`).
+
+    ``server`` is the `Server` (any `HttpHost`), started, whose loop runs this
+    listener and whose broker it shares; ``host`` defaults to the server's.
+    ``credentials`` maps access key ids to secret access keys: with any, every
+    SQS request must be signed (SigV4) with one of them; without, unsigned
+    requests are accepted, and a ``host`` that is not loopback is refused unless
+    ``insecure``. TLS is the server's (``server.ssl``). ``receipt_secret`` keys
+    the receipt handles (random by default: a restart invalidates the handles
+    out, whose messages come back when their visibility timeout ends).
+
+    Raises `ValueError` for a non-loopback ``host`` without credentials or ``insecure``.
+    """
+
+    def __init__(
+        self,
+        server: HttpHost,
+        port: int,
+        *,
+        host: str | None = None,
+        credentials: Mapping[str, str] | None = None,
+        insecure: bool = False,
+        settings: HttpSettings | None = None,
+        receipt_secret: bytes | None = None,
+    ) -> None:
+        self.server = server
+        self.host = server.host if host is None else host
+        self.port = port
+        self.settings = settings or HttpSettings()
+        if not credentials and not insecure and not is_loopback(self.host):
+            raise ValueError(
+                f"refusing to serve the SQS API on {self.host} without credentials: anyone who can reach it could read "
+                "and delete every message. Give it keys with --sqs-credentials FILE (or DBQUEUE_SQS_ACCESS_KEY_ID and "
+                "DBQUEUE_SQS_SECRET_ACCESS_KEY), or pass --insecure if the network is trusted."
+            )
+        self.verifier = (
+            SignatureVerifier(dict(credentials), allow_unsigned_payload=server.ssl is not None) if credentials else None
+        )
+        self.scheme = "https" if server.ssl is not None else "http"
+        self.service = SqsService(server, ReceiptHandles(receipt_secret or secrets.token_bytes(32)))
+        self.stats = SqsStats(self.connection_count)
+        self.registry = build_registry(
+            server.request_stats or RequestStats(),
+            lambda: [queue.stats() for queue in server.broker.queues.values()],
+            lambda: len(server.sessions),
+            self.stats,
+        )
+        self._web: _Connections | None = None
+        self._listener: asyncio.base_events.Server | None = None
+
+    def connection_count(self) -> int:
+        """The open HTTP connections."""
+        return self._web.open if self._web is not None else 0
+
+    async def start(self) -> None:
+        """Bind and start answering; raise `OSError` if the address is taken."""
+        loop = asyncio.get_running_loop()
+        max_body = self.settings.max_body
+
+        def make_request(
+            message: RawRequestMessage,
+            payload: StreamReader,
+            protocol: RequestHandler,
+            writer: AbstractStreamWriter,
+            task: asyncio.Task[None],
+        ) -> web.BaseRequest:
+            return web.BaseRequest(message, payload, protocol, writer, task, loop, client_max_size=max_body)
+
+        self._web = web_server = _Connections(
+            self._handle,
+            request_factory=make_request,
+            handler_cancellation=True,  # a long poll whose client went away gives its messages back
+            keepalive_timeout=self.settings.idle_timeout,
+            lingering_time=0,  # a refused body is not drained: the connection closes
+            access_log=None,
+        )
+        limit = self.server.max_connections
+
+        def protocol() -> asyncio.BaseProtocol:
+            return web_server() if web_server.open < limit else _Refused()
+
+        self._listener = await loop.create_server(
+            protocol, self.host, self.port, reuse_address=True, ssl=self.server.ssl, backlog=4096
+        )
+        self.port = self._listener.sockets[0].getsockname()[1]
+        log.info(
+            "SQS API and metrics on %s://%s:%d (%s)",
+            self.scheme,
+            self.host,
+            self.port,
+            "signed requests only" if self.verifier is not None else "unsigned requests accepted",
+        )
+
+    async def stop(self) -> None:
+        """Stop answering: close the socket, end parked receives, let open requests finish, give messages back."""
+        if self._listener is not None:
+            self._listener.close()
+        self.service.stop_waiting()
+        if self._web is not None:
+            await self._web.shutdown(self.settings.shutdown_timeout)
+            self._web = None
+        if self._listener is not None:
+            await self._listener.wait_closed()
+            self._listener = None
+        self.service.close()
+
+    # --- requests --------------------------------------------------------------------
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        path, _, query = request.raw_path.partition("?")
+        if path == "/metrics":
+            return serve_metrics(request, self.registry)
+        return await self._sqs(request, path, query)
+
+    async def _sqs(self, request: web.BaseRequest, path: str, query: str) -> web.StreamResponse:
+        headers = request.headers
+        target = headers.get("X-Amz-Target")
+        protocol = protocol_of(headers.get("Content-Type"), target)
+        request_id = str(uuid.uuid4())
+        stats = self.stats
+        length = request.content_length
+        if length is not None and length > self.settings.max_body:
+            return self._too_large(protocol, request_id, length)
+        if headers.get("Expect", "").lower() == "100-continue":
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        try:
+            async with asyncio.timeout(self.settings.body_timeout):
+                body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return self._too_large(protocol, request_id, None)
+        except TimeoutError:
+            log.info("closing %s: its request body took over %g s", request.remote, self.settings.body_timeout)
+            response = web.Response(status=408, text="request body too slow\n")
+            response.force_close()
+            return response
+        try:
+            sender = self._authenticate(request, path, query, body)
+            decoded = decode_request(protocol, path, query, body, target)
+            stats.actions[decoded.action] = stats.actions.get(decoded.action, 0) + 1
+            result = await self.service.act(decoded, self._endpoint(request), sender)
+            reply = encode_result(protocol, decoded.action, result, request_id)
+        except SqsError as error:
+            stats.errors[error.shape] = stats.errors.get(error.shape, 0) + 1
+            reply = encode_error(protocol, error, request_id)
+        except Exception:
+            log.exception("SQS request %s from %s failed", request_id, request.remote)
+            stats.errors["InternalError"] = stats.errors.get("InternalError", 0) + 1
+            reply = encode_error(protocol, SqsError(ErrorCode.INTERNAL_ERROR), request_id)
+        return _response(reply)
+
+    def _authenticate(self, request: web.BaseRequest, path: str, query: str, body: bytes) -> str:
+        """Return the access key id that signed the request (`ACCOUNT_ID` when unsigned requests are accepted)."""
+        verifier = self.verifier
+        if verifier is None:
+            return ACCOUNT_ID
+        try:
+            return verifier.verify(request.method, path, query, request.headers.items(), body, time.time())
+        except SqsError as error:
+            log.warning("SQS request from %s refused: %s", request.remote, error.shape)
+            raise
+
+    def _endpoint(self, request: web.BaseRequest) -> str:
+        """The server as the client addressed it, for the queue URLs it is given."""
+        host = request.headers.get("Host")
+        if not host:
+            sockname = request.transport.get_extra_info("sockname") if request.transport is not None else None
+            host = f"{sockname[0]}:{sockname[1]}" if isinstance(sockname, tuple) else f"{self.host}:{self.port}"
+        return f"{self.scheme}://{host}"
+
+    def _too_large(self, protocol: Any, request_id: str, length: int | None) -> web.Response:
+        size = f"of {length} bytes " if length is not None else ""
+        error = SqsError(
+            ErrorCode.INVALID_PARAMETER_VALUE,
+            f"The request body {size}is over the limit of {self.settings.max_body} bytes.",
+        )
+        self.stats.errors[error.shape] = self.stats.errors.get(error.shape, 0) + 1
+        response = _response(encode_error(protocol, error, request_id), status=413)
+        response.force_close()  # the body is not read: nothing after it on this connection can be trusted
+        return response
+
+
+def _response(reply: HttpReply, status: int | None = None) -> web.Response:
+    return web.Response(status=status or reply.status, body=reply.body, headers=reply.headers)

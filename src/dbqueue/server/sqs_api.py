@@ -1,0 +1,868 @@
+"""The SQS actions, done on the server's broker: what each request `dbqueue.sqs` decodes does to dbqueue's queues.
+
+Theory of operation
+-------------------
+`SqsService` is the SQS API's server side, below HTTP and above the broker.
+The listener (`http`) hands it each decoded request; it acts on the same
+`Broker` the sessions of dbqueue's own protocol use, on the same event loop,
+so a message sent through either protocol is read through either.
+
+* **Queues** are the broker's. What SQS says about a queue that dbqueue's
+  queues have no field for (``VisibilityTimeout``, ``DelaySeconds``,
+  ``MaximumMessageSize``, ``ReceiveMessageWaitTimeSeconds``, the policies,
+  tags, the creation time) is kept here, in a `QueueRecord` per queue, in
+  memory; a queue created through dbqueue's own protocol gets one with SQS's
+  defaults when SQS first names it. ``RedrivePolicy`` is no attribute of ours:
+  it is the broker queue's ``max_deliveries`` and ``dead_letter`` itself.
+* **Messages** are stored as an envelope (`dbqueue.sqs.envelope`): the body,
+  its attributes, the send time, the sender and the queue it was sent to, so
+  all of it moves with the message (back to the front of its queue, into a
+  dead-letter queue, through the store).
+* **In flight**: every message received over SQS is held by one `Holding`,
+  the service's, with its visibility timeout as the broker's deadline, so it
+  comes back by the broker's one timer like any other. A batch read from the
+  broker is split into records at once (`Broker.records_of`), and the
+  deadline set on the records: every message in flight here has a record of
+  its own, found by id, whose ``deliveries`` says which delivery it is in.
+* **Receipt handles** name (queue, id, delivery) under an HMAC
+  (`dbqueue.sqs.ReceiptHandles`): a handle is *current* when its message is
+  in flight here in that very delivery. A delete with a handle that is not
+  current (the message timed out and was received again, or is gone) answers
+  success and deletes nothing, as SQS does for a stale handle; a change of
+  visibility with one is ``MessageNotInflight``.
+* **Long polls** park a waiter on the broker (`Broker.wait`) whose wake
+  callback, run by the broker as soon as a message is ready, splits the
+  messages and sets their deadlines right there, then resolves a future the
+  request awaits: no task polls, and nothing else waits behind it. A request
+  whose client goes away is cancelled; what it was handed goes back, its
+  delivery uncounted, as a session does for a wait woken while it closes.
+* **Durability**: with a store, an answer is given only once the changes it
+  reports are committed. The service waits for the server's group commit by
+  handing `Host.send` a stand-in transport (`_CommitSignal`) whose ``write``
+  is the signal; if the store fails instead, the request is answered
+  ``ServiceUnavailable``.
+
+Refusals are `SqsError`; the broker's own (`RequestError`) are translated by
+one table (`sqs_error`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..core import Broker, Entry, Holding, Outcome, Queue, Record, Waiter
+from ..errors import (
+    InvalidQueueName,
+    InvalidRequest,
+    LimitExceeded,
+    NoSuchQueue,
+    OverMemoryBudget,
+    QueueFull,
+    RequestError,
+    StoreUnavailable,
+)
+from ..sqs import (
+    ACCOUNT_ID,
+    DEFAULT_REGION,
+    BatchResult,
+    BatchResultErrorEntry,
+    ChangeMessageVisibility,
+    ChangeMessageVisibilityBatch,
+    CreateQueue,
+    CreateQueueResult,
+    DeleteMessage,
+    DeleteMessageBatch,
+    DeleteQueue,
+    Envelope,
+    ErrorCode,
+    GetQueueAttributes,
+    GetQueueAttributesResult,
+    GetQueueUrl,
+    GetQueueUrlResult,
+    ListDeadLetterSourceQueues,
+    ListDeadLetterSourceQueuesResult,
+    ListQueues,
+    ListQueuesResult,
+    ListQueueTags,
+    ListQueueTagsResult,
+    MessageAttributeValue,
+    PurgeQueue,
+    Receipt,
+    ReceiptHandles,
+    ReceivedMessage,
+    ReceiveMessage,
+    ReceiveMessageResult,
+    RedrivePolicy,
+    Request,
+    Result,
+    SendMessage,
+    SendMessageBatch,
+    SendMessageBatchResult,
+    SendMessageBatchResultEntry,
+    SendMessageResult,
+    SetQueueAttributes,
+    SqsError,
+    TagQueue,
+    UntagQueue,
+    bare_body,
+    message_id_text,
+    open_envelope,
+    paginate,
+    queue_arn,
+    queue_of_arn,
+    queue_url,
+    redrive_policy,
+    seal,
+    select_attributes,
+)
+
+__all__ = ["SqsHost", "SqsService", "QueueRecord", "DEFAULT_ATTRIBUTES", "sqs_error"]
+
+DEFAULT_ATTRIBUTES: Mapping[str, str] = {
+    "VisibilityTimeout": "30",
+    "MaximumMessageSize": "1048576",
+    "MessageRetentionPeriod": "345600",
+    "DelaySeconds": "0",
+    "ReceiveMessageWaitTimeSeconds": "0",
+    "SqsManagedSseEnabled": "false",
+}
+"""The settable attributes every queue reports, with SQS's defaults (no encryption: dbqueue does none)."""
+
+
+class SqsHost(Protocol):
+    """What the SQS service uses of the server: its broker, clock, limits, timer and replies (see `host.Host`)."""
+
+    @property
+    def broker(self) -> Broker: ...
+
+    @property
+    def clock(self) -> Callable[[], float]: ...
+
+    @property
+    def max_message_size(self) -> int: ...
+
+    @property
+    def max_in_flight(self) -> int: ...
+
+    @property
+    def store(self) -> object | None: ...
+
+    @property
+    def failed(self) -> asyncio.Future[BaseException] | None: ...
+
+    def send(self, transport: asyncio.Transport, data: bytes) -> None:
+        """Write a reply; with a store, once the changes it reports are committed."""
+        ...
+
+    def expire_by(self, deadline: float) -> None:
+        """Make sure the timer fires by ``deadline``, one just set."""
+        ...
+
+    def schedule_expiry(self) -> None:
+        """Make sure the timer fires by the earliest in-flight deadline."""
+        ...
+
+
+@dataclass(slots=True)
+class QueueRecord:
+    """What SQS says about one broker queue beyond the broker's own fields.
+
+    ``attributes`` holds the settable attributes set (checked, canonical), but
+    ``RedrivePolicy``, which is the broker queue's; ``created`` and ``modified``
+    are epoch seconds. A record describes ``queue``, that very object: a queue
+    deleted and made again under its name gets a new record.
+    """
+
+    queue: Queue
+    created: int
+    modified: int
+    attributes: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def number(self, name: str) -> int:
+        """The value of integer attribute ``name``, set or default."""
+        return int(self.attributes.get(name) or DEFAULT_ATTRIBUTES[name])
+
+
+_REFUSALS: tuple[tuple[type[RequestError], ErrorCode], ...] = (
+    (NoSuchQueue, ErrorCode.QUEUE_DOES_NOT_EXIST),
+    (QueueFull, ErrorCode.OVER_LIMIT),
+    (LimitExceeded, ErrorCode.OVER_LIMIT),
+    (OverMemoryBudget, ErrorCode.OVER_LIMIT),
+    (StoreUnavailable, ErrorCode.SERVICE_UNAVAILABLE),
+    (InvalidRequest, ErrorCode.INVALID_PARAMETER_VALUE),
+)
+
+
+def sqs_error(error: RequestError) -> SqsError:
+    """The SQS refusal of a request the broker refused with ``error`` (one table, `_REFUSALS`)."""
+    for kind, code in _REFUSALS:
+        if isinstance(error, kind):
+            return SqsError(code, None if code is ErrorCode.QUEUE_DOES_NOT_EXIST else str(error))
+    return SqsError(ErrorCode.INTERNAL_ERROR, str(error))
+
+
+def _too_long(limit: int) -> SqsError:
+    return SqsError(
+        ErrorCode.INVALID_PARAMETER_VALUE,
+        f"One or more parameters are invalid. Reason: Message must be shorter than {limit} bytes.",
+    )
+
+
+def _not_in_flight() -> SqsError:
+    return SqsError(
+        ErrorCode.MESSAGE_NOT_INFLIGHT,
+        "Value for parameter ReceiptHandle is invalid. Reason: Message does not exist or is not available for"
+        " visibility timeout change.",
+    )
+
+
+class _CommitSignal(asyncio.Transport):
+    """A stand-in transport for `SqsHost.send`: its ``write`` says the server's next commit is done."""
+
+    def __init__(self, done: asyncio.Future[None]) -> None:
+        super().__init__()
+        self._done = done
+
+    def write(self, data: bytes | bytearray | memoryview[int]) -> None:
+        if not self._done.done():
+            self._done.set_result(None)
+
+    def is_closing(self) -> bool:
+        return self._done.done()
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def abort(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if not self._done.done():
+            self._done.cancel()
+
+
+Action = Callable[["SqsService", Any, str, str], Result]
+
+
+class SqsService:
+    """The SQS API's actions on ``host``'s broker.
+
+    ``handles`` issues and opens receipt handles (its secret decides which
+    handles this server accepts); ``wall`` is the wall clock for the
+    timestamps SQS reports (epoch seconds); ``region`` the region of the ARNs
+    it writes. Call `act` for each request, `close` when the listener stops.
+    """
+
+    def __init__(
+        self,
+        host: SqsHost,
+        handles: ReceiptHandles,
+        *,
+        wall: Callable[[], float] = time.time,
+        region: str = DEFAULT_REGION,
+    ) -> None:
+        self.host = host
+        self.broker = host.broker
+        self.handles = handles
+        self.wall = wall
+        self.region = region
+        self.held = Holding()  # every message in flight through SQS
+        self.records: dict[bytes, QueueRecord] = {}
+        self.read_from: set[Queue] = set()  # the queues the service counts as a consumer of
+        self._waits: dict[Waiter, asyncio.Future[list[Record] | None]] = {}  # parked receives, by waiter
+        self._first_receive: dict[int, int] = {}  # message id -> epoch ms of its first receive (bounded)
+
+    # --- the entry point -------------------------------------------------------------
+
+    async def act(self, request: Request, endpoint: str, sender: str) -> Result:
+        """Do ``request`` and return its result, once what it changed is committed (with a store).
+
+        ``endpoint`` is the server as the client addressed it (``http://host:port``,
+        for queue URLs); ``sender`` the access key id that signed the request
+        (`ACCOUNT_ID` when the listener takes unsigned requests). Raises `SqsError`.
+        """
+        if type(request) is ReceiveMessage:
+            result: Result = await self._receive(request, endpoint)
+        else:
+            action = _ACTIONS.get(type(request))
+            if action is None:
+                raise SqsError(ErrorCode.UNSUPPORTED_OPERATION, f"{request.action} is not supported by dbqueue.")
+            try:
+                result = action(self, request, endpoint, sender)
+            except RequestError as error:
+                raise sqs_error(error) from None
+            finally:
+                # An action may have woken reads (ours or sessions') whose deadlines the timer must cover.
+                self.host.schedule_expiry()
+        if self.host.store is not None:
+            await self._committed()
+        return result
+
+    async def _committed(self) -> None:
+        """Return once the server's next commit is done; raise ``ServiceUnavailable`` if the store failed instead."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.host.send(_CommitSignal(done), b"")
+        if done.done():
+            return
+        failed = self.host.failed
+        waiting: list[asyncio.Future[Any]] = [done] if failed is None else [done, failed]
+        try:
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not done.done():
+                done.cancel()
+        if done.cancelled():
+            raise SqsError(ErrorCode.SERVICE_UNAVAILABLE, "The server's store cannot commit.")
+
+    def stop_waiting(self) -> None:
+        """Answer every parked receive now, with no messages (the listener is stopping)."""
+        for waiter, woken in list(self._waits.items()):
+            self.broker.cancel_wait(waiter)
+            if not woken.done():
+                woken.set_result([])
+        self._waits.clear()
+
+    def close(self) -> None:
+        """End parked receives, and give back every message in flight through SQS (to the front of its queue)."""
+        self.stop_waiting()
+        for queue in self.read_from:
+            queue.consumers -= 1
+        self.read_from = set()
+        if self.held:
+            self.broker.release_all(self.held, self.host.clock())
+            self.host.schedule_expiry()
+
+    # --- queues ----------------------------------------------------------------------
+
+    def record(self, name: str) -> QueueRecord:
+        """Return the record of the queue called ``name``; raise ``QueueDoesNotExist`` if there is none."""
+        key = name.encode()
+        queue = self.broker.queues.get(key)
+        record = self.records.get(key)
+        if queue is None:
+            if record is not None:
+                del self.records[key]
+            raise SqsError(ErrorCode.QUEUE_DOES_NOT_EXIST)
+        if record is None or record.queue is not queue:
+            now = int(self.wall())
+            record = self.records[key] = QueueRecord(queue, now, now)
+        return record
+
+    def _create_queue(self, request: CreateQueue, endpoint: str, sender: str) -> CreateQueueResult:
+        url = queue_url(endpoint, request.queue)
+        if request.queue.encode() in self.broker.queues:
+            record = self.record(request.queue)
+            for name, value in request.attributes.items():
+                if not self._same_attribute(record, name, value):
+                    raise SqsError(ErrorCode.QUEUE_NAME_EXISTS)
+            return CreateQueueResult(url)
+        attributes = dict(request.attributes)
+        text = attributes.pop("RedrivePolicy", "")
+        policy = redrive_policy(text) if text else None
+        if policy is not None:
+            self._check_target(request.queue, policy, text)
+        try:
+            queue = self.broker.create_queue(
+                request.queue.encode(),
+                0,
+                policy.max_receive_count if policy is not None else 0,
+                policy.dead_letter_queue.encode() if policy is not None else None,
+            )
+        except InvalidRequest as error:
+            if policy is None or isinstance(error, InvalidQueueName):
+                raise
+            raise _bad_redrive(text, str(error)) from None  # a loop of dead-letter queues
+        now = int(self.wall())
+        self.records[queue.name] = QueueRecord(queue, now, now, attributes, dict(request.tags))
+        return CreateQueueResult(url)
+
+    def _same_attribute(self, record: QueueRecord, name: str, value: str) -> bool:
+        if name == "RedrivePolicy":
+            queue = record.queue
+            if not value:
+                return not queue.dead_letter
+            policy = redrive_policy(value)
+            return (policy.dead_letter_queue.encode(), policy.max_receive_count) == (
+                queue.dead_letter,
+                queue.max_deliveries,
+            )
+        return record.attributes.get(name, DEFAULT_ATTRIBUTES.get(name, "")) == value
+
+    def _check_target(self, source: str, policy: RedrivePolicy, text: str) -> None:
+        """Refuse a ``RedrivePolicy`` whose dead-letter queue does not exist or does not allow ``source``."""
+        target = self.broker.queues.get(policy.dead_letter_queue.encode())
+        if target is None:
+            raise _bad_redrive(text, "Dead letter target does not exist.")
+        allow = self.record(policy.dead_letter_queue).attributes.get("RedriveAllowPolicy")
+        if not allow:
+            return
+        rules = json.loads(allow)  # checked when it was set
+        permission = rules["redrivePermission"]
+        if permission == "denyAll" or (
+            permission == "byQueue" and source not in {queue_of_arn(arn) for arn in rules.get("sourceQueueArns", ())}
+        ):
+            raise _bad_redrive(text, "The dead-letter queue's RedriveAllowPolicy does not allow this queue.")
+
+    def _get_queue_url(self, request: GetQueueUrl, endpoint: str, sender: str) -> GetQueueUrlResult:
+        self.record(request.queue)
+        return GetQueueUrlResult(queue_url(endpoint, request.queue))
+
+    def _names(self) -> list[str]:
+        names = []
+        for key in self.broker.queues:
+            try:
+                names.append(key.decode())
+            except UnicodeDecodeError:
+                continue  # no URL can name it
+        for key in [key for key in self.records if key not in self.broker.queues]:
+            del self.records[key]
+        return names
+
+    def _list_queues(self, request: ListQueues, endpoint: str, sender: str) -> ListQueuesResult:
+        names, token = paginate(self._names(), request.prefix, request.max_results, request.next_token)
+        return ListQueuesResult(tuple(queue_url(endpoint, name) for name in names), token)
+
+    def _delete_queue(self, request: DeleteQueue, endpoint: str, sender: str) -> None:
+        key = request.queue.encode()
+        self.records.pop(key, None)
+        if not self.broker.delete_queue(key):
+            raise SqsError(ErrorCode.QUEUE_DOES_NOT_EXIST)
+
+    def _purge_queue(self, request: PurgeQueue, endpoint: str, sender: str) -> None:
+        self.broker.purge(self.record(request.queue).queue)
+
+    def _attributes(self, record: QueueRecord, name: str) -> dict[str, str]:
+        queue = record.queue
+        values = {**DEFAULT_ATTRIBUTES, **record.attributes}
+        values.update(
+            ApproximateNumberOfMessages=str(queue.ready),
+            ApproximateNumberOfMessagesNotVisible=str(queue.in_flight),
+            ApproximateNumberOfMessagesDelayed=str(queue.delayed),
+            CreatedTimestamp=str(record.created),
+            LastModifiedTimestamp=str(record.modified),
+            QueueArn=queue_arn(name, self.region),
+        )
+        if queue.dead_letter and queue.max_deliveries:
+            try:
+                dead_letter = queue.dead_letter.decode()
+            except UnicodeDecodeError:
+                dead_letter = None
+            if dead_letter is not None:
+                values["RedrivePolicy"] = json.dumps(
+                    {
+                        "deadLetterTargetArn": queue_arn(dead_letter, self.region),
+                        "maxReceiveCount": queue.max_deliveries,
+                    },
+                    separators=(",", ":"),
+                )
+        return {name: value for name, value in values.items() if value != ""}
+
+    def _get_queue_attributes(
+        self, request: GetQueueAttributes, endpoint: str, sender: str
+    ) -> GetQueueAttributesResult:
+        values = self._attributes(self.record(request.queue), request.queue)
+        if "All" in request.names:
+            return GetQueueAttributesResult(values)
+        return GetQueueAttributesResult({name: values[name] for name in request.names if name in values})
+
+    def _set_queue_attributes(self, request: SetQueueAttributes, endpoint: str, sender: str) -> None:
+        record = self.record(request.queue)
+        attributes = dict(request.attributes)
+        if "RedrivePolicy" in attributes:
+            self._set_redrive(record, request.queue, attributes.pop("RedrivePolicy"))
+        record.attributes.update(attributes)
+        record.modified = int(self.wall())
+
+    def _set_redrive(self, record: QueueRecord, name: str, text: str) -> None:
+        """Give an existing queue a new ``RedrivePolicy`` ("" removes it): the broker queue's own options."""
+        queue = record.queue
+        policy = redrive_policy(text) if text else None
+        wanted = (policy.dead_letter_queue.encode(), policy.max_receive_count) if policy is not None else (None, 0)
+        if wanted == (queue.dead_letter, queue.max_deliveries):
+            return
+        if self.host.store is not None:
+            # The store keeps a queue's options as created; the broker has no change of them it journals yet.
+            raise SqsError(
+                ErrorCode.INVALID_ATTRIBUTE_VALUE,
+                "Changing the RedrivePolicy of an existing queue is not supported with --data-dir yet: give it to"
+                " CreateQueue.",
+            )
+        if policy is not None:
+            self._check_target(name, policy, text)
+            hop: bytes | None = wanted[0]
+            seen = {queue.name}
+            while hop:
+                if hop in seen:
+                    raise _bad_redrive(text, "The dead-letter queues would form a loop.")
+                seen.add(hop)
+                target = self.broker.queues.get(hop)
+                hop = target.dead_letter if target is not None else None
+        # Until the broker has a journaled operation for it (in memory, nothing else to tell).
+        queue.dead_letter, queue.max_deliveries = wanted
+
+    def _tag_queue(self, request: TagQueue, endpoint: str, sender: str) -> None:
+        record = self.record(request.queue)
+        record.tags.update(request.tags)
+        if len(record.tags) > 50:
+            for key in request.tags:
+                record.tags.pop(key, None)
+            raise SqsError(ErrorCode.INVALID_PARAMETER_VALUE, "Too many tags: a queue has at most 50.")
+
+    def _untag_queue(self, request: UntagQueue, endpoint: str, sender: str) -> None:
+        tags = self.record(request.queue).tags
+        for key in request.keys:
+            tags.pop(key, None)
+
+    def _list_queue_tags(self, request: ListQueueTags, endpoint: str, sender: str) -> ListQueueTagsResult:
+        return ListQueueTagsResult(dict(self.record(request.queue).tags))
+
+    def _list_dead_letter_source_queues(
+        self, request: ListDeadLetterSourceQueues, endpoint: str, sender: str
+    ) -> ListDeadLetterSourceQueuesResult:
+        key = self.record(request.queue).queue.name
+        sources = [name for name in self._names() if self.broker.queues[name.encode()].dead_letter == key]
+        names, token = paginate(sources, "", request.max_results, request.next_token)
+        return ListDeadLetterSourceQueuesResult(tuple(queue_url(endpoint, name) for name in names), token)
+
+    # --- sending ---------------------------------------------------------------------
+
+    def _payload(
+        self,
+        record: QueueRecord,
+        queue_name: str,
+        body: str,
+        size: int,
+        message_attributes: Mapping[str, MessageAttributeValue],
+        system_attributes: Mapping[str, MessageAttributeValue],
+        sender: str,
+    ) -> bytes:
+        """The envelope of one message, after the size checks of its queue and of the server."""
+        limit = record.number("MaximumMessageSize")
+        if size > limit:
+            raise _too_long(limit)
+        payload = seal(
+            Envelope(body, int(self.wall() * 1000), queue_name, sender, message_attributes, system_attributes)
+        )
+        if len(payload) > self.host.max_message_size:
+            raise _too_long(self.host.max_message_size - (len(payload) - size))
+        return payload
+
+    def _enqueue(self, queue: Queue, payload: bytes, delay_seconds: int) -> int:
+        now = self.host.clock()
+        if delay_seconds:
+            id_ = self.broker.enqueue_delayed(queue, payload, delay_seconds * 1000, now)
+        else:
+            id_ = self.broker.enqueue(queue, payload, now)
+        if id_ < 0:
+            raise SqsError(ErrorCode.OVER_LIMIT, f"The queue is full: it holds its capacity of {queue.capacity}.")
+        return id_
+
+    def _send_message(self, request: SendMessage, endpoint: str, sender: str) -> SendMessageResult:
+        record = self.record(request.queue)
+        payload = self._payload(
+            record,
+            request.queue,
+            request.body,
+            request.size,
+            request.message_attributes,
+            request.system_attributes,
+            sender,
+        )
+        delay = request.delay_seconds if request.delay_seconds is not None else record.number("DelaySeconds")
+        id_ = self._enqueue(record.queue, payload, delay)
+        return SendMessageResult.build(
+            message_id_text(id_), request.body, request.message_attributes, request.system_attributes
+        )
+
+    def _send_message_batch(self, request: SendMessageBatch, endpoint: str, sender: str) -> SendMessageBatchResult:
+        record = self.record(request.queue)
+        queue = record.queue
+        default_delay = record.number("DelaySeconds")
+        failed: list[BatchResultErrorEntry] = []
+        accepted = []
+        for entry in request.entries:
+            try:
+                payload = self._payload(
+                    record,
+                    request.queue,
+                    entry.body,
+                    entry.size,
+                    entry.message_attributes,
+                    entry.system_attributes,
+                    sender,
+                )
+            except SqsError as error:
+                failed.append(BatchResultErrorEntry.of(entry.id, error))
+                continue
+            accepted.append((entry, payload))
+        ids: list[int | SqsError] = []
+        delays = [entry.delay_seconds if entry.delay_seconds is not None else default_delay for entry, _ in accepted]
+        if accepted and not any(delays):
+            # All or none, as dbqueue's send_batch: one step for the whole batch.
+            sent = self.broker.enqueue_batch(queue, [payload for _, payload in accepted], self.host.clock())
+            if sent is None:
+                full = SqsError(ErrorCode.OVER_LIMIT, "The queue is full: the batch does not fit.")
+                ids = [full] * len(accepted)
+            else:
+                ids = list(sent)
+        else:
+            for (_, payload), delay in zip(accepted, delays):
+                try:
+                    ids.append(self._enqueue(queue, payload, delay))
+                except SqsError as error:
+                    ids.append(error)
+        successful = []
+        for (entry, _), id_ in zip(accepted, ids):
+            if isinstance(id_, SqsError):
+                failed.append(BatchResultErrorEntry.of(entry.id, id_))
+                continue
+            one = SendMessageResult.build(
+                message_id_text(id_), entry.body, entry.message_attributes, entry.system_attributes
+            )
+            successful.append(
+                SendMessageBatchResultEntry(
+                    entry.id,
+                    one.message_id,
+                    one.md5_of_message_body,
+                    one.md5_of_message_attributes,
+                    one.md5_of_message_system_attributes,
+                )
+            )
+        return SendMessageBatchResult(tuple(successful), tuple(failed))
+
+    # --- receiving -------------------------------------------------------------------
+
+    async def _receive(self, request: ReceiveMessage, endpoint: str) -> ReceiveMessageResult:
+        record = self.record(request.queue)
+        queue = record.queue
+        visibility = request.visibility_timeout
+        if visibility is None:
+            visibility = record.number("VisibilityTimeout")
+        wait = request.wait_time_seconds
+        if wait is None:
+            wait = record.number("ReceiveMessageWaitTimeSeconds")
+        room = self.host.max_in_flight - self.held.count
+        if room <= 0:
+            raise SqsError(
+                ErrorCode.OVER_LIMIT,
+                f"{self.host.max_in_flight} messages are in flight through SQS, the server's limit: delete some first.",
+            )
+        if queue not in self.read_from:
+            self.read_from.add(queue)
+            queue.consumers += 1
+        now = self.host.clock()
+        entries = self.broker.deliver_many(queue, min(request.max_messages, room), 0, self.held, now)
+        if entries:
+            records = self._in_flight(entries, visibility, now)
+        elif wait:
+            waited = await self._wait(queue, min(request.max_messages, room), visibility, wait, now)
+            if waited is None:
+                raise SqsError(ErrorCode.QUEUE_DOES_NOT_EXIST)
+            records = waited
+        else:
+            return ReceiveMessageResult(())
+        wall_ms = int(self.wall() * 1000)
+        messages = tuple(self._received(record_, request, wall_ms) for record_ in records)
+        if visibility == 0:
+            # Visible again at once (SQS's 0; dbqueue's timeout 0 would mean "never").
+            now = self.host.clock()
+            for record_ in records:
+                self.broker.release(record_.id, 0, now)
+            self.host.schedule_expiry()
+        return ReceiveMessageResult(messages)
+
+    def _in_flight(self, entries: list[Entry], visibility: int, now: float) -> list[Record]:
+        """Split what a read handed out into records, and give them their visibility timeout as deadline."""
+        records = self.broker.records_of(entries)
+        if visibility and records:
+            self.host.expire_by(self.broker.set_deadlines([*records], visibility * 1000, now))
+        return records
+
+    async def _wait(
+        self, queue: Queue, count: int, visibility: int, wait_seconds: int, now: float
+    ) -> list[Record] | None:
+        """Park a receive on an empty queue; return what it was handed ([] when the wait ended, None: queue deleted)."""
+        woken: asyncio.Future[list[Record] | None] = asyncio.get_running_loop().create_future()
+
+        def wake(entries: list[Entry] | None) -> None:
+            if woken.done():  # the request was cancelled, its wait not yet retired: these were never sent
+                if entries:
+                    self._give_back(entries)
+                return
+            woken.set_result(None if entries is None else self._in_flight(entries, visibility, self.host.clock()))
+
+        waiter = self.broker.wait(queue, self.held, 0, count, wait_seconds * 1000, now, wake)
+        self._waits[waiter] = woken
+        self.host.schedule_expiry()
+        try:
+            return await woken
+        except asyncio.CancelledError:
+            self.broker.cancel_wait(waiter)
+            if woken.done() and not woken.cancelled():
+                handed = woken.result()
+                if handed:
+                    self._give_back([*handed])
+            raise
+        finally:
+            self._waits.pop(waiter, None)
+
+    def _give_back(self, entries: list[Entry]) -> None:
+        """Return messages handed to a receive that never answered: they were not delivered."""
+        records = self.broker.records_of(entries)
+        for record in records:
+            record.deliveries -= 1
+        self.broker.requeue([*records], self.host.clock())
+        self.host.schedule_expiry()
+
+    def _received(self, record: Record, request: ReceiveMessage, wall_ms: int) -> ReceivedMessage:
+        """One received message as SQS answers it, with the attributes the request asked for."""
+        envelope = open_envelope(record.data)
+        first = self._first_receive_of(record, wall_ms)
+        if envelope is not None:
+            body = envelope.body
+            message_attributes = select_attributes(envelope.message_attributes, request.message_attribute_names)
+        else:
+            body, always = bare_body(record.data)
+            message_attributes = {**select_attributes(always, request.message_attribute_names), **always}
+        names = request.system_attribute_names
+        attributes: dict[str, str] = {}
+        if names:
+            every = "All" in names
+            if every or "ApproximateReceiveCount" in names:
+                attributes["ApproximateReceiveCount"] = str(record.deliveries)
+            if every or "SentTimestamp" in names:
+                attributes["SentTimestamp"] = str(envelope.sent_ms if envelope is not None else first)
+            if every or "ApproximateFirstReceiveTimestamp" in names:
+                attributes["ApproximateFirstReceiveTimestamp"] = str(first)
+            if every or "SenderId" in names:
+                attributes["SenderId"] = envelope.sender if envelope is not None else ACCOUNT_ID
+            if envelope is not None:
+                trace = envelope.system_attributes.get("AWSTraceHeader")
+                if trace is not None and trace.string_value and (every or "AWSTraceHeader" in names):
+                    attributes["AWSTraceHeader"] = trace.string_value
+                source = envelope.queue
+                if source.encode() != record.queue.name and (every or "DeadLetterQueueSourceArn" in names):
+                    attributes["DeadLetterQueueSourceArn"] = queue_arn(source, self.region)
+        name = record.queue.name.decode()
+        return ReceivedMessage.build(
+            message_id_text(record.id),
+            self.handles.issue(name, record.id, record.deliveries),
+            body,
+            attributes,
+            message_attributes,
+        )
+
+    def _first_receive_of(self, record: Record, wall_ms: int) -> int:
+        first = self._first_receive
+        if record.deliveries <= 1:
+            if len(first) >= 2 * self.host.max_in_flight:  # forgotten by a delete made elsewhere: drop the oldest
+                del first[next(iter(first))]
+            first[record.id] = wall_ms
+            return wall_ms
+        return first.get(record.id, wall_ms)
+
+    # --- deleting and changing visibility --------------------------------------------
+
+    def _current(self, queue_name: str, handle: str) -> tuple[Record | None, Receipt]:
+        """The record a receipt handle names if the handle is current (its delivery, in flight here), and the receipt.
+
+        Raises ``ReceiptHandleIsInvalid`` for a handle that is not ours or not of this queue.
+        """
+        record = self.record(queue_name)
+        receipt = self.handles.open(handle, queue_name)
+        found = self.broker.records.get(receipt.message_id)
+        if (
+            found is None
+            or found.held is not self.held
+            or found.deliveries != receipt.delivery
+            or found.queue is not record.queue
+        ):
+            return None, receipt
+        return found, receipt
+
+    def _delete(self, queue_name: str, handle: str) -> None:
+        record, receipt = self._current(queue_name, handle)
+        if record is not None:  # a stale handle deletes nothing, and succeeds (as SQS)
+            self.broker.confirm(receipt.message_id)
+            self._first_receive.pop(receipt.message_id, None)
+
+    def _delete_message(self, request: DeleteMessage, endpoint: str, sender: str) -> None:
+        self._delete(request.queue, request.receipt_handle)
+
+    def _delete_message_batch(self, request: DeleteMessageBatch, endpoint: str, sender: str) -> BatchResult:
+        self.record(request.queue)
+        return _batch(request.entries, lambda entry: self._delete(request.queue, entry.receipt_handle))
+
+    def _change(self, queue_name: str, handle: str, visibility: int) -> None:
+        record, receipt = self._current(queue_name, handle)
+        if record is None:
+            raise _not_in_flight()
+        now = self.host.clock()
+        if visibility:
+            outcome = self.broker.touch(receipt.message_id, visibility * 1000, now)
+        else:
+            outcome = self.broker.release(receipt.message_id, 0, now)
+        if outcome != Outcome.DONE:
+            raise _not_in_flight()
+
+    def _change_message_visibility(self, request: ChangeMessageVisibility, endpoint: str, sender: str) -> None:
+        self._change(request.queue, request.receipt_handle, request.visibility_timeout)
+
+    def _change_message_visibility_batch(
+        self, request: ChangeMessageVisibilityBatch, endpoint: str, sender: str
+    ) -> BatchResult:
+        self.record(request.queue)
+        return _batch(
+            request.entries, lambda entry: self._change(request.queue, entry.receipt_handle, entry.visibility_timeout)
+        )
+
+
+def _batch(entries: Iterable[Any], act: Callable[[Any], None]) -> BatchResult:
+    """Do ``act`` for each entry of a batch; an entry's refusal fails that entry only."""
+    successful = []
+    failed = []
+    for entry in entries:
+        try:
+            act(entry)
+        except SqsError as error:
+            failed.append(BatchResultErrorEntry.of(entry.id, error))
+        except RequestError as error:
+            failed.append(BatchResultErrorEntry.of(entry.id, sqs_error(error)))
+        else:
+            successful.append(entry.id)
+    return BatchResult(tuple(successful), tuple(failed))
+
+
+def _bad_redrive(text: str, reason: str) -> SqsError:
+    shown = text if len(text) <= 256 else text[:256] + "..."
+    return SqsError(
+        ErrorCode.INVALID_PARAMETER_VALUE, f"Value {shown} for parameter RedrivePolicy is invalid. Reason: {reason}"
+    )
+
+
+_ACTIONS: dict[type, Action] = {
+    CreateQueue: SqsService._create_queue,
+    GetQueueUrl: SqsService._get_queue_url,
+    ListQueues: SqsService._list_queues,
+    DeleteQueue: SqsService._delete_queue,
+    PurgeQueue: SqsService._purge_queue,
+    GetQueueAttributes: SqsService._get_queue_attributes,
+    SetQueueAttributes: SqsService._set_queue_attributes,
+    TagQueue: SqsService._tag_queue,
+    UntagQueue: SqsService._untag_queue,
+    ListQueueTags: SqsService._list_queue_tags,
+    SendMessage: SqsService._send_message,
+    SendMessageBatch: SqsService._send_message_batch,
+    DeleteMessage: SqsService._delete_message,
+    DeleteMessageBatch: SqsService._delete_message_batch,
+    ChangeMessageVisibility: SqsService._change_message_visibility,
+    ChangeMessageVisibilityBatch: SqsService._change_message_visibility_batch,
+    ListDeadLetterSourceQueues: SqsService._list_dead_letter_source_queues,
+}
+"""Every action but ReceiveMessage (a coroutine, see `SqsService.act`); the move tasks are not supported."""
