@@ -51,7 +51,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
@@ -169,6 +169,23 @@ def read_credentials(path: str | os.PathLike[str] | None, environment: Mapping[s
     return credentials
 
 
+class _PeerFaults(logging.Filter):
+    """aiohttp logs a request it cannot parse as an error with a traceback; it is the peer's fault: one info line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info is not None and record.exc_info[1] is not None:
+            record.msg = f"{record.getMessage()}: {record.exc_info[1]}"
+            record.args = None
+            record.exc_info = None
+            record.exc_text = None
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+_peer_log = logging.getLogger("dbqueue.server.http")
+_peer_log.addFilter(_PeerFaults())
+
+
 class _Connections(web.Server):
     """aiohttp's low-level server, counting its open connections (its own list is copied at each look)."""
 
@@ -189,7 +206,8 @@ class _Refused(asyncio.Protocol):
     """A connection over the limit: answered 503 and closed before anything is read."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)  # a stream connection
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
+        transport = cast(asyncio.Transport, transport)
         transport.write(b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
         transport.close()
 
@@ -270,6 +288,7 @@ class HttpListener:
             keepalive_timeout=self.settings.idle_timeout,
             lingering_time=0,  # a refused body is not drained: the connection closes
             access_log=None,
+            logger=_peer_log,
         )
         limit = self.server.max_connections
 

@@ -38,6 +38,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from .._version import __version__
 
@@ -184,13 +185,32 @@ def serve_metrics(request: web.BaseRequest, registry: CollectorRegistry) -> web.
         return web.Response(status=405, text="GET or HEAD /metrics\n", headers={"Allow": "GET, HEAD"})
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
     names = request.query.getall("name[]", [])
-    output = encoder(registry.restricted_registry(names) if names else registry)
+    output = encoder(_Only(registry, frozenset(names)) if names else registry)
     headers = {"Content-Type": content_type, "Vary": "Accept, Accept-Encoding"}
     if gzip_accepted(request.headers.get("Accept-Encoding", "")):
         output = gzip.compress(output)
         headers["Content-Encoding"] = "gzip"
     # Built as bytes with its own headers: aiohttp then sends them as they are (no compression of its own).
     return web.Response(body=output, headers=headers)
+
+
+class _Only(Collector):
+    """The metrics of a registry that ``name[]`` asks for: by a metric's name or any of its samples' names.
+
+    (prometheus_client's own ``restricted_registry`` finds metrics by names its
+    collectors describe; these collectors describe nothing, so that registering
+    them collects nothing.)
+    """
+
+    def __init__(self, registry: CollectorRegistry, names: frozenset[str]) -> None:
+        self.registry = registry
+        self.names = names
+
+    def collect(self) -> Iterator[Metric]:
+        names = self.names
+        for metric in self.registry.collect():
+            if metric.name in names or any(sample.name in names for sample in metric.samples):
+                yield metric
 
 
 class MetricsEndpoint:

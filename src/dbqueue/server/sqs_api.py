@@ -673,7 +673,7 @@ class SqsService:
             # Visible again at once (SQS's 0; dbqueue's timeout 0 would mean "never").
             now = self.host.clock()
             for record_ in records:
-                self.broker.release(record_.id, 0, now)
+                self.broker.release(record_.id, 0, now, self.held)
             self.host.schedule_expiry()
         return ReceiveMessageResult(messages)
 
@@ -789,7 +789,7 @@ class SqsService:
     def _delete(self, queue_name: str, handle: str) -> None:
         record, receipt = self._current(queue_name, handle)
         if record is not None:  # a stale handle deletes nothing, and succeeds (as SQS)
-            self.broker.confirm(receipt.message_id)
+            self.broker.confirm(receipt.message_id, self.held)
             self._first_receive.pop(receipt.message_id, None)
 
     def _delete_message(self, request: DeleteMessage, endpoint: str, sender: str) -> None:
@@ -805,9 +805,9 @@ class SqsService:
             raise _not_in_flight()
         now = self.host.clock()
         if visibility:
-            outcome = self.broker.touch(receipt.message_id, visibility * 1000, now)
+            outcome = self.broker.touch(receipt.message_id, visibility * 1000, now, self.held)
         else:
-            outcome = self.broker.release(receipt.message_id, 0, now)
+            outcome = self.broker.release(receipt.message_id, 0, now, self.held)
         if outcome != Outcome.DONE:
             raise _not_in_flight()
 
