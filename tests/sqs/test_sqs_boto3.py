@@ -410,3 +410,44 @@ def test_messages_in_flight_come_back_when_the_listener_stops(server_factory: Ca
     with Client.connect(thread.address) as native:
         message = native.read("back", timeout_ms=1000)
     assert message is not None and message.deliveries == 2
+
+
+def test_with_a_store_messages_and_their_attributes_survive_a_restart(
+    server_factory: Callable[..., Any], tmp_path: Any
+) -> None:
+    thread = server_factory(data_dir=tmp_path)
+    listening = listener_kit.Listening.start(thread)
+    sqs = listener_kit.client(listening.endpoint)
+    sqs.create_queue(QueueName="kept-dead")
+    policy = '{"deadLetterTargetArn":"arn:aws:sqs:us-east-1:000000000000:kept-dead","maxReceiveCount":2}'
+    url = sqs.create_queue(QueueName="kept", Attributes={"RedrivePolicy": policy})["QueueUrl"]
+    sent = sqs.send_message(QueueUrl=url, MessageBody="durable", MessageAttributes={"n": ATTRIBUTES["count"]})
+    sqs.send_message(QueueUrl=url, MessageBody="delayed", DelaySeconds=1)
+    # The queue's options are in the store as created: changing them is refused rather than lost at a restart.
+    error = error_of(sqs.set_queue_attributes, QueueUrl=url, Attributes={"RedrivePolicy": ""})
+    assert error["Code"] == "InvalidAttributeValue" and "--data-dir" in error["Message"]
+    assert sqs.receive_message(QueueUrl=url, VisibilityTimeout=3600)["Messages"][0]["Body"] == "durable"
+    sqs.close()
+    listening.stop()
+    thread.stop()
+
+    listening = listener_kit.Listening.start(server_factory(data_dir=tmp_path))
+    sqs = listener_kit.client(listening.endpoint)
+    url = sqs.get_queue_url(QueueName="kept")["QueueUrl"]
+    assert sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["RedrivePolicy"])["Attributes"] == {
+        "RedrivePolicy": policy
+    }
+    received = sqs.receive_message(
+        QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=3, AttributeNames=["All"], MessageAttributeNames=["All"]
+    )["Messages"]
+    message = received[0]
+    sqs_kit.sdk_check_receive(message)
+    assert (message["Body"], message["MessageId"]) == ("durable", sent["MessageId"])
+    assert message["MessageAttributes"] == {"n": ATTRIBUTES["count"]}
+    assert message["Attributes"]["ApproximateReceiveCount"] == "2"  # counted through the restart (max_deliveries)
+    sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+    if len(received) == 1:
+        received = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=3)["Messages"]
+    assert [m["Body"] for m in received if m["Body"] == "delayed"] == ["delayed"]
+    sqs.close()
+    listening.stop()
