@@ -155,7 +155,8 @@ class Book:
 
 @dataclass
 class Story:
-    """What happened to one payload, in time order."""
+    """What happened to one payload, in order: deliveries by life, then by their count (which grows by one
+    at each delivery within a life: a stalled thread may note the time it got one late), settles by time."""
 
     send: Send
     deliveries: list[Delivery] = field(default_factory=list)
@@ -183,7 +184,7 @@ class Story:
 
 def stories_of(book: Book) -> dict[bytes, Story]:
     stories = {send.payload: Story(send) for send in book.sends}
-    for delivery in sorted(book.deliveries, key=lambda d: d.got):
+    for delivery in sorted(book.deliveries, key=lambda d: (d.life, d.deliveries, d.got)):
         stories[delivery.payload].deliveries.append(delivery)
     for settle in sorted(book.settles, key=lambda s: s.asked):
         stories[settle.payload].settles.append(settle)
@@ -460,6 +461,12 @@ def released(story: Story, release: Settle) -> Delivery | None:
     return before[-1] if before else None
 
 
+def after(story: Story, delivery: Delivery) -> list[Delivery]:
+    """The deliveries from ``delivery``'s queue that came after it."""
+    deliveries = story.of(delivery.queue)
+    return deliveries[deliveries.index(delivery) + 1 :]
+
+
 def in_time(release: Settle, delivery: Delivery, spec: QueueSpec) -> bool:
     """Whether the server surely handled ``release`` before ``delivery``'s timeout could requeue it
     (a later one may have found the message in another consumer's hands)."""
@@ -482,32 +489,33 @@ def check_due_times(story: Story, queues: dict[str, QueueSpec], findings: Findin
         spec = queues[given.queue]
         if not in_time(release, given, spec) or (spec.max_deliveries and given.deliveries >= spec.max_deliveries):
             continue  # maybe another consumer's by then; or dead-lettered, not delayed
-        for delivery in story.of(given.queue):
-            if delivery.got > release.asked:
-                findings.due(
-                    story, delivery, release.asked + release.delay_ms / 1000, f"released for {release.delay_ms} ms"
-                )
+        for delivery in after(story, given):
+            findings.due(
+                story, delivery, release.asked + release.delay_ms / 1000, f"released for {release.delay_ms} ms"
+            )
 
 
 def check_redeliveries(story: Story, queue: str, spec: QueueSpec, findings: Findings) -> None:
     """Each delivery from ``queue`` after the first follows a release answered Released, a timeout
     (within one life), or a kill (a duplicate: the message was in flight at the kill)."""
     deliveries = story.of(queue)
-    for before, after in zip(deliveries, deliveries[1:]):
+    for before, then in zip(deliveries, deliveries[1:]):
+        # A release of the id, answered Released, that the server may have handled while `before` was out
+        # (a late one, of an earlier delivery, may have found the message in `before`'s consumer's hands).
         if any(
             s.kind == "release" and s.outcome == DONE and s.id == before.id and s.life == before.life
-            and before.got <= s.asked <= after.got
+            and s.answered is not None and s.answered >= before.asked and s.asked <= then.got
             for s in story.settles
         ):  # fmt: skip
             continue
-        if spec.timeout is not None and after.got >= before.asked + spec.timeout - EARLY_TOLERANCE:
-            if before.life == after.life:
+        if spec.timeout is not None and then.got >= before.asked + spec.timeout - EARLY_TOLERANCE:
+            if before.life == then.life:
                 findings.timed_out += 1
                 continue
             if before.asked + spec.timeout < findings.kills[before.life]:
                 continue  # timed out before the kill
-        if before.life == after.life:
-            findings.flag(story, f"delivered twice from {queue} in life {after.life} without a release or a timeout")
+        if before.life == then.life:
+            findings.flag(story, f"delivered twice from {queue} in life {then.life} without a release or a timeout")
         else:
             findings.duplicates += 1
 
@@ -708,17 +716,17 @@ def check_counts(story: Story, findings: Findings) -> None:
     for delivery in work:
         if not 1 <= delivery.deliveries <= MAX_DELIVERIES:
             findings.flag(story, f"handed out by {WORK} with deliveries {delivery.deliveries}")
-    for before, after in zip(work, work[1:]):
-        if before.life == after.life and after.deliveries != before.deliveries + 1:
-            findings.flag(story, f"deliveries {before.deliveries} then {after.deliveries} in life {after.life}")
-        elif after.deliveries > before.deliveries + 1:
-            findings.flag(story, f"deliveries {before.deliveries} then {after.deliveries} after a kill")
+    for before, then in zip(work, work[1:]):
+        if before.life == then.life and then.deliveries != before.deliveries + 1:
+            findings.flag(story, f"deliveries {before.deliveries} then {then.deliveries} in life {then.life}")
+        elif then.deliveries > before.deliveries + 1:
+            findings.flag(story, f"deliveries {before.deliveries} then {then.deliveries} then a kill")
     spec = QueueSpec(TIMEOUT_MS / 1000, MAX_DELIVERIES)
     for release in story.settles:
         given = released(story, release) if release.kind == "release" and release.outcome == DONE else None
         if given is None or given.queue != WORK or not in_time(release, given, spec):
             continue
-        later = [d for d in work if d.got > release.asked]
+        later = after(story, given)
         if given.deliveries >= MAX_DELIVERIES and later:
             findings.flag(
                 story, f"its last delivery was released, and {WORK} handed it out again in life {later[0].life}"
@@ -846,10 +854,10 @@ def purge_now_and_then(crew: Crew, client: PipelinedClient, rng: random.Random) 
     conn = crew.connection()
     while crew.running():
         time.sleep(rng.uniform(0.05, 0.25))
-        before, after = crew.book.payloads(f"purger{conn}", 4), crew.book.payloads(f"purger{conn}", 4)
-        requests: list[msg.Request] = [msg.Enqueue(PURGED, payload) for payload in before]
+        first, then = crew.book.payloads(f"purger{conn}", 4), crew.book.payloads(f"purger{conn}", 4)
+        requests: list[msg.Request] = [msg.Enqueue(PURGED, payload) for payload in first]
         requests.append(msg.Purge(PURGED))
-        requests += [msg.Enqueue(PURGED, payload) for payload in after]
+        requests += [msg.Enqueue(PURGED, payload) for payload in then]
         send_round(crew, client, conn, requests)
 
 
