@@ -73,13 +73,20 @@ class Supervised:
     """A supervisor started by ``command(workers, first port)``, its log in a file, its members' addresses."""
 
     def __init__(
-        self, tmp_path: Path, workers: int = WORKERS, command: Callable[[int, int], list[str]] = serve_workers
+        self,
+        tmp_path: Path,
+        workers: int = WORKERS,
+        command: Callable[[int, int], list[str]] = serve_workers,
+        *,
+        port: int | None = None,
+        log_name: str = "supervisor.log",
+        env: dict[str, str] | None = None,
     ) -> None:
-        self.port = free_ports(workers)
+        self.port = port or free_ports(workers)
         self.addresses = [f"127.0.0.1:{self.port + i}" for i in range(workers)]
-        self.log_path = tmp_path / "supervisor.log"
+        self.log_path = tmp_path / log_name
         with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(command(workers, self.port), stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(command(workers, self.port), stdout=log, stderr=subprocess.STDOUT, env=env)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -185,3 +192,195 @@ def test_workers_run_with_the_options_the_supervisor_was_given(tmp_path: Path) -
         assert tree.process.wait(timeout=10) == 0, tree.log()
     finally:
         tree.close()
+
+
+# --- workers die with their supervisor ----------------------------------------------------------------
+
+
+def gone(pid: int) -> bool:
+    """Whether process ``pid`` has ended (a zombie nobody reaped yet has ended: it holds no port, no lock)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return "\nState:\tZ" in status
+
+
+def wait_gone(pids: list[int], within: float) -> float:
+    """Seconds until every process of ``pids`` has ended; fail if some still run after ``within``."""
+    started = time.monotonic()
+    while not all(gone(pid) for pid in pids):
+        if time.monotonic() - started > within:
+            alive = [pid for pid in pids if not gone(pid)]
+            for pid in alive:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            pytest.fail(f"processes {alive} still ran {within}s after their supervisor died")
+        time.sleep(0.02)
+    return time.monotonic() - started
+
+
+def test_kill_9_of_the_supervisor_takes_its_workers_along_and_a_new_one_starts_cleanly(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+
+    def durable(workers: int, port: int) -> list[str]:
+        return [*serve_workers(workers, port), "--data-dir", str(data)]
+
+    first = Supervised(tmp_path, 2, durable, log_name="first.log")
+    try:
+        first.wait_until(lambda: all(answers(address) for address in first.addresses), "every worker to answer")
+        with GroupClient.connect(first.addresses) as group:
+            group.create("kept")
+            group.send("kept", b"one")
+            group.send("kept", b"two")
+        pids = list(workers_of(first.process.pid).values())
+        assert len(pids) == 2
+        first.process.kill()
+        first.process.wait()
+        assert wait_gone(pids, within=5.0) < 2.5
+    finally:
+        first.close()
+    assert not any(answers(address) for address in first.addresses)
+
+    second = Supervised(tmp_path, 2, durable, port=first.port, log_name="second.log")
+    try:
+        second.wait_until(lambda: all(answers(address) for address in second.addresses), "every worker to answer")
+        with GroupClient.connect(second.addresses) as group:
+            assert group.stats("kept")["ready"] == 2  # both stores taken over: nothing held them any more
+        log = second.log()
+        assert "in use" not in log and "restarting" not in log, log
+        second.process.send_signal(signal.SIGTERM)
+        assert second.process.wait(timeout=15) == 0, second.log()
+    finally:
+        second.close()
+
+
+@pytest.mark.parametrize("how", ["sigkill", "sigterm"])
+def test_a_worker_dies_with_its_parent_by_the_parent_death_signal_alone(tmp_path: Path, how: str) -> None:
+    """No lifeline (``--supervisor PID`` without an fd): the kernel's parent-death signal stops the worker."""
+    port = free_ports(1)
+    log_path = tmp_path / "worker.log"
+    parent_code = (
+        "import os, subprocess, sys, time\n"
+        f"serve = [sys.executable, '-m', 'dbqueue.cli', 'serve', '--port', '{port}']\n"
+        "serve += ['--supervisor', str(os.getpid())]\n"
+        f"worker = subprocess.Popen(serve, stdout=open({str(log_path)!r}, 'wb'), stderr=subprocess.STDOUT)\n"
+        "print(worker.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", parent_code], stdout=subprocess.PIPE)
+    try:
+        assert parent.stdout is not None
+        worker = int(parent.stdout.readline())
+        deadline = time.monotonic() + START_TIMEOUT
+        while not answers(f"127.0.0.1:{port}"):
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.05)
+        parent.send_signal(signal.SIGKILL if how == "sigkill" else signal.SIGTERM)
+        parent.wait()
+        wait_gone([worker], within=5.0)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        parent.stdout.close()  # type: ignore[union-attr]
+    assert not answers(f"127.0.0.1:{port}")
+    assert "stopped" in log_path.read_text()  # SIGTERM: a clean stop, its store closed
+
+
+def test_a_worker_stops_when_its_lifeline_closes(tmp_path: Path) -> None:
+    """The portable way: the supervisor (here the test) lives on, but closes its end of the pipe."""
+    port = free_ports(1)
+    read_end, write_end = os.pipe()
+    log_path = tmp_path / "worker.log"
+    with open(log_path, "wb") as log:
+        worker = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "dbqueue.cli",
+                "serve",
+                "--port",
+                str(port),
+                "--supervisor",
+                f"{os.getpid()}:{read_end}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            pass_fds=(read_end,),
+        )
+    os.close(read_end)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not answers(f"127.0.0.1:{port}"):
+            assert worker.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.05)
+        os.close(write_end)
+        assert worker.wait(timeout=5) == 0, log_path.read_text()
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    log = log_path.read_text()
+    assert "the supervisor is gone" in log and "Traceback" not in log, log
+
+
+def test_a_worker_whose_supervisor_is_already_gone_does_not_start() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "dbqueue.cli", "serve", "--port", str(free_ports(1)), "--supervisor", "1"],
+        capture_output=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert result.stderr.decode().strip().splitlines()[-1] == "Error: the supervisor (pid 1) is gone: not starting"
+
+
+# --- restarts back off, and end --------------------------------------------------------------------------
+
+
+def test_restarts_back_off_with_jitter_and_give_up_after_five_deaths_in_a_minute() -> None:
+    from dbqueue.server.workers import RestartPolicy
+
+    top = RestartPolicy(jitter=lambda: 0.999999)
+    assert [round(top.died(float(t)) or 0, 3) for t in range(4)] == [0.5, 1.0, 2.0, 4.0]
+    assert top.died(4.0) is None  # the fifth within the minute
+    bottom = RestartPolicy(jitter=lambda: 0.0)
+    assert bottom.died(0.0) == 0.25  # half the nominal delay at the least
+    spaced = RestartPolicy(jitter=lambda: 0.999999)
+    for minute in range(10):  # a worker that dies once a minute is always restarted, after the first delay
+        assert round(spaced.died(minute * 61.0) or 0, 3) == 0.5
+    capped = RestartPolicy(jitter=lambda: 0.999999, max_failures=100)
+    assert max(capped.died(float(t)) or 0 for t in range(20)) <= 15.0
+
+
+def test_a_supervisor_whose_worker_cannot_listen_gives_up_and_says_why(tmp_path: Path) -> None:
+    port = free_ports(2)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port + 1))
+        taken.listen()
+        tree = Supervised(tmp_path, 2, port=port)
+        try:
+            started = time.monotonic()
+            code = tree.process.wait(timeout=60)
+            elapsed = time.monotonic() - started
+        finally:
+            tree.close()
+    log = tree.log()
+    assert code == 1, log
+    assert elapsed < 40, elapsed
+    last = log.strip().splitlines()[-1]
+    assert last.startswith(f"Error: worker 1 (127.0.0.1:{port + 1}) died 5 times within 60 s; giving up."), log
+    assert f"cannot listen on 127.0.0.1:{port + 1}" in last, log
+    assert log.count("restarting it in") == 4, log
+    # Every line a worker wrote says which worker wrote it: its errors, five times over, included.
+    worker_errors = [line for line in log.splitlines() if "cannot listen" in line and not line.startswith("Error:")]
+    assert len(worker_errors) == 5 and all(line.startswith("worker 1: Error: ") for line in worker_errors), log
+    assert not answers(f"127.0.0.1:{port}")  # the worker that could run was stopped, not left behind
+    assert "Traceback" not in log
+
+
+def test_each_line_a_worker_writes_names_the_worker(supervised: Supervised) -> None:
+    log = supervised.log()
+    for index, address in enumerate(supervised.addresses):
+        listening = [line for line in log.splitlines() if f"listening on {address}" in line]
+        assert listening and all(line.startswith(f"worker {index}: ") for line in listening), log

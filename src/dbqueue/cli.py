@@ -1,19 +1,55 @@
-"""The `dbqueue` command: ``serve`` runs a server, ``bench`` load-tests one, ``stats`` shows its queues.
+"""The `dbqueue` command: ``serve`` runs a server or a group; ``send``, ``read``, ``create``, ``delete``,
+``purge``, ``list`` and ``stats`` talk to one; ``store check`` looks at a store; ``bench`` load-tests.
 
-``serve`` has one option per field of `dbqueue.server.Limits`, made from the
-field's metadata (``max_in_flight`` -> ``--max-in-flight MESSAGES``, its
-bounds as the option's range), so a limit's default, bounds and help are
-written once, in `dbqueue/server/limits.py`. ``serve --workers N`` starts
-each worker with the options it was given itself, read back from click's
-context, plus the worker's own port, member index, data directory and
-metrics port.
+Theory of operation
+-------------------
+*Options.* ``serve`` has one option per field of `dbqueue.server.Limits`,
+made from the field's metadata (``max_in_flight`` -> ``--max-in-flight
+MESSAGES``, its bounds as the option's range), so a limit's default, bounds
+and help are written once, in `dbqueue/server/limits.py`. ``serve --workers
+N`` starts each worker with the options it was given itself, read back from
+click's context, plus the worker's own port, member index, data directory
+and metrics port (`dbqueue.server.workers` runs them).
+
+*The environment.* Every option of every command can also come from an
+environment variable: ``DBQUEUE_<COMMAND>_<OPTION>`` always
+(``DBQUEUE_SERVE_MAX_IN_FLIGHT``, ``DBQUEUE_STATS_ADDRESS``), and a shorter
+name where an option means the same wherever it appears: serve's own options
+as ``DBQUEUE_<OPTION>`` (``DBQUEUE_PORT``), and the options that say how to
+reach a server as ``DBQUEUE_ADDRESS``, ``DBQUEUE_TOKEN`` and so on (see
+`_short_names`). No short name has two meanings: the CA a server checks
+client certificates with is ``DBQUEUE_CLIENT_CA``, the CA a client trusts a
+server's certificate with ``DBQUEUE_TLS_CA``. `_name_environment_variables`
+gives every option its names once all commands exist, so none is forgotten.
+The command line wins over the environment.
+
+*Reaching a server.* A client command connects to the first of its
+``--address`` list that answers, with a plain `Client`. That first contact
+is made alone so that its failure can be explained: a wrong token, TLS
+expected or not offered, an untrusted certificate, nothing listening (each
+is told apart by a second, diagnostic connection: see `_Target`). If the
+server says it belongs to a group, or several addresses were given, the
+command goes on with a `GroupClient` over every member: a send goes to one
+member, a read takes from any, ``stats`` sums them.
+
+*Errors* are one line (click's ``Error: ...``) with the cause, and exit
+status 1; a usage error exits 2. No expected failure shows a traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import json
 import logging
-from collections.abc import Callable
-from typing import Any, TypeVar
+import os
+import socket
+import ssl
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from click.core import ParameterSource
@@ -21,12 +57,20 @@ from click.core import ParameterSource
 from ._version import __version__
 from .server.limits import LimitField, Limits, limit_fields
 
+if TYPE_CHECKING:
+    from .client import Client, GroupClient
+    from .report import Sample
+
 __all__ = ["main", "option_name"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 # `serve` options each worker of a group gets a value of its own for (or, for --workers, none).
-_PER_WORKER = frozenset({"port", "workers", "peers", "member_index", "data_dir", "metrics_port"})
+_PER_WORKER = frozenset({"port", "workers", "peers", "member_index", "data_dir", "metrics_port", "supervisor"})
+
+DEFAULT_ADDRESS = "127.0.0.1:3003"
+_MS_MAX_SECONDS = 0xFFFFFFFF / 1000  # the wire carries milliseconds in 32 bits
+_SEND_CHUNK = 256  # lines of stdin sent in one pipeline
 
 
 def option_name(field_name: str) -> str:
@@ -61,7 +105,8 @@ def _limit_options(command: F) -> F:
 
 
 def _given_options(context: click.Context, leave_out: frozenset[str]) -> list[str]:
-    """The options the user gave this command, as a command line, but those named in ``leave_out``."""
+    """The options the user gave this command (on the command line or in the environment), as a command
+    line, but those named in ``leave_out``."""
     arguments: list[str] = []
     for param in context.command.params:
         name = param.name
@@ -77,10 +122,17 @@ def _given_options(context: click.Context, leave_out: frozenset[str]) -> list[st
     return arguments
 
 
-@click.group()
+@click.group(context_settings={"auto_envvar_prefix": "DBQUEUE"})
 @click.version_option(__version__, prog_name="dbqueue")
 def main() -> None:
-    """dbqueue: a message-queue server and its tools."""
+    """dbqueue: a message-queue server and its tools.
+
+    Every option can also be set in the environment: DBQUEUE_<COMMAND>_<OPTION>, or the shorter name
+    each command's --help shows (DBQUEUE_PORT, DBQUEUE_ADDRESS, DBQUEUE_TOKEN...).
+    """
+
+
+# --- serve ---------------------------------------------------------------------------------------
 
 
 @main.command()
@@ -96,7 +148,7 @@ def main() -> None:
     "--metrics-port",
     type=click.IntRange(0, 65535),
     default=None,
-    help="Serve Prometheus metrics on http://HOST:PORT/metrics (off by default).",
+    help="Serve Prometheus metrics on http://HOST:PORT/metrics (off by default; with --workers, worker I on PORT+I).",
 )
 @click.option(
     "--data-dir",
@@ -125,6 +177,7 @@ def main() -> None:
     help="Every member of a group spread over machines, this server included (for discovery and ids).",
 )
 @click.option("--member-index", type=click.IntRange(0, 255), default=None, hidden=True)
+@click.option("--supervisor", default=None, hidden=True, metavar="PID:FD")  # set by --workers for each worker
 @click.option(
     "--auth-token-file",
     type=click.Path(dir_okay=False, exists=True),
@@ -161,6 +214,7 @@ def serve(
     workers: int,
     peers: str | None,
     member_index: int | None,
+    supervisor: str | None,
     auth_token_file: str | None,
     insecure: bool,
     tls_cert: str | None,
@@ -169,7 +223,8 @@ def serve(
     **limit_values: Any,
 ) -> None:
     """Run a server (or a group of --workers servers) until SIGINT or SIGTERM."""
-    import os
+    if supervisor is not None:
+        _tie_to_supervisor(supervisor)  # first: a worker must not outlive its supervisor, even while starting
 
     from .server import Server, run
     from .server.security import is_loopback, read_token, server_tls_context
@@ -193,20 +248,8 @@ def serve(
         raise click.UsageError("--tls-ca checks client certificates over TLS: it needs --tls-cert and --tls-key")
     members = [part.strip() for part in peers.split(",") if part.strip()] if peers else []
     if workers > 1:
-        from .server.workers import supervise, worker_command
-
-        local = [f"{host}:{port + i}" for i in range(workers)]
-        members = members or local
-        missing = [address for address in local if address not in members]
-        if missing:
-            raise click.BadParameter(f"--peers must list every local worker, missing {missing}", param_hint="--peers")
-        shared = _given_options(context, _PER_WORKER)
-        commands = [
-            worker_command(members.index(local[i]), port + i, members, shared, data_dir)
-            + (["--metrics-port", str(metrics_port and metrics_port + i)] if metrics_port is not None else [])
-            for i in range(workers)
-        ]
-        raise SystemExit(supervise(commands))
+        _supervise(context, host, port, workers, members, data_dir, metrics_port)
+        return
     if member_index is None:
         own = f"{host}:{port}"
         if members and own not in members:
@@ -230,6 +273,55 @@ def serve(
         raise click.ClickException(str(exc)) from exc
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+
+
+def _tie_to_supervisor(supervisor: str) -> None:
+    from .server.workers import SupervisorGone, die_with_supervisor
+
+    pid, _, fd = supervisor.partition(":")
+    try:
+        die_with_supervisor(int(pid), int(fd) if fd else None)
+    except ValueError as exc:
+        raise click.BadParameter(f"expected PID:FD, got {supervisor!r}", param_hint="--supervisor") from exc
+    except SupervisorGone as exc:
+        raise click.ClickException(f"{exc}: not starting") from exc
+
+
+def _supervise(
+    context: click.Context,
+    host: str,
+    port: int,
+    workers: int,
+    members: list[str],
+    data_dir: str | None,
+    metrics_port: int | None,
+) -> None:
+    """Run ``workers`` servers as a group (`dbqueue.server.workers`); return once they are stopped."""
+    from .server.workers import WorkerSpec, supervise, worker_command
+
+    local = [f"{host}:{port + i}" for i in range(workers)]
+    members = members or local
+    missing = [address for address in local if address not in members]
+    if missing:
+        raise click.BadParameter(f"--peers must list every local worker, missing {missing}", param_hint="--peers")
+    shared = _given_options(context, _PER_WORKER)
+    specs = []
+    for i in range(workers):
+        index = members.index(local[i])
+        command = worker_command(index, port + i, members, shared, data_dir)
+        if metrics_port is not None:
+            command += ["--metrics-port", str(metrics_port and metrics_port + i)]
+        specs.append(WorkerSpec(index, local[i], command))
+    # Every option the workers share is on their command line already (`_given_options`): the environment
+    # must not add what the supervisor was told (DBQUEUE_WORKERS would make each worker a supervisor).
+    ours = {name for param in context.command.params for name in _envvars(param)}
+    environment = {name: value for name, value in os.environ.items() if name not in ours}
+    reason = supervise(specs, env=environment)
+    if reason is not None:
+        raise click.ClickException(reason)
+
+
+# --- bench ---------------------------------------------------------------------------------------
 
 
 def _addresses(value: str) -> list[tuple[str, int]]:
@@ -277,8 +369,6 @@ def bench(
     as_json: bool,
 ) -> None:
     """Load-test a running server with the original's workload; every reply is checked."""
-    import json
-
     from .errors import DbQueueError
     from .loadtest import BenchConfig, BenchFailure, DbQueueDriver, run_load, run_round_trips
     from .report import bench_table, progress_bar
@@ -317,36 +407,875 @@ def bench(
         bench_table(result, "round trips" if latency else "load test")
 
 
-@main.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=3003, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--queue", "queue_name", help="Only this queue.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@click.option("--watch", type=float, default=None, metavar="SECONDS", help="Refresh every SECONDS until Ctrl-C.")
-def stats(host: str, port: int, queue_name: str | None, as_json: bool, watch: float | None) -> None:
-    """Show every queue's depth, in-flight, delayed and totals."""
-    import json
-    import time
+# --- reaching a server ---------------------------------------------------------------------------
 
+
+class Unreachable(click.ClickException):
+    """No server answered at any of the addresses: nothing listens there, or the network fails."""
+
+
+def _reason(exc: BaseException) -> str:
+    """The cause of a failed connect in a few words: ``connection refused`` rather than the whole chain."""
+    cause = exc.__cause__
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror[:1].lower() + cause.strerror[1:]
+    return str(exc)
+
+
+@dataclass
+class _Target:
+    """Where a client command connects, and with what: addresses, token, TLS, timeout."""
+
+    addresses: list[str]
+    token: bytes | None
+    tls: ssl.SSLContext | None
+    timeout: float
+    client_certificate: bool
+
+    def connect(self) -> Client | GroupClient:
+        """The `Client` of a server alone, or a `GroupClient` over a group's members.
+
+        Raises `Unreachable` if no address answers, `click.ClickException`
+        with the cause for any other failure.
+        """
+        from .client import GroupClient
+
+        address, first = self._connect_first()
+        addresses = self.addresses
+        if len(addresses) == 1:
+            with self._explained(address):
+                group = first.members().members
+            if len(group) > 1:  # a member of a group: the others are known to it
+                addresses = list(group)
+        if len(addresses) == 1:
+            return first
+        first.close()
+        with self._explained(address):
+            return GroupClient.connect(addresses, self.timeout, token=self.token, tls=self.tls)
+
+    def connect_member(self, address: str) -> Client:
+        """A `Client` of the member at ``address`` alone. Raises as `connect`."""
+        from .client import Client
+
+        with self._explained(address):
+            return Client.connect(address, self.timeout, token=self.token, tls=self.tls)
+
+    def _connect_first(self) -> tuple[str, Client]:
+        unreachable = []
+        for address in self.addresses:
+            try:
+                return address, self.connect_member(address)
+            except Unreachable as exc:
+                unreachable.append(exc.message)
+        raise Unreachable("; ".join(unreachable))
+
+    @contextlib.contextmanager
+    def _explained(self, address: str) -> Iterator[None]:
+        """Turn a failure to connect to ``address`` into one line saying why (see the module docstring)."""
+        from .errors import AuthenticationFailed, ConnectionLost
+
+        try:
+            yield
+        except AuthenticationFailed as exc:
+            given = "the token given was refused" if self.token is not None else "the server wants one"
+            raise click.ClickException(f"authentication failed: check --token ({given}: {exc})") from exc
+        except ssl.SSLCertVerificationError as exc:
+            raise click.ClickException(
+                f"TLS: the certificate of {address} is not trusted ({exc.verify_message}): "
+                "pass --tls-ca FILE, the CA that signed it"
+            ) from exc
+        except ssl.SSLError as exc:
+            if _speaks_plain(address, self.timeout):
+                raise click.ClickException(
+                    f"TLS is not offered by {address}: it speaks plain dbqueue (drop --tls and --tls-ca)"
+                ) from exc
+            hint = "" if self.client_certificate else " (does it require a client certificate? --tls-cert, --tls-key)"
+            raise click.ClickException(f"TLS handshake with {address} failed: {exc.reason or exc}{hint}") from exc
+        except ConnectionLost as exc:
+            if not _accepts(address, self.timeout):
+                raise Unreachable(f"cannot connect to {address}: {_reason(exc)}") from exc
+            if self.tls is None and _speaks_tls(address, self.timeout):
+                raise click.ClickException(
+                    f"TLS is expected by {address}: pass --tls (and --tls-ca FILE if a private CA signed "
+                    "its certificate)"
+                ) from exc
+            if self.tls is not None and not self.client_certificate:
+                raise click.ClickException(
+                    f"{address} closed the connection after the TLS handshake: it may require a client "
+                    f"certificate (--tls-cert, --tls-key) ({exc})"
+                ) from exc
+            raise click.ClickException(f"{address} did not complete the dbqueue handshake: {exc}") from exc
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    from .client import parse_address
+
+    return parse_address(address)
+
+
+def _accepts(address: str, timeout: float) -> bool:
+    """Whether anything accepts a TCP connection at ``address``."""
+    try:
+        socket.create_connection(_host_port(address), timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _speaks_tls(address: str, timeout: float) -> bool:
+    """Whether the server at ``address`` answers a TLS handshake (if only with a refusal: a TLS alert)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # only asking whether it speaks TLS: nothing is sent over it
+    host, port = _host_port(address)
+    try:
+        with socket.create_connection((host, port), timeout) as sock, context.wrap_socket(sock, server_hostname=host):
+            return True
+    except ssl.SSLError as exc:
+        return "ALERT" in str(exc.reason or "")
+    except OSError:
+        return False
+
+
+def _speaks_plain(address: str, timeout: float) -> bool:
+    """Whether a plain (not TLS) dbqueue server answers at ``address``."""
     from .client import Client
-    from .errors import DbQueueError
-    from .report import queue_table
+    from .errors import AuthenticationFailed, DbQueueError
 
     try:
-        with Client.connect((host, port)) as client:
-            while True:
-                queues = [client.stats(queue_name)] if queue_name else client.list_queues()
-                if as_json:
-                    click.echo(json.dumps(queues if not queue_name else queues[0]))
-                else:
-                    queue_table(queues, clear=watch is not None)
-                if watch is None:
-                    return
-                time.sleep(watch)
+        Client.connect(address, timeout).close()
+    except AuthenticationFailed:
+        return True
+    except (DbQueueError, OSError):
+        return False
+    return True
+
+
+def _client_tls(tls: bool, ca: str | None, cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    if cert is None and key is not None:
+        raise click.UsageError("--tls-key goes with --tls-cert")
+    if not (tls or ca or cert):
+        return None
+    try:
+        context = ssl.create_default_context(cafile=ca)
+        if cert is not None:
+            context.load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as exc:
+        raise click.UsageError(f"cannot load the TLS files: {exc}") from exc
+    return context
+
+
+def _client_token(context: click.Context, token: str | None, token_file: str | None) -> bytes | None:
+    """The token to send: the command line's before the environment's, and a file before a literal."""
+    given = [
+        name for name in ("token", "token_file") if context.get_parameter_source(name) is ParameterSource.COMMANDLINE
+    ]
+    if len(given) == 2:
+        raise click.UsageError("give --token or --token-file, not both")
+    if given == ["token"]:
+        token_file = None
+    elif given == ["token_file"]:
+        token = None
+    if token_file is not None:
+        with open(token_file, "rb") as file:
+            value = file.read().strip()
+        if not value:
+            raise click.BadParameter(f"the token in {token_file} is empty", param_hint="--token-file")
+        return value
+    if token is not None:
+        return token.strip().encode()
+    return None
+
+
+_CONNECTION_OPTIONS = (
+    click.option(
+        "--address",
+        default=DEFAULT_ADDRESS,
+        show_default=True,
+        metavar="HOST:PORT[,HOST:PORT...]",
+        help="The server; several, or one member of a group, for a group (its other members are asked of it).",
+    ),
+    click.option("--token", default=None, help="The server's token (a command line is visible to all: prefer a file)."),
+    click.option(
+        "--token-file",
+        type=click.Path(dir_okay=False, exists=True),
+        default=None,
+        help="Read the token from this file.",
+    ),
+    click.option("--tls", is_flag=True, help="Connect over TLS, trusting the system's CAs."),
+    click.option(
+        "--tls-ca",
+        type=click.Path(dir_okay=False, exists=True),
+        default=None,
+        help="Connect over TLS, trusting only this CA (PEM) for the server's certificate.",
+    ),
+    click.option(
+        "--tls-cert",
+        type=click.Path(dir_okay=False, exists=True),
+        default=None,
+        help="Present this client certificate (PEM) over TLS.",
+    ),
+    click.option(
+        "--tls-key",
+        type=click.Path(dir_okay=False, exists=True),
+        default=None,
+        help="The client certificate's private key (PEM).",
+    ),
+    click.option(
+        "--timeout",
+        type=click.FloatRange(min=0.1),
+        default=10.0,
+        show_default=True,
+        metavar="SECONDS",
+        help="Seconds to wait for a connection or an answer.",
+    ),
+)
+
+
+def _connects(command: Callable[..., None]) -> Callable[..., None]:
+    """Give a client command the connection options; it receives them as one ``target`` (`_Target`)."""
+
+    @functools.wraps(command)
+    def run(
+        *,
+        address: str,
+        token: str | None,
+        token_file: str | None,
+        tls: bool,
+        tls_ca: str | None,
+        tls_cert: str | None,
+        tls_key: str | None,
+        timeout: float,
+        **arguments: Any,
+    ) -> None:
+        from .client import parse_address
+
+        context = click.get_current_context()
+        addresses = [part.strip() for part in address.split(",") if part.strip()]
+        try:
+            for part in addresses:
+                parse_address(part)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--address") from exc
+        if not addresses:
+            raise click.BadParameter("no address given", param_hint="--address")
+        target = _Target(
+            addresses,
+            _client_token(context, token, token_file),
+            _client_tls(tls, tls_ca, tls_cert, tls_key),
+            timeout,
+            tls_cert is not None,
+        )
+        try:
+            command(target=target, **arguments)
+        except KeyboardInterrupt:
+            raise SystemExit(130) from None
+
+    for option in reversed(_CONNECTION_OPTIONS):
+        run = option(run)
+    return run
+
+
+@contextlib.contextmanager
+def _one_line_errors() -> Iterator[None]:
+    """Turn what a command may meet (a refusal, a lost connection) into click's one-line error."""
+    from .errors import ConnectionLost, DbQueueError, RequestError
+
+    try:
+        yield
+    except (click.ClickException, BrokenPipeError):
+        raise  # click prints the one, and quietly exits on the other (`... | head`)
+    except RequestError as exc:
+        raise click.ClickException(exc.message) from exc
+    except ConnectionLost as exc:
+        raise click.ClickException(f"connection lost: {exc}") from exc
     except DbQueueError as exc:
         raise click.ClickException(str(exc)) from exc
+    except ssl.SSLError as exc:
+        raise click.ClickException(f"TLS: {exc}") from exc
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@contextlib.contextmanager
+def _session(target: _Target) -> Iterator[Client | GroupClient]:
+    """A connected client for the command's body, with its errors made one line; closed after."""
+    with _one_line_errors():
+        client = target.connect()
+        try:
+            yield client
+        finally:
+            client.close()
+
+
+def _milliseconds(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
+def _echo_json(value: Any) -> None:
+    click.echo(json.dumps(value))
+
+
+# --- send, read, create, delete, purge, list -----------------------------------------------------
+
+
+def _stdin_messages(whole: bool) -> Iterator[tuple[int, bytes]]:
+    """(line number, message) for each message on stdin: each non-empty line, or all of it."""
+    stream = sys.stdin.buffer
+    if whole:
+        yield 1, stream.read()
+        return
+    for number, line in enumerate(stream, start=1):
+        message = line.rstrip(b"\n").rstrip(b"\r")
+        if message:
+            yield number, message
+
+
+def _chunks(items: Iterable[tuple[int, bytes]], size: int) -> Iterator[list[tuple[int, bytes]]]:
+    chunk: list[tuple[int, bytes]] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _send_chunk(
+    client: Client | GroupClient, queue: str, chunk: list[tuple[int, bytes]], delay_ms: int, key: str | None
+) -> list[object]:
+    """Send ``chunk``; return one id or refusal (an exception, not raised) per message, in order."""
+    from .client import Client
+    from .errors import MessageTooLarge, RequestError
+
+    if isinstance(client, Client) and len(chunk) > 1:
+        pipeline = client.pipeline()
+        for _, data in chunk:
+            pipeline.send(queue, data, delay_ms=delay_ms)
+        try:
+            return pipeline.execute()
+        except MessageTooLarge:
+            pass  # refused before anything was sent: one by one, to say which
+    results: list[object] = []
+    for _, data in chunk:
+        try:
+            if isinstance(client, Client):
+                results.append(client.send(queue, data, delay_ms=delay_ms))
+            else:
+                results.append(client.send(queue, data, delay_ms=delay_ms, key=key))
+        except RequestError as exc:
+            results.append(exc)
+    return results
+
+
+@main.command()
+@click.argument("queue")
+@click.argument("data", required=False)
+@click.option("--whole", is_flag=True, help="Send all of stdin as one message (default: each non-empty line).")
+@click.option(
+    "--delay",
+    type=click.FloatRange(0, _MS_MAX_SECONDS),
+    default=0.0,
+    metavar="SECONDS",
+    help="Make the messages readable only after this delay.",
+)
+@click.option("--key", default=None, help="With a group: send to the member this key hashes to (default: in turn).")
+@click.option("--json", "as_json", is_flag=True, help='Print {"queue": ..., "ids": [...]} instead of an id a line.')
+@_connects
+def send(
+    target: _Target, queue: str, data: str | None, whole: bool, delay: float, key: str | None, as_json: bool
+) -> None:
+    """Send DATA to QUEUE, or each line of stdin (DATA omitted or -); print each message's id."""
+    from .errors import RequestError
+
+    from_argument = data is not None and data != "-"
+    if data is not None and data != "-":
+        if whole:
+            raise click.UsageError("--whole sends stdin: give no DATA (or -)")
+        messages: Iterable[tuple[int, bytes]] = [(0, os.fsencode(data))]
+    else:
+        messages = _stdin_messages(whole)
+    ids: list[int] = []
+    failure: str | None = None
+    with _session(target) as client:
+        for chunk in _chunks(messages, _SEND_CHUNK):
+            results = _send_chunk(client, queue, chunk, _milliseconds(delay), key)
+            for (number, _), result in zip(chunk, results):
+                if isinstance(result, int):
+                    ids.append(result)
+                    if not as_json:
+                        click.echo(result)
+                elif failure is None:
+                    where = f"line {number}: " if number else ""
+                    failure = where + (result.message if isinstance(result, RequestError) else str(result))
+            if failure is not None:
+                break
+    if as_json:
+        _echo_json({"queue": queue, "ids": ids})
+    if failure is not None:
+        raise click.ClickException(failure if from_argument else f"{failure} ({len(ids)} sent; stopped there)")
+
+
+def _message_json(message: Any) -> dict[str, Any]:
+    import base64
+
+    shown: dict[str, Any] = {"id": message.id, "deliveries": message.deliveries}
+    try:
+        shown["data"] = message.data.decode("utf-8")
+    except UnicodeDecodeError:
+        shown["data_base64"] = base64.b64encode(message.data).decode("ascii")
+    return shown
+
+
+@main.command()
+@click.argument("queue")
+@click.option("--count", type=click.IntRange(1, 65535), default=1, show_default=True, help="Messages to read at most.")
+@click.option(
+    "--visibility",
+    type=click.FloatRange(0, _MS_MAX_SECONDS),
+    default=30.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long the messages are hidden from other readers, unless confirmed (0: until this command ends).",
+)
+@click.option(
+    "--wait",
+    type=click.FloatRange(0, _MS_MAX_SECONDS),
+    default=0.0,
+    metavar="SECONDS",
+    help="Wait up to this long for a message if there is none.",
+)
+@click.option(
+    "--confirm",
+    is_flag=True,
+    help="Confirm the messages once printed: they are done. Without it they go back to the queue when the "
+    "command ends (each read counts as a delivery for --max-deliveries).",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print a JSON list of {id, deliveries, data} instead of the data."
+)
+@_connects
+def read(target: _Target, queue: str, count: int, visibility: float, wait: float, confirm: bool, as_json: bool) -> None:
+    """Read up to --count messages of QUEUE and print their data, one a line (nothing if there is none)."""
+    with _session(target) as client:
+        messages = client.read_batch(queue, count, _milliseconds(visibility), wait_ms=_milliseconds(wait))
+        if as_json:
+            _echo_json([_message_json(message) for message in messages])
+        else:
+            out = sys.stdout.buffer
+            for message in messages:
+                out.write(message.data + b"\n")
+            out.flush()
+        # Confirmed only once printed: a message lost on the way to stdout goes back to the queue.
+        if confirm and messages:
+            outcomes = client.confirm_batch([message.id for message in messages])
+            failed = [(message.id, outcome) for message, outcome in zip(messages, outcomes) if outcome is not None]
+            if failed:
+                id_, outcome = failed[0]
+                raise click.ClickException(f"{len(failed)} messages not confirmed; message {id_}: {outcome.message}")
+
+
+@main.command()
+@click.argument("queue")
+@click.option(
+    "--capacity",
+    type=click.IntRange(1, 2**64 - 1),
+    default=None,
+    metavar="MESSAGES",
+    help="Messages it holds at most, ready, in flight and delayed (default: the server's --default-capacity; "
+    "in a group, per member).",
+)
+@click.option(
+    "--max-deliveries",
+    type=click.IntRange(1, 2**32 - 1),
+    default=None,
+    metavar="DELIVERIES",
+    help="Deliveries without a confirm after which a message moves to the dead-letter queue, or is dropped.",
+)
+@click.option("--dead-letter-queue", default=None, metavar="QUEUE", help="Where such messages go (it must exist).")
+@click.option("--json", "as_json", is_flag=True, help='Print {"queue": ..., "created": true}.')
+@_connects
+def create(
+    target: _Target,
+    queue: str,
+    capacity: int | None,
+    max_deliveries: int | None,
+    dead_letter_queue: str | None,
+    as_json: bool,
+) -> None:
+    """Create QUEUE (nothing changes if it exists: it keeps its options)."""
+    with _session(target) as client:
+        client.create(queue, capacity, max_deliveries=max_deliveries, dead_letter_queue=dead_letter_queue)
+    if as_json:
+        _echo_json({"queue": queue, "created": True})
+    else:
+        click.echo(f"created {queue}")
+
+
+@main.command()
+@click.argument("queue")
+@click.option("--json", "as_json", is_flag=True, help='Print {"queue": ..., "deleted": true}.')
+@_connects
+def delete(target: _Target, queue: str, as_json: bool) -> None:
+    """Delete QUEUE and every message it holds."""
+    with _session(target) as client:
+        client.delete(queue)
+    if as_json:
+        _echo_json({"queue": queue, "deleted": True})
+    else:
+        click.echo(f"deleted {queue}")
+
+
+@main.command()
+@click.argument("queue")
+@click.option("--json", "as_json", is_flag=True, help='Print {"queue": ..., "purged": N}.')
+@_connects
+def purge(target: _Target, queue: str, as_json: bool) -> None:
+    """Drop every ready and delayed message of QUEUE (messages in flight stay)."""
+    with _session(target) as client:
+        count = client.purge(queue)
+    if as_json:
+        _echo_json({"queue": queue, "purged": count})
+    else:
+        click.echo(f"purged {count} messages from {queue}")
+
+
+@main.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of names.")
+@_connects
+def list_queues(target: _Target, as_json: bool) -> None:
+    """Print the name of every queue, one a line."""
+    from .report import printable
+
+    with _session(target) as client:
+        names = sorted(str(stats["name"]) for stats in client.list_queues())
+    if as_json:
+        _echo_json(names)
+    else:
+        for name in names:
+            click.echo(printable(name))
+
+
+# --- stats ---------------------------------------------------------------------------------------
+
+
+def _figures(client: Client | GroupClient, queue: str | None) -> list[dict[str, Any]]:
+    return [client.stats(queue)] if queue else client.list_queues()
+
+
+def _title(client: Client | GroupClient, target: _Target) -> str:
+    from .client import GroupClient
+
+    if isinstance(client, GroupClient):
+        return f"dbqueue group of {len(client.addresses)}: {','.join(client.addresses)}"
+    return f"dbqueue {target.addresses[0] if len(target.addresses) == 1 else ','.join(target.addresses)}"
+
+
+@main.command()
+@click.argument("queue", required=False)
+@click.option("--queue", "queue_option", default=None, hidden=True)  # the spelling before QUEUE
+@click.option("--host", default=None, hidden=True)  # before --address
+@click.option("--port", type=click.IntRange(1, 65535), default=None, hidden=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table (with --watch: a line a refresh).")
+@click.option("--members", is_flag=True, help="Each member's figures beside the group's sums.")
+@click.option(
+    "--watch",
+    type=click.FloatRange(min=0.1),
+    is_flag=False,
+    flag_value=2.0,
+    default=None,
+    metavar="[SECONDS]",
+    help="Refresh every SECONDS (2 if not given) with rates, until Ctrl-C; rides out server restarts.",
+)
+@_connects
+def stats(
+    target: _Target,
+    queue: str | None,
+    queue_option: str | None,
+    host: str | None,
+    port: int | None,
+    as_json: bool,
+    members: bool,
+    watch: float | None,
+) -> None:
+    """Show each queue's figures (or QUEUE's): ready, in flight, delayed, and their totals.
+
+    Against a group, the figures are summed over its members.
+    """
+    queue = queue or queue_option
+    if host is not None or port is not None:
+        target.addresses = [f"{host or '127.0.0.1'}:{port or 3003}"]
+    if watch is not None:
+        if members:
+            raise click.UsageError("--members and --watch do not go together")
+        _watch(target, queue, watch, as_json)
+        return
+    with _session(target) as client:
+        figures = _figures(client, queue)
+        per_member = _per_member(target, client, queue) if members else []
+    if as_json:
+        if members:
+            shown = [
+                {"address": address, "error": answer}
+                if isinstance(answer, str)
+                else {"address": address, "queues": answer}
+                for address, answer in per_member
+            ]
+            _echo_json({"group": figures[0] if queue else figures, "members": shown})
+        else:
+            _echo_json(figures[0] if queue else figures)
+        return
+    from .report import queue_details, queue_lines
+
+    if queue and not members:
+        lines = queue_details(figures[0])
+    else:
+        rows: list[tuple[str, dict[str, Any] | str | None]] = []
+        for stats in sorted(figures, key=lambda stats: str(stats["name"])):
+            rows.append((stats["name"], stats))
+            for address, answer in per_member:
+                if not isinstance(answer, str):
+                    rows.append(("  " + address, next((own for own in answer if own["name"] == stats["name"]), None)))
+        rows += [(address, f"down: {answer}") for address, answer in per_member if isinstance(answer, str)]
+        lines = [_title(client, target), *queue_lines(rows, width=_width())]
+        if not figures:
+            lines.append("(no queues)")
+    for line in lines:
+        click.echo(line)
+
+
+def _width() -> int:
+    """The terminal's width (COLUMNS, else 80 when not on a terminal), but never under what a table needs."""
+    import shutil
+
+    return max(69, shutil.get_terminal_size().columns)
+
+
+def _per_member(
+    target: _Target, client: Client | GroupClient, queue: str | None
+) -> list[tuple[str, list[dict[str, Any]] | str]]:
+    """Each member's own figures, or why it could not be asked."""
+    from .client import GroupClient
+    from .errors import DbQueueError, NoSuchQueue
+
+    addresses = client.addresses if isinstance(client, GroupClient) else target.addresses[:1]
+    answers: list[tuple[str, list[dict[str, Any]] | str]] = []
+    for address in addresses:
+        try:
+            with target.connect_member(address) as member:
+                answers.append((address, _figures(member, queue)))
+        except NoSuchQueue:
+            answers.append((address, []))
+        except (click.ClickException, DbQueueError, OSError) as exc:
+            answers.append((address, exc.message if isinstance(exc, click.ClickException) else str(exc)))
+    return answers
+
+
+def _watch(target: _Target, queue: str | None, interval: float, as_json: bool) -> None:
+    """`stats --watch`: a screen a refresh, until Ctrl-C; a lost server is waited for, not fatal."""
+    import datetime
+
+    from .errors import ConnectionLost, ProtocolError, RequestError
+    from .report import Sample, watch_frame
+
+    out = sys.stdout
+    if hasattr(out, "reconfigure"):
+        out.reconfigure(errors="replace")  # a terminal that cannot show "…" gets "?", not an exception
+    on_terminal = out.isatty()
+
+    def draw(sample: Sample | None, previous: Sample | None, status: str) -> None:
+        now = datetime.datetime.now()
+        if as_json:
+            if sample is not None and not status:
+                _echo_json({"time": now.isoformat(timespec="seconds"), "queues": list(sample.queues)})
+            else:
+                _echo_json({"time": now.isoformat(timespec="seconds"), "status": status})
+            out.flush()
+            return
+        import shutil
+
+        size = shutil.get_terminal_size()
+        width = max(66, min(size.columns, 120)) if on_terminal else 80
+        lines = watch_frame(
+            title,
+            now.strftime("%Y-%m-%d %H:%M:%S"),
+            sample,
+            previous,
+            status,
+            width=width,
+            height=size.lines if on_terminal else None,
+        )
+        text = "\n".join(lines) + "\n"
+        if on_terminal:
+            text = "\x1b[H\x1b[2J" + text  # home, clear: the screen is redrawn in place
+        else:
+            text += "\n"
+        out.write(text)
+        out.flush()
+
+    with _one_line_errors():
+        first = target.connect()
+    title = _title(first, target)
+    client: Client | GroupClient | None = first
+    every = f"every {interval:g} s; Ctrl-C quits"
+    previous: Sample | None = None
+    last: Sample | None = None
+    try:
+        while True:
+            if client is None:
+                try:
+                    client = target.connect()
+                except click.ClickException as exc:
+                    draw(last, None, f"reconnecting… ({exc.message})")
+                    time.sleep(interval)
+                    continue
+            try:
+                sample = Sample(time.monotonic(), tuple(_figures(client, queue)))
+            except RequestError as exc:  # the queue watched was deleted: say so, and go on looking
+                last = previous = None
+                draw(None, None, f"{exc.message}; {every}")
+            except (ConnectionLost, ProtocolError, OSError) as exc:
+                client.close()
+                client = None
+                previous = None
+                draw(last, None, f"reconnecting… ({exc})")
+                time.sleep(interval)
+                continue
+            else:
+                draw(sample, previous, every)
+                previous = last = sample
+            time.sleep(interval)
     except KeyboardInterrupt:
         pass
+    finally:
+        if client is not None:
+            client.close()
+
+
+# --- store ---------------------------------------------------------------------------------------
+
+
+@main.group()
+def store() -> None:
+    """Look after a server's store (its --data-dir) while no server runs on it."""
+
+
+@store.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option(
+    "--salvage",
+    "into",
+    type=click.Path(file_okay=False),
+    default=None,
+    metavar="INTO",
+    help="Copy every intact queue and message into a new store in INTO (the original is left as it is).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+def check(directory: str, into: str | None, as_json: bool) -> None:
+    """Check the store in DIRECTORY without changing it: exit status 1 if anything is damaged."""
+    from .errors import StoreError
+    from .store import check as store_check
+
+    try:
+        report = store_check.check(directory) if into is None else store_check.salvage(directory, into)
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        _echo_json(
+            {
+                "ok": report.ok,
+                "directory": str(report.directory),
+                "format_version": report.format_version,
+                "checksummed": report.checksummed,
+                "queues": report.queues,
+                "messages": report.messages,
+                "damaged": list(report.damaged),
+                "problems": list(report.problems),
+                "salvaged_into": None if report.salvaged_into is None else str(report.salvaged_into),
+            }
+        )
+    else:
+        for line in report.lines():
+            click.echo(line)
+    if not report.ok:
+        raise SystemExit(1)
+
+
+# --- the environment -----------------------------------------------------------------------------
+
+# Options that say how to reach a server, by the names they have in every client command.
+_CONNECTION_NAMES: dict[str, tuple[str, ...]] = {
+    "address": ("DBQUEUE_ADDRESS",),
+    "token": ("DBQUEUE_TOKEN", "DBQUEUE_AUTH_TOKEN"),  # the server's own variable lets a local client in
+    "token_file": ("DBQUEUE_TOKEN_FILE", "DBQUEUE_AUTH_TOKEN_FILE"),
+    "tls": ("DBQUEUE_TLS",),
+    "tls_ca": ("DBQUEUE_TLS_CA",),
+    "tls_cert": ("DBQUEUE_CLIENT_CERT",),
+    "tls_key": ("DBQUEUE_CLIENT_KEY",),
+    "timeout": ("DBQUEUE_TIMEOUT",),
+}
+# serve's options whose short name is not DBQUEUE_<OPTION>: it would mean something else for a client.
+_SERVE_RENAMED = {"tls_ca": "DBQUEUE_CLIENT_CA"}
+
+
+def _short_names(path: tuple[str, ...], option: str, connects: bool) -> tuple[str, ...]:
+    """The environment names of ``option`` of the command at ``path`` besides DBQUEUE_<COMMAND>_<OPTION>."""
+    if path == ("serve",):
+        return (_SERVE_RENAMED.get(option, "DBQUEUE_" + option.upper()),)
+    if connects and option in _CONNECTION_NAMES:
+        return _CONNECTION_NAMES[option]
+    if path == ("bench",) and option == "addresses":
+        return ("DBQUEUE_ADDRESS",)
+    return ()
+
+
+def _environment_epilog(path: tuple[str, ...], connects: bool) -> str:
+    """What --help says of the environment variables of the command at ``path``."""
+    scoped = "_".join(("DBQUEUE", *path)).upper().replace("-", "_") + "_<OPTION>"
+    text = f"Environment: each option can also be set as {scoped}"
+    if path == ("serve",):
+        return (
+            f"{text} or DBQUEUE_<OPTION> (--max-in-flight: DBQUEUE_MAX_IN_FLIGHT), --tls-ca as "
+            f"{_SERVE_RENAMED['tls_ca']}; the token itself as DBQUEUE_AUTH_TOKEN."
+        )
+    if connects:
+        short = ", ".join(f"{option_name(option)}: {' or '.join(names)}" for option, names in _CONNECTION_NAMES.items())
+        return f"{text}; the connection's options also as {short}."
+    return text + "."
+
+
+def _envvars(param: click.Parameter) -> list[str]:
+    envvar = param.envvar
+    if envvar is None:
+        return []
+    return [envvar] if isinstance(envvar, str) else list(envvar)
+
+
+def _name_environment_variables(group: click.Group, path: tuple[str, ...] = ()) -> None:
+    """Give every option of every command of ``group`` its environment variables (see the module docstring)."""
+    for param in group.params:
+        if isinstance(param, click.Option):
+            param.allow_from_autoenv = False  # DBQUEUE_VERSION must not print the version
+    for name, command in group.commands.items():
+        here = (*path, name)
+        if isinstance(command, click.Group):
+            _name_environment_variables(command, here)
+            continue
+        connects = any(param.name == "address" for param in command.params) and command.name != "bench"
+        command.epilog = _environment_epilog(here, connects)
+        for param in command.params:
+            if not isinstance(param, click.Option) or param.name is None:
+                continue
+            if param.hidden:  # set by the program itself, or kept for old command lines
+                param.envvar = None
+                param.allow_from_autoenv = False
+                continue
+            scoped = "_".join(("DBQUEUE", *here, param.name)).upper().replace("-", "_")
+            param.envvar = [scoped, *_short_names(here, param.name, connects)]
+
+
+_name_environment_variables(main)
 
 
 if __name__ == "__main__":

@@ -1,23 +1,43 @@
-"""Terminal output for the CLI (rich): progress bars and result tables."""
+"""Terminal output for the CLI: progress bars and result tables (rich), and the `stats --watch` screen.
+
+The watch screen is made by pure functions (`watch_frame` and its helpers)
+that take the figures and return lines of text, so that a test can check
+what a person would see, at any width, without a terminal. Everything a
+server names (queue names are any UTF-8) passes through `printable` first:
+a name holding a terminal escape sequence must not reach the terminal.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import unicodedata
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
+from rich.cells import cell_len, get_character_cell_size
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .loadtest import BenchResult
+if TYPE_CHECKING:
+    from .loadtest import BenchResult
 
-__all__ = ["progress_bar", "bench_table", "queue_table"]
+__all__ = [
+    "Sample",
+    "abbreviate",
+    "bench_table",
+    "fit_number",
+    "printable",
+    "progress_bar",
+    "queue_rates",
+    "queue_details",
+    "queue_lines",
+    "watch_frame",
+]
 
-_QUEUE_COLUMNS = (
-    "ready", "in_flight", "delayed", "waiting", "consumers", "capacity",
-    "enqueued", "confirmed", "requeued", "dead_lettered",
-)  # fmt: skip
+
+ELLIPSIS = "…"
 
 
 @contextmanager
@@ -55,18 +75,258 @@ def bench_table(result: BenchResult, title: str) -> None:
     Console().print(table)
 
 
-def queue_table(queues: list[dict[str, Any]], clear: bool = False) -> None:
-    """Print queue figures (as `Client.list_queues` returns them) as a table."""
-    table = Table(title="dbqueue queues")
-    table.add_column("queue")
-    for column in _QUEUE_COLUMNS:
-        table.add_column(column.replace("_", " "), justify="right")
-    table.add_column("dead letters to")
-    for queue in queues:
-        table.add_row(
-            queue["name"], *(f"{queue[column]:,}" for column in _QUEUE_COLUMNS), queue["dead_letter_queue"] or ""
+# --- the watch screen ----------------------------------------------------------------------------
+
+
+def printable(text: str) -> str:
+    """``text`` with every control, format or unassigned character (escape sequences, bidi overrides,
+    line breaks) replaced by ``?``: safe to put on a terminal."""
+    return "".join(
+        "?" if unicodedata.category(char)[0] == "C" or unicodedata.category(char) in ("Zl", "Zp") else char
+        for char in text
+    )
+
+
+def abbreviate(text: str, width: int) -> str:
+    """``text`` (made `printable`) in at most ``width`` terminal cells, its middle replaced by an ellipsis
+    if it is longer: the start and the end of a name are what tell names apart."""
+    text = printable(text)
+    if cell_len(text) <= width:
+        return text
+    if width < 1:
+        return ""
+    room = width - 1
+    head = _take(text, (room + 1) // 2)
+    tail = _take(text[::-1], room - cell_len(head))[::-1]
+    return head + ELLIPSIS + tail
+
+
+def _take(text: str, cells: int) -> str:
+    """The longest start of ``text`` that fits in ``cells`` terminal cells."""
+    used = 0
+    for position, char in enumerate(text):
+        used += get_character_cell_size(char)
+        if used > cells:
+            return text[:position]
+    return text
+
+
+def _clip(text: str, width: int) -> str:
+    """``text`` cut at the end, with an ellipsis, to fit ``width`` cells."""
+    text = printable(text)
+    if cell_len(text) <= width:
+        return text
+    return _take(text, width - 1) + ELLIPSIS if width >= 1 else ""
+
+
+def _pad(text: str, width: int) -> str:
+    return text + " " * max(0, width - cell_len(text))
+
+
+_SCALES = ("k", "M", "G", "T", "P", "E", "Z", "Y")
+
+
+def fit_number(value: float | None, width: int) -> str:
+    """``value`` in at most ``width`` characters: ``12,345``, else ``12.3M``; ``-`` for None or a
+    negative value (a counter that went back: the server restarted). Rates under ten keep a decimal."""
+    if value is None or value < 0:
+        return "-"
+    if value == int(value) or value >= 10:
+        text = f"{value:,.0f}"
+    else:
+        text = f"{value:.1f}"
+    if len(text) <= width:
+        return text
+    scaled = float(value)
+    for suffix in _SCALES:
+        scaled /= 1000
+        if round(scaled, 1) < 1000:
+            for candidate in (f"{scaled:.1f}{suffix}", f"{scaled:.0f}{suffix}"):
+                if len(candidate) <= width:
+                    return candidate
+    text = f"{value:.0e}".replace("e+", "e")
+    return text if len(text) <= width else "#" * width
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """Every queue's figures as one refresh saw them, and when (``time.monotonic()`` seconds)."""
+
+    at: float
+    queues: tuple[dict[str, Any], ...]
+
+
+_RATE_COUNTERS = ("enqueued", "confirmed", "requeued")
+
+
+def queue_rates(previous: Sample | None, current: Sample) -> dict[str, tuple[float | None, ...]]:
+    """Per queue name: messages sent, confirmed and requeued per second between the two samples.
+
+    A rate is None where it cannot be known: no previous sample, a queue new
+    since it, or a counter that went back (the server restarted).
+    """
+    elapsed = current.at - previous.at if previous is not None else 0.0
+    before = {stats["name"]: stats for stats in previous.queues} if previous is not None else {}
+    rates: dict[str, tuple[float | None, ...]] = {}
+    for stats in current.queues:
+        old = before.get(stats["name"])
+        rates[stats["name"]] = tuple(
+            (stats[counter] - old[counter]) / elapsed
+            if old is not None and elapsed > 0 and stats[counter] >= old[counter]
+            else None
+            for counter in _RATE_COUNTERS
         )
-    console = Console()
-    if clear:
-        console.clear()
-    console.print(table)
+    return rates
+
+
+# (header, width, what it shows): a figure of the queue, or a rate (an index into `queue_rates`).
+_WATCH_COLUMNS: tuple[tuple[str, int, str | int], ...] = (
+    ("ready", 9, "ready"),
+    ("in flight", 9, "in_flight"),
+    ("delayed", 8, "delayed"),
+    ("sent/s", 8, 0),
+    ("confirm/s", 9, 1),
+    ("requeue/s", 9, 2),
+)
+_MIN_NAME = 8  # cells the queue column keeps however narrow the screen
+
+
+def watch_frame(
+    title: str,
+    clock: str,
+    sample: Sample | None,
+    previous: Sample | None,
+    status: str,
+    *,
+    width: int = 80,
+    height: int | None = None,
+) -> list[str]:
+    """The lines of one `stats --watch` screen, each at most ``width`` cells (at least 66).
+
+    ``title`` (the server) and ``clock`` head it; then one row per queue of
+    ``sample`` (None: nothing known yet) with its rates since ``previous``,
+    a total when there are several, and ``status`` last. With ``height``,
+    rows that do not fit are counted in a line of their own instead.
+    """
+    name_width = max(_MIN_NAME, width - sum(column_width + 1 for _, column_width, _ in _WATCH_COLUMNS))
+    lines = [_spread(title, clock, width)]
+    lines.append(
+        _pad("queue", name_width)
+        + "".join(" " + header.rjust(column_width) for header, column_width, _ in _WATCH_COLUMNS)
+    )
+    queues = sorted(sample.queues, key=lambda stats: str(stats["name"])) if sample is not None else []
+    rates = queue_rates(previous, sample) if sample is not None else {}
+    rows = [_row(abbreviate(stats["name"], name_width), name_width, stats, rates[stats["name"]]) for stats in queues]
+    if len(queues) > 1:
+        totals = {key: sum(stats[key] for stats in queues) for key in ("ready", "in_flight", "delayed")}
+        summed = tuple(
+            None if any(rate[i] is None for rate in rates.values()) else sum(rate[i] or 0.0 for rate in rates.values())
+            for i in range(len(_RATE_COUNTERS))
+        )
+        total = _row(f"total ({len(queues)} queues)", name_width, totals, summed)
+    elif sample is not None and not queues:
+        total = _clip("(no queues)", width)
+    else:
+        total = None
+    if height is not None:
+        room = max(1, height - len(lines) - 1 - (total is not None))
+        if len(rows) > room:
+            rows = rows[: room - 1] + [_clip(f"{ELLIPSIS} and {len(rows) - room + 1} more queues", width)]
+    lines += rows
+    if total is not None:
+        lines.append(total)
+    lines.append(_clip(status, width))
+    return lines
+
+
+def _row(label: str, name_width: int, figures: dict[str, Any], rates: tuple[float | None, ...]) -> str:
+    cells = [_pad(abbreviate(label, name_width), name_width)]
+    for _, column_width, shows in _WATCH_COLUMNS:
+        value = rates[shows] if isinstance(shows, int) else figures[shows]
+        cells.append(fit_number(value, column_width).rjust(column_width))
+    return " ".join(cells)
+
+
+def _spread(left: str, right: str, width: int) -> str:
+    """``left`` and ``right`` on one line of ``width`` cells, ``left`` abbreviated if they do not fit."""
+    right = _clip(right, width)
+    room = width - cell_len(right) - 1
+    if room < 1:
+        return right
+    left = abbreviate(left, room)
+    return left + " " * (width - cell_len(left) - cell_len(right)) + right
+
+
+# --- the stats table ------------------------------------------------------------------------------
+
+# (header, width, field): the columns every table has, then those shown while the names keep room.
+_STATIC_COLUMNS: tuple[tuple[str, int, str], ...] = (
+    ("ready", 9, "ready"),
+    ("in flight", 9, "in_flight"),
+    ("delayed", 8, "delayed"),
+    ("sent", 9, "enqueued"),
+    ("confirmed", 9, "confirmed"),
+    ("requeued", 8, "requeued"),
+)
+_OPTIONAL_COLUMNS: tuple[tuple[str, int, str], ...] = (
+    ("dead-lettered", 13, "dead_lettered"),
+    ("consumers", 9, "consumers"),
+    ("waiting", 7, "waiting"),
+    ("purged", 8, "purged"),
+    ("capacity", 9, "capacity"),
+)
+_NAME_ROOM = 20  # cells the queue column keeps before an optional column is added
+
+
+def queue_lines(rows: Sequence[tuple[str, dict[str, Any] | str | None]], *, width: int = 80) -> list[str]:
+    """A table of queue figures in at most ``width`` cells (at least 69): a header, then one line per row.
+
+    Each row is (label, figures): figures as `Client.stats` returns them, a
+    string said in place of the figures (a member that is down), or None
+    (dashes: a member without that queue). More columns are shown while the
+    labels keep room.
+    """
+    columns = list(_STATIC_COLUMNS)
+    used = sum(column_width + 1 for _, column_width, _ in columns)
+    for column in _OPTIONAL_COLUMNS:
+        if width - used - column[1] - 1 < _NAME_ROOM:
+            break
+        columns.append(column)
+        used += column[1] + 1
+    name_width = max(_MIN_NAME, width - used)
+    lines = [_pad("queue", name_width) + "".join(" " + header.rjust(size) for header, size, _ in columns)]
+    for label, figures in rows:
+        cells = _pad(abbreviate(label, name_width), name_width)
+        if isinstance(figures, str):
+            lines.append(_clip(cells + " " + figures, width))
+            continue
+        for _, size, field in columns:
+            cells += " " + (fit_number(figures[field], size) if figures is not None else "-").rjust(size)
+        lines.append(cells)
+    return lines
+
+
+_DETAILS = (
+    ("ready", "ready"),
+    ("in flight", "in_flight"),
+    ("delayed", "delayed"),
+    ("consumers", "consumers"),
+    ("waiting reads", "waiting"),
+    ("sent", "enqueued"),
+    ("confirmed", "confirmed"),
+    ("requeued", "requeued"),
+    ("dead-lettered", "dead_lettered"),
+    ("purged", "purged"),
+)
+
+
+def queue_details(stats: dict[str, Any]) -> list[str]:
+    """One queue's figures and options, a line each (``stats QUEUE``)."""
+    shown = [(label, f"{stats[field]:,}") for label, field in _DETAILS if field in stats]
+    shown.append(("capacity", f"{stats['capacity']:,}" if stats.get("capacity") else "server default"))
+    shown.append(("max deliveries", f"{stats['max_deliveries']:,}" if stats.get("max_deliveries") else "unlimited"))
+    if stats.get("dead_letter_queue"):
+        shown.append(("dead letters to", printable(str(stats["dead_letter_queue"]))))
+    if "members" in stats:
+        shown.append(("summed over", f"{stats['members']} members"))
+    return [f"queue {printable(str(stats['name']))}"] + [f"  {label + ':':<16} {value:>15}" for label, value in shown]
