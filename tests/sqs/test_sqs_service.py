@@ -14,12 +14,15 @@ from typing import Any
 import pytest
 
 from dbqueue.core import Broker
+from dbqueue.server.limits import Limits
 from dbqueue.server.sqs_api import SqsService
 from dbqueue.sqs import (
     ChangeMessageVisibility,
     CreateQueue,
     DeleteMessage,
+    DeleteQueue,
     ErrorCode,
+    PurgeQueue,
     ReceiptHandles,
     ReceiveMessage,
     ReceiveMessageResult,
@@ -39,7 +42,9 @@ class FakeHost:
         self.now = 1000.0
         self.max_message_size = 1 << 20
         self.max_in_flight = 100
+        self.limits = Limits()
         self.store: object | None = None
+        self.store_unavailable: str | None = None
         self.failed: asyncio.Future[BaseException] | None = None
         self.outbox: list[tuple[Any, bytes]] = []
 
@@ -52,10 +57,11 @@ class FakeHost:
         else:
             self.outbox.append((transport, data))
 
-    def commit(self) -> None:
+    def commit(self, failing: bool = False) -> None:
+        """Write the replies out as the server does after a commit; a failed one rewrites them as errors."""
         outbox, self.outbox = self.outbox, []
         for transport, data in outbox:
-            transport.write(data)
+            transport.write(b"a StoreUnavailable error frame" if failing else data)
 
     def expire_by(self, deadline: float) -> None:
         pass
@@ -180,5 +186,72 @@ def test_in_flight_messages_go_back_when_the_service_closes() -> None:
         assert (await polling).messages == ()
         queue = host.broker.queues[b"q"]
         assert (queue.ready, queue.in_flight, queue.consumers) == (3, 0, 0)
+
+    asyncio.run(main())
+
+
+def test_a_failed_commit_and_a_degraded_store_are_service_unavailable() -> None:
+    async def main() -> None:
+        host, sqs = service()
+        await sqs.act(CreateQueue("q"), ENDPOINT, "AK")
+        host.store = object()
+        sending = asyncio.ensure_future(send(sqs, "m"))
+        await asyncio.sleep(0.01)
+        host.store_unavailable = "the disk is full"
+        host.commit(failing=True)
+        with pytest.raises(SqsError) as caught:
+            await asyncio.wait_for(sending, 1)
+        assert caught.value.code is ErrorCode.SERVICE_UNAVAILABLE and "the disk is full" in caught.value.message
+        for request in (SendMessage("q", "m", size=1), CreateQueue("new"), PurgeQueue("q"), DeleteQueue("q")):
+            with pytest.raises(SqsError) as caught:
+                await sqs.act(request, ENDPOINT, "AK")
+            assert caught.value.code is ErrorCode.SERVICE_UNAVAILABLE, request
+        assert b"new" not in host.broker.queues and b"q" in host.broker.queues
+
+    asyncio.run(main())
+
+
+def test_the_memory_budget_and_the_waiting_reads_limit_apply() -> None:
+    async def main() -> None:
+        host, sqs = service()
+        host.limits = Limits(memory_budget=200, max_waiting_reads=1)
+        sqs = SqsService(host, ReceiptHandles(b"0123456789abcdef"))
+        await sqs.act(CreateQueue("q"), ENDPOINT, "AK")
+        await send(sqs, "x" * 50)  # about 80 bytes with its envelope
+        await send(sqs, "x" * 50)
+        with pytest.raises(SqsError) as caught:
+            await send(sqs, "x" * 50)
+        assert caught.value.code is ErrorCode.OVER_LIMIT and "memory budget" in caught.value.message
+        await sqs.act(CreateQueue("empty"), ENDPOINT, "AK")
+        parked = asyncio.ensure_future(sqs.act(ReceiveMessage("empty", wait_time_seconds=20), ENDPOINT, "AK"))
+        await asyncio.sleep(0)
+        with pytest.raises(SqsError) as caught:
+            await sqs.act(ReceiveMessage("empty", wait_time_seconds=20), ENDPOINT, "AK")
+        assert caught.value.code is ErrorCode.OVER_LIMIT
+        sqs.stop_waiting()
+        assert isinstance(await parked, ReceiveMessageResult)
+
+    asyncio.run(main())
+
+
+def test_a_new_broker_after_a_reload_is_followed() -> None:
+    async def main() -> None:
+        host, sqs = service()
+        await sqs.act(CreateQueue("q", {"VisibilityTimeout": "7"}), ENDPOINT, "AK")
+        await send(sqs, "held")
+        assert len((await receive(sqs)).messages) == 1
+        parked = asyncio.ensure_future(sqs.act(ReceiveMessage("q", wait_time_seconds=20), ENDPOINT, "AK"))
+        await asyncio.sleep(0)
+        # The server reloads its store: a new broker with the same queue, the held message ready again.
+        host.broker = Broker()
+        host.broker.create_queue(b"q")
+        host.broker.enqueue(host.broker.queues[b"q"], b"restored", host.now)
+        sqs.rebind()
+        assert (await parked).messages == ()
+        assert sqs.held.count == 0
+        (message,) = (await receive(sqs)).messages
+        assert message.body == "restored"
+        record = sqs.record("q")
+        assert record.queue is host.broker.queues[b"q"] and record.number("VisibilityTimeout") == 7
 
     asyncio.run(main())

@@ -55,7 +55,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..core import Broker, Entry, Holding, Outcome, Queue, Record, Waiter
+from ..core import NO_BYTE_LIMIT, Entry, Holding, Outcome, Queue, Record, Waiter
 from ..errors import (
     InvalidQueueName,
     InvalidRequest,
@@ -66,6 +66,7 @@ from ..errors import (
     RequestError,
     StoreUnavailable,
 )
+from ..protocol.frames import HEADER, MAGIC, Op
 from ..sqs import (
     ACCOUNT_ID,
     DEFAULT_REGION,
@@ -120,6 +121,8 @@ from ..sqs import (
     seal,
     select_attributes,
 )
+from .admission import admit_change, admit_read, admit_send, admit_wait
+from .host import Host
 
 __all__ = ["SqsHost", "SqsService", "QueueRecord", "DEFAULT_ATTRIBUTES", "sqs_error"]
 
@@ -134,38 +137,11 @@ DEFAULT_ATTRIBUTES: Mapping[str, str] = {
 """The settable attributes every queue reports, with SQS's defaults (no encryption: dbqueue does none)."""
 
 
-class SqsHost(Protocol):
-    """What the SQS service uses of the server: its broker, clock, limits, timer and replies (see `host.Host`)."""
-
-    @property
-    def broker(self) -> Broker: ...
-
-    @property
-    def clock(self) -> Callable[[], float]: ...
-
-    @property
-    def max_message_size(self) -> int: ...
-
-    @property
-    def max_in_flight(self) -> int: ...
-
-    @property
-    def store(self) -> object | None: ...
+class SqsHost(Host, Protocol):
+    """What the SQS service uses of the server: a session's `Host`, and the future that says the store failed."""
 
     @property
     def failed(self) -> asyncio.Future[BaseException] | None: ...
-
-    def send(self, transport: asyncio.Transport, data: bytes) -> None:
-        """Write a reply; with a store, once the changes it reports are committed."""
-        ...
-
-    def expire_by(self, deadline: float) -> None:
-        """Make sure the timer fires by ``deadline``, one just set."""
-        ...
-
-    def schedule_expiry(self) -> None:
-        """Make sure the timer fires by the earliest in-flight deadline."""
-        ...
 
 
 @dataclass(slots=True)
@@ -222,16 +198,21 @@ def _not_in_flight() -> SqsError:
     )
 
 
-class _CommitSignal(asyncio.Transport):
-    """A stand-in transport for `SqsHost.send`: its ``write`` says the server's next commit is done."""
+# What the service hands `Host.send` to learn of the next commit: a frame of no request (id 0), which the
+# server writes back as it is once committed, or turns into an error frame if the commit failed.
+_COMMIT_MARK = HEADER.pack(MAGIC, int(Op.EMPTY), 0, 0, 0)
 
-    def __init__(self, done: asyncio.Future[None]) -> None:
+
+class _CommitSignal(asyncio.Transport):
+    """A stand-in transport for `Host.send`: its ``write`` says how the server's next commit went."""
+
+    def __init__(self, done: asyncio.Future[bool]) -> None:
         super().__init__()
         self._done = done
 
     def write(self, data: bytes | bytearray | memoryview[int]) -> None:
         if not self._done.done():
-            self._done.set_result(None)
+            self._done.set_result(bytes(data) == _COMMIT_MARK)  # anything else: the refusal of a failed commit
 
     def is_closing(self) -> bool:
         return self._done.done()
@@ -244,38 +225,49 @@ class _CommitSignal(asyncio.Transport):
 
     def close(self) -> None:
         if not self._done.done():
-            self._done.cancel()
+            self._done.set_result(False)
 
 
 Action = Callable[["SqsService", Any, str, str], Result]
 
 
 class SqsService:
-    """The SQS API's actions on ``host``'s broker.
+    """The SQS API's actions on ``server``'s broker.
 
     ``handles`` issues and opens receipt handles (its secret decides which
     handles this server accepts); ``wall`` is the wall clock for the
     timestamps SQS reports (epoch seconds); ``region`` the region of the ARNs
-    it writes. Call `act` for each request, `close` when the listener stops.
+    it writes. Call `act` for each request, `rebind` when the server replaces
+    its broker, `close` when the listener stops.
+
+    It is an `admission.Connection`: its requests are admitted by the checks
+    of dbqueue's own sessions (queue existence, message size, memory budget,
+    byte capacity, messages in flight, waiting reads, a store that cannot commit).
     """
 
     def __init__(
         self,
-        host: SqsHost,
+        server: SqsHost,
         handles: ReceiptHandles,
         *,
         wall: Callable[[], float] = time.time,
         region: str = DEFAULT_REGION,
     ) -> None:
-        self.host = host
-        self.broker = host.broker
+        self.server: Host = server
+        self._server = server
+        self.broker = server.broker
         self.handles = handles
         self.wall = wall
         self.region = region
         self.held = Holding()  # every message in flight through SQS
-        self.records: dict[bytes, QueueRecord] = {}
         self.read_from: set[Queue] = set()  # the queues the service counts as a consumer of
-        self._waits: dict[Waiter, asyncio.Future[list[Record] | None]] = {}  # parked receives, by waiter
+        self.waiting: dict[int, Waiter] = {}  # parked receives, by a number of their own
+        limits = server.limits
+        self.memory_budget = limits.memory_budget
+        self.capacity_bytes = limits.default_capacity_bytes or NO_BYTE_LIMIT
+        self.records: dict[bytes, QueueRecord] = {}
+        self._woken: dict[Waiter, asyncio.Future[list[Record] | None]] = {}  # what each parked receive awaits
+        self._waits = 0
         self._first_receive: dict[int, int] = {}  # message id -> epoch ms of its first receive (bounded)
 
     # --- the entry point -------------------------------------------------------------
@@ -287,56 +279,82 @@ class SqsService:
         for queue URLs); ``sender`` the access key id that signed the request
         (`ACCOUNT_ID` when the listener takes unsigned requests). Raises `SqsError`.
         """
-        if type(request) is ReceiveMessage:
-            result: Result = await self._receive(request, endpoint)
-        else:
-            action = _ACTIONS.get(type(request))
-            if action is None:
-                raise SqsError(ErrorCode.UNSUPPORTED_OPERATION, f"{request.action} is not supported by dbqueue.")
-            try:
-                result = action(self, request, endpoint, sender)
-            except RequestError as error:
-                raise sqs_error(error) from None
-            finally:
-                # An action may have woken reads (ours or sessions') whose deadlines the timer must cover.
-                self.host.schedule_expiry()
-        if self.host.store is not None:
+        if self.server.broker is not self.broker:
+            self.rebind()
+        try:
+            if type(request) is ReceiveMessage:
+                result: Result = await self._receive(request, endpoint)
+            else:
+                action = _ACTIONS.get(type(request))
+                if action is None:
+                    raise SqsError(ErrorCode.UNSUPPORTED_OPERATION, f"{request.action} is not supported by dbqueue.")
+                try:
+                    result = action(self, request, endpoint, sender)
+                finally:
+                    # An action may have woken reads (ours or sessions') whose deadlines the timer must cover.
+                    self.server.schedule_expiry()
+        except RequestError as error:
+            raise sqs_error(error) from None
+        if self.server.store is not None:
             await self._committed()
         return result
 
     async def _committed(self) -> None:
-        """Return once the server's next commit is done; raise ``ServiceUnavailable`` if the store failed instead."""
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.host.send(_CommitSignal(done), b"")
-        if done.done():
-            return
-        failed = self.host.failed
-        waiting: list[asyncio.Future[Any]] = [done] if failed is None else [done, failed]
-        try:
-            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not done.done():
-                done.cancel()
-        if done.cancelled():
-            raise SqsError(ErrorCode.SERVICE_UNAVAILABLE, "The server's store cannot commit.")
+        """Return once the server's next commit is done; raise ``ServiceUnavailable`` if it failed instead."""
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.server.send(_CommitSignal(done), _COMMIT_MARK)
+        if not done.done():
+            failed = self._server.failed
+            waiting: list[asyncio.Future[Any]] = [done] if failed is None else [done, failed]
+            try:
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not done.done():
+                    done.set_result(False)
+        if not done.result():
+            reason = self.server.store_unavailable or "the store failed"
+            raise SqsError(ErrorCode.SERVICE_UNAVAILABLE, f"The server's store cannot commit ({reason}).")
+
+    def rebind(self) -> None:
+        """Follow the server to a new broker (it reloaded its store): what was held or parked on the old one is gone.
+
+        Parked receives are answered with nothing; messages in flight are back
+        in the new broker's queues, as the store held them; queue records move
+        to the queues of the same names.
+        """
+        self.stop_waiting()
+        broker = self.broker = self.server.broker
+        self.held = Holding()
+        self.read_from = set()
+        self._first_receive.clear()
+        for key, record in list(self.records.items()):
+            queue = broker.queues.get(key)
+            if queue is None:
+                del self.records[key]
+            else:
+                record.queue = queue
 
     def stop_waiting(self) -> None:
         """Answer every parked receive now, with no messages (the listener is stopping)."""
-        for waiter, woken in list(self._waits.items()):
+        for waiter, woken in list(self._woken.items()):
             self.broker.cancel_wait(waiter)
             if not woken.done():
                 woken.set_result([])
-        self._waits.clear()
+        self._woken.clear()
+        self.waiting.clear()
 
     def close(self) -> None:
         """End parked receives, and give back every message in flight through SQS (to the front of its queue)."""
         self.stop_waiting()
+        if self.server.broker is not self.broker:
+            self.rebind()
+            return
         for queue in self.read_from:
             queue.consumers -= 1
         self.read_from = set()
         if self.held:
-            self.broker.release_all(self.held, self.host.clock())
-            self.host.schedule_expiry()
+            self.broker.release_all(self.held, self.server.clock())
+            self.server.schedule_expiry()
 
     # --- queues ----------------------------------------------------------------------
 
@@ -367,6 +385,7 @@ class SqsService:
         policy = redrive_policy(text) if text else None
         if policy is not None:
             self._check_target(request.queue, policy, text)
+        admit_change(self)
         try:
             queue = self.broker.create_queue(
                 request.queue.encode(),
@@ -430,12 +449,15 @@ class SqsService:
 
     def _delete_queue(self, request: DeleteQueue, endpoint: str, sender: str) -> None:
         key = request.queue.encode()
+        admit_change(self)
         self.records.pop(key, None)
         if not self.broker.delete_queue(key):
             raise SqsError(ErrorCode.QUEUE_DOES_NOT_EXIST)
 
     def _purge_queue(self, request: PurgeQueue, endpoint: str, sender: str) -> None:
-        self.broker.purge(self.record(request.queue).queue)
+        queue = self.record(request.queue).queue
+        admit_change(self)
+        self.broker.purge(queue)
 
     def _attributes(self, record: QueueRecord, name: str) -> dict[str, str]:
         queue = record.queue
@@ -486,7 +508,7 @@ class SqsService:
         wanted = (policy.dead_letter_queue.encode(), policy.max_receive_count) if policy is not None else (None, 0)
         if wanted == (queue.dead_letter, queue.max_deliveries):
             return
-        if self.host.store is not None:
+        if self.server.store is not None:
             # The store keeps a queue's options as created; the broker has no change of them it journals yet.
             raise SqsError(
                 ErrorCode.INVALID_ATTRIBUTE_VALUE,
@@ -542,19 +564,14 @@ class SqsService:
         system_attributes: Mapping[str, MessageAttributeValue],
         sender: str,
     ) -> bytes:
-        """The envelope of one message, after the size checks of its queue and of the server."""
+        """The envelope of one message, after the size check of its queue (the server's is `admit_send`'s)."""
         limit = record.number("MaximumMessageSize")
         if size > limit:
             raise _too_long(limit)
-        payload = seal(
-            Envelope(body, int(self.wall() * 1000), queue_name, sender, message_attributes, system_attributes)
-        )
-        if len(payload) > self.host.max_message_size:
-            raise _too_long(self.host.max_message_size - (len(payload) - size))
-        return payload
+        return seal(Envelope(body, int(self.wall() * 1000), queue_name, sender, message_attributes, system_attributes))
 
     def _enqueue(self, queue: Queue, payload: bytes, delay_seconds: int) -> int:
-        now = self.host.clock()
+        now = self.server.clock()
         if delay_seconds:
             id_ = self.broker.enqueue_delayed(queue, payload, delay_seconds * 1000, now)
         else:
@@ -575,6 +592,7 @@ class SqsService:
             sender,
         )
         delay = request.delay_seconds if request.delay_seconds is not None else record.number("DelaySeconds")
+        admit_send(self, record.queue.name, len(payload), len(payload))
         id_ = self._enqueue(record.queue, payload, delay)
         return SendMessageResult.build(
             message_id_text(id_), request.body, request.message_attributes, request.system_attributes
@@ -601,11 +619,14 @@ class SqsService:
                 failed.append(BatchResultErrorEntry.of(entry.id, error))
                 continue
             accepted.append((entry, payload))
+        if accepted:
+            sizes = [len(payload) for _, payload in accepted]
+            admit_send(self, queue.name, max(sizes), sum(sizes))  # the batch as a whole, as dbqueue's send_batch
         ids: list[int | SqsError] = []
         delays = [entry.delay_seconds if entry.delay_seconds is not None else default_delay for entry, _ in accepted]
         if accepted and not any(delays):
             # All or none, as dbqueue's send_batch: one step for the whole batch.
-            sent = self.broker.enqueue_batch(queue, [payload for _, payload in accepted], self.host.clock())
+            sent = self.broker.enqueue_batch(queue, [payload for _, payload in accepted], self.server.clock())
             if sent is None:
                 full = SqsError(ErrorCode.OVER_LIMIT, "The queue is full: the batch does not fit.")
                 ids = [full] * len(accepted)
@@ -647,16 +668,9 @@ class SqsService:
         wait = request.wait_time_seconds
         if wait is None:
             wait = record.number("ReceiveMessageWaitTimeSeconds")
-        room = self.host.max_in_flight - self.held.count
-        if room <= 0:
-            raise SqsError(
-                ErrorCode.OVER_LIMIT,
-                f"{self.host.max_in_flight} messages are in flight through SQS, the server's limit: delete some first.",
-            )
-        if queue not in self.read_from:
-            self.read_from.add(queue)
-            queue.consumers += 1
-        now = self.host.clock()
+        admit_read(self, queue.name, 1)  # every message in flight through SQS counts, as one connection's
+        room = self.server.max_in_flight - self.held.count
+        now = self.server.clock()
         entries = self.broker.deliver_many(queue, min(request.max_messages, room), 0, self.held, now)
         if entries:
             records = self._in_flight(entries, visibility, now)
@@ -671,17 +685,17 @@ class SqsService:
         messages = tuple(self._received(record_, request, wall_ms) for record_ in records)
         if visibility == 0:
             # Visible again at once (SQS's 0; dbqueue's timeout 0 would mean "never").
-            now = self.host.clock()
+            now = self.server.clock()
             for record_ in records:
                 self.broker.release(record_.id, 0, now, self.held)
-            self.host.schedule_expiry()
+            self.server.schedule_expiry()
         return ReceiveMessageResult(messages)
 
     def _in_flight(self, entries: list[Entry], visibility: int, now: float) -> list[Record]:
         """Split what a read handed out into records, and give them their visibility timeout as deadline."""
         records = self.broker.records_of(entries)
         if visibility and records:
-            self.host.expire_by(self.broker.set_deadlines([*records], visibility * 1000, now))
+            self.server.expire_by(self.broker.set_deadlines([*records], visibility * 1000, now))
         return records
 
     async def _wait(
@@ -695,11 +709,13 @@ class SqsService:
                 if entries:
                     self._give_back(entries)
                 return
-            woken.set_result(None if entries is None else self._in_flight(entries, visibility, self.host.clock()))
+            woken.set_result(None if entries is None else self._in_flight(entries, visibility, self.server.clock()))
 
-        waiter = self.broker.wait(queue, self.held, 0, count, wait_seconds * 1000, now, wake)
-        self._waits[waiter] = woken
-        self.host.schedule_expiry()
+        number = self._waits = self._waits + 1
+        admit_wait(self, number)
+        waiter = self.waiting[number] = self.broker.wait(queue, self.held, 0, count, wait_seconds * 1000, now, wake)
+        self._woken[waiter] = woken
+        self.server.schedule_expiry()
         try:
             return await woken
         except asyncio.CancelledError:
@@ -710,15 +726,16 @@ class SqsService:
                     self._give_back([*handed])
             raise
         finally:
-            self._waits.pop(waiter, None)
+            self._woken.pop(waiter, None)
+            self.waiting.pop(number, None)
 
     def _give_back(self, entries: list[Entry]) -> None:
         """Return messages handed to a receive that never answered: they were not delivered."""
         records = self.broker.records_of(entries)
         for record in records:
             record.deliveries -= 1
-        self.broker.requeue([*records], self.host.clock())
-        self.host.schedule_expiry()
+        self.broker.requeue([*records], self.server.clock())
+        self.server.schedule_expiry()
 
     def _received(self, record: Record, request: ReceiveMessage, wall_ms: int) -> ReceivedMessage:
         """One received message as SQS answers it, with the attributes the request asked for."""
@@ -761,7 +778,7 @@ class SqsService:
     def _first_receive_of(self, record: Record, wall_ms: int) -> int:
         first = self._first_receive
         if record.deliveries <= 1:
-            if len(first) >= 2 * self.host.max_in_flight:  # forgotten by a delete made elsewhere: drop the oldest
+            if len(first) >= 2 * self.server.max_in_flight:  # forgotten by a delete made elsewhere: drop the oldest
                 del first[next(iter(first))]
             first[record.id] = wall_ms
             return wall_ms
@@ -803,7 +820,7 @@ class SqsService:
         record, receipt = self._current(queue_name, handle)
         if record is None:
             raise _not_in_flight()
-        now = self.host.clock()
+        now = self.server.clock()
         if visibility:
             outcome = self.broker.touch(receipt.message_id, visibility * 1000, now, self.held)
         else:
