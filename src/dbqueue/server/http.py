@@ -320,6 +320,10 @@ class HttpListener:
             self._listener = None
         self.service.close()
 
+    def rebind(self) -> None:
+        """Follow the server to a new broker (it reloaded its store after a failed commit): see `SqsService.rebind`."""
+        self.service.rebind()
+
     # --- requests --------------------------------------------------------------------
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:

@@ -36,11 +36,21 @@ so a message sent through either protocol is read through either.
   request awaits: no task polls, and nothing else waits behind it. A request
   whose client goes away is cancelled; what it was handed goes back, its
   delivery uncounted, as a session does for a wait woken while it closes.
+* **Admission**: the service is an `admission.Connection`, and every request
+  that a session's would be is admitted by the same check (`admit_send`,
+  `admit_read`, `admit_wait`, `admit_change`): the server's message size,
+  memory budget and byte capacity, the messages in flight and waiting reads
+  of one connection (here: of everything SQS holds), a store that cannot
+  commit.
 * **Durability**: with a store, an answer is given only once the changes it
   reports are committed. The service waits for the server's group commit by
-  handing `Host.send` a stand-in transport (`_CommitSignal`) whose ``write``
-  is the signal; if the store fails instead, the request is answered
+  handing `Host.send` a stand-in transport (`_CommitSignal`) and a frame of
+  no request: the server writes it back after the commit, or turns it into
+  an error if the commit failed, and the request is then answered
   ``ServiceUnavailable``.
+* **A reloaded store**: a server whose commit failed reloads its store into a
+  new broker; `rebind` (called by the server, and by `act` when it sees the
+  broker changed) drops what was held or parked on the old one.
 
 Refusals are `SqsError`; the broker's own (`RequestError`) are translated by
 one table (`sqs_error`).
