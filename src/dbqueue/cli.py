@@ -968,7 +968,7 @@ def _title(client: Client | GroupClient, target: _Target) -> str:
     from .client import GroupClient
 
     if isinstance(client, GroupClient):
-        return f"dbqueue group of {len(client.addresses)}: {','.join(client.addresses)}"
+        return f"dbqueue group of {len(client.addresses)} ({client.addresses[0]}, …)"
     return f"dbqueue {target.addresses[0] if len(target.addresses) == 1 else ','.join(target.addresses)}"
 
 
@@ -1084,10 +1084,11 @@ def _watch(target: _Target, queue: str | None, interval: float, as_json: bool) -
         out.reconfigure(errors="replace")  # a terminal that cannot show "…" gets "?", not an exception
     on_terminal = out.isatty()
 
-    def draw(sample: Sample | None, previous: Sample | None, status: str) -> None:
+    def draw(sample: Sample | None, previous: Sample | None, status: str, fresh: bool = False) -> None:
+        """Show ``sample`` (``fresh``: just taken; else the last one known, or None) and ``status``."""
         now = datetime.datetime.now()
         if as_json:
-            if sample is not None and not status:
+            if sample is not None and fresh:
                 _echo_json({"time": now.isoformat(timespec="seconds"), "queues": list(sample.queues)})
             else:
                 _echo_json({"time": now.isoformat(timespec="seconds"), "status": status})
@@ -1121,30 +1122,32 @@ def _watch(target: _Target, queue: str | None, interval: float, as_json: bool) -
     every = f"every {interval:g} s; Ctrl-C quits"
     previous: Sample | None = None
     last: Sample | None = None
+    down_since: str | None = None
     try:
         while True:
+            reason = None
             if client is None:
                 try:
                     client = target.connect()
                 except click.ClickException as exc:
-                    draw(last, None, f"reconnecting… ({exc.message})")
-                    time.sleep(interval)
-                    continue
-            try:
-                sample = Sample(time.monotonic(), tuple(_figures(client, queue)))
-            except RequestError as exc:  # the queue watched was deleted: say so, and go on looking
-                last = previous = None
-                draw(None, None, f"{exc.message}; {every}")
-            except (ConnectionLost, ProtocolError, OSError) as exc:
-                client.close()
-                client = None
-                previous = None
-                draw(last, None, f"reconnecting… ({exc})")
-                time.sleep(interval)
-                continue
-            else:
-                draw(sample, previous, every)
-                previous = last = sample
+                    reason = exc.message
+            if client is not None:
+                try:
+                    sample = Sample(time.monotonic(), tuple(_figures(client, queue)))
+                except RequestError as exc:  # the queue watched was deleted: say so, and go on looking
+                    last = previous = None
+                    draw(None, None, f"{exc.message}; {every}")
+                except (ConnectionLost, ProtocolError, OSError) as exc:
+                    client.close()
+                    client = previous = None
+                    reason = str(exc)
+                else:
+                    down_since = None
+                    draw(sample, previous, every, fresh=True)
+                    previous = last = sample
+            if reason is not None:
+                down_since = down_since or datetime.datetime.now().strftime("%H:%M:%S")
+                draw(last, None, f"reconnecting… (since {down_since}: {reason})")
             time.sleep(interval)
     except KeyboardInterrupt:
         pass

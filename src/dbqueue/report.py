@@ -10,7 +10,7 @@ a name holding a terminal escape sequence must not reach the terminal.
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -170,12 +170,10 @@ def queue_rates(previous: Sample | None, current: Sample) -> dict[str, tuple[flo
     rates: dict[str, tuple[float | None, ...]] = {}
     for stats in current.queues:
         old = before.get(stats["name"])
-        rates[stats["name"]] = tuple(
-            (stats[counter] - old[counter]) / elapsed
-            if old is not None and elapsed > 0 and stats[counter] >= old[counter]
-            else None
-            for counter in _RATE_COUNTERS
-        )
+        if old is None or elapsed <= 0 or any(stats[counter] < old[counter] for counter in _RATE_COUNTERS):
+            rates[stats["name"]] = (None,) * len(_RATE_COUNTERS)
+        else:
+            rates[stats["name"]] = tuple((stats[counter] - old[counter]) / elapsed for counter in _RATE_COUNTERS)
     return rates
 
 
@@ -219,10 +217,7 @@ def watch_frame(
     rows = [_row(abbreviate(stats["name"], name_width), name_width, stats, rates[stats["name"]]) for stats in queues]
     if len(queues) > 1:
         totals = {key: sum(stats[key] for stats in queues) for key in ("ready", "in_flight", "delayed")}
-        summed = tuple(
-            None if any(rate[i] is None for rate in rates.values()) else sum(rate[i] or 0.0 for rate in rates.values())
-            for i in range(len(_RATE_COUNTERS))
-        )
+        summed = tuple(_sum_known(rate[i] for rate in rates.values()) for i in range(len(_RATE_COUNTERS)))
         total = _row(f"total ({len(queues)} queues)", name_width, totals, summed)
     elif sample is not None and not queues:
         total = _clip("(no queues)", width)
@@ -237,6 +232,12 @@ def watch_frame(
         lines.append(total)
     lines.append(_clip(status, width))
     return lines
+
+
+def _sum_known(rates: Iterable[float | None]) -> float | None:
+    """The sum of the rates known, or None if none is (a queue new since the last refresh adds nothing yet)."""
+    known = [rate for rate in rates if rate is not None]
+    return sum(known) if known else None
 
 
 def _row(label: str, name_width: int, figures: dict[str, Any], rates: tuple[float | None, ...]) -> str:
