@@ -230,7 +230,11 @@ def test_a_session_takes_any_input_and_leaves_nothing_behind(case: SessionInput)
             server.broker.enqueue(keep, data, now[0])
         transport = FakeTransport()
         session = Session(server)
-        session.connection_made(transport)  # type: ignore[arg-type]
+
+        async def connect() -> None:  # from a callback of the loop, as a server's sessions are made
+            session.connection_made(transport)  # type: ignore[arg-type]
+
+        loop.run_until_complete(connect())
         for data, pause in steps:
             if transport.closed:
                 break

@@ -31,7 +31,7 @@ from dbqueue.protocol import (
     decode_response,
     encode,
 )
-from dbqueue.protocol.frames import BODY_OVERHEAD
+from dbqueue.protocol.frames import BODY_OVERHEAD, PROTOCOL_VERSION
 from dbqueue.server.session import Session
 
 if TYPE_CHECKING:
@@ -257,11 +257,16 @@ def test_hello_versions(raw: Raw) -> None:
     connection.send(frame(Op.HELLO, b"\x00\x00", request_id=1))
     message = expect_error(connection, 1, ErrorCode.UNSUPPORTED_VERSION)
     assert isinstance(error_for_code(ErrorCode.UNSUPPORTED_VERSION, message), UnsupportedVersion)
+    # A version 1 client: refused, and told why (confirms became per connection in version 2).
+    connection.send(frame(Op.HELLO, b"\x00\x01", request_id=3))
+    message = expect_error(connection, 3, ErrorCode.UNSUPPORTED_VERSION)
+    assert "protocol version 1 is not supported" in message and "upgrade the client" in message
     connection.send(frame(Op.HELLO, b"\x00\x09", request_id=2))  # a newer client: the server speaks its own
     opcode, _, rid, body = connection.recv_frame()
     ok = decode_response(opcode, body)
     assert rid == 2 and isinstance(ok, HelloOk)
-    assert ok.version == 1 and ok.max_message_size == 1024 * 1024 and ok.server.startswith("dbqueue/")
+    assert ok.version == PROTOCOL_VERSION == 2 and ok.max_message_size == 1024 * 1024
+    assert ok.server.startswith("dbqueue/")
 
 
 def test_requests_work_without_hello_and_split_across_writes(raw: Raw) -> None:
@@ -303,6 +308,11 @@ def no_such_message(request_id: int, id_: int) -> bytes:
     return HEADER.pack(MAGIC, Op.ERROR, 0, request_id, len(body)) + body
 
 
+def next_id(server: ServerThread) -> int:
+    """The id the server hands out next (a new queue's first message takes it)."""
+    return server.call(lambda: server.server.broker.allocate_ids(0))
+
+
 def exchange(connection: RawConnection, requests: list[bytes], expected: list[bytes]) -> None:
     """Send ``requests`` in one write; the replies must be ``expected``, frame for frame, byte for byte."""
     connection.send(b"".join(requests))
@@ -333,39 +343,41 @@ def test_pipelined_runs_with_an_empty_tail_a_duplicate_and_an_unknown_id(
 ) -> None:
     producer, other = raw(), raw()
     exchange(producer, [frame(Op.CREATE_QUEUE, CreateQueue("q").body(), request_id=1)], [bare(Op.QUEUE_CREATED, 1)])
+    first = next_id(server)
     payloads = [b"payload-%02d" % i for i in range(32)]  # one size: one run
     exchange(
         producer,
         [frame(Op.ENQUEUE, Enqueue("q", data).body(), request_id=100 + i) for i, data in enumerate(payloads)],
-        [queued(100 + i, 1 + i) for i in range(32)],  # the server's first ids: 1, 2, ...
+        [queued(100 + i, first + i) for i in range(32)],  # consecutive ids
     )
     # Another connection takes the first 12; then 32 reads find 20 messages and 12 Empty.
     exchange(
         other,
         [frame(Op.READ, Read("q").body(), request_id=200 + i) for i in range(12)],
-        [message(200 + i, 1 + i, 1, payloads[i]) for i in range(12)],
+        [message(200 + i, first + i, 1, payloads[i]) for i in range(12)],
     )
     exchange(
         producer,
         [frame(Op.READ, Read("q", 60_000).body(), request_id=300 + i) for i in range(32)],
-        [message(300 + i, 13 + i, 1, payloads[12 + i]) for i in range(20)]
+        [message(300 + i, first + 12 + i, 1, payloads[12 + i]) for i in range(20)]
         + [bare(Op.EMPTY, 300 + i) for i in range(20, 32)],
     )
-    # 32 confirms: its own 20, one of them again, an id nobody holds, and 10 the other connection holds.
-    ids = list(range(13, 33)) + [13, 999_999] + list(range(1, 11))
+    # 32 confirms: its own 20, one of them again, an id nobody holds, and 10 the other connection holds
+    # (on their first delivery: the producer cannot have held them, so no such message for it).
+    ids = list(range(first + 12, first + 32)) + [first + 12, 999_999] + list(range(first, first + 10))
     expected = [bare(Op.CONFIRMED, 400 + i) for i in range(20)]
-    expected += [no_such_message(420, 13), no_such_message(421, 999_999)]
-    expected += [bare(Op.CONFIRMED, 422 + i) for i in range(10)]
+    expected += [no_such_message(420, first + 12), no_such_message(421, 999_999)]
+    expected += [no_such_message(422 + i, first + i) for i in range(10)]
     confirms = [frame(Op.CONFIRM, Confirm(id_).body(), request_id=400 + i) for i, id_ in enumerate(ids)]
     exchange(producer, confirms, expected)
     stats = server.call(lambda: server.server.broker.queues[b"q"].stats())
-    assert (stats["ready"], stats["in_flight"], stats["confirmed"], stats["consumers"]) == (0, 2, 30, 2)
+    assert (stats["ready"], stats["in_flight"], stats["confirmed"], stats["consumers"]) == (0, 12, 20, 2)
     assert runs == [(Op.ENQUEUE, 32, True), (Op.READ, 12, True), (Op.READ, 32, True), (Op.CONFIRM, 32, True)]
-    # The other connection still holds 11 and 12; the producer goes on after its refusals.
+    # The other connection still holds its 12 and confirms them; the producer goes on after its refusals.
     exchange(
         other,
-        [frame(Op.CONFIRM, Confirm(id_).body(), request_id=id_) for id_ in (11, 12)],
-        [bare(Op.CONFIRMED, 11), bare(Op.CONFIRMED, 12)],
+        [frame(Op.CONFIRM, Confirm(first + i).body(), request_id=i) for i in range(12)],
+        [bare(Op.CONFIRMED, i) for i in range(12)],
     )
     exchange(producer, [frame(Op.READ, Read("q").body(), request_id=9)], [bare(Op.EMPTY, 9)])
 
@@ -375,41 +387,42 @@ def test_pipelined_runs_of_empty_payloads_confirms_of_a_whole_block_and_requeued
 ) -> None:
     connection = raw()
     exchange(connection, [frame(Op.CREATE_QUEUE, CreateQueue("q").body(), request_id=1)], [bare(Op.QUEUE_CREATED, 1)])
+    first = next_id(server)
     exchange(
         connection,
         [frame(Op.ENQUEUE, Enqueue("q", b"").body(), request_id=i) for i in range(32)],  # request id 0 too
-        [queued(i, 1 + i) for i in range(32)],
+        [queued(i, first + i) for i in range(32)],
     )
     exchange(
         connection,
         [frame(Op.READ, Read("q", 60_000).body(), request_id=0xFFFFFFFF - i) for i in range(32)],
-        [message(0xFFFFFFFF - i, 1 + i, 1, b"") for i in range(32)],
+        [message(0xFFFFFFFF - i, first + i, 1, b"") for i in range(32)],
     )
     exchange(  # exactly the messages one run read: settled together
         connection,
-        [frame(Op.CONFIRM, Confirm(1 + i).body(), request_id=500 + i) for i in range(32)],
+        [frame(Op.CONFIRM, Confirm(first + i).body(), request_id=500 + i) for i in range(32)],
         [bare(Op.CONFIRMED, 500 + i) for i in range(32)],
     )
     exchange(
         connection,
         [frame(Op.ENQUEUE, Enqueue("q", b"m%02d" % i).body(), request_id=600 + i) for i in range(32)],
-        [queued(600 + i, 33 + i) for i in range(32)],
+        [queued(600 + i, first + 32 + i) for i in range(32)],
     )
     exchange(
         connection,
         [frame(Op.READ, Read("q", 50).body(), request_id=700 + i) for i in range(32)],
-        [message(700 + i, 33 + i, 1, b"m%02d" % i) for i in range(32)],
+        [message(700 + i, first + 32 + i, 1, b"m%02d" % i) for i in range(32)],
     )
     server.wait_until(lambda: server.server.broker.queues[b"q"].ready == 32, what="the 50 ms leases to run out")
     exchange(  # too late: each one went back to the queue
         connection,
-        [frame(Op.CONFIRM, Confirm(33 + i).body(), request_id=800 + i) for i in range(32)],
+        [frame(Op.CONFIRM, Confirm(first + 32 + i).body(), request_id=800 + i) for i in range(32)],
         [bare(Op.REQUEUED, 800 + i) for i in range(32)],
     )
     exchange(  # back in read order, each on its second delivery
         connection,
         [frame(Op.READ, Read("q").body(), request_id=900 + i) for i in range(32)],
-        [message(900 + i, 33 + i, 2, b"m%02d" % i) for i in range(32)],
+        [message(900 + i, first + 32 + i, 2, b"m%02d" % i) for i in range(32)],
     )
     stats = server.call(lambda: server.server.broker.queues[b"q"].stats())
     assert (stats["ready"], stats["in_flight"], stats["confirmed"], stats["requeued"]) == (0, 32, 32, 32)

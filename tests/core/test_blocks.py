@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from holders import held_by
 
 from dbqueue.core import ID_BLOCK, Block, Broker, Entry, Holding, Outcome, Queue, Record, columns
 from dbqueue.store.sqlite import Store
@@ -73,7 +74,9 @@ def test_blocks_are_found_by_any_member_across_buckets() -> None:
         assert all(broker.blocks.find(id_) is block for id_ in range(block.first_id, block.end))
     assert list(broker.blocks) == blocks
     for block in blocks[::2]:
-        assert broker.confirm_many(tuple(range(block.first_id, block.end))) == bytes(block.end - block.first_id)
+        assert broker.confirm_many(
+            tuple(range(block.first_id, block.end)), held_by(broker, tuple(range(block.first_id, block.end)))
+        ) == bytes(block.end - block.first_id)
     for block in blocks:
         expected = block if block.held is not None else None
         assert all(broker.blocks.find(id_) is expected for id_ in range(block.first_id, block.end))
@@ -99,7 +102,7 @@ def test_an_untimed_block_has_no_deadline() -> None:
     ids, block, held = read_block(broker, queue, [b"a", b"b"], timeout_ms=0)
     assert block.lease == 0 and broker._timed == 0
     assert broker.expire(1e9) == 0 and held.ids() == ids
-    assert broker.confirm_many(tuple(ids)) == bytes(2)
+    assert broker.confirm_many(tuple(ids), held_by(broker, tuple(ids))) == bytes(2)
     assert_retired(block)
     assert broker._timed == 0
 
@@ -127,8 +130,8 @@ def test_redelivered_records_come_first_then_the_fresh_ones_as_a_block() -> None
     ra = broker.deliver(queue, 0, first, 0.0)
     rb = broker.deliver(queue, 0, first, 0.0)
     assert ra is not None and rb is not None
-    broker.release(a, 0, 0.0)
-    broker.release(b, 0, 0.0)  # each release goes to the front: b is now ahead of a
+    broker.release(a, 0, 0.0, held_by(broker, a))
+    broker.release(b, 0, 0.0, held_by(broker, b))  # each release goes to the front: b is now ahead of a
     held = Holding()
     got = broker.deliver_many(queue, 10, 100, held, 0.1)
     assert [entry.__class__ for entry in got] == [Record, Record, Block]
@@ -159,13 +162,13 @@ def test_a_waiting_read_is_woken_with_a_block() -> None:
 def test_confirm_many_of_the_whole_block_retires_it() -> None:
     broker, queue = make()
     ids, block, held = read_block(broker, queue, [b"a", b"b", b"c"])
-    assert broker.confirm_many(tuple(ids)) == bytes(3)  # all CONFIRMED
+    assert broker.confirm_many(tuple(ids), held_by(broker, tuple(ids))) == bytes(3)  # all CONFIRMED
     assert broker.entries() == {} and held == {}
     assert_retired(block)
     assert queue.confirmed == 3 and broker._timed == 0
     assert_counts(queue, ready=0, in_flight=0, delayed=0)
     assert broker.expire(0.1) == 0 and queue.ready == 0  # its stale deadline brings nothing back
-    assert broker.confirm_many(tuple(ids)) == bytes([NO_SUCH] * 3)
+    assert broker.confirm_many(tuple(ids), held_by(broker, tuple(ids))) == bytes([NO_SUCH] * 3)
     assert queue.confirmed == 3
 
 
@@ -173,12 +176,12 @@ def test_confirming_every_member_one_by_one_retires_the_block_once() -> None:
     broker, queue = make()
     ids, block, held = read_block(broker, queue, [b"a", b"b", b"c"])
     for left, id_ in zip((2, 1), ids):
-        assert broker.confirm(id_) == Outcome.DONE
+        assert broker.confirm(id_, held_by(broker, id_)) == Outcome.DONE
         assert block.live == left and broker._timed == 1
-    assert broker.confirm(ids[2]) == Outcome.DONE
+    assert broker.confirm(ids[2], held_by(broker, ids[2])) == Outcome.DONE
     assert_retired(block)
     assert broker._timed == 0 and broker.entries() == {} and held == {}
-    assert broker.confirm(ids[2]) == NO_SUCH
+    assert broker.confirm(ids[2], held_by(broker, ids[2])) == NO_SUCH
     assert queue.confirmed == 3 and queue.count == 0
 
 
@@ -189,9 +192,9 @@ def test_after_a_partial_confirm_expiry_requeues_exactly_the_rest_at_the_front_i
     queue.push(b"fresh")
     settled = (ids[3], ids[1])  # not in id order
     if how == "confirm":
-        assert [broker.confirm(id_) for id_ in settled] == [Outcome.DONE] * 2
+        assert [broker.confirm(id_, held_by(broker, id_)) for id_ in settled] == [Outcome.DONE] * 2
     else:
-        assert broker.confirm_many(settled) == bytes(2)
+        assert broker.confirm_many(settled, held_by(broker, settled)) == bytes(2)
     left = [ids[0], ids[2], ids[4]]
     assert held.ids() == left and list(broker.entries()) == left
     assert block.live == 3 and broker._timed == 1
@@ -204,15 +207,17 @@ def test_after_a_partial_confirm_expiry_requeues_exactly_the_rest_at_the_front_i
     assert sorted(broker.entries()) == left and all(broker.entries()[id_].held is None for id_ in left)
     got = broker.deliver_many(queue, 10, 0, Holding(), 0.2)
     assert columns(got) == (left + [ids[4] + 1], [2, 2, 2, 1], [b"a", b"c", b"e", b"fresh"])
-    assert broker.confirm(ids[1]) == NO_SUCH  # confirmed before the timeout: not brought back
+    assert broker.confirm(ids[1], held_by(broker, ids[1])) == NO_SUCH  # confirmed before the timeout: not brought back
 
 
 def test_confirm_many_with_a_duplicate_id_confirms_it_once() -> None:
     broker, queue = make()
     ids, block, held = read_block(broker, queue, [b"a", b"b", b"c"])
-    assert broker.confirm_many((ids[0], ids[0])) == bytes([Outcome.DONE, NO_SUCH])
+    assert broker.confirm_many((ids[0], ids[0]), held_by(broker, (ids[0], ids[0]))) == bytes([Outcome.DONE, NO_SUCH])
     assert block.live == 2 and held.ids() == ids[1:] and queue.confirmed == 1
-    assert broker.confirm_many((ids[1], ids[2], ids[1])) == bytes([Outcome.DONE, Outcome.DONE, NO_SUCH])
+    assert broker.confirm_many((ids[1], ids[2], ids[1]), held_by(broker, (ids[1], ids[2], ids[1]))) == bytes(
+        [Outcome.DONE, Outcome.DONE, NO_SUCH]
+    )
     assert_retired(block)
     assert queue.confirmed == 3 and broker.entries() == {} and broker._timed == 0
 
@@ -222,13 +227,13 @@ def test_confirm_many_of_every_id_of_a_block_after_one_member_left_it(how: str) 
     broker, queue = make()
     (a, b, c), block, held = read_block(broker, queue, [b"a", b"b", b"c"])
     if how == "confirmed":
-        assert broker.confirm(b) == Outcome.DONE
+        assert broker.confirm(b, held_by(broker, b)) == Outcome.DONE
     elif how == "touched":
-        assert broker.touch(b, 1_000, 0.0) == Outcome.DONE
+        assert broker.touch(b, 1_000, 0.0, held_by(broker, b)) == Outcome.DONE
     else:
-        assert broker.release(b, 0, 0.0) == Outcome.DONE
+        assert broker.release(b, 0, 0.0, held_by(broker, b)) == Outcome.DONE
     expected = {"confirmed": NO_SUCH, "touched": Outcome.DONE, "released": Outcome.REQUEUED}[how]
-    assert broker.confirm_many((a, b, c)) == bytes([Outcome.DONE, expected, Outcome.DONE])
+    assert broker.confirm_many((a, b, c), held_by(broker, (a, b, c))) == bytes([Outcome.DONE, expected, Outcome.DONE])
     assert_retired(block)
     assert held == {} and broker._timed == 0
     assert queue.confirmed == (2 if how == "released" else 3)
@@ -244,7 +249,7 @@ def test_confirm_many_spanning_two_blocks() -> None:
     (second,) = broker.deliver_many(queue, 3, 100, held, 0.0)
     assert second.__class__ is Block and broker._timed == 2
     ids = (first_ids[0], second_ids[0], first_ids[1], second_ids[2])
-    assert broker.confirm_many(ids) == bytes(4)
+    assert broker.confirm_many(ids, held_by(broker, ids)) == bytes(4)
     assert_retired(first)
     assert second.live == 1 and held.ids() == [second_ids[1]] and broker._timed == 1
     assert queue.confirmed == 4
@@ -256,10 +261,14 @@ def test_confirm_many_with_unknown_and_already_settled_ids() -> None:
     broker, queue = make()
     (a, b, c, d), block, held = read_block(broker, queue, [b"a", b"b", b"c", b"d"])
     unread = queue.push(b"unread")  # ready, never read
-    assert broker.confirm_many((a, 10**9, b)) == bytes([Outcome.DONE, NO_SUCH, Outcome.DONE])
-    assert broker.confirm_many((10**9, c)) == bytes([NO_SUCH, Outcome.DONE])
-    assert broker.release(d, 0, 0.0) == Outcome.DONE
-    assert broker.confirm_many((d, a, unread)) == bytes([Outcome.REQUEUED, NO_SUCH, NO_SUCH])
+    assert broker.confirm_many((a, 10**9, b), held_by(broker, (a, 10**9, b))) == bytes(
+        [Outcome.DONE, NO_SUCH, Outcome.DONE]
+    )
+    assert broker.confirm_many((10**9, c), held_by(broker, (10**9, c))) == bytes([NO_SUCH, Outcome.DONE])
+    assert broker.release(d, 0, 0.0, held_by(broker, d)) == Outcome.DONE
+    assert broker.confirm_many((d, a, unread), held_by(broker, (d, a, unread))) == bytes(
+        [Outcome.REQUEUED, NO_SUCH, NO_SUCH]
+    )
     assert_retired(block)
     assert held == {} and queue.confirmed == 3 and broker._timed == 0
     assert_counts(queue, ready=2, in_flight=0, delayed=0)
@@ -275,7 +284,7 @@ def test_confirm_many_of_block_members_mixed_with_single_read_records() -> None:
     assert r is not None and s is not None and block.__class__ is Block
     a, b = ids_of([block])
     assert broker._timed == 3
-    assert broker.confirm_many((a, r.id, b, s.id)) == bytes(4)
+    assert broker.confirm_many((a, r.id, b, s.id), held_by(broker, (a, r.id, b, s.id))) == bytes(4)
     assert_retired(block)  # type: ignore[arg-type]
     assert (r.held, s.held, r.lease, s.lease) == (None, None, 0, 0)
     assert held == {} and broker.entries() == {} and broker._timed == 0 and queue.confirmed == 4
@@ -288,7 +297,7 @@ def test_confirm_many_of_block_members_mixed_with_single_read_records() -> None:
 def test_touching_one_member_moves_only_its_deadline() -> None:
     broker, queue = make()
     (a, b, c), block, held = read_block(broker, queue, [b"a", b"b", b"c"])
-    assert broker.touch(b, 500, 0.05) == Outcome.DONE
+    assert broker.touch(b, 500, 0.05, held_by(broker, b)) == Outcome.DONE
     touched = held[b]
     assert touched.__class__ is Record and broker.entries()[b] is touched
     assert (touched.id, touched.data, touched.deliveries, touched.held) == (b, b"b", 1, held)  # type: ignore[union-attr]
@@ -308,13 +317,13 @@ def test_touching_one_member_moves_only_its_deadline() -> None:
 def test_touching_one_member_with_zero_takes_it_off_the_clock() -> None:
     broker, queue = make()
     (a, b), block, held = read_block(broker, queue, [b"a", b"b"])
-    assert broker.touch(a, 0, 0.05) == Outcome.DONE
+    assert broker.touch(a, 0, 0.05, held_by(broker, a)) == Outcome.DONE
     assert block.live == 1 and held[a].__class__ is Record
     assert broker._timed == 1  # the block's, for b
     assert broker.expire(0.1) == 1
     assert held.ids() == [a] and broker._timed == 0
     assert broker.expire(1e9) == 0
-    assert broker.confirm(a) == Outcome.DONE
+    assert broker.confirm(a, held_by(broker, a)) == Outcome.DONE
     assert list(broker.entries()) == [b] and broker.entries()[b].held is None  # b: ready again
     assert_counts(queue, ready=1, in_flight=0, delayed=0)
 
@@ -323,7 +332,7 @@ def test_touching_every_member_retires_the_block() -> None:
     broker, queue = make()
     ids, block, held = read_block(broker, queue, [b"a", b"b"])
     for id_ in ids:
-        assert broker.touch(id_, 1_000, 0.05) == Outcome.DONE
+        assert broker.touch(id_, 1_000, 0.05, held_by(broker, id_)) == Outcome.DONE
     assert_retired(block)
     assert broker._timed == 2 and all(held[id_].__class__ is Record for id_ in ids)
     assert broker.expire(1.0) == 0  # the block's old deadline is stale
@@ -335,13 +344,16 @@ def test_releasing_one_member_gives_it_back_now_and_leaves_the_others_in_flight(
     broker, queue = make()
     (a, b, c), block, held = read_block(broker, queue, [b"a", b"b", b"c"])
     queue.push(b"d")
-    assert broker.release(b, 0, 0.01) == Outcome.DONE
+    assert broker.release(b, 0, 0.01, held_by(broker, b)) == Outcome.DONE
     assert held.ids() == [a, c] and block.live == 2 and broker._timed == 1
     released = broker.entries()[b]
     assert released.__class__ is Record and released.held is None
     assert_counts(queue, ready=2, in_flight=2, delayed=0)
     assert queue.requeued == 1
-    assert broker.confirm(b) == Outcome.REQUEUED and broker.touch(b, 10, 0.01) == Outcome.REQUEUED
+    assert (
+        broker.confirm(b, held_by(broker, b)) == Outcome.REQUEUED
+        and broker.touch(b, 10, 0.01, held_by(broker, b)) == Outcome.REQUEUED
+    )
     other = Holding()
     assert broker.deliver(queue, 0, other, 0.02) is released and released.deliveries == 2  # ahead of d
     assert broker.expire(0.1) == 2
@@ -352,10 +364,10 @@ def test_releasing_one_member_gives_it_back_now_and_leaves_the_others_in_flight(
 def test_releasing_one_member_with_a_delay_sends_it_to_the_back_later() -> None:
     broker, queue = make()
     (a, b, c), block, held = read_block(broker, queue, [b"a", b"b", b"c"])
-    assert broker.release(b, 50, 0.01) == Outcome.DONE
+    assert broker.release(b, 50, 0.01, held_by(broker, b)) == Outcome.DONE
     assert held.ids() == [a, c] and block.live == 2
     assert_counts(queue, ready=0, in_flight=2, delayed=1)
-    assert broker.confirm(b) == Outcome.REQUEUED
+    assert broker.confirm(b, held_by(broker, b)) == Outcome.REQUEUED
     queue.push(b"d")
     assert broker.expire(0.059) == 0 and queue.delayed == 1
     assert broker.expire(0.061) == 0  # a delay end is not a requeue
@@ -367,13 +379,13 @@ def test_releasing_one_member_with_a_delay_sends_it_to_the_back_later() -> None:
 def test_settling_a_member_that_already_left_its_block() -> None:
     broker, queue = make()
     (a, b), block, held = read_block(broker, queue, [b"a", b"b"])
-    assert broker.confirm(a) == Outcome.DONE
-    assert broker.touch(a, 10, 0.0) == NO_SUCH
-    assert broker.release(a, 0, 0.0) == NO_SUCH
+    assert broker.confirm(a, held_by(broker, a)) == Outcome.DONE
+    assert broker.touch(a, 10, 0.0, held_by(broker, a)) == NO_SUCH
+    assert broker.release(a, 0, 0.0, held_by(broker, a)) == NO_SUCH
     assert block.live == 1 and held.ids() == [b]
     assert broker.expire(0.1) == 1
-    assert broker.touch(b, 10, 0.2) == Outcome.REQUEUED
-    assert broker.release(b, 0, 0.2) == Outcome.REQUEUED
+    assert broker.touch(b, 10, 0.2, held_by(broker, b)) == Outcome.REQUEUED
+    assert broker.release(b, 0, 0.2, held_by(broker, b)) == Outcome.REQUEUED
     assert_counts(queue, ready=1, in_flight=0, delayed=0)
 
 
@@ -388,10 +400,10 @@ def test_a_disconnect_requeues_every_live_member_once_in_read_order(touched: str
     (first,) = broker.deliver_many(queue, 3, 100, held, 0.0)  # a b c
     assert broker.deliver(queue, 100, held, 0.0) is not None  # d
     (second,) = broker.deliver_many(queue, 3, 100, held, 0.0)  # e f g
-    assert broker.confirm(f) == Outcome.DONE
+    assert broker.confirm(f, held_by(broker, f)) == Outcome.DONE
     ids = dict(zip("abc", (a, b, c)))
     for name in touched:  # each touched member is split off (out of read order); then the block dissolves
-        assert broker.touch(ids[name], 1_000, 0.01) == Outcome.DONE
+        assert broker.touch(ids[name], 1_000, 0.01, held_by(broker, ids[name])) == Outcome.DONE
     assert (first.held is None) == (len(touched) == 3)  # type: ignore[union-attr]
     assert held.ids() == [a, b, c, d, e, g]
     assert broker.release_all(held, 0.02) == 6
@@ -412,12 +424,17 @@ def test_deleting_a_queue_with_a_block_in_flight(how: str) -> None:
     broker, queue = make()
     (a, b, c, d), block, held = read_block(broker, queue, [b"a", b"b", b"c", b"d"])
     assert broker.delete_queue(b"q")
-    assert broker.confirm(a) == NO_SUCH
+    assert broker.confirm(a, held_by(broker, a)) == NO_SUCH
     assert a not in broker.entries() and held.ids() == [b, c, d]  # the confirm frees it
-    assert broker.confirm(a) == NO_SUCH
-    assert broker.confirm_many((b, c)) == bytes([NO_SUCH, NO_SUCH])  # not the fast path: nothing to confirm
+    assert broker.confirm(a, held_by(broker, a)) == NO_SUCH
+    assert broker.confirm_many((b, c), held_by(broker, (b, c))) == bytes(
+        [NO_SUCH, NO_SUCH]
+    )  # not the fast path: nothing to confirm
     assert held.ids() == [d] and block.live == 1
-    assert broker.touch(d, 1_000, 0.0) == NO_SUCH and broker.release(d, 0, 0.0) == NO_SUCH
+    assert (
+        broker.touch(d, 1_000, 0.0, held_by(broker, d)) == NO_SUCH
+        and broker.release(d, 0, 0.0, held_by(broker, d)) == NO_SUCH
+    )
     assert broker.entries()[d] is block and block.live == 1  # touch and release split nothing off
     assert queue.confirmed == 0
     new = broker.create_queue(b"q")
@@ -427,7 +444,7 @@ def test_deleting_a_queue_with_a_block_in_flight(how: str) -> None:
         assert broker.release_all(held, 0.05) == 0
     assert broker.entries() == {} and held == {} and broker._timed == 0
     assert_retired(block)
-    assert broker.confirm(d) == NO_SUCH
+    assert broker.confirm(d, held_by(broker, d)) == NO_SUCH
     assert new.count == 0 and broker.deliver_many(new, 10, 0, Holding(), 0.2) == []
 
 
@@ -442,7 +459,7 @@ def test_purge_leaves_the_members_of_a_block_in_flight_alone() -> None:
     assert broker.purge(queue) == 3
     assert_counts(queue, ready=0, in_flight=3, delayed=0)
     assert held.ids() == [a, b, c] and list(broker.entries()) == [a, b, c] and block.live == 3
-    assert broker.confirm_many((a, b)) == bytes(2)
+    assert broker.confirm_many((a, b), held_by(broker, (a, b))) == bytes(2)
     assert broker.expire(0.1) == 1
     assert read_back(broker, queue, 0.2) == [(b"c", 2)]
 
@@ -493,14 +510,14 @@ def test_members_past_max_deliveries_move_to_the_dead_letter_queue_in_order(how:
     dlq = broker.create_queue(b"dlq")
     queue = broker.create_queue(b"q", 0, 1, b"dlq")
     (a, b, c, d), block, held = read_block(broker, queue, [b"a", b"b", b"c", b"d"], timeout_ms=10)
-    assert broker.confirm(b) == Outcome.DONE
+    assert broker.confirm(b, held_by(broker, b)) == Outcome.DONE
     if how == "timeout":
         assert broker.expire(0.01) == 0  # none goes back to q
     elif how == "disconnect":
         assert broker.release_all(held, 0.001) == 0
     else:
         for id_ in (a, c, d):
-            assert broker.release(id_, 0, 0.001) == Outcome.DONE
+            assert broker.release(id_, 0, 0.001, held_by(broker, id_)) == Outcome.DONE
     assert held == {} and broker.entries() == {} and broker._timed == 0
     assert_retired(block)
     assert_counts(queue, ready=0, in_flight=0, delayed=0)
@@ -513,7 +530,7 @@ def test_block_members_reach_the_dead_letter_queue_after_their_second_delivery()
     dlq = broker.create_queue(b"dlq")
     queue = broker.create_queue(b"q", 0, 2, b"dlq")
     (a, b, c), _, held = read_block(broker, queue, [b"a", b"b", b"c"], timeout_ms=10)
-    assert broker.confirm(b) == Outcome.DONE
+    assert broker.confirm(b, held_by(broker, b)) == Outcome.DONE
     assert broker.expire(0.01) == 2  # the first failure: back to the front
     again = broker.deliver_many(queue, 10, 10, held, 0.02)
     assert [e.__class__ for e in again] == [Record, Record]  # read before: records, not a block
@@ -532,7 +549,7 @@ def test_retired_blocks_do_not_pile_up_in_the_deadlines() -> None:
     for i in range(3_000):
         broker.enqueue_batch(queue, [b"x", b"y"], 0.0)
         (block,) = broker.deliver_many(queue, 2, 60_000, held, 0.0)
-        assert broker.confirm_many(tuple(ids_of([block]))) == bytes(2)
+        assert broker.confirm_many(tuple(ids_of([block])), held_by(broker, tuple(ids_of([block])))) == bytes(2)
         assert len(broker._deadlines) <= 1026, i  # stale entries are dropped, not kept
     assert broker._timed == 0 and held == {} and broker.entries() == {}
 
@@ -582,11 +599,11 @@ def test_confirm_many_of_a_block_reaches_the_journal(tmp_path: Path, commit_firs
         store.commit()
     (block,) = broker.deliver_many(queue, 4, 100, Holding(), 0.0)
     assert block.__class__ is Block
-    assert broker.confirm_many((ids[2], ids[0])) == bytes(2)  # the fast path
+    assert broker.confirm_many((ids[2], ids[0]), held_by(broker, (ids[2], ids[0]))) == bytes(2)  # the fast path
     if not commit_first:
         assert store._removes == [] and store._new_packs[ids[0]].live == 2  # add and remove cancel out
     store.commit()
-    assert broker.confirm_many((ids[3],)) == bytes(1)
+    assert broker.confirm_many((ids[3],), held_by(broker, (ids[3],))) == bytes(1)
     store.close()
     assert stored_ids(tmp_path) == {b"q": [ids[1]]}
 
@@ -619,10 +636,12 @@ def test_a_slab_read_whole_is_answered_and_confirmed_from_its_columns() -> None:
     assert sent_ids is column and data == b"".join(payloads)  # the slab as sent: nothing copied
     assert columns([block]) == (ids, [1, 1, 1, 1], payloads)
     assert held.count == 4 and queue.ready == 0
-    assert broker.confirm_column(column) is True
+    assert broker.confirm_column(column, held_by(broker, column)) is True
     assert_retired(block)
     assert held == {} and held.count == 0 and queue.confirmed == 4 and broker._timed == 0
-    assert broker.confirm_column(column) is False and broker.confirm_many(tuple(ids)) == bytes([NO_SUCH] * 4)
+    assert broker.confirm_column(column, held_by(broker, column)) is False and broker.confirm_many(
+        tuple(ids), held_by(broker, tuple(ids))
+    ) == bytes([NO_SUCH] * 4)
 
 
 def test_a_slab_is_read_in_pieces_in_order() -> None:
@@ -694,7 +713,7 @@ def test_confirm_column_takes_only_a_whole_block_as_it_was_read(how: str) -> Non
         broker.deliver_many(queue, 3, 0, held, 0.0)
     sent = column
     if how == "one confirmed first":
-        assert broker.confirm(ids[1]) == Outcome.DONE
+        assert broker.confirm(ids[1], held_by(broker, ids[1])) == Outcome.DONE
     elif how == "out of order":
         sent = struct.pack(">3Q", ids[1], ids[0], ids[2])
     elif how == "a prefix":
@@ -702,9 +721,9 @@ def test_confirm_column_takes_only_a_whole_block_as_it_was_read(how: str) -> Non
     elif how == "queue deleted":
         assert broker.delete_queue(b"q")
     before = (held.ids(), held.count, queue.confirmed)
-    assert broker.confirm_column(sent) is False
+    assert broker.confirm_column(sent, held_by(broker, sent)) is False
     assert (held.ids(), held.count, queue.confirmed) == before  # declined, nothing changed
-    outcomes = broker.confirm_many(tuple(unpack_ids(sent)))
+    outcomes = broker.confirm_many(tuple(unpack_ids(sent)), held_by(broker, tuple(unpack_ids(sent))))
     if how == "queue deleted":
         assert outcomes == bytes([NO_SUCH] * 3)
     elif how == "one confirmed first":
@@ -720,16 +739,16 @@ def test_members_of_a_slab_block_settle_one_by_one(how: str) -> None:
     ids = unpack_ids(send_columns(broker, queue, payloads))
     held = Holding()
     (block,) = broker.deliver_many(queue, 4, 100, held, 0.0)
-    assert broker.confirm(ids[0]) == Outcome.DONE
+    assert broker.confirm(ids[0], held_by(broker, ids[0])) == Outcome.DONE
     if how == "touch":
-        assert broker.touch(ids[2], 1_000, 0.0) == Outcome.DONE
+        assert broker.touch(ids[2], 1_000, 0.0, held_by(broker, ids[2])) == Outcome.DONE
         assert broker.entries()[ids[2]].__class__ is Record and broker.entries()[ids[2]].data == b"ccc"  # type: ignore[union-attr]
         assert broker.expire(0.1) == 2  # b and d
         assert columns(broker.deliver_many(queue, 10, 0, Holding(), 0.2))[2] == [b"bb", b"dddd"]
     elif how == "release":
-        assert broker.release(ids[3], 0, 0.0) == Outcome.DONE
+        assert broker.release(ids[3], 0, 0.0, held_by(broker, ids[3])) == Outcome.DONE
         assert broker.deliver(queue, 0, Holding(), 0.0).data == b"dddd"  # type: ignore[union-attr]
-        assert broker.confirm_many((ids[1], ids[2])) == bytes(2)
+        assert broker.confirm_many((ids[1], ids[2]), held_by(broker, (ids[1], ids[2]))) == bytes(2)
     elif how == "expiry":
         assert broker.expire(0.1) == 3
         assert columns(broker.deliver_many(queue, 10, 0, Holding(), 0.2)) == (ids[1:], [2, 2, 2], payloads[1:])
@@ -750,7 +769,7 @@ def test_a_slab_reaches_the_journal_as_one_pack(tmp_path: Path) -> None:
     store.commit()
     ids = unpack_ids(column)
     broker.deliver_many(queue, 3, 0, Holding(), 0.0)
-    assert broker.confirm_column(struct.pack(">2Q", *ids[:2])) is False
-    assert broker.confirm_many((ids[1],)) == bytes(1)
+    assert broker.confirm_column(struct.pack(">2Q", *ids[:2]), held_by(broker, struct.pack(">2Q", *ids[:2]))) is False
+    assert broker.confirm_many((ids[1],), held_by(broker, (ids[1],))) == bytes(1)
     store.close()
     assert stored_ids(tmp_path) == {b"q": [ids[0], ids[2], *unpack_ids(lone)]}

@@ -14,6 +14,11 @@ held messages are still in their block (not touched, released or settled since
 the read), so it knows which entry each id maps to and how many deadline entries
 the broker should count: one per timed block, one per other timed message.
 
+Confirms, touches and releases come from one connection each (since protocol version 2 they
+settle only what that connection holds): mostly the holder's, sometimes another's, which gets
+Requeued when the message was handed out before the delivery it is in, else NoSuchMessage. The
+payload bytes each queue holds, and all of them together, are checked after every step.
+
 The clock moves by one second per step, a read's timeout is 0 or 1.5 s and a
 touch's 0, 1.5 or 2.5 s, so a deadline may be shared by the messages of one
 batch read, or by a touch and a read a second later. Messages due together come
@@ -87,11 +92,20 @@ class BrokerModel(RuleBasedStateMachine):
     def _holder(self, id_: int) -> int | None:
         return next((i for i, ids in enumerate(self.model_held) if id_ in ids), None)
 
-    def _not_held(self, id_: int) -> Outcome:
-        """What confirm, touch and release answer for an id nobody holds."""
-        if id_ in self.data and id_ not in self.dead and self.deliveries[id_] > 0:
-            return Outcome.REQUEUED  # waiting again after a timeout, a release or a disconnect
-        return Outcome.NO_SUCH_MESSAGE
+    def _not_held(self, id_: int, conn: int) -> Outcome:
+        """What confirm, touch and release from ``conn`` answer for an id ``conn`` does not hold."""
+        if id_ not in self.data or id_ in self.dead:
+            return Outcome.NO_SUCH_MESSAGE
+        earlier = self.deliveries[id_] - (self._holder(id_) is not None)  # deliveries before the current one
+        # Waiting again after a timeout, a release or a disconnect, or handed out again since:
+        return Outcome.REQUEUED if earlier > 0 else Outcome.NO_SUCH_MESSAGE
+
+    def _draw_conn(self, data: st.DataObject, id_: int) -> int:
+        """Mostly the connection that holds ``id_``; otherwise any."""
+        holder = self._holder(id_)
+        if holder is not None and data.draw(st.integers(0, 3)):
+            return holder
+        return data.draw(st.integers(0, CONNECTIONS - 1))
 
     def _draw_id(self, data: st.DataObject) -> int:
         """Mostly a held id, often one still in a block; otherwise any id ever sent, or one never sent."""
@@ -223,13 +237,14 @@ class BrokerModel(RuleBasedStateMachine):
         self._tick()
         known = sorted(self.data)
         id_ = data.draw(st.sampled_from(known)) if known and data.draw(st.booleans()) else UNKNOWN
-        outcome = self.broker.confirm(id_)
-        assert outcome == self._settle(id_)
+        conn = self._draw_conn(data, id_)
+        outcome = self.broker.confirm(id_, self.held[conn])
+        assert outcome == self._settle(id_, conn)
 
-    def _settle(self, id_: int) -> Outcome:
+    def _settle(self, id_: int, conn: int) -> Outcome:
         holder = self._holder(id_)
-        if holder is None:
-            return self._not_held(id_)
+        if holder != conn:
+            return self._not_held(id_, conn)
         self.model_held[holder].remove(id_)
         self._unhold(id_)
         self.dead.add(id_)
@@ -244,8 +259,9 @@ class BrokerModel(RuleBasedStateMachine):
         if how == 0 and self.batches:  # one whole batch read, even if some of it has been settled since
             ids = list(data.draw(st.sampled_from(self.batches)))
             # As its ids column, as a client confirms a batch it read (half the time):
-            if data.draw(st.booleans()) and self.broker.confirm_column(struct.pack(f">{len(ids)}Q", *ids)):
-                assert [self._settle(id_) for id_ in ids] == [Outcome.DONE] * len(ids)
+            column = struct.pack(f">{len(ids)}Q", *ids)
+            if data.draw(st.booleans()) and self.broker.confirm_column(column, self.held[conn]):
+                assert [self._settle(id_, conn) for id_ in ids] == [Outcome.DONE] * len(ids)
                 return
         elif how == 3 and self.block_of:  # some of those still in one block, in read order
             step = data.draw(st.sampled_from(sorted(set(self.block_of.values()))))
@@ -262,16 +278,17 @@ class BrokerModel(RuleBasedStateMachine):
             ids.insert(data.draw(st.integers(0, len(ids))), UNKNOWN)
         if data.draw(st.integers(0, 4)) == 0:
             ids.insert(data.draw(st.integers(0, len(ids))), data.draw(st.sampled_from(ids)))
-        outcomes = self.broker.confirm_many(tuple(ids))
-        assert list(outcomes) == [self._settle(id_) for id_ in ids]
+        outcomes = self.broker.confirm_many(tuple(ids), self.held[conn])
+        assert list(outcomes) == [self._settle(id_, conn) for id_ in ids]
 
     @rule(data=st.data(), timeout_ms=st.sampled_from([0, 1500, 2500]))
     def touch(self, data: st.DataObject, timeout_ms: int) -> None:
         self._tick()
         id_ = self._draw_id(data)
-        outcome = self.broker.touch(id_, timeout_ms, self.now)
-        if self._holder(id_) is None:
-            assert outcome == self._not_held(id_)
+        conn = self._draw_conn(data, id_)
+        outcome = self.broker.touch(id_, timeout_ms, self.now, self.held[conn])
+        if self._holder(id_) != conn:
+            assert outcome == self._not_held(id_, conn)
             return
         assert outcome == Outcome.DONE
         self.block_of.pop(id_, None)  # a deadline of its own from now on
@@ -282,10 +299,11 @@ class BrokerModel(RuleBasedStateMachine):
     def release(self, data: st.DataObject) -> None:
         self._tick()
         id_ = self._draw_id(data)
-        outcome = self.broker.release(id_, 0, self.now)
+        conn = self._draw_conn(data, id_)
+        outcome = self.broker.release(id_, 0, self.now, self.held[conn])
         holder = self._holder(id_)
-        if holder is None:
-            assert outcome == self._not_held(id_)
+        if holder != conn:
+            assert outcome == self._not_held(id_, conn)
             return
         assert outcome == Outcome.DONE
         self.model_held[holder].remove(id_)
@@ -338,6 +356,16 @@ class BrokerModel(RuleBasedStateMachine):
             assert queue.count == self._count(name)
             if self.capacity[name]:
                 assert queue.count <= self.capacity[name]
+
+    @invariant()
+    def payload_bytes_are_counted(self) -> None:
+        total = 0
+        for name in NAMES:
+            alive = self.ready[name] + [id_ for ids in self.model_held for id_ in ids if self.queue_of[id_] == name]
+            size = sum(len(self.data[id_]) for id_ in alive)
+            assert self.broker.queues[name].payload_bytes == size
+            total += size
+        assert self.broker.payload_bytes == total
 
     @invariant()
     def records_are_exactly_the_read_messages_still_alive(self) -> None:

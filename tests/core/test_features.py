@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 import pytest
+from holders import held_by
 
 from dbqueue.core import Broker, Entry, Holding, Outcome, Queue, Record, columns
 from dbqueue.errors import InvalidRequest, NoSuchQueue
@@ -139,7 +140,7 @@ def test_a_waiting_read_wakes_on_release_and_on_a_disconnect() -> None:
     released, disconnected = Wakes(), Wakes()
     broker.wait(queue, Holding(), 0, 1, 1_000, 0.0, released)
     broker.wait(queue, Holding(), 0, 5, 1_000, 0.0, disconnected)
-    assert broker.release(b.id, 0, 0.1) == Outcome.DONE
+    assert broker.release(b.id, 0, 0.1, held_by(broker, b.id)) == Outcome.DONE
     assert released.calls == [[b]] and disconnected.calls == []
     assert broker.release_all(holder, 0.2) == 1
     assert disconnected.calls == [[a]]
@@ -153,7 +154,7 @@ def test_a_waiting_read_wakes_after_a_delayed_release() -> None:
     assert record is not None
     wakes = Wakes()
     broker.wait(queue, Holding(), 0, 1, 1_000, 0.0, wakes)
-    assert broker.release(record.id, 50, 0.0) == Outcome.DONE
+    assert broker.release(record.id, 50, 0.0, held_by(broker, record.id)) == Outcome.DONE
     assert wakes.calls == []  # not before its delay
     assert_counts(queue, ready=0, in_flight=0, delayed=1)
     broker.expire(0.049)
@@ -360,7 +361,7 @@ def test_touch_moves_the_deadline_from_now() -> None:
     held = Holding()
     record = broker.deliver(queue, 100, held, 0.0)
     assert record is not None
-    assert broker.touch(record.id, 500, 0.05) == Outcome.DONE
+    assert broker.touch(record.id, 500, 0.05, held_by(broker, record.id)) == Outcome.DONE
     assert broker._timed == 1
     assert broker.expire(0.1) == 0  # the old deadline is stale
     assert record.held is held
@@ -374,10 +375,10 @@ def test_touch_with_zero_removes_the_timeout_and_a_later_touch_restores_one() ->
     queue.push(b"a")
     record = broker.deliver(queue, 100, Holding(), 0.0)
     assert record is not None
-    assert broker.touch(record.id, 0, 0.05) == Outcome.DONE
+    assert broker.touch(record.id, 0, 0.05, held_by(broker, record.id)) == Outcome.DONE
     assert broker._timed == 0
     assert broker.expire(100.0) == 0
-    assert broker.touch(record.id, 10, 200.0) == Outcome.DONE
+    assert broker.touch(record.id, 10, 200.0, held_by(broker, record.id)) == Outcome.DONE
     assert broker._timed == 1
     assert broker.expire(200.01) == 1
 
@@ -389,12 +390,14 @@ def test_touch_outcomes() -> None:
     record = broker.deliver(queue, 10, Holding(), 0.0)
     assert record is not None
     assert broker.expire(0.01) == 1
-    assert broker.touch(record.id, 1_000, 0.02) == Outcome.REQUEUED  # it came back: too late
-    assert broker.touch(10**9, 1_000, 0.02) == Outcome.NO_SUCH_MESSAGE
-    assert broker.touch(unread, 1_000, 0.02) == Outcome.NO_SUCH_MESSAGE  # queued, never read
+    assert (
+        broker.touch(record.id, 1_000, 0.02, held_by(broker, record.id)) == Outcome.REQUEUED
+    )  # it came back: too late
+    assert broker.touch(10**9, 1_000, 0.02, held_by(broker, 10**9)) == Outcome.NO_SUCH_MESSAGE
+    assert broker.touch(unread, 1_000, 0.02, held_by(broker, unread)) == Outcome.NO_SUCH_MESSAGE  # queued, never read
     assert broker.deliver(queue, 0, Holding(), 0.02) is record
-    assert broker.confirm(record.id) == Outcome.DONE
-    assert broker.touch(record.id, 1_000, 0.03) == Outcome.NO_SUCH_MESSAGE  # confirmed
+    assert broker.confirm(record.id, held_by(broker, record.id)) == Outcome.DONE
+    assert broker.touch(record.id, 1_000, 0.03, held_by(broker, record.id)) == Outcome.NO_SUCH_MESSAGE  # confirmed
     assert broker._timed == 0
 
 
@@ -406,12 +409,12 @@ def test_settling_a_delayed_message_that_was_never_read_is_no_such_message(after
     if after_delay:
         broker.expire(1.01)
         assert queue.ready == 2
-    assert broker.confirm(fresh) == Outcome.NO_SUCH_MESSAGE
-    assert broker.touch(fresh, 10, 1.02) == Outcome.NO_SUCH_MESSAGE
-    assert broker.release(fresh, 0, 1.02) == Outcome.NO_SUCH_MESSAGE
-    assert broker.confirm(delayed) == Outcome.NO_SUCH_MESSAGE
-    assert broker.touch(delayed, 10, 1.02) == Outcome.NO_SUCH_MESSAGE
-    assert broker.release(delayed, 0, 1.02) == Outcome.NO_SUCH_MESSAGE
+    assert broker.confirm(fresh, held_by(broker, fresh)) == Outcome.NO_SUCH_MESSAGE
+    assert broker.touch(fresh, 10, 1.02, held_by(broker, fresh)) == Outcome.NO_SUCH_MESSAGE
+    assert broker.release(fresh, 0, 1.02, held_by(broker, fresh)) == Outcome.NO_SUCH_MESSAGE
+    assert broker.confirm(delayed, held_by(broker, delayed)) == Outcome.NO_SUCH_MESSAGE
+    assert broker.touch(delayed, 10, 1.02, held_by(broker, delayed)) == Outcome.NO_SUCH_MESSAGE
+    assert broker.release(delayed, 0, 1.02, held_by(broker, delayed)) == Outcome.NO_SUCH_MESSAGE
 
 
 def test_release_now_goes_to_the_front() -> None:
@@ -422,7 +425,7 @@ def test_release_now_goes_to_the_front() -> None:
     a = broker.deliver(queue, 50, held, 0.0)
     b = broker.deliver(queue, 50, held, 0.0)
     assert a is not None and b is not None
-    assert broker.release(b.id, 0, 0.01) == Outcome.DONE
+    assert broker.release(b.id, 0, 0.01, held_by(broker, b.id)) == Outcome.DONE
     assert held == {a.id: a} and b.held is None
     assert broker._timed == 1 and queue.requeued == 1
     assert broker.expire(0.05) == 1  # only a's deadline fires; b's is stale
@@ -436,9 +439,9 @@ def test_release_with_a_delay_goes_to_the_back_after_it() -> None:
         queue.push(data)
     a = broker.deliver(queue, 0, Holding(), 0.0)
     assert a is not None
-    assert broker.release(a.id, 100, 1.0) == Outcome.DONE
+    assert broker.release(a.id, 100, 1.0, held_by(broker, a.id)) == Outcome.DONE
     assert_counts(queue, ready=1, in_flight=0, delayed=1)
-    assert broker.confirm(a.id) == Outcome.REQUEUED  # not in flight any more
+    assert broker.confirm(a.id, held_by(broker, a.id)) == Outcome.REQUEUED  # not in flight any more
     queue.push(b"c")
     assert broker.expire(1.099) == 0
     assert [r.data for r in read_all(broker, queue, 1.099)] == [b"b", b"c"]
@@ -453,15 +456,15 @@ def test_release_outcomes() -> None:
     queue.push(b"a")
     record = broker.deliver(queue, 10, Holding(), 0.0)
     assert record is not None
-    assert broker.release(10**9, 0, 0.0) == Outcome.NO_SUCH_MESSAGE
+    assert broker.release(10**9, 0, 0.0, held_by(broker, 10**9)) == Outcome.NO_SUCH_MESSAGE
     broker.expire(0.01)
-    assert broker.release(record.id, 0, 0.02) == Outcome.REQUEUED
-    assert broker.release(record.id, 50, 0.02) == Outcome.REQUEUED
+    assert broker.release(record.id, 0, 0.02, held_by(broker, record.id)) == Outcome.REQUEUED
+    assert broker.release(record.id, 50, 0.02, held_by(broker, record.id)) == Outcome.REQUEUED
     assert_counts(queue, ready=1, in_flight=0, delayed=0)
     again = broker.deliver(queue, 0, Holding(), 0.03)
     assert again is record
-    assert broker.confirm(record.id) == Outcome.DONE
-    assert broker.release(record.id, 0, 0.04) == Outcome.NO_SUCH_MESSAGE
+    assert broker.confirm(record.id, held_by(broker, record.id)) == Outcome.DONE
+    assert broker.release(record.id, 0, 0.04, held_by(broker, record.id)) == Outcome.NO_SUCH_MESSAGE
 
 
 def test_touch_and_release_of_a_deleted_queues_message() -> None:
@@ -470,8 +473,8 @@ def test_touch_and_release_of_a_deleted_queues_message() -> None:
     record = broker.deliver(queue, 0, Holding(), 0.0)
     assert record is not None
     broker.delete_queue(b"q")
-    assert broker.touch(record.id, 10, 0.0) == Outcome.NO_SUCH_MESSAGE
-    assert broker.release(record.id, 0, 0.0) == Outcome.NO_SUCH_MESSAGE
+    assert broker.touch(record.id, 10, 0.0, held_by(broker, record.id)) == Outcome.NO_SUCH_MESSAGE
+    assert broker.release(record.id, 0, 0.0, held_by(broker, record.id)) == Outcome.NO_SUCH_MESSAGE
 
 
 # --- dead-letter queues ---------------------------------------------------------------
@@ -490,7 +493,7 @@ def test_max_deliveries_moves_a_message_to_its_dead_letter_queue() -> None:
     assert_counts(queue, ready=0, in_flight=0, delayed=0)
     assert (queue.dead_lettered, queue.requeued, dlq.enqueued) == (1, 1, 1)
     assert id_ not in broker.entries()
-    assert broker.confirm(id_) == Outcome.NO_SUCH_MESSAGE
+    assert broker.confirm(id_, held_by(broker, id_)) == Outcome.NO_SUCH_MESSAGE
     (moved,) = read_all(broker, dlq, 0.04)
     assert moved.data == b"payload" and moved.deliveries == 1
     assert moved.id != id_
@@ -506,9 +509,9 @@ def test_every_way_back_counts_towards_max_deliveries(how: str) -> None:
     record = broker.deliver(queue, 10, held, 0.0)
     assert record is not None
     if how == "release":
-        assert broker.release(record.id, 0, 0.001) == Outcome.DONE
+        assert broker.release(record.id, 0, 0.001, held_by(broker, record.id)) == Outcome.DONE
     elif how == "delayed release":
-        assert broker.release(record.id, 500, 0.001) == Outcome.DONE
+        assert broker.release(record.id, 500, 0.001, held_by(broker, record.id)) == Outcome.DONE
     elif how == "disconnect":
         assert broker.release_all(held, 0.001) == 0  # none went back to q
     else:
@@ -546,7 +549,7 @@ def test_a_dead_lettered_message_wakes_a_read_waiting_on_the_dead_letter_queue()
     assert record is not None
     wakes = Wakes()
     broker.wait(dlq, Holding(), 0, 1, 1_000, 0.0, wakes)
-    broker.release(record.id, 0, 0.1)
+    broker.release(record.id, 0, 0.1, held_by(broker, record.id))
     assert wakes.data == [[b"x"]]
 
 
@@ -574,7 +577,7 @@ def test_a_full_dead_letter_queue_drops_the_message(caplog: pytest.LogCaptureFix
     record = broker.deliver(queue, 0, Holding(), 0.0)
     assert record is not None
     with caplog.at_level(logging.WARNING, logger="dbqueue.server"):
-        assert broker.release(record.id, 0, 0.0) == Outcome.DONE
+        assert broker.release(record.id, 0, 0.0, held_by(broker, record.id)) == Outcome.DONE
     assert "full" in caplog.text
     assert queue.count == 0 and queue.dead_lettered == 1 and record.id not in broker.entries()
     assert [r.data for r in read_all(broker, dlq, 0.0)] == [b"already"]
@@ -588,7 +591,7 @@ def test_a_deleted_dead_letter_queue_drops_the_message() -> None:
     record = broker.deliver(queue, 0, Holding(), 0.0)
     assert record is not None
     broker.delete_queue(b"dlq")
-    broker.release(record.id, 0, 0.0)
+    broker.release(record.id, 0, 0.0, held_by(broker, record.id))
     assert queue.count == 0 and queue.dead_lettered == 1 and broker.entries() == {}
 
 
@@ -651,17 +654,17 @@ def test_purge_drops_ready_and_delayed_but_not_in_flight() -> None:
     a = broker.deliver(queue, 100, held, 0.0)
     b = broker.deliver(queue, 0, held, 0.0)
     assert a is not None and b is not None
-    broker.release(b.id, 0, 0.0)  # b: ready again, as a record
+    broker.release(b.id, 0, 0.0, held_by(broker, b.id))  # b: ready again, as a record
     delayed = broker.enqueue_delayed(queue, b"d", 50, 0.0)
     c2 = broker.deliver(queue, 0, Holding(), 0.0)  # b
     assert c2 is b
-    broker.release(b.id, 30, 0.0)  # b: delayed by a release
+    broker.release(b.id, 30, 0.0, held_by(broker, b.id))  # b: delayed by a release
     assert_counts(queue, ready=1, in_flight=1, delayed=2)
     assert broker.purge(queue) == 3
     assert_counts(queue, ready=0, in_flight=1, delayed=0)
     assert set(broker.entries()) == {a.id}
-    assert broker.confirm(b.id) == Outcome.NO_SUCH_MESSAGE
-    assert broker.confirm(delayed) == Outcome.NO_SUCH_MESSAGE
+    assert broker.confirm(b.id, held_by(broker, b.id)) == Outcome.NO_SUCH_MESSAGE
+    assert broker.confirm(delayed, held_by(broker, delayed)) == Outcome.NO_SUCH_MESSAGE
     broker.expire(0.06)  # the purged delays end: nothing comes back
     assert queue.ready == 0 and queue.count == 1
     assert broker.expire(0.1) == 1  # the in-flight one still times out
@@ -698,11 +701,11 @@ def test_stats_counters_are_exact() -> None:
     a = broker.deliver(queue, 10, held, 0.0)
     b = broker.deliver(queue, 0, held, 0.0)
     assert a is not None and b is not None
-    assert broker.confirm(b.id) == Outcome.DONE
+    assert broker.confirm(b.id, held_by(broker, b.id)) == Outcome.DONE
     broker.expire(0.01)  # a: requeued once
     a = broker.deliver(queue, 0, held, 0.02)
     assert a is not None and a.deliveries == 2
-    broker.release(a.id, 0, 0.03)  # a: its second delivery is its last, to the dead-letter queue
+    broker.release(a.id, 0, 0.03, held_by(broker, a.id))  # a: its second delivery is its last, to the dead-letter queue
     c = broker.deliver(queue, 0, held, 0.04)
     assert c is not None and c.data == b"c"
     waiting = broker.create_queue(b"w")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from holders import held_by
 
 from dbqueue.core import ID_BLOCK, Broker, Holding, Outcome, Queue, Record
 from dbqueue.core import queue as queue_module
@@ -139,7 +140,7 @@ def test_capacity_counts_ready_and_in_flight() -> None:
     record = broker.deliver(queue, 0, held, 0.0)
     assert record is not None
     assert queue.push(b"c") == -1  # the read message is still the queue's
-    assert broker.confirm(record.id) == Outcome.DONE
+    assert broker.confirm(record.id, held_by(broker, record.id)) == Outcome.DONE
     assert queue.count == 1
     assert queue.push(b"c") > 0
     assert queue.push(b"d") == -1
@@ -152,7 +153,7 @@ def test_capacity_holds_through_expiry_and_late_confirm() -> None:
     record = broker.deliver(queue, 10, Holding(), 0.0)
     assert broker.expire(1.0) == 1
     assert queue.push(b"b") == -1  # back in the queue, still counted
-    assert broker.confirm(record.id) == Outcome.REQUEUED  # type: ignore[union-attr]
+    assert broker.confirm(record.id, held_by(broker, record.id)) == Outcome.REQUEUED  # type: ignore[union-attr]
     assert queue.count == 1 and queue.push(b"b") == -1
 
 
@@ -176,10 +177,10 @@ def test_confirm_outcomes() -> None:
     held = Holding()
     record = broker.deliver(queue, 100, held, 0.0)
     assert record is not None and broker.next_deadline() == pytest.approx(0.1)
-    assert broker.confirm(record.id) == Outcome.DONE
-    assert broker.confirm(record.id) == Outcome.NO_SUCH_MESSAGE  # already confirmed
-    assert broker.confirm(12345) == Outcome.NO_SUCH_MESSAGE  # never existed
-    assert broker.confirm(queue.push(b"b")) == Outcome.NO_SUCH_MESSAGE  # never read
+    assert broker.confirm(record.id, held_by(broker, record.id)) == Outcome.DONE
+    assert broker.confirm(record.id, held_by(broker, record.id)) == Outcome.NO_SUCH_MESSAGE  # already confirmed
+    assert broker.confirm(12345, held_by(broker, 12345)) == Outcome.NO_SUCH_MESSAGE  # never existed
+    assert broker.confirm(queue.push(b"b"), Holding()) == Outcome.NO_SUCH_MESSAGE  # never read
     assert held == {}
     assert queue.count == 1
     assert broker.expire(10.0) == 0  # the confirmed message's deadline is ignored
@@ -191,7 +192,7 @@ def test_confirm_works_from_any_connection() -> None:
     queue.push(b"a")
     held = Holding()
     record = broker.deliver(queue, 0, held, 0.0)
-    assert broker.confirm(record.id) == Outcome.DONE  # type: ignore[union-attr]
+    assert broker.confirm(record.id, held_by(broker, record.id)) == Outcome.DONE  # type: ignore[union-attr]
     assert held == {}
 
 
@@ -215,15 +216,15 @@ def test_expire_requeues_to_the_front_in_read_order() -> None:
     assert broker.expire(5.0) == 1  # d, ahead of the earlier returns
     assert held.ids() == [c.id]  # type: ignore[union-attr]
     assert [r.id for r in queue.returned] == [d.id, a.id, b.id]  # type: ignore[union-attr]
-    assert broker.confirm(a.id) == Outcome.REQUEUED  # type: ignore[union-attr]
-    assert broker.confirm(d.id) == Outcome.REQUEUED  # type: ignore[union-attr]
-    assert broker.confirm(c.id) == Outcome.DONE  # type: ignore[union-attr]
+    assert broker.confirm(a.id, held_by(broker, a.id)) == Outcome.REQUEUED  # type: ignore[union-attr]
+    assert broker.confirm(d.id, held_by(broker, d.id)) == Outcome.REQUEUED  # type: ignore[union-attr]
+    assert broker.confirm(c.id, held_by(broker, c.id)) == Outcome.DONE  # type: ignore[union-attr]
     later = Holding()
     again = [broker.deliver(queue, 0, later, 6.0) for _ in range(4)]
     assert [r.data for r in again] == [b"d", b"a", b"b", b"e"]  # type: ignore[union-attr]
     assert [r.deliveries for r in again] == [2, 2, 2, 1]  # type: ignore[union-attr]
     assert again[1] is a  # the record itself came back, same id
-    assert broker.confirm(a.id) == Outcome.DONE  # type: ignore[union-attr]
+    assert broker.confirm(a.id, held_by(broker, a.id)) == Outcome.DONE  # type: ignore[union-attr]
     assert queue.count == 3
     assert_consistent(broker, held, later)
 
@@ -314,11 +315,11 @@ def test_release_all_requeues_at_the_front_in_read_order() -> None:
     a = broker.deliver(queue, 0, held, 0.0)
     b = broker.deliver(queue, 5000, held, 0.0)  # timed and untimed alike
     c = broker.deliver(queue, 0, held, 0.0)
-    assert broker.confirm(b.id) == Outcome.DONE  # type: ignore[union-attr]
+    assert broker.confirm(b.id, held_by(broker, b.id)) == Outcome.DONE  # type: ignore[union-attr]
     assert broker.release_all(held, 0.0) == 2
     assert held == {}
     assert broker._timed == 0
-    assert broker.confirm(a.id) == Outcome.REQUEUED  # type: ignore[union-attr]
+    assert broker.confirm(a.id, held_by(broker, a.id)) == Outcome.REQUEUED  # type: ignore[union-attr]
     again = drain(broker, queue, now=1.0)
     assert [r.data for r in again] == [b"a", b"c", b"d"]
     assert [r.deliveries for r in again] == [2, 2, 1]
@@ -365,16 +366,16 @@ def test_delete_queue_with_messages_in_flight_does_not_leak() -> None:
     assert broker.delete_queue(b"q") is False
     assert d.id not in broker.entries()  # type: ignore[union-attr]  # a returned record goes at once
 
-    assert broker.confirm(b.id) == Outcome.NO_SUCH_MESSAGE  # type: ignore[union-attr]
-    assert broker.confirm(b.id) == Outcome.NO_SUCH_MESSAGE  # type: ignore[union-attr]
-    assert broker.confirm(d.id) == Outcome.NO_SUCH_MESSAGE  # type: ignore[union-attr]
+    assert broker.confirm(b.id, held_by(broker, b.id)) == Outcome.NO_SUCH_MESSAGE  # type: ignore[union-attr]
+    assert broker.confirm(b.id, held_by(broker, b.id)) == Outcome.NO_SUCH_MESSAGE  # type: ignore[union-attr]
+    assert broker.confirm(d.id, held_by(broker, d.id)) == Outcome.NO_SUCH_MESSAGE  # type: ignore[union-attr]
     assert broker.expire(1.0) == 0  # a's expiry drops it instead of requeueing
     assert broker.release_all(untimed, 0.0) == 0  # c's release drops it too
     assert broker.entries() == {}
     assert timed == {} and untimed == {}
     assert broker._timed == 0
-    assert broker.confirm(a.id) == Outcome.NO_SUCH_MESSAGE  # type: ignore[union-attr]
-    assert broker.confirm(c.id) == Outcome.NO_SUCH_MESSAGE  # type: ignore[union-attr]
+    assert broker.confirm(a.id, held_by(broker, a.id)) == Outcome.NO_SUCH_MESSAGE  # type: ignore[union-attr]
+    assert broker.confirm(c.id, held_by(broker, c.id)) == Outcome.NO_SUCH_MESSAGE  # type: ignore[union-attr]
 
 
 def test_recreated_queue_starts_empty_and_old_records_stay_dead() -> None:
@@ -387,7 +388,7 @@ def test_recreated_queue_starts_empty_and_old_records_stay_dead() -> None:
     fresh = broker.create_queue(b"q")
     assert fresh is not queue
     assert fresh.count == 0 and fresh.ready == 0
-    assert broker.confirm(old.id) == Outcome.NO_SUCH_MESSAGE  # type: ignore[union-attr]
+    assert broker.confirm(old.id, held_by(broker, old.id)) == Outcome.NO_SUCH_MESSAGE  # type: ignore[union-attr]
     assert fresh.count == 0
     fresh.push(b"new")
     assert broker.release_all(held, 0.0) == 0
@@ -408,7 +409,7 @@ def test_deadline_heap_stays_bounded() -> None:
         queue.push(b"x")
         in_flight.append(broker.deliver(queue, 1000 + i % 7, held, now))  # type: ignore[arg-type]
         if len(in_flight) > 100:
-            assert broker.confirm(in_flight.pop(0).id) == Outcome.DONE
+            assert broker.confirm(in_flight.pop(0).id, held) == Outcome.DONE
         worst = max(worst, len(broker._deadlines) - 2 * len(in_flight))
     assert worst <= 1024 + 2
     assert len(broker._deadlines) <= 2 * len(in_flight) + 1024 + 2
@@ -426,7 +427,7 @@ def test_deadline_heap_compacts_after_disconnects() -> None:
         broker.release_all(held, float(round_))
         drain(broker, queue)  # untimed reads: nothing new in the heap
         for record in list(broker.entries().values()):
-            broker.confirm(record.id)
+            broker.confirm(record.id, held_by(broker, record.id))
     assert broker.entries() == {}
     assert broker._timed == 0
     assert len(broker._deadlines) <= 1024 + 100

@@ -251,6 +251,10 @@ class Pair:
         self.small_output = options.get("max_output_buffer", 64 << 20) < 1 << 20
         self.run = Side("run", **options)
         self.reference = Side(feeding, **options)
+        # Both number their messages alike (a server's first id comes from the wall clock).
+        ahead = max(side.server.broker.allocate_ids(0) for side in (self.run, self.reference))
+        for side in (self.run, self.reference):
+            side.server.broker.allocate_ids(ahead - side.server.broker.allocate_ids(0))
         self.next_request_id = 1
         self.seen: list[int] = []  # every message id a reply has named, in order, no repeats
         self.last_read: list[list[int]] = [[], []]
@@ -703,7 +707,7 @@ def test_confirm_runs(pair: Pair) -> None:
     pair.confirm(0, mine[:2])  # part of a block: the fast path
     pair.confirm(0, [mine[2], mine[2]])  # members of one block, but twice the same: reply by reply
     pair.confirm(0, [mine[3], 999_999])  # an unknown id
-    pair.confirm(0, [theirs[0], mine[4]])  # another connection's message: confirmed all the same
+    pair.confirm(0, [theirs[0], mine[4]])  # another connection's message: not this one's to confirm
     pair.advance(0.125)  # theirs[1:] expire and go back
     pair.confirm(0, theirs[1:] + [mine[0]])  # requeued, then already gone
     pair.read(1, "a", 3, timeout_ms=125)

@@ -61,6 +61,18 @@ class Outcome(enum.IntEnum):
     NO_SUCH_MESSAGE = 2
 
 
+def elsewhere(record: Record) -> Outcome:
+    """What a confirm, touch or release of ``record`` answers when its sender does not hold it in
+    flight: REQUEUED when the message was handed out before the delivery it is in now, so that the
+    sender may be settling that earlier delivery (it is ready or delayed again, or in another
+    holder's hands since a later read); NO_SUCH_MESSAGE when it never was (its sender cannot have
+    held it) or its queue was deleted."""
+    if record.queue.deleted:
+        return Outcome.NO_SUCH_MESSAGE
+    earlier = record.deliveries if record.held is None else record.deliveries - 1
+    return Outcome.REQUEUED if earlier > 0 else Outcome.NO_SUCH_MESSAGE
+
+
 class Broker:
     """Every queue and every message record of one server."""
 
@@ -86,6 +98,7 @@ class Broker:
         self._waits: list[tuple[float, int, Waiter]] = []
         self._timed = 0  # records in flight with a deadline (live entries of `_deadlines`)
         self._waiting = 0  # active waiters (live entries of `_waits`)
+        self.payload_bytes = 0  # payload bytes of every live queue's messages: ready, in flight and delayed
         self._leases = 0
         self._next_id = first_id
         self._reserved = first_id  # ids below this are reserved in the journal
@@ -135,6 +148,8 @@ class Broker:
                 record = self.records[id_] = Record(id_, queue, data)
                 record.deliveries = deliveries
                 queue.enqueued += 1
+                queue.payload_bytes += len(data)
+                self.payload_bytes += len(data)
                 if due_ms > wall:
                     self._delay(record, due_ms - wall, now)
                 else:
@@ -192,6 +207,7 @@ class Broker:
         if queue is None:
             return False
         queue.deleted = True
+        self.payload_bytes -= queue.payload_bytes  # all of them at once: its records are not counted again as they go
         if self.journal is not None:
             self.journal.delete_queue(name)
         for record in queue.drop_ready():
@@ -212,6 +228,7 @@ class Broker:
     def purge(self, queue: Queue) -> int:
         """Drop every ready and delayed message of ``queue``; return how many."""
         dropped = queue.ready + queue.delayed
+        before = queue.payload_bytes
         if self.journal is not None:
             records = self.records.values()
             in_flight = [record.id for record in records if record.queue is queue and record.held is not None]
@@ -223,10 +240,12 @@ class Broker:
             for _, lease, record in self._delays:
                 if record.queue is queue and record.lease == lease:
                     record.lease = 0  # its heap entry goes stale
+                    queue.payload_bytes -= len(record.data)
                     record.data = b""  # and holds no payload until it is swept
                     del self.records[record.id]
             queue.purged += queue.delayed
             queue.delayed = 0
+        self.payload_bytes -= before - queue.payload_bytes
         return dropped
 
     # --- sending ---------------------------------------------------------------------
@@ -264,6 +283,8 @@ class Broker:
         record = Record(self.allocate_ids(1), queue, data)
         self.records[record.id] = record
         queue.enqueued += 1
+        queue.payload_bytes += len(data)
+        self.payload_bytes += len(data)
         self._delay(record, delay_ms, now)
         if self.journal is not None:
             self.journal.add(queue.name, record.id, data, due_ms=now_ms() + delay_ms)
@@ -359,43 +380,45 @@ class Broker:
 
     # --- settling --------------------------------------------------------------------
 
-    def confirm(self, id_: int) -> Outcome:
-        """Acknowledge a message by id."""
+    def confirm(self, id_: int, held: Holding) -> Outcome:
+        """Acknowledge message ``id_`` on behalf of ``held``, which must hold it in flight: a
+        message in anyone else's hands, or ready again, is not settled (`elsewhere` says why)."""
         record = self.records.get(id_)
         if record is None:
             block = self.blocks.find(id_)
-            if block is None or not block.holds(id_):
-                return Outcome.NO_SUCH_MESSAGE
+            if block is None or block.held is not held or not block.holds(id_):
+                return Outcome.NO_SUCH_MESSAGE  # a block's member is a first delivery: never requeued
             self._settle(block, (id_,))
             return Outcome.NO_SUCH_MESSAGE if block.queue.deleted else Outcome.DONE
-        if record.queue.deleted and record.held is None:
-            return Outcome.NO_SUCH_MESSAGE
-        held = record.held
-        if held is None:  # ready or delayed: requeued if it was ever handed out
-            return Outcome.REQUEUED if record.deliveries else Outcome.NO_SUCH_MESSAGE
+        if record.held is not held:
+            return elsewhere(record)
         del self.records[id_]
         del held[id_]
         record.held = None
-        record.data = b""  # a stale lane entry may keep the record a while
+        queue = record.queue
         if record.lease:
             self._timed -= 1
             record.lease = 0  # its lane entry goes stale
-        queue = record.queue
         if queue.deleted:
+            record.data = b""
             return Outcome.NO_SUCH_MESSAGE
+        size = len(record.data)
+        record.data = b""  # a stale lane entry may keep the record a while
+        queue.payload_bytes -= size
+        self.payload_bytes -= size
         queue.confirmed += 1
         if self.journal is not None:
             self.journal.remove(id_)
         return Outcome.DONE
 
-    def confirm_many(self, ids: tuple[int, ...]) -> bytes:
-        """Acknowledge messages by id; return one `Outcome` byte each.
+    def confirm_many(self, ids: tuple[int, ...], held: Holding) -> bytes:
+        """Acknowledge messages by id on behalf of ``held``; return one `Outcome` byte each.
 
-        The usual case, a confirm of messages read together (distinct held members of one
-        block of a live queue), settles them at once; any other goes id by id.
+        The usual case, a confirm of messages read together (distinct members of one block
+        ``held`` holds, of a live queue), settles them at once; any other goes id by id.
         """
         block = self.blocks.find(ids[0]) if ids else None
-        if block is not None and not block.queue.deleted:
+        if block is not None and block.held is held and not block.queue.deleted:
             first, end = block.first_id, block.end
             if block.live == end - first == len(ids) and ids == tuple(range(first, end)):  # whole: no set needed
                 self._settle(block, ids)
@@ -408,15 +431,16 @@ class Broker:
             ):  # fmt: skip
                 self._settle(block, ids)
                 return bytes(len(ids))
-        return bytes(map(self.confirm, ids))
+        return bytes([self.confirm(id_, held) for id_ in ids])
 
-    def confirm_column(self, ids: bytes) -> bool:
-        """Confirm a whole block, its ids given as the u64 column it was read with (what a consumer
-        that confirms a batch as it read it sends): True if they were that, else False, having done
-        nothing (`confirm_many` then settles them id by id)."""
+    def confirm_column(self, ids: bytes, held: Holding) -> bool:
+        """Confirm a whole block ``held`` holds, its ids given as the u64 column it was read with (what a
+        consumer that confirms a batch as it read it sends): True if they were that, else False, having
+        done nothing (`confirm_many` then settles them id by id)."""
         block = self.blocks.find(int.from_bytes(ids[:8], "big"))
         if (
             block is None
+            or block.held is not held
             or block.slab is None
             or block.slab[0] != ids
             or block.live != block.end - block.first_id
@@ -428,12 +452,15 @@ class Broker:
 
     def _settle(self, block: Block, ids: tuple[int, ...] | range) -> None:
         """Confirm distinct held members of a block (none of them confirmed, if its queue was deleted)."""
-        self._depart(block, ids)
         queue = block.queue
         if not queue.deleted:
+            size = block.size(ids)
+            queue.payload_bytes -= size
+            self.payload_bytes -= size
             queue.confirmed += len(ids)
             if self.journal is not None:
                 self.journal.remove_many(ids)
+        self._depart(block, ids)
 
     def _depart(self, block: Block, ids: tuple[int, ...] | list[int] | range) -> None:
         """Mark distinct held members as gone from their block; retire it when none is left."""
@@ -483,9 +510,10 @@ class Broker:
                 records.append(entry)
         return records
 
-    def touch(self, id_: int, timeout_ms: int, now: float) -> Outcome:
-        """Move an in-flight message's deadline to ``now + timeout_ms`` (0: no timeout)."""
-        record = self._in_flight(id_)
+    def touch(self, id_: int, timeout_ms: int, now: float, held: Holding) -> Outcome:
+        """Move the deadline of message ``id_``, which ``held`` holds in flight, to ``now + timeout_ms``
+        (0: no timeout)."""
+        record = self._in_flight(id_, held)
         if not isinstance(record, Record):
             return record
         if record.lease:
@@ -495,26 +523,28 @@ class Broker:
             self.set_deadline(record, timeout_ms, now)
         return Outcome.DONE
 
-    def release(self, id_: int, delay_ms: int, now: float) -> Outcome:
-        """Give an in-flight message back now (to the front) or after ``delay_ms`` (to the back)."""
-        record = self._in_flight(id_)
+    def release(self, id_: int, delay_ms: int, now: float, held: Holding) -> Outcome:
+        """Give message ``id_``, which ``held`` holds in flight, back now (to the front of its queue)
+        or after ``delay_ms`` (to the back)."""
+        record = self._in_flight(id_, held)
         if not isinstance(record, Record):
             return record
         self.requeue([record], now, delay_ms)
         return Outcome.DONE
 
-    def _in_flight(self, id_: int) -> Record | Outcome:
-        """The record of in-flight message ``id_`` (split off its block), or the outcome that says why there is none."""
+    def _in_flight(self, id_: int, held: Holding) -> Record | Outcome:
+        """The record of message ``id_`` that ``held`` holds in flight (split off its block), or the
+        outcome that says why there is none."""
         record = self.records.get(id_)
         if record is None:
             block = self.blocks.find(id_)
-            if block is None or block.queue.deleted or not block.holds(id_):
+            if block is None or block.held is not held or block.queue.deleted or not block.holds(id_):
                 return Outcome.NO_SUCH_MESSAGE
             return self._split(block, [id_])[0]
+        if record.held is not held:
+            return elsewhere(record)
         if record.queue.deleted:
             return Outcome.NO_SUCH_MESSAGE
-        if record.held is None:  # ready or delayed: requeued if it was ever handed out
-            return Outcome.REQUEUED if record.deliveries else Outcome.NO_SUCH_MESSAGE
         return record
 
     def requeue(self, entries: Iterable[Entry], now: float, delay_ms: int = 0) -> int:
@@ -561,9 +591,13 @@ class Broker:
         return self.requeue(records, now)
 
     def _dead_letter(self, record: Record, now: float) -> None:
+        # Its bytes leave its queue and, unless the dead-letter queue is full, join that one: a move
+        # that leaves the server's total as it was is never refused for the memory budget.
         queue = record.queue
         del self.records[record.id]
         queue.dead_lettered += 1
+        queue.payload_bytes -= len(record.data)
+        self.payload_bytes -= len(record.data)
         if self.journal is not None:
             self.journal.remove(record.id)
         target = self.queues.get(queue.dead_letter) if queue.dead_letter else None

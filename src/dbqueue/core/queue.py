@@ -141,6 +141,15 @@ class Block:
         """Whether member ``id_`` (in range) is still held as part of this block."""
         return self.held is not None and (self.gone is None or id_ not in self.gone)
 
+    def size(self, ids: tuple[int, ...] | list[int] | range) -> int:
+        """The payload bytes of these members (all of them, as read, without a step per message)."""
+        if len(ids) == self.end - self.first_id:  # every member: the whole block as it was read
+            if self.items is None:
+                return len(self.slab[2])  # type: ignore[index]  # no items: taken from a slab, so it has one
+            return sum(map(len, self.items))
+        payloads, first = self.payloads, self.first_id
+        return sum([len(payloads[id_ - first]) for id_ in ids])
+
     def members(self) -> list[int]:
         """The ids of the members still held as part of this block, in order."""
         gone = self.gone
@@ -276,6 +285,7 @@ class Owner(Protocol):
     records: dict[int, Record]
     blocks: BlockIndex
     journal: Journal | None
+    payload_bytes: int  # the payload bytes of every live queue's messages
 
     def allocate_ids(self, count: int) -> int: ...
 
@@ -295,10 +305,11 @@ def _fitting(lengths: list[int], room: int, first: bool) -> tuple[int, int]:
 
 
 class Queue:
-    """One named queue. ``count`` is every message it holds: ready, in flight and delayed."""
+    """One named queue. ``count`` is every message it holds: ready, in flight and delayed, and
+    ``payload_bytes`` their payloads' bytes (added up over every live queue in the broker's)."""
 
     __slots__ = (
-        "name", "capacity", "max_deliveries", "dead_letter", "deleted",
+        "name", "capacity", "max_deliveries", "dead_letter", "deleted", "payload_bytes",
         "ready", "delayed", "enqueued", "confirmed", "requeued", "dead_lettered", "purged", "consumers",
         "waiters", "waiting", "_segments", "_tail", "_next_id", "_block_end",
         "_broker", "_records", "_blocks", "journal",
@@ -312,6 +323,7 @@ class Queue:
         self.max_deliveries = max_deliveries  # 0: no limit
         self.dead_letter = dead_letter
         self.deleted = False
+        self.payload_bytes = 0
         self.ready = 0
         self.delayed = 0
         self.enqueued = 0
@@ -361,6 +373,9 @@ class Queue:
         self._next_id = id_ + 1
         self.ready += 1
         self.enqueued += 1
+        size = len(data)
+        self.payload_bytes += size
+        self._broker.payload_bytes += size
         if self.journal is not None:
             self.journal.add(self.name, id_, data)
         return id_
@@ -381,6 +396,9 @@ class Queue:
             start += len(chunk)
         self.ready += len(items)
         self.enqueued += len(items)
+        size = sum(map(len, items))
+        self.payload_bytes += size
+        self._broker.payload_bytes += size
         if self.journal is not None:
             self.journal.add_many(self.name, ids, items)
         return ids
@@ -415,6 +433,8 @@ class Queue:
         self._tail = None  # a message sent next starts a run behind the slab
         self.ready += count
         self.enqueued += count
+        self.payload_bytes += len(data)
+        self._broker.payload_bytes += len(data)
         return columns[0] if len(columns) == 1 else b"".join(columns)
 
     def take(self, held: Holding) -> Record | None:
@@ -546,12 +566,23 @@ class Queue:
         self.ready += 1
 
     def drop_ready(self) -> list[Record]:
-        """Drop every ready message; return the records among them."""
-        records = self.returned
+        """Drop every ready message (their bytes leave ``payload_bytes``; the caller updates the broker's
+        total); return the records among them."""
+        records: list[Record] = []
+        size = 0
+        for segment in self._segments:
+            if isinstance(segment, Run):
+                size += sum(map(len, segment.items))
+            elif isinstance(segment, Slab):
+                size += len(segment.data) - segment.offset
+            else:
+                size += len(segment.data)
+                records.append(segment)
         self._segments.clear()
         self._tail = None
         self.purged += self.ready
         self.ready = 0
+        self.payload_bytes -= size
         return records
 
     def stats(self) -> dict[str, Any]:

@@ -34,6 +34,7 @@ __all__ = [
     "HEADER_RAW_ID",
     "LENGTH_FIELD",
     "PROTOCOL_VERSION",
+    "OLDEST_PROTOCOL_VERSION",
     "DEFAULT_MAX_MESSAGE_SIZE",
     "MAX_QUEUE_NAME",
     "BODY_OVERHEAD",
@@ -52,7 +53,11 @@ HEADER_SIZE = HEADER.size  # 12
 LENGTH_FIELD = slice(HEADER_SIZE - 4, HEADER_SIZE)  # where a header holds body_length (a u32, last)
 # The same header with the request id as its 4 wire bytes: what bulk codecs cut and copy into replies.
 HEADER_RAW_ID = struct.Struct(">BBH4sI")
-PROTOCOL_VERSION = 1
+# Version 2: a confirm, touch or release settles only a message in flight with the connection that
+# sends it (in version 1, any connection's). A Hello below OLDEST_PROTOCOL_VERSION is refused, so that
+# a client written for the old rule learns at once that it does not hold here.
+PROTOCOL_VERSION = 2
+OLDEST_PROTOCOL_VERSION = 2
 DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
 MAX_QUEUE_NAME = 255
 # Room in a body for everything but the payload: a length-prefixed queue name

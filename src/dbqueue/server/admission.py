@@ -9,17 +9,31 @@ limit is compared in one place, with one comparison, so no two paths can
 disagree on it.
 
 * **send** (`admit_send`: ENQUEUE, alone or in a run, ENQUEUE_BATCH,
-  ENQUEUE_DELAYED): the queue exists, and no message in the request is larger
-  than ``max_message_size``.
+  ENQUEUE_DELAYED): the queue exists, no message in the request is larger
+  than ``max_message_size``, the store can commit (``store_unavailable``:
+  `StoreUnavailable`), and the request's payload bytes fit: within the
+  server's ``memory_budget`` over every queue (`OverMemoryBudget`: refused
+  when ``queued + request > budget``) and within the queue's byte capacity
+  (`QueueFull`, answered with a Full frame like a queue full of messages:
+  refused when ``queue's bytes + request > capacity``). Queued bytes are
+  every payload the queues hold, ready, in flight or delayed, counted by the
+  queue logic as they come and go (`Queue.payload_bytes`), so reads and
+  confirms, never refused for bytes, drain them.
 * **read** (`admit_read`: READ, alone or in a run, READ_BATCH): the queue
   exists, and taking ``count`` more messages keeps the connection within
   ``max_in_flight``: refused when ``held + count > max_in_flight``. A read of
   an existing queue makes the connection one of its consumers, admitted or
   not (the queue's stats count it from the first read).
-* **a queue itself** (`admit_queue`: PURGE, STATS): the queue exists.
+* **a wait** (`admit_wait`: a READ or READ_BATCH that found nothing and would
+  wait): one more waiting read keeps the connection within
+  ``max_waiting_reads``: refused when ``waiting + 1 > max_waiting_reads``.
+* **a queue itself** (`admit_queue`: PURGE, STATS; `admit_change` for CREATE,
+  DELETE and PURGE, which change the store): the queue exists; the store can
+  commit.
 * Confirms, touches, releases and cancels name an id, not a queue: an id that
-  is not in flight is an outcome of the request, not a refusal, so there is
-  nothing to admit.
+  this connection does not hold in flight is an outcome of the request
+  (Requeued or NoSuchMessage), not a refusal, so there is nothing to admit.
+  They never change the store in a way a full disk forbids: they free room.
 
 What a fast path checks besides (a full queue, waiting reads, the output
 limit) are not refusals: they are the cases it leaves to the general path
@@ -28,13 +42,25 @@ because there the replies could differ from a batch's.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..core import Broker, Holding, Queue
-from ..errors import InvalidQueueName, LimitExceeded, MessageTooLarge, NoSuchQueue, RequestError
+from ..errors import (
+    InvalidQueueName,
+    LimitExceeded,
+    MessageTooLarge,
+    NoSuchQueue,
+    OverMemoryBudget,
+    QueueFull,
+    RequestError,
+    StoreUnavailable,
+)
 from .host import Host
 
-__all__ = ["Connection", "admit_queue", "admit_send", "admit_read", "no_such_queue", "too_large", "too_many_in_flight"]
+__all__ = [
+    "Connection", "admit_change", "admit_queue", "admit_send", "admit_read", "admit_wait", "no_such_queue",
+    "too_large", "too_many_in_flight",
+]  # fmt: skip
 
 
 class Connection(Protocol):
@@ -44,6 +70,9 @@ class Connection(Protocol):
     broker: Broker
     held: Holding  # the messages it holds in flight
     read_from: set[Queue]  # the queues it counts as a consumer of
+    waiting: dict[int, Any]  # its waiting reads, by request id
+    memory_budget: int  # `Limits.memory_budget`, copied
+    capacity_bytes: int  # `Limits.default_capacity_bytes`, copied (off: a number no sum reaches)
 
 
 def admit_queue(connection: Connection, name: bytes) -> Queue:
@@ -57,17 +86,40 @@ def admit_queue(connection: Connection, name: bytes) -> Queue:
     return queue
 
 
-def admit_send(connection: Connection, name: bytes, largest: int) -> Queue:
-    """Admit a send of messages up to ``largest`` bytes to queue ``name``; return the queue.
+def admit_change(connection: Connection) -> None:
+    """Admit a request that changes the store (CREATE, DELETE, PURGE; sends check it in `admit_send`).
 
-    Raises `NoSuchQueue` (`InvalidQueueName` for a name that is not UTF-8) or `MessageTooLarge`.
+    Raises `StoreUnavailable` while the store cannot commit.
     """
-    queue = connection.broker.queues.get(name)
+    reason = getattr(connection.server, "store_unavailable", None)
+    if reason is not None:
+        raise store_unavailable(reason)
+
+
+def admit_send(connection: Connection, name: bytes, largest: int, total: int) -> Queue:
+    """Admit a send of messages up to ``largest`` bytes each, ``total`` in all, to queue ``name``;
+    return the queue.
+
+    Raises `NoSuchQueue` (`InvalidQueueName` for a name that is not UTF-8), `MessageTooLarge`,
+    `StoreUnavailable`, `OverMemoryBudget` or `QueueFull` (no room for ``total`` more bytes).
+    """
+    broker = connection.broker
+    queue = broker.queues.get(name)
     if queue is None:
         raise no_such_queue(name)
-    limit = connection.server.max_message_size
+    server = connection.server
+    limit = server.max_message_size
     if largest > limit:
         raise too_large(largest, limit)
+    reason = getattr(server, "store_unavailable", None)
+    if reason is not None:
+        raise store_unavailable(reason)
+    if broker.payload_bytes + total > connection.memory_budget:
+        raise over_budget(connection.memory_budget)
+    if queue.payload_bytes + total > connection.capacity_bytes:
+        raise QueueFull(
+            f"queue {name.decode('utf-8', 'replace')!r} holds its limit of {connection.capacity_bytes} bytes"
+        )
     return queue
 
 
@@ -90,6 +142,18 @@ def admit_read(connection: Connection, name: bytes, count: int) -> Queue:
     return queue
 
 
+def admit_wait(connection: Connection, request_id: int) -> None:
+    """Admit a read that would wait: one more waiting read (a reused request id replaces its
+    older read, so it adds none) keeps the connection within ``max_waiting_reads``.
+
+    Raises `LimitExceeded`.
+    """
+    waiting = connection.waiting
+    limit = connection.server.limits.max_waiting_reads
+    if len(waiting) >= limit and request_id not in waiting:
+        raise LimitExceeded(f"this connection has its limit of {limit} waiting reads: wait for some to end first")
+
+
 def no_such_queue(name: bytes) -> RequestError:
     """The refusal of a request naming a queue that does not exist."""
     # Hot paths look names up as raw bytes; only a miss pays for the UTF-8 check.
@@ -107,3 +171,21 @@ def too_large(size: int, limit: int) -> MessageTooLarge:
 def too_many_in_flight(limit: int) -> LimitExceeded:
     """The refusal of a read by a connection that holds its limit of messages in flight."""
     return LimitExceeded(f"this connection holds its limit of {limit} messages in flight: confirm some first")
+
+
+def over_budget(budget: int) -> OverMemoryBudget:
+    """The refusal of a send that would take the queued payloads past the server's memory budget."""
+    return OverMemoryBudget(
+        f"the server's queues hold their memory budget of {budget} bytes of messages: "
+        "retry once consumers have drained some"
+    )
+
+
+def store_unavailable(reason: str) -> StoreUnavailable:
+    """The refusal of a change the store cannot commit now."""
+    return StoreUnavailable(f"the store cannot commit ({reason}): nothing was changed")
+
+
+def full_of_bytes(name: bytes, capacity: int) -> QueueFull:
+    """The refusal of a send to a queue whose payloads would pass its byte capacity."""
+    return QueueFull(f"queue {name.decode('utf-8', 'replace')!r} holds its limit of {capacity} bytes of messages")

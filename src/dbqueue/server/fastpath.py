@@ -41,8 +41,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
-from ..core import NO_BYTE_LIMIT, Block, Broker, Entry, Holding, Outcome, Queue, columns
-from ..errors import InvalidRequest, NoSuchMessage, RequestError
+from ..core import NO_BYTE_LIMIT, Block, Broker, Entry, Holding, Outcome, Queue, Waiter, columns
+from ..errors import ErrorCode, InvalidRequest, NoSuchMessage, RequestError
 from ..protocol.codecs import (
     ID_BODY,
     Run,
@@ -107,6 +107,9 @@ class FastPaths:
     broker: Broker
     held: Holding
     read_from: set[Queue]
+    waiting: dict[int, Waiter]
+    memory_budget: int
+    capacity_bytes: int
     last_active: float
     answer_now: bool  # with a store: the answer just built is reads' of stored messages only
 
@@ -128,8 +131,9 @@ class FastPaths:
             if not 0 < size < length:
                 return None
             name_end = _ENQUEUE_NAME + size
+            payload = length - NAME_SIZE - size
             try:
-                queue = admit_send(self, data[_ENQUEUE_NAME:name_end], length - NAME_SIZE - size)
+                queue = admit_send(self, data[_ENQUEUE_NAME:name_end], payload, payload)
             except RequestError:
                 return None
             if queue.waiters:
@@ -169,7 +173,7 @@ class FastPaths:
         if opcode == _CONFIRM and length == _CONFIRM_BODY:
             self.last_active = server.clock()
             (id_,) = _unpack_id(data, HEADER_SIZE)
-            return confirm_reply(request_id, id_, self.broker.confirm(id_))
+            return confirm_reply(request_id, id_, self.broker.confirm(id_, self.held))
         return None
 
     def handle_run(self, run: Run) -> bytes | None:
@@ -178,7 +182,7 @@ class FastPaths:
         needs that path (see the module's docstring), or holds a request `handle` would refuse."""
         if run.opcode == _CONFIRM:
             self.last_active = self.server.clock()
-            outcomes = self.broker.confirm_many(run.values)
+            outcomes = self.broker.confirm_many(run.values, self.held)
             if outcomes.count(_DONE) != len(outcomes):
                 return b"".join(map(confirm_reply, map(int.from_bytes, run.request_ids), run.values, outcomes))
             return bare_frames(_CONFIRMED, run.request_ids)
@@ -187,8 +191,9 @@ class FastPaths:
         return self._read_run(run.request_ids, run.key)
 
     def _enqueue_run(self, request_ids: tuple[bytes, ...], name: bytes, payloads: tuple[bytes, ...]) -> bytes | None:
+        size = len(payloads[0])  # every payload has the first one's size
         try:
-            queue = admit_send(self, name, len(payloads[0]))  # every payload has the first one's size
+            queue = admit_send(self, name, size, size * len(payloads))
         except RequestError:
             return None
         if not queue.has_room(len(payloads)) or queue.waiters:  # with waiting reads: each message wakes one
@@ -234,14 +239,14 @@ class FastPaths:
             return None
         name, lengths, data, longest = split
         try:
-            queue = admit_send(self, name, longest)
+            queue = admit_send(self, name, longest, len(data))
         except RequestError:
             return None
         ids = self.broker.enqueue_columns(queue, lengths, data, now)
         return objects_queued_frame(request_id, ids) if ids is not None else None
 
     def _confirm_columns(self, request_id: int, body: bytes, now: float) -> bytes | None:
-        if not self.broker.confirm_column(body):
+        if not self.broker.confirm_column(body, self.held):
             return None
         return confirm_results_frame(request_id, bytes(len(body) // U64.size))  # every outcome DONE
 
@@ -292,10 +297,14 @@ def confirm_reply(request_id: int, id_: int, outcome: int) -> bytes:
 
 
 def refusal(request_id: int, error: RequestError) -> bytes:
-    """The Error frame that refuses a request."""
+    """The Error frame that refuses a request (a Full frame for a full queue: a send's answer
+    when its queue has no room, in messages or in bytes)."""
+    if error.code == ErrorCode.QUEUE_FULL:
+        return pack_bare_frame(MAGIC, _FULL, 0, request_id, 0)
     return error_frame(request_id, error.code, error.message)
 
 
 def no_such_message(id_: int) -> NoSuchMessage:
-    """The refusal of a request naming a message that is not in flight."""
+    """The refusal of a request naming a message that this connection does not hold in flight
+    (nor held before it went back or on: then the answer is Requeued)."""
     return NoSuchMessage(f"message {id_} is not in flight (never read, already confirmed, or its queue was deleted)")

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..core import Broker
+from .limits import Limits
 
 __all__ = ["Host", "RequestRecorder", "CommitLog"]
 
@@ -39,6 +40,10 @@ class Host(Protocol):
 
     @property
     def broker(self) -> Broker: ...
+
+    # --- every limit; the server copies those read on every request to the plain attributes below
+    @property
+    def limits(self) -> Limits: ...
 
     # --- limits (read on every request: plain attributes on the server)
     @property
@@ -79,6 +84,11 @@ class Host(Protocol):
 
     @property
     def store(self) -> CommitLog | None: ...
+
+    # None while the store can commit, else why it cannot ("the disk is full"): sends, creates, deletes
+    # and purges are refused with StoreUnavailable meanwhile. (Read with getattr until `Server` has it.)
+    @property
+    def store_unavailable(self) -> str | None: ...
 
     def stats(self) -> dict[str, object]:
         """Server-wide figures and every queue's, as LIST_QUEUES answers them."""

@@ -57,6 +57,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import weakref
 from collections.abc import Callable
 from functools import partial
 from time import perf_counter
@@ -81,13 +82,14 @@ from ..protocol.frames import (
     HEADER_SIZE,
     LENGTH_FIELD,
     MAGIC,
+    OLDEST_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
     Frame,
     Op,
     framing_failure,
 )
 from ..protocol.layouts import MESSAGE_FIELDS
-from .admission import admit_queue, admit_read, admit_send, no_such_queue
+from .admission import admit_queue, admit_read, admit_send, admit_wait, no_such_queue
 from .fastpath import FastPaths, confirm_reply, messages_reply, no_such_message, refusal
 from .host import Host
 from .security import PRE_AUTH_MAX_BODY
@@ -100,6 +102,21 @@ log = logging.getLogger("dbqueue.server")
 _ENQUEUE, _READ, _CONFIRM = int(Op.ENQUEUE), int(Op.READ), int(Op.CONFIRM)  # as RequestReader tags them
 _OBJECT_QUEUED, _MESSAGE, _FULL, _EMPTY = int(Op.OBJECT_QUEUED), int(Op.MESSAGE), int(Op.FULL), int(Op.EMPTY)
 _MESSAGE_FIXED = MESSAGE_FIELDS.size  # a MESSAGE body's length besides its payload
+_NO_BYTE_LIMIT = 1 << 62  # a byte limit that is off, as a number every sum stays below
+
+_SPOKEN = (
+    f"version {PROTOCOL_VERSION}"
+    if OLDEST_PROTOCOL_VERSION == PROTOCOL_VERSION
+    else f"versions {OLDEST_PROTOCOL_VERSION}-{PROTOCOL_VERSION}"
+)
+_VERSION_REFUSED = (
+    "protocol version {} is not supported: this server speaks " + _SPOKEN + " (since version 2 a confirm, "
+    "touch or release settles only a message held by the connection that sends it): upgrade the client"
+)
+
+# Each server's connections that have not passed their Hello yet (only a server with a token has
+# any): kept here, beside the handshake they are in, rather than on the server.
+_strangers: weakref.WeakKeyDictionary[Any, set[Session]] = weakref.WeakKeyDictionary()
 
 # A handler off the hot path: (session, decoded request, request id, now) -> its response, or its
 # frame, or None for an answer that comes later; it raises RequestError to refuse.
@@ -114,7 +131,7 @@ class Session(FastPaths, asyncio.Protocol):
         self.broker = server.broker
         self.reader = RequestReader(server.max_message_size + BODY_OVERHEAD)
         self.held = Holding()  # in-flight messages this connection read, in read order
-        self.waiting: dict[int, Waiter] = {}  # its waiting reads by request id (some may be retired)
+        self.waiting: dict[int, Waiter] = {}  # its waiting reads by request id, each until it is answered
         self.read_from: set[Queue] = set()  # queues it counts as a consumer of
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
@@ -123,6 +140,11 @@ class Session(FastPaths, asyncio.Protocol):
         self.done = False  # failed authentication or lost framing: read nothing more
         self.answer_now = False  # with a store: the answer just built is reads' of stored messages only
         self.last_active = 0.0
+        self.handshake: asyncio.TimerHandle | None = None  # the Hello's deadline, while it has not passed
+        # Copies of the byte limits a send is admitted against (off: a number no sum reaches).
+        limits = server.limits
+        self.memory_budget = limits.memory_budget
+        self.capacity_bytes = limits.default_capacity_bytes or _NO_BYTE_LIMIT
 
     # --- asyncio callbacks -----------------------------------------------------------
 
@@ -132,15 +154,48 @@ class Session(FastPaths, asyncio.Protocol):
         peer = connected.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         server = self.server
-        if len(server.sessions) >= server.max_connections:
-            log.warning("refusing %s: %d connections open, the limit", self.peer, len(server.sessions))
-            too_many = LimitExceeded(f"the server holds its limit of {server.max_connections} connections")
-            connected.write(refusal(0, too_many))
-            connected.close()
-            return
+        if self.authenticated:
+            if len(server.sessions) - len(_strangers.get(server, ())) >= server.max_connections:
+                self._refuse(connected, 0, _too_many(server.max_connections))
+                return
+        else:  # a token is wanted: a stranger until its Hello passes, on a quota and a deadline of its own
+            strangers = _strangers.get(server)
+            if strangers is None:
+                strangers = _strangers[server] = set()
+            limits = server.limits
+            if len(strangers) >= limits.max_unauthenticated:
+                quota = limits.max_unauthenticated
+                self._refuse(connected, 0, f"the server holds its limit of {quota} connections not authenticated yet")
+                return
+            strangers.add(self)
+            self.handshake = asyncio.get_running_loop().call_later(limits.handshake_timeout, self._too_slow)
         server.sessions.add(self)
         self.last_active = server.clock()
         log.debug("connection from %s", self.peer)
+
+    def _refuse(self, transport: asyncio.Transport, request_id: int, why: str) -> None:
+        """Refuse a connection the server has no place for: a LimitExceeded error, then close."""
+        log.warning("refusing %s: %s", self.peer, why)
+        transport.write(refusal(request_id, LimitExceeded(why)))
+        transport.close()
+        self.done = True
+
+    def _too_slow(self) -> None:
+        """The Hello's deadline passed: close a connection that has not authenticated by now."""
+        self.handshake = None
+        if self.authenticated or self.done or self.transport is None:
+            return
+        timeout = self.server.limits.handshake_timeout
+        message = f"authentication failed: no Hello with the server's token within {timeout:g} s"
+        self._shut(self.transport, 0, ErrorCode.NOT_AUTHENTICATED, message, "no Hello in time")
+
+    def _admitted(self) -> None:
+        """The Hello passed: the connection leaves the strangers for the authenticated connections."""
+        self.authenticated = True
+        _strangers[self.server].discard(self)
+        if self.handshake is not None:
+            self.handshake.cancel()
+            self.handshake = None
 
     def data_received(self, data: bytes) -> None:
         transport = self.transport
@@ -195,7 +250,7 @@ class Session(FastPaths, asyncio.Protocol):
 
     def waiters_active(self) -> bool:
         """Whether a waiting read is parked for this connection (it is not idle then)."""
-        return any(waiter.active for waiter in self.waiting.values())
+        return bool(self.waiting)
 
     def _authenticate(self, data: bytes, transport: asyncio.Transport) -> bytes:
         """Before authentication: the first frame must be a Hello with the server's token.
@@ -240,8 +295,14 @@ class Session(FastPaths, asyncio.Protocol):
             except RequestError as exc:  # an unsupported version: refused like any Hello
                 self.server.send(transport, refusal(request_id, exc))
                 return False
-            self.authenticated = True
-            self.server.send(transport, reply)
+            self._admitted()
+            server = self.server
+            if len(server.sessions) - len(_strangers[server]) > server.max_connections:
+                self._refuse(
+                    transport, request_id, f"the server holds its limit of {server.max_connections} connections"
+                )
+                return False
+            server.send(transport, reply)
             return True
         reason = (
             "a wrong token" if hello is not None and hello.token else "no token" if hello is not None else "no Hello"
@@ -269,6 +330,13 @@ class Session(FastPaths, asyncio.Protocol):
         """
         self.server.sessions.discard(self)
         self.done = True
+        if not self.authenticated:
+            strangers = _strangers.get(self.server)
+            if strangers is not None:
+                strangers.discard(self)
+            if self.handshake is not None:
+                self.handshake.cancel()
+                self.handshake = None
         broker = self.broker
         for waiter in self.waiting.values():
             broker.cancel_wait(waiter)
@@ -309,7 +377,7 @@ class Session(FastPaths, asyncio.Protocol):
         for opcode, request_id, a, b in requests:
             if opcode == _ENQUEUE:
                 try:
-                    queue = admit_send(self, a, len(b))
+                    queue = admit_send(self, a, len(b), len(b))
                 except RequestError as exc:
                     append(refusal(request_id, exc))
                     continue
@@ -344,12 +412,17 @@ class Session(FastPaths, asyncio.Protocol):
                         self._overflow(output)
                         break
                 elif wait_ms:
+                    try:
+                        admit_wait(self, request_id)
+                    except RequestError as exc:
+                        append(refusal(request_id, exc))
+                        continue
                     self._wait(queue, request_id, timeout_ms, 0, wait_ms, now)
                     timed = True
                 else:
                     append(pack_bare_frame(MAGIC, _EMPTY, 0, request_id, 0))
             elif opcode == _CONFIRM:
-                append(confirm_reply(request_id, a, broker.confirm(a)))
+                append(confirm_reply(request_id, a, broker.confirm(a, held)))
             else:
                 reply = self._handle_other(a, now)
                 if reply:
@@ -389,8 +462,8 @@ class Session(FastPaths, asyncio.Protocol):
     # --- its frame), None for an answer that comes later, or raises RequestError to refuse.
 
     def _hello(self, request: msg.Hello, request_id: int, now: float) -> msg.Response:
-        if request.version < 1:
-            raise UnsupportedVersion(f"protocol version {request.version} is not supported (1-{PROTOCOL_VERSION})")
+        if request.version < OLDEST_PROTOCOL_VERSION:
+            raise UnsupportedVersion(_VERSION_REFUSED.format(request.version))
         return msg.HelloOk(min(request.version, PROTOCOL_VERSION), self.server.max_message_size, self.server.name)
 
     def _create(self, request: msg.CreateQueue, request_id: int, now: float) -> msg.Response:
@@ -416,12 +489,13 @@ class Session(FastPaths, asyncio.Protocol):
         return msg.MembersReply(tuple(self.server.members), self.server.member_index)
 
     def _enqueue_delayed(self, request: msg.EnqueueDelayed, request_id: int, now: float) -> msg.Response:
-        queue = admit_send(self, request.queue.encode(), len(request.data))
+        queue = admit_send(self, request.queue.encode(), len(request.data), len(request.data))
         id_ = self.broker.enqueue_delayed(queue, request.data, request.delay_ms, now)
         return msg.ObjectQueued(id_) if id_ >= 0 else msg.Full.INSTANCE
 
     def _enqueue_batch(self, request: msg.EnqueueBatch, request_id: int, now: float) -> msg.Response:
-        queue = admit_send(self, request.queue.encode(), max(map(len, request.items)))
+        sizes = list(map(len, request.items))
+        queue = admit_send(self, request.queue.encode(), max(sizes), sum(sizes))
         ids = self.broker.enqueue_batch(queue, list(request.items), now)
         return msg.ObjectsQueued(tuple(ids)) if ids is not None else msg.Full.INSTANCE
 
@@ -430,12 +504,13 @@ class Session(FastPaths, asyncio.Protocol):
         count = min(request.max_messages, self.server.max_in_flight - self.held.count)  # admitted: at least 1
         entries = self.broker.deliver_many(queue, count, request.timeout_ms, self.held, now)
         if not entries and request.wait_ms:
+            admit_wait(self, request_id)
             self._wait(queue, request_id, request.timeout_ms, count, request.wait_ms, now)
             return None
         return messages_reply(request_id, entries)
 
     def _confirm_batch(self, request: msg.ConfirmBatch, request_id: int, now: float) -> bytes:
-        return confirm_results_frame(request_id, self.broker.confirm_many(request.ids))
+        return confirm_results_frame(request_id, self.broker.confirm_many(request.ids, self.held))
 
     def _cancel(self, request: msg.Cancel, request_id: int, now: float) -> msg.Response:
         waiter = self.waiting.pop(request.request_id, None)
@@ -445,11 +520,11 @@ class Session(FastPaths, asyncio.Protocol):
         return msg.Cancelled.INSTANCE
 
     def _touch(self, request: msg.Touch, request_id: int, now: float) -> msg.Response:
-        outcome = self.broker.touch(request.id, request.timeout_ms, now)
+        outcome = self.broker.touch(request.id, request.timeout_ms, now, self.held)
         return _settled(outcome, request.id, msg.Touched.INSTANCE)
 
     def _release(self, request: msg.Release, request_id: int, now: float) -> msg.Response:
-        outcome = self.broker.release(request.id, request.delay_ms, now)
+        outcome = self.broker.release(request.id, request.delay_ms, now, self.held)
         return _settled(outcome, request.id, msg.Released.INSTANCE)
 
     # --- waiting reads ---------------------------------------------------------------
@@ -457,17 +532,19 @@ class Session(FastPaths, asyncio.Protocol):
     def _wait(
         self, queue: Queue, request_id: int, timeout_ms: int, max_messages: int, wait_ms: int, now: float
     ) -> None:
-        """Park a read; ``max_messages`` 0 means a single READ (answered with Message/Empty)."""
-        if len(self.waiting) > 32:
-            self.waiting = {rid: waiter for rid, waiter in self.waiting.items() if waiter.active}
+        """Park a read (admitted by `admit_wait`); ``max_messages`` 0 means a single READ (answered
+        with Message/Empty). ``waiting`` lists it until it is answered (`_wake` takes it out)."""
         earlier = self.waiting.get(request_id)
-        if earlier is not None and earlier.active:  # the client reused a request id: answer the older read now
+        if earlier is not None:  # the client reused a request id: answer the older read now
             self.broker.cancel_wait(earlier)
             earlier.wake([])
         wake = partial(self._wake, request_id, max_messages)
         self.waiting[request_id] = self.broker.wait(queue, self.held, timeout_ms, max_messages or 1, wait_ms, now, wake)
 
     def _wake(self, request_id: int, max_messages: int, entries: list[Entry] | None) -> None:
+        # Every read that stops waiting comes here (answered, timed out, cancelled, its queue
+        # deleted, its request id reused), except on `release`, which forgets them all at once.
+        self.waiting.pop(request_id, None)
         self.last_active = self.server.clock()  # an answered wait restarts the idle clock
         transport = self.transport
         if transport is None or transport.is_closing():
@@ -506,6 +583,10 @@ _HANDLERS: dict[type, Handler] = {
     msg.Release: Session._release,
     msg.Cancel: Session._cancel,
 }
+
+
+def _too_many(limit: int) -> str:
+    return f"the server holds its limit of {limit} connections"
 
 
 def _settled(outcome: Outcome, id_: int, done: msg.Response) -> msg.Response:
