@@ -1,24 +1,32 @@
 """The blocking group client, `GroupClient`, and its pipeline, `GroupPipeline`.
 
 Each member has a blocking `Client`; the routing is `plans`. A waiting read on
-every member at once runs over a selector on the members' sockets. Members due
-for a reconnect are retried on threads of their own, so a member that accepts
-connections but never answers does not stall the caller.
+every member at once sends one to each and waits for the first answer
+(`sync.wait_for_any`). Members due for a reconnect are retried on threads of
+their own, so a member that accepts connections but never answers does not
+stall the caller.
+
+Threads: any number may share one `GroupClient`. Each member's `Client` is
+thread-safe already; what the group adds is its bookkeeping (`plans.Members`:
+which member is up, the round-robin turn, the queues to create again), which
+the plans leave to their caller to guard. It is read and changed under one
+lock, held only while no I/O runs. A member found broken is marked down only
+if it still has the client that failed: a thread that fails late on a member's
+old connection must not mark down the new one another thread made meanwhile.
 """
 
 from __future__ import annotations
 
-import selectors
 import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, Self, TypeVar
 
-from ...errors import ConnectionLost, DbQueueError, ProtocolError, RequestError
+from ...errors import ConnectionLost, DbQueueError, RequestError
 from ...protocol import messages as msg
 from ..commands import Commands, Decode, parse_address, result_of
-from ..sync import Client, PipelinedClient
+from ..sync import Client, wait_for_any
 from .plans import (
     ANSWERS_AS_VALUES,
     CONNECTION_FAILURES,
@@ -47,6 +55,10 @@ T = TypeVar("T")
 class GroupClient:
     """A blocking client for a group of servers; see `dbqueue.client.group` for the routing.
 
+    Thread-safe: any number of threads may share one group client, as they
+    may a `Client`; a waiting read in one thread holds up none of the others,
+    and `close` from any thread fails the calls still waiting with `ConnectionLost`.
+
     >>> group = GroupClient.connect(["127.0.0.1:3000", "127.0.0.1:3001"])
     >>> group.create("jobs"); group.send("jobs", b"x"); message = group.read("jobs", 30_000, wait_ms=5000)
     """
@@ -59,7 +71,9 @@ class GroupClient:
         token: str | bytes | None = None,
         tls: bool | ssl.SSLContext | None = None,
     ) -> None:
-        self._members = members
+        self._members = members  # read and changed under _lock only
+        self._lock = threading.Lock()  # never held across I/O
+        self._closed = False
         self._timeout = timeout
         self._token = token  # for every member
         self._tls = tls
@@ -99,7 +113,9 @@ class GroupClient:
     def _reconnect(self, wait: bool = False) -> None:
         """Reconnect to members due for a retry: in the background, so that a member that
         accepts connections but does not answer never stalls a call (``wait``: inline, at connect)."""
-        for position in self._members.claim_retries(time.monotonic()):
+        with self._lock:
+            due = [] if self._closed else self._members.claim_retries(time.monotonic())
+        for position in due:
             if wait:
                 self._connect_member(position)
             else:
@@ -111,29 +127,68 @@ class GroupClient:
         try:
             client = Client.connect(members.addresses[position], self._timeout, token=self._token, tls=self._tls)
             index = client.members().index
-            for name, options in list(members.created.items()):
-                client.create(
-                    name,
-                    options.capacity,
-                    max_deliveries=options.max_deliveries,
-                    dead_letter_queue=options.dead_letter_queue,
-                )
+            created: dict[str, QueueOptions] = {}
+            while True:
+                # Queues created meanwhile (on the members that were up) are created here too.
+                with self._lock:
+                    missing = {
+                        name: options for name, options in members.created.items() if created.get(name) != options
+                    }
+                    if not missing:
+                        if self._closed:
+                            break
+                        members.connected(position, client, index)
+                        return
+                for name, options in missing.items():
+                    client.create(
+                        name,
+                        options.capacity,
+                        max_deliveries=options.max_deliveries,
+                        dead_letter_queue=options.dead_letter_queue,
+                    )
+                created.update(missing)
         except (DbQueueError, OSError) as exc:
             if client is not None:  # connected, then refused: the next retry opens a new one
                 client.close()
-            members.connect_failed(position, exc, time.monotonic())
+            with self._lock:
+                members.connect_failed(position, exc, time.monotonic())
             return
-        members.connected(position, client, index)
+        client.close()  # the group was closed while this member was connecting
+
+    def _client(self, position: int) -> Client:
+        """The client of the member at ``position``. Raises `ConnectionLost` if it is down."""
+        with self._lock:
+            return self._members.client(position)
+
+    def _up(self) -> list[int]:
+        with self._lock:
+            return self._members.up()
+
+    def _next_member(self, key: bytes | str | None) -> int:
+        """A live member for a send or a pipelined read (by ``key``, else round-robin). Raises `ConnectionLost`."""
+        with self._lock:
+            return member_for_send(key, self._members.next_turn(), self._members.up())
+
+    def _holder(self, id_: int) -> int:
+        with self._lock:
+            return self._members.holder(id_)
+
+    def _member_failed(self, position: int, client: Client) -> None:
+        """Close the member's broken client and mark the member down, unless another thread did so
+        already, or has connected to it again since. Raises nothing."""
+        client.close()
+        with self._lock:
+            if self._members.clients[position] is client:
+                self._members.mark_down(position, time.monotonic())
 
     def _on_member(self, position: int, call: Callable[[Client], T]) -> T:
         """Return ``call`` of the member at ``position``'s client; a connection failure marks it down
         and is raised, as is a refusal."""
-        client = self._members.client(position)
+        client = self._client(position)
         try:
             return call(client)
         except CONNECTION_FAILURES:
-            client.close()
-            self._members.mark_down(position, time.monotonic())
+            self._member_failed(position, client)
             raise
 
     def _answer(self, position: int, call: Callable[[Client], T]) -> T | Exception:
@@ -146,7 +201,7 @@ class GroupClient:
     def _on_every_member(self, call: Callable[[Client], T]) -> list[T | RequestError]:
         """``call`` on every live member, one after the other; see `plans.fan_out_answers`."""
         self._reconnect()
-        return fan_out_answers([self._answer(position, call) for position in self._members.up()])
+        return fan_out_answers([self._answer(position, call) for position in self._up()])
 
     # --- queues ------------------------------------------------------------------------
 
@@ -161,7 +216,8 @@ class GroupClient:
         """Create the queue on every member (``capacity`` applies per member); a member that comes
         back gets it again. Returns None. Raises as `Client.create`, or `ConnectionLost` if no
         member is reachable."""
-        self._members.created[name] = QueueOptions(capacity, max_deliveries, dead_letter_queue)
+        with self._lock:
+            self._members.created[name] = QueueOptions(capacity, max_deliveries, dead_letter_queue)
         create_result(
             self._on_every_member(
                 lambda client: client.create(
@@ -173,7 +229,8 @@ class GroupClient:
     def delete(self, name: str) -> None:
         """Delete the queue on every member. Returns None. Raises `NoSuchQueue` only if no member had
         it, `ConnectionLost` if no member is reachable."""
-        self._members.created.pop(name, None)
+        with self._lock:
+            self._members.created.pop(name, None)
         delete_result(self._on_every_member(lambda client: client.delete(name)))
 
     def purge(self, name: str) -> int:
@@ -218,7 +275,9 @@ class GroupClient:
         self._reconnect()
         failover = Failover(self._members, key)
         while True:
-            answer = self._answer(failover.next_member(), call)
+            with self._lock:
+                position = failover.next_member()
+            answer = self._answer(position, call)
             if not failover.failed(answer):
                 return raise_or(answer)
 
@@ -239,7 +298,8 @@ class GroupClient:
 
     def _read_batch(self, name: str, max_messages: int, timeout_ms: int, wait_ms: int) -> list[msg.Message]:
         self._reconnect()
-        read = ReadPass(name, max_messages, self._members.up(), self._members.next_turn())
+        with self._lock:
+            read = ReadPass(name, max_messages, self._members.up(), self._members.next_turn())
         for position in read.order:
             if read.take(self._read_from(position, name, read.wanted(), timeout_ms)):
                 return read.found
@@ -251,68 +311,71 @@ class GroupClient:
         return self._answer(position, lambda client: client.read_batch(name, count, timeout_ms))
 
     def _wait_everywhere(self, name: str, max_messages: int, timeout_ms: int, wait_ms: int) -> list[msg.Message]:
-        """`WaitingRead` over a selector: each member's answer is taken as soon as it arrives."""
-        members = self._members
+        """`WaitingRead`: a waiting read sent to every member, each answer taken as soon as it arrives.
+
+        Once the read is over, the reads still waiting are abandoned (cancelled
+        on their members; a message one brings meanwhile is released).
+        """
         read = WaitingRead(max_messages)
         request = msg.ReadBatch(name, max_messages, timeout_ms, wait_ms)
-        waiting: dict[int, tuple[PipelinedClient, int]] = {}  # position -> (its connection, request id)
-        with selectors.DefaultSelector() as selector:
-            for position in members.up():
-                connection = members.client(position).connection
-                try:
-                    (request_id,) = connection.send_many([request])
-                except (ConnectionLost, OSError):
-                    members.mark_down(position, time.monotonic())
+        waiting: dict[int, tuple[Client, Any]] = {}  # position -> (its client, the call sent to it)
+        for position in self._up():
+            try:
+                client = self._client(position)
+            except ConnectionLost:
+                continue  # down since we looked
+            try:
+                (call,) = client.connection._submit([request])
+            except CONNECTION_FAILURES:
+                self._member_failed(position, client)
+                continue
+            waiting[position] = (client, call)
+        deadline = time.monotonic() + wait_ms / 1000.0 + (self._timeout or 60.0)
+        try:
+            while waiting and not read.over:
+                answered = [position for position, (_, call) in waiting.items() if call.done()]
+                if not answered:
+                    pending = [(client.connection, call) for client, call in waiting.values()]
+                    if not wait_for_any(pending, deadline):
+                        raise ConnectionLost("no member answered a waiting read in time")
                     continue
-                waiting[position] = (connection, request_id)
-                selector.register(connection.sock, selectors.EVENT_READ, position)
-            deadline = time.monotonic() + wait_ms / 1000.0 + (self._timeout or 60.0)
-            while waiting:
-                for key, _ in selector.select(max(0.0, deadline - time.monotonic())):
-                    position = key.data
-                    connection, request_id = waiting[position]
+                for position in answered:
+                    client, call = waiting.pop(position)
                     try:
-                        answers = dict(connection.receive_some())
-                    except (ConnectionLost, ProtocolError, OSError):
-                        selector.unregister(connection.sock)
-                        del waiting[position]
-                        members.mark_down(position, time.monotonic())
+                        response = client.connection._result(call, deadline)
+                    except CONNECTION_FAILURES:
+                        self._member_failed(position, client)
                         continue
-                    if request_id not in answers:
-                        continue
-                    selector.unregister(connection.sock)
-                    del waiting[position]
-                    read.take(list(result_of(answers[request_id], msg.Messages).messages))
-                    if read.over:
-                        for other_connection, other_id in waiting.values():
-                            # The server ends that wait now; a message it already sent is released.
-                            other_connection.abandon(other_id, cancel=True)
-                        for extra in read.extras():
-                            self.release(extra.id)
-                        return read.kept()
-                if time.monotonic() > deadline:
-                    raise ConnectionLost("no member answered a waiting read in time")
-        return []
+                    read.take(list(result_of(response, msg.Messages).messages))
+        finally:
+            for client, call in waiting.values():
+                client.connection._forsake(call)  # the member ends that wait now
+        if not read.over:
+            return []
+        for extra in read.extras():
+            self.release(extra.id)
+        return read.kept()
 
     def confirm(self, id: int) -> None:
         """Confirm at the member that handed the message out. Returns None. Raises as `Client.confirm`
         (`NoSuchMessage` also for an id from a member this client does not know)."""
-        self._on_member(self._members.holder(id), lambda client: client.confirm(id))
+        self._on_member(self._holder(id), lambda client: client.confirm(id))
 
     def touch(self, id: int, timeout_ms: int) -> None:
         """Touch at the member that handed the message out. Returns None. Raises as `Client.touch`."""
-        self._on_member(self._members.holder(id), lambda client: client.touch(id, timeout_ms))
+        self._on_member(self._holder(id), lambda client: client.touch(id, timeout_ms))
 
     def release(self, id: int, delay_ms: int = 0) -> None:
         """Release at the member that handed the message out. Returns None. Raises as `Client.release`."""
-        self._on_member(self._members.holder(id), lambda client: client.release(id, delay_ms))
+        self._on_member(self._holder(id), lambda client: client.release(id, delay_ms))
 
     def confirm_batch(self, ids: Iterable[int]) -> list[RequestError | None]:
         """Confirm each id at its member; return one result per id, in order (as `Client.confirm_batch`).
 
         Raises `ConnectionLost` if a member holding some of the ids is down.
         """
-        batch = ConfirmBatch(self._members, ids)
+        with self._lock:
+            batch = ConfirmBatch(self._members, ids)
         for position, member_ids in batch.calls:
             batch.take(member_ids, self._confirm_at(position, member_ids))
         return batch.results()
@@ -326,11 +389,15 @@ class GroupClient:
         return GroupPipeline(self)
 
     def close(self) -> None:
-        """Close every member's connection; messages they hold in flight go back to their queues.
+        """Close every member's connection, from any thread; messages they hold in flight go back to their
+        queues, and calls still waiting raise `ConnectionLost`. No member is connected again after.
         Returns None; raises nothing."""
-        for position in self._members.up():
-            self._members.client(position).close()
-            self._members.clients[position] = None
+        with self._lock:
+            self._closed = True
+            clients = [client for client in self._members.clients if client is not None]
+            self._members.clients = [None] * len(self._members.clients)
+        for client in clients:
+            client.close()
 
     def __enter__(self) -> Self:
         return self
@@ -356,10 +423,14 @@ class GroupPipeline:
     request order, errors as values (as `Pipeline`); a command queued for a
     member that is down gets `ConnectionLost`. Reads go to the members in turn
     and do not wait.
+
+    A pipeline belongs to the thread that fills it: it is not thread-safe.
+    Any number of threads may each run their own pipelines over one group
+    client at once.
     """
 
     def __init__(self, group: GroupClient) -> None:
-        self._members = group._members
+        self._group = group
         self._queued: list[tuple[int, tuple[msg.Request, Decode[Any]]]] = []  # (member position, the command)
 
     def send(self, name: str, data: bytes, *, delay_ms: int = 0, key: bytes | str | None = None) -> Self:
@@ -369,7 +440,7 @@ class GroupPipeline:
         `ConnectionLost` if no member is up.
         """
         call = _REQUESTS.send(name, data, delay_ms=delay_ms)
-        self._queued.append((member_for_send(key, self._members.next_turn(), self._members.up()), call))
+        self._queued.append((self._group._next_member(key), call))
         return self
 
     def read(self, name: str, timeout_ms: int = 0) -> Self:
@@ -379,7 +450,7 @@ class GroupPipeline:
         `ConnectionLost` if no member is up.
         """
         call = _REQUESTS.read(name, timeout_ms)
-        self._queued.append((member_for_send(None, self._members.next_turn(), self._members.up()), call))
+        self._queued.append((self._group._next_member(None), call))
         return self
 
     def confirm(self, id: int) -> Self:
@@ -388,7 +459,7 @@ class GroupPipeline:
         Returns the pipeline. Raises `NoSuchMessage` for an id from a member
         this client does not know.
         """
-        self._queued.append((self._members.holder(id), _REQUESTS.confirm(id)))
+        self._queued.append((self._group._holder(id), _REQUESTS.confirm(id)))
         return self
 
     def __len__(self) -> int:
@@ -406,10 +477,11 @@ class GroupPipeline:
         by_member: dict[int, list[int]] = {}  # member position -> places in the request order
         for place, (position, _) in enumerate(queued):
             by_member.setdefault(position, []).append(place)
+        group = self._group
         for position, places in by_member.items():
-            client = self._members.clients[position]
-            if client is None:
-                down = ConnectionLost(f"member {self._members.addresses[position]} is down")
+            try:
+                client = group._client(position)
+            except ConnectionLost as down:
                 for place in places:
                     results[place] = down
                 continue
@@ -419,8 +491,7 @@ class GroupPipeline:
                 try:
                     answers = pipeline.execute()
                 except CONNECTION_FAILURES as exc:
-                    client.close()
-                    self._members.mark_down(position, time.monotonic())
+                    group._member_failed(position, client)
                     answers = [exc] * len(places)
             for place, result in zip(places, answers):
                 results[place] = result
