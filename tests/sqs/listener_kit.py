@@ -119,7 +119,14 @@ def exchange(
     listening: Listening, method: str, path: str, headers: Mapping[str, str], body: bytes = b""
 ) -> tuple[int, dict[str, str], bytes]:
     """Send one request on a fresh connection; return the status, headers (lower-case names) and body."""
-    connection = listening.connection()
+    return exchange_port(listening.port, method, path, headers, body)
+
+
+def exchange_port(
+    port: int, method: str, path: str, headers: Mapping[str, str], body: bytes = b""
+) -> tuple[int, dict[str, str], bytes]:
+    """`exchange` with the listener on ``port`` of 127.0.0.1."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10.0)
     try:
         connection.request(method, path, body=body, headers=dict(headers))
         response = connection.getresponse()

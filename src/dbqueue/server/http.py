@@ -25,14 +25,16 @@ Each request goes, in order, through:
 ``GET`` and ``HEAD /metrics`` answer from the metrics registry (`metrics`), with
 format and compression negotiated by prometheus_client.
 
-Connections: aiohttp closes one that sends no complete request within
-`HttpSettings.idle_timeout`, whether it never sent one or is idle between
-two; header lines are bounded in length and number. An idle connection costs
-a parser and a parked task, no thread and no timer of its own besides its
-keep-alive handle, so thousands of them do not hold up the others; beyond the
-server's ``max_connections`` open HTTP connections, a new one is answered 503
-and closed. A long poll is a parked future (see `sqs_api`): it holds nothing
-else up either.
+Connections: one that sends no complete request within
+`HttpSettings.idle_timeout` is closed, whether it never sent one (one sweep
+for all new connections, every quarter of the timeout: aiohttp closes such
+connections itself only since 3.14) or is idle between two (aiohttp's
+keep-alive timeout, which also cuts a header trickled a byte at a time);
+header lines are bounded in length and number. An idle connection costs a
+parser and a parked task, no thread, so thousands of them do not hold up the
+others; beyond the server's ``max_connections`` open HTTP connections, a new
+one is answered 503 and closed. A long poll is a parked future (see
+`sqs_api`): it holds nothing else up either.
 
 Stopping: the listening socket closes, parked receives are answered with no
 messages, open requests get `HttpSettings.shutdown_timeout` to finish, and
@@ -187,19 +189,35 @@ _peer_log.addFilter(_PeerFaults())
 
 
 class _Connections(web.Server):
-    """aiohttp's low-level server, counting its open connections (its own list is copied at each look)."""
+    """aiohttp's low-level server, counting its open connections (its own list is copied at each look) and
+    keeping those that have not sent a whole request yet, oldest first, with when they came."""
 
     def __init__(self, handler: Callable[[web.BaseRequest], Any], **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self.open = 0
+        self.unproven: dict[RequestHandler, float] = {}
+        self._clock = asyncio.get_running_loop().time
 
     def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
         super().connection_made(handler, transport)
         self.open += 1
+        self.unproven[handler] = self._clock()
 
     def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
         super().connection_lost(handler, exc)
         self.open -= 1
+        self.unproven.pop(handler, None)
+
+    def sweep(self, cutoff: float) -> None:
+        """Close the connections that came before ``cutoff`` and have not sent a whole request since."""
+        unproven = self.unproven
+        while unproven:
+            handler, since = next(iter(unproven.items()))
+            if since >= cutoff:
+                return
+            del unproven[handler]
+            log.info("closing %s: no request within the idle timeout", handler.peername)
+            handler.force_close()
 
 
 class _Refused(asyncio.Protocol):
@@ -262,6 +280,7 @@ class HttpListener:
         )
         self._web: _Connections | None = None
         self._listener: asyncio.base_events.Server | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
 
     def connection_count(self) -> int:
         """The open HTTP connections."""
@@ -299,6 +318,7 @@ class HttpListener:
             protocol, self.host, self.port, reuse_address=True, ssl=self.server.ssl, backlog=4096
         )
         self.port = self._listener.sockets[0].getsockname()[1]
+        self._sweep(loop)
         log.info(
             "SQS API and metrics on %s://%s:%d (%s)",
             self.scheme,
@@ -307,10 +327,21 @@ class HttpListener:
             "signed requests only" if self.verifier is not None else "unsigned requests accepted",
         )
 
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        # One timer for every connection still to send its first request.
+        if self._web is None:
+            return
+        idle = self.settings.idle_timeout
+        self._web.sweep(loop.time() - idle)
+        self._sweeper = loop.call_later(max(0.05, idle / 4), self._sweep, loop)
+
     async def stop(self) -> None:
         """Stop answering: close the socket, end parked receives, let open requests finish, give messages back."""
         if self._listener is not None:
             self._listener.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         self.service.stop_waiting()
         if self._web is not None:
             await self._web.shutdown(self.settings.shutdown_timeout)
@@ -327,6 +358,8 @@ class HttpListener:
     # --- requests --------------------------------------------------------------------
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if self._web is not None:
+            self._web.unproven.pop(request.protocol, None)
         path, _, query = request.raw_path.partition("?")
         if path == "/metrics":
             return serve_metrics(request, self.registry)
