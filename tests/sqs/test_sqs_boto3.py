@@ -451,3 +451,22 @@ def test_with_a_store_messages_and_their_attributes_survive_a_restart(
     assert [m["Body"] for m in received if m["Body"] == "delayed"] == ["delayed"]
     sqs.close()
     listening.stop()
+
+
+@pytest.mark.parametrize(
+    ("access_key", "secret_key", "expected"),
+    [
+        (listener_kit.ACCESS_KEY, "not-the-secret", ("SignatureDoesNotMatch", 403)),
+        ("AKIDUNKNOWN", listener_kit.SECRET_KEY, ("InvalidClientTokenId", 403)),
+    ],
+)
+def test_wrong_credentials_are_refused(
+    listening: listener_kit.Listening, access_key: str, secret_key: str, expected: tuple[str, int]
+) -> None:
+    wrong = listener_kit.client(listening.endpoint, access_key=access_key, secret_key=secret_key)
+    error = error_of(wrong.list_queues)
+    assert (error["Code"], error["status"]) == expected
+    wrong.close()
+    right = listener_kit.client(listening.endpoint)
+    assert right.list_queues().get("QueueUrls", []) == []
+    right.close()
