@@ -89,7 +89,7 @@ from ..protocol.frames import (
     framing_failure,
 )
 from ..protocol.layouts import MESSAGE_FIELDS
-from .admission import admit_queue, admit_read, admit_send, admit_wait, no_such_queue
+from .admission import admit_change, admit_queue, admit_read, admit_send, admit_wait
 from .fastpath import FastPaths, confirm_reply, messages_reply, no_such_message, refusal
 from .host import Host
 from .security import PRE_AUTH_MAX_BODY
@@ -114,9 +114,9 @@ _VERSION_REFUSED = (
     "touch or release settles only a message held by the connection that sends it): upgrade the client"
 )
 
-# Each server's connections that have not passed their Hello yet (only a server with a token has
-# any): kept here, beside the handshake they are in, rather than on the server.
-_strangers: weakref.WeakKeyDictionary[Any, set[Session]] = weakref.WeakKeyDictionary()
+# Each server's connections that have not passed their Hello yet, oldest first (only a server with a
+# token has any): kept here, beside the handshake they are in, rather than on the server.
+_strangers: weakref.WeakKeyDictionary[Any, dict[Session, None]] = weakref.WeakKeyDictionary()
 
 # A handler off the hot path: (session, decoded request, request id, now) -> its response, or its
 # frame, or None for an answer that comes later; it raises RequestError to refuse.
@@ -161,13 +161,13 @@ class Session(FastPaths, asyncio.Protocol):
         else:  # a token is wanted: a stranger until its Hello passes, on a quota and a deadline of its own
             strangers = _strangers.get(server)
             if strangers is None:
-                strangers = _strangers[server] = set()
+                strangers = _strangers[server] = {}
             limits = server.limits
             if len(strangers) >= limits.max_unauthenticated:
-                quota = limits.max_unauthenticated
-                self._refuse(connected, 0, f"the server holds its limit of {quota} connections not authenticated yet")
-                return
-            strangers.add(self)
+                # Full: the oldest stranger makes room, not the newcomer, so that a flood of strangers
+                # cannot keep out a client whose Hello follows its connect within a round trip.
+                next(iter(strangers))._crowded_out(limits.max_unauthenticated)
+            strangers[self] = None
             self.handshake = asyncio.get_running_loop().call_later(limits.handshake_timeout, self._too_slow)
         server.sessions.add(self)
         self.last_active = server.clock()
@@ -189,10 +189,22 @@ class Session(FastPaths, asyncio.Protocol):
         message = f"authentication failed: no Hello with the server's token within {timeout:g} s"
         self._shut(self.transport, 0, ErrorCode.NOT_AUTHENTICATED, message, "no Hello in time")
 
+    def _crowded_out(self, quota: int) -> None:
+        """Close this connection, the oldest one not authenticated yet, to make room for a newer one."""
+        self._leave_strangers()
+        if self.transport is not None and not self.done:
+            message = f"authentication failed: {quota} newer connections are waiting for their Hello"
+            self._shut(self.transport, 0, ErrorCode.NOT_AUTHENTICATED, message, "crowded out before its Hello")
+
     def _admitted(self) -> None:
         """The Hello passed: the connection leaves the strangers for the authenticated connections."""
         self.authenticated = True
-        _strangers[self.server].discard(self)
+        self._leave_strangers()
+
+    def _leave_strangers(self) -> None:
+        strangers = _strangers.get(self.server)
+        if strangers is not None:
+            strangers.pop(self, None)
         if self.handshake is not None:
             self.handshake.cancel()
             self.handshake = None
@@ -331,12 +343,7 @@ class Session(FastPaths, asyncio.Protocol):
         self.server.sessions.discard(self)
         self.done = True
         if not self.authenticated:
-            strangers = _strangers.get(self.server)
-            if strangers is not None:
-                strangers.discard(self)
-            if self.handshake is not None:
-                self.handshake.cancel()
-                self.handshake = None
+            self._leave_strangers()
         broker = self.broker
         for waiter in self.waiting.values():
             broker.cancel_wait(waiter)
@@ -467,17 +474,24 @@ class Session(FastPaths, asyncio.Protocol):
         return msg.HelloOk(min(request.version, PROTOCOL_VERSION), self.server.max_message_size, self.server.name)
 
     def _create(self, request: msg.CreateQueue, request_id: int, now: float) -> msg.Response:
+        name = request.name.encode()
+        if name not in self.broker.queues:  # creating an existing queue changes nothing
+            admit_change(self)
         dead_letter = request.dead_letter_queue.encode() or None
-        self.broker.create_queue(request.name.encode(), request.capacity, request.max_deliveries, dead_letter)
+        self.broker.create_queue(name, request.capacity, request.max_deliveries, dead_letter)
         return msg.QueueCreated.INSTANCE
 
     def _delete(self, request: msg.DeleteQueue, request_id: int, now: float) -> msg.Response:
-        if not self.broker.delete_queue(request.name.encode()):
-            raise no_such_queue(request.name.encode())
+        name = request.name.encode()
+        admit_queue(self, name)
+        admit_change(self)
+        self.broker.delete_queue(name)
         return msg.QueueDeleted.INSTANCE
 
     def _purge(self, request: msg.Purge, request_id: int, now: float) -> msg.Response:
-        return msg.Purged(self.broker.purge(admit_queue(self, request.name.encode())))
+        queue = admit_queue(self, request.name.encode())
+        admit_change(self)
+        return msg.Purged(self.broker.purge(queue))
 
     def _stats(self, request: msg.Stats, request_id: int, now: float) -> msg.Response:
         return msg.StatsReply(admit_queue(self, request.name.encode()).stats())
