@@ -410,7 +410,7 @@ def bench(
 # --- reaching a server ---------------------------------------------------------------------------
 
 
-class Unreachable(click.ClickException):
+class _Unreachable(click.ClickException):
     """No server answered at any of the addresses: nothing listens there, or the network fails."""
 
 
@@ -435,23 +435,22 @@ class _Target:
     def connect(self) -> Client | GroupClient:
         """The `Client` of a server alone, or a `GroupClient` over a group's members.
 
-        Raises `Unreachable` if no address answers, `click.ClickException`
+        Raises `_Unreachable` if no address answers, `click.ClickException`
         with the cause for any other failure.
         """
         from .client import GroupClient
 
-        address, first = self._connect_first()
+        first = self._connect_first()
         addresses = self.addresses
         if len(addresses) == 1:
-            with self._explained(address):
-                group = first.members().members
+            group = first.members().members
             if len(group) > 1:  # a member of a group: the others are known to it
                 addresses = list(group)
         if len(addresses) == 1:
             return first
         first.close()
-        with self._explained(address):
-            return GroupClient.connect(addresses, self.timeout, token=self.token, tls=self.tls)
+        # One member let this client in: the others, if down, are retried by the group client itself.
+        return GroupClient.connect(addresses, self.timeout, token=self.token, tls=self.tls)
 
     def connect_member(self, address: str) -> Client:
         """A `Client` of the member at ``address`` alone. Raises as `connect`."""
@@ -460,14 +459,14 @@ class _Target:
         with self._explained(address):
             return Client.connect(address, self.timeout, token=self.token, tls=self.tls)
 
-    def _connect_first(self) -> tuple[str, Client]:
+    def _connect_first(self) -> Client:
         unreachable = []
         for address in self.addresses:
             try:
-                return address, self.connect_member(address)
-            except Unreachable as exc:
+                return self.connect_member(address)
+            except _Unreachable as exc:
                 unreachable.append(exc.message)
-        raise Unreachable("; ".join(unreachable))
+        raise _Unreachable("; ".join(unreachable))
 
     @contextlib.contextmanager
     def _explained(self, address: str) -> Iterator[None]:
@@ -493,7 +492,7 @@ class _Target:
             raise click.ClickException(f"TLS handshake with {address} failed: {exc.reason or exc}{hint}") from exc
         except ConnectionLost as exc:
             if not _accepts(address, self.timeout):
-                raise Unreachable(f"cannot connect to {address}: {_reason(exc)}") from exc
+                raise _Unreachable(f"cannot connect to {address}: {_reason(exc)}") from exc
             if self.tls is None and _speaks_tls(address, self.timeout):
                 raise click.ClickException(
                     f"TLS is expected by {address}: pass --tls (and --tls-ca FILE if a private CA signed "
@@ -787,10 +786,11 @@ def send(
     target: _Target, queue: str, data: str | None, whole: bool, delay: float, key: str | None, as_json: bool
 ) -> None:
     """Send DATA to QUEUE, or each line of stdin (DATA omitted or -); print each message's id."""
-    from .errors import RequestError
+    from .errors import ConnectionLost, RequestError
 
     from_argument = data is not None and data != "-"
-    if data is not None and data != "-":
+    if from_argument:
+        assert data is not None
         if whole:
             raise click.UsageError("--whole sends stdin: give no DATA (or -)")
         messages: Iterable[tuple[int, bytes]] = [(0, os.fsencode(data))]
@@ -800,7 +800,15 @@ def send(
     failure: str | None = None
     with _session(target) as client:
         for chunk in _chunks(messages, _SEND_CHUNK):
-            results = _send_chunk(client, queue, chunk, _milliseconds(delay), key)
+            try:
+                results = _send_chunk(client, queue, chunk, _milliseconds(delay), key)
+            except ConnectionLost as exc:
+                if from_argument:
+                    raise
+                raise click.ClickException(
+                    f"connection lost at lines {chunk[0][0]}-{chunk[-1][0]}, which may or may not have been sent "
+                    f"({len(ids)} were before them): {exc}"
+                ) from exc
             for (number, _), result in zip(chunk, results):
                 if isinstance(result, int):
                     ids.append(result)
