@@ -1,7 +1,8 @@
 """What the benchmarks say about the machine they ran on, and how they wait for it to be quiet.
 
 Every script in bench/ prints the same description (CPUs, CPU model, kernel,
-each Python build that took part) and measures the same "other CPU": the CPU
+each Python build that took part and how it was compiled, the peers' versions)
+and measures the same "other CPU": the CPU
 time that every *other* user-space process used over a run (`CpuWatch`, from
 ``/proc/<pid>/stat``: everything except the load generator, the servers and
 their children). A figure taken while something else was busy measures a
@@ -24,6 +25,7 @@ import argparse
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -41,6 +43,8 @@ __all__ = [
     "describe_machine",
     "load_average",
     "machine_busy_seconds",
+    "peer_versions",
+    "python_build",
     "python_description",
     "run_context",
     "wait_for_idle_cpu",
@@ -48,28 +52,119 @@ __all__ = [
 ]
 
 _DESCRIBE_PYTHON = (
-    "import os, platform, sys; "
+    "import os, platform, sys, sysconfig; "
+    "v = sysconfig.get_config_vars(); "
     "print(sys.executable, os.path.realpath(sys.executable), platform.python_implementation(), "
-    "platform.python_version(), platform.python_compiler(), sep='|')"
+    "platform.python_version(), platform.python_compiler(), "
+    "*(str(v.get(k) or '').replace('|', ' ') for k in "
+    "('CONFIG_ARGS', 'PY_CFLAGS', 'PY_CFLAGS_NODIST', 'PY_LDFLAGS_NODIST')), sep='|')"
 )
 
 
-def python_description(python: str | None = None) -> str:
-    """``path -> binary (CPython 3.X.Y, compiler)`` for ``python`` (default: this interpreter).
+def python_build(python: str | None = None) -> dict[str, Any]:
+    """How ``python`` (default: this interpreter) was built, as far as it can say.
 
-    Whether a build used PGO/LTO cannot be read back reliably (Debian, for
-    one, builds its ``python3.X`` binary with both but keeps the flags out of
-    ``sysconfig``), so BENCHMARKS.md says which build is which.
+    Returns ``executable``, ``binary`` (the real file), ``implementation``,
+    ``version``, ``compiler``, ``pgo`` and ``lto`` (True, False, or None where
+    the build cannot tell), ``opt`` (the ``-O`` level of ``PY_CFLAGS``),
+    ``package`` (the Debian package that owns the binary, "" for none) and
+    ``build``, all of that in a few words.
+
+    PGO and LTO are read from ``sysconfig``: ``--enable-optimizations`` /
+    ``--with-lto`` in ``CONFIG_ARGS``, ``-fprofile-use`` / ``-flto`` in the
+    compiler and linker flags. A build from source (pyenv, python.org's
+    configure) records them there, so their absence means "no". Debian's
+    ``python3.X`` runs both outside configure and records neither, so for a
+    binary a Debian package owns the answer is None, with the package named.
     """
     command = [python or sys.executable, "-c", _DESCRIBE_PYTHON]
     try:
         out = subprocess.run(command, capture_output=True, text=True, timeout=20, check=False).stdout.strip().split("|")
     except (OSError, subprocess.SubprocessError):
-        return f"{python} (?)"
-    if len(out) != 5:
-        return f"{python} (?)"
-    executable, binary, implementation, version, compiler = out
-    return f"{executable} -> {binary} ({implementation} {version}, {compiler})"
+        out = []
+    if len(out) != 9:
+        return {"executable": python or sys.executable, "build": "?", "pgo": None, "lto": None, "package": ""}
+    executable, binary, implementation, version, compiler, config_args, cflags, cflags_nodist, ldflags_nodist = out
+    flags = f"{cflags} {cflags_nodist} {ldflags_nodist}"
+    pgo = "--enable-optimizations" in config_args or "-fprofile-use" in flags
+    lto = "--with-lto" in config_args or "-flto" in flags
+    levels = [word for word in cflags.split() if word.startswith("-O")]
+    package = _debian_package(binary)
+    if pgo or lto or not package:
+        build = f"PGO {'yes' if pgo else 'no'}, LTO {'yes' if lto else 'no'} (sysconfig)"
+        found: tuple[bool | None, bool | None] = (pgo, lto)
+    else:
+        build = f"PGO and LTO not recorded in sysconfig: Debian package {package}, built with both outside configure"
+        found = (None, None)
+    if levels:
+        build += f", {levels[-1]}"
+    return {
+        "executable": executable,
+        "binary": binary,
+        "implementation": implementation,
+        "version": version,
+        "compiler": compiler,
+        "pgo": found[0],
+        "lto": found[1],
+        "opt": levels[-1] if levels else "",
+        "package": package,
+        "build": build,
+    }
+
+
+def _debian_package(path: str) -> str:
+    """``name version`` of the Debian package that owns ``path`` (or the library it links), "" for none."""
+    if not shutil.which("dpkg-query"):
+        return ""
+    try:
+        owner = subprocess.run(["dpkg-query", "-S", path], capture_output=True, text=True, timeout=10, check=False)
+        if owner.returncode:
+            return ""
+        name = owner.stdout.split(":", 1)[0].strip()
+        version = subprocess.run(
+            ["dpkg-query", "-W", "-f", "${Version}", name], capture_output=True, text=True, timeout=10, check=False
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return f"{name} {version}".strip()
+
+
+def python_description(python: str | None = None) -> str:
+    """``path -> binary (CPython 3.X.Y, compiler; build)`` for ``python`` (default: this interpreter).
+
+    The build says whether it used PGO and LTO (`python_build`).
+    """
+    build = python_build(python)
+    if "binary" not in build:
+        return f"{build['executable']} (?)"
+    return (
+        f"{build['executable']} -> {build['binary']} ({build['implementation']} {build['version']}, "
+        f"{build['compiler']}; {build['build']})"
+    )
+
+
+def peer_versions() -> dict[str, str]:
+    """The peers' and the load generator's libraries' versions, as each reports itself ("not installed" if absent).
+
+    redis-server's whole ``--version`` line (its allocator matters), beanstalkd's ``-v``,
+    uvloop and hiredis.
+    """
+    versions: dict[str, str] = {}
+    for name, command in (("redis-server", ["redis-server", "--version"]), ("beanstalkd", ["beanstalkd", "-v"])):
+        if shutil.which(command[0]) is None:
+            versions[name] = "not installed"
+            continue
+        try:
+            out = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
+            versions[name] = (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr) else "?"
+        except (OSError, subprocess.SubprocessError):
+            versions[name] = "?"
+    for module in ("uvloop", "hiredis"):
+        try:
+            versions[module] = getattr(__import__(module), "__version__", "?")
+        except ImportError:
+            versions[module] = "not installed"
+    return versions
 
 
 def dbqueue_origin() -> str:
@@ -100,16 +195,22 @@ def dbqueue_origin() -> str:
     return f"{dbqueue.__version__}, git {head.stdout.strip()}{changes} ({source})"
 
 
+_NOTABLE_FLAGS = ("avx2", "avx512f", "hypervisor")  # CPU flags worth a line: vector width, and whether it is a VM
+
+
 def describe_machine() -> dict[str, Any]:
-    """nproc (usable CPUs), CPU count and model, kernel, this interpreter."""
-    model = "?"
+    """nproc (usable CPUs), CPU count, model, clock and notable flags, memory, kernel, this interpreter."""
+    cpu: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+            key, _, value = line.partition(":")
+            cpu.setdefault(key.strip(), value.strip())
+            if line.strip() == "":
+                break  # the first processor's lines are enough
     except OSError:
         pass
+    model = cpu.get("model name", "?")
+    flags = set(cpu.get("flags", "").split())
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     try:
         memory = next(
@@ -123,6 +224,9 @@ def describe_machine() -> dict[str, Any]:
         "nproc": usable,
         "cpu_count": os.cpu_count(),
         "cpu_model": model,
+        "cpu_mhz": cpu.get("cpu MHz", "?"),
+        "cpu_cache": cpu.get("cache size", "?"),
+        "cpu_flags": [flag for flag in _NOTABLE_FLAGS if flag in flags],
         "memory_bytes": memory,
         "kernel": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
@@ -282,6 +386,7 @@ def run_context(server_python: str | None = None) -> dict[str, Any]:
         "machine": describe_machine(),
         "load": " ".join(f"{value:.2f}" for value in os.getloadavg()),
         "server_python": python_description(server_python),
+        "peers": peer_versions(),
         "dbqueue": dbqueue_origin(),
     }
 
@@ -297,13 +402,17 @@ def context_lines(context: dict[str, Any]) -> list[str]:
         f"date: {context['date']}",
         f"command: {context['command']}",
         (
-            f"machine: nproc {machine['nproc']} (of {machine['cpu_count']}), {machine['cpu_model']}, "
+            f"machine: nproc {machine['nproc']} (of {machine['cpu_count']}), {machine['cpu_model']}"
+            f" ({machine.get('cpu_mhz', '?')} MHz, cache {machine.get('cpu_cache', '?')}, flags: "
+            f"{' '.join(machine.get('cpu_flags', [])) or 'none of ' + ' '.join(_NOTABLE_FLAGS)}), "
             f"{machine['memory_bytes'] / 2**30:.0f} GiB, {machine['kernel']}; "
             f"load average at the start {context['load']}"
         ),
         f"load generator: {machine['python_build']}",
         f"dbqueue server: {context['server_python']}",
     ]
+    if "peers" in context:
+        lines.append("peers: " + "; ".join(f"{name}: {version}" for name, version in context["peers"].items()))
     if "dbqueue" in context:
         lines.append(f"dbqueue: {context['dbqueue']}")
     return lines

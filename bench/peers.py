@@ -71,13 +71,15 @@ from typing import Any
 
 import hiredis
 
-from dbqueue.loadtest import BenchConfig, BenchFailure, Driver
+from dbqueue.loadtest import BenchConfig, BenchFailure, DbQueueDriver, Driver
 from dbqueue.server import new_event_loop
 
 __all__ = [
     "BeanstalkdDriver",
     "BeanstalkdServer",
     "DbQueueServer",
+    "FloorDriver",
+    "FloorServer",
     "RedisBatchDriver",
     "RedisListDriver",
     "RedisServer",
@@ -195,8 +197,8 @@ class BeanstalkdDriver(Driver):
         return parse
 
     def send_frames(self, count: int) -> bytes:
-        payload = self.payload
-        return (b"put %d 0 %d %d\r\n%s\r\n" % (self.priority, self.ttr, len(payload), payload)) * count
+        head = b"put %d 0 %d %d\r\n" % (self.priority, self.ttr, len(self.payload))
+        return b"".join([head + payload + b"\r\n" for payload in self.payloads(count)])
 
     def check_sent(self, replies: list[Any]) -> None:
         for word, job_id, _ in replies:
@@ -208,10 +210,10 @@ class BeanstalkdDriver(Driver):
 
     def take_messages(self, replies: list[Any]) -> list[Any]:
         ids = []
-        payload = self.payload
+        intact = self.intact
         for word, job_id, body in replies:
             if word == b"RESERVED":
-                if body != payload:
+                if not intact(body):
                     raise BenchFailure(f"beanstalkd reserve: job {job_id.decode()} payload corrupted")
                 ids.append(job_id)
             elif word != b"TIMED_OUT" and word != b"DEADLINE_SOON":
@@ -250,6 +252,12 @@ async def _beanstalkd_body(reader: asyncio.StreamReader) -> bytes:
 def _resp(*parts: bytes) -> bytes:
     """One command in RESP, as a client sends it."""
     return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(part), part) for part in parts)
+
+
+def _resp_head(size: int, *parts: bytes) -> bytes:
+    """A command of ``parts`` and one more argument of ``size`` bytes, up to that argument's bytes."""
+    arguments = b"".join(b"$%d\r\n%s\r\n" % (len(part), part) for part in parts)
+    return b"*%d\r\n" % (len(parts) + 1) + arguments + b"$%d\r\n" % size
 
 
 def _resp_parser() -> Callable[[bytes], list[Any]]:
@@ -294,8 +302,9 @@ class RedisListDriver(Driver):
     """The reliable-queue pattern on Redis lists: ``LMOVE`` into a processing list, ``LREM`` to confirm.
 
     Redis has no in-flight timeout here: a real deployment needs a reaper that
-    moves stale entries back, which this load test does not run. Every payload
-    is the same, so ``LREM`` finds its match at the head of the processing list.
+    moves stale entries back, which this load test does not run. Payloads are
+    unique (`Driver.payloads`), so ``LREM`` compares payloads along the
+    processing list until it finds its own, as it would in a real deployment.
     """
 
     name = "redis-list"
@@ -313,7 +322,8 @@ class RedisListDriver(Driver):
         return _resp_parser()
 
     def send_frames(self, count: int) -> bytes:
-        return _resp(b"RPUSH", self.key, self.payload) * count
+        head = _resp_head(len(self.payload), b"RPUSH", self.key)
+        return b"".join([head + payload + b"\r\n" for payload in self.payloads(count)])
 
     def check_sent(self, replies: list[Any]) -> None:
         for reply in replies:
@@ -324,12 +334,12 @@ class RedisListDriver(Driver):
         return _resp(b"LMOVE", self.key, self.processing, b"LEFT", b"RIGHT") * count
 
     def take_messages(self, replies: list[Any]) -> list[Any]:
-        payload = self.payload
+        intact = self.intact
         handles = []
         for reply in replies:
             if reply is None:
                 continue
-            if reply != payload:
+            if type(reply) is not bytes or not intact(reply):
                 raise BenchFailure(f"redis LMOVE: got {reply!r:.80}")
             handles.append(reply)
         return handles
@@ -376,7 +386,8 @@ class RedisStreamDriver(Driver):
         return _resp_parser()
 
     def send_frames(self, count: int) -> bytes:
-        return _resp(b"XADD", self.key, b"*", b"d", self.payload) * count
+        head = _resp_head(len(self.payload), b"XADD", self.key, b"*", b"d")
+        return b"".join([head + payload + b"\r\n" for payload in self.payloads(count)])
 
     def check_sent(self, replies: list[Any]) -> None:
         for reply in replies:
@@ -388,7 +399,7 @@ class RedisStreamDriver(Driver):
         return command * count
 
     def take_messages(self, replies: list[Any]) -> list[Any]:
-        payload, key = self.payload, self.key
+        intact, key = self.intact, self.key
         handles = []
         for reply in replies:
             if reply is None:
@@ -397,7 +408,7 @@ class RedisStreamDriver(Driver):
                 [[stream, [[entry_id, [field, value]]]]] = reply
             except (TypeError, ValueError):
                 raise BenchFailure(f"redis XREADGROUP: got {reply!r:.120}") from None
-            if stream != key or field != b"d" or value != payload:
+            if stream != key or field != b"d" or not intact(value):
                 raise BenchFailure(f"redis XREADGROUP: entry {entry_id!r} corrupted")
             handles.append(entry_id)
         return handles
@@ -433,7 +444,14 @@ class RedisBatchDriver(Driver):
         return _resp_parser()
 
     def send_frames(self, count: int) -> bytes:
-        return _resp(b"RPUSH", self.key, *(self.payload,) * self.config.batch) * count
+        batch, size = self.config.batch, len(self.payload)
+        command = b"*%d\r\n$5\r\nRPUSH\r\n$%d\r\n%s\r\n" % (batch + 2, len(self.key), self.key)
+        value = b"$%d\r\n" % size
+        payloads = self.payloads(count * batch)
+        return b"".join(
+            command + b"".join([value + payload + b"\r\n" for payload in payloads[start : start + batch]])
+            for start in range(0, len(payloads), batch)
+        )
 
     def check_sent(self, replies: list[Any]) -> None:
         for reply in replies:
@@ -444,12 +462,12 @@ class RedisBatchDriver(Driver):
         return _resp(b"LPOP", self.key, b"%d" % self.config.batch) * count
 
     def take_messages(self, replies: list[Any]) -> list[Any]:
-        payload = self.payload
+        intact = self.intact
         handles: list[Any] = []
         for reply in replies:
             if reply is None:  # the list is empty (or gone)
                 continue
-            if type(reply) is not list or any(value != payload for value in reply):
+            if type(reply) is not list or not all(map(intact, reply)):
                 raise BenchFailure(f"redis LPOP: got {reply!r:.80}")
             handles += reply
         return handles
@@ -463,6 +481,18 @@ class RedisBatchDriver(Driver):
     def check_confirmed(self, replies: list[Any]) -> None:
         if replies:
             raise BenchFailure(f"redis-list-batch has no confirms, yet got {len(replies)} replies")
+
+
+# --- the floor --------------------------------------------------------------------
+
+
+class FloorDriver(DbQueueDriver):
+    """dbqueue's driver against `floor.py`, which answers ENQUEUE, READ and CONFIRM only: nothing to prepare."""
+
+    name = "floor"
+
+    async def prepare(self, address: tuple[str, int]) -> None:
+        return None
 
 
 # --- server launchers ---------------------------------------------------------------
@@ -816,6 +846,28 @@ class DbQueueServer(ServerProcess):
         import dbqueue
 
         return dbqueue.__version__
+
+
+class FloorServer(DbQueueServer):
+    """``python bench/floor.py``: dbqueue's framing on the same loop, canned replies, no queue work (see floor.py)."""
+
+    name = "floor"
+
+    def __init__(self, *, host: str = "127.0.0.1", python: str | None = None, label: str = "floor") -> None:
+        super().__init__(host=host, python=python, label=label)
+
+    def command(self, port: int, workdir: Path) -> list[str]:
+        return [
+            self.python,
+            str(Path(__file__).resolve().parent / "floor.py"),
+            "--host",
+            self.host,
+            "--port",
+            str(port),
+        ]
+
+    def version(self) -> str:
+        return "floor.py, dbqueue " + super().version()
 
 
 class BeanstalkdServer(ServerProcess):

@@ -17,23 +17,47 @@ CPU (`dbqueue bench` prints both). That matters most for a group of servers
 sharing the machine's cores with it.
 
 What a system's bytes look like lives in a `Driver`; the engine (`run_load`,
-`run_round_trips`) knows nothing of any wire format, so `bench/compare.py`
-drives beanstalkd and Redis through the very same loops. dbqueue's replies
-are checked as columns (`Replies`), cut by one struct call per batch
-(`protocol.codecs.cut_alike`); their bodies are read through the protocol's
-layouts (`protocol.layouts`), never at offsets of the load test's own.
+`run_round_trips`, `run_fan_in`) knows nothing of any wire format, so
+`bench/compare.py` and `bench/fanin.py` drive beanstalkd and Redis through the
+very same loops. dbqueue's replies are checked as columns (`Replies`), cut by
+one struct call per batch (`protocol.codecs.cut_alike`); their bodies are read
+through the protocol's layouts (`protocol.layouts`), never at offsets of the
+load test's own.
+
+Payloads are unique per message, for every system: each is the driver's
+template with its last `LABEL_SIZE` bytes replaced by a running number (the
+*label*), so a system that finds a message by its value (Redis's ``LREM``)
+compares whole payloads, as it would in a real deployment, instead of
+matching the first one it looks at. A check that a payload is intact compares
+its size and everything before the label with the template.
+
+*Fan-in* (`run_fan_in`) is the shape of a real deployment: many workers, each
+with one request in flight. Producers send one message at a time; consumers
+read one (with ``config.timeout_ms`` as its visibility timeout), then confirm
+it. Every round trip is timed. Its connections are spread over several
+client processes (forked), so that the load generator is not what limits the
+run; the processes share one count of confirmed messages (`Ledger`), so that
+every consumer goes on until the whole run's messages are confirmed, whoever
+sent them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import multiprocessing
+import multiprocessing.connection
+import os
 import struct
+import sys
 import time
 from abc import ABC, abstractmethod
+from array import array
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import chain, repeat
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from operator import itemgetter
 from typing import Any, NamedTuple, Protocol, cast
 
@@ -44,9 +68,11 @@ from .protocol import messages as msg
 from .protocol.layouts import CONFIRM_ID, MESSAGE_FIELDS, MESSAGE_ID, U32, U64, messages_columns
 
 __all__ = [
-    "BenchConfig", "BenchFailure", "BenchResult", "DbQueueDriver", "Driver", "Replies", "ReplyReader",
-    "run_load", "run_round_trips",
+    "LABEL_SIZE", "BenchConfig", "BenchFailure", "BenchResult", "DbQueueDriver", "Driver", "Ledger", "Replies",
+    "ReplyReader", "run_fan_in", "run_load", "run_round_trips",
 ]  # fmt: skip
+
+LABEL_SIZE = 8  # bytes at the end of every payload that number its message (fewer in a shorter payload)
 
 
 class BenchFailure(DbQueueError):
@@ -65,6 +91,8 @@ class BenchConfig:
     timeout_ms: int = 1000  # the in-flight timeout consumers ask for
     time_limit: float = 120.0  # seconds; the run fails if consumers are not done by then
     batch: int = 1  # messages per request: >1 sends, reads and confirms in batches
+    fan_in: bool = False  # time every round trip (a send, a read, a confirm), not every batch: for pipeline 1
+    first_label: int = 0  # the number in the first payload sent (processes of one run start far apart)
 
     @property
     def messages(self) -> int:
@@ -141,7 +169,28 @@ class Driver(ABC):
 
     def __init__(self, config: BenchConfig) -> None:
         self.config = config
+        # The template: every payload sent is this with its last `label_size` bytes numbering it.
         self.payload = bytes(i % 251 for i in range(config.payload))
+        self.label_size = min(LABEL_SIZE, config.payload)
+        self.next_label = config.first_label
+
+    @property
+    def payload_head(self) -> bytes:
+        """What every payload of this run shares: the template without its label."""
+        return self.payload[: len(self.payload) - self.label_size]
+
+    def payloads(self, count: int) -> list[bytes]:
+        """The next ``count`` payloads: the template, each numbered by its label (a payload shorter
+        than `LABEL_SIZE` bytes keeps the number's low bytes, so its payloads repeat)."""
+        head, size = self.payload_head, self.label_size
+        first = self.next_label
+        self.next_label = first + count
+        mask = (1 << 8 * size) - 1
+        return [head + (number & mask).to_bytes(size, "big") for number in range(first, first + count)]
+
+    def intact(self, data: bytes) -> bool:
+        """Whether ``data`` is a payload of this run: the template's size and, before the label, its bytes."""
+        return len(data) == len(self.payload) and data.startswith(self.payload_head)
 
     @abstractmethod
     async def prepare(self, address: tuple[str, int]) -> None:
@@ -158,7 +207,7 @@ class Driver(ABC):
 
     @abstractmethod
     def send_frames(self, count: int) -> bytes:
-        """``count`` pipelined sends of the payload."""
+        """``count`` pipelined sends, each of a payload of its own (`payloads`): called for every batch."""
 
     # Replies come in each driver's own form, what its reader's `take` returns (a list, `Replies`...).
 
@@ -267,6 +316,9 @@ class DbQueueDriver(Driver):
 
     Replies are checked as columns (`Replies`) and message ids kept as their
     8 wire bytes, so confirms are built by joining prebuilt headers with them.
+    Sends are built the same way: each request's frame up to its payloads
+    (the same for every batch: payloads differ only in content) joined with
+    the payloads.
     """
 
     name = "dbqueue"
@@ -277,6 +329,17 @@ class DbQueueDriver(Driver):
         self.confirm_heads = [fr.HEADER.pack(fr.MAGIC, fr.Op.CONFIRM, 0, i, CONFIRM_ID.size) for i in self.request_ids]
         self.length_column = U32.pack(config.payload) * config.batch  # a full MESSAGES body's lengths
         self.id_columns: dict[int, struct.Struct] = {}  # by message count: cuts a MESSAGES id column into 8-byte ids
+        self.head_columns: dict[int, struct.Struct] = {}  # by message count: cuts MESSAGES payloads into their heads
+        template = (
+            msg.EnqueueBatch(config.queue, (self.payload,) * config.batch)
+            if config.batch > 1
+            else msg.Enqueue(config.queue, self.payload)
+        )
+        payload_bytes = config.batch * config.payload
+        self.send_heads = []  # request i's send frame (1-based) up to its payloads
+        for request_id in self.request_ids:
+            frame = msg.encode(request_id, template)
+            self.send_heads.append(frame[: len(frame) - payload_bytes])
 
     async def prepare(self, address: tuple[str, int]) -> None:
         from .client import AsyncClient
@@ -314,10 +377,12 @@ class DbQueueDriver(Driver):
                 raise BenchFailure(f"{what} {expected}: got opcode 0x{got:02x}, {size} bytes, for request {request_id}")
 
     def send_frames(self, count: int) -> bytes:
-        config = self.config
-        if config.batch > 1:
-            return self._batch(msg.EnqueueBatch(config.queue, (self.payload,) * config.batch), count)
-        return self._batch(msg.Enqueue(config.queue, self.payload), count)
+        batch = self.config.batch
+        payloads = self.payloads(count * batch)
+        if batch > 1:
+            groups = [b"".join(payloads[start : start + batch]) for start in range(0, len(payloads), batch)]
+            return b"".join(chain.from_iterable(zip(self.send_heads, groups)))
+        return b"".join(chain.from_iterable(zip(self.send_heads, payloads)))
 
     def check_sent(self, replies: Replies) -> None:
         batch = self.config.batch
@@ -337,9 +402,11 @@ class DbQueueDriver(Driver):
         if self.config.batch > 1:
             return self._take_batches(replies)
         count = len(replies.opcodes)
+        head = self.payload_head
+        size = MESSAGE_FIELDS.size + len(self.payload)
         if replies.opcodes.count(fr.Op.MESSAGE) == count:  # the usual case: every read found a message
-            self._check(replies, fr.Op.MESSAGE, MESSAGE_FIELDS.size + len(self.payload), "read")
-            intact = list(map(bytes.endswith, replies.bodies, repeat(self.payload)))
+            self._check(replies, fr.Op.MESSAGE, size, "read")
+            intact = list(map(bytes.startswith, replies.bodies, repeat(head), repeat(MESSAGE_FIELDS.size)))
             if intact.count(True) != count:
                 raise BenchFailure(f"read {intact.index(False) + 1}: payload corrupted")
             return list(map(_MESSAGE_ID, replies.bodies))
@@ -350,7 +417,7 @@ class DbQueueDriver(Driver):
             if request_id != expected:
                 raise BenchFailure(f"read {expected}: reply for request {request_id}")
             if opcode == fr.Op.MESSAGE:
-                if body[MESSAGE_FIELDS.size :] != self.payload:
+                if len(body) != size or not body.startswith(head, MESSAGE_FIELDS.size):
                     raise BenchFailure(f"read {expected}: payload corrupted")
                 ids.append(body[MESSAGE_ID])
             elif opcode != fr.Op.EMPTY:
@@ -361,7 +428,7 @@ class DbQueueDriver(Driver):
         """The ids of every message in MESSAGES bodies (count, ids, deliveries, lengths, payloads),
         each body checked by comparing its length column and payloads whole."""
         self._check(replies, fr.Op.MESSAGES, None, "read batch")
-        payload = self.payload
+        size, head = len(self.payload), self.payload_head
         ids: list[bytes] = []
         for expected, body in enumerate(replies.bodies, 1):
             try:
@@ -370,7 +437,12 @@ class DbQueueDriver(Driver):
                 count = -1
             if not 0 <= count <= self.config.batch:
                 raise BenchFailure(f"read batch {expected}: a body of {len(body)} bytes for {count} messages")
-            if lengths != self.length_column[: U32.size * count] or payloads != payload * count:
+            if lengths != self.length_column[: U32.size * count] or len(payloads) != size * count:
+                raise BenchFailure(f"read batch {expected}: payload corrupted")
+            heads = self.head_columns.get(count)
+            if heads is None:
+                heads = self.head_columns[count] = struct.Struct(f"{len(head)}s{self.label_size}x" * count)
+            if heads.unpack(payloads).count(head) != count:
                 raise BenchFailure(f"read batch {expected}: payload corrupted")
             cut = self.id_columns.get(count)
             if cut is None:
@@ -471,15 +543,48 @@ async def _open(driver: Driver, address: tuple[str, int]) -> _Link:
     return link
 
 
-class _Tally:
-    """What every link of one run has done so far."""
+class Ledger:
+    """Messages confirmed so far by every process of one run (`run_fan_in`), in shared memory.
 
-    def __init__(self, config: BenchConfig) -> None:
-        self.total = config.messages
+    One slot per process: each process writes only its own slot and reads the
+    sum, so no lock is needed. A sum read while another process writes is at
+    worst a few messages behind, which only makes a consumer try one more read
+    before it sees that the run is over.
+    """
+
+    def __init__(self, slots: Any, index: int, total: int) -> None:
+        self.slots = slots  # a shared array of integers, one per process (`multiprocessing.RawArray`)
+        self.index = index
+        self.total = total  # messages the whole run sends
+
+    def note(self, confirmed: int) -> None:
+        """Record that this process has confirmed ``confirmed`` messages in all."""
+        self.slots[self.index] = confirmed
+
+    def confirmed(self) -> int:
+        """Messages confirmed by every process together."""
+        return sum(self.slots)
+
+
+class _Tally:
+    """What every link of one process's run has done so far."""
+
+    def __init__(self, config: BenchConfig, ledger: Ledger | None = None) -> None:
+        self.total = config.messages if ledger is None else ledger.total
+        self.ledger = ledger
         self.deadline = time.perf_counter() + config.time_limit
         self.requests = 0
-        self.confirmed = 0
+        self.confirmed = 0  # by this process
         self.latencies: list[float] = []
+
+    def add_confirmed(self, count: int) -> None:
+        self.confirmed += count
+        if self.ledger is not None:
+            self.ledger.note(self.confirmed)
+
+    def run_confirmed(self) -> int:
+        """Messages confirmed by the whole run: this process's, or every process's with a ledger."""
+        return self.confirmed if self.ledger is None else self.ledger.confirmed()
 
 
 class _Worker:
@@ -519,7 +624,6 @@ class _Worker:
 class _Producer(_Worker):
     def __init__(self, driver: Driver, link: _Link, tally: _Tally) -> None:
         super().__init__(driver, link, tally)
-        self.frames = driver.send_frames(self.config.pipeline)
         self.left = self.config.iterations
 
     def start(self) -> None:
@@ -527,8 +631,9 @@ class _Producer(_Worker):
             self.finish()
             return
         self.left -= 1
+        frames = self.driver.send_frames(self.config.pipeline)  # payloads of their own: built for every batch
         self.began = time.perf_counter()
-        self.link.expect(self.frames, self.config.pipeline, self.sent)
+        self.link.expect(frames, self.config.pipeline, self.sent)
 
     def sent(self, replies: Any) -> None:
         self.driver.check_sent(replies)
@@ -544,26 +649,32 @@ class _Consumer(_Worker):
         self.frames = driver.read_frames(self.config.pipeline)
         self.handles: list[Any] = []
         self.confirms = 0
+        self.each = self.config.fan_in  # time the read and the confirm apart (and empty reads too)
 
     def start(self) -> None:
         tally = self.tally
-        if tally.confirmed >= tally.total:
+        confirmed = tally.run_confirmed()
+        if confirmed >= tally.total:
             self.finish()
             return
         self.began = time.perf_counter()
         if self.began > tally.deadline:
-            self.fail(BenchFailure(f"time limit passed with {tally.confirmed} of {tally.total} messages confirmed"))
+            self.fail(BenchFailure(f"time limit passed with {confirmed} of {tally.total} messages confirmed"))
             return
         self.link.expect(self.frames, self.config.pipeline, self.read)
 
     def read(self, replies: Any) -> None:
         driver = self.driver
         self.handles = handles = driver.take_messages(replies)
-        self.tally.requests += self.config.pipeline
+        tally = self.tally
+        tally.requests += self.config.pipeline
+        if self.each:
+            now = time.perf_counter()
+            tally.latencies.append(now - self.began)
+            self.began = now
         if not handles:
-            self.retry = self.loop.call_later(
-                0.001, self.start
-            )  # the queue is empty: do not spin against the producers
+            # The queue is empty: do not spin against the producers.
+            self.retry = self.loop.call_later(0.001, self.start)
             return
         self.confirms = driver.confirm_replies(handles)
         if self.confirms:
@@ -577,30 +688,50 @@ class _Consumer(_Worker):
         tally = self.tally
         tally.latencies.append(time.perf_counter() - self.began)
         tally.requests += self.confirms
-        tally.confirmed += len(self.handles)
+        tally.add_confirmed(len(self.handles))
         self.start()
 
 
-async def run_load(driver: Driver, on_progress: Callable[[int, int], None] | None = None) -> BenchResult:
-    """Run the load test; return its figures. Raises `BenchFailure` on any wrong or missing reply."""
+async def _connect(driver: Driver) -> tuple[list[_Link], list[_Link]]:
+    """Open the producers' and the consumers' connections (closed again if one fails).
+
+    Producers and consumers are spread over the addresses each on their own, so that
+    every server that gets messages also gets consumers.
+    """
     config = driver.config
     addresses = list(config.addresses)
-    for address in addresses:
-        await driver.prepare(address)
-    # Producers and consumers are spread over the addresses each on their own, so that
-    # every server that gets messages also gets consumers.
-    senders = [await _open(driver, addresses[i % len(addresses)]) for i in range(config.producers)]
-    readers = [await _open(driver, addresses[i % len(addresses)]) for i in range(config.consumers)]
+    senders: list[_Link] = []
+    readers: list[_Link] = []
+    try:
+        for i in range(config.producers):
+            senders.append(await _open(driver, addresses[i % len(addresses)]))
+        for i in range(config.consumers):
+            readers.append(await _open(driver, addresses[i % len(addresses)]))
+    except BaseException:
+        for link in senders + readers:
+            link.transport.close()
+        raise
+    return senders, readers
+
+
+async def _drive(
+    driver: Driver,
+    senders: list[_Link],
+    readers: list[_Link],
+    tally: _Tally,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> BenchResult:
+    """Run the workers on open links until the run's messages are confirmed; close the links."""
+    config = driver.config
     links = senders + readers
     started = time.perf_counter()
     cpu_started = time.process_time()
-    tally = _Tally(config)
     workers: list[_Worker] = [_Producer(driver, link, tally) for link in senders]
     workers += [_Consumer(driver, link, tally) for link in readers]
 
     async def report(progress: Callable[[int, int], None]) -> None:
         while True:
-            progress(tally.confirmed, tally.total)
+            progress(tally.run_confirmed(), tally.total)
             await asyncio.sleep(0.2)
 
     reporter = asyncio.ensure_future(report(on_progress)) if on_progress else None
@@ -620,10 +751,6 @@ async def run_load(driver: Driver, on_progress: Callable[[int, int], None] | Non
             worker.stop()
         for link in links:
             link.transport.close()
-    if tally.confirmed != tally.total:
-        raise BenchFailure(f"{tally.confirmed} messages confirmed, {tally.total} sent")
-    if on_progress:
-        on_progress(tally.total, tally.total)
     return BenchResult(
         driver.name,
         tally.requests,
@@ -634,19 +761,35 @@ async def run_load(driver: Driver, on_progress: Callable[[int, int], None] | Non
     )
 
 
+async def run_load(driver: Driver, on_progress: Callable[[int, int], None] | None = None) -> BenchResult:
+    """Run the load test; return its figures. Raises `BenchFailure` on any wrong or missing reply."""
+    config = driver.config
+    for address in config.addresses:
+        await driver.prepare(address)
+    senders, readers = await _connect(driver)
+    tally = _Tally(config)
+    result = await _drive(driver, senders, readers, tally, on_progress)
+    if tally.confirmed != tally.total:
+        raise BenchFailure(f"{tally.confirmed} messages confirmed, {tally.total} sent")
+    if on_progress:
+        on_progress(tally.total, tally.total)
+    return result
+
+
 async def run_round_trips(driver: Driver) -> BenchResult:
     """Unpipelined latency: one connection, send / read / confirm one at a time, each timed."""
     config = driver.config
     address = config.addresses[0]
     await driver.prepare(address)
     link = await _open(driver, address)
-    send, read = driver.send_frames(1), driver.read_frames(1)
+    read = driver.read_frames(1)
     latencies: list[float] = []
     started = time.perf_counter()
     cpu_started = time.process_time()
     clock = time.perf_counter
     try:
         for _ in range(config.iterations):
+            send = driver.send_frames(1)
             t0 = clock()
             driver.check_sent(await link.exchange(send, 1))
             t1 = clock()
@@ -666,3 +809,201 @@ async def run_round_trips(driver: Driver) -> BenchResult:
         time.process_time() - cpu_started,
         latencies,
     )
+
+
+# --- fan-in: one request in flight per connection, over several client processes ----------------
+
+
+@dataclass
+class FanInResult(BenchResult):
+    """A fan-in run's figures: `BenchResult`'s over every client process, and each process's CPU.
+
+    ``client_cpu_seconds`` is the sum over the processes (it may pass ``seconds``:
+    the processes run on several cores); ``seconds`` runs from the start the
+    processes share to the end of the last one.
+    """
+
+    process_cpu_seconds: list[float] = field(default_factory=list)
+
+
+_PROCESS_SPACING = 1 << 48  # labels each client process numbers its payloads from, apart
+
+
+def _share(count: int, parts: int, index: int) -> int:
+    """Part ``index`` of ``count`` things dealt out over ``parts`` (the first parts get one more)."""
+    return count // parts + (index < count % parts)
+
+
+def run_fan_in(
+    make_driver: Callable[[BenchConfig], Driver],
+    config: BenchConfig,
+    new_loop: Callable[[], asyncio.AbstractEventLoop],
+    processes: int = 1,
+    *,
+    on_start: Callable[[], None] | None = None,
+    on_end: Callable[[], None] | None = None,
+) -> FanInResult:
+    """The fan-in load: every connection with one request in flight, over ``processes`` client processes.
+
+    ``config.producers`` connections send one message at a time, ``config.iterations``
+    each; ``config.consumers`` connections read one message at a time (a read that
+    finds the queue empty is tried again 1 ms later) and confirm it. Every round
+    trip is timed. ``config.pipeline`` and ``config.batch`` must be 1.
+
+    The queue is prepared here, with a driver from ``make_driver`` on a loop from
+    ``new_loop``; then the connections are dealt out over ``processes`` forked
+    processes (so call this outside a running event loop, on a platform that
+    forks), each with its own loop from ``new_loop`` and its own driver. They
+    connect, wait for one another, and start together: ``on_start`` is called
+    then, and ``on_end`` when the last has finished, so that a caller can read
+    a server's CPU over exactly the run.
+
+    Returns the figures of all processes together. Raises `BenchFailure` when a
+    process fails (a wrong reply, a refused connection, the time limit), or not
+    every message was confirmed once; `ValueError` for a pipeline or batch other
+    than 1.
+    """
+    if config.pipeline != 1 or config.batch != 1:
+        raise ValueError("a fan-in run has one request in flight per connection: pipeline and batch must be 1")
+    config = replace(config, fan_in=True)
+    processes = max(1, min(processes, max(config.producers, config.consumers)))
+    driver = make_driver(config)
+    loop = new_loop()
+    try:
+        for address in config.addresses:
+            loop.run_until_complete(driver.prepare(address))
+    finally:
+        loop.close()
+    context = multiprocessing.get_context("fork")
+    slots = context.RawArray("q", processes)
+    barrier = context.Barrier(processes + 1)
+    children: list[tuple[BaseProcess, Connection]] = []
+    try:
+        for index in range(processes):
+            part = replace(
+                config,
+                producers=_share(config.producers, processes, index),
+                consumers=_share(config.consumers, processes, index),
+                first_label=config.first_label + index * _PROCESS_SPACING,
+            )
+            receive, report = context.Pipe(duplex=False)
+            ledger = Ledger(slots, index, config.messages)
+            child = context.Process(
+                target=_fan_in_process,
+                args=(make_driver, part, new_loop, ledger, barrier, report),
+                name=f"fan-in client {index}",
+                daemon=True,
+            )
+            child.start()
+            report.close()
+            children.append((child, receive))
+        try:
+            barrier.wait(timeout=120)
+        except Exception:  # a process failed to connect, or never got there: its report says why
+            raise BenchFailure(f"the client processes did not all connect: {_first_failure(children)}") from None
+        if on_start is not None:
+            on_start()
+        figures = _collect(children, config.time_limit + 30.0)
+        if on_end is not None:
+            on_end()
+    finally:
+        # After a failure the others would run on to their time limit: stop them now.
+        patience = 5.0 if sys.exc_info()[0] is None else 0.0
+        for process, receive in children:
+            process.join(timeout=patience)
+            if process.is_alive():
+                process.terminate()
+                process.join()
+            receive.close()
+    latencies: list[float] = []
+    for figure in figures:
+        latencies += array("d", figure["latencies"])
+    confirmed = sum(figure["confirmed"] for figure in figures)
+    if confirmed != config.messages:
+        raise BenchFailure(f"{confirmed} messages confirmed, {config.messages} sent")
+    cpu = [figure["cpu"] for figure in figures]
+    return FanInResult(
+        driver.name,
+        sum(figure["requests"] for figure in figures),
+        confirmed,
+        max(figure["ended"] for figure in figures) - min(figure["started"] for figure in figures),
+        sum(cpu),
+        latencies,
+        cpu,
+    )
+
+
+def _collect(children: list[tuple[BaseProcess, Connection]], patience: float) -> list[dict[str, Any]]:
+    """Every process's figures, as they come; the first failure raises at once (the others are then stopped)."""
+    deadline = time.monotonic() + patience
+    waiting = {receive: index for index, (_, receive) in enumerate(children)}
+    figures: list[dict[str, Any]] = []
+    while waiting:
+        ready = multiprocessing.connection.wait(list(waiting), max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise BenchFailure(f"no end {patience:.0f} s after the start: the server stopped answering")
+        for receive in cast(list[Connection], ready):  # wait() returns some of what it was given
+            index = waiting.pop(receive)
+            try:
+                kind, value = receive.recv()
+            except EOFError:
+                raise BenchFailure(f"client process {index} ended without a word") from None
+            if kind != "done":
+                raise BenchFailure(f"client process {index}: {value}")
+            figures.append(value)
+    return figures
+
+
+def _first_failure(children: list[tuple[BaseProcess, Connection]]) -> str:
+    for index, (_, receive) in enumerate(children):
+        if receive.poll(1.0):
+            with contextlib.suppress(EOFError):
+                kind, value = receive.recv()
+                if kind != "done":
+                    return f"client process {index}: {value}"
+    return "no process said why"
+
+
+def _fan_in_process(
+    make_driver: Callable[[BenchConfig], Driver],
+    config: BenchConfig,
+    new_loop: Callable[[], asyncio.AbstractEventLoop],
+    ledger: Ledger,
+    barrier: Any,
+    report: Any,
+) -> None:
+    """One client process of `run_fan_in`: connect, wait for the others, run, send back the figures."""
+    try:
+        loop = new_loop()
+        try:
+            figures = loop.run_until_complete(_fan_in_part(make_driver(config), ledger, barrier))
+        finally:
+            loop.close()
+        report.send(("done", figures))
+    except BaseException as exc:  # everything goes back to the parent, which decides
+        barrier.abort()
+        report.send(("failed", f"{type(exc).__name__}: {exc}"))
+    finally:
+        report.close()
+
+
+async def _fan_in_part(driver: Driver, ledger: Ledger, barrier: Any) -> dict[str, Any]:
+    senders, readers = await _connect(driver)
+    try:
+        barrier.wait(timeout=120)  # blocks this process's loop, which has nothing else to do yet
+    except BaseException:
+        for link in senders + readers:
+            link.transport.close()
+        raise
+    started = time.perf_counter()  # CLOCK_MONOTONIC: the same clock in every process
+    tally = _Tally(driver.config, ledger)
+    result = await _drive(driver, senders, readers, tally)
+    return {
+        "pid": os.getpid(),
+        "started": started,
+        "ended": started + result.seconds,
+        "requests": result.requests,
+        "confirmed": result.messages,
+        "cpu": result.client_cpu_seconds,
+        "latencies": array("d", result.latencies).tobytes(),
+    }
