@@ -112,7 +112,11 @@ class AsyncClient(Commands):
     """An asyncio client; every command is a coroutine.
 
     Any number of tasks may use one client at once: their requests share the
-    connection and are matched to their answers by request id.
+    connection and are matched to their answers by request id. The client
+    belongs to the event loop it was connected on, like any asyncio object:
+    it is not thread-safe. Threads share a blocking `Client` instead; a
+    thread that must reach an async client hands it a coroutine with
+    `asyncio.run_coroutine_threadsafe`.
     """
 
     def __init__(self, protocol: _ClientProtocol, timeout: float | None = None) -> None:

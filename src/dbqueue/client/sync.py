@@ -173,6 +173,9 @@ class PipelinedClient:
         self._ready: list[tuple[int, msg.Response]] = []  # answers to raw requests, in arrival order
         self._outstanding = 0  # raw requests sent and not yet received
         self._longest_wait = 0.0  # the longest wait_ms among them, in seconds: the server may hold those
+        # Whether a request was ever abandoned: only then may an answer make the connection queue
+        # Releases (`ClientConnection.data_to_send`), so only then does the reader ask for them.
+        self._abandoned = False
         self._tls = sock if isinstance(sock, ssl.SSLSocket) else None
         self._tls_lock = threading.Lock()  # around each TLS read and write: OpenSSL allows one thread at a time
         if self._tls is None:
@@ -255,9 +258,12 @@ class PipelinedClient:
             if timeout is not None and wait_ms:
                 timeout += wait_ms / 1000.0
         # Every command passes here, so the uncontended path takes the state lock twice in all: here,
-        # and once its answer is in (`_pump`). The thread takes the free read role now, as it will
-        # read next anyway: holding it while writing is safe, as `_send_rest` reads while it waits.
-        with self._lock:
+        # and once its answer is in (`_pump`); explicit acquire and release cost less than `with`.
+        # The thread takes the free read role now, as it will read next anyway: holding it while
+        # writing is safe, as `_send_rest` reads while it waits.
+        lock = self._lock
+        lock.acquire()
+        try:
             if self._failure is not None:
                 raise _fresh(self._failure)
             request_id, frame = self.protocol.send(request)
@@ -269,6 +275,8 @@ class PipelinedClient:
             direct = not self._outbox and self._write_lock.acquire(False)
             if not direct:
                 self._outbox.append(frame)
+        finally:
+            lock.release()
         try:
             if direct:
                 self._write(frame, reading)
@@ -331,7 +339,7 @@ class PipelinedClient:
         so that a read never leaves a message in flight on this connection.
         """
         try:
-            answered = self._wait(call, deadline, reading=reading)
+            answered = self._read_for(call, deadline) if reading else self._wait(call, deadline)
         except BaseException:
             self._forsake(call)
             raise
@@ -352,6 +360,7 @@ class PipelinedClient:
             if self._calls.pop(call.request_id, None) is None or self._failure is not None:
                 return False
             self.protocol.abandon(call.request_id, cancel=call.wait_ms > 0)
+            self._abandoned = True
             pending = self.protocol.data_to_send()
             if pending:
                 self._outbox.append(pending)
@@ -439,6 +448,7 @@ class PipelinedClient:
         """
         with self._lock:
             self.protocol.abandon(request_id, cancel)
+            self._abandoned = True
             self._outstanding = max(0, self._outstanding - 1)
             pending = self.protocol.data_to_send()
             if pending:
@@ -581,15 +591,10 @@ class PipelinedClient:
     # --- reading -----------------------------------------------------------------------
 
     def _wait(
-        self,
-        sleeper: _Call,
-        deadline: float | None,
-        done: Callable[[], bool] | None = None,
-        once: bool = False,
-        reading: bool = False,
+        self, sleeper: _Call, deadline: float | None, done: Callable[[], bool] | None = None, once: bool = False
     ) -> bool:
         """Wait until ``sleeper`` is done (or ``done()`` holds, if given): read the socket while nobody
-        else does, else sleep until woken. ``reading``: this thread holds the read role already.
+        else does (`_read_for`), else sleep until woken.
 
         Returns True once it is (or, with ``once``, after one read of the
         socket), False if ``deadline`` passes first. ``sleeper`` is how other
@@ -600,45 +605,24 @@ class PipelinedClient:
         slept = False  # whether this thread went to sleep and has not held the read role since
         try:
             while True:
-                if not reading:
-                    with lock:
-                        if done() if done else sleeper.response is not None or sleeper.error is not None:
-                            return True
-                        if self._failure is not None:
-                            raise _fresh(self._failure)
-                        reading = not self._reading
-                        if reading:
-                            self._reading = True
-                            slept = False
-                        else:
-                            if asleep is None:
-                                asleep = threading.Lock()
-                                asleep.acquire()
-                            sleeper.wake = asleep.release
-                            self._sleepers[sleeper] = None
-                            slept = True
+                with lock:
+                    if done() if done else sleeper.response is not None or sleeper.error is not None:
+                        return True
+                    if self._failure is not None:
+                        raise _fresh(self._failure)
+                    reading = not self._reading
+                    if reading:
+                        self._reading = True
+                        slept = False
+                    else:
+                        if asleep is None:
+                            asleep = threading.Lock()
+                            asleep.acquire()
+                        sleeper.wake = asleep.release
+                        self._sleepers[sleeper] = None
+                        slept = True
                 if reading:
-                    try:
-                        poll = self._poll_in.poll
-                        until = None if done else sleeper  # `_pump` gives up the role once it is done
-                        while True:
-                            if done() if done else sleeper.response is not None or sleeper.error is not None:
-                                return True
-                            if self._tls is None or not self._buffered():
-                                if deadline is None:
-                                    poll()
-                                else:
-                                    remaining = deadline - time.monotonic()
-                                    if remaining <= 0 or not poll(remaining * 1000.0):
-                                        return False
-                            if self._pump(until):
-                                reading = False
-                                return True
-                            if once:
-                                return True
-                    finally:
-                        if reading:
-                            self._step_down()
+                    return self._read_for(sleeper, deadline, done, once)
                 assert asleep is not None
                 remaining = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
                 if not asleep.acquire(True, remaining):
@@ -653,6 +637,34 @@ class PipelinedClient:
                     elif not self._reading:
                         # Woken, maybe to take the free read role, and leaving instead: pass it on.
                         self._hand_off()
+
+    def _read_for(
+        self, sleeper: _Call, deadline: float | None, done: Callable[[], bool] | None = None, once: bool = False
+    ) -> bool:
+        """Holding the read role: read and hand out answers until ``sleeper`` is done (or ``done()``
+        holds, if given; or after one read, with ``once``), then give the role up. Returns False if
+        ``deadline`` passes first. Raises the connection's failure."""
+        reading = True
+        try:
+            poll = self._poll_in.poll
+            until = None if done else sleeper  # `_pump` gives the role up in the same hold of the lock
+            while not (done() if done else sleeper.response is not None or sleeper.error is not None):
+                if self._tls is None or not self._buffered():
+                    if deadline is None:
+                        poll()
+                    else:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0 or not poll(remaining * 1000.0):
+                            return False
+                if self._pump(until):
+                    reading = False
+                    return True
+                if once:
+                    return True
+            return True
+        finally:
+            if reading:
+                self._step_down()
 
     def _pump(self, until: _Call | None = None) -> bool:
         """Holding the read role: read what the socket has, and hand each answer to its call.
@@ -673,12 +685,14 @@ class PipelinedClient:
             raise self._fail_and_close(ConnectionLost(f"connection lost while waiting for a response: {exc}")) from exc
         if not data:
             raise self._fail_and_close(ConnectionLost("the server closed the connection"))
-        with self._lock:
+        lock = self._lock
+        lock.acquire()  # not `with`: this is on every command's path, and costs less
+        try:
             try:
                 responses = self.protocol.receive_data(data)
             except ProtocolError as exc:
                 raise self._fail(exc) from None
-            releases = self.protocol.data_to_send()
+            releases = self.protocol.data_to_send() if self._abandoned else b""
             if releases:
                 self._outbox.append(releases)
             calls = self._calls
@@ -711,6 +725,8 @@ class PipelinedClient:
                 if self._sleepers:
                     self._hand_off()
             failed = self._failure is not None
+        finally:
+            lock.release()
         if releases:
             # Never wait for a writer: it may be waiting for us to read. A failure reaches every caller anyway.
             with contextlib.suppress(DbQueueError):

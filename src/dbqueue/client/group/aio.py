@@ -44,7 +44,9 @@ T = TypeVar("T")
 class AsyncGroupClient:
     """The asyncio form of `GroupClient`: the same routing; every command is a coroutine.
 
-    Any number of tasks may use one client at once.
+    Any number of tasks may use one client at once. Like `AsyncClient`, it
+    belongs to the event loop it was connected on and is not thread-safe;
+    threads share a `GroupClient` instead.
     """
 
     def __init__(
