@@ -20,8 +20,13 @@ Servers are stopped at the end, also on failure or Ctrl-C.
 Messages/s is the figure to compare: requests/s also counts reads that found
 the queue empty, and how many of those a system causes is not a virtue.
 
+Payloads are unique per message, for every system (`dbqueue.loadtest`: a
+running number in each payload's last 8 bytes), so Redis's LREM compares
+payloads along its processing list as it would in a real deployment.
+
 Four modes, each with its own systems, baseline (the numerator of every
-ratio) and targets, which the report checks in a table (target, reached, met?):
+ratio) and targets, which the report checks in a table (target, reached, met?),
+and a fifth that is a script of its own:
 
 * default, in memory: dbqueue against beanstalkd, redis-list, redis-stream.
 * ``--durable``: every system with its write-ahead log, plus in-memory dbqueue
@@ -38,6 +43,10 @@ ratio) and targets, which the report checks in a table (target, reached, met?):
   spreads its connections over both workers' ports) against dbqueue-1-worker
   (one plain server); target: the group at least 1.3 times as fast. Server
   CPU is the whole group's: the supervisor and both workers.
+* ``--fan-in``: many connections with one request in flight each, over several
+  client processes, against dbqueue, Redis lists, beanstalkd and a framing-only
+  floor: ``python bench/compare.py --fan-in [options]`` runs ``bench/fanin.py``
+  with those options (see its own ``--help``).
 
 Before it starts, the run waits (``--quiet-load``, ``--quiet-wait``) for the
 machine's load average to settle; a round in which any run saw other processes
@@ -210,6 +219,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--workers",
         action="store_true",
         help="dbqueue serve --workers 2 (connections spread over both workers) against a single dbqueue server",
+    )
+    modes.add_argument(
+        "--fan-in",
+        action="store_true",
+        help="one request in flight per connection, many connections: runs bench/fanin.py with the other options",
     )
     parser.add_argument(
         "--dbqueue-sync", choices=("os", "disk"), default="os", help="with --durable: dbqueue-durable's --sync"
@@ -783,6 +797,7 @@ def print_header(console: Console, info: dict[str, Any]) -> None:
     console.print(
         f"workload ({args['mode']}): {args['producers']} producers, {args['consumers']} consumers, "
         f"pipeline {args['pipeline']}{batch}, {args['iterations']:,} iterations, {args['payload']}-byte payloads "
+        f"(unique per message: a running number in the last {min(8, args['payload'])} bytes, for every system) "
         f"= {args['messages']:,} messages a run; {args['rounds']} round(s) of {' → '.join(args['systems'])}"
     )
     if machine["nproc"] and machine["nproc"] < 4:
@@ -863,6 +878,11 @@ def _cancel_everything(loop: asyncio.AbstractEventLoop) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    arguments = sys.argv[1:] if argv is None else argv
+    if "--fan-in" in arguments:  # a mode with a script of its own
+        import fanin
+
+        return fanin.main([argument for argument in arguments if argument != "--fan-in"])
     args = parse_args(argv)
     console = Console(width=None if sys.stdout.isatty() else 200)
     signal.signal(signal.SIGTERM, _raise_interrupt)  # stop the servers on `kill` too

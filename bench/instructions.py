@@ -10,6 +10,18 @@ requests: start-up, shutdown and import costs cancel out, while the event
 loop, the garbage collector, the expiry timer and the system-call wrappers
 all count. Kernel work does not (valgrind counts user space only).
 
+``--fan-in`` drives the server with the fan-in load instead
+(`dbqueue.loadtest.run_fan_in`: 4 producers and 4 consumers in one client
+process, one request in flight each, ``--iterations`` messages per producer):
+every request arrives alone, and the count takes in the event loop, the
+transport's reads and writes and everything else the server does for a lone
+request. ``--floor`` counts `floor.py` (dbqueue's framing, canned replies, no
+queue work) under the same load instead of the server: the two counts' gap is
+what the server's queue work and its structure cost per request.
+``--keep DIR`` keeps callgrind's output of each measured process there, for
+``callgrind_annotate`` (per function, with the C functions of the interpreter,
+uvloop and libuv).
+
 ``--direct`` counts the server's own work per message, nothing else: one
 `Session` with a null transport is fed prebuilt frames in this process (no
 sockets, no event loop, no reads that find the queue empty), each round being
@@ -52,6 +64,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--batch", type=int, default=1, help="messages a request (send_batch / read_batch / confirm_batch)"
     )
     parser.add_argument("--metrics", action="store_true", help="serve Prometheus metrics (--metrics-port)")
+    parser.add_argument(
+        "--fan-in", action="store_true", help="the fan-in load (one request in flight per connection) instead"
+    )
+    parser.add_argument("--floor", action="store_true", help="count floor.py, not the server (with --fan-in)")
+    parser.add_argument("--keep", metavar="DIR", help="keep callgrind's output files in DIR (callgrind_annotate)")
     parser.add_argument("--server-python", default=sys.executable, help="interpreter for the server")
     parser.add_argument(
         "--compare-with", metavar="REV", help="also count a git revision's src/ (exported with git archive)"
@@ -71,13 +88,16 @@ def count(args: argparse.Namespace, iterations: int, src: Path | None) -> tuple[
     """(instructions, requests, messages) of one server life under a load run of ``iterations``."""
     # Imported here, not at the top: ``--direct``'s measured child runs this file against a revision's
     # src/, which may predate `dbqueue.loadtest` (it was `dbqueue.bench` before e289cd7; `peers` imports it).
-    from dbqueue.loadtest import BenchConfig, DbQueueDriver, run_load
+    from dbqueue.loadtest import BenchConfig, DbQueueDriver, run_fan_in, run_load
     from dbqueue.server import new_event_loop
-    from peers import free_port
+    from peers import FloorDriver, free_port
 
     port = free_port()
-    command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", args.server_python]
-    command += ["-m", "dbqueue.cli", "serve", "--port", str(port), "--log-level", "warning"]
+    command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={_output(args, iterations)}", args.server_python]
+    if args.floor:
+        command += [str(Path(__file__).resolve().parent / "floor.py"), "--port", str(port)]
+    else:
+        command += ["-m", "dbqueue.cli", "serve", "--port", str(port), "--log-level", "warning"]
     if args.metrics:
         command += ["--metrics-port", str(free_port())]
     environment = dict(os.environ)
@@ -94,11 +114,17 @@ def count(args: argparse.Namespace, iterations: int, src: Path | None) -> tuple[
             timeout_ms=600_000,
             time_limit=1800,
         )
-        loop = new_event_loop()
-        try:
-            result = loop.run_until_complete(run_load(DbQueueDriver(config)))
-        finally:
-            loop.close()
+        if args.fan_in:
+            config.producers = config.consumers = 4
+            config.pipeline = 1
+            driver = FloorDriver if args.floor else DbQueueDriver
+            result = run_fan_in(driver, config, new_event_loop, 1)
+        else:
+            loop = new_event_loop()
+            try:
+                result = loop.run_until_complete(run_load(DbQueueDriver(config)))
+            finally:
+                loop.close()
         server.send_signal(signal.SIGINT)
         _, log = server.communicate(timeout=300)
     finally:
@@ -172,8 +198,18 @@ def feed_session(rounds: int, most: int, batch: int, lone: bool) -> None:
         raise SystemExit(f"{len(session.held)} messages left in flight: the confirms did not match")
 
 
+def _output(args: argparse.Namespace, size: int) -> str:
+    """Where callgrind writes one measured process's profile: /dev/null, or a file in ``--keep``."""
+    if not args.keep:
+        return "/dev/null"
+    Path(args.keep).mkdir(parents=True, exist_ok=True)
+    kind = "floor" if args.floor else "direct" if args.direct else "server"
+    return str(Path(args.keep) / f"callgrind.{kind}.{size}")
+
+
 def count_direct(args: argparse.Namespace, rounds: int, src: Path | None) -> int:
-    command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", args.server_python, __file__]
+    command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={_output(args, rounds)}", args.server_python]
+    command += [__file__]
     command += ["--child", str(rounds), "--rounds", *map(str, args.rounds), "--batch", str(args.batch)]
     command += ["--lone"] if args.lone else []
     environment = dict(os.environ)
@@ -222,8 +258,17 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
         return 2
+    from machine import context_lines, run_context
+
+    for line in context_lines(run_context(args.server_python)):
+        print(line)
     what = f"batch {args.batch}" if args.batch > 1 else "lone frames" if args.lone else "single requests"
     what += ", metrics served" if args.metrics else ""
+    what += ", fan-in: 4 producers and 4 consumers, one request in flight each" if args.fan_in else ""
+    what += ", floor.py instead of the server" if args.floor else ""
+    if args.floor and not args.fan_in:
+        print("--floor answers ENQUEUE, READ and CONFIRM one by one: use it with --fan-in", file=sys.stderr)
+        return 2
     if args.direct:
         print(f"one session fed directly ({what}), rounds {args.rounds[0]} and {args.rounds[1]}, {args.server_python}")
     else:

@@ -10,7 +10,8 @@ instructions exactly but sees nothing of the kernel; this splits a request's
 cost into the server's own work and the system calls it makes. The kernel
 counts in clock ticks (10 ms here), so a run of a couple of seconds gives the
 split to a few percent, and rates move with the machine as in `compare.py`.
-Linux only.
+Payloads are unique per message (`dbqueue.loadtest`). It prints the machine,
+both interpreters' builds and the peers' versions first (`machine`). Linux only.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # `peers` sits next to
 
 from dbqueue.loadtest import BenchConfig, DbQueueDriver, Driver, run_load
 from dbqueue.server import new_event_loop
+from machine import add_run_options, begin_run, context_lines
 from peers import DbQueueServer, RedisListDriver, RedisServer, ServerProcess, process_stat
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -56,8 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="rounds of dbqueue, then Redis lists")
     parser.add_argument("--iterations", type=int, default=1000, help="batches per producer")
+    add_run_options(parser)
     args = parser.parse_args(argv)
-    with DbQueueServer() as dbqueue, RedisServer(label="redis-list") as redis:
+    for line in context_lines(begin_run(args)):
+        print(line)
+    with DbQueueServer(python=args.server_python) as dbqueue, RedisServer(label="redis-list") as redis:
         for number in range(1, args.rounds + 1):
             for server, driver in ((dbqueue, DbQueueDriver), (redis, RedisListDriver)):
                 rate, user, system = measure(server, driver, args.iterations)

@@ -5,15 +5,23 @@ fresh client-side loop (`dbqueue.server.new_event_loop`, so uvloop when
 installed) that fails the test on any unhandled exception it sees. The reply
 reader and the driver's checks are pure: they are fed frames built with
 `dbqueue.protocol.messages.encode`. Loads are kept to a few hundred messages.
+Fan-in runs (`run_fan_in`) fork their client processes from the test process;
+one also runs against bench/floor.py, the fan-in benchmark's framing-only server.
 """
 
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import random
 import re
+import socket
 import struct
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
@@ -24,11 +32,15 @@ from dbqueue.loadtest import (
     BenchFailure,
     BenchResult,
     DbQueueDriver,
+    FanInResult,
+    Ledger,
     Replies,
     _ColumnReader,
+    run_fan_in,
     run_load,
     run_round_trips,
 )
+from dbqueue.protocol import frames as fr
 from dbqueue.protocol import messages as msg
 from dbqueue.server import new_event_loop
 
@@ -576,3 +588,190 @@ def test_confirm_frames_take_the_handles_take_messages_returns() -> None:
     handles = checker.take_messages(replies_of(checker, read()))
     expected = b"".join(msg.encode(i, msg.Confirm(1000 + i - 1)) for i in range(1, PIPELINE + 1))
     assert checker.confirm_frames(handles) == expected
+
+
+# --- 6. unique payloads ----------------------------------------------------------------------
+
+
+def sent_payloads(frames: bytes) -> list[bytes]:
+    """The payloads of ENQUEUE frames, cut by the protocol's own reader."""
+    reader = fr.FrameReader(1 << 20)
+    payloads = []
+    for opcode, _, _, body in reader.feed(frames):
+        assert opcode == fr.Op.ENQUEUE
+        payloads.append(msg.Enqueue.from_body(body).data)
+    return payloads
+
+
+def test_every_send_carries_a_payload_of_its_own() -> None:
+    checker = driver()
+    payloads = sent_payloads(checker.send_frames(PIPELINE)) + sent_payloads(checker.send_frames(PIPELINE))
+    assert len(set(payloads)) == len(payloads) == 2 * PIPELINE
+    # The template, numbered in its last bytes: each one is intact, and numbered from 0 on.
+    assert all(map(checker.intact, payloads))
+    assert [int.from_bytes(p[-8:], "big") for p in payloads] == list(range(2 * PIPELINE))
+    assert [p[:-8] for p in payloads] == [PAYLOAD_BYTES[:-8]] * len(payloads)
+    # The frames are what the protocol's own encoder gives for those payloads.
+    again = driver()
+    assert again.send_frames(3) == b"".join(msg.encode(i, msg.Enqueue(QUEUE, p)) for i, p in enumerate(payloads[:3], 1))
+
+
+def test_batches_of_sends_carry_payloads_of_their_own() -> None:
+    checker = driver(BATCH)
+    frames = checker.send_frames(2)
+    expected = [PAYLOAD_BYTES[:-8] + n.to_bytes(8, "big") for n in range(2 * BATCH)]
+    assert frames == b"".join(
+        msg.encode(i, msg.EnqueueBatch(QUEUE, tuple(expected[(i - 1) * BATCH : i * BATCH]))) for i in (1, 2)
+    )
+    # A read batch of them checks out: the label differs, the rest is the template.
+    reply = msg.Messages(tuple(msg.Message(10 + n, p) for n, p in enumerate(expected[:BATCH])))
+    assert len(checker.take_messages(replies_of(checker, [reply]))) == BATCH
+
+
+@pytest.mark.parametrize("size", [0, 3, 8, 9])
+def test_short_payloads_keep_the_label_that_fits(size: int) -> None:
+    checker = DbQueueDriver(BenchConfig(pipeline=2, payload=size, queue=QUEUE))
+    payloads = checker.payloads(300)
+    assert {len(p) for p in payloads} == {size}
+    assert len(set(payloads)) == min(300, 256 ** min(size, 8))
+    assert all(map(checker.intact, payloads))
+
+
+class RecordsPayloads(DbQueueDriver):
+    """Checks every read as usual, and keeps every payload it read."""
+
+    def __init__(self, config: BenchConfig) -> None:
+        super().__init__(config)
+        self.seen: list[bytes] = []
+
+    def take_messages(self, replies: Replies) -> list[bytes]:
+        ids = super().take_messages(replies)
+        self.seen += [body[12:] for opcode, body in zip(replies.opcodes, replies.bodies) if opcode == fr.Op.MESSAGE]
+        return ids
+
+
+def test_a_run_reads_back_every_payload_once(server: ServerThread) -> None:
+    recorder = RecordsPayloads(small_config(server))
+    result = run(run_load(recorder))
+    assert len(recorder.seen) == len(set(recorder.seen)) == result.messages
+
+
+# --- 7. fan-in: one request in flight per connection, over client processes -----------------
+
+
+def fan_in_config(*servers: ServerThread, **overrides: Any) -> BenchConfig:
+    return small_config(*servers, **{"producers": 3, "consumers": 3, "pipeline": 1, "iterations": 20, **overrides})
+
+
+def test_run_fan_in_over_two_processes_confirms_every_message(server: ServerThread) -> None:
+    config = fan_in_config(server)
+    marks: list[str] = []
+    result = run_fan_in(
+        DbQueueDriver, config, new_event_loop, 2, on_start=lambda: marks.append("start"),
+        on_end=lambda: marks.append("end"),
+    )  # fmt: skip
+
+    assert isinstance(result, FanInResult)
+    assert marks == ["start", "end"]
+    assert result.messages == config.messages == 3 * 20
+    assert len(result.process_cpu_seconds) == 2 and result.client_cpu_seconds == sum(result.process_cpu_seconds)
+    # One send and one confirm per message, at least one read each; every round trip is timed, empty reads too.
+    assert result.requests >= 3 * result.messages
+    assert len(result.latencies) == result.requests
+    assert all(latency > 0 for latency in result.latencies)
+    assert result.seconds > 0
+    assert_all_confirmed(server, result.messages)
+
+
+def test_run_fan_in_with_more_processes_than_connections_of_a_kind(server: ServerThread) -> None:
+    # One producer and three consumers over three processes: two processes only consume, and still stop.
+    config = fan_in_config(server, producers=1, consumers=3, iterations=10)
+    result = run_fan_in(DbQueueDriver, config, new_event_loop, 3)
+    assert result.messages == 10 and len(result.process_cpu_seconds) == 3
+    assert_all_confirmed(server, 10)
+
+
+def test_run_fan_in_takes_one_request_in_flight_only(server: ServerThread) -> None:
+    with pytest.raises(ValueError, match="pipeline and batch must be 1"):
+        run_fan_in(DbQueueDriver, small_config(server), new_event_loop, 1)
+    with pytest.raises(ValueError, match="pipeline and batch must be 1"):
+        run_fan_in(DbQueueDriver, fan_in_config(server, batch=2), new_event_loop, 1)
+
+
+class PlantedFailure(DbQueueDriver):
+    """Fails its tenth read check, in whichever process gets there."""
+
+    def __init__(self, config: BenchConfig) -> None:
+        super().__init__(config)
+        self.reads = 0
+
+    def take_messages(self, replies: Replies) -> list[bytes]:
+        self.reads += 1
+        if self.reads == 10:
+            raise BenchFailure("read: a planted failure")
+        return super().take_messages(replies)
+
+
+def test_run_fan_in_fails_when_a_process_fails(server: ServerThread) -> None:
+    config = fan_in_config(server, iterations=50, time_limit=60.0)
+    began = time.monotonic()
+    with pytest.raises(BenchFailure, match=r"client process \d: BenchFailure: read: a planted failure"):
+        run_fan_in(PlantedFailure, config, new_event_loop, 2)
+    assert time.monotonic() - began < 30, "the other process was not stopped: it ran on towards its time limit"
+    assert not multiprocessing.active_children()
+
+
+def test_run_fan_in_fails_when_it_cannot_connect() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        address = probe.getsockname()
+    # Nothing listens there: the queue cannot even be prepared.
+    with pytest.raises(OSError):
+        run_fan_in(DbQueueDriver, BenchConfig(addresses=[address], pipeline=1), new_event_loop, 2)
+
+
+def test_fan_in_times_each_request_in_one_process(server: ServerThread) -> None:
+    config = fan_in_config(server, fan_in=True)
+    result = run(run_load(DbQueueDriver(config)))
+    assert len(result.latencies) == result.requests >= 3 * result.messages
+
+
+def test_ledger_sums_every_process_slot() -> None:
+    slots = multiprocessing.get_context("fork").RawArray("q", 3)
+    ledgers = [Ledger(slots, index, 100) for index in range(3)]
+    ledgers[0].note(10)
+    ledgers[2].note(5)
+    ledgers[0].note(30)
+    assert [ledger.confirmed() for ledger in ledgers] == [35, 35, 35]
+
+
+class FloorDriver(DbQueueDriver):
+    """bench/floor.py answers ENQUEUE, READ and CONFIRM only: nothing to prepare."""
+
+    name = "floor"
+
+    async def prepare(self, address: tuple[str, int]) -> None:
+        return None
+
+
+def test_the_floor_passes_the_fan_in_checks() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    floor = Path(__file__).resolve().parent.parent / "bench" / "floor.py"
+    process = subprocess.Popen([sys.executable, str(floor), "--port", str(port)])
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline and process.poll() is None, "floor.py did not start"
+                time.sleep(0.05)
+        config = BenchConfig(addresses=[("127.0.0.1", port)], producers=2, consumers=2, pipeline=1, iterations=25)
+        result = run_fan_in(FloorDriver, config, new_event_loop, 2)
+        assert result.messages == 50 and result.requests >= 150
+    finally:
+        process.terminate()
+        assert process.wait(10) == 0
