@@ -18,7 +18,7 @@ import pytest
 from conftest import ServerThread
 from dbqueue import Client, ConnectionLost, Message
 from dbqueue.client.group import GroupClient
-from dbqueue.protocol import Read
+from dbqueue.protocol import Enqueue, ObjectQueued, Read
 from dbqueue.server.security import server_tls_context
 from pki import Pki, make_pki
 
@@ -175,6 +175,80 @@ def test_each_thread_pipelines_over_one_client(server: ServerThread) -> None:
                     assert pipeline.execute(raise_on_error=True) == [None] * len(ids)
 
         in_threads(pipelined, [(f"t{i}",) for i in range(8)])
+
+
+def test_threads_pipelining_megabytes_both_ways_do_not_deadlock(server: ServerThread) -> None:
+    """Writes larger than the socket's buffers, from several threads, while answers as large pile up:
+    a thread waiting for room to write must let the answers be read (the server stops reading
+    requests while its answers go unread)."""
+    size = 256 * 1024
+    with Client.connect(server.address) as client:
+
+        def heavy(tag: str) -> None:
+            queue = f"big-{tag}"
+            client.create(queue)
+            for batch in range(2):
+                payloads = [f"{tag}:{batch}:{n}:".encode().ljust(size, b".") for n in range(12)]
+                with client.pipeline() as pipeline:
+                    for payload in payloads:
+                        pipeline.send(queue, payload)
+                    for _ in payloads:
+                        pipeline.read(queue, 30_000)
+                    results = pipeline.execute(raise_on_error=True)
+                ids, messages = results[: len(payloads)], results[len(payloads) :]
+                assert [(m.id, m.data) for m in messages if isinstance(m, Message)] == list(zip(ids, payloads))
+                assert client.confirm_batch(ids) == [None] * len(ids)  # type: ignore[arg-type]
+
+        in_threads(heavy, [(f"t{i}",) for i in range(4)], within=60.0)
+
+
+def test_a_writer_blocked_by_unread_answers_reads_them_meanwhile(
+    server_factory: Callable[..., ServerThread],
+) -> None:
+    """The deadlock a thread holding both roles must avoid, made on purpose: the server stops reading
+    a connection whose answers go unread, and a request larger than the sockets' buffers then cannot
+    be written until someone reads them. The writing thread reads them itself."""
+    server = server_factory(max_message_size=16 * 1024 * 1024)
+    with Client.connect(server.address) as client:
+        client.create("big")
+        client.create("sink")
+        for n in range(24):
+            client.send("big", str(n).encode().ljust(1024 * 1024, b"."))
+        ids = client.connection.send_many([Read("big", 60_000)] * 24)  # 24 MiB of answers, not read yet
+        time.sleep(0.1)  # the server writes what the socket takes, then stops reading this connection
+        payload = b"sink".ljust(12 * 1024 * 1024, b"x")
+        sent = client.send("sink", payload)
+        answers = client.connection.receive(24)
+        assert [request_id for request_id, _ in answers] == ids
+        numbers = [answer.data.split(b".", 1)[0] for _, answer in answers]  # type: ignore[union-attr]
+        assert numbers == [str(n).encode() for n in range(24)]
+        assert client.read("sink") == Message(sent, payload, 1)
+
+
+def test_raw_requests_beside_threads_using_commands(server: ServerThread) -> None:
+    """`send_many` and `receive` in one thread get the answers to their own requests, in order, while
+    other threads' commands on the same connection get theirs."""
+    with Client.connect(server.address) as client:
+        client.create("raw")
+        stop = threading.Event()
+
+        def busy(tag: str) -> int:
+            client.create(f"busy-{tag}")
+            done = 0
+            while not stop.is_set():
+                done += cycles(client, f"busy-{tag}", tag, 5)
+            return done
+
+        busy_results = [in_background(busy, str(i)) for i in range(4)]
+        connection = client.connection
+        for round_ in range(20):
+            ids = connection.send_many(Enqueue("raw", f"{round_}:{n}".encode()) for n in range(10))
+            answers = connection.receive(10)
+            assert [request_id for request_id, _ in answers] == ids
+            assert all(isinstance(answer, ObjectQueued) for _, answer in answers)
+        stop.set()
+        assert all(result(JOIN) > 0 for result in busy_results)
+        assert client.stats("raw")["ready"] == 200
 
 
 def test_waiting_reads_do_not_stall_the_other_threads(server: ServerThread) -> None:
