@@ -93,17 +93,18 @@ class Cycles:
                 return
 
 
-def round_trip(client: Any, label: str, round_: int, trips: int, size: int) -> float:
-    """Seconds per cycle over ``trips`` cycles of one thread."""
+def round_trip(client: Any, label: str, round_: int, trips: int, size: int) -> tuple[float, float]:
+    """Seconds per cycle over ``trips`` cycles of one thread: elapsed, and the CPU this process used
+    (the client's alone: the server is another process), which a busy machine disturbs less."""
     queue = f"rt-{label}-{round_}"
     client.create(queue)
     cycles = Cycles(client, queue, f"{label}{round_}".encode(), size)
     cycles.run(50, float("inf"))  # warm up
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     cycles.run(trips, float("inf"))
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     client.delete(queue)
-    return elapsed / trips
+    return elapsed / trips, cpu / trips
 
 
 def threaded(
@@ -180,24 +181,31 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as workdir:
             before_class = client_before(args.before, Path(workdir))
             with before_class.connect(address) as before, Client.connect(address) as after:
-                print("\none thread, send/read/confirm round trips (µs a cycle of three requests):")
+                print("\none thread, send/read/confirm round trips (µs a cycle of three requests; client CPU):")
                 times: dict[str, list[float]] = {"before": [], "after": []}
+                cpus: dict[str, list[float]] = {"before": [], "after": []}
                 for round_ in range(args.rounds):
                     order = [("before", before), ("after", after)]
                     if round_ % 2:
                         order.reverse()  # neither always goes first
                     for label, client in order:
                         run = partial(round_trip, client, label, round_, args.trips, args.payload)
-                        per_cycle, other = watched(server, run)
+                        (per_cycle, cpu), other = watched(server, run)
                         times[label].append(per_cycle)
-                        print(f"  round {round_}  {label:6}  {per_cycle * 1e6:7.1f} µs   other CPU {other:5.2f} s")
+                        cpus[label].append(cpu)
+                        print(
+                            f"  round {round_}  {label:6}  {per_cycle * 1e6:7.1f} µs   client CPU {cpu * 1e6:6.1f} µs"
+                            f"   other CPU {other:5.2f} s"
+                        )
                 for label, values in times.items():
                     print(
                         f"  {label:6}  median {statistics.median(values) * 1e6:7.1f} µs, "
-                        f"best {min(values) * 1e6:7.1f} µs"
+                        f"best {min(values) * 1e6:7.1f} µs;  client CPU median "
+                        f"{statistics.median(cpus[label]) * 1e6:6.1f} µs, best {min(cpus[label]) * 1e6:6.1f} µs"
                     )
-                change = statistics.median(times["after"]) / statistics.median(times["before"]) - 1
-                print(f"  after/before, medians: {change:+.1%}")
+                for what, figures in (("elapsed", times), ("client CPU", cpus)):
+                    change = statistics.median(figures["after"]) / statistics.median(figures["before"]) - 1
+                    print(f"  after/before, {what}, medians: {change:+.1%}")
 
         print(f"\n{args.threads} threads, send/read/confirm cycles (messages/s):")
         rates: dict[str, list[float]] = {"shared": [], "own": []}

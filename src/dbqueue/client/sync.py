@@ -78,6 +78,8 @@ __all__ = ["PipelinedClient", "Client", "Pipeline"]
 
 _RECV_SIZE = 256 * 1024
 
+_monotonic = time.monotonic  # looked up once: every request reads the clock
+
 # A TLS write that must first read (a renegotiation) waits this long for the read role to pass the bytes on.
 _TLS_RETRY_SECONDS = 0.01
 
@@ -287,7 +289,14 @@ class PipelinedClient:
                 self._step_down()
             self._forsake(call)
             raise
-        return self._result(call, None if timeout is None else time.monotonic() + timeout, reading)
+        deadline = None if timeout is None else _monotonic() + timeout
+        try:
+            answered = self._read_for(call, deadline) if reading else self._wait(call, deadline)
+        except BaseException:
+            self._forsake(call)
+            raise
+        response = call.response
+        return self._settle(call, answered) if response is None else response
 
     def _exchange(self, requests: Sequence[msg.Request]) -> list[msg.Response]:
         """Send ``requests`` in one write and return their answers in request order (`Pipeline.execute`).
@@ -330,19 +339,23 @@ class PipelinedClient:
         self._flush(block=False)
         return calls
 
-    def _result(self, call: _Call, deadline: float | None, reading: bool = False) -> msg.Response:
-        """Wait for ``call``'s answer until ``deadline`` and return it (``reading``: this thread holds
-        the read role already).
+    def _result(self, call: _Call, deadline: float | None) -> msg.Response:
+        """Wait for ``call``'s answer until ``deadline`` and return it.
 
         Raises its error, or `ConnectionLost` when the deadline passes (the call
         is then abandoned). Any other way out (KeyboardInterrupt) abandons it too,
         so that a read never leaves a message in flight on this connection.
         """
         try:
-            answered = self._read_for(call, deadline) if reading else self._wait(call, deadline)
+            answered = self._wait(call, deadline)
         except BaseException:
             self._forsake(call)
             raise
+        return self._settle(call, answered)
+
+    def _settle(self, call: _Call, answered: bool) -> msg.Response:
+        """Return ``call``'s answer, or raise its error; ``answered``: whether the wait for it ended
+        in time (if not, it is abandoned, unless the answer came meanwhile, and `ConnectionLost` raised)."""
         if not answered and not self._forsake(call):
             raise ConnectionLost(f"no answer to request {call.request_id} in time")
         if call.error is not None:
@@ -562,16 +575,17 @@ class PipelinedClient:
         """
         poller = self._poll_both if reading else self._poll_out
         timeout = self.timeout
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if timeout is None else _monotonic() + timeout
         while sent < len(view):
-            remaining = None if deadline is None else (deadline - time.monotonic()) * 1000.0
+            remaining = None if deadline is None else (deadline - _monotonic()) * 1000.0
             events = poller.poll(remaining) if remaining is None or remaining > 0 else []
             if not events:
                 raise self._fail_and_close(ConnectionLost(f"could not send within {timeout} s"))
-            if reading and events[0][1] & ~select.POLLOUT:
-                self._pump()
-            if not events[0][1] & select.POLLOUT:
-                continue
+            flags = events[0][1]
+            if reading and flags & ~select.POLLOUT:
+                self._pump()  # an error or the end of the stream fails the connection here
+            if not flags & ~select.POLLIN:
+                continue  # only answers came: no room yet
             try:
                 sent += self._send(view[sent:])
             except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError):
@@ -582,7 +596,7 @@ class PipelinedClient:
             except OSError as exc:
                 raise self._fail_and_close(ConnectionLost(f"connection lost while sending: {exc}")) from exc
             if timeout is not None:
-                deadline = time.monotonic() + timeout
+                deadline = _monotonic() + timeout
 
     def _send_tls(self, data: Any) -> int:
         with self._tls_lock:
@@ -653,7 +667,7 @@ class PipelinedClient:
                     if deadline is None:
                         poll()
                     else:
-                        remaining = deadline - time.monotonic()
+                        remaining = deadline - _monotonic()
                         if remaining <= 0 or not poll(remaining * 1000.0):
                             return False
                 if self._pump(until):

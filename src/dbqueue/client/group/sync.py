@@ -26,7 +26,7 @@ from typing import Any, Self, TypeVar
 from ...errors import ConnectionLost, DbQueueError, RequestError
 from ...protocol import messages as msg
 from ..commands import Commands, Decode, parse_address, result_of
-from ..sync import Client, wait_for_any
+from ..sync import Client, _Call, wait_for_any
 from .plans import (
     ANSWERS_AS_VALUES,
     CONNECTION_FAILURES,
@@ -318,7 +318,7 @@ class GroupClient:
         """
         read = WaitingRead(max_messages)
         request = msg.ReadBatch(name, max_messages, timeout_ms, wait_ms)
-        waiting: dict[int, tuple[Client, Any]] = {}  # position -> (its client, the call sent to it)
+        waiting: dict[int, tuple[Client, _Call]] = {}  # position -> (its client, the call sent to it)
         for position in self._up():
             try:
                 client = self._client(position)
