@@ -13,17 +13,52 @@ kind for all connections, never one per message or per connection:
 * with `Limits.idle_timeout`, the reaper closes connections that sent
   nothing for that long;
 * with a store, the reclaimer gives freed pages back to the file system
-  every `Limits.reclaim_interval`.
+  every `Limits.reclaim_interval` (and, while the store cannot write, probes
+  it instead: see below).
+
+Connections. Over TLS the listener is plain TCP and a `security.TlsGate`
+runs the handshakes: at most `Limits.max_unauthenticated` at once, each within
+`Limits.handshake_timeout`; a connection becomes a `Session`, and counts
+against `Limits.max_connections`, once its handshake is done. Strangers who
+never finish a handshake so never take the place of a client who did.
 
 Replies. In memory, `send` writes a reply at once. With a store, a reply that
 reports a change waits in the outbox until the change is committed:
 everything handled in one loop iteration, over every connection, is one
 transaction (group commit: the iteration's first such reply schedules
 `_commit`), and the replies go out after it. Replies that report no change to
-the store (`write`: reads) go out at once. A connection whose unread replies
-pass `Limits.max_output_buffer` is cut off. If the store cannot commit, no
-waiting reply goes out: every connection is cut, and `failed` tells `run` to
-stop the process.
+the store (`write`: reads) go out at once.
+
+Unread replies. A connection whose unread replies pass
+`Limits.max_output_buffer` is cut off (its messages in flight go back). Over
+all connections, the server keeps a running total of the replies waiting in
+transports' buffers, updated only from writes that leave a buffer non-empty
+(a client that reads costs one size check per write); when the total passes
+`Limits.max_output_total`, the sizes are read afresh and the connections
+with the most unread bytes are cut off, largest first, until it is back
+under the limit.
+
+A store that cannot write (a full disk, an I/O error). Nothing acknowledged
+is lost and the server stays up. When a commit fails, no reply waiting for it
+goes out: each request it answered gets a `StoreUnavailable` error instead
+(the outbox holds reply frames, which name their requests). The changes of
+that batch live only in memory, so the server brings the memory back to what
+the store holds: it cuts every connection (their messages in flight would go
+back anyway) and reloads the broker from the store's last commit, as a start
+does. It then runs *degraded*: `store_unavailable` holds the reason, the
+admission checks refuse changes that add data up front, the store gives back
+the room it keeps for this (`Store.release_room`) so that confirms, which
+free space, can still be written, and every `Limits.reclaim_interval` a probe
+(`Store.probe`) checks whether the store can write again with its room kept;
+when it can, `store_unavailable` goes back to None. A failed reclaim round
+makes the server degraded the same way (nothing waits on it, so nothing is
+reloaded). A start on a full disk serves what the store holds, degraded.
+Only a store that cannot even be read back (damage) stops the server: `failed`
+tells `run` to stop the process.
+
+Ids. Every start numbers messages from an epoch read off the wall clock
+(`first_id`), above every id an earlier run handed out, so that a confirm
+retried across a restart can never name another message, even in memory.
 """
 
 from __future__ import annotations
@@ -31,6 +66,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import operator
 import os
 import signal
 import ssl as ssl_module
@@ -39,15 +75,30 @@ from typing import Any
 
 from .._version import __version__
 from ..core import Broker
-from ..protocol.frames import MAX_MEMBERS, MEMBER_SHIFT
+from ..core.journal import Snapshot, now_ms
+from ..errors import ErrorCode
+from ..protocol.codecs import error_frame
+from ..protocol.frames import HEADER, HEADER_SIZE, MAX_MEMBERS, MEMBER_SHIFT
 from ..store import Store, StoreError
 from .limits import Limits
 from .metrics import MetricsEndpoint, RequestStats
+from .security import TlsGate
 from .session import Session
 
-__all__ = ["Server", "run", "new_event_loop"]
+__all__ = ["Server", "run", "new_event_loop", "first_id"]
 
 log = logging.getLogger("dbqueue.server")
+
+# Ids: each start numbers from ``ID_STEPS_PER_MS`` ids for every millisecond of wall-clock time since
+# ``ID_ORIGIN_MS`` (2025-01-01 UTC). A start thus comes above every id an earlier run of the same
+# member handed out, provided that run handed out fewer than ID_STEPS_PER_MS ids per millisecond of
+# its life on average (32.8 million a second; ids a queue takes in blocks and does not use count) and
+# the wall clock did not go back between the two starts (nothing is remembered across a restart in
+# memory, so nothing can detect it). Room: 2**41 ms after the origin is 2094-09-07, and
+# 2**41 * ID_STEPS_PER_MS = 2**56, the ids below a member's index byte (`MEMBER_SHIFT`).
+ID_ORIGIN_MS = 1_735_689_600_000
+ID_STEPS_PER_MS = 1 << 15
+_ID_ROOM = 1 << MEMBER_SHIFT
 
 
 class Server:
@@ -96,22 +147,23 @@ class Server:
         self.max_in_flight = limits.max_in_flight
         self.max_output_buffer = limits.max_output_buffer
         self.idle_timeout = limits.idle_timeout
+        self.max_output_total = limits.max_output_total
         self.name = f"dbqueue/{__version__}"
         self.members = list(members or [])
         self.member_index = member_index
-        self.broker = Broker(
-            default_capacity=limits.default_capacity,
-            max_batch_bytes=limits.max_message_size,
-            first_id=(member_index << MEMBER_SHIFT) + 1,
-            max_queues=limits.max_queues,
-            max_queue_name=limits.max_queue_name,
-            max_in_flight=limits.max_in_flight,
-        )
+        self.broker = self._new_broker()
         self.auth_token = auth_token or None
         self.ssl = ssl
+        self._tls: TlsGate | None = None
         self._reaper: asyncio.TimerHandle | None = None
-        # Set to the error when the server cannot go on (its store cannot commit): `run` then stops.
+        # Set to the error when the server cannot go on (its store cannot be read back): `run` then stops.
         self.failed: asyncio.Future[BaseException] | None = None
+        # Why the store cannot write (None: it can). While set, sends and creations are refused.
+        self.store_unavailable: str | None = None
+        # Unread replies: the bytes each transport known to be buffering had at its last write, and their sum.
+        self._buffering: dict[asyncio.Transport, int] = {}
+        self._unsent = 0
+        self._buffering_checked = 0  # how many `_buffering` held when its stale entries were last dropped
         self.sessions: set[Session] = set()
         self.clock: Callable[[], float] = _unstarted_clock
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -129,20 +181,48 @@ class Server:
         self._commit_scheduled = False
         self._reclaimer: asyncio.TimerHandle | None = None
 
+    def _new_broker(self) -> Broker:
+        limits = self.limits
+        return Broker(
+            default_capacity=limits.default_capacity,
+            max_batch_bytes=limits.max_message_size,
+            first_id=(self.member_index << MEMBER_SHIFT) + 1,
+            max_queues=limits.max_queues,
+            max_queue_name=limits.max_queue_name,
+            max_in_flight=limits.max_in_flight,
+        )
+
     @property
     def address(self) -> str:
         """``host:port`` as a client would connect to it."""
         return f"{self.host}:{self.port}"
+
+    @property
+    def tls_handshakes(self) -> int:
+        """TLS connections whose handshake is under way (they count against `Limits.max_unauthenticated`)."""
+        return 0 if self._tls is None else self._tls.in_progress
+
+    @property
+    def unsent_bytes(self) -> int:
+        """Replies waiting in transports' buffers over all connections, as last counted (it may be stale high)."""
+        return self._unsent
 
     async def start(self) -> None:
         """Bind and start accepting connections; raise `OSError` if the address is taken."""
         loop = self._loop = asyncio.get_running_loop()
         self.clock = loop.time
         self.failed = loop.create_future()
+        self._number_from_now(self.broker)
         if self.data_dir is not None and self.store is None:
             self._open_store(self.data_dir, loop)
+        factory: Callable[[], asyncio.Protocol]
+        if self.ssl is None:
+            factory = self._session
+        else:
+            limits = self.limits
+            factory = self._tls = TlsGate(self.ssl, limits.handshake_timeout, limits.max_unauthenticated, self._session)
         self._listener = await loop.create_server(
-            lambda: Session(self), self.host, self.port, backlog=self.limits.backlog, reuse_address=True, ssl=self.ssl
+            factory, self.host, self.port, backlog=self.limits.backlog, reuse_address=True
         )
         if self.idle_timeout:
             self._reap_idle(self.idle_timeout, loop)
@@ -158,10 +238,20 @@ class Server:
             self.metrics_port = self._metrics.port
         log.info("dbqueue listening on %s (max message %d bytes)", self.address, self.max_message_size)
 
+    def _session(self) -> Session:
+        return Session(self)
+
+    def _number_from_now(self, broker: Broker) -> None:
+        # Ids from the wall clock's epoch on (`first_id`): a snapshot of nothing but the
+        # first free id is how a broker learns where an earlier run's ids end.
+        broker.restore(Snapshot(queues=[], next_id=first_id(self.member_index, now_ms())), self.clock())
+
     async def stop(self) -> None:
         """Stop accepting, close every connection (their in-flight messages go back) and wait."""
         if self._listener is not None:
             self._listener.close()
+        if self._tls is not None:
+            self._tls.close()
         if self._metrics is not None:
             await self._metrics.stop()
             self._metrics = None
@@ -177,10 +267,13 @@ class Server:
             self._reaper.cancel()
             self._reaper = None
         if self.store is not None:
-            self._commit()
+            self._commit(reload=False)
             if self._reclaimer is not None:
                 self._reclaimer.cancel()
-            self.store.close()
+            try:
+                self.store.close()
+            except StoreError as exc:  # what it failed to write was never acknowledged
+                log.error("closing the store: %s; the next start reads it as last committed", exc)
             self.store = None
         if self._listener is not None:
             await self._listener.wait_closed()
@@ -209,8 +302,11 @@ class Server:
         """Write a reply now in memory; with a store, after the next commit (group commit)."""
         if self.store is None:
             transport.write(data)
-            if transport.get_write_buffer_size() > self.max_output_buffer:
-                self._cut_off(transport)
+            unsent = transport.get_write_buffer_size()
+            if unsent:
+                self._buffered(transport, unsent)
+            elif self._buffering:
+                self._drained(transport)
             return
         self._outbox.append((transport, data))
         if not self._commit_scheduled:
@@ -220,19 +316,62 @@ class Server:
     def write(self, transport: asyncio.Transport, data: bytes) -> None:
         """Write a reply now, even with a store: for replies that report no change to it (reads)."""
         transport.write(data)
-        if transport.get_write_buffer_size() > self.max_output_buffer:
-            self._cut_off(transport)
+        unsent = transport.get_write_buffer_size()
+        if unsent:
+            self._buffered(transport, unsent)
+        elif self._buffering:
+            self._drained(transport)
 
-    def _cut_off(self, transport: asyncio.Transport) -> None:
+    def _buffered(self, transport: asyncio.Transport, unsent: int) -> None:
+        # A write left ``unsent`` bytes in the transport's buffer: bound them, for this
+        # connection and over all connections (the running total moves by this one's change).
+        if unsent > self.max_output_buffer:
+            self._cut_off(transport, unsent, f"limit {self.max_output_buffer} per connection")
+            return
+        buffering = self._buffering
+        self._unsent += unsent - buffering.get(transport, 0)
+        buffering[transport] = unsent
+        if self._unsent > self.max_output_total:
+            self._shed()
+        elif len(buffering) > 2 * self._buffering_checked + 64:
+            self._recount()  # drop the entries of transports that drained or went, now and then
+
+    def _drained(self, transport: asyncio.Transport) -> None:
+        # A write left nothing unsent: the transport no longer counts.
+        unsent = self._buffering.pop(transport, None)
+        if unsent is not None:
+            self._unsent -= unsent
+
+    def _recount(self) -> None:
+        # Read every buffering transport's size afresh (the total drifts high as buffers
+        # drain unseen) and forget those with nothing unsent. O(transports buffering).
+        buffering = {}
+        for transport in self._buffering:
+            unsent = transport.get_write_buffer_size()
+            if unsent:
+                buffering[transport] = unsent
+        self._buffering = buffering
+        self._buffering_checked = len(buffering)
+        self._unsent = sum(buffering.values())
+
+    def _shed(self) -> None:
+        # Unread replies over all connections passed max_output_total: cut off the
+        # connections with the most of them, largest first, until the rest fit.
+        self._recount()
+        limit = self.max_output_total
+        if self._unsent <= limit:
+            return
+        for transport, unsent in sorted(self._buffering.items(), key=operator.itemgetter(1), reverse=True):
+            self._cut_off(transport, unsent, f"{self._unsent} over all connections, limit {limit}")
+            if self._unsent <= limit:
+                break
+
+    def _cut_off(self, transport: asyncio.Transport, unsent: int, limit: str) -> None:
         # A client that stops reading while its replies pile up is cut off (its
         # messages in flight go back) before it can exhaust the server's memory.
-        log.warning(
-            "closing %s: %d bytes of replies unread (limit %d)",
-            transport.get_extra_info("peername"),
-            transport.get_write_buffer_size(),
-            self.max_output_buffer,
-        )
+        log.warning("closing %s: %d bytes of replies unread (%s)", transport.get_extra_info("peername"), unsent, limit)
         transport.abort()
+        self._drained(transport)
 
     def _reap_idle(self, idle_timeout: float, loop: asyncio.AbstractEventLoop) -> None:
         # Close connections that sent nothing for idle_timeout seconds: one timer for all, run every
@@ -251,7 +390,7 @@ class Server:
         else:
             self._closing.append(transport)
 
-    def _commit(self) -> None:
+    def _commit(self, reload: bool = True) -> None:
         # Everything handled since the last commit, across every connection, in one
         # transaction; then the replies it allows. Runs once per loop iteration at most.
         self._commit_scheduled = False
@@ -262,7 +401,7 @@ class Server:
             if store.pending():
                 store.commit()
         except StoreError as exc:
-            self._fail(exc)
+            self._commit_failed(store, exc, reload)
             return
         outbox, self._outbox = self._outbox, []
         for transport, data in outbox:
@@ -272,10 +411,69 @@ class Server:
         for transport in closing:
             transport.close()
 
+    def _commit_failed(self, store: Store, exc: StoreError, reload: bool) -> None:
+        # Nothing of the batch was written: every reply waiting for it becomes a StoreUnavailable
+        # error for the request it answered, and the memory goes back to the store's last commit.
+        reason = str(exc)
+        outbox, self._outbox = self._outbox, []
+        log.error("the store cannot commit, %d replies answered StoreUnavailable: %s", len(outbox), reason)
+        for transport, data in outbox:
+            if not transport.is_closing():
+                transport.write(_unavailable(data, reason))
+        self._degrade(store, reason)
+        if reload:
+            self._reload(store)
+        else:  # stopping: the store closes next and nothing more is answered
+            store.discard()
+
+    def _degrade(self, store: Store, reason: str) -> None:
+        # From now on sends are refused up front, and the room the store kept is given back for the
+        # writes that free space (confirms); the reclaimer probes the store until it writes again.
+        if self.store_unavailable is None:
+            log.error("sends refused until the store can write again: %s", reason)
+        self.store_unavailable = reason
+        store.release_room()
+
+    def _reload(self, store: Store) -> None:
+        # Bring the memory back to the store's last commit, as a start does. Every connection is
+        # cut first (its messages in flight would come back anyway): none may go on with a broker
+        # that is gone. The old broker is detached from the store before they give back what they held.
+        old = self.broker
+        old.journal = None
+        for queue in old.queues.values():
+            queue.journal = None
+        closing = list(self._closing)
+        self._closing = []
+        for session in list(self.sessions):
+            session.release()
+            if session.transport is not None:
+                closing.append(session.transport)
+        for transport in closing:
+            transport.close()  # after the StoreUnavailable errors already written to it
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        try:
+            snapshot = store.reload()
+        except StoreError as exc:
+            self._fail(exc)
+            return
+        self.broker = self._new_broker()
+        self._number_from_now(self.broker)
+        restored = self.broker.restore(snapshot, self.clock())
+        self.broker.attach(store)
+        self.schedule_expiry()
+        log.warning(
+            "reloaded the store's last commit: %d queues, %d messages; %d connections cut",
+            len(snapshot.queues),
+            restored,
+            len(closing),
+        )
+
     def _fail(self, exc: StoreError) -> None:
-        # The store cannot write: drop every reply still waiting for a commit, cut every
-        # connection, stop accepting, and let `run` stop the process, which exits non-zero.
-        log.critical("the store failed; stopping so that no reply promises what the disk lacks", exc_info=exc)
+        # The store cannot even be read back (damage): cut every connection, stop accepting,
+        # and let `run` stop the process, which exits non-zero.
+        log.critical("the store failed; stopping so that nothing is served that the disk does not hold", exc_info=exc)
         self._outbox.clear()
         for session in list(self.sessions):
             if session.transport is not None:
@@ -286,10 +484,10 @@ class Server:
             self.failed.set_result(exc)
 
     def _open_store(self, data_dir: str | os.PathLike[str], loop: asyncio.AbstractEventLoop) -> None:
-        self.store = Store.open(data_dir, self.sync)
-        snapshot = self.store.load()
+        store = self.store = Store.open(data_dir, self.sync)
+        snapshot = store.load()
         restored = self.broker.restore(snapshot, self.clock())
-        self.broker.attach(self.store)
+        self.broker.attach(store)
         log.info(
             "store %s: %d queues and %d messages restored (sync=%s)",
             self.data_dir,
@@ -298,21 +496,40 @@ class Server:
             self.sync,
         )
         self.schedule_expiry()
+        try:
+            store.keep_room()
+        except StoreError as exc:  # a start on a full disk serves what the store holds
+            self._degrade(store, str(exc))
         self._reclaim(loop)
 
     def _reclaim(self, loop: asyncio.AbstractEventLoop) -> None:
         # Give the space of confirmed messages back to the file system, a little at a time,
-        # on a timer of its own; a failed store gets no more rounds.
+        # on a timer of its own; while the store cannot write, probe it too. A failed round
+        # is logged and the next one tries again; a failed server gets no more rounds.
         self._commit()
         store = self.store
         if store is None or (self.failed is not None and self.failed.done()):
             return
         try:
-            store.reclaim(self.limits.reclaim_pages)
+            store.reclaim(self.limits.reclaim_pages)  # without its room, the store compacts nothing
         except StoreError as exc:
-            self._fail(exc)
-            return
+            store.discard()  # a compaction it could not commit: the store's bookkeeping goes back with it
+            self._degrade(store, str(exc))
+        else:
+            if self.store_unavailable is not None:
+                self._probe(store)
         self._reclaimer = loop.call_later(self.limits.reclaim_interval, self._reclaim, loop)
+
+    def _probe(self, store: Store) -> None:
+        # Degraded: can the store write again, with its room kept? Then sends are accepted again.
+        try:
+            store.probe()
+        except StoreError as exc:
+            self.store_unavailable = str(exc)
+            log.debug("the store cannot write yet: %s", exc)
+            return
+        log.warning("the store writes again: sends accepted (it was: %s)", self.store_unavailable)
+        self.store_unavailable = None
 
     def stats(self) -> dict[str, object]:
         """Server-wide figures and every queue's, as LIST_QUEUES answers them."""
@@ -355,6 +572,32 @@ class Server:
 
 def _unstarted_clock() -> float:
     raise RuntimeError("the server has not been started")
+
+
+def first_id(member_index: int, now_ms: int) -> int:
+    """The first id a server numbered ``member_index`` hands out when it starts at ``now_ms`` (Unix ms).
+
+    Above every id of an earlier start of the same member, within the guarantee
+    given at `ID_STEPS_PER_MS`. A wall clock before the origin starts at 1; one
+    past the room for ids raises `ValueError` (the server refuses to start
+    rather than hand out ids of another member).
+    """
+    steps = max(0, now_ms - ID_ORIGIN_MS) * ID_STEPS_PER_MS
+    if steps + ID_STEPS_PER_MS >= _ID_ROOM:  # not even this millisecond's ids would fit
+        raise ValueError(f"the wall clock reads {now_ms} ms, past the ids' room (until 2094): ids would overflow")
+    return (member_index << MEMBER_SHIFT) + steps + 1
+
+
+def _unavailable(replies: bytes, reason: str) -> bytes:
+    # The reply frames of a batch whose commit failed, each turned into a StoreUnavailable error
+    # for the request it answered (a frame's header names its request).
+    errors = []
+    offset = 0
+    while offset + HEADER_SIZE <= len(replies):
+        _, _, _, request_id, length = HEADER.unpack_from(replies, offset)
+        errors.append(error_frame(request_id, ErrorCode.STORE_UNAVAILABLE, reason))
+        offset += HEADER_SIZE + length
+    return b"".join(errors)
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

@@ -64,7 +64,17 @@ times longer than the same commit on the loop's own thread.
 
 Files: ``DIR/dbqueue.db`` (plus SQLite's ``dbqueue.db-wal``) and
 ``DIR/dbqueue.lock`` (`store.lock`), locked for the store's whole life, so two
-servers never share a directory.
+servers never share a directory; with `keep_room`, ``DIR/dbqueue.reserve``.
+
+A full disk (`store.room`). A failed `commit` writes nothing and keeps its
+buffer; the caller decides. The server answers the requests of the failed
+batch with errors, then throws the buffer away and reads the store's last
+commit back (`reload`: the in-memory bookkeeping, packs included, is rebuilt
+from the file, as `open` builds it). The store keeps a reserve of room while
+all is well (`keep_room`) and gives it back when writes fail
+(`release_room`), so that confirms can still be written; without its room it
+compacts no packs (a compaction writes new rows). `probe` tells when the
+store can write again: it takes its reserve again and commits a write.
 
 Damage: a store is created only in a directory that never held one, and a
 store file that is missing or cut short stops the open (`store.files`). Every
@@ -93,6 +103,7 @@ from .checksums import pack_crc, row_crc
 from .files import DB_NAME
 from .lock import LOCK_NAME, DirectoryLock
 from .packs import FREE_SLOT_BYTES, Pack, PackIndex, all_gone, sizes_layout
+from .room import Room
 from .schema import FORMAT_VERSION
 
 __all__ = [
@@ -135,6 +146,8 @@ _READ_PACK = "SELECT first_id, sizes, data, crc FROM packs WHERE slot = ?"
 _SET_DELIVERIES = "UPDATE messages SET deliveries = ? WHERE id = ?"
 _SET_DUE = "UPDATE messages SET due_ms = ? WHERE id = ?"
 _RESERVE = "UPDATE meta SET value = ? WHERE key = 'next_id' AND value < ?"
+# A write that changes nothing but still appends a page to the log: `probe`'s test of the disk.
+_PROBE = "UPDATE meta SET value = value WHERE key = 'next_id'"
 
 # Queue operations, kept in call order: (qid, name, capacity, max_deliveries, dead_letter) creates,
 # (qid,) deletes, (qid, kept ids) purges.
@@ -167,6 +180,14 @@ class Store:
         self.sync = sync
         self._con: sqlite3.Connection | None = con
         self._lock = lock
+        self._room = Room(directory)
+        self._tight = False  # the room was given back: compact nothing until it is kept again
+        self._reclaim_round = 0
+        self._read_state(con)
+
+    def _read_state(self, con: sqlite3.Connection) -> None:
+        # The bookkeeping of what the file holds (queue ids, sequence numbers, reserved ids,
+        # packs and free slots), and an empty buffer.
         qids = con.execute("SELECT name, qid FROM queues").fetchall()
         self._qids: dict[bytes, int] = dict(qids)
         self._next_qid = max((qid for _, qid in qids), default=0) + 1
@@ -181,7 +202,6 @@ class Store:
         self._free: dict[tuple[int, int], list[tuple[int, int]]] = {}  # shape -> [(slot, qid in its row)]
         self._free_bytes = 0
         self._next_slot = 1
-        self._reclaim_round = 0
         self._index_packs(con)
         self._clear_buffer()
 
@@ -314,6 +334,57 @@ class Store:
                 " --salvage NEW_DIR` copies the intact messages into a new store"
             )
         return Snapshot(queues=found.queues, next_id=found.next_id)
+
+    def discard(self) -> None:
+        """Throw away every buffered change: the store is again as last committed.
+
+        For a batch whose `commit` failed and that the caller gives up. Raises
+        `StoreError` if the file cannot be read.
+        """
+        con = self._connection()
+        try:
+            self._read_state(con)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot read the store back: {exc}") from exc
+
+    def reload(self) -> Snapshot:
+        """`discard` the buffer and return the store as last committed (`load`); raises as they do."""
+        self.discard()
+        return self.load()
+
+    # --- room on the file system (`store.room`) ----------------------------------------
+
+    def keep_room(self) -> None:
+        """Keep the reserve of room (`room.RESERVE_BYTES`) allocated; raise `StoreError` if the disk lacks it."""
+        try:
+            self._room.keep()
+        except OSError as exc:
+            raise StoreError(
+                f"{self._room.path}: the disk is full: {self._room.size} bytes of room cannot be kept ({exc})"
+            ) from exc
+        self._tight = False
+
+    def release_room(self) -> None:
+        """Give the reserve back to the file system, for the writes that free space (confirms, `reclaim`)."""
+        self._room.release()
+        self._tight = True
+
+    def probe(self) -> None:
+        """Whether the store can write again: take the room back (`keep_room`) and commit a write.
+
+        Raises `StoreError` if either fails; the room is given back then.
+        """
+        self.keep_room()
+        con = self._connection()
+        try:
+            con.execute("BEGIN")
+            con.execute(_PROBE)
+            con.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if con.in_transaction:
+                con.rollback()
+            self.release_room()
+            raise StoreError(f"{self.path}: a write fails: {_cause(exc)}") from exc
 
     # --- buffered changes (the hot path: no SQLite here) ------------------------------
 
@@ -586,7 +657,9 @@ class Store:
             if con.in_transaction:
                 con.rollback()
             if isinstance(exc, sqlite3.Error):
-                raise StoreError(f"{self.path}: commit failed, nothing of the batch was written: {exc}") from exc
+                raise StoreError(
+                    f"{self.path}: commit failed, nothing of the batch was written: {_cause(exc)}"
+                ) from exc
             raise
         for pack in self._new_packs.values():
             pack.written = True
@@ -622,9 +695,11 @@ class Store:
         Releases at most ``max_pages`` pages (4 KiB each) beyond `FREE_PAGES_KEPT`,
         which stay for the next additions, then checkpoints. Meant for a timer
         (every second or so); buffered changes are left for `commit`. Raises
-        `StoreError` if SQLite fails.
+        `StoreError` if SQLite fails. Sparse packs are compacted first, unless
+        the store gave its room back (`release_room`).
         """
-        self._compact_packs()
+        if not self._tight:
+            self._compact_packs()
         self.commit()
         con = self._connection()
         try:
@@ -637,7 +712,7 @@ class Store:
             (left,) = con.execute("PRAGMA freelist_count").fetchone()
             con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: reclaim failed: {exc}") from exc
+            raise StoreError(f"{self.path}: reclaim failed: {_cause(exc)}") from exc
         return int(free - left)
 
     def _compact_packs(self) -> None:
@@ -686,6 +761,13 @@ class Store:
         adds = self._adds
         for id_ in [id_ for id_, row in adds.items() if row[1] == qid and id_ not in kept]:
             del adds[id_]
+
+
+def _cause(exc: sqlite3.Error) -> str:
+    # SQLite's words for a failed write, led by plain ones for a full disk (what an operator acts on).
+    if getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_FULL:
+        return f"the disk is full ({exc})"
+    return str(exc)
 
 
 def _stretch_end(ids: Sequence[int], start: int) -> int:
