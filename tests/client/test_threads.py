@@ -108,6 +108,15 @@ def wait_until(predicate: Callable[[], bool], what: str, within: float = 5.0) ->
         time.sleep(0.005)
 
 
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def tls_server(server_factory: Callable[..., ServerThread], pki: Pki) -> ServerThread:
+    return server_factory(ssl=server_tls_context(pki.cert("server"), pki.key("server"), None))
+
+
 # --- one Client -------------------------------------------------------------------------------
 
 
@@ -356,6 +365,32 @@ def test_close_from_another_thread_fails_every_waiting_thread(server: ServerThre
         wait_until(lambda: all(waiting(observer, queue) == 0 for queue in queues), "the server to drop the reads")
 
 
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_close_while_threads_send_and_read(
+    server_factory: Callable[..., ServerThread], request: pytest.FixtureRequest, tls: bool
+) -> None:
+    """Whatever each thread is doing when another closes the client (writing, reading for the others,
+    asleep), it ends with `ConnectionLost`, and nothing else."""
+    pki: Pki | None = request.getfixturevalue("pki") if tls else None
+    server = tls_server(server_factory, pki) if pki else server_factory()
+
+    def churn(client: Client, tag: str) -> int:
+        client.create(f"churn-{tag}")
+        done = 0
+        try:
+            while True:
+                done += cycles(client, f"churn-{tag}", tag, 1)
+        except ConnectionLost:
+            return done
+
+    for round_ in range(5):
+        client = Client.connect(server.address, tls=pki.client_context() if pki else None)
+        results = [in_background(churn, client, f"{round_}.{i}") for i in range(8)]
+        time.sleep(0.2)
+        client.close()
+        assert all(result(5.0) >= 0 for result in results)
+
+
 def test_a_server_going_away_fails_every_waiting_thread(server_factory: Callable[..., ServerThread]) -> None:
     server = server_factory()
     client = Client.connect(server.address)
@@ -377,11 +412,8 @@ def test_a_server_going_away_fails_every_waiting_thread(server_factory: Callable
 # --- TLS --------------------------------------------------------------------------------------
 
 
-def test_threads_share_one_tls_client(
-    server_factory: Callable[..., ServerThread], tmp_path_factory: pytest.TempPathFactory
-) -> None:
-    pki: Pki = make_pki(tmp_path_factory.mktemp("pki"))
-    server = server_factory(ssl=server_tls_context(pki.cert("server"), pki.key("server"), None))
+def test_threads_share_one_tls_client(server_factory: Callable[..., ServerThread], pki: Pki) -> None:
+    server = tls_server(server_factory, pki)
     with Client.connect(server.address, tls=pki.client_context()) as client:
         queues = [f"tls-{i}" for i in range(8)]
         for queue in queues:
@@ -391,6 +423,13 @@ def test_threads_share_one_tls_client(
         assert sum(in_threads(cycles, [(client, queue, queue) for queue in queues])) == 8 * CYCLES
         id_ = client.send("tls-wait", b"w")
         assert waiter(JOIN) == Message(id_, b"w", 1)
+        # close() from another thread: the plain socket's shutdown wakes the thread reading under TLS.
+        results = [in_background(client.read, queue, 30_000, wait_ms=30_000) for queue in queues]
+        wait_until(lambda: client.connection._reading and len(client.connection._sleepers) == 7, "the reads to wait")
+        client.close()
+        for result in results:
+            with pytest.raises(ConnectionLost, match="closed"):
+                result(5.0)
 
 
 # --- the group client -------------------------------------------------------------------------
