@@ -12,18 +12,22 @@ of `Commands` over one connection, and differ only in their ``_call``: the
 one sends and waits, the other queues.
 
 * **Writing.** A thread allocates its request id and encodes its frame under
-  the state lock, parks a `_Call` under that id, and appends the frame to the
-  outbox; whoever holds the write lock then sends the whole outbox in one
-  write. Alone, a thread sends its own frame; under contention, frames leave
-  (and are answered) in batches.
+  the state lock and parks a `_Call` under that id. If nobody is writing it
+  sends the frame itself; else it appends the frame to the outbox and goes
+  on, and the thread that holds the write lock sends the outbox before it
+  lets go (it looks again after letting go, so a frame added at that moment
+  is not left behind). No request ever waits for the write lock, and under
+  contention frames leave, and are answered, in batches.
 * **Reading: leader and followers.** No thread reads in the background. A
   thread that needs an answer and finds nobody reading takes the *read
   role*: it reads the socket and hands every answer to its `_Call`, waking
   the thread that waits for it, until its own answer is in; then it hands
   the role to one of the threads still waiting. The others sleep on a lock
   of their own. So one thread alone reads its own answers with no thread
-  switch (the single-threaded round trip costs what it did), and a thread in
-  a long waiting read (``wait_ms``) reads for everyone while it waits.
+  switch, taking the state lock twice a request (when it registers, taking
+  the free read role then too, and when its answer is in, giving it up);
+  and a thread in a long waiting read (``wait_ms``) reads for everyone while
+  it waits.
 * **Timeouts are per request**: the connection's ``timeout``, plus a waiting
   read's ``wait_ms``, from the moment it is sent. A request not answered in
   time is *abandoned* (`ClientConnection.abandon`): its late answer is
@@ -45,11 +49,13 @@ one sends and waits, the other queues.
 
 Locks: ``_lock`` guards the state (the `ClientConnection`, the parked calls,
 the outbox, the read role, the sleepers) and is never held across I/O or a
-wait; ``_write_lock`` is held across writes. A thread holding ``_lock`` never
-waits for ``_write_lock``: a reader that must send (Releases for an abandoned
-read) appends to the outbox and writes only if the write lock is free, else
-its holder sends it. So a reader never waits for a writer that waits for the
-server, which may be waiting for us to read.
+wait; ``_write_lock`` is held across writes. The server stops reading a
+connection whose answers go unread (docs/protocol.md, section 3), so a
+write may wait for a read: a thread holding the read role never waits for
+the write lock (the holder sends its frames), and one that holds both and
+finds no room to write reads while it waits. Only the raw methods, whose
+thread does not read meanwhile, wait for the write lock, as they always
+waited for their writes.
 
 The raw methods (`send_many`, `receive`, `receive_some`, `abandon`) keep
 their single-owner contract: answers to requests sent by `send_many` are
