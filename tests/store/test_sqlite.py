@@ -27,7 +27,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from dbqueue.core import Snapshot, now_ms
 from dbqueue.errors import DbQueueError
-from dbqueue.store import DB_NAME, FORMAT_VERSION, LOCK_NAME, Store, StoreError, packs, schema
+from dbqueue.store import DB_NAME, FORMAT_VERSION, LOCK_NAME, Store, StoreError, packs, room, schema
 from dbqueue.store import sqlite as storage
 
 
@@ -789,7 +789,21 @@ class StoreModel(RuleBasedStateMachine):
         self.store._reserved = self.store._reserved_written
         self.store.close()
         self.store = Store.open(self.directory)
-        snapshot = self.store.load()
+        self.back_to_the_last_commit(self.store.load())
+
+    @rule(fail=st.booleans())
+    def reload(self, fail: bool) -> None:
+        # A server whose commit failed gives up the batch and reads the last commit back, and goes
+        # on with the same store: its bookkeeping (packs, free slots, ids) must be the file's again.
+        if fail and self.store.pending():
+            name = next(iter(self.now), None)
+            if name is not None:
+                self.store._queue_ops.append((10**6, name, 0, 0, None))  # a queue stored twice: refused
+                with pytest.raises(StoreError, match="commit failed"):
+                    self.store.commit()
+        self.back_to_the_last_commit(self.store.reload())
+
+    def back_to_the_last_commit(self, snapshot: Snapshot) -> None:
         got = {q.name: ((q.capacity, q.max_deliveries, q.dead_letter), q.messages) for q in snapshot.queues}
         want = {
             name: (opts, [(id_, *message) for id_, message in msgs.items()])
@@ -849,6 +863,7 @@ def test_long_random_histories_against_the_model(seed: int) -> None:
         (2, lambda: machine.reserve(rng.randint(0, 100))),
         (10, machine.commit),
         (3, machine.crash_and_reopen),
+        (2, lambda: machine.reload(rng.random() < 0.5)),
     ]
     weights = [weight for weight, _ in steps]
     try:
@@ -861,3 +876,69 @@ def test_long_random_histories_against_the_model(seed: int) -> None:
         machine.crash_and_reopen()
     finally:
         machine.teardown()
+
+
+# --- a full disk: reload, room, probe ---------------------------------------------------
+
+
+def test_a_reload_after_a_failed_commit_is_the_last_commit_and_the_store_goes_on(tmp_path: Path) -> None:
+    store = Store.open(tmp_path)
+    store.create_queue(b"q")
+    store.add_many(b"q", range(1, 33), [b"%d" % i for i in range(1, 33)])
+    store.commit()
+    store.remove_many(range(1, 17))  # half the pack gone, in the buffer
+    store.add(b"q", 40, b"new")
+    store._queue_ops.append((99, b"q", 0, 0, None))  # and something SQLite refuses
+    with pytest.raises(StoreError, match="commit failed"):
+        store.commit()
+    assert contents(store.reload()) == {b"q": list(range(1, 33))}
+    assert not store.pending()
+    store.remove_many(range(1, 33))  # the whole pack, as the file has it
+    store.add(b"q", 41, b"after")
+    store.commit()
+    store = reopen(store)
+    assert contents(store.load()) == {b"q": [41]}
+    store.close()
+
+
+def test_the_room_is_kept_given_back_and_probed(tmp_path: Path) -> None:
+    store = Store.open(tmp_path)
+    reserve = tmp_path / room.RESERVE_NAME
+    assert not reserve.exists()  # only a server asks for it
+    store.keep_room()
+    assert reserve.stat().st_size == room.RESERVE_BYTES
+    assert reserve.stat().st_blocks * 512 >= room.RESERVE_BYTES  # taken, not a sparse file
+    store.release_room()
+    assert not reserve.exists()
+    store.probe()
+    assert reserve.stat().st_size == room.RESERVE_BYTES
+    store.close()
+    assert reserve.exists()  # it outlives a stop: a restart on a full disk has room too
+
+
+def test_without_room_the_probe_fails_and_keeps_nothing(tmp_path: Path) -> None:
+    store = Store.open(tmp_path)
+    store._room = room.Room(tmp_path, 1 << 62)  # more than any disk has
+    with pytest.raises(StoreError, match="the disk is full"):
+        store.keep_room()
+    with pytest.raises(StoreError, match="the disk is full"):
+        store.probe()
+    assert not (tmp_path / room.RESERVE_NAME).exists()
+    store.close()
+
+
+def test_without_its_room_the_store_compacts_nothing(tmp_path: Path) -> None:
+    store = Store.open(tmp_path)
+    store.create_queue(b"q")
+    store.add_many(b"q", range(1, 101), [bytes(1000)] * 100)
+    store.commit()
+    store.remove_many(range(1, 99))
+    store.release_room()
+    store.reclaim()
+    store.reclaim()
+    assert rows(store, "messages") == 0  # compacting writes rows: not while the disk is full
+    store.keep_room()
+    store.reclaim()  # a first round notes the sparse pack, the next compacts it
+    store.reclaim()
+    assert rows(store, "messages") == 2
+    store.close()

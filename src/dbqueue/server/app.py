@@ -469,6 +469,16 @@ class Server:
             restored,
             len(closing),
         )
+        self._loop.call_later(1.0, self._forget, closing)  # type: ignore[union-attr]  # set by start
+
+    def _forget(self, cut: list[asyncio.Transport]) -> None:
+        # The broker a reload replaced is garbage once the connections it served are gone, but its
+        # queues and records point at each other, and `run` froze what lived at the start out of the
+        # collector's reach: give it back now. A connection cut then that still has not taken its
+        # errors goes without them.
+        for transport in cut:
+            transport.abort()
+        self._loop.call_soon(_collect_garbage)  # type: ignore[union-attr]  # after their connection_lost
 
     def _fail(self, exc: StoreError) -> None:
         # The store cannot even be read back (damage): cut every connection, stop accepting,
@@ -586,6 +596,16 @@ def first_id(member_index: int, now_ms: int) -> int:
     if steps + ID_STEPS_PER_MS >= _ID_ROOM:  # not even this millisecond's ids would fit
         raise ValueError(f"the wall clock reads {now_ms} ms, past the ids' room (until 2094): ids would overflow")
     return (member_index << MEMBER_SHIFT) + steps + 1
+
+
+def _collect_garbage() -> None:
+    # A full collection, frozen objects included; those alive after it are frozen again.
+    frozen = gc.get_freeze_count()
+    if frozen:
+        gc.unfreeze()
+    gc.collect()
+    if frozen:
+        gc.freeze()
 
 
 def _unavailable(replies: bytes, reason: str) -> bytes:

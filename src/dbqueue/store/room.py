@@ -13,10 +13,12 @@ So while all is well the store keeps `RESERVE_BYTES` allocated to itself in
 the server stops accepting changes that add data and the store gives the
 reserve back (`Room.release`): the writes that remain (confirms, and the
 reclaim that hands freed pages back to the file system) use that room. The
-store can take its reserve again (`Room.keep`) only when the file system has
-that much room beyond what the store uses, which is the sign the server waits
-for before it accepts sends again: the reserve is also the margin between
-"writes again" and "full again".
+server accepts sends again when the store can take its reserve again
+(`Room.keep`) and finds as much again free beside it (`Room.free`): after the
+operator made room, or after consumers drained enough that the store gave
+pages back. The second reserve's worth is the margin between "writes again"
+and "full again", so that the room one reclaim round hands back (a log
+truncated) does not end the mode only for the next send to fill the disk.
 
 The reserve outlives a stop, so that a restart on a full disk has room for
 confirms too. It holds nothing: deleting it by hand is harmless, and the
@@ -59,6 +61,11 @@ class Room:
             self.release()
             raise
         os.close(fd)
+
+    def free(self) -> int:
+        """Bytes the file system has free for us (beside the reserve, when kept)."""
+        stats = os.statvfs(self.path.parent)
+        return stats.f_bavail * stats.f_frsize
 
     def release(self) -> bool:
         """Give the reserve back to the file system; return whether there was one."""

@@ -370,11 +370,18 @@ class Store:
         self._tight = True
 
     def probe(self) -> None:
-        """Whether the store can write again: take the room back (`keep_room`) and commit a write.
+        """Whether the store can write again: take the room back (`keep_room`), find as much again free
+        beside it (so that what one reclaim round gives back does not count as room), and commit a write.
 
-        Raises `StoreError` if either fails; the room is given back then.
+        Raises `StoreError` if any of that fails; the room is given back then.
         """
         self.keep_room()
+        free = self._room.free()
+        if free < self._room.size:
+            self.release_room()
+            raise StoreError(
+                f"{self.directory}: the disk is full: {free} bytes free beside the room kept, {self._room.size} wanted"
+            )
         con = self._connection()
         try:
             con.execute("BEGIN")
