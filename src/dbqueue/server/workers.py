@@ -293,7 +293,7 @@ class _Worker:
 
 
 def supervise(
-    workers: Sequence[WorkerSpec],
+    workers: Sequence[WorkerSpec | Sequence[str]],
     *,
     env: Mapping[str, str] | None = None,
     out: BinaryIO | None = None,
@@ -301,6 +301,8 @@ def supervise(
 ) -> str | None:
     """Run one process per spec until SIGINT or SIGTERM, restarting any that dies (see the module docstring).
 
+    A spec is a `WorkerSpec`, or only the command line (`worker_command`'s):
+    the worker is then named by its place in ``workers`` and its ``--port``.
     ``env`` is the workers' environment (default: the supervisor's); their
     output goes to ``out`` (default: the supervisor's stderr), each line
     prefixed with ``worker I: ``. Returns None after a stop by signal, or the
@@ -315,7 +317,7 @@ def supervise(
         stopping = True
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    running = [_Worker(spec, policy()) for spec in workers]
+    running = [_Worker(_spec(index, spec), policy()) for index, spec in enumerate(workers)]
     reason: str | None = None
     with selectors.DefaultSelector() as selector:
         try:
@@ -335,6 +337,14 @@ def supervise(
     if reason is None:
         log.info("all workers stopped")
     return reason
+
+
+def _spec(index: int, spec: WorkerSpec | Sequence[str]) -> WorkerSpec:
+    if isinstance(spec, WorkerSpec):
+        return spec
+    command = list(spec)
+    port = command[command.index("--port") + 1] if "--port" in command[:-1] else "?"
+    return WorkerSpec(index, f"port {port}", command)
 
 
 def _watch(
