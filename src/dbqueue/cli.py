@@ -222,7 +222,10 @@ def serve(
     tls_ca: str | None,
     **limit_values: Any,
 ) -> None:
-    """Run a server (or a group of --workers servers) until SIGINT or SIGTERM."""
+    """Run a server, or a group (--workers).
+
+    Runs until SIGINT or SIGTERM; with --workers N, a supervisor runs N servers and stops them together.
+    """
     if supervisor is not None:
         _tie_to_supervisor(supervisor)  # first: a worker must not outlive its supervisor, even while starting
 
@@ -368,7 +371,10 @@ def bench(
     latency: bool,
     as_json: bool,
 ) -> None:
-    """Load-test a running server with the original's workload; every reply is checked."""
+    """Load-test a running server.
+
+    The original's workload: producers send, consumers read and confirm; every reply is checked.
+    """
     from .errors import DbQueueError
     from .loadtest import BenchConfig, BenchFailure, DbQueueDriver, run_load, run_round_trips
     from .report import bench_table, progress_bar
@@ -785,7 +791,11 @@ def _send_chunk(
 def send(
     target: _Target, queue: str, data: str | None, whole: bool, delay: float, key: str | None, as_json: bool
 ) -> None:
-    """Send DATA to QUEUE, or each line of stdin (DATA omitted or -); print each message's id."""
+    """Send DATA, or each line of stdin, to QUEUE.
+
+    DATA omitted or -: each non-empty line of stdin is a message (--whole: all of it). Prints each
+    message's id.
+    """
     from .errors import ConnectionLost, RequestError
 
     from_argument = data is not None and data != "-"
@@ -865,7 +875,11 @@ def _message_json(message: Any) -> dict[str, Any]:
 )
 @_connects
 def read(target: _Target, queue: str, count: int, visibility: float, wait: float, confirm: bool, as_json: bool) -> None:
-    """Read up to --count messages of QUEUE and print their data, one a line (nothing if there is none)."""
+    """Read messages of QUEUE and print their data.
+
+    Up to --count messages, one a line (nothing if there is none). Without --confirm they go back to
+    the queue when the command ends.
+    """
     with _session(target) as client:
         messages = client.read_batch(queue, count, _milliseconds(visibility), wait_ms=_milliseconds(wait))
         if as_json:
@@ -940,7 +954,10 @@ def delete(target: _Target, queue: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help='Print {"queue": ..., "purged": N}.')
 @_connects
 def purge(target: _Target, queue: str, as_json: bool) -> None:
-    """Drop every ready and delayed message of QUEUE (messages in flight stay)."""
+    """Drop QUEUE's ready and delayed messages.
+
+    Messages in flight stay. Prints how many were dropped.
+    """
     with _session(target) as client:
         count = client.purge(queue)
     if as_json:
@@ -1007,9 +1024,10 @@ def stats(
     members: bool,
     watch: float | None,
 ) -> None:
-    """Show each queue's figures (or QUEUE's): ready, in flight, delayed, and their totals.
+    """Show queue figures; --watch keeps them up.
 
-    Against a group, the figures are summed over its members.
+    Every queue's figures (or QUEUE's): ready, in flight, delayed, and their totals. Against a group,
+    the figures are summed over its members.
     """
     queue = queue or queue_option
     if host is not None or port is not None:
@@ -1169,7 +1187,10 @@ def _watch(target: _Target, queue: str | None, interval: float, as_json: bool) -
 
 @main.group()
 def store() -> None:
-    """Look after a server's store (its --data-dir) while no server runs on it."""
+    """Check or salvage a stopped server's store.
+
+    A store is a server's --data-dir (with --workers, each worker's DIR/worker-I).
+    """
 
 
 @store.command()
