@@ -76,7 +76,7 @@ from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `machine` sits next to this file
 
-from machine import CpuWatch, add_run_options, begin_run, context_lines
+from machine import CpuWatch, add_run_options, begin_run, context_lines, python_description
 
 ACCESS_KEY = "AKIDBENCHSQS"
 SECRET_KEY = "bench/sqs+secret"
@@ -528,12 +528,29 @@ def start_dbqueue(python: str, log_dir: Path, signed: bool) -> SqsServer:
     return server
 
 
-def start_moto(log_dir: Path, signed: bool) -> SqsServer:
+def moto_python(server_python: str) -> tuple[str, str]:
+    """The interpreter for moto: the dbqueue server's when moto is installed there (same build), else this one;
+    and moto's version under it."""
+    for python in (server_python, sys.executable):
+        done = subprocess.run(
+            [python, "-c", "import importlib.metadata as m, moto.server; print(m.version('moto'))"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if done.returncode == 0:
+            return python, done.stdout.strip()
+    raise RuntimeError('moto is not installed: pip install "moto[server]"')
+
+
+def start_moto(python: str, log_dir: Path, signed: bool) -> SqsServer:
+    """moto's server mode (``moto_server``): a threaded werkzeug server for every AWS service it mocks."""
     port = free_port()
     log_path = log_dir / "moto.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            [python, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -884,6 +901,16 @@ def summarise(runs: list[Run], trips: dict[str, dict[str, list[float]]]) -> dict
             if len(pair) == 2 and pair["moto"].rate(what) > 0:
                 ratios.append(pair["dbqueue"].rate(what) / pair["moto"].rate(what))
         summary["ratios"][what] = statistics.median(ratios) if ratios else None
+    # What a crowded machine distorts least: messages deleted per CPU-second the server used.
+    per_cpu = []
+    for round_ in rounds:
+        pair = {run.system: run for run in clean if run.round == round_}
+        if len(pair) == 2 and all(run.server_cpu > 0 and run.counts.deleted for run in pair.values()):
+            per_cpu.append(
+                (pair["dbqueue"].counts.deleted / pair["dbqueue"].server_cpu)
+                / (pair["moto"].counts.deleted / pair["moto"].server_cpu)
+            )
+    summary["ratios"]["deleted per server CPU-second"] = statistics.median(per_cpu) if per_cpu else None
     for system, times in trips.items():
         summary["round_trips_ms"][system] = {
             call: {"p50": 1000 * _percentile(values, 0.5), "p99": 1000 * _percentile(values, 0.99), "n": len(values)}
@@ -929,15 +956,20 @@ def print_summary(summary: dict[str, Any]) -> None:
         "\nmedians over rounds"
         + (f" (left out: {summary['crowded_runs']} crowded runs)" if summary["crowded_runs"] else "")
     )
-    columns = ("sent/s", "received/s", "deleted/s", "server cores", "server µs/msg", "driver cores")
+    columns = ("sent/s", "received/s", "deleted/s", "server cores", "server µs/msg", "msg/CPU-s", "driver cores")
     print(f"  {'system':<8} " + " ".join(f"{column:>13}" for column in columns))
     for system, figures in summary["systems"].items():
         per_message = figures["server_us_per_message"]
         print(
             f"  {system:<8} {figures['sent_per_s']:>13,.0f} {figures['received_per_s']:>13,.0f} "
             f"{figures['deleted_per_s']:>13,.0f} {figures['server_cores']:>13.2f} "
-            f"{per_message if per_message is not None else float('nan'):>13.1f} {figures['driver_cores']:>13.2f}"
+            f"{per_message if per_message is not None else float('nan'):>13.1f} "
+            f"{1e6 / per_message if per_message else float('nan'):>13,.0f} {figures['driver_cores']:>13.2f}"
         )
+    print(
+        "  (msg/CPU-s: messages deleted per CPU-second of the server, each sent, received and deleted once: what one"
+        " core given wholly to the server would carry, if its CPU were the only limit)"
+    )
     ratios = summary["ratios"]
     print(
         "  dbqueue / moto, median of the rounds' ratios: "
@@ -1003,7 +1035,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.layers is not None:
         print_layers(layers(args.layers, args.signed), args.signed)
         return 0
-    print(f"moto: {sys.executable} (moto {_version('moto')}), threaded werkzeug server")
+    moto, moto_version = moto_python(args.server_python) if "moto" in systems else ("-", "-")
+    print(f"moto server: {python_description(moto)} (moto {moto_version}), threaded werkzeug server")
     print(
         f"load: {args.processes} driver process(es) x ({args.producers} producers + {args.consumers} consumers), "
         f"SendMessageBatch({BATCH}) / ReceiveMessage({BATCH}, wait 1 s) / DeleteMessageBatch({BATCH}), "
@@ -1025,7 +1058,7 @@ def main(argv: list[str] | None = None) -> int:
             server = (
                 start_dbqueue(args.server_python, log_dir, args.signed)
                 if name == "dbqueue"
-                else start_moto(log_dir, args.signed)
+                else start_moto(moto, log_dir, args.signed)
             )
             stack.callback(server.stop)
             servers[name] = server
@@ -1056,15 +1089,6 @@ def main(argv: list[str] | None = None) -> int:
         )
     errors = sum(run.counts.errors for run in runs)
     return 1 if errors else 0
-
-
-def _version(package: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return "?"
 
 
 if __name__ == "__main__":
