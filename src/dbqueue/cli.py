@@ -58,7 +58,7 @@ from ._version import __version__
 from .server.limits import LimitField, Limits, limit_fields
 
 if TYPE_CHECKING:
-    from .client import Client, GroupClient
+    from .client import Client, GroupClient, Message
     from .report import Sample
 
 __all__ = ["main", "option_name"]
@@ -835,7 +835,7 @@ def send(
         raise click.ClickException(failure if from_argument else f"{failure} ({len(ids)} sent; stopped there)")
 
 
-def _message_json(message: Any) -> dict[str, Any]:
+def _message_json(message: Message) -> dict[str, Any]:
     import base64
 
     shown: dict[str, Any] = {"id": message.id, "deliveries": message.deliveries}
