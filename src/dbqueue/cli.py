@@ -66,7 +66,9 @@ __all__ = ["main", "option_name"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 # `serve` options each worker of a group gets a value of its own for (or, for --workers, none).
-_PER_WORKER = frozenset({"port", "workers", "peers", "member_index", "data_dir", "metrics_port", "supervisor"})
+_PER_WORKER = frozenset(
+    {"port", "workers", "peers", "member_index", "data_dir", "metrics_port", "supervisor", "http_port"}
+)
 
 DEFAULT_ADDRESS = "127.0.0.1:3003"
 _MS_MAX_SECONDS = 0xFFFFFFFF / 1000  # the wire carries milliseconds in 32 bits
@@ -151,6 +153,19 @@ def main() -> None:
     help="Serve Prometheus metrics on http://HOST:PORT/metrics (off by default; with --workers, worker I on PORT+I).",
 )
 @click.option(
+    "--http-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve the SQS API and /metrics on http://HOST:PORT (off by default).",
+)
+@click.option(
+    "--sqs-credentials",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="SQS requests must be signed with a key of this file, one ACCESS_KEY_ID:SECRET a line (or set "
+    "DBQUEUE_SQS_ACCESS_KEY_ID and DBQUEUE_SQS_SECRET_ACCESS_KEY); without, unsigned requests on loopback only.",
+)
+@click.option(
     "--data-dir",
     type=click.Path(file_okay=False),
     default=None,
@@ -209,6 +224,8 @@ def serve(
     port: int,
     log_level: str,
     metrics_port: int | None,
+    http_port: int | None,
+    sqs_credentials: str | None,
     data_dir: str | None,
     sync: str,
     workers: int,
@@ -230,6 +247,7 @@ def serve(
         _tie_to_supervisor(supervisor)  # first: a worker must not outlive its supervisor, even while starting
 
     from .server import Server, run
+    from .server.http import read_credentials
     from .server.security import is_loopback, read_token, server_tls_context
     from .store import StoreError
 
@@ -244,6 +262,20 @@ def serve(
             f"refusing to serve {host} without authentication: anyone who can reach it could read and delete "
             "every message. Give clients a token with --auth-token-file FILE (or DBQUEUE_AUTH_TOKEN), "
             "or pass --insecure if the network is trusted."
+        )
+    try:
+        credentials = read_credentials(sqs_credentials, os.environ)
+    except (OSError, ValueError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--sqs-credentials") from exc
+    if http_port is not None and not credentials and not insecure and not is_loopback(host):
+        raise click.UsageError(
+            f"refusing to serve the SQS API on {host} without credentials: anyone who can reach it could read and "
+            "delete every message. Give it keys with --sqs-credentials FILE (or DBQUEUE_SQS_ACCESS_KEY_ID and "
+            "DBQUEUE_SQS_SECRET_ACCESS_KEY), or pass --insecure if the network is trusted."
+        )
+    if http_port is not None and workers > 1:
+        raise click.UsageError(
+            "--http-port serves one server's queues: a group's SQS API is not there yet (run it without --workers)"
         )
     if bool(tls_cert) != bool(tls_key):
         raise click.UsageError("--tls-cert and --tls-key go together")
@@ -269,6 +301,9 @@ def serve(
         member_index=member_index,
         auth_token=token,
         ssl=server_tls_context(tls_cert, tls_key, tls_ca) if tls_cert and tls_key else None,
+        http_port=http_port,
+        sqs_credentials=credentials,
+        insecure=insecure,
     )
     try:
         run(server)

@@ -70,7 +70,7 @@ import operator
 import os
 import signal
 import ssl as ssl_module
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .._version import __version__
@@ -80,6 +80,7 @@ from ..errors import ErrorCode
 from ..protocol.codecs import error_frame
 from ..protocol.frames import HEADER, HEADER_SIZE, MAX_MEMBERS, MEMBER_SHIFT
 from ..store import Store, StoreError
+from .http import HttpListener
 from .limits import Limits
 from .metrics import MetricsEndpoint, RequestStats
 from .security import TlsGate
@@ -108,6 +109,11 @@ class Server:
     ``limits`` holds every limit and tuning setting (`Limits`: message size,
     queues, connections, messages in flight, unread replies, idle timeout...).
     ``metrics_port`` serves Prometheus metrics on ``host:metrics_port/metrics``.
+    ``http_port`` serves the SQS API and ``/metrics`` on ``host:http_port``
+    (`http.HttpListener`; 0 picks a free port, `http_port` holds it after
+    `start`): with ``sqs_credentials`` (access key id -> secret access key)
+    every SQS request must be signed with one of them; without, unsigned
+    requests are accepted and ``host`` must be loopback unless ``insecure``.
     ``data_dir`` keeps every queue and unconfirmed message in a SQLite store
     there; ``sync`` is "os" (a commit reaches the OS before the reply: survives
     a crash of the process) or "disk" (fsync first: survives a power cut).
@@ -117,7 +123,8 @@ class Server:
     ``auth_token`` makes every connection start with a Hello carrying it;
     ``ssl`` serves TLS.
 
-    Raises `ValueError` for a ``sync`` or ``member_index`` out of range.
+    Raises `ValueError` for a ``sync`` or ``member_index`` out of range, or an
+    ``http_port`` on a non-loopback ``host`` without ``sqs_credentials`` or ``insecure``.
     """
 
     def __init__(
@@ -133,6 +140,9 @@ class Server:
         member_index: int = 0,
         auth_token: bytes | None = None,
         ssl: ssl_module.SSLContext | None = None,
+        http_port: int | None = None,
+        sqs_credentials: Mapping[str, str] | None = None,
+        insecure: bool = False,
     ) -> None:
         if sync not in ("os", "disk"):
             raise ValueError(f"sync must be 'os' or 'disk', got {sync!r}")
@@ -171,7 +181,9 @@ class Server:
         self._expiry: asyncio.TimerHandle | None = None
         self._expiry_at = 0.0
         self.metrics_port = metrics_port
-        self.request_stats: RequestStats | None = RequestStats() if metrics_port is not None else None
+        self.request_stats: RequestStats | None = (
+            RequestStats() if metrics_port is not None or http_port is not None else None
+        )
         self._metrics: MetricsEndpoint | None = None
         self.data_dir = data_dir
         self.sync = sync
@@ -180,6 +192,13 @@ class Server:
         self._closing: list[asyncio.Transport] = []
         self._commit_scheduled = False
         self._reclaimer: asyncio.TimerHandle | None = None
+        # Made now, so that a listener refused (a public host without credentials) stops the server before it starts.
+        self.http_port = http_port
+        self._http: HttpListener | None = (
+            HttpListener(self, http_port, credentials=sqs_credentials, insecure=insecure)
+            if http_port is not None
+            else None
+        )
 
     def _new_broker(self) -> Broker:
         limits = self.limits
@@ -236,6 +255,9 @@ class Server:
             )
             await self._metrics.start()
             self.metrics_port = self._metrics.port
+        if self._http is not None:
+            await self._http.start()
+            self.http_port = self._http.port
         log.info("dbqueue listening on %s (max message %d bytes)", self.address, self.max_message_size)
 
     def _session(self) -> Session:
@@ -255,6 +277,8 @@ class Server:
         if self._metrics is not None:
             await self._metrics.stop()
             self._metrics = None
+        if self._http is not None:
+            await self._http.stop()  # before the store closes: what SQS held goes back to its queues
         for session in list(self.sessions):
             session.release()  # now, not at connection_lost: the store must hear of it before it closes
             if session.transport is not None:
@@ -462,6 +486,8 @@ class Server:
         self._number_from_now(self.broker)
         restored = self.broker.restore(snapshot, self.clock())
         self.broker.attach(store)
+        if self._http is not None:
+            self._http.rebind()  # what SQS held or parked on the old broker is gone with it
         self.schedule_expiry()
         log.warning(
             "reloaded the store's last commit: %d queues, %d messages; %d connections cut",
