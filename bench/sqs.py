@@ -43,9 +43,10 @@ second over the window; the server's CPU (``/proc/PID/stat``, all its
 threads) as cores busy and as microseconds per message deleted; the load
 generator's CPU; the CPU of every other process on the machine
 (`machine.CpuWatch`), which marks a crowded round. Then ``--round-trips``
-single-message round trips with boto3 (``send_message``,
-``receive_message``, ``delete_message``, one at a time), whose p50 is what
-an application sees. The report gives medians over rounds, the median of
+single-message round trips (send, receive, delete, one call after the
+other) with boto3, whose p50 is what an application sees, and with this
+script's own requests on one keep-alive connection, which leaves out the
+SDK's CPU. The report gives medians over rounds, the median of
 the round-by-round ratios dbqueue / moto, and the issue's targets: at least
 50,000 messages/s deleted (a message is through once it is deleted) and at
 least 20 times moto.
@@ -426,31 +427,55 @@ def process_cpu_seconds(pid: int) -> float:
     return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
-def _raw_exchange(port: int, action: str, payload: dict[str, Any], signed: bool, timeout: float = 10.0) -> Any:
-    """One request on a fresh connection (setup and checks, not load); return the parsed JSON reply."""
-    host = f"127.0.0.1:{port}"
-    maker = RequestMaker(host, "", Signer(host) if signed else None, 0)
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as connection:
-        connection.sendall(maker.request(action, json.dumps(payload).encode()))
-        reply = b""
+class BlockingLink:
+    """A blocking keep-alive connection for setup, checks and round trips (not the load): one request at a time."""
+
+    def __init__(self, port: int, signed: bool, timeout: float = 10.0) -> None:
+        self.port = port
+        self.timeout = timeout
+        host = f"127.0.0.1:{port}"
+        self.maker = RequestMaker(host, "", Signer(host) if signed else None, 0)
+        self.connection: socket.socket | None = None
+        self.pending = b""
+
+    def call(self, action: str, payload: dict[str, Any]) -> Any:
+        """Send one request; return its parsed JSON reply. Raises `HttpFailure` for any status but 200."""
+        if self.connection is None:
+            self.connection = socket.create_connection(("127.0.0.1", self.port), timeout=self.timeout)
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.pending = b""
+        self.connection.sendall(self.maker.request(action, json.dumps(payload).encode()))
+        reply = self.pending
         while b"\r\n\r\n" not in reply:
-            chunk = connection.recv(65536)
-            if not chunk:
-                raise HttpFailure(f"{action}: the server closed the connection")
-            reply += chunk
+            reply += self._receive(action)
         head, _, body = reply.partition(b"\r\n\r\n")
         lower = head.lower()
         at = lower.find(b"content-length:")
-        length = int(lower[at + 15 :].split(b"\r\n", 1)[0]) if at >= 0 else None
-        while length is not None and len(body) < length:
-            chunk = connection.recv(65536)
-            if not chunk:
-                break
-            body += chunk
-    status = int(head[9:12])
-    if status != 200:
-        raise HttpFailure(f"{action} answered {status}: {body[:300]!r}")
-    return json.loads(body) if body else {}
+        if at < 0:
+            raise HttpFailure(f"{action}: a reply without Content-Length: {head[:200]!r}")
+        length = int(lower[at + 15 :].split(b"\r\n", 1)[0])
+        while len(body) < length:
+            body += self._receive(action)
+        body, self.pending = body[:length], body[length:]
+        if b"\r\nconnection: close" in lower:
+            self.close()
+        status = int(head[9:12])
+        if status != 200:
+            raise HttpFailure(f"{action} answered {status}: {body[:300]!r}")
+        return json.loads(body) if body else {}
+
+    def _receive(self, action: str) -> bytes:
+        assert self.connection is not None
+        chunk = self.connection.recv(65536)
+        if not chunk:
+            self.close()
+            raise HttpFailure(f"{action}: the server closed the connection")
+        return chunk
+
+    def close(self) -> None:
+        if self.connection is not None:
+            self.connection.close()
+            self.connection = None
 
 
 @dataclass
@@ -471,7 +496,12 @@ class SqsServer:
         return f"http://127.0.0.1:{self.port}/{ACCOUNT[self.name]}/{queue}"
 
     def call(self, action: str, **payload: Any) -> Any:
-        return _raw_exchange(self.port, action, payload, self.signed)
+        """One request on a connection of its own; the parsed JSON reply."""
+        link = BlockingLink(self.port, self.signed)
+        try:
+            return link.call(action, payload)
+        finally:
+            link.close()
 
     def log_tail(self, lines: int = 30) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -820,6 +850,35 @@ def _start_profile(server: SqsServer, seconds: float, path: Path) -> subprocess.
     )
 
 
+def raw_round_trips(server: SqsServer, count: int) -> dict[str, list[float]]:
+    """``count`` single-message SendMessage / ReceiveMessage / DeleteMessage on one keep-alive connection with this
+    script's own requests: the server's latency without an SDK's CPU. Seconds of each call."""
+    queue = f"raw-{int(time.time() * 1000) % 10**9}"
+    server.call("CreateQueue", QueueName=queue)
+    url = server.queue_url(queue)
+    link = BlockingLink(server.port, server.signed)
+    times: dict[str, list[float]] = {"send": [], "receive": [], "delete": []}
+    try:
+        for i in range(count + 5):  # the first five warm up
+            began = time.perf_counter()
+            link.call("SendMessage", {"QueueUrl": url, "MessageBody": f"raw round trip {queue} {i}"})
+            sent = time.perf_counter()
+            messages = link.call("ReceiveMessage", {"QueueUrl": url}).get("Messages", [])
+            received = time.perf_counter()
+            if len(messages) != 1:
+                raise HttpFailure(f"{server.name}: a receive after a send returned {len(messages)} messages")
+            link.call("DeleteMessage", {"QueueUrl": url, "ReceiptHandle": messages[0]["ReceiptHandle"]})
+            deleted = time.perf_counter()
+            if i >= 5:
+                times["send"].append(sent - began)
+                times["receive"].append(received - sent)
+                times["delete"].append(deleted - received)
+    finally:
+        link.close()
+        server.call("DeleteQueue", QueueUrl=url)
+    return times
+
+
 def round_trips(server: SqsServer, count: int) -> dict[str, list[float]]:
     """``count`` boto3 send / receive / delete of single messages, one at a time; seconds of each call."""
     import boto3
@@ -975,10 +1034,10 @@ def print_summary(summary: dict[str, Any]) -> None:
         "  dbqueue / moto, median of the rounds' ratios: "
         + ", ".join(f"{what} {value:.1f}x" if value is not None else f"{what} -" for what, value in ratios.items())
     )
-    print("\nboto3 round trips, one message at a time (ms)")
+    print("\nround trips, one message at a time, one call after the other (ms): boto3, and this script's raw requests")
     for system, calls in summary["round_trips_ms"].items():
         print(
-            f"  {system:<8} "
+            f"  {system:<14} "
             + "  ".join(f"{call} p50 {v['p50']:.2f} p99 {v['p99']:.2f} (n={v['n']})" for call, v in calls.items())
         )
     print("\ntargets")
@@ -1003,7 +1062,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--consumers", type=int, default=8, help="receiving connections per driver process (two requests a batch)"
     )
     parser.add_argument("--body-size", type=int, default=64, help="bytes of each message body")
-    parser.add_argument("--round-trips", type=int, default=200, help="boto3 round trips per system and round")
+    parser.add_argument("--round-trips", type=int, default=200, help="round trips per system, client and round")
     parser.add_argument("--signed", action="store_true", help="sign every request (SigV4); dbqueue verifies them")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="which systems, comma-separated")
     parser.add_argument("--profile", type=Path, help="py-spy dbqueue's server in round 1 (collapsed stacks here)")
@@ -1049,7 +1108,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     runs: list[Run] = []
-    trips: dict[str, dict[str, list[float]]] = {name: {"send": [], "receive": [], "delete": []} for name in systems}
+    trips: dict[str, dict[str, list[float]]] = {
+        f"{name} {client}": {"send": [], "receive": [], "delete": []} for name in systems for client in ("boto3", "raw")
+    }
     log_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-sqs-{os.getpid()}"
     log_dir.mkdir(parents=True, exist_ok=True)
     with ExitStack() as stack:
@@ -1071,7 +1132,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(run_line(run), flush=True)
                 if args.round_trips:
                     for call, values in round_trips(servers[name], args.round_trips).items():
-                        trips[name][call].extend(values)
+                        trips[f"{name} boto3"][call].extend(values)
+                    for call, values in raw_round_trips(servers[name], args.round_trips).items():
+                        trips[f"{name} raw"][call].extend(values)
     summary = summarise(runs, trips)
     print_summary(summary)
     if args.json is not None:
