@@ -18,7 +18,8 @@ in the same run:
 
 A message below is one cycle. "other CPU" is what every process but this one
 and the server used meanwhile (`machine.CpuWatch`): a figure taken while it is
-high measures a shared machine.
+high measures a shared machine. Ratios are the median of the round-by-round
+ratios, as in BENCHMARKS.md.
 
     python bench/threads.py --quiet-load 0
 """
@@ -142,6 +143,11 @@ def threaded(
     return sum(cycles.done for cycles in workers), elapsed
 
 
+def ratio(these: list[float], those: list[float]) -> float:
+    """The median of round-by-round ratios (rounds pair up by their index), as BENCHMARKS.md reports ratios."""
+    return statistics.median(this / that for this, that in zip(these, those))
+
+
 def watched(server: DbQueueServer, run: Callable[[], Any]) -> tuple[Any, float]:
     """``run()``'s result, and the CPU seconds other processes used meanwhile."""
     watch = CpuWatch(lambda: [os.getpid(), *server.pids()])
@@ -204,8 +210,7 @@ def main() -> None:
                         f"{statistics.median(cpus[label]) * 1e6:6.1f} µs, best {min(cpus[label]) * 1e6:6.1f} µs"
                     )
                 for what, figures in (("elapsed", times), ("client CPU", cpus)):
-                    change = statistics.median(figures["after"]) / statistics.median(figures["before"]) - 1
-                    print(f"  after/before, {what}, medians: {change:+.1%}")
+                    print(f"  after/before, {what}: {ratio(figures['after'], figures['before']) - 1:+.1%}")
 
         print(f"\n{args.threads} threads, send/read/confirm cycles (messages/s):")
         rates: dict[str, list[float]] = {"shared": [], "own": []}
@@ -232,7 +237,7 @@ def main() -> None:
         for kind, values in rates.items():
             what = "one client shared" if kind == "shared" else "a client each    "
             print(f"  {what}  median {statistics.median(values):9,.0f} /s, best {max(values):9,.0f} /s")
-        print(f"  shared/own, medians: {statistics.median(rates['shared']) / statistics.median(rates['own']):.2f}")
+        print(f"  shared/own: {ratio(rates['shared'], rates['own']):.2f}x")
     finally:
         server.stop()
 
