@@ -818,6 +818,9 @@ def test_dead_letter_moves_survive_kill_9(serve: Callable[[str], ServerProcess],
     for story in stories.values():  # sent, not answered, stored all the same
         if story.send.id is None and story.deliveries:
             check_counts(story, findings)
+    # A dead letter has a new id, unique like every other.
+    reused = {d.id for d in book.deliveries if d.queue == DEAD} & {send.id for send in book.sends}
+    findings.violations += [f"id {id_} given to a dead letter and to a sent message" for id_ in sorted(reused)]
     releases = [s for s in book.settles if s.kind == "release" and s.outcome == DONE]
     report(
         f"dead letters, --sync {sync}",

@@ -9,7 +9,9 @@
   the start with a message naming the file;
 * crashes under load: several producer and consumer connections pipeline
   against a server that is killed at random moments, and what the clients were
-  *told* (queued, confirmed) is checked against what the store gives back;
+  *told* (queued, confirmed) is checked against what the store gives back
+  (the same for delays, delayed releases, dead-letter moves and purges:
+  `test_crash_paths.py`);
 * space: the store's files stay near the live data under send/confirm churn.
 
 Every server is a child process (`server_process.ServerProcess`) on a fixed
