@@ -447,8 +447,11 @@ class Server:
         self._degrade(store, reason)
         if reload:
             self._reload(store)
-        else:  # stopping: the store closes next and nothing more is answered
+            return
+        try:  # stopping: the store closes next, with nothing of the batch
             store.discard()
+        except StoreError as unreadable:
+            log.error("the store cannot be read back: %s", unreadable)
 
     def _degrade(self, store: Store, reason: str) -> None:
         # From now on sends are refused up front, and the room the store kept is given back for the
@@ -549,7 +552,11 @@ class Server:
         try:
             store.reclaim(self.limits.reclaim_pages)  # without its room, the store compacts nothing
         except StoreError as exc:
-            store.discard()  # a compaction it could not commit: the store's bookkeeping goes back with it
+            try:
+                store.discard()  # a compaction it could not commit: the store's bookkeeping goes back with it
+            except StoreError as unreadable:
+                self._fail(unreadable)
+                return
             self._degrade(store, str(exc))
         else:
             if self.store_unavailable is not None:
