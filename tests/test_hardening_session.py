@@ -73,26 +73,36 @@ def serve(*options: str) -> Iterator[str]:
         yield f"127.0.0.1:{port}"
     finally:
         process.terminate()
-        process.wait(10)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:  # too busy to handle the signal
+            process.kill()
+            process.wait(10)
 
 
 def test_many_waiting_reads_on_one_connection_leave_other_clients_served() -> None:
-    with serve("--max-waiting-reads", str(PARKED)) as address, Client.connect(address) as client:
+    with (
+        serve("--max-waiting-reads", str(PARKED)) as address,
+        Client.connect(address) as client,
+        Client.connect(address) as watcher,
+    ):
         client.create("idle")
         client.create("probe")
         rounds: list[float] = []
         parking = threading.Event()
         done = threading.Event()
 
-        def probe() -> None:  # send, read, confirm: three round trips, timed while the other parks
+        def probe() -> None:  # send, read, confirm: each round trip timed while the other parks
             while not done.is_set():
                 began = time.perf_counter()
                 client.send("probe", b"x")
+                sent = time.perf_counter()
                 message = client.read("probe")
+                read = time.perf_counter()
                 assert message is not None
                 client.confirm(message.id)
                 if parking.is_set():
-                    rounds.append(time.perf_counter() - began)
+                    rounds.extend((sent - began, read - sent, time.perf_counter() - read))
 
         host, port = address.split(":")
         hog = socket.create_connection((host, int(port)))
@@ -103,7 +113,7 @@ def test_many_waiting_reads_on_one_connection_leave_other_clients_served() -> No
             parking.set()
             began = time.monotonic()
             hog.sendall(stream)
-            while client.stats("idle")["waiting"] < PARKED:
+            while watcher.stats("idle")["waiting"] < PARKED:
                 assert time.monotonic() - began < 10, "parking the waiting reads takes too long"
                 time.sleep(0.02)
             time.sleep(0.2)  # and a while after
@@ -111,7 +121,7 @@ def test_many_waiting_reads_on_one_connection_leave_other_clients_served() -> No
             done.set()
             prober.join()
         rounds.sort()
-        assert len(rounds) > 50
+        assert len(rounds) > 150
         assert rounds[int(len(rounds) * 0.99)] < 0.010, f"p99 {rounds[int(len(rounds) * 0.99)]:.4f} s"
         # The oldest waiting read gets the next message; the rest go when the connection does.
         client.send("idle", b"wake")

@@ -506,7 +506,16 @@ def step(draw: st.DrawFn, pair: Pair) -> None:
 def test_runs_answer_as_the_requests_one_by_one(feeding: str, max_in_flight: int, data: st.DataObject) -> None:
     # A small output limit, which `handle` counts over each received buffer: comparable with `declined` only.
     max_output_buffer = data.draw(st.sampled_from([64 << 20, 150, 150, 300] if feeding == "declined" else [64 << 20]))
-    pair = Pair(feeding, max_in_flight=max_in_flight, max_output_buffer=max_output_buffer)
+    # Byte limits that a few sends reach: refusals (OverMemoryBudget, Full) on every send path.
+    memory_budget = data.draw(st.sampled_from([1 << 40, 1 << 40, 700]))
+    capacity_bytes = data.draw(st.sampled_from([0, 0, 250]))
+    pair = Pair(
+        feeding,
+        max_in_flight=max_in_flight,
+        max_output_buffer=max_output_buffer,
+        memory_budget=memory_budget,
+        default_capacity_bytes=capacity_bytes,
+    )
     for _ in range(data.draw(st.integers(1, 40), label="steps")):
         step(data.draw, pair)
     pair.drain()
@@ -682,6 +691,30 @@ def test_the_size_limit_at_its_boundary_on_every_send_path(feeding: str) -> None
         else:
             assert (replies, sent) == (["MESSAGE_TOO_LARGE"] * 4, [["ERROR"], ["ERROR"]])
     pair.advance(0.125)
+    pair.drain()
+
+
+@pytest.mark.parametrize("feeding", FEEDINGS)
+@pytest.mark.parametrize("limit", ["memory_budget", "default_capacity_bytes"])
+def test_the_byte_limits_at_their_boundary_on_every_send_path(feeding: str, limit: str) -> None:
+    """One admission check for every send: refused when queued bytes + the request's > the limit,
+    with OverMemoryBudget (over the server) or Full (a queue's byte capacity), whatever the path."""
+    pair = Pair(feeding, **{limit: 200})
+    pair.enqueue(0, "a", 1, 40)  # lone: 40
+    pair.enqueue(0, "a", 3, 40)  # a run: 160
+    assert batch(pair, 0, EnqueueBatch("a", (b"x" * 20, b"y" * 20))) == ["OBJECTS_QUEUED"]  # in columns: 200
+    refused = "OVER_MEMORY_BUDGET" if limit == "memory_budget" else "FULL"
+    pair.enqueue(0, "a", 1, 1)  # lone: 201 > 200
+    pair.enqueue(0, "a", 2, 1)  # a run
+    assert last_replies(pair, 0, 3) == [refused] * 3
+    assert batch(pair, 0, EnqueueBatch("a", (b"z",))) == ["FULL" if refused == "FULL" else "ERROR"]
+    assert batch(pair, 0, EnqueueDelayed("a", b"z", 125)) == ["FULL" if refused == "FULL" else "ERROR"]
+    pair.enqueue(0, "b", 1, 0)  # nothing is never too much
+    pair.read(1, "a", 2, timeout_ms=125)  # in flight still counts...
+    pair.enqueue(0, "a", 1, 1)
+    pair.confirm(1, pair.last_read[1])  # ...until confirmed: 80 bytes freed
+    pair.enqueue(0, "a", 2, 40)
+    assert last_replies(pair, 0, 3) == [refused, "OBJECT_QUEUED", "OBJECT_QUEUED"]
     pair.drain()
 
 

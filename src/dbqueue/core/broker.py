@@ -47,6 +47,7 @@ __all__ = ["Broker", "Outcome"]
 
 log = logging.getLogger("dbqueue.server")
 
+GRANT_SPARE = 1 << 20  # bytes a queue's grant grows by beyond what a send needs (`Broker.make_room`)
 IDS_RESERVED_AHEAD = 16 * ID_BLOCK  # how far `Broker.allocate_ids` reserves ids in the journal ahead of its counter
 
 
@@ -98,7 +99,7 @@ class Broker:
         self._waits: list[tuple[float, int, Waiter]] = []
         self._timed = 0  # records in flight with a deadline (live entries of `_deadlines`)
         self._waiting = 0  # active waiters (live entries of `_waits`)
-        self.payload_bytes = 0  # payload bytes of every live queue's messages: ready, in flight and delayed
+        self.granted = 0  # the bytes granted to every live queue, which hold at most that much between them
         self._leases = 0
         self._next_id = first_id
         self._reserved = first_id  # ids below this are reserved in the journal
@@ -149,13 +150,13 @@ class Broker:
                 record.deliveries = deliveries
                 queue.enqueued += 1
                 queue.payload_bytes += len(data)
-                self.payload_bytes += len(data)
                 if due_ms > wall:
                     self._delay(record, due_ms - wall, now)
                 else:
                     queue.push_back(record)
                 restored += 1
         self._next_id = max(self._next_id, snapshot.next_id)
+        self._reclaim()  # each queue granted what it holds (a store may hold more than the budget)
         return restored
 
     # --- queues ----------------------------------------------------------------------
@@ -207,7 +208,7 @@ class Broker:
         if queue is None:
             return False
         queue.deleted = True
-        self.payload_bytes -= queue.payload_bytes  # all of them at once: its records are not counted again as they go
+        self.granted -= queue.grant  # its records are not counted again as they go
         if self.journal is not None:
             self.journal.delete_queue(name)
         for record in queue.drop_ready():
@@ -228,7 +229,6 @@ class Broker:
     def purge(self, queue: Queue) -> int:
         """Drop every ready and delayed message of ``queue``; return how many."""
         dropped = queue.ready + queue.delayed
-        before = queue.payload_bytes
         if self.journal is not None:
             records = self.records.values()
             in_flight = [record.id for record in records if record.queue is queue and record.held is not None]
@@ -245,8 +245,49 @@ class Broker:
                     del self.records[record.id]
             queue.purged += queue.delayed
             queue.delayed = 0
-        self.payload_bytes -= before - queue.payload_bytes
         return dropped
+
+    # --- payload bytes ----------------------------------------------------------------
+
+    @property
+    def payload_bytes(self) -> int:
+        """The payload bytes every live queue holds: ready, in flight and delayed (O(queues))."""
+        return sum(queue.payload_bytes for queue in self.queues.values())
+
+    def make_room(self, queue: Queue, size: int, budget: int, capacity: int) -> str | None:
+        """Grant ``queue`` room for ``size`` more payload bytes, within its ``capacity`` and within
+        ``budget`` over every queue: None when granted, else what refused it ("capacity", "budget").
+
+        Each queue holds a grant of bytes, and the grants together stay within the budget, so
+        that a send within its queue's grant is admitted with one comparison, the queue's bytes
+        against its grant (`admission`). Past it, the grant grows by what is missing and some
+        spare, taken from the budget's unused part; when that is not enough, every queue's grant
+        shrinks to what it holds (O(queues), only near the budget), and the send is refused if
+        the queues then hold too much to take it. A dead-letter move is never refused: its bytes
+        leave one queue as they join another (its queue may then hold more than its grant,
+        which its next send's check sees).
+        """
+        need = queue.payload_bytes + size
+        if need > capacity:
+            return "capacity"
+        extra = need - queue.grant
+        if self.granted + extra > budget:
+            self._reclaim()
+            extra = need - queue.grant
+            if self.granted + extra > budget:
+                return "budget"
+        extra += max(0, min(GRANT_SPARE, capacity - need, budget - self.granted - extra))
+        queue.grant += extra
+        self.granted += extra
+        return None
+
+    def _reclaim(self) -> None:
+        """Shrink every queue's grant to the bytes it holds."""
+        granted = 0
+        for queue in self.queues.values():
+            queue.grant = queue.payload_bytes
+            granted += queue.payload_bytes
+        self.granted = granted
 
     # --- sending ---------------------------------------------------------------------
 
@@ -257,11 +298,12 @@ class Broker:
             self.feed_waiters(queue, now)
         return id_
 
-    def enqueue_batch(self, queue: Queue, items: list[bytes], now: float) -> list[int] | None:
-        """Append every message or none; return their ids, or None if they do not all fit."""
+    def enqueue_batch(self, queue: Queue, items: list[bytes], now: float, size: int = -1) -> list[int] | None:
+        """Append every message or none (``size``: their payload bytes, if known); return their ids,
+        or None if they do not all fit."""
         if not queue.has_room(len(items)):
             return None
-        ids = queue.push_many(items)
+        ids = queue.push_many(items, size)
         if queue.waiters:
             self.feed_waiters(queue, now)
         return ids
@@ -284,7 +326,6 @@ class Broker:
         self.records[record.id] = record
         queue.enqueued += 1
         queue.payload_bytes += len(data)
-        self.payload_bytes += len(data)
         self._delay(record, delay_ms, now)
         if self.journal is not None:
             self.journal.add(queue.name, record.id, data, due_ms=now_ms() + delay_ms)
@@ -402,10 +443,8 @@ class Broker:
         if queue.deleted:
             record.data = b""
             return Outcome.NO_SUCH_MESSAGE
-        size = len(record.data)
+        queue.payload_bytes -= len(record.data)
         record.data = b""  # a stale lane entry may keep the record a while
-        queue.payload_bytes -= size
-        self.payload_bytes -= size
         queue.confirmed += 1
         if self.journal is not None:
             self.journal.remove(id_)
@@ -454,9 +493,7 @@ class Broker:
         """Confirm distinct held members of a block (none of them confirmed, if its queue was deleted)."""
         queue = block.queue
         if not queue.deleted:
-            size = block.size(ids)
-            queue.payload_bytes -= size
-            self.payload_bytes -= size
+            queue.payload_bytes -= block.bytes_of(ids)
             queue.confirmed += len(ids)
             if self.journal is not None:
                 self.journal.remove_many(ids)
@@ -492,6 +529,7 @@ class Broker:
         records = self.records
         held = block.held
         first = block.first_id
+        block.bytes_of(ids)  # they leave the block's size, not their queue's bytes
         split = [Record(id_, block.queue, block.payloads[id_ - first], held) for id_ in ids]
         for record in split:
             records[record.id] = held[record.id] = record
@@ -597,7 +635,6 @@ class Broker:
         del self.records[record.id]
         queue.dead_lettered += 1
         queue.payload_bytes -= len(record.data)
-        self.payload_bytes -= len(record.data)
         if self.journal is not None:
             self.journal.remove(record.id)
         target = self.queues.get(queue.dead_letter) if queue.dead_letter else None

@@ -106,7 +106,7 @@ class Block:
     for it (`holds`, `Broker.records_of`), and its lane entry, stale, is skipped by its lease.
     """
 
-    __slots__ = ("first_id", "end", "queue", "items", "slab", "held", "live", "gone", "lease", "read")
+    __slots__ = ("first_id", "end", "queue", "items", "slab", "held", "live", "gone", "lease", "read", "size")
     deliveries = 1  # a block is always a first delivery
 
     def __init__(
@@ -128,6 +128,10 @@ class Block:
         self.gone: set[int] | None = None  # made on the first departure: most blocks leave whole
         self.lease = 0
         self.read = _next_read()  # see `Record`
+        # The payload bytes of its members still held; -1 until known (a run's slice is added up only
+        # when needed: `take_many` knows the sum when it checks a byte limit, and a read run's reply
+        # tells it for nothing, see `fastpath`).
+        self.size = len(slab[2]) if slab is not None else -1
 
     @property
     def payloads(self) -> list[bytes]:
@@ -141,12 +145,18 @@ class Block:
         """Whether member ``id_`` (in range) is still held as part of this block."""
         return self.held is not None and (self.gone is None or id_ not in self.gone)
 
-    def size(self, ids: tuple[int, ...] | list[int] | range) -> int:
-        """The payload bytes of these members (all of them, as read, without a step per message)."""
-        if len(ids) == self.end - self.first_id:  # every member: the whole block as it was read
-            if self.items is None:
-                return len(self.slab[2])  # type: ignore[index]  # no items: taken from a slab, so it has one
-            return sum(map(len, self.items))
+    def bytes_of(self, ids: tuple[int, ...] | list[int] | range) -> int:
+        """The payload bytes of these members, which are leaving (all those still held, or some)."""
+        if len(ids) == self.live:  # every member still held
+            if self.size < 0:
+                self.size = sum(map(len, self.payloads)) if self.gone is None else self.bytes_of_members(ids)
+            return self.size
+        size = self.bytes_of_members(ids)
+        if self.size >= 0:
+            self.size -= size
+        return size
+
+    def bytes_of_members(self, ids: tuple[int, ...] | list[int] | range) -> int:
         payloads, first = self.payloads, self.first_id
         return sum([len(payloads[id_ - first]) for id_ in ids])
 
@@ -285,7 +295,7 @@ class Owner(Protocol):
     records: dict[int, Record]
     blocks: BlockIndex
     journal: Journal | None
-    payload_bytes: int  # the payload bytes of every live queue's messages
+    granted: int  # the bytes granted to every live queue (see `Queue.grant`)
 
     def allocate_ids(self, count: int) -> int: ...
 
@@ -306,10 +316,11 @@ def _fitting(lengths: list[int], room: int, first: bool) -> tuple[int, int]:
 
 class Queue:
     """One named queue. ``count`` is every message it holds: ready, in flight and delayed, and
-    ``payload_bytes`` their payloads' bytes (added up over every live queue in the broker's)."""
+    ``payload_bytes`` their payloads' bytes. ``grant`` is how many payload bytes the broker has
+    granted it (`Broker.make_room`): a send that fits in the grant is admitted with one comparison."""
 
     __slots__ = (
-        "name", "capacity", "max_deliveries", "dead_letter", "deleted", "payload_bytes",
+        "name", "capacity", "max_deliveries", "dead_letter", "deleted", "payload_bytes", "grant",
         "ready", "delayed", "enqueued", "confirmed", "requeued", "dead_lettered", "purged", "consumers",
         "waiters", "waiting", "_segments", "_tail", "_next_id", "_block_end",
         "_broker", "_records", "_blocks", "journal",
@@ -324,6 +335,7 @@ class Queue:
         self.dead_letter = dead_letter
         self.deleted = False
         self.payload_bytes = 0
+        self.grant = 0
         self.ready = 0
         self.delayed = 0
         self.enqueued = 0
@@ -373,15 +385,14 @@ class Queue:
         self._next_id = id_ + 1
         self.ready += 1
         self.enqueued += 1
-        size = len(data)
-        self.payload_bytes += size
-        self._broker.payload_bytes += size
+        self.payload_bytes += len(data)
         if self.journal is not None:
             self.journal.add(self.name, id_, data)
         return id_
 
-    def push_many(self, items: list[bytes]) -> list[int]:
-        """Append fresh messages (the caller checked the capacity); return their ids."""
+    def push_many(self, items: list[bytes], size: int = -1) -> list[int]:
+        """Append fresh messages (the caller checked the capacity) whose payloads take ``size`` bytes
+        (added up here if not given); return their ids."""
         ids: list[int] = []
         start = 0
         while start < len(items):
@@ -396,9 +407,7 @@ class Queue:
             start += len(chunk)
         self.ready += len(items)
         self.enqueued += len(items)
-        size = sum(map(len, items))
-        self.payload_bytes += size
-        self._broker.payload_bytes += size
+        self.payload_bytes += size if size >= 0 else sum(map(len, items))
         if self.journal is not None:
             self.journal.add_many(self.name, ids, items)
         return ids
@@ -434,7 +443,6 @@ class Queue:
         self.ready += count
         self.enqueued += count
         self.payload_bytes += len(data)
-        self._broker.payload_bytes += len(data)
         return columns[0] if len(columns) == 1 else b"".join(columns)
 
     def take(self, held: Holding) -> Record | None:
@@ -515,7 +523,10 @@ class Queue:
                 first = segment.next_id  # type: ignore[union-attr]  # a run: see above
                 segment.next_id = first + fits  # type: ignore[union-attr]  # a run: see above
                 payloads = list(starmap(items.popleft, repeat((), fits)))
-                entries.append(self._hold(Block(first, self, fits, held, items=payloads)))
+                block = Block(first, self, fits, held, items=payloads)
+                if used:
+                    block.size = used - BATCH_ENTRY_OVERHEAD * fits
+                entries.append(self._hold(block))
             taken += fits
             size += used
             if fits < wanted:
@@ -540,7 +551,7 @@ class Queue:
             return fits, used
         if fits:
             first_id, columns = slab.take(fits, payload)
-            entries.append(self._hold(Block(first_id, self, fits, held, slab=columns)))
+            entries.append(self._hold(Block(first_id, self, fits, held, slab=columns)))  # its size: its data column
             if slab.taken == slab.count:
                 self._segments.popleft()
         return fits, used
@@ -566,8 +577,7 @@ class Queue:
         self.ready += 1
 
     def drop_ready(self) -> list[Record]:
-        """Drop every ready message (their bytes leave ``payload_bytes``; the caller updates the broker's
-        total); return the records among them."""
+        """Drop every ready message (their bytes leave ``payload_bytes``); return the records among them."""
         records: list[Record] = []
         size = 0
         for segment in self._segments:

@@ -84,6 +84,9 @@ class RequestReader(FrameReader):
 
     Splitting while cutting frames saves a body copy, a tuple and a call per
     request; the layouts are `layouts.split_enqueue` / `split_read`'s, read in place.
+
+    A feed cuts at most ``turn`` frames: the server handles a connection's requests a turn of
+    the loop at a time, and cutting is part of the work a turn bounds.
     """
 
     __slots__ = ()
@@ -95,9 +98,15 @@ class RequestReader(FrameReader):
         unpack_times = READ_TIMES.unpack_from
         unpack_id = CONFIRM_ID.unpack_from
         max_body = self.max_body
+        left = self.turn
+        self.more = False
         pos = 0
         end = len(data)
         while end - pos >= HEADER_SIZE:
+            if not left:  # a turn's worth: the rest waits, whole or not
+                self.more = True
+                return items, pos, HEADER_SIZE
+            left -= 1
             magic, opcode, flags, request_id, length = unpack(data, pos)
             if magic != MAGIC or length > max_body:
                 self.failure = framing_failure(magic, request_id, length, max_body)

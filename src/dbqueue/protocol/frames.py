@@ -132,15 +132,18 @@ class FrameFailure(NamedTuple):
 
 
 class FrameReader:
-    """Cuts a byte stream into frames; holds at most one partial frame.
+    """Cuts a byte stream into frames; holds at most one partial frame (and, when a feed stops at
+    ``turn`` frames, the whole frames after them: ``more`` is then True, and ``feed(b"")`` goes on).
 
     ``max_body`` bounds the body length a header may announce.
     """
 
-    __slots__ = ("max_body", "failure", "buffered", "_chunks", "_needed")
+    __slots__ = ("max_body", "failure", "buffered", "turn", "more", "_chunks", "_needed")
 
-    def __init__(self, max_body: int) -> None:
+    def __init__(self, max_body: int, turn: int = 1 << 62) -> None:
         self.max_body = max_body
+        self.turn = turn  # frames one feed cuts at most (`RequestReader` heeds it)
+        self.more = False  # the last feed stopped at `turn` frames, with whole frames left
         self.failure: FrameFailure | None = None
         self._chunks: list[bytes] = []
         self.buffered = 0  # bytes held of a frame not yet complete (a plain field: read per received buffer)

@@ -114,12 +114,12 @@ def admit_send(connection: Connection, name: bytes, largest: int, total: int) ->
     reason = getattr(server, "store_unavailable", None)
     if reason is not None:
         raise store_unavailable(reason)
-    if broker.payload_bytes + total > connection.memory_budget:
-        raise over_budget(connection.memory_budget)
-    if queue.payload_bytes + total > connection.capacity_bytes:
-        raise QueueFull(
-            f"queue {name.decode('utf-8', 'replace')!r} holds its limit of {connection.capacity_bytes} bytes"
-        )
+    if queue.payload_bytes + total > queue.grant:  # past what its grant covers: the broker decides
+        refused = broker.make_room(queue, total, connection.memory_budget, connection.capacity_bytes)
+        if refused is not None:
+            if refused == "budget":
+                raise over_budget(connection.memory_budget)
+            raise full_of_bytes(name, connection.capacity_bytes)
     return queue
 
 

@@ -81,6 +81,7 @@ _OBJECT_QUEUED, _MESSAGE, _FULL, _EMPTY = int(Op.OBJECT_QUEUED), int(Op.MESSAGE)
 _CONFIRMED, _REQUEUED_OP = int(Op.CONFIRMED), int(Op.REQUEUED)
 _DONE, _REQUEUED = int(Outcome.DONE), int(Outcome.REQUEUED)
 _MESSAGE_FIXED = MESSAGE_FIELDS.size  # a MESSAGE body's length besides its payload
+_MESSAGE_FRAME = HEADER_SIZE + _MESSAGE_FIXED  # a MESSAGE frame's length besides its payload
 _FIRST_DELIVERY = U32.pack(1)  # a block's delivery count, each member's entry in a MESSAGES column
 _unpack_header = HEADER.unpack_from
 _unpack_times = READ_TIMES.unpack_from
@@ -192,14 +193,15 @@ class FastPaths:
 
     def _enqueue_run(self, request_ids: tuple[bytes, ...], name: bytes, payloads: tuple[bytes, ...]) -> bytes | None:
         size = len(payloads[0])  # every payload has the first one's size
+        total = size * len(payloads)
         try:
-            queue = admit_send(self, name, size, size * len(payloads))
+            queue = admit_send(self, name, size, total)
         except RequestError:
             return None
         if not queue.has_room(len(payloads)) or queue.waiters:  # with waiting reads: each message wakes one
             return None
         self.last_active = now = self.server.clock()
-        ids = self.broker.enqueue_batch(queue, list(payloads), now)
+        ids = self.broker.enqueue_batch(queue, list(payloads), now, total)
         if ids is None:  # not reached: `has_room` said there was room
             return None
         return id_frames(_OBJECT_QUEUED, request_ids, ids)
@@ -228,7 +230,12 @@ class FastPaths:
         if store is not None:
             self.answer_now = _all_stored(store, entries)
         taken = len(ids)
-        return message_frames(request_ids, ids, deliveries, payloads) + bare_frames(_EMPTY, request_ids[taken:])
+        frames = message_frames(request_ids, ids, deliveries, payloads)
+        if len(entries) == 1:
+            entry = entries[0]
+            if entry.__class__ is Block and entry.size < 0:  # its payload bytes, which the reply tells for nothing
+                entry.size = len(frames) - taken * _MESSAGE_FRAME
+        return frames + bare_frames(_EMPTY, request_ids[taken:])
 
     # --- batches kept in their columns: each answers what the decoded request would get, or
     # --- returns None, having changed nothing, to leave it to its handler (a refusal, a full queue).

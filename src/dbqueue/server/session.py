@@ -103,6 +103,9 @@ _ENQUEUE, _READ, _CONFIRM = int(Op.ENQUEUE), int(Op.READ), int(Op.CONFIRM)  # as
 _OBJECT_QUEUED, _MESSAGE, _FULL, _EMPTY = int(Op.OBJECT_QUEUED), int(Op.MESSAGE), int(Op.FULL), int(Op.EMPTY)
 _MESSAGE_FIXED = MESSAGE_FIELDS.size  # a MESSAGE body's length besides its payload
 _NO_BYTE_LIMIT = 1 << 62  # a byte limit that is off, as a number every sum stays below
+# Requests one connection has handled in one turn of the loop at most, when a received buffer holds
+# more (a turn of waiting reads costs a few milliseconds): the rest wait for the next turn.
+TURN = 512
 
 _SPOKEN = (
     f"version {PROTOCOL_VERSION}"
@@ -129,7 +132,7 @@ class Session(FastPaths, asyncio.Protocol):
     def __init__(self, server: Host) -> None:
         self.server = server
         self.broker = server.broker
-        self.reader = RequestReader(server.max_message_size + BODY_OVERHEAD)
+        self.reader = RequestReader(server.max_message_size + BODY_OVERHEAD, TURN)
         self.held = Holding()  # in-flight messages this connection read, in read order
         self.waiting: dict[int, Waiter] = {}  # its waiting reads by request id, each until it is answered
         self.read_from: set[Queue] = set()  # queues it counts as a consumer of
@@ -141,6 +144,8 @@ class Session(FastPaths, asyncio.Protocol):
         self.answer_now = False  # with a store: the answer just built is reads' of stored messages only
         self.last_active = 0.0
         self.handshake: asyncio.TimerHandle | None = None  # the Hello's deadline, while it has not passed
+        self.loop: asyncio.AbstractEventLoop | None = None  # set when made by a running loop
+        self.writing_paused = False
         # Copies of the byte limits a send is admitted against (off: a number no sum reaches).
         limits = server.limits
         self.memory_budget = limits.memory_budget
@@ -153,6 +158,10 @@ class Session(FastPaths, asyncio.Protocol):
         self.transport = connected = cast(asyncio.Transport, transport)
         peer = connected.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        try:
+            self.loop = asyncio.get_running_loop()
+        except RuntimeError:  # driven by hand (tests, benchmarks): every buffer in one turn, no deadlines
+            self.loop = None
         server = self.server
         if self.authenticated:
             if len(server.sessions) - len(_strangers.get(server, ())) >= server.max_connections:
@@ -168,7 +177,8 @@ class Session(FastPaths, asyncio.Protocol):
                 # cannot keep out a client whose Hello follows its connect within a round trip.
                 next(iter(strangers))._crowded_out(limits.max_unauthenticated)
             strangers[self] = None
-            self.handshake = asyncio.get_running_loop().call_later(limits.handshake_timeout, self._too_slow)
+            if self.loop is not None:
+                self.handshake = self.loop.call_later(limits.handshake_timeout, self._too_slow)
         server.sessions.add(self)
         self.last_active = server.clock()
         log.debug("connection from %s", self.peer)
@@ -237,6 +247,9 @@ class Session(FastPaths, asyncio.Protocol):
             count = len(requests)
             replies = self.handle(requests) if requests else ()
             answer = replies[0] if len(replies) == 1 else b"".join(replies)
+            if reader.more:  # a turn's worth: the rest after the other connections' turns
+                self._pause_turns(transport, answer)
+                return
         if count:
             if stats is not None:
                 stats.record(count, perf_counter() - began)
@@ -246,12 +259,57 @@ class Session(FastPaths, asyncio.Protocol):
                     self.server.write(transport, answer)
                 else:
                     self.server.send(transport, answer)
-        failure = reader.failure
-        if failure is not None:
-            log.warning("closing %s: %s", self.peer, failure.message)
-            self.server.send(transport, error_frame(failure.request_id, failure.code, failure.message))
-            self.server.close_after_send(transport)
-            self.done = True
+        if reader.failure is not None:
+            self._lost_framing(transport)
+
+    def _lost_framing(self, transport: asyncio.Transport) -> None:
+        """Answer the frame that broke the framing with its error, and close."""
+        failure = self.reader.failure
+        assert failure is not None  # called once it is set
+        log.warning("closing %s: %s", self.peer, failure.message)
+        self.server.send(transport, error_frame(failure.request_id, failure.code, failure.message))
+        self.server.close_after_send(transport)
+        self.done = True
+
+    def _pause_turns(self, transport: asyncio.Transport, answer: bytes) -> None:
+        """Answer the requests of this turn and keep the rest for later turns of the loop.
+
+        The reader cuts at most `TURN` frames a feed (`RequestReader`): one connection's pipeline
+        of thousands of requests then delays the others by a turn's work, not by all of it. The
+        connection reads nothing more meanwhile, so its replies keep their order. Driven by hand
+        (no loop), the turns follow one another at once."""
+        if answer and not self.done:
+            self.server.send(transport, answer)
+        if self.loop is None:
+            while self.reader.more and not self.done:
+                self._next_turn()
+            return
+        transport.pause_reading()
+        self.loop.call_soon(self._next_turn)
+
+    def _next_turn(self) -> None:
+        """Handle the next turn's requests, already received; read again once none is left."""
+        transport, reader = self.transport, self.reader
+        if transport is None or self.done or transport.is_closing():
+            return
+        if self.writing_paused:
+            return  # the client is not reading its replies: `resume_writing` goes on
+        stats = self.server.request_stats
+        began = perf_counter() if stats is not None else 0.0
+        requests = reader.feed(b"")
+        replies = self.handle(requests) if requests else []
+        if stats is not None and requests:
+            stats.record(len(requests), perf_counter() - began)
+        if replies and not self.done:
+            self.server.send(transport, b"".join(replies))
+        if not self.done:  # (handling may have cut the connection off)
+            if reader.more:
+                if self.loop is not None:
+                    self.loop.call_soon(self._next_turn)
+            elif reader.failure is not None:  # the stream broke behind the requests just answered
+                self._lost_framing(transport)
+            elif self.loop is not None:
+                transport.resume_reading()
 
     def _overflow(self, size: int) -> None:
         """Cut off a client whose replies to one received buffer pass the unread-reply limit."""
@@ -357,11 +415,16 @@ class Session(FastPaths, asyncio.Protocol):
             self.server.schedule_expiry()
 
     def pause_writing(self) -> None:
+        self.writing_paused = True
         if self.transport is not None:
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.transport is not None:
+        self.writing_paused = False
+        if self.reader.more:  # requests received already wait their turn: they come first
+            if self.loop is not None:
+                self.loop.call_soon(self._next_turn)
+        elif self.transport is not None:
             self.transport.resume_reading()
 
     # --- requests: the general path ----------------------------------------------------
@@ -509,8 +572,9 @@ class Session(FastPaths, asyncio.Protocol):
 
     def _enqueue_batch(self, request: msg.EnqueueBatch, request_id: int, now: float) -> msg.Response:
         sizes = list(map(len, request.items))
-        queue = admit_send(self, request.queue.encode(), max(sizes), sum(sizes))
-        ids = self.broker.enqueue_batch(queue, list(request.items), now)
+        total = sum(sizes)
+        queue = admit_send(self, request.queue.encode(), max(sizes), total)
+        ids = self.broker.enqueue_batch(queue, list(request.items), now, total)
         return msg.ObjectsQueued(tuple(ids)) if ids is not None else msg.Full.INSTANCE
 
     def _read_batch(self, request: msg.ReadBatch, request_id: int, now: float) -> bytes | None:
