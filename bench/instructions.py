@@ -277,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     measure = per_message_direct if args.direct else per_request
     here = measure(args, None)
-    print(f"working tree: {here[0]:,.0f} instructions per request, {here[1]:,.0f} per message")
+    counted = "floor.py" if args.floor else "the dbqueue above"  # the working tree, or PYTHONPATH's snapshot
+    print(f"{counted}: {here[0]:,.0f} instructions per request, {here[1]:,.0f} per message")
     if args.compare_with:
         other_src = export(args.compare_with)
         try:
