@@ -1,9 +1,13 @@
-"""Celery workers on Celery's own SQS transport (kombu's, with pycurl) against a real server's HTTP listener.
+"""Celery workers on Celery's own SQS transport (kombu's, with pycurl) against ``dbqueue serve --http-port``.
+
+The server is a ``dbqueue serve --http-port PORT`` subprocess with its
+credentials in ``DBQUEUE_SQS_ACCESS_KEY_ID`` / ``DBQUEUE_SQS_SECRET_ACCESS_KEY``;
+its log must show no unhandled exception, and it must stop cleanly on SIGTERM.
 
 The worker is a subprocess started as one would start it in production,
 ``python -m celery -A celery_sqs_app worker``, its broker URL
-``sqs://KEY:SECRET@host:port`` pointing at the listener (`celery_sqs_app`
-says how it is configured); the test sends tasks through the same app, so
+``sqs://KEY:SECRET@host:port`` pointing at the server's HTTP port
+(`celery_sqs_app` says how it is configured); the test sends tasks through the same app, so
 kombu's producer side (boto3's SendMessage) is exercised too. What ran is
 counted from the files the tasks leave, one per execution, never from log
 lines; what the server holds is read through dbqueue's own client.
@@ -29,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -41,28 +46,51 @@ import pytest
 pytest.importorskip("celery", reason='Celery is not installed (pip install "celery[sqs]")')
 pytest.importorskip("pycurl", reason='pycurl is not installed (kombu\'s SQS transport needs it: "celery[sqs]")')
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "sqs"))  # the listener's own test kit
-
-import listener_kit
-
 import celery_sqs_app
+from child_server import ChildServer, free_port
 from dbqueue import Client
 
 TESTS = Path(__file__).resolve().parent
 QUEUE = "celery-tasks"
 WAIT = 60.0  # seconds for a worker to get through what a test sends
+ACCESS_KEY = "AKIDCELERYWORKER"
+SECRET_KEY = "celery/worker+secret"  # "/" and "+": kombu wants them percent-encoded in the broker URL
+START_TIMEOUT = 15.0
+
+
+class Serving:
+    """A ``dbqueue serve --http-port`` subprocess: its native address and its HTTP port."""
+
+    def __init__(self, child: ChildServer, http_port: int) -> None:
+        self.child = child
+        self.http_port = http_port
+        self.address = child.address
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:  # the native port answers first; the listener starts at the end of the server's start
+            try:
+                socket.create_connection(("127.0.0.1", http_port), timeout=1.0).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"the SQS listener did not come up on port {http_port}:\n{child.log_tail()}")
+                time.sleep(0.02)
 
 
 @pytest.fixture
-def listening(server_factory: Callable[..., Any]) -> Iterator[listener_kit.Listening]:
-    listening = listener_kit.Listening.start(
-        server_factory(), credentials={listener_kit.ACCESS_KEY: listener_kit.SECRET_KEY}
-    )
-    yield listening
-    listening.stop()
+def serving(tmp_path: Path) -> Iterator[Serving]:
+    http_port = free_port()
+    child = ChildServer(
+        tmp_path,
+        "--http-port", str(http_port), "--log-level", "info",
+        env={"DBQUEUE_SQS_ACCESS_KEY_ID": ACCESS_KEY, "DBQUEUE_SQS_SECRET_ACCESS_KEY": SECRET_KEY},
+    )  # fmt: skip
+    with child:  # started here, killed on the way out if it did not stop
+        yield Serving(child, http_port)
+        child.stop()
+        child.assert_no_unhandled_errors()
 
 
-def environment_for(listening: listener_kit.Listening, out: Path, visibility: int) -> dict[str, str]:
+def environment_for(serving: Serving, out: Path, visibility: int) -> dict[str, str]:
     """The worker's environment: the ``DBQUEUE_CELERY_*`` variables `celery_sqs_app` reads, and no AWS settings."""
     environment = {
         key: value for key, value in os.environ.items() if not key.startswith(("AWS_", "DBQUEUE_", "CELERY_"))
@@ -72,9 +100,9 @@ def environment_for(listening: listener_kit.Listening, out: Path, visibility: in
             "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])),
             "AWS_CONFIG_FILE": str(out / "no-such-config"),
             "AWS_SHARED_CREDENTIALS_FILE": str(out / "no-such-credentials"),
-            "DBQUEUE_CELERY_ENDPOINT": f"127.0.0.1:{listening.port}",
-            "DBQUEUE_CELERY_ACCESS_KEY": listener_kit.ACCESS_KEY,
-            "DBQUEUE_CELERY_SECRET_KEY": listener_kit.SECRET_KEY,
+            "DBQUEUE_CELERY_ENDPOINT": f"127.0.0.1:{serving.http_port}",
+            "DBQUEUE_CELERY_ACCESS_KEY": ACCESS_KEY,
+            "DBQUEUE_CELERY_SECRET_KEY": SECRET_KEY,
             "DBQUEUE_CELERY_QUEUE": QUEUE,
             "DBQUEUE_CELERY_VISIBILITY": str(visibility),
             "DBQUEUE_CELERY_OUT": str(out),
@@ -165,18 +193,18 @@ def wait_for(
         time.sleep(interval)
 
 
-def queue_stats(listening: listener_kit.Listening) -> dict[str, Any]:
-    with Client.connect(listening.thread.address) as native:
+def queue_stats(serving: Serving) -> dict[str, Any]:
+    with Client.connect(serving.address) as native:
         return native.stats(QUEUE)
 
 
 @pytest.mark.timeout(180)
 def test_tasks_run_end_to_end_on_a_celery_worker(
-    listening: listener_kit.Listening, workers: Callable[..., Worker], tmp_path: Path
+    serving: Serving, workers: Callable[..., Worker], tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
     out.mkdir()
-    environment = environment_for(listening, out, visibility=30)
+    environment = environment_for(serving, out, visibility=30)
     producer = celery_sqs_app.make_app(environment)
     try:
         names = [f"t{i}" for i in range(40)]
@@ -193,11 +221,11 @@ def test_tasks_run_end_to_end_on_a_celery_worker(
         # Each acknowledgement was a DeleteMessage of a current receipt: confirmed, nothing left.
         wait_for(
             "the acknowledgements",
-            lambda: queue_stats(listening)["confirmed"] == len(names),
+            lambda: queue_stats(serving)["confirmed"] == len(names),
             [worker],
             timeout=10,
         )
-        stats = queue_stats(listening)
+        stats = queue_stats(serving)
         assert (stats["ready"], stats["in_flight"], stats["enqueued"], stats["requeued"]) == (0, 0, len(names), 0)
         worker.stop()
         assert worker.process.returncode == 0, worker.log_tail()
@@ -208,19 +236,19 @@ def test_tasks_run_end_to_end_on_a_celery_worker(
 
 @pytest.mark.timeout(180)
 def test_a_task_of_a_worker_killed_mid_task_completes_on_another(
-    listening: listener_kit.Listening, workers: Callable[..., Worker], tmp_path: Path
+    serving: Serving, workers: Callable[..., Worker], tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
     out.mkdir()
     visibility = 2
-    environment = environment_for(listening, out, visibility=visibility)
+    environment = environment_for(serving, out, visibility=visibility)
     producer = celery_sqs_app.make_app(environment)
     try:
         first = workers("first", environment, concurrency=1)
         producer.send_task("celery_sqs_app.hold", args=("x",))
         wait_for("the held task to start", lambda: len(files(out, "started-x-")) == 1, [first])
         producer.send_task("celery_sqs_app.write", args=("after",))  # prefetched by the busy worker, or not
-        wait_for("the held task's message in flight", lambda: queue_stats(listening)["in_flight"] >= 1, [first])
+        wait_for("the held task's message in flight", lambda: queue_stats(serving)["in_flight"] >= 1, [first])
         (started,) = files(out, "started-x-")
         assert started.read_text().split()[0] == str(first.group)
         first.kill()
@@ -238,8 +266,8 @@ def test_a_task_of_a_worker_killed_mid_task_completes_on_another(
         starts = files(out, "started-x-")
         assert len(starts) == 2  # once on each worker
         assert {path.read_text().split()[0] for path in starts} == {str(first.group), str(second.group)}
-        wait_for("the acknowledgements", lambda: queue_stats(listening)["confirmed"] == 2, [second], timeout=10)
-        stats = queue_stats(listening)
+        wait_for("the acknowledgements", lambda: queue_stats(serving)["confirmed"] == 2, [second], timeout=10)
+        stats = queue_stats(serving)
         assert (stats["ready"], stats["in_flight"], stats["enqueued"]) == (0, 0, 2)
         assert stats["requeued"] >= 1  # the held task came back when its visibility timeout ended
         second.stop()

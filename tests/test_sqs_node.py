@@ -1,15 +1,20 @@
-"""The AWS SDK for JavaScript v3 (``@aws-sdk/client-sqs``) against a real server's HTTP listener, as a Node service.
+"""The AWS SDK for JavaScript v3 (``@aws-sdk/client-sqs``) against ``dbqueue serve --http-port``, as a Node service.
+
+The server is a ``dbqueue serve --http-port PORT`` subprocess with its
+credentials in ``DBQUEUE_SQS_ACCESS_KEY_ID`` / ``DBQUEUE_SQS_SECRET_ACCESS_KEY``,
+as it would be deployed; its log must show no unhandled exception, and it must
+stop cleanly on SIGTERM.
 
 `tests/node/sqs_check.mjs` is the script a Node service would run: an
 `SQSClient` with its endpoint pointed at dbqueue and credentials from the
-environment (so every request is signed with SigV4, and the SDK checks the
-MD5 of every body the server returns; the test checks the attributes' MD5 the
-way the SDKs compute it, `sqs_kit.sdk_md5_of_attributes`). It creates queues, sends with message attributes,
-sends a batch, long-polls, changes visibility, deletes one and a batch, and
-reads the queue's attributes, then prints what it saw as one JSON object. The
-test checks that output, and the server's state through dbqueue's own client:
-the counts, and the message the script left, read natively and opened as an
-SQS envelope.
+environment, so every request is signed with SigV4 and the SDK checks the MD5
+of every body the server returns (the test checks the attributes' MD5 the way
+the SDKs compute it, `sqs_kit.sdk_md5_of_attributes`). It creates queues,
+sends with message attributes, sends a batch, long-polls, changes visibility,
+deletes one and a batch, and reads the queue's attributes, then prints what it
+saw as one JSON object. The test checks that output, and the server's state
+through dbqueue's own client: the counts, and the message the script left,
+read natively and opened as an SQS envelope.
 
 The SDK is installed from ``tests/node/package-lock.json`` (``npm ci``) when
 ``node_modules`` is missing, as on a fresh clone. Skipped, saying which, when
@@ -23,19 +28,21 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "sqs"))  # the listener's own test kit
+sys.path.insert(0, str(Path(__file__).resolve().parent / "sqs"))  # the SQS tests' kit: the SDKs' MD5 check
 
-import listener_kit
 import sqs_kit
 
+from child_server import ChildServer, free_port
 from dbqueue import Client
 from dbqueue.sqs import MessageAttributeValue, open_envelope
 
@@ -74,16 +81,45 @@ def sdk() -> Path:
     return NODE_DIR
 
 
+ACCESS_KEY = "AKIDNODESERVICE"
+SECRET_KEY = "node/service+secret"
+REGION = "us-east-1"
+START_TIMEOUT = 15.0
+
+
+class Serving:
+    """A ``dbqueue serve --http-port`` subprocess: its native address and its SQS endpoint."""
+
+    def __init__(self, child: ChildServer, http_port: int) -> None:
+        self.child = child
+        self.endpoint = f"http://127.0.0.1:{http_port}"
+        self.address = child.address
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:  # the native port answers first; the listener starts at the end of the server's start
+            try:
+                socket.create_connection(("127.0.0.1", http_port), timeout=1.0).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"the SQS listener did not come up on {self.endpoint}:\n{child.log_tail()}")
+                time.sleep(0.02)
+
+
 @pytest.fixture
-def listening(server_factory: Callable[..., Any]) -> Iterator[listener_kit.Listening]:
-    listening = listener_kit.Listening.start(
-        server_factory(), credentials={listener_kit.ACCESS_KEY: listener_kit.SECRET_KEY}
-    )
-    yield listening
-    listening.stop()
+def serving(tmp_path: Path) -> Iterator[Serving]:
+    http_port = free_port()
+    child = ChildServer(
+        tmp_path,
+        "--http-port", str(http_port), "--log-level", "info",
+        env={"DBQUEUE_SQS_ACCESS_KEY_ID": ACCESS_KEY, "DBQUEUE_SQS_SECRET_ACCESS_KEY": SECRET_KEY},
+    )  # fmt: skip
+    with child:  # started here, killed on the way out if it did not stop
+        yield Serving(child, http_port)
+        child.stop()
+        child.assert_no_unhandled_errors()
 
 
-def run_script(sdk: Path, endpoint: str, prefix: str, secret: str = listener_kit.SECRET_KEY) -> tuple[int, Any, str]:
+def run_script(sdk: Path, endpoint: str, prefix: str, secret: str = SECRET_KEY) -> tuple[int, Any, str]:
     """Run the Node script; return its exit code, its JSON output and its stderr."""
     assert NODE is not None
     environment = {
@@ -91,9 +127,9 @@ def run_script(sdk: Path, endpoint: str, prefix: str, secret: str = listener_kit
         "HOME": str(sdk),  # no ~/.aws of the machine's: the SDK sees only what is set here
         "AWS_CONFIG_FILE": str(sdk / "no-such-config"),
         "AWS_SHARED_CREDENTIALS_FILE": str(sdk / "no-such-credentials"),
-        "AWS_ACCESS_KEY_ID": listener_kit.ACCESS_KEY,
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
         "AWS_SECRET_ACCESS_KEY": secret,
-        "AWS_REGION": listener_kit.REGION,
+        "AWS_REGION": REGION,
         "SQS_ENDPOINT": endpoint,
     }
     done = subprocess.run(
@@ -104,11 +140,11 @@ def run_script(sdk: Path, endpoint: str, prefix: str, secret: str = listener_kit
 
 
 @pytest.mark.timeout(400)
-def test_a_node_service_on_the_aws_sdk_v3(sdk: Path, listening: listener_kit.Listening) -> None:
-    code, out, stderr = run_script(sdk, listening.endpoint, "node")
+def test_a_node_service_on_the_aws_sdk_v3(sdk: Path, serving: Serving) -> None:
+    code, out, stderr = run_script(sdk, serving.endpoint, "node")
     assert code == 0, f"the Node script failed:\n{stderr}\n{out}"
-    jobs_url = f"{listening.endpoint}/000000000000/node-jobs"
-    later_url = f"{listening.endpoint}/000000000000/node-later"
+    jobs_url = f"{serving.endpoint}/000000000000/node-jobs"
+    later_url = f"{serving.endpoint}/000000000000/node-later"
     assert out["queues"] == {
         "url": jobs_url,
         "again": jobs_url,
@@ -138,7 +174,7 @@ def test_a_node_service_on_the_aws_sdk_v3(sdk: Path, listening: listener_kit.Lis
         *(out["sendBatch"]["ids"][f"m{i}"] for i in range(10)),
     ]
     assert {message["receiveCount"] for message in received} == {"1"}
-    assert {message["senderId"] for message in received} == {listener_kit.ACCESS_KEY}
+    assert {message["senderId"] for message in received} == {ACCESS_KEY}
     assert received[0]["attributes"] == {
         "colour": {"DataType": "String", "StringValue": "blue"},
         "count": {"DataType": "Number", "StringValue": "42"},
@@ -160,7 +196,7 @@ def test_a_node_service_on_the_aws_sdk_v3(sdk: Path, listening: listener_kit.Lis
     assert out["missing"] == {"name": "QueueDoesNotExist", "status": 400}
 
     # The server's own view: ten confirmed, "batch 9" in flight (600 s), one ready that dbqueue's client reads.
-    with Client.connect(listening.thread.address) as native:
+    with Client.connect(serving.address) as native:
         assert [queue["name"] for queue in native.list_queues()] == ["node-jobs"]
         stats = native.stats("node-jobs")
         assert (stats["ready"], stats["in_flight"], stats["confirmed"]) == (1, 1, 10)
@@ -170,15 +206,15 @@ def test_a_node_service_on_the_aws_sdk_v3(sdk: Path, listening: listener_kit.Lis
         assert envelope is not None
         assert envelope.body == "for the native client"
         assert envelope.queue == "node-jobs"
-        assert envelope.sender == listener_kit.ACCESS_KEY
+        assert envelope.sender == ACCESS_KEY
         assert dict(envelope.message_attributes) == {"colour": MessageAttributeValue("String", "blue")}
         native.confirm(message.id)
 
 
 @pytest.mark.timeout(400)
-def test_a_wrong_secret_is_refused_with_the_sdks_own_error(sdk: Path, listening: listener_kit.Listening) -> None:
-    code, out, _ = run_script(sdk, listening.endpoint, "refused", secret="not-the-secret")
+def test_a_wrong_secret_is_refused_with_the_sdks_own_error(sdk: Path, serving: Serving) -> None:
+    code, out, _ = run_script(sdk, serving.endpoint, "refused", secret="not-the-secret")
     assert code == 1
     assert out["errorName"] == "SignatureDoesNotMatch"
-    with Client.connect(listening.thread.address) as native:
+    with Client.connect(serving.address) as native:
         assert [queue["name"] for queue in native.list_queues()] == []
