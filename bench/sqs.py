@@ -61,6 +61,7 @@ import hmac
 import json
 import multiprocessing
 import os
+import shlex
 import signal
 import socket
 import statistics
@@ -487,6 +488,7 @@ class SqsServer:
     port: int
     log_path: Path
     signed: bool
+    command: list[str] = field(default_factory=list)
 
     @property
     def pid(self) -> int:
@@ -553,7 +555,7 @@ def start_dbqueue(python: str, log_dir: Path, signed: bool) -> SqsServer:
     log_path = log_dir / "dbqueue.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
-    server = SqsServer("dbqueue", process, port, log_path, signed)
+    server = SqsServer("dbqueue", process, port, log_path, signed, command)
     server.wait_ready()
     return server
 
@@ -579,12 +581,13 @@ def start_moto(python: str, log_dir: Path, signed: bool) -> SqsServer:
     port = free_port()
     log_path = log_dir / "moto.log"
     with open(log_path, "wb") as log:
+        command = [python, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
         process = subprocess.Popen(
-            [python, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            command,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    server = SqsServer("moto", process, port, log_path, signed)
+    server = SqsServer("moto", process, port, log_path, signed, command)
     server.wait_ready()
     return server
 
@@ -931,6 +934,7 @@ def summarise(runs: list[Run], trips: dict[str, dict[str, list[float]]]) -> dict
         "ratios": {},
         "round_trips_ms": {},
         "crowded_runs": len(runs) - len(clean),
+        "all_crowded": all(run.crowded for run in runs),
     }
     for system in SYSTEMS:
         mine = [run for run in clean if run.system == system]
@@ -1013,7 +1017,13 @@ def run_line(run: Run) -> str:
 def print_summary(summary: dict[str, Any]) -> None:
     print(
         "\nmedians over rounds"
-        + (f" (left out: {summary['crowded_runs']} crowded runs)" if summary["crowded_runs"] else "")
+        + (
+            " (every run was crowded: over all of them)"
+            if summary["all_crowded"]
+            else f" (left out: {summary['crowded_runs']} crowded runs)"
+            if summary["crowded_runs"]
+            else ""
+        )
     )
     columns = ("sent/s", "received/s", "deleted/s", "server cores", "server µs/msg", "msg/CPU-s", "driver cores")
     print(f"  {'system':<8} " + " ".join(f"{column:>13}" for column in columns))
@@ -1123,6 +1133,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             stack.callback(server.stop)
             servers[name] = server
+            print(f"{name} started as: {shlex.join(server.command)}", flush=True)
         for round_ in range(1, args.rounds + 1):
             order = systems if round_ % 2 else list(reversed(systems))
             for name in order:
