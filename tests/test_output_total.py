@@ -118,3 +118,4 @@ def test_a_lone_connection_over_the_total_is_cut_off(server_factory: Factory, of
     server.wait_until(lambda: not server.server.sessions, what="the offender cut off")
     server.wait_until(lambda: in_flight(server) == 0, what="its messages back")
     assert server.call(lambda: server.server.unsent_bytes) == 0
+    assert server.call(lambda: server.server.output_room()) == 4 << 20

@@ -226,6 +226,15 @@ class Server:
         """Replies waiting in transports' buffers over all connections, as last counted (it may be stale high)."""
         return self._unsent
 
+    def output_room(self) -> int:
+        """Bytes of replies that may still wait unread, over all connections, before `Limits.max_output_total`
+        is passed (0 if none): for code that builds large replies and can stop before it passes it."""
+        room = self.max_output_total - self._unsent
+        if room <= 0 and self._buffering:
+            self._recount()  # the running total drifts high as buffers drain unseen
+            room = self.max_output_total - self._unsent
+        return max(room, 0)
+
     async def start(self) -> None:
         """Bind and start accepting connections; raise `OSError` if the address is taken."""
         loop = self._loop = asyncio.get_running_loop()
