@@ -207,9 +207,11 @@ def test_the_store_is_reclaimed_on_the_limits_interval_and_page_count(
     assert set(rounds) == {7}
 
 
-def test_a_store_that_fails_to_give_space_back_stops_the_server(
+def test_a_store_that_fails_to_give_space_back_runs_degraded_and_keeps_trying(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """A failed reclaim round (a full disk, say) no longer stops the server: it is logged, the
+    server refuses sends until the store can write again, and the rounds go on."""
     rounds: list[int] = []
 
     def failing(store: Store, max_pages: int = 1024) -> int:
@@ -226,17 +228,19 @@ def test_a_store_that_fails_to_give_space_back_stops_the_server(
         server = Server(port=0, data_dir=tmp_path, limits=Limits(reclaim_interval=0.02))
         await server.start()
         try:
-            assert server.failed is not None
-            error = await asyncio.wait_for(asyncio.shield(server.failed), 5)
-            assert isinstance(error, StoreError)
-            await asyncio.sleep(0.1)
-            assert len(rounds) == 2  # no round after the failure
+            for _ in range(250):
+                if len(rounds) >= 4:
+                    break
+                await asyncio.sleep(0.02)
+            assert len(rounds) >= 4  # the rounds go on after the failure
+            assert server.failed is not None and not server.failed.done()
+            assert server.store_unavailable is not None and "the disk went away" in server.store_unavailable
         finally:
             await server.stop()
 
     asyncio.run(main())
     assert loop_errors == []
-    assert "the store failed" in caplog.text
+    assert "sends refused until the store can write again" in caplog.text
 
 
 def scrape(port: int) -> str:
