@@ -306,6 +306,9 @@ def full_disk(tmp_path_factory: pytest.TempPathFactory) -> FullDisk:
                 acked.append((client.send("q", payload), payload))
     except ConnectionLost:
         pass
+    except BaseException:
+        server.close()  # leave no server behind when the fill fails some other way
+        raise
     exit_code = server.wait(3.0)
     server.close()
     server.file_size_limit = None
