@@ -9,6 +9,19 @@ the server-wide id counter. Sessions call it for every request: send, read,
 confirm, touch, release, and the return of everything a closing connection
 holds.
 
+A confirm, touch or release names its holder (the `Holding` of the connection
+that sends it, or any other holder such as the SQS listener's): it settles the
+message only if that holder has it in flight. Otherwise nothing changes and
+the answer is REQUEUED when the message was handed out before the delivery it
+is in now (it is ready or delayed again, or another holder read it since: the
+sender may be settling that earlier delivery), else NO_SUCH_MESSAGE (`elsewhere`).
+
+Each queue counts the payload bytes it holds, ready, in flight and delayed
+(`Queue.payload_bytes`: one add per message sent, one subtraction per message
+confirmed, purged, dropped or moved; a block knows its members' bytes). Sends
+are admitted against the server's memory budget through per-queue *grants*
+(`make_room`), so that the common send costs one comparison.
+
 A message that comes back (timeout, release, or its connection closed) goes
 to the front of its queue, ahead of every fresh message, unless it has been
 delivered ``max_deliveries`` times: then it moves to the queue's dead-letter
@@ -493,7 +506,8 @@ class Broker:
         """Confirm distinct held members of a block (none of them confirmed, if its queue was deleted)."""
         queue = block.queue
         if not queue.deleted:
-            queue.payload_bytes -= block.bytes_of(ids)
+            size = block.size  # (`Block.bytes_of`, inlined for the usual case: every member, size known)
+            queue.payload_bytes -= size if size >= 0 and len(ids) == block.live else block.bytes_of(ids)
             queue.confirmed += len(ids)
             if self.journal is not None:
                 self.journal.remove_many(ids)

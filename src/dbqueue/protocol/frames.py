@@ -33,6 +33,7 @@ __all__ = [
     "HEADER_SIZE",
     "HEADER_RAW_ID",
     "LENGTH_FIELD",
+    "LENGTH_OFFSET",
     "PROTOCOL_VERSION",
     "OLDEST_PROTOCOL_VERSION",
     "DEFAULT_MAX_MESSAGE_SIZE",
@@ -50,7 +51,8 @@ __all__ = [
 MAGIC = 0xDB
 HEADER = struct.Struct(">BBHII")
 HEADER_SIZE = HEADER.size  # 12
-LENGTH_FIELD = slice(HEADER_SIZE - 4, HEADER_SIZE)  # where a header holds body_length (a u32, last)
+LENGTH_OFFSET = HEADER_SIZE - 4  # where a header holds body_length (a u32, last)
+LENGTH_FIELD = slice(LENGTH_OFFSET, HEADER_SIZE)
 # The same header with the request id as its 4 wire bytes: what bulk codecs cut and copy into replies.
 HEADER_RAW_ID = struct.Struct(">BBH4sI")
 # Version 2: a confirm, touch or release settles only a message in flight with the connection that

@@ -18,7 +18,9 @@ disagree on it.
   refused when ``queue's bytes + request > capacity``). Queued bytes are
   every payload the queues hold, ready, in flight or delayed, counted by the
   queue logic as they come and go (`Queue.payload_bytes`), so reads and
-  confirms, never refused for bytes, drain them.
+  confirms, never refused for bytes, drain them. The check is one comparison,
+  the queue's bytes against the grant the broker gave it; past its grant,
+  `Broker.make_room` decides against both limits.
 * **read** (`admit_read`: READ, alone or in a run, READ_BATCH): the queue
   exists, and taking ``count`` more messages keeps the connection within
   ``max_in_flight``: refused when ``held + count > max_in_flight``. A read of
@@ -91,7 +93,7 @@ def admit_change(connection: Connection) -> None:
 
     Raises `StoreUnavailable` while the store cannot commit.
     """
-    reason = getattr(connection.server, "store_unavailable", None)
+    reason = connection.server.store_unavailable
     if reason is not None:
         raise store_unavailable(reason)
 
@@ -111,7 +113,7 @@ def admit_send(connection: Connection, name: bytes, largest: int, total: int) ->
     limit = server.max_message_size
     if largest > limit:
         raise too_large(largest, limit)
-    reason = getattr(server, "store_unavailable", None)
+    reason = server.store_unavailable
     if reason is not None:
         raise store_unavailable(reason)
     if queue.payload_bytes + total > queue.grant:  # past what its grant covers: the broker decides

@@ -231,10 +231,8 @@ class FastPaths:
             self.answer_now = _all_stored(store, entries)
         taken = len(ids)
         frames = message_frames(request_ids, ids, deliveries, payloads)
-        if len(entries) == 1:
-            entry = entries[0]
-            if entry.__class__ is Block and entry.size < 0:  # its payload bytes, which the reply tells for nothing
-                entry.size = len(frames) - taken * _MESSAGE_FRAME
+        if taken > 1 and len(entries) == 1:  # one block: its payload bytes, which the reply tells for nothing
+            entries[0].size = len(frames) - taken * _MESSAGE_FRAME  # type: ignore[union-attr]  # a block: see above
         return frames + bare_frames(_EMPTY, request_ids[taken:])
 
     # --- batches kept in their columns: each answers what the decoded request would get, or

@@ -86,7 +86,7 @@ class Host(Protocol):
     def store(self) -> CommitLog | None: ...
 
     # None while the store can commit, else why it cannot ("the disk is full"): sends, creates, deletes
-    # and purges are refused with StoreUnavailable meanwhile. (Read with getattr until `Server` has it.)
+    # and purges are refused with StoreUnavailable meanwhile.
     @property
     def store_unavailable(self) -> str | None: ...
 

@@ -20,13 +20,26 @@ columns. A fast path gives the same reply bytes and the same state as the
 general path, or declines before it changes anything and leaves the buffer to
 `handle`; tests/server/test_runs.py checks that contract. Both paths admit a
 request with the same check (`admission`: queue existence, message size,
-in-flight limit), so they cannot disagree on a limit.
+queued bytes, the store, in-flight limit), so they cannot disagree on a limit.
 
 Errors come in two kinds (as in NSQ). A request the server refuses (a missing
 queue, a malformed body, an unknown opcode) gets an Error frame and the
 session goes on. A frame that breaks the framing (bad magic, a body over the
 limit) gets an Error frame and then the connection closes, because nothing
 after it can be trusted to start at a frame boundary.
+
+Turns. A received buffer may hold thousands of requests (a pipeline of
+waiting reads, say). The reader cuts at most `TURN` frames at a time; the
+session answers them, stops reading, and takes the next `TURN` in a later
+turn of the loop, after the other connections' (`_pause_turns`), so no
+connection holds the loop for more than a turn's work.
+
+Strangers. With a token, a new connection is a *stranger* until its Hello
+passes: strangers have a quota of their own (`Limits.max_unauthenticated`;
+when it is full the oldest stranger is closed to make room, so a flood of
+them cannot keep out a client whose Hello follows its connect) and a deadline
+(`Limits.handshake_timeout`, a timer per stranger, at most the quota of
+them). Only authenticated connections count against `Limits.max_connections`.
 
 When the client stops reading and the transport's write buffer passes its high
 mark, the session stops reading requests until the buffer drains, so a slow
@@ -43,7 +56,8 @@ message a crash could undo.
 
 A read that waits (``wait_ms``) on an empty queue is answered later, from the
 broker's wake callback, by its request id; the session meanwhile goes on with
-the requests behind it.
+the requests behind it. ``waiting`` lists a connection's waiting reads until
+each is answered (O(1) each way), at most `Limits.max_waiting_reads` of them.
 
 When the connection goes, every message it holds in flight goes back to the
 front of its queue, and its waiting reads are retired.
@@ -60,6 +74,7 @@ import logging
 import weakref
 from collections.abc import Callable
 from functools import partial
+from struct import error as struct_error
 from time import perf_counter
 from typing import Any, cast
 
@@ -80,7 +95,7 @@ from ..protocol.frames import (
     BODY_OVERHEAD,
     HEADER,
     HEADER_SIZE,
-    LENGTH_FIELD,
+    LENGTH_OFFSET,
     MAGIC,
     OLDEST_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
@@ -88,7 +103,7 @@ from ..protocol.frames import (
     Op,
     framing_failure,
 )
-from ..protocol.layouts import MESSAGE_FIELDS
+from ..protocol.layouts import MESSAGE_FIELDS, U32
 from .admission import admit_change, admit_queue, admit_read, admit_send, admit_wait
 from .fastpath import FastPaths, confirm_reply, messages_reply, no_such_message, refusal
 from .host import Host
@@ -102,6 +117,7 @@ log = logging.getLogger("dbqueue.server")
 _ENQUEUE, _READ, _CONFIRM = int(Op.ENQUEUE), int(Op.READ), int(Op.CONFIRM)  # as RequestReader tags them
 _OBJECT_QUEUED, _MESSAGE, _FULL, _EMPTY = int(Op.OBJECT_QUEUED), int(Op.MESSAGE), int(Op.FULL), int(Op.EMPTY)
 _MESSAGE_FIXED = MESSAGE_FIELDS.size  # a MESSAGE body's length besides its payload
+_body_length = U32.unpack_from  # (a struct call costs half of int.from_bytes on a slice)
 _NO_BYTE_LIMIT = 1 << 62  # a byte limit that is off, as a number every sum stays below
 # Requests one connection has handled in one turn of the loop at most, when a received buffer holds
 # more (a turn of waiting reads costs a few milliseconds): the rest wait for the next turn.
@@ -233,7 +249,10 @@ class Session(FastPaths, asyncio.Protocol):
         answer = None
         if not reader.buffered:
             size = len(data)
-            whole = HEADER_SIZE + int.from_bytes(data[LENGTH_FIELD], "big")  # what the first frame takes
+            try:  # (free in the usual case, where a test of the size would not be)
+                whole = HEADER_SIZE + _body_length(data, LENGTH_OFFSET)[0]  # what the first frame takes
+            except struct_error:  # not even a header: the reader keeps it
+                whole = size + 1
             if size == whole:  # one whole frame: what an unpipelined client sends
                 answer = self.handle_one(data)
                 count = 1
