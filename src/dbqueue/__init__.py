@@ -26,10 +26,12 @@ from .errors import (
     MessageTooLarge,
     NoSuchMessage,
     NoSuchQueue,
+    OverMemoryBudget,
     ProtocolError,
     QueueFull,
     RequestError,
     Requeued,
+    StoreUnavailable,
     UnknownOpcode,
     UnsupportedVersion,
 )
@@ -62,6 +64,8 @@ __all__ = [
     "ProtocolError",
     "ConnectionLost",
     "LimitExceeded",
+    "OverMemoryBudget",
+    "StoreUnavailable",
     "AuthenticationFailed",
 ]
 
