@@ -431,7 +431,9 @@ def test_redelivery_right_after_a_disconnect_survives_the_sweep(server: ServerTh
                 entries = server.call(lambda: list(broker._deadlines))
                 if len(set(entries)) < len(entries):
                     break  # the same (deadline, id) twice: the sweep will meet it twice
-                client.confirm(decode_response(opcode, body).id)  # type: ignore[union-attr]
+                # Settled by the connection that holds it (since protocol 2 only the holder may confirm).
+                taking_over.send(encode(2, Confirm(decode_response(opcode, body).id)))  # type: ignore[union-attr]
+                assert taking_over.recv_frame()[0] == Op.CONFIRMED
             else:  # the second read won the race: clean up and try again
                 server.wait_until(lambda: broker.queues[b"q"].ready == 1, what="the released message")
                 client.confirm(client.read("q").id)
