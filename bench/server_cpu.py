@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of dbqueue, then Redis lists")
     parser.add_argument("--iterations", type=int, default=1000, help="batches per producer")
     add_run_options(parser)
+    parser.set_defaults(quiet_load=0.0)  # as before machine.py: no waiting unless --quiet-load asks (CI runs it)
     args = parser.parse_args(argv)
     for line in context_lines(begin_run(args)):
         print(line)
