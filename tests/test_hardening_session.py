@@ -45,6 +45,8 @@ from dbqueue.protocol import (
     ReadBatch,
     encode,
 )
+from dbqueue.protocol.frames import HEADER
+from dbqueue.server.session import TURN, Session
 from server_process import free_port
 
 TOKEN = b"open-sesame"
@@ -409,3 +411,37 @@ def test_every_confirm_path_settles_only_the_connections_own(server: ServerThrea
         for id_ in lone:
             reader.confirm(id_)
         assert server.call(lambda: server.server.broker.queues[b"q"].stats()["confirmed"]) == 12
+
+
+# --- a long pipeline, a turn at a time -------------------------------------------------------------------
+
+
+def test_a_long_pipeline_is_answered_in_order_a_turn_at_a_time(
+    server: ServerThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    turns: list[int] = []
+    next_turn = Session._next_turn
+
+    def counted(self: Session) -> None:
+        turns.append(1)
+        next_turn(self)
+
+    monkeypatch.setattr(Session, "_next_turn", counted)
+    raw = server.raw()
+    raw.send(encode(1, CreateQueue("q")))
+    assert raw.recv_frame()[0] == Op.QUEUE_CREATED
+    count = 3 * TURN + 7
+    sizes = [1 + i % 3 for i in range(count)]  # not a run: each goes through the reader
+    stream = b"".join(encode(10 + i, Enqueue("q", b"x" * size)) for i, size in enumerate(sizes))
+    raw.send(stream + b"\x00" * HEADER.size)  # then a frame with a bad magic byte
+    with Client.connect(server.address) as other:  # served between the turns
+        assert other.stats("q") is not None
+    replies = [raw.recv_frame() for _ in range(count)]
+    assert [(opcode, request_id) for opcode, _, request_id, _ in replies] == [
+        (Op.OBJECT_QUEUED, 10 + i) for i in range(count)
+    ]
+    opcode, _, _, body = raw.recv_frame()  # the broken frame, answered after every request before it
+    assert opcode == Op.ERROR and int.from_bytes(body[:2], "big") == ErrorCode.BAD_FRAME
+    assert raw.at_eof()
+    assert len(turns) >= 3
+    assert server.call(lambda: server.server.broker.queues[b"q"].ready) == count

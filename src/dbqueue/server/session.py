@@ -267,6 +267,8 @@ class Session(FastPaths, asyncio.Protocol):
             replies = self.handle(requests) if requests else ()
             answer = replies[0] if len(replies) == 1 else b"".join(replies)
             if reader.more:  # a turn's worth: the rest after the other connections' turns
+                if stats is not None:
+                    stats.record(count, perf_counter() - began)
                 self._pause_turns(transport, answer)
                 return
         if count:
@@ -387,9 +389,7 @@ class Session(FastPaths, asyncio.Protocol):
             self._admitted()
             server = self.server
             if len(server.sessions) - len(_strangers[server]) > server.max_connections:
-                self._refuse(
-                    transport, request_id, f"the server holds its limit of {server.max_connections} connections"
-                )
+                self._refuse(transport, request_id, _too_many(server.max_connections))
                 return False
             server.send(transport, reply)
             return True
