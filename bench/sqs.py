@@ -38,6 +38,12 @@ over its own body), the receive once (its body never changes; a signature
 is good for 15 minutes), and each delete just before it goes (its body
 holds the handles just received). moto still checks nothing.
 
+**Floors.** ``--systems`` may add ``aiohttp-floor`` and ``bare-floor``
+(`serve_floor`): servers that answer the same requests with canned replies of
+the same shape, one on aiohttp's low-level server as dbqueue's listener runs
+it, one on a bare asyncio protocol. They do no SQS work, so they show what
+HTTP alone costs per message, and what aiohttp's per-request machinery adds.
+
 **Figures.** Per system and round: messages sent, received and deleted per
 second over the window; the server's CPU (``/proc/PID/stat``, all its
 threads) as cores busy and as microseconds per message deleted; the load
@@ -83,8 +89,14 @@ from machine import CpuWatch, add_run_options, begin_run, context_lines, python_
 ACCESS_KEY = "AKIDBENCHSQS"
 SECRET_KEY = "bench/sqs+secret"
 REGION = "us-east-1"
-ACCOUNT = {"dbqueue": "000000000000", "moto": "123456789012"}
+ACCOUNT = {
+    "dbqueue": "000000000000",
+    "moto": "123456789012",
+    "aiohttp-floor": "000000000000",
+    "bare-floor": "000000000000",
+}
 SYSTEMS = ("dbqueue", "moto")
+FLOORS = ("aiohttp-floor", "bare-floor")  # canned replies: what HTTP alone costs (`serve_floor`)
 BATCH = 10
 TARGET_RATE = 50_000.0  # messages/s deleted through dbqueue's SQS API (issue 19)
 TARGET_RATIO = 20.0  # dbqueue over moto
@@ -267,6 +279,7 @@ class DriverConfig:
     warmup: float
     seconds: float
     wait_seconds: int
+    check_duplicates: bool = True  # off for the floors, whose canned replies repeat one body
 
 
 @dataclass
@@ -313,7 +326,12 @@ async def _produce(link: HttpLink, requests: Iterator[bytes], counts: Counts, ru
 
 
 async def _consume(
-    link: HttpLink, maker: RequestMaker, receive: bytes, counts: Counts, seen: set[str], running: Callable[[], bool]
+    link: HttpLink,
+    maker: RequestMaker,
+    receive: bytes,
+    counts: Counts,
+    seen: set[str] | None,
+    running: Callable[[], bool],
 ) -> None:
     while running():
         status, body = await link.exchange(receive)
@@ -326,9 +344,10 @@ async def _consume(
             counts.empty_receives += 1
             continue
         counts.received += len(messages)
-        before = len(seen)
-        seen.update(message["Body"] for message in messages)
-        counts.duplicates += len(messages) - (len(seen) - before)
+        if seen is not None:
+            before = len(seen)
+            seen.update(message["Body"] for message in messages)
+            counts.duplicates += len(messages) - (len(seen) - before)
         status, body = await link.exchange(maker.delete_batch([message["ReceiptHandle"] for message in messages]))
         counts.requests += 1
         if status != 200:
@@ -358,7 +377,7 @@ async def _drive(config: DriverConfig, pipe: Connection) -> None:
     receive = maker.receive(config.wait_seconds)
     links = [HttpLink(config.port) for _ in range(config.producers + config.consumers)]
     counts = Counts()
-    seen: set[str] = set()
+    seen: set[str] | None = set() if config.check_duplicates else None
     stop = False
 
     def running() -> bool:
@@ -592,6 +611,110 @@ def start_moto(python: str, log_dir: Path, signed: bool) -> SqsServer:
     return server
 
 
+def start_floor(python: str, name: str, log_dir: Path) -> SqsServer:
+    """A floor (`serve_floor`): ``aiohttp-floor`` or ``bare-floor``, on ``python``."""
+    port = free_port()
+    command = [python, str(Path(__file__).resolve()), "--serve-floor", name, str(port)]
+    log_path = log_dir / f"{name}.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    server = SqsServer(name, process, port, log_path, False, command)
+    server.wait_ready()
+    return server
+
+
+def _canned_replies() -> dict[bytes, bytes]:
+    """X-Amz-Target -> a reply body of the shape (and about the size) dbqueue gives the load's requests."""
+    ids = [f"00000000-0000-0000-0000-{i:012x}" for i in range(BATCH)]
+    digest = "0" * 32
+    replies: dict[str, Any] = {
+        "SendMessageBatch": {
+            "Successful": [{"Id": str(i), "MessageId": ids[i], "MD5OfMessageBody": digest} for i in range(BATCH)],
+            "Failed": [],
+        },
+        "ReceiveMessage": {
+            "Messages": [
+                {"MessageId": ids[i], "ReceiptHandle": "h" * 52, "MD5OfBody": digest, "Body": "b" * 64}
+                for i in range(BATCH)
+            ]
+        },
+        "DeleteMessageBatch": {"Successful": [{"Id": str(i)} for i in range(BATCH)], "Failed": []},
+        "ListQueues": {"QueueUrls": []},
+        "CreateQueue": {"QueueUrl": "http://127.0.0.1/000000000000/floor"},
+        "DeleteQueue": {},
+    }
+    return {f"AmazonSQS.{action}".encode(): json.dumps(body).encode() for action, body in replies.items()}
+
+
+def serve_floor(name: str, port: int) -> None:
+    """``--serve-floor NAME PORT``: answer the load's requests with canned replies, to measure what HTTP costs.
+
+    ``aiohttp-floor`` is aiohttp's low-level server as dbqueue's listener runs
+    it (a handler per request, cancelled if its client leaves; the body read,
+    a `web.Response` with the same headers); ``bare-floor`` is an asyncio
+    protocol that finds each request's end by its ``Content-Length`` and
+    writes the reply from ``data_received``, with no request object, task or
+    header parsing beyond that. Neither looks at the body: the difference
+    between dbqueue and ``aiohttp-floor`` is the SQS work, the difference
+    between the floors what aiohttp's per-request machinery costs.
+    """
+    from aiohttp import web
+
+    from dbqueue.server import new_event_loop
+
+    replies = _canned_replies()
+    request_id = "00000000-0000-4000-8000-000000000000"
+    headers = {"Content-Type": "application/x-amz-json-1.0", "x-amzn-RequestId": request_id}
+
+    async def handle(request: web.BaseRequest) -> web.Response:
+        await request.read()
+        return web.Response(body=replies[request.headers["X-Amz-Target"].encode()], headers=headers)
+
+    class Bare(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.buffer = bytearray()
+            self.transport: asyncio.Transport | None = None
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = cast(asyncio.Transport, transport)
+
+        def data_received(self, data: bytes) -> None:
+            buffer = self.buffer
+            buffer += data
+            while (end := buffer.find(b"\r\n\r\n")) >= 0:
+                head = bytes(buffer[:end])
+                at = head.find(b"Content-Length: ")
+                length = int(head[at + 16 : head.find(b"\r\n", at)])
+                if len(buffer) < end + 4 + length:
+                    return
+                at = head.find(b"X-Amz-Target: ")
+                body = replies[head[at + 14 : head.find(b"\r\n", at)]]
+                del buffer[: end + 4 + length]
+                assert self.transport is not None
+                self.transport.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/x-amz-json-1.0\r\nx-amzn-RequestId: %s\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (request_id.encode(), len(body), body)
+                )
+
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
+
+    async def main() -> None:
+        if name == "aiohttp-floor":
+            factory: Callable[[], asyncio.BaseProtocol] = web.Server(handle, handler_cancellation=True, access_log=None)
+        else:
+            factory = Bare
+        listener = await loop.create_server(factory, "127.0.0.1", port, backlog=4096)
+        stopping = asyncio.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stopping.set)
+        await stopping.wait()
+        listener.close()
+
+    loop.run_until_complete(main())
+    loop.close()
+
+
 def serve_dbqueue(http_port: int) -> None:
     """``--serve-dbqueue PORT``: a `Server` (native port: any) and its `HttpListener` on ``PORT``, until SIGTERM.
 
@@ -769,6 +892,7 @@ def run_load(server: SqsServer, round_: int, args: argparse.Namespace, profile: 
             warmup=args.warmup,
             seconds=args.seconds,
             wait_seconds=1,
+            check_duplicates=server.name not in FLOORS,
         )
         ours, theirs = context.Pipe()
         process = context.Process(target=driver_main, args=(config, theirs), daemon=True)
@@ -936,7 +1060,7 @@ def summarise(runs: list[Run], trips: dict[str, dict[str, list[float]]]) -> dict
         "crowded_runs": len(runs) - len(clean),
         "all_crowded": all(run.crowded for run in runs),
     }
-    for system in SYSTEMS:
+    for system in dict.fromkeys(run.system for run in runs):
         mine = [run for run in clean if run.system == system]
         if not mine:
             continue
@@ -961,20 +1085,24 @@ def summarise(runs: list[Run], trips: dict[str, dict[str, list[float]]]) -> dict
         ratios = []
         for round_ in rounds:
             pair = {run.system: run for run in clean if run.round == round_}
-            if len(pair) == 2 and pair["moto"].rate(what) > 0:
+            if {"dbqueue", "moto"} <= pair.keys() and pair["moto"].rate(what) > 0:
                 ratios.append(pair["dbqueue"].rate(what) / pair["moto"].rate(what))
         summary["ratios"][what] = statistics.median(ratios) if ratios else None
     # What a crowded machine distorts least: messages deleted per CPU-second the server used.
     per_cpu = []
     for round_ in rounds:
         pair = {run.system: run for run in clean if run.round == round_}
-        if len(pair) == 2 and all(run.server_cpu > 0 and run.counts.deleted for run in pair.values()):
+        if {"dbqueue", "moto"} <= pair.keys() and all(
+            pair[name].server_cpu > 0 and pair[name].counts.deleted for name in ("dbqueue", "moto")
+        ):
             per_cpu.append(
                 (pair["dbqueue"].counts.deleted / pair["dbqueue"].server_cpu)
                 / (pair["moto"].counts.deleted / pair["moto"].server_cpu)
             )
     summary["ratios"]["deleted per server CPU-second"] = statistics.median(per_cpu) if per_cpu else None
     for system, times in trips.items():
+        if not any(times.values()):
+            continue
         summary["round_trips_ms"][system] = {
             call: {"p50": 1000 * _percentile(values, 0.5), "p99": 1000 * _percentile(values, 0.99), "n": len(values)}
             for call, values in times.items()
@@ -999,7 +1127,7 @@ def summarise(runs: list[Run], trips: dict[str, dict[str, list[float]]]) -> dict
 def run_line(run: Run) -> str:
     span = run.seconds or 1.0
     line = (
-        f"  round {run.round} {run.system:<8} sent {run.rate('sent'):>9,.0f}/s"
+        f"  round {run.round} {run.system:<13} sent {run.rate('sent'):>9,.0f}/s"
         f"  received {run.rate('received'):>9,.0f}/s  deleted {run.rate('deleted'):>9,.0f}/s"
         f"  cores: server {run.server_cpu / span:4.2f} driver {run.driver_cpu / span:4.2f}"
         f" others {run.other_cpu / span:4.2f} kernel {run.kernel_cpu / span:4.2f}"
@@ -1026,11 +1154,11 @@ def print_summary(summary: dict[str, Any]) -> None:
         )
     )
     columns = ("sent/s", "received/s", "deleted/s", "server cores", "server µs/msg", "msg/CPU-s", "driver cores")
-    print(f"  {'system':<8} " + " ".join(f"{column:>13}" for column in columns))
+    print(f"  {'system':<13} " + " ".join(f"{column:>13}" for column in columns))
     for system, figures in summary["systems"].items():
         per_message = figures["server_us_per_message"]
         print(
-            f"  {system:<8} {figures['sent_per_s']:>13,.0f} {figures['received_per_s']:>13,.0f} "
+            f"  {system:<13} {figures['sent_per_s']:>13,.0f} {figures['received_per_s']:>13,.0f} "
             f"{figures['deleted_per_s']:>13,.0f} {figures['server_cores']:>13.2f} "
             f"{per_message if per_message is not None else float('nan'):>13.1f} "
             f"{1e6 / per_message if per_message else float('nan'):>13,.0f} {figures['driver_cores']:>13.2f}"
@@ -1074,7 +1202,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--body-size", type=int, default=64, help="bytes of each message body")
     parser.add_argument("--round-trips", type=int, default=200, help="round trips per system, client and round")
     parser.add_argument("--signed", action="store_true", help="sign every request (SigV4); dbqueue verifies them")
-    parser.add_argument("--systems", default=",".join(SYSTEMS), help="which systems, comma-separated")
+    parser.add_argument(
+        "--systems",
+        default=",".join(SYSTEMS),
+        help=f"which systems, comma-separated, of {', '.join(SYSTEMS + FLOORS)} (floors: canned replies, no SQS)",
+    )
     parser.add_argument("--profile", type=Path, help="py-spy dbqueue's server in round 1 (collapsed stacks here)")
     parser.add_argument("--json", type=Path, help="write every figure here")
     parser.add_argument(
@@ -1082,6 +1214,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--smoke", action="store_true", help="one short round: does the script still work?")
     parser.add_argument("--serve-dbqueue", type=int, metavar="HTTP_PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-floor", nargs=2, metavar=("NAME", "PORT"), help=argparse.SUPPRESS)
     add_run_options(parser)
     args = parser.parse_args(argv)
     if args.smoke:
@@ -1096,6 +1229,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.serve_dbqueue is not None:
         serve_dbqueue(args.serve_dbqueue)
+        return 0
+    if args.serve_floor is not None:
+        serve_floor(args.serve_floor[0], int(args.serve_floor[1]))
         return 0
     systems = [name for name in args.systems.split(",") if name]
     context = begin_run(args)
@@ -1126,11 +1262,14 @@ def main(argv: list[str] | None = None) -> int:
     with ExitStack() as stack:
         servers: dict[str, SqsServer] = {}
         for name in systems:
-            server = (
-                start_dbqueue(args.server_python, log_dir, args.signed)
-                if name == "dbqueue"
-                else start_moto(moto, log_dir, args.signed)
-            )
+            if name == "dbqueue":
+                server = start_dbqueue(args.server_python, log_dir, args.signed)
+            elif name == "moto":
+                server = start_moto(moto, log_dir, args.signed)
+            elif name in FLOORS:
+                server = start_floor(args.server_python, name, log_dir)
+            else:
+                raise SystemExit(f"no such system: {name} (known: {', '.join(SYSTEMS + FLOORS)})")
             stack.callback(server.stop)
             servers[name] = server
             print(f"{name} started as: {shlex.join(server.command)}", flush=True)
@@ -1141,7 +1280,7 @@ def main(argv: list[str] | None = None) -> int:
                 run = run_load(servers[name], round_, args, profile)
                 runs.append(run)
                 print(run_line(run), flush=True)
-                if args.round_trips:
+                if args.round_trips and name in SYSTEMS:
                     for call, values in round_trips(servers[name], args.round_trips).items():
                         trips[f"{name} boto3"][call].extend(values)
                     for call, values in raw_round_trips(servers[name], args.round_trips).items():
