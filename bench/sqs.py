@@ -560,23 +560,34 @@ def _serve_has_http_port(python: str) -> bool:
 
 
 def start_dbqueue(python: str, log_dir: Path, signed: bool) -> SqsServer:
-    """dbqueue with its HTTP listener: ``serve --http-port`` when the CLI has it, else this script's own mode."""
-    port = free_port()
+    """dbqueue with its HTTP listener: ``serve --http-port`` when the CLI has it, else this script's own mode.
+
+    The native port is the kernel's pick (``--port 0``); the HTTP port is probed free first, and taken again
+    if another process bound it in between (up to three tries)."""
     environment = {key: value for key, value in os.environ.items() if not key.startswith("DBQUEUE_")}
     if signed:
         environment["DBQUEUE_SQS_ACCESS_KEY_ID"] = ACCESS_KEY
         environment["DBQUEUE_SQS_SECRET_ACCESS_KEY"] = SECRET_KEY
-    if _serve_has_http_port(python):
-        command = [python, "-m", "dbqueue.cli", "serve", "--port", str(free_port()), "--http-port", str(port)]
-        command += ["--log-level", "warning"]
-    else:
-        command = [python, str(Path(__file__).resolve()), "--serve-dbqueue", str(port)]
-    log_path = log_dir / "dbqueue.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
-    server = SqsServer("dbqueue", process, port, log_path, signed, command)
-    server.wait_ready()
-    return server
+    has_http_port = _serve_has_http_port(python)
+    for attempt in range(3):
+        port = free_port()
+        if has_http_port:
+            command = [python, "-m", "dbqueue.cli", "serve", "--port", "0", "--http-port", str(port)]
+            command += ["--log-level", "warning"]
+        else:
+            command = [python, str(Path(__file__).resolve()), "--serve-dbqueue", str(port)]
+        log_path = log_dir / "dbqueue.log"
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
+        server = SqsServer("dbqueue", process, port, log_path, signed, command)
+        try:
+            server.wait_ready()
+        except RuntimeError as exc:
+            if attempt == 2 or "address already in use" not in str(exc):
+                raise
+            continue
+        return server
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def moto_python(server_python: str) -> tuple[str, str]:
