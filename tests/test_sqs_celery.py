@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -47,47 +46,20 @@ pytest.importorskip("celery", reason='Celery is not installed (pip install "cele
 pytest.importorskip("pycurl", reason='pycurl is not installed (kombu\'s SQS transport needs it: "celery[sqs]")')
 
 import celery_sqs_app
-from child_server import ChildServer, free_port
 from dbqueue import Client
+from sqs_serving import Serving, serve_sqs
 
 TESTS = Path(__file__).resolve().parent
 QUEUE = "celery-tasks"
 WAIT = 60.0  # seconds for a worker to get through what a test sends
 ACCESS_KEY = "AKIDCELERYWORKER"
 SECRET_KEY = "celery/worker+secret"  # "/" and "+": kombu wants them percent-encoded in the broker URL
-START_TIMEOUT = 15.0
-
-
-class Serving:
-    """A ``dbqueue serve --http-port`` subprocess: its native address and its HTTP port."""
-
-    def __init__(self, child: ChildServer, http_port: int) -> None:
-        self.child = child
-        self.http_port = http_port
-        self.address = child.address
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:  # the native port answers first; the listener starts at the end of the server's start
-            try:
-                socket.create_connection(("127.0.0.1", http_port), timeout=1.0).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"the SQS listener did not come up on port {http_port}:\n{child.log_tail()}")
-                time.sleep(0.02)
 
 
 @pytest.fixture
 def serving(tmp_path: Path) -> Iterator[Serving]:
-    http_port = free_port()
-    child = ChildServer(
-        tmp_path,
-        "--http-port", str(http_port), "--log-level", "info",
-        env={"DBQUEUE_SQS_ACCESS_KEY_ID": ACCESS_KEY, "DBQUEUE_SQS_SECRET_ACCESS_KEY": SECRET_KEY},
-    )  # fmt: skip
-    with child:  # started here, killed on the way out if it did not stop
-        yield Serving(child, http_port)
-        child.stop()
-        child.assert_no_unhandled_errors()
+    with serve_sqs(tmp_path, ACCESS_KEY, SECRET_KEY) as server:
+        yield server
 
 
 def environment_for(serving: Serving, out: Path, visibility: int) -> dict[str, str]:

@@ -28,10 +28,8 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,9 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "sqs"))  # the SQS test
 
 import sqs_kit
 
-from child_server import ChildServer, free_port
 from dbqueue import Client
 from dbqueue.sqs import MessageAttributeValue, open_envelope
+from sqs_serving import Serving, serve_sqs
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
 SCRIPT = NODE_DIR / "sqs_check.mjs"
@@ -84,39 +82,12 @@ def sdk() -> Path:
 ACCESS_KEY = "AKIDNODESERVICE"
 SECRET_KEY = "node/service+secret"
 REGION = "us-east-1"
-START_TIMEOUT = 15.0
-
-
-class Serving:
-    """A ``dbqueue serve --http-port`` subprocess: its native address and its SQS endpoint."""
-
-    def __init__(self, child: ChildServer, http_port: int) -> None:
-        self.child = child
-        self.endpoint = f"http://127.0.0.1:{http_port}"
-        self.address = child.address
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:  # the native port answers first; the listener starts at the end of the server's start
-            try:
-                socket.create_connection(("127.0.0.1", http_port), timeout=1.0).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"the SQS listener did not come up on {self.endpoint}:\n{child.log_tail()}")
-                time.sleep(0.02)
 
 
 @pytest.fixture
 def serving(tmp_path: Path) -> Iterator[Serving]:
-    http_port = free_port()
-    child = ChildServer(
-        tmp_path,
-        "--http-port", str(http_port), "--log-level", "info",
-        env={"DBQUEUE_SQS_ACCESS_KEY_ID": ACCESS_KEY, "DBQUEUE_SQS_SECRET_ACCESS_KEY": SECRET_KEY},
-    )  # fmt: skip
-    with child:  # started here, killed on the way out if it did not stop
-        yield Serving(child, http_port)
-        child.stop()
-        child.assert_no_unhandled_errors()
+    with serve_sqs(tmp_path, ACCESS_KEY, SECRET_KEY) as server:
+        yield server
 
 
 def run_script(sdk: Path, endpoint: str, prefix: str, secret: str = SECRET_KEY) -> tuple[int, Any, str]:
