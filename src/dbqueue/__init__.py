@@ -12,10 +12,11 @@ store or its metrics.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
-from .client import AsyncClient, AsyncGroupClient, Client, GroupClient, Message, Pipeline, PipelinedClient
+from .client import AsyncClient, AsyncGroupClient, Client, GroupClient, Pipeline, PipelinedClient
 from .errors import (
     AuthenticationFailed,
     ConnectionLost,
@@ -35,6 +36,11 @@ from .errors import (
     UnknownOpcode,
     UnsupportedVersion,
 )
+from .protocol.messages import Message, Move, Moved, Origin, Peek, Peeked, PeekedMessage
+
+NEVER = math.inf
+"""A visibility timeout that never runs out: pass it to ``read``, ``read_batch``, ``touch`` or
+``create`` to keep a message in flight until it is confirmed or its connection closes."""
 
 if TYPE_CHECKING:
     from .server import Limits, Server
@@ -48,6 +54,13 @@ __all__ = [
     "GroupClient",
     "AsyncGroupClient",
     "Message",
+    "Origin",
+    "PeekedMessage",
+    "Peek",
+    "Peeked",
+    "Move",
+    "Moved",
+    "NEVER",
     "Server",
     "Limits",
     "DbQueueError",

@@ -65,8 +65,8 @@ def test_the_unions_are_the_tuples() -> None:
 def test_split_helpers_read_what_the_dataclasses_write() -> None:
     assert split_message(Message(7, b"data", 3).body()) == (7, 3, b"data")
     assert split_enqueue_delayed(EnqueueDelayed("q", b"later", 250).body()) == (b"q", 250, b"later")
-    assert split_create_queue(CreateQueue("q", 10, 3, "dead").body()) == (b"q", 10, 3, b"dead")
-    assert split_create_queue(CreateQueue("q").body()) == (b"q", 0, 0, b"")
+    assert split_create_queue(CreateQueue("q", 10, 3, "dead", 500).body()) == (b"q", 10, 3, 500, b"dead")
+    assert split_create_queue(CreateQueue("q").body()) == (b"q", 0, 0, 0, b"")
     messages = Messages((Message(1, b"a", 1), Message(2, b"bcd", 4), Message(3, b"", 2)))
     assert split_messages(messages.body()) == ((1, 2, 3), (1, 4, 2), (b"a", b"bcd", b""))
 

@@ -47,7 +47,13 @@ from dbqueue.protocol.messages import (
     Members,
     MembersReply,
     Messages,
+    Move,
+    Moved,
     ObjectsQueued,
+    Origin,
+    Peek,
+    Peeked,
+    PeekedMessage,
     Purge,
     Purged,
     ReadBatch,
@@ -108,6 +114,13 @@ REQUESTS = [
     Release(1),
     Release(7, 250),
     Release(2**64 - 1, 0xFFFFFFFF),
+    CreateQueue("jobs", 0, 0, "", 30_000),
+    CreateQueue("jobs", 1, 2, "dead", 0xFFFFFFFF),
+    Peek("jobs"),
+    Peek("jobs", 0xFFFF, True, True),
+    Peek(LONGEST_NAME, 1, False, True),
+    Move("dead", "jobs"),
+    Move(LONGEST_NAME, "名前", 0xFFFFFFFF),
 ]
 
 RESPONSES = [
@@ -144,6 +157,16 @@ RESPONSES = [
     ConfirmResults((0, 1, 2, 2, 0)),
     Touched(),
     Released(),
+    Peeked(()),
+    Peeked(
+        (
+            PeekedMessage(1, b"a", 0, "ready", 1_700_000_000.5),
+            PeekedMessage(2**64 - 1, b"", 0xFFFFFFFF, "in_flight", 0.0, Origin("名前", 9, 1_600_000_000.25, 3)),
+            PeekedMessage(3, bytes(range(256)), 1, "delayed", 1.001),
+        )
+    ),
+    Moved(0),
+    Moved(2**64 - 1),
 ]
 
 
@@ -198,9 +221,9 @@ def test_encode_carries_flags_and_exact_layout() -> None:
         HEADER.pack(MAGIC, Op.READ, 0, 7, 11) + b"\x00\x00\x01\x02" + b"\x01\x02\x03\x04" + b"\x02ab"
     )
     assert encode(8, CreateQueue("q", 5, 3, "dl")) == (
-        HEADER.pack(MAGIC, Op.CREATE_QUEUE, 0, 8, 17) + b"\x01q" + struct.pack(">QI", 5, 3) + b"\x02dl"
+        HEADER.pack(MAGIC, Op.CREATE_QUEUE, 0, 8, 21) + b"\x01q" + struct.pack(">QII", 5, 3, 0) + b"\x02dl"
     )
-    assert encode(8, CreateQueue("q")) == HEADER.pack(MAGIC, Op.CREATE_QUEUE, 0, 8, 15) + b"\x01q" + bytes(13)
+    assert encode(8, CreateQueue("q")) == HEADER.pack(MAGIC, Op.CREATE_QUEUE, 0, 8, 19) + b"\x01q" + bytes(17)
     assert encode(9, Empty()) == HEADER.pack(MAGIC, Op.EMPTY, 0, 9, 0)
 
 
@@ -236,7 +259,7 @@ def messages_of(*entries: tuple[int, int, bytes]) -> bytes:
     )
 
 
-NO_OPTIONS = bytes(13)  # CREATE_QUEUE's capacity, max_deliveries and an empty dead-letter name
+NO_OPTIONS = bytes(17)  # CREATE_QUEUE's capacity, max_deliveries, visibility timeout and no dead-letter name
 
 MALFORMED = [
     # (opcode, body, exception class)
@@ -258,12 +281,14 @@ MALFORMED = [
     (Op.CREATE_QUEUE, b"\x01q", InvalidRequest),  # no options at all
     (Op.CREATE_QUEUE, b"\x01q" + bytes(7), InvalidRequest),  # capacity cut short
     (Op.CREATE_QUEUE, b"\x01q" + bytes(11), InvalidRequest),  # max_deliveries cut short
-    (Op.CREATE_QUEUE, b"\x01q" + bytes(12), InvalidRequest),  # no dead-letter name byte
+    (Op.CREATE_QUEUE, b"\x01q" + bytes(15), InvalidRequest),  # visibility timeout cut short
+    (Op.CREATE_QUEUE, b"\x01q" + bytes(16), InvalidRequest),  # no dead-letter name byte
     (Op.CREATE_QUEUE, b"\x01q" + bytes(8), InvalidRequest),  # the old layout (capacity only)
+    (Op.CREATE_QUEUE, b"\x01q" + bytes(13), InvalidRequest),  # version 2's layout, no visibility timeout
     (Op.CREATE_QUEUE, b"\x01q" + NO_OPTIONS + b"x", InvalidRequest),  # trailing bytes
-    (Op.CREATE_QUEUE, b"\x01q" + bytes(12) + b"\x02d", InvalidRequest),  # dead-letter name past the end
-    (Op.CREATE_QUEUE, b"\x01q" + bytes(12) + b"\x01dx", InvalidRequest),  # trailing bytes after it
-    (Op.CREATE_QUEUE, b"\x01q" + bytes(12) + b"\x01\xff", InvalidQueueName),  # dead-letter name bad UTF-8
+    (Op.CREATE_QUEUE, b"\x01q" + bytes(16) + b"\x02d", InvalidRequest),  # dead-letter name past the end
+    (Op.CREATE_QUEUE, b"\x01q" + bytes(16) + b"\x01dx", InvalidRequest),  # trailing bytes after it
+    (Op.CREATE_QUEUE, b"\x01q" + bytes(16) + b"\x01\xff", InvalidQueueName),  # dead-letter name bad UTF-8
     (Op.CREATE_QUEUE, b"\x03q", InvalidRequest),
     (Op.CREATE_QUEUE, b"\x01\x80" + NO_OPTIONS, InvalidQueueName),
     (Op.DELETE_QUEUE, b"", InvalidRequest),
@@ -426,8 +451,8 @@ def test_struct_layouts() -> None:
 def test_new_struct_layouts() -> None:
     """The exact bytes of every body added with batches, delays, touch/release and stats."""
     u32, u64 = struct.Struct(">I").pack, struct.Struct(">Q").pack
-    assert CreateQueue("q", 5, 3, "dl").body() == b"\x01q" + u64(5) + u32(3) + b"\x02dl"
-    assert CreateQueue("q", 5).body() == b"\x01q" + u64(5) + u32(0) + b"\x00"
+    assert CreateQueue("q", 5, 3, "dl").body() == b"\x01q" + u64(5) + u32(3) + u32(0) + b"\x02dl"
+    assert CreateQueue("q", 5).body() == b"\x01q" + u64(5) + u32(0) + u32(0) + b"\x00"
     assert Purge("q").body() == b"\x01q"
     assert Stats("ab").body() == b"\x02ab"
     assert ListQueues().body() == b""

@@ -76,7 +76,9 @@ class ClientConnection:
         """Return the (request id, response) pairs completed by ``data``; raise `ProtocolError` on garbage."""
         frames = self._reader.feed(data)
         try:
-            responses = [(request_id, decode_response(opcode, body)) for opcode, _flags, request_id, body in frames]
+            responses = [
+                (request_id, decode_response(opcode, body, flags)) for opcode, flags, request_id, body in frames
+            ]
         except InvalidRequest as exc:
             raise ProtocolError(f"the server sent a malformed frame: {exc}") from None
         failure = self._reader.failure

@@ -42,7 +42,9 @@ __all__ = [
     "MAX_MESSAGE_SIZE_LIMIT",
     "MEMBER_SHIFT",
     "MAX_MEMBERS",
+    "NEVER_MS",
     "Op",
+    "Flag",
     "Frame",
     "FrameFailure",
     "FrameReader",
@@ -56,10 +58,14 @@ LENGTH_FIELD = slice(LENGTH_OFFSET, HEADER_SIZE)
 # The same header with the request id as its 4 wire bytes: what bulk codecs cut and copy into replies.
 HEADER_RAW_ID = struct.Struct(">BBH4sI")
 # Version 2: a confirm, touch or release settles only a message in flight with the connection that
-# sends it (in version 1, any connection's). A Hello below OLDEST_PROTOCOL_VERSION is refused, so that
-# a client written for the old rule learns at once that it does not hold here.
-PROTOCOL_VERSION = 2
-OLDEST_PROTOCOL_VERSION = 2
+# sends it (in version 1, any connection's). Version 3: a visibility timeout of 0 means the queue's
+# default (in version 2, never; `NEVER_MS` says never now), CREATE_QUEUE carries that default, and
+# PEEK, MOVE and dead letters' origins are new. A Hello below OLDEST_PROTOCOL_VERSION is refused, so
+# that a client written for an old rule learns at once that it does not hold here.
+PROTOCOL_VERSION = 3
+OLDEST_PROTOCOL_VERSION = 3
+# A visibility timeout field (READ, READ_BATCH, TOUCH, CREATE_QUEUE) holding this never times out.
+NEVER_MS = 0xFFFFFFFF
 DEFAULT_MAX_MESSAGE_SIZE = 1024 * 1024
 MAX_QUEUE_NAME = 255
 # Room in a body for everything but the payload: a length-prefixed queue name
@@ -99,6 +105,8 @@ class Op(enum.IntEnum):
     RELEASE = 0x17
     ENQUEUE_DELAYED = 0x18
     CANCEL = 0x19
+    PEEK = 0x1A
+    MOVE = 0x1B
     # responses
     HELLO_OK = 0x81
     QUEUE_CREATED = 0x82
@@ -118,7 +126,17 @@ class Op(enum.IntEnum):
     TOUCHED = 0x99
     RELEASED = 0x9A
     CANCELLED = 0x9B
+    PEEKED = 0x9C
+    MOVED = 0x9D
     ERROR = 0xFF
+
+
+class Flag(enum.IntFlag):
+    """Header flags. Requests carry none (a request with flags is refused); a MESSAGE or MESSAGES
+    reply carries ORIGIN when its body holds the origin of a dead letter (see `layouts`), so that
+    the common reply, with no origin, keeps its layout and its cost."""
+
+    ORIGIN = 0x0001
 
 
 # (opcode, flags, request_id, body): a plain tuple, built once per frame on the hot path.

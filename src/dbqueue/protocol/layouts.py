@@ -45,6 +45,13 @@ __all__ = [
     "ID_FRAME",
     "MESSAGE_HEAD",
     "MESSAGE_HEAD_RAW_ID",
+    "ORIGIN_HEAD",
+    "ORIGIN_INDEX",
+    "PEEK_HEAD",
+    "PEEK_DELAYED",
+    "PEEK_IN_FLIGHT",
+    "PEEKED_ENTRY",
+    "MOVE_HEAD",
     "MAX_REPEAT",
     "repeated",
     "unpack_exact",
@@ -63,6 +70,12 @@ __all__ = [
     "pack_messages",
     "messages_columns",
     "split_messages",
+    "pack_origin",
+    "split_origin",
+    "split_message_with_origin",
+    "pack_origins",
+    "split_messages_with_origins",
+    "split_move",
 ]
 
 U8 = struct.Struct(">B")
@@ -85,7 +98,8 @@ CONFIRM_ID = U64
 # --- the other bodies with fixed fields -------------------------------------------------
 HELLO_HEAD = U16  # HELLO: the protocol version; the token follows to the end
 HELLO_OK_HEAD = struct.Struct(">HI")  # HELLO_OK: version, max_message_size; the server's name follows
-CREATE_OPTIONS = struct.Struct(">QI")  # CREATE_QUEUE, after the name: capacity, max_deliveries
+# CREATE_QUEUE, after the name: capacity, max_deliveries, visibility_timeout_ms (0: the server's default)
+CREATE_OPTIONS = struct.Struct(">QII")
 ID_AND_MS = struct.Struct(">QI")  # TOUCH, RELEASE: id, milliseconds
 READ_BATCH_HEAD = struct.Struct(">IIH")  # READ_BATCH: timeout_ms, wait_ms, max_messages; the name follows
 DELAY = U32  # ENQUEUE_DELAYED, after the name: delay_ms; the payload follows to the end
@@ -102,6 +116,24 @@ MESSAGE_ENTRY = U64.size + U32.size + U32.size
 ID_FRAME = struct.Struct(HEADER.format + "Q")  # header + one u64 id: ObjectQueued (and the bench's Confirm)
 MESSAGE_HEAD = struct.Struct(HEADER.format + "QI")  # header + MESSAGE_FIELDS; the payload follows
 MESSAGE_HEAD_RAW_ID = struct.Struct(HEADER_RAW_ID.format + "QI")  # the same, the request id as its 4 wire bytes
+
+# --- where a dead letter came from, and the requests that look at and move messages -------
+# An origin: the message's id in its source queue, its first enqueue time (Unix ms), how many times it
+# had been delivered there; then the source queue's name. A MESSAGE with the ORIGIN flag carries one
+# between its fields and its payload; a MESSAGES with the flag, one per dead letter after the payloads,
+# each behind ORIGIN_INDEX (the message's place in the batch).
+ORIGIN_HEAD = struct.Struct(">QQI")
+ORIGIN_INDEX = U32
+# PEEK: how many messages at most, which states besides ready; the queue name follows to the end.
+PEEK_HEAD = struct.Struct(">HB")
+PEEK_DELAYED = 0x01  # PEEK_HEAD's state bits
+PEEK_IN_FLIGHT = 0x02
+# PEEKED, after a u32 count, each entry: id, state (0 ready, 1 delayed, 2 in flight), deliveries,
+# first enqueue time (Unix ms), payload length, whether an origin follows (0 or 1); then the origin if
+# any, then the payload.
+PEEKED_ENTRY = struct.Struct(">QBIQIB")
+# MOVE: how many ready messages at most (0: all of them); the source's name, then the destination's.
+MOVE_HEAD = U32
 
 
 # --- layouts repeated per message or per frame -------------------------------------------
@@ -170,14 +202,15 @@ def split_name(body: bytes, pos: int = 0) -> tuple[bytes, int]:
     return body[pos + NAME_SIZE : stop], stop
 
 
-def split_create_queue(body: bytes) -> tuple[bytes, int, int, bytes]:
-    """Return (raw name, capacity, max_deliveries, raw dead-letter queue name or b"") of a
-    CREATE_QUEUE body: a name, `CREATE_OPTIONS`, then a name or `NO_NAME`; raise `InvalidRequest`."""
+def split_create_queue(body: bytes) -> tuple[bytes, int, int, int, bytes]:
+    """Return (raw name, capacity, max_deliveries, visibility_timeout_ms, raw dead-letter queue name
+    or b"") of a CREATE_QUEUE body: a name, `CREATE_OPTIONS`, then a name or `NO_NAME`; raise
+    `InvalidRequest`."""
     raw, stop = split_name(body)
     options_end = stop + CREATE_OPTIONS.size
     if len(body) < options_end + NAME_SIZE:
         raise InvalidRequest("CREATE_QUEUE body too short for its options")
-    capacity, max_deliveries = CREATE_OPTIONS.unpack_from(body, stop)
+    capacity, max_deliveries, visibility_ms = CREATE_OPTIONS.unpack_from(body, stop)
     dead_letter = b""
     if body[options_end]:
         dead_letter, options_end = split_name(body, options_end)
@@ -185,7 +218,7 @@ def split_create_queue(body: bytes) -> tuple[bytes, int, int, bytes]:
         options_end += NAME_SIZE
     if options_end != len(body):
         raise InvalidRequest("CREATE_QUEUE body has trailing bytes")
-    return raw, capacity, max_deliveries, dead_letter
+    return raw, capacity, max_deliveries, visibility_ms, dead_letter
 
 
 # --- the hot bodies ------------------------------------------------------------------------
@@ -315,3 +348,76 @@ def split_messages(body: bytes) -> tuple[tuple[int, ...], tuple[int, ...], tuple
     ids = struct.unpack_from(f">{count}Q", body, BATCH_COUNT.size)
     deliveries = struct.unpack_from(f">{count}I", body, BATCH_COUNT.size + U64.size * count)
     return ids, deliveries, payloads
+
+
+# --- origins, PEEK and MOVE ------------------------------------------------------------------
+
+# An origin as its fields: (raw source queue name, id there, first enqueue time in Unix ms, deliveries there).
+RawOrigin = tuple[bytes, int, int, int]
+
+
+def pack_origin(queue: bytes, id_: int, enqueued_ms: int, deliveries: int) -> bytes:
+    """An origin's wire form: `ORIGIN_HEAD`, then the source queue's name."""
+    return ORIGIN_HEAD.pack(id_, enqueued_ms, deliveries) + bytes((len(queue),)) + queue
+
+
+def split_origin(body: bytes, pos: int) -> tuple[RawOrigin, int]:
+    """Return (origin fields, position after it) of an origin at ``pos``; raise `InvalidRequest`."""
+    if len(body) < pos + ORIGIN_HEAD.size:
+        raise InvalidRequest("body too short for a message's origin")
+    id_, enqueued_ms, deliveries = ORIGIN_HEAD.unpack_from(body, pos)
+    raw, stop = split_name(body, pos + ORIGIN_HEAD.size)
+    return (raw, id_, enqueued_ms, deliveries), stop
+
+
+def split_message_with_origin(body: bytes) -> tuple[int, int, RawOrigin, bytes]:
+    """Return (id, deliveries, origin, payload) of a MESSAGE body sent with the ORIGIN flag."""
+    if len(body) < MESSAGE_FIELDS.size:
+        raise InvalidRequest("MESSAGE body too short")
+    id_, deliveries = MESSAGE_FIELDS.unpack_from(body)
+    origin, stop = split_origin(body, MESSAGE_FIELDS.size)
+    return id_, deliveries, origin, body[stop:]
+
+
+def pack_origins(origins: list[RawOrigin | None]) -> bytes:
+    """The origin section of a MESSAGES body sent with the ORIGIN flag: for each message that has
+    one, its place in the batch (`ORIGIN_INDEX`) and the origin."""
+    return b"".join(
+        [ORIGIN_INDEX.pack(index) + pack_origin(*origin) for index, origin in enumerate(origins) if origin is not None]
+    )
+
+
+def split_messages_with_origins(
+    body: bytes,
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[bytes, ...], list[RawOrigin | None]]:
+    """(ids, delivery counts, payloads, origins) of a MESSAGES body sent with the ORIGIN flag: the
+    usual columns, whose payloads end where their lengths say, then the origin section to the end."""
+    count, _, _, lengths, _ = messages_columns(body)
+    payloads_start = BATCH_COUNT.size + MESSAGE_ENTRY * count
+    size = sum(struct.unpack(f">{count}I", lengths))
+    end = payloads_start + size
+    if end > len(body):
+        raise InvalidRequest(f"MESSAGES payload lengths add up to {size} bytes, past the end of the body")
+    ids, deliveries, payloads = split_messages(body[:end])
+    origins: list[RawOrigin | None] = [None] * count
+    pos = end
+    while pos < len(body):
+        if len(body) < pos + ORIGIN_INDEX.size:
+            raise InvalidRequest("MESSAGES origin section cut short")
+        (index,) = ORIGIN_INDEX.unpack_from(body, pos)
+        if index >= count or origins[index] is not None:
+            raise InvalidRequest(f"MESSAGES origin for message {index} of {count} is out of place")
+        origins[index], pos = split_origin(body, pos + ORIGIN_INDEX.size)
+    return ids, deliveries, payloads, origins
+
+
+def split_move(body: bytes) -> tuple[int, bytes, bytes]:
+    """Return (count, raw source name, raw destination name) of a MOVE body; raise `InvalidRequest`."""
+    if len(body) < MOVE_HEAD.size:
+        raise InvalidRequest("MOVE body too short")
+    (count,) = MOVE_HEAD.unpack_from(body)
+    source, stop = split_name(body, MOVE_HEAD.size)
+    destination, stop = split_name(body, stop)
+    if stop != len(body):
+        raise InvalidRequest("MOVE body has trailing bytes")
+    return count, source, destination

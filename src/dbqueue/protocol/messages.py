@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
 from ..errors import InvalidRequest, UnknownOpcode
-from .frames import HEADER, MAGIC, PROTOCOL_VERSION, Op
+from .frames import HEADER, MAGIC, PROTOCOL_VERSION, Flag, Op
 from .layouts import (
+    BATCH_COUNT,
     CONFIRM_ID,
     CREATE_OPTIONS,
     DELAY,
@@ -26,7 +27,12 @@ from .layouts import (
     HELLO_OK_HEAD,
     ID_AND_MS,
     MESSAGE_FIELDS,
+    MOVE_HEAD,
     NO_NAME,
+    PEEK_DELAYED,
+    PEEK_HEAD,
+    PEEK_IN_FLIGHT,
+    PEEKED_ENTRY,
     READ_BATCH_HEAD,
     READ_TIMES,
     U32,
@@ -37,12 +43,18 @@ from .layouts import (
     expect_empty,
     pack_lengths,
     pack_messages,
+    pack_origin,
+    pack_origins,
     split_create_queue,
     split_enqueue,
     split_enqueue_delayed,
     split_message,
+    split_message_with_origin,
     split_messages,
+    split_messages_with_origins,
+    split_move,
     split_name,
+    split_origin,
     split_read,
     unpack_exact,
 )
@@ -84,6 +96,13 @@ __all__ = [
     "Released",
     "Cancel",
     "Cancelled",
+    "Origin",
+    "PeekedMessage",
+    "Peek",
+    "Peeked",
+    "Move",
+    "Moved",
+    "PEEK_STATES",
     "REQUEST_TYPES",
     "RESPONSE_TYPES",
     "Request",
@@ -123,7 +142,9 @@ class CreateQueue:
     """Create a queue (idempotent: an existing queue keeps its options).
 
     ``capacity`` 0 means the server's default; ``max_deliveries`` 0 means no
-    limit; ``dead_letter_queue`` "" means none.
+    limit; ``dead_letter_queue`` "" means none; ``visibility_timeout_ms`` is the
+    queue's default visibility timeout, which a read or touch that names none
+    (0) gets: 0 means the server's default, `NEVER_MS` never times out.
     """
 
     OPCODE: ClassVar[int] = Op.CREATE_QUEUE
@@ -131,15 +152,19 @@ class CreateQueue:
     capacity: int = 0
     max_deliveries: int = 0
     dead_letter_queue: str = ""
+    visibility_timeout_ms: int = 0
 
     def body(self) -> bytes:
         dead_letter = encode_name(self.dead_letter_queue) if self.dead_letter_queue else NO_NAME
-        return encode_name(self.name) + CREATE_OPTIONS.pack(self.capacity, self.max_deliveries) + dead_letter
+        options = CREATE_OPTIONS.pack(self.capacity, self.max_deliveries, self.visibility_timeout_ms)
+        return encode_name(self.name) + options + dead_letter
 
     @classmethod
     def from_body(cls, body: bytes) -> CreateQueue:
-        raw, capacity, max_deliveries, dead_letter = split_create_queue(body)
-        return cls(decode_name(raw), capacity, max_deliveries, decode_name(dead_letter) if dead_letter else "")
+        raw, capacity, max_deliveries, visibility_ms, dead_letter = split_create_queue(body)
+        return cls(
+            decode_name(raw), capacity, max_deliveries, decode_name(dead_letter) if dead_letter else "", visibility_ms
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +204,8 @@ class Enqueue:
 
 @dataclass(frozen=True, slots=True)
 class Read:
-    """Take the next message of a queue; confirm it within ``timeout_ms`` (0: no timeout).
+    """Take the next message of a queue; confirm it within ``timeout_ms`` (0: the queue's default
+    visibility timeout; `NEVER_MS`: no timeout).
 
     With ``wait_ms`` the server waits that long for a message before answering Empty.
     """
@@ -357,7 +383,8 @@ class ConfirmBatch:
 
 @dataclass(frozen=True, slots=True)
 class Touch:
-    """Give an in-flight message ``timeout_ms`` more, counted from now (0: no timeout)."""
+    """Give an in-flight message ``timeout_ms`` more, counted from now (0: the queue's default
+    visibility timeout; `NEVER_MS`: no timeout any more)."""
 
     OPCODE: ClassVar[int] = Op.TOUCH
     id: int
@@ -402,6 +429,57 @@ class Cancel:
         return cls(*unpack_exact(U32, body, "CANCEL"))
 
 
+@dataclass(frozen=True, slots=True)
+class Peek:
+    """Look at up to ``count`` messages of a queue, oldest first, without delivering them or changing
+    any count: the ready ones, and with ``delayed`` / ``in_flight`` those too (answered `Peeked`)."""
+
+    OPCODE: ClassVar[int] = Op.PEEK
+    queue: str
+    count: int = 10
+    delayed: bool = False
+    in_flight: bool = False
+
+    def body(self) -> bytes:
+        states = (PEEK_DELAYED if self.delayed else 0) | (PEEK_IN_FLIGHT if self.in_flight else 0)
+        return PEEK_HEAD.pack(self.count, states) + encode_name(self.queue)
+
+    @classmethod
+    def from_body(cls, body: bytes) -> Peek:
+        if len(body) < PEEK_HEAD.size:
+            raise InvalidRequest("PEEK body too short")
+        count, states = PEEK_HEAD.unpack_from(body)
+        raw, stop = split_name(body, PEEK_HEAD.size)
+        if stop != len(body):
+            raise InvalidRequest("PEEK body has trailing bytes")
+        if not count:
+            raise InvalidRequest("PEEK count must be at least 1")
+        if states & ~(PEEK_DELAYED | PEEK_IN_FLIGHT):
+            raise InvalidRequest(f"PEEK states 0x{states:02x} has unknown bits")
+        return cls(decode_name(raw), count, bool(states & PEEK_DELAYED), bool(states & PEEK_IN_FLIGHT))
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """Move up to ``count`` ready messages (0: all of them) from the front of ``source`` to the back of
+    ``destination``, in one server step: answered `Moved` with how many moved, once stored. Moved
+    messages keep their ids, payloads, delivery counts, enqueue times and origins; a destination
+    with a capacity takes what fits (the rest stay in ``source``)."""
+
+    OPCODE: ClassVar[int] = Op.MOVE
+    source: str
+    destination: str
+    count: int = 0
+
+    def body(self) -> bytes:
+        return MOVE_HEAD.pack(self.count) + encode_name(self.source) + encode_name(self.destination)
+
+    @classmethod
+    def from_body(cls, body: bytes) -> Move:
+        count, source, destination = split_move(body)
+        return cls(decode_name(source), decode_name(destination), count)
+
+
 # --- responses -----------------------------------------------------------------------
 
 
@@ -441,24 +519,60 @@ class ObjectQueued:
 
 
 @dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a dead letter came from: its ``queue`` and ``id`` there, when it was first enqueued
+    (``enqueued_at``, seconds since the epoch, to the millisecond) and how many times it had been
+    delivered there (``deliveries``). On the wire the time travels in Unix milliseconds."""
+
+    queue: str
+    id: int
+    enqueued_at: float
+    deliveries: int
+
+    def pack(self) -> bytes:
+        return pack_origin(encode_name(self.queue)[1:], self.id, _ms(self.enqueued_at), self.deliveries)
+
+    @classmethod
+    def of(cls, raw: tuple[bytes, int, int, int]) -> Origin:
+        """An origin from its wire fields (raw name, id, enqueue time in Unix ms, deliveries)."""
+        queue, id_, enqueued_ms, deliveries = raw
+        return cls(decode_name(queue), id_, enqueued_ms / 1000.0, deliveries)
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000.0)
+
+
+@dataclass(frozen=True, slots=True)
 class Message:
     """A message handed out by a read: confirm ``id`` before the read's timeout.
 
     ``deliveries`` counts how many times it has been handed out, this time included.
+    ``origin`` says where a dead letter came from (None for any other message); a frame
+    that carries one has the ORIGIN flag (`encode` sets it).
     """
 
     OPCODE: ClassVar[int] = Op.MESSAGE
     id: int
     data: bytes
     deliveries: int = 1
+    origin: Origin | None = None
 
     def body(self) -> bytes:
+        if self.origin is not None:
+            return MESSAGE_FIELDS.pack(self.id, self.deliveries) + self.origin.pack() + self.data
         return MESSAGE_FIELDS.pack(self.id, self.deliveries) + self.data
 
     @classmethod
     def from_body(cls, body: bytes) -> Message:
         id_, deliveries, data = split_message(body)
         return cls(id_, data, deliveries)
+
+    @classmethod
+    def from_origin_body(cls, body: bytes) -> Message:
+        """A MESSAGE body sent with the ORIGIN flag."""
+        id_, deliveries, origin, data = split_message_with_origin(body)
+        return cls(id_, data, deliveries, Origin.of(origin))
 
 
 @dataclass(frozen=True, slots=True)
@@ -566,12 +680,36 @@ class Messages:
 
     def body(self) -> bytes:
         messages = self.messages
-        return pack_messages([m.id for m in messages], [m.deliveries for m in messages], [m.data for m in messages])
+        body = pack_messages([m.id for m in messages], [m.deliveries for m in messages], [m.data for m in messages])
+        if self.has_origins:
+            origins = [_raw_origin(m.origin) if m.origin is not None else None for m in messages]
+            body += pack_origins(origins)
+        return body
+
+    @property
+    def has_origins(self) -> bool:
+        """Whether any of its messages is a dead letter with an origin (its frame then has the ORIGIN flag)."""
+        return any(m.origin is not None for m in self.messages)
 
     @classmethod
     def from_body(cls, body: bytes) -> Messages:
         ids, deliveries, payloads = split_messages(body)
         return cls(tuple(map(Message, ids, payloads, deliveries)))
+
+    @classmethod
+    def from_origin_body(cls, body: bytes) -> Messages:
+        """A MESSAGES body sent with the ORIGIN flag."""
+        ids, deliveries, payloads, origins = split_messages_with_origins(body)
+        return cls(
+            tuple(
+                Message(id_, data, count, Origin.of(origin) if origin is not None else None)
+                for id_, data, count, origin in zip(ids, payloads, deliveries, origins)
+            )
+        )
+
+
+def _raw_origin(origin: Origin) -> tuple[bytes, int, int, int]:
+    return encode_name(origin.queue)[1:], origin.id, _ms(origin.enqueued_at), origin.deliveries
 
 
 @dataclass(frozen=True, slots=True)
@@ -589,6 +727,88 @@ class ConfirmResults:
         if any(outcome > 2 for outcome in body):
             raise InvalidRequest("CONFIRM_RESULTS holds an unknown outcome")
         return cls(tuple(body))
+
+
+PEEK_STATES = ("ready", "delayed", "in_flight")  # a PEEKED entry's state byte indexes this
+
+
+@dataclass(frozen=True, slots=True)
+class PeekedMessage:
+    """A message seen by a peek, not delivered: ``state`` is "ready", "delayed" or "in_flight";
+    ``deliveries`` how many times it has been handed out so far; ``enqueued_at`` when it was
+    first enqueued (seconds since the epoch, to the millisecond); ``origin`` where a dead letter
+    came from (else None)."""
+
+    id: int
+    data: bytes
+    deliveries: int
+    state: str
+    enqueued_at: float
+    origin: Origin | None = None
+
+    def pack(self) -> bytes:
+        head = PEEKED_ENTRY.pack(
+            self.id,
+            PEEK_STATES.index(self.state),
+            self.deliveries,
+            _ms(self.enqueued_at),
+            len(self.data),
+            self.origin is not None,
+        )
+        return head + (self.origin.pack() if self.origin is not None else b"") + self.data
+
+
+@dataclass(frozen=True, slots=True)
+class Peeked:
+    """The messages a peek saw, oldest first (none when there were none)."""
+
+    OPCODE: ClassVar[int] = Op.PEEKED
+    messages: tuple[PeekedMessage, ...]
+
+    def body(self) -> bytes:
+        return BATCH_COUNT.pack(len(self.messages)) + b"".join([message.pack() for message in self.messages])
+
+    @classmethod
+    def from_body(cls, body: bytes) -> Peeked:
+        if len(body) < BATCH_COUNT.size:
+            raise InvalidRequest("PEEKED body has no message count")
+        (count,) = BATCH_COUNT.unpack_from(body)
+        pos = BATCH_COUNT.size
+        messages: list[PeekedMessage] = []
+        for _ in range(count):
+            if len(body) < pos + PEEKED_ENTRY.size:
+                raise InvalidRequest("PEEKED body cut short")
+            id_, state, deliveries, enqueued_ms, size, has_origin = PEEKED_ENTRY.unpack_from(body, pos)
+            pos += PEEKED_ENTRY.size
+            if state >= len(PEEK_STATES) or has_origin > 1:
+                raise InvalidRequest(f"PEEKED entry {id_} has state {state} and origin mark {has_origin}")
+            origin = None
+            if has_origin:
+                raw, pos = split_origin(body, pos)
+                origin = Origin.of(raw)
+            if len(body) < pos + size:
+                raise InvalidRequest("PEEKED payload runs past the end of the body")
+            data = body[pos : pos + size]
+            pos += size
+            messages.append(PeekedMessage(id_, data, deliveries, PEEK_STATES[state], enqueued_ms / 1000.0, origin))
+        if pos != len(body):
+            raise InvalidRequest("PEEKED body has trailing bytes")
+        return cls(tuple(messages))
+
+
+@dataclass(frozen=True, slots=True)
+class Moved:
+    """How many messages a move moved."""
+
+    OPCODE: ClassVar[int] = Op.MOVED
+    count: int
+
+    def body(self) -> bytes:
+        return U64.pack(self.count)
+
+    @classmethod
+    def from_body(cls, body: bytes) -> Moved:
+        return cls(*unpack_exact(U64, body, "MOVED"))
 
 
 class _Bare:
@@ -676,21 +896,23 @@ for _bare in (QueueCreated, QueueDeleted, Confirmed, Requeued, Full, Empty, Touc
 REQUEST_TYPES = (
     Hello, CreateQueue, DeleteQueue, Purge, Stats, ListQueues, Members,
     Enqueue, Read, Confirm, EnqueueBatch, ReadBatch, ConfirmBatch, Touch, Release, EnqueueDelayed, Cancel,
+    Peek, Move,
 )  # fmt: skip
 RESPONSE_TYPES = (
     HelloOk, QueueCreated, QueueDeleted, Purged, StatsReply, MembersReply,
     ObjectQueued, Message, Confirmed, Requeued, Full, Empty,
-    ObjectsQueued, Messages, ConfirmResults, Touched, Released, Cancelled, Error,
+    ObjectsQueued, Messages, ConfirmResults, Touched, Released, Cancelled, Peeked, Moved, Error,
 )  # fmt: skip
 # The same types as unions, spelled out for type checkers (a test keeps them equal to the tuples).
 Request = (
     Hello | CreateQueue | DeleteQueue | Purge | Stats | ListQueues | Members
     | Enqueue | Read | Confirm | EnqueueBatch | ReadBatch | ConfirmBatch | Touch | Release | EnqueueDelayed | Cancel
+    | Peek | Move
 )  # fmt: skip
 Response = (
     HelloOk | QueueCreated | QueueDeleted | Purged | StatsReply | MembersReply
     | ObjectQueued | Message | Confirmed | Requeued | Full | Empty
-    | ObjectsQueued | Messages | ConfirmResults | Touched | Released | Cancelled | Error
+    | ObjectsQueued | Messages | ConfirmResults | Touched | Released | Cancelled | Peeked | Moved | Error
 )  # fmt: skip
 
 _REQUESTS: dict[int, type[Request]] = {cls.OPCODE: cls for cls in REQUEST_TYPES}
@@ -698,7 +920,8 @@ _RESPONSES: dict[int, type[Response]] = {cls.OPCODE: cls for cls in RESPONSE_TYP
 
 
 def encode(request_id: int, message: Request | Response, flags: int = 0) -> bytes:
-    """Return the whole frame for ``message``.
+    """Return the whole frame for ``message`` (a Message or Messages that carries an origin gets
+    the ORIGIN flag).
 
     Raises `InvalidQueueName` for a bad name, `ValueError` for a number that
     does not fit its field (a negative id, a capacity over 2**64-1...).
@@ -707,6 +930,10 @@ def encode(request_id: int, message: Request | Response, flags: int = 0) -> byte
         body = message.body()
     except struct.error as exc:
         raise ValueError(f"{type(message).__name__}: a field is out of range for the wire ({exc})") from None
+    if (message.__class__ is Message and message.origin is not None) or (
+        message.__class__ is Messages and message.has_origins
+    ):
+        flags |= Flag.ORIGIN
     return HEADER.pack(MAGIC, message.OPCODE, flags, request_id, len(body)) + body
 
 
@@ -718,8 +945,13 @@ def decode_request(opcode: int, body: bytes) -> Request:
     return cls.from_body(body)
 
 
-def decode_response(opcode: int, body: bytes) -> Response:
-    """Return the response a frame carries; raise `InvalidRequest` if it does not parse."""
+def decode_response(opcode: int, body: bytes, flags: int = 0) -> Response:
+    """Return the response a frame carries (``flags``: its header's); raise `InvalidRequest` if it
+    does not parse."""
+    if flags:
+        if flags != Flag.ORIGIN or opcode not in (Op.MESSAGE, Op.MESSAGES):
+            raise InvalidRequest(f"unexpected flags 0x{flags:04x} on response opcode 0x{opcode:02x}")
+        return Message.from_origin_body(body) if opcode == Op.MESSAGE else Messages.from_origin_body(body)
     cls = _RESPONSES.get(opcode)
     if cls is None:
         raise InvalidRequest(f"unknown response opcode 0x{opcode:02x}")
