@@ -74,6 +74,7 @@ from ..sqs import (
     encode_result,
     protocol_of,
 )
+from .console import Console
 from .metrics import RequestStats, SqsStats, build_registry, serve_metrics
 from .security import is_loopback
 from .sqs_api import SqsHost, SqsService
@@ -278,6 +279,7 @@ class HttpListener:
             lambda: len(server.sessions),
             self.stats,
         )
+        self.console = Console.for_listener(server, self.host, self.scheme, self.settings.body_timeout)
         self._web: _Connections | None = None
         self._listener: asyncio.base_events.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
@@ -319,6 +321,7 @@ class HttpListener:
         )
         self.port = self._listener.sockets[0].getsockname()[1]
         self._sweep(loop)
+        self.console.start()
         log.info(
             "SQS API and metrics on %s://%s:%d (%s)",
             self.scheme,
@@ -343,6 +346,7 @@ class HttpListener:
             self._sweeper.cancel()
             self._sweeper = None
         self.service.stop_waiting()
+        self.console.stop()  # before the shutdown: its event streams end now, not at the shutdown's timeout
         if self._web is not None:
             await self._web.shutdown(self.settings.shutdown_timeout)
             self._web = None
@@ -363,6 +367,8 @@ class HttpListener:
         path, _, query = request.raw_path.partition("?")
         if path == "/metrics":
             return serve_metrics(request, self.registry)
+        if Console.routes(request.method, path, query):
+            return await self.console.handle(request, path, query)
         return await self._sqs(request, path, query)
 
     async def _sqs(self, request: web.BaseRequest, path: str, query: str) -> web.StreamResponse:

@@ -1,0 +1,211 @@
+"""What the console's buttons do: the native protocol's own requests, done on the server's broker.
+
+Theory of operation
+-------------------
+`Actions` is the console's side of the server, below HTTP and beside the
+native sessions and the SQS API: each action is the request a native client
+would send, admitted by the same checks (`admission`: the queue exists, the
+message size, the memory budget and byte capacity, a store that cannot
+commit) and done by the same `Broker` call, with the same arguments, as the
+session's handler for that request, on the same event loop. A purge here is
+a purge there: the queue's figures, the store and every waiting read see
+exactly what a native PURGE does. Queue names are checked by the protocol's
+own rule (`encode_name`: 1-255 bytes of UTF-8).
+
+For admission the console is one `admission.Connection`: it holds no message
+in flight and never waits (peeking delivers nothing), so the only limits that
+apply to it are those of sends and of changes to the store.
+
+With a store, an action is answered only once what it changed is committed:
+`committed` hands `Host.send` a stand-in transport and a frame of no request,
+which the server writes back after its next group commit, or turns into an
+error if that commit failed (then the action is answered as refused:
+`StoreUnavailable`), as the SQS API does.
+
+Refusals are the broker's and admission's own `RequestError`s, whose
+messages are the ones a native client reads; the web layer shows them as
+they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any
+
+from ...core import NO_BYTE_LIMIT, Broker, Holding, Queue
+from ...errors import InvalidRequest, NoSuchQueue, QueueFull, RequestError, StoreUnavailable
+from ...protocol.frames import HEADER, MAGIC, Op
+from ...protocol.layouts import encode_name
+from ..admission import admit_change, admit_queue, admit_send
+from ..host import Host
+
+__all__ = ["Actions", "committed"]
+
+_COMMIT_MARK = HEADER.pack(MAGIC, int(Op.EMPTY), 0, 0, 0)
+_MS_MAX = 0xFFFFFFFF  # the wire's 32-bit milliseconds: the longest delay a native client can ask for
+
+
+class _CommitSignal(asyncio.Transport):
+    """A stand-in transport for `Host.send`: its ``write`` says how the server's next commit went."""
+
+    def __init__(self, done: asyncio.Future[bool]) -> None:
+        super().__init__()
+        self._done = done
+
+    def write(self, data: bytes | bytearray | memoryview[int]) -> None:
+        if not self._done.done():
+            self._done.set_result(bytes(data) == _COMMIT_MARK)  # anything else: the refusal of a failed commit
+
+    def is_closing(self) -> bool:
+        return self._done.done()
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def abort(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if not self._done.done():
+            self._done.set_result(False)
+
+
+async def committed(server: Host) -> None:
+    """Return once ``server``'s next commit is done (at once without a store); raise `StoreUnavailable` if it
+    failed."""
+    if server.store is None:
+        return
+    done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    server.send(_CommitSignal(done), _COMMIT_MARK)
+    if not done.done():
+        failed: asyncio.Future[Any] | None = getattr(server, "failed", None)
+        waiting: list[asyncio.Future[Any]] = [done] if failed is None else [done, failed]
+        try:
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not done.done():
+                done.set_result(False)
+    if not done.result():
+        reason = server.store_unavailable or "the store failed"
+        raise StoreUnavailable(f"the store cannot commit ({reason}): the change may not have been kept")
+
+
+def _milliseconds(seconds: float, what: str) -> int:
+    """Seconds from a form as the wire's milliseconds, rounded up (a client's rule for delays)."""
+    if not math.isfinite(seconds) or seconds < 0:
+        raise InvalidRequest(f"{what} must be a number of seconds, 0 or more")
+    ms = math.ceil(seconds * 1000)
+    if ms > _MS_MAX:
+        raise InvalidRequest(f"{what} must be at most {_MS_MAX / 1000:g} seconds")
+    return ms
+
+
+class Actions:
+    """The console's actions on ``server``'s broker (the one it holds at each call).
+
+    Every method raises the `RequestError` a native client would get for the same request.
+    """
+
+    def __init__(self, server: Host) -> None:
+        self.server = server
+        self.broker = server.broker  # the server's at each action (`_follow`): it replaces it after a failed commit
+        self.held = Holding()  # never holds anything: the console reads nothing
+        self.read_from: set[Queue] = set()
+        self.waiting: dict[int, Any] = {}
+        self.memory_budget = server.limits.memory_budget
+        self.capacity_bytes = server.limits.default_capacity_bytes or NO_BYTE_LIMIT
+
+    def _follow(self) -> Broker:
+        broker = self.broker = self.server.broker
+        return broker
+
+    def queue(self, name: bytes) -> Queue:
+        """The queue called ``name``; raises `NoSuchQueue`."""
+        self._follow()
+        return admit_queue(self, name)
+
+    async def create(
+        self,
+        name: str,
+        *,
+        capacity: int = 0,
+        max_deliveries: int = 0,
+        dead_letter_queue: str = "",
+        visibility_timeout: float | None = None,
+    ) -> bool:
+        """CREATE_QUEUE: make queue ``name`` with these options; return False if it existed (it keeps its own).
+
+        ``capacity`` 0: the server's default; ``max_deliveries`` 0: no limit;
+        ``dead_letter_queue`` "": none; ``visibility_timeout`` (seconds) None: the
+        server's default.
+        """
+        raw = encode_name(name)[1:]  # the protocol's rule for names
+        dead_letter = encode_name(dead_letter_queue)[1:] if dead_letter_queue else None
+        for value, what in ((capacity, "capacity"), (max_deliveries, "max deliveries")):
+            if not 0 <= value <= _MS_MAX:
+                raise InvalidRequest(f"{what} must be 0 to {_MS_MAX}")
+        broker = self._follow()
+        if raw in broker.queues:
+            return False
+        admit_change(self)
+        options: dict[str, Any] = {}
+        if visibility_timeout is not None:
+            options["visibility_timeout_ms"] = _milliseconds(visibility_timeout, "the visibility timeout")
+            if not _takes_visibility_timeout(broker):
+                raise InvalidRequest("this server keeps no per-queue visibility timeout yet")
+        broker.create_queue(raw, capacity, max_deliveries, dead_letter, **options)
+        await committed(self.server)
+        return True
+
+    async def send(self, name: bytes, data: bytes, *, delay: float = 0.0) -> int:
+        """ENQUEUE (ENQUEUE_DELAYED with a ``delay`` in seconds): add ``data`` to queue ``name``; return its id.
+
+        Raises `QueueFull` when the queue holds its capacity.
+        """
+        delay_ms = _milliseconds(delay, "the delay")
+        broker = self._follow()
+        queue = admit_send(self, name, len(data), len(data))
+        now = self.server.clock()
+        try:
+            id_ = broker.enqueue_delayed(queue, data, delay_ms, now) if delay_ms else broker.enqueue(queue, data, now)
+        finally:
+            self.server.schedule_expiry()  # a delay end, or a woken read's deadline, the timer must cover
+        if id_ < 0:
+            raise QueueFull(f"queue {name.decode('utf-8', 'replace')!r} is full: it holds its capacity")
+        await committed(self.server)
+        return id_
+
+    async def purge(self, name: bytes) -> int:
+        """PURGE: drop every ready and delayed message of queue ``name``; return how many."""
+        self._follow()
+        queue = admit_queue(self, name)
+        admit_change(self)
+        dropped = self.broker.purge(queue)
+        await committed(self.server)
+        return dropped
+
+    async def delete(self, name: bytes) -> None:
+        """DELETE_QUEUE: drop queue ``name`` and every message it holds."""
+        self._follow()
+        admit_queue(self, name)
+        admit_change(self)
+        self.broker.delete_queue(name)
+        await committed(self.server)
+
+    def sources_of(self, name: bytes) -> list[bytes]:
+        """The queues whose dead-letter queue is ``name``, by name."""
+        return sorted(queue.name for queue in self._follow().queues.values() if queue.dead_letter == name)
+
+
+def _takes_visibility_timeout(broker: Broker) -> bool:
+    import inspect
+
+    return "visibility_timeout_ms" in inspect.signature(broker.create_queue).parameters
+
+
+def refusal_text(error: RequestError) -> str:
+    """What a refusal says to the operator (its message; a missing queue's by its kind)."""
+    if isinstance(error, NoSuchQueue):
+        return str(error) or "no such queue"
+    return str(error) or type(error).__name__
