@@ -8,11 +8,11 @@ A real deployment is not a few connections pipelining 32 requests each: it is
 many workers, each doing read -> work -> confirm with one request in flight.
 For each connection count in ``--connections``, half the connections are
 producers (send one message, wait for the reply, send the next) and half are
-consumers (read one message with a visibility timeout, ``--timeout-ms``, then
+consumers (read one message with a visibility timeout, ``--visibility-timeout``, then
 confirm it; a read that finds the queue empty is tried again 1 ms later).
 Every reply is checked (`dbqueue.loadtest.run_fan_in`). The systems:
 
-* dbqueue: ENQUEUE / READ with timeout_ms / CONFIRM;
+* dbqueue: ENQUEUE / READ with a visibility timeout / CONFIRM;
 * redis-list: the reliable-queue pattern, RPUSH / LMOVE into a processing list / LREM;
 * beanstalkd: put / reserve-with-timeout 0 / delete (the visibility timeout is the job's ttr);
 * floor: `floor.py`, dbqueue's framing on the same event loop with canned replies and no queue work:
@@ -96,7 +96,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of A B C D ... for each connection count")
     parser.add_argument("--processes", type=int, default=2, help="client processes the connections are dealt over")
     parser.add_argument("--payload", type=int, default=128, help="message size in bytes")
-    parser.add_argument("--timeout-ms", type=int, default=30_000, help="the consumers' visibility timeout")
+    parser.add_argument(
+        "--visibility-timeout", type=float, default=30.0, metavar="SECONDS", help="the consumers' visibility timeout"
+    )
     parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated subset of {', '.join(SYSTEMS)}")
     parser.add_argument("--time-limit", type=float, default=120.0, help="seconds before one run fails")
     parser.add_argument("--json", metavar="PATH", help="write every raw result as JSON")
@@ -207,7 +209,7 @@ def measure(args: argparse.Namespace, server: ServerProcess, name: str, connecti
         pipeline=1,
         iterations=iterations,
         payload=args.payload,
-        timeout_ms=args.timeout_ms,
+        visibility_timeout=args.visibility_timeout,
         time_limit=args.time_limit,
     )
     marks: dict[str, Any] = {}
@@ -390,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         f"a run (rounded up to a whole number per producer: "
         f"{', '.join(f'{-(-args.messages // p) * p:,}' for p in producers)}); {args.payload}-byte payloads, unique "
         f"per message (a running number in the last {min(8, args.payload)} bytes), for every system; visibility "
-        f"timeout {args.timeout_ms} ms; {args.rounds} round(s) of {' → '.join(args.systems)}"
+        f"timeout {args.visibility_timeout:g} s; {args.rounds} round(s) of {' → '.join(args.systems)}"
     )
     runs: list[Run] = []
     skipped: dict[str, str] = {}
@@ -441,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
             **info,
             "workload": {
                 key: getattr(args, key)
-                for key in ("levels", "messages", "rounds", "processes", "payload", "timeout_ms", "systems")
+                for key in ("levels", "messages", "rounds", "processes", "payload", "visibility_timeout", "systems")
             },
             "payloads": "unique per message: a running number in the last 8 bytes",
             "summary": {str(level): rows for level, rows in summary.items()},

@@ -110,7 +110,7 @@ async def hold(
     limit: int | None = None,
 ) -> Holders:
     """Take every message of the driver's queue in flight with batch reads (``driver.config.batch`` each,
-    ``driver.config.timeout_ms``) on ``connections`` connections, and keep them open.
+    ``driver.config.visibility_timeout``) on ``connections`` connections, and keep them open.
 
     Returns `Holders`, which the caller must `close`. A connection stops once a
     window of reads comes back short (the queue was empty for its last read),

@@ -7,7 +7,7 @@ pairs, runs the standard load test (16 producers, 16 consumers, pipeline 32,
 
 * *without*: nothing else on the server;
 * *with*: first ``--held`` messages are sent to queue ``held`` and taken in
-  flight, with a ``--held-timeout-ms`` timeout (10 minutes), by ``--holders``
+  flight, with a ``--held-timeout`` visibility timeout (10 minutes), by ``--holders``
   connections reading with ``read_batch`` (16: the server lets one
   connection hold 100,000 at most, ``--max-in-flight``); those connections
   stay open through the load test, then close (the server requeues their
@@ -54,7 +54,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--held", type=int, default=1_000_000, help="messages kept in flight during the 'with' runs")
-    parser.add_argument("--held-timeout-ms", type=int, default=600_000, help="their in-flight timeout")
+    parser.add_argument("--held-timeout", type=float, default=600.0, metavar="SECONDS", help="their visibility timeout")
     parser.add_argument("--holders", type=int, default=16, help="connections that hold them")
     parser.add_argument(
         "--holder-limit",
@@ -108,7 +108,7 @@ class Bench:
                 payload=a.payload,
                 queue=HELD_QUEUE,
                 batch=a.read_batch,
-                timeout_ms=a.held_timeout_ms,
+                visibility_timeout=a.held_timeout,
             )
         )
 

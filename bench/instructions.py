@@ -111,7 +111,7 @@ def count(args: argparse.Namespace, iterations: int, src: Path | None) -> tuple[
             addresses=[("127.0.0.1", port)],
             iterations=iterations,
             batch=args.batch,
-            timeout_ms=600_000,
+            visibility_timeout=600.0,
             time_limit=1800,
         )
         if args.fan_in:

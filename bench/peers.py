@@ -115,7 +115,7 @@ class BeanstalkdDriver(Driver):
     ``DEADLINE_SOON`` (beanstalkd's answer when nothing is ready and this
     connection holds a job within a second of its time-to-run, which with a
     one-second ``ttr`` is every job it holds). The in-flight timeout
-    ``config.timeout_ms`` becomes the jobs' ``ttr``, rounded up to whole seconds.
+    ``config.visibility_timeout`` becomes the jobs' ``ttr``, rounded up to whole seconds.
     """
 
     name = "beanstalkd"
@@ -123,7 +123,7 @@ class BeanstalkdDriver(Driver):
 
     def __init__(self, config: BenchConfig) -> None:
         super().__init__(config)
-        self.ttr = max(1, math.ceil(config.timeout_ms / 1000))
+        self.ttr = max(1, math.ceil(config.visibility_timeout))
 
     async def prepare(self, address: tuple[str, int]) -> None:
         """Empty the ``default`` tube: kick buried and delayed jobs, reserve and delete all, then verify."""

@@ -85,7 +85,7 @@ class Cycles:
             payload = b"%s:%d:" % (self.tag, n)
             payload += b"." * max(0, self.size - len(payload))
             client.send(queue, payload)
-            message = client.read(queue, 60_000)
+            message = client.read(queue, visibility_timeout=60.0)
             if message is None or message.data != payload:
                 raise SystemExit(f"{queue}: sent {payload[:40]!r}, read back {message!r}")
             client.confirm(message.id)

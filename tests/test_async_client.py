@@ -52,7 +52,7 @@ def test_200_coroutines_share_one_connection(server: ServerThread) -> None:
             async def worker(i: int) -> int:
                 payload = b"payload-%d-" % i + bytes([i % 256]) * (i % 50)
                 id_ = await client.send(f"q{i}", payload)
-                message = await client.read(f"q{i}", timeout_ms=10_000)
+                message = await client.read(f"q{i}", visibility_timeout=10.0)
                 assert message == Message(id_, payload, 1), (i, message)
                 assert await client.confirm(id_) is None
                 return id_
@@ -91,7 +91,7 @@ def test_errors_reach_only_their_own_coroutine(server: ServerThread) -> None:
                 client.send("missing", b"x"),
                 client.send("q", b"full"),
                 client.confirm(987654321),
-                client.read("q", timeout_ms=10),
+                client.read("q", visibility_timeout=0.01),
                 return_exceptions=True,
             )
             with pytest.raises(InvalidQueueName):

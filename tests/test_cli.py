@@ -52,7 +52,7 @@ def test_serve_then_sigterm_exits_zero_promptly() -> None:
         client = connect_when_up(f"127.0.0.1:{port}", process)
         client.create("q")
         id_ = client.send("q", b"hello")
-        assert client.read("q", timeout_ms=60_000).id == id_  # held while the server stops
+        assert client.read("q", visibility_timeout=60.0).id == id_  # held while the server stops
         started = time.monotonic()
         process.send_signal(signal.SIGTERM)
         returncode = process.wait(timeout=5)

@@ -161,7 +161,7 @@ def test_binary_messages_and_read_options(server: ServerThread) -> None:
     # A message another client holds is not read; once it is given back, it is.
     ok(run_cli("send", "bin", "soon", *at))
     with Client.connect(server.address) as holder:
-        message = holder.read("bin", 30_000)
+        message = holder.read("bin", visibility_timeout=30.0)
         assert message is not None and message.data == b"soon"
         assert ok(run_cli("read", "bin", *at)) == ""  # in flight
     assert ok(run_cli("read", "bin", "--visibility", "5", "--wait", "5", "--confirm", *at)) == "soon\n"

@@ -67,7 +67,7 @@ def queues_by_name(client: Client) -> dict[str, dict]:
 def read_all(client: Client, name: str) -> list[Message]:
     """Read every ready message of ``name`` (kept in flight on ``client``), in order."""
     messages: list[Message] = []
-    while batch := client.read_batch(name, 1000, timeout_ms=600_000):
+    while batch := client.read_batch(name, 1000, visibility_timeout=600.0):
         messages += batch
     return messages
 
@@ -81,14 +81,14 @@ def test_queues_and_unconfirmed_messages_come_back_in_order(served: Callable[...
     holder = server.client()  # stays open through the stop: its in-flight messages must come back
     with server.client() as client:
         client.create("dead")
-        client.create("jobs", 20, max_deliveries=3, dead_letter_queue="dead")
+        client.create("jobs", capacity=20, max_deliveries=3, dead_letter_queue="dead")
         client.create("plain")
         jobs = [(client.send("jobs", b"job-%d" % i), b"job-%d" % i) for i in range(8)]
         batch = [b"job-%d" % i for i in range(8, 12)]
         jobs += zip(client.send_batch("jobs", batch), batch)
         plain = [(client.send("plain", b"plain-%d" % i), b"plain-%d" % i) for i in range(3)]
         plain += [(client.send("plain", data), data) for data in (b"", bytes(range(256)) * 2048)]  # empty, 512 KiB
-    first, second, third = (holder.read("jobs", timeout_ms=600_000) for _ in range(3))
+    first, second, third = (holder.read("jobs", visibility_timeout=600.0) for _ in range(3))
     holder.confirm(first.id)
     assert holder.read("plain").id == plain[0][0]  # in flight without a timeout
     handed_out = max(id_ for id_, _ in jobs + plain)
@@ -125,7 +125,7 @@ def test_confirmed_messages_stay_gone(served: Callable[..., ServerProcess], stop
     with server.client() as client:
         client.create("q")
         ids = client.send_batch("q", [b"m%d" % i for i in range(10)])
-        for message in client.read_batch("q", 10, timeout_ms=600_000):
+        for message in client.read_batch("q", 10, visibility_timeout=600.0):
             if message.id % 2:
                 client.confirm(message.id)
         # The unconfirmed half stays in flight on this open connection.
@@ -142,7 +142,7 @@ def test_ids_keep_growing_across_restarts(served: Callable[..., ServerProcess]) 
         with server.client() as client:
             client.create("a")
             client.create("b")
-            ids = [client.send("a", b"x"), client.send("b", b"y"), client.send("a", b"z", delay_ms=1)]
+            ids = [client.send("a", b"x"), client.send("b", b"y"), client.send("a", b"z", delay=0.001)]
             ids += client.send_batch("b", [b"1", b"2", b"3"])
             ids += [client.send("a", b"w")]
             assert len(set(ids)) == len(ids)
@@ -150,7 +150,7 @@ def test_ids_keep_growing_across_restarts(served: Callable[..., ServerProcess]) 
             handed_out += ids
             settled = []
             for name in ("a", "b"):
-                while len(settled) < len(ids) and (message := client.read(name, 600_000, wait_ms=50)):
+                while len(settled) < len(ids) and (message := client.read(name, visibility_timeout=600.0, wait=0.05)):
                     client.confirm(message.id)
                     settled.append(message.id)
             assert sorted(settled) == sorted(ids)  # nothing is left: the next ids come from the reservation
@@ -164,11 +164,11 @@ def test_delayed_messages_stay_delayed(served: Callable[..., ServerProcess]) -> 
     with server.client() as client:
         client.create("later")
         sent_at = time.monotonic()
-        client.send("later", b"soon", delay_ms=int(delay * 1000))
-        client.send("later", b"much later", delay_ms=600_000)
+        client.send("later", b"soon", delay=delay)
+        client.send("later", b"much later", delay=600.0)
         client.send("later", b"released")
-        message = client.read("later", timeout_ms=600_000)
-        client.release(message.id, delay_ms=600_000)  # back after a delay: delayed too
+        message = client.read("later", visibility_timeout=600.0)
+        client.release(message.id, delay=600.0)  # back after a delay: delayed too
         assert client.stats("later")["delayed"] == 3
     for stop in ["sigkill", "sigterm"]:
         server.restart(stop)
@@ -178,7 +178,7 @@ def test_delayed_messages_stay_delayed(served: Callable[..., ServerProcess]) -> 
             assert (stats["ready"], stats["in_flight"], stats["delayed"]) == (0, 0, 3)
             assert client.read("later") is None
     with server.client() as client:
-        message = client.read("later", 600_000, wait_ms=int(delay * 1000) + 5000)
+        message = client.read("later", visibility_timeout=600.0, wait=delay + 5.0)
         assert message is not None and message.data == b"soon"
         assert time.monotonic() - sent_at >= delay - 0.05  # due times are wall-clock ms
         stats = client.stats("later")
@@ -193,20 +193,20 @@ def test_purge_and_delete_survive(served: Callable[..., ServerProcess], stop: st
         client.create("purged")
         kept_id = client.send("purged", b"in flight")
         client.send_batch("purged", [b"ready-%d" % i for i in range(3)])
-        client.send("purged", b"delayed", delay_ms=600_000)
-        assert holder.read("purged", timeout_ms=600_000).id == kept_id
+        client.send("purged", b"delayed", delay=600.0)
+        assert holder.read("purged", visibility_timeout=600.0).id == kept_id
         assert client.purge("purged") == 4  # the ready and the delayed ones; in flight stays
         after_id = client.send("purged", b"after the purge")
 
         client.create("gone")
         client.send_batch("gone", [b"g1", b"g2"])
-        client.send("gone", b"g3", delay_ms=600_000)
+        client.send("gone", b"g3", delay=600.0)
         client.delete("gone")
 
-        client.create("reborn", 5)
+        client.create("reborn", capacity=5)
         client.send("reborn", b"old life")
         client.delete("reborn")
-        client.create("reborn", 7, max_deliveries=2)
+        client.create("reborn", capacity=7, max_deliveries=2)
         reborn_id = client.send("reborn", b"new life")
 
     server.restart(stop)
@@ -232,17 +232,17 @@ def test_dead_letters_survive(served: Callable[..., ServerProcess], stop: str) -
         client.create("twice", max_deliveries=2, dead_letter_queue="dlq")
         client.send("once", b"a")
         client.send("once", b"b")
-        client.release(client.read("once", timeout_ms=600_000).id)  # 1 delivery of 1: dead-lettered
+        client.release(client.read("once", visibility_timeout=600.0).id)  # 1 delivery of 1: dead-lettered
         client.send("twice", b"c")
-        client.release(client.read("twice", timeout_ms=600_000).id)  # 1 of 2: back in its queue
+        client.release(client.read("twice", visibility_timeout=600.0).id)  # 1 of 2: back in its queue
     server.restart(stop)
     with server.client() as client:
         counts = {name: q["ready"] for name, q in queues_by_name(client).items()}
         assert counts == {"dlq": 1, "once": 1, "twice": 1}
-        message = client.read("twice", timeout_ms=600_000)
+        message = client.read("twice", visibility_timeout=600.0)
         assert (message.data, message.deliveries) == (b"c", 2)  # the count survived
         client.release(message.id)  # 2 of 2: dead-lettered
-        message = client.read("once", timeout_ms=600_000)
+        message = client.read("once", visibility_timeout=600.0)
         assert message.data == b"b"
         client.confirm(message.id)
     server.restart(stop)
@@ -262,7 +262,7 @@ def test_clean_stop_settles_a_connection_with_unsent_replies(served: Callable[..
         for _ in range(32):
             client.send("big", bytes(1_000_000))
     holder = server.client()
-    assert holder.read("once", timeout_ms=600_000).data == b"x"
+    assert holder.read("once", visibility_timeout=600.0).data == b"x"
     # 32 MB of replies the holder does not read: most stay in the server's output buffer.
     holder.connection.send_many([Read("big", 600_000, 0) for _ in range(32)])
     with server.client() as client:
@@ -316,7 +316,7 @@ def full_disk(tmp_path_factory: pytest.TempPathFactory) -> FullDisk:
         # A failed commit cuts every connection (the server goes back to its last commit); a new one
         # is served, degraded: reads work, sends are refused.
         with server.client() as client:
-            message = client.read("q", timeout_ms=60_000)
+            message = client.read("q", visibility_timeout=60.0)
             still_served = message is not None and server.running()
     finally:
         server.close()
@@ -409,7 +409,7 @@ def test_store_in_use_is_refused(served: Callable[..., ServerProcess]) -> None:
     assert "in use" in output
     assert server.running()
     with server.client() as client:  # the first server is undisturbed
-        message = client.read("q", timeout_ms=600_000)
+        message = client.read("q", visibility_timeout=600.0)
         assert (message.id, message.data) == (id_, b"still here")
         client.confirm(message.id)
 

@@ -98,7 +98,7 @@ def test_kill_9_of_workers_loses_no_queued_message_and_repeats_no_confirmed_one(
                 acknowledged.add(payload)
             for _ in range(20):
                 try:
-                    message = group.read("jobs", 60_000)
+                    message = group.read("jobs", visibility_timeout=60.0)
                     if message is None:
                         break
                     if message.data in confirmed:
@@ -120,7 +120,7 @@ def test_kill_9_of_workers_loses_no_queued_message_and_repeats_no_confirmed_one(
         drained: list[bytes] = []
         with GroupClient.connect([f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}"], timeout=5.0) as reader:
             while True:
-                batch = reader.read_batch("jobs", 500, 60_000)
+                batch = reader.read_batch("jobs", 500, visibility_timeout=60.0)
                 if not batch:
                     break
                 drained += [message.data for message in batch]

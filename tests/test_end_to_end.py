@@ -11,6 +11,7 @@ import pytest
 
 import dbqueue
 from dbqueue import (
+    NEVER,
     Client,
     ConnectionLost,
     DbQueueError,
@@ -78,12 +79,12 @@ def test_read_confirm_timeout_requeues_to_the_front(server: ServerThread) -> Non
         client.create("jobs")
         first = client.send("jobs", b"first")
         client.send("jobs", b"second")
-        message = client.read("jobs", timeout_ms=30)
+        message = client.read("jobs", visibility_timeout=0.03)
         assert (message.id, message.deliveries) == (first, 1)
         server.wait_until(lambda: broker.entries()[first].held is None, what="the read to time out")
         with pytest.raises(Requeued):
             client.confirm(first)
-        again = client.read("jobs", timeout_ms=10_000)
+        again = client.read("jobs", visibility_timeout=10.0)
         assert again == Message(first, b"first", 2)  # at the front, ahead of "second"
         client.confirm(first)
         assert client.read("jobs").data == b"second"
@@ -94,7 +95,7 @@ def test_confirmed_in_time_never_comes_back(server: ServerThread) -> None:
     with Client.connect(server.address) as client:
         client.create("jobs")
         id_ = client.send("jobs", b"x")
-        assert client.read("jobs", timeout_ms=20).id == id_
+        assert client.read("jobs", visibility_timeout=0.02).id == id_
         client.confirm(id_)
         time.sleep(0.04)  # past the deadline and the sweep after it
         assert client.read("jobs") is None
@@ -219,7 +220,7 @@ def test_delete_queue_with_messages_in_flight(server: ServerThread) -> None:
         client.create("q")
         client.send("q", b"a")
         client.send("q", b"b")
-        held = client.read("q", timeout_ms=20)
+        held = client.read("q", visibility_timeout=0.02)
         client.delete("q")
         with pytest.raises(NoSuchMessage):
             client.confirm(held.id)
@@ -246,10 +247,11 @@ def test_read_timeout_out_of_range_is_refused_locally(address: str) -> None:
     with Client.connect(address) as client:
         client.create("q")
         with pytest.raises(ValueError):
-            client.read("q", timeout_ms=-1)
+            client.read("q", visibility_timeout=-0.001)
         with pytest.raises(ValueError):
-            client.read("q", timeout_ms=2**32)
-        assert client.read("q", timeout_ms=2**32 - 1) is None
+            client.read("q", visibility_timeout=2**32 / 1000)
+        assert client.read("q", visibility_timeout=(2**32 - 2) / 1000) is None  # the longest finite one
+        assert client.read("q", visibility_timeout=NEVER) is None
 
 
 def test_disconnect_returns_held_messages_to_the_front(server: ServerThread) -> None:
@@ -259,9 +261,9 @@ def test_disconnect_returns_held_messages_to_the_front(server: ServerThread) -> 
         for data in (b"a", b"b", b"c", b"d"):
             other.send("q", data)
         holder = Client.connect(server.address)
-        a = holder.read("q")  # timeout 0: only a disconnect brings it back
-        b = holder.read("q", timeout_ms=60_000)
-        c = holder.read("q", timeout_ms=60_000)  # timed: must come back at once, not after a minute
+        a = holder.read("q", visibility_timeout=NEVER)  # only a disconnect brings it back
+        b = holder.read("q", visibility_timeout=60.0)
+        c = holder.read("q", visibility_timeout=60.0)  # timed: must come back at once, not after a minute
         holder.confirm(b.id)
         assert other.read("q").data == b"d"  # "other" holds d while holder closes
         holder.close()
@@ -332,7 +334,7 @@ def test_pipeline_reports_requeued(server: ServerThread) -> None:
     with Client.connect(server.address) as client:
         client.create("q")
         id_ = client.send("q", b"a")
-        client.read("q", timeout_ms=10)
+        client.read("q", visibility_timeout=0.01)
         server.wait_until(lambda: broker.entries()[id_].held is None, what="the read to time out")
         results = client.pipeline().confirm(id_).read("q").execute()
         assert isinstance(results[0], Requeued)
@@ -453,15 +455,15 @@ def test_timeouts_fire_while_other_clients_keep_reading(server: ServerThread) ->
         busy.create("w")
         stuck.send("q", b"m1")
         stuck.send("q", b"m2")
-        m1 = stuck.read("q", timeout_ms=50)
+        m1 = stuck.read("q", visibility_timeout=0.05)
         time.sleep(0.004)
-        m2 = stuck.read("q", timeout_ms=50)  # due 4 ms after m1: pending when m1's sweep re-arms the timer
+        m2 = stuck.read("q", visibility_timeout=0.05)  # due 4 ms after m1: pending when m1's sweep re-arms the timer
         started = last = time.monotonic()
         worst_gap = 0.0
         requeued = None
         while time.monotonic() - started < 0.3:
             busy.send("w", b"x")
-            busy.confirm(busy.read("w", timeout_ms=60_000).id)
+            busy.confirm(busy.read("w", visibility_timeout=60.0).id)
             now = time.monotonic()
             worst_gap, last = max(worst_gap, now - last), now
             if server.call(lambda: broker.entries()[m2.id].held is None):

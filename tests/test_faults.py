@@ -69,9 +69,9 @@ def settled(server: ServerThread, name: str, ready: int, sessions: int = 0) -> C
 _SYNC_CHILD = """
 import sys, time
 from dbqueue import PipelinedClient
-from dbqueue.protocol import Read
+from dbqueue.protocol import NEVER_MS, Read
 connection = PipelinedClient.connect(sys.argv[1])
-connection.send_many([Read("q")] * {held})  # no timeout: only the end of the connection gives them back
+connection.send_many([Read("q", NEVER_MS)] * {held})  # no timeout: only the end of the connection gives them back
 held = [response.id for _, response in connection.receive({held})]
 # More pipelined behind, never answered: waiting reads on another queue, and half a frame.
 connection.send_many([Read("empty", 0, 60_000)] * 50)
@@ -87,7 +87,7 @@ from dbqueue import AsyncClient
 async def main():
     client = await AsyncClient.connect(sys.argv[1])
     held = await asyncio.gather(*(client.read("q") for _ in range({held})))
-    waiting = [asyncio.ensure_future(client.read("empty", wait_ms=60_000)) for _ in range(50)]
+    waiting = [asyncio.ensure_future(client.read("empty", wait=60.0)) for _ in range(50)]
     await asyncio.sleep(0.05)
     print("holding", *(message.id for message in held), flush=True)
     await asyncio.sleep(60)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pytest
 
 from dbqueue import (
+    NEVER,
     AsyncClient,
     Client,
     ConnectionLost,
@@ -173,7 +174,7 @@ def test_send_with_a_delay_is_readable_only_after_it_and_joins_the_back(
     client.create("q")
     a = client.send("q", b"a")
     started = time.monotonic()
-    late = client.send("q", b"late", delay_ms=50)
+    late = client.send("q", b"late", delay=0.05)
     b = client.send("q", b"b")
     assert len({a, late, b}) == 3
     assert client.read("q") == Message(a, b"a", 1)
@@ -194,10 +195,10 @@ def test_a_delayed_send_wakes_a_waiting_read_when_its_delay_ends(
     client = connect(server.address)
     client.create("q")
     started = time.monotonic()
-    id_ = client.send("q", b"later", delay_ms=40)
-    message = client.read("q", timeout_ms=10_000)
+    id_ = client.send("q", b"later", delay=0.04)
+    message = client.read("q", visibility_timeout=10.0)
     if message is None:  # as expected: not yet; a loaded machine may already be past the delay
-        message = client.read("q", timeout_ms=10_000, wait_ms=3_000)
+        message = client.read("q", visibility_timeout=10.0, wait=3.0)
     elapsed = time.monotonic() - started
     assert message == Message(id_, b"later", 1)
     assert 0.035 <= elapsed < QUICK
@@ -213,7 +214,7 @@ def test_a_waiting_read_is_woken_by_another_clients_send(
     client = connect(server.address)
     client.create("q")
     with Client.connect(server.address) as other:
-        pending = background(client.read, "q", 10_000, wait_ms=5_000)
+        pending = background(client.read, "q", visibility_timeout=10.0, wait=5.0)
         wait_for_waiting(server, "q", 1)
         assert not pending.done()
         sent = time.monotonic()
@@ -224,7 +225,7 @@ def test_a_waiting_read_is_woken_by_another_clients_send(
         assert client.stats("q")["waiting"] == 0 and client.stats("q")["in_flight"] == 1
         assert client.confirm(id_) is None
         # The woken read's timeout runs: the server's timer is armed for a message handed out on a wake.
-        pending = background(client.read, "q", 20, wait_ms=5_000)
+        pending = background(client.read, "q", visibility_timeout=0.02, wait=5.0)
         wait_for_waiting(server, "q", 1)
         id_ = other.send("q", b"unconfirmed")
         assert pending.result(timeout=3) == Message(id_, b"unconfirmed", 1)
@@ -232,7 +233,7 @@ def test_a_waiting_read_is_woken_by_another_clients_send(
         assert other.read("q") == Message(id_, b"unconfirmed", 2)
         assert other.confirm(id_) is None
         # A waiting batch read takes a whole batch sent at once.
-        pending = background(client.read_batch, "q", 5, 10_000, wait_ms=5_000)
+        pending = background(client.read_batch, "q", 5, visibility_timeout=10.0, wait=5.0)
         wait_for_waiting(server, "q", 1)
         ids = other.send_batch("q", [b"1", b"2", b"3"])
         assert pending.result(timeout=3) == [Message(i, d, 1) for i, d in zip(ids, [b"1", b"2", b"3"])]
@@ -243,10 +244,10 @@ def test_a_waiting_read_that_runs_out_answers_none(server: ServerThread, connect
     client = connect(server.address)
     client.create("q")
     started = time.monotonic()
-    assert client.read("q", wait_ms=40) is None
+    assert client.read("q", wait=0.04) is None
     assert 0.035 <= time.monotonic() - started < QUICK
     started = time.monotonic()
-    assert client.read_batch("q", 10, wait_ms=30) == []
+    assert client.read_batch("q", 10, wait=0.03) == []
     assert 0.025 <= time.monotonic() - started < QUICK
     assert client.stats("q")["waiting"] == 0
     id_ = client.send("q", b"after")  # nobody took it
@@ -259,7 +260,7 @@ def test_a_waiting_read_on_a_deleted_queue_is_no_such_queue(
     client = connect(server.address)
     client.create("gone")
     with Client.connect(server.address) as other:
-        pending = background(client.read, "gone", wait_ms=5_000)
+        pending = background(client.read, "gone", wait=5.0)
         wait_for_waiting(server, "gone", 1)
         deleted = time.monotonic()
         other.delete("gone")
@@ -267,7 +268,7 @@ def test_a_waiting_read_on_a_deleted_queue_is_no_such_queue(
             pending.result(timeout=3)
         assert time.monotonic() - deleted < QUICK
         client.create("gone")
-        pending = background(client.read_batch, "gone", 3, wait_ms=5_000)
+        pending = background(client.read_batch, "gone", 3, wait=5.0)
         wait_for_waiting(server, "gone", 1)
         other.delete("gone")
         with pytest.raises(NoSuchQueue):
@@ -294,8 +295,8 @@ def test_a_waiting_read_whose_async_client_closes_is_retired(server: ServerThrea
     async def main() -> None:
         client = await AsyncClient.connect(server.address)
         await client.create("q")
-        pending = asyncio.ensure_future(client.read("q", wait_ms=60_000))
-        batch = asyncio.ensure_future(client.read_batch("q", 5, wait_ms=60_000))
+        pending = asyncio.ensure_future(client.read("q", wait=60.0))
+        batch = asyncio.ensure_future(client.read_batch("q", 5, wait=60.0))
         while server.call(lambda: server.server.broker.queues[b"q"].waiting) < 2:
             await asyncio.sleep(0.002)
         await client.close()
@@ -324,7 +325,7 @@ def test_send_batch_read_batch_confirm_batch(server: ServerThread, connect: Call
     payloads = [b"a", b"", b"c" * 100]
     ids = client.send_batch("q", payloads)
     assert len(set(ids)) == 3
-    assert client.read_batch("q", 2, timeout_ms=10_000) == [Message(ids[0], b"a", 1), Message(ids[1], b"", 1)]
+    assert client.read_batch("q", 2, visibility_timeout=10.0) == [Message(ids[0], b"a", 1), Message(ids[1], b"", 1)]
     assert client.read_batch("q", 10) == [Message(ids[2], b"c" * 100, 1)]
     assert client.read_batch("q", 10) == []
     results = client.confirm_batch([ids[0], 424_242, ids[2], ids[1]])
@@ -334,7 +335,7 @@ def test_send_batch_read_batch_confirm_batch(server: ServerThread, connect: Call
     assert (stats["enqueued"], stats["confirmed"], stats["ready"], stats["in_flight"]) == (3, 3, 0, 0)
     # A confirm that comes too late is reported as a Requeued value, not raised.
     late = client.send("q", b"late")
-    assert [m.id for m in client.read_batch("q", 1, timeout_ms=10)] == [late]
+    assert [m.id for m in client.read_batch("q", 1, visibility_timeout=0.01)] == [late]
     server.wait_until(lambda: figure(server, "q", "ready") == 1, what="the read to time out")
     assert [type(r) for r in client.confirm_batch([late])] == [Requeued]
 
@@ -372,31 +373,31 @@ def test_touch_and_release(server: ServerThread, connect: Callable[[str], Any]) 
     client.create("q")
     a = client.send("q", b"a")
     b = client.send("q", b"b")
-    message = client.read("q", timeout_ms=20)
+    message = client.read("q", visibility_timeout=0.02)
     assert message == Message(a, b"a", 1)
-    assert client.touch(a, 60_000) is None
+    assert client.touch(a, visibility_timeout=60.0) is None
     time.sleep(0.05)  # past the first deadline and the sweep after it
     stats = client.stats("q")
     assert (stats["in_flight"], stats["ready"], stats["requeued"]) == (1, 1, 0)  # the touch held it
     assert client.release(a) is None
     assert client.read("q") == Message(a, b"a", 2)  # back at the front
-    assert client.release(a, delay_ms=30) is None
+    assert client.release(a, delay=0.03) is None
     assert client.stats("q")["delayed"] == 1
     assert client.read("q") == Message(b, b"b", 1)
     assert client.read("q") is None
-    assert client.read("q", wait_ms=3_000) == Message(a, b"a", 3)
+    assert client.read("q", wait=3.0) == Message(a, b"a", 3)
     assert client.confirm_batch([a, b]) == [None, None]
     with pytest.raises(NoSuchMessage):
-        client.touch(999_999_999, 10)
+        client.touch(999_999_999, visibility_timeout=0.01)
     with pytest.raises(NoSuchMessage):
         client.release(999_999_999)
     with pytest.raises(NoSuchMessage):
-        client.touch(a, 10)  # confirmed
+        client.touch(a, visibility_timeout=0.01)  # confirmed
     late = client.send("q", b"late")
-    client.read("q", timeout_ms=10)
+    client.read("q", visibility_timeout=0.01)
     server.wait_until(lambda: figure(server, "q", "ready") == 1, what="the read to time out")
     with pytest.raises(Requeued):
-        client.touch(late, 10_000)
+        client.touch(late, visibility_timeout=10.0)
     with pytest.raises(Requeued):
         client.release(late)
     assert client.read("q") == Message(late, b"late", 2)
@@ -411,8 +412,8 @@ def test_purge_stats_and_list_queues(server: ServerThread, connect: Callable[[st
     client.create("other")
     for data in (b"1", b"2", b"3"):
         client.send("p", data)
-    client.send("p", b"later", delay_ms=60_000)
-    held = client.read("p", timeout_ms=60_000)
+    client.send("p", b"later", delay=60.0)
+    held = client.read("p", visibility_timeout=60.0)
     assert client.purge("p") == 3  # two ready, one delayed; the one in flight stays
     assert client.stats("p") == {
         "name": "p",
@@ -459,7 +460,7 @@ def test_max_deliveries_moves_a_message_to_the_dead_letter_queue(
     assert (stats["max_deliveries"], stats["dead_letter_queue"]) == (2, "dlq")
     id_ = client.send("jobs", b"poison")
     assert client.release(client.read("jobs").id) is None  # delivery 1: back
-    assert client.read("jobs", timeout_ms=10) == Message(id_, b"poison", 2)  # delivery 2: times out
+    assert client.read("jobs", visibility_timeout=0.01) == Message(id_, b"poison", 2)  # delivery 2: times out
     server.wait_until(lambda: figure(server, "jobs", "dead_lettered") == 1, what="the dead-lettering")
     dead = client.read("dlq")
     assert (dead.data, dead.deliveries) == (b"poison", 1) and dead.id != id_
@@ -496,15 +497,15 @@ def test_out_of_range_arguments_are_refused_locally(server: ServerThread, connec
     client = connect(server.address)
     client.create("q")
     refused: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
-    for bad in (-1, U32_MAX + 1):
+    for bad in (-0.001, (U32_MAX + 1) / 1000):
         refused += [
-            ("send", ("q", b"x"), {"delay_ms": bad}),
-            ("read", ("q", bad), {}),
-            ("read", ("q",), {"wait_ms": bad}),
-            ("read_batch", ("q", 1, bad), {}),
-            ("read_batch", ("q", 1), {"wait_ms": bad}),
-            ("touch", (1, bad), {}),
-            ("release", (1, bad), {}),
+            ("send", ("q", b"x"), {"delay": bad}),
+            ("read", ("q",), {"visibility_timeout": bad}),
+            ("read", ("q",), {"wait": bad}),
+            ("read_batch", ("q", 1), {"visibility_timeout": bad}),
+            ("read_batch", ("q", 1), {"wait": bad}),
+            ("touch", (1,), {"visibility_timeout": bad}),
+            ("release", (1,), {"delay": bad}),
         ]
     refused += [
         ("read_batch", ("q", 0), {}),
@@ -517,8 +518,8 @@ def test_out_of_range_arguments_are_refused_locally(server: ServerThread, connec
             getattr(client, name)(*args, **kwargs)
     # Nothing was sent: the server saw none of it and the connection is in step.
     assert client.stats("q")["enqueued"] == 0
-    id_ = client.send("q", b"ok", delay_ms=U32_MAX)  # the largest delay is fine
-    assert client.read("q", U32_MAX, wait_ms=0) is None
+    id_ = client.send("q", b"ok", delay=U32_MAX / 1000)  # the largest delay is fine
+    assert client.read("q", visibility_timeout=NEVER, wait=0) is None
     assert client.stats("q")["delayed"] == 1
     assert id_ > 0
 
@@ -568,7 +569,7 @@ def test_a_batch_item_over_the_size_limit_is_message_too_large(
     with pytest.raises(MessageTooLarge):
         client.send_batch("q", [b"ok", b"x" * 101])
     with pytest.raises(MessageTooLarge):
-        client.send("q", b"x" * 101, delay_ms=10)
+        client.send("q", b"x" * 101, delay=0.01)
     assert client.stats("q")["enqueued"] == 0  # none of the batch went in
     assert client.send_batch("q", [b"x" * 100]) != []  # the connection is in step
 
@@ -584,7 +585,7 @@ def test_a_request_over_the_frame_limit_is_refused_locally(
         if command == "send_batch":
             client.send_batch("q", [b"x" * 100] * 10)  # every item fits; the batch does not
         else:
-            client.send("q", b"x" * 1000, delay_ms=10)
+            client.send("q", b"x" * 1000, delay=0.01)
     assert client.stats("q")["enqueued"] == 0  # nothing was sent: the server would have closed the connection
     assert client.send_batch("q", [b"x" * 100, b"y" * 100]) != []  # a batch within the frame limit is fine
 
@@ -595,11 +596,13 @@ def test_a_request_over_the_frame_limit_is_refused_locally(
 def test_pipeline_returns_errors_of_the_new_commands_as_values_in_order(server: ServerThread) -> None:
     with Client.connect(server.address) as client:
         pipe = client.pipeline()
-        pipe.create("dlq").create("jobs", 3, max_deliveries=1, dead_letter_queue="dlq")
+        pipe.create("dlq").create("jobs", capacity=3, max_deliveries=1, dead_letter_queue="dlq")
         pipe.create("bad", dead_letter_queue="missing").create("loop", dead_letter_queue="loop")
-        pipe.send("jobs", b"later", delay_ms=60_000).send_batch("jobs", [b"a", b"b"]).send_batch("jobs", [b"c"])
-        pipe.send_batch("missing", [b"x"]).read_batch("jobs", 5, timeout_ms=60_000).read_batch("missing", 1)
-        pipe.touch(999_999_999, 10).release(999_999_999).purge("missing").stats("missing").purge("jobs")
+        pipe.send("jobs", b"later", delay=60.0).send_batch("jobs", [b"a", b"b"]).send_batch("jobs", [b"c"])
+        pipe.send_batch("missing", [b"x"]).read_batch("jobs", 5, visibility_timeout=60.0).read_batch("missing", 1)
+        pipe.touch(999_999_999, visibility_timeout=0.01).release(999_999_999).purge("missing").stats("missing").purge(
+            "jobs"
+        )
         pipe.stats("jobs").list_queues().confirm_batch([999_999_999])
         assert len(pipe) == 18
         results = pipe.execute()
@@ -629,7 +632,7 @@ def test_a_pipelined_waiting_read_is_woken_by_a_send_later_in_the_same_pipeline(
     with Client.connect(server.address) as client:
         client.create("q")
         started = time.monotonic()
-        results = client.pipeline().read("q", wait_ms=5_000).send("q", b"x").read("q").execute()
+        results = client.pipeline().read("q", wait=5.0).send("q", b"x").read("q").execute()
         assert time.monotonic() - started < QUICK
         id_ = results[1]
         assert results == [Message(id_, b"x", 1), id_, None]
@@ -645,13 +648,13 @@ def test_a_pending_waiting_read_does_not_block_the_same_async_connection(server:
             await AsyncClient.connect(server.address) as other,
         ):
             await asyncio.gather(client.create("slow"), client.create("busy"), client.create("batch"))
-            pending = asyncio.ensure_future(client.read("slow", 10_000, wait_ms=2_000))
+            pending = asyncio.ensure_future(client.read("slow", visibility_timeout=10.0, wait=2.0))
             while server.call(lambda: server.server.broker.queues[b"slow"].waiting) == 0:
                 await asyncio.sleep(0.002)
             started = time.monotonic()
             for i in range(20):  # sends, reads and confirms on other queues go through at once
                 id_ = await client.send("busy", b"%d" % i)
-                assert await client.read("busy", 10_000) == Message(id_, b"%d" % i, 1)
+                assert await client.read("busy", visibility_timeout=10.0) == Message(id_, b"%d" % i, 1)
                 assert await client.confirm(id_) is None
             ids = await client.send_batch("batch", [b"a", b"b"])
             assert [m.id for m in await client.read_batch("batch", 5)] == ids
@@ -674,7 +677,7 @@ def test_concurrent_waiting_reads_on_one_async_connection_each_get_one_message(s
     async def main() -> None:
         async with await AsyncClient.connect(server.address) as client:
             await client.create("q")
-            readers = [asyncio.ensure_future(client.read("q", wait_ms=3_000)) for _ in range(5)]
+            readers = [asyncio.ensure_future(client.read("q", wait=3.0)) for _ in range(5)]
             while server.call(lambda: server.server.broker.queues[b"q"].waiting) < 5:
                 await asyncio.sleep(0.002)
             ids = await client.send_batch("q", [b"%d" % i for i in range(5)])
@@ -698,8 +701,8 @@ def test_a_blocking_waiting_read_may_wait_longer_than_the_socket_timeout(server:
         client.create("q")
         face: Any = client if flavour == "client" else ViaPipeline(client)
         started = time.monotonic()
-        assert face.read("q", wait_ms=150) is None
+        assert face.read("q", wait=0.15) is None
         assert time.monotonic() - started >= 0.14
-        assert face.read_batch("q", 2, wait_ms=120) == []
+        assert face.read_batch("q", 2, wait=0.12) == []
         id_ = face.send("q", b"x")
         assert face.read("q") == Message(id_, b"x", 1)  # in step afterwards

@@ -136,7 +136,7 @@ def test_a_full_disk_refuses_what_it_cannot_store_and_recovers_by_itself(server_
         assert consumer.stats("q")["ready"] == len(acked)
         read: list[Message] = []
         for _ in range(300):
-            message = consumer.read("q", timeout_ms=60_000)
+            message = consumer.read("q", visibility_timeout=60.0)
             assert message is not None
             read.append(message)
         assert [(m.id, m.data) for m in read] == acked[:300]
@@ -210,7 +210,7 @@ def test_a_start_on_a_full_disk_serves_what_the_store_holds(tmp_path: Path, disk
         server.start()  # starts all the same
         with server.client() as client:
             assert client.stats("q")["ready"] == len(acked)
-            message = client.read("q", timeout_ms=60_000)
+            message = client.read("q", visibility_timeout=60.0)
             assert message is not None and (message.id, message.data) == acked[0]
             with pytest.raises(StoreUnavailable):  # nothing can be written: the change is refused, not promised
                 client.confirm(message.id)

@@ -483,7 +483,7 @@ def test_fuzz_soak_against_a_live_server(tmp_path: Path) -> None:
                 # And the server serves as before.
                 checker.create("after")
                 id_ = checker.send("after", b"still here")
-                assert checker.read("after", timeout_ms=1000).id == id_
+                assert checker.read("after", visibility_timeout=1.0).id == id_
                 checker.confirm(id_)
                 checker.delete("after")
             time.sleep(0.2)

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import pytest
 
 from conftest import ServerThread
-from dbqueue import AsyncClient, Client, Message, NoSuchMessage
+from dbqueue import NEVER, AsyncClient, Client, Message, NoSuchMessage
 from dbqueue.client.group import AsyncGroupClient, GroupClient, member_of
 from dbqueue.client.group import plans as group_plans
 from dbqueue.protocol import Enqueue
@@ -207,7 +207,7 @@ def test_discovery_from_one_address_reaches_every_member(group: Group, connect: 
 
 def test_create_and_delete_reach_every_member(group: Group, connect: Callable[..., Any]) -> None:
     client = connect(group.addresses)
-    client.create("q", 5)
+    client.create("q", capacity=5)
     assert group.column("q", "capacity") == [5, 5, 5]
     client.delete("q")
     assert [queues for queues in (direct.list_queues() for direct in group.direct)] == [[], [], []]
@@ -248,7 +248,7 @@ def test_read_takes_messages_from_every_member(group: Group, connect: Callable[.
     client = connect(group.addresses)
     client.create("q")
     sent = {direct.send("q", b"at-%d-%d" % (index, i)) for index, direct in enumerate(group.direct) for i in range(4)}
-    got = [client.read("q", 10_000) for _ in range(12)]
+    got = [client.read("q", visibility_timeout=10.0) for _ in range(12)]
     assert {message.id for message in got} == sent
     assert client.read("q") is None
     assert client.read_batch("q", 5) == []
@@ -259,7 +259,7 @@ def test_read_batch_gathers_from_several_members(group: Group, connect: Callable
     client.create("q")
     for index, direct in enumerate(group.direct):
         direct.send_batch("q", [b"%d" % index] * 2)
-    got = client.read_batch("q", 6, 10_000)
+    got = client.read_batch("q", 6, visibility_timeout=10.0)
     assert sorted(message.data for message in got) == [b"0", b"0", b"1", b"1", b"2", b"2"]
 
 
@@ -270,7 +270,7 @@ def test_a_waiting_read_is_woken_by_a_send_to_any_member(
     client = connect(group.addresses)
     client.create("q")
     started = time.monotonic()
-    read = in_thread(lambda: client.read("q", 10_000, wait_ms=5_000))
+    read = in_thread(lambda: client.read("q", visibility_timeout=10.0, wait=5.0))
     wait_until_waiting(group, "q")
     id_ = group.direct[member].send("q", b"wake up")
     assert read() == Message(id_, b"wake up", 1)
@@ -284,14 +284,14 @@ def test_a_waiting_read_returns_empty_after_wait_ms(group: Group, connect: Calla
     client = connect(group.addresses)
     client.create("q")
     started = time.monotonic()
-    assert client.read("q", 1_000, wait_ms=300) is None
+    assert client.read("q", visibility_timeout=1.0, wait=0.3) is None
     assert 0.25 < time.monotonic() - started < 2.0
 
 
 def test_a_waiting_read_holds_one_message_when_every_member_answers(group: Group, connect: Callable[..., Any]) -> None:
     client = connect(group.addresses)
     client.create("q")
-    read = in_thread(lambda: client.read("q", 0, wait_ms=5_000))  # timeout 0: held until confirmed
+    read = in_thread(lambda: client.read("q", visibility_timeout=NEVER, wait=5.0))  # held until confirmed
     wait_until_waiting(group, "q")
     for direct in group.direct:  # one message on every member: all three waiting reads answer
         direct.send("q", b"x")
@@ -309,11 +309,11 @@ def test_an_abandoned_waiting_read_does_not_starve_another_consumer(group: Group
     # Consumer B waits next; a message sent to member 1 must reach B, not A's stale wait there.
     first, second = connect(group.addresses), connect(group.addresses)
     first.create("q")
-    read = in_thread(lambda: first.read("q", 0, wait_ms=3_000))
+    read = in_thread(lambda: first.read("q", visibility_timeout=NEVER, wait=3.0))
     wait_until_waiting(group, "q")
     group.direct[0].send("q", b"for A")
     assert read().data == b"for A"
-    read = in_thread(lambda: second.read("q", 0, wait_ms=1_000))
+    read = in_thread(lambda: second.read("q", visibility_timeout=NEVER, wait=1.0))
     time.sleep(0.2)  # B's waits are registered (A's stale ones, if any, too)
     id_ = group.direct[1].send("q", b"for B")
     started = time.monotonic()
@@ -331,14 +331,14 @@ def test_confirm_touch_and_release_go_to_the_member_that_handed_the_message_out(
     client.create("q")
     for direct in group.direct:
         direct.send_batch("q", [b"a", b"b"])
-    got = client.read_batch("q", 6, 10_000)
+    got = client.read_batch("q", 6, visibility_timeout=10.0)
     assert sorted(member_of(message.id) for message in got) == [0, 0, 1, 1, 2, 2]
     by_member: dict[int, list[int]] = {}
     for message in got:
         by_member.setdefault(member_of(message.id), []).append(message.id)
     for confirmed, touched in by_member.values():
         client.confirm(confirmed)
-        client.touch(touched, 60_000)
+        client.touch(touched, visibility_timeout=60.0)
     assert group.column("q", "confirmed") == [1, 1, 1]
     for _, released in by_member.values():
         client.release(released)
@@ -353,7 +353,7 @@ def test_confirm_batch_splits_by_member_and_keeps_the_order(group: Group, connec
     client.create("q")
     for direct in group.direct:
         direct.send_batch("q", [b"a", b"b"])
-    ids = [message.id for message in client.read_batch("q", 6, 10_000)]
+    ids = [message.id for message in client.read_batch("q", 6, visibility_timeout=10.0)]
     unknown = (1 << group_plans.MEMBER_SHIFT) + 999_999  # member 1 never handed this out
     mixed = [ids[5], unknown, ids[0], ids[3], ids[1], ids[4], ids[2]]
     results = client.confirm_batch(mixed)
@@ -373,7 +373,7 @@ def test_the_group_pipeline_routes_each_command_and_keeps_request_order(group: G
         assert group.column("q", "ready") == [2, 2, 2]
         with client.pipeline() as pipeline:
             for _ in range(7):
-                pipeline.read("q", 10_000)
+                pipeline.read("q", visibility_timeout=10.0)
             got = pipeline.execute()
         messages = [message for message in got if message is not None]
         assert sorted(message.id for message in messages) == sorted(ids)
@@ -400,7 +400,7 @@ def test_clients_carry_on_without_a_member_and_reconnect_when_it_returns(
     group.stop(1)
     ids = [client.send("q", b"while down %d" % i) for i in range(12)]
     assert sorted({member_of(id_) for id_ in ids}) == [0, 2]
-    got = client.read_batch("q", 12, 10_000)
+    got = client.read_batch("q", 12, visibility_timeout=10.0)
     assert sorted(message.id for message in got) == sorted(ids)
     assert client.confirm_batch([message.id for message in got]) == [None] * 12
     assert client.stats("q")["members"] == 2
@@ -415,7 +415,7 @@ def test_clients_carry_on_without_a_member_and_reconnect_when_it_returns(
     ids = [client.send("q", b"back %d" % i) for i in range(12)]
     assert sorted({member_of(id_) for id_ in ids}) == [0, 1, 2]
     assert group.direct[1].stats("q")["max_deliveries"] == 5  # recreated with its options
-    got = client.read_batch("q", 12, 10_000)
+    got = client.read_batch("q", 12, visibility_timeout=10.0)
     assert sorted(message.id for message in got) == sorted(ids)
     assert client.confirm_batch([message.id for message in got]) == [None] * 12
     assert client.stats("q")["members"] == 3
@@ -441,7 +441,7 @@ def test_a_member_that_refuses_the_queues_back_is_not_left_connected(
 def test_a_waiting_read_survives_a_member_going_down(group: Group, connect: Callable[..., Any]) -> None:
     client = connect(group.addresses, timeout=2.0)
     client.create("q")
-    read = in_thread(lambda: client.read("q", 10_000, wait_ms=5_000))
+    read = in_thread(lambda: client.read("q", visibility_timeout=10.0, wait=5.0))
     wait_until_waiting(group, "q")
     group.stop(2)
     time.sleep(0.1)
@@ -507,7 +507,7 @@ def test_addresses_in_any_order_still_route_confirms(group: Group, connect: Call
     client.create("q")
     for direct in group.direct:
         direct.send("q", b"x")
-    got = client.read_batch("q", 3, 10_000)
+    got = client.read_batch("q", 3, visibility_timeout=10.0)
     assert client.confirm_batch([message.id for message in got]) == [None, None, None]
 
 
@@ -530,7 +530,7 @@ def test_async_waiting_read_returns_at_most_max_messages(group: Group) -> None:
         client = await AsyncGroupClient.connect(group.addresses)
         try:
             await client.create("q")
-            reading = asyncio.ensure_future(client.read_batch("q", 1, 0, wait_ms=5_000))
+            reading = asyncio.ensure_future(client.read_batch("q", 1, visibility_timeout=NEVER, wait=5.0))
             while group.column("q", "waiting") != [1, 1, 1]:
                 await asyncio.sleep(0.01)
             for direct in group.direct:  # the loop is held: all three answers are in by its next turn
@@ -551,7 +551,7 @@ def test_a_read_cancelled_after_its_answer_came_releases_its_message(group: Grou
         client = await AsyncClient.connect(group.addresses[0])
         try:
             await client.create("q")
-            reading = asyncio.ensure_future(client.read("q", 0, wait_ms=5_000))
+            reading = asyncio.ensure_future(client.read("q", visibility_timeout=NEVER, wait=5.0))
             while group.direct[0].stats("q")["waiting"] != 1:
                 await asyncio.sleep(0.01)
             # Due together on the loop's next turn: the answer's I/O callback runs first, then the

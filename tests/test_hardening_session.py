@@ -270,13 +270,13 @@ def test_a_flood_past_the_memory_budget_is_refused_and_drains(server_factory: Ca
             assert all(isinstance(result, OverMemoryBudget) for result in pipeline.execute())
         for send in (
             lambda: producer.send_batch("other", [b"x", b"y"]),
-            lambda: producer.send("other", b"z", delay_ms=10),
+            lambda: producer.send("other", b"z", delay=0.01),
         ):
             with pytest.raises(OverMemoryBudget):
                 send()
         assert queued_bytes(server) == BUDGET
         # In flight still counts; confirmed, it is gone: the consumer drains and the producer goes on.
-        batch = consumer.read_batch("flood", 100, timeout_ms=60_000)
+        batch = consumer.read_batch("flood", 100, visibility_timeout=60.0)
         with pytest.raises(OverMemoryBudget):
             producer.send("other", KIB)
         assert consumer.confirm_batch([message.id for message in batch]) == [None] * len(batch)
@@ -319,7 +319,7 @@ def test_a_queue_full_of_bytes_answers_full(server_factory: Callable[..., Server
             client.send_batch("small", [b"a"] * 1000)
         client.send("small", bytes(952))  # exactly at the capacity
         client.send_batch("else", [KIB, KIB])  # another queue has its own
-        message = client.read("small", timeout_ms=60_000)
+        message = client.read("small", visibility_timeout=60.0)
         assert message is not None
         with pytest.raises(QueueFull):  # in flight still counts
             client.send("small", b"x")
@@ -336,7 +336,7 @@ def test_sends_and_queue_changes_wait_for_the_store(server_factory: Callable[...
         for change in (
             lambda: client.send("q", b"x"),
             lambda: client.send_batch("q", [b"x"]),
-            lambda: client.send("q", b"x", delay_ms=5),
+            lambda: client.send("q", b"x", delay=0.005),
             lambda: client.create("new"),
             lambda: client.purge("q"),
             lambda: client.delete("q"),
@@ -358,15 +358,15 @@ def test_a_late_confirm_does_not_settle_another_consumers_delivery(server: Serve
     with Client.connect(server.address) as first, Client.connect(server.address) as second:
         first.create("q")
         first.send("q", b"job")
-        late = first.read("q", timeout_ms=50)
+        late = first.read("q", visibility_timeout=0.05)
         assert late is not None
         time.sleep(0.1)
-        again = second.read("q", timeout_ms=60_000)
+        again = second.read("q", visibility_timeout=60.0)
         assert again is not None and (again.id, again.deliveries) == (late.id, 2)
         with pytest.raises(Requeued):  # it went on to another consumer
             first.confirm(late.id)
         with pytest.raises(Requeued):
-            first.touch(late.id, 1000)
+            first.touch(late.id, visibility_timeout=1.0)
         with pytest.raises(Requeued):
             first.release(late.id)
         assert first.confirm_batch([late.id])[0].__class__ is Requeued
@@ -379,9 +379,9 @@ def test_every_confirm_path_settles_only_the_connections_own(server: ServerThrea
     with Client.connect(server.address) as reader, Client.connect(server.address) as stranger:
         reader.create("q")
         reader.send_batch("q", [b"m%d" % i for i in range(40)])
-        batch = reader.read_batch("q", 8, timeout_ms=60_000)  # a block, confirmed whole from its column
+        batch = reader.read_batch("q", 8, visibility_timeout=60.0)  # a block, confirmed whole from its column
         ids = [message.id for message in batch]
-        singles = [reader.read("q", timeout_ms=60_000) for _ in range(4)]
+        singles = [reader.read("q", visibility_timeout=60.0) for _ in range(4)]
         lone = [message.id for message in singles if message is not None]
         raw = server.raw()  # a run of confirms in one write
         raw.send(b"".join(encode(100 + i, Confirm(id_)) for i, id_ in enumerate(lone)))
@@ -391,7 +391,7 @@ def test_every_confirm_path_settles_only_the_connections_own(server: ServerThrea
         ] * len(lone)
         for attempt in (
             lambda: stranger.confirm(lone[0]),
-            lambda: stranger.touch(lone[0], 10),
+            lambda: stranger.touch(lone[0], visibility_timeout=0.01),
             lambda: stranger.release(lone[0]),
         ):
             with pytest.raises(NoSuchMessage):

@@ -24,6 +24,7 @@ import pytest
 
 from child_server import ChildServer
 from dbqueue import (
+    NEVER,
     AsyncClient,
     Client,
     ConnectionLost,
@@ -207,7 +208,7 @@ def test_a_timed_out_message_frees_room(server_factory: Factory) -> None:
     with Client.connect(server.address) as client:
         client.create("q")
         client.send_batch("q", [b"a", b"b"])
-        assert client.read("q", timeout_ms=100).data == b"a"
+        assert client.read("q", visibility_timeout=0.1).data == b"a"
         with pytest.raises(LimitExceeded):
             client.read("q")
         time.sleep(0.25)
@@ -311,7 +312,7 @@ def test_deleting_a_queue_frees_its_delayed_messages(server_factory: Factory) ->
             client.create("q", capacity=100)
             client.send_batch("q", [b"ready"] * 10)
             for _ in range(90):
-                client.send("q", b"x" * 10_000, delay_ms=3_600_000)
+                client.send("q", b"x" * 10_000, delay=3600.0)
             client.delete("q")
     left = server.call(lambda: len(server.server.broker.entries()))
     assert left == 0, f"{left} messages of deleted queues are still held in memory"
@@ -330,14 +331,14 @@ def test_messages_dropped_or_confirmed_free_their_memory(server_factory: Factory
                 client.create("q", capacity=100)
                 pipe = client.pipeline()
                 for _ in range(100):
-                    pipe.send("q", b"x" * 10_000, delay_ms=0 if how == "confirm" else 3_600_000)
+                    pipe.send("q", b"x" * 10_000, delay=0 if how == "confirm" else 3600.0)
                 pipe.execute(raise_on_error=True)
                 if how == "delete":
                     client.delete("q")
                 elif how == "purge":
                     client.purge("q")
                 else:
-                    messages = client.read_batch("q", 100, timeout_ms=3_600_000)
+                    messages = client.read_batch("q", 100, visibility_timeout=3600.0)
                     assert client.confirm_batch([m.id for m in messages]) == [None] * 100
             server.call(gc.collect)
             kept = tracemalloc.get_traced_memory()[0] - before
@@ -356,7 +357,9 @@ def test_idle_connections_are_closed_and_their_messages_requeued(server_factory:
         client.create("q")
         client.send("q", b"held by the idle one")
         idle = Client.connect(server.address)
-        assert idle.read("q").data == b"held by the idle one"  # no timeout: held until the connection goes
+        assert (
+            idle.read("q", visibility_timeout=NEVER).data == b"held by the idle one"
+        )  # held until the connection goes
         started = time.monotonic()
         # Meanwhile the active client keeps its connection by using it.
         while time.monotonic() - started < 1.0:
@@ -389,13 +392,13 @@ def test_a_waiting_read_is_not_idle(server_factory: Factory) -> None:
 
     def wait_for_a_message() -> Message | None:
         with Client.connect(server.address) as reader:
-            return reader.read("q", wait_ms=5000)  # type: ignore[no-any-return]
+            return reader.read("q", wait=5.0)  # type: ignore[no-any-return]
 
     with ThreadPoolExecutor(max_workers=1) as pool:
         woken = pool.submit(wait_for_a_message)
         with Client.connect(server.address) as client:
             started = time.monotonic()
-            assert client.read("empty", wait_ms=1200) is None  # four idle timeouts long: answered, not cut off
+            assert client.read("empty", wait=1.2) is None  # four idle timeouts long: answered, not cut off
             assert time.monotonic() - started >= 1.1
         with Client.connect(server.address) as producer:
             producer.send("q", b"late")  # the other reader has waited four idle timeouts by now
@@ -408,7 +411,7 @@ def test_the_idle_clock_restarts_when_a_waiting_read_ends(server_factory: Factor
     server = server_factory(idle_timeout=0.5)
     with Client.connect(server.address) as client:
         client.create("q")
-        assert client.read("q", wait_ms=1500) is None
+        assert client.read("q", wait=1.5) is None
         time.sleep(0.2)  # well within the idle timeout
         client.stats("q")
 

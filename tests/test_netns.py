@@ -39,13 +39,13 @@ from pathlib import Path
 
 import pytest
 
-from dbqueue import Client, ConnectionLost, DbQueueError
+from dbqueue import NEVER, Client, ConnectionLost, DbQueueError
 from dbqueue.client.group import GroupClient, member_of
 
 HOSTS = 3
 PORT = 3000
 CLIENT_TIMEOUT = 1.0  # seconds a group client waits on a silent member before failing over
-READ_TIMEOUT_MS = 5_000  # in-flight timeout: well above what a consumer may block on a cut-off member
+READ_TIMEOUT = 5.0  # seconds: the in-flight timeout: well above what a consumer may block on a cut-off member
 PRODUCERS = 3
 CONSUMERS = 3
 BEFORE_CUT = 1.5
@@ -249,7 +249,7 @@ class Load:
         with GroupClient.connect(self.first_address, CLIENT_TIMEOUT, token=TOKEN) as group:
             while self.consuming.is_set():
                 started = time.monotonic()
-                got = group.read_batch("q", 16, READ_TIMEOUT_MS)
+                got = group.read_batch("q", 16, visibility_timeout=READ_TIMEOUT)
                 if not got:
                     time.sleep(0.005)
                     continue
@@ -286,7 +286,7 @@ def test_a_host_cut_off_mid_load_loses_nothing(lan: Lan) -> None:
         # connection closes), and dies while the host is cut off: its FIN is lost with the link.
         stalled = Client.connect(lan.addresses[cut], timeout=5.0, token=TOKEN)
         pipeline = stalled.pipeline()
-        pipeline.send_batch("q", [b"held-%d" % i for i in range(HELD)]).read_batch("q", HELD, 0)
+        pipeline.send_batch("q", [b"held-%d" % i for i in range(HELD)]).read_batch("q", HELD, visibility_timeout=NEVER)
         sent_ids, held = pipeline.execute(raise_on_error=True)
         now = time.monotonic()
         held_ids = [message.id for message in held]

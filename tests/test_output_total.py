@@ -96,7 +96,7 @@ def test_unread_replies_over_all_connections_are_bounded_largest_first(
         for _ in range(OFFENDERS):
             offenders.append(Offender(server.host_port))
             probe.send("q", b"probe")  # the probe is served all along
-            message = probe.read("q", timeout_ms=60_000)
+            message = probe.read("q", visibility_timeout=60.0)
             assert message is not None and message.data == b"probe"
             probe.confirm(message.id)
         time.sleep(0.2)

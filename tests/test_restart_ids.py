@@ -27,7 +27,7 @@ def test_an_in_memory_server_restarted_hands_out_no_id_twice(server_factory: Fac
     with Client.connect(first.address) as client:
         client.create("q")
         before = [client.send("q", b"%d" % i) for i in range(50)] + client.send_batch("q", [b"b"] * 50)
-        held = client.read("q", timeout_ms=60_000)  # a consumer holds one when the server goes
+        held = client.read("q", visibility_timeout=60.0)  # a consumer holds one when the server goes
         assert held is not None
     first.stop()
     second = server_factory()

@@ -76,7 +76,7 @@ def response(connection: RawConnection) -> tuple[int, object]:
 def round_trip(client: Client, queue: str = "q") -> None:
     client.create(queue)
     id_ = client.send(queue, b"payload")
-    message = client.read(queue, timeout_ms=10_000)
+    message = client.read(queue, visibility_timeout=10.0)
     assert (message.id, message.data) == (id_, b"payload")
     client.confirm(id_)
 
@@ -84,7 +84,7 @@ def round_trip(client: Client, queue: str = "q") -> None:
 async def async_round_trip(client: Any, queue: str = "q") -> None:
     await client.create(queue)
     await client.send(queue, b"payload")
-    message = await client.read(queue, timeout_ms=10_000, wait_ms=2000)
+    message = await client.read(queue, visibility_timeout=10.0, wait=2.0)
     assert message.data == b"payload"
     await client.confirm(message.id)
 
@@ -107,7 +107,7 @@ def test_the_token_opens_every_client_flavour(authed: ServerThread) -> None:
     group = GroupClient.connect(authed.address, token=TOKEN)  # discovery and members, all with the token
     group.create("group")
     group.send("group", b"g")
-    assert group.read("group", 10_000, wait_ms=1000).data == b"g"
+    assert group.read("group", visibility_timeout=10.0, wait=1.0).data == b"g"
 
     async def asynchronous() -> None:
         async with await AsyncClient.connect(authed.address, token=TOKEN) as client:
@@ -115,7 +115,7 @@ def test_the_token_opens_every_client_flavour(authed: ServerThread) -> None:
         group = await AsyncGroupClient.connect(authed.address, token=TOKEN)
         await group.create("async-group")
         await group.send("async-group", b"a")
-        assert (await group.read("async-group", 10_000, wait_ms=1000)).data == b"a"
+        assert (await group.read("async-group", visibility_timeout=10.0, wait=1.0)).data == b"a"
 
     run(asynchronous())
 
@@ -436,7 +436,7 @@ def test_tls_for_every_client_flavour(server_factory: Factory, pki: Pki) -> None
     group = GroupClient.connect(server.address, tls=context)
     group.create("group")
     group.send("group", b"g")
-    assert group.read("group", 10_000, wait_ms=1000).data == b"g"
+    assert group.read("group", visibility_timeout=10.0, wait=1.0).data == b"g"
 
     async def asynchronous() -> None:
         async with await AsyncClient.connect(server.address, tls=context) as client:
@@ -445,7 +445,7 @@ def test_tls_for_every_client_flavour(server_factory: Factory, pki: Pki) -> None
         group = await AsyncGroupClient.connect(server.address, tls=context)
         await group.create("async-group")
         await group.send("async-group", b"a")
-        assert (await group.read("async-group", 10_000, wait_ms=1000)).data == b"a"
+        assert (await group.read("async-group", visibility_timeout=10.0, wait=1.0)).data == b"a"
 
     run(asynchronous())
 

@@ -42,6 +42,7 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import os
 import socket
 import ssl
@@ -748,8 +749,32 @@ def _session(target: _Target) -> Iterator[Client | GroupClient]:
             client.close()
 
 
-def _milliseconds(seconds: float) -> int:
-    return round(seconds * 1000)
+class _Seconds(click.ParamType[float, Any]):
+    """A duration in seconds (a float), checked against what the wire carries; with ``never``, also
+    ``never`` (or ``inf``), which gives ``math.inf`` (`dbqueue.NEVER`). Without ``zero``, 0 is refused:
+    a visibility timeout of 0 means nothing (leave the option out for the queue's default)."""
+
+    name = "seconds"
+
+    def __init__(self, *, never: bool = False, zero: bool = True) -> None:
+        self.never = never
+        self.zero = zero
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, float):
+            return value
+        text = str(value).strip().lower()
+        if self.never and text in ("never", "inf"):
+            return math.inf
+        try:
+            seconds = float(text)
+        except ValueError:
+            self.fail(f"{value!r} is not a number of seconds{' (or never)' if self.never else ''}", param, ctx)
+        if not 0 <= seconds <= _MS_MAX_SECONDS:  # NaN fails too
+            self.fail(f"{value} is not within 0 .. {_MS_MAX_SECONDS:g} seconds", param, ctx)
+        if seconds == 0 and not self.zero:
+            self.fail("must be more than 0 seconds (leave it out for the queue's default)", param, ctx)
+        return seconds
 
 
 def _echo_json(value: Any) -> None:
@@ -783,7 +808,7 @@ def _chunks(items: Iterable[tuple[int, bytes]], size: int) -> Iterator[list[tupl
 
 
 def _send_chunk(
-    client: Client | GroupClient, queue: str, chunk: list[tuple[int, bytes]], delay_ms: int, key: str | None
+    client: Client | GroupClient, queue: str, chunk: list[tuple[int, bytes]], delay: float, key: str | None
 ) -> list[object]:
     """Send ``chunk``; return one id or refusal (an exception, not raised) per message, in order."""
     from .client import Client
@@ -792,7 +817,7 @@ def _send_chunk(
     if isinstance(client, Client) and len(chunk) > 1:
         pipeline = client.pipeline()
         for _, data in chunk:
-            pipeline.send(queue, data, delay_ms=delay_ms)
+            pipeline.send(queue, data, delay=delay)
         try:
             return pipeline.execute()
         except MessageTooLarge:
@@ -801,9 +826,9 @@ def _send_chunk(
     for _, data in chunk:
         try:
             if isinstance(client, Client):
-                results.append(client.send(queue, data, delay_ms=delay_ms))
+                results.append(client.send(queue, data, delay=delay))
             else:
-                results.append(client.send(queue, data, delay_ms=delay_ms, key=key))
+                results.append(client.send(queue, data, delay=delay, key=key))
         except RequestError as exc:
             results.append(exc)
     return results
@@ -815,7 +840,7 @@ def _send_chunk(
 @click.option("--whole", is_flag=True, help="Send all of stdin as one message (default: each non-empty line).")
 @click.option(
     "--delay",
-    type=click.FloatRange(0, _MS_MAX_SECONDS),
+    type=_Seconds(),
     default=0.0,
     metavar="SECONDS",
     help="Make the messages readable only after this delay.",
@@ -846,7 +871,7 @@ def send(
     with _session(target) as client:
         for chunk in _chunks(messages, _SEND_CHUNK):
             try:
-                results = _send_chunk(client, queue, chunk, _milliseconds(delay), key)
+                results = _send_chunk(client, queue, chunk, delay, key)
             except ConnectionLost as exc:
                 if from_argument:
                     raise
@@ -886,15 +911,15 @@ def _message_json(message: Message) -> dict[str, Any]:
 @click.option("--count", type=click.IntRange(1, 65535), default=1, show_default=True, help="Messages to read at most.")
 @click.option(
     "--visibility",
-    type=click.FloatRange(0, _MS_MAX_SECONDS),
-    default=30.0,
-    show_default=True,
+    type=_Seconds(never=True, zero=False),
+    default=None,
     metavar="SECONDS",
-    help="How long the messages are hidden from other readers, unless confirmed (0: until this command ends).",
+    help="How long the messages are hidden from other readers, unless confirmed (default: the queue's visibility "
+    "timeout; never: until this command ends).",
 )
 @click.option(
     "--wait",
-    type=click.FloatRange(0, _MS_MAX_SECONDS),
+    type=_Seconds(),
     default=0.0,
     metavar="SECONDS",
     help="Wait up to this long for a message if there is none.",
@@ -909,14 +934,16 @@ def _message_json(message: Message) -> dict[str, Any]:
     "--json", "as_json", is_flag=True, help="Print a JSON list of {id, deliveries, data} instead of the data."
 )
 @_connects
-def read(target: _Target, queue: str, count: int, visibility: float, wait: float, confirm: bool, as_json: bool) -> None:
+def read(
+    target: _Target, queue: str, count: int, visibility: float | None, wait: float, confirm: bool, as_json: bool
+) -> None:
     """Read messages of QUEUE and print their data.
 
     Up to --count messages, one a line (nothing if there is none). Without --confirm they go back to
     the queue when the command ends.
     """
     with _session(target) as client:
-        messages = client.read_batch(queue, count, _milliseconds(visibility), wait_ms=_milliseconds(wait))
+        messages = client.read_batch(queue, count, visibility_timeout=visibility, wait=wait)
         if as_json:
             _echo_json([_message_json(message) for message in messages])
         else:
@@ -951,6 +978,14 @@ def read(target: _Target, queue: str, count: int, visibility: float, wait: float
     help="Deliveries without a confirm after which a message moves to the dead-letter queue, or is dropped.",
 )
 @click.option("--dead-letter-queue", default=None, metavar="QUEUE", help="Where such messages go (it must exist).")
+@click.option(
+    "--visibility-timeout",
+    type=_Seconds(never=True, zero=False),
+    default=None,
+    metavar="SECONDS",
+    help="How long a message read without a visibility timeout of its own stays hidden unless confirmed "
+    "(default: the server's --default-visibility-timeout; never: until its reader disconnects).",
+)
 @click.option("--json", "as_json", is_flag=True, help='Print {"queue": ..., "created": true}.')
 @_connects
 def create(
@@ -959,11 +994,18 @@ def create(
     capacity: int | None,
     max_deliveries: int | None,
     dead_letter_queue: str | None,
+    visibility_timeout: float | None,
     as_json: bool,
 ) -> None:
     """Create QUEUE (nothing changes if it exists: it keeps its options)."""
     with _session(target) as client:
-        client.create(queue, capacity, max_deliveries=max_deliveries, dead_letter_queue=dead_letter_queue)
+        client.create(
+            queue,
+            capacity=capacity,
+            max_deliveries=max_deliveries,
+            dead_letter_queue=dead_letter_queue,
+            visibility_timeout=visibility_timeout,
+        )
     if as_json:
         _echo_json({"queue": queue, "created": True})
     else:

@@ -33,7 +33,7 @@ its size and everything before the label with the template.
 
 *Fan-in* (`run_fan_in`) is the shape of a real deployment: many workers, each
 with one request in flight. Producers send one message at a time; consumers
-read one (with ``config.timeout_ms`` as its visibility timeout), then confirm
+read one (with ``config.visibility_timeout`` as its visibility timeout), then confirm
 it. Every round trip is timed. Its connections are spread over several
 client processes (forked), so that the load generator is not what limits the
 run; the processes share one count of confirmed messages (`Ledger`), so that
@@ -61,6 +61,7 @@ from multiprocessing.process import BaseProcess
 from operator import itemgetter
 from typing import Any, NamedTuple, Protocol, cast
 
+from .client.commands import visibility_ms
 from .errors import DbQueueError, InvalidRequest
 from .protocol import codecs
 from .protocol import frames as fr
@@ -88,7 +89,7 @@ class BenchConfig:
     iterations: int = 1000
     payload: int = 128
     queue: str = "foo"
-    timeout_ms: int = 1000  # the in-flight timeout consumers ask for
+    visibility_timeout: float = 1.0  # seconds: the visibility timeout consumers ask for
     time_limit: float = 120.0  # seconds; the run fails if consumers are not done by then
     batch: int = 1  # messages per request: >1 sends, reads and confirms in batches
     fan_in: bool = False  # time every round trip (a send, a read, a confirm), not every batch: for pipeline 1
@@ -217,7 +218,7 @@ class Driver(ABC):
 
     @abstractmethod
     def read_frames(self, count: int) -> bytes:
-        """``count`` pipelined reads (each with ``config.timeout_ms`` where the system has one)."""
+        """``count`` pipelined reads (each with ``config.visibility_timeout`` where the system has one)."""
 
     @abstractmethod
     def take_messages(self, replies: Any) -> list[Any]:
@@ -393,9 +394,10 @@ class DbQueueDriver(Driver):
 
     def read_frames(self, count: int) -> bytes:
         config = self.config
+        timeout_ms = visibility_ms(config.visibility_timeout)
         if config.batch > 1:
-            return self._batch(msg.ReadBatch(config.queue, config.batch, config.timeout_ms), count)
-        return self._batch(msg.Read(config.queue, config.timeout_ms), count)
+            return self._batch(msg.ReadBatch(config.queue, config.batch, timeout_ms), count)
+        return self._batch(msg.Read(config.queue, timeout_ms), count)
 
     def take_messages(self, replies: Replies) -> list[bytes]:
         """The ids (8 wire bytes each) of every message read, once each reply and payload is checked."""

@@ -27,6 +27,7 @@ __all__ = [
     "Sample",
     "abbreviate",
     "bench_table",
+    "fit_age",
     "fit_number",
     "printable",
     "progress_bar",
@@ -148,6 +149,34 @@ def fit_number(value: float | None, width: int) -> str:
     return text if len(text) <= width else "#" * width
 
 
+def fit_age(milliseconds: float | None, width: int = 6) -> str:
+    """An age in at most ``width`` (at least 5) characters, as precise as fits: ``0.4s``, ``42s``,
+    ``12m05s``, ``3h07m``, ``12d04h``; ``-`` for None or 0 (no ready message, or a server that does
+    not say)."""
+    if not milliseconds or milliseconds < 0:
+        return "-"
+    seconds = milliseconds / 1000
+    if seconds < 10:
+        candidates = [f"{seconds:.1f}s"]
+    elif seconds < 60:
+        candidates = [f"{seconds:.0f}s"]
+    elif seconds < 3600:
+        minutes, rest = divmod(int(seconds), 60)
+        candidates = [f"{minutes}m{rest:02}s", f"{minutes}m"]
+    elif seconds < 86400:
+        hours, rest = divmod(int(seconds), 3600)
+        candidates = [f"{hours}h{rest // 60:02}m", f"{hours}h"]
+    else:
+        days, rest = divmod(int(seconds), 86400)
+        candidates = [f"{days}d{rest // 3600:02}h", f"{days}d"]
+    return next((text for text in candidates if len(text) <= width), "#" * width)
+
+
+def _cell(value: Any, field: str, width: int) -> str:
+    """A figure of a queue in its column: an age for ``*_age_ms`` fields, else a number."""
+    return fit_age(value, width) if field.endswith("_age_ms") else fit_number(value, width)
+
+
 @dataclass(frozen=True, slots=True)
 class Sample:
     """Every queue's figures as one refresh saw them, and when (``time.monotonic()`` seconds)."""
@@ -178,15 +207,18 @@ def queue_rates(previous: Sample | None, current: Sample) -> dict[str, tuple[flo
 
 
 # (header, width, what it shows): a figure of the queue, or a rate (an index into `queue_rates`).
+# Narrow enough that a 66-column screen keeps 7 cells for the names.
 _WATCH_COLUMNS: tuple[tuple[str, int, str | int], ...] = (
-    ("ready", 9, "ready"),
+    ("ready", 7, "ready"),
     ("in flight", 9, "in_flight"),
-    ("delayed", 8, "delayed"),
-    ("sent/s", 8, 0),
-    ("confirm/s", 9, 1),
+    ("delayed", 7, "delayed"),
+    ("oldest", 6, "oldest_ready_age_ms"),
+    ("sent/s", 7, 0),
+    ("conf/s", 7, 1),
     ("requeue/s", 9, 2),
 )
-_MIN_NAME = 8  # cells the queue column keeps however narrow the screen
+_MIN_NAME = 8  # cells the queue column of the table keeps however narrow the screen
+_MIN_WATCH_NAME = 7  # and of the watch screen
 
 
 def watch_frame(
@@ -202,11 +234,13 @@ def watch_frame(
     """The lines of one `stats --watch` screen, each at most ``width`` cells (at least 66).
 
     ``title`` (the server) and ``clock`` head it; then one row per queue of
-    ``sample`` (None: nothing known yet) with its rates since ``previous``,
-    a total when there are several, and ``status`` last. With ``height``,
-    rows that do not fit are counted in a line of their own instead.
+    ``sample`` (None: nothing known yet): its messages ready, in flight and
+    delayed, the age of its oldest ready message, and its rates since
+    ``previous``; a total when there are several (the oldest age of all), and
+    ``status`` last. With ``height``, rows that do not fit are counted in a
+    line of their own instead.
     """
-    name_width = max(_MIN_NAME, width - sum(column_width + 1 for _, column_width, _ in _WATCH_COLUMNS))
+    name_width = max(_MIN_WATCH_NAME, width - sum(column_width + 1 for _, column_width, _ in _WATCH_COLUMNS))
     lines = [_spread(title, clock, width)]
     lines.append(
         _pad("queue", name_width)
@@ -217,6 +251,7 @@ def watch_frame(
     rows = [_row(abbreviate(stats["name"], name_width), name_width, stats, rates[stats["name"]]) for stats in queues]
     if len(queues) > 1:
         totals = {key: sum(stats[key] for stats in queues) for key in ("ready", "in_flight", "delayed")}
+        totals["oldest_ready_age_ms"] = max(stats.get("oldest_ready_age_ms") or 0 for stats in queues)
         summed = tuple(_sum_known(rate[i] for rate in rates.values()) for i in range(len(_RATE_COUNTERS)))
         total = _row(f"total ({len(queues)} queues)", name_width, totals, summed)
     elif sample is not None and not queues:
@@ -243,8 +278,10 @@ def _sum_known(rates: Iterable[float | None]) -> float | None:
 def _row(label: str, name_width: int, figures: dict[str, Any], rates: tuple[float | None, ...]) -> str:
     cells = [_pad(abbreviate(label, name_width), name_width)]
     for _, column_width, shows in _WATCH_COLUMNS:
-        value = rates[shows] if isinstance(shows, int) else figures[shows]
-        cells.append(fit_number(value, column_width).rjust(column_width))
+        if isinstance(shows, int):
+            cells.append(fit_number(rates[shows], column_width).rjust(column_width))
+        else:  # .get: a server before protocol 3 does not report the age
+            cells.append(_cell(figures.get(shows), shows, column_width).rjust(column_width))
     return " ".join(cells)
 
 
@@ -270,6 +307,7 @@ _STATIC_COLUMNS: tuple[tuple[str, int, str], ...] = (
     ("requeued", 8, "requeued"),
 )
 _OPTIONAL_COLUMNS: tuple[tuple[str, int, str], ...] = (
+    ("oldest", 6, "oldest_ready_age_ms"),
     ("dead-lettered", 13, "dead_lettered"),
     ("consumers", 9, "consumers"),
     ("waiting", 7, "waiting"),
@@ -302,7 +340,7 @@ def queue_lines(rows: Sequence[tuple[str, dict[str, Any] | str | None]], *, widt
             lines.append(_clip(cells + " " + figures, width))
             continue
         for _, size, field in columns:
-            cells += " " + (fit_number(figures[field], size) if figures is not None else "-").rjust(size)
+            cells += " " + (_cell(figures.get(field), field, size) if figures is not None else "-").rjust(size)
         lines.append(cells)
     return lines
 
@@ -324,10 +362,21 @@ _DETAILS = (
 def queue_details(stats: dict[str, Any]) -> list[str]:
     """One queue's figures and options, a line each (``stats QUEUE``)."""
     shown = [(label, f"{stats[field]:,}") for label, field in _DETAILS if field in stats]
+    if "oldest_ready_age_ms" in stats:
+        shown.insert(3, ("oldest ready", fit_age(stats["oldest_ready_age_ms"], 15)))
     shown.append(("capacity", f"{stats['capacity']:,}" if stats.get("capacity") else "server default"))
     shown.append(("max deliveries", f"{stats['max_deliveries']:,}" if stats.get("max_deliveries") else "unlimited"))
+    if "visibility_timeout_ms" in stats:
+        shown.append(("visibility", _duration(stats["visibility_timeout_ms"])))
     if stats.get("dead_letter_queue"):
         shown.append(("dead letters to", printable(str(stats["dead_letter_queue"]))))
     if "members" in stats:
         shown.append(("summed over", f"{stats['members']} members"))
     return [f"queue {printable(str(stats['name']))}"] + [f"  {label + ':':<16} {value:>15}" for label, value in shown]
+
+
+def _duration(milliseconds: int) -> str:
+    """A queue's default visibility timeout as an option reads: ``30 s``, ``1.5 s``, ``never``."""
+    if milliseconds >= 0xFFFFFFFF:
+        return "never"
+    return f"{milliseconds / 1000:g} s"

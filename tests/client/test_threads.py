@@ -89,7 +89,7 @@ def cycles(client: Any, queue: str, tag: str, count: int = CYCLES) -> int:
     for n in range(count):
         payload = f"{tag}:{n}".encode()
         id_ = client.send(queue, payload)
-        message = client.read(queue, 30_000)
+        message = client.read(queue, visibility_timeout=30.0)
         assert message is not None, f"{tag}: message {n} was not there"
         assert (message.id, message.data) == (id_, payload), f"{tag}: sent {payload!r}, got {message!r}"
         client.confirm(message.id)
@@ -145,7 +145,7 @@ def test_threads_on_one_queue_take_every_message_once(server: ServerThread) -> N
                 payload = f"{tag}:{n}".encode()
                 client.send("shared", payload)
                 sent.add(payload)
-                message = client.read("shared", 30_000)
+                message = client.read("shared", visibility_timeout=30.0)
                 if message is not None:
                     taken.append(message.data)
                     client.confirm(message.id)
@@ -175,7 +175,7 @@ def test_each_thread_pipelines_over_one_client(server: ServerThread) -> None:
                     ids = pipeline.execute(raise_on_error=True)
                 with client.pipeline() as pipeline:
                     for _ in payloads:
-                        pipeline.read(queue, 30_000)
+                        pipeline.read(queue, visibility_timeout=30.0)
                     messages = pipeline.execute(raise_on_error=True)
                 assert [(m.id, m.data) for m in messages if isinstance(m, Message)] == list(zip(ids, payloads))
                 with client.pipeline() as pipeline:
@@ -202,7 +202,7 @@ def test_threads_pipelining_megabytes_both_ways_do_not_deadlock(server: ServerTh
                     for payload in payloads:
                         pipeline.send(queue, payload)
                     for _ in payloads:
-                        pipeline.read(queue, 30_000)
+                        pipeline.read(queue, visibility_timeout=30.0)
                     results = pipeline.execute(raise_on_error=True)
                 ids, messages = results[: len(payloads)], results[len(payloads) :]
                 assert [(m.id, m.data) for m in messages if isinstance(m, Message)] == list(zip(ids, payloads))
@@ -270,7 +270,7 @@ def test_waiting_reads_do_not_stall_the_other_threads(server: ServerThread) -> N
         def wait_for_messages(queue: str) -> list[bytes]:
             got = []
             for _ in range(rounds):
-                message = client.read(queue, 30_000, wait_ms=20_000)
+                message = client.read(queue, visibility_timeout=30.0, wait=20.0)
                 assert message is not None
                 got.append(message.data)
                 client.confirm(message.id)
@@ -334,7 +334,7 @@ def test_the_reader_timing_out_hands_the_read_role_on(server: ServerThread) -> N
         client.create("later")
         gives_up = in_background(client.connection.request, Read("never", 30_000, 20_000), 0.5)
         wait_until(lambda: waiting(producer, "never") == 1, "the first read to wait")
-        reads = in_background(client.read, "later", 30_000, wait_ms=20_000)
+        reads = in_background(client.read, "later", visibility_timeout=30.0, wait=20.0)
         wait_until(lambda: waiting(producer, "later") == 1, "the second read to wait")
         assert client.connection._reading  # the first thread reads; the second sleeps
         with pytest.raises(ConnectionLost):
@@ -352,7 +352,7 @@ def test_close_from_another_thread_fails_every_waiting_thread(server: ServerThre
     with Client.connect(server.address) as observer:
         for queue in queues:
             observer.create(queue)
-        results = [in_background(client.read, queue, 30_000, wait_ms=30_000) for queue in queues]
+        results = [in_background(client.read, queue, visibility_timeout=30.0, wait=30.0) for queue in queues]
         wait_until(lambda: all(waiting(observer, queue) == 1 for queue in queues), "every read to wait")
         closed = time.monotonic()
         client.close()
@@ -397,7 +397,7 @@ def test_a_server_going_away_fails_every_waiting_thread(server_factory: Callable
     queues = [f"gone-{i}" for i in range(6)]
     for queue in queues:
         client.create(queue)
-    results = [in_background(client.read, queue, 30_000, wait_ms=30_000) for queue in queues]
+    results = [in_background(client.read, queue, visibility_timeout=30.0, wait=30.0) for queue in queues]
     with Client.connect(server.address) as observer:
         wait_until(lambda: all(waiting(observer, queue) == 1 for queue in queues), "every read to wait")
     server.stop()
@@ -419,12 +419,14 @@ def test_threads_share_one_tls_client(server_factory: Callable[..., ServerThread
         for queue in queues:
             client.create(queue)
         client.create("tls-wait")
-        waiter = in_background(client.read, "tls-wait", 30_000, wait_ms=20_000)  # reads for the others, maybe
+        waiter = in_background(
+            client.read, "tls-wait", visibility_timeout=30.0, wait=20.0
+        )  # reads for the others, maybe
         assert sum(in_threads(cycles, [(client, queue, queue) for queue in queues])) == 8 * CYCLES
         id_ = client.send("tls-wait", b"w")
         assert waiter(JOIN) == Message(id_, b"w", 1)
         # close() from another thread: the plain socket's shutdown wakes the thread reading under TLS.
-        results = [in_background(client.read, queue, 30_000, wait_ms=30_000) for queue in queues]
+        results = [in_background(client.read, queue, visibility_timeout=30.0, wait=30.0) for queue in queues]
         wait_until(lambda: client.connection._reading and len(client.connection._sleepers) == 7, "the reads to wait")
         client.close()
         for result in results:
@@ -456,7 +458,7 @@ def test_the_group_client_shared_by_threads(server_factory: Callable[..., Server
             group.send_batch(queue, sorted(sent))
             got = []
             while len(got) < len(sent):
-                got += group.read_batch(queue, 7, 30_000)
+                got += group.read_batch(queue, 7, visibility_timeout=30.0)
             assert {message.data for message in got} == sent
             assert group.confirm_batch(message.id for message in got) == [None] * len(got)
 
@@ -470,7 +472,7 @@ def test_group_waiting_reads_in_threads_while_others_send(server_factory: Callab
         waiters = [f"gw-{i}" for i in range(4)]
         for queue in [*waiters, *(f"gb-{i}" for i in range(4))]:
             group.create(queue)
-        results = [in_background(group.read, queue, 30_000, wait_ms=20_000) for queue in waiters]
+        results = [in_background(group.read, queue, visibility_timeout=30.0, wait=20.0) for queue in waiters]
         with Client.connect(handles[0].address) as first, Client.connect(handles[1].address) as second:
             wait_until(
                 lambda: all(waiting(first, queue) == waiting(second, queue) == 1 for queue in waiters),

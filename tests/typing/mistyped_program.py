@@ -13,7 +13,14 @@ def blocking(client: Client) -> None:
     message.id = 3  # error: [misc]
     print(client.read("jobs").id)  # error: [union-attr]
     client.send("jobs", "text, not bytes")  # error: [arg-type]
-    client.read("jobs", wait=5)  # error: [call-arg]
+    client.read("jobs", wait_ms=5)  # error: [call-arg]
+    client.read("jobs", 30)  # error: [call-arg]
+    client.read_batch("jobs", 10, 30)  # error: [call-arg]
+    client.touch(1, 30)  # error: [call-arg]
+    client.read("jobs", visibility_timeout="30s")  # error: [arg-type]
+    print(client.peek("jobs")[0].state + 1)  # error: [operator]
+    moved: str = client.move("a", "b")  # error: [assignment]
+    print(moved)
     name: str = client.purge("jobs")  # error: [assignment]
     print(name)
     print(client.confirm_batch([1])[0].idd)  # error: [union-attr]
@@ -35,6 +42,8 @@ async def asynchronous(client: Client, aclient: AsyncClient) -> None:
 
 def group(client: GroupClient) -> None:
     print(client.read("jobs").idd)  # error: [union-attr]
+    client.read("jobs", 30)  # error: [call-arg]
+    client.send("jobs", b"x", 5)  # error: [call-arg]
     client.send("jobs", b"x", key=3)  # error: [arg-type]
     print(client.pipeline().read("jobs").execute()[0].data)  # error: [attr-defined]
 

@@ -19,6 +19,7 @@ from collections.abc import Coroutine
 from typing import Any, assert_type
 
 from dbqueue import (
+    NEVER,
     AsyncClient,
     AsyncGroupClient,
     Client,
@@ -26,6 +27,8 @@ from dbqueue import (
     Message,
     NoSuchMessage,
     NoSuchQueue,
+    Origin,
+    PeekedMessage,
     Pipeline,
     PipelinedClient,
     RequestError,
@@ -57,28 +60,30 @@ def blocking(address: str) -> None:
     with Client.connect(address, timeout=5.0) as client:
         assert_type(client, Client)
         assert assert_type(client.create("dead"), None) is None
-        assert assert_type(client.create("jobs", 100, max_deliveries=3, dead_letter_queue="dead"), None) is None
+        assert (
+            assert_type(client.create("jobs", capacity=100, max_deliveries=3, dead_letter_queue="dead"), None) is None
+        )
         id_ = assert_type(client.send("jobs", b"one"), int)
         assert isinstance(id_, int)
-        delayed = assert_type(client.send("jobs", b"later", delay_ms=60_000), int)
+        delayed = assert_type(client.send("jobs", b"later", delay=60.0), int)
         ids = assert_type(client.send_batch("jobs", [b"two", b"three"]), list[int])
         assert len(ids) == 2 and delayed not in ids
 
-        message = assert_type(client.read("jobs", 30_000), Message | None)
+        message = assert_type(client.read("jobs", visibility_timeout=30.0), Message | None)
         assert message is not None
         assert_type(message.id, int)
         assert_type(message.data, bytes)
         assert_type(message.deliveries, int)
         assert (message.id, message.data, message.deliveries) == (id_, b"one", 1)
-        assert assert_type(client.touch(message.id, 60_000), None) is None
+        assert assert_type(client.touch(message.id, visibility_timeout=60.0), None) is None
         assert assert_type(client.release(message.id), None) is None
 
-        batch = assert_type(client.read_batch("jobs", 10, 30_000, wait_ms=10), list[Message])
+        batch = assert_type(client.read_batch("jobs", 10, visibility_timeout=30.0, wait=0.01), list[Message])
         assert sorted(m.data for m in batch) == [b"one", b"three", b"two"]
         assert assert_type(client.confirm(batch[0].id), None) is None
         results = assert_type(client.confirm_batch([m.id for m in batch]), list[RequestError | None])
         assert results[0].__class__ is NoSuchMessage and results[1:] == [None, None]
-        assert assert_type(client.read("jobs", wait_ms=10), Message | None) is None
+        assert assert_type(client.read("jobs", wait=0.01), Message | None) is None
 
         stats = assert_type(client.stats("jobs"), Stats)
         assert stats["delayed"] == 1 and stats["confirmed"] == 3
@@ -87,17 +92,23 @@ def blocking(address: str) -> None:
         members = assert_type(client.members(), MembersReply)
         assert_type(members.members, tuple[str, ...])
         assert_type(members.index, int)
+        (seen,) = assert_type(client.peek("jobs", 5, delayed=True, in_flight=True), list[PeekedMessage])
+        assert (assert_type(seen.state, str), assert_type(seen.data, bytes)) == ("delayed", b"later")
+        assert_type(seen.enqueued_at, float)
+        assert assert_type(seen.origin, Origin | None) is None
+        assert assert_type(client.move("jobs", "dead", count=10), int) == 0  # nothing ready
+        assert client.read("jobs", visibility_timeout=NEVER) is None
         assert assert_type(client.purge("jobs"), int) == 1
 
         pipeline = assert_type(client.pipeline(), Pipeline)
         with pipeline:
-            chained = pipeline.send("jobs", b"a").send("jobs", b"b", delay_ms=60_000).send_batch("jobs", [b"c"])
+            chained = pipeline.send("jobs", b"a").send("jobs", b"b", delay=60.0).send_batch("jobs", [b"c"])
             assert_type(chained, Pipeline)
-            assert_type(pipeline.read("jobs", 30_000), Pipeline)
-            assert_type(pipeline.read_batch("jobs", 5, 30_000), Pipeline)
+            assert_type(pipeline.read("jobs", visibility_timeout=30.0), Pipeline)
+            assert_type(pipeline.read_batch("jobs", 5, visibility_timeout=30.0), Pipeline)
             assert_type(pipeline.confirm(UNKNOWN), Pipeline)
             assert_type(pipeline.confirm_batch([UNKNOWN]), Pipeline)
-            assert_type(pipeline.touch(UNKNOWN, 1), Pipeline)
+            assert_type(pipeline.touch(UNKNOWN, visibility_timeout=0.001), Pipeline)
             assert_type(pipeline.release(UNKNOWN), Pipeline)
             assert_type(pipeline.create("more"), Pipeline)
             assert_type(pipeline.stats("more"), Pipeline)
@@ -118,6 +129,8 @@ def blocking(address: str) -> None:
         with client.pipeline() as pipeline:
             first, again = pipeline.confirm(read.id).confirm(read.id).execute()
         assert first is None and isinstance(again, NoSuchMessage)
+        looked, moved = assert_type(client.pipeline().peek("jobs").move("jobs", "dead"), Pipeline).execute()
+        assert looked == [] and moved == 0
 
         assert assert_type(client.delete("jobs"), None) is None
         try:
@@ -159,23 +172,29 @@ async def asynchronous(address: str) -> None:
     """Every command of the `AsyncClient`: each gives a coroutine of the blocking client's result."""
     async with await AsyncClient.connect(address, timeout=5.0) as client:
         assert_type(client, AsyncClient)
-        creating = assert_type(client.create("async", 10, max_deliveries=2), Coroutine[Any, Any, None])
+        creating = assert_type(client.create("async", capacity=10, max_deliveries=2), Coroutine[Any, Any, None])
         await creating
         id_ = assert_type(await client.send("async", b"one"), int)
         ids = assert_type(await client.send_batch("async", [b"two"]), list[int])
-        await client.send("async", b"later", delay_ms=60_000)
-        message = assert_type(await client.read("async", 30_000), Message | None)
+        await client.send("async", b"later", delay=60.0)
+        message = assert_type(await client.read("async", visibility_timeout=30.0), Message | None)
         assert message is not None and message.id == id_
-        assert_type(await client.touch(message.id, 60_000), None)
-        assert_type(await client.release(message.id, 0), None)
-        batch = assert_type(await client.read_batch("async", 5, 30_000), list[Message])
+        assert_type(await client.touch(message.id, visibility_timeout=60.0), None)
+        assert_type(await client.release(message.id, delay=0), None)
+        batch = assert_type(await client.read_batch("async", 5, visibility_timeout=30.0), list[Message])
         assert sorted(m.id for m in batch) == sorted([id_, *ids])
         assert_type(await client.confirm(batch[0].id), None)
         assert assert_type(await client.confirm_batch([batch[1].id]), list[RequestError | None]) == [None]
-        assert assert_type(await client.read("async", wait_ms=10), Message | None) is None
+        assert assert_type(await client.read("async", wait=0.01), Message | None) is None
         assert assert_type(await client.stats("async"), Stats)["delayed"] == 1
         assert len(assert_type(await client.list_queues(), list[Stats])) >= 1
         assert isinstance(assert_type(await client.members(), MembersReply), MembersReply)
+        assert [m.state for m in assert_type(await client.peek("async", delayed=True), list[PeekedMessage])] == [
+            "delayed"
+        ]
+        await client.create("async-too")
+        assert assert_type(await client.move("async", "async-too", count=1), int) == 0  # nothing ready
+        await client.delete("async-too")
         assert assert_type(await client.purge("async"), int) == 1
         assert_type(await client.delete("async"), None)
         assert_type(await client.close(), None)
@@ -187,17 +206,17 @@ def group(addresses: list[str]) -> None:
         assert_type(client, GroupClient)
         assert assert_type(client.addresses, list[str]) == addresses
         assert_type(client.create("dead"), None)
-        assert_type(client.create("g", None, max_deliveries=3, dead_letter_queue="dead"), None)
+        assert_type(client.create("g", capacity=None, max_deliveries=3, dead_letter_queue="dead"), None)
         id_ = assert_type(client.send("g", b"one", key="customer-1"), int)
         assert member_of(id_) in range(len(addresses))
         ids = assert_type(client.send_batch("g", [b"two", b"three"], key=b"customer-2"), list[int])
-        assert_type(client.send("g", b"later", delay_ms=60_000), int)
-        message = assert_type(client.read("g", 30_000, wait_ms=100), Message | None)
+        assert_type(client.send("g", b"later", delay=60.0), int)
+        message = assert_type(client.read("g", visibility_timeout=30.0, wait=0.1), Message | None)
         assert message is not None
-        assert_type(client.touch(message.id, 60_000), None)
+        assert_type(client.touch(message.id, visibility_timeout=60.0), None)
         assert_type(client.release(message.id), None)
-        batch = assert_type(client.read_batch("g", 3, 30_000, wait_ms=100), list[Message])
-        batch += client.read_batch("g", 3, 30_000)
+        batch = assert_type(client.read_batch("g", 3, visibility_timeout=30.0, wait=0.1), list[Message])
+        batch += client.read_batch("g", 3, visibility_timeout=30.0)
         assert sorted(m.id for m in batch) == sorted([id_, *ids])
         assert_type(client.confirm(batch[0].id), None)
         results = assert_type(client.confirm_batch([m.id for m in batch]), list[RequestError | None])
@@ -205,17 +224,19 @@ def group(addresses: list[str]) -> None:
         stats = assert_type(client.stats("g"), Stats)
         assert stats["members"] == len(addresses) and stats["confirmed"] == 3
         assert {queue["name"] for queue in assert_type(client.list_queues(), list[Stats])} == {"dead", "g"}
+        assert [m.data for m in assert_type(client.peek("g", delayed=True), list[PeekedMessage])] == [b"later"]
+        assert assert_type(client.move("g", "dead"), int) == 0
         assert assert_type(client.purge("g"), int) == 1
 
         pipeline = assert_type(client.pipeline(), GroupPipeline)
         with pipeline:
             assert_type(pipeline.send("g", b"p", key="k").send("g", b"q"), GroupPipeline)
-            assert_type(pipeline.read("g", 30_000), GroupPipeline)
+            assert_type(pipeline.read("g", visibility_timeout=30.0), GroupPipeline)
             assert assert_type(len(pipeline), int) == 3
             outcome = assert_type(pipeline.execute(), list[object])
         sent = [result for result in outcome[:2] if isinstance(result, int)]
         held = [result for result in outcome[2:] if isinstance(result, Message)]  # None if its member had none
-        held += client.read_batch("g", 2 - len(held), 30_000, wait_ms=100)
+        held += client.read_batch("g", 2 - len(held), visibility_timeout=30.0, wait=0.1)
         assert sorted(m.id for m in held) == sorted(sent) and len(sent) == 2
         with client.pipeline() as pipeline:
             for message in held:
@@ -231,22 +252,26 @@ async def asynchronous_group(addresses: list[str]) -> None:
     async with await AsyncGroupClient.connect(addresses[0], timeout=5.0) as client:  # discovery
         assert_type(client, AsyncGroupClient)
         assert sorted(assert_type(client.addresses, list[str])) == sorted(addresses)
-        await client.create("ag", 100)
+        await client.create("ag", capacity=100)
         id_ = assert_type(await client.send("ag", b"one"), int)
         ids = assert_type(await client.send_batch("ag", [b"two"], key="k"), list[int])
-        assert_type(await client.send("ag", b"later", delay_ms=60_000, key=b"k"), int)
-        message = assert_type(await client.read("ag", 30_000, wait_ms=100), Message | None)
+        assert_type(await client.send("ag", b"later", delay=60.0, key=b"k"), int)
+        message = assert_type(await client.read("ag", visibility_timeout=30.0, wait=0.1), Message | None)
         assert message is not None
-        assert_type(await client.touch(message.id, 60_000), None)
-        assert_type(await client.release(message.id, 0), None)
-        batch = assert_type(await client.read_batch("ag", 2, 30_000, wait_ms=100), list[Message])
-        batch += await client.read_batch("ag", 2, 30_000)
+        assert_type(await client.touch(message.id, visibility_timeout=60.0), None)
+        assert_type(await client.release(message.id, delay=0), None)
+        batch = assert_type(await client.read_batch("ag", 2, visibility_timeout=30.0, wait=0.1), list[Message])
+        batch += await client.read_batch("ag", 2, visibility_timeout=30.0)
         assert sorted(m.id for m in batch) == sorted([id_, *ids])
         assert_type(await client.confirm(batch[0].id), None)
         results = assert_type(await client.confirm_batch([batch[1].id]), list[RequestError | None])
         assert results == [None]
         assert assert_type(await client.stats("ag"), Stats)["delayed"] == 1
         assert [q["name"] for q in assert_type(await client.list_queues(), list[Stats])] == ["ag"]
+        assert len(assert_type(await client.peek("ag", 3, delayed=True), list[PeekedMessage])) == 1
+        await client.create("ag-too")
+        assert assert_type(await client.move("ag", "ag-too", count=5), int) == 0
+        await client.delete("ag-too")
         assert assert_type(await client.purge("ag"), int) == 1
         assert_type(await client.delete("ag"), None)
         assert_type(await client.close(), None)

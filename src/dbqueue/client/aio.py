@@ -121,7 +121,7 @@ class AsyncClient(Commands):
 
     def __init__(self, protocol: _ClientProtocol, timeout: float | None = None) -> None:
         self._protocol = protocol
-        self._timeout = timeout  # for each answer (plus a waiting read's wait_ms); None: wait for ever
+        self._timeout = timeout  # for each answer (plus a waiting read's wait); None: wait for ever
 
     @classmethod
     async def connect(
@@ -136,7 +136,7 @@ class AsyncClient(Commands):
         return the connected client.
 
         ``timeout`` bounds the connect and each answer (a waiting read gets its
-        ``wait_ms`` on top); on expiry the connection is closed and `ConnectionLost` raised.
+        ``wait`` on top); on expiry the connection is closed and `ConnectionLost` raised.
 
         Raises `ConnectionLost` (a `ConnectionError`), `AuthenticationFailed`, `ssl.SSLError`.
         """

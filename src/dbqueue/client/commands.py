@@ -33,6 +33,7 @@ every kind, and on one that it must reject.
 
 from __future__ import annotations
 
+import math
 import ssl
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Concatenate, ParamSpec, Protocol, Self, TypeAlias, TypeVar, cast, overload
@@ -41,6 +42,7 @@ from ..errors import NoSuchMessage, ProtocolError, QueueFull, RequestError, Requ
 from ..protocol import messages as msg
 
 __all__ = [
+    "REQUESTS",
     "Command",
     "Commands",
     "Decode",
@@ -48,9 +50,12 @@ __all__ = [
     "Result",
     "as_token",
     "command",
+    "delay_ms",
     "parse_address",
     "result_of",
     "tls_context",
+    "visibility_ms",
+    "wait_ms",
 ]
 
 Message = msg.Message
@@ -161,6 +166,14 @@ _OUTCOME_ERRORS: dict[int, Callable[[], RequestError]] = {
 }
 
 
+def _peeked(response: object) -> list[msg.PeekedMessage]:
+    return list(result_of(response, msg.Peeked).messages)
+
+
+def _moved(response: object) -> int:
+    return result_of(response, msg.Moved).count
+
+
 def _purged(response: object) -> int:
     return result_of(response, msg.Purged).count
 
@@ -178,13 +191,65 @@ def _members(response: object) -> msg.MembersReply:
     return result_of(response, msg.MembersReply)
 
 
-def _milliseconds(name: str, value: int) -> int:
-    if not isinstance(value, int) or not 0 <= value <= _U32_MAX:
-        raise ValueError(f"{name} must be an int in 0 .. {_U32_MAX}, got {value!r}")
-    return value
-
-
 _U32_MAX = 0xFFFFFFFF
+_NEVER_MS = _U32_MAX  # the wire's "never times out" (docs/protocol.md)
+_QUEUE_DEFAULT_MS = 0  # the wire's "the queue's default visibility timeout"
+
+
+def _seconds(name: str, value: float) -> float:
+    """``value`` checked as a duration in seconds: a real number, not negative, not NaN."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds (int or float), got {value!r}")
+    if math.isnan(value) or value < 0:
+        raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
+    return float(value)
+
+
+def _ms_up(seconds: float) -> float:
+    """``seconds`` in whole milliseconds, rounded up; infinity stays infinite. The product is rounded
+    to a nanosecond first, so that 1.1 s is 1100 ms and not 1101 (1.1 * 1000 is 1100.0000000000002)."""
+    return seconds if seconds == math.inf else math.ceil(round(seconds * 1000, 6))
+
+
+def _finite_ms(name: str, ms: float, seconds: float, top: int) -> int:
+    if not ms <= top:  # inf included: only a visibility timeout may be NEVER
+        largest = f"{top / 1000:g} s"
+        raise ValueError(
+            f"{name} must be at most {largest} (dbqueue.NEVER is only a visibility timeout), got {seconds!r}"
+        )
+    return int(ms)
+
+
+def visibility_ms(seconds: float | None, name: str = "visibility_timeout") -> int:
+    """The wire's visibility timeout for ``seconds``: None -> 0 (the queue's default), `NEVER`
+    (``math.inf``) -> 0xFFFFFFFF (never), else whole milliseconds rounded up (at least 1).
+
+    Raises `ValueError` for 0, a negative number, NaN or more than 0xFFFFFFFE ms; `TypeError` for
+    anything but a number.
+    """
+    if seconds is None:
+        return _QUEUE_DEFAULT_MS
+    value = _seconds(name, seconds)
+    if value == math.inf:
+        return _NEVER_MS
+    if value == 0:
+        # 0 on the wire means the queue's default: a zero timeout would be read as something else.
+        raise ValueError(f"{name} must be more than 0 seconds (None: the queue's default; dbqueue.NEVER: never)")
+    return _finite_ms(name, _ms_up(value), value, _NEVER_MS - 1)
+
+
+def delay_ms(seconds: float, name: str = "delay") -> int:
+    """The wire's delay for ``seconds``: whole milliseconds rounded up (so a message is never
+    readable before it is due). Raises `ValueError` for a negative number, NaN, infinity or more
+    than 0xFFFFFFFF ms; `TypeError` for anything but a number."""
+    value = _seconds(name, seconds)
+    return _finite_ms(name, _ms_up(value), value, _U32_MAX)
+
+
+def wait_ms(seconds: float, name: str = "wait") -> int:
+    """The wire's wait for ``seconds``: whole milliseconds rounded to the nearest. Raises as `delay_ms`."""
+    value = _seconds(name, seconds)
+    return _finite_ms(name, value * 1000 if value == math.inf else round(value * 1000), value, _U32_MAX)
 
 
 # --- the command type ----------------------------------------------------------------------
@@ -257,21 +322,33 @@ class Commands:
     def create(
         self,
         name: str,
-        capacity: int | None = None,
         *,
+        capacity: int | None = None,
         max_deliveries: int | None = None,
         dead_letter_queue: str | None = None,
+        visibility_timeout: float | None = None,
     ) -> Result[None]:
         """Create queue ``name`` (no-op if it exists: the existing queue keeps its options).
 
         ``capacity`` bounds the messages it holds (ready, in flight and delayed);
         a message delivered ``max_deliveries`` times without a confirm moves to
         ``dead_letter_queue`` (which must exist), or is dropped if none is set.
+        ``visibility_timeout`` (seconds, or `NEVER`) is the queue's default: what
+        a read or touch that names none gets (None: the server's default,
+        `Limits.default_visibility_timeout`, 30 s unless set otherwise).
         Returns None. Raises `InvalidQueueName`, `NoSuchQueue` (no such
         dead-letter queue), `InvalidRequest` (a dead-letter loop), `LimitExceeded`
-        (the server holds its most queues).
+        (the server holds its most queues), `ValueError` (a visibility timeout
+        of 0 or below).
         """
-        return self._call(msg.CreateQueue(name, capacity or 0, max_deliveries or 0, dead_letter_queue or ""), _created)
+        request = msg.CreateQueue(
+            name,
+            capacity or 0,
+            max_deliveries or 0,
+            dead_letter_queue or "",
+            visibility_timeout_ms=visibility_ms(visibility_timeout),
+        )
+        return self._call(request, _created)
 
     @command
     def delete(self, name: str) -> Result[None]:
@@ -310,17 +387,19 @@ class Commands:
     # --- sending ---------------------------------------------------------------------
 
     @command
-    def send(self, name: str, data: bytes, *, delay_ms: int = 0) -> Result[int]:
-        """Append ``data`` to queue ``name``; with ``delay_ms`` it is readable only after that delay.
+    def send(self, queue: str, data: bytes, *, delay: float = 0.0) -> Result[int]:
+        """Append ``data`` to ``queue``; with ``delay`` (seconds) it is readable only after that delay.
 
-        Returns the message id. Raises `NoSuchQueue`, `QueueFull`, `MessageTooLarge`.
+        Returns the message id. Raises `NoSuchQueue`, `QueueFull`, `MessageTooLarge`,
+        `ValueError` (a negative delay, or over 0xFFFFFFFF ms).
         """
-        if _milliseconds("delay_ms", delay_ms):
-            return self._call(msg.EnqueueDelayed(name, bytes(data), delay_ms), _queued_id)
-        return self._call(msg.Enqueue(name, bytes(data)), _queued_id)
+        delay_ = delay_ms(delay)
+        if delay_:
+            return self._call(msg.EnqueueDelayed(queue, bytes(data), delay_), _queued_id)
+        return self._call(msg.Enqueue(queue, bytes(data)), _queued_id)
 
     @command
-    def send_batch(self, name: str, items: Iterable[bytes]) -> Result[list[int]]:
+    def send_batch(self, queue: str, items: Iterable[bytes]) -> Result[list[int]]:
         """Append every message of ``items`` in one request, all or none. Returns their ids in order.
 
         Raises `NoSuchQueue`, `QueueFull` (none was accepted), `MessageTooLarge`
@@ -329,36 +408,70 @@ class Commands:
         batch = tuple(bytes(item) for item in items)
         if not batch:
             raise ValueError("send_batch needs at least one message")
-        return self._call(msg.EnqueueBatch(name, batch), _queued_ids)
+        return self._call(msg.EnqueueBatch(queue, batch), _queued_ids)
 
     # --- reading ---------------------------------------------------------------------
 
     @command
-    def read(self, name: str, timeout_ms: int = 0, *, wait_ms: int = 0) -> Result[msg.Message | None]:
-        """Take the next message of queue ``name`` and return it: a `Message`, or None when there is none.
+    def read(
+        self, queue: str, *, visibility_timeout: float | None = None, wait: float = 0.0
+    ) -> Result[msg.Message | None]:
+        """Take the next message of ``queue`` and return it: a `Message`, or None when there is none.
 
-        Confirm it within ``timeout_ms`` (0: no timeout; it comes back only if
-        this connection closes). With ``wait_ms`` the server waits up to that
-        long for a message before answering None. Raises `NoSuchQueue`.
+        Confirm it within ``visibility_timeout`` seconds, or it goes back to the
+        queue for another reader (None: the queue's default, 30 s unless set at
+        `create`; `NEVER`: it comes back only if this connection closes). With
+        ``wait`` (seconds) the server waits up to that long for a message before
+        answering None. Raises `NoSuchQueue`, `ValueError` (a duration out of range).
         """
-        _milliseconds("timeout_ms", timeout_ms)
-        _milliseconds("wait_ms", wait_ms)
-        return self._call(msg.Read(name, timeout_ms, wait_ms), _message_or_none)
+        return self._call(msg.Read(queue, visibility_ms(visibility_timeout), wait_ms(wait)), _message_or_none)
 
     @command
     def read_batch(
-        self, name: str, max_messages: int, timeout_ms: int = 0, *, wait_ms: int = 0
+        self, queue: str, max_messages: int, *, visibility_timeout: float | None = None, wait: float = 0.0
     ) -> Result[list[msg.Message]]:
-        """Take up to ``max_messages`` (1-65535) messages of ``name``, each to confirm within ``timeout_ms``.
+        """Take up to ``max_messages`` (1-65535) messages of ``queue``, each to confirm within
+        ``visibility_timeout`` (as for `read`).
 
-        Returns a list, empty when none came (after ``wait_ms`` at most, as for
-        `read`). Raises `NoSuchQueue`.
+        Returns a list, empty when none came (after ``wait`` seconds at most, as
+        for `read`). Raises `NoSuchQueue`, `ValueError`.
         """
         if not isinstance(max_messages, int) or not 1 <= max_messages <= 0xFFFF:
             raise ValueError(f"max_messages must be 1 .. 65535, got {max_messages!r}")
-        _milliseconds("timeout_ms", timeout_ms)
-        _milliseconds("wait_ms", wait_ms)
-        return self._call(msg.ReadBatch(name, max_messages, timeout_ms, wait_ms), _messages)
+        return self._call(
+            msg.ReadBatch(queue, max_messages, visibility_ms(visibility_timeout), wait_ms(wait)), _messages
+        )
+
+    @command
+    def peek(
+        self, queue: str, count: int = 10, *, delayed: bool = False, in_flight: bool = False
+    ) -> Result[list[msg.PeekedMessage]]:
+        """Look at up to ``count`` (1-65535) messages of ``queue`` without taking them.
+
+        Returns `PeekedMessage`s, the ready ones first in the order a read
+        would take them; with ``delayed`` and ``in_flight`` those are listed too,
+        each marked by its ``state``. Nothing changes on the server: no delivery
+        is counted, no deadline moves. Raises `NoSuchQueue`, `ValueError`.
+        """
+        if not isinstance(count, int) or not 1 <= count <= 0xFFFF:
+            raise ValueError(f"count must be 1 .. 65535, got {count!r}")
+        return self._call(msg.Peek(queue, count, delayed=delayed, in_flight=in_flight), _peeked)
+
+    @command
+    def move(self, source: str, destination: str, *, count: int | None = None) -> Result[int]:
+        """Move up to ``count`` ready messages (None: all of them) from the front of ``source`` to the
+        back of ``destination``, in one step on the server: once it answers they are stored in
+        ``destination``, and a connection lost meanwhile leaves each message in one queue or the
+        other, never both or neither. Redrives a dead-letter queue: ``move("jobs-dead", "jobs")``.
+
+        Moved messages keep their ids, data, delivery counts, enqueue times and
+        origins. A ``destination`` with a capacity takes what fits; the rest
+        stay in ``source``. Returns how many moved. Raises `NoSuchQueue`,
+        `InvalidRequest` (the same queue twice), `ValueError`.
+        """
+        if count is not None and (not isinstance(count, int) or not 1 <= count <= _U32_MAX):
+            raise ValueError(f"count must be None (all) or 1 .. {_U32_MAX}, got {count!r}")
+        return self._call(msg.Move(source, destination, count or 0), _moved)
 
     # --- settling --------------------------------------------------------------------
 
@@ -383,20 +496,31 @@ class Commands:
         return self._call(msg.ConfirmBatch(batch), _confirm_results)
 
     @command
-    def touch(self, id: int, timeout_ms: int) -> Result[None]:
-        """Give in-flight message ``id`` ``timeout_ms`` more from now (0: no timeout). Returns None.
+    def touch(self, id: int, *, visibility_timeout: float | None = None) -> Result[None]:
+        """Give in-flight message ``id`` ``visibility_timeout`` seconds more, counted from now (None:
+        the queue's default; `NEVER`: no timeout). Returns None.
 
-        Raises `Requeued` (too late) or `NoSuchMessage`.
+        Raises `Requeued` (too late), `NoSuchMessage`, `ValueError`.
         """
-        _milliseconds("timeout_ms", timeout_ms)
-        return self._call(msg.Touch(id, timeout_ms), _touched)
+        return self._call(msg.Touch(id, visibility_ms(visibility_timeout)), _touched)
 
     @command
-    def release(self, id: int, delay_ms: int = 0) -> Result[None]:
-        """Give in-flight message ``id`` back now (to the front of its queue) or after ``delay_ms``
-        (to the back). Counts as a delivery for ``max_deliveries``. Returns None.
+    def release(self, id: int, *, delay: float = 0.0) -> Result[None]:
+        """Give in-flight message ``id`` back now (to the front of its queue) or after ``delay``
+        seconds (to the back). Counts as a delivery for ``max_deliveries``. Returns None.
 
-        Raises `Requeued` (too late) or `NoSuchMessage`.
+        Raises `Requeued` (too late), `NoSuchMessage`, `ValueError`.
         """
-        _milliseconds("delay_ms", delay_ms)
-        return self._call(msg.Release(id, delay_ms), _released)
+        return self._call(msg.Release(id, delay_ms(delay)), _released)
+
+
+class _Requests(Commands):
+    """The commands as (request, decoder) pairs that nobody sends yet: the group clients check
+    arguments and build requests with it, and the group pipeline routes each before it is sent."""
+
+    def _call(self, request: msg.Request, decode: Decode[Any]) -> tuple[msg.Request, Decode[Any]]:
+        return request, decode
+
+
+REQUESTS = _Requests()
+"""`Commands` that return the (request, decoder) pair they would send; raise as the commands do."""

@@ -26,10 +26,10 @@ one sends and waits, the other queues.
   of their own. So one thread alone reads its own answers with no thread
   switch, taking the state lock twice a request (when it registers, taking
   the free read role then too, and when its answer is in, giving it up);
-  and a thread in a long waiting read (``wait_ms``) reads for everyone while
+  and a thread in a long waiting read (``wait``) reads for everyone while
   it waits.
 * **Timeouts are per request**: the connection's ``timeout``, plus a waiting
-  read's ``wait_ms``, from the moment it is sent. A request not answered in
+  read's ``wait``, from the moment it is sent. A request not answered in
   time is *abandoned* (`ClientConnection.abandon`): its late answer is
   dropped when it comes, the messages it brings are released, and a waiting
   read is cancelled on the server. Its thread gets `ConnectionLost`; the
@@ -213,7 +213,7 @@ class PipelinedClient:
         server is not there, `AuthenticationFailed` if it wants another ``token``, `ssl.SSLError` if TLS fails.
 
         ``timeout`` bounds the connect, each send, and each wait for an answer
-        (plus the ``wait_ms`` of a waiting read); None waits for ever. ``tls``:
+        (plus the ``wait`` of a waiting read); None waits for ever. ``tls``:
         True for the system's trusted CAs, or an `ssl.SSLContext` (own CA, client certificate).
         """
         host, port = parse_address(address)
@@ -253,7 +253,7 @@ class PipelinedClient:
         """Send ``request`` and return its answer (an error answer too, as a value). Thread-safe.
 
         ``timeout``: seconds to wait for the answer in all; by default the
-        connection's ``timeout`` plus the request's ``wait_ms``. An answer that
+        connection's ``timeout`` plus the request's wait. An answer that
         comes later is dropped (and the messages it brings released).
 
         Raises `MessageTooLarge` (nothing is sent), `ConnectionLost` (the
@@ -307,7 +307,7 @@ class PipelinedClient:
     def _exchange(self, requests: Sequence[msg.Request]) -> list[msg.Response]:
         """Send ``requests`` in one write and return their answers in request order (`Pipeline.execute`).
 
-        Each may take the connection's ``timeout`` plus the longest ``wait_ms``
+        Each may take the connection's ``timeout`` plus the longest wait
         among them. Raises as `request`; on any error, the requests still
         unanswered are abandoned.
         """
@@ -428,7 +428,7 @@ class PipelinedClient:
         them in arrival order.
 
         Raises `ConnectionLost` if the connection fails or no answer comes in
-        time (the connection's ``timeout`` plus the longest ``wait_ms`` outstanding),
+        time (the connection's ``timeout`` plus the longest wait outstanding),
         `ProtocolError` if the server breaks the framing.
         """
         ready = self._ready
@@ -857,14 +857,14 @@ class Client(Commands):
     connection); each command's answer is matched to it by request id, a
     waiting read in one thread does not hold up the others, and `close` from
     any thread fails the commands still waiting with `ConnectionLost`. A
-    command not answered within ``timeout`` (plus its ``wait_ms``) raises
+    command not answered within ``timeout`` (plus its ``wait``) raises
     `ConnectionLost`; the connection stays usable for the others, and the
     late answer is dropped.
 
     >>> with Client.connect("127.0.0.1:3003") as client:
     ...     client.create("jobs")
     ...     id_ = client.send("jobs", b"hello")
-    ...     message = client.read("jobs", timeout_ms=30_000)
+    ...     message = client.read("jobs", visibility_timeout=30.0)
     ...     if message is not None:  # None: the queue was empty
     ...         client.confirm(message.id)
     """
@@ -941,7 +941,7 @@ class Pipeline(Commands):
 
         Raises the first refused request's error if ``raise_on_error``; raises
         `ConnectionLost` if the connection fails, or an answer does not come
-        within the connection's ``timeout`` plus the longest ``wait_ms``
+        within the connection's ``timeout`` plus the longest ``wait``
         queued (the results are then lost).
         """
         queued, self._queued = self._queued, []

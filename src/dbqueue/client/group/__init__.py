@@ -11,7 +11,7 @@ group client makes them look like one server:
 * ``send`` picks a member round-robin, or by ``key`` so that related messages
   stay in order on one member; a member that is down is skipped;
 * ``read`` asks the members in turn without waiting; when none has a message
-  and ``wait_ms`` is set, it waits on *every* member at once and takes the
+  and ``wait`` is set, it waits on *every* member at once and takes the
   first message; a message another member hands out meanwhile is released at
   once (abandoned reads release themselves: `ClientConnection.abandon`);
 * ``confirm`` / ``touch`` / ``release`` go to the member that handed the

@@ -16,13 +16,14 @@ from typing import Any, Self, TypeVar
 from ...errors import DbQueueError, RequestError
 from ...protocol import messages as msg
 from ..aio import AsyncClient
-from ..commands import parse_address
+from ..commands import REQUESTS, delay_ms, parse_address
 from .plans import (
     ANSWERS_AS_VALUES,
     CONNECTION_FAILURES,
     ConfirmBatch,
     Failover,
     Members,
+    MovePass,
     QueueOptions,
     ReadPass,
     WaitingRead,
@@ -31,6 +32,7 @@ from .plans import (
     discovered,
     fan_out_answers,
     list_queues_result,
+    peek_result,
     purge_result,
     raise_or,
     stats_result,
@@ -115,12 +117,7 @@ class AsyncGroupClient:
             )
             index = (await client.members()).index
             for name, options in list(members.created.items()):
-                await client.create(
-                    name,
-                    options.capacity,
-                    max_deliveries=options.max_deliveries,
-                    dead_letter_queue=options.dead_letter_queue,
-                )
+                await client.create(name, **options._asdict())
         except (DbQueueError, OSError) as exc:
             if client is not None:  # connected, then refused: the next retry opens a new one
                 await client.close()
@@ -157,20 +154,17 @@ class AsyncGroupClient:
     async def create(
         self,
         name: str,
-        capacity: int | None = None,
         *,
+        capacity: int | None = None,
         max_deliveries: int | None = None,
         dead_letter_queue: str | None = None,
+        visibility_timeout: float | None = None,
     ) -> None:
         """Create the queue on every member; as `GroupClient.create`."""
-        self._members.created[name] = QueueOptions(capacity, max_deliveries, dead_letter_queue)
-        create_result(
-            await self._on_every_member(
-                lambda client: client.create(
-                    name, capacity, max_deliveries=max_deliveries, dead_letter_queue=dead_letter_queue
-                )
-            )
-        )
+        options = QueueOptions(capacity, max_deliveries, dead_letter_queue, visibility_timeout)
+        REQUESTS.create(name, **options._asdict())  # a bad option raises here, before any member is asked
+        self._members.created[name] = options
+        create_result(await self._on_every_member(lambda client: client.create(name, **options._asdict())))
 
     async def delete(self, name: str) -> None:
         """Delete the queue on every member; as `GroupClient.delete`."""
@@ -191,14 +185,15 @@ class AsyncGroupClient:
 
     # --- messages ----------------------------------------------------------------------
 
-    async def send(self, name: str, data: bytes, *, delay_ms: int = 0, key: bytes | str | None = None) -> int:
+    async def send(self, queue: str, data: bytes, *, delay: float = 0.0, key: bytes | str | None = None) -> int:
         """Send to one member, failing over to the others, and return the id; as `GroupClient.send`."""
-        return await self._send(lambda client: client.send(name, data, delay_ms=delay_ms), key)
+        delay_ms(delay)  # a bad delay raises here, not as a member's failure
+        return await self._send(lambda client: client.send(queue, data, delay=delay), key)
 
-    async def send_batch(self, name: str, items: Iterable[bytes], *, key: bytes | str | None = None) -> list[int]:
+    async def send_batch(self, queue: str, items: Iterable[bytes], *, key: bytes | str | None = None) -> list[int]:
         """Send a batch to one member and return the ids; as `GroupClient.send_batch`."""
         batch = list(items)
-        return await self._send(lambda client: client.send_batch(name, batch), key)
+        return await self._send(lambda client: client.send_batch(queue, batch), key)
 
     async def _send(self, call: Callable[[AsyncClient], Awaitable[T]], key: bytes | str | None) -> T:
         await self._reconnect()
@@ -208,37 +203,44 @@ class AsyncGroupClient:
             if not failover.failed(answer):
                 return raise_or(answer)
 
-    async def read(self, name: str, timeout_ms: int = 0, *, wait_ms: int = 0) -> msg.Message | None:
+    async def read(
+        self, queue: str, *, visibility_timeout: float | None = None, wait: float = 0.0
+    ) -> msg.Message | None:
         """Return a message from any member, or None; as `GroupClient.read`."""
-        found = await self.read_batch(name, 1, timeout_ms, wait_ms=wait_ms)
+        found = await self.read_batch(queue, 1, visibility_timeout=visibility_timeout, wait=wait)
         return found[0] if found else None
 
     async def read_batch(
-        self, name: str, max_messages: int, timeout_ms: int = 0, *, wait_ms: int = 0
+        self, queue: str, max_messages: int, *, visibility_timeout: float | None = None, wait: float = 0.0
     ) -> list[msg.Message]:
         """Return up to ``max_messages`` messages: the members are asked in turn, and if none has a
         message, waited on all at once. As `GroupClient.read_batch`."""
+        REQUESTS.read_batch(queue, max_messages, visibility_timeout=visibility_timeout, wait=wait)  # checks
         await self._reconnect()
         up = self._members.up()
-        read = ReadPass(name, max_messages, up, self._members.next_turn())
+        read = ReadPass(queue, max_messages, up, self._members.next_turn())
         for position in read.order:
-            if read.take(await self._read_from(position, name, read.wanted(), timeout_ms)):
+            if read.take(await self._read_from(position, queue, read.wanted(), visibility_timeout)):
                 return read.found
-        if not read.must_wait(wait_ms):
+        if not read.must_wait(wait):
             return read.found
-        return await self._wait_everywhere(up, name, max_messages, timeout_ms, wait_ms)
+        return await self._wait_everywhere(up, queue, max_messages, visibility_timeout, wait)
 
-    async def _read_from(self, position: int, name: str, count: int, timeout_ms: int) -> list[msg.Message] | Exception:
-        return await self._answer(position, lambda client: client.read_batch(name, count, timeout_ms))
+    async def _read_from(
+        self, position: int, queue: str, count: int, visibility_timeout: float | None
+    ) -> list[msg.Message] | Exception:
+        return await self._answer(
+            position, lambda client: client.read_batch(queue, count, visibility_timeout=visibility_timeout)
+        )
 
     async def _wait_everywhere(
-        self, up: list[int], name: str, max_messages: int, timeout_ms: int, wait_ms: int
+        self, up: list[int], queue: str, max_messages: int, visibility_timeout: float | None, wait: float
     ) -> list[msg.Message]:
         """`WaitingRead` over tasks: the answers of one ``asyncio.wait`` round are taken together."""
         read = WaitingRead(max_messages)
 
         def waiting_read(client: AsyncClient) -> Awaitable[list[msg.Message]]:
-            return client.read_batch(name, max_messages, timeout_ms, wait_ms=wait_ms)
+            return client.read_batch(queue, max_messages, visibility_timeout=visibility_timeout, wait=wait)
 
         tasks = {asyncio.ensure_future(self._on_member(position, waiting_read)) for position in up}
         try:
@@ -256,17 +258,46 @@ class AsyncGroupClient:
             for task in tasks:
                 task.cancel()  # a cancelled read is abandoned: a message it brings is released
 
+    async def peek(
+        self, queue: str, count: int = 10, *, delayed: bool = False, in_flight: bool = False
+    ) -> list[msg.PeekedMessage]:
+        """Look at up to ``count`` messages of the queue, the oldest of every member's; as `GroupClient.peek`."""
+        REQUESTS.peek(queue, count, delayed=delayed, in_flight=in_flight)  # a bad argument raises here
+        answers = await self._on_every_member(
+            lambda client: client.peek(queue, count, delayed=delayed, in_flight=in_flight)
+        )
+        return peek_result(answers, count)
+
+    async def move(self, source: str, destination: str, *, count: int | None = None) -> int:
+        """Move up to ``count`` ready messages (None: all), each member its own part, one member after
+        the other; return how many moved. As `GroupClient.move`."""
+        REQUESTS.move(source, destination, count=count)  # a bad argument raises here
+        await self._reconnect()
+        plan = MovePass(count)
+        for position in self._members.up():
+            wanted = plan.wanted()
+            if wanted == 0:
+                break
+
+            def move_there(client: AsyncClient, wanted: int | None = wanted) -> Awaitable[int]:
+                return client.move(source, destination, count=wanted)
+
+            plan.take(await self._answer(position, move_there))
+        return plan.result()
+
     async def confirm(self, id: int) -> None:
         """Confirm at the member that handed the message out; as `GroupClient.confirm`."""
         await self._on_member(self._members.holder(id), lambda client: client.confirm(id))
 
-    async def touch(self, id: int, timeout_ms: int) -> None:
+    async def touch(self, id: int, *, visibility_timeout: float | None = None) -> None:
         """Touch at the member that handed the message out; as `GroupClient.touch`."""
-        await self._on_member(self._members.holder(id), lambda client: client.touch(id, timeout_ms))
+        await self._on_member(
+            self._members.holder(id), lambda client: client.touch(id, visibility_timeout=visibility_timeout)
+        )
 
-    async def release(self, id: int, delay_ms: int = 0) -> None:
+    async def release(self, id: int, *, delay: float = 0.0) -> None:
         """Release at the member that handed the message out; as `GroupClient.release`."""
-        await self._on_member(self._members.holder(id), lambda client: client.release(id, delay_ms))
+        await self._on_member(self._members.holder(id), lambda client: client.release(id, delay=delay))
 
     async def confirm_batch(self, ids: Iterable[int]) -> list[RequestError | None]:
         """Confirm each id at its member; one result per id, in order. As `GroupClient.confirm_batch`."""

@@ -45,6 +45,7 @@ __all__ = [
     "ConfirmBatch",
     "Failover",
     "Members",
+    "MovePass",
     "QueueOptions",
     "ReadPass",
     "WaitingRead",
@@ -56,6 +57,7 @@ __all__ = [
     "member_for_send",
     "member_of",
     "merge_stats",
+    "peek_result",
     "purge_result",
     "raise_or",
     "stats_result",
@@ -76,6 +78,7 @@ _SUMMED = (
     "ready", "in_flight", "delayed", "waiting", "consumers",
     "enqueued", "confirmed", "requeued", "dead_lettered", "purged",
 )  # fmt: skip
+_OLDEST = ("oldest_ready_age_ms",)  # the group's is its oldest member's
 
 
 def member_of(id_: int) -> int:
@@ -150,11 +153,14 @@ def purge_result(answers: list[int | RequestError]) -> int:
 
 
 def merge_stats(per_member: list[dict[str, Any]]) -> dict[str, Any]:
-    """Return one queue's figures over the group: counts summed, options from the first member,
-    ``members`` how many answered."""
+    """Return one queue's figures over the group: counts summed, ages the oldest of any member,
+    options from the first member, ``members`` how many answered."""
     merged = dict(per_member[0])
     for field in _SUMMED:
         merged[field] = sum(stats[field] for stats in per_member)
+    for field in _OLDEST:
+        if field in merged:
+            merged[field] = max(stats.get(field, 0) for stats in per_member)
     merged["members"] = len(per_member)
     return merged
 
@@ -171,6 +177,65 @@ def list_queues_result(answers: list[list[dict[str, Any]] | RequestError]) -> li
         for stats in raise_or(answer):
             by_name.setdefault(stats["name"], []).append(stats)
     return [merge_stats(stats) for stats in by_name.values()]
+
+
+def peek_result(answers: list[list[msg.PeekedMessage] | RequestError], count: int) -> list[msg.PeekedMessage]:
+    """Return what a peek of the group shows: the oldest ``count`` of what the members showed
+    (each was asked for ``count``), oldest first. Raises `NoSuchQueue` only if no member has the
+    queue, else the first other refusal."""
+    if all(isinstance(answer, NoSuchQueue) for answer in answers):
+        raise_or(answers[0])
+    seen: list[msg.PeekedMessage] = []
+    for answer in answers:
+        if not isinstance(answer, NoSuchQueue):
+            seen += raise_or(answer)
+    return sorted(seen, key=lambda message: message.enqueued_at)[:count]
+
+
+class MovePass:
+    """A move across a group: each member moves its own part of the source queue, one after the
+    other, each asked for what is still to move (every ready message when no count is given).
+
+    Messages never cross members: a member's messages move to its own part of
+    the destination, so a group move is as atomic as each member's, member by
+    member. A member that is down keeps its part (move again once it is back);
+    one without the source queue is skipped, and the move fails only if no
+    member has it.
+    """
+
+    def __init__(self, count: int | None) -> None:
+        self.count = count
+        self.moved = 0
+        self._reached = 0  # members that answered
+        self._missing: list[NoSuchQueue] = []  # their answers that they have no such queue
+
+    def wanted(self) -> int | None:
+        """Return how many messages the next member should move (None: all), or 0 once done."""
+        return None if self.count is None else self.count - self.moved
+
+    def take(self, answer: int | BaseException) -> None:
+        """Record one member's answer: how many it moved, or the error it raised.
+
+        Raises a refusal other than `NoSuchQueue`.
+        """
+        if isinstance(answer, NoSuchQueue):
+            self._missing.append(answer)
+        elif isinstance(answer, RequestError):
+            raise answer
+        elif isinstance(answer, BaseException):
+            return  # that member is down: its part stays where it is
+        else:
+            self.moved += answer
+        self._reached += 1
+
+    def result(self) -> int:
+        """Return how many moved in all. Raises `NoSuchQueue` if no member reached has the source,
+        `ConnectionLost` if no member was reached."""
+        if not self._reached:
+            raise ConnectionLost("no member of the group is reachable")
+        if len(self._missing) == self._reached:
+            raise self._missing[0]
+        return self.moved
 
 
 # --- sends ---------------------------------------------------------------------------------
@@ -238,14 +303,14 @@ class ReadPass:
             self.found += answer
         return len(self.found) >= self.max_messages
 
-    def must_wait(self, wait_ms: int) -> bool:
+    def must_wait(self, wait: float) -> bool:
         """After every member was asked: return whether to wait on all of them (`WaitingRead`).
 
         Raises `NoSuchQueue` if no member has the queue.
         """
         if self.order and self._missing == len(self.order):
             raise NoSuchQueue(f"no queue named {self.name!r} on any member")
-        return not self.found and bool(wait_ms)
+        return not self.found and bool(wait)
 
 
 class WaitingRead:
@@ -324,6 +389,7 @@ class QueueOptions(NamedTuple):
     capacity: int | None
     max_deliveries: int | None
     dead_letter_queue: str | None
+    visibility_timeout: float | None  # seconds
 
 
 class Members(Generic[C]):

@@ -25,7 +25,7 @@ from typing import Any, Self, TypeVar
 
 from ...errors import ConnectionLost, DbQueueError, RequestError
 from ...protocol import messages as msg
-from ..commands import Commands, Decode, parse_address, result_of
+from ..commands import REQUESTS, Decode, delay_ms, parse_address, result_of
 from ..sync import Client, _Call, wait_for_any
 from .plans import (
     ANSWERS_AS_VALUES,
@@ -33,6 +33,7 @@ from .plans import (
     ConfirmBatch,
     Failover,
     Members,
+    MovePass,
     QueueOptions,
     ReadPass,
     WaitingRead,
@@ -42,6 +43,7 @@ from .plans import (
     fan_out_answers,
     list_queues_result,
     member_for_send,
+    peek_result,
     purge_result,
     raise_or,
     stats_result,
@@ -60,7 +62,7 @@ class GroupClient:
     and `close` from any thread fails the calls still waiting with `ConnectionLost`.
 
     >>> group = GroupClient.connect(["127.0.0.1:3000", "127.0.0.1:3001"])
-    >>> group.create("jobs"); group.send("jobs", b"x"); message = group.read("jobs", 30_000, wait_ms=5000)
+    >>> group.create("jobs"); group.send("jobs", b"x"); message = group.read("jobs", wait=5.0)
     """
 
     def __init__(
@@ -140,12 +142,7 @@ class GroupClient:
                         members.connected(position, client, index)
                         return
                 for name, options in missing.items():
-                    client.create(
-                        name,
-                        options.capacity,
-                        max_deliveries=options.max_deliveries,
-                        dead_letter_queue=options.dead_letter_queue,
-                    )
+                    client.create(name, **options._asdict())
                 created.update(missing)
         except (DbQueueError, OSError) as exc:
             if client is not None:  # connected, then refused: the next retry opens a new one
@@ -208,23 +205,20 @@ class GroupClient:
     def create(
         self,
         name: str,
-        capacity: int | None = None,
         *,
+        capacity: int | None = None,
         max_deliveries: int | None = None,
         dead_letter_queue: str | None = None,
+        visibility_timeout: float | None = None,
     ) -> None:
         """Create the queue on every member (``capacity`` applies per member); a member that comes
         back gets it again. Returns None. Raises as `Client.create`, or `ConnectionLost` if no
         member is reachable."""
+        options = QueueOptions(capacity, max_deliveries, dead_letter_queue, visibility_timeout)
+        REQUESTS.create(name, **options._asdict())  # a bad option raises here, before any member is asked
         with self._lock:
-            self._members.created[name] = QueueOptions(capacity, max_deliveries, dead_letter_queue)
-        create_result(
-            self._on_every_member(
-                lambda client: client.create(
-                    name, capacity, max_deliveries=max_deliveries, dead_letter_queue=dead_letter_queue
-                )
-            )
-        )
+            self._members.created[name] = options
+        create_result(self._on_every_member(lambda client: client.create(name, **options._asdict())))
 
     def delete(self, name: str) -> None:
         """Delete the queue on every member. Returns None. Raises `NoSuchQueue` only if no member had
@@ -256,20 +250,21 @@ class GroupClient:
 
     # --- messages ----------------------------------------------------------------------
 
-    def send(self, name: str, data: bytes, *, delay_ms: int = 0, key: bytes | str | None = None) -> int:
+    def send(self, queue: str, data: bytes, *, delay: float = 0.0, key: bytes | str | None = None) -> int:
         """Send to one member (by ``key``, else round-robin), failing over to the others; return the id.
 
         Raises as `Client.send`, or `ConnectionLost` if no member is reachable.
         """
-        return self._send(lambda client: client.send(name, data, delay_ms=delay_ms), key)
+        delay_ms(delay)  # a bad delay raises here, not as a member's failure
+        return self._send(lambda client: client.send(queue, data, delay=delay), key)
 
-    def send_batch(self, name: str, items: Iterable[bytes], *, key: bytes | str | None = None) -> list[int]:
+    def send_batch(self, queue: str, items: Iterable[bytes], *, key: bytes | str | None = None) -> list[int]:
         """Send a batch to one member (all or none), failing over to the others; return the ids in order.
 
         Raises as `Client.send_batch`, or `ConnectionLost` if no member is reachable.
         """
         batch = list(items)
-        return self._send(lambda client: client.send_batch(name, batch), key)
+        return self._send(lambda client: client.send_batch(queue, batch), key)
 
     def _send(self, call: Callable[[Client], T], key: bytes | str | None) -> T:
         self._reconnect()
@@ -281,43 +276,53 @@ class GroupClient:
             if not failover.failed(answer):
                 return raise_or(answer)
 
-    def read(self, name: str, timeout_ms: int = 0, *, wait_ms: int = 0) -> msg.Message | None:
-        """Return a message from any member, or None. With ``wait_ms``, waits on every member at once.
+    def read(self, queue: str, *, visibility_timeout: float | None = None, wait: float = 0.0) -> msg.Message | None:
+        """Return a message from any member, or None (durations as `Client.read`). With ``wait``,
+        waits on every member at once.
 
         Raises `NoSuchQueue` if no member has the queue, `ConnectionLost` if none is reachable.
         """
-        found = self._read_batch(name, 1, timeout_ms, wait_ms)
+        found = self._read_batch(queue, 1, visibility_timeout, wait)
         return found[0] if found else None
 
-    def read_batch(self, name: str, max_messages: int, timeout_ms: int = 0, *, wait_ms: int = 0) -> list[msg.Message]:
+    def read_batch(
+        self, queue: str, max_messages: int, *, visibility_timeout: float | None = None, wait: float = 0.0
+    ) -> list[msg.Message]:
         """Return up to ``max_messages`` messages, gathered from the members in turn (empty: none).
 
-        With ``wait_ms``, and none found, waits on every member at once. Raises as `read`.
+        With ``wait``, and none found, waits on every member at once. Raises as `read`.
         """
-        return self._read_batch(name, max_messages, timeout_ms, wait_ms)
+        return self._read_batch(queue, max_messages, visibility_timeout, wait)
 
-    def _read_batch(self, name: str, max_messages: int, timeout_ms: int, wait_ms: int) -> list[msg.Message]:
+    def _read_batch(
+        self, queue: str, max_messages: int, visibility_timeout: float | None, wait: float
+    ) -> list[msg.Message]:
+        # Built first, for its checks: a bad argument raises here, before any member is asked.
+        waiting, _ = REQUESTS.read_batch(queue, max_messages, visibility_timeout=visibility_timeout, wait=wait)
         self._reconnect()
         with self._lock:
-            read = ReadPass(name, max_messages, self._members.up(), self._members.next_turn())
+            read = ReadPass(queue, max_messages, self._members.up(), self._members.next_turn())
         for position in read.order:
-            if read.take(self._read_from(position, name, read.wanted(), timeout_ms)):
+            if read.take(self._read_from(position, queue, read.wanted(), visibility_timeout)):
                 return read.found
-        if not read.must_wait(wait_ms):
+        if not read.must_wait(wait):
             return read.found
-        return self._wait_everywhere(name, max_messages, timeout_ms, wait_ms)
+        return self._wait_everywhere(waiting, max_messages, wait)
 
-    def _read_from(self, position: int, name: str, count: int, timeout_ms: int) -> list[msg.Message] | Exception:
-        return self._answer(position, lambda client: client.read_batch(name, count, timeout_ms))
+    def _read_from(
+        self, position: int, queue: str, count: int, visibility_timeout: float | None
+    ) -> list[msg.Message] | Exception:
+        return self._answer(
+            position, lambda client: client.read_batch(queue, count, visibility_timeout=visibility_timeout)
+        )
 
-    def _wait_everywhere(self, name: str, max_messages: int, timeout_ms: int, wait_ms: int) -> list[msg.Message]:
+    def _wait_everywhere(self, request: msg.Request, max_messages: int, wait: float) -> list[msg.Message]:
         """`WaitingRead`: a waiting read sent to every member, each answer taken as soon as it arrives.
 
         Once the read is over, the reads still waiting are abandoned (cancelled
         on their members; a message one brings meanwhile is released).
         """
         read = WaitingRead(max_messages)
-        request = msg.ReadBatch(name, max_messages, timeout_ms, wait_ms)
         waiting: dict[int, tuple[Client, _Call]] = {}  # position -> (its client, the call sent to it)
         for position in self._up():
             try:
@@ -330,7 +335,7 @@ class GroupClient:
                 self._member_failed(position, client)
                 continue
             waiting[position] = (client, call)
-        deadline = time.monotonic() + wait_ms / 1000.0 + (self._timeout or 60.0)
+        deadline = time.monotonic() + wait + (self._timeout or 60.0)
         try:
             while waiting and not read.over:
                 answered = [position for position, (_, call) in waiting.items() if call.done()]
@@ -356,18 +361,48 @@ class GroupClient:
             self.release(extra.id)
         return read.kept()
 
+    def peek(
+        self, queue: str, count: int = 10, *, delayed: bool = False, in_flight: bool = False
+    ) -> list[msg.PeekedMessage]:
+        """Look at up to ``count`` messages of the queue without taking them (as `Client.peek`): every
+        member is asked for ``count``, and the oldest ``count`` of all they show are returned, oldest
+        first. Raises `NoSuchQueue` if no member has the queue, `ConnectionLost` if none is reachable."""
+        REQUESTS.peek(queue, count, delayed=delayed, in_flight=in_flight)  # a bad argument raises here
+        answers = self._on_every_member(lambda client: client.peek(queue, count, delayed=delayed, in_flight=in_flight))
+        return peek_result(answers, count)
+
+    def move(self, source: str, destination: str, *, count: int | None = None) -> int:
+        """Move up to ``count`` ready messages (None: all) from ``source`` to ``destination``; return
+        how many moved. Each member moves its own part, in one step of its own, one member after the
+        other until ``count`` have moved (see `plans.MovePass`): a message never changes member, and
+        a member that is down keeps its part. Raises as `Client.move`, `NoSuchQueue` only if no
+        member has the queue, `ConnectionLost` if none is reachable."""
+        REQUESTS.move(source, destination, count=count)  # a bad argument raises here
+        self._reconnect()
+        plan = MovePass(count)
+        for position in self._up():
+            wanted = plan.wanted()
+            if wanted == 0:
+                break
+
+            def move_there(client: Client, wanted: int | None = wanted) -> int:
+                return client.move(source, destination, count=wanted)
+
+            plan.take(self._answer(position, move_there))
+        return plan.result()
+
     def confirm(self, id: int) -> None:
         """Confirm at the member that handed the message out. Returns None. Raises as `Client.confirm`
         (`NoSuchMessage` also for an id from a member this client does not know)."""
         self._on_member(self._holder(id), lambda client: client.confirm(id))
 
-    def touch(self, id: int, timeout_ms: int) -> None:
+    def touch(self, id: int, *, visibility_timeout: float | None = None) -> None:
         """Touch at the member that handed the message out. Returns None. Raises as `Client.touch`."""
-        self._on_member(self._holder(id), lambda client: client.touch(id, timeout_ms))
+        self._on_member(self._holder(id), lambda client: client.touch(id, visibility_timeout=visibility_timeout))
 
-    def release(self, id: int, delay_ms: int = 0) -> None:
+    def release(self, id: int, *, delay: float = 0.0) -> None:
         """Release at the member that handed the message out. Returns None. Raises as `Client.release`."""
-        self._on_member(self._holder(id), lambda client: client.release(id, delay_ms))
+        self._on_member(self._holder(id), lambda client: client.release(id, delay=delay))
 
     def confirm_batch(self, ids: Iterable[int]) -> list[RequestError | None]:
         """Confirm each id at its member; return one result per id, in order (as `Client.confirm_batch`).
@@ -406,16 +441,6 @@ class GroupClient:
         self.close()
 
 
-class _Requests(Commands):
-    """The commands as (request, decoder) pairs that nobody sends yet: the group pipeline routes each first."""
-
-    def _call(self, request: msg.Request, decode: Decode[Any]) -> tuple[msg.Request, Decode[Any]]:
-        return request, decode
-
-
-_REQUESTS = _Requests()
-
-
 class GroupPipeline:
     """Sends, reads and confirms queued for a group, sent as one pipeline per member.
 
@@ -433,23 +458,23 @@ class GroupPipeline:
         self._group = group
         self._queued: list[tuple[int, tuple[msg.Request, Decode[Any]]]] = []  # (member position, the command)
 
-    def send(self, name: str, data: bytes, *, delay_ms: int = 0, key: bytes | str | None = None) -> Self:
+    def send(self, queue: str, data: bytes, *, delay: float = 0.0, key: bytes | str | None = None) -> Self:
         """Queue a send to one member (by ``key``, else round-robin); its result is the id.
 
-        Returns the pipeline. Raises `ValueError` for a bad ``delay_ms``,
+        Returns the pipeline. Raises `ValueError` for a bad ``delay``,
         `ConnectionLost` if no member is up.
         """
-        call = _REQUESTS.send(name, data, delay_ms=delay_ms)
+        call = REQUESTS.send(queue, data, delay=delay)
         self._queued.append((self._group._next_member(key), call))
         return self
 
-    def read(self, name: str, timeout_ms: int = 0) -> Self:
+    def read(self, queue: str, *, visibility_timeout: float | None = None) -> Self:
         """Queue a read of the next member in turn; its result is a `Message` or None (no wait).
 
-        Returns the pipeline. Raises `ValueError` for a bad ``timeout_ms``,
+        Returns the pipeline. Raises `ValueError` for a bad ``visibility_timeout``,
         `ConnectionLost` if no member is up.
         """
-        call = _REQUESTS.read(name, timeout_ms)
+        call = REQUESTS.read(queue, visibility_timeout=visibility_timeout)
         self._queued.append((self._group._next_member(None), call))
         return self
 
@@ -459,7 +484,7 @@ class GroupPipeline:
         Returns the pipeline. Raises `NoSuchMessage` for an id from a member
         this client does not know.
         """
-        self._queued.append((self._group._holder(id), _REQUESTS.confirm(id)))
+        self._queued.append((self._group._holder(id), REQUESTS.confirm(id)))
         return self
 
     def __len__(self) -> int:
