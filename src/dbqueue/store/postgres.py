@@ -1,0 +1,545 @@
+"""The PostgreSQL store: the queue logic's `core.Journal` committed to a PostgreSQL database.
+
+Theory of operation
+-------------------
+The same contract as the SQLite store (`store.sqlite`): change methods only
+*buffer* (dict and list operations, cheap on the hot path), and `Store.commit`
+writes everything buffered since the last commit in one transaction and
+returns once PostgreSQL has committed it (with ``synchronous_commit=on``, once
+it is on the primary's disk, and on a synchronous replica's if one is
+configured). The server commits once per loop iteration and sends the replies
+of that batch only after `commit` returns. A message sent and confirmed within
+one batch never reaches the database. The buffered changes are applied in the
+order the SQLite store documents (queue operations in call order, the id
+high-water mark, delivery counts, due times, removals, additions), for the
+same reasons.
+
+One commit is one round trip: the statements go out in libpq's pipeline mode
+(psycopg 3), each change kind as one statement over arrays (``unnest``), all
+inside one transaction that starts with the *fence*. Measured against asyncpg
+(bench/postgres_driver.py), psycopg 3 commits as fast, and its synchronous
+API lets the commit run where SQLite's does, on the loop's thread between
+iterations, with no second loop or thread.
+
+Parts and ownership. A group's members share one database; member ``i`` owns
+*part* ``i``: the queues it created and the messages whose ids carry ``i`` in
+their top byte. A store is opened for one part and holds it for its whole
+life with a session advisory lock (`postgres_parts`): PostgreSQL releases the
+lock when the owner's session ends (the process died, or its connection was
+cut and PostgreSQL's keepalives noticed). Taking a part bumps its fencing
+*epoch*; every commit transaction first calls ``dbqueue_fence(part, epoch)``,
+which raises unless the epoch is still ours, so a member that lost its part
+(paused, partitioned, slow) can never commit for it again, even on a new
+session. The row lock the fence takes makes a takeover wait for a commit under
+way, and a commit that waited for a takeover fail.
+
+A commit that fails (the connection broke, the fence refused) writes nothing
+and keeps its buffer; the server answers that batch with errors and calls
+`reload`, which reconnects (retrying for `RECONNECT_SECONDS`, through every
+host of a multi-host connection string), takes the part again if nobody else
+did, and reads it back. If another server took the part, `reload` raises
+`PartLost` and the server stops: it must not serve what it no longer owns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import struct
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any, Self
+
+import psycopg
+
+from ..core.journal import Journal, Snapshot, StoredMessage, StoredQueue
+from ..errors import StoreError
+from ..protocol.frames import MEMBER_SHIFT
+from . import postgres_parts as parts
+from .postgres_parts import PartLost, PartOwned
+from .postgres_schema import SCHEMA_VERSION, adopt
+
+__all__ = ["PostgresStore", "PartLost", "PartOwned", "SCHEMA_VERSION", "RECONNECT_SECONDS", "connect"]
+
+log = logging.getLogger("dbqueue.store.postgres")
+
+# How long `reload` tries to reach a database again (a primary's failover takes seconds).
+RECONNECT_SECONDS = 30.0
+
+_FENCE = b"SELECT dbqueue_fence(%s, %s)"
+_INSERT = (
+    b"INSERT INTO dbqueue_messages (id, qid, seq, data, deliveries, due_ms)"
+    b" SELECT * FROM unnest(%b::int8[], %b::int4[], %b::int8[], %b::bytea[], %b::int4[], %b::int8[])"
+)
+_DELETE = b"DELETE FROM dbqueue_messages WHERE id = ANY(%b::int8[])"
+_SET_DELIVERIES = (
+    b"UPDATE dbqueue_messages m SET deliveries = u.v FROM unnest(%b::int8[], %b::int4[]) AS u(id, v) WHERE m.id = u.id"
+)
+_SET_DUE = (
+    b"UPDATE dbqueue_messages m SET due_ms = u.v FROM unnest(%b::int8[], %b::int8[]) AS u(id, v) WHERE m.id = u.id"
+)
+_RESERVE = b"UPDATE dbqueue_parts SET next_id = %s WHERE part = %s AND next_id < %s"
+_CREATE_QUEUE = b"INSERT INTO dbqueue_queues VALUES (%s, %s, %s, %s, %s, %s)"  # (part, qid, name, ...) as created
+_DELETE_MESSAGES_OF = b"DELETE FROM dbqueue_messages WHERE qid = %s AND id >= %s AND id < %s"
+_PURGE_MESSAGES_OF = b"DELETE FROM dbqueue_messages WHERE qid = %s AND id >= %s AND id < %s AND id <> ALL(%b::int8[])"
+_DELETE_QUEUE = b"DELETE FROM dbqueue_queues WHERE part = %s AND qid = %s"
+
+# Queue operations, in call order: (qid, name, capacity, max_deliveries, dead_letter) creates,
+# (qid,) deletes, (qid, kept ids) purges.
+_QueueOp = tuple[int, bytes, int, int, bytes | None] | tuple[int] | tuple[int, frozenset[int]]
+# A message row as _INSERT takes it: (id, qid, seq, data, deliveries, due_ms).
+_Row = tuple[int, int, int, bytes, int, int]
+
+
+def connect(url: str) -> psycopg.Connection[Any]:
+    """A connection to ``url`` in autocommit mode, with keepalives both ways so a dead link is noticed in seconds.
+
+    Raises `psycopg.Error`.
+    """
+    con = psycopg.connect(
+        url,
+        autocommit=True,
+        connect_timeout=3,
+        keepalives=1,
+        keepalives_idle=1,
+        keepalives_interval=1,
+        keepalives_count=3,
+        tcp_user_timeout=5000,  # a commit on a link that went dead fails within 5 s instead of the kernel's 15 min
+    )
+    # The server side: PostgreSQL ends the session (and frees the part's lock) of a member cut off from it.
+    con.execute("SET tcp_keepalives_idle = 1; SET tcp_keepalives_interval = 1; SET tcp_keepalives_count = 3")
+    return con
+
+
+class PostgresStore:
+    """The open store of one part (member index) in a PostgreSQL database. Create with `PostgresStore.open`.
+
+    Change methods buffer; `commit` writes. Every method must be called from the thread that opened it.
+    """
+
+    sync = "postgresql"
+
+    def __init__(self, url: str, con: psycopg.Connection[Any], part: int, epoch: int, address: str) -> None:
+        # Use `PostgresStore.open`.
+        self.url = url
+        self.part = part
+        self.epoch = epoch
+        self.address = address
+        self._con: psycopg.Connection[Any] | None = con
+        self._low = part << MEMBER_SHIFT
+        self._high = (part + 1) << MEMBER_SHIFT
+        self._read_state(con)
+
+    @property
+    def where(self) -> str:
+        """The database and part, for messages (the URL without its password)."""
+        return f"{_redacted(self.url)} part {self.part}"
+
+    # --- opening and closing ---------------------------------------------------------
+
+    @classmethod
+    def open(cls, url: str, *, part: int, address: str) -> Self:
+        """Connect, create or upgrade the tables, and take ``part`` for ``address`` (bumping its epoch).
+
+        Raises `PartOwned` if a live server holds the part, `StoreError` if the
+        database cannot be reached or was written by a newer dbqueue.
+        """
+        try:
+            con = connect(url)
+        except psycopg.Error as exc:
+            raise StoreError(f"{_redacted(url)}: cannot connect: {exc}") from exc
+        try:
+            adopt(con, _redacted(url))
+            epoch = parts.claim(con, part, address)
+            return cls(url, con, part, epoch, address)
+        except psycopg.Error as exc:
+            con.close()
+            raise StoreError(f"{_redacted(url)}: cannot open the store: {exc}") from exc
+        except BaseException:
+            con.close()
+            raise
+
+    @classmethod
+    def take_orphan(cls, url: str, *, address: str, parts_wanted: Iterable[int] | None = None) -> Self | None:
+        """For a standby: take the first part whose owner is gone, or return None if every part has one.
+
+        Raises `StoreError` if the database cannot be reached.
+        """
+        try:
+            con = connect(url)
+        except psycopg.Error as exc:
+            raise StoreError(f"{_redacted(url)}: cannot connect: {exc}") from exc
+        try:
+            adopt(con, _redacted(url))
+            taken = parts.take_orphan(con, address, parts_wanted)
+            if taken is None:
+                con.close()
+                return None
+            part, epoch = taken
+            return cls(url, con, part, epoch, address)
+        except psycopg.Error as exc:
+            con.close()
+            raise StoreError(f"{_redacted(url)}: cannot look for a part to take: {exc}") from exc
+        except BaseException:
+            con.close()
+            raise
+
+    def close(self) -> None:
+        """Commit what is buffered and end the session (its part's lock goes with it). Closing twice is harmless.
+
+        Raises `StoreError` if the final commit fails; the store is closed all the same.
+        """
+        con = self._con
+        if con is None:
+            return
+        try:
+            self.commit()
+        finally:
+            self._con = None
+            con.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # --- reading ---------------------------------------------------------------------
+
+    def _read_state(self, con: psycopg.Connection[Any]) -> None:
+        rows = con.execute(b"SELECT name, qid FROM dbqueue_queues WHERE part = %s", (self.part,)).fetchall()
+        self._qids: dict[bytes, int] = {bytes(name): qid for name, qid in rows}
+        self._next_qid = max(self._qids.values(), default=0) + 1
+        row = con.execute(
+            b"SELECT max(seq), max(id) FROM dbqueue_messages WHERE id >= %s AND id < %s", (self._low, self._high)
+        ).fetchone()
+        max_seq, max_id = row if row else (None, None)
+        self._seq = (max_seq or 0) + 1
+        row = con.execute(b"SELECT next_id FROM dbqueue_parts WHERE part = %s", (self.part,)).fetchone()
+        self._reserved = max(int(row[0]) if row else 0, (max_id or 0) + 1, self._low + 1)
+        self._reserved_written = self._reserved
+        self._clear_buffer()
+
+    def _clear_buffer(self) -> None:
+        self._adds: dict[int, _Row] = {}
+        self._removes: list[int] = []
+        self._deliveries: dict[int, int] = {}
+        self._dues: dict[int, int] = {}
+        self._queue_ops: list[_QueueOp] = []
+
+    def load(self) -> Snapshot:
+        """Return the part's queues (in creation order) and messages (in the order added), as last committed.
+
+        Raises `StoreError` if PostgreSQL fails.
+        """
+        con = self._connection()
+        try:
+            queues = con.execute(
+                b"SELECT qid, name, capacity, max_deliveries, dead_letter FROM dbqueue_queues"
+                b" WHERE part = %s ORDER BY qid",
+                (self.part,),
+            ).fetchall()
+            by_qid: dict[int, list[StoredMessage]] = {qid: [] for qid, *_ in queues}
+            cur = con.cursor(binary=True)
+            cur.execute(
+                b"SELECT qid, id, data, deliveries, due_ms FROM dbqueue_messages"
+                b" WHERE id >= %s AND id < %s ORDER BY seq",
+                (self._low, self._high),
+            )
+            for qid, id_, data, deliveries, due_ms in cur:
+                by_qid[qid].append((id_, bytes(data), deliveries, due_ms))
+        except psycopg.Error as exc:
+            raise StoreError(f"{self.where}: cannot read the store: {exc}") from exc
+        except KeyError as exc:
+            raise StoreError(f"{self.where}: a message refers to queue {exc}, which is not stored") from exc
+        stored = [
+            StoredQueue(
+                name=bytes(name),
+                capacity=capacity,
+                max_deliveries=max_deliveries,
+                dead_letter=None if dead_letter is None else bytes(dead_letter),
+                messages=by_qid[qid],
+            )
+            for qid, name, capacity, max_deliveries, dead_letter in queues
+        ]
+        return Snapshot(queues=stored, next_id=self._reserved)
+
+    def discard(self) -> None:
+        """Throw away every buffered change and read the bookkeeping back (reconnecting if need be).
+
+        Raises `PartLost` if another server took the part meanwhile, `StoreError`
+        if the database cannot be reached within `RECONNECT_SECONDS`.
+        """
+        deadline = time.monotonic() + RECONNECT_SECONDS
+        while True:
+            try:
+                con = self._reconnected()
+                self._read_state(con)
+                return
+            except PartLost:
+                raise
+            except (psycopg.Error, StoreError) as exc:
+                self._drop_connection()
+                if time.monotonic() > deadline:
+                    raise StoreError(f"{self.where}: cannot reach the database again: {exc}") from exc
+                log.warning("%s: reconnecting: %s", self.where, exc)
+                time.sleep(0.2)
+
+    def reload(self) -> Snapshot:
+        """`discard` the buffer and return the part as last committed (`load`); raises as they do."""
+        self.discard()
+        return self.load()
+
+    def _reconnected(self) -> psycopg.Connection[Any]:
+        # The session, checked: a broken one is replaced, and the part taken again on the new one
+        # (the same epoch: `PartLost` if another server took the part).
+        con = self._con
+        if con is not None and not con.closed and not con.broken:
+            try:
+                con.execute(_FENCE, (self.part, self.epoch))
+                return con
+            except psycopg.errors.RaiseException as exc:
+                raise PartLost(f"{self.where}: {exc}") from exc
+            except psycopg.Error:
+                pass
+        self._drop_connection()
+        con = connect(self.url)
+        try:
+            parts.reclaim(con, self.part, self.epoch, self.where)
+        except BaseException:
+            con.close()
+            raise
+        self._con = con
+        return con
+
+    def _drop_connection(self) -> None:
+        con, self._con = self._con, None
+        if con is not None:
+            with contextlib.suppress(psycopg.Error):
+                con.close()
+
+    # --- ownership and membership ----------------------------------------------------
+
+    def members(self) -> list[str]:
+        """Every part's owner's address, by part (the group as MEMBERS answers it). Raises `StoreError`."""
+        try:
+            return parts.members(self._connection())
+        except psycopg.Error as exc:
+            raise StoreError(f"{self.where}: cannot read the members: {exc}") from exc
+
+    def heartbeat(self) -> None:
+        """Check, with a round trip, that the part is still ours and the database reachable.
+
+        Raises `PartLost` if the part was taken over, `StoreError` if the database cannot be reached.
+        """
+        con = self._connection()
+        try:
+            con.execute(_FENCE, (self.part, self.epoch))
+        except psycopg.errors.RaiseException as exc:
+            raise PartLost(f"{self.where}: {exc}") from exc
+        except psycopg.Error as exc:
+            raise StoreError(f"{self.where}: the database cannot be reached: {exc}") from exc
+
+    # --- room (the SQLite store's disk reserve; PostgreSQL manages its own) ------------
+
+    def keep_room(self) -> None:
+        """Nothing to keep: PostgreSQL manages its disk."""
+
+    def release_room(self) -> None:
+        """Nothing to give back."""
+
+    def probe(self) -> None:
+        """Whether the store can commit again: a fenced transaction that writes. Raises `StoreError` or `PartLost`."""
+        con = self._reconnected_or_raise()
+        try:
+            with con.transaction():
+                con.execute(_FENCE, (self.part, self.epoch))
+                con.execute(b"UPDATE dbqueue_parts SET next_id = next_id WHERE part = %s", (self.part,))
+        except psycopg.errors.RaiseException as exc:
+            raise PartLost(f"{self.where}: {exc}") from exc
+        except psycopg.Error as exc:
+            raise StoreError(f"{self.where}: a write fails: {exc}") from exc
+
+    def _reconnected_or_raise(self) -> psycopg.Connection[Any]:
+        try:
+            return self._reconnected()
+        except psycopg.Error as exc:
+            raise StoreError(f"{self.where}: the database cannot be reached: {exc}") from exc
+
+    def reclaim(self, max_pages: int = 0) -> int:
+        """Commit what is buffered; PostgreSQL's autovacuum gives space back. Returns 0."""
+        self.commit()
+        return 0
+
+    # --- buffered changes (the hot path: no database here) ------------------------------
+
+    def create_queue(
+        self, name: bytes, capacity: int = 0, max_deliveries: int = 0, dead_letter: bytes | None = None
+    ) -> None:
+        """Record a new queue. Raises `ValueError` if the part already has a queue called ``name``."""
+        if name in self._qids:
+            raise ValueError(f"queue {name!r} is already stored")
+        qid = self._qids[name] = self._next_qid
+        self._next_qid = qid + 1
+        self._queue_ops.append((qid, name, capacity, max_deliveries, dead_letter))
+
+    def delete_queue(self, name: bytes) -> None:
+        """Record that a queue and every message in it are gone. Raises `KeyError` for an unknown queue."""
+        qid = self._qids.pop(name)
+        self._drop_pending_adds(qid)
+        self._queue_ops.append((qid,))
+
+    def purge(self, name: bytes, keep: Iterable[int] = ()) -> None:
+        """Record that every message of a queue is gone except the ids in ``keep``. Raises `KeyError`."""
+        qid = self._qids[name]
+        kept = frozenset(keep)
+        self._drop_pending_adds(qid, kept)
+        self._queue_ops.append((qid, kept))
+
+    def add(self, queue: bytes, id_: int, data: bytes, due_ms: int = 0, deliveries: int = 0) -> None:
+        """Record a new message at the end of ``queue`` (see `store.sqlite.Store.add`). Raises `KeyError`."""
+        seq = self._seq
+        self._seq = seq + 1
+        self._adds[id_] = (id_, self._qids[queue], seq, data, deliveries, due_ms)
+
+    def add_many(self, queue: bytes, ids: Sequence[int], items: Sequence[bytes]) -> None:
+        """`add` for several new messages at once, in order (no delay, no deliveries)."""
+        qid = self._qids[queue]
+        seq = self._seq
+        adds = self._adds
+        for id_, data in zip(ids, items, strict=True):
+            adds[id_] = (id_, qid, seq, data, 0, 0)
+            seq += 1
+        self._seq = seq
+
+    def add_columns(self, queue: bytes, first_id: int, sizes: bytes, data: bytes) -> None:
+        """`add_many` for messages with consecutive ids from ``first_id``: big-endian u32 sizes, and payloads
+        back to back."""
+        lengths = struct.unpack(f">{len(sizes) // 4}I", sizes)
+        items = []
+        offset = 0
+        for size in lengths:
+            items.append(data[offset : offset + size])
+            offset += size
+        self.add_many(queue, range(first_id, first_id + len(items)), items)
+
+    def remove(self, id_: int) -> None:
+        """Record that a message is gone. Unknown ids are ignored at commit."""
+        if self._adds.pop(id_, None) is None:
+            self._removes.append(id_)
+
+    def remove_many(self, ids: Sequence[int]) -> None:
+        """`remove` for several ids."""
+        adds = self._adds
+        if not adds or adds.keys().isdisjoint(ids):
+            self._removes += ids
+            return
+        for id_ in ids:
+            self.remove(id_)
+
+    def set_deliveries(self, id_: int, deliveries: int) -> None:
+        """Record a message's delivery count."""
+        row = self._adds.get(id_)
+        if row is not None:
+            self._adds[id_] = (*row[:4], deliveries, row[5])
+        else:
+            self._deliveries[id_] = deliveries
+
+    def set_due(self, id_: int, due_ms: int) -> None:
+        """Record a message's new due time (wall-clock ms; 0: deliverable now)."""
+        row = self._adds.get(id_)
+        if row is not None:
+            self._adds[id_] = (*row[:5], due_ms)
+        else:
+            self._dues[id_] = due_ms
+
+    def reserve_ids(self, upto: int) -> None:
+        """Record that ids below ``upto`` may be handed out: `Snapshot.next_id` will never be lower."""
+        if upto > self._reserved:
+            self._reserved = upto
+
+    def committed(self, id_: int) -> bool:
+        """Whether message ``id_``, if stored, is in the database (its addition is not buffered)."""
+        return id_ not in self._adds
+
+    def pending(self) -> bool:
+        """Whether anything is buffered that `commit` would write."""
+        return bool(
+            self._adds
+            or self._removes
+            or self._queue_ops
+            or self._deliveries
+            or self._dues
+            or self._reserved != self._reserved_written
+        )
+
+    # --- writing ---------------------------------------------------------------------
+
+    def commit(self) -> None:
+        """Write every change buffered since the last commit in one fenced transaction, in one round trip.
+
+        Returns at once when nothing is buffered. Raises `PartLost` if the part
+        was taken over (nothing written, ever again), `StoreError` if PostgreSQL
+        fails: nothing of the batch is written and the buffer is kept.
+        """
+        if not self.pending():
+            return
+        con = self._connection()
+        part = self.part
+        try:
+            with con.pipeline(), con.transaction():
+                con.execute(_FENCE, (part, self.epoch))
+                for op in self._queue_ops:
+                    self._queue_op(con, op)
+                if self._reserved != self._reserved_written:
+                    con.execute(_RESERVE, (self._reserved, part, self._reserved))
+                if self._deliveries:
+                    con.execute(_SET_DELIVERIES, (list(self._deliveries), list(self._deliveries.values())))
+                if self._dues:
+                    con.execute(_SET_DUE, (list(self._dues), list(self._dues.values())))
+                if self._removes:
+                    con.execute(_DELETE, (self._removes,))
+                if self._adds:
+                    ids, qids, seqs, data, deliveries, dues = zip(*self._adds.values(), strict=True)
+                    con.execute(_INSERT, (list(ids), list(qids), list(seqs), list(data), list(deliveries), list(dues)))
+        except psycopg.errors.RaiseException as exc:
+            raise PartLost(f"{self.where}: {exc}") from exc
+        except psycopg.Error as exc:
+            raise StoreError(f"{self.where}: commit failed, nothing of the batch was written: {exc}") from exc
+        self._clear_buffer()
+        self._reserved_written = self._reserved
+
+    def _queue_op(self, con: psycopg.Connection[Any], op: _QueueOp) -> None:
+        qid = op[0]
+        if len(op) == 5:
+            con.execute(_CREATE_QUEUE, (self.part, *op))
+        elif len(op) == 1:
+            con.execute(_DELETE_MESSAGES_OF, (qid, self._low, self._high))
+            con.execute(_DELETE_QUEUE, (self.part, qid))
+        else:
+            con.execute(_PURGE_MESSAGES_OF, (qid, self._low, self._high, sorted(op[1])))
+
+    # --- internals -------------------------------------------------------------------
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._con is None:
+            raise StoreError(f"{self.where}: the store is not connected")
+        return self._con
+
+    def _drop_pending_adds(self, qid: int, kept: frozenset[int] = frozenset()) -> None:
+        adds = self._adds
+        for id_ in [id_ for id_, row in adds.items() if row[1] == qid and id_ not in kept]:
+            del adds[id_]
+
+
+def _redacted(url: str) -> str:
+    # A connection string without its password, for messages and logs.
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.Error:
+        return "the database"
+    info.pop("password", None)
+    return psycopg.conninfo.make_conninfo("", **info)
+
+
+_journal: type[Journal] = PostgresStore  # checked by mypy: the store is what the queue logic writes to

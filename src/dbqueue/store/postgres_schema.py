@@ -1,0 +1,111 @@
+"""The PostgreSQL store's tables, their version, and the upgrade of an older database.
+
+Tables (every name starts with ``dbqueue_``, so the store can share a database):
+
+* ``dbqueue_meta (key, value)``: ``schema_version``, the version of these tables;
+* ``dbqueue_parts``: one row per member index of the group (a *part*): the
+  fencing ``epoch`` its owner holds, the owner's ``address`` (what MEMBERS
+  answers), when it was claimed, and ``next_id``, the ids reserved so far;
+* ``dbqueue_queues (part, qid, ...)``: each part's queues, in creation order (``qid``);
+* ``dbqueue_messages``: one row per stored message. The id's top byte is its
+  part (`protocol.frames.MEMBER_SHIFT`), so a part's messages are a range of the
+  primary key; ``seq`` is the order in which they were added.
+
+Versions. `SCHEMA_VERSION` is bumped whenever a table changes in a way an
+older server could not read, and `UPGRADES` gains the statements that bring the
+previous version to the new one. A server creates the tables in an empty
+database, upgrades an older one in one transaction, and refuses one whose
+version is newer than its own (`StoreError` naming both versions). Creation and
+upgrade hold a transaction-level advisory lock, so members starting together
+do it once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from ..errors import StoreError
+
+__all__ = ["SCHEMA_VERSION", "UPGRADES", "adopt", "LOCK_CLASS"]
+
+SCHEMA_VERSION = 1
+
+# The first key of every advisory lock the store takes (the second is a part, or -1 for the schema).
+LOCK_CLASS = 0x6462_7175  # "dbqu"
+_SCHEMA_LOCK = -1
+
+_CREATE = [
+    """CREATE TABLE dbqueue_meta (key text PRIMARY KEY, value bigint NOT NULL)""",
+    """CREATE TABLE dbqueue_parts (
+        part int PRIMARY KEY,
+        epoch bigint NOT NULL,
+        address text NOT NULL,
+        claimed_at timestamptz NOT NULL DEFAULT now(),
+        next_id bigint NOT NULL DEFAULT 0
+    )""",
+    """CREATE TABLE dbqueue_queues (
+        part int NOT NULL,
+        qid int NOT NULL,
+        name bytea NOT NULL,
+        capacity bigint NOT NULL,
+        max_deliveries int NOT NULL,
+        dead_letter bytea,
+        PRIMARY KEY (part, qid)
+    )""",
+    """CREATE TABLE dbqueue_messages (
+        id bigint PRIMARY KEY,
+        qid int NOT NULL,
+        seq bigint NOT NULL,
+        data bytea NOT NULL,
+        deliveries int NOT NULL DEFAULT 0,
+        due_ms bigint NOT NULL DEFAULT 0
+    )""",
+    # Payloads are stored as they come: compressing random-looking data costs CPU for nothing.
+    """ALTER TABLE dbqueue_messages ALTER COLUMN data SET STORAGE EXTERNAL""",
+    # The fence every commit transaction starts with: it raises (and so aborts the transaction) unless the
+    # caller still holds the part's epoch. FOR SHARE makes a takeover's epoch bump wait for a commit under
+    # way, and a commit that waited on a takeover sees the new epoch and fails.
+    """CREATE FUNCTION dbqueue_fence(p int, e bigint) RETURNS void LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM 1 FROM dbqueue_parts WHERE part = p AND epoch = e FOR SHARE;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'dbqueue: part % is no longer ours (epoch % was taken over)', p, e
+                USING ERRCODE = 'DQ001';
+        END IF;
+    END $$""",
+]
+
+# UPGRADES[v] brings a database at version v to v + 1.
+UPGRADES: dict[int, list[str]] = {}
+
+
+def adopt(con: psycopg.Connection[Any], where: str) -> None:
+    """Make sure the database holds this version's tables: create them, upgrade older ones, refuse newer ones.
+
+    ``con`` is in autocommit mode. Raises `StoreError` (naming ``where``) for a
+    database written by a newer dbqueue, or if PostgreSQL fails.
+    """
+    with con.transaction():
+        con.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_CLASS, _SCHEMA_LOCK))
+        exists = con.execute("SELECT to_regclass('dbqueue_meta') IS NOT NULL").fetchone()
+        if not (exists and exists[0]):
+            for statement in _CREATE:
+                con.execute(statement.encode())
+            con.execute("INSERT INTO dbqueue_meta VALUES ('schema_version', %s)", (SCHEMA_VERSION,))
+            return
+        row = con.execute("SELECT value FROM dbqueue_meta WHERE key = 'schema_version'").fetchone()
+        version = int(row[0]) if row else 0
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{where}: the database holds dbqueue tables of schema version {version}, written by a newer"
+                f" dbqueue; this one reads up to version {SCHEMA_VERSION}: upgrade dbqueue"
+            )
+        while version < SCHEMA_VERSION:
+            if version not in UPGRADES:
+                raise StoreError(f"{where}: no upgrade from schema version {version}")
+            for statement in UPGRADES[version]:
+                con.execute(statement.encode())
+            version += 1
+        con.execute("UPDATE dbqueue_meta SET value = %s WHERE key = 'schema_version'", (SCHEMA_VERSION,))

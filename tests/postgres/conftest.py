@@ -1,0 +1,59 @@
+"""Fixtures of the PostgreSQL tests: one throwaway cluster per test session, a fresh database per test.
+
+The cluster (`pg_cluster.Cluster`) is made with Debian's initdb in a temporary
+directory on a free port, owned by an unprivileged user when the tests run as
+root, and removed at the end of the session. Without PostgreSQL installed the
+tests that need it are skipped, saying why (CI installs it: .ci/run).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pg_cluster import Cluster, bin_dir
+from pg_harness import Harness
+
+_databases = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    if bin_dir() is None:
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    cluster = Cluster.create().start()
+    try:
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: Cluster) -> str:
+    """The URL of a new, empty database on the session's cluster."""
+    return pg_cluster.create_database(f"t{next(_databases)}")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Harness:
+    if request.param == "sqlite":
+        return Harness("sqlite", str(tmp_path / "store"))
+    url: str = request.getfixturevalue("pg_url")
+    return Harness("postgres", url)
+
+
+@pytest.fixture
+def open_store(harness: Harness) -> Iterator[Callable[[], Any]]:
+    opened: list[Any] = []
+
+    def open_() -> Any:
+        store = harness.open()
+        opened.append(store)
+        return store
+
+    yield open_
+    for store in opened:
+        store.close()

@@ -1,0 +1,147 @@
+"""The store contract, run against both stores (SQLite and PostgreSQL): what `load` gives back after a
+reopen, the buffer's cancellation rules, queue deletions and purges, delays and delivery counts, ids.
+
+Each test is parametrized by `conftest.harness`: the same calls, the same assertions, two implementations.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from pg_harness import Harness
+
+from dbqueue.core import Snapshot, now_ms
+
+
+def contents(snapshot: Snapshot) -> dict[bytes, list[int]]:
+    """Queue name -> message ids, in order."""
+    return {q.name: [m[0] for m in q.messages] for q in snapshot.queues}
+
+
+def test_round_trip_of_queues_messages_and_order(harness: Harness) -> None:
+    store = harness.open()
+    store.create_queue(b"jobs", capacity=10, max_deliveries=3, dead_letter=b"dead")
+    store.create_queue(b"dead")
+    store.create_queue(b"\x00\xffbinary")
+    due = now_ms() + 60_000
+    store.add(b"jobs", 70000, b"first")
+    store.add(b"dead", 5, b"early id, added second")
+    store.add(b"jobs", 3, b"low id, added third", due_ms=due)
+    store.add(b"\x00\xffbinary", 9, b"")
+    store.reserve_ids(1 << 17)
+    store.commit()
+    store.add(b"jobs", 70001, b"x" * 100_000)
+    store.set_deliveries(70000, 2)
+    store.commit()
+    store.remove(70000)  # moved to the dead-letter queue: same id, at the end there
+    store.add(b"dead", 70000, b"first", deliveries=3)
+    store.commit()
+
+    store = harness.reopen(store)
+    snapshot = store.load()
+    assert [(q.name, q.capacity, q.max_deliveries, q.dead_letter) for q in snapshot.queues] == [
+        (b"jobs", 10, 3, b"dead"),
+        (b"dead", 0, 0, None),
+        (b"\x00\xffbinary", 0, 0, None),
+    ]
+    jobs, dead, binary = snapshot.queues
+    assert jobs.messages == [(3, b"low id, added third", 0, due), (70001, b"x" * 100_000, 0, 0)]
+    assert dead.messages == [(5, b"early id, added second", 0, 0), (70000, b"first", 3, 0)]
+    assert binary.messages == [(9, b"", 0, 0)]
+    assert snapshot.next_id >= 1 << 17
+    store.close()
+
+
+def test_uncommitted_changes_are_not_stored(harness: Harness) -> None:
+    store = harness.open()
+    store.create_queue(b"q")
+    store.add(b"q", 1, b"kept")
+    store.commit()
+    store.add(b"q", 2, b"never committed")
+    assert store.pending() and not store.committed(2) and store.committed(1)
+    store.discard()
+    assert not store.pending()
+    store = harness.reopen(store)
+    assert contents(store.load()) == {b"q": [1]}
+    store.close()
+
+
+def test_add_and_remove_in_one_batch_cancel(harness: Harness) -> None:
+    store = harness.open()
+    store.create_queue(b"q")
+    store.commit()
+    store.add(b"q", 1, b"a")
+    store.remove(1)
+    store.add_many(b"q", [2, 3, 4], [b"b", b"c", b"d"])
+    store.remove_many([2, 3])
+    store.commit()
+    store.add_columns(b"q", 10, (1).to_bytes(4, "big") + (2).to_bytes(4, "big"), b"xyz")
+    store.set_due(10, 123)
+    store.set_deliveries(11, 4)
+    store.commit()
+    store = harness.reopen(store)
+    assert store.load().queues[0].messages == [(4, b"d", 0, 0), (10, b"x", 0, 123), (11, b"yz", 4, 0)]
+    store.close()
+
+
+def test_delete_and_purge(harness: Harness) -> None:
+    store = harness.open()
+    for name in (b"a", b"b", b"c"):
+        store.create_queue(name)
+    store.add_many(b"a", [1, 2, 3], [b"1", b"2", b"3"])
+    store.add_many(b"b", [4, 5, 6], [b"4", b"5", b"6"])
+    store.add(b"c", 7, b"7")
+    store.commit()
+    store.add(b"a", 8, b"8")
+    store.purge(b"a", keep=[2])  # the one in flight stays
+    store.delete_queue(b"b")
+    store.add(b"c", 9, b"9")
+    store.commit()
+    store.create_queue(b"b")  # a new queue of the same name starts empty
+    store.commit()
+    store = harness.reopen(store)
+    assert contents(store.load()) == {b"a": [2], b"c": [7, 9], b"b": []}
+    store.close()
+
+
+def test_random_churn_matches_a_model(harness: Harness) -> None:
+    rng = random.Random(7)
+    store = harness.open()
+    model: dict[bytes, list[int]] = {b"q0": [], b"q1": []}
+    for name in model:
+        store.create_queue(name)
+    next_id = 1
+    for _ in range(60):
+        for _ in range(rng.randrange(1, 20)):
+            action = rng.random()
+            queue = rng.choice([b"q0", b"q1"])
+            if action < 0.5:
+                store.add(queue, next_id, next_id.to_bytes(8, "little"))
+                model[queue].append(next_id)
+                next_id += 1
+            elif model[queue]:
+                victim = rng.choice(model[queue])
+                store.remove(victim)
+                model[queue].remove(victim)
+        store.commit()
+    store = harness.reopen(store)
+    assert contents(store.load()) == model
+    store.close()
+
+
+def test_ids_are_reserved_across_reopens(harness: Harness) -> None:
+    store = harness.open()
+    store.create_queue(b"q")
+    store.reserve_ids(5000)
+    store.add(b"q", 1, b"x")
+    store.commit()
+    store.remove(1)
+    store.commit()
+    store = harness.reopen(store)
+    assert store.load().next_id >= 5000
+    store.close()
+
+
+def _noop(_: Any) -> None:
+    pass
