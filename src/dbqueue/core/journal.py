@@ -11,11 +11,23 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
-# A stored message as `Journal.load` returns it: (id, data, deliveries, due_ms). A plain
+
+class Origin(NamedTuple):
+    """Where a dead letter came from: its source ``queue`` (raw name) and its ``id`` there, its first
+    enqueue time there (``enqueued_ms``, Unix ms) and how many times it had been delivered there."""
+
+    queue: bytes
+    id: int
+    enqueued_ms: int
+    deliveries: int
+
+
+# A stored message as `Journal.load` returns it: (id, data, deliveries, due_ms, enqueued_ms, origin),
+# enqueued_ms its first enqueue time in Unix ms, origin None unless it is a dead letter. A plain
 # tuple, straight from the store: a snapshot may hold millions of them.
-StoredMessage = tuple[int, bytes, int, int]
+StoredMessage = tuple[int, bytes, int, int, int, Origin | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +39,7 @@ class StoredQueue:
     max_deliveries: int  # 0: no limit
     dead_letter: bytes | None
     messages: list[StoredMessage]
+    visibility_timeout_ms: int = 0  # as asked at create: 0 the server's default, 0xFFFFFFFF never
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,19 +56,37 @@ def now_ms() -> int:
 
 
 class Journal(Protocol):
-    """The changes the queue logic reports; each call buffers, `commit` (the server's) makes them durable."""
+    """The changes the queue logic reports; each call buffers, `commit` (the server's) makes them durable.
 
-    def create_queue(self, name: bytes, capacity: int, max_deliveries: int, dead_letter: bytes | None) -> None: ...
+    ``enqueued_ms`` is a message's first enqueue time in Unix ms; 0 lets the journal stamp it (the
+    time of the batch it is committed with). A message that moves to another queue (`Broker.move`)
+    is a `remove` of its id followed, in the same batch, by an `add` of the same id to its new queue
+    with everything it carries: the journal applies removals before additions. A message added
+    with an ``origin`` is a dead letter, which keeps it across restarts.
+    """
+
+    def create_queue(
+        self, name: bytes, capacity: int, max_deliveries: int, dead_letter: bytes | None, visibility_timeout_ms: int = 0
+    ) -> None: ...
 
     def delete_queue(self, name: bytes) -> None: ...
 
     def purge(self, name: bytes, keep: Iterable[int] = ()) -> None: ...
 
-    def add(self, queue: bytes, id_: int, data: bytes, due_ms: int = 0, deliveries: int = 0) -> None: ...
+    def add(
+        self,
+        queue: bytes,
+        id_: int,
+        data: bytes,
+        due_ms: int = 0,
+        deliveries: int = 0,
+        enqueued_ms: int = 0,
+        origin: Origin | None = None,
+    ) -> None: ...
 
-    def add_many(self, queue: bytes, ids: Sequence[int], items: Sequence[bytes]) -> None: ...
+    def add_many(self, queue: bytes, ids: Sequence[int], items: Sequence[bytes], enqueued_ms: int = 0) -> None: ...
 
-    def add_columns(self, queue: bytes, first_id: int, sizes: bytes, data: bytes) -> None: ...
+    def add_columns(self, queue: bytes, first_id: int, sizes: bytes, data: bytes, enqueued_ms: int = 0) -> None: ...
 
     def remove(self, id_: int) -> None: ...
 
