@@ -7,11 +7,16 @@ Each test is parametrized by `conftest.harness`: the same calls, the same assert
 from __future__ import annotations
 
 import random
-from typing import Any
 
 from pg_harness import Harness
 
 from dbqueue.core import Snapshot, now_ms
+from dbqueue.core.journal import Origin, StoredMessage
+
+
+def fields(messages: list[StoredMessage]) -> list[tuple[int, bytes, int, int]]:
+    """(id, data, deliveries, due_ms) of each stored message."""
+    return [message[:4] for message in messages]
 
 
 def contents(snapshot: Snapshot) -> dict[bytes, list[int]]:
@@ -46,9 +51,9 @@ def test_round_trip_of_queues_messages_and_order(harness: Harness) -> None:
         (b"\x00\xffbinary", 0, 0, None),
     ]
     jobs, dead, binary = snapshot.queues
-    assert jobs.messages == [(3, b"low id, added third", 0, due), (70001, b"x" * 100_000, 0, 0)]
-    assert dead.messages == [(5, b"early id, added second", 0, 0), (70000, b"first", 3, 0)]
-    assert binary.messages == [(9, b"", 0, 0)]
+    assert fields(jobs.messages) == [(3, b"low id, added third", 0, due), (70001, b"x" * 100_000, 0, 0)]
+    assert fields(dead.messages) == [(5, b"early id, added second", 0, 0), (70000, b"first", 3, 0)]
+    assert fields(binary.messages) == [(9, b"", 0, 0)]
     assert snapshot.next_id >= 1 << 17
     store.close()
 
@@ -81,7 +86,7 @@ def test_add_and_remove_in_one_batch_cancel(harness: Harness) -> None:
     store.set_deliveries(11, 4)
     store.commit()
     store = harness.reopen(store)
-    assert store.load().queues[0].messages == [(4, b"d", 0, 0), (10, b"x", 0, 123), (11, b"yz", 4, 0)]
+    assert fields(store.load().queues[0].messages) == [(4, b"d", 0, 0), (10, b"x", 0, 123), (11, b"yz", 4, 0)]
     store.close()
 
 
@@ -143,5 +148,33 @@ def test_ids_are_reserved_across_reopens(harness: Harness) -> None:
     store.close()
 
 
-def _noop(_: Any) -> None:
-    pass
+def test_enqueue_times_origins_visibility_timeouts_and_moves(harness: Harness) -> None:
+    store = harness.open()
+    store.create_queue(b"jobs", 0, 2, b"dead", visibility_timeout_ms=45_000)
+    store.create_queue(b"dead", visibility_timeout_ms=0xFFFFFFFF)
+    store.create_queue(b"other")
+    before = now_ms()
+    store.add(b"jobs", 1, b"stamped by the store")
+    store.add(b"jobs", 2, b"given", enqueued_ms=1_700_000_000_000)
+    store.add_many(b"jobs", [3, 4], [b"a", b"b"], enqueued_ms=1_700_000_000_001)
+    store.commit()
+    after = now_ms()
+    origin = Origin(b"jobs", 2, 1_700_000_000_000, 2)
+    store.remove(2)
+    store.add(b"dead", 100, b"given", deliveries=0, enqueued_ms=1_700_000_000_500, origin=origin)
+    store.remove(3)  # moved: the same id, everything it carries, at the back of its new queue
+    store.add(b"other", 3, b"a", enqueued_ms=1_700_000_000_001)
+    store.commit()
+    store = harness.reopen(store)
+    jobs, dead, other = store.load().queues
+    assert (jobs.visibility_timeout_ms, dead.visibility_timeout_ms, other.visibility_timeout_ms) == (
+        45_000,
+        0xFFFFFFFF,
+        0,
+    )
+    (one, four) = jobs.messages
+    assert one[0] == 1 and before <= one[4] <= after and one[5] is None
+    assert four == (4, b"b", 0, 0, 1_700_000_000_001, None)
+    assert dead.messages == [(100, b"given", 0, 0, 1_700_000_000_500, origin)]
+    assert other.messages == [(3, b"a", 0, 0, 1_700_000_000_001, None)]
+    store.close()

@@ -52,7 +52,7 @@ from typing import Any, Self
 
 import psycopg
 
-from ..core.journal import Journal, Snapshot, StoredMessage, StoredQueue
+from ..core.journal import Journal, Origin, Snapshot, StoredMessage, StoredQueue, now_ms
 from ..errors import StoreError
 from ..protocol.frames import MEMBER_SHIFT
 from . import postgres_parts as parts
@@ -68,8 +68,14 @@ RECONNECT_SECONDS = 30.0
 
 _FENCE = b"SELECT dbqueue_fence(%s, %s)"
 _INSERT = (
-    b"INSERT INTO dbqueue_messages (id, qid, seq, data, deliveries, due_ms)"
-    b" SELECT * FROM unnest(%b::int8[], %b::int4[], %b::int8[], %b::bytea[], %b::int4[], %b::int8[])"
+    b"INSERT INTO dbqueue_messages (id, qid, seq, data, deliveries, due_ms, enqueued_ms)"
+    b" SELECT * FROM unnest(%b::int8[], %b::int4[], %b::int8[], %b::bytea[], %b::int4[], %b::int8[], %b::int8[])"
+)
+# Dead letters, with their origin: rare, so the common insert above carries no origin columns.
+_INSERT_ORIGIN = (
+    b"INSERT INTO dbqueue_messages (id, qid, seq, data, deliveries, due_ms, enqueued_ms,"
+    b" origin_queue, origin_id, origin_enqueued_ms, origin_deliveries)"
+    b" VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
 _DELETE = b"DELETE FROM dbqueue_messages WHERE id = ANY(%b::int8[])"
 _SET_DELIVERIES = (
@@ -79,16 +85,16 @@ _SET_DUE = (
     b"UPDATE dbqueue_messages m SET due_ms = u.v FROM unnest(%b::int8[], %b::int8[]) AS u(id, v) WHERE m.id = u.id"
 )
 _RESERVE = b"UPDATE dbqueue_parts SET next_id = %s WHERE part = %s AND next_id < %s"
-_CREATE_QUEUE = b"INSERT INTO dbqueue_queues VALUES (%s, %s, %s, %s, %s, %s)"  # (part, qid, name, ...) as created
+_CREATE_QUEUE = b"INSERT INTO dbqueue_queues VALUES (%s, %s, %s, %s, %s, %s, %s)"  # (part, qid, name, ...) as created
 _DELETE_MESSAGES_OF = b"DELETE FROM dbqueue_messages WHERE qid = %s AND id >= %s AND id < %s"
 _PURGE_MESSAGES_OF = b"DELETE FROM dbqueue_messages WHERE qid = %s AND id >= %s AND id < %s AND id <> ALL(%b::int8[])"
 _DELETE_QUEUE = b"DELETE FROM dbqueue_queues WHERE part = %s AND qid = %s"
 
-# Queue operations, in call order: (qid, name, capacity, max_deliveries, dead_letter) creates,
-# (qid,) deletes, (qid, kept ids) purges.
-_QueueOp = tuple[int, bytes, int, int, bytes | None] | tuple[int] | tuple[int, frozenset[int]]
-# A message row as _INSERT takes it: (id, qid, seq, data, deliveries, due_ms).
-_Row = tuple[int, int, int, bytes, int, int]
+# Queue operations, in call order: (qid, name, capacity, max_deliveries, dead_letter, visibility_timeout_ms)
+# creates, (qid,) deletes, (qid, kept ids) purges.
+_QueueOp = tuple[int, bytes, int, int, bytes | None, int] | tuple[int] | tuple[int, frozenset[int]]
+# A message row as _INSERT takes it: (id, qid, seq, data, deliveries, due_ms, enqueued_ms).
+_Row = tuple[int, int, int, bytes, int, int, int]
 
 
 def connect(url: str) -> psycopg.Connection[Any]:
@@ -222,6 +228,7 @@ class PostgresStore:
 
     def _clear_buffer(self) -> None:
         self._adds: dict[int, _Row] = {}
+        self._origins: dict[int, Origin] = {}  # id -> the origin of a pending addition that is a dead letter
         self._removes: list[int] = []
         self._deliveries: dict[int, int] = {}
         self._dues: dict[int, int] = {}
@@ -235,19 +242,21 @@ class PostgresStore:
         con = self._connection()
         try:
             queues = con.execute(
-                b"SELECT qid, name, capacity, max_deliveries, dead_letter FROM dbqueue_queues"
-                b" WHERE part = %s ORDER BY qid",
+                b"SELECT qid, name, capacity, max_deliveries, dead_letter, visibility_timeout_ms"
+                b" FROM dbqueue_queues WHERE part = %s ORDER BY qid",
                 (self.part,),
             ).fetchall()
             by_qid: dict[int, list[StoredMessage]] = {qid: [] for qid, *_ in queues}
             cur = con.cursor(binary=True)
             cur.execute(
-                b"SELECT qid, id, data, deliveries, due_ms FROM dbqueue_messages"
-                b" WHERE id >= %s AND id < %s ORDER BY seq",
+                b"SELECT qid, id, data, deliveries, due_ms, enqueued_ms,"
+                b" origin_queue, origin_id, origin_enqueued_ms, origin_deliveries"
+                b" FROM dbqueue_messages WHERE id >= %s AND id < %s ORDER BY seq",
                 (self._low, self._high),
             )
-            for qid, id_, data, deliveries, due_ms in cur:
-                by_qid[qid].append((id_, bytes(data), deliveries, due_ms))
+            for qid, id_, data, deliveries, due_ms, enqueued_ms, o_queue, o_id, o_enqueued, o_deliveries in cur:
+                origin = None if o_queue is None else Origin(bytes(o_queue), o_id, o_enqueued, o_deliveries)
+                by_qid[qid].append((id_, bytes(data), deliveries, due_ms, enqueued_ms, origin))
         except psycopg.Error as exc:
             raise StoreError(f"{self.where}: cannot read the store: {exc}") from exc
         except KeyError as exc:
@@ -259,8 +268,9 @@ class PostgresStore:
                 max_deliveries=max_deliveries,
                 dead_letter=None if dead_letter is None else bytes(dead_letter),
                 messages=by_qid[qid],
+                visibility_timeout_ms=visibility_timeout_ms,
             )
-            for qid, name, capacity, max_deliveries, dead_letter in queues
+            for qid, name, capacity, max_deliveries, dead_letter, visibility_timeout_ms in queues
         ]
         return Snapshot(queues=stored, next_id=self._reserved)
 
@@ -374,14 +384,19 @@ class PostgresStore:
     # --- buffered changes (the hot path: no database here) ------------------------------
 
     def create_queue(
-        self, name: bytes, capacity: int = 0, max_deliveries: int = 0, dead_letter: bytes | None = None
+        self,
+        name: bytes,
+        capacity: int = 0,
+        max_deliveries: int = 0,
+        dead_letter: bytes | None = None,
+        visibility_timeout_ms: int = 0,
     ) -> None:
         """Record a new queue. Raises `ValueError` if the part already has a queue called ``name``."""
         if name in self._qids:
             raise ValueError(f"queue {name!r} is already stored")
         qid = self._qids[name] = self._next_qid
         self._next_qid = qid + 1
-        self._queue_ops.append((qid, name, capacity, max_deliveries, dead_letter))
+        self._queue_ops.append((qid, name, capacity, max_deliveries, dead_letter, visibility_timeout_ms))
 
     def delete_queue(self, name: bytes) -> None:
         """Record that a queue and every message in it are gone. Raises `KeyError` for an unknown queue."""
@@ -396,23 +411,38 @@ class PostgresStore:
         self._drop_pending_adds(qid, kept)
         self._queue_ops.append((qid, kept))
 
-    def add(self, queue: bytes, id_: int, data: bytes, due_ms: int = 0, deliveries: int = 0) -> None:
-        """Record a new message at the end of ``queue`` (see `store.sqlite.Store.add`). Raises `KeyError`."""
+    def add(
+        self,
+        queue: bytes,
+        id_: int,
+        data: bytes,
+        due_ms: int = 0,
+        deliveries: int = 0,
+        enqueued_ms: int = 0,
+        origin: Origin | None = None,
+    ) -> None:
+        """Record a message at the end of ``queue`` (see `core.journal.Journal`): a new one, one moved
+        there (after `remove` of its id), or a dead letter (with its ``origin``). Raises `KeyError`."""
         seq = self._seq
         self._seq = seq + 1
-        self._adds[id_] = (id_, self._qids[queue], seq, data, deliveries, due_ms)
+        self._adds[id_] = (id_, self._qids[queue], seq, data, deliveries, due_ms, enqueued_ms or now_ms())
+        if origin is not None:
+            self._origins[id_] = origin
+        elif self._origins:
+            self._origins.pop(id_, None)
 
-    def add_many(self, queue: bytes, ids: Sequence[int], items: Sequence[bytes]) -> None:
+    def add_many(self, queue: bytes, ids: Sequence[int], items: Sequence[bytes], enqueued_ms: int = 0) -> None:
         """`add` for several new messages at once, in order (no delay, no deliveries)."""
         qid = self._qids[queue]
         seq = self._seq
         adds = self._adds
+        enqueued_ms = enqueued_ms or now_ms()
         for id_, data in zip(ids, items, strict=True):
-            adds[id_] = (id_, qid, seq, data, 0, 0)
+            adds[id_] = (id_, qid, seq, data, 0, 0, enqueued_ms)
             seq += 1
         self._seq = seq
 
-    def add_columns(self, queue: bytes, first_id: int, sizes: bytes, data: bytes) -> None:
+    def add_columns(self, queue: bytes, first_id: int, sizes: bytes, data: bytes, enqueued_ms: int = 0) -> None:
         """`add_many` for messages with consecutive ids from ``first_id``: big-endian u32 sizes, and payloads
         back to back."""
         lengths = struct.unpack(f">{len(sizes) // 4}I", sizes)
@@ -421,12 +451,14 @@ class PostgresStore:
         for size in lengths:
             items.append(data[offset : offset + size])
             offset += size
-        self.add_many(queue, range(first_id, first_id + len(items)), items)
+        self.add_many(queue, range(first_id, first_id + len(items)), items, enqueued_ms)
 
     def remove(self, id_: int) -> None:
         """Record that a message is gone. Unknown ids are ignored at commit."""
         if self._adds.pop(id_, None) is None:
             self._removes.append(id_)
+        elif self._origins:
+            self._origins.pop(id_, None)
 
     def remove_many(self, ids: Sequence[int]) -> None:
         """`remove` for several ids."""
@@ -441,7 +473,7 @@ class PostgresStore:
         """Record a message's delivery count."""
         row = self._adds.get(id_)
         if row is not None:
-            self._adds[id_] = (*row[:4], deliveries, row[5])
+            self._adds[id_] = (*row[:4], deliveries, *row[5:])
         else:
             self._deliveries[id_] = deliveries
 
@@ -449,7 +481,7 @@ class PostgresStore:
         """Record a message's new due time (wall-clock ms; 0: deliverable now)."""
         row = self._adds.get(id_)
         if row is not None:
-            self._adds[id_] = (*row[:5], due_ms)
+            self._adds[id_] = (*row[:5], due_ms, row[6])
         else:
             self._dues[id_] = due_ms
 
@@ -500,8 +532,7 @@ class PostgresStore:
                 if self._removes:
                     con.execute(_DELETE, (self._removes,))
                 if self._adds:
-                    ids, qids, seqs, data, deliveries, dues = zip(*self._adds.values(), strict=True)
-                    con.execute(_INSERT, (list(ids), list(qids), list(seqs), list(data), list(deliveries), list(dues)))
+                    self._insert(con)
         except psycopg.errors.RaiseException as exc:
             raise PartLost(f"{self.where}: {exc}") from exc
         except psycopg.Error as exc:
@@ -509,9 +540,18 @@ class PostgresStore:
         self._clear_buffer()
         self._reserved_written = self._reserved
 
+    def _insert(self, con: psycopg.Connection[Any]) -> None:
+        rows = list(self._adds.values())
+        origins = self._origins
+        if origins:
+            con.cursor().executemany(_INSERT_ORIGIN, [(*self._adds[id_], *origin) for id_, origin in origins.items()])
+            rows = [row for row in rows if row[0] not in origins]
+        if rows:
+            con.execute(_INSERT, [list(column) for column in zip(*rows, strict=True)])
+
     def _queue_op(self, con: psycopg.Connection[Any], op: _QueueOp) -> None:
         qid = op[0]
-        if len(op) == 5:
+        if len(op) == 6:
             con.execute(_CREATE_QUEUE, (self.part, *op))
         elif len(op) == 1:
             con.execute(_DELETE_MESSAGES_OF, (qid, self._low, self._high))
@@ -530,6 +570,7 @@ class PostgresStore:
         adds = self._adds
         for id_ in [id_ for id_, row in adds.items() if row[1] == qid and id_ not in kept]:
             del adds[id_]
+            self._origins.pop(id_, None)
 
 
 def _redacted(url: str) -> str:

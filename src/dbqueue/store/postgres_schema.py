@@ -7,7 +7,8 @@ Tables (every name starts with ``dbqueue_``, so the store can share a database):
   fencing ``epoch`` its owner holds, the owner's ``address`` (what MEMBERS
   answers), when it was claimed, and ``next_id``, the ids reserved so far;
 * ``dbqueue_queues (part, qid, ...)``: each part's queues, in creation order (``qid``);
-* ``dbqueue_messages``: one row per stored message. The id's top byte is its
+* ``dbqueue_messages``: one row per stored message, with its first enqueue time
+  and, for a dead letter, its origin (``origin_*``, NULL otherwise). The id's top byte is its
   part (`protocol.frames.MEMBER_SHIFT`), so a part's messages are a range of the
   primary key; ``seq`` is the order in which they were added.
 
@@ -52,6 +53,7 @@ _CREATE = [
         capacity bigint NOT NULL,
         max_deliveries int NOT NULL,
         dead_letter bytea,
+        visibility_timeout_ms bigint NOT NULL DEFAULT 0,
         PRIMARY KEY (part, qid)
     )""",
     """CREATE TABLE dbqueue_messages (
@@ -60,7 +62,12 @@ _CREATE = [
         seq bigint NOT NULL,
         data bytea NOT NULL,
         deliveries int NOT NULL DEFAULT 0,
-        due_ms bigint NOT NULL DEFAULT 0
+        due_ms bigint NOT NULL DEFAULT 0,
+        enqueued_ms bigint NOT NULL DEFAULT 0,
+        origin_queue bytea,
+        origin_id bigint,
+        origin_enqueued_ms bigint,
+        origin_deliveries int
     )""",
     # Payloads are stored as they come: compressing random-looking data costs CPU for nothing.
     """ALTER TABLE dbqueue_messages ALTER COLUMN data SET STORAGE EXTERNAL""",
