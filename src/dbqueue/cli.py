@@ -59,7 +59,7 @@ from ._version import __version__
 from .server.limits import LimitField, Limits, limit_fields
 
 if TYPE_CHECKING:
-    from .client import Client, GroupClient, Message
+    from .client import Client, GroupClient
     from .report import Sample
 
 __all__ = ["main", "option_name"]
@@ -173,6 +173,18 @@ def main() -> None:
     help="Keep queues and unconfirmed messages in a store in this directory (default: memory only).",
 )
 @click.option(
+    "--store",
+    default=None,
+    metavar="URL",
+    help="Keep queues and unconfirmed messages in PostgreSQL: a postgresql:// URL or a libpq string "
+    "('host=... dbname=...'); not with --data-dir.",
+)
+@click.option(
+    "--standby",
+    is_flag=True,
+    help="With --store: wait, and take over this member's part of the store when the server keeping it stops.",
+)
+@click.option(
     "--sync",
     type=click.Choice(["os", "disk"]),
     default="os",
@@ -228,6 +240,8 @@ def serve(
     http_port: int | None,
     sqs_credentials: str | None,
     data_dir: str | None,
+    store: str | None,
+    standby: bool,
     sync: str,
     workers: int,
     peers: str | None,
@@ -282,6 +296,7 @@ def serve(
         raise click.UsageError("--tls-cert and --tls-key go together")
     if tls_ca and not tls_cert:
         raise click.UsageError("--tls-ca checks client certificates over TLS: it needs --tls-cert and --tls-key")
+    stored = _store_options(Server, data_dir, store, standby)
     members = [part.strip() for part in peers.split(",") if part.strip()] if peers else []
     if workers > 1:
         _supervise(context, host, port, workers, members, data_dir, metrics_port)
@@ -305,6 +320,7 @@ def serve(
         http_port=http_port,
         sqs_credentials=credentials,
         insecure=insecure,
+        **stored,
     )
     try:
         run(server)
@@ -312,6 +328,24 @@ def serve(
         raise click.ClickException(str(exc)) from exc
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+
+
+def _store_options(server: type, data_dir: str | None, store: str | None, standby: bool) -> dict[str, Any]:
+    """The ``store`` and ``standby`` arguments of `Server`, as given (none if not given); a usage error
+    if they do not go together, or this server cannot keep its messages in PostgreSQL."""
+    import inspect
+
+    if store is None and not standby:
+        return {}
+    if store is not None and data_dir is not None:
+        raise click.UsageError("--store and --data-dir are exclusive: a server keeps its messages in one store")
+    if standby and store is None:
+        raise click.UsageError("--standby takes over a part of a PostgreSQL store: it needs --store URL")
+    accepted = inspect.signature(server).parameters
+    if "store" not in accepted or (standby and "standby" not in accepted):
+        wanted = "--store and --standby are" if standby else "--store is"
+        raise click.UsageError(f"{wanted} not supported by this build of the server (dbqueue {__version__})")
+    return {"store": store, "standby": True} if standby else {"store": store}
 
 
 def _tie_to_supervisor(supervisor: str) -> None:
@@ -391,6 +425,22 @@ def _addresses(value: str) -> list[tuple[str, int]]:
     help="Messages per request (send_batch / read_batch / confirm_batch).",
 )
 @click.option("--latency", is_flag=True, help="Unpipelined round trips on one connection instead of the load test.")
+@click.option(
+    "--fan-in",
+    "fan_in",
+    default=None,
+    metavar="P,C",
+    help="P producers and C consumers with one request in flight each (send; read with a visibility timeout, then "
+    "confirm), --iterations messages per producer; reports confirmed msgs/s and round-trip percentiles.",
+)
+@click.option(
+    "--processes",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="With --fan-in: client processes the connections are dealt over.",
+)
+@click.option("--keep-queue", is_flag=True, help="Leave the queue on the server after the run (it is deleted).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 def bench(
     host: str,
@@ -405,17 +455,27 @@ def bench(
     time_limit: float,
     batch: int,
     latency: bool,
+    fan_in: str | None,
+    processes: int,
+    keep_queue: bool,
     as_json: bool,
 ) -> None:
     """Load-test a running server.
 
     The original's workload: producers send, consumers read and confirm; every reply is checked.
+    With --fan-in, many workers with one request in flight each. The queue (--queue) is created
+    afresh, and deleted after the run unless --keep-queue.
     """
     from .errors import DbQueueError
-    from .loadtest import BenchConfig, BenchFailure, DbQueueDriver, run_load, run_round_trips
+    from .loadtest import BenchConfig, BenchFailure, BenchResult, DbQueueDriver, run_fan_in, run_load, run_round_trips
     from .report import bench_table, progress_bar
     from .server import new_event_loop
 
+    if fan_in is not None:
+        if latency:
+            raise click.UsageError("--fan-in and --latency are two different runs: pick one")
+        producers, consumers = _fan_in_shape(fan_in)
+        pipeline = batch = 1
     if consumers == 0 and producers and not latency:
         raise click.BadParameter("a load test needs consumers to confirm what producers send", param_hint="--consumers")
     config = BenchConfig(
@@ -428,25 +488,67 @@ def bench(
         queue,
         time_limit=time_limit,
         batch=batch,
+        # Fan-in consumers read as workers do: a message they are slow to confirm must not come back meanwhile.
+        visibility_timeout=30.0 if fan_in is not None else 1.0,
     )
     driver = DbQueueDriver(config)
-    loop = new_event_loop()
     try:
-        if latency:
-            result = loop.run_until_complete(run_round_trips(driver))
-        elif as_json:
-            result = loop.run_until_complete(run_load(driver))
+        if fan_in is not None:
+            if not as_json:
+                click.echo(
+                    f"fan-in: {producers} producers, {consumers} consumers, {config.messages:,} messages…", err=True
+                )
+            result: BenchResult = run_fan_in(DbQueueDriver, config, new_event_loop, processes)
         else:
-            with progress_bar("messages confirmed") as update:
-                result = loop.run_until_complete(run_load(driver, update))
+            loop = new_event_loop()
+            try:
+                if latency:
+                    result = loop.run_until_complete(run_round_trips(driver))
+                elif as_json:
+                    result = loop.run_until_complete(run_load(driver))
+                else:
+                    with progress_bar("messages confirmed") as update:
+                        result = loop.run_until_complete(run_load(driver, update))
+            finally:
+                loop.close()
     except (BenchFailure, DbQueueError, OSError) as exc:
         raise click.ClickException(f"benchmark failed: {exc}") from exc
     finally:
-        loop.close()
+        if not keep_queue:
+            _delete_bench_queue(config.addresses, queue)
     if as_json:
-        click.echo(json.dumps(result.as_dict()))
+        figures = result.as_dict()
+        if fan_in is not None:
+            figures.update(mode="fan-in", producers=producers, consumers=consumers)
+        click.echo(json.dumps(figures))
     else:
-        bench_table(result, "round trips" if latency else "load test")
+        bench_table(result, "round trips" if latency else "fan-in" if fan_in is not None else "load test")
+
+
+def _fan_in_shape(value: str) -> tuple[int, int]:
+    """The (producers, consumers) of ``--fan-in P,C``. Raises `click.BadParameter`."""
+    try:
+        producers, consumers = (int(part) for part in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected P,C (producers,consumers), got {value!r}", param_hint="--fan-in") from None
+    if producers < 1 or consumers < 1:
+        raise click.BadParameter("a fan-in run needs at least one producer and one consumer", param_hint="--fan-in")
+    return producers, consumers
+
+
+def _delete_bench_queue(addresses: Iterable[tuple[str, int]], queue: str) -> None:
+    """Delete the load test's queue on every server it ran against; say so on stderr where it cannot."""
+    from .client import Client
+    from .errors import DbQueueError, NoSuchQueue
+
+    for host, port in addresses:
+        try:
+            with Client.connect((host, port), timeout=10.0) as client:
+                client.delete(queue)
+        except NoSuchQueue:
+            pass
+        except (DbQueueError, OSError) as exc:
+            click.echo(f"warning: could not delete the queue {queue!r} on {host}:{port}: {exc}", err=True)
 
 
 # --- reaching a server ---------------------------------------------------------------------------
@@ -895,17 +997,6 @@ def send(
         raise click.ClickException(failure if from_argument else f"{failure} ({len(ids)} sent; stopped there)")
 
 
-def _message_json(message: Message) -> dict[str, Any]:
-    import base64
-
-    shown: dict[str, Any] = {"id": message.id, "deliveries": message.deliveries}
-    try:
-        shown["data"] = message.data.decode("utf-8")
-    except UnicodeDecodeError:
-        shown["data_base64"] = base64.b64encode(message.data).decode("ascii")
-    return shown
-
-
 @main.command()
 @click.argument("queue")
 @click.option("--count", type=click.IntRange(1, 65535), default=1, show_default=True, help="Messages to read at most.")
@@ -931,7 +1022,10 @@ def _message_json(message: Message) -> dict[str, Any]:
     "command ends (each read counts as a delivery for --max-deliveries).",
 )
 @click.option(
-    "--json", "as_json", is_flag=True, help="Print a JSON list of {id, deliveries, data} instead of the data."
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print a JSON list of {id, deliveries, origin, data} instead of the data (data_base64 if not UTF-8).",
 )
 @_connects
 def read(
@@ -945,7 +1039,9 @@ def read(
     with _session(target) as client:
         messages = client.read_batch(queue, count, visibility_timeout=visibility, wait=wait)
         if as_json:
-            _echo_json([_message_json(message) for message in messages])
+            from .report import message_json
+
+            _echo_json([message_json(message) for message in messages])
         else:
             out = sys.stdout.buffer
             for message in messages:
@@ -958,6 +1054,65 @@ def read(
             if failed:
                 id_, outcome = failed[0]
                 raise click.ClickException(f"{len(failed)} messages not confirmed; message {id_}: {outcome.message}")
+
+
+@main.command()
+@click.argument("queue")
+@click.option("--count", type=click.IntRange(1, 65535), default=10, show_default=True, help="Messages to show at most.")
+@click.option("--delayed", is_flag=True, help="Show delayed messages too (marked as such).")
+@click.option("--in-flight", is_flag=True, help="Show messages in flight too (marked as such).")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print a JSON list of {id, state, deliveries, enqueued_at, age, origin, data} (data_base64 if not UTF-8).",
+)
+@_connects
+def peek(target: _Target, queue: str, count: int, delayed: bool, in_flight: bool, as_json: bool) -> None:
+    """Show messages of QUEUE without taking them.
+
+    Up to --count messages, oldest first: each one's id, state, deliveries, age and, for a dead
+    letter, where it came from; then its data, as pretty JSON, text or hex as fits. Nothing
+    changes on the server: no delivery is counted.
+    """
+    from .report import message_json, peek_lines
+
+    with _session(target) as client:
+        messages = client.peek(queue, count, delayed=delayed, in_flight=in_flight)
+    now = time.time()
+    if as_json:
+        _echo_json([message_json(message, now) for message in messages])
+        return
+    if not messages:
+        click.echo(f"(no messages to show in {queue})", err=True)
+    for line in peek_lines(messages, now, width=_width()):
+        click.echo(line)
+
+
+@main.command()
+@click.argument("source")
+@click.argument("destination")
+@click.option(
+    "--count",
+    type=click.IntRange(1, 2**32 - 1),
+    default=None,
+    help="Messages to move at most, oldest first (default: every ready one).",
+)
+@click.option("--json", "as_json", is_flag=True, help='Print {"source": ..., "destination": ..., "moved": N}.')
+@_connects
+def move(target: _Target, source: str, destination: str, count: int | None, as_json: bool) -> None:
+    """Move the ready messages of SOURCE to the back of DESTINATION.
+
+    Redrives a dead-letter queue: dbqueue move jobs-dead jobs. Each message moves once, in one
+    step on the server (a lost connection leaves each message in one queue or the other). Against a
+    group, each member moves its own messages.
+    """
+    with _session(target) as client:
+        moved = client.move(source, destination, count=count)
+    if as_json:
+        _echo_json({"source": source, "destination": destination, "moved": moved})
+    else:
+        click.echo(f"moved {moved} messages from {source} to {destination}")
 
 
 @main.command()

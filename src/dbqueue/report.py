@@ -9,6 +9,10 @@ a name holding a terminal escape sequence must not reach the terminal.
 
 from __future__ import annotations
 
+import base64
+import datetime
+import json
+import time
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -20,6 +24,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .protocol.messages import Message, Origin, PeekedMessage
+
 if TYPE_CHECKING:
     from .loadtest import BenchResult
 
@@ -29,6 +35,9 @@ __all__ = [
     "bench_table",
     "fit_age",
     "fit_number",
+    "message_json",
+    "peek_lines",
+    "render_data",
     "printable",
     "progress_bar",
     "queue_rates",
@@ -66,7 +75,7 @@ def bench_table(result: BenchResult, title: str) -> None:
     table.add_row("elapsed", f"{figures['seconds']:.3f} s")
     table.add_row("requests/s", f"{figures['requests_per_second']:,.0f}")
     table.add_row("messages/s", f"{figures['messages_per_second']:,.0f}")
-    unit = "request" if title == "round trips" else "batch"
+    unit = {"round trips": "request", "fan-in": "round trip"}.get(title, "batch")
     table.add_row(f"latency per {unit} p50", f"{figures['p50_ms']:.3f} ms")
     table.add_row(f"latency per {unit} p99", f"{figures['p99_ms']:.3f} ms")
     table.add_row(f"latency per {unit} p99.9", f"{figures['p999_ms']:.3f} ms")
@@ -380,3 +389,92 @@ def _duration(milliseconds: int) -> str:
     if milliseconds >= 0xFFFFFFFF:
         return "never"
     return f"{milliseconds / 1000:g} s"
+
+
+# --- messages, as `read --json` and `peek` show them -----------------------------------------------
+
+_HEX_BYTES = 16  # a hex dump line's bytes
+_HEX_LINES = 16  # lines of hex dump shown at most
+
+
+def render_data(data: bytes, *, limit: int = 40) -> list[str]:
+    """A message's data as lines a person can read, each `printable`: pretty JSON if it is JSON (an
+    object or a list), its text if it is UTF-8, else a hex dump (with offsets). At most ``limit``
+    lines of text or JSON and `_HEX_LINES` of hex; what is left out is counted in a last line."""
+    if not data:
+        return ["(empty)"]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return _hex_lines(data)
+    lines: list[str] | None = None
+    if text.lstrip()[:1] in ("{", "["):
+        try:
+            lines = json.dumps(json.loads(text), indent=2, ensure_ascii=False).splitlines()
+        except (ValueError, RecursionError):
+            lines = None
+    if lines is None:
+        if any(unicodedata.category(char) == "Cc" and char not in "\t\n\r" for char in text):
+            return _hex_lines(data)  # control bytes: text that would not show as it is
+        lines = [line.rstrip("\r") for line in text.split("\n")]
+    shown = [printable(line.replace("\t", "    ")) for line in lines[:limit]]
+    if len(lines) > limit:
+        shown.append(f"{ELLIPSIS} {len(lines) - limit} more lines ({len(data):,} bytes in all)")
+    return shown
+
+
+def _hex_lines(data: bytes) -> list[str]:
+    lines = []
+    for offset in range(0, min(len(data), _HEX_BYTES * _HEX_LINES), _HEX_BYTES):
+        chunk = data[offset : offset + _HEX_BYTES]
+        text = "".join(chr(byte) if 0x20 <= byte < 0x7F else "." for byte in chunk)
+        lines.append(f"{offset:08x}  {chunk.hex(' '):<{_HEX_BYTES * 3 - 1}}  {text}")
+    if len(data) > _HEX_BYTES * _HEX_LINES:
+        lines.append(f"{ELLIPSIS} {len(data) - _HEX_BYTES * _HEX_LINES:,} more bytes ({len(data):,} in all)")
+    return lines
+
+
+def _origin_json(origin: Origin | None) -> dict[str, Any] | None:
+    if origin is None:
+        return None
+    return {"queue": origin.queue, "id": origin.id, "enqueued_at": origin.enqueued_at, "deliveries": origin.deliveries}
+
+
+def message_json(message: Message | PeekedMessage, now: float | None = None) -> dict[str, Any]:
+    """A message as ``read --json`` and ``peek --json`` print it: its id, deliveries, origin (null
+    but for a dead letter), and ``data`` (UTF-8 text) or ``data_base64``; a peeked one also its
+    ``state``, ``enqueued_at`` (seconds since the epoch) and ``age`` (seconds, at ``now``)."""
+    shown: dict[str, Any] = {"id": message.id, "deliveries": message.deliveries}
+    if isinstance(message, PeekedMessage):
+        shown["state"] = message.state
+        shown["enqueued_at"] = message.enqueued_at
+        shown["age"] = round(max(0.0, (now if now is not None else time.time()) - message.enqueued_at), 3)
+    shown["origin"] = _origin_json(message.origin)
+    try:
+        shown["data"] = message.data.decode("utf-8")
+    except UnicodeDecodeError:
+        shown["data_base64"] = base64.b64encode(message.data).decode("ascii")
+    return shown
+
+
+def peek_lines(messages: Sequence[PeekedMessage], now: float, *, width: int = 80) -> list[str]:
+    """What ``dbqueue peek`` prints: for each message a head line (id, state, deliveries, age, and
+    where a dead letter came from), then its data indented (`render_data`)."""
+    lines: list[str] = []
+    for message in messages:
+        age = fit_age(max(0.0, now - message.enqueued_at) * 1000 or 0.1, 8)
+        deliveries = f"{message.deliveries} {'delivery' if message.deliveries == 1 else 'deliveries'}"
+        head = f"{message.id}  {message.state.replace('_', ' ')}  {deliveries}  age {age}  {len(message.data):,} bytes"
+        lines.append(_clip(head, width))
+        origin = message.origin
+        if origin is not None:
+            enqueued = datetime.datetime.fromtimestamp(origin.enqueued_at).strftime("%Y-%m-%d %H:%M:%S")
+            lines.append(
+                _clip(
+                    f"  from {printable(origin.queue)}: id {origin.id}, enqueued {enqueued}, "
+                    f"{origin.deliveries} deliveries there",
+                    width,
+                )
+            )
+        lines += [_clip("    " + line, width) for line in render_data(message.data)]
+    return lines
