@@ -87,11 +87,13 @@ class History:
 
     __slots__ = ("queue", "fine", "coarse", "last", "step", "ticks")
 
-    def __init__(self, queue: Queue) -> None:
+    def __init__(self, queue: Queue, new: bool = False) -> None:
         self.queue = queue
         self.fine = array("I", bytes(FINE_SAMPLES * _WIDTH * 4))
         self.coarse = array("I", bytes(COARSE_SAMPLES * _WIDTH * 4))
-        self.last = _counters(queue)
+        # A queue made since the last tick did all it counts within this step; one older than the sampler
+        # did it before: its totals are no step's increase.
+        self.last = [0] * (_WIDTH - GAUGES) if new else _counters(queue)
         self.step = [0] * (_WIDTH - GAUGES)  # the counters' increase within the coarse step under way
         self.ticks = 0  # samples written to the fine ring
 
@@ -212,7 +214,7 @@ class Sampler:
             if history is None:
                 if len(histories) >= self.max_queues:
                     continue
-                history = histories[name] = History(queue)
+                history = histories[name] = History(queue, new=self.ticks > 0)
             counters = _counters(queue)
             last = history.last
             increase = [max(0, now - before) for now, before in zip(counters, last, strict=True)]

@@ -457,21 +457,21 @@
       return;
     }
     const samples = history[ring];
+    const slots = ring === "coarse" ? lastQueue.ring.coarse_samples : lastQueue.ring.fine_samples;
     const perSecond = (values) => values.map((v) => v / samples.step);
     $("chart-depth").replaceChildren(chart([
       ["ready", samples.ready], ["in flight", samples.in_flight], ["delayed", samples.delayed],
-    ], samples.step));
+    ], samples.step, slots));
     $("chart-rates").replaceChildren(chart([
       ["sent", perSecond(samples.sent)], ["confirmed", perSecond(samples.confirmed)],
       ["requeued", perSecond(samples.requeued)], ["dead-lettered", perSecond(samples.dead_lettered)],
-    ], samples.step));
+    ], samples.step, slots));
   }
   for (const radio of document.querySelectorAll('input[name="span"]')) radio.addEventListener("change", drawCharts);
 
-  function chart(series, step) {
+  function chart(series, step, slots) {
     const width = 600, height = 180, left = 44, bottom = 18, top = 8, right = 8;
     const box = svg("svg", { viewBox: `0 0 ${width} ${height}`, preserveAspectRatio: "none", role: "img" });
-    const longest = Math.max(1, ...series.map(([, values]) => values.length));
     const peak = Math.max(1, ...series.flatMap(([, values]) => values));
     const plotW = width - left - right, plotH = height - top - bottom;
     box.append(svg("line", { x1: left, y1: top + plotH, x2: left + plotW, y2: top + plotH, class: "axis" }));
@@ -483,14 +483,15 @@
     };
     label(left - 4, top + 8, peak >= 100 ? Math.round(peak).toLocaleString("en-US") : String(+peak.toFixed(1)), "end");
     label(left - 4, top + plotH, "0", "end");
-    label(left, height - 4, `${age(longest * step)} ago`, "start");
+    label(left, height - 4, `${age(slots * step)} ago`, "start");
     label(left + plotW, height - 4, "now", "end");
     series.forEach(([name, values], index) => {
       if (values.length === 0) return;
-      const x = (i) => left + plotW - (values.length - 1 - i) * (plotW / Math.max(1, longest - 1));
+      const x = (i) => left + plotW - (values.length - 1 - i) * (plotW / Math.max(1, slots - 1));
       const y = (v) => top + plotH - (v / peak) * plotH;
-      const points = values.map((v, i) => `${x(i).toFixed(1)},${y(v).toFixed(1)}`).join(" ");
-      const line = svg("polyline", { points, class: `s${index}` });
+      const points = values.map((v, i) => `${x(i).toFixed(1)},${y(v).toFixed(1)}`);
+      if (values.length === 1) points.unshift(`${(x(0) - 3).toFixed(1)},${y(values[0]).toFixed(1)}`);
+      const line = svg("polyline", { points: points.join(" "), class: `s${index}` });
       const title = svg("title", {});
       title.textContent = `${name}: now ${+values[values.length - 1].toFixed(2)}, peak ${+Math.max(...values).toFixed(2)}`;
       line.append(title);
