@@ -56,6 +56,25 @@ reloaded). A start on a full disk serves what the store holds, degraded.
 Only a store that cannot even be read back (damage) stops the server: `failed`
 tells `run` to stop the process.
 
+PostgreSQL (``store=URL``, `store.postgres`). The same group commit, the
+store a `PostgresStore` holding the part of the group numbered
+`member_index` (the part is taken, fenced, before the listener accepts
+anything). The group's addresses live in the database: every
+`PART_CHECK_INTERVAL` a timer checks that the part is still ours (a fenced
+round trip) and reads every part's owner into `members`, so MEMBERS from any
+member names the current owners. A part taken over by another server
+(`PartLost`) stops this one, like a damaged store: it must not serve what it
+no longer owns. A database that cannot be reached is handled as a failed
+commit: sends refused, connections cut, and the part read back once the
+database answers again (`PostgresStore.reload` retries for
+`store.postgres.RECONNECT_SECONDS`, through every host of a multi-host URL,
+blocking the loop meanwhile: nothing is answered while the store is unsure).
+With ``standby=True`` the server binds its port but accepts nothing: every
+`STANDBY_POLL_INTERVAL` it tries to take a part whose owner's session is gone
+(`PostgresStore.take_orphan`), and once it has one it serves it under that
+member index, restored from the database, so the ids consumers hold keep
+routing to it.
+
 Ids. Every start numbers messages from an epoch read off the wall clock
 (`first_id`), above every id an earlier run handed out, so that a confirm
 retried across a restart can never name another message, even in memory.
@@ -71,7 +90,7 @@ import os
 import signal
 import ssl as ssl_module
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from .._version import __version__
 from ..core import Broker
@@ -80,13 +99,19 @@ from ..errors import ErrorCode
 from ..protocol.codecs import error_frame
 from ..protocol.frames import HEADER, HEADER_SIZE, MAX_MEMBERS, MEMBER_SHIFT
 from ..store import Store, StoreError
+from ..store.postgres_parts import PartLost
 from .http import HttpListener
 from .limits import Limits
 from .metrics import MetricsEndpoint, RequestStats
 from .security import TlsGate
 from .session import Session
 
-__all__ = ["Server", "run", "new_event_loop", "first_id"]
+if TYPE_CHECKING:
+    from ..store.postgres import PostgresStore
+
+    AnyStore: TypeAlias = Store | PostgresStore
+
+__all__ = ["Server", "run", "new_event_loop", "first_id", "PART_CHECK_INTERVAL", "STANDBY_POLL_INTERVAL"]
 
 log = logging.getLogger("dbqueue.server")
 
@@ -100,6 +125,11 @@ log = logging.getLogger("dbqueue.server")
 ID_ORIGIN_MS = 1_735_689_600_000
 ID_STEPS_PER_MS = 1 << 15
 _ID_ROOM = 1 << MEMBER_SHIFT
+
+# With a PostgreSQL store: seconds between two checks of the part and reads of the members,
+# and between two attempts of a standby to take a part whose owner is gone.
+PART_CHECK_INTERVAL = 1.0
+STANDBY_POLL_INTERVAL = 0.2
 
 
 class Server:
@@ -117,13 +147,18 @@ class Server:
     ``data_dir`` keeps every queue and unconfirmed message in a SQLite store
     there; ``sync`` is "os" (a commit reaches the OS before the reply: survives
     a crash of the process) or "disk" (fsync first: survives a power cut).
+    ``store`` (a libpq URL or connection string, multi-host allowed) keeps
+    them in PostgreSQL instead, as the part ``member_index`` of a group sharing
+    that database; ``members`` then comes from the database. ``standby`` (with
+    ``store``) waits for a part whose owner is gone and takes it over.
     ``members`` lists every server of its group ("host:port", this one
     included, at ``member_index``): clients discover the group from any member,
     and the top byte of every id says which member handed it out.
     ``auth_token`` makes every connection start with a Hello carrying it;
     ``ssl`` serves TLS.
 
-    Raises `ValueError` for a ``sync`` or ``member_index`` out of range, or an
+    Raises `ValueError` for a ``sync`` or ``member_index`` out of range, both
+    ``data_dir`` and ``store``, ``standby`` without ``store``, or an
     ``http_port`` on a non-loopback ``host`` without ``sqs_credentials`` or ``insecure``.
     """
 
@@ -143,7 +178,13 @@ class Server:
         http_port: int | None = None,
         sqs_credentials: Mapping[str, str] | None = None,
         insecure: bool = False,
+        store: str | None = None,
+        standby: bool = False,
     ) -> None:
+        if data_dir is not None and store is not None:
+            raise ValueError("data_dir and store are exclusive: a server keeps its messages in one store")
+        if standby and store is None:
+            raise ValueError("standby needs a PostgreSQL store: it takes over a part kept there")
         if sync not in ("os", "disk"):
             raise ValueError(f"sync must be 'os' or 'disk', got {sync!r}")
         if not 0 <= member_index < MAX_MEMBERS:
@@ -187,7 +228,11 @@ class Server:
         self._metrics: MetricsEndpoint | None = None
         self.data_dir = data_dir
         self.sync = sync
-        self.store: Store | None = None
+        self.store: AnyStore | None = None
+        self.store_url = store
+        self.standby = standby
+        self._part_check: asyncio.TimerHandle | None = None
+        self._standby_task: asyncio.Task[None] | None = None
         self._outbox: list[tuple[asyncio.Transport, bytes]] = []  # replies waiting for the next commit
         self._closing: list[asyncio.Transport] = []
         self._commit_scheduled = False
@@ -249,12 +294,24 @@ class Server:
         else:
             limits = self.limits
             factory = self._tls = TlsGate(self.ssl, limits.handshake_timeout, limits.max_unauthenticated, self._session)
+        # With PostgreSQL the port is bound first (the part's row names it), and accepts once the part is ours.
         self._listener = await loop.create_server(
-            factory, self.host, self.port, backlog=self.limits.backlog, reuse_address=True
+            factory,
+            self.host,
+            self.port,
+            backlog=self.limits.backlog,
+            reuse_address=True,
+            start_serving=self.store_url is None,
         )
         if self.idle_timeout:
             self._reap_idle(self.idle_timeout, loop)
         self.port = self._listener.sockets[0].getsockname()[1]
+        if self.store_url is not None:
+            if self.standby:
+                self._standby_task = loop.create_task(self._await_part(self.store_url, loop))
+            else:
+                self._open_postgres(self._claim(self.store_url), loop)
+                await self._listener.start_serving()
         if not self.members:
             self.members = [self.address]
         if self.metrics_port is not None:
@@ -299,6 +356,12 @@ class Server:
         if self._reaper is not None:
             self._reaper.cancel()
             self._reaper = None
+        if self._standby_task is not None:
+            self._standby_task.cancel()
+            self._standby_task = None
+        if self._part_check is not None:
+            self._part_check.cancel()
+            self._part_check = None
         if self.store is not None:
             self._commit(reload=False)
             if self._reclaimer is not None:
@@ -444,7 +507,7 @@ class Server:
         for transport in closing:
             transport.close()
 
-    def _commit_failed(self, store: Store, exc: StoreError, reload: bool) -> None:
+    def _commit_failed(self, store: AnyStore, exc: StoreError, reload: bool) -> None:
         # Nothing of the batch was written: every reply waiting for it becomes a StoreUnavailable
         # error for the request it answered, and the memory goes back to the store's last commit.
         reason = str(exc)
@@ -462,7 +525,7 @@ class Server:
         except StoreError as unreadable:
             log.error("the store cannot be read back: %s", unreadable)
 
-    def _degrade(self, store: Store, reason: str) -> None:
+    def _degrade(self, store: AnyStore, reason: str) -> None:
         # From now on sends are refused up front, and the room the store kept is given back for the
         # writes that free space (confirms); the reclaimer probes the store until it writes again.
         if self.store_unavailable is None:
@@ -470,7 +533,7 @@ class Server:
         self.store_unavailable = reason
         store.release_room()
 
-    def _reload(self, store: Store) -> None:
+    def _reload(self, store: AnyStore) -> None:
         # Bring the memory back to the store's last commit, as a start does. Every connection is
         # cut first (its messages in flight would come back anyway): none may go on with a broker
         # that is gone. The old broker is detached from the store before they give back what they held.
@@ -507,6 +570,8 @@ class Server:
             restored,
             len(closing),
         )
+        if self.store_url is not None:
+            self._probe(store)  # the database answered the reload: sends need not wait for the next round
         self._loop.call_later(1.0, self._forget, closing)  # type: ignore[union-attr]  # set by start
 
     def _forget(self, cut: list[asyncio.Transport]) -> None:
@@ -572,16 +637,97 @@ class Server:
                 self._probe(store)
         self._reclaimer = loop.call_later(self.limits.reclaim_interval, self._reclaim, loop)
 
-    def _probe(self, store: Store) -> None:
+    def _probe(self, store: AnyStore) -> None:
         # Degraded: can the store write again, with its room kept? Then sends are accepted again.
         try:
             store.probe()
+        except PartLost as exc:
+            self._fail(exc)
+            return
         except StoreError as exc:
             self.store_unavailable = str(exc)
             log.debug("the store cannot write yet: %s", exc)
             return
         log.warning("the store writes again: sends accepted (it was: %s)", self.store_unavailable)
         self.store_unavailable = None
+
+    # --- PostgreSQL: the part, the members, the standby -------------------------------------
+
+    def _claim(self, url: str) -> PostgresStore:
+        from ..store.postgres import PostgresStore  # psycopg is needed only with a PostgreSQL store
+
+        return PostgresStore.open(url, part=self.member_index, address=self.address)
+
+    def _open_postgres(self, store: PostgresStore, loop: asyncio.AbstractEventLoop) -> None:
+        # The part is ours: serve it under its member index, restored from the database.
+        if store.part != self.member_index:
+            self.member_index = store.part
+            self.broker = self._new_broker()
+            self._number_from_now(self.broker)
+        self.store = store
+        snapshot = store.load()
+        restored = self.broker.restore(snapshot, self.clock())
+        self.broker.attach(store)
+        self.members = store.members()
+        log.info(
+            "store %s: %d queues and %d messages restored (epoch %d)",
+            store.where,
+            len(snapshot.queues),
+            restored,
+            store.epoch,
+        )
+        self.schedule_expiry()
+        self._reclaim(loop)
+        self._part_check = loop.call_later(PART_CHECK_INTERVAL, self._check_part, loop)
+
+    async def _await_part(self, url: str, loop: asyncio.AbstractEventLoop) -> None:
+        # A standby: try to take a part whose owner is gone, until one is ours; then serve it.
+        from ..store.postgres import PostgresStore
+
+        log.info("standby on %s: waiting for a part whose owner is gone", self.address)
+        while True:
+            try:
+                store = PostgresStore.take_orphan(url, address=self.address)
+            except StoreError as exc:
+                log.warning("standby: %s", exc)
+                store = None
+            if store is not None:
+                break
+            await asyncio.sleep(STANDBY_POLL_INTERVAL)
+        log.warning("standby on %s: taking over part %d (epoch %d)", self.address, store.part, store.epoch)
+        try:
+            self._open_postgres(store, loop)
+        except StoreError as exc:
+            self._fail(exc)
+            return
+        self._standby_task = None
+        assert self._listener is not None  # bound by start
+        await self._listener.start_serving()
+
+    def _check_part(self, loop: asyncio.AbstractEventLoop) -> None:
+        # Is the part still ours, and who owns the others? A part taken over stops this server; a database
+        # that does not answer is handled as a failed commit (sends refused, reloaded once it answers).
+        self._part_check = None
+        store = self.store
+        if store is None or (self.failed is not None and self.failed.done()):
+            return
+        from ..store.postgres import PostgresStore
+
+        assert isinstance(store, PostgresStore)  # the timer runs with a PostgreSQL store only
+        try:
+            store.heartbeat()
+            members = store.members()
+        except PartLost as exc:
+            self._fail(exc)
+            return
+        except StoreError as exc:
+            self._degrade(store, str(exc))
+            self._reload(store)
+        else:
+            if members:
+                self.members = members
+        if self.failed is None or not self.failed.done():
+            self._part_check = loop.call_later(PART_CHECK_INTERVAL, self._check_part, loop)
 
     def stats(self) -> dict[str, object]:
         """Server-wide figures and every queue's, as LIST_QUEUES answers them."""

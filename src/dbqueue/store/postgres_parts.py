@@ -23,12 +23,15 @@ from any member lists the group as it is now, part ``i`` at index ``i``.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from ..errors import StoreError
-from .postgres_schema import LOCK_CLASS
+
+if TYPE_CHECKING:  # psycopg is needed only by a server with a PostgreSQL store; `server.app` imports `PartLost`
+    import psycopg
+
+# The first key of every advisory lock the store takes (the second is a part, or -1 for the schema).
+LOCK_CLASS = 0x6462_7175  # "dbqu"
 
 __all__ = ["PartLost", "PartOwned", "claim", "reclaim", "take_orphan", "members"]
 

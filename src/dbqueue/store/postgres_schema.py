@@ -28,13 +28,12 @@ from typing import Any
 import psycopg
 
 from ..errors import StoreError
+from .postgres_parts import LOCK_CLASS
 
 __all__ = ["SCHEMA_VERSION", "UPGRADES", "adopt", "LOCK_CLASS"]
 
 SCHEMA_VERSION = 1
 
-# The first key of every advisory lock the store takes (the second is a part, or -1 for the schema).
-LOCK_CLASS = 0x6462_7175  # "dbqu"
 _SCHEMA_LOCK = -1
 
 _CREATE = [
