@@ -78,6 +78,8 @@ def test_a_thousand_tasks_each_run_once(address: str, out: Path, workers: Callab
     wait_for("a thousand tasks", lambda: len(outcomes(out, "done-")) >= len(names), started, timeout=180)
     wait_for("the acknowledgements", lambda: stats(address, "tasks")["confirmed"] == len(names), started, timeout=20)
     time.sleep(1.0)  # long enough for a duplicate to show up, if there were one
+    for worker in started:
+        worker.check_log()
     ran = [name.split("-")[1] for name in outcomes(out, "done-")]
     assert sorted(ran) == sorted(names)  # each ran, and once
     figures = stats(address, "tasks")
@@ -105,6 +107,7 @@ def test_a_task_of_a_killed_worker_runs_again_elsewhere(
     assert len(outcomes(out, "started-held-")) == 2  # on the killed worker, then on the second
     assert len(outcomes(out, "done-held-")) == 1
     assert {name.split("-")[1] for name in outcomes(out, "done-b")} == set(behind)
+    second.check_log()
     wait_for("the acknowledgements", lambda: stats(address, "tasks")["in_flight"] == 0, [second], timeout=20)
 
 

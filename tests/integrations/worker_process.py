@@ -62,6 +62,13 @@ class Worker:
         if self.process.poll() is not None:
             pytest.fail(f"worker {self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
 
+    def check_log(self) -> None:
+        """Fail if the log holds an error or a traceback: a refused acknowledgement is logged and
+        the worker goes on, which would otherwise pass unseen."""
+        text = self.log_path.read_text(errors="replace")
+        for mark in ("Traceback", "ERROR/", "CRITICAL/", "[ERROR]", "[CRITICAL]", "dbqueue:"):
+            assert mark not in text, f"{mark!r} in the log of worker {self.name}:\n{self.log_tail(80)}"
+
     def kill(self) -> None:
         """SIGKILL the worker and its pool processes at once, and wait for the main process."""
         os.killpg(self.group, signal.SIGKILL)

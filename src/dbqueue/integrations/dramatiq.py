@@ -367,6 +367,6 @@ class _DbQueueConsumer(Consumer):
                 call(id_, delay=delay)
         except (Requeued, NoSuchMessage) as exc:
             # No longer ours (its connection closed, or its visibility timeout passed): it comes back anyway.
-            log.warning("message %d was not settled: %s", id_, exc)
+            log.warning("dbqueue: message %d was not settled: %s", id_, exc)
         except ConnectionLost as exc:
             raise self.broker._lost(exc) from exc
