@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from dbqueue import Client
+from dbqueue.errors import RequestError
 
 CHROMIUM = os.environ.get("DBQUEUE_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("DBQUEUE_CHROMEDRIVER", "/usr/bin/chromedriver")
@@ -167,8 +168,9 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "c
 class Load:
     """A producer sending to ``queue`` and a consumer reading and confirming from it, each on a thread.
 
-    ``send_every`` and ``read_every``: seconds between two messages. `stop` ends
-    both and returns (sent, confirmed).
+    ``send_every`` and ``read_every``: seconds between two messages. A refusal
+    (the queue was deleted or purged under it) is counted in ``refused`` and the
+    load goes on. `stop` ends both and returns (sent, confirmed).
     """
 
     def __init__(self, address: str, queue: str, send_every: float = 0.002, read_every: float = 0.004) -> None:
@@ -178,6 +180,7 @@ class Load:
         self.read_every = read_every
         self.sent = 0
         self.confirmed = 0
+        self.refused = 0
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(target=self._produce, daemon=True),
@@ -192,17 +195,23 @@ class Load:
     def _produce(self) -> None:
         with Client.connect(self.address) as client:
             while not self._stop.is_set():
-                client.send(self.queue, b'{"job": %d}' % self.sent)
-                self.sent += 1
+                try:
+                    client.send(self.queue, b'{"job": %d}' % self.sent)
+                    self.sent += 1
+                except RequestError:
+                    self.refused += 1
                 time.sleep(self.send_every)
 
     def _consume(self) -> None:
         with Client.connect(self.address) as client:
             while not self._stop.is_set():
-                message = client.read(self.queue, wait=0.1)
-                if message is not None:
-                    client.confirm(message.id)
-                    self.confirmed += 1
+                try:
+                    message = client.read(self.queue, wait=0.1)
+                    if message is not None:
+                        client.confirm(message.id)
+                        self.confirmed += 1
+                except RequestError:
+                    self.refused += 1
                 time.sleep(self.read_every)
 
     def stop(self) -> tuple[int, int]:

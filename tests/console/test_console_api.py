@@ -289,3 +289,78 @@ def test_the_sampler_is_shared_and_bounded_in_queues(served: Any) -> None:
 
     sampled, first, second = served.call(sample)
     assert sampled == 3 and first is second  # one serialization per tick, whoever asks
+
+
+def dead_letters(address: str, source: str, dead: str, payloads: list[bytes]) -> None:
+    """Make ``payloads`` dead letters of ``source`` (one delivery allowed) in ``dead``, as a failing consumer does."""
+    with Client.connect(address) as native:
+        native.create(dead)
+        native.create(source, max_deliveries=1, dead_letter_queue=dead)
+        for payload in payloads:
+            native.send(source, payload)
+        for _ in payloads:
+            message = native.read(source)
+            assert message is not None
+            native.release(message.id)
+        assert native.stats(dead)["ready"] == len(payloads)
+
+
+def test_peek_shows_ready_and_in_flight_marked_and_changes_nothing(served: Any) -> None:
+    api = api_of(served)
+    api.open()
+    with Client.connect(served.address) as native:
+        native.create("look")
+        ids = [native.send("look", f"message {n}".encode()) for n in range(4)]
+        held = native.read("look")
+        assert held is not None and held.id == ids[0]
+        before = {**native.stats("look"), "oldest_ready_age_ms": 0}
+        messages = api.get(f"peek?q={key('look')}&count=10&in_flight=1")["messages"]
+        assert [(m["id"], m["state"]) for m in messages] == [
+            (ids[1], "ready"),
+            (ids[2], "ready"),
+            (ids[3], "ready"),
+            (ids[0], "in_flight"),
+        ]
+        assert base64_text(messages[0]) == "message 1" and messages[3]["deliveries"] == 1
+        assert all(m["age"] is not None and 0 <= m["age"] < 60 and m["origin"] is None for m in messages)
+        assert [m["id"] for m in api.get(f"peek?q={key('look')}&count=2")["messages"]] == ids[1:3]
+        assert {**native.stats("look"), "oldest_ready_age_ms": 0} == before  # nothing delivered, no count changed
+        assert api.request("GET", f"/console/api/peek?q={key('look')}&count=x")[0] == 400
+
+
+def base64_text(message: dict[str, Any]) -> str:
+    import base64
+
+    return base64.b64decode(message["data"]).decode()
+
+
+def test_redrive_moves_dead_letters_back_with_their_origin(served: Any) -> None:
+    api = api_of(served)
+    api.open()
+    dead_letters(served.address, "jobs", "jobs-dlq", [b"a", b"b", b"c"])
+    page = api.get(f"queue?q={key('jobs-dlq')}")
+    assert page["queue"]["sources"] == [{"key": key("jobs"), "name": "jobs"}]
+    messages = api.get(f"peek?q={key('jobs-dlq')}")["messages"]
+    assert [m["origin"]["queue"] for m in messages] == ["jobs"] * 3
+    assert [m["origin"]["deliveries"] for m in messages] == [1, 1, 1]
+    status, answer = api.post("redrive", {"q": key("jobs-dlq"), "to": key("jobs"), "count": 1})
+    assert (status, answer["moved"]) == (200, 1)
+    with Client.connect(served.address) as native:
+        assert (native.stats("jobs")["ready"], native.stats("jobs-dlq")["ready"]) == (1, 2)
+        status, answer = api.post("redrive", {"q": key("jobs-dlq"), "to": key("jobs"), "count": None})
+        assert (status, answer["moved"]) == (200, 2)
+        assert (native.stats("jobs")["ready"], native.stats("jobs-dlq")["ready"]) == (3, 0)
+        assert [native.read("jobs").data for _ in range(3)] == [b"a", b"b", b"c"]  # type: ignore[union-attr]
+    assert api.post("redrive", {"q": key("jobs-dlq"), "to": key("jobs"), "count": 0})[0] == 400
+    assert api.post("redrive", {"q": key("jobs"), "to": key("jobs")})[0] == 409
+
+
+def test_create_with_a_visibility_timeout_or_never(served: Any) -> None:
+    api = api_of(served)
+    api.open()
+    assert api.post("create", {"name": "quick", "visibility_timeout": "2.5"})[0] == 200
+    assert api.post("create", {"name": "forever", "visibility_timeout": "never"})[0] == 200
+    assert api.post("create", {"name": "bad", "visibility_timeout": "soon"})[0] == 400
+    with Client.connect(served.address) as native:
+        assert native.stats("quick")["visibility_timeout_ms"] == 2500
+        assert native.stats("forever")["visibility_timeout_ms"] == 0xFFFFFFFF

@@ -34,8 +34,9 @@ import math
 from typing import Any
 
 from ...core import NO_BYTE_LIMIT, Broker, Holding, Queue
+from ...core.broker import Peeked
 from ...errors import InvalidRequest, NoSuchQueue, QueueFull, RequestError, StoreUnavailable
-from ...protocol.frames import HEADER, MAGIC, Op
+from ...protocol.frames import HEADER, MAGIC, NEVER_MS, Op
 from ...protocol.layouts import encode_name
 from ..admission import admit_change, admit_queue, admit_send
 from ..host import Host
@@ -138,23 +139,26 @@ class Actions:
 
         ``capacity`` 0: the server's default; ``max_deliveries`` 0: no limit;
         ``dead_letter_queue`` "": none; ``visibility_timeout`` (seconds) None: the
-        server's default.
+        server's default, ``math.inf``: never.
         """
         raw = encode_name(name)[1:]  # the protocol's rule for names
         dead_letter = encode_name(dead_letter_queue)[1:] if dead_letter_queue else None
         for value, what in ((capacity, "capacity"), (max_deliveries, "max deliveries")):
             if not 0 <= value <= _MS_MAX:
                 raise InvalidRequest(f"{what} must be 0 to {_MS_MAX}")
+        if visibility_timeout is None:
+            visibility_ms = 0  # the server's default
+        elif visibility_timeout == math.inf:
+            visibility_ms = NEVER_MS
+        else:
+            visibility_ms = max(1, _milliseconds(visibility_timeout, "the visibility timeout"))
+            if visibility_ms >= NEVER_MS:
+                raise InvalidRequest(f"the visibility timeout must be under {NEVER_MS / 1000:g} seconds (or never)")
         broker = self._follow()
         if raw in broker.queues:
             return False
         admit_change(self)
-        options: dict[str, Any] = {}
-        if visibility_timeout is not None:
-            options["visibility_timeout_ms"] = _milliseconds(visibility_timeout, "the visibility timeout")
-            if not _takes_visibility_timeout(broker):
-                raise InvalidRequest("this server keeps no per-queue visibility timeout yet")
-        broker.create_queue(raw, capacity, max_deliveries, dead_letter, **options)
+        broker.create_queue(raw, capacity, max_deliveries, dead_letter, visibility_ms)
         await committed(self.server)
         return True
 
@@ -193,15 +197,28 @@ class Actions:
         self.broker.delete_queue(name)
         await committed(self.server)
 
+    def peek(self, queue: Queue, count: int, *, in_flight: bool = False, delayed: bool = False) -> list[Peeked]:
+        """PEEK: up to ``count`` messages of ``queue`` (ready, then with ``in_flight`` and ``delayed`` those too),
+        delivered to no one and changing no count; their payloads bounded as a batch read's reply is."""
+        return self._follow().peek(queue, count, self.server.clock(), delayed=delayed, in_flight=in_flight)
+
+    async def move(self, source: bytes, destination: bytes, *, count: int | None = None) -> int:
+        """MOVE: up to ``count`` ready messages (None: every one) from the front of queue ``source`` to the back
+        of ``destination``; return how many moved (a destination with a capacity takes what fits)."""
+        broker = self._follow()
+        taken = admit_queue(self, source)
+        given = admit_queue(self, destination)
+        admit_change(self)
+        try:
+            moved = broker.move(taken, given, count, self.server.clock())
+        finally:
+            self.server.schedule_expiry()  # moved messages may have woken reads, whose deadlines the timer must cover
+        await committed(self.server)
+        return moved
+
     def sources_of(self, name: bytes) -> list[bytes]:
         """The queues whose dead-letter queue is ``name``, by name."""
         return sorted(queue.name for queue in self._follow().queues.values() if queue.dead_letter == name)
-
-
-def _takes_visibility_timeout(broker: Broker) -> bool:
-    import inspect
-
-    return "visibility_timeout_ms" in inspect.signature(broker.create_queue).parameters
 
 
 def refusal_text(error: RequestError) -> str:

@@ -38,6 +38,7 @@ import base64
 import binascii
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
@@ -142,6 +143,8 @@ def _seconds(body: dict[str, Any], name: str) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise Refused(400, f"{name} must be a number of seconds")
+    if isinstance(value, str) and value.strip().lower() == "never":
+        return math.inf
     try:
         return float(value)
     except ValueError:
@@ -412,18 +415,8 @@ class Console:
                     "coarse_step": COARSE_STEP,
                     "bytes_per_queue": BYTES_PER_QUEUE,
                 },
-                "peek": self._peeks,
-                "redrive": self._moves,
             }
         )
-
-    @property
-    def _peeks(self) -> bool:
-        return hasattr(self.server.broker, "peek")
-
-    @property
-    def _moves(self) -> bool:
-        return hasattr(self.server.broker, "move")
 
     def _peek(self, request: web.BaseRequest, session: ConsoleSession, query: Query) -> web.Response:
         name = _key(query)
@@ -434,10 +427,8 @@ class Console:
             raise Refused(400, "count must be a whole number") from None
         in_flight = query.get("in_flight", ["0"])[0] == "1"
         delayed = query.get("delayed", ["0"])[0] == "1"
-        if not self._peeks:
-            raise Refused(501, "this server cannot peek yet")
         peeked = self.actions.peek(queue, count, in_flight=in_flight, delayed=delayed)
-        wall = time.time()
+        wall_ms = time.time() * 1000.0
         messages = []
         for message in peeked:
             data = message.data
@@ -447,16 +438,17 @@ class Console:
                     "id": message.id,
                     "state": message.state,
                     "deliveries": message.deliveries,
-                    "age": max(0.0, wall - message.enqueued_at) if message.enqueued_at else None,
+                    "age": max(0.0, wall_ms - message.enqueued_ms) / 1000.0 if message.enqueued_ms else None,
                     "size": len(data),
                     "data": base64.b64encode(data[:PEEK_BYTES]).decode("ascii"),
                     "truncated": len(data) > PEEK_BYTES,
                     "origin": None
                     if origin is None
                     else {
-                        "queue": origin.queue,
+                        "queue": origin.queue.decode("utf-8", "replace"),
+                        "key": origin.queue.hex(),
                         "id": origin.id,
-                        "age": max(0.0, wall - origin.enqueued_at),
+                        "age": max(0.0, wall_ms - origin.enqueued_ms) / 1000.0,
                         "deliveries": origin.deliveries,
                     },
                 }
@@ -516,7 +508,5 @@ class Console:
         count = body.get("count")
         if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
             raise Refused(400, "count is a whole number, 1 or more (or none: every ready message)")
-        if not self._moves:
-            raise Refused(501, "this server cannot move messages yet")
         moved = await self.actions.move(source, destination, count=count)
         return _json({"moved": moved, "message": f"moved {moved} messages"})

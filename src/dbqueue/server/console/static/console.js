@@ -441,8 +441,6 @@
       to.dataset.keys = q.sources.map((s) => s.key).join();
       to.replaceChildren(...q.sources.map((s) => el("option", { value: s.key }, s.name)));
     }
-    $("peek").disabled = !data.peek;
-    $("redrive-submit").disabled = !data.redrive;
     drawCharts();
   }
 
