@@ -342,7 +342,7 @@ def test_every_option_of_every_command_can_come_from_the_environment(
                     if other.startswith("DBQUEUE_"):
                         patched.delenv(other)
                 patched.setenv(name, value)
-                context = command.make_context(path[-1], ["q"] if _takes_a_queue(command) else [])
+                context = command.make_context(path[-1], ["q"] * _queues_taken(command))
                 assert context.get_parameter_source(option.name) is ParameterSource.ENVIRONMENT, (path, name)
                 expected = option.type_cast_value(context, value) if not option.is_flag else True
                 assert context.params[option.name] == expected, (path, name)
@@ -350,8 +350,9 @@ def test_every_option_of_every_command_can_come_from_the_environment(
     assert checked > 60
 
 
-def _takes_a_queue(command: click.Command) -> bool:
-    return any(isinstance(param, click.Argument) and param.required for param in command.params)
+def _queues_taken(command: click.Command) -> int:
+    """How many arguments (queues) the command needs: ``move`` takes two."""
+    return sum(isinstance(param, click.Argument) and param.required for param in command.params)
 
 
 def test_serve_takes_its_port_and_its_token_from_the_environment(tmp_path: Path) -> None:

@@ -430,6 +430,9 @@ def test_purge_stats_and_list_queues(server: ServerThread, connect: Callable[[st
         "purged": 3,
         "consumers": 1,
         "waiting": 0,
+        "moved": 0,
+        "oldest_ready_age_ms": 0,
+        "visibility_timeout_ms": 30_000,
     }
     assert client.confirm(held.id) is None
     with Client.connect(server.address) as second:
@@ -529,11 +532,11 @@ def test_out_of_range_arguments_are_refused_locally(server: ServerThread, connec
     [
         ("confirm", (-1,), {}),
         ("confirm", (2**64,), {}),
-        ("touch", (2**64, 10), {}),
+        ("touch", (2**64,), {}),
         ("release", (-1,), {}),
         ("confirm_batch", ([1, -1],), {}),
-        ("create", ("q", -1), {}),
-        ("create", ("q", 2**64), {}),
+        ("create", ("q",), {"capacity": -1}),
+        ("create", ("q",), {"capacity": 2**64}),
         ("create", ("q",), {"max_deliveries": 2**32}),
     ],
     ids=[

@@ -156,12 +156,12 @@ def test_a_read_pass_fails_only_if_no_member_has_the_queue() -> None:
     read = ReadPass("q", 1, [0, 1], 0)
     read.take(NoSuchQueue("not here"))
     read.take([])
-    assert read.must_wait(wait_ms=100) and not read.must_wait(wait_ms=0)
+    assert read.must_wait(wait=0.1) and not read.must_wait(wait=0)
     missing = ReadPass("q", 1, [0, 1], 0)
     missing.take(NoSuchQueue("not here"))
     missing.take(NoSuchQueue("nor here"))
     with pytest.raises(NoSuchQueue):
-        missing.must_wait(wait_ms=100)
+        missing.must_wait(wait=0.1)
     with pytest.raises(InvalidQueueName):
         ReadPass("", 1, [0], 0).take(InvalidQueueName("bad name"))
 

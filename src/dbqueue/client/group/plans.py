@@ -76,7 +76,7 @@ ANSWERS_AS_VALUES = (RequestError, *CONNECTION_FAILURES)
 
 _SUMMED = (
     "ready", "in_flight", "delayed", "waiting", "consumers",
-    "enqueued", "confirmed", "requeued", "dead_lettered", "purged",
+    "enqueued", "confirmed", "requeued", "dead_lettered", "purged", "moved",
 )  # fmt: skip
 _OLDEST = ("oldest_ready_age_ms",)  # the group's is its oldest member's
 
@@ -157,7 +157,7 @@ def merge_stats(per_member: list[dict[str, Any]]) -> dict[str, Any]:
     options from the first member, ``members`` how many answered."""
     merged = dict(per_member[0])
     for field in _SUMMED:
-        merged[field] = sum(stats[field] for stats in per_member)
+        merged[field] = sum(stats.get(field, 0) for stats in per_member)
     for field in _OLDEST:
         if field in merged:
             merged[field] = max(stats.get(field, 0) for stats in per_member)
