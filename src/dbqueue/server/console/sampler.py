@@ -261,6 +261,12 @@ class Sampler:
         described["tick"] = self.ticks
         return described
 
+    def unsampled(self, name: bytes) -> str:
+        """Why queue ``name`` has no samples: it is over ``max_queues``, or too new for a tick to have seen it."""
+        if len(self.histories) >= self.max_queues:
+            return f"over the console's limit of {self.max_queues} sampled queues"
+        return "made since the last sample: its first comes within a second"
+
     def history(self, name: bytes) -> dict[str, Any] | None:
         """The queue ``name``'s samples, every field of both rings, oldest first (None: not sampled)."""
         history = self.histories.get(name)

@@ -404,11 +404,13 @@ class Console:
         figures["bytes"] = queue.payload_bytes
         figures["dead_letter_key"] = queue.dead_letter.hex() if queue.dead_letter else None
         sources = self.actions.sources_of(name)
+        history = self.sampler.history(name)
         figures["sources"] = [{"key": source.hex(), "name": source.decode("utf-8", "replace")} for source in sources]
         return _json(
             {
                 "queue": figures,
-                "history": self.sampler.history(name),
+                "history": history,
+                "unsampled": None if history is not None else self.sampler.unsampled(name),
                 "ring": {
                     "fine_samples": FINE_SAMPLES,
                     "coarse_samples": COARSE_SAMPLES,

@@ -239,6 +239,7 @@
     const top = Math.max(1, ...values);
     const step = width / Math.max(1, 59);
     const offset = (60 - values.length) * step;
+    box.append(svg("line", { x1: 0, y1: height - 1, x2: width, y2: height - 1, class: "base" }));
     const points = values.map((v, i) => `${(offset + i * step).toFixed(1)},${(height - 1 - (v / top) * (height - 3)).toFixed(1)}`);
     box.append(svg("polyline", { points: points.join(" ") }));
     const title = svg("title", {});
@@ -450,7 +451,7 @@
     $("span-label").textContent = ring === "coarse" ? "hour" : "2 minutes";
     const history = lastQueue.history;
     if (!history) {
-      $("chart-depth").replaceChildren(el("p", { class: "muted" }, "This queue is not sampled (over the console's limit of queues)."));
+      $("chart-depth").replaceChildren(el("p", { class: "muted" }, `No samples: ${lastQueue.unsampled}.`));
       $("chart-rates").replaceChildren();
       return;
     }
