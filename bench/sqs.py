@@ -559,7 +559,14 @@ def _serve_has_http_port(python: str) -> bool:
     return "--http-port" in done.stdout
 
 
-def start_dbqueue(python: str, log_dir: Path, signed: bool) -> SqsServer:
+def _listener_is_fast() -> bool:
+    """Whether `HttpListener` serves its connections with the SQS fast path itself (`SqsConnection`)."""
+    import dbqueue.server.http
+
+    return "SqsConnection" in vars(dbqueue.server.http)
+
+
+def start_dbqueue(python: str, log_dir: Path, signed: bool, fast: str = "auto") -> SqsServer:
     """dbqueue with its HTTP listener: ``serve --http-port`` when the CLI has it, else this script's own mode.
 
     The native port is the kernel's pick (``--port 0``); the HTTP port is probed free first, and taken again
@@ -568,14 +575,17 @@ def start_dbqueue(python: str, log_dir: Path, signed: bool) -> SqsServer:
     if signed:
         environment["DBQUEUE_SQS_ACCESS_KEY_ID"] = ACCESS_KEY
         environment["DBQUEUE_SQS_SECRET_ACCESS_KEY"] = SECRET_KEY
-    has_http_port = _serve_has_http_port(python)
+    # "on": the fast path, through this script's own mode when the CLI's listener does not build it;
+    # "off": aiohttp alone (this script's mode, without it); "auto": whatever `serve --http-port` does.
+    has_http_port = fast == "auto" or (fast == "on" and _listener_is_fast())
+    has_http_port = has_http_port and _serve_has_http_port(python)
     for attempt in range(3):
         port = free_port()
         if has_http_port:
             command = [python, "-m", "dbqueue.cli", "serve", "--port", "0", "--http-port", str(port)]
             command += ["--log-level", "warning"]
         else:
-            command = [python, str(Path(__file__).resolve()), "--serve-dbqueue", str(port)]
+            command = [python, str(Path(__file__).resolve()), "--serve-dbqueue", str(port), "--fast-path", fast]
         log_path = log_dir / "dbqueue.log"
         with open(log_path, "wb") as log:
             process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
@@ -726,10 +736,11 @@ def serve_floor(name: str, port: int) -> None:
     loop.close()
 
 
-def serve_dbqueue(http_port: int) -> None:
+def serve_dbqueue(http_port: int, fast: bool) -> None:
     """``--serve-dbqueue PORT``: a `Server` (native port: any) and its `HttpListener` on ``PORT``, until SIGTERM.
 
-    Credentials come from ``DBQUEUE_SQS_ACCESS_KEY_ID`` / ``DBQUEUE_SQS_SECRET_ACCESS_KEY`` when set.
+    Credentials come from ``DBQUEUE_SQS_ACCESS_KEY_ID`` / ``DBQUEUE_SQS_SECRET_ACCESS_KEY`` when set. With
+    ``fast``, the listener's connections are the SQS fast path's (`serve_fast_path`) if it does not build them.
     """
     from dbqueue import Server
     from dbqueue.server import new_event_loop
@@ -743,6 +754,10 @@ def serve_dbqueue(http_port: int) -> None:
         await server.start()
         listener = HttpListener(server, http_port, credentials=read_credentials(None, os.environ))
         await listener.start()
+        if fast and not _listener_is_fast():
+            from dbqueue.server.sqs_api import serve_fast_path
+
+            await serve_fast_path(listener)
         stopping = asyncio.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stopping.set)
@@ -827,6 +842,102 @@ def layers(count: int, signed: bool) -> dict[str, dict[str, float]]:
     return {
         kind: {layer: 1e6 * seconds / count for layer, seconds in figures.items()} for kind, figures in spent.items()
     }
+
+
+class _Captured(asyncio.Transport):
+    """A transport that keeps what is written to it: the fast path's answers, without a socket."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[bytes] = []
+
+    def write(self, data: Any) -> None:
+        self.written.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+class _Handler(asyncio.Protocol):
+    """Stands for aiohttp's handler beside a `SqsConnection` that never hands over."""
+
+
+def fast_layers(count: int, signed: bool) -> dict[str, float]:
+    """``--layers``, the fast path: CPU microseconds per request from the request's bytes to the answer's.
+
+    The driver's bytes are handed to an `SqsConnection` (``data_received``) whose
+    transport keeps what it is written: framing, the signature check (with
+    ``signed``), the fast path on the broker and the answer's bytes, in process;
+    the socket's system calls are not in it.
+    """
+    from dbqueue import Server
+    from dbqueue.server import new_event_loop
+    from dbqueue.server.http import HttpListener
+    from dbqueue.server.sqs_api import SqsConnection
+    from dbqueue.sqs import decode_request, protocol_of
+
+    clock = time.process_time
+    spent = dict.fromkeys(("send", "receive", "delete"), 0.0)
+
+    async def measure() -> None:
+        server = Server(port=0)
+        await server.start()
+        listener = HttpListener(server, 0, credentials={ACCESS_KEY: SECRET_KEY} if signed else None)
+        await listener.start()
+        host = f"127.0.0.1:{listener.port}"
+        url = f"http://{host}/000000000000/layers"
+        maker = RequestMaker(host, url, Signer(host) if signed else None, 64)
+        json_protocol = protocol_of("application/x-amz-json-1.0", "AmazonSQS.CreateQueue")
+        create = decode_request(json_protocol, "/", "", b'{"QueueName":"layers"}', "AmazonSQS.CreateQueue")
+        await listener.service.act(create, host, ACCOUNT["dbqueue"])
+        transport = _Captured()
+        connection = SqsConnection(_Handler(), listener)
+        connection.connection_made(transport)
+
+        def one(kind: str, raw: bytes) -> Any:
+            began = clock()
+            connection.data_received(raw)
+            spent[kind] += clock() - began
+            assert connection.running is None, "the fast path let the request go to the general path"
+            answer = transport.written.pop()
+            assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+            return json.loads(answer.partition(b"\r\n\r\n")[2])
+
+        receive = maker.receive(0)
+        for batch in range(count):
+            one("send", maker.send_batch("layers", batch * BATCH))
+            messages = one("receive", receive)["Messages"]
+            assert len(messages) == BATCH, messages
+            one("delete", maker.delete_batch([message["ReceiptHandle"] for message in messages]))
+        await listener.stop()
+        await server.stop()
+
+    loop = new_event_loop()
+    try:
+        loop.run_until_complete(measure())
+    finally:
+        loop.close()
+    return {kind: 1e6 * seconds / count for kind, seconds in spent.items()}
+
+
+def print_fast_layers(figures: dict[str, float], signed: bool) -> None:
+    total = sum(figures.values())
+    print(
+        f"\nCPU per request on the fast path, bytes in to bytes out, in process, no socket "
+        f"({'signed' if signed else 'unsigned'}), µs: "
+        + ", ".join(f"{kind} {value:.1f}" for kind, value in figures.items())
+        + f"; per message {total / BATCH:.1f} µs, so at most {1e6 * BATCH / total:,.0f} messages/s on one core "
+        "before the kernel"
+    )
 
 
 def print_layers(figures: dict[str, dict[str, float]], signed: bool) -> None:
@@ -1223,6 +1334,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--layers", type=int, metavar="N", help="only measure the CPU of each SQS layer in process, over N rounds"
     )
+    parser.add_argument(
+        "--fast-path",
+        choices=("on", "off", "auto"),
+        default="on",
+        help="dbqueue's SQS fast path: on (started by this script if `serve` lacks it), off (aiohttp alone), "
+        "auto (whatever `dbqueue serve --http-port` does)",
+    )
     parser.add_argument("--smoke", action="store_true", help="one short round: does the script still work?")
     parser.add_argument("--serve-dbqueue", type=int, metavar="HTTP_PORT", help=argparse.SUPPRESS)
     parser.add_argument("--serve-floor", nargs=2, metavar=("NAME", "PORT"), help=argparse.SUPPRESS)
@@ -1239,7 +1357,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.serve_dbqueue is not None:
-        serve_dbqueue(args.serve_dbqueue)
+        serve_dbqueue(args.serve_dbqueue, args.fast_path == "on")
         return 0
     if args.serve_floor is not None:
         serve_floor(args.serve_floor[0], int(args.serve_floor[1]))
@@ -1250,6 +1368,7 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     if args.layers is not None:
         print_layers(layers(args.layers, args.signed), args.signed)
+        print_fast_layers(fast_layers(args.layers, args.signed), args.signed)
         return 0
     moto, moto_version = moto_python(args.server_python) if "moto" in systems else ("-", "-")
     print(f"moto server: {python_description(moto)} (moto {moto_version}), threaded werkzeug server")
@@ -1274,7 +1393,7 @@ def main(argv: list[str] | None = None) -> int:
         servers: dict[str, SqsServer] = {}
         for name in systems:
             if name == "dbqueue":
-                server = start_dbqueue(args.server_python, log_dir, args.signed)
+                server = start_dbqueue(args.server_python, log_dir, args.signed, args.fast_path)
             elif name == "moto":
                 server = start_moto(moto, log_dir, args.signed)
             elif name in FLOORS:

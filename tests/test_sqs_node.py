@@ -171,7 +171,7 @@ def test_a_node_service_on_the_aws_sdk_v3(sdk: Path, serving: Serving) -> None:
         assert [queue["name"] for queue in native.list_queues()] == ["node-jobs"]
         stats = native.stats("node-jobs")
         assert (stats["ready"], stats["in_flight"], stats["confirmed"]) == (1, 1, 10)
-        message = native.read("node-jobs", timeout_ms=5_000)
+        message = native.read("node-jobs", visibility_timeout=5.0)
         assert message is not None
         envelope = open_envelope(message.data)
         assert envelope is not None

@@ -374,7 +374,7 @@ def test_sqs_messages_are_read_natively(sqs: Any, listening: Any) -> None:
         native.create("native")
         url = sqs.get_queue_url(QueueName="native")["QueueUrl"]
         sqs.send_message(QueueUrl=url, MessageBody="from SQS", MessageAttributes={"colour": ATTRIBUTES["colour"]})
-        message = native.read("native", timeout_ms=30_000)
+        message = native.read("native", visibility_timeout=30.0)
         assert message is not None
         envelope = open_envelope(message.data)
         assert envelope is not None
@@ -408,7 +408,7 @@ def test_messages_in_flight_come_back_when_the_listener_stops(server_factory: Ca
     sqs.close()
     listening.stop()
     with Client.connect(thread.address) as native:
-        message = native.read("back", timeout_ms=1000)
+        message = native.read("back", visibility_timeout=1.0)
     assert message is not None and message.deliveries == 2
 
 

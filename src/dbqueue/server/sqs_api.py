@@ -59,11 +59,20 @@ one table (`sqs_error`).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import logging
+import sys
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from email.utils import formatdate
+from hashlib import md5 as _md5
+from http import HTTPStatus
+from typing import Any, Protocol, cast
+
+from aiohttp.http import SERVER_SOFTWARE
 
 from ..core import NO_BYTE_LIMIT, Entry, Holding, Outcome, Queue, Record, Waiter
 from ..errors import (
@@ -117,24 +126,63 @@ from ..sqs import (
     SendMessageBatchResultEntry,
     SendMessageResult,
     SetQueueAttributes,
+    SignatureVerifier,
     SqsError,
     TagQueue,
     UntagQueue,
     bare_body,
+    decode_request,
+    encode_error,
+    encode_result,
     message_id_text,
     open_envelope,
     paginate,
     queue_arn,
     queue_of_arn,
+    queue_of_url,
     queue_url,
     redrive_policy,
     seal,
     select_attributes,
 )
+from ..sqs import Protocol as WireProtocol
+from ..sqs.envelope import open_plain, plain_prefix, seal_plain
+from ..sqs.fastpath import (
+    MORE,
+    OTHER,
+    HttpRequest,
+    batch_reply,
+    frame,
+    plain_delete_entries,
+    plain_receive,
+    plain_send,
+    plain_send_entries,
+    receive_reply,
+    received_message,
+    response_head,
+    send_batch_reply,
+    send_reply,
+)
+from ..sqs.json_protocol import CONTENT_TYPE as JSON_CONTENT_TYPE
+from ..sqs.json_protocol import message_json
+from ..sqs.wire import REQUEST_ID_HEADER
 from .admission import admit_change, admit_read, admit_send, admit_wait
 from .host import Host
+from .metrics import SqsStats
 
-__all__ = ["SqsHost", "SqsService", "QueueRecord", "DEFAULT_ATTRIBUTES", "sqs_error"]
+__all__ = [
+    "SqsHost",
+    "SqsService",
+    "QueueRecord",
+    "DEFAULT_ATTRIBUTES",
+    "sqs_error",
+    "SqsConnection",
+    "FastListener",
+    "serve_fast_path",
+]
+
+log = logging.getLogger("dbqueue.server")
+_loads = json.loads
 
 DEFAULT_ATTRIBUTES: Mapping[str, str] = {
     "VisibilityTimeout": "30",
@@ -279,6 +327,10 @@ class SqsService:
         self._woken: dict[Waiter, asyncio.Future[list[Record] | None]] = {}  # what each parked receive awaits
         self._waits = 0
         self._first_receive: dict[int, int] = {}  # message id -> epoch ms of its first receive (bounded)
+        # The handles issued, oldest first, with what they name (bounded): a delete that brings one back is
+        # answered without opening it (base64 and an HMAC); any other handle is opened.
+        self._issued: dict[str, tuple[Queue, int, int]] = {}
+        self._prefixes: dict[tuple[str, str], bytes] = {}  # (queue, sender) -> `plain_prefix`
 
     # --- the entry point -------------------------------------------------------------
 
@@ -337,6 +389,7 @@ class SqsService:
         self.held = Holding()
         self.read_from = set()
         self._first_receive.clear()
+        self._issued.clear()
         for key, record in list(self.records.items()):
             queue = broker.queues.get(key)
             if queue is None:
@@ -362,6 +415,7 @@ class SqsService:
         for queue in self.read_from:
             queue.consumers -= 1
         self.read_from = set()
+        self._issued.clear()
         if self.held:
             self.broker.release_all(self.held, self.server.clock())
             self.server.schedule_expiry()
@@ -776,14 +830,17 @@ class SqsService:
                 source = envelope.queue
                 if source.encode() != record.queue.name and (every or "DeadLetterQueueSourceArn" in names):
                     attributes["DeadLetterQueueSourceArn"] = queue_arn(source, self.region)
-        name = record.queue.name.decode()
-        return ReceivedMessage.build(
-            message_id_text(record.id),
-            self.handles.issue(name, record.id, record.deliveries),
-            body,
-            attributes,
-            message_attributes,
-        )
+        handle = self._issue(record)
+        return ReceivedMessage.build(message_id_text(record.id), handle, body, attributes, message_attributes)
+
+    def _issue(self, record: Record) -> str:
+        """The receipt handle of ``record``'s delivery, remembered for the delete that brings it back."""
+        handle = self.handles.issue(record.queue.name.decode(), record.id, record.deliveries)
+        issued = self._issued
+        if len(issued) >= self.server.max_in_flight:  # the oldest are the likeliest stale: opened if they come
+            del issued[next(iter(issued))]
+        issued[handle] = (record.queue, record.id, record.deliveries)
+        return handle
 
     def _first_receive_of(self, record: Record, wall_ms: int) -> int:
         first = self._first_receive
@@ -815,6 +872,7 @@ class SqsService:
 
     def _delete(self, queue_name: str, handle: str) -> None:
         record, receipt = self._current(queue_name, handle)
+        self._issued.pop(handle, None)
         if record is not None:  # a stale handle deletes nothing, and succeeds (as SQS)
             self.broker.confirm(receipt.message_id, self.held)
             self._first_receive.pop(receipt.message_id, None)
@@ -848,6 +906,160 @@ class SqsService:
         return _batch(
             request.entries, lambda entry: self._change(request.queue, entry.receipt_handle, entry.visibility_timeout)
         )
+
+    # --- the fast path (see `SqsConnection` and `dbqueue.sqs.fastpath`) ---------------
+    #
+    # Each returns the JSON body of the answer, or None when the request is not of the
+    # common shape, or would be refused or fail an entry: the general path then does
+    # all of it (nothing is changed before a None). Same answers, same state.
+
+    def fast_send_batch(self, params: dict[str, Any], sender: str) -> bytes | None:
+        """``SendMessageBatch`` of plain messages to a queue without a default delay."""
+        url = params.get("QueueUrl")
+        if type(url) is not str:
+            return None
+        name = queue_of_url(url)
+        record = self.record(name)
+        if record.attributes and record.number("DelaySeconds"):
+            return None
+        plain = plain_send_entries(params, record.number("MaximumMessageSize"))
+        if plain is None:
+            return None
+        queue = record.queue
+        prefix = self._prefix(name, sender)
+        sent_ms = int(self.wall() * 1000)
+        payloads = [seal_plain(prefix, sent_ms, body) for _, body in plain[1]]
+        sizes = [len(payload) for payload in payloads]
+        admit_send(self, queue.name, max(sizes), sum(sizes))
+        ids = self.broker.enqueue_batch(queue, payloads, self.server.clock())
+        if ids is None:
+            return None
+        self.server.schedule_expiry()
+        return send_batch_reply(
+            [
+                (entry_id, message_id_text(id_), _md5(body, usedforsecurity=False).hexdigest())
+                for (entry_id, body), id_ in zip(plain[1], ids)
+            ]
+        )
+
+    def fast_send(self, params: dict[str, Any], sender: str) -> bytes | None:
+        """``SendMessage`` of a plain message to a queue without a default delay."""
+        url = params.get("QueueUrl")
+        if type(url) is not str:
+            return None
+        name = queue_of_url(url)
+        record = self.record(name)
+        if record.attributes and record.number("DelaySeconds"):
+            return None
+        plain = plain_send(params, record.number("MaximumMessageSize"))
+        if plain is None:
+            return None
+        queue = record.queue
+        payload = seal_plain(self._prefix(name, sender), int(self.wall() * 1000), plain[1])
+        admit_send(self, queue.name, len(payload), len(payload))
+        id_ = self.broker.enqueue(queue, payload, self.server.clock())
+        if id_ < 0:
+            return None
+        self.server.schedule_expiry()
+        return send_reply(message_id_text(id_), _md5(plain[1], usedforsecurity=False).hexdigest())
+
+    def _prefix(self, name: str, sender: str) -> bytes:
+        prefixes = self._prefixes
+        prefix = prefixes.get((name, sender))
+        if prefix is None:
+            if len(prefixes) >= 1024:
+                prefixes.clear()
+            prefix = prefixes[(name, sender)] = plain_prefix(name, sender)
+        return prefix
+
+    def fast_receive(self, params: dict[str, Any], sender: str) -> bytes | None:
+        """``ReceiveMessage`` asking for no attributes, answered at once (a receive that would wait is not)."""
+        plain = plain_receive(params)
+        if plain is None:
+            return None
+        url, count, visibility, wait = plain
+        name = queue_of_url(url)
+        record = self.record(name)
+        if visibility is None:
+            visibility = record.number("VisibilityTimeout")
+        if not visibility:
+            return None
+        queue = record.queue
+        admit_read(self, queue.name, 1)
+        held = self.held
+        room = self.server.max_in_flight - held.count
+        now = self.server.clock()
+        entries = self.broker.deliver_many(queue, min(count, room), 0, held, now)
+        if not entries:
+            if wait is None:
+                wait = record.number("ReceiveMessageWaitTimeSeconds")
+            return None if wait else b"{}"  # the general path parks a receive that waits
+        records = self._in_flight(entries, visibility, now)
+        wall_ms = int(self.wall() * 1000)
+        messages = []
+        request: ReceiveMessage | None = None
+        for record_ in records:
+            opened = open_plain(record_.data)
+            if opened is not None:
+                self._first_receive_of(record_, wall_ms)
+                body = opened[2]
+                messages.append(
+                    received_message(
+                        message_id_text(record_.id),
+                        self._issue(record_),
+                        _md5(body.encode(), usedforsecurity=False).hexdigest(),
+                        body,
+                    )
+                )
+            else:
+                if request is None:
+                    request = ReceiveMessage(name, count, visibility, wait, frozenset(), (), None)
+                messages.append(message_json(self._received(record_, request, wall_ms)))
+        return receive_reply(messages)
+
+    def fast_delete_batch(self, params: dict[str, Any], sender: str) -> bytes | None:
+        """``DeleteMessageBatch`` of handles this service issued (any other handle is opened by the general path)."""
+        plain = plain_delete_entries(params)
+        if plain is None:
+            return None
+        queue = self.record(queue_of_url(plain[0])).queue
+        issued = self._issued
+        named = []
+        for _, handle in plain[1]:
+            receipt = issued.get(handle)
+            if receipt is None or receipt[0] is not queue:
+                return None
+            named.append(receipt)
+        self._confirm_current(named)
+        for _, handle in plain[1]:
+            issued.pop(handle, None)
+        self.server.schedule_expiry()
+        return batch_reply([entry_id for entry_id, _ in plain[1]])
+
+    def fast_delete(self, params: dict[str, Any], sender: str) -> bytes | None:
+        """``DeleteMessage`` of a handle this service issued."""
+        handle = params.get("ReceiptHandle")
+        url = params.get("QueueUrl")
+        if type(url) is not str or type(handle) is not str or len(params) != 2:
+            return None
+        receipt = self._issued.get(handle)
+        if receipt is None or receipt[0] is not self.record(queue_of_url(url)).queue:
+            return None
+        self._confirm_current([receipt])
+        del self._issued[handle]
+        self.server.schedule_expiry()
+        return b"{}"
+
+    def _confirm_current(self, named: list[tuple[Queue, int, int]]) -> None:
+        """Confirm the deliveries named that are current (in flight here, in that very delivery): `_delete`'s rule."""
+        records = self.broker.records
+        held = self.held
+        first = self._first_receive
+        for queue, message_id, delivery in named:
+            found = records.get(message_id)
+            if found is not None and found.held is held and found.deliveries == delivery and found.queue is queue:
+                self.broker.confirm(message_id, held)
+                first.pop(message_id, None)
 
 
 def _batch(entries: Iterable[Any], act: Callable[[Any], None]) -> BatchResult:
@@ -893,3 +1105,281 @@ _ACTIONS: dict[type, Action] = {
     ListDeadLetterSourceQueues: SqsService._list_dead_letter_source_queues,
 }
 """Every action but ReceiveMessage (a coroutine, see `SqsService.act`); the move tasks are not supported."""
+
+
+# --- the fast path's connection ------------------------------------------------------------------------------------
+
+
+class FastListener(Protocol):
+    """What `SqsConnection` uses of the HTTP listener (`http.HttpListener`)."""
+
+    service: SqsService
+    verifier: SignatureVerifier | None
+    stats: SqsStats
+    scheme: str
+    host: str
+    port: int
+
+    @property
+    def settings(self) -> Any: ...  # `http.HttpSettings`: ``max_body``, ``idle_timeout``
+
+
+_FAST: dict[str, Callable[[SqsService, dict[str, Any], str], bytes | None]] = {
+    "SendMessageBatch": SqsService.fast_send_batch,
+    "SendMessage": SqsService.fast_send,
+    "ReceiveMessage": SqsService.fast_receive,
+    "DeleteMessageBatch": SqsService.fast_delete_batch,
+    "DeleteMessage": SqsService.fast_delete,
+}
+_JSON_HEADERS = (("Content-Type", JSON_CONTENT_TYPE),)
+_SERVER_LINE = f"Server: {SERVER_SOFTWARE}\r\n".encode()
+# A request id per answer, UUID-shaped like SQS's: a random prefix per process and a counter (uuid4 costs more
+# than the rest of a small request's headers).
+_REQUEST_IDS = itertools.count(1)
+_REQUEST_ID_PREFIX = str(uuid.uuid4())[:23]
+
+
+class _Clock:
+    """The ``Date`` line of answers, written once a second."""
+
+    second = -1
+    line = b""
+
+    @classmethod
+    def date_line(cls) -> bytes:
+        now = time.time()
+        if int(now) != cls.second:
+            cls.second = int(now)
+            cls.line = f"Date: {formatdate(now, usegmt=True)}\r\n".encode()
+        return cls.line
+
+
+class SqsConnection(asyncio.Protocol):
+    """One HTTP connection of the listener whose plain SQS requests skip aiohttp's request machinery.
+
+    ``handler`` is the aiohttp `RequestHandler` the listener would have used
+    for the connection; it is told of the connection at once (so the
+    listener's counts, limits and idle sweep see it) but gets no bytes until
+    the first request the fast path does not take (`dbqueue.sqs.fastpath.frame`
+    says `OTHER`: the Query protocol, ``/metrics``, a chunked body, an
+    ``Expect``, anything odd): from there on, the connection is the
+    handler's, bytes and all, and this object only passes them on.
+
+    Until then, each request framed here is answered in the order it came:
+    verified (SigV4, with credentials), then answered by the service's fast
+    path (`SqsService.fast_send_batch` and friends) right away when it
+    takes it, else decoded and acted on by the general path in a task (a long
+    poll, another action, a request the fast path gives up on), the requests
+    behind it waiting their turn. With a store, a fast answer waits for the
+    group commit like any other. A connection that goes away cancels its
+    running request (what a long poll was handed goes back). While the peer
+    does not read its answers (the transport asks to pause writing), nothing
+    more is read from it. The handler's idle timer is pushed back at each
+    request, so an idle connection closes after the listener's idle timeout
+    as with aiohttp alone.
+    """
+
+    def __init__(
+        self, handler: asyncio.Protocol, listener: FastListener, unproven: dict[Any, float] | None = None
+    ) -> None:
+        self.handler = handler
+        self.listener = listener
+        self.service = listener.service
+        self.unproven = unproven
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+        self.handed = False  # the rest of the connection is aiohttp's
+        self.running: asyncio.Task[None] | None = None  # the request being answered by the general path
+        self.paused = False
+        self.loop = asyncio.get_running_loop()
+        self.max_body = listener.settings.max_body
+        self.idle = listener.settings.idle_timeout
+        self.keepalive = hasattr(handler, "_next_keepalive_close_time")  # aiohttp 3.10 on
+
+    # --- asyncio.Protocol --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's transports have asyncio.Transport's methods
+        self.handler.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.buffer = b""
+        if self.running is not None:
+            self.running.cancel()  # what a long poll was handed goes back (`SqsService._wait`)
+        self.handler.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+        self.handler.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self.handler.resume_writing()
+        if not self.handed and self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+            self._serve()
+
+    def eof_received(self) -> bool | None:
+        if self.handed:
+            return self.handler.eof_received()
+        return None
+
+    def data_received(self, data: bytes) -> None:
+        if self.handed:
+            self.handler.data_received(data)
+            return
+        self.buffer = self.buffer + data if self.buffer else data
+        self._serve()
+
+    # --- requests ----------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        """Answer the whole requests buffered, in order, until one must wait or the fast path lets go."""
+        buffer = self.buffer
+        start = 0
+        transport = self.transport
+        while self.running is None and buffer and transport is not None:
+            if self.paused:
+                transport.pause_reading()
+                break
+            request = frame(buffer, start, self.max_body)
+            if request is MORE:
+                break
+            if request is OTHER or type(request) is int:
+                self.buffer = b""
+                self.handed = True
+                self.handler.data_received(buffer[start:])
+                return
+            assert type(request) is HttpRequest
+            start = request.end
+            self._answer(request)
+            if start == len(buffer):
+                break
+        self.buffer = buffer[start:] if start else buffer
+
+    def _answer(self, request: HttpRequest) -> None:
+        if self.unproven is not None:
+            self.unproven.pop(self.handler, None)
+        if self.keepalive:
+            # aiohttp closes a connection it thinks idle at this time (it sees none of these requests).
+            self.handler._next_keepalive_close_time = self.loop.time() + self.idle  # type: ignore[attr-defined]
+        request_id = f"{_REQUEST_ID_PREFIX}-{next(_REQUEST_IDS) & 0xFFFF_FFFF_FFFF:012x}"
+        stats = self.listener.stats
+        action = request.action
+        service = self.service
+        try:
+            verifier = self.listener.verifier
+            sender = ACCOUNT_ID
+            if verifier is not None:
+                try:
+                    sender = verifier.verify("POST", request.path, "", request.headers, request.body, time.time())
+                except SqsError as error:
+                    log.warning("SQS request from %s refused: %s", self._peer(), error.shape)
+                    raise
+            fast = _FAST.get(action)
+            reply: bytes | None = None
+            if fast is not None and request.body:
+                if service.server.broker is not service.broker:
+                    service.rebind()
+                try:
+                    params = _loads(request.body)
+                    if type(params) is dict:
+                        reply = fast(service, params, sender)
+                except (ValueError, SqsError, RequestError):
+                    reply = None  # the general path writes the refusal
+            if reply is not None:
+                stats.actions[action] = stats.actions.get(action, 0) + 1
+                if service.server.store is None:
+                    self._write(200, "OK", _JSON_HEADERS, request_id, reply)
+                else:
+                    self.running = self.loop.create_task(self._commit(reply, request_id))
+                return
+            decoded = decode_request(WireProtocol.JSON, request.path, "", request.body, "AmazonSQS." + action)
+            stats.actions[decoded.action] = stats.actions.get(decoded.action, 0) + 1
+        except SqsError as error:
+            self._error(error, request_id)
+            return
+        self.running = self.loop.create_task(self._general(decoded, sender, request_id, request.host))
+
+    async def _commit(self, reply: bytes, request_id: str) -> None:
+        try:
+            await self.service._committed()
+        except SqsError as error:
+            self._error(error, request_id)
+        else:
+            self._write(200, "OK", _JSON_HEADERS, request_id, reply)
+        self._next()
+
+    async def _general(self, request: Request, sender: str, request_id: str, host: str | None) -> None:
+        stats = self.listener.stats
+        try:
+            result = await self.service.act(request, self._endpoint(host), sender)
+            answer = encode_result(WireProtocol.JSON, request.action, result, request_id)
+        except SqsError as error:
+            stats.errors[error.shape] = stats.errors.get(error.shape, 0) + 1
+            answer = encode_error(WireProtocol.JSON, error, request_id)
+        except Exception:
+            log.exception("SQS request %s from %s failed", request_id, self._peer())
+            stats.errors["InternalError"] = stats.errors.get("InternalError", 0) + 1
+            answer = encode_error(WireProtocol.JSON, SqsError(ErrorCode.INTERNAL_ERROR), request_id)
+        headers = [pair for pair in answer.headers if pair[0] != REQUEST_ID_HEADER]
+        self._write(answer.status, HTTPStatus(answer.status).phrase, headers, request_id, answer.body)
+        self._next()
+
+    def _next(self) -> None:
+        self.running = None
+        if self.transport is not None and not self.transport.is_closing():
+            self._serve()
+
+    def _error(self, error: SqsError, request_id: str) -> None:
+        stats = self.listener.stats
+        stats.errors[error.shape] = stats.errors.get(error.shape, 0) + 1
+        answer = encode_error(WireProtocol.JSON, error, request_id)
+        headers = [pair for pair in answer.headers if pair[0] != REQUEST_ID_HEADER]
+        self._write(answer.status, HTTPStatus(answer.status).phrase, headers, request_id, answer.body)
+
+    def _write(
+        self, status: int, reason: str, headers: Iterable[tuple[str, str]], request_id: str, body: bytes
+    ) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        tail = _Clock.date_line() + _SERVER_LINE
+        head = response_head(status, reason, [*headers, (REQUEST_ID_HEADER, request_id)], len(body), tail)
+        transport.write(head + body)
+
+    def _endpoint(self, host: str | None) -> str:
+        """The server as the client addressed it, for the queue URLs it is given (as `HttpListener._endpoint`)."""
+        if not host:
+            sockname = self.transport.get_extra_info("sockname") if self.transport is not None else None
+            listener = self.listener
+            host = f"{sockname[0]}:{sockname[1]}" if isinstance(sockname, tuple) else f"{listener.host}:{listener.port}"
+        return f"{self.listener.scheme}://{host}"
+
+    def _peer(self) -> Any:
+        return self.transport.get_extra_info("peername") if self.transport is not None else None
+
+
+async def serve_fast_path(listener: Any) -> None:
+    """Serve a started `http.HttpListener`'s connections with `SqsConnection` from now on.
+
+    For the tests and the benchmark until the listener builds `SqsConnection`
+    itself: its listening socket is closed and opened again on the same
+    address, with the same limit of connections and TLS, each new connection
+    an `SqsConnection` around the handler the listener would have used.
+    """
+    old = listener._listener
+    web_server = listener._web
+    old.close()
+    await old.wait_closed()
+    limit = listener.server.max_connections
+    refused = type(listener).__module__  # the listener's own module has the 503 answer for one too many
+
+    def protocol() -> asyncio.BaseProtocol:
+        if web_server.open < limit:
+            return SqsConnection(web_server(), listener, web_server.unproven)
+        return cast(asyncio.BaseProtocol, sys.modules[refused]._Refused())
+
+    listener._listener = await asyncio.get_running_loop().create_server(
+        protocol, listener.host, listener.port, reuse_address=True, ssl=listener.server.ssl, backlog=4096
+    )

@@ -16,7 +16,8 @@ Layout, one noun per module:
 * `signature`: AWS Signature Version 4 verification;
 * `receipts`: HMAC-authenticated receipt handles and message ids;
 * `envelope`: how an SQS message (body, attributes, send time, sender) is kept in a dbqueue payload;
-* `addresses`: queue URLs, ARNs and names; `pagination`: pages of queue names.
+* `addresses`: queue URLs, ARNs and names; `pagination`: pages of queue names;
+* `fastpath`: the hot actions of the JSON protocol from a request's bytes to an answer's bytes (same answers).
 
 docs/sqs.md says which actions and parameters are supported and how they map
 onto dbqueue's queues.

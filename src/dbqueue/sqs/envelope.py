@@ -43,7 +43,17 @@ from .decoding import check_body
 from .errors import SqsError
 from .requests import MessageAttributeValue
 
-__all__ = ["MAGIC", "ENCODING_ATTRIBUTE", "Envelope", "seal", "open_envelope", "bare_body"]
+__all__ = [
+    "MAGIC",
+    "ENCODING_ATTRIBUTE",
+    "Envelope",
+    "seal",
+    "open_envelope",
+    "bare_body",
+    "plain_prefix",
+    "seal_plain",
+    "open_plain",
+]
 
 MAGIC = b"\xffSQS"
 _VERSION = 1
@@ -94,6 +104,46 @@ def seal(envelope: Envelope) -> bytes:
     except struct.error as error:
         raise ValueError(f"the envelope does not fit its layout: {error}") from None
     return b"".join(parts)
+
+
+def plain_prefix(queue: str, sender: str) -> bytes:
+    """The bytes between the send time and the body of the envelope of a message with no attributes.
+
+    The fast path (`seal_plain`) keeps it per queue and sender, so that sealing
+    a plain message is one ``struct`` call and two concatenations.
+    """
+    return b"".join((*_text(queue), *_text(sender), b"\x00\x00"))
+
+
+def seal_plain(prefix: bytes, sent_ms: int, body: bytes) -> bytes:
+    """``seal(Envelope(body.decode(), sent_ms, queue, sender))`` for ``prefix = plain_prefix(queue, sender)``."""
+    return _HEAD.pack(MAGIC, _VERSION, sent_ms) + prefix + body
+
+
+_PLAIN_START = MAGIC + _U8.pack(_VERSION)
+
+
+def open_plain(payload: bytes) -> tuple[int, bytes, str] | None:
+    """The send time, the queue (UTF-8) and the body of an envelope with no attributes; None for any other payload.
+
+    What `open_envelope` would return for it, read without building an
+    `Envelope` (the sender, which a receive reports only when asked, is not
+    read); an envelope with attributes, or no envelope, is left to `open_envelope`.
+    """
+    if not payload.startswith(_PLAIN_START):
+        return None
+    try:
+        queue_end = 15 + (payload[13] << 8 | payload[14])
+        sender_end = queue_end + 2 + (payload[queue_end] << 8 | payload[queue_end + 1])
+        if payload[sender_end] or payload[sender_end + 1]:
+            return None
+        queue = payload[15:queue_end]
+        queue.decode()  # as `open_envelope` reads them: a name or sender that is not UTF-8 makes no envelope
+        payload[queue_end + 2 : sender_end].decode()
+        body = payload[sender_end + 2 :].decode()
+    except (IndexError, UnicodeDecodeError):
+        return None
+    return _HEAD.unpack_from(payload)[2], queue, body
 
 
 def _text(text: str) -> tuple[bytes, bytes]:

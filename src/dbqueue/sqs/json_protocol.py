@@ -45,7 +45,7 @@ from .results import (
     StartMessageMoveTaskResult,
 )
 
-__all__ = ["CONTENT_TYPE", "TARGET_PREFIX", "decode_json", "encode_json_result", "encode_json_error"]
+__all__ = ["CONTENT_TYPE", "TARGET_PREFIX", "decode_json", "encode_json_result", "encode_json_error", "message_json"]
 
 CONTENT_TYPE = "application/x-amz-json-1.0"
 TARGET_PREFIX = "AmazonSQS."
@@ -146,6 +146,16 @@ def _message(message: ReceivedMessage) -> dict[str, Any]:
         out["MD5OfMessageAttributes"] = message.md5_of_message_attributes
         out["MessageAttributes"] = _attributes(message.message_attributes)
     return out
+
+
+def message_json(message: ReceivedMessage) -> str:
+    """One message of a ``ReceiveMessage`` answer as JSON text: what `encode_json_result` writes for it.
+
+    The fast path (`fastpath`) writes the plain messages of an answer itself
+    and the others with this.
+    """
+    text: str = _dumps(_message(message))
+    return text
 
 
 def _receive_message(result: ReceiveMessageResult) -> dict[str, Any]:

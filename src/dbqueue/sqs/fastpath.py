@@ -1,0 +1,312 @@
+"""The SQS API's fast path: plain JSON requests framed from their bytes, the hot actions' answers written as bytes.
+
+Theory of operation
+-------------------
+Most of an SQS workload is three actions of the JSON protocol:
+``SendMessageBatch``, ``ReceiveMessage`` and ``DeleteMessageBatch`` (and their
+single-message forms), each a small ``POST /`` with a handful of headers. The
+general path (aiohttp's request objects, `wire.decode_request` into frozen
+dataclasses, `wire.encode_result` through dictionaries) costs several times
+what the work itself does. This module holds the pieces that skip it, sans
+I/O like the rest of the package:
+
+* `frame` cuts one HTTP/1.1 request out of a connection's received bytes,
+  but only a request of a deliberately narrow shape: ``POST`` of a path with
+  no query, ASCII header lines that are plain tokens and values, a
+  ``Content-Length``, the JSON protocol's content type and an
+  ``X-Amz-Target``. Anything else (``Transfer-Encoding``, ``Expect``,
+  ``Connection`` other than keep-alive, a query string, a duplicate
+  ``Content-Length``, a body over the caller's limit, the Query protocol,
+  ``/metrics``, a malformed line) is `OTHER`: the caller hands the
+  connection to the general HTTP stack, which applies every rule of its own;
+  nothing is half-parsed twice.
+* `plain_send_entries`, `plain_delete_entries` and `plain_receive` read the
+  decoded JSON parameters of the hot actions when they are of the common
+  shape (no message attributes, no per-entry delay, no FIFO fields), checked
+  by the same rules and the same compiled patterns as `decoding`; they
+  return None for any other shape *and for anything the general path would
+  refuse*, so that errors are always written by the general path.
+* ``*_reply`` functions write the answers' JSON, byte for byte what
+  `json_protocol` writes for the same result.
+
+Contract: for a request the fast path answers, the reply's bytes (but for the
+request id and the ``Date`` header) and the server's state afterwards are
+those of the general path (`tests/sqs/test_sqs_fastpath.py` checks it on a
+real server, request by request, against a connection served by the general
+path).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from json.encoder import encode_basestring  # the C escaper json.dumps uses
+from typing import Any
+
+from .decoding import _BATCH_ENTRY_ID, _FORBIDDEN_CHARACTER, MAX_MESSAGE_SIZE
+
+__all__ = [
+    "MORE",
+    "OTHER",
+    "HttpRequest",
+    "frame",
+    "response_head",
+    "plain_send_entries",
+    "plain_delete_entries",
+    "plain_receive",
+    "send_batch_reply",
+    "send_reply",
+    "receive_reply",
+    "received_message",
+    "batch_reply",
+]
+
+MORE = 0
+"""`frame`: the request is not whole yet; call again with more bytes."""
+OTHER = 1
+"""`frame`: not a request of the fast path's shape: hand the connection to the general HTTP stack."""
+
+MAX_HEAD = 16_384
+"""The longest request head the fast path waits for; a longer one goes to the general stack."""
+MAX_FAST_BODY = 262_144
+"""The largest body the fast path buffers; a larger one goes to the general stack (its body timeout applies)."""
+
+_JSON_TYPE = "application/x-amz-json-1.0"
+_TARGET_PREFIX = "AmazonSQS."
+# Headers whose presence means a framing or connection rule the fast path leaves to the general stack.
+_NOT_OURS = frozenset({"transfer-encoding", "expect", "upgrade", "te", "trailer"})
+
+
+class HttpRequest:
+    """One framed request: its path, headers (name as sent, value), action, host, body, and where it ends."""
+
+    __slots__ = ("path", "headers", "action", "host", "body", "end")
+
+    def __init__(
+        self, path: str, headers: list[tuple[str, str]], action: str, host: str | None, body: bytes, end: int
+    ) -> None:
+        self.path = path
+        self.headers = headers
+        self.action = action
+        self.host = host
+        self.body = body
+        self.end = end
+
+
+def frame(buffer: bytes | bytearray, start: int, max_body: int) -> HttpRequest | int:
+    """Return the request that begins at ``buffer[start:]``, `MORE` or `OTHER` (see the module's docstring).
+
+    ``max_body`` is the listener's body limit: a body over it (or over
+    `MAX_FAST_BODY`) is `OTHER`, so that the general stack refuses or reads it.
+    """
+    end = buffer.find(b"\r\n\r\n", start)
+    if end < 0:
+        return MORE if len(buffer) - start <= MAX_HEAD else OTHER
+    head_end = end + 4
+    if head_end - start > MAX_HEAD:
+        return OTHER
+    try:
+        text = buffer[start:end].decode("ascii")
+    except UnicodeDecodeError:
+        return OTHER
+    # Printable ASCII but for the line ends: no bare CR or LF, no control characters, no tab.
+    if not text.replace("\r\n", "").isprintable():
+        return OTHER
+    lines = text.split("\r\n")
+    request_line = lines[0]
+    if not (request_line.startswith("POST /") and request_line.endswith(" HTTP/1.1")):
+        return OTHER
+    path = request_line[5:-9]
+    if " " in path or "?" in path or "#" in path or path == "/metrics":
+        return OTHER
+    fields = [line.partition(":") for line in lines[1:]]
+    # Names of letters, digits and dashes (a subset of HTTP's tokens), each line with its colon, no name twice.
+    if (
+        not all(colon and name for name, colon, _ in fields)
+        or not "".join([name for name, _, _ in fields]).replace("-", "").isalnum()
+    ):
+        return OTHER
+    headers = [(name, value.strip(" ")) for name, _, value in fields]
+    named = {name.lower(): value for name, value in headers}
+    if len(named) != len(headers) or not _NOT_OURS.isdisjoint(named):
+        return OTHER
+    connection = named.get("connection")
+    if connection is not None and connection.lower() != "keep-alive":
+        return OTHER
+    content_length = named.get("content-length")
+    if content_length is None or not content_length.isdigit() or len(content_length) > 10:
+        return OTHER
+    length = int(content_length)
+    target = named.get("x-amz-target")
+    content_type = named.get("content-type")
+    host = named.get("host")
+    if (
+        target is None
+        or content_type != _JSON_TYPE
+        or not target.startswith(_TARGET_PREFIX)
+        or length > max_body
+        or length > MAX_FAST_BODY
+    ):
+        return OTHER
+    body_end = head_end + length
+    if len(buffer) < body_end:
+        return MORE
+    return HttpRequest(path, headers, target[len(_TARGET_PREFIX) :], host, bytes(buffer[head_end:body_end]), body_end)
+
+
+def response_head(status: int, reason: str, headers: Sequence[tuple[str, str]], length: int, tail: bytes) -> bytes:
+    """The head of an answer: status line, ``headers``, ``Content-Length``, then ``tail`` (``Date`` and
+    ``Server`` lines, as the general stack writes them) and the blank line."""
+    lines = [f"HTTP/1.1 {status} {reason}\r\n"]
+    lines += [f"{name}: {value}\r\n" for name, value in headers]
+    lines.append(f"Content-Length: {length}\r\n")
+    return "".join(lines).encode("latin-1") + tail + b"\r\n"
+
+
+# --- requests ---------------------------------------------------------------------------------------------------
+
+
+def _queue_url(params: dict[str, Any], allowed: frozenset[str]) -> str | None:
+    url = params.get("QueueUrl")
+    if type(url) is not str or not url or not allowed.issuperset(params):
+        return None
+    return url
+
+
+_SEND_BATCH_KEYS = frozenset({"QueueUrl", "Entries"})
+_SEND_ENTRY_KEYS = frozenset({"Id", "MessageBody"})
+_DELETE_ENTRY_KEYS = frozenset({"Id", "ReceiptHandle"})
+_RECEIVE_KEYS = frozenset({"QueueUrl", "MaxNumberOfMessages", "WaitTimeSeconds", "VisibilityTimeout"})
+_SEND_KEYS = frozenset({"QueueUrl", "MessageBody"})
+
+
+def _plain_body(body: object) -> bytes | None:
+    if type(body) is not str or not body or _FORBIDDEN_CHARACTER.search(body) is not None:
+        return None
+    return body.encode()
+
+
+def plain_send_entries(params: dict[str, Any], limit: int) -> tuple[str, list[tuple[str, bytes]]] | None:
+    """The queue URL and the (id, UTF-8 body) of each entry of a ``SendMessageBatch`` of the common shape.
+
+    ``limit`` is the queue's ``MaximumMessageSize``. None for any other
+    shape, and for anything the general path would refuse or fail an entry
+    for (ids, bodies, sizes), so that it answers those.
+    """
+    url = _queue_url(params, _SEND_BATCH_KEYS)
+    entries = params.get("Entries")
+    if url is None or type(entries) is not list or not 0 < len(entries) <= 10:
+        return None
+    plain = []
+    seen = set()
+    total = 0
+    for entry in entries:
+        if type(entry) is not dict or entry.keys() != _SEND_ENTRY_KEYS:
+            return None
+        entry_id = entry["Id"]
+        if type(entry_id) is not str or entry_id in seen or _BATCH_ENTRY_ID.fullmatch(entry_id) is None:
+            return None
+        seen.add(entry_id)
+        body = _plain_body(entry["MessageBody"])
+        if body is None or len(body) > limit:
+            return None
+        total += len(body)
+        plain.append((entry_id, body))
+    if total > MAX_MESSAGE_SIZE:
+        return None
+    return url, plain
+
+
+def plain_send(params: dict[str, Any], limit: int) -> tuple[str, bytes] | None:
+    """The queue URL and the UTF-8 body of a ``SendMessage`` of the common shape (see `plain_send_entries`)."""
+    url = _queue_url(params, _SEND_KEYS)
+    if url is None:
+        return None
+    body = _plain_body(params["MessageBody"])
+    if body is None or len(body) > limit:
+        return None
+    return url, body
+
+
+def plain_delete_entries(params: dict[str, Any]) -> tuple[str, list[tuple[str, str]]] | None:
+    """The queue URL and the (id, receipt handle) of each entry of a ``DeleteMessageBatch``, or None."""
+    url = _queue_url(params, _SEND_BATCH_KEYS)
+    entries = params.get("Entries")
+    if url is None or type(entries) is not list or not 0 < len(entries) <= 10:
+        return None
+    plain = []
+    seen = set()
+    for entry in entries:
+        if type(entry) is not dict or entry.keys() != _DELETE_ENTRY_KEYS:
+            return None
+        entry_id = entry["Id"]
+        handle = entry["ReceiptHandle"]
+        if (
+            type(entry_id) is not str
+            or type(handle) is not str
+            or not handle
+            or entry_id in seen
+            or _BATCH_ENTRY_ID.fullmatch(entry_id) is None
+        ):
+            return None
+        seen.add(entry_id)
+        plain.append((entry_id, handle))
+    return url, plain
+
+
+def plain_receive(params: dict[str, Any]) -> tuple[str, int, int | None, int | None] | None:
+    """The queue URL, count, visibility timeout and wait (None: the queue's) of a plain ``ReceiveMessage``.
+
+    A plain receive asks for no attributes; None for any other, or for a number out of its range.
+    """
+    url = _queue_url(params, _RECEIVE_KEYS)
+    if url is None:
+        return None
+    count = params.get("MaxNumberOfMessages", 1)
+    visibility = params.get("VisibilityTimeout")
+    wait = params.get("WaitTimeSeconds")
+    if (
+        type(count) is not int
+        or not 1 <= count <= 10
+        or (visibility is not None and not (type(visibility) is int and 0 <= visibility <= 43_200))
+        or (wait is not None and not (type(wait) is int and 0 <= wait <= 20))
+    ):
+        return None
+    return url, count, visibility, wait
+
+
+# --- answers ----------------------------------------------------------------------------------------------------
+
+
+def send_batch_reply(entries: Sequence[tuple[str, str, str]]) -> bytes:
+    """The ``SendMessageBatch`` answer of entries (id, message id, body MD5), all successful."""
+    return (
+        '{"Successful":['
+        + ",".join(
+            f'{{"Id":"{entry_id}","MessageId":"{message_id}","MD5OfMessageBody":"{md5}"}}'
+            for entry_id, message_id, md5 in entries
+        )
+        + '],"Failed":[]}'
+    ).encode()
+
+
+def send_reply(message_id: str, md5: str) -> bytes:
+    """The ``SendMessage`` answer of a message without attributes."""
+    return f'{{"MessageId":"{message_id}","MD5OfMessageBody":"{md5}"}}'.encode()
+
+
+def received_message(message_id: str, handle: str, md5: str, body: str) -> str:
+    """One message of a ``ReceiveMessage`` answer that returns no attributes, as JSON text."""
+    escaped = encode_basestring(body)
+    return f'{{"MessageId":"{message_id}","ReceiptHandle":"{handle}","MD5OfBody":"{md5}","Body":{escaped}}}'
+
+
+def receive_reply(messages: Sequence[str]) -> bytes:
+    """The ``ReceiveMessage`` answer of messages already written as JSON text (`received_message`)."""
+    if not messages:
+        return b"{}"
+    return ('{"Messages":[' + ",".join(messages) + "]}").encode()
+
+
+def batch_reply(ids: Sequence[str]) -> bytes:
+    """The answer of a ``DeleteMessageBatch`` whose entries all succeeded."""
+    return ('{"Successful":[' + ",".join(f'{{"Id":"{entry_id}"}}' for entry_id in ids) + '],"Failed":[]}').encode()
