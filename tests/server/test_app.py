@@ -261,7 +261,7 @@ def test_metrics_report_queues_connections_and_requests(server_factory: Callable
     with Client.connect(server.address) as client:
         client.create("jobs")
         client.send_batch("jobs", [b"a", b"b", b"c"])
-        client.read("jobs", timeout_ms=60_000)
+        client.read("jobs", visibility_timeout=60.0)
         text = scrape(metrics_port)
     lines = set(text.splitlines())
     assert 'dbqueue_queue_ready{queue="jobs"} 2.0' in lines, text

@@ -282,11 +282,13 @@ def build_version_2_store(directory: Path) -> None:
 
 
 def test_a_version_2_store_is_upgraded_in_place_with_checksums(tmp_path: Path) -> None:
-    assert FORMAT_VERSION == 3
+    assert (
+        FORMAT_VERSION == 4
+    )  # (version 4: enqueue times, origins, visibility timeouts; tests/store/test_protocol3_store.py)
     build_version_2_store(tmp_path)
     Path(tmp_path / LOCK_NAME).touch()  # as the previous dbqueue left it
     store = Store.open(tmp_path)
-    assert schema.pragma(store._connection(), "user_version") == 3
+    assert schema.pragma(store._connection(), "user_version") == 4  # upgraded through every version
     snapshot = store.load()
     assert snapshot.next_id == 500
     assert [(q.name, q.capacity, q.max_deliveries, q.dead_letter, q.messages) for q in snapshot.queues] == [
@@ -494,7 +496,7 @@ def test_serve_then_salvage_brings_the_intact_messages_back(served_store: Path, 
     server = ServerProcess(tmp_path / "salvaged").start()
     try:
         with server.client() as client:
-            got = [client.read("q", timeout_ms=60_000) for _ in range(49)]
+            got = [client.read("q", visibility_timeout=60.0) for _ in range(49)]
             assert [m.data for m in got if m is not None] == [
                 payload(i) for i in (1, 2, 3, *range(5, 11), *range(100, 140))
             ]

@@ -7,11 +7,14 @@ keeps them in flight, the reads that wait on it), `deadlines` (in-flight deadlin
 (every queue and record of a server, and the requests that move them).
 """
 
-from .broker import Broker, Outcome
-from .journal import Journal, Snapshot, StoredMessage, StoredQueue, now_ms
+from .broker import DEFAULT_VISIBILITY_MS, Broker, Outcome, Peeked
+from .journal import Journal, Origin, Snapshot, StoredMessage, StoredQueue, now_ms
 from .queue import ID_BLOCK, NO_BYTE_LIMIT, Block, Entry, Holding, Queue, Record, Waiter, columns, read_order
 
 __all__ = [
+    "DEFAULT_VISIBILITY_MS",
+    "Origin",
+    "Peeked",
     "ID_BLOCK",
     "NO_BYTE_LIMIT",
     "Block",

@@ -40,7 +40,24 @@ buffers; the server commits it once per loop iteration, before it sends the
 replies. In memory the journal is None and costs one test per change.
 
 Every method takes ``now`` (seconds, monotonic) from the caller, so tests drive
-a fake clock.
+a fake clock. Enqueue times are kept in that clock too (see `queue`); they are
+turned into Unix milliseconds only where they leave: the journal, a peek, an
+origin.
+
+Looking and moving. `Broker.peek` lists a queue's messages without touching
+them: ready ones in queue order, then (if asked) in-flight ones in read order
+and delayed ones, bounded in count and in bytes; it scans the server's records
+for the in-flight and delayed ones (an operator's request, not a hot one).
+`Broker.move` takes ready messages from the front of one queue to the back of
+another in one step: they keep their ids (ids are unique server-wide), their
+delivery counts, enqueue times and origins. A destination with a capacity
+takes what fits; the rest stay where they were. The journal sees each as a
+removal and an addition of the same id, committed together.
+
+Dead letters. A message that has used up its deliveries goes to the back of
+its queue's dead-letter queue with a new id, carrying its `journal.Origin`
+(its source queue, its id there, its first enqueue time and delivery count);
+a dead letter of a dead letter keeps the first origin.
 """
 
 from __future__ import annotations
@@ -48,20 +65,36 @@ from __future__ import annotations
 import enum
 import heapq
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
 from ..errors import InvalidQueueName, InvalidRequest, LimitExceeded, NoSuchQueue
+from ..protocol.frames import NEVER_MS
 from .deadlines import DeadlineLanes
-from .journal import Journal, Snapshot, now_ms
+from .journal import Journal, Origin, Snapshot, now_ms
 from .queue import ID_BLOCK, Block, BlockIndex, Entry, Holding, Queue, Record, Waiter, read_order
 
-__all__ = ["Broker", "Outcome"]
+__all__ = ["Broker", "Outcome", "Peeked", "DEFAULT_VISIBILITY_MS"]
 
 log = logging.getLogger("dbqueue.server")
 
 GRANT_SPARE = 1 << 20  # bytes a queue's grant grows by beyond what a send needs (`Broker.make_room`)
 IDS_RESERVED_AHEAD = 16 * ID_BLOCK  # how far `Broker.allocate_ids` reserves ids in the journal ahead of its counter
+DEFAULT_VISIBILITY_MS = 30_000  # a queue's visibility timeout when neither it nor the server names one
+
+
+class Peeked(NamedTuple):
+    """A message seen by `Broker.peek`: ``state`` "ready", "in_flight" or "delayed"; ``enqueued_ms``
+    its first enqueue time in Unix ms; ``origin`` where a dead letter came from (else None)."""
+
+    id: int
+    data: bytes
+    deliveries: int
+    state: str
+    enqueued_ms: int
+    origin: Origin | None
 
 
 class Outcome(enum.IntEnum):
@@ -98,8 +131,15 @@ class Broker:
         max_queues: int = 10_000,
         max_queue_name: int = 255,
         max_in_flight: int = 1 << 62,
+        default_visibility_ms: int = DEFAULT_VISIBILITY_MS,
     ) -> None:
         self.default_capacity = default_capacity
+        # What a queue created without a visibility timeout gets (NEVER_MS: never); may change while
+        # running (the server sets it from its limits), and such queues follow it.
+        self.default_visibility_ms = default_visibility_ms
+        # The clock its callers pass as ``now``, read only for figures asked for without it (a
+        # server sets its own; tests that drive a fake clock set theirs).
+        self.clock: Callable[[], float] = time.monotonic
         self.max_in_flight = max_in_flight  # per holder: waiting reads are woken with no more than this
         self.max_queues = max_queues
         self.max_queue_name = max_queue_name
@@ -154,12 +194,14 @@ class Broker:
         restored = 0
         for stored in snapshot.queues:
             self.queues[stored.name] = Queue(
-                self, stored.name, stored.capacity, stored.max_deliveries, stored.dead_letter
-            )
+                self, stored.name, stored.capacity, stored.max_deliveries, stored.dead_letter,
+                stored.visibility_timeout_ms,
+            )  # fmt: skip
         for stored in snapshot.queues:
             queue = self.queues[stored.name]
-            for id_, data, deliveries, due_ms in stored.messages:
-                record = self.records[id_] = Record(id_, queue, data)
+            times = stored.enqueued_ms or [wall] * len(stored.messages)
+            for (id_, data, deliveries, due_ms), enqueued_ms in zip(stored.messages, times, strict=True):
+                record = self.records[id_] = Record(id_, queue, data, None, now - (wall - enqueued_ms) / 1000.0)
                 record.deliveries = deliveries
                 queue.enqueued += 1
                 queue.payload_bytes += len(data)
@@ -168,6 +210,9 @@ class Broker:
                 else:
                     queue.push_back(record)
                 restored += 1
+            if stored.origins:
+                queue.origins.update(stored.origins)
+                queue.has_origins = True
         self._next_id = max(self._next_id, snapshot.next_id)
         self._reclaim()  # each queue granted what it holds (a store may hold more than the budget)
         return restored
@@ -175,9 +220,18 @@ class Broker:
     # --- queues ----------------------------------------------------------------------
 
     def create_queue(
-        self, name: bytes, capacity: int = 0, max_deliveries: int = 0, dead_letter: bytes | None = None
+        self,
+        name: bytes,
+        capacity: int = 0,
+        max_deliveries: int = 0,
+        dead_letter: bytes | None = None,
+        visibility_timeout_ms: int = 0,
     ) -> Queue:
         """Return the queue called ``name``, creating it if needed (an existing one keeps its options).
+
+        ``visibility_timeout_ms`` is the queue's default visibility timeout, which the wire's reads
+        and touches that name none get: 0 for the broker's (`default_visibility_ms`), `NEVER_MS`
+        for none.
 
         Raises `NoSuchQueue` if ``dead_letter`` names no queue, `InvalidRequest`
         if it would close a loop of dead-letter queues.
@@ -191,9 +245,11 @@ class Broker:
             raise LimitExceeded(f"the server holds its limit of {self.max_queues} queues")
         if dead_letter:
             self._check_dead_letter(name, dead_letter)
-        queue = self.queues[name] = Queue(self, name, capacity or self.default_capacity, max_deliveries, dead_letter)
+        queue = self.queues[name] = Queue(
+            self, name, capacity or self.default_capacity, max_deliveries, dead_letter, visibility_timeout_ms
+        )
         if self.journal is not None:
-            self.journal.create_queue(name, queue.capacity, max_deliveries, dead_letter)
+            self.journal.create_queue(name, queue.capacity, max_deliveries, dead_letter, visibility_timeout_ms)
         return queue
 
     def _check_dead_letter(self, name: bytes, dead_letter: bytes) -> None:
@@ -242,11 +298,14 @@ class Broker:
     def purge(self, queue: Queue) -> int:
         """Drop every ready and delayed message of ``queue``; return how many."""
         dropped = queue.ready + queue.delayed
-        if self.journal is not None:
+        if self.journal is not None or queue.origins:
             records = self.records.values()
             in_flight = [record.id for record in records if record.queue is queue and record.held is not None]
             in_flight += [id_ for block in self.blocks if block.queue is queue for id_ in block.members()]
-            self.journal.purge(queue.name, keep=in_flight)
+            if self.journal is not None:
+                self.journal.purge(queue.name, keep=in_flight)
+            origins = queue.origins
+            queue.origins = {id_: origins[id_] for id_ in in_flight if id_ in origins}
         for record in queue.drop_ready():
             del self.records[record.id]
         if queue.delayed:
@@ -306,7 +365,7 @@ class Broker:
 
     def enqueue(self, queue: Queue, data: bytes, now: float) -> int:
         """Append a message and hand it to a waiting read if there is one; return its id or -1 (full)."""
-        id_ = queue.push(data)
+        id_ = queue.push(data, now)
         if id_ >= 0 and queue.waiters:
             self.feed_waiters(queue, now)
         return id_
@@ -316,7 +375,7 @@ class Broker:
         or None if they do not all fit."""
         if not queue.has_room(len(items)):
             return None
-        ids = queue.push_many(items, size)
+        ids = queue.push_many(items, size, now)
         if queue.waiters:
             self.feed_waiters(queue, now)
         return ids
@@ -326,7 +385,7 @@ class Broker:
         they are; return the ids as a u64 column, or None if they do not all fit."""
         if not queue.has_room(len(lengths) // 4):
             return None
-        ids = queue.push_columns(lengths, data)
+        ids = queue.push_columns(lengths, data, now)
         if queue.waiters:
             self.feed_waiters(queue, now)
         return ids
@@ -335,13 +394,14 @@ class Broker:
         """Add a message that becomes ready after ``delay_ms``; return its id or -1 (full)."""
         if not queue.has_room():
             return -1
-        record = Record(self.allocate_ids(1), queue, data)
+        record = Record(self.allocate_ids(1), queue, data, None, now)
         self.records[record.id] = record
         queue.enqueued += 1
         queue.payload_bytes += len(data)
         self._delay(record, delay_ms, now)
         if self.journal is not None:
-            self.journal.add(queue.name, record.id, data, due_ms=now_ms() + delay_ms)
+            wall = now_ms()
+            self.journal.add(queue.name, record.id, data, due_ms=wall + delay_ms, enqueued_ms=wall)
         return record.id
 
     def _delay(self, record: Record, delay_ms: int, now: float) -> None:
@@ -459,6 +519,8 @@ class Broker:
         queue.payload_bytes -= len(record.data)
         record.data = b""  # a stale lane entry may keep the record a while
         queue.confirmed += 1
+        if queue.has_origins:
+            queue.origins.pop(id_, None)
         if self.journal is not None:
             self.journal.remove(id_)
         return Outcome.DONE
@@ -511,6 +573,9 @@ class Broker:
             queue.confirmed += len(ids)
             if self.journal is not None:
                 self.journal.remove_many(ids)
+            if queue.has_origins:
+                for id_ in ids:
+                    queue.origins.pop(id_, None)
         self._depart(block, ids)
 
     def _depart(self, block: Block, ids: tuple[int, ...] | list[int] | range) -> None:
@@ -544,7 +609,7 @@ class Broker:
         held = block.held
         first = block.first_id
         block.bytes_of(ids)  # they leave the block's size, not their queue's bytes
-        split = [Record(id_, block.queue, block.payloads[id_ - first], held) for id_ in ids]
+        split = [Record(id_, block.queue, block.payloads[id_ - first], held, block.enqueued(id_)) for id_ in ids]
         for record in split:
             records[record.id] = held[record.id] = record
             record.read = block.read
@@ -562,12 +627,14 @@ class Broker:
                 records.append(entry)
         return records
 
-    def touch(self, id_: int, timeout_ms: int, now: float, held: Holding) -> Outcome:
+    def touch(self, id_: int, timeout_ms: int | None, now: float, held: Holding) -> Outcome:
         """Move the deadline of message ``id_``, which ``held`` holds in flight, to ``now + timeout_ms``
-        (0: no timeout)."""
+        (0: no timeout; None: its queue's visibility timeout)."""
         record = self._in_flight(id_, held)
         if not isinstance(record, Record):
             return record
+        if timeout_ms is None:
+            timeout_ms = record.queue.visibility_ms % NEVER_MS
         if record.lease:
             self._timed -= 1
             record.lease = 0  # the old heap entry goes stale
@@ -660,13 +727,135 @@ class Broker:
                 name,
                 record.deliveries,
             )
-        elif self.enqueue(target, record.data, now) < 0:
+        elif not target.has_room():
             log.warning(
                 "message %d of %r dropped after %d deliveries: its dead-letter queue is full",
                 record.id,
                 name,
                 record.deliveries,
             )
+        else:
+            wall = now_ms()
+            first = queue.origins.pop(record.id, None) if queue.has_origins else None
+            origin = first or Origin(queue.name, record.id, self.wall_ms(record.enqueued, now, wall), record.deliveries)
+            target.push_letter(record.data, now, origin, wall)
+            if target.waiters:
+                self.feed_waiters(target, now)
+            return
+        if queue.has_origins:
+            queue.origins.pop(record.id, None)
+
+    @staticmethod
+    def wall_ms(when: float, now: float, wall: int) -> int:
+        """A time of the broker's clock (``when``) in Unix ms, given ``now`` and the wall clock then."""
+        return wall - round((now - when) * 1000.0)
+
+    # --- looking and moving -------------------------------------------------------------
+
+    def peek(
+        self,
+        queue: Queue,
+        count: int,
+        now: float,
+        *,
+        delayed: bool = False,
+        in_flight: bool = False,
+        max_bytes: int | None = None,
+    ) -> list[Peeked]:
+        """Up to ``count`` messages of ``queue``, left as they are (no count changes, nothing is
+        delivered): the ready ones in queue order, then with ``in_flight`` those in flight (in read
+        order), then with ``delayed`` the delayed ones (soonest first). Their payloads stop the list
+        once they pass ``max_bytes`` (`max_batch_bytes` if not given), the first one always listed."""
+        limit = self.max_batch_bytes if max_bytes is None else max_bytes
+        wall = now_ms()
+        seen: list[Peeked] = []
+        size = 0
+
+        def add(id_: int, data: bytes, deliveries: int, state: str, when: float, origin: Origin | None) -> bool:
+            nonlocal size
+            size += len(data)
+            if seen and size > limit:
+                return False
+            seen.append(Peeked(id_, data, deliveries, state, self.wall_ms(when, now, wall), origin))
+            return len(seen) < count
+
+        origins = queue.origins
+        for id_, data, deliveries, when, origin in queue.ready_view(count):
+            if not add(id_, data, deliveries, "ready", when, origin):
+                return seen
+        if in_flight and len(seen) < count:
+            flying: list[tuple[int, int, bytes, int, float, Origin | None]] = [
+                (record.read, record.id, record.data, record.deliveries, record.enqueued, origins.get(record.id))
+                for record in self.records.values()
+                if record.queue is queue and record.held is not None
+            ]
+            for block in self.blocks:
+                if block.queue is queue:
+                    payloads, first = block.payloads, block.first_id
+                    flying += [
+                        (block.read, id_, payloads[id_ - first], 1, block.enqueued(id_), origins.get(id_))
+                        for id_ in block.members()
+                    ]
+            flying.sort(key=lambda entry: entry[:2])
+            for _, id_, data, deliveries, when, origin in flying:
+                if not add(id_, data, deliveries, "in_flight", when, origin):
+                    return seen
+        if delayed and len(seen) < count and queue.delayed:
+            waiting = sorted(
+                (due, record.id, record)
+                for due, lease, record in self._delays
+                if record.queue is queue and record.lease == lease
+            )
+            for _, _, record in waiting:
+                origin = origins.get(record.id)
+                if not add(record.id, record.data, record.deliveries, "delayed", record.enqueued, origin):
+                    return seen
+        return seen
+
+    def move(self, source: Queue, destination: Queue, count: int | None, now: float) -> int:
+        """Move up to ``count`` ready messages (None: every one) from the front of ``source`` to the
+        back of ``destination``, in order, in one step; return how many moved. They keep their ids,
+        delivery counts, enqueue times and origins. A destination with a capacity takes what fits
+        (the rest stay in ``source``); the memory budget is not checked (the bytes only change queue).
+
+        Raises `InvalidRequest` when ``source`` is ``destination``.
+        """
+        if source is destination:
+            raise InvalidRequest("a queue cannot be moved into itself")
+        wanted = source.ready if count is None else min(count, source.ready)
+        if destination.capacity:
+            wanted = min(wanted, max(0, destination.capacity - destination.count))
+        if wanted <= 0:
+            return 0
+        records = source.take_ready(wanted)
+        size = sum([len(record.data) for record in records])
+        source.moved += len(records)
+        source.payload_bytes -= size
+        destination.enqueued += len(records)
+        destination.payload_bytes += size
+        journal = self.journal
+        wall = now_ms()
+        for record in records:
+            record.queue = destination
+            self.records[record.id] = record
+            destination.push_back(record)
+            origin = source.origins.pop(record.id, None) if source.has_origins else None
+            if origin is not None:
+                destination.origins[record.id] = origin
+                destination.has_origins = True
+            if journal is not None:
+                journal.remove(record.id)
+                journal.add(
+                    destination.name,
+                    record.id,
+                    record.data,
+                    deliveries=record.deliveries,
+                    enqueued_ms=self.wall_ms(record.enqueued, now, wall),
+                    origin=origin,
+                )
+        if destination.waiters:
+            self.feed_waiters(destination, now)
+        return len(records)
 
     # --- time ------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
 
@@ -24,10 +24,9 @@ class Origin(NamedTuple):
     deliveries: int
 
 
-# A stored message as `Journal.load` returns it: (id, data, deliveries, due_ms, enqueued_ms, origin),
-# enqueued_ms its first enqueue time in Unix ms, origin None unless it is a dead letter. A plain
+# A stored message as `Journal.load` returns it: (id, data, deliveries, due_ms). A plain
 # tuple, straight from the store: a snapshot may hold millions of them.
-StoredMessage = tuple[int, bytes, int, int, int, Origin | None]
+StoredMessage = tuple[int, bytes, int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +39,10 @@ class StoredQueue:
     dead_letter: bytes | None
     messages: list[StoredMessage]
     visibility_timeout_ms: int = 0  # as asked at create: 0 the server's default, 0xFFFFFFFF never
+    # Each message's first enqueue time (Unix ms), in the order of ``messages``; empty if the store
+    # does not know them (they are then taken as the time of the restore).
+    enqueued_ms: list[int] = field(default_factory=list)
+    origins: dict[int, Origin] = field(default_factory=dict)  # the dead letters' origins, by id
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,25 @@ A message that comes back goes to the front of its queue (`Queue.push_front`),
 ahead of every fresh message; a delayed one joins the back when its delay ends
 (`Queue.push_back`), and the next fresh message starts a new run behind it.
 
+Enqueue times. A record carries its first enqueue time (``enqueued``, in the
+caller's clock, as ``now``); a fresh message does not, to keep it a bare
+payload: its queue keeps *marks* instead, (id, time) pairs, one for the first
+fresh message sent in each millisecond (`MARK_RESOLUTION`), so a fresh
+message's time is its id's mark's, to the millisecond, at a cost of one
+comparison per send and a few marks per second. Fresh ids grow with time
+within a queue, so the marks are sorted by id and taken from the front as
+fresh messages leave (a record takes its time along; a block keeps the marks
+of its range). The age of the message at the front of the queue, what STATS
+calls ``oldest_ready_age_ms``, is then one look at the first segment.
+
+Dead letters carry an `journal.Origin`: where they came from. A queue keeps
+its messages' origins beside them, by id (``origins``), so that neither a
+payload in a run nor a record grows for them, and a queue that has ever held
+one sets ``has_origins``: the paths that settle messages look at ``origins``
+only then, and the server's fast paths check it once per request to leave
+such queues' reads to the general path (the only one that writes origins), so
+the common request pays nothing for them.
+
 A read with ``wait_ms`` on an empty queue leaves a `Waiter`, in its queue's
 ``waiters`` (oldest first) and in the broker's heap of wait ends. Every path
 that makes a message ready (`Broker.enqueue`, a requeue, a delay end) hands it
@@ -57,17 +76,19 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .segments import Run, Slab, cut_payloads
 
 if TYPE_CHECKING:
-    from .journal import Journal
+    from .journal import Journal, Origin
 
 __all__ = [
     "BATCH_ENTRY_OVERHEAD", "BUCKET_BITS", "ID_BLOCK", "NO_BYTE_LIMIT", "Block", "BlockIndex", "Entry", "Holding",
-    "Owner", "Queue", "Record", "Waiter", "columns", "read_order",
+    "MARK_RESOLUTION", "Owner", "Queue", "Record", "Waiter", "columns", "read_order",
 ]  # fmt: skip
 
 ID_BLOCK = 1 << 16  # ids a queue takes from the broker's counter at a time
 BUCKET_BITS = 6  # `BlockIndex` lists a block under each 64-id range it overlaps
 BATCH_ENTRY_OVERHEAD = 16  # a batch reply's id, deliveries and length for each payload
 NO_BYTE_LIMIT = 1 << 62  # `Queue.take_many`'s limit for reads answered one frame each
+MARK_RESOLUTION = 0.001  # seconds between two enqueue-time marks of a queue at most (see the module's docstring)
+Mark = tuple[int, float]  # (the first id it covers, its enqueue time)
 _next_read = itertools.count(1).__next__  # numbers every read server-wide, so a holder's reads sort in read order
 
 
@@ -78,12 +99,13 @@ class Record:
     """A message that has been read at least once, or was delayed.
 
     ``held`` is its holder's `Holding` while in flight, None otherwise; ``read`` numbers
-    its last read (see `Holding`).
+    its last read (see `Holding`). ``enqueued`` is its first enqueue time (the callers'
+    clock, as ``now``).
     """
 
-    __slots__ = ("id", "queue", "data", "deliveries", "lease", "held", "read")
+    __slots__ = ("id", "queue", "data", "deliveries", "lease", "held", "read", "enqueued")
 
-    def __init__(self, id_: int, queue: Queue, data: bytes, held: Holding | None = None) -> None:
+    def __init__(self, id_: int, queue: Queue, data: bytes, held: Holding | None = None, enqueued: float = 0.0) -> None:
         self.id = id_
         self.queue = queue
         self.data = data
@@ -91,6 +113,7 @@ class Record:
         self.lease = 0  # its live heap entry: a deadline while in flight, a delay end while delayed
         self.held = held
         self.read = _next_read()
+        self.enqueued = enqueued
 
 
 class Block:
@@ -106,7 +129,9 @@ class Block:
     for it (`holds`, `Broker.records_of`), and its lane entry, stale, is skipped by its lease.
     """
 
-    __slots__ = ("first_id", "end", "queue", "items", "slab", "held", "live", "gone", "lease", "read", "size")
+    __slots__ = (
+        "first_id", "end", "queue", "items", "slab", "held", "live", "gone", "lease", "read", "size", "marks",
+    )  # fmt: skip
     deliveries = 1  # a block is always a first delivery
 
     def __init__(
@@ -132,6 +157,11 @@ class Block:
         # when needed: `take_many` knows the sum when it checks a byte limit, and a read run's reply
         # tells it for nothing, see `fastpath`).
         self.size = len(slab[2]) if slab is not None else -1
+        self.marks: list[Mark] = queue.marks_of(first_id, self.end)  # its members' enqueue times
+
+    def enqueued(self, id_: int) -> float:
+        """Member ``id_``'s enqueue time."""
+        return time_of(self.marks, id_)
 
     @property
     def payloads(self) -> list[bytes]:
@@ -167,6 +197,16 @@ class Block:
 
 
 Entry = Record | Block  # what a holder holds in flight
+
+
+def time_of(marks: list[Mark] | deque[Mark], id_: int) -> float:
+    """The time of the last of ``marks`` (sorted by id) at or below ``id_``; the first mark's if none."""
+    when = marks[0][1] if marks else 0.0
+    for first, at in marks:
+        if first > id_:
+            break
+        when = at
+    return when
 
 
 class Holding(dict[int | Block, Entry]):
@@ -296,6 +336,8 @@ class Owner(Protocol):
     blocks: BlockIndex
     journal: Journal | None
     granted: int  # the bytes granted to every live queue (see `Queue.grant`)
+    default_visibility_ms: int  # a queue's visibility timeout when it was created without one
+    clock: Callable[[], float]  # the clock its callers pass as ``now`` (for figures asked without one)
 
     def allocate_ids(self, count: int) -> int: ...
 
@@ -321,18 +363,32 @@ class Queue:
 
     __slots__ = (
         "name", "capacity", "max_deliveries", "dead_letter", "deleted", "payload_bytes", "grant",
-        "ready", "delayed", "enqueued", "confirmed", "requeued", "dead_lettered", "purged", "consumers",
+        "ready", "delayed", "enqueued", "confirmed", "requeued", "dead_lettered", "purged", "moved", "consumers",
         "waiters", "waiting", "_segments", "_tail", "_next_id", "_block_end",
-        "_broker", "_records", "_blocks", "journal",
+        "_broker", "_records", "_blocks", "journal", "visibility_asked", "has_origins", "origins",
+        "_marks", "_mark_end",
     )  # fmt: skip
 
     def __init__(
-        self, broker: Owner, name: bytes, capacity: int, max_deliveries: int = 0, dead_letter: bytes | None = None
+        self,
+        broker: Owner,
+        name: bytes,
+        capacity: int,
+        max_deliveries: int = 0,
+        dead_letter: bytes | None = None,
+        visibility_ms: int = 0,
     ) -> None:
         self.name = name
         self.capacity = capacity  # 0: unbounded
         self.max_deliveries = max_deliveries  # 0: no limit
         self.dead_letter = dead_letter
+        # The default visibility timeout asked for at create, in ms as on the wire (0: the server's
+        # default, `visibility_ms` then follows the broker's; NEVER_MS: never).
+        self.visibility_asked = visibility_ms
+        self.has_origins = False  # it has held a dead letter (see the module's docstring)
+        self.origins: dict[int, Origin] = {}  # the origins of the dead letters it holds, by id
+        self._marks: deque[Mark] = deque()  # enqueue-time marks of its fresh messages (module docstring)
+        self._mark_end = float("-inf")  # a fresh message sent before this shares the last mark
         self.deleted = False
         self.payload_bytes = 0
         self.grant = 0
@@ -343,6 +399,7 @@ class Queue:
         self.requeued = 0
         self.dead_lettered = 0
         self.purged = 0
+        self.moved = 0  # messages moved out to another queue (`Broker.move`)
         self.consumers = 0  # open connections that have read from this queue
         self.waiters: deque[Waiter] = deque()  # may hold inactive ones, see Broker.cancel_wait
         self.waiting = 0  # active waiters
@@ -358,7 +415,49 @@ class Queue:
     @property
     def count(self) -> int:
         """Every message the queue holds: ready, in flight and delayed (derived, to keep `push` lean)."""
-        return self.enqueued - self.confirmed - self.dead_lettered - self.purged
+        return self.enqueued - self.confirmed - self.dead_lettered - self.purged - self.moved
+
+    @property
+    def visibility_ms(self) -> int:
+        """The visibility timeout a read or touch that names none gets, in ms (`NEVER_MS`: never)."""
+        return self.visibility_asked or self._broker.default_visibility_ms
+
+    # --- enqueue times ---------------------------------------------------------------
+
+    def mark(self, id_: int, now: float) -> None:
+        """Note that fresh message ``id_`` (the next one sent) was sent at ``now``, unless the last
+        mark is recent enough to cover it."""
+        if now >= self._mark_end:
+            self._marks.append((id_, now))
+            self._mark_end = now + MARK_RESOLUTION
+
+    def _time_taken(self, id_: int) -> float:
+        """The enqueue time of fresh message ``id_``, leaving the queue: the marks before it go."""
+        marks = self._marks
+        while len(marks) > 1 and marks[1][0] <= id_:
+            marks.popleft()
+        return marks[0][1] if marks else 0.0
+
+    def marks_of(self, first_id: int, end: int) -> list[Mark]:
+        """The marks that cover fresh ids ``first_id`` up to ``end``, leaving the queue as a block."""
+        marks = self._marks
+        while len(marks) > 1 and marks[1][0] <= first_id:
+            marks.popleft()
+        if len(marks) < 2 or marks[1][0] >= end:  # the usual case: one mark covers the block
+            return [marks[0]] if marks else []
+        return [mark for mark in marks if mark[0] < end]
+
+    def front_enqueued(self) -> float | None:
+        """The enqueue time of the ready message a read would take next, or None when none is ready."""
+        for segment in self._segments:
+            if segment.__class__ is Record:
+                return segment.enqueued
+            if segment.__class__ is Run:
+                if segment.items:
+                    return time_of(self._marks, segment.next_id)
+            elif segment.taken < segment.count:  # type: ignore[union-attr]  # a slab
+                return time_of(self._marks, segment.first_id + segment.taken)  # type: ignore[union-attr]  # a slab
+        return None
 
     @property
     def in_flight(self) -> int:
@@ -372,15 +471,19 @@ class Queue:
     def has_room(self, count: int = 1) -> bool:
         return not self.capacity or self.count + count <= self.capacity
 
-    def push(self, data: bytes) -> int:
-        """Append a fresh message; return its id, or -1 if the queue is full."""
-        if self.capacity and self.enqueued - self.confirmed - self.dead_lettered - self.purged >= self.capacity:
+    def push(self, data: bytes, now: float = 0.0) -> int:
+        """Append a fresh message sent at ``now``; return its id, or -1 if the queue is full."""
+        if self.capacity and (
+            self.enqueued - self.confirmed - self.dead_lettered - self.purged - self.moved >= self.capacity
+        ):
             return -1
         id_ = self._next_id
         tail = self._tail
         if tail is None or id_ == self._block_end:
             tail = self._start_run()
             id_ = self._next_id
+        if now >= self._mark_end:
+            self.mark(id_, now)
         tail.items.append(data)
         self._next_id = id_ + 1
         self.ready += 1
@@ -390,9 +493,9 @@ class Queue:
             self.journal.add(self.name, id_, data)
         return id_
 
-    def push_many(self, items: list[bytes], size: int = -1) -> list[int]:
-        """Append fresh messages (the caller checked the capacity) whose payloads take ``size`` bytes
-        (added up here if not given); return their ids."""
+    def push_many(self, items: list[bytes], size: int = -1, now: float = 0.0) -> list[int]:
+        """Append fresh messages sent at ``now`` (the caller checked the capacity) whose payloads take
+        ``size`` bytes (added up here if not given); return their ids."""
         ids: list[int] = []
         start = 0
         while start < len(items):
@@ -400,6 +503,8 @@ class Queue:
             if tail is None or self._next_id == self._block_end:
                 tail = self._start_run()
             first = self._next_id
+            if not start:
+                self.mark(first, now)
             chunk = items[start : start + self._block_end - first]
             tail.items.extend(chunk)
             self._next_id = first + len(chunk)
@@ -412,8 +517,8 @@ class Queue:
             self.journal.add_many(self.name, ids, items)
         return ids
 
-    def push_columns(self, lengths: bytes, data: bytes) -> bytes:
-        """Append fresh messages given as a batch's columns (u32 lengths, payloads back to back), kept
+    def push_columns(self, lengths: bytes, data: bytes, now: float = 0.0) -> bytes:
+        """Append fresh messages sent at ``now``, given as a batch's columns (u32 lengths, payloads back to back), kept
         whole as one slab (the caller checked the capacity); return their ids as a u64 column. Ids
         are handed out as `push_many` hands them: a batch that crosses the end of the queue's id
         block (rare) becomes two slabs."""
@@ -425,6 +530,8 @@ class Queue:
                 self._next_id = self._broker.allocate_ids(ID_BLOCK)
                 self._block_end = self._next_id + ID_BLOCK
             first = self._next_id
+            if not placed:
+                self.mark(first, now)
             part = min(count - placed, self._block_end - first)
             if part == count:
                 part_lengths, part_data = lengths, data
@@ -457,7 +564,9 @@ class Queue:
                     id_ = segment.next_id
                     segment.next_id = id_ + 1
                     self.ready -= 1
-                    record = held[id_] = self._records[id_] = Record(id_, self, items.popleft(), held)
+                    record = held[id_] = self._records[id_] = Record(
+                        id_, self, items.popleft(), held, self._time_taken(id_)
+                    )
                     return record
                 if segment is self._tail:
                     return None
@@ -467,7 +576,7 @@ class Queue:
                 if segment.taken == segment.count:
                     segments.popleft()
                 self.ready -= 1
-                record = held[id_] = self._records[id_] = Record(id_, self, data, held)
+                record = held[id_] = self._records[id_] = Record(id_, self, data, held, self._time_taken(id_))
                 return record
             else:
                 # Neither a run nor a slab: a record (mypy narrows `x.__class__ is C` in its if branch only).
@@ -571,10 +680,79 @@ class Queue:
         self.ready += 1
 
     def push_back(self, record: Record) -> None:
-        """Make a record ready behind every ready message (a delay ended)."""
+        """Make a record ready behind every ready message (a delay ended, or it moved in)."""
         self._segments.append(record)
         self._tail = None  # the next fresh message starts a new run behind it
         self.ready += 1
+
+    def push_letter(self, data: bytes, now: float, origin: Origin, wall: int) -> int:
+        """Append a dead letter (a fresh message with an origin) sent at ``now`` (``wall``: Unix ms);
+        return its id, or -1 if the queue is full."""
+        journal, self.journal = self.journal, None  # its addition is journaled below, with its origin
+        try:
+            id_ = self.push(data, now)
+        finally:
+            self.journal = journal
+        if id_ >= 0:
+            self.origins[id_] = origin
+            self.has_origins = True
+            if journal is not None:
+                journal.add(self.name, id_, data, enqueued_ms=wall, origin=origin)
+        return id_
+
+    def take_ready(self, count: int) -> list[Record]:
+        """Take up to ``count`` ready messages from the front, as records out of the queue (not in
+        flight, not in the broker's records: the caller places them); the queue's counts are the
+        caller's to settle, but ``ready`` drops here."""
+        taken: list[Record] = []
+        segments = self._segments
+        while len(taken) < count and segments:
+            segment = segments[0]
+            if segment.__class__ is Record:
+                taken.append(segments.popleft())  # type: ignore[arg-type]  # a record: see above
+            elif segment.__class__ is Slab:
+                id_, data = segment.take_one()
+                if segment.taken == segment.count:
+                    segments.popleft()
+                taken.append(Record(id_, self, data, None, self._time_taken(id_)))
+            else:
+                items = segment.items  # type: ignore[union-attr]  # a run: see above
+                if not items:
+                    if segment is self._tail:
+                        break
+                    segments.popleft()
+                    continue
+                id_ = segment.next_id  # type: ignore[union-attr]  # a run: see above
+                segment.next_id = id_ + 1  # type: ignore[union-attr]  # a run: see above
+                taken.append(Record(id_, self, items.popleft(), None, self._time_taken(id_)))
+        self.ready -= len(taken)
+        return taken
+
+    def ready_view(self, count: int) -> list[tuple[int, bytes, int, float, Origin | None]]:
+        """The first ``count`` ready messages, left in place: (id, data, deliveries, enqueue time, origin)."""
+        seen: list[tuple[int, bytes, int, float, Origin | None]] = []
+        marks = self._marks
+        origins = self.origins
+        for segment in self._segments:
+            if len(seen) >= count:
+                break
+            if segment.__class__ is Record:
+                record: Record = segment
+                seen.append((record.id, record.data, record.deliveries, record.enqueued, origins.get(record.id)))
+            elif segment.__class__ is Slab:
+                slab: Slab = segment
+                wanted = min(count - len(seen), slab.count - slab.taken)
+                offset = slab.offset
+                for index, size in enumerate(slab.sizes(wanted), slab.taken):
+                    id_ = slab.first_id + index
+                    seen.append((id_, slab.data[offset : offset + size], 0, time_of(marks, id_), origins.get(id_)))
+                    offset += size
+            else:
+                run: Run = segment  # type: ignore[assignment]  # a run: see above
+                for index, data in enumerate(islice(run.items, count - len(seen))):
+                    id_ = run.next_id + index
+                    seen.append((id_, data, 0, time_of(marks, id_), origins.get(id_)))
+        return seen
 
     def drop_ready(self) -> list[Record]:
         """Drop every ready message (their bytes leave ``payload_bytes``); return the records among them."""
@@ -590,12 +768,18 @@ class Queue:
                 records.append(segment)
         self._segments.clear()
         self._tail = None
+        self._marks.clear()
+        self._mark_end = float("-inf")
         self.purged += self.ready
         self.ready = 0
         self.payload_bytes -= size
         return records
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self, now: float | None = None) -> dict[str, Any]:
+        """Its figures, as STATS answers them (``now``: the broker's clock, read if not given)."""
+        front = self.front_enqueued()
+        if now is None:
+            now = self._broker.clock()
         return {
             "name": self.name.decode("utf-8", "replace"),
             "ready": self.ready,
@@ -611,6 +795,9 @@ class Queue:
             "purged": self.purged,
             "consumers": self.consumers,
             "waiting": self.waiting,
+            "moved": self.moved,
+            "visibility_timeout_ms": self.visibility_ms,
+            "oldest_ready_age_ms": max(0, round((now - front) * 1000)) if front is not None else 0,
         }
 
     def _start_run(self) -> Run:

@@ -28,7 +28,12 @@ The paths
 They decline whatever could make the replies differ from the general path's:
 a refused request (`admission`), a full queue, sends to a queue with waiting
 reads (one by one, each message would wake a read of its own), reads that
-would wait, or whose replies could pass the output limit. Each path checks
+would wait, or whose replies could pass the output limit, and reads of a
+queue that has held a dead letter (``Queue.has_origins``: only the general
+path writes a message's origin).
+
+A read's visibility timeout field (ms) is resolved as the general path does it
+(`visibility`): 0 is the queue's default, `NEVER_MS` none. Each path checks
 admission with the same function as the general path.
 
 Everything that knows a `Block` from a `Record` by its class, and every body
@@ -41,7 +46,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
-from ..core import NO_BYTE_LIMIT, Block, Broker, Entry, Holding, Outcome, Queue, Waiter, columns
+from ..core import NO_BYTE_LIMIT, Block, Broker, Entry, Holding, Origin, Outcome, Queue, Waiter, columns
 from ..errors import ErrorCode, InvalidRequest, NoSuchMessage, RequestError
 from ..protocol.codecs import (
     ID_BODY,
@@ -58,7 +63,7 @@ from ..protocol.codecs import (
     pack_id_frame,
     pack_message_head,
 )
-from ..protocol.frames import HEADER, HEADER_SIZE, MAGIC, Op
+from ..protocol.frames import HEADER, HEADER_SIZE, MAGIC, NEVER_MS, Op
 from ..protocol.layouts import (
     CONFIRM_ID,
     MESSAGE_FIELDS,
@@ -70,10 +75,12 @@ from ..protocol.layouts import (
     split_enqueue_batch,
     split_read,
 )
+from ..protocol.messages import Message, Messages, encode
+from ..protocol.messages import Origin as WireOrigin
 from .admission import admit_read, admit_send
 from .host import CommitLog, Host
 
-__all__ = ["FastPaths", "confirm_reply", "messages_reply", "refusal", "no_such_message"]
+__all__ = ["FastPaths", "confirm_reply", "messages_reply", "refusal", "no_such_message", "visibility"]
 
 # Plain ints: comparing against an enum member looked up on its class costs ~6x more.
 _ENQUEUE, _READ, _CONFIRM = int(Op.ENQUEUE), int(Op.READ), int(Op.CONFIRM)
@@ -139,8 +146,8 @@ class FastPaths:
                 return None
             if queue.waiters:
                 return None
-            self.last_active = server.clock()
-            id_ = queue.push(data[name_end:])
+            now = self.last_active = server.clock()
+            id_ = queue.push(data[name_end:], now)
             if id_ < 0:
                 return pack_bare_frame(MAGIC, _FULL, 0, request_id, 0)
             return pack_id_frame(MAGIC, _OBJECT_QUEUED, 0, request_id, ID_BODY, id_)
@@ -152,12 +159,13 @@ class FastPaths:
             except RequestError:
                 return None
             timeout_ms, wait_ms = _unpack_times(data, _READ_TIMES)
-            if wait_ms and not queue.ready:
+            if (wait_ms and not queue.ready) or queue.has_origins:
                 return None
             now = self.last_active = server.clock()
             record = queue.take(self.held)
             if record is None:
                 return pack_bare_frame(MAGIC, _EMPTY, 0, request_id, 0)
+            timeout_ms = (timeout_ms or queue.visibility_ms) % NEVER_MS  # see `visibility`
             if timeout_ms:
                 server.expire_by(self.broker.set_deadline(record, timeout_ms, now))
             payload = record.data
@@ -219,10 +227,11 @@ class FastPaths:
             queue = admit_read(self, name, count)
         except RequestError:
             return None
-        if wait_ms and queue.ready < count:
+        if (wait_ms and queue.ready < count) or queue.has_origins:
             return None
         now = self.last_active = server.clock()
         entries = queue.take_many(self.held, count, NO_BYTE_LIMIT)
+        timeout_ms = (timeout_ms or queue.visibility_ms) % NEVER_MS  # see `visibility`
         if entries and timeout_ms:
             server.expire_by(self.broker.set_deadlines(entries, timeout_ms, now))
         ids, deliveries, payloads = columns(entries)
@@ -262,13 +271,23 @@ FastPaths.in_columns = {
 }
 
 
+def visibility(timeout_ms: int, queue: Queue) -> int:
+    """The broker's timeout (0: none) for a wire's visibility timeout field: 0 is the queue's
+    default, `NEVER_MS` never. (The fast paths inline it: ``x % NEVER_MS`` maps NEVER_MS to 0
+    and leaves every other value of a u32 field as it is.)"""
+    return (timeout_ms or queue.visibility_ms) % NEVER_MS
+
+
 def messages_reply(request_id: int, entries: list[Entry]) -> bytes:
     """The MESSAGES frame of a batch read: straight from the columns its messages were sent in
-    when it took them from slabs (the usual case), else from their columns gathered."""
+    when it took them from slabs (the usual case), else from their columns gathered (with the
+    ORIGIN flag and the origins of its dead letters, when it hands out any)."""
     slabs: list[tuple[bytes, bytes, bytes]] = []
     count = 0
     for entry in entries:
         if type(entry) is not Block or entry.slab is None:
+            if entries and entries[0].queue.has_origins:
+                return _messages_with_origins(request_id, entries)
             return messages_frame(request_id, *columns(entries))
         slabs.append(entry.slab)
         count += entry.end - entry.first_id
@@ -276,6 +295,29 @@ def messages_reply(request_id: int, entries: list[Entry]) -> bytes:
         return messages_frame(request_id, [], [], [])
     ids, lengths, payloads = zip(*slabs)
     return messages_frame_of_columns(request_id, count, ids, [_FIRST_DELIVERY * count], lengths, payloads)
+
+
+def _messages_with_origins(request_id: int, entries: list[Entry]) -> bytes:
+    """A MESSAGES frame for reads of a queue that has held dead letters: with their origins if any."""
+    ids, deliveries, payloads = columns(entries)
+    held = entries[0].queue.origins
+    origins = [held.get(id_) for id_ in ids]
+    messages = tuple(map(message_of, ids, payloads, deliveries, origins))
+    return encode(request_id, Messages(messages))
+
+
+def message_of(id_: int, data: bytes, deliveries: int, origin: Origin | None) -> Message:
+    """A read message as the protocol's `Message`, its origin (Unix ms) as the protocol's."""
+    if origin is None:
+        return Message(id_, data, deliveries)
+    return Message(id_, data, deliveries, origin_of(origin))
+
+
+def origin_of(origin: Origin) -> WireOrigin:
+    """A dead letter's origin as the protocol's `Origin` (its time in seconds)."""
+    return WireOrigin(
+        origin.queue.decode("utf-8", "replace"), origin.id, origin.enqueued_ms / 1000.0, origin.deliveries
+    )
 
 
 def _all_stored(store: CommitLog, entries: list[Entry]) -> bool:

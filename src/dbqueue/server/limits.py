@@ -132,6 +132,16 @@ class Limits:
     default_capacity_bytes: int = _limit(
         0, LimitSpec("Payload bytes a queue holds at most (ready, in flight, delayed)", "bytes", 0, off="unbounded")
     )
+    default_visibility_timeout: float = _limit(
+        30.0,
+        LimitSpec(
+            "Visibility timeout of queues created without one: a message read and not confirmed in time "
+            "goes back to its queue",
+            "seconds",
+            0.001,
+            float(0xFFFFFFFE) / 1000.0,
+        ),
+    )
     max_waiting_reads: int = _limit(
         100_000,
         LimitSpec("Waiting reads one connection may park; one more gets LimitExceeded", "reads", 1),

@@ -71,6 +71,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import math
 import weakref
 from collections.abc import Callable
 from functools import partial
@@ -97,6 +98,7 @@ from ..protocol.frames import (
     HEADER_SIZE,
     LENGTH_OFFSET,
     MAGIC,
+    NEVER_MS,
     OLDEST_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
     Frame,
@@ -105,7 +107,16 @@ from ..protocol.frames import (
 )
 from ..protocol.layouts import MESSAGE_FIELDS, U32
 from .admission import admit_change, admit_queue, admit_read, admit_send, admit_wait
-from .fastpath import FastPaths, confirm_reply, messages_reply, no_such_message, refusal
+from .fastpath import (
+    FastPaths,
+    confirm_reply,
+    message_of,
+    messages_reply,
+    no_such_message,
+    origin_of,
+    refusal,
+    visibility,
+)
 from .host import Host
 from .security import PRE_AUTH_MAX_BODY
 
@@ -129,8 +140,10 @@ _SPOKEN = (
     else f"versions {OLDEST_PROTOCOL_VERSION}-{PROTOCOL_VERSION}"
 )
 _VERSION_REFUSED = (
-    "protocol version {} is not supported: this server speaks " + _SPOKEN + " (since version 2 a confirm, "
-    "touch or release settles only a message held by the connection that sends it): upgrade the client"
+    "protocol version {} is not supported: this server speaks " + _SPOKEN + " (since version 3 a visibility "
+    "timeout of 0 means the queue's default, no longer never, and CREATE_QUEUE carries that default; since "
+    "version 2 a confirm, touch or release settles only a message held by the connection that sends it): "
+    "upgrade the client"
 )
 
 # Each server's connections that have not passed their Hello yet, oldest first (only a server with a
@@ -166,6 +179,10 @@ class Session(FastPaths, asyncio.Protocol):
         limits = server.limits
         self.memory_budget = limits.memory_budget
         self.capacity_bytes = limits.default_capacity_bytes or _NO_BYTE_LIMIT
+        # The server's default visibility timeout, for queues created without one: the broker takes it
+        # from the limits its server was made with (idempotent, and cheap: once per connection).
+        self.broker.default_visibility_ms = visibility_ms(limits.default_visibility_timeout)
+        self.broker.clock = server.clock  # the clock of the ``now`` it is given (its figures read it)
 
     # --- asyncio callbacks -----------------------------------------------------------
 
@@ -470,7 +487,7 @@ class Session(FastPaths, asyncio.Protocol):
                 except RequestError as exc:
                     append(refusal(request_id, exc))
                     continue
-                id_ = queue.push(b)
+                id_ = queue.push(b, now)
                 if id_ >= 0:
                     append(pack_id_frame(MAGIC, _OBJECT_QUEUED, 0, request_id, ID_BODY, id_))
                     if queue.waiters:
@@ -485,17 +502,22 @@ class Session(FastPaths, asyncio.Protocol):
                     append(refusal(request_id, exc))
                     continue
                 timeout_ms, wait_ms = b
+                timeout_ms = (timeout_ms or queue.visibility_ms) % NEVER_MS  # see `visibility`
                 record = queue.take(held)
                 if record is not None:
                     if timeout_ms:
                         server.expire_by(broker.set_deadline(record, timeout_ms, now))
                     data = record.data
-                    append(
-                        pack_message_head(
-                            MAGIC, _MESSAGE, 0, request_id, _MESSAGE_FIXED + len(data), record.id, record.deliveries
+                    origin = queue.origins.get(record.id) if queue.has_origins else None
+                    if origin is None:
+                        append(
+                            pack_message_head(
+                                MAGIC, _MESSAGE, 0, request_id, _MESSAGE_FIXED + len(data), record.id, record.deliveries
+                            )
                         )
-                    )
-                    append(data)
+                        append(data)
+                    else:
+                        append(msg.encode(request_id, message_of(record.id, data, record.deliveries, origin)))
                     output += len(data)
                     if output > server.max_output_buffer:
                         self._overflow(output)
@@ -560,7 +582,9 @@ class Session(FastPaths, asyncio.Protocol):
         if name not in self.broker.queues:  # creating an existing queue changes nothing
             admit_change(self)
         dead_letter = request.dead_letter_queue.encode() or None
-        self.broker.create_queue(name, request.capacity, request.max_deliveries, dead_letter)
+        self.broker.create_queue(
+            name, request.capacity, request.max_deliveries, dead_letter, request.visibility_timeout_ms
+        )
         return msg.QueueCreated.INSTANCE
 
     def _delete(self, request: msg.DeleteQueue, request_id: int, now: float) -> msg.Response:
@@ -599,10 +623,11 @@ class Session(FastPaths, asyncio.Protocol):
     def _read_batch(self, request: msg.ReadBatch, request_id: int, now: float) -> bytes | None:
         queue = admit_read(self, request.queue.encode(), 1)
         count = min(request.max_messages, self.server.max_in_flight - self.held.count)  # admitted: at least 1
-        entries = self.broker.deliver_many(queue, count, request.timeout_ms, self.held, now)
+        timeout_ms = visibility(request.timeout_ms, queue)
+        entries = self.broker.deliver_many(queue, count, timeout_ms, self.held, now)
         if not entries and request.wait_ms:
             admit_wait(self, request_id)
-            self._wait(queue, request_id, request.timeout_ms, count, request.wait_ms, now)
+            self._wait(queue, request_id, timeout_ms, count, request.wait_ms, now)
             return None
         return messages_reply(request_id, entries)
 
@@ -617,12 +642,40 @@ class Session(FastPaths, asyncio.Protocol):
         return msg.Cancelled.INSTANCE
 
     def _touch(self, request: msg.Touch, request_id: int, now: float) -> msg.Response:
-        outcome = self.broker.touch(request.id, request.timeout_ms, now, self.held)
+        timeout_ms = request.timeout_ms
+        # 0: the message's queue's default (the broker looks it up); NEVER_MS: no deadline.
+        outcome = self.broker.touch(request.id, None if not timeout_ms else timeout_ms % NEVER_MS, now, self.held)
         return _settled(outcome, request.id, msg.Touched.INSTANCE)
 
     def _release(self, request: msg.Release, request_id: int, now: float) -> msg.Response:
         outcome = self.broker.release(request.id, request.delay_ms, now, self.held)
         return _settled(outcome, request.id, msg.Released.INSTANCE)
+
+    def _peek(self, request: msg.Peek, request_id: int, now: float) -> msg.Response:
+        queue = admit_queue(self, request.queue.encode())
+        # Bounded as a batch read's reply is: the broker stops past its batch bytes, and a reply
+        # past the output limit cuts the connection off like any other (`handle` checks).
+        seen = self.broker.peek(queue, request.count, now, delayed=request.delayed, in_flight=request.in_flight)
+        return msg.Peeked(
+            tuple(
+                msg.PeekedMessage(
+                    entry.id,
+                    entry.data,
+                    entry.deliveries,
+                    entry.state,
+                    entry.enqueued_ms / 1000.0,
+                    origin_of(entry.origin) if entry.origin is not None else None,
+                )
+                for entry in seen
+            )
+        )
+
+    def _move(self, request: msg.Move, request_id: int, now: float) -> msg.Response:
+        source = admit_queue(self, request.source.encode())
+        destination = admit_queue(self, request.destination.encode())
+        admit_change(self)
+        moved = self.broker.move(source, destination, request.count or None, now)
+        return msg.Moved(moved)
 
     # --- waiting reads ---------------------------------------------------------------
 
@@ -658,7 +711,7 @@ class Session(FastPaths, asyncio.Protocol):
             reply = messages_reply(request_id, entries)
         elif entries:
             (id_,), (deliveries,), (data,) = columns(entries)
-            reply = msg.encode(request_id, msg.Message(id_, data, deliveries))
+            reply = msg.encode(request_id, message_of(id_, data, deliveries, entries[0].queue.origins.get(id_)))
         else:
             reply = pack_bare_frame(MAGIC, _EMPTY, 0, request_id, 0)
         self.server.send(transport, reply)
@@ -679,7 +732,14 @@ _HANDLERS: dict[type, Handler] = {
     msg.Touch: Session._touch,
     msg.Release: Session._release,
     msg.Cancel: Session._cancel,
+    msg.Peek: Session._peek,
+    msg.Move: Session._move,
 }
+
+
+def visibility_ms(seconds: float | None) -> int:
+    """A visibility timeout limit in the wire's ms: `NEVER_MS` for None (never), at least 1 ms."""
+    return NEVER_MS if seconds is None else min(NEVER_MS - 1, max(1, math.ceil(seconds * 1000.0)))
 
 
 def _too_many(limit: int) -> str:

@@ -120,9 +120,15 @@ def salvage(directory: str | os.PathLike[str], into_directory: str | os.PathLike
     messages = 0
     with Store.open(into) as store:
         for queue in found.queues:
-            store.create_queue(queue.name, queue.capacity, queue.max_deliveries, queue.dead_letter)
-            for id_, data, deliveries, due_ms in queue.messages:
-                store.add(queue.name, id_, data, due_ms=due_ms, deliveries=deliveries)
+            store.create_queue(
+                queue.name, queue.capacity, queue.max_deliveries, queue.dead_letter, queue.visibility_timeout_ms
+            )
+            times = queue.enqueued_ms or [0] * len(queue.messages)
+            for (id_, data, deliveries, due_ms), enqueued_ms in zip(queue.messages, times, strict=True):
+                origin = queue.origins.get(id_)
+                store.add(
+                    queue.name, id_, data, due_ms=due_ms, deliveries=deliveries, enqueued_ms=enqueued_ms, origin=origin
+                )
                 messages += 1
                 if messages % _SALVAGE_BATCH == 0:
                     store.commit()

@@ -9,7 +9,8 @@ Rows are read in one pass per table and sorted per queue by (``seq``, id):
 a pack's members share its ``seq`` and follow in id order.
 
 It reads every format version (`store.schema`): version 1 has no pack
-tables, version 2 no checksums (its payloads are taken as they are). The
+tables, version 2 no checksums (its payloads are taken as they are), version
+3 no enqueue times, origins or visibility timeouts (read as 0, none and 0). The
 `Store` reads only the current version, having upgraded the file at open;
 `store.check` reads any version without changing it.
 
@@ -25,7 +26,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
-from ..core.journal import StoredMessage, StoredQueue
+from ..core.journal import Origin, StoredMessage, StoredQueue
 from .checksums import pack_crc, row_crc
 from .packs import unpacked
 
@@ -48,34 +49,57 @@ def read(con: sqlite3.Connection, version: int, tolerant: bool = False) -> Conte
     """
     problems: list[str] = []
     checked = version >= 3
-    queues = con.execute("SELECT qid, name, capacity, max_deliveries, dead_letter FROM queues ORDER BY qid").fetchall()
-    # (seq, id, message) for each queue, to sort.
-    by_qid: dict[int, list[tuple[int, int, StoredMessage]]] = {row[0]: [] for row in queues}
+    timed = version >= 4
+    visibility = "visibility_timeout_ms" if timed else "0"
+    queues = con.execute(
+        f"SELECT qid, name, capacity, max_deliveries, dead_letter, {visibility} FROM queues ORDER BY qid"
+    ).fetchall()
+    # (seq, id, message, enqueue time) for each queue, to sort; the dead letters' origins by queue.
+    by_qid: dict[int, list[tuple[int, int, StoredMessage, int]]] = {row[0]: [] for row in queues}
+    origins: dict[int, dict[int, Origin]] = {row[0]: {} for row in queues}
     damaged: list[int] = []
     max_id = 0
     crc = "crc" if checked else "0"
     try:
-        rows = con.execute(f"SELECT seq, qid, id, data, deliveries, due_ms, {crc} FROM messages")
-        for seq, qid, id_, data, deliveries, due_ms, stored_crc in rows:
+        extra = (
+            "enqueued_ms, origin_queue, origin_id, origin_enqueued_ms, origin_deliveries"
+            if timed
+            else "0, NULL, 0, 0, 0"
+        )
+        rows = con.execute(f"SELECT seq, qid, id, data, deliveries, due_ms, {crc}, {extra} FROM messages")
+        for seq, qid, id_, data, deliveries, due_ms, stored_crc, enqueued_ms, source, *origin in rows:
             max_id = max(max_id, id_)
             if checked and row_crc(id_, data) != stored_crc:
                 damaged.append(id_)
             else:
-                _queue(by_qid, qid, id_, problems, tolerant).append((seq, id_, (id_, data, deliveries, due_ms)))
+                _queue(by_qid, qid, id_, problems, tolerant).append(
+                    (seq, id_, (id_, data, deliveries, due_ms), enqueued_ms)
+                )
+                if source is not None and qid in origins:
+                    origins[qid][id_] = Origin(source, *origin)
     except sqlite3.DatabaseError as exc:
         if not tolerant:
             raise
         problems.append(f"messages: unreadable past id {max_id} ({exc})")
     if version >= 2:
-        max_id = max(max_id, _read_packs(con, checked, by_qid, damaged, problems, tolerant))
+        max_id = max(max_id, _read_packs(con, checked, timed, by_qid, damaged, problems, tolerant))
     (reserved,) = con.execute("SELECT value FROM meta WHERE key = 'next_id'").fetchone()
     for messages in by_qid.values():
-        messages.sort()  # (seq, id) is unique: the messages themselves are never compared
+        messages.sort(key=_order)
     damaged.sort()
     return Contents(
         queues=[
-            StoredQueue(name, cap, maxd, dlq, [message for _, _, message in by_qid[qid]])
-            for qid, name, cap, maxd, dlq in queues
+            StoredQueue(
+                name,
+                cap,
+                maxd,
+                dlq,
+                [message for _, _, message, _ in by_qid[qid]],
+                visibility_ms,
+                [enqueued_ms for _, _, _, enqueued_ms in by_qid[qid]] if timed else [],
+                origins[qid],
+            )
+            for qid, name, cap, maxd, dlq, visibility_ms in queues
         ],
         next_id=max(int(reserved), max_id + 1, 1),
         damaged=damaged,
@@ -86,7 +110,8 @@ def read(con: sqlite3.Connection, version: int, tolerant: bool = False) -> Conte
 def _read_packs(
     con: sqlite3.Connection,
     checked: bool,
-    by_qid: dict[int, list[tuple[int, int, StoredMessage]]],
+    timed: bool,
+    by_qid: dict[int, list[tuple[int, int, StoredMessage, int]]],
     damaged: list[int],
     problems: list[str],
     tolerant: bool,
@@ -96,15 +121,18 @@ def _read_packs(
     crc = "crc" if checked else "0"
     try:
         gone = dict(con.execute("SELECT slot, gone FROM pack_gone"))
-        rows = con.execute(f"SELECT slot, first_id, qid, seq, count, sizes, data, {crc} FROM packs")
-        for slot, first_id, qid, seq, count, sizes, data, stored_crc in rows:
+        enqueued = "enqueued_ms" if timed else "0"
+        rows = con.execute(f"SELECT slot, first_id, qid, seq, count, sizes, data, {crc}, {enqueued} FROM packs")
+        for slot, first_id, qid, seq, count, sizes, data, stored_crc, enqueued_ms in rows:
             max_id = max(max_id, first_id + count - 1)
             bits = int.from_bytes(gone.get(slot, b""), "little")
             if bits == (1 << count) - 1:
                 continue  # a free slot: nothing in it is served
             intact = len(sizes) == 4 * count and (not checked or pack_crc(first_id, sizes, data) == stored_crc)
             if intact:
-                _queue(by_qid, qid, first_id, problems, tolerant).extend(unpacked(first_id, seq, sizes, data, bits))
+                _queue(by_qid, qid, first_id, problems, tolerant).extend(
+                    unpacked(first_id, seq, sizes, data, bits, enqueued_ms)
+                )
             else:  # its members can no longer be told apart: every live one is damaged
                 damaged += [first_id + i for i in range(count) if not bits >> i & 1]
     except sqlite3.DatabaseError as exc:
@@ -114,9 +142,18 @@ def _read_packs(
     return max_id
 
 
+def _order(entry: tuple[int, int, StoredMessage, int]) -> tuple[int, int]:
+    # (seq, id) is unique: the messages themselves are never compared.
+    return entry[0], entry[1]
+
+
 def _queue(
-    by_qid: dict[int, list[tuple[int, int, StoredMessage]]], qid: int, id_: int, problems: list[str], tolerant: bool
-) -> list[tuple[int, int, StoredMessage]]:
+    by_qid: dict[int, list[tuple[int, int, StoredMessage, int]]],
+    qid: int,
+    id_: int,
+    problems: list[str],
+    tolerant: bool,
+) -> list[tuple[int, int, StoredMessage, int]]:
     # The list of queue ``qid``; for a queue that is not stored, KeyError or (tolerant) a problem and a list to drop.
     messages = by_qid.get(qid)
     if messages is not None:

@@ -55,13 +55,22 @@ class Pack:
 
     __slots__ = (
         "first_id", "qid", "seq", "count", "sizes", "data", "live", "gone", "written", "partial_round",
-        "slot", "shape", "reused_qid", "freed",
+        "slot", "shape", "reused_qid", "freed", "enqueued_ms",
     )  # fmt: skip
 
     def __init__(
-        self, first_id: int, qid: int, seq: int, sizes: bytes, data: bytes | None, slot: int, size: int
+        self,
+        first_id: int,
+        qid: int,
+        seq: int,
+        sizes: bytes,
+        data: bytes | None,
+        slot: int,
+        size: int,
+        enqueued_ms: int = 0,
     ) -> None:
         self.first_id = first_id
+        self.enqueued_ms = enqueued_ms  # when its members were sent, Unix ms
         self.qid = qid
         self.seq = seq
         self.count = len(sizes) // 4
@@ -147,12 +156,14 @@ def all_gone(count: int) -> bytes:
     return ((1 << count) - 1).to_bytes((count + 7) // 8, "little")
 
 
-def unpacked(first_id: int, seq: int, sizes: bytes, data: bytes, gone: int) -> list[tuple[int, int, StoredMessage]]:
-    """A pack row's live members as `Store.load` sorts them: (seq, id, message)."""
+def unpacked(
+    first_id: int, seq: int, sizes: bytes, data: bytes, gone: int, enqueued_ms: int = 0
+) -> list[tuple[int, int, StoredMessage, int]]:
+    """A pack row's live members as `Store.load` sorts them: (seq, id, message, enqueue time)."""
     lengths = sizes_layout(len(sizes) // 4).unpack(sizes)
     ends = list(itertools.accumulate(lengths))
     return [
-        (seq, first_id + index, (first_id + index, data[end - length : end], 0, 0))
+        (seq, first_id + index, (first_id + index, data[end - length : end], 0, 0), enqueued_ms)
         for index, (length, end) in enumerate(zip(lengths, ends, strict=True))
         if not gone >> index & 1
     ]

@@ -17,17 +17,22 @@ SQLite file is refused rather than adopted) and ``PRAGMA user_version`` =
 * A file whose version is above `FORMAT_VERSION` was written by a newer
   server: opening it raises `StoreError`; there is no downgrade.
 
-Version 3 schema (version 2 had no ``crc`` columns, version 1 no ``packs``
-and ``pack_gone``)::
+Version 4 schema (version 3 had no ``enqueued_ms``, ``origin_*`` and
+``visibility_timeout_ms`` columns, version 2 no ``crc`` columns, version 1 no
+``packs`` and ``pack_gone``)::
 
     meta(key TEXT PRIMARY KEY, value INTEGER)   -- 'next_id': id high-water mark
     queues(qid INTEGER PRIMARY KEY, name BLOB UNIQUE, capacity, max_deliveries,
-           dead_letter BLOB NULL)               -- qid is creation order
+           dead_letter BLOB NULL,
+           visibility_timeout_ms)               -- qid is creation order; visibility:
+                                                -- ms as asked, 0 = the server's default
     messages(id INTEGER PRIMARY KEY, qid, seq, data BLOB, deliveries,
-             due_ms, crc)                       -- due_ms: Unix ms, 0 = now;
-                                                -- crc: checksums.row_crc(id, data)
+             due_ms, crc, enqueued_ms,          -- due_ms: Unix ms, 0 = now;
+             origin_queue BLOB NULL,            -- crc: checksums.row_crc(id, data);
+             origin_id, origin_enqueued_ms,     -- enqueued_ms: first enqueue, Unix ms;
+             origin_deliveries)                 -- origin_*: a dead letter's (NULL queue: none)
     packs(slot INTEGER PRIMARY KEY, first_id, qid, seq, count, sizes BLOB,
-          data BLOB, crc)                       -- ids first_id .. first_id + count - 1,
+          data BLOB, crc, enqueued_ms)          -- ids first_id .. first_id + count - 1,
                                                 -- never delivered, no due time; sizes:
                                                 -- a u32 (big-endian) per payload;
                                                 -- crc: checksums.pack_crc(first_id, sizes, data)
@@ -51,13 +56,14 @@ every add and remove.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import StoreError
 from .checksums import pack_crc, row_crc
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 APPLICATION_ID = 0x64627175  # b"dbqu"
 
 # 4 KiB pages: a batch of small messages dirties only a few of them, and larger pages write more WAL
@@ -108,8 +114,43 @@ def upgrade_v2(con: sqlite3.Connection) -> None:
     con.execute("UPDATE packs SET crc = dbqueue_pack_crc(first_id, sizes, data)")
 
 
+def upgrade_v3(con: sqlite3.Connection) -> None:
+    """Version 3 -> 4: enqueue times (every stored message gets the upgrade's time: the true one
+    was not kept), dead letters' origins (none known) and queues' visibility timeouts (the
+    server's default). The message and pack tables are rebuilt rather than altered, so that
+    ``crc`` stays their last column: damage at the end of a row, where a file cut short loses
+    bytes, still hits the bytes the checksum covers."""
+    now = time.time_ns() // 1_000_000
+    con.execute("ALTER TABLE queues ADD COLUMN visibility_timeout_ms INTEGER NOT NULL DEFAULT 0")
+    con.execute(
+        "CREATE TABLE messages_v4 (id INTEGER PRIMARY KEY, qid INTEGER NOT NULL, seq INTEGER NOT NULL,"
+        " data BLOB NOT NULL, deliveries INTEGER NOT NULL, due_ms INTEGER NOT NULL,"
+        " enqueued_ms INTEGER NOT NULL DEFAULT 0, origin_queue BLOB, origin_id INTEGER NOT NULL DEFAULT 0,"
+        " origin_enqueued_ms INTEGER NOT NULL DEFAULT 0, origin_deliveries INTEGER NOT NULL DEFAULT 0,"
+        " crc INTEGER NOT NULL DEFAULT 0)"
+    )
+    con.execute(
+        "INSERT INTO messages_v4 (id, qid, seq, data, deliveries, due_ms, enqueued_ms, crc)"
+        " SELECT id, qid, seq, data, deliveries, due_ms, ?, crc FROM messages",
+        (now,),
+    )
+    con.execute(
+        "CREATE TABLE packs_v4 (slot INTEGER PRIMARY KEY, first_id INTEGER NOT NULL, qid INTEGER NOT NULL,"
+        " seq INTEGER NOT NULL, count INTEGER NOT NULL, sizes BLOB NOT NULL, data BLOB NOT NULL,"
+        " enqueued_ms INTEGER NOT NULL DEFAULT 0, crc INTEGER NOT NULL DEFAULT 0)"
+    )
+    con.execute(
+        "INSERT INTO packs_v4 (slot, first_id, qid, seq, count, sizes, data, enqueued_ms, crc)"
+        " SELECT slot, first_id, qid, seq, count, sizes, data, ?, crc FROM packs",
+        (now,),
+    )
+    for table in ("messages", "packs"):
+        con.execute(f"DROP TABLE {table}")
+        con.execute(f"ALTER TABLE {table}_v4 RENAME TO {table}")
+
+
 # Version N -> N+1, run in place inside the opening transaction.
-UPGRADES: dict[int, Callable[[sqlite3.Connection], None]] = {1: upgrade_v1, 2: upgrade_v2}
+UPGRADES: dict[int, Callable[[sqlite3.Connection], None]] = {1: upgrade_v1, 2: upgrade_v2, 3: upgrade_v3}
 
 
 def create(con: sqlite3.Connection) -> None:

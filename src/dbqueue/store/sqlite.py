@@ -96,7 +96,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Self
 
-from ..core.journal import Journal, Snapshot, StoredMessage, StoredQueue, now_ms
+from ..core.journal import Journal, Origin, Snapshot, StoredMessage, StoredQueue, now_ms
 from ..errors import StoreError
 from . import contents, files, schema
 from .checksums import pack_crc, row_crc
@@ -129,15 +129,27 @@ JOURNAL_SIZE_LIMIT = 4 << 20
 # `reclaim` keeps this many free pages for the next additions instead of returning them.
 FREE_PAGES_KEPT = 256
 
-_INSERT = "INSERT INTO messages (id, qid, data, deliveries, due_ms, seq, crc) VALUES (?, ?, ?, ?, ?, ?, ?)"
+_INSERT = (
+    "INSERT INTO messages (id, qid, data, deliveries, due_ms, seq, crc, enqueued_ms,"
+    " origin_queue, origin_id, origin_enqueued_ms, origin_deliveries) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_ROW_FIELDS = 12
 _DELETE = "DELETE FROM messages WHERE id = ?"
 # Rows per multi-row statement: SQLite's cost per statement, not per row, dominates a commit of small rows.
 _CHUNK = 32
-_INSERT_CHUNK = _INSERT.partition(" VALUES ")[0] + " VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * _CHUNK)
+_INSERT_CHUNK = (
+    _INSERT.partition(" VALUES ")[0] + " VALUES " + ", ".join(["(" + ", ".join("?" * _ROW_FIELDS) + ")"] * _CHUNK)
+)
 _DELETE_CHUNK = "DELETE FROM messages WHERE id IN (" + ", ".join(["?"] * _CHUNK) + ")"
-_INSERT_PACK = "INSERT INTO packs (first_id, qid, seq, count, sizes, data, crc, slot) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_PACK = (
+    "INSERT INTO packs (first_id, qid, seq, count, sizes, data, crc, enqueued_ms, slot)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 # A free slot taken over: SQLite rewrites a row of the same size in place (no pages freed or allocated).
-_REUSE_PACK = "UPDATE packs SET first_id = ?, qid = ?, seq = ?, count = ?, sizes = ?, data = ?, crc = ? WHERE slot = ?"
+_REUSE_PACK = (
+    "UPDATE packs SET first_id = ?, qid = ?, seq = ?, count = ?, sizes = ?, data = ?, crc = ?, enqueued_ms = ?"
+    " WHERE slot = ?"
+)
 _DELETE_PACK = "DELETE FROM packs WHERE slot = ?"
 _SET_GONE = "INSERT OR REPLACE INTO pack_gone (slot, gone) VALUES (?, ?)"
 _DELETE_GONE = "DELETE FROM pack_gone WHERE slot = ?"
@@ -149,11 +161,13 @@ _RESERVE = "UPDATE meta SET value = ? WHERE key = 'next_id' AND value < ?"
 # A write that changes nothing but still appends a page to the log: `probe`'s test of the disk.
 _PROBE = "UPDATE meta SET value = value WHERE key = 'next_id'"
 
-# Queue operations, kept in call order: (qid, name, capacity, max_deliveries, dead_letter) creates,
-# (qid,) deletes, (qid, kept ids) purges.
-_QueueOp = tuple[int, bytes, int, int, bytes | None] | tuple[int] | tuple[int, frozenset[int]]
-# A message row as _INSERT binds it: (id, qid, data, deliveries, due_ms, seq, crc).
-_Row = tuple[int, int, bytes, int, int, int, int]
+# Queue operations, kept in call order: (qid, name, capacity, max_deliveries, dead_letter,
+# visibility_timeout_ms) creates, (qid,) deletes, (qid, kept ids) purges.
+_QueueOp = tuple[int, bytes, int, int, bytes | None, int] | tuple[int] | tuple[int, frozenset[int]]
+# A message row as _INSERT binds it: (id, qid, data, deliveries, due_ms, seq, crc, enqueued_ms, origin_queue,
+# origin_id, origin_enqueued_ms, origin_deliveries).
+_Row = tuple[int, int, bytes, int, int, int, int, int, bytes | None, int, int, int]
+_NO_ORIGIN = (None, 0, 0, 0)  # a row's origin columns when it has none
 
 
 class _Extract:
@@ -183,6 +197,9 @@ class Store:
         self._room = Room(directory)
         self._tight = False  # the room was given back: compact nothing until it is kept again
         self._reclaim_round = 0
+        # The enqueue time of messages added without one: the time of the last commit (or the open),
+        # read once a batch rather than once a message.
+        self._stamp = now_ms()
         self._read_state(con)
 
     def _read_state(self, con: sqlite3.Connection) -> None:
@@ -219,10 +236,10 @@ class Store:
 
     def _index_packs(self, con: sqlite3.Connection) -> None:
         gone = dict(con.execute("SELECT slot, gone FROM pack_gone"))
-        rows = con.execute("SELECT slot, first_id, qid, seq, sizes, length(data) FROM packs")
-        for slot, first_id, qid, seq, sizes, size in rows:
+        rows = con.execute("SELECT slot, first_id, qid, seq, sizes, length(data), enqueued_ms FROM packs")
+        for slot, first_id, qid, seq, sizes, size, enqueued_ms in rows:
             self._next_slot = max(self._next_slot, slot + 1)
-            pack = Pack(first_id, qid, seq, sizes, None, slot, size)
+            pack = Pack(first_id, qid, seq, sizes, None, slot, size, enqueued_ms)
             bits = gone.get(slot)
             if bits is not None:
                 pack.gone = int.from_bytes(bits, "little")
@@ -396,14 +413,19 @@ class Store:
     # --- buffered changes (the hot path: no SQLite here) ------------------------------
 
     def create_queue(
-        self, name: bytes, capacity: int = 0, max_deliveries: int = 0, dead_letter: bytes | None = None
+        self,
+        name: bytes,
+        capacity: int = 0,
+        max_deliveries: int = 0,
+        dead_letter: bytes | None = None,
+        visibility_timeout_ms: int = 0,
     ) -> None:
         """Record a new queue. Raises `ValueError` if the store already has a queue called ``name``."""
         if name in self._qids:
             raise ValueError(f"queue {name!r} is already stored")
         qid = self._qids[name] = self._next_qid
         self._next_qid = qid + 1
-        self._queue_ops.append((qid, name, capacity, max_deliveries, dead_letter))
+        self._queue_ops.append((qid, name, capacity, max_deliveries, dead_letter, visibility_timeout_ms))
 
     def delete_queue(self, name: bytes) -> None:
         """Record that a queue and every message in it are gone. Raises `KeyError` for an unknown queue."""
@@ -427,43 +449,61 @@ class Store:
         self._forget_rows_of(qid)
         self._queue_ops.append((qid, kept))
 
-    def add(self, queue: bytes, id_: int, data: bytes, due_ms: int = 0, deliveries: int = 0) -> None:
+    def add(
+        self,
+        queue: bytes,
+        id_: int,
+        data: bytes,
+        due_ms: int = 0,
+        deliveries: int = 0,
+        enqueued_ms: int = 0,
+        origin: Origin | None = None,
+    ) -> None:
         """Record a new message at the end of ``queue``.
 
         ``due_ms`` is the wall-clock time (`now_ms`) before which it must not be
         delivered, 0 for none. ``deliveries`` is non-zero when a message moves
-        (after ``remove(id_)``) to a dead-letter queue. Raises `KeyError` for an
-        unknown queue.
+        (after ``remove(id_)``, with its id) to another queue. ``enqueued_ms`` is
+        its first enqueue time (0: the batch's), ``origin`` a dead letter's.
+        Raises `KeyError` for an unknown queue.
         """
-        self._adds[id_] = (id_, self._qids[queue], data, deliveries, due_ms, next(self._seq), row_crc(id_, data))
+        self._adds[id_] = (
+            id_, self._qids[queue], data, deliveries, due_ms, next(self._seq), row_crc(id_, data),
+            enqueued_ms or self._stamp, *(origin or _NO_ORIGIN),
+        )  # fmt: skip
 
-    def add_many(self, queue: bytes, ids: Sequence[int], items: Sequence[bytes]) -> None:
+    def add_many(self, queue: bytes, ids: Sequence[int], items: Sequence[bytes], enqueued_ms: int = 0) -> None:
         """`add` for several new messages at once, in order of increasing ids (no delay, no deliveries):
         stored as one pack for each stretch of consecutive ids."""
         qid = self._qids[queue]
+        enqueued_ms = enqueued_ms or self._stamp
         start = 0
         while start < len(ids):  # ``ids`` increase: a stretch ends where they skip
             end = len(ids) if ids[-1] - ids[start] == len(ids) - 1 - start else _stretch_end(ids, start)
             if end - start == 1:
                 id_, data = ids[start], items[start]
-                self._adds[id_] = (id_, qid, data, 0, 0, next(self._seq), row_crc(id_, data))
+                self._adds[id_] = (id_, qid, data, 0, 0, next(self._seq), row_crc(id_, data), enqueued_ms, *_NO_ORIGIN)
             else:
                 chunk = items[start:end]
-                self._add_pack(qid, ids[start], sizes_layout(len(chunk)).pack(*map(len, chunk)), b"".join(chunk))
+                sizes = sizes_layout(len(chunk)).pack(*map(len, chunk))
+                self._add_pack(qid, ids[start], sizes, b"".join(chunk), enqueued_ms)
             start = end
 
-    def add_columns(self, queue: bytes, first_id: int, sizes: bytes, data: bytes) -> None:
+    def add_columns(self, queue: bytes, first_id: int, sizes: bytes, data: bytes, enqueued_ms: int = 0) -> None:
         """`add_many` for messages with consecutive ids from ``first_id``, given as a batch's columns:
         their u32 sizes and their payloads back to back (stored as they are, as one pack)."""
         qid = self._qids[queue]
+        enqueued_ms = enqueued_ms or self._stamp
         if len(sizes) == 4:
-            self._adds[first_id] = (first_id, qid, data, 0, 0, next(self._seq), row_crc(first_id, data))
+            self._adds[first_id] = (
+                first_id, qid, data, 0, 0, next(self._seq), row_crc(first_id, data), enqueued_ms, *_NO_ORIGIN,
+            )  # fmt: skip
         else:
-            self._add_pack(qid, first_id, sizes, data)
+            self._add_pack(qid, first_id, sizes, data, enqueued_ms)
 
-    def _add_pack(self, qid: int, first_id: int, sizes: bytes, data: bytes) -> None:
+    def _add_pack(self, qid: int, first_id: int, sizes: bytes, data: bytes, enqueued_ms: int) -> None:
         # A new pack, in a free slot of its shape if there is one, else in a new row.
-        pack = Pack(first_id, qid, next(self._seq), sizes, data, 0, len(data))
+        pack = Pack(first_id, qid, next(self._seq), sizes, data, 0, len(data), enqueued_ms)
         free = self._free.get(pack.shape)
         if free:
             pack.slot, pack.reused_qid = free.pop()
@@ -519,12 +559,12 @@ class Store:
         row = self._adds.get(id_)
         extract = self._extracts.get(id_)
         if row is not None:
-            _, qid, data, old_deliveries, old_due_ms, seq, crc = row
+            _, qid, data, old_deliveries, old_due_ms, seq, crc, *rest = row
             if deliveries is None:
                 deliveries = old_deliveries
             if due_ms is None:
                 due_ms = old_due_ms
-            self._adds[id_] = (id_, qid, data, deliveries, due_ms, seq, crc)
+            self._adds[id_] = (id_, qid, data, deliveries, due_ms, seq, crc, *rest)  # type: ignore[assignment]  # rest: the row's last five fields
         elif extract is not None:
             if deliveries is not None:
                 extract.deliveries = deliveries
@@ -543,7 +583,7 @@ class Store:
             assert pack.data is not None  # an unwritten pack holds its payloads
             offset, size = pack.span(id_)
             data = pack.data[offset : offset + size]
-            self._adds[id_] = (id_, pack.qid, data, 0, 0, pack.seq, row_crc(id_, data))
+            self._adds[id_] = (id_, pack.qid, data, 0, 0, pack.seq, row_crc(id_, data), pack.enqueued_ms, *_NO_ORIGIN)
         pack.live -= 1
         self._mark_gone(pack, id_)
 
@@ -660,6 +700,7 @@ class Store:
                 _insert(con, list(self._adds.values()))
             self._write_packs(con)
             con.execute("COMMIT")
+            self._stamp = now_ms()
         except BaseException as exc:
             if con.in_transaction:
                 con.rollback()
@@ -755,7 +796,17 @@ class Store:
                 offset, size = pack.span(id_)
                 payload = data[offset : offset + size]
                 rows.append(
-                    (id_, pack.qid, payload, extract.deliveries, extract.due_ms, pack.seq, row_crc(id_, payload))
+                    (
+                        id_,
+                        pack.qid,
+                        payload,
+                        extract.deliveries,
+                        extract.due_ms,
+                        pack.seq,
+                        row_crc(id_, payload),
+                        pack.enqueued_ms,
+                        *_NO_ORIGIN,
+                    )  # fmt: skip
                 )
         return rows
 
@@ -784,7 +835,7 @@ def _stretch_end(ids: Sequence[int], start: int) -> int:
     return end
 
 
-def _pack_row(pack: Pack) -> tuple[int, int, int, int, bytes, bytes, int, int]:
+def _pack_row(pack: Pack) -> tuple[int, int, int, int, bytes, bytes, int, int, int]:
     # A new pack as _INSERT_PACK and _REUSE_PACK bind it.
     data = pack.data
     assert data is not None  # an unwritten pack holds its payloads
@@ -796,6 +847,7 @@ def _pack_row(pack: Pack) -> tuple[int, int, int, int, bytes, bytes, int, int]:
         pack.sizes,
         data,
         pack_crc(pack.first_id, pack.sizes, data),
+        pack.enqueued_ms,
         pack.slot,
     )
 
@@ -803,8 +855,12 @@ def _pack_row(pack: Pack) -> tuple[int, int, int, int, bytes, bytes, int, int]:
 def _queue_op(con: sqlite3.Connection, op: _QueueOp) -> None:
     # A queue's creation, deletion or purge, as `_QueueOp` lays them out.
     qid = op[0]
-    if len(op) == 5:
-        con.execute("INSERT INTO queues (qid, name, capacity, max_deliveries, dead_letter) VALUES (?, ?, ?, ?, ?)", op)
+    if len(op) >= 5:  # a creation (a version-3 one, without a visibility timeout, stands for 0)
+        con.execute(
+            "INSERT INTO queues (qid, name, capacity, max_deliveries, dead_letter, visibility_timeout_ms)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (*op, 0)[:6],
+        )
         return
     _delete_packs_of(con, qid)
     if len(op) == 1:
@@ -835,7 +891,7 @@ def _insert(con: sqlite3.Connection, rows: list[_Row]) -> None:
     whole = len(rows) - len(rows) % _CHUNK
     if whole:
         flat = list(itertools.chain.from_iterable(rows[:whole]))
-        step = 7 * _CHUNK
+        step = _ROW_FIELDS * _CHUNK
         con.executemany(_INSERT_CHUNK, [flat[i : i + step] for i in range(0, len(flat), step)])
     if whole < len(rows):
         con.executemany(_INSERT, rows[whole:])
