@@ -170,3 +170,41 @@ def _ready(address: str, queue: str) -> int:
         return stats(address, queue)["ready"]
     except Exception:
         return 0
+
+
+@pytest.mark.timeout(120)
+def test_inspect_and_control_reach_every_worker(address: str, out: Path, workers: Callable[..., Worker]) -> None:
+    env = environment(address, out)
+    producer = celery_dbqueue_app.make_app(env)
+    started = [workers("one", env), workers("two", env)]
+
+    def names(replies: dict[str, object] | None) -> set[str]:
+        return {name.split("@")[0] for name in replies or {}}
+
+    wait_for(
+        "both workers to answer a ping",
+        lambda: names(producer.control.inspect(timeout=1.0).ping()) == {"one", "two"},
+        started,
+    )
+    inspect = producer.control.inspect(timeout=2.0)
+    queues = inspect.active_queues() or {}
+    assert names(queues) == {"one", "two"}
+    assert all([entry["name"] for entry in entries] == ["tasks"] for entries in queues.values())
+    # A control command to one worker: it starts consuming another queue, and a task sent there runs on it.
+    one = next(name for name in queues if name.startswith("one@"))
+    reply = producer.control.add_consumer("extra", reply=True, destination=[one], timeout=2.0)
+    assert reply and "ok" in reply[0][one]
+    producer.send_task("celery_dbqueue_app.record", args=("extra",), queue="extra")
+    wait_for("the task on the added queue", lambda: bool(outcomes(out, "done-extra-")), started)
+    # The replies' queues and bindings are gone once read; the workers' mailboxes stay while they run.
+    with Client.connect(address) as client:
+        left = [entry["name"] for entry in client.list_queues()]
+    assert not [name for name in left if "reply.celery.pidbox" in name], left
+    mailboxes = [name for name in left if name.endswith(".celery.pidbox") and not name.startswith("_kombu.binding")]
+    assert len(mailboxes) == 2, left
+    for worker in started:
+        worker.check_log()
+        worker.stop()  # a warm shutdown: the worker deletes its mailbox and its binding
+    with Client.connect(address) as client:
+        left = [entry["name"] for entry in client.list_queues()]
+    assert not [name for name in left if "pidbox" in name], left

@@ -66,7 +66,7 @@ class Worker:
         """Fail if the log holds an error or a traceback: a refused acknowledgement is logged and
         the worker goes on, which would otherwise pass unseen."""
         text = self.log_path.read_text(errors="replace")
-        for mark in ("Traceback", "ERROR/", "CRITICAL/", "[ERROR]", "[CRITICAL]", "dbqueue:"):
+        for mark in ("Traceback", "ERROR/", "CRITICAL/", "[ERROR]", "[CRITICAL]", "dbqueue: "):
             assert mark not in text, f"{mark!r} in the log of worker {self.name}:\n{self.log_tail(80)}"
 
     def kill(self) -> None:

@@ -67,9 +67,10 @@ from typing import Any
 from kombu.transport import virtual
 
 from ..client import Client, Message
-from ..errors import ConnectionLost, NoSuchMessage, NoSuchQueue, RequestError, Requeued
+from ..errors import ConnectionLost, DbQueueError, NoSuchMessage, NoSuchQueue, QueueFull, RequestError, Requeued
+from ..protocol import MAX_QUEUE_NAME as MAX_NAME
 from .address import DEFAULT_PORT, Address
-from .reader import Reader
+from .reader import Reader, shares
 
 __all__ = ["Channel", "Transport", "delay_of"]
 
@@ -79,6 +80,15 @@ DEFAULT_VISIBILITY_TIMEOUT = 3600.0  # kombu's Redis and SQS transports' default
 DEFAULT_WAIT = 10.0
 DEFAULT_BATCH = 100
 ID_KEY = "dbqueue_id"  # where a delivered message's dbqueue id rides, in its delivery info
+QUEUE_KEY = "dbqueue_queue"  # and the queue it was read from
+SENT_KEY = "dbqueue_sent_at"  # when it was sent (seconds since the epoch): for x-message-ttl
+BINDING = "_kombu.binding"  # a binding is an empty queue named BINDING|type|exchange|routing key|queue
+SEP = "|"
+TABLE_TTL = 1.0  # seconds a process trusts the bindings it listed; a lookup that finds nothing lists again
+FULL_POLL = 0.25  # seconds between looks at the other queues while a channel's prefetch is full
+TRANSIENT_CAPACITY = 1000  # most messages an auto-delete queue holds (its consumer may die without deleting it)
+Table = list[tuple[str, str | None, str]]  # kombu's routing table: (routing key, pattern, queue)
+_TYPES = {"DirectExchange": "direct", "TopicExchange": "topic", "FanoutExchange": "fanout"}
 
 
 def delay_of(payload: Mapping[str, Any], now: datetime | None = None) -> float:
@@ -127,12 +137,66 @@ class Channel(_VirtualChannel):  # type: ignore[misc]  # subclassing Any: kombu'
     """A kombu channel: queues, publishing, acknowledgements on the transport's dbqueue client."""
 
     connection: Transport
-    supports_fanout = False
+    supports_fanout = True
+
+    def __init__(self, connection: Any, **kwargs: Any) -> None:
+        super().__init__(connection, **kwargs)
+        self._auto_delete: set[str] = set()  # declared here with auto_delete: deleted when this channel closes
+        self._ttl: dict[str, float] = {}  # queue -> seconds a message lives (x-message-ttl), declared here
 
     # --- queues --------------------------------------------------------------------------
 
     def _new_queue(self, queue: str, **kwargs: Any) -> None:
-        self.connection.ensure_queue(queue)
+        arguments = kwargs.get("arguments") or {}
+        transient = bool(kwargs.get("auto_delete"))
+        self.connection.ensure_queue(queue, transient=transient)
+        if transient:
+            self._auto_delete.add(queue)
+        if arguments.get("x-message-ttl"):
+            self._ttl[queue] = float(arguments["x-message-ttl"]) / 1000
+
+    def queue_delete(self, queue: str, if_unused: bool = False, if_empty: bool = False, **kwargs: Any) -> None:
+        if if_empty and self._size(queue):
+            return
+        self.connection.unbind_all(queue)  # bindings made by any process, kept on the server
+        self._delete(queue)
+        self.state.queue_bindings_delete(queue)
+
+    def _queue_bind(self, exchange: str, routing_key: str, pattern: Any, queue: str) -> None:
+        self.connection.bind(self.typeof(exchange).__class__.__name__, exchange, routing_key, queue)
+
+    def queue_unbind(
+        self, queue: str, exchange: str | None = None, routing_key: str = "", arguments: Any = None, **kwargs: Any
+    ) -> None:
+        super().queue_unbind(queue, exchange, routing_key, arguments, **kwargs)
+        self.connection.unbind(exchange or "amq.direct", routing_key, queue)
+
+    def get_table(self, exchange: str) -> Table:
+        return self.connection.table(exchange)
+
+    def typeof(self, exchange: str, default: str = "direct") -> Any:
+        if exchange in self.state.exchanges:
+            return super().typeof(exchange, default)
+        # Declared by another process only: the bindings on the server know its type.
+        return self.exchange_types[self.connection.exchange_type(exchange) or default]
+
+    def _lookup(self, exchange: str, routing_key: str, default: str | None = None) -> list[str]:
+        found: list[str] = super()._lookup(exchange, routing_key, default)
+        if not found and exchange:
+            self.connection.forget_table(exchange)  # bound a moment ago, by another process?
+            found = super()._lookup(exchange, routing_key, default)
+        return found
+
+    def close(self) -> None:
+        transient, self._auto_delete = self._auto_delete, set()
+        transport = self.connection
+        super().close()  # gives back what it holds unacknowledged; forgets its transport
+        if transport is None or transport._client is None:
+            return
+        for queue in transient:
+            with contextlib.suppress(DbQueueError):
+                transport.unbind_all(queue)
+                transport.drop_queue(queue)
 
     def _has_queue(self, queue: str, **kwargs: Any) -> bool:
         try:
@@ -154,14 +218,32 @@ class Channel(_VirtualChannel):  # type: ignore[misc]  # subclassing Any: kombu'
             return 0
 
     def _delete(self, queue: str, *args: Any, **kwargs: Any) -> None:
-        self.connection.forget_queue(queue)
-        with contextlib.suppress(NoSuchQueue):
-            self.connection.dbqueue.delete(queue)
+        self.connection.drop_queue(queue)
 
     # --- messages ------------------------------------------------------------------------
 
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
+        message["properties"][SENT_KEY] = time.time()
         self.connection.send(queue, json.dumps(message).encode(), delay_of(message))
+
+    def _put_fanout(self, exchange: str, message: dict[str, Any], routing_key: str, **kwargs: Any) -> None:
+        message["properties"][SENT_KEY] = time.time()
+        data = json.dumps(message).encode()
+        for _, _, queue in self.get_table(exchange):
+            # A broadcast to a queue that is gone or full (its consumer died) is dropped, as a fanout drops it.
+            with contextlib.suppress(NoSuchQueue, QueueFull):
+                self.connection.dbqueue.send(queue, data)
+
+    def basic_consume(self, queue: str, no_ack: bool, callback: Any, consumer_tag: str, **kwargs: Any) -> Any:
+        if no_ack:
+            self.connection.no_ack.add(queue)
+        return super().basic_consume(queue, no_ack, callback, consumer_tag, **kwargs)
+
+    def expired(self, queue: str, payload: dict[str, Any]) -> bool:
+        """Whether a message read from ``queue`` outlived the x-message-ttl this channel declared it with."""
+        ttl = self._ttl.get(queue)
+        sent = payload.get("properties", {}).get(SENT_KEY)
+        return ttl is not None and sent is not None and time.time() - float(sent) > ttl
 
     def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
         found = self.connection.reader.read([queue], 1, 0.0)
@@ -201,7 +283,7 @@ class Channel(_VirtualChannel):  # type: ignore[misc]  # subclassing Any: kombu'
         return id_
 
     def _dead_letter(self, message: Any, id_: int) -> None:
-        queue = (message.delivery_info or {}).get("routing_key") or ""
+        queue = (message.delivery_info or {}).get(QUEUE_KEY) or ""
         target = self.connection.queue_option(queue, "dead_letter_queue")
         if target:
             payload = message.serializable()
@@ -219,7 +301,7 @@ class Transport(_VirtualTransport):  # type: ignore[misc]  # subclassing Any: ko
     driver_type = "dbqueue"
     driver_name = "dbqueue"
     implements = _VirtualTransport.implements.extend(
-        asynchronous=False, exchange_type=frozenset(["direct"]), heartbeats=False
+        asynchronous=False, exchange_type=frozenset(["direct", "topic", "fanout"]), heartbeats=False
     )
     connection_errors = (*_VirtualTransport.connection_errors, ConnectionLost)
     channel_errors = (*_VirtualTransport.channel_errors, RequestError)
@@ -244,6 +326,9 @@ class Transport(_VirtualTransport):  # type: ignore[misc]  # subclassing Any: ko
         self._reader: Reader | None = None
         self._queues: set[str] = set()
         self._queues_lock = threading.Lock()
+        self._tables: dict[str, tuple[float, Table]] = {}  # exchange -> (listed at, bindings)
+        self._turn = 0  # which queue of a channel is asked first: turns round, so none starves
+        self.no_ack: set[str] = set()  # queues consumed without acknowledgements: confirmed as they are read
 
     # --- the connection ------------------------------------------------------------------
 
@@ -283,8 +368,9 @@ class Transport(_VirtualTransport):  # type: ignore[misc]  # subclassing Any: ko
         own = (self.options.get("queue_options") or {}).get(queue) or {}
         return own.get(name, self.options.get(name))
 
-    def ensure_queue(self, queue: str) -> None:
-        """Create ``queue`` on the server (and its dead-letter queue first), once per connection."""
+    def ensure_queue(self, queue: str, transient: bool = False) -> None:
+        """Create ``queue`` on the server (and its dead-letter queue first), once per connection.
+        ``transient`` (kombu's auto_delete): bounded, as its consumer may die without deleting it."""
         if queue in self._queues:
             return
         dead_letter = self.queue_option(queue, "dead_letter_queue")
@@ -292,9 +378,10 @@ class Transport(_VirtualTransport):  # type: ignore[misc]  # subclassing Any: ko
             dead_letter = None  # the dead-letter queue itself, declared like any other
         if dead_letter:
             self.dbqueue.create(dead_letter)
+        capacity = self.queue_option(queue, "capacity") or (TRANSIENT_CAPACITY if transient else None)
         self.dbqueue.create(
             queue,
-            capacity=self.queue_option(queue, "capacity"),
+            capacity=capacity,
             max_deliveries=self.queue_option(queue, "max_deliveries") if dead_letter else None,
             dead_letter_queue=dead_letter or None,
         )
@@ -304,6 +391,71 @@ class Transport(_VirtualTransport):  # type: ignore[misc]  # subclassing Any: ko
     def forget_queue(self, queue: str) -> None:
         with self._queues_lock:
             self._queues.discard(queue)
+
+    def drop_queue(self, queue: str) -> None:
+        """Delete ``queue`` on the server (gone already is fine)."""
+        self.forget_queue(queue)
+        with contextlib.suppress(NoSuchQueue):
+            self.dbqueue.delete(queue)
+
+    # --- bindings, kept on the server so that every process routes alike ------------------
+
+    def bind(self, kind: str, exchange: str, routing_key: str, queue: str) -> None:
+        """Record a binding on the server, as an empty queue whose name says it all."""
+        name = SEP.join((BINDING, _TYPES.get(kind, "direct"), exchange, routing_key, queue))
+        if SEP in exchange + routing_key + queue or len(name.encode()) > MAX_NAME:
+            log.warning("dbqueue: binding of %r to %r (%r) kept in this process only", queue, exchange, routing_key)
+            return
+        self.dbqueue.create(name)
+        self.forget_table(exchange)
+
+    def unbind(self, exchange: str, routing_key: str, queue: str) -> None:
+        for name, (_, bound_exchange, key, bound) in self._bindings().items():
+            if (bound_exchange, key, bound) == (exchange, routing_key, queue):
+                with contextlib.suppress(NoSuchQueue):
+                    self.dbqueue.delete(name)
+        self.forget_table(exchange)
+
+    def unbind_all(self, queue: str) -> None:
+        """Delete every binding of ``queue``, whoever made it."""
+        for name, (_, exchange, _, bound) in self._bindings().items():
+            if bound == queue:
+                with contextlib.suppress(NoSuchQueue):
+                    self.dbqueue.delete(name)
+                self.forget_table(exchange)
+
+    def table(self, exchange: str) -> Table:
+        """kombu's routing table of ``exchange`` (routing key, pattern, queue), as the server holds it."""
+        listed = self._tables.get(exchange)
+        if listed is not None and time.monotonic() - listed[0] < TABLE_TTL:
+            return listed[1]
+        bindings = list(self._bindings().values())
+        now = time.monotonic()
+        for kind, name in {(kind, name) for kind, name, _, _ in bindings}:
+            rows = [(key, _pattern(kind, key), queue) for k, n, key, queue in bindings if (k, n) == (kind, name)]
+            self._tables[name] = (now, rows)
+        if exchange not in {name for _, name, _, _ in bindings}:
+            self._tables[exchange] = (now, [])
+        return self._tables[exchange][1]
+
+    def exchange_type(self, exchange: str) -> str | None:
+        """The type the server's bindings give ``exchange`` (None: no binding)."""
+        for kind, name, _, _ in self._bindings().values():
+            if name == exchange:
+                return kind
+        return None
+
+    def forget_table(self, exchange: str) -> None:
+        self._tables.pop(exchange, None)
+
+    def _bindings(self) -> dict[str, tuple[str, str, str, str]]:
+        """Every binding on the server: queue name -> (type, exchange, routing key, queue)."""
+        found = {}
+        for entry in self.dbqueue.list_queues():
+            parts = entry["name"].split(SEP)
+            if len(parts) == 5 and parts[0] == BINDING:
+                found[entry["name"]] = (parts[1], parts[2], parts[3], parts[4])
+        return found
 
     def send(self, queue: str, data: bytes, delay: float) -> None:
         """Send ``data`` to ``queue`` after ``delay`` seconds, creating the queue if it is missing."""
@@ -334,7 +486,7 @@ class Transport(_VirtualTransport):  # type: ignore[misc]  # subclassing Any: ko
         info = properties.setdefault("delivery_info", {})
         info[ID_KEY] = message.id
         info["redelivered"] = message.deliveries > 1
-        info.setdefault("routing_key", queue)
+        info[QUEUE_KEY] = queue
         payload["redelivered"] = message.deliveries > 1
         return payload
 
@@ -345,29 +497,70 @@ class Transport(_VirtualTransport):  # type: ignore[misc]  # subclassing Any: ko
         while True:
             wait = self.wait if deadline is None else min(self.wait, max(0.0, deadline - time.monotonic()))
             self.room.clear()  # before the prefetch is looked at: an ack from now on wakes the wait below
-            queues: list[str] = []
-            room = 0
-            for channel in self.channels:
-                if channel._consumers and channel.qos.can_consume():
-                    estimate = channel.qos.can_consume_max_estimate()
-                    room += self.batch if estimate is None else estimate
-                    queues.extend(queue for queue in channel._active_queues if queue not in queues)
-            if queues:
-                found = self.reader.read(queues, min(room, self.batch), wait)
+            plan, full = self._plan()
+            if not plan:
+                self.room.wait(min(wait, FULL_POLL))  # nothing may be read now: no consumer, or none with room
+            elif full:
+                # A channel's prefetch is full (its tasks run): read the others' queues without waiting,
+                # then wait for an ack, or a short while, so that a control command is not held up long.
+                found = self.reader.read_plan(plan, 0.0)
                 if found:
                     self._deliver_all(found)
                     return
+                self.room.wait(min(wait, FULL_POLL))
             else:
-                self.room.wait(wait)  # the prefetch is full: nothing to read until an ack
+                found = self.reader.read_plan(plan, wait)
+                if found:
+                    self._deliver_all(found)
+                    return
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError()  # socket.timeout, what kombu's callers expect
+
+    def _plan(self) -> tuple[list[tuple[str, int]], bool]:
+        """What to read: (queue, count) for every queue a channel consumes, within that channel's
+        prefetch; and whether some consuming channel's prefetch is full."""
+        self._turn += 1
+        plan: dict[str, int] = {}
+        full = False
+        for channel in self.channels:
+            if not channel._consumers:
+                continue
+            if not channel.qos.can_consume():
+                full = True
+                continue
+            estimate = channel.qos.can_consume_max_estimate()
+            room = self.batch if estimate is None else min(estimate, self.batch)
+            for queue, count in shares(channel._active_queues, room, self._turn):
+                plan[queue] = max(plan.get(queue, 0), count)
+        return list(plan.items()), full
 
     def _deliver_all(self, found: list[tuple[str, Message]]) -> None:
         for position, (queue, message) in enumerate(found):
             try:
-                self._deliver(self.payload(queue, message), queue)
+                payload = self.payload(queue, message)
+                if queue in self.no_ack or self._expired(queue, payload):
+                    # Taken for good as it is read (kombu's no_ack), or dropped: past its queue's message TTL.
+                    self.settle("confirm", self.dbqueue.confirm, message.id)
+                    payload["properties"]["delivery_info"].pop(ID_KEY, None)
+                    if queue not in self.no_ack:
+                        continue
+                self._deliver(payload, queue)
             except BaseException:
                 # Hand back what this read took and nobody got, rather than hold it a visibility timeout.
                 for _, rest in found[position + 1 :]:
                     self.settle("release", self.dbqueue.release, rest.id)
                 raise
+
+    def _expired(self, queue: str, payload: dict[str, Any]) -> bool:
+        return any(channel.expired(queue, payload) for channel in self.channels)
+
+
+def _pattern(kind: str, routing_key: str) -> str | None:
+    """The pattern kombu's virtual exchange of ``kind`` keeps beside a binding's routing key."""
+    if kind == "topic":
+        return str(_TOPIC.key_to_pattern(routing_key))
+    return None
+
+
+_TopicExchange: Any = virtual.exchange.TopicExchange
+_TOPIC = _TopicExchange(None)

@@ -69,6 +69,11 @@ class Reader:
         """
         plan = shares(queues, room, self._turn)
         self._turn += 1
+        return self.read_plan(plan, wait)
+
+    def read_plan(self, plan: Sequence[tuple[str, int]], wait: float) -> list[tuple[str, Message]]:
+        """Take up to ``count`` messages from each (queue, count) of ``plan``, waiting as `read` does."""
+        plan = [(queue, count) for queue, count in plan if count > 0]
         if not plan:
             return []
         found = self._try_each(plan)
@@ -84,7 +89,7 @@ class Reader:
             return [(queue, message) for message in batch]
         return self._wait_any(plan, wait)
 
-    def _try_each(self, plan: list[tuple[str, int]]) -> list[tuple[str, Message]]:
+    def _try_each(self, plan: Sequence[tuple[str, int]]) -> list[tuple[str, Message]]:
         pipeline = self.client.pipeline()
         for queue, count in plan:
             pipeline.read_batch(queue, count, visibility_timeout=self.visibility_timeout)
@@ -96,7 +101,7 @@ class Reader:
                 found.extend((queue, message) for message in answer)
         return found
 
-    def _wait_any(self, plan: list[tuple[str, int]], wait: float) -> list[tuple[str, Message]]:
+    def _wait_any(self, plan: Sequence[tuple[str, int]], wait: float) -> list[tuple[str, Message]]:
         connection = self.client.connection
         visibility = visibility_ms(self.visibility_timeout)
         waited = to_wait_ms(wait)
