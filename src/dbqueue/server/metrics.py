@@ -63,6 +63,7 @@ _QUEUE_COUNTERS = {
     "requeued": "Messages put back after a timeout, a release or a disconnect",
     "dead_lettered": "Messages moved to the dead-letter queue or dropped after max_deliveries",
     "purged": "Messages dropped by a purge",
+    "moved": "Messages moved out to another queue by MOVE",
 }
 
 
@@ -132,10 +133,20 @@ class _Collector:
             for queue in queues:
                 gauge.add_metric([queue["name"]], queue[field])
             yield gauge
+        # The age of the message a read would take next (0 when none is ready): kept by each queue, read
+        # here without a scan (`core.queue`'s enqueue-time marks).
+        age = GaugeMetricFamily(
+            "dbqueue_queue_oldest_ready_age_seconds",
+            "Age of the ready message a read would take next, since its first enqueue (0: none ready)",
+            labels=["queue"],
+        )
+        for queue in queues:
+            age.add_metric([queue["name"]], queue.get("oldest_ready_age_ms", 0) / 1000.0)
+        yield age
         for field, help_text in _QUEUE_COUNTERS.items():
             counter = CounterMetricFamily(f"dbqueue_queue_{field}", help_text, labels=["queue"])
             for queue in queues:
-                counter.add_metric([queue["name"]], queue[field])
+                counter.add_metric([queue["name"]], queue.get(field, 0))
             yield counter
         yield GaugeMetricFamily("dbqueue_connections", "Open client connections", value=self.connection_count())
         yield CounterMetricFamily("dbqueue_requests", "Requests handled", value=stats.requests)
