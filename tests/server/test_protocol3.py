@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from conftest import RawConnection, ServerThread
-
 from dbqueue.errors import ErrorCode
 from dbqueue.protocol import NEVER_MS, Flag, Op
 from dbqueue.protocol import messages as msg
