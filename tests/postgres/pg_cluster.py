@@ -72,18 +72,18 @@ class Cluster:
         cluster._run(
             "initdb", "-D", str(cluster.data), "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8", "--no-locale"
         )
-        cluster.configure(
-            listen_addresses="'127.0.0.1'",
-            port=str(cluster.port),
-            unix_socket_directories=f"'{root}'",
-            max_connections="200",
-            wal_level="replica",
-            max_wal_senders="10",
-            shared_buffers="64MB",
-            fsync="on",
-            synchronous_commit="on",
-            **settings,
-        )
+        defaults = {
+            "listen_addresses": "'127.0.0.1'",
+            "port": str(cluster.port),
+            "unix_socket_directories": f"'{root}'",
+            "max_connections": "200",
+            "wal_level": "replica",
+            "max_wal_senders": "10",
+            "shared_buffers": "64MB",
+            "fsync": "on",
+            "synchronous_commit": "on",
+        }
+        cluster.configure(**{**defaults, **settings})
         with open(cluster.data / "pg_hba.conf", "a") as hba:
             hba.write("host replication all 127.0.0.1/32 trust\n")
         return cluster

@@ -172,9 +172,10 @@ def test_enqueue_times_origins_visibility_timeouts_and_moves(harness: Harness) -
         0xFFFFFFFF,
         0,
     )
-    (one, four) = jobs.messages
-    assert one[0] == 1 and before <= one[4] <= after and one[5] is None
-    assert four == (4, b"b", 0, 0, 1_700_000_000_001, None)
-    assert dead.messages == [(100, b"given", 0, 0, 1_700_000_000_500, origin)]
-    assert other.messages == [(3, b"a", 0, 0, 1_700_000_000_001, None)]
+    assert [m[0] for m in jobs.messages] == [1, 4]
+    assert before <= jobs.enqueued_ms[0] <= after and jobs.enqueued_ms[1] == 1_700_000_000_001
+    assert jobs.origins == {} and other.origins == {}
+    assert dead.messages == [(100, b"given", 0, 0)]
+    assert dead.enqueued_ms == [1_700_000_000_500] and dead.origins == {100: origin}
+    assert other.messages == [(3, b"a", 0, 0)] and other.enqueued_ms == [1_700_000_000_001]
     store.close()

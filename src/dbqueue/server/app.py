@@ -107,7 +107,7 @@ from .security import TlsGate
 from .session import Session
 
 if TYPE_CHECKING:
-    from ..store.postgres import PostgresStore
+    from ..store.postgres import Batch, PostgresStore
 
     AnyStore: TypeAlias = Store | PostgresStore
 
@@ -232,6 +232,11 @@ class Server:
         self.store_url = store
         self.standby = standby
         self._part_check: asyncio.TimerHandle | None = None
+        # PostgreSQL: commits are written without blocking the loop (`_write`), one at a time; meanwhile,
+        # `_held` counts each connection's replies waiting for a commit, so that `write` keeps their order.
+        self._writes_async = False
+        self._write_task: asyncio.Task[None] | None = None
+        self._held: dict[asyncio.Transport, int] = {}
         self._standby_task: asyncio.Task[None] | None = None
         self._outbox: list[tuple[asyncio.Transport, bytes]] = []  # replies waiting for the next commit
         self._closing: list[asyncio.Transport] = []
@@ -362,8 +367,10 @@ class Server:
         if self._part_check is not None:
             self._part_check.cancel()
             self._part_check = None
+        if self._write_task is not None:
+            await asyncio.wait([self._write_task])  # its replies go out (or its errors) before the store closes
         if self.store is not None:
-            self._commit(reload=False)
+            self._commit(reload=False, blocking=True)
             if self._reclaimer is not None:
                 self._reclaimer.cancel()
             try:
@@ -405,12 +412,24 @@ class Server:
                 self._drained(transport)
             return
         self._outbox.append((transport, data))
+        if self._writes_async:
+            held = self._held
+            held[transport] = held.get(transport, 0) + 1
         if not self._commit_scheduled:
             self._commit_scheduled = True
             self._loop.call_soon(self._commit)  # type: ignore[union-attr]  # set by start, before any session
 
     def write(self, transport: asyncio.Transport, data: bytes) -> None:
-        """Write a reply now, even with a store: for replies that report no change to it (reads)."""
+        """Write a reply now, even with a store: for replies that report no change to it (reads).
+
+        With writes under way (PostgreSQL), a connection that has replies waiting for a commit gets
+        this one after them: replies keep the order of their requests."""
+        if self._held and transport in self._held:
+            self.send(transport, data)
+            return
+        self._write_out(transport, data)
+
+    def _write_out(self, transport: asyncio.Transport, data: bytes) -> None:
         transport.write(data)
         unsent = transport.get_write_buffer_size()
         if unsent:
@@ -486,13 +505,19 @@ class Server:
         else:
             self._closing.append(transport)
 
-    def _commit(self, reload: bool = True) -> None:
+    def _commit(self, reload: bool = True, blocking: bool = False) -> None:
         # Everything handled since the last commit, across every connection, in one
         # transaction; then the replies it allows. Runs once per loop iteration at most.
         self._commit_scheduled = False
         store = self.store
         if store is None:
             return
+        if self._writes_async and not blocking:
+            if self._write_task is not None:
+                return  # a batch is being written: what was handled since follows it (`_write`)
+            if store.pending():
+                self._start_write(store)  # type: ignore[arg-type]  # `_writes_async` only with a PostgresStore
+                return
         try:
             if store.pending():
                 store.commit()
@@ -500,18 +525,67 @@ class Server:
             self._commit_failed(store, exc, reload)
             return
         outbox, self._outbox = self._outbox, []
-        for transport, data in outbox:
-            if not transport.is_closing():
-                self.write(transport, data)
+        self._flush(outbox)
         closing, self._closing = self._closing, []
         for transport in closing:
             transport.close()
+
+    def _flush(self, outbox: list[tuple[asyncio.Transport, bytes]]) -> None:
+        # The replies a commit allows, in the order they were made.
+        held = self._held
+        for transport, data in outbox:
+            if held:
+                count = held.pop(transport, 0) - 1
+                if count > 0:
+                    held[transport] = count
+            if not transport.is_closing():
+                self._write_out(transport, data)
+
+    def _start_write(self, store: PostgresStore) -> None:
+        # Async group commit (PostgreSQL): the batch is written while the loop goes on handling requests;
+        # its replies (and connections to close after them) wait for it, those of later requests for the next.
+        batch = store.begin()
+        outbox, self._outbox = self._outbox, []
+        closing, self._closing = self._closing, []
+        self._write_task = self._loop.create_task(  # type: ignore[union-attr]  # set by start
+            self._write(store, batch, outbox, closing)
+        )
+
+    async def _write(
+        self,
+        store: PostgresStore,
+        batch: Batch,
+        outbox: list[tuple[asyncio.Transport, bytes]],
+        closing: list[asyncio.Transport],
+    ) -> None:
+        try:
+            await store.write(batch)
+        except StoreError as exc:
+            store.finish(batch, written=False)
+            self._write_task = None
+            # Everything handled since was built on the failed batch: all of it is answered with errors.
+            self._outbox[:0] = outbox
+            self._closing[:0] = closing
+            self._commit_failed(store, exc, reload=True)
+            return
+        except BaseException:
+            store.finish(batch, written=False)
+            self._write_task = None
+            raise
+        store.finish(batch, written=True)
+        self._write_task = None
+        self._flush(outbox)
+        for transport in closing:
+            transport.close()
+        if self._outbox or self._closing or store.pending():
+            self._commit()
 
     def _commit_failed(self, store: AnyStore, exc: StoreError, reload: bool) -> None:
         # Nothing of the batch was written: every reply waiting for it becomes a StoreUnavailable
         # error for the request it answered, and the memory goes back to the store's last commit.
         reason = str(exc)
         outbox, self._outbox = self._outbox, []
+        self._held.clear()
         log.error("the store cannot commit, %d replies answered StoreUnavailable: %s", len(outbox), reason)
         for transport, data in outbox:
             if not transport.is_closing():
@@ -665,6 +739,7 @@ class Server:
             self.broker = self._new_broker()
             self._number_from_now(self.broker)
         self.store = store
+        self._writes_async = True
         snapshot = store.load()
         restored = self.broker.restore(snapshot, self.clock())
         self.broker.attach(store)
@@ -722,7 +797,8 @@ class Server:
             return
         except StoreError as exc:
             self._degrade(store, str(exc))
-            self._reload(store)
+            if self._write_task is None:  # else the write under way fails too, and reloads
+                self._reload(store)
         else:
             if members:
                 self.members = members

@@ -97,23 +97,44 @@ _QueueOp = tuple[int, bytes, int, int, bytes | None, int] | tuple[int] | tuple[i
 _Row = tuple[int, int, int, bytes, int, int, int]
 
 
+_CONNECT_OPTIONS: dict[str, Any] = {
+    "autocommit": True,
+    "connect_timeout": 3,
+    "keepalives": 1,
+    "keepalives_idle": 1,
+    "keepalives_interval": 1,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 5000,  # a commit on a link that went dead fails within 5 s instead of the kernel's 15 min
+}
+# The server side: PostgreSQL ends the session (and frees the part's lock) of a member cut off from it.
+_KEEPALIVES = b"SET tcp_keepalives_idle = 1; SET tcp_keepalives_interval = 1; SET tcp_keepalives_count = 3"
+
+
 def connect(url: str) -> psycopg.Connection[Any]:
     """A connection to ``url`` in autocommit mode, with keepalives both ways so a dead link is noticed in seconds.
 
     Raises `psycopg.Error`.
     """
-    con = psycopg.connect(
-        url,
-        autocommit=True,
-        connect_timeout=3,
-        keepalives=1,
-        keepalives_idle=1,
-        keepalives_interval=1,
-        keepalives_count=3,
-        tcp_user_timeout=5000,  # a commit on a link that went dead fails within 5 s instead of the kernel's 15 min
-    )
-    # The server side: PostgreSQL ends the session (and frees the part's lock) of a member cut off from it.
-    con.execute("SET tcp_keepalives_idle = 1; SET tcp_keepalives_interval = 1; SET tcp_keepalives_count = 3")
+    con = psycopg.connect(url, **_CONNECT_OPTIONS)
+    con.execute(_KEEPALIVES)
+    return con
+
+
+class Batch:
+    """Changes taken from the buffer (`PostgresStore.begin`) for one `PostgresStore.write`."""
+
+    __slots__ = ("statements", "adds", "reserved")
+
+    def __init__(self, statements: list[tuple[bytes, Sequence[Any]]], adds: dict[int, _Row], reserved: int) -> None:
+        self.statements = statements
+        self.adds = adds
+        self.reserved = reserved
+
+
+async def connect_async(url: str) -> psycopg.AsyncConnection[Any]:
+    """`connect`'s settings on an asyncio connection (the session `PostgresStore.write` commits on)."""
+    con = await psycopg.AsyncConnection.connect(url, **_CONNECT_OPTIONS)
+    await con.execute(_KEEPALIVES)
     return con
 
 
@@ -132,6 +153,9 @@ class PostgresStore:
         self.epoch = epoch
         self.address = address
         self._con: psycopg.Connection[Any] | None = con
+        # The session of `write`, opened by its first call: commits on the event loop, without blocking it.
+        self._acon: psycopg.AsyncConnection[Any] | None = None
+        self._writing: dict[int, _Row] = {}  # the additions of the batch being written
         self._low = part << MEMBER_SHIFT
         self._high = (part + 1) << MEMBER_SHIFT
         self._read_state(con)
@@ -203,6 +227,7 @@ class PostgresStore:
         finally:
             self._con = None
             con.close()
+            self._drop_async()
 
     def __enter__(self) -> Self:
         return self
@@ -247,6 +272,8 @@ class PostgresStore:
                 (self.part,),
             ).fetchall()
             by_qid: dict[int, list[StoredMessage]] = {qid: [] for qid, *_ in queues}
+            times: dict[int, list[int]] = {qid: [] for qid, *_ in queues}
+            origins: dict[int, dict[int, Origin]] = {qid: {} for qid, *_ in queues}
             cur = con.cursor(binary=True)
             cur.execute(
                 b"SELECT qid, id, data, deliveries, due_ms, enqueued_ms,"
@@ -255,8 +282,10 @@ class PostgresStore:
                 (self._low, self._high),
             )
             for qid, id_, data, deliveries, due_ms, enqueued_ms, o_queue, o_id, o_enqueued, o_deliveries in cur:
-                origin = None if o_queue is None else Origin(bytes(o_queue), o_id, o_enqueued, o_deliveries)
-                by_qid[qid].append((id_, bytes(data), deliveries, due_ms, enqueued_ms, origin))
+                by_qid[qid].append((id_, bytes(data), deliveries, due_ms))
+                times[qid].append(enqueued_ms)
+                if o_queue is not None:
+                    origins[qid][id_] = Origin(bytes(o_queue), o_id, o_enqueued, o_deliveries)
         except psycopg.Error as exc:
             raise StoreError(f"{self.where}: cannot read the store: {exc}") from exc
         except KeyError as exc:
@@ -269,6 +298,8 @@ class PostgresStore:
                 dead_letter=None if dead_letter is None else bytes(dead_letter),
                 messages=by_qid[qid],
                 visibility_timeout_ms=visibility_timeout_ms,
+                enqueued_ms=times[qid],
+                origins=origins[qid],
             )
             for qid, name, capacity, max_deliveries, dead_letter, visibility_timeout_ms in queues
         ]
@@ -327,6 +358,14 @@ class PostgresStore:
         if con is not None:
             with contextlib.suppress(psycopg.Error):
                 con.close()
+        self._drop_async()
+
+    def _drop_async(self) -> None:
+        # The next `write` connects anew; the old session's socket is closed now (libpq's close does not wait).
+        acon, self._acon = self._acon, None
+        if acon is not None:
+            with contextlib.suppress(psycopg.Error):
+                acon.pgconn.finish()
 
     # --- ownership and membership ----------------------------------------------------
 
@@ -377,8 +416,8 @@ class PostgresStore:
             raise StoreError(f"{self.where}: the database cannot be reached: {exc}") from exc
 
     def reclaim(self, max_pages: int = 0) -> int:
-        """Commit what is buffered; PostgreSQL's autovacuum gives space back. Returns 0."""
-        self.commit()
+        """Nothing to do: PostgreSQL's autovacuum gives space back (and the server's commits write the buffer).
+        Returns 0."""
         return 0
 
     # --- buffered changes (the hot path: no database here) ------------------------------
@@ -491,8 +530,9 @@ class PostgresStore:
             self._reserved = upto
 
     def committed(self, id_: int) -> bool:
-        """Whether message ``id_``, if stored, is in the database (its addition is not buffered)."""
-        return id_ not in self._adds
+        """Whether message ``id_``, if stored, is in the database (its addition is neither buffered nor
+        being written)."""
+        return id_ not in self._adds and id_ not in self._writing
 
     def pending(self) -> bool:
         """Whether anything is buffered that `commit` would write."""
@@ -508,31 +548,21 @@ class PostgresStore:
     # --- writing ---------------------------------------------------------------------
 
     def commit(self) -> None:
-        """Write every change buffered since the last commit in one fenced transaction, in one round trip.
+        """Write every change buffered since the last commit in one fenced transaction, in one round trip,
+        on the store's own (blocking) session.
 
         Returns at once when nothing is buffered. Raises `PartLost` if the part
         was taken over (nothing written, ever again), `StoreError` if PostgreSQL
-        fails: nothing of the batch is written and the buffer is kept.
+        fails: nothing of the batch is written and the buffer is kept. Never
+        while a `write` is under way.
         """
         if not self.pending():
             return
         con = self._connection()
-        part = self.part
         try:
             with con.pipeline(), con.transaction():
-                con.execute(_FENCE, (part, self.epoch))
-                for op in self._queue_ops:
-                    self._queue_op(con, op)
-                if self._reserved != self._reserved_written:
-                    con.execute(_RESERVE, (self._reserved, part, self._reserved))
-                if self._deliveries:
-                    con.execute(_SET_DELIVERIES, (list(self._deliveries), list(self._deliveries.values())))
-                if self._dues:
-                    con.execute(_SET_DUE, (list(self._dues), list(self._dues.values())))
-                if self._removes:
-                    con.execute(_DELETE, (self._removes,))
-                if self._adds:
-                    self._insert(con)
+                for statement, params in self._statements():
+                    con.execute(statement, params)
         except psycopg.errors.RaiseException as exc:
             raise PartLost(f"{self.where}: {exc}") from exc
         except psycopg.Error as exc:
@@ -540,24 +570,72 @@ class PostgresStore:
         self._clear_buffer()
         self._reserved_written = self._reserved
 
-    def _insert(self, con: psycopg.Connection[Any]) -> None:
-        rows = list(self._adds.values())
-        origins = self._origins
-        if origins:
-            con.cursor().executemany(_INSERT_ORIGIN, [(*self._adds[id_], *origin) for id_, origin in origins.items()])
-            rows = [row for row in rows if row[0] not in origins]
-        if rows:
-            con.execute(_INSERT, [list(column) for column in zip(*rows, strict=True)])
+    def begin(self) -> Batch:
+        """Take everything buffered as a `Batch` for `write` (the buffer starts empty again).
 
-    def _queue_op(self, con: psycopg.Connection[Any], op: _QueueOp) -> None:
+        Until `finish`, the batch's additions count as not committed (`committed`).
+        """
+        batch = Batch(self._statements(), self._adds, self._reserved)
+        self._writing = self._adds
+        self._clear_buffer()
+        return batch
+
+    async def write(self, batch: Batch) -> None:
+        """Commit ``batch`` in one fenced transaction, in one round trip, without blocking the event loop.
+
+        Raises `PartLost` if the part was taken over, `StoreError` if PostgreSQL
+        fails (nothing of the batch is written: the caller reads the part back).
+        """
+        try:
+            con = self._acon
+            if con is None or con.closed or con.broken:
+                self._acon = None
+                con = self._acon = await connect_async(self.url)
+            async with con.pipeline(), con.transaction():
+                for statement, params in batch.statements:
+                    await con.execute(statement, params)
+        except psycopg.errors.RaiseException as exc:
+            raise PartLost(f"{self.where}: {exc}") from exc
+        except psycopg.Error as exc:
+            raise StoreError(f"{self.where}: commit failed, nothing of the batch was written: {exc}") from exc
+
+    def finish(self, batch: Batch, written: bool) -> None:
+        """The end of ``batch``'s `write`: its additions are committed (``written``), or gone with it."""
+        self._writing = {}
+        if written:
+            self._reserved_written = max(self._reserved_written, batch.reserved)
+
+    def _statements(self) -> list[tuple[bytes, Sequence[Any]]]:
+        # The buffered changes as statements, in the order the module's docstring gives, the fence first.
+        part = self.part
+        statements: list[tuple[bytes, Sequence[Any]]] = [(_FENCE, (part, self.epoch))]
+        for op in self._queue_ops:
+            statements += self._queue_op(op)
+        if self._reserved != self._reserved_written:
+            statements.append((_RESERVE, (self._reserved, part, self._reserved)))
+        if self._deliveries:
+            statements.append((_SET_DELIVERIES, (list(self._deliveries), list(self._deliveries.values()))))
+        if self._dues:
+            statements.append((_SET_DUE, (list(self._dues), list(self._dues.values()))))
+        if self._removes:
+            statements.append((_DELETE, (self._removes,)))
+        if self._adds:
+            rows = list(self._adds.values())
+            origins = self._origins
+            if origins:
+                statements += [(_INSERT_ORIGIN, (*self._adds[id_], *origin)) for id_, origin in origins.items()]
+                rows = [row for row in rows if row[0] not in origins]
+            if rows:
+                statements.append((_INSERT, [list(column) for column in zip(*rows, strict=True)]))
+        return statements
+
+    def _queue_op(self, op: _QueueOp) -> list[tuple[bytes, Sequence[Any]]]:
         qid = op[0]
         if len(op) == 6:
-            con.execute(_CREATE_QUEUE, (self.part, *op))
-        elif len(op) == 1:
-            con.execute(_DELETE_MESSAGES_OF, (qid, self._low, self._high))
-            con.execute(_DELETE_QUEUE, (self.part, qid))
-        else:
-            con.execute(_PURGE_MESSAGES_OF, (qid, self._low, self._high, sorted(op[1])))
+            return [(_CREATE_QUEUE, (self.part, *op))]
+        if len(op) == 1:
+            return [(_DELETE_MESSAGES_OF, (qid, self._low, self._high)), (_DELETE_QUEUE, (self.part, qid))]
+        return [(_PURGE_MESSAGES_OF, (qid, self._low, self._high, sorted(op[1])))]
 
     # --- internals -------------------------------------------------------------------
 

@@ -1,0 +1,324 @@
+"""dbqueue on PostgreSQL against its SQLite store, PgQueuer and a plain SKIP LOCKED queue, on one PostgreSQL.
+
+    python bench/postgres.py                          # every system, 2 rounds
+    python bench/postgres.py --systems dbqueue-pg,skip-locked --rounds 1
+    python bench/postgres.py --smoke                  # a few seconds: CI's check that it works
+
+One throwaway cluster (tests/postgres/pg_cluster.py, ``synchronous_commit=on``,
+``fsync=on``) serves every PostgreSQL system in turn, each in a fresh database.
+The load is the same for all: ``--producers`` producers each send
+``--iterations`` batches of ``--pipeline`` messages of ``--payload`` bytes,
+``--consumers`` consumers receive and acknowledge until all are acknowledged.
+
+* dbqueue-pg / dbqueue-sqlite: a dbqueue server process (``Server(store=URL)``
+  or ``--data-dir``, sync "os") driven by the original load test
+  (`dbqueue.loadtest.run_load`: pipelined sends, reads, confirms; every reply
+  checked); ``--batch 100`` sends, reads and confirms batches of 100 instead;
+* pgqueuer: PgQueuer (PyPI) on asyncpg: producers ``Queries.enqueue`` a batch of
+  ``--pipeline`` jobs per call, consumers are QueueManagers whose entrypoint
+  counts the job (PgQueuer then deletes it and logs it, as it does in use);
+* skip-locked: the queue everyone writes first, on asyncpg: a producer inserts
+  its batch in one transaction; a consumer takes up to ``--pipeline`` rows with
+  ``SELECT ... FOR UPDATE SKIP LOCKED`` and deletes them, in one transaction.
+
+Reported per run: messages/s (sent, received and acknowledged), the PostgreSQL
+server's CPU seconds per 1,000 messages (every backend's and the postmaster's
+user + system time, from /proc, over the run) and WAL bytes per message
+(``pg_current_wal_lsn`` before and after). The machine is shared: runs
+alternate between systems so drift moves all alike; medians over rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests" / "postgres"))
+from pg_cluster import Cluster, free_port  # noqa: E402
+
+from dbqueue import Client, ConnectionLost  # noqa: E402
+from dbqueue.loadtest import BenchConfig, DbQueueDriver, run_load  # noqa: E402
+
+SYSTEMS = ("dbqueue-pg", "dbqueue-sqlite", "pgqueuer", "skip-locked")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def pg_cpu_seconds(cluster: Cluster) -> float:
+    """CPU used so far by the cluster: the postmaster, its reaped children, and its live children."""
+    pid = cluster.pid()
+    if pid is None:
+        return 0.0
+    total = _stat_ticks(pid, with_children=True)
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    total += sum(_stat_ticks(int(child)) for child in children)
+    return total / CLK_TCK
+
+
+def _stat_ticks(pid: int, with_children: bool = False) -> int:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime
+    if with_children:
+        ticks += int(fields[13]) + int(fields[14])  # cutime, cstime
+    return ticks
+
+
+async def wal_lsn(url: str) -> str:
+    con = await asyncpg.connect(url)
+    try:
+        return str(await con.fetchval("SELECT pg_current_wal_lsn()::text"))
+    finally:
+        await con.close()
+
+
+async def wal_bytes(url: str, start: str) -> int:
+    con = await asyncpg.connect(url)
+    try:
+        return int(await con.fetchval("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::text::pg_lsn)", start))
+    finally:
+        await con.close()
+
+
+# --- dbqueue -------------------------------------------------------------------------
+
+
+def start_dbqueue(kind: str, url: str, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port = free_port()
+    if kind == "dbqueue-pg":
+        options = f"store={url!r}"
+    else:
+        options = f"data_dir={str(workdir / f'sqlite-{port}')!r}"
+    code = f"from dbqueue.server import Server, run; run(Server(port={port}, {options}))"
+    log = open(workdir / f"{kind}-{port}.log", "wb")  # noqa: SIM115  # the child writes it for its whole life
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            Client.connect(f"127.0.0.1:{port}", timeout=1.0).close()
+            return process, port
+        except ConnectionLost:
+            if process.poll() is not None or time.monotonic() > deadline:
+                log_text = (workdir / f"{kind}-{port}.log").read_text()[-2000:]
+                raise RuntimeError(f"{kind} did not start: {log_text}") from None
+            time.sleep(0.05)
+
+
+async def run_dbqueue(kind: str, url: str, args: argparse.Namespace, workdir: Path) -> tuple[int, float]:
+    process, port = start_dbqueue(kind, url, workdir)
+    try:
+        config = BenchConfig(
+            addresses=[("127.0.0.1", port)],
+            producers=args.producers,
+            consumers=args.consumers,
+            pipeline=args.pipeline,
+            iterations=args.iterations,
+            payload=args.payload,
+            batch=args.batch,
+            visibility_timeout=30.0,
+            time_limit=600.0,
+        )
+        result = await run_load(DbQueueDriver(config))
+        return result.messages, result.seconds
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+# --- a plain SKIP LOCKED queue on asyncpg --------------------------------------------
+
+
+async def run_skip_locked(url: str, args: argparse.Namespace) -> tuple[int, float]:
+    setup = await asyncpg.connect(url)
+    await setup.execute("CREATE TABLE IF NOT EXISTS jobs (id bigserial PRIMARY KEY, payload bytea NOT NULL)")
+    await setup.close()
+    total = args.producers * args.iterations * args.pipeline
+    payload = b"x" * args.payload
+    done = 0
+
+    async def produce() -> None:
+        con = await asyncpg.connect(url)
+        rows = [(payload,)] * args.pipeline
+        for _ in range(args.iterations):
+            async with con.transaction():
+                await con.executemany("INSERT INTO jobs (payload) VALUES ($1)", rows)
+        await con.close()
+
+    async def consume() -> None:
+        nonlocal done
+        con = await asyncpg.connect(url)
+        take = await con.prepare("SELECT id, payload FROM jobs ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED")
+        while done < total:
+            async with con.transaction():
+                rows = await take.fetch(args.pipeline)
+                if rows:
+                    await con.execute("DELETE FROM jobs WHERE id = ANY($1::bigint[])", [row[0] for row in rows])
+            if rows:
+                done += len(rows)
+            else:
+                await asyncio.sleep(0.001)
+        await con.close()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(produce() for _ in range(args.producers)), *(consume() for _ in range(args.consumers)))
+    return total, time.perf_counter() - start
+
+
+# --- PgQueuer ------------------------------------------------------------------------
+
+
+async def run_pgqueuer(url: str, args: argparse.Namespace) -> tuple[int, float]:
+    from pgqueuer.db import AsyncpgDriver
+    from pgqueuer.models import Job
+    from pgqueuer.qm import QueueManager
+    from pgqueuer.queries import Queries
+
+    setup = await asyncpg.connect(url)
+    await Queries(AsyncpgDriver(setup)).install()
+    await setup.close()
+    total = args.producers * args.iterations * args.pipeline
+    payload = b"x" * args.payload
+    done = 0
+    managers: list[QueueManager] = []
+    finished = asyncio.Event()
+
+    async def produce() -> None:
+        con = await asyncpg.connect(url)
+        queries = Queries(AsyncpgDriver(con))
+        for _ in range(args.iterations):
+            await queries.enqueue(["bench"] * args.pipeline, [payload] * args.pipeline, [0] * args.pipeline)
+        await con.close()
+
+    async def consume() -> None:
+        con = await asyncpg.connect(url)
+        manager = QueueManager(Queries(AsyncpgDriver(con)))
+        managers.append(manager)
+
+        @manager.entrypoint("bench")
+        async def work(job: Job) -> None:
+            nonlocal done
+            done += 1
+            if done >= total:
+                finished.set()
+
+        await manager.run(batch_size=args.pipeline, dequeue_timeout=timedelta(seconds=0.05))
+        await con.close()
+
+    async def stop_when_done() -> None:
+        await finished.wait()
+        for manager in managers:
+            manager.shutdown.set()
+
+    start = time.perf_counter()
+    await asyncio.gather(
+        *(produce() for _ in range(args.producers)), *(consume() for _ in range(args.consumers)), stop_when_done()
+    )
+    return total, time.perf_counter() - start
+
+
+# --- the runs ------------------------------------------------------------------------
+
+
+async def measure(
+    cluster: Cluster, url: str, system: str, run: Callable[[], Awaitable[tuple[int, float]]]
+) -> dict[str, Any]:
+    # CPU and WAL include the connections' setup (and a dbqueue server's start): small beside a run.
+    lsn = await wal_lsn(url)
+    cpu = pg_cpu_seconds(cluster)
+    messages, seconds = await run()
+    cpu = pg_cpu_seconds(cluster) - cpu
+    wal = await wal_bytes(url, lsn)
+    return {
+        "system": system,
+        "messages": messages,
+        "seconds": seconds,
+        "rate": messages / seconds,
+        "pg_cpu_ms_per_1k": cpu / messages * 1e6,
+        "wal_per_message": wal / messages,
+    }
+
+
+def runner(
+    system: str, url: str, args: argparse.Namespace, workdir: Path
+) -> Callable[[], Awaitable[tuple[int, float]]]:
+    """The run of ``system`` on the database at ``url``."""
+    if system.startswith("dbqueue-"):
+        return lambda: run_dbqueue(system, url, args, workdir)
+    if system == "pgqueuer":
+        return lambda: run_pgqueuer(url, args)
+    if system == "skip-locked":
+        return lambda: run_skip_locked(url, args)
+    raise ValueError(f"unknown system {system!r}; known: {', '.join(SYSTEMS)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--systems", default=",".join(SYSTEMS))
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--producers", type=int, default=8)
+    parser.add_argument("--consumers", type=int, default=8)
+    parser.add_argument("--pipeline", type=int, default=32)
+    parser.add_argument("--iterations", type=int, default=100)
+    parser.add_argument("--payload", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=1, help="dbqueue only: messages per send, read and confirm")
+    parser.add_argument("--smoke", action="store_true", help="tiny runs, one round")
+    parser.add_argument(
+        "--pg-setting", action="append", default=[], metavar="NAME=VALUE", help="a postgresql.conf setting (repeat)"
+    )
+    args = parser.parse_args()
+    if args.smoke:
+        args.rounds, args.iterations, args.producers, args.consumers = 1, 5, 2, 2
+    systems = args.systems.split(",")
+    cluster = Cluster.create(**dict(setting.split("=", 1) for setting in args.pg_setting)).start()
+    workdir = Path(tempfile.mkdtemp(prefix="dbqueue-bench-pg-"))
+    results: dict[str, list[dict[str, Any]]] = {system: [] for system in systems}
+    try:
+        runs = 0
+        for round_ in range(args.rounds):
+            for system in systems:
+                runs += 1
+                url = cluster.create_database(f"bench{runs}")
+                row = asyncio.run(measure(cluster, url, system, runner(system, url, args, workdir)))
+                results[system].append(row)
+                print(
+                    f"round {round_} {system:15} {row['rate']:9.0f} msg/s  {row['seconds']:6.2f} s"
+                    f"  PostgreSQL CPU {row['pg_cpu_ms_per_1k']:7.1f} ms/1k msg"
+                    f"  WAL {row['wal_per_message']:6.0f} B/msg",
+                    flush=True,
+                )
+    finally:
+        cluster.remove()
+        with contextlib.suppress(OSError):
+            subprocess.run(["rm", "-rf", str(workdir)], check=False)
+    print(
+        f"\nmedians over {args.rounds} rounds ({args.producers} producers, {args.consumers} consumers,"
+        f" pipeline {args.pipeline}, batch {args.batch}, {args.payload}-byte payloads, synchronous_commit=on):"
+    )
+    base = statistics.median(r["rate"] for r in results.get("dbqueue-pg", [])) if "dbqueue-pg" in results else None
+    for system, rows in results.items():
+        rate = statistics.median(r["rate"] for r in rows)
+        ratio = f"  dbqueue-pg = {base / rate:5.2f}x" if base and system != "dbqueue-pg" else ""
+        print(
+            f"  {system:15} {rate:9.0f} msg/s  PostgreSQL CPU"
+            f" {statistics.median(r['pg_cpu_ms_per_1k'] for r in rows):7.1f} ms/1k msg"
+            f"  WAL {statistics.median(r['wal_per_message'] for r in rows):6.0f} B/msg{ratio}"
+        )
+
+
+if __name__ == "__main__":
+    main()
