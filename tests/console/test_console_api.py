@@ -364,3 +364,32 @@ def test_create_with_a_visibility_timeout_or_never(served: Any) -> None:
     with Client.connect(served.address) as native:
         assert native.stats("quick")["visibility_timeout_ms"] == 2500
         assert native.stats("forever")["visibility_timeout_ms"] == 0xFFFFFFFF
+
+
+def test_a_group_shows_every_member_and_the_totals(server_factory: Callable[..., Any]) -> None:
+    threads = [server_factory(member_index=n, **({"http_port": 0} if n == 0 else {})) for n in range(3)]
+    addresses = [thread.address for thread in threads]
+
+    def join(thread: Any) -> None:
+        thread.server.members = list(addresses)
+
+    for thread in threads:
+        thread.call(lambda thread=thread: join(thread))
+    for n, thread in enumerate(threads):
+        with Client.connect(thread.address) as native:
+            native.create("shared")
+            native.send_batch("shared", [b"m"] * (n + 1) * 10)
+    threads[2].stop()  # a member down is shown with its error
+    api = api_of(threads[0])
+    api.open()
+
+    def group() -> Any:
+        overview = api.get("overview")["group"]
+        members = overview["members"]
+        return members[1]["queues"] and members[2]["error"] and overview
+
+    overview = wait_for(group, what="the members' figures")
+    assert [m["address"] for m in overview["members"]] == addresses
+    assert overview["members"][0]["self"] and overview["members"][1]["error"] is None
+    shared = overview["queues"][0]
+    assert (shared["name"], shared["ready"], shared["members"]) == ("shared", 30, {"0": 10, "1": 20})

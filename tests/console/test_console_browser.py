@@ -361,3 +361,33 @@ def test_html_script_and_invalid_utf8_are_shown_inert(
     # Nothing was even attempted: no image fetched, no script refused by the Content-Security-Policy.
     severe = [entry["message"] for entry in page.get_log("browser") if entry["level"] == "SEVERE"]
     assert not severe, severe
+
+
+def test_a_group_is_shown_member_by_member_with_its_totals(
+    page: Any, server_factory: Callable[..., Any], tmp_path: Path
+) -> None:
+    threads = [server_factory(member_index=n, **({"http_port": 0} if n == 0 else {})) for n in range(3)]
+    addresses = [thread.address for thread in threads]
+    for thread in threads:
+        thread.call(lambda thread=thread: setattr(thread.server, "members", list(addresses)))
+    for n, thread in enumerate(threads):
+        with Client.connect(thread.address) as native:
+            for name in ("orders", "emails"):
+                native.create(name)
+                native.send_batch(name, [b"m"] * (n + 1) * (5 if name == "orders" else 2))
+    load = Load(threads[1].address, "orders", send_every=0.02, read_every=0.02).start()
+    try:
+        page.get(f"http://127.0.0.1:{threads[0].server.http_port}/")
+        wait_for(lambda: by(page, "#group-view").is_displayed(), what="the group")
+        wait_for(lambda: by(page, '#members tr[data-member="2"] td.f-ready').text == "21", what="member 2's figures")
+        wait_for(
+            lambda: by(page, f'#group-queues tr[data-queue="{key("emails")}"] td.f-ready').text == "12",
+            what="the group's emails",
+        )
+        assert by(page, f'#group-queues tr[data-queue="{key("emails")}"] td.f-member-2').text == "6"
+        time.sleep(3)
+        page.set_window_size(1440, 1100)
+        save_screenshot(page, tmp_path, "console-group")
+    finally:
+        page.set_window_size(1440, 1000)
+        load.stop()

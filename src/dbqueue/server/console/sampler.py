@@ -138,7 +138,8 @@ class Sampler:
     see the module's docstring); ``describe`` returns the overview's figures
     that are not samples (the server's `stats`: every queue's options,
     consumers, waiting reads, oldest ready age); ``wall`` is the wall clock
-    the samples are stamped with.
+    the samples are stamped with; ``finish``, if given, completes the overview
+    (the group's figures, `group`) before it is serialized.
     """
 
     def __init__(
@@ -148,9 +149,11 @@ class Sampler:
         *,
         max_queues: int = MAX_SAMPLED_QUEUES,
         wall: Callable[[], float] = time.time,
+        finish: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.broker = broker
         self.describe = describe
+        self.finish = finish
         self.max_queues = max_queues
         self.wall = wall
         self.histories: dict[bytes, History] = {}
@@ -259,6 +262,8 @@ class Sampler:
         described["queues"] = queues
         described["sampled_at"] = self.sampled_at
         described["tick"] = self.ticks
+        if self.finish is not None:
+            self.finish(described)
         return described
 
     def unsampled(self, name: bytes) -> str:

@@ -51,6 +51,7 @@ from ..._version import __version__
 from ...errors import NoSuchQueue, RequestError
 from ..security import is_loopback
 from .actions import Actions, refusal_text
+from .group import GroupView
 from .sampler import BYTES_PER_QUEUE, COARSE_SAMPLES, COARSE_STEP, FINE_SAMPLES, Sampler
 from .sessions import COOKIE, CSRF_HEADER, FAILED_LOGIN_DELAY, ConsoleSession, Sessions, csrf_ok, host_allowed
 
@@ -164,7 +165,8 @@ class Console:
         self.body_timeout = body_timeout
         self.sessions = Sessions(server.auth_token, loopback)
         self.actions = Actions(server)
-        self.sampler = Sampler(lambda: server.broker, self.describe)
+        self.sampler = Sampler(lambda: server.broker, self.describe, finish=self._group_figures)
+        self.group: GroupView | None = None  # made when first looked at, once the server knows its members
         self._assets: dict[str, bytes] = {}
         self._routes: dict[tuple[str, str], Callable[[web.BaseRequest, ConsoleSession, dict[str, list[str]]], Any]] = {
             ("GET", "overview"): self._overview,
@@ -187,9 +189,34 @@ class Console:
         self.sampler.start()
 
     def stop(self) -> None:
-        """Stop sampling, end every event stream, forget every session."""
+        """Stop sampling and asking the group, end every event stream, forget every session."""
         self.sampler.stop()
+        if self.group is not None:
+            self.group.stop()
         self.sessions.close_all()
+
+    def _group_figures(self, overview: dict[str, Any]) -> None:
+        server = self.server
+        group = self.group
+        if group is None or group.addresses != server.members or group.index != server.member_index:
+            # The members as the server knows them now (known once it started; a store may name them later).
+            if group is not None:
+                group.stop()
+            group = self.group = None
+            if len(server.members) > 1:
+                group = self.group = GroupView(
+                    list(server.members), server.member_index, server.auth_token, tls=server.ssl is not None
+                )
+        if group is None:
+            overview["group"] = None
+            return
+        group.wanted()
+        own = [
+            {figure: queue.get(figure) for figure in ("name", "ready", "in_flight", "delayed", "waiting", "consumers")}
+            | {"rates": queue.get("rates")}
+            for queue in overview["queues"]
+        ]
+        overview["group"] = group.snapshot(own)
 
     @staticmethod
     def routes(method: str, path: str, query: str) -> bool:

@@ -315,12 +315,58 @@
     const group = $("group");
     if (members.length > 1) {
       group.hidden = false;
-      group.textContent = `Member ${overview.member_index} of a group of ${members.length}: ${members.join(", ")}. `
-        + "Figures and totals are this member's; each member's console shows its own part of every queue.";
+      group.textContent = `This is member ${overview.member_index} of a group of ${members.length}: the first table `
+        + "holds its own part of each queue; the group's members and totals follow it.";
     } else {
       group.hidden = true;
     }
+    renderGroup(overview.group);
     fillDeadLetterChoices();
+  }
+
+  function renderGroup(group) {
+    $("group-view").hidden = !group;
+    if (!group) return;
+    const head = (texts, ...names) => el("thead", {}, el("tr", {}, ...names.map((n, i) => el("th", { class: i < texts ? "text" : "" }, n))));
+    const sum = (queues, key) => queues.reduce((s, q) => s + (q[key] || 0), 0);
+    const sumRate = (queues, key) => queues.reduce((s, q) => s + ((q.rates && (q.rates[key] ?? q.rates.enqueued)) || 0), 0);
+    const memberRows = group.members.map((m) => el("tr", { "data-member": m.index },
+      el("td", { class: "text" }, `${m.index}${m.self ? " (this one)" : ""}`),
+      el("td", { class: "text" }, m.address),
+      el("td", { class: m.error ? "text error" : "text" }, m.error ? m.error : "answering"),
+      el("td", {}, number(m.queues.length)),
+      el("td", { class: "f-ready" }, number(sum(m.queues, "ready"))),
+      el("td", { class: "f-in_flight" }, number(sum(m.queues, "in_flight"))),
+      el("td", {}, number(sum(m.queues, "delayed"))),
+      el("td", {}, number(sum(m.queues, "consumers")))));
+    $("members").replaceChildren(
+      head(3, "Member", "Address", "Status", "Queues", "Ready", "In flight", "Delayed", "Consumers"),
+      el("tbody", {}, ...memberRows));
+    const indexes = group.members.map((m) => String(m.index));
+    const rows = group.queues.map((q) => el("tr", { "data-queue": hexOf(q.name) },
+      el("td", { class: "text" }, q.name),
+      el("td", { class: "f-ready" }, number(q.ready)),
+      el("td", { class: "f-in_flight" }, number(q.in_flight)),
+      el("td", {}, number(q.delayed)),
+      el("td", {}, number(q.waiting)),
+      el("td", {}, number(q.consumers)),
+      el("td", {}, rate(q.rates.sent)),
+      el("td", {}, rate(q.rates.confirmed)),
+      ...indexes.map((i) => el("td", { class: `f-member-${i}` }, q.members[i] === undefined ? "—" : number(q.members[i])))));
+    const totals = el("tr", { id: "group-totals" },
+      el("td", { class: "text" }, "Group total"),
+      el("td", { class: "f-ready" }, number(sum(group.queues, "ready"))),
+      el("td", { class: "f-in_flight" }, number(sum(group.queues, "in_flight"))),
+      el("td", {}, number(sum(group.queues, "delayed"))),
+      el("td", {}, number(sum(group.queues, "waiting"))),
+      el("td", {}, number(sum(group.queues, "consumers"))),
+      el("td", {}, rate(sumRate(group.queues, "sent"))),
+      el("td", {}, rate(sumRate(group.queues, "confirmed"))),
+      ...indexes.map((i) => el("td", {}, number(group.queues.reduce((s, q) => s + (q.members[i] || 0), 0)))));
+    $("group-queues").replaceChildren(
+      head(1, "Queue", "Ready", "In flight", "Delayed", "Waiting", "Consumers", "Sent/s", "Confirmed/s",
+        ...indexes.map((i) => `Ready on ${i}`)),
+      el("tbody", {}, ...rows), el("tfoot", {}, totals));
   }
 
   function fillDeadLetterChoices() {
