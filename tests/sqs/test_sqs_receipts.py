@@ -104,3 +104,28 @@ def test_message_ids_that_are_not_ours_read_as_none() -> None:
     assert message_id_of_text("00000000-0000-0000-0000-00000000000G") is None
     with pytest.raises(ValueError):
         message_id_text(2**64)
+
+
+def test_version_1_handles_hmac_sha256_are_still_accepted() -> None:
+    """Handles of the first layout (HMAC-SHA256) stay good under the same secret: a group upgraded server by server."""
+    import base64
+    import hashlib
+    import hmac
+    import struct
+
+    secret = b"s" * 32
+    signed = struct.pack(">BQI", 1, 42, 3) + b"jobs"
+    tag = hmac.new(secret, signed, hashlib.sha256).digest()[:16]
+    handle = base64.urlsafe_b64encode(signed + tag).rstrip(b"=").decode("ascii")
+    assert ReceiptHandles(secret).open(handle, "jobs") == Receipt("jobs", 42, 3)
+    with pytest.raises(SqsError):
+        ReceiptHandles(b"t" * 32).open(handle, "jobs")
+    issued = ReceiptHandles(secret).issue("jobs", 42, 3)
+    assert base64.urlsafe_b64decode(issued + "=" * (-len(issued) % 4))[0] == 2  # new handles are version 2
+
+
+def test_a_secret_longer_than_blake2b_keys_works() -> None:
+    handles = ReceiptHandles(b"k" * 100)
+    assert handles.open(handles.issue("q", 1, 1), "q") == Receipt("q", 1, 1)
+    with pytest.raises(SqsError):
+        ReceiptHandles(b"k" * 99 + b"j").open(handles.issue("q", 1, 1), "q")

@@ -182,7 +182,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("dbqueue.server")
-_loads = json.loads
+_decode_json = json.JSONDecoder().decode
 
 DEFAULT_ATTRIBUTES: Mapping[str, str] = {
     "VisibilityTimeout": "30",
@@ -931,10 +931,12 @@ class SqsService:
         payloads = [seal_plain(prefix, sent_ms, body) for _, body in plain[1]]
         sizes = [len(payload) for payload in payloads]
         admit_send(self, queue.name, max(sizes), sum(sizes))
+        woken = bool(queue.waiters)
         ids = self.broker.enqueue_batch(queue, payloads, self.server.clock())
         if ids is None:
             return None
-        self.server.schedule_expiry()
+        if woken:  # the reads handed these messages have deadlines the timer must cover
+            self.server.schedule_expiry()
         return send_batch_reply(
             [
                 (entry_id, message_id_text(id_), _md5(body, usedforsecurity=False).hexdigest())
@@ -957,10 +959,12 @@ class SqsService:
         queue = record.queue
         payload = seal_plain(self._prefix(name, sender), int(self.wall() * 1000), plain[1])
         admit_send(self, queue.name, len(payload), len(payload))
+        woken = bool(queue.waiters)
         id_ = self.broker.enqueue(queue, payload, self.server.clock())
         if id_ < 0:
             return None
-        self.server.schedule_expiry()
+        if woken:
+            self.server.schedule_expiry()
         return send_reply(message_id_text(id_), _md5(plain[1], usedforsecurity=False).hexdigest())
 
     def _prefix(self, name: str, sender: str) -> bytes:
@@ -1033,7 +1037,6 @@ class SqsService:
         self._confirm_current(named)
         for _, handle in plain[1]:
             issued.pop(handle, None)
-        self.server.schedule_expiry()
         return batch_reply([entry_id for entry_id, _ in plain[1]])
 
     def fast_delete(self, params: dict[str, Any], sender: str) -> bytes | None:
@@ -1047,7 +1050,6 @@ class SqsService:
             return None
         self._confirm_current([receipt])
         del self._issued[handle]
-        self.server.schedule_expiry()
         return b"{}"
 
     def _confirm_current(self, named: list[tuple[Queue, int, int]]) -> None:
@@ -1282,7 +1284,7 @@ class SqsConnection(asyncio.Protocol):
                 if service.server.broker is not service.broker:
                     service.rebind()
                 try:
-                    params = _loads(request.body)
+                    params = _decode_json(request.body.decode())
                     if type(params) is dict:
                         reply = fast(service, params, sender)
                 except (ValueError, SqsError, RequestError):

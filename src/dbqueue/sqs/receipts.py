@@ -3,9 +3,9 @@
 A **receipt handle** names one delivery: the queue, the message's dbqueue id and
 its delivery number (``Message.deliveries``, 1 for the first). The client gets
 one from ``ReceiveMessage`` and returns it to ``DeleteMessage`` or
-``ChangeMessageVisibility``. The server keeps nothing per handle: everything
-it needs is in the handle, authenticated with an HMAC-SHA256 (truncated to
-128 bits) under a server secret, so a forged or altered handle is refused
+``ChangeMessageVisibility``. The server needs nothing per handle: everything
+it needs is in the handle, authenticated with a 128-bit MAC (keyed BLAKE2b)
+under a server secret, so a forged or altered handle is refused
 with ``ReceiptHandleIsInvalid`` before the server looks anything up, and a
 handle for one queue cannot be replayed against another. Servers that share
 a secret (a group) accept each other's handles; a new secret invalidates
@@ -16,8 +16,11 @@ Layout, then URL-safe base64 without padding::
 
     version u8 | message id u64 | delivery u32 | queue (UTF-8) | mac[16]
 
-``version`` is 1; a handle of another version is invalid (a new layout gets a
-new version and this reader keeps accepting the old one).
+``version`` 2 (issued): the MAC is BLAKE2b keyed with the secret, 16 bytes of
+digest, over everything before it (one call, about half the cost of an HMAC);
+version 1 (still accepted): HMAC-SHA256 truncated to 16 bytes. A handle of
+another version is invalid (a new layout gets a new version and this reader
+keeps accepting the old ones).
 
 A **message id** is dbqueue's 64-bit id written as SQS writes its ids, a
 UUID-shaped string: ``00000000-0000-0000-hhhh-hhhhhhhhhhhh`` (the id's 16 hex
@@ -37,7 +40,8 @@ from .errors import ErrorCode, SqsError
 
 __all__ = ["Receipt", "ReceiptHandles", "message_id_text", "message_id_of_text"]
 
-_VERSION = 1
+_VERSION = 2
+_HMAC_VERSION = 1
 _HEAD = struct.Struct(">BQI")
 _MAC_SIZE = 16
 _MIN_SIZE = _HEAD.size + 1 + _MAC_SIZE
@@ -62,12 +66,14 @@ class ReceiptHandles:
     shared by the members of a group). The object holds no other state.
     """
 
-    __slots__ = ("_mac",)
+    __slots__ = ("_mac", "_key")
 
     def __init__(self, secret: bytes) -> None:
         if len(secret) < 16:
             raise ValueError("the receipt-handle secret must be at least 16 bytes")
         self._mac = hmac.new(secret, digestmod=hashlib.sha256)
+        # BLAKE2b takes keys of up to 64 bytes: a longer secret is hashed to one.
+        self._key = secret if len(secret) <= 64 else hashlib.sha256(secret).digest()
 
     def issue(self, queue: str, message_id: int, delivery: int) -> str:
         """Return the receipt handle of delivery ``delivery`` of message ``message_id`` in ``queue``.
@@ -78,9 +84,8 @@ class ReceiptHandles:
             signed = _HEAD.pack(_VERSION, message_id, delivery) + queue.encode()
         except struct.error as error:
             raise ValueError(f"message id {message_id} or delivery {delivery} out of range") from error
-        mac = self._mac.copy()
-        mac.update(signed)
-        return base64.urlsafe_b64encode(signed + mac.digest()[:_MAC_SIZE]).rstrip(b"=").decode("ascii")
+        tag = _blake2b(signed, key=self._key, digest_size=_MAC_SIZE).digest()
+        return _urlsafe_b64encode(signed + tag).rstrip(b"=").decode("ascii")
 
     def open(self, handle: str, queue: str | None = None) -> Receipt:
         """Return what ``handle`` names, after checking its MAC (in constant time).
@@ -101,12 +106,16 @@ class ReceiptHandles:
         if len(raw) < _MIN_SIZE or base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii") != handle:
             raise _invalid(handle)
         signed, tag = raw[:-_MAC_SIZE], raw[-_MAC_SIZE:]
-        mac = self._mac.copy()
-        mac.update(signed)
-        if not hmac.compare_digest(mac.digest()[:_MAC_SIZE], tag):
-            raise _invalid(handle)
         version, message_id, delivery = _HEAD.unpack_from(signed)
-        if version != _VERSION:
+        if version == _VERSION:
+            expected = _blake2b(signed, key=self._key, digest_size=_MAC_SIZE).digest()
+        elif version == _HMAC_VERSION:
+            mac = self._mac.copy()
+            mac.update(signed)
+            expected = mac.digest()[:_MAC_SIZE]
+        else:
+            raise _invalid(handle)
+        if not hmac.compare_digest(expected, tag):
             raise _invalid(handle)
         try:
             name = signed[_HEAD.size :].decode()
@@ -122,6 +131,10 @@ def _invalid(handle: str) -> SqsError:
     return SqsError(
         ErrorCode.RECEIPT_HANDLE_IS_INVALID, f'The input receipt handle "{shown}" is not a valid receipt handle.'
     )
+
+
+_blake2b = hashlib.blake2b
+_urlsafe_b64encode = base64.urlsafe_b64encode
 
 
 def message_id_text(message_id: int) -> str:
