@@ -2,7 +2,7 @@
 
 Layout: `address` turns a ``dbqueue://`` URL and its options into a connected
 `Client`; `reader` is the one place that reads for both frameworks (a read
-across several queues at once, each message held until confirmed); `kombu`
+across several queues at once, each message held until confirmed); `kombu_transport`
 is the kombu virtual transport Celery runs on, and `celery` registers it
 under ``dbqueue://`` when imported; `dramatiq` is the Dramatiq broker.
 

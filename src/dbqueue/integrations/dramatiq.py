@@ -162,11 +162,11 @@ class DbQueueBroker(Broker):
     # --- queues --------------------------------------------------------------------------
 
     def declare_queue(self, queue_name: str) -> None:
-        """Declare ``queue_name`` (and create it and its ``.XQ`` on the server). Raises `ConnectionClosed`."""
+        """Declare ``queue_name``. Nothing is sent yet (actors are declared at import, perhaps before the
+        server is up): the queue and its ``.XQ`` are created on the server by the first send or consumer."""
         if queue_name in self.queues:
             return
         self.emit_before("declare_queue", queue_name)
-        self._ensure(queue_name)
         self.queues.add(queue_name)
         self.emit_after("declare_queue", queue_name)
 
@@ -241,6 +241,7 @@ class DbQueueBroker(Broker):
         message = message.copy(options={key: value for key, value in message.options.items() if key != "eta"})
         self.emit_before("enqueue", message, delay)
         try:
+            self._ensure(queue_name)
             self.client.send(queue_name, message.encode(), delay=(delay or 0) / 1000)
         except NoSuchQueue:
             self._created.discard(queue_name)

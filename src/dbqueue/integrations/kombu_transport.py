@@ -22,12 +22,13 @@ kombu's usual JSON envelope (body, headers, properties) as the message's bytes.
   before: delays round up to whole milliseconds) and the worker runs it at once.
   Retries are Celery's: a new message with its countdown, so delayed the same way.
 * **Reading.** `Transport.drain_events` reads for every channel of the
-  connection at once (Celery's task consumer and, if any, others), as many
-  messages as the channels' prefetch leaves room for, through `reader.Reader`:
-  one pipelined round trip over the consumed queues, then, if all are empty, a
-  waiting read on all of them (``wait_time_seconds``, capped by the caller's
-  timeout). An idle worker costs one request per wait. With its prefetch full,
-  the loop sleeps until an acknowledgement makes room.
+  connection at once (Celery's task consumer and its mailbox), each channel
+  within its own prefetch, through `reader.Reader`: one pipelined round trip
+  over the consumed queues, then, if all are empty, a waiting read on all of
+  them (``wait_time_seconds``, capped by the caller's timeout). An idle worker
+  costs one request per wait. While a channel's prefetch is full (its tasks
+  run), the loop reads the other channels' queues without waiting and sleeps
+  until an acknowledgement makes room (or ``FULL_POLL``).
 * **Dead letters.** A queue may be declared with ``max_deliveries`` and a
   ``dead_letter_queue`` (transport options, for every queue or per queue): a
   message handed out that many times without an acknowledgement (its workers
@@ -37,11 +38,22 @@ kombu's usual JSON envelope (body, headers, properties) as the message's bytes.
   request that dead-letters one held message, so the transport sends a copy
   to the dead-letter queue and then confirms the original; a crash between the
   two leaves the task both in the dead-letter queue and redelivered.
-* **Exchanges** are kombu's virtual ones, kept in the process: Celery's
-  default routing (a task to a queue by its name) and direct routing to
-  queues this process declared work. Fanout exchanges (Celery's ``inspect`` and
-  ``control`` broadcasts) are not supported: ``supports_fanout`` is False, as
-  for kombu's SQS transport (see docs/frameworks.md).
+* **Exchanges and bindings.** kombu's virtual exchanges (direct, topic,
+  fanout) route in the publishing process, so every process must see the same
+  bindings: each binding is kept on the server as an empty queue named
+  ``_kombu.binding|TYPE|EXCHANGE|ROUTING KEY|QUEUE`` (as kombu's Redis
+  transport keeps them in Redis sets), listed again when older than
+  ``TABLE_TTL`` or when a lookup finds nothing. A fanout publish sends one copy
+  to each bound queue. That is what Celery's ``inspect`` and ``control``
+  commands need (each worker's mailbox queue is bound to the ``celery.pidbox``
+  fanout exchange; replies go to the caller's queue through a direct exchange),
+  and mingle and gossip too. Queues declared ``auto_delete`` (mailboxes,
+  reply queues) hold at most ``TRANSIENT_CAPACITY`` messages, as a worker
+  killed with SIGKILL leaves its mailbox behind, and are deleted with their
+  bindings when their channel closes; a message older than its queue's
+  ``x-message-ttl`` (kombu's ``message_ttl``) is dropped when read. Messages
+  of a consumer declared without acknowledgements (``no_ack``) are confirmed
+  as they are read.
 
 Transport options (``broker_transport_options``): ``visibility_timeout``
 (seconds, or ``dbqueue.NEVER``), ``wait_time_seconds`` (longest waiting read,
