@@ -282,9 +282,7 @@ def build_version_2_store(directory: Path) -> None:
 
 
 def test_a_version_2_store_is_upgraded_in_place_with_checksums(tmp_path: Path) -> None:
-    assert (
-        FORMAT_VERSION == 4
-    )  # (version 4: enqueue times, origins, visibility timeouts; tests/store/test_protocol3_store.py)
+    assert FORMAT_VERSION == 4  # version 4: enqueue times, origins, visibility timeouts
     build_version_2_store(tmp_path)
     Path(tmp_path / LOCK_NAME).touch()  # as the previous dbqueue left it
     store = Store.open(tmp_path)
