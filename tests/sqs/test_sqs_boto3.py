@@ -470,3 +470,49 @@ def test_wrong_credentials_are_refused(
     right = listener_kit.client(listening.endpoint)
     assert right.list_queues().get("QueueUrls", []) == []
     right.close()
+
+
+def test_with_a_store_the_visibility_timeout_is_the_queues_own_and_create_queue_works_after_a_restart(
+    server_factory: Callable[..., Any], tmp_path: Any
+) -> None:
+    """VisibilityTimeout given to CreateQueue is the broker queue's default visibility timeout, which the store
+    keeps; after a restart, a CreateQueue with the attributes the client always gives succeeds and adopts them."""
+    thread = server_factory(data_dir=tmp_path)
+    listening = listener_kit.Listening.start(thread)
+    sqs = listener_kit.client(listening.endpoint)
+    attributes = {"VisibilityTimeout": "1", "MaximumMessageSize": "2048", "DelaySeconds": "0"}
+    url = sqs.create_queue(QueueName="vt", Attributes=attributes, tags={"team": "a"})["QueueUrl"]
+    sqs.send_message(QueueUrl=url, MessageBody="comes back after a second")
+    with Client.connect(thread.address) as native:
+        assert native.stats("vt")["visibility_timeout_ms"] == 1000
+        native.create("made-natively", visibility_timeout=7.0)
+    sqs.close()
+    listening.stop()
+    thread.stop()
+
+    listening = listener_kit.Listening.start(server_factory(data_dir=tmp_path))
+    sqs = listener_kit.client(listening.endpoint)
+    url = sqs.get_queue_url(QueueName="vt")["QueueUrl"]
+    assert sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["VisibilityTimeout"])["Attributes"] == {
+        "VisibilityTimeout": "1"
+    }
+    native_url = sqs.get_queue_url(QueueName="made-natively")["QueueUrl"]
+    assert (
+        sqs.get_queue_attributes(QueueUrl=native_url, AttributeNames=["All"])["Attributes"]["VisibilityTimeout"] == "7"
+    )
+    first = sqs.receive_message(QueueUrl=url, AttributeNames=["All"])["Messages"][0]  # the queue's 1 s
+    assert first["Attributes"]["ApproximateReceiveCount"] == "1"
+    again = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=5, AttributeNames=["All"])["Messages"][0]
+    assert again["Attributes"]["ApproximateReceiveCount"] == "2"
+    # What a worker does at each start: create its queue with its attributes. The store kept the visibility
+    # timeout; the others were the listener's (memory): the ones given are taken.
+    assert sqs.create_queue(QueueName="vt", Attributes=attributes, tags={"team": "a"})["QueueUrl"] == url
+    reported = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    assert (reported["VisibilityTimeout"], reported["MaximumMessageSize"]) == ("1", "2048")
+    assert sqs.list_queue_tags(QueueUrl=url)["Tags"] == {"team": "a"}
+    # From then on, other attributes are other attributes, as SQS says.
+    error = error_of(sqs.create_queue, QueueName="vt", Attributes={**attributes, "MaximumMessageSize": "4096"})
+    assert error["Code"] == "QueueAlreadyExists"
+    sqs.delete_message(QueueUrl=url, ReceiptHandle=again["ReceiptHandle"])
+    sqs.close()
+    listening.stop()

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from dbqueue import Client
 from dbqueue.sqs import Envelope, MessageAttributeValue, open_envelope, seal
 from dbqueue.sqs.envelope import open_plain, plain_prefix, seal_plain
-from dbqueue.sqs.fastpath import MORE, OTHER, HttpRequest, frame
+from dbqueue.sqs.fastpath import MORE, OTHER, HttpRequest, frame, ok_head, response_head
 
 JSON = "application/x-amz-json-1.0"
 
@@ -96,6 +96,13 @@ def test_a_body_over_the_listener_limit_goes_to_the_general_stack() -> None:
     raw = request("AmazonSQS.SendMessage", b"x" * 100)
     assert isinstance(frame(raw, 0, 100), HttpRequest)
     assert frame(raw, 0, 99) == OTHER
+
+
+def test_the_head_of_a_200_is_the_general_head() -> None:
+    tail = b"Date: Mon, 07 Dec 2026 18:55:16 GMT\r\nServer: Python/3.11 aiohttp/3.14.5\r\n"
+    headers = [("Content-Type", JSON), ("x-amzn-RequestId", "r-1")]
+    assert ok_head("r-1", 1234, tail) == response_head(200, "OK", headers, 1234, tail)
+    assert ok_head("r-1", 2, tail).endswith(b"Content-Length: 2\r\n" + tail + b"\r\n")
 
 
 # --- plain envelopes -----------------------------------------------------------------------------------------------

@@ -85,7 +85,7 @@ from ..errors import (
     RequestError,
     StoreUnavailable,
 )
-from ..protocol.frames import HEADER, MAGIC, Op
+from ..protocol.frames import HEADER, MAGIC, NEVER_MS, Op
 from ..sqs import (
     ACCOUNT_ID,
     DEFAULT_REGION,
@@ -153,6 +153,7 @@ from ..sqs.fastpath import (
     HttpRequest,
     batch_reply,
     frame,
+    ok_head,
     plain_delete_entries,
     plain_receive,
     plain_send,
@@ -194,6 +195,8 @@ DEFAULT_ATTRIBUTES: Mapping[str, str] = {
 }
 """The settable attributes every queue reports, with SQS's defaults (no encryption: dbqueue does none)."""
 
+_MAX_VISIBILITY = 43_200  # SQS's longest visibility timeout, in seconds
+
 
 class SqsHost(Host, Protocol):
     """What the SQS service uses of the server: a session's `Host`, and the future that says the store failed."""
@@ -217,10 +220,31 @@ class QueueRecord:
     modified: int
     attributes: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
+    restored: bool = False
+    """Made for a queue SQS did not create in this process (created natively, or before a restart): its
+    attributes but the broker's are unknown, so a ``CreateQueue`` naming it adopts those it gives."""
 
     def number(self, name: str) -> int:
         """The value of integer attribute ``name``, set or default."""
         return int(self.attributes.get(name) or DEFAULT_ATTRIBUTES[name])
+
+    def visibility_ms(self) -> int:
+        """The visibility timeout of a receive that names none, in ms (`NEVER_MS`: never).
+
+        ``VisibilityTimeout`` when SQS set it, else the broker queue's own
+        default (given at its creation, kept by the store; the server's default
+        when none was given).
+        """
+        value = self.attributes.get("VisibilityTimeout")
+        return int(value) * 1000 if value else self.queue.visibility_ms
+
+    def visibility_text(self) -> str:
+        """``VisibilityTimeout`` as GetQueueAttributes reports it (a queue that never times out: SQS's maximum)."""
+        value = self.attributes.get("VisibilityTimeout")
+        if value:
+            return value
+        ms = self.queue.visibility_ms
+        return str(_MAX_VISIBILITY if ms == NEVER_MS else -(-ms // 1000))
 
 
 _REFUSALS: tuple[tuple[type[RequestError], ErrorCode], ...] = (
@@ -433,13 +457,24 @@ class SqsService:
             raise SqsError(ErrorCode.QUEUE_DOES_NOT_EXIST)
         if record is None or record.queue is not queue:
             now = int(self.wall())
-            record = self.records[key] = QueueRecord(queue, now, now)
+            record = self.records[key] = QueueRecord(queue, now, now, restored=True)
         return record
 
     def _create_queue(self, request: CreateQueue, endpoint: str, sender: str) -> CreateQueueResult:
         url = queue_url(endpoint, request.queue)
         if request.queue.encode() in self.broker.queues:
             record = self.record(request.queue)
+            if record.restored:
+                # Its attributes are unknown but for the broker's own (kept by the store): the ones given are
+                # taken, so a client that creates its queues at start works again after a restart.
+                if "RedrivePolicy" in request.attributes and not self._same_attribute(
+                    record, "RedrivePolicy", request.attributes["RedrivePolicy"]
+                ):
+                    raise SqsError(ErrorCode.QUEUE_NAME_EXISTS)
+                record.attributes.update((k, v) for k, v in request.attributes.items() if k != "RedrivePolicy")
+                record.tags.update(request.tags)
+                record.restored = False
+                return CreateQueueResult(url)
             for name, value in request.attributes.items():
                 if not self._same_attribute(record, name, value):
                     raise SqsError(ErrorCode.QUEUE_NAME_EXISTS)
@@ -456,6 +491,9 @@ class SqsService:
                 0,
                 policy.max_receive_count if policy is not None else 0,
                 policy.dead_letter_queue.encode() if policy is not None else None,
+                # The queue's own default visibility timeout, kept by the store (0: the server's default; an
+                # SQS 0, visible again at once, stays the listener's).
+                int(attributes.get("VisibilityTimeout") or 0) * 1000,
             )
         except InvalidRequest as error:
             if policy is None or isinstance(error, InvalidQueueName):
@@ -475,6 +513,8 @@ class SqsService:
                 queue.dead_letter,
                 queue.max_deliveries,
             )
+        if name == "VisibilityTimeout":
+            return record.visibility_text() == value
         return record.attributes.get(name, DEFAULT_ATTRIBUTES.get(name, "")) == value
 
     def _check_target(self, source: str, policy: RedrivePolicy, text: str) -> None:
@@ -527,6 +567,7 @@ class SqsService:
         queue = record.queue
         values = {**DEFAULT_ATTRIBUTES, **record.attributes}
         values.update(
+            VisibilityTimeout=record.visibility_text(),
             ApproximateNumberOfMessages=str(queue.ready),
             ApproximateNumberOfMessagesNotVisible=str(queue.in_flight),
             ApproximateNumberOfMessagesDelayed=str(queue.delayed),
@@ -726,9 +767,9 @@ class SqsService:
     async def _receive(self, request: ReceiveMessage, endpoint: str) -> ReceiveMessageResult:
         record = self.record(request.queue)
         queue = record.queue
-        visibility = request.visibility_timeout
+        visibility = request.visibility_timeout * 1000 if request.visibility_timeout is not None else None
         if visibility is None:
-            visibility = record.number("VisibilityTimeout")
+            visibility = record.visibility_ms()
         wait = request.wait_time_seconds
         if wait is None:
             wait = record.number("ReceiveMessageWaitTimeSeconds")
@@ -755,15 +796,16 @@ class SqsService:
             self.server.schedule_expiry()
         return ReceiveMessageResult(messages)
 
-    def _in_flight(self, entries: list[Entry], visibility: int, now: float) -> list[Record]:
-        """Split what a read handed out into records, and give them their visibility timeout as deadline."""
+    def _in_flight(self, entries: list[Entry], visibility_ms: int, now: float) -> list[Record]:
+        """Split what a read handed out into records, and give them their visibility timeout as deadline
+        (none for `NEVER_MS`)."""
         records = self.broker.records_of(entries)
-        if visibility and records:
-            self.server.expire_by(self.broker.set_deadlines([*records], visibility * 1000, now))
+        if visibility_ms and visibility_ms != NEVER_MS and records:
+            self.server.expire_by(self.broker.set_deadlines([*records], visibility_ms, now))
         return records
 
     async def _wait(
-        self, queue: Queue, count: int, visibility: int, wait_seconds: int, now: float
+        self, queue: Queue, count: int, visibility_ms: int, wait_seconds: int, now: float
     ) -> list[Record] | None:
         """Park a receive on an empty queue; return what it was handed ([] when the wait ended, None: queue deleted)."""
         woken: asyncio.Future[list[Record] | None] = asyncio.get_running_loop().create_future()
@@ -773,7 +815,7 @@ class SqsService:
                 if entries:
                     self._give_back(entries)
                 return
-            woken.set_result(None if entries is None else self._in_flight(entries, visibility, self.server.clock()))
+            woken.set_result(None if entries is None else self._in_flight(entries, visibility_ms, self.server.clock()))
 
         number = self._waits = self._waits + 1
         admit_wait(self, number)
@@ -981,11 +1023,10 @@ class SqsService:
         plain = plain_receive(params)
         if plain is None:
             return None
-        url, count, visibility, wait = plain
+        url, count, seconds, wait = plain
         name = queue_of_url(url)
         record = self.record(name)
-        if visibility is None:
-            visibility = record.number("VisibilityTimeout")
+        visibility = record.visibility_ms() if seconds is None else seconds * 1000
         if not visibility:
             return None
         queue = record.queue
@@ -1002,22 +1043,31 @@ class SqsService:
         wall_ms = int(self.wall() * 1000)
         messages = []
         request: ReceiveMessage | None = None
+        # `_first_receive_of` and `_issue`, inlined: this loop runs for every message received.
+        first = self._first_receive
+        issued = self._issued
+        issue = self.handles.issue
+        limit = self.server.max_in_flight
+        text = queue.name.decode()
         for record_ in records:
             opened = open_plain(record_.data)
             if opened is not None:
-                self._first_receive_of(record_, wall_ms)
+                id_ = record_.id
+                deliveries = record_.deliveries
+                if deliveries <= 1:
+                    if len(first) >= 2 * limit:
+                        del first[next(iter(first))]
+                    first[id_] = wall_ms
+                handle = issue(text, id_, deliveries)
+                if len(issued) >= limit:
+                    del issued[next(iter(issued))]
+                issued[handle] = (queue, id_, deliveries)
                 body = opened[2]
-                messages.append(
-                    received_message(
-                        message_id_text(record_.id),
-                        self._issue(record_),
-                        _md5(body.encode(), usedforsecurity=False).hexdigest(),
-                        body,
-                    )
-                )
+                md5 = _md5(body.encode(), usedforsecurity=False).hexdigest()
+                messages.append(received_message(message_id_text(id_), handle, md5, body))
             else:
                 if request is None:
-                    request = ReceiveMessage(name, count, visibility, wait, frozenset(), (), None)
+                    request = ReceiveMessage(name, count, seconds, wait, frozenset(), (), None)
                 messages.append(message_json(self._received(record_, request, wall_ms)))
         return receive_reply(messages)
 
@@ -1292,7 +1342,9 @@ class SqsConnection(asyncio.Protocol):
             if reply is not None:
                 stats.actions[action] = stats.actions.get(action, 0) + 1
                 if service.server.store is None:
-                    self._write(200, "OK", _JSON_HEADERS, request_id, reply)
+                    transport = self.transport
+                    if transport is not None and not transport.is_closing():
+                        transport.write(ok_head(request_id, len(reply), _Clock.date_line() + _SERVER_LINE) + reply)
                 else:
                     self.running = self.loop.create_task(self._commit(reply, request_id))
                 return

@@ -50,6 +50,7 @@ __all__ = [
     "HttpRequest",
     "frame",
     "response_head",
+    "ok_head",
     "plain_send_entries",
     "plain_delete_entries",
     "plain_receive",
@@ -151,6 +152,14 @@ def frame(buffer: bytes | bytearray, start: int, max_body: int) -> HttpRequest |
     if len(buffer) < body_end:
         return MORE
     return HttpRequest(path, headers, target[len(_TARGET_PREFIX) :], host, bytes(buffer[head_end:body_end]), body_end)
+
+
+_OK = b"HTTP/1.1 200 OK\r\nContent-Type: " + _JSON_TYPE.encode() + b"\r\nx-amzn-RequestId: "
+
+
+def ok_head(request_id: str, length: int, tail: bytes) -> bytes:
+    """``response_head(200, "OK", [("Content-Type", JSON), ("x-amzn-RequestId", request_id)], length, tail)``."""
+    return b"%s%s\r\nContent-Length: %d\r\n%s\r\n" % (_OK, request_id.encode(), length, tail)
 
 
 def response_head(status: int, reason: str, headers: Sequence[tuple[str, str]], length: int, tail: bytes) -> bytes:
