@@ -29,8 +29,10 @@ what is timed is the broker's deliveries and acknowledgements plus the
 framework's own work, not a shared counter. The server's CPU over the drain
 (``/proc/PID/stat``), the worker's (its process group's, children reaped at
 the end included) and every other process's (`machine.CpuWatch`, which marks
-a crowded round) are recorded, as microseconds per task: that says where the
-time goes.
+a crowded round) are recorded, as microseconds per task, with the requests the
+server handled per task (Redis's ``INFO commandstats``, dbqueue's
+``dbqueue_requests_total`` from ``--metrics-port``): that says where the time
+goes.
 
 **Idle.** With ``--idle-seconds``, eight idle Celery workers and then eight
 idle Dramatiq worker processes are attached to the dbqueue server, and its CPU
@@ -52,6 +54,7 @@ import sys
 import tempfile
 import textwrap
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -174,11 +177,17 @@ class Servers:
 
     def __init__(self, work: Path) -> None:
         self.dbqueue_port = free_port()
+        self.metrics_port = free_port()
         self.redis_port = free_port()
         log = open(work / "servers.log", "wb")  # noqa: SIM115  # kept open for the servers' lives
         self.dbqueue = subprocess.Popen(
-            [sys.executable, "-m", "dbqueue.cli", "serve", "--port", str(self.dbqueue_port)], stdout=log, stderr=log
-        )
+            [
+                sys.executable, "-m", "dbqueue.cli", "serve", "--port", str(self.dbqueue_port),
+                "--metrics-port", str(self.metrics_port),
+            ],
+            stdout=log,
+            stderr=log,
+        )  # fmt: skip
         self.redis = subprocess.Popen(
             ["redis-server", "--port", str(self.redis_port), "--save", "", "--appendonly", "no"], stdout=log, stderr=log
         )
@@ -192,6 +201,19 @@ class Servers:
 
     def pid(self, system: str) -> int:
         return self.redis.pid if system.endswith("redis") else self.dbqueue.pid
+
+    def requests(self, system: str) -> int:
+        """Requests the server of ``system`` has handled so far (Redis: commands; dbqueue: its requests counter)."""
+        if system.endswith("redis"):
+            import redis
+
+            stats = redis.Redis(port=self.redis_port).info("commandstats")
+            return sum(int(entry["calls"]) for entry in stats.values())
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+        return int(
+            float(next(line.split()[1] for line in text.splitlines() if line.startswith("dbqueue_requests_total")))
+        )
 
     def stop(self) -> None:
         for process in (self.dbqueue, self.redis):
@@ -282,6 +304,7 @@ def one_round(
             time.sleep(0.002)
         first, done_first = time.perf_counter(), ticks(out)
         server_before, worker_before = cpu_seconds(server), group_cpu_seconds(group)
+        requests_before = servers.requests(system)
         watch.start()
         while (done := ticks(out)) < tasks:
             if time.monotonic() > deadline:
@@ -290,6 +313,7 @@ def one_round(
         elapsed = time.perf_counter() - first
         server_cpu = cpu_seconds(server) - server_before
         worker_cpu = group_cpu_seconds(group) - worker_before
+        requests = servers.requests(system) - requests_before
         watch.stop()
     counted = tasks - done_first
     return {
@@ -300,6 +324,7 @@ def one_round(
         "run_per_second": counted / elapsed,
         "server_us_per_task": server_cpu / counted * 1e6,
         "worker_us_per_task": worker_cpu / counted * 1e6,
+        "requests_per_task": requests / counted,
         "other_cores": watch.other_seconds / elapsed,
         "duplicates": done - tasks,
     }
@@ -323,7 +348,8 @@ def idle(servers: Servers, work: Path, seconds: float, framework: str, broker: s
 
 def report(results: list[dict[str, Any]], idles: list[dict[str, Any]]) -> list[str]:
     lines = [
-        f"{'system':18} {'sent/s':>9} {'run/s':>9} {'server us/task':>15} {'worker us/task':>15} {'other cores':>12}"
+        f"{'system':18} {'sent/s':>9} {'run/s':>9} {'server us/task':>15} {'worker us/task':>15} "
+        f"{'requests/task':>14} {'other cores':>12}"
     ]
     medians: dict[str, float] = {}
     for system in SYSTEMS:
@@ -334,7 +360,8 @@ def report(results: list[dict[str, Any]], idles: list[dict[str, Any]]) -> list[s
         medians[system] = med["run_per_second"]
         lines.append(
             f"{system:18} {med['sent_per_second']:9.0f} {med['run_per_second']:9.0f} "
-            f"{med['server_us_per_task']:15.0f} {med['worker_us_per_task']:15.0f} {med['other_cores']:12.2f}"
+            f"{med['server_us_per_task']:15.0f} {med['worker_us_per_task']:15.0f} {med['requests_per_task']:14.2f} "
+            f"{med['other_cores']:12.2f}"
         )
     for framework in ("celery", "dramatiq"):
         ratios = []
@@ -395,7 +422,7 @@ def main() -> None:
                 print(
                     f"round {index} {system:18} sent {row['sent_per_second']:7.0f}/s  "
                     f"run {row['run_per_second']:7.0f}/s  server {row['server_us_per_task']:5.0f} us/task  "
-                    f"worker {row['worker_us_per_task']:6.0f} us/task  "
+                    f"worker {row['worker_us_per_task']:6.0f} us/task  {row['requests_per_task']:.2f} requests/task  "
                     f"others {row['other_cores']:.2f} cores",
                     flush=True,
                 )

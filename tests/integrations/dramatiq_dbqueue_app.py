@@ -3,8 +3,9 @@
 ``python -m dramatiq dramatiq_dbqueue_app`` with this folder on ``PYTHONPATH``
 and ``DBQUEUE_TEST_ADDRESS`` (``host:port`` of the server) and
 ``DBQUEUE_TEST_OUT`` (the folder the actors leave their side effects in). The
-broker dead-letters a message after three deliveries, which is what the
-Retries middleware's two retries of `fail` come to.
+queue ``failing`` gets a budget of three deliveries from its actors' most
+retries (`fail`'s two); `fail_at_once` (no retries) fails for good before
+that budget is spent.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dbqueue.integrations.dramatiq import DbQueueBroker
 
 HOLD_LIMIT = 60.0
 
-broker = DbQueueBroker(f"dbqueue://{os.environ.get('DBQUEUE_TEST_ADDRESS', '127.0.0.1:3003')}", max_deliveries=3)
+broker = DbQueueBroker(f"dbqueue://{os.environ.get('DBQUEUE_TEST_ADDRESS', '127.0.0.1:3003')}")
 dramatiq.set_broker(broker)
 out = Path(os.environ.get("DBQUEUE_TEST_OUT", "."))
 
@@ -51,3 +52,9 @@ def hold(name: str) -> None:
 def fail(name: str) -> None:
     leave(out, f"attempt-{name}-{time.time():.3f}", repr(time.time()))
     raise ValueError(f"{name} always fails")
+
+
+@dramatiq.actor(queue_name="failing", max_retries=0)
+def fail_at_once(name: str) -> None:
+    leave(out, f"attempt-{name}-{time.time():.3f}", repr(time.time()))
+    raise ValueError(f"{name} fails, and is not retried")

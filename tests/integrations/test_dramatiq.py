@@ -14,7 +14,10 @@ leave, one per execution.
   and does not run early.
 * A message that always fails is retried twice, each retry a release with the
   Retries middleware's backoff, and then moved to ``failing.XQ`` by the server
-  (its ``dead_lettered`` count, not a copy the client sent).
+  (its ``dead_lettered`` count, not a copy the client sent): the queue's
+  budget of three deliveries comes from its actors' most retries.
+* A message of an actor with no retries on that queue fails for good before the
+  budget is spent: it reaches ``failing.XQ`` as a copy, the original confirmed.
 """
 
 from __future__ import annotations
@@ -151,3 +154,16 @@ def test_a_message_that_always_fails_is_dead_lettered_by_the_server(
     with Client.connect(address) as client:
         message = client.read("failing.XQ")
     assert message is not None and message.deliveries >= 1 and b"doomed" in message.data
+
+
+@pytest.mark.timeout(120)
+def test_a_message_that_fails_before_its_queue_budget_is_copied_to_the_dead_letters(
+    address: str, out: Path, app: object, workers: Callable[..., Worker]
+) -> None:
+    worker = workers("one", environment(address, out), queues="failing")
+    app.fail_at_once.send("early")  # type: ignore[attr-defined]
+    wait_for("the dead letter", lambda: stats(address, "failing.XQ")["ready"] == 1, [worker], timeout=60)
+    assert len(outcomes(out, "attempt-early-")) == 1
+    figures = stats(address, "failing")
+    assert (figures["max_deliveries"], figures["dead_lettered"], figures["confirmed"]) == (3, 0, 1)
+    assert "dbqueue: " not in worker.log_path.read_text()  # nothing refused (the actor's own error is logged)

@@ -4,7 +4,8 @@ Theory of operation
 -------------------
 Each Dramatiq queue ``q`` is a dbqueue queue of the same name, created with a
 dead-letter queue ``q.XQ`` (Dramatiq's name for it) and ``max_deliveries``
-(by default one more than the `Retries` middleware's ``max_retries``). A
+(by default one more than the most retries an actor of ``q`` may make: its
+``max_retries``, else the `Retries` middleware's). A
 message is Dramatiq's own encoding as the message's bytes. Every process has
 one thread-safe `Client` (made on first use, and again after a fork or a lost
 connection), shared by the senders, every consumer and the worker threads
@@ -89,7 +90,7 @@ class DbQueueBroker(Broker):
     """Dramatiq's broker on a dbqueue server at ``url`` (``dbqueue://[:TOKEN@]HOST[:PORT]``).
 
     ``max_deliveries``: deliveries before the server dead-letters a message
-    (None: the Retries middleware's ``max_retries`` plus one, or 21);
+    (None: per queue, one more than the most retries its actors may make);
     ``visibility_timeout``: seconds a read message is held (`NEVER`: until the
     worker's connection closes); ``token`` and ``tls`` as for `Client.connect`.
     """
@@ -110,6 +111,7 @@ class DbQueueBroker(Broker):
         self._max_deliveries = max_deliveries
         self.queues: set[str] = set()
         self._created: set[str] = set()
+        self._budgets: dict[str, int] = {}  # queue -> its max_deliveries on the server (0: none)
         self._held: dict[int, _Delivery] = {}  # messages this process's consumers handed out, by dbqueue id
         self._lock = threading.Lock()
         self._client: Client | None = None
@@ -149,15 +151,27 @@ class DbQueueBroker(Broker):
         if client is not None and self._pid == os.getpid():
             client.close()
 
-    @property
-    def max_deliveries(self) -> int:
-        """Deliveries after which the server moves a message to its queue's ``.XQ``."""
+    def budget(self, queue_name: str) -> int:
+        """Deliveries after which the server moves a message of ``queue_name`` to its ``.XQ`` (0: never):
+        the broker's ``max_deliveries`` if given, else one more than the most retries an actor of that
+        queue may make (its ``max_retries``, else the Retries middleware's)."""
         if self._max_deliveries is not None:
             return self._max_deliveries
+        default: int | None = 20
         for middleware in self.middleware:
-            if isinstance(middleware, Retries) and middleware.max_retries is not None:
-                return int(middleware.max_retries) + 1
-        return 21
+            if isinstance(middleware, Retries):
+                default = middleware.max_retries
+        actors = [actor for actor in self.actors.values() if actor.queue_name == queue_name]
+        budgets: list[int | None] = [actor.options.get("max_retries", default) for actor in actors] or [default]
+        limited = [int(budget) for budget in budgets if budget is not None]
+        if len(limited) < len(budgets):
+            return 0  # an actor retries for ever: the server never dead-letters
+        return max(limited) + 1
+
+    def max_deliveries(self, queue_name: str) -> int:
+        """The budget of ``queue_name`` as the server holds it (a queue made earlier keeps its own)."""
+        self._ensure(queue_name)
+        return self._budgets.get(queue_name, 0)
 
     # --- queues --------------------------------------------------------------------------
 
@@ -176,7 +190,8 @@ class DbQueueBroker(Broker):
             return
         try:
             client.create(xq_name(queue_name))
-            client.create(queue_name, max_deliveries=self.max_deliveries, dead_letter_queue=xq_name(queue_name))
+            client.create(queue_name, max_deliveries=self.budget(queue_name), dead_letter_queue=xq_name(queue_name))
+            self._budgets[queue_name] = int(client.stats(queue_name)["max_deliveries"])
         except ConnectionLost as exc:
             raise self._lost(exc) from exc
         self._created.add(queue_name)
@@ -315,7 +330,8 @@ class _DbQueueConsumer(Consumer):
     def nack(self, message: MessageProxy) -> None:
         delivery = self._delivery(message)
         try:
-            if delivery.deliveries >= self.broker.max_deliveries:
+            budget = self.broker.max_deliveries(self.queue_name)
+            if budget and delivery.deliveries >= budget:
                 self._settle(self.client.release, delivery.dbqueue_id)  # the server moves it to the .XQ
             else:
                 self._copy_to_dead_letters(delivery._message.encode(), delivery.dbqueue_id)
