@@ -99,11 +99,11 @@ class Cluster:
             "pg_basebackup", "-D", str(replica.data), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
             "-R", "-X", "stream", "--no-sync",
         )  # fmt: skip
-        replica.configure(
-            port=str(replica.port),
-            unix_socket_directories=f"'{root}'",
-            primary_conninfo=f"'host=127.0.0.1 port={self.port} user=postgres application_name={name}'",
-        )
+        replica.configure(port=str(replica.port), unix_socket_directories=f"'{root}'")
+        # pg_basebackup -R wrote primary_conninfo into postgresql.auto.conf, which wins over postgresql.conf:
+        # the name the primary's synchronous_standby_names knows goes there too (a later line wins).
+        with open(replica.data / "postgresql.auto.conf", "a") as auto:
+            auto.write(f"primary_conninfo = 'host=127.0.0.1 port={self.port} user=postgres application_name={name}'\n")
         return replica
 
     def configure(self, **settings: str) -> None:

@@ -70,8 +70,8 @@ database answers again (`PostgresStore.reload` retries for
 `store.postgres.RECONNECT_SECONDS`, through every host of a multi-host URL,
 blocking the loop meanwhile: nothing is answered while the store is unsure).
 With ``standby=True`` the server binds its port but accepts nothing: every
-`STANDBY_POLL_INTERVAL` it tries to take a part whose owner's session is gone
-(`PostgresStore.take_orphan`), and once it has one it serves it under that
+`STANDBY_POLL_INTERVAL` it looks for a part whose lock no session has held
+for `store.postgres.ORPHAN_GRACE` (`OrphanWatch`), takes it, and once it has one it serves it under that
 member index, restored from the database, so the ids consumers hold keep
 routing to it.
 
@@ -89,6 +89,7 @@ import operator
 import os
 import signal
 import ssl as ssl_module
+import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -756,19 +757,25 @@ class Server:
         self._part_check = loop.call_later(PART_CHECK_INTERVAL, self._check_part, loop)
 
     async def _await_part(self, url: str, loop: asyncio.AbstractEventLoop) -> None:
-        # A standby: try to take a part whose owner is gone, until one is ours; then serve it.
-        from ..store.postgres import PostgresStore
+        # A standby: watch for a part whose owner has been gone for the grace period, take it, serve it.
+        from ..store.postgres import OrphanWatch, PostgresStore
 
         log.info("standby on %s: waiting for a part whose owner is gone", self.address)
-        while True:
-            try:
-                store = PostgresStore.take_orphan(url, address=self.address)
-            except StoreError as exc:
-                log.warning("standby: %s", exc)
-                store = None
-            if store is not None:
-                break
-            await asyncio.sleep(STANDBY_POLL_INTERVAL)
+        watch: OrphanWatch | None = None
+        store: PostgresStore | None = None
+        try:
+            while store is None:
+                try:
+                    if watch is None:
+                        watch = PostgresStore.watch(url)
+                    store = watch.poll(self.address, time.monotonic())
+                except StoreError as exc:
+                    log.warning("standby: %s", exc)
+                if store is None:
+                    await asyncio.sleep(STANDBY_POLL_INTERVAL)
+        finally:
+            if watch is not None:
+                watch.close()
         log.warning("standby on %s: taking over part %d (epoch %d)", self.address, store.part, store.epoch)
         try:
             self._open_postgres(store, loop)

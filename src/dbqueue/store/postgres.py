@@ -59,12 +59,25 @@ from . import postgres_parts as parts
 from .postgres_parts import PartLost, PartOwned
 from .postgres_schema import SCHEMA_VERSION, adopt
 
-__all__ = ["PostgresStore", "PartLost", "PartOwned", "SCHEMA_VERSION", "RECONNECT_SECONDS", "connect"]
+__all__ = [
+    "ORPHAN_GRACE",
+    "RECONNECT_SECONDS",
+    "SCHEMA_VERSION",
+    "Batch",
+    "OrphanWatch",
+    "PartLost",
+    "PartOwned",
+    "PostgresStore",
+    "connect",
+]
 
 log = logging.getLogger("dbqueue.store.postgres")
 
 # How long `reload` tries to reach a database again (a primary's failover takes seconds).
 RECONNECT_SECONDS = 30.0
+# Seconds a part must have had no owner before a standby takes it (`OrphanWatch`): longer than an owner takes
+# to get its part back after its session dropped, shorter than the takeover time promised (5 s).
+ORPHAN_GRACE = 1.0
 
 _FENCE = b"SELECT dbqueue_fence(%s, %s)"
 _INSERT = (
@@ -213,6 +226,23 @@ class PostgresStore:
         except BaseException:
             con.close()
             raise
+
+    @classmethod
+    def watch(cls, url: str) -> OrphanWatch:
+        """For a standby: a session that watches for parts whose owner is gone (`OrphanWatch`).
+
+        Raises `StoreError` if the database cannot be reached or was written by a newer dbqueue.
+        """
+        try:
+            con = connect(url)
+        except psycopg.Error as exc:
+            raise StoreError(f"{_redacted(url)}: cannot connect: {exc}") from exc
+        try:
+            adopt(con, _redacted(url))
+        except BaseException:
+            con.close()
+            raise
+        return OrphanWatch(cls, url, con)
 
     def close(self) -> None:
         """Commit what is buffered and end the session (its part's lock goes with it). Closing twice is harmless.
@@ -596,6 +626,10 @@ class PostgresStore:
                     await con.execute(statement, params)
         except psycopg.errors.RaiseException as exc:
             raise PartLost(f"{self.where}: {exc}") from exc
+        except psycopg.OperationalError as exc:
+            raise StoreError(
+                f"{self.where}: the connection failed during a commit, which may or may not have been written: {exc}"
+            ) from exc
         except psycopg.Error as exc:
             raise StoreError(f"{self.where}: commit failed, nothing of the batch was written: {exc}") from exc
 
@@ -649,6 +683,50 @@ class PostgresStore:
         for id_ in [id_ for id_, row in adds.items() if row[1] == qid and id_ not in kept]:
             del adds[id_]
             self._origins.pop(id_, None)
+
+
+class OrphanWatch:
+    """A standby's session: which parts have had no owner for `ORPHAN_GRACE` seconds, and taking one.
+
+    A part counts as orphaned only once no session has held its lock for the
+    whole grace period, as seen by successive `poll` calls: an owner whose
+    session dropped for a moment (a restart of PostgreSQL, a failover, a short
+    network cut) gets its part back on a new session before a standby takes it.
+    """
+
+    def __init__(self, store_class: type[PostgresStore], url: str, con: psycopg.Connection[Any]) -> None:
+        self._store_class = store_class
+        self.url = url
+        self._con: psycopg.Connection[Any] | None = con
+        self._since: dict[int, float] = {}  # part -> when it was first seen without an owner (monotonic)
+
+    def poll(self, address: str, now: float) -> PostgresStore | None:
+        """Take a part orphaned for `ORPHAN_GRACE` seconds and return its store, or return None.
+
+        The session is reopened if it broke. Raises `StoreError` if the database cannot be reached.
+        """
+        try:
+            if self._con is None or self._con.closed or self._con.broken:
+                self._con = connect(self.url)
+            con = self._con
+            found = set(parts.orphans(con))
+            self._since = {part: self._since.get(part, now) for part in found}
+            for part, since in sorted(self._since.items()):
+                if now - since >= ORPHAN_GRACE:
+                    epoch = parts.take(con, part, address)
+                    if epoch is not None:
+                        self._con = None  # the store owns the session now
+                        return self._store_class(self.url, con, part, epoch, address)
+        except psycopg.Error as exc:
+            self.close()
+            raise StoreError(f"{_redacted(self.url)}: cannot look for a part to take: {exc}") from exc
+        return None
+
+    def close(self) -> None:
+        con, self._con = self._con, None
+        if con is not None:
+            with contextlib.suppress(psycopg.Error):
+                con.close()
 
 
 def _redacted(url: str) -> str:

@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # psycopg is needed only by a server with a PostgreSQL store;
 # The first key of every advisory lock the store takes (the second is a part, or -1 for the schema).
 LOCK_CLASS = 0x6462_7175  # "dbqu"
 
-__all__ = ["PartLost", "PartOwned", "claim", "reclaim", "take_orphan", "members"]
+__all__ = ["PartLost", "PartOwned", "claim", "reclaim", "orphans", "take", "take_orphan", "members"]
 
 _TRY_LOCK = b"SELECT pg_try_advisory_lock(%s, %s)"
 _UNLOCK = b"SELECT pg_advisory_unlock(%s, %s)"
@@ -78,17 +78,35 @@ def _bump(con: psycopg.Connection[Any], part: int, address: str) -> int:
     return int(row[0])
 
 
+def orphans(con: psycopg.Connection[Any]) -> list[int]:
+    """The known parts whose lock no session holds (their owner is gone), without taking any lock."""
+    rows = con.execute(
+        b"SELECT part FROM dbqueue_parts WHERE part NOT IN (SELECT objid::int FROM pg_locks"
+        b" WHERE locktype = 'advisory' AND classid = %s AND objsubid = 2 AND granted) ORDER BY part",
+        (LOCK_CLASS,),
+    ).fetchall()
+    return [int(row[0]) for row in rows]
+
+
+def take(con: psycopg.Connection[Any], part: int, address: str) -> int | None:
+    """Take ``part`` if no session holds it (for a standby): return its new epoch, or None."""
+    if not _try_lock(con, part):
+        return None
+    return _bump(con, part, address)
+
+
 def take_orphan(
     con: psycopg.Connection[Any], address: str, wanted: Iterable[int] | None = None
 ) -> tuple[int, int] | None:
     """Take the first known part (of ``wanted``, or any) whose owner is gone: return (part, epoch), or None."""
-    known = [int(row[0]) for row in con.execute(b"SELECT part FROM dbqueue_parts ORDER BY part").fetchall()]
+    known = orphans(con)
     if wanted is not None:
         allowed = set(wanted)
         known = [part for part in known if part in allowed]
     for part in known:
-        if _try_lock(con, part):
-            return part, _bump(con, part, address)
+        epoch = take(con, part, address)
+        if epoch is not None:
+            return part, epoch
     return None
 
 
