@@ -393,3 +393,22 @@ def test_a_group_shows_every_member_and_the_totals(server_factory: Callable[...,
     assert overview["members"][0]["self"] and overview["members"][1]["error"] is None
     shared = overview["queues"][0]
     assert (shared["name"], shared["ready"], shared["members"]) == ("shared", 30, {"0": 10, "1": 20})
+
+
+def test_a_queue_pages_stream_carries_its_page_and_says_when_it_is_gone(served: Any) -> None:
+    api = api_of(served)
+    api.open()
+    api.post("create", {"name": "watched"})
+    with socket.create_connection(("127.0.0.1", api.port), timeout=5) as stream:
+        stream.sendall(
+            f"GET /console/api/events?q={key('watched')} HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {api.cookie}\r\n\r\n".encode()
+        )
+        received = b""
+        while b"event: queue\ndata: " not in received or not received.endswith(b"\n\n"):
+            received += stream.recv(65536)
+        page = json.loads(received.split(b"event: queue\ndata: ")[1].split(b"\n")[0])
+        assert page["queue"]["name"] == "watched" and page["ring"]["bytes_per_queue"] == BYTES_PER_QUEUE
+        assert api.post("delete", {"q": key("watched")})[0] == 200
+        received = b""
+        while b'"gone":true' not in received:
+            received += stream.recv(65536)

@@ -31,8 +31,9 @@ afresh (its `Queue` object is new).
 What viewers are sent is built from the samples once per tick, whatever the
 number of viewers: `overview` serializes the overview (every queue's figures,
 rates and sparkline) on the first request of a tick and hands the same bytes
-to every other request and every open event stream until the next tick; a
-stream waits on `next_tick`, one future shared by all of them. A hundred
+to every other request and every open event stream until the next tick (a
+queue's page likewise, in `cache`); a stream waits on `next_tick`, one future
+shared by all of them. A hundred
 open consoles cost a hundred writes of the same bytes a second, not a
 hundred walks of the broker.
 
@@ -162,6 +163,7 @@ class Sampler:
         self._timer: asyncio.TimerHandle | None = None
         self._next: asyncio.Future[bool] | None = None
         self._overview: bytes | None = None  # the overview of this tick, once someone asked for it
+        self.cache: dict[bytes, bytes] = {}  # other answers built from this tick's samples, by the caller's key
 
     # --- the timer -------------------------------------------------------------------
 
@@ -226,6 +228,7 @@ class Sampler:
         self.ticks += 1
         self.sampled_at = self.wall()
         self._overview = None
+        self.cache.clear()
         waiting = self._next
         if waiting is not None and not waiting.done():
             self._next = None

@@ -48,6 +48,7 @@ from urllib.parse import parse_qs
 from aiohttp import web
 
 from ..._version import __version__
+from ...core import Queue
 from ...errors import NoSuchQueue, RequestError
 from ..security import is_loopback
 from .actions import Actions, refusal_text
@@ -64,6 +65,7 @@ log = logging.getLogger("dbqueue.server")
 
 PEEK_MAX = 100  # messages a peek shows at most
 PEEK_BYTES = 65536  # bytes of each peeked payload sent to the page (the rest is cut, and said to be)
+PAGES_CACHED = 1000  # queue pages kept for the rest of a tick (each looked at within it), at most
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -306,7 +308,7 @@ class Console:
         if session is None:
             raise Refused(401, "log in first")
         if call == "events" and method == "GET":
-            return await self._events(request, session)
+            return await self._events(request, session, query)
         route = self._routes.get((method, call))
         if route is None:
             raise Refused(404 if all(key[1] != call for key in self._routes) else 405, f"no call {method} {call}")
@@ -317,7 +319,11 @@ class Console:
         answer: Awaitable[web.StreamResponse] | web.StreamResponse = route(request, session, query)
         if isinstance(answer, web.StreamResponse):
             return answer
-        return await answer
+        try:
+            return await answer
+        finally:
+            if method == "POST":
+                self.sampler.cache.clear()  # the pages built this tick show what was before the change
 
     def _check_origin(self, request: web.BaseRequest) -> None:
         origin = request.headers.get("Origin")
@@ -400,8 +406,10 @@ class Console:
             headers={**SECURITY_HEADERS, "Cache-Control": "no-store"},
         )
 
-    async def _events(self, request: web.BaseRequest, session: ConsoleSession) -> web.StreamResponse:
-        """The overview as server-sent events: now, then after every tick, until the session or the sampler ends."""
+    async def _events(self, request: web.BaseRequest, session: ConsoleSession, query: Query) -> web.StreamResponse:
+        """The overview as server-sent events: now, then after every tick, until the session or the sampler ends;
+        with ``q=KEY`` (a viewer on a queue's page), that page too, as ``queue`` events."""
+        name = _key(query) if "q" in query else None
         response = web.StreamResponse(
             headers={
                 **SECURITY_HEADERS,
@@ -413,19 +421,47 @@ class Console:
         await response.prepare(request)
         sampler = self.sampler
         sessions = self.sessions
-        # The overview is JSON on one line (json.dumps escapes newlines), so one data line an event.
-        await response.write(b"retry: 2000\ndata: " + sampler.overview() + b"\n\n")
+        # Each answer is JSON on one line (json.dumps escapes newlines), so one data line an event.
+        await response.write(b"retry: 2000\n" + self._event(name))
         while True:
             tick = sampler.next_tick()
             await asyncio.wait((tick,))  # not `await tick`: a viewer that leaves must not cancel everyone's tick
             if not tick.result() or sessions.sessions.get(session.id) is not session:
                 break
-            await response.write(b"data: " + sampler.overview() + b"\n\n")
+            await response.write(self._event(name))
         return response
 
+    def _event(self, name: bytes | None) -> bytes:
+        """This tick's events for a viewer: the overview, and the page of queue ``name`` when it looks at one."""
+        event = b"data: " + self.sampler.overview() + b"\n\n"
+        if name is not None:
+            try:
+                page = self._page_of(name)
+            except RequestError as error:
+                page = json.dumps({"error": refusal_text(error), "gone": True}).encode()
+            event += b"event: queue\ndata: " + page + b"\n\n"
+        return event
+
     def _queue(self, request: web.BaseRequest, session: ConsoleSession, query: Query) -> web.Response:
-        name = _key(query)
+        """A queue's page: its figures and options as of the last tick, and its samples (built once a tick)."""
+        return web.Response(
+            body=self._page_of(_key(query)),
+            content_type="application/json",
+            headers={**SECURITY_HEADERS, "Cache-Control": "no-store"},
+        )
+
+    def _page_of(self, name: bytes) -> bytes:
+        """Queue ``name``'s page as JSON, built once a tick (the figures as of the tick); raises `NoSuchQueue`."""
         queue = self.actions.queue(name)
+        cache = self.sampler.cache
+        body = cache.get(name)
+        if body is None:
+            body = self._queue_page(name, queue)
+            if len(cache) < PAGES_CACHED:
+                cache[name] = body
+        return body
+
+    def _queue_page(self, name: bytes, queue: Queue) -> bytes:
         figures = queue.stats()
         figures["key"] = name.hex()
         figures["bytes"] = queue.payload_bytes
@@ -433,7 +469,7 @@ class Console:
         sources = self.actions.sources_of(name)
         history = self.sampler.history(name)
         figures["sources"] = [{"key": source.hex(), "name": source.decode("utf-8", "replace")} for source in sources]
-        return _json(
+        return json.dumps(
             {
                 "queue": figures,
                 "history": history,
@@ -444,8 +480,9 @@ class Console:
                     "coarse_step": COARSE_STEP,
                     "bytes_per_queue": BYTES_PER_QUEUE,
                 },
-            }
-        )
+            },
+            separators=(",", ":"),
+        ).encode()
 
     def _peek(self, request: web.BaseRequest, session: ConsoleSession, query: Query) -> web.Response:
         name = _key(query)

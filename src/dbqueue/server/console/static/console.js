@@ -11,7 +11,6 @@
   let overview = null; // the last overview received
   let events = null; // the EventSource of the overview, while open
   let pollTimer = null; // the fallback poll, while the stream is down
-  let queueTimer = null; // the queue page's refresh
   let sortKey = "name";
   let sortDir = 1;
   let current = null; // the queue page's key (hex), or null on the overview
@@ -137,14 +136,12 @@
     csrf = session.csrf;
     $("server-name").textContent = session.server;
     $("logout").hidden = !session.login_required;
-    openStream();
     route();
   }
 
   function loggedOut() {
     csrf = null;
     closeStream();
-    clearInterval(queueTimer);
     $("logout").hidden = true;
     $("server-name").textContent = "";
     show("login-view");
@@ -175,10 +172,18 @@
 
   // --- live figures -------------------------------------------------------------------
 
-  function openStream() {
+  // One stream a page: the overview every second, and on a queue's page that page too ("queue" events),
+  // so an open console costs the server one write a second and no request.
+  function openStream(key) {
     closeStream();
-    events = new EventSource(API + "events");
+    events = new EventSource(API + (key ? `events?q=${key}` : "events"));
     events.onmessage = (event) => { received(JSON.parse(event.data)); };
+    events.addEventListener("queue", (event) => {
+      const data = JSON.parse(event.data);
+      if (key !== current) return;
+      if (data.gone) queueGone();
+      else renderQueue(data);
+    });
     events.onerror = () => {
       // The browser reconnects by itself; meanwhile poll, in case the stream cannot come back
       // (a proxy that buffers it, the session ended).
@@ -412,18 +417,19 @@
   function route() {
     if (!csrf) return;
     const match = /^#\/queue\/([0-9a-f]*)$/.exec(location.hash);
-    clearInterval(queueTimer);
     if (match) {
       current = match[1];
       show("queue-view");
       $("messages").replaceChildren();
       $("peek-note").textContent = "";
       $("queue-gone").hidden = true;
-      loadQueue();
-      queueTimer = setInterval(loadQueue, 2000);
+      lastQueue = null;
+      openStream(current);
     } else {
       current = null;
+      document.title = "dbqueue console";
       show("overview-view");
+      openStream(null);
       renderOverview();
     }
   }
@@ -435,20 +441,25 @@
 
   let lastQueue = null;
 
+  // After an action: the page at once, not at the next tick.
   async function loadQueue() {
     const key = current;
     let data;
     try {
       data = await call("GET", `queue?q=${key}`);
     } catch (error) {
-      if (key !== current) return;
-      if (error.status === 404) {
-        $("queue-gone").hidden = false;
-        clearInterval(queueTimer);
-      }
+      if (key === current && error.status === 404) queueGone();
       return;
     }
-    if (key !== current) return;
+    if (key === current) renderQueue(data);
+  }
+
+  function queueGone() {
+    $("queue-gone").hidden = false;
+  }
+
+  function renderQueue(data) {
+    $("queue-gone").hidden = true;
     lastQueue = data;
     const q = data.queue;
     $("queue-name").textContent = q.name;
