@@ -72,6 +72,7 @@ from typing import NamedTuple
 
 from ..errors import InvalidQueueName, InvalidRequest, LimitExceeded, NoSuchQueue
 from ..protocol.frames import NEVER_MS
+from ..protocol.layouts import NAME_SIZE, ORIGIN_HEAD, PEEKED_ENTRY
 from .deadlines import DeadlineLanes
 from .journal import Journal, Origin, Snapshot, now_ms
 from .queue import ID_BLOCK, Block, BlockIndex, Entry, Holding, Queue, Record, Waiter, read_order
@@ -764,8 +765,9 @@ class Broker:
     ) -> list[Peeked]:
         """Up to ``count`` messages of ``queue``, left as they are (no count changes, nothing is
         delivered): the ready ones in queue order, then with ``in_flight`` those in flight (in read
-        order), then with ``delayed`` the delayed ones (soonest first). Their payloads stop the list
-        once they pass ``max_bytes`` (`max_batch_bytes` if not given), the first one always listed."""
+        order), then with ``delayed`` the delayed ones (soonest first). The list stops before the
+        entry that would take the reply's entries (payloads, fixed fields and origins, as PEEKED
+        lays them out) past ``max_bytes`` (`max_batch_bytes` if not given); the first one always goes."""
         limit = self.max_batch_bytes if max_bytes is None else max_bytes
         wall = now_ms()
         seen: list[Peeked] = []
@@ -773,7 +775,9 @@ class Broker:
 
         def add(id_: int, data: bytes, deliveries: int, state: str, when: float, origin: Origin | None) -> bool:
             nonlocal size
-            size += len(data)
+            size += len(data) + PEEKED_ENTRY.size
+            if origin is not None:
+                size += ORIGIN_HEAD.size + NAME_SIZE + len(origin.queue)
             if seen and size > limit:
                 return False
             seen.append(Peeked(id_, data, deliveries, state, self.wall_ms(when, now, wall), origin))

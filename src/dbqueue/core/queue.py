@@ -503,7 +503,7 @@ class Queue:
             if tail is None or self._next_id == self._block_end:
                 tail = self._start_run()
             first = self._next_id
-            if not start:
+            if not start and now >= self._mark_end:
                 self.mark(first, now)
             chunk = items[start : start + self._block_end - first]
             tail.items.extend(chunk)
