@@ -196,6 +196,7 @@ DEFAULT_ATTRIBUTES: Mapping[str, str] = {
 """The settable attributes every queue reports, with SQS's defaults (no encryption: dbqueue does none)."""
 
 _MAX_VISIBILITY = 43_200  # SQS's longest visibility timeout, in seconds
+_LOW_48 = 0xFFFF_FFFF_FFFF
 
 
 class SqsHost(Host, Protocol):
@@ -981,7 +982,12 @@ class SqsService:
             self.server.schedule_expiry()
         return send_batch_reply(
             [
-                (entry_id, message_id_text(id_), _md5(body, usedforsecurity=False).hexdigest())
+                # `message_id_text`, inlined (the broker's ids are in its range)
+                (
+                    entry_id,
+                    f"00000000-0000-0000-{id_ >> 48:04x}-{id_ & _LOW_48:012x}",
+                    _md5(body, usedforsecurity=False).hexdigest(),
+                )
                 for (entry_id, body), id_ in zip(plain[1], ids)
             ]
         )
@@ -1064,7 +1070,8 @@ class SqsService:
                 issued[handle] = (queue, id_, deliveries)
                 body = opened[2]
                 md5 = _md5(body.encode(), usedforsecurity=False).hexdigest()
-                messages.append(received_message(message_id_text(id_), handle, md5, body))
+                message_id = f"00000000-0000-0000-{id_ >> 48:04x}-{id_ & _LOW_48:012x}"  # `message_id_text`
+                messages.append(received_message(message_id, handle, md5, body))
             else:
                 if request is None:
                     request = ReceiveMessage(name, count, seconds, wait, frozenset(), (), None)

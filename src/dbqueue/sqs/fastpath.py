@@ -120,11 +120,9 @@ def frame(buffer: bytes | bytearray, start: int, max_body: int) -> HttpRequest |
     if " " in path or "?" in path or "#" in path or path == "/metrics":
         return OTHER
     fields = [line.partition(":") for line in lines[1:]]
+    names = [name for name, colon, _ in fields if colon]
     # Names of letters, digits and dashes (a subset of HTTP's tokens), each line with its colon, no name twice.
-    if (
-        not all(colon and name for name, colon, _ in fields)
-        or not "".join([name for name, _, _ in fields]).replace("-", "").isalnum()
-    ):
+    if len(names) != len(fields) or "" in names or not "".join(names).replace("-", "").isalnum():
         return OTHER
     headers = [(name, value.strip(" ")) for name, _, value in fields]
     named = {name.lower(): value for name, value in headers}

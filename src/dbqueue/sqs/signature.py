@@ -75,7 +75,7 @@ class SignatureVerifier:
     TLS). The table is read at each request, so a caller may update it in place.
     """
 
-    __slots__ = ("_credentials", "_service", "_max_skew", "_allow_unsigned", "_keys")
+    __slots__ = ("_credentials", "_service", "_max_skew", "_allow_unsigned", "_keys", "_last_date")
 
     def __init__(
         self,
@@ -90,6 +90,8 @@ class SignatureVerifier:
         self._max_skew = max_skew
         self._allow_unsigned = allow_unsigned_payload
         self._keys: dict[tuple[str, str, str, str], bytes] = {}
+        # The last request time read, and its epoch seconds: clients sign many requests within one second.
+        self._last_date: tuple[str, float] = ("", 0.0)
 
     def verify(self, method: str, path: str, query: str, headers: Headers, body: bytes, now: float) -> str:
         """Return the access key id that signed the request, or raise `SqsError`.
@@ -164,7 +166,7 @@ class SignatureVerifier:
             # surrogateescape gives back the bytes of headers an HTTP parser decoded that way.
             digest = hashlib.sha256(canonical_request.encode("utf-8", "surrogateescape")).hexdigest()
             string_to_sign = f"{ALGORITHM}\n{amz_date}\n{scope}\n{digest}"
-            expected = hmac.new(key, string_to_sign.encode(), hashlib.sha256).hexdigest()
+            expected = hmac.digest(key, string_to_sign.encode(), "sha256").hex()
             if hmac.compare_digest(expected, signature):
                 break
         else:
@@ -176,16 +178,10 @@ class SignatureVerifier:
         return access_key
 
     def _check_time(self, amz_date: str, presigned: dict[str, str] | None, now: float) -> None:
-        match = _AMZ_DATE.fullmatch(amz_date)
-        if match is None:
-            raise SqsError(
-                ErrorCode.INCOMPLETE_SIGNATURE, f"Date must be in ISO-8601 'basic format'. Got '{amz_date[:32]}'."
-            )
-        try:
-            year, month, day, hour, minute, second = (int(part) for part in match.groups())
-            signed_at = datetime(year, month, day, hour, minute, second, tzinfo=UTC).timestamp()
-        except ValueError:
-            raise SqsError(ErrorCode.INCOMPLETE_SIGNATURE, f"Date '{amz_date}' is not a valid date.") from None
+        last, signed_at = self._last_date
+        if amz_date != last:
+            signed_at = _signed_at(amz_date)
+            self._last_date = (amz_date, signed_at)
         if signed_at > now + self._max_skew:
             raise SqsError(
                 ErrorCode.REQUEST_EXPIRED,
@@ -224,6 +220,20 @@ class SignatureVerifier:
                 "The provided 'x-amz-content-sha256' header does not match what was computed.",
             )
         return value
+
+
+def _signed_at(amz_date: str) -> float:
+    """The epoch seconds of an ``X-Amz-Date``; raises `SqsError` (``IncompleteSignature``) for a malformed one."""
+    match = _AMZ_DATE.fullmatch(amz_date)
+    if match is None:
+        raise SqsError(
+            ErrorCode.INCOMPLETE_SIGNATURE, f"Date must be in ISO-8601 'basic format'. Got '{amz_date[:32]}'."
+        )
+    try:
+        year, month, day, hour, minute, second = (int(part) for part in match.groups())
+        return datetime(year, month, day, hour, minute, second, tzinfo=UTC).timestamp()
+    except ValueError:
+        raise SqsError(ErrorCode.INCOMPLETE_SIGNATURE, f"Date '{amz_date}' is not a valid date.") from None
 
 
 def _amz(seconds: float) -> str:
