@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pg_cluster import Cluster, bin_dir
+from pg_cluster import Cluster, bin_dir, free_port
 from pg_harness import Harness
+from pg_server import PgServer
 
 _databases = itertools.count(1)
 
@@ -57,3 +58,18 @@ def open_store(harness: Harness) -> Iterator[Callable[[], Any]]:
     yield open_
     for store in opened:
         store.close()
+
+
+@pytest.fixture
+def processes_factory(tmp_path: Path) -> Iterator[Callable[..., PgServer]]:
+    started: list[PgServer] = []
+
+    def start(url: str, *, index: int = 0, standby: bool = False, wait: bool = True) -> PgServer:
+        name = f"standby{len(started)}" if standby else f"member{index}-{len(started)}"
+        server = PgServer(url, free_port(), tmp_path / f"{name}.log", index=index, standby=standby)
+        started.append(server)
+        return server.start(wait=wait)
+
+    yield start
+    for server in started:
+        server.kill()

@@ -8,13 +8,12 @@ is enough, and as child processes (`pg_server.PgServer`) where they are killed.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
-from pg_cluster import free_port
 from pg_server import PgServer
 
 from dbqueue import Client, NoSuchMessage, Requeued, Server
@@ -22,21 +21,6 @@ from dbqueue.errors import StoreError
 from dbqueue.protocol.frames import MEMBER_SHIFT
 from dbqueue.store.postgres import PartLost, PartOwned, PostgresStore
 from dbqueue.store.postgres_schema import SCHEMA_VERSION
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[Callable[..., PgServer]]:
-    started: list[PgServer] = []
-
-    def start(url: str, *, index: int = 0, standby: bool = False, wait: bool = True) -> PgServer:
-        name = f"standby{len(started)}" if standby else f"member{index}-{len(started)}"
-        server = PgServer(url, free_port(), tmp_path / f"{name}.log", index=index, standby=standby)
-        started.append(server)
-        return server.start(wait=wait)
-
-    yield start
-    for server in started:
-        server.kill()
 
 
 def test_restart_restores_queues_messages_delays_and_counts(server_factory: Any, pg_url: str) -> None:
@@ -61,8 +45,10 @@ def test_restart_restores_queues_messages_delays_and_counts(server_factory: Any,
         assert delayed not in [m.id for m in got if m is not None]
 
 
-def test_kill9_keeps_every_acknowledged_send_and_confirm(processes: Callable[..., PgServer], pg_url: str) -> None:
-    server = processes(pg_url)
+def test_kill9_keeps_every_acknowledged_send_and_confirm(
+    processes_factory: Callable[..., PgServer], pg_url: str
+) -> None:
+    server = processes_factory(pg_url)
     with Client.connect(server.address) as client:
         client.create("q")
         with client.pipeline() as pipe:
@@ -134,10 +120,10 @@ def test_members_come_from_the_database(server_factory: Any, pg_url: str) -> Non
             assert list(client.members().members) == [first.address, second.address]
 
 
-def test_a_standby_takes_over_a_killed_member(processes: Callable[..., PgServer], pg_url: str) -> None:
-    member = processes(pg_url, index=0)
-    other = processes(pg_url, index=1)
-    standby = processes(pg_url, standby=True, wait=False)
+def test_a_standby_takes_over_a_killed_member(processes_factory: Callable[..., PgServer], pg_url: str) -> None:
+    member = processes_factory(pg_url, index=0)
+    other = processes_factory(pg_url, index=1)
+    standby = processes_factory(pg_url, standby=True, wait=False)
     with Client.connect(member.address) as client:
         client.create("q")
         ids = [client.send("q", b"%d" % i) for i in range(10)]
