@@ -10,9 +10,10 @@ not count as depending on its package's ``__init__``.
 The layers, lowest first: errors (with _version) < protocol < core < store <
 server < cli. A module may import its own layer and those below it. Beside the
 chain, client may import errors and protocol; loadtest and report may import
-client and protocol too; the package face (``dbqueue/__init__.py``) imports
-client and errors eagerly and anything else only lazily; and no module
-imports the face.
+client and protocol too, and so may integrations (the Celery and Dramatiq
+transports, which are clients); the package face (``dbqueue/__init__.py``)
+imports client, errors and protocol (whose public types it exports) eagerly
+and anything else only lazily; and no module imports the face.
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ BESIDE = {
     "client": {"_version", "errors", "protocol"},
     "loadtest": {"_version", "errors", "protocol", "client", "report"},
     "report": {"_version", "errors", "protocol", "client", "loadtest"},
+    "integrations": {"_version", "errors", "protocol", "client"},
 }
-FACE_EAGER = {"_version", "client", "errors"}  # what `import dbqueue` may load at once
+FACE_EAGER = {"_version", "client", "errors", "protocol"}  # what `import dbqueue` may load at once
 NO_IO_IN_CORE = {"asyncio", "socket", "selectors", "ssl", "sqlite3"}
 # What a program that only uses the clients must not load with `import dbqueue`.
 NOT_FOR_CLIENTS = (

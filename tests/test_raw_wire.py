@@ -180,7 +180,8 @@ def test_malformed_bodies_are_refused_and_the_connection_stays_usable(raw: Raw) 
         (Op.ENQUEUE, b"", ErrorCode.MALFORMED),
         (Op.CREATE_QUEUE, b"\x01q", ErrorCode.MALFORMED),
         (Op.CREATE_QUEUE, b"\x01q" + bytes(8), ErrorCode.MALFORMED),  # the old layout, capacity only
-        (Op.CREATE_QUEUE, b"\x01q" + bytes(13) + b"x", ErrorCode.MALFORMED),  # trailing bytes
+        (Op.CREATE_QUEUE, b"\x01q" + bytes(13), ErrorCode.MALFORMED),  # version 2's, without the visibility timeout
+        (Op.CREATE_QUEUE, b"\x01q" + bytes(17) + b"x", ErrorCode.MALFORMED),  # trailing bytes
         (Op.HELLO, b"", ErrorCode.MALFORMED),
     ]
     # All pipelined in one write; answered in order.
@@ -195,12 +196,12 @@ def test_malformed_bodies_are_refused_and_the_connection_stays_usable(raw: Raw) 
 @pytest.mark.parametrize(
     "opcode, body",
     [
-        (Op.CREATE_QUEUE, b"\x00" + bytes(13)),
+        (Op.CREATE_QUEUE, b"\x00" + bytes(17)),
         (Op.DELETE_QUEUE, b"\x00"),
         (Op.ENQUEUE, b"\x00data"),
         (Op.READ, bytes(8) + b"\x00"),
-        (Op.CREATE_QUEUE, b"\x02\xff\xfe" + bytes(13)),
-        (Op.CREATE_QUEUE, b"\x01q" + bytes(12) + b"\x02\xff\xfe"),
+        (Op.CREATE_QUEUE, b"\x02\xff\xfe" + bytes(17)),
+        (Op.CREATE_QUEUE, b"\x01q" + bytes(16) + b"\x02\xff\xfe"),
         (Op.DELETE_QUEUE, b"\x02\xc3\x28"),
     ],
     ids=[
@@ -261,11 +262,15 @@ def test_hello_versions(raw: Raw) -> None:
     connection.send(frame(Op.HELLO, b"\x00\x01", request_id=3))
     message = expect_error(connection, 3, ErrorCode.UNSUPPORTED_VERSION)
     assert "protocol version 1 is not supported" in message and "upgrade the client" in message
+    # A version 2 client too (a visibility timeout of 0 means the queue's default since version 3).
+    connection.send(frame(Op.HELLO, b"\x00\x02", request_id=4))
+    message = expect_error(connection, 4, ErrorCode.UNSUPPORTED_VERSION)
+    assert "protocol version 2 is not supported" in message and "upgrade the client" in message
     connection.send(frame(Op.HELLO, b"\x00\x09", request_id=2))  # a newer client: the server speaks its own
     opcode, _, rid, body = connection.recv_frame()
     ok = decode_response(opcode, body)
     assert rid == 2 and isinstance(ok, HelloOk)
-    assert ok.version == PROTOCOL_VERSION == 2 and ok.max_message_size == 1024 * 1024
+    assert ok.version == PROTOCOL_VERSION == 3 and ok.max_message_size == 1024 * 1024
     assert ok.server.startswith("dbqueue/")
 
 
