@@ -404,9 +404,10 @@ def test_a_queue_pages_stream_carries_its_page_and_says_when_it_is_gone(served: 
             f"GET /console/api/events?q={key('watched')} HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {api.cookie}\r\n\r\n".encode()
         )
         received = b""
-        while b"event: queue\ndata: " not in received or not received.endswith(b"\n\n"):
+        marker = b"event: queue\ndata: "
+        while marker not in received or b"\n" not in received.split(marker)[1]:
             received += stream.recv(65536)
-        page = json.loads(received.split(b"event: queue\ndata: ")[1].split(b"\n")[0])
+        page = json.loads(received.split(marker)[1].split(b"\n")[0])
         assert page["queue"]["name"] == "watched" and page["ring"]["bytes_per_queue"] == BYTES_PER_QUEUE
         assert api.post("delete", {"q": key("watched")})[0] == 200
         received = b""

@@ -438,7 +438,7 @@ class Console:
             try:
                 page = self._page_of(name)
             except RequestError as error:
-                page = json.dumps({"error": refusal_text(error), "gone": True}).encode()
+                page = json.dumps({"error": refusal_text(error), "gone": True}, separators=(",", ":")).encode()
             event += b"event: queue\ndata: " + page + b"\n\n"
         return event
 
