@@ -400,9 +400,8 @@ def test_a_queue_pages_stream_carries_its_page_and_says_when_it_is_gone(served: 
     api.open()
     api.post("create", {"name": "watched"})
     with socket.create_connection(("127.0.0.1", api.port), timeout=5) as stream:
-        stream.sendall(
-            f"GET /console/api/events?q={key('watched')} HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {api.cookie}\r\n\r\n".encode()
-        )
+        path = f"/console/api/events?q={key('watched')}"
+        stream.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {api.cookie}\r\n\r\n".encode())
         received = b""
         marker = b"event: queue\ndata: "
         while marker not in received or b"\n" not in received.split(marker)[1]:
