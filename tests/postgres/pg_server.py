@@ -23,9 +23,21 @@ START_TIMEOUT = 15.0
 class PgServer:
     """One `dbqueue.Server` process on ``url`` at ``port`` (member ``index``, or a standby)."""
 
-    def __init__(self, url: str, port: int, log: Path, *, index: int = 0, standby: bool = False) -> None:
+    def __init__(
+        self,
+        url: str,
+        port: int,
+        log: Path,
+        *,
+        index: int = 0,
+        standby: bool = False,
+        host: str = "127.0.0.1",
+        netns: str | None = None,
+    ) -> None:
         self.url = url
         self.port = port
+        self.host = host
+        self.netns = netns  # run inside this network namespace (``ip netns exec``)
         self.index = index
         self.standby = standby
         self.log_path = log
@@ -33,12 +45,14 @@ class PgServer:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def start(self, wait: bool = True) -> PgServer:
-        command = [sys.executable, __file__, self.url, str(self.port), str(self.index)]
+        command = [sys.executable, __file__, self.url, str(self.port), str(self.index), "--host", self.host]
         if self.standby:
             command.append("--standby")
+        if self.netns is not None:
+            command = ["ip", "netns", "exec", self.netns, *command]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         if wait:
@@ -86,11 +100,12 @@ def main() -> None:
     parser.add_argument("port", type=int)
     parser.add_argument("index", type=int)
     parser.add_argument("--standby", action="store_true")
+    parser.add_argument("--host", default="127.0.0.1")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from dbqueue.server import Server, run
 
-    run(Server(port=args.port, store=args.url, member_index=args.index, standby=args.standby))
+    run(Server(args.host, args.port, store=args.url, member_index=args.index, standby=args.standby))
 
 
 if __name__ == "__main__":

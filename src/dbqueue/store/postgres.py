@@ -119,8 +119,12 @@ _CONNECT_OPTIONS: dict[str, Any] = {
     "keepalives_count": 3,
     "tcp_user_timeout": 5000,  # a commit on a link that went dead fails within 5 s instead of the kernel's 15 min
 }
-# The server side: PostgreSQL ends the session (and frees the part's lock) of a member cut off from it.
-_KEEPALIVES = b"SET tcp_keepalives_idle = 1; SET tcp_keepalives_interval = 1; SET tcp_keepalives_count = 3"
+# The server side: PostgreSQL ends the session (and frees the part's lock) of a member cut off from it, idle
+# (keepalives) or with a reply unacknowledged (tcp_user_timeout: keepalives are not sent while data is).
+_KEEPALIVES = (
+    b"SET tcp_keepalives_idle = 1; SET tcp_keepalives_interval = 1; SET tcp_keepalives_count = 3;"
+    b" SET tcp_user_timeout = 5000"
+)
 
 
 def connect(url: str) -> psycopg.Connection[Any]:
