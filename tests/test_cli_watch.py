@@ -214,3 +214,18 @@ def test_watch_as_json_lines(server: ServerThread, tmp_path: Path) -> None:
     shown = [json.loads(line) for line in lines]
     assert all(sample["queues"][0]["name"] == "jobs" and sample["queues"][0]["ready"] == 1 for sample in shown)
     assert all(len(sample["time"]) == len("2026-05-01T12:34:56") for sample in shown)
+
+
+def test_the_watch_shows_the_age_of_each_queues_oldest_ready_message() -> None:
+    sample = Sample(
+        0.0,
+        (queue("jobs", ready=3, oldest_ready_age_ms=12_500), queue("idle"), queue("old", oldest_ready_age_ms=725_000)),
+    )
+    for width in (66, 80):
+        lines = watch_frame("t", CLOCK, sample, None, "s", width=width)
+        assert lines[1].split()[:6] == ["queue", "ready", "in", "flight", "delayed", "oldest"]
+        rows = {line.split()[0]: line.split() for line in lines[2:5]}
+        assert (rows["jobs"][4], rows["idle"][4], rows["old"][4]) == ("12s", "-", "12m05s")
+        assert lines[5].startswith("tot") and "12m05s" in lines[5].split()  # the total: the oldest of all
+    wide = queue_lines([("jobs", queue("jobs", oldest_ready_age_ms=12_500))], width=85)
+    assert wide[0].split()[-1] == "oldest" and wide[1].split()[-1] == "12s"
