@@ -93,3 +93,33 @@ def test_dbqueue_serve_refuses_a_public_sqs_api_without_credentials() -> None:
     _, stderr = process.communicate(timeout=20)
     assert process.returncode == 2
     assert "refusing to serve the SQS API on 0.0.0.0 without credentials" in stderr
+
+
+def test_dbqueue_serve_puts_the_console_behind_the_servers_token(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("the server's token\n")
+    process = _serve("--auth-token-file", str(token))
+    try:
+        assert process.stderr is not None
+        port = None
+        deadline = time.monotonic() + 20
+        while port is None and time.monotonic() < deadline:
+            line = process.stderr.readline()
+            found = re.search(r"web console on http://127\.0\.0\.1:(\d+)/ \(log in with the server's token\)", line)
+            port = int(found[1]) if found else None
+        assert port is not None, "the console's log line never came"
+        status, _, body = listener_kit.exchange_port(port, "GET", "/", {})
+        assert status == 200 and b"<title>dbqueue console</title>" in body
+        status, _, body = listener_kit.exchange_port(port, "GET", "/console/api/overview", {})
+        assert status == 401
+        login = json.dumps({"token": "the server's token"}).encode()
+        status, headers, body = listener_kit.exchange_port(
+            port, "POST", "/console/api/login", {"Content-Type": "application/json"}, login
+        )
+        assert status == 200, body
+        cookie = headers["set-cookie"].split(";")[0]
+        status, _, body = listener_kit.exchange_port(port, "GET", "/console/api/overview", {"Cookie": cookie})
+        assert status == 200 and json.loads(body)["queues"] == []
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0

@@ -1,4 +1,4 @@
-"""The HTTP listener: the SQS API and ``/metrics`` on one port, served by aiohttp on the server's own loop.
+"""The HTTP listener: the SQS API, ``/metrics`` and the web console on one port, served by aiohttp on the server's loop.
 
 Theory of operation
 -------------------
@@ -24,6 +24,12 @@ Each request goes, in order, through:
 
 ``GET`` and ``HEAD /metrics`` answer from the metrics registry (`metrics`), with
 format and compression negotiated by prometheus_client.
+
+The web console (`console`) answers ``GET``/``HEAD /`` without a query (an
+SQS request always has one: an action in its query or its body) and every
+path under ``/console/``; it has its own guards (the server's token, a
+session cookie, CSRF), not the SQS signature, and the listener starts and
+stops its sampler with itself (`console.Sampler`: one timer, once a second).
 
 Connections: one that sends no complete request within
 `HttpSettings.idle_timeout` is closed, whether it never sent one (one sweep
@@ -232,7 +238,7 @@ class _Refused(asyncio.Protocol):
 
 
 class HttpListener:
-    """The SQS API and ``/metrics`` over HTTP on ``host:port`` (0: any free port, `port` after `start`).
+    """The SQS API, ``/metrics`` and the console over HTTP on ``host:port`` (0: any free port, `port` after `start`).
 
     ``server`` is the `Server` (any `HttpHost`), started, whose loop runs this
     listener and whose broker it shares; ``host`` defaults to the server's.
@@ -322,6 +328,7 @@ class HttpListener:
         self.port = self._listener.sockets[0].getsockname()[1]
         self._sweep(loop)
         self.console.start()
+        log.info("web console on %s://%s:%d/ (%s)", self.scheme, self.host, self.port, self.console.access)
         log.info(
             "SQS API and metrics on %s://%s:%d (%s)",
             self.scheme,

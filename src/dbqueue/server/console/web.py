@@ -186,6 +186,16 @@ class Console:
     def for_listener(cls, server: HttpHost, host: str, scheme: str, body_timeout: float) -> Console:
         return cls(server, scheme=scheme, loopback=is_loopback(host), body_timeout=body_timeout)
 
+    @property
+    def access(self) -> str:
+        """Who may use the console, in a few words (for the log)."""
+        sessions = self.sessions
+        if sessions.login_required:
+            return "log in with the server's token"
+        if sessions.allowed:
+            return "loopback, no token: no login"
+        return "off: a console off loopback needs --auth-token-file"
+
     def start(self) -> None:
         """Start sampling (on the running loop)."""
         self.sampler.start()
