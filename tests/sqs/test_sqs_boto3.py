@@ -516,3 +516,61 @@ def test_with_a_store_the_visibility_timeout_is_the_queues_own_and_create_queue_
     sqs.delete_message(QueueUrl=url, ReceiptHandle=again["ReceiptHandle"])
     sqs.close()
     listening.stop()
+
+
+def test_start_message_move_task_returns_dead_letters_to_their_sources(sqs: Any, listening: Any) -> None:
+    """StartMessageMoveTask: each dead letter back to the queue it came from (or to DestinationArn), in order,
+    at once: the task is COMPLETED by the time it is listed."""
+    sqs.create_queue(QueueName="dlq")
+    dead_arn = "arn:aws:sqs:us-east-1:000000000000:dlq"
+    policy = f'{{"deadLetterTargetArn":"{dead_arn}","maxReceiveCount":1}}'
+    sources = {
+        name: sqs.create_queue(QueueName=name, Attributes={"RedrivePolicy": policy})["QueueUrl"] for name in "ab"
+    }
+    for name, url in sources.items():
+        for number in range(3):
+            sqs.send_message(QueueUrl=url, MessageBody=f"{name}{number}")
+        for _ in range(3):  # received once, visible again at once: dead-lettered at the next step
+            sqs.receive_message(QueueUrl=url, VisibilityTimeout=0)
+        assert "Messages" not in sqs.receive_message(QueueUrl=url)
+    with Client.connect(listening.thread.address) as native:
+        native.create("native-dead")
+        assert native.stats("dlq")["ready"] == 6
+
+        handle = sqs.start_message_move_task(SourceArn=dead_arn)["TaskHandle"]
+        tasks = sqs.list_message_move_tasks(SourceArn=dead_arn)["Results"]
+        assert [(t["TaskHandle"], t["Status"], t["ApproximateNumberOfMessagesMoved"]) for t in tasks] == [
+            (handle, "COMPLETED", 6)
+        ]
+        assert tasks[0]["ApproximateNumberOfMessagesToMove"] == 6 and "DestinationArn" not in tasks[0]
+        for name, url in sources.items():
+            got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, AttributeNames=["All"])["Messages"]
+            assert sorted(message["Body"] for message in got) == [f"{name}{n}" for n in range(3)]
+            for message in got:
+                sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+        assert native.stats("dlq")["ready"] == 0
+
+        # With DestinationArn, every message goes there.
+        url = sources["a"]
+        sqs.send_message(QueueUrl=url, MessageBody="again")
+        sqs.receive_message(QueueUrl=url, VisibilityTimeout=0)
+        assert "Messages" not in sqs.receive_message(QueueUrl=url)
+        other = sqs.create_queue(QueueName="elsewhere")["QueueUrl"]
+        sqs.start_message_move_task(SourceArn=dead_arn, DestinationArn="arn:aws:sqs:us-east-1:000000000000:elsewhere")
+        assert [m["Body"] for m in sqs.receive_message(QueueUrl=other)["Messages"]] == ["again"]
+        tasks = sqs.list_message_move_tasks(SourceArn=dead_arn, MaxResults=10)["Results"]
+        assert [t["Status"] for t in tasks] == ["COMPLETED", "COMPLETED"]
+        assert tasks[0]["DestinationArn"].endswith(":elsewhere")
+
+        # A message with no source to go back to (sent to the dead-letter queue itself, natively) stops the task.
+        native.send("dlq", b"from nowhere")
+        handle = sqs.start_message_move_task(SourceArn=dead_arn)["TaskHandle"]
+        task = sqs.list_message_move_tasks(SourceArn=dead_arn)["Results"][0]
+        assert (task["Status"], task["ApproximateNumberOfMessagesMoved"]) == ("FAILED", 0)
+        assert "no source queue" in task["FailureReason"]
+        error = error_of(sqs.cancel_message_move_task, TaskHandle=handle)
+        assert error["class"] == "UnsupportedOperation"  # it is not running: nothing to cancel
+        error = error_of(sqs.cancel_message_move_task, TaskHandle="nope")
+        assert error["class"] == "ResourceNotFoundException"
+        error = error_of(sqs.start_message_move_task, SourceArn="arn:aws:sqs:us-east-1:000000000000:native-dead")
+        assert error["class"] == "UnsupportedOperation"  # not a dead-letter queue

@@ -91,6 +91,8 @@ from ..sqs import (
     DEFAULT_REGION,
     BatchResult,
     BatchResultErrorEntry,
+    CancelMessageMoveTask,
+    CancelMessageMoveTaskResult,
     ChangeMessageVisibility,
     ChangeMessageVisibilityBatch,
     CreateQueue,
@@ -106,11 +108,14 @@ from ..sqs import (
     GetQueueUrlResult,
     ListDeadLetterSourceQueues,
     ListDeadLetterSourceQueuesResult,
+    ListMessageMoveTasks,
+    ListMessageMoveTasksResult,
     ListQueues,
     ListQueuesResult,
     ListQueueTags,
     ListQueueTagsResult,
     MessageAttributeValue,
+    MessageMoveTask,
     PurgeQueue,
     Receipt,
     ReceiptHandles,
@@ -128,6 +133,8 @@ from ..sqs import (
     SetQueueAttributes,
     SignatureVerifier,
     SqsError,
+    StartMessageMoveTask,
+    StartMessageMoveTaskResult,
     TagQueue,
     UntagQueue,
     bare_body,
@@ -356,6 +363,7 @@ class SqsService:
         # answered without opening it (base64 and an HMAC); any other handle is opened.
         self._issued: dict[str, tuple[Queue, int, int]] = {}
         self._prefixes: dict[tuple[str, str], bytes] = {}  # (queue, sender) -> `plain_prefix`
+        self._moves: dict[bytes, list[MessageMoveTask]] = {}  # a dead-letter queue's move tasks, newest first
 
     # --- the entry point -------------------------------------------------------------
 
@@ -556,6 +564,7 @@ class SqsService:
         key = request.queue.encode()
         admit_change(self)
         self.records.pop(key, None)
+        self._moves.pop(key, None)
         if not self.broker.delete_queue(key):
             raise SqsError(ErrorCode.QUEUE_DOES_NOT_EXIST)
 
@@ -950,6 +959,89 @@ class SqsService:
             request.entries, lambda entry: self._change(request.queue, entry.receipt_handle, entry.visibility_timeout)
         )
 
+    # --- moving dead letters back (StartMessageMoveTask) -------------------------------
+
+    def _start_message_move_task(
+        self, request: StartMessageMoveTask, endpoint: str, sender: str
+    ) -> StartMessageMoveTaskResult:
+        """Move a dead-letter queue's ready messages, at once, to ``DestinationArn`` or each to its source.
+
+        SQS runs the task in the background at up to ``MaxNumberOfMessagesPerSecond``;
+        dbqueue's move is one step per destination (`Broker.move`), so the task is
+        over when this answers: ``ListMessageMoveTasks`` reports it ``COMPLETED``
+        (or ``FAILED``, with what was moved before a message found no way back).
+        """
+        source = self.record(request.source_queue).queue
+        if not any(queue.dead_letter == source.name for queue in self.broker.queues.values()):
+            raise SqsError(ErrorCode.UNSUPPORTED_OPERATION, "Source queue must be configured as a Dead Letter Queue.")
+        destination = None
+        if request.destination_queue is not None:
+            destination = self.record(request.destination_queue).queue
+            if destination is source:
+                raise SqsError(ErrorCode.INVALID_PARAMETER_VALUE, "The destination cannot be the source queue.")
+        tasks = self._moves.setdefault(source.name, [])
+        admit_change(self)
+        now = self.server.clock()
+        to_move = source.ready
+        failure = None
+        if destination is not None:
+            moved = self.broker.move(source, destination, None, now)
+            if moved < to_move:
+                failure = "The destination queue is full."
+        else:
+            moved, failure = self._move_home(source, now)
+        self.server.schedule_expiry()
+        handle = f"{uuid.uuid4()}"
+        task = MessageMoveTask(
+            "FAILED" if failure else "COMPLETED",
+            queue_arn(request.source_queue, self.region),
+            int(self.wall() * 1000),
+            moved,
+            handle,
+            queue_arn(request.destination_queue, self.region) if request.destination_queue is not None else None,
+            request.max_per_second,
+            to_move,
+            failure,
+        )
+        tasks.insert(0, task)
+        del tasks[10:]  # SQS lists a queue's tasks of the last 14 days, at most 10
+        return StartMessageMoveTaskResult(handle)
+
+    def _move_home(self, source: Queue, now: float) -> tuple[int, str | None]:
+        """Move each ready message of ``source`` back to the queue it came from, in order: the broker's origin
+        of a dead letter, else the queue its envelope was sent to. Returns how many moved and why it stopped early."""
+        moved = 0
+        broker = self.broker
+        while source.ready:
+            front = broker.peek(source, 1, now)[0]
+            home = front.origin.queue if front.origin is not None else None
+            if home is None:
+                envelope = open_envelope(front.data)
+                home = envelope.queue.encode() if envelope is not None else None
+            target = broker.queues.get(home) if home is not None else None
+            if target is None or target is source:
+                return moved, f"Message {message_id_text(front.id)} has no source queue to go back to."
+            if broker.move(source, target, 1, now) != 1:
+                return moved, f"The queue {target.name.decode(errors='replace')} is full."
+            moved += 1
+        return moved, None
+
+    def _list_message_move_tasks(
+        self, request: ListMessageMoveTasks, endpoint: str, sender: str
+    ) -> ListMessageMoveTasksResult:
+        source = self.record(request.source_queue).queue
+        tasks = self._moves.get(source.name, [])
+        return ListMessageMoveTasksResult(tuple(tasks[: request.max_results or 1]))
+
+    def _cancel_message_move_task(
+        self, request: CancelMessageMoveTask, endpoint: str, sender: str
+    ) -> CancelMessageMoveTaskResult:
+        # Every task is over by the time its start is answered: there is never one running to cancel.
+        for tasks in self._moves.values():
+            if any(task.task_handle == request.task_handle for task in tasks):
+                raise SqsError(ErrorCode.UNSUPPORTED_OPERATION, "The message move task is not running.")
+        raise SqsError(ErrorCode.RESOURCE_NOT_FOUND, "The task handle does not name a message move task.")
+
     # --- the fast path (see `SqsConnection` and `dbqueue.sqs.fastpath`) ---------------
     #
     # Each returns the JSON body of the answer, or None when the request is not of the
@@ -1162,8 +1254,11 @@ _ACTIONS: dict[type, Action] = {
     ChangeMessageVisibility: SqsService._change_message_visibility,
     ChangeMessageVisibilityBatch: SqsService._change_message_visibility_batch,
     ListDeadLetterSourceQueues: SqsService._list_dead_letter_source_queues,
+    StartMessageMoveTask: SqsService._start_message_move_task,
+    ListMessageMoveTasks: SqsService._list_message_move_tasks,
+    CancelMessageMoveTask: SqsService._cancel_message_move_task,
 }
-"""Every action but ReceiveMessage (a coroutine, see `SqsService.act`); the move tasks are not supported."""
+"""Every action but ReceiveMessage (a coroutine, see `SqsService.act`)."""
 
 
 # --- the fast path's connection ------------------------------------------------------------------------------------
