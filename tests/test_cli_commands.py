@@ -276,6 +276,13 @@ def test_a_group_from_one_member_sums_its_members_and_shows_each(group: Supervis
     assert keyed[0] >> 56 == same[0] >> 56  # one key, one member
     assert len(ok(run_cli("read", "jobs", "--count", "20", "--confirm", *one)).split()) == 11
     assert json.loads(ok(run_cli("stats", "jobs", "--json", *one)))["ready"] == 0
+    # Peek looks at every member; move is done by each member on its own part.
+    ok(run_cli("send", "jobs", *one, stdin=b"a\nb\nc\nd\n"))
+    assert sorted(m["data"] for m in json.loads(ok(run_cli("peek", "jobs", "--json", *one)))) == ["a", "b", "c", "d"]
+    ok(run_cli("create", "other", *one))
+    assert json.loads(ok(run_cli("move", "jobs", "other", "--count", "3", "--json", *one)))["moved"] == 3
+    assert ok(run_cli("move", "jobs", "other", *one)) == "moved 1 messages from jobs to other\n"
+    assert json.loads(ok(run_cli("stats", "other", "--json", *one)))["ready"] == 4
 
     pids = workers_of(group.process.pid)
     os.kill(pids[group.port + 2], signal.SIGSTOP)  # a member that stops answering
