@@ -1,0 +1,126 @@
+"""``dbqueue serve --store URL [--standby]`` as real processes on a throwaway PostgreSQL cluster
+(tests/postgres/pg_cluster.py): the store keeps what was sent across a restart, and a standby started
+beside the server takes over its part when it stops. The client side is the CLI too.
+
+Skipped, saying why, where PostgreSQL is not installed (CI installs it).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from test_cli_commands import clean_environment, ok, run_cli
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "postgres"))
+from pg_cluster import Cluster, bin_dir  # beside the PostgreSQL tests, on the path above
+
+
+@pytest.fixture(scope="module")
+def pg_cluster() -> Iterator[Cluster]:
+    if bin_dir() is None:
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    cluster = Cluster.create().start()
+    try:
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: Cluster, request: pytest.FixtureRequest) -> str:
+    """A new, empty database for the test."""
+    return pg_cluster.create_database(request.node.name.removeprefix("test_")[:40])
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class Serve:
+    """``dbqueue serve --port PORT ARGS`` as a process, its output in a log file."""
+
+    def __init__(self, tmp_path: Path, *args: str, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.log = tmp_path / f"serve-{self.port}.log"
+        with open(self.log, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "dbqueue.cli", "serve", "--port", str(self.port), *args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=clean_environment(),
+            )
+
+    def wait_serving(self, within: float = 30.0) -> None:
+        deadline = time.monotonic() + within
+        while run_cli("list", "--address", self.address, "--timeout", "1").returncode != 0:
+            assert self.process.poll() is None, f"serve exited {self.process.returncode}:\n{self.text()}"
+            assert time.monotonic() < deadline, f"not serving on {self.address} after {within} s:\n{self.text()}"
+            time.sleep(0.1)
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(20)
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+
+@pytest.fixture
+def serving(tmp_path: Path) -> Iterator[Any]:
+    started: list[Serve] = []
+
+    def start(*args: str, port: int | None = None) -> Serve:
+        started.append(Serve(tmp_path, *args, port=port))
+        return started[-1]
+
+    yield start
+    for serve in started:
+        if serve.process.poll() is None:
+            serve.process.kill()
+            serve.process.wait(10)
+
+
+def test_serve_keeps_the_queues_in_postgresql_across_a_restart(pg_url: str, serving: Any) -> None:
+    first = serving("--store", pg_url)
+    first.wait_serving()
+    at = ["--address", first.address]
+    ok(run_cli("create", "jobs", "--visibility-timeout", "60", *at))
+    ok(run_cli("send", "jobs", *at, stdin=b"one\ntwo\n"))
+    assert first.stop() == 0, first.text()
+
+    again = serving("--store", pg_url, port=first.port)
+    again.wait_serving()
+    stats = json.loads(ok(run_cli("stats", "jobs", "--json", *at)))
+    assert (stats["ready"], stats["visibility_timeout_ms"]) == (2, 60_000)
+    assert [m["data"] for m in json.loads(ok(run_cli("peek", "jobs", "--json", *at)))] == ["one", "two"]
+    assert ok(run_cli("read", "jobs", "--count", "2", "--confirm", *at)) == "one\ntwo\n"
+    assert again.stop() == 0, again.text()
+
+
+def test_a_standby_takes_over_when_the_server_stops(pg_url: str, serving: Any) -> None:
+    main = serving("--store", pg_url)
+    main.wait_serving()
+    standby = serving("--store", pg_url, "--standby")
+    ok(run_cli("create", "handover", "--address", main.address))
+    ok(run_cli("send", "handover", "kept", "--address", main.address))
+    time.sleep(0.5)
+    assert standby.process.poll() is None, standby.text()
+    assert main.stop() == 0, main.text()
+    standby.wait_serving(within=60.0)
+    assert ok(run_cli("read", "handover", "--confirm", "--address", standby.address)) == "kept\n"
+    assert standby.stop() == 0, standby.text()
