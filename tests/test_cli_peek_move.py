@@ -7,7 +7,10 @@ peek and move against a group.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -270,3 +273,15 @@ def test_message_json_of_a_read_message_has_no_state() -> None:
     from dbqueue import Message
 
     assert message_json(Message(3, b"hi", 2)) == {"id": 3, "deliveries": 2, "origin": None, "data": "hi"}
+
+
+def test_the_dead_letters_example_runs(server: ServerThread) -> None:
+    example = Path(__file__).resolve().parent.parent / "examples" / "dead_letters.py"
+    run = subprocess.run(
+        [sys.executable, str(example), "--address", server.address], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0] == "done: [b'book', b'lamp']"
+    assert lines[1].startswith("dead letter b'poison': from 'orders' (id ") and "delivered 5 times there" in lines[1]
+    assert lines[2] == "moved 1 back; done: [b'poison']"
