@@ -1539,3 +1539,4 @@ async def serve_fast_path(listener: Any) -> None:
     listener._listener = await asyncio.get_running_loop().create_server(
         protocol, listener.host, listener.port, reuse_address=True, ssl=listener.server.ssl, backlog=4096
     )
+    log.info("SQS fast path on %s:%d", listener.host, listener.port)
