@@ -36,8 +36,8 @@ goes.
 
 **Idle.** With ``--idle-seconds``, eight idle Celery workers and then eight
 idle Dramatiq worker processes are attached to the dbqueue server, and its CPU
-over that many seconds is reported (cores busy), beside Redis's with the same
-workers on Redis.
+over that many seconds is reported (cores busy) with the requests it handled per
+second, beside Redis's with the same workers on Redis.
 """
 
 from __future__ import annotations
@@ -340,10 +340,11 @@ def idle(servers: Servers, work: Path, seconds: float, framework: str, broker: s
         for number in range(8):
             stack.enter_context(worker(system, env, work / f"idle-{system}-{number}.log", 1, 1))
         time.sleep(8.0)  # every worker started and settled into its waiting reads
-        before = cpu_seconds(server)
+        before, requests_before = cpu_seconds(server), servers.requests(system)
         time.sleep(seconds)
         busy = (cpu_seconds(server) - before) / seconds
-    return {"system": system, "workers": 8, "seconds": seconds, "server_cores": busy}
+        rate = (servers.requests(system) - requests_before) / seconds
+    return {"system": system, "workers": 8, "seconds": seconds, "server_cores": busy, "requests_per_second": rate}
 
 
 def report(results: list[dict[str, Any]], idles: list[dict[str, Any]]) -> list[str]:
