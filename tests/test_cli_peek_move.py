@@ -67,7 +67,7 @@ def redrive(at: list[str]) -> None:
         time.sleep(0.1)
     (dead,) = json.loads(ok(run_cli("peek", "dead", "--json", *at)))
     assert dead["origin"]["queue"] == "jobs" and dead["origin"]["id"] == sent and dead["origin"]["deliveries"] == 1
-    assert "from jobs: id" in ok(run_cli("peek", "dead", *at))
+    assert f"  origin: jobs id {sent}, 1 delivery, enqueued " in ok(run_cli("peek", "dead", *at))
 
     # The redrive: back to the end of its queue, origin kept.
     assert ok(run_cli("move", "dead", "jobs", *at)) == "moved 1 messages from dead to jobs\n"
@@ -205,7 +205,7 @@ def test_peek_lines_and_json_say_state_deliveries_age_and_origin() -> None:
     assert lines[0] == "1  ready  0 deliveries  age 12s  5 bytes"
     assert lines[1] == "    plain"
     assert lines[2] == "2  in flight  5 deliveries  age 1h06m  1 bytes"
-    assert lines[3].startswith("  from jobs: id 17, enqueued ") and lines[3].endswith(", 5 deliveries there")
+    assert lines[3].startswith("  origin: jobs id 17, 5 deliveries, enqueued ")
     assert all(len(line) <= 80 for line in peek_lines(messages, now, width=80))
     shown = message_json(messages[1], now)
     assert shown == {

@@ -463,7 +463,7 @@ def peek_lines(messages: Sequence[PeekedMessage], now: float, *, width: int = 80
     lines: list[str] = []
     for message in messages:
         age = fit_age(max(0.0, now - message.enqueued_at) * 1000 or 0.1, 8)
-        deliveries = f"{message.deliveries} {'delivery' if message.deliveries == 1 else 'deliveries'}"
+        deliveries = _deliveries(message.deliveries)
         head = f"{message.id}  {message.state.replace('_', ' ')}  {deliveries}  age {age}  {len(message.data):,} bytes"
         lines.append(_clip(head, width))
         origin = message.origin
@@ -471,10 +471,14 @@ def peek_lines(messages: Sequence[PeekedMessage], now: float, *, width: int = 80
             enqueued = datetime.datetime.fromtimestamp(origin.enqueued_at).strftime("%Y-%m-%d %H:%M:%S")
             lines.append(
                 _clip(
-                    f"  from {printable(origin.queue)}: id {origin.id}, enqueued {enqueued}, "
-                    f"{origin.deliveries} deliveries there",
+                    f"  origin: {printable(origin.queue)} id {origin.id}, {_deliveries(origin.deliveries)}, "
+                    f"enqueued {enqueued}",
                     width,
                 )
             )
         lines += [_clip("    " + line, width) for line in render_data(message.data)]
     return lines
+
+
+def _deliveries(count: int) -> str:
+    return f"{count} {'delivery' if count == 1 else 'deliveries'}"
