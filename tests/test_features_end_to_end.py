@@ -709,3 +709,53 @@ def test_a_blocking_waiting_read_may_wait_longer_than_the_socket_timeout(server:
         assert face.read_batch("q", 2, wait=0.12) == []
         id_ = face.send("q", b"x")
         assert face.read("q") == Message(id_, b"x", 1)  # in step afterwards
+
+
+# --- protocol 3: the queue's visibility timeout, NEVER, peek and move, in every flavour -----------------
+
+
+def test_a_read_or_touch_without_a_visibility_timeout_gets_its_queues(
+    server: ServerThread, connect: Callable[[str], Any]
+) -> None:
+    client = connect(server.address)
+    client.create("plain")
+    assert client.stats("plain")["visibility_timeout_ms"] == 30_000  # the server's default
+    client.create("short", visibility_timeout=0.2)
+    id_ = client.send("short", b"x")
+    first = client.read("short")
+    assert first == Message(id_, b"x", 1)
+    again = client.read("short", wait=5.0)  # back once the queue's 0.2 s passed
+    assert again == Message(id_, b"x", 2)
+    started = time.monotonic()
+    client.touch(id_)  # the queue's default again, from now
+    assert client.read("short", wait=5.0) == Message(id_, b"x", 3)
+    assert time.monotonic() - started >= 0.15
+    client.release(id_)
+    held = client.read("short", visibility_timeout=NEVER)
+    assert held == Message(id_, b"x", 4)
+    assert client.read("short", wait=0.5) is None  # NEVER: it does not come back while the connection lives
+    assert client.stats("short")["in_flight"] == 1
+
+
+def test_peek_shows_and_move_moves_in_every_flavour(server: ServerThread, connect: Callable[[str], Any]) -> None:
+    client = connect(server.address)
+    client.create("a")
+    client.create("b", capacity=10)
+    ids = [client.send("a", b"%d" % i) for i in range(3)]
+    client.send("a", b"later", delay=60.0)
+    seen = client.peek("a")
+    assert [(m.id, m.data, m.state, m.deliveries, m.origin) for m in seen] == [
+        (id_, b"%d" % i, "ready", 0, None) for i, id_ in enumerate(ids)
+    ]
+    assert all(abs(m.enqueued_at - time.time()) < 60 for m in seen)
+    assert [m.state for m in client.peek("a", 10, delayed=True)] == ["ready"] * 3 + ["delayed"]
+    assert client.stats("a")["enqueued"] == 4 and client.stats("a")["ready"] == 3  # nothing delivered
+    assert client.move("a", "b", count=2) == 2
+    assert [m.id for m in client.peek("b")] == ids[:2]
+    assert client.move("a", "b") == 1
+    assert (client.stats("a")["ready"], client.stats("a")["delayed"], client.stats("b")["ready"]) == (0, 1, 3)
+    assert [m.id for m in client.read_batch("b", 10)] == ids  # ids kept, order kept
+    with pytest.raises(NoSuchQueue):
+        client.peek("nope")
+    with pytest.raises(NoSuchQueue):
+        client.move("a", "nope")
