@@ -5,10 +5,12 @@ Theory of operation
 A server started by ``dbqueue serve --workers N`` is one member of a group:
 each member holds its own part of every queue (see `server.workers`), and
 knows every member's address (`Host.members`). A member's console samples its
-own broker (`sampler`); for the others, `GroupView` asks each member, over
-dbqueue's own protocol (an `AsyncClient` per member, with the server's own
-token), for LIST_QUEUES, once a second, and keeps the last answer and the one
-before it (whose difference gives each member's rates).
+own broker (`sampler`); for the others, `GroupView` asks each member for LIST_QUEUES once a
+second, over dbqueue's own protocol (a `MemberConnection` per member: the
+protocol's sans-I/O `ClientConnection` on an asyncio stream, with the
+server's own token; the server does not load the client package), and keeps
+the last answer and the one before it (whose difference gives each member's
+rates).
 
 It asks only while someone looks: `wanted` is called whenever the overview is
 built (at most once a tick, and only when a viewer asked for it), and the
@@ -32,10 +34,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...client.aio import AsyncClient
 from ...errors import DbQueueError
+from ...protocol import messages as msg
+from ...protocol.connection import ClientConnection
 
-__all__ = ["GroupView", "IDLE_AFTER", "TIMEOUT"]
+__all__ = ["GroupView", "IDLE_AFTER", "MemberConnection", "TIMEOUT"]
 
 log = logging.getLogger("dbqueue.server")
 
@@ -44,13 +47,67 @@ TIMEOUT = 2.0  # seconds a member has to answer
 _COUNTERS = ("enqueued", "confirmed", "requeued", "dead_lettered")
 
 
+class MemberConnection:
+    """A connection to another member that says Hello and asks LIST_QUEUES: nothing else is needed here."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.connection = ClientConnection()
+
+    @classmethod
+    async def open(cls, address: str, token: bytes | None) -> MemberConnection:
+        """Connect to ``address`` ("host:port") and say Hello; raise `DbQueueError` or `OSError`."""
+        host, _, port = address.rpartition(":")
+        reader, writer = await asyncio.open_connection(host.strip("[]"), int(port))
+        member = cls(reader, writer)
+        try:
+            answer = await member.call(msg.Hello(token=token or b""))
+            if not isinstance(answer, msg.HelloOk):
+                raise DbQueueError(_refusal(answer))
+        except BaseException:
+            await member.close()
+            raise
+        return member
+
+    async def call(self, request: msg.Request) -> msg.Response:
+        """Send ``request`` and return its answer (one request at a time)."""
+        request_id, frame = self.connection.send(request)
+        self.writer.write(frame)
+        await self.writer.drain()
+        while True:
+            data = await self.reader.read(1 << 16)
+            if not data:
+                raise ConnectionError("the member closed the connection")
+            for answered, response in self.connection.receive_data(data):
+                if answered == request_id:
+                    return response
+
+    async def list_queues(self) -> list[dict[str, Any]]:
+        """Every queue's figures on that member, as LIST_QUEUES answers them."""
+        answer = await self.call(msg.ListQueues())
+        if not isinstance(answer, msg.StatsReply):
+            raise DbQueueError(_refusal(answer))
+        queues = answer.stats.get("queues", [])
+        return [queue for queue in queues if isinstance(queue, dict)]
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(OSError):
+            await self.writer.wait_closed()
+
+
+def _refusal(answer: msg.Response) -> str:
+    return answer.message if isinstance(answer, msg.Error) else f"unexpected answer {type(answer).__name__}"
+
+
 @dataclass(slots=True)
 class Member:
     """What the console knows of one other member: its last figures (by queue name) and when they came."""
 
     index: int
     address: str
-    client: AsyncClient | None = None
+    client: MemberConnection | None = None
     queues: dict[str, dict[str, Any]] = field(default_factory=dict)
     rates: dict[str, dict[str, float]] = field(default_factory=dict)
     at: float = 0.0  # monotonic time of the last answer
@@ -101,9 +158,9 @@ class GroupView:
         try:
             async with asyncio.timeout(TIMEOUT):
                 if member.client is None:
-                    member.client = await AsyncClient.connect(member.address, timeout=TIMEOUT, token=self.token)
+                    member.client = await MemberConnection.open(member.address, self.token)
                 queues = await member.client.list_queues()
-        except (DbQueueError, OSError, TimeoutError) as error:
+        except (DbQueueError, OSError, TimeoutError, ValueError) as error:
             member.error = str(error) or type(error).__name__
             client, member.client = member.client, None
             if client is not None:

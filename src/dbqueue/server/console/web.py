@@ -39,10 +39,11 @@ import binascii
 import json
 import logging
 import math
+import ssl as ssl_module
 import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 from aiohttp import web
@@ -50,16 +51,14 @@ from aiohttp import web
 from ..._version import __version__
 from ...core import Queue
 from ...errors import NoSuchQueue, RequestError
+from ..host import Host
 from ..security import is_loopback
 from .actions import Actions, refusal_text
 from .group import GroupView
 from .sampler import BYTES_PER_QUEUE, COARSE_SAMPLES, COARSE_STEP, FINE_SAMPLES, Sampler
 from .sessions import COOKIE, CSRF_HEADER, FAILED_LOGIN_DELAY, ConsoleSession, Sessions, csrf_ok, host_allowed
 
-if TYPE_CHECKING:
-    from ..http import HttpHost
-
-__all__ = ["Console", "PEEK_MAX", "PEEK_BYTES", "SECURITY_HEADERS"]
+__all__ = ["Console", "ConsoleHost", "PEEK_MAX", "PEEK_BYTES", "SECURITY_HEADERS"]
 
 log = logging.getLogger("dbqueue.server")
 
@@ -88,6 +87,13 @@ _ASSETS = {
 
 
 Query = dict[str, list[str]]
+
+
+class ConsoleHost(Host, Protocol):
+    """What the console uses of the server: a session's `Host`, and its TLS context (None: plain TCP)."""
+
+    @property
+    def ssl(self) -> ssl_module.SSLContext | None: ...
 
 
 class Refused(Exception):
@@ -155,13 +161,13 @@ def _seconds(body: dict[str, Any], name: str) -> float | None:
 
 
 class Console:
-    """The web console of ``server`` (an `HttpHost`), served by ``listener`` (an `HttpListener`).
+    """The web console of ``server`` (an `ConsoleHost`), served by ``listener`` (an `HttpListener`).
 
     ``scheme`` is the listener's ("http" or "https": the cookie is ``Secure``
     over TLS); ``loopback`` whether it is bound to loopback only.
     """
 
-    def __init__(self, server: HttpHost, *, scheme: str, loopback: bool, body_timeout: float = 30.0) -> None:
+    def __init__(self, server: ConsoleHost, *, scheme: str, loopback: bool, body_timeout: float = 30.0) -> None:
         self.server = server
         self.scheme = scheme
         self.body_timeout = body_timeout
@@ -183,7 +189,7 @@ class Console:
         }
 
     @classmethod
-    def for_listener(cls, server: HttpHost, host: str, scheme: str, body_timeout: float) -> Console:
+    def for_listener(cls, server: ConsoleHost, host: str, scheme: str, body_timeout: float) -> Console:
         return cls(server, scheme=scheme, loopback=is_loopback(host), body_timeout=body_timeout)
 
     @property
