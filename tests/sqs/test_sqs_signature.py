@@ -311,3 +311,48 @@ def test_undecodable_text_is_refused_not_a_crash() -> None:
     assert refusal((method, "/000000000000/\udcff", query, headers, body)).code is MISMATCH
     assert refusal((method, path, "a=\udcff", headers, body)).code is MISMATCH
     assert refusal(with_header((method, path, query, headers, body), "X-Amz-Target", "\udcff")).code is MISMATCH
+
+
+def test_a_remembered_authorization_prefix_gives_the_same_verdicts() -> None:
+    """The verifier remembers what an Authorization header says up to its signature: the next requests of the
+    same client (same prefix, new signature) are judged exactly as a fresh verifier judges them."""
+    import time as time_module
+
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    from dbqueue.sqs import SignatureVerifier
+
+    secret = "remembered/secret"
+
+    def signed(body: bytes) -> list[tuple[str, str]]:
+        request = AWSRequest(
+            method="POST",
+            url="http://127.0.0.1:9324/",
+            data=body,
+            headers={"Content-Type": "application/x-amz-json-1.0"},
+        )
+        SigV4Auth(Credentials("AKIDREMEMBER", secret), "sqs", "us-east-1").add_auth(request)
+        return [(name, str(value)) for name, value in request.prepare().headers.items()]
+
+    remembering = SignatureVerifier({"AKIDREMEMBER": secret})
+    for number in range(3):
+        body = b'{"n": %d}' % number
+        headers = signed(body)
+        variants = [
+            headers,
+            [(n, v + " " if n == "Authorization" else v) for n, v in headers],  # a blank after the signature
+            [(n, v[:-1] + ("0" if v[-1] != "0" else "1") if n == "Authorization" else v) for n, v in headers],
+        ]
+        for variant in variants:
+            verdicts = []
+            for verifier in (remembering, SignatureVerifier({"AKIDREMEMBER": secret})):
+                try:
+                    verdicts.append(verifier.verify("POST", "/", "", variant, body, time_module.time()))
+                except SqsError as error:
+                    verdicts.append(error.shape)
+            assert verdicts[0] == verdicts[1], variant
+        with pytest.raises(SqsError) as caught:  # the body changed: the remembered prefix signs nothing by itself
+            remembering.verify("POST", "/", "", headers, body + b" ", time_module.time())
+        assert caught.value.shape == "SignatureDoesNotMatch"

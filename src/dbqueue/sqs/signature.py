@@ -75,7 +75,7 @@ class SignatureVerifier:
     TLS). The table is read at each request, so a caller may update it in place.
     """
 
-    __slots__ = ("_credentials", "_service", "_max_skew", "_allow_unsigned", "_keys", "_last_date")
+    __slots__ = ("_credentials", "_service", "_max_skew", "_allow_unsigned", "_keys", "_last_date", "_authorizations")
 
     def __init__(
         self,
@@ -92,6 +92,9 @@ class SignatureVerifier:
         self._keys: dict[tuple[str, str, str, str], bytes] = {}
         # The last request time read, and its epoch seconds: clients sign many requests within one second.
         self._last_date: tuple[str, float] = ("", 0.0)
+        # An Authorization header up to its signature -> its credential and signed names: a client's headers
+        # differ in the signature alone, request after request.
+        self._authorizations: dict[str, tuple[str, list[str]]] = {}
 
     def verify(self, method: str, path: str, query: str, headers: Headers, body: bytes, now: float) -> str:
         """Return the access key id that signed the request, or raise `SqsError`.
@@ -109,7 +112,7 @@ class SignatureVerifier:
         authorization = fields.get("authorization")
         presigned: dict[str, str] | None = None
         if authorization is not None:
-            credential, signed_names, signature = _parse_authorization(authorization[0])
+            credential, signed_names, signature = self._authorization(authorization[0])
             amz_date = _request_date(fields)
         elif "X-Amz-Signature" in query or "X-Amz-Algorithm" in query:
             presigned = _query_fields(query)
@@ -176,6 +179,21 @@ class SignatureVerifier:
                 self._keys.clear()
             self._keys[cache_key] = key
         return access_key
+
+    def _authorization(self, value: str) -> tuple[str, list[str], str]:
+        """`_parse_authorization`, from what an earlier header of the same prefix gave when the signature is last."""
+        prefix, marker, signature = value.rpartition("Signature=")
+        last = bool(marker) and signature.isalnum()  # a bare hex signature, nothing after it
+        if last:
+            known = self._authorizations.get(prefix)
+            if known is not None:
+                return known[0], known[1], signature
+        parsed = _parse_authorization(value)
+        if last and parsed[2] == signature:
+            if len(self._authorizations) >= _MAX_CACHED_KEYS:
+                self._authorizations.clear()
+            self._authorizations[prefix] = (parsed[0], parsed[1])
+        return parsed
 
     def _check_time(self, amz_date: str, presigned: dict[str, str] | None, now: float) -> None:
         last, signed_at = self._last_date
@@ -384,7 +402,11 @@ def _canonical_headers(fields: dict[str, list[str]], names: list[str]) -> str:
             raise SqsError(
                 ErrorCode.SIGNATURE_DOES_NOT_MATCH, f"The header '{name[:64]}' is signed but not in the request."
             )
-        lines.append(f"{name}:{','.join(' '.join(value.split()) for value in values)}\n")
+        if len(values) == 1 and (value := values[0]).isascii() and value.isprintable() and "  " not in value:
+            # Spaces are its only blanks, never two together: folding them is stripping the ends.
+            lines.append(f"{name}:{value.strip()}\n")
+        else:
+            lines.append(f"{name}:{','.join(' '.join(value.split()) for value in values)}\n")
     return "".join(lines)
 
 
