@@ -275,6 +275,8 @@ def test_a_history_ring_is_bounded_and_keeps_the_last_hour() -> None:
     coarse = history.series("coarse", "sent")
     assert len(coarse) == COARSE_SAMPLES and set(coarse) == {3 * COARSE_STEP}
     assert history.rate("confirmed") == 2.0
+    history.add([1 << 40, 0, 0, 0, 0, 0, 0])  # past 32 bits: shown as the ceiling, never an error
+    assert history.series("fine", "ready")[-1] == 0xFFFFFFFF
 
 
 def test_the_sampler_is_shared_and_bounded_in_queues(served: Any) -> None:
