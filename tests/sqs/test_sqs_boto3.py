@@ -574,3 +574,18 @@ def test_start_message_move_task_returns_dead_letters_to_their_sources(sqs: Any,
         assert error["class"] == "ResourceNotFoundException"
         error = error_of(sqs.start_message_move_task, SourceArn="arn:aws:sqs:us-east-1:000000000000:native-dead")
         assert error["class"] == "UnsupportedOperation"  # not a dead-letter queue
+
+
+def test_a_natively_sent_dead_letter_names_its_source_queue(sqs: Any, listening: Any) -> None:
+    """DeadLetterQueueSourceArn from the broker's record of a dead letter's origin: a message without an envelope
+    (sent through dbqueue's own protocol) that runs out of deliveries still says where it came from."""
+    dead = sqs.create_queue(QueueName="native-dlq")["QueueUrl"]
+    policy = '{"deadLetterTargetArn":"arn:aws:sqs:us-east-1:000000000000:native-dlq","maxReceiveCount":1}'
+    url = sqs.create_queue(QueueName="native-src", Attributes={"RedrivePolicy": policy})["QueueUrl"]
+    with Client.connect(listening.thread.address) as native:
+        native.send("native-src", b"sent natively")
+    assert sqs.receive_message(QueueUrl=url, VisibilityTimeout=0)["Messages"][0]["Body"] == "sent natively"
+    assert "Messages" not in sqs.receive_message(QueueUrl=url)
+    moved = sqs.receive_message(QueueUrl=dead, AttributeNames=["All"])["Messages"][0]
+    assert moved["Body"] == "sent natively"
+    assert moved["Attributes"]["DeadLetterQueueSourceArn"] == "arn:aws:sqs:us-east-1:000000000000:native-src"

@@ -879,9 +879,17 @@ class SqsService:
                 trace = envelope.system_attributes.get("AWSTraceHeader")
                 if trace is not None and trace.string_value and (every or "AWSTraceHeader" in names):
                     attributes["AWSTraceHeader"] = trace.string_value
-                source = envelope.queue
-                if source.encode() != record.queue.name and (every or "DeadLetterQueueSourceArn" in names):
-                    attributes["DeadLetterQueueSourceArn"] = queue_arn(source, self.region)
+            if every or "DeadLetterQueueSourceArn" in names:
+                # The broker's record of a dead letter's origin (messages sent natively too), else the queue the
+                # envelope was sent to when the message is elsewhere (dead letters moved before protocol 3).
+                queue = record.queue
+                origin = queue.origins.get(record.id) if queue.has_origins else None
+                if origin is not None:
+                    attributes["DeadLetterQueueSourceArn"] = queue_arn(
+                        origin.queue.decode(errors="replace"), self.region
+                    )
+                elif envelope is not None and envelope.queue.encode() != queue.name:
+                    attributes["DeadLetterQueueSourceArn"] = queue_arn(envelope.queue, self.region)
         handle = self._issue(record)
         return ReceivedMessage.build(message_id_text(record.id), handle, body, attributes, message_attributes)
 
