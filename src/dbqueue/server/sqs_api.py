@@ -8,7 +8,7 @@ The listener (`http`) hands it each decoded request; it acts on the same
 so a message sent through either protocol is read through either.
 
 * **Queues** are the broker's. What SQS says about a queue that dbqueue's
-  queues have no field for (``VisibilityTimeout``, ``DelaySeconds``,
+  queues have no field for (a ``VisibilityTimeout`` set later, ``DelaySeconds``,
   ``MaximumMessageSize``, ``ReceiveMessageWaitTimeSeconds``, the policies,
   tags, the creation time) is kept here, in a `QueueRecord` per queue, in
   memory; a queue created through dbqueue's own protocol gets one with SQS's
@@ -51,6 +51,19 @@ so a message sent through either protocol is read through either.
 * **A reloaded store**: a server whose commit failed reloads its store into a
   new broker; `rebind` (called by the server, and by `act` when it sees the
   broker changed) drops what was held or parked on the old one.
+
+* **The fast path**: `SqsConnection` is the protocol of each HTTP connection
+  when the listener builds it (see its docstring): plain JSON requests are
+  framed from their bytes (`dbqueue.sqs.fastpath`) and the hot actions done by
+  the ``fast_*`` methods, which act exactly as the general ones would or
+  return None and leave the request to `act` (nothing changed before a None);
+  the rest of a connection whose first odd request came goes to aiohttp.
+  The handles issued are remembered (``_issued``, bounded by the messages in
+  flight) so that a delete with one needs no MAC; any other is opened.
+* **Queue attributes**: ``VisibilityTimeout`` given to ``CreateQueue`` is the
+  broker queue's own default visibility timeout (kept by the store); a record
+  made for a queue SQS did not create here (`QueueRecord.restored`) takes
+  the attributes of the next ``CreateQueue`` naming it.
 
 Refusals are `SqsError`; the broker's own (`RequestError`) are translated by
 one table (`sqs_error`).
