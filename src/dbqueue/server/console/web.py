@@ -134,6 +134,10 @@ def _unhex(text: Any) -> bytes:
         raise Refused(400, "a queue's key is a string of hex digits") from None
 
 
+def _text(name: bytes) -> str:
+    return name.decode("utf-8", "replace")
+
+
 def _integer(body: dict[str, Any], name: str, default: int = 0) -> int:
     value = body.get(name)
     if value is None or value == "":
@@ -554,6 +558,8 @@ class Console:
         )
         key = name.encode().hex()
         message = f"created queue {name!r}" if created else f"queue {name!r} exists already (its options unchanged)"
+        if created:
+            log.info("console (%s): %s", request.remote, message)
         return _json({"created": created, "key": key, "message": message})
 
     async def _send(self, request: web.BaseRequest, session: ConsoleSession, query: Query) -> web.Response:
@@ -574,13 +580,16 @@ class Console:
 
     async def _purge(self, request: web.BaseRequest, session: ConsoleSession, query: Query) -> web.Response:
         body = await self._body(request)
-        dropped = await self.actions.purge(_unhex(body.get("q")))
+        name = _unhex(body.get("q"))
+        dropped = await self.actions.purge(name)
+        log.info("console (%s): purged %d messages of %r", request.remote, dropped, _text(name))
         return _json({"purged": dropped, "message": f"purged {dropped} messages"})
 
     async def _delete(self, request: web.BaseRequest, session: ConsoleSession, query: Query) -> web.Response:
         body = await self._body(request)
         name = _unhex(body.get("q"))
         await self.actions.delete(name)
+        log.info("console (%s): deleted queue %r", request.remote, _text(name))
         return _json({"deleted": True, "message": f"deleted queue {name.decode('utf-8', 'replace')!r}"})
 
     async def _redrive(self, request: web.BaseRequest, session: ConsoleSession, query: Query) -> web.Response:
@@ -591,4 +600,7 @@ class Console:
         if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
             raise Refused(400, "count is a whole number, 1 or more (or none: every ready message)")
         moved = await self.actions.move(source, destination, count=count)
+        log.info(
+            "console (%s): moved %d messages of %r to %r", request.remote, moved, _text(source), _text(destination)
+        )
         return _json({"moved": moved, "message": f"moved {moved} messages"})

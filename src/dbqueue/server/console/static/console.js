@@ -209,7 +209,13 @@
 
   function received(data) {
     overview = data;
-    $("live").textContent = `live · ${new Date(data.sampled_at * 1000).toLocaleTimeString()}`;
+    $("live").textContent = `live · ${new Date(data.sampled_at * 1000).toLocaleTimeString()} · `
+      + `${number(data.connections)} connections · ${data.store} store`;
+    const store = $("store-warning");
+    store.hidden = !data.store_unavailable;
+    store.textContent = data.store_unavailable
+      ? `The store cannot commit (${data.store_unavailable}): sends, creates, purges and deletes are refused until it can.`
+      : "";
     if (current === null) renderOverview();
   }
 
