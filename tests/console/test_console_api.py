@@ -414,3 +414,25 @@ def test_a_queue_pages_stream_carries_its_page_and_says_when_it_is_gone(served: 
         received = b""
         while b'"gone":true' not in received:
             received += stream.recv(65536)
+
+
+def test_with_a_store_actions_are_answered_once_committed_and_survive_a_restart(
+    server_factory: Callable[..., Any], tmp_path: Any
+) -> None:
+    thread = server_factory(http_port=0, data_dir=str(tmp_path / "data"))
+    api = api_of(thread)
+    api.open()
+    assert api.post("create", {"name": "kept", "max_deliveries": 3})[0] == 200
+    assert api.post("create", {"name": "gone"})[0] == 200
+    for n in range(3):
+        assert api.post("send", {"q": key("kept"), "text": f"durable {n}"})[0] == 200
+    assert api.post("send", {"q": key("gone"), "text": "x"})[0] == 200
+    assert api.post("delete", {"q": key("gone")})[0] == 200
+    assert api.get("overview")["store"] == "durable"
+    thread.stop()
+    again = server_factory(data_dir=str(tmp_path / "data"))
+    with Client.connect(again.address) as native:
+        assert [queue["name"] for queue in native.list_queues()] == ["kept"]
+        stats = native.stats("kept")
+        assert (stats["ready"], stats["max_deliveries"]) == (3, 3)
+        assert native.read("kept").data == b"durable 0"  # type: ignore[union-attr]
