@@ -98,13 +98,15 @@ async def wal_bytes(url: str, start: str) -> int:
 # --- dbqueue -------------------------------------------------------------------------
 
 
-def start_dbqueue(kind: str, url: str, workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
+def start_dbqueue(kind: str, url: str, workdir: Path, writers: int = 0) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     if kind == "dbqueue-pg":
         options = f"store={url!r}"
     else:
         options = f"data_dir={str(workdir / f'sqlite-{port}')!r}"
     code = f"from dbqueue.server import Server, run; run(Server(port={port}, {options}))"
+    if writers:
+        code = f"import dbqueue.store.postgres as p; p.WRITERS = {writers}; " + code
     log = open(workdir / f"{kind}-{port}.log", "wb")  # noqa: SIM115  # the child writes it for its whole life
     process = subprocess.Popen([sys.executable, "-c", code], stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 20
@@ -120,7 +122,7 @@ def start_dbqueue(kind: str, url: str, workdir: Path) -> tuple[subprocess.Popen[
 
 
 async def run_dbqueue(kind: str, url: str, args: argparse.Namespace, workdir: Path) -> tuple[int, float]:
-    process, port = start_dbqueue(kind, url, workdir)
+    process, port = start_dbqueue(kind, url, workdir, args.writers)
     try:
         config = BenchConfig(
             addresses=[("127.0.0.1", port)],
@@ -277,6 +279,9 @@ def main() -> None:
     parser.add_argument("--payload", type=int, default=128)
     parser.add_argument("--batch", type=int, default=1, help="dbqueue only: messages per send, read and confirm")
     parser.add_argument("--smoke", action="store_true", help="tiny runs, one round")
+    parser.add_argument(
+        "--writers", type=int, default=0, help="dbqueue-pg: group commits written at once (default: the store's)"
+    )
     parser.add_argument(
         "--pg-setting", action="append", default=[], metavar="NAME=VALUE", help="a postgresql.conf setting (repeat)"
     )

@@ -90,6 +90,7 @@ import os
 import signal
 import ssl as ssl_module
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -236,7 +237,8 @@ class Server:
         # PostgreSQL: commits are written without blocking the loop (`_write`), one at a time; meanwhile,
         # `_held` counts each connection's replies waiting for a commit, so that `write` keeps their order.
         self._writes_async = False
-        self._write_task: asyncio.Task[None] | None = None
+        self._writes: deque[_Write] = deque()  # in the order they began
+        self._write_error: StoreError | None = None
         self._held: dict[asyncio.Transport, int] = {}
         self._standby_task: asyncio.Task[None] | None = None
         self._outbox: list[tuple[asyncio.Transport, bytes]] = []  # replies waiting for the next commit
@@ -368,8 +370,8 @@ class Server:
         if self._part_check is not None:
             self._part_check.cancel()
             self._part_check = None
-        if self._write_task is not None:
-            await asyncio.wait([self._write_task])  # its replies go out (or its errors) before the store closes
+        while self._writes:  # their replies go out (or their errors) before the store closes
+            await asyncio.wait([record.task for record in self._writes if record.task is not None])
         if self.store is not None:
             self._commit(reload=False, blocking=True)
             if self._reclaimer is not None:
@@ -514,10 +516,19 @@ class Server:
         if store is None:
             return
         if self._writes_async and not blocking:
-            if self._write_task is not None:
-                return  # a batch is being written: what was handled since follows it (`_write`)
+            assert not isinstance(store, Store)  # `_writes_async` only with a PostgresStore
+            if self._write_error is not None:
+                return  # a write failed: the others under way end first (`_settle`)
             if store.pending():
-                self._start_write(store)  # type: ignore[arg-type]  # `_writes_async` only with a PostgresStore
+                if store.can_begin():
+                    self._start_write(store)
+                return  # else it begins when a write under way ends (`_settle`)
+            if self._writes:  # nothing to write, but these replies may report what a write under way holds
+                last = self._writes[-1]
+                last.outbox += self._outbox
+                last.closing += self._closing
+                self._outbox = []
+                self._closing = []
                 return
         try:
             if store.pending():
@@ -544,40 +555,44 @@ class Server:
 
     def _start_write(self, store: PostgresStore) -> None:
         # Async group commit (PostgreSQL): the batch is written while the loop goes on handling requests;
-        # its replies (and connections to close after them) wait for it, those of later requests for the next.
-        batch = store.begin()
-        outbox, self._outbox = self._outbox, []
-        closing, self._closing = self._closing, []
-        self._write_task = self._loop.create_task(  # type: ignore[union-attr]  # set by start
-            self._write(store, batch, outbox, closing)
-        )
+        # its replies (and connections to close after them) wait for it, those of later requests for later ones.
+        record = _Write(store.begin(), self._outbox, self._closing)
+        self._outbox = []
+        self._closing = []
+        self._writes.append(record)
+        record.task = self._loop.create_task(self._write(store, record))  # type: ignore[union-attr]  # set by start
 
-    async def _write(
-        self,
-        store: PostgresStore,
-        batch: Batch,
-        outbox: list[tuple[asyncio.Transport, bytes]],
-        closing: list[asyncio.Transport],
-    ) -> None:
+    async def _write(self, store: PostgresStore, record: _Write) -> None:
         try:
-            await store.write(batch)
+            await store.write(record.batch)
         except StoreError as exc:
-            store.finish(batch, written=False)
-            self._write_task = None
-            # Everything handled since was built on the failed batch: all of it is answered with errors.
-            self._outbox[:0] = outbox
-            self._closing[:0] = closing
-            self._commit_failed(store, exc, reload=True)
+            record.error = exc
+            if self._write_error is None:
+                self._write_error = exc
+        finally:
+            record.done = True
+            store.finish(record.batch, written=record.error is None)
+        self._settle(store)
+
+    def _settle(self, store: PostgresStore) -> None:
+        # Writes finish in any order; their replies go out in the order the writes began. After a failure,
+        # once every write under way is over, the rest is answered with errors and the part read back.
+        writes = self._writes
+        while writes and writes[0].done and writes[0].error is None:
+            record = writes.popleft()
+            self._flush(record.outbox)
+            for transport in record.closing:
+                transport.close()
+        failure = self._write_error
+        if failure is not None:
+            if any(not record.done for record in writes):
+                return
+            self._write_error = None
+            self._outbox[:0] = [reply for record in writes for reply in record.outbox]
+            self._closing[:0] = [transport for record in writes for transport in record.closing]
+            writes.clear()
+            self._commit_failed(store, failure, reload=True)
             return
-        except BaseException:
-            store.finish(batch, written=False)
-            self._write_task = None
-            raise
-        store.finish(batch, written=True)
-        self._write_task = None
-        self._flush(outbox)
-        for transport in closing:
-            transport.close()
         if self._outbox or self._closing or store.pending():
             self._commit()
 
@@ -804,7 +819,7 @@ class Server:
             return
         except StoreError as exc:
             self._degrade(store, str(exc))
-            if self._write_task is None:  # else the write under way fails too, and reloads
+            if not self._writes:  # else the writes under way fail too, and reload
                 self._reload(store)
         else:
             if members:
@@ -849,6 +864,19 @@ class Server:
         if count:
             log.debug("requeued %d messages whose timeout passed", count)
         self.schedule_expiry()
+
+
+class _Write:
+    # A batch being written (`Server._write`) and what waits for it: replies, and connections to close after them.
+    __slots__ = ("batch", "outbox", "closing", "task", "done", "error")
+
+    def __init__(self, batch: Batch, outbox: list[tuple[asyncio.Transport, bytes]], closing: list[asyncio.Transport]):
+        self.batch = batch
+        self.outbox = outbox
+        self.closing = closing
+        self.task: asyncio.Task[None] | None = None
+        self.done = False
+        self.error: StoreError | None = None
 
 
 def _unstarted_clock() -> float:

@@ -78,6 +78,11 @@ RECONNECT_SECONDS = 30.0
 # Seconds a part must have had no owner before a standby takes it (`OrphanWatch`): longer than an owner takes
 # to get its part back after its session dropped, shorter than the takeover time promised (5 s).
 ORPHAN_GRACE = 1.0
+# Group commits written at once at most, each on its own session (`PostgresStore.can_begin`). More than one
+# lets PostgreSQL flush the WAL of several commits at a time, which pays only where commits wait on a slow
+# disk with CPU to spare: on the 2-core machine of bench/postgres.py, 4 writers were no faster than 1 and cost
+# PostgreSQL more CPU per message (smaller batches).
+WRITERS = 1
 
 _FENCE = b"SELECT dbqueue_fence(%s, %s)"
 _INSERT = (
@@ -138,14 +143,28 @@ def connect(url: str) -> psycopg.Connection[Any]:
 
 
 class Batch:
-    """Changes taken from the buffer (`PostgresStore.begin`) for one `PostgresStore.write`."""
+    """Changes taken from the buffer (`PostgresStore.begin`) for one `PostgresStore.write`.
 
-    __slots__ = ("statements", "adds", "reserved")
+    ``ids`` are every message id it touches; ``alone`` says it must be written
+    with no other batch under way (it changes queues, or the parts row).
+    """
 
-    def __init__(self, statements: list[tuple[bytes, Sequence[Any]]], adds: dict[int, _Row], reserved: int) -> None:
+    __slots__ = ("statements", "adds", "ids", "reserved", "alone", "slot")
+
+    def __init__(
+        self,
+        statements: list[tuple[bytes, Sequence[Any]]],
+        adds: dict[int, _Row],
+        ids: set[int],
+        reserved: int,
+        alone: bool,
+    ) -> None:
         self.statements = statements
         self.adds = adds
+        self.ids = ids
         self.reserved = reserved
+        self.alone = alone
+        self.slot = -1  # the session it is written on
 
 
 async def connect_async(url: str) -> psycopg.AsyncConnection[Any]:
@@ -170,9 +189,12 @@ class PostgresStore:
         self.epoch = epoch
         self.address = address
         self._con: psycopg.Connection[Any] | None = con
-        # The session of `write`, opened by its first call: commits on the event loop, without blocking it.
-        self._acon: psycopg.AsyncConnection[Any] | None = None
-        self._writing: dict[int, _Row] = {}  # the additions of the batch being written
+        # The sessions of `write` (each opened by its first use): commits on the event loop, without blocking
+        # it, up to WRITERS at once, so that PostgreSQL flushes the WAL of several at a time.
+        self._acons: list[psycopg.AsyncConnection[Any] | None] = [None] * WRITERS
+        self._in_flight: list[Batch] = []  # batches being written
+        self._busy: set[int] = set()  # the ids they touch
+        self._alone = False  # one of them must be alone
         self._low = part << MEMBER_SHIFT
         self._high = (part + 1) << MEMBER_SHIFT
         self._read_state(con)
@@ -396,10 +418,13 @@ class PostgresStore:
 
     def _drop_async(self) -> None:
         # The next `write` connects anew; the old session's socket is closed now (libpq's close does not wait).
-        acon, self._acon = self._acon, None
-        if acon is not None:
-            with contextlib.suppress(psycopg.Error):
-                acon.pgconn.finish()
+        # Only idle, healthy ones are finished here: psycopg has closed a broken one already, and finishing
+        # it again from outside its coroutines is how a libpq connection gets freed twice.
+        acons, self._acons = self._acons, [None] * WRITERS
+        for acon in acons:
+            if acon is not None and not acon.closed and not acon.broken:
+                with contextlib.suppress(psycopg.Error):
+                    acon.pgconn.finish()
 
     # --- ownership and membership ----------------------------------------------------
 
@@ -566,7 +591,9 @@ class PostgresStore:
     def committed(self, id_: int) -> bool:
         """Whether message ``id_``, if stored, is in the database (its addition is neither buffered nor
         being written)."""
-        return id_ not in self._adds and id_ not in self._writing
+        if id_ in self._adds:
+            return False
+        return not self._in_flight or not any(id_ in batch.adds for batch in self._in_flight)
 
     def pending(self) -> bool:
         """Whether anything is buffered that `commit` would write."""
@@ -604,13 +631,38 @@ class PostgresStore:
         self._clear_buffer()
         self._reserved_written = self._reserved
 
-    def begin(self) -> Batch:
-        """Take everything buffered as a `Batch` for `write` (the buffer starts empty again).
+    def can_begin(self) -> bool:
+        """Whether the buffer may be written now beside the batches under way: a free session, and no change
+        that depends on theirs (the same message ids, or queue and parts changes, which go alone)."""
+        if not self._in_flight:
+            return True
+        if (
+            self._alone
+            or len(self._in_flight) >= WRITERS
+            or self._queue_ops
+            or self._reserved != self._reserved_written
+        ):
+            return False
+        busy = self._busy
+        return (
+            busy.isdisjoint(self._adds)
+            and busy.isdisjoint(self._removes)
+            and busy.isdisjoint(self._deliveries)
+            and busy.isdisjoint(self._dues)
+        )
 
-        Until `finish`, the batch's additions count as not committed (`committed`).
-        """
-        batch = Batch(self._statements(), self._adds, self._reserved)
-        self._writing = self._adds
+    def begin(self) -> Batch:
+        """Take everything buffered as a `Batch` for `write` (the buffer starts empty again). Only when
+        `can_begin`. Until `finish`, the batch's additions count as not committed (`committed`)."""
+        ids = set(self._adds)
+        ids.update(self._removes, self._deliveries, self._dues)
+        alone = bool(self._queue_ops) or self._reserved != self._reserved_written
+        batch = Batch(self._statements(), self._adds, ids, self._reserved, alone)
+        used = {other.slot for other in self._in_flight}
+        batch.slot = next(slot for slot in range(WRITERS) if slot not in used)
+        self._in_flight.append(batch)
+        self._busy |= ids
+        self._alone = self._alone or alone
         self._clear_buffer()
         return batch
 
@@ -621,10 +673,10 @@ class PostgresStore:
         fails (nothing of the batch is written: the caller reads the part back).
         """
         try:
-            con = self._acon
+            con = self._acons[batch.slot]
             if con is None or con.closed or con.broken:
-                self._acon = None
-                con = self._acon = await connect_async(self.url)
+                self._acons[batch.slot] = None
+                con = self._acons[batch.slot] = await connect_async(self.url)
             async with con.pipeline(), con.transaction():
                 for statement, params in batch.statements:
                     await con.execute(statement, params)
@@ -639,7 +691,9 @@ class PostgresStore:
 
     def finish(self, batch: Batch, written: bool) -> None:
         """The end of ``batch``'s `write`: its additions are committed (``written``), or gone with it."""
-        self._writing = {}
+        self._in_flight.remove(batch)
+        self._busy -= batch.ids
+        self._alone = any(other.alone for other in self._in_flight)
         if written:
             self._reserved_written = max(self._reserved_written, batch.reserved)
 
