@@ -15,6 +15,7 @@ import http.client
 import json
 import re
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -324,3 +325,33 @@ def test_a_fast_connection_closes_after_the_idle_timeout(server_factory: Callabl
             connection.getresponse().read()
     finally:
         listening.stop()
+
+
+def test_requests_piled_behind_a_long_poll_are_read_no_further_than_a_limit(listening: listener_kit.Listening) -> None:
+    """A client that keeps sending behind a long poll is not read into memory without end: reading pauses (the
+    kernel's buffers fill, the client's send blocks) and resumes when the poll is answered; all are answered."""
+    with Client.connect(listening.thread.address) as native:
+        native.create("piled")
+        url = f"{listening.endpoint}/000000000000/piled"
+        poll = request("AmazonSQS.ReceiveMessage", json.dumps({"QueueUrl": url, "WaitTimeSeconds": 1}).encode())
+        send = request("AmazonSQS.SendMessage", json.dumps({"QueueUrl": url, "MessageBody": "x" * 2000}).encode())
+        count = 2000  # about 4.5 MiB behind the poll
+        with socket.create_connection(("127.0.0.1", listening.port), timeout=30) as peer:
+            peer.sendall(poll)
+            reader_done: list[bytes] = []
+
+            def read_all() -> None:
+                answers = b""
+                while answers.count(b"HTTP/1.1 200 OK") < count + 1:
+                    chunk = peer.recv(1 << 16)
+                    if not chunk:
+                        break
+                    answers += chunk
+                reader_done.append(answers)
+
+            reader = threading.Thread(target=read_all)
+            reader.start()
+            peer.sendall(send * count)
+            reader.join(30)
+            assert reader_done and reader_done[0].count(b"HTTP/1.1 200 OK") == count + 1
+        assert native.stats("piled")["ready"] == count

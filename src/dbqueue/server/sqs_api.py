@@ -1311,6 +1311,7 @@ _SERVER_LINE = f"Server: {SERVER_SOFTWARE}\r\n".encode()
 # A request id per answer, UUID-shaped like SQS's: a random prefix per process and a counter (uuid4 costs more
 # than the rest of a small request's headers).
 _REQUEST_IDS = itertools.count(1)
+_MAX_BUFFERED = 1 << 20  # bytes read ahead of a request being answered by the general path
 _REQUEST_ID_PREFIX = str(uuid.uuid4())[:23]
 
 
@@ -1365,7 +1366,8 @@ class SqsConnection(asyncio.Protocol):
         self.buffer = b""
         self.handed = False  # the rest of the connection is aiohttp's
         self.running: asyncio.Task[None] | None = None  # the request being answered by the general path
-        self.paused = False
+        self.paused = False  # the transport asked to pause writing: the peer does not read its answers
+        self.held_back = False  # reading paused behind a request being answered
         self.loop = asyncio.get_running_loop()
         self.max_body = listener.settings.max_body
         self.idle = listener.settings.idle_timeout
@@ -1404,6 +1406,11 @@ class SqsConnection(asyncio.Protocol):
             self.handler.data_received(data)
             return
         self.buffer = self.buffer + data if self.buffer else data
+        if self.running is not None and len(self.buffer) > _MAX_BUFFERED and self.transport is not None:
+            # A request is being answered (a long poll, a commit): read no more behind it than a few requests.
+            self.transport.pause_reading()
+            self.held_back = True
+            return
         self._serve()
 
     # --- requests ----------------------------------------------------------------------
@@ -1506,6 +1513,9 @@ class SqsConnection(asyncio.Protocol):
     def _next(self) -> None:
         self.running = None
         if self.transport is not None and not self.transport.is_closing():
+            if self.held_back:
+                self.held_back = False
+                self.transport.resume_reading()
             self._serve()
 
     def _error(self, error: SqsError, request_id: str) -> None:
