@@ -10,8 +10,9 @@ The load is the same for all: ``--producers`` producers each send
 ``--iterations`` batches of ``--pipeline`` messages of ``--payload`` bytes,
 ``--consumers`` consumers receive and acknowledge until all are acknowledged.
 
-* dbqueue-pg / dbqueue-sqlite: a dbqueue server process (``Server(store=URL)``
-  or ``--data-dir``, sync "os") driven by the original load test
+* dbqueue-pg / dbqueue-sqlite / dbqueue-sqlite-disk: a dbqueue server process
+  (``Server(store=URL)``, or ``--data-dir`` with sync "os", or "disk": an fsync per
+  commit, as PostgreSQL's ``synchronous_commit=on`` does) driven by the original load test
   (`dbqueue.loadtest.run_load`: pipelined sends, reads, confirms; every reply
   checked); ``--batch 100`` sends, reads and confirms batches of 100 instead;
 * pgqueuer: PgQueuer (PyPI) on asyncpg: producers ``Queries.enqueue`` a batch of
@@ -53,7 +54,7 @@ from pg_cluster import Cluster, free_port  # noqa: E402
 from dbqueue import Client, ConnectionLost  # noqa: E402
 from dbqueue.loadtest import BenchConfig, DbQueueDriver, run_load  # noqa: E402
 
-SYSTEMS = ("dbqueue-pg", "dbqueue-sqlite", "pgqueuer", "skip-locked")
+SYSTEMS = ("dbqueue-pg", "dbqueue-sqlite", "dbqueue-sqlite-disk", "pgqueuer", "skip-locked")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -102,8 +103,9 @@ def start_dbqueue(kind: str, url: str, workdir: Path, writers: int = 0) -> tuple
     port = free_port()
     if kind == "dbqueue-pg":
         options = f"store={url!r}"
-    else:
-        options = f"data_dir={str(workdir / f'sqlite-{port}')!r}"
+    else:  # dbqueue-sqlite: sync "os" (no fsync); dbqueue-sqlite-disk: sync "disk" (an fsync per commit, as PostgreSQL)
+        sync = "disk" if kind.endswith("-disk") else "os"
+        options = f"data_dir={str(workdir / f'sqlite-{port}')!r}, sync={sync!r}"
     code = f"from dbqueue.server import Server, run; run(Server(port={port}, {options}))"
     if writers:
         code = f"import dbqueue.store.postgres as p; p.WRITERS = {writers}; " + code
