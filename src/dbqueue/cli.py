@@ -1,5 +1,6 @@
-"""The `dbqueue` command: ``serve`` runs a server or a group; ``send``, ``read``, ``create``, ``delete``,
-``purge``, ``list`` and ``stats`` talk to one; ``store check`` looks at a store; ``bench`` load-tests.
+"""The `dbqueue` command: ``serve`` runs a server or a group; ``send``, ``read``, ``peek``, ``move``,
+``create``, ``delete``, ``purge``, ``list`` and ``stats`` talk to one; ``store check`` looks at a store;
+``bench`` load-tests.
 
 Theory of operation
 -------------------
@@ -31,6 +32,9 @@ is told apart by a second, diagnostic connection: see `_Target`). If the
 server says it belongs to a group, or several addresses were given, the
 command goes on with a `GroupClient` over every member: a send goes to one
 member, a read takes from any, ``stats`` sums them.
+
+*Durations* are in seconds on every command line, as in the Python API
+(`_Seconds`): ``--visibility``, ``--visibility-timeout`` also take ``never``.
 
 *Errors* are one line (click's ``Error: ...``) with the cause, and exit
 status 1; a usage error exits 2. No expected failure shows a traceback.
