@@ -16,10 +16,17 @@ same reasons.
 
 One commit is one round trip: the statements go out in libpq's pipeline mode
 (psycopg 3), each change kind as one statement over arrays (``unnest``), all
-inside one transaction that starts with the *fence*. Measured against asyncpg
-(bench/postgres_driver.py), psycopg 3 commits as fast, and its synchronous
-API lets the commit run where SQLite's does, on the loop's thread between
-iterations, with no second loop or thread.
+inside one transaction that starts with the *fence*. The server writes its
+group commits without blocking its event loop: `begin` takes the buffer as a
+`Batch` (its additions count as not committed until `finish`), `write` commits
+it on an asyncio session while the loop goes on handling requests into a fresh
+buffer, and `finish` settles it. Up to `WRITERS` batches may be written at
+once, each on its own session, when they touch disjoint message ids
+(`can_begin`; queue and parts changes go alone). `commit` is the same
+transaction on the blocking session, for a stop and for tests. psycopg 3 was
+measured against asyncpg (bench/postgres_driver.py): equal within the noise;
+it has both a synchronous API (the start, the reload, the ownership checks)
+and an asyncio one (the commits), with libpq's multi-host connection strings.
 
 Parts and ownership. A group's members share one database; member ``i`` owns
 *part* ``i``: the queues it created and the messages whose ids carry ``i`` in
@@ -33,9 +40,10 @@ which raises unless the epoch is still ours, so a member that lost its part
 session. The row lock the fence takes makes a takeover wait for a commit under
 way, and a commit that waited for a takeover fail.
 
-A commit that fails (the connection broke, the fence refused) writes nothing
-and keeps its buffer; the server answers that batch with errors and calls
-`reload`, which reconnects (retrying for `RECONNECT_SECONDS`, through every
+A commit that fails (the fence refused, PostgreSQL refused) writes nothing;
+one whose connection broke during COMMIT may or may not have written, which
+its error says. Either way the server answers that batch (and what came
+after it) with errors and calls `reload`, which reconnects (retrying for `RECONNECT_SECONDS`, through every
 host of a multi-host connection string), takes the part again if nobody else
 did, and reads it back. If another server took the part, `reload` raises
 `PartLost` and the server stops: it must not serve what it no longer owns.
