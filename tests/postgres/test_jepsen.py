@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pg_fixtures
 from ledger import QUEUE, Ledger, Load, drain
 from pg_cluster import free_port
 from pg_server import PgServer
@@ -20,6 +21,11 @@ from pg_server import PgServer
 from dbqueue import Client, DbQueueError
 
 KILLS = int(os.environ.get("DBQUEUE_JEPSEN_KILLS", "10"))
+
+# The fixtures this module uses (pg_fixtures.py says why they are not in a conftest.py).
+pg_cluster = pg_fixtures.pg_cluster
+pg_url = pg_fixtures.pg_url
+processes_factory = pg_fixtures.processes_factory
 
 
 class Members:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pg_fixtures
 import psycopg
 import pytest
 from pg_server import PgServer
@@ -21,6 +22,11 @@ from dbqueue.errors import StoreError
 from dbqueue.protocol.frames import MEMBER_SHIFT
 from dbqueue.store.postgres import PartLost, PartOwned, PostgresStore
 from dbqueue.store.postgres_schema import SCHEMA_VERSION
+
+# The fixtures this module uses (pg_fixtures.py says why they are not in a conftest.py).
+pg_cluster = pg_fixtures.pg_cluster
+pg_url = pg_fixtures.pg_url
+processes_factory = pg_fixtures.processes_factory
 
 
 def test_restart_restores_queues_messages_delays_and_counts(server_factory: Any, pg_url: str) -> None:

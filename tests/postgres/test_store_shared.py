@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import random
 
+import pg_fixtures
 from pg_harness import Harness
 
 from dbqueue.core import Snapshot, now_ms
 from dbqueue.core.journal import Origin, StoredMessage
+
+# The fixtures this module uses (pg_fixtures.py says why they are not in a conftest.py).
+harness = pg_fixtures.harness
+pg_cluster = pg_fixtures.pg_cluster
+pg_url = pg_fixtures.pg_url
 
 
 def fields(messages: list[StoredMessage]) -> list[tuple[int, bytes, int, int]]:

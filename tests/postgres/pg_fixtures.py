@@ -1,4 +1,9 @@
-"""Fixtures of the PostgreSQL tests: one throwaway cluster per test session, a fresh database per test.
+"""Fixtures of the PostgreSQL tests: a throwaway cluster, a fresh database per test, both stores, server processes.
+
+Not a conftest.py: the tests of other folders import the top-level conftest by
+its module name, which a second conftest module would shadow. Each test module
+imports the fixtures it uses from here (a session-scoped cluster is then made
+once per module that asks for it).
 
 The cluster (`pg_cluster.Cluster`) is made with Debian's initdb in a temporary
 directory on a free port, owned by an unprivileged user when the tests run as
@@ -11,7 +16,6 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from pg_cluster import Cluster, bin_dir, free_port
@@ -44,20 +48,6 @@ def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Harness:
         return Harness("sqlite", str(tmp_path / "store"))
     url: str = request.getfixturevalue("pg_url")
     return Harness("postgres", url)
-
-
-@pytest.fixture
-def open_store(harness: Harness) -> Iterator[Callable[[], Any]]:
-    opened: list[Any] = []
-
-    def open_() -> Any:
-        store = harness.open()
-        opened.append(store)
-        return store
-
-    yield open_
-    for store in opened:
-        store.close()
 
 
 @pytest.fixture
