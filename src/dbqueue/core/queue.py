@@ -157,11 +157,25 @@ class Block:
         # when needed: `take_many` knows the sum when it checks a byte limit, and a read run's reply
         # tells it for nothing, see `fastpath`).
         self.size = len(slab[2]) if slab is not None else -1
-        self.marks: list[Mark] = queue.marks_of(first_id, self.end)  # its members' enqueue times
+        # Its members' enqueue times: the one mark that covers them all (the usual case, found inline:
+        # a block is made per batch read), or the list of those that do (`Queue.marks_of`).
+        marks = queue._marks
+        while len(marks) > 1 and marks[1][0] <= first_id:
+            marks.popleft()
+        self.marks: Mark | list[Mark] | None = (
+            (marks[0] if marks else None)
+            if len(marks) < 2 or marks[1][0] >= self.end
+            else queue.marks_of(first_id, self.end)
+        )
 
     def enqueued(self, id_: int) -> float:
         """Member ``id_``'s enqueue time."""
-        return time_of(self.marks, id_)
+        marks = self.marks
+        if marks is None:
+            return 0.0
+        if isinstance(marks, tuple):  # one mark: (first id, time)
+            return marks[1]
+        return time_of(marks, id_)
 
     @property
     def payloads(self) -> list[bytes]:
@@ -503,8 +517,9 @@ class Queue:
             if tail is None or self._next_id == self._block_end:
                 tail = self._start_run()
             first = self._next_id
-            if not start and now >= self._mark_end:
-                self.mark(first, now)
+            if not start and now >= self._mark_end:  # (`mark`, inlined: once per batch sent)
+                self._marks.append((first, now))
+                self._mark_end = now + MARK_RESOLUTION
             chunk = items[start : start + self._block_end - first]
             tail.items.extend(chunk)
             self._next_id = first + len(chunk)
@@ -564,8 +579,12 @@ class Queue:
                     id_ = segment.next_id
                     segment.next_id = id_ + 1
                     self.ready -= 1
+                    # Its enqueue time (`_time_taken`, inlined: the lone read's path).
+                    marks = self._marks
+                    while len(marks) > 1 and marks[1][0] <= id_:
+                        marks.popleft()
                     record = held[id_] = self._records[id_] = Record(
-                        id_, self, items.popleft(), held, self._time_taken(id_)
+                        id_, self, items.popleft(), held, marks[0][1] if marks else 0.0
                     )
                     return record
                 if segment is self._tail:
