@@ -75,7 +75,6 @@ import asyncio
 import itertools
 import json
 import logging
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -83,7 +82,7 @@ from dataclasses import dataclass, field
 from email.utils import formatdate
 from hashlib import md5 as _md5
 from http import HTTPStatus
-from typing import Any, Protocol, cast
+from typing import Any, Protocol
 
 from aiohttp.http import SERVER_SOFTWARE
 
@@ -1559,13 +1558,14 @@ async def serve_fast_path(listener: Any) -> None:
     web_server = listener._web
     old.close()
     await old.wait_closed()
+    from .http import _Refused  # here: the listener's module imports this one
+
     limit = listener.server.max_connections
-    refused = type(listener).__module__  # the listener's own module has the 503 answer for one too many
 
     def protocol() -> asyncio.BaseProtocol:
         if web_server.open < limit:
             return SqsConnection(web_server(), listener, web_server.unproven)
-        return cast(asyncio.BaseProtocol, sys.modules[refused]._Refused())
+        return _Refused()
 
     listener._listener = await asyncio.get_running_loop().create_server(
         protocol, listener.host, listener.port, reuse_address=True, ssl=listener.server.ssl, backlog=4096
