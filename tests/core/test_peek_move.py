@@ -3,6 +3,7 @@ dead letters keep their origin (through a restore too), enqueue times and the qu
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -70,9 +71,9 @@ def test_peek_changes_no_count_and_lists_every_state_in_order() -> None:
         (ids[2], "in_flight", 1),
         (late, "delayed", 0),
     ]
-    # Enqueue times: every message was sent at 1.0, two seconds before the peek's now.
-    wall = now_ms()
-    assert all(abs(p.enqueued_ms - (wall - 2_000)) < 1_000 for p in every)
+    # Enqueue times: every message was sent at 1.0 of the broker's clock, which maps to Unix time.
+    assert {p.enqueued_ms for p in every} == {broker.wall_ms(1.0)}
+    assert abs(broker.wall_ms(time.monotonic()) - now_ms()) < 50
     assert figures(broker, b"q") == before and broker.entries() == entries  # nothing changed
     assert [p.id for p in broker.peek(queue, 3, 3.0, in_flight=True)] == [ids[3], ids[4], ids[0]]
     assert [p.id for p in broker.peek(queue, 10, 3.0, max_bytes=1)] == [ids[3]]  # the first always goes
@@ -142,11 +143,11 @@ def test_dead_letters_keep_their_first_origin() -> None:
     (letter,) = broker.peek(middle, 5, 13.0)
     origin = letter.origin
     assert origin is not None and (origin.queue, origin.id, origin.deliveries) == (b"jobs", sent, 2)
-    assert abs(origin.enqueued_ms - (now_ms() - 2_000)) < 500  # sent at 10.0, dead-lettered at 12.0
+    assert origin.enqueued_ms == broker.wall_ms(10.0)  # sent at 10.0, dead-lettered at 12.0
     assert letter.id != sent and letter.deliveries == 0
     added = [call[1] for call in journal.calls if call[0] == "add" and call[1][0] == b"middle"]
     assert [(id_, data, extra["origin"]) for _, id_, data, extra in added] == [(letter.id, b"poison", origin)]
-    assert abs(added[0][3]["enqueued_ms"] - now_ms()) < 500  # its enqueue into the dead-letter queue
+    assert added[0][3]["enqueued_ms"] == broker.wall_ms(12.0)  # its enqueue into the dead-letter queue
     # Through a second dead-letter queue: the first origin stays.
     held = Holding()
     record = broker.deliver(middle, 0, held, 14.0)
@@ -222,9 +223,8 @@ def test_block_members_split_off_keep_their_own_enqueue_times() -> None:
     held = Holding()
     (block,) = broker.deliver_many(queue, 4, 1_000, held, 3.0)
     broker.release_all(held, 3.0)  # split into records, back at the front
-    wall = now_ms()
     times = [p.enqueued_ms for p in broker.peek(queue, 4, 3.0)]
-    assert [round((wall - t) / 1000) for t in times] == [2, 2, 1, 1]
+    assert times == [broker.wall_ms(1.0)] * 2 + [broker.wall_ms(2.0)] * 2
 
 
 def test_visibility_timeouts_of_queues_and_touch_to_the_default() -> None:

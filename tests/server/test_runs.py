@@ -255,6 +255,8 @@ class Pair:
         ahead = max(side.server.broker.allocate_ids(0) for side in (self.run, self.reference))
         for side in (self.run, self.reference):
             side.server.broker.allocate_ids(ahead - side.server.broker.allocate_ids(0))
+        # And map their (equal, fake) clocks to Unix time alike: enqueue times and origins go out in it.
+        self.reference.server.broker.wall_offset_ms = self.run.server.broker.wall_offset_ms
         self.next_request_id = 1
         self.seen: list[int] = []  # every message id a reply has named, in order, no repeats
         self.last_read: list[list[int]] = [[], []]

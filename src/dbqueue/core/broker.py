@@ -139,8 +139,11 @@ class Broker:
         # running (the server sets it from its limits), and such queues follow it.
         self.default_visibility_ms = default_visibility_ms
         # The clock its callers pass as ``now``, read only for figures asked for without it (a
-        # server sets its own; tests that drive a fake clock set theirs).
+        # server sets its own, `set_clock`; tests that drive a fake clock set theirs), and how far its
+        # readings are from Unix time: times leave the broker as `wall_ms` of them, one fixed mapping,
+        # so that two readings of the wall clock never disagree about one message.
         self.clock: Callable[[], float] = time.monotonic
+        self.wall_offset_ms = now_ms() - time.monotonic() * 1000.0
         self.max_in_flight = max_in_flight  # per holder: waiting reads are woken with no more than this
         self.max_queues = max_queues
         self.max_queue_name = max_queue_name
@@ -185,6 +188,15 @@ class Broker:
         for queue in self.queues.values():
             queue.journal = journal
 
+    def set_clock(self, clock: Callable[[], float]) -> None:
+        """Take ``clock`` as the clock of the ``now`` every caller passes, mapped to Unix time from now on."""
+        self.clock = clock
+        self.wall_offset_ms = now_ms() - clock() * 1000.0
+
+    def wall_ms(self, when: float) -> int:
+        """A time of the broker's clock in Unix ms."""
+        return round(when * 1000.0 + self.wall_offset_ms)
+
     def restore(self, snapshot: Snapshot, now: float) -> int:
         """Rebuild queues and messages from a store's snapshot; return how many messages came back.
 
@@ -192,6 +204,7 @@ class Broker:
         in the order it was added. Call before `attach`.
         """
         wall = now_ms()
+        self.wall_offset_ms = wall - now * 1000.0  # the mapping of ``now``'s clock, from the wall clock now
         restored = 0
         for stored in snapshot.queues:
             self.queues[stored.name] = Queue(
@@ -401,8 +414,7 @@ class Broker:
         queue.payload_bytes += len(data)
         self._delay(record, delay_ms, now)
         if self.journal is not None:
-            wall = now_ms()
-            self.journal.add(queue.name, record.id, data, due_ms=wall + delay_ms, enqueued_ms=wall)
+            self.journal.add(queue.name, record.id, data, due_ms=now_ms() + delay_ms, enqueued_ms=self.wall_ms(now))
         return record.id
 
     def _delay(self, record: Record, delay_ms: int, now: float) -> None:
@@ -736,20 +748,14 @@ class Broker:
                 record.deliveries,
             )
         else:
-            wall = now_ms()
             first = queue.origins.pop(record.id, None) if queue.has_origins else None
-            origin = first or Origin(queue.name, record.id, self.wall_ms(record.enqueued, now, wall), record.deliveries)
-            target.push_letter(record.data, now, origin, wall)
+            origin = first or Origin(queue.name, record.id, self.wall_ms(record.enqueued), record.deliveries)
+            target.push_letter(record.data, now, origin, self.wall_ms(now))
             if target.waiters:
                 self.feed_waiters(target, now)
             return
         if queue.has_origins:
             queue.origins.pop(record.id, None)
-
-    @staticmethod
-    def wall_ms(when: float, now: float, wall: int) -> int:
-        """A time of the broker's clock (``when``) in Unix ms, given ``now`` and the wall clock then."""
-        return wall - round((now - when) * 1000.0)
 
     # --- looking and moving -------------------------------------------------------------
 
@@ -769,7 +775,6 @@ class Broker:
         entry that would take the reply's entries (payloads, fixed fields and origins, as PEEKED
         lays them out) past ``max_bytes`` (`max_batch_bytes` if not given); the first one always goes."""
         limit = self.max_batch_bytes if max_bytes is None else max_bytes
-        wall = now_ms()
         seen: list[Peeked] = []
         size = 0
 
@@ -780,7 +785,7 @@ class Broker:
                 size += ORIGIN_HEAD.size + NAME_SIZE + len(origin.queue)
             if seen and size > limit:
                 return False
-            seen.append(Peeked(id_, data, deliveries, state, self.wall_ms(when, now, wall), origin))
+            seen.append(Peeked(id_, data, deliveries, state, self.wall_ms(when), origin))
             return len(seen) < count
 
         origins = queue.origins
@@ -838,7 +843,6 @@ class Broker:
         destination.enqueued += len(records)
         destination.payload_bytes += size
         journal = self.journal
-        wall = now_ms()
         for record in records:
             record.queue = destination
             self.records[record.id] = record
@@ -854,7 +858,7 @@ class Broker:
                     record.id,
                     record.data,
                     deliveries=record.deliveries,
-                    enqueued_ms=self.wall_ms(record.enqueued, now, wall),
+                    enqueued_ms=self.wall_ms(record.enqueued),
                     origin=origin,
                 )
         if destination.waiters:

@@ -182,7 +182,8 @@ class Session(FastPaths, asyncio.Protocol):
         # The server's default visibility timeout, for queues created without one: the broker takes it
         # from the limits its server was made with (idempotent, and cheap: once per connection).
         self.broker.default_visibility_ms = visibility_ms(limits.default_visibility_timeout)
-        self.broker.clock = server.clock  # the clock of the ``now`` it is given (its figures read it)
+        if self.broker.clock != server.clock:  # the clock of the ``now`` it is given (its figures read it)
+            self.broker.set_clock(server.clock)
 
     # --- asyncio callbacks -----------------------------------------------------------
 
