@@ -139,7 +139,7 @@ def listening(server_factory: Callable[..., Any]) -> Iterator[listener_kit.Liste
     listening.stop()
 
 
-_IDS = re.compile(r'"(MessageId|ReceiptHandle)":"[^"]*"')
+_IDS = re.compile(r'"(MessageId|ReceiptHandle|SentTimestamp|ApproximateFirstReceiveTimestamp)":"[^"]*"')
 
 
 class Peer:
@@ -232,6 +232,16 @@ def test_the_fast_path_answers_as_the_general_path(listening: listener_kit.Liste
         received, _ = both("ReceiveMessage", {"MaxNumberOfMessages": 5})
         assert [message["Body"] for message in received["Messages"]] == ["one more \u00e9"]
         both("ReceiveMessage", {"MaxNumberOfMessages": 5, "WaitTimeSeconds": 0})  # nothing ready: {}
+        same_state()
+        # Attributes asked for: answered at once too, each message as the general path writes it.
+        attribute = {"colour": {"DataType": "String", "StringValue": "blue"}}
+        both("SendMessage", {"MessageBody": "with attributes", "MessageAttributes": attribute})
+        both("SendMessage", {"MessageBody": "plain"})
+        asked = {"MaxNumberOfMessages": 10, "AttributeNames": ["All"], "MessageAttributeNames": ["All"]}
+        received, _ = both("ReceiveMessage", asked)
+        assert [m["Body"] for m in received["Messages"]] == ["with attributes", "plain"]
+        assert received["Messages"][0]["MessageAttributes"] == attribute
+        assert received["Messages"][0]["Attributes"]["ApproximateReceiveCount"] == "1"
         same_state()
         # Refusals are written by the general path on both connections.
         for action, params in [

@@ -150,6 +150,7 @@ from ..sqs import (
     TagQueue,
     UntagQueue,
     bare_body,
+    build_request,
     decode_request,
     encode_error,
     encode_result,
@@ -1137,12 +1138,21 @@ class SqsService:
         return prefix
 
     def fast_receive(self, params: dict[str, Any], sender: str) -> bytes | None:
-        """``ReceiveMessage`` asking for no attributes, answered at once (a receive that would wait is not)."""
+        """``ReceiveMessage`` answered at once (a receive that would wait is not): the messages of a receive
+        asking for no attributes written straight from their envelopes, the others as the general path does."""
         plain = plain_receive(params)
+        request: ReceiveMessage | None = None
         if plain is None:
-            return None
-        url, count, seconds, wait = plain
-        name = queue_of_url(url)
+            decoded = build_request("ReceiveMessage", params)  # its refusals: the general path's (a None above)
+            if type(decoded) is not ReceiveMessage:
+                return None
+            request = decoded
+            name, count, seconds, wait = request.queue, request.max_messages, request.visibility_timeout, None
+            if request.wait_time_seconds is not None:
+                wait = request.wait_time_seconds
+        else:
+            url, count, seconds, wait = plain
+            name = queue_of_url(url)
         record = self.record(name)
         visibility = record.visibility_ms() if seconds is None else seconds * 1000
         if not visibility:
@@ -1160,7 +1170,8 @@ class SqsService:
         records = self._in_flight(entries, visibility, now)
         wall_ms = int(self.wall() * 1000)
         messages = []
-        request: ReceiveMessage | None = None
+        if request is not None:  # attributes asked for: each message as the general path writes it
+            return receive_reply([message_json(self._received(record_, request, wall_ms)) for record_ in records])
         # `_first_receive_of` and `_issue`, inlined: this loop runs for every message received.
         first = self._first_receive
         issued = self._issued
