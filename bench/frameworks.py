@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.metadata
 import json
 import os
 import signal
@@ -390,6 +391,11 @@ def report(results: list[dict[str, Any]], idles: list[dict[str, Any]]) -> list[s
     return lines
 
 
+def framework_versions() -> dict[str, str]:
+    """The versions of the frameworks and client libraries driven here, for the context lines."""
+    return {name: importlib.metadata.version(name) for name in ("celery", "kombu", "dramatiq", "redis")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", type=int, default=5000)
@@ -400,15 +406,19 @@ def main() -> None:
     parser.add_argument("--idle-seconds", type=float, default=0.0)
     parser.add_argument("--smoke", action="store_true", help="a few hundred tasks, one round, no idle test")
     parser.add_argument("--json", type=Path)
+    machine.add_run_options(parser)
     args = parser.parse_args()
     if args.smoke:
-        args.tasks, args.rounds, args.idle_seconds = 300, 1, 0.0
+        args.tasks, args.rounds, args.idle_seconds, args.quiet_load = 300, 1, 0.0, 0.0
+    context = machine.begin_run(args)
+    context["peers"].update(framework_versions())
     systems = [system for system in args.systems.split(",") if system]
     work = Path(tempfile.mkdtemp(prefix="bench-frameworks-"))
     (work / "ticks.py").write_text(textwrap.dedent(TICKS))
     (work / "bench_celery_app.py").write_text(textwrap.dedent(CELERY_APP))
     (work / "bench_dramatiq_app.py").write_text(textwrap.dedent(DRAMATIQ_APP))
-    print(f"machine: {os.cpu_count()} cores, load average {machine.load_average():.2f}; logs in {work}")
+    print("\n".join(machine.context_lines(context)))
+    print(f"logs in {work}")
     print(f"{args.tasks} tasks a round, {args.rounds} rounds; Celery prefork -c {args.concurrency}, "
           f"Dramatiq 1 process x {args.threads} threads")  # fmt: skip
     servers = Servers(work)
@@ -436,7 +446,7 @@ def main() -> None:
         servers.stop()
     print("\n".join(report(results, idles)))
     if args.json:
-        args.json.write_text(json.dumps({"rounds": results, "idle": idles}, indent=2))
+        args.json.write_text(json.dumps({"context": context, "rounds": results, "idle": idles}, indent=2))
 
 
 if __name__ == "__main__":
