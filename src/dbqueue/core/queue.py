@@ -33,9 +33,9 @@ ahead of every fresh message; a delayed one joins the back when its delay ends
 Enqueue times. A record carries its first enqueue time (``enqueued``, in the
 caller's clock, as ``now``); a fresh message does not, to keep it a bare
 payload: its queue keeps *marks* instead, (id, time) pairs, one for the first
-fresh message sent in each millisecond (`MARK_RESOLUTION`), so a fresh
-message's time is its id's mark's, to the millisecond, at a cost of one
-comparison per send and a few marks per second. Fresh ids grow with time
+fresh message sent in each 10 ms (`MARK_RESOLUTION`), so a fresh message's
+time is its id's mark's, up to 10 ms early, at a cost of one comparison per
+send and at most a hundred marks a second. Fresh ids grow with time
 within a queue, so the marks are sorted by id and taken from the front as
 fresh messages leave (a record takes its time along; a block keeps the marks
 of its range). The age of the message at the front of the queue, what STATS
@@ -87,7 +87,7 @@ ID_BLOCK = 1 << 16  # ids a queue takes from the broker's counter at a time
 BUCKET_BITS = 6  # `BlockIndex` lists a block under each 64-id range it overlaps
 BATCH_ENTRY_OVERHEAD = 16  # a batch reply's id, deliveries and length for each payload
 NO_BYTE_LIMIT = 1 << 62  # `Queue.take_many`'s limit for reads answered one frame each
-MARK_RESOLUTION = 0.001  # seconds between two enqueue-time marks of a queue at most (see the module's docstring)
+MARK_RESOLUTION = 0.01  # seconds a queue's enqueue-time mark covers at most (see the module's docstring)
 Mark = tuple[int, float]  # (the first id it covers, its enqueue time)
 _next_read = itertools.count(1).__next__  # numbers every read server-wide, so a holder's reads sort in read order
 
