@@ -160,13 +160,7 @@ class Block:
         # Its members' enqueue times: the one mark that covers them all (the usual case, found inline:
         # a block is made per batch read), or the list of those that do (`Queue.marks_of`).
         marks = queue._marks
-        while len(marks) > 1 and marks[1][0] <= first_id:
-            marks.popleft()
-        self.marks: Mark | list[Mark] | None = (
-            (marks[0] if marks else None)
-            if len(marks) < 2 or marks[1][0] >= self.end
-            else queue.marks_of(first_id, self.end)
-        )
+        self.marks: Mark | list[Mark] | None = marks[0] if len(marks) == 1 else queue.marks_of(first_id, self.end)
 
     def enqueued(self, id_: int) -> float:
         """Member ``id_``'s enqueue time."""
@@ -452,13 +446,14 @@ class Queue:
             marks.popleft()
         return marks[0][1] if marks else 0.0
 
-    def marks_of(self, first_id: int, end: int) -> list[Mark]:
-        """The marks that cover fresh ids ``first_id`` up to ``end``, leaving the queue as a block."""
+    def marks_of(self, first_id: int, end: int) -> Mark | list[Mark] | None:
+        """The marks that cover fresh ids ``first_id`` up to ``end``, leaving the queue as a block: the
+        one mark that covers them all, or the list of them (None: the queue has no marks)."""
         marks = self._marks
         while len(marks) > 1 and marks[1][0] <= first_id:
             marks.popleft()
-        if len(marks) < 2 or marks[1][0] >= end:  # the usual case: one mark covers the block
-            return [marks[0]] if marks else []
+        if len(marks) < 2 or marks[1][0] >= end:  # one mark covers the block
+            return marks[0] if marks else None
         return [mark for mark in marks if mark[0] < end]
 
     def front_enqueued(self) -> float | None:
