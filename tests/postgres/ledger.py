@@ -24,6 +24,7 @@ from dbqueue import Client, DbQueueError
 from dbqueue.errors import RequestError, StoreUnavailable
 
 QUEUE = "ledger"
+PIPELINE = 8  # sends a producer pipelines at a time
 
 
 @dataclass
@@ -59,9 +60,18 @@ class Ledger:
 
 
 class Load:
-    """Producer and consumer threads against a server or a group, until `stop`."""
+    """Producer and consumer threads against a server or a group, until `stop`: producers pipeline
+    `PIPELINE` sends at a time; consumers read one message (2 s visibility timeout) and confirm it."""
 
-    def __init__(self, ledger: Ledger, addresses: Callable[[], list[str]], producers: int = 2, consumers: int = 2):
+    def __init__(
+        self,
+        ledger: Ledger,
+        addresses: Callable[[], list[str]],
+        producers: int = 2,
+        consumers: int = 2,
+        pause: float = 0.02,  # seconds between a producer's batches: consumers keep up, the drain stays short
+    ):
+        self.pause = pause
         self.ledger = ledger
         self.addresses = addresses
         self.stopping = threading.Event()
@@ -102,21 +112,27 @@ class Load:
                     time.sleep(0.05)
                     continue
             with self._counter_lock:
-                self._counter += 1
-                payload = b"p%d-%d" % (index, self._counter)
+                first = self._counter + 1
+                self._counter += PIPELINE
+            payloads = [b"p%d-%d" % (index, first + n) for n in range(PIPELINE)]
             try:
-                id_ = client.send(QUEUE, payload)
-            except DbQueueError as exc:
+                with client.pipeline() as pipe:
+                    for payload in payloads:
+                        pipe.send(QUEUE, payload)
+                    results = pipe.execute()
+            except DbQueueError as exc:  # the connection failed: none of the batch is known to be stored
                 self.ledger.errors[type(exc).__name__] += 1
-                if not isinstance(exc, RequestError):
-                    with contextlib.suppress(Exception):
-                        client.close()
-                    client = None
-                else:
-                    time.sleep(0.01)
+                with contextlib.suppress(Exception):
+                    client.close()
+                client = None
                 continue
             with self.ledger.lock:
-                self.ledger.sent[id_] = payload
+                for payload, result in zip(payloads, results, strict=True):
+                    if isinstance(result, int):
+                        self.ledger.sent[result] = payload
+                    else:
+                        self.ledger.errors[type(result).__name__] += 1
+            time.sleep(self.pause)
         if client is not None:
             client.close()
 

@@ -39,6 +39,7 @@ def replicated() -> Iterator[tuple[Cluster, Cluster]]:
         primary.remove()
 
 
+@pytest.mark.timeout(240)  # faults, waits and a drain: more than the suite's 60 s
 def test_primary_failover_under_load(replicated: tuple[Cluster, Cluster], tmp_path: Path) -> None:
     primary, replica = replicated
     url = (

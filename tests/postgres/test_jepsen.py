@@ -1,7 +1,8 @@
-"""Jepsen-style: a 3-member group and a standby on one PostgreSQL, producers and consumers running, members
-killed with ``kill -9`` at random (`KILLS` times, bounded in time). After each kill the standby takes the
-dead member's part over; the dead member comes back as the next standby. Clients follow the group through
-MEMBERS. At the end: 0 acknowledged sends lost, 0 confirmed messages delivered again (`ledger`).
+"""Jepsen-style: a 3-member group and a standby on one PostgreSQL, producers (pipelining their sends) and
+consumers running, members killed with ``kill -9`` at random (`KILLS` times, bounded in time). After each
+kill the standby takes the dead member's part over; the dead member comes back as the next standby. Clients
+follow the group through MEMBERS. At the end: 0 acknowledged sends lost, 0 confirmed messages delivered
+again (`ledger`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pg_fixtures
+import pytest
 from ledger import QUEUE, Ledger, Load, drain
 from pg_cluster import free_port
 from pg_server import PgServer
@@ -55,6 +57,7 @@ class Members:
         self._thread.join(5)
 
 
+@pytest.mark.timeout(240)  # faults, waits and a drain: more than the suite's 60 s
 def test_members_killed_at_random_lose_nothing(
     pg_url: str, tmp_path: Path, processes_factory: Callable[..., PgServer]
 ) -> None:

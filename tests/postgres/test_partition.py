@@ -83,6 +83,7 @@ def reachable_cluster() -> Iterator[Cluster]:
         cluster.remove()
 
 
+@pytest.mark.timeout(240)  # faults, waits and a drain: more than the suite's 60 s
 def test_a_member_cut_off_from_postgresql_stops_acknowledging(
     namespace: str, reachable_cluster: Cluster, tmp_path: Path
 ) -> None:
