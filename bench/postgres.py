@@ -51,6 +51,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests" / "postgres"))
 from pg_cluster import Cluster, free_port  # noqa: E402
 
+sys.path.insert(0, str(HERE))  # machine.py, beside this file
+import machine  # noqa: E402
 from dbqueue import Client, ConnectionLost  # noqa: E402
 from dbqueue.loadtest import BenchConfig, DbQueueDriver, run_load  # noqa: E402
 
@@ -270,6 +272,20 @@ def runner(
     raise ValueError(f"unknown system {system!r}; known: {', '.join(SYSTEMS)}")
 
 
+def postgres_versions() -> dict[str, str]:
+    """The PostgreSQL server and the Python drivers and peers measured here, for the context lines."""
+    import importlib.metadata
+    import shutil
+
+    initdb = shutil.which("initdb") or next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"))), None)
+    found = subprocess.run([str(initdb), "--version"], capture_output=True, text=True).stdout.strip() if initdb else ""
+    versions = {"postgresql": found or "unknown"}
+    for name in ("psycopg", "asyncpg", "pgqueuer"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[name] = importlib.metadata.version(name)
+    return versions
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--systems", default=",".join(SYSTEMS))
@@ -287,10 +303,14 @@ def main() -> None:
     parser.add_argument(
         "--pg-setting", action="append", default=[], metavar="NAME=VALUE", help="a postgresql.conf setting (repeat)"
     )
+    machine.add_run_options(parser)
     args = parser.parse_args()
     if args.smoke:
-        args.rounds, args.iterations, args.producers, args.consumers = 1, 5, 2, 2
+        args.rounds, args.iterations, args.producers, args.consumers, args.quiet_load = 1, 5, 2, 2, 0.0
     systems = args.systems.split(",")
+    context = machine.begin_run(args)
+    context["peers"].update(postgres_versions())
+    print("\n".join(machine.context_lines(context)), flush=True)
     cluster = Cluster.create(**dict(setting.split("=", 1) for setting in args.pg_setting)).start()
     workdir = Path(tempfile.mkdtemp(prefix="dbqueue-bench-pg-"))
     results: dict[str, list[dict[str, Any]]] = {system: [] for system in systems}
