@@ -96,6 +96,48 @@ def test_a_group_no_member_lets_in_raises_the_refusal() -> None:
         members.raise_if_unreachable(ADDRESSES)
 
 
+def test_members_are_asked_who_serves_a_down_part_at_most_once_a_check_interval() -> None:
+    members = members_up()
+    assert members.claim_members_check(now=10.0) is None  # every member up: nothing to ask
+    members.mark_down(1, now=10.0)
+    asked = members.claim_members_check(now=10.0)
+    assert asked in ("client 0", "client 2")
+    assert members.claim_members_check(now=10.0 + plans.MEMBERS_CHECK_SECONDS - 0.01) is None
+    assert members.claim_members_check(now=10.0 + plans.MEMBERS_CHECK_SECONDS) is not None
+    for position in (0, 2):
+        members.mark_down(position, now=20.0)
+    assert members.claim_members_check(now=100.0) is None  # nobody up to ask
+
+
+def test_a_down_member_follows_its_part_to_its_new_owner_and_is_due_at_once() -> None:
+    members = members_up()
+    members.mark_down(1, now=10.0)
+    members.mark_down(1, now=11.0)  # the backoff has grown
+    assert members.follow(["h:1", "", "h:3"], now=12.0) == []  # nobody serves part 1 yet
+    assert members.follow(["h:1", "h:2", "h:3"], now=12.0) == []  # still at its address
+    assert members.follow(["h:1", "standby:9", "h:3"], now=12.0) == [1]
+    assert members.addresses == ["h:1", "standby:9", "h:3"]
+    assert members.claim_retries(now=12.0) == [1] and members.backoff[1] == plans.RETRY_SECONDS
+    members.connected(1, "client at the standby", 1)
+    assert members.holder(id_from(1, 5)) == 1  # ids of part 1 route to its new owner
+
+
+def test_a_member_up_keeps_its_connection_and_a_new_part_becomes_a_member() -> None:
+    members = members_up()
+    assert members.follow(["h:1", "elsewhere:1", "h:3", "new:4"], now=0.0) == [3]
+    assert members.addresses == ["h:1", "h:2", "h:3", "new:4"]  # member 1 is up: followed once it fails
+    assert members.up() == [0, 1, 2] and members.claim_retries(now=0.0) == [3]
+
+
+def test_a_connect_that_failed_at_an_old_address_is_retried_at_the_new_one_at_once() -> None:
+    members = members_up()
+    members.mark_down(1, now=0.0)
+    assert members.claim_retries(now=5.0) == [1]  # an attempt at h:2 under way
+    assert members.follow(["h:1", "standby:9", "h:3"], now=5.5) == [1]
+    members.connect_failed(1, ConnectionLost("refused"), 6.0, "h:2")
+    assert members.claim_retries(now=6.0) == [1]
+
+
 def test_discovery_keeps_the_address_asked_of_a_server_alone() -> None:
     assert discovered(MembersReply(("a:1", "b:2"), 0), "a:1") == ["a:1", "b:2"]
     assert discovered(MembersReply(("0.0.0.0:1",), 0), "10.0.0.5:1") == ["10.0.0.5:1"]

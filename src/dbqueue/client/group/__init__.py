@@ -25,6 +25,15 @@ thread, or a task), so a member that hangs never stalls a call; meanwhile the
 others carry on. FIFO holds within a member, best-effort across members;
 delivery stays at least once.
 
+On a PostgreSQL store a member's part can move: a standby takes over the part
+of a member that died and serves it under the same index at its own address.
+While a member is down the client asks a live one for MEMBERS (once a second
+at most) and, when that member's part is served elsewhere, connects there and
+creates its queues again (`plans.Members.follow`); the application does
+nothing. Confirms, touches and releases of that part wait for it, up to the
+client's timeout; one for a message in flight at the death is answered
+`NoSuchMessage` or `Requeued`, never a false success.
+
 Layout: `plans` makes every routing decision without I/O, once for both
 clients; `sync` holds the blocking `GroupClient` and its `GroupPipeline`,
 `aio` the `AsyncGroupClient`. Each is only its I/O loop around the plans.

@@ -2,7 +2,10 @@
 
 Calls to every member run at once (``asyncio.gather``); a waiting read on every
 member is one task per member, and the answers that one ``asyncio.wait`` round
-brings are taken together. Reconnects run as background tasks.
+brings are taken together. Reconnects run as background tasks, and so do
+the MEMBERS checks that follow a down member's part to its new owner (as
+`sync` says); a confirm, touch or release whose member is down waits for it,
+up to the client's timeout.
 """
 
 from __future__ import annotations
@@ -42,6 +45,9 @@ __all__ = ["AsyncGroupClient"]
 
 T = TypeVar("T")
 
+HOLDER_POLL_SECONDS = 0.05  # while waiting for a message's member to come back: how often to look
+MAX_HOLDER_WAIT = 10.0  # that wait, for a client made without a timeout
+
 
 class AsyncGroupClient:
     """The asyncio form of `GroupClient`: the same routing; every command is a coroutine.
@@ -64,6 +70,7 @@ class AsyncGroupClient:
         self._token = token  # for every member
         self._tls = tls
         self._attempts: set[asyncio.Future[None]] = set()  # reconnects under way
+        self._closed = False
 
     @classmethod
     async def connect(
@@ -100,35 +107,61 @@ class AsyncGroupClient:
 
     async def _reconnect(self, wait: bool = False) -> None:
         """Reconnect to members due for a retry, as background tasks (``wait``: awaited, at connect)."""
-        positions = self._members.claim_retries(time.monotonic())
+        now = time.monotonic()
+        positions = self._members.claim_retries(now)
         attempts = [asyncio.ensure_future(self._connect_member(position)) for position in positions]
+        asked = self._members.claim_members_check(now)
+        if asked is not None:
+            attempts.append(asyncio.ensure_future(self._follow(asked)))
         self._attempts.update(attempts)
         for attempt in attempts:
             attempt.add_done_callback(self._attempts.discard)
         if wait and attempts:
             await asyncio.wait(attempts)
 
+    async def _follow(self, asked: AsyncClient) -> None:
+        """Ask ``asked`` for MEMBERS; a down member whose part is served elsewhere now is reconnected there."""
+        try:
+            owners = (await asked.members()).members
+        except (DbQueueError, OSError):
+            return  # that member failed too: its caller marks it down; the next check asks another
+        if self._members.follow(owners, time.monotonic()):
+            await self._reconnect()
+
+    async def _wait_for_holder(self, position: int) -> AsyncClient:
+        """The client of the member at ``position``; while it is down, wait for it (its part may be taken
+        over, `_follow`) at most the client's timeout. Raises `ConnectionLost` if it is still down then."""
+        deadline = time.monotonic() + (self._timeout if self._timeout is not None else MAX_HOLDER_WAIT)
+        while True:
+            client = self._members.clients[position]
+            if client is not None:
+                return client
+            if self._closed or time.monotonic() >= deadline:
+                return self._members.client(position)  # raises ConnectionLost, naming the member
+            await self._reconnect()
+            await asyncio.sleep(HOLDER_POLL_SECONDS)
+
     async def _connect_member(self, position: int) -> None:
         members = self._members
         client = None
+        address = members.addresses[position]
         try:
-            client = await AsyncClient.connect(
-                members.addresses[position], self._timeout, token=self._token, tls=self._tls
-            )
+            client = await AsyncClient.connect(address, self._timeout, token=self._token, tls=self._tls)
             index = (await client.members()).index
             for name, options in list(members.created.items()):
                 await client.create(name, **options._asdict())
         except (DbQueueError, OSError) as exc:
             if client is not None:  # connected, then refused: the next retry opens a new one
                 await client.close()
-            members.connect_failed(position, exc, time.monotonic())
+            members.connect_failed(position, exc, time.monotonic(), address)
             return
         members.connected(position, client, index)
 
-    async def _on_member(self, position: int, call: Callable[[AsyncClient], Awaitable[T]]) -> T:
+    async def _on_member(self, position: int, call: Callable[[AsyncClient], Awaitable[T]], holder: bool = False) -> T:
         """Return what ``call`` of the member at ``position``'s client awaits to; a connection failure
-        marks it down and is raised, as is a refusal."""
-        client = self._members.client(position)
+        marks it down and is raised, as is a refusal. ``holder``: the call names messages by id, so a
+        member that is down is waited for (`_wait_for_holder`)."""
+        client = await self._wait_for_holder(position) if holder else self._members.client(position)
         try:
             return await call(client)
         except CONNECTION_FAILURES:
@@ -287,17 +320,19 @@ class AsyncGroupClient:
 
     async def confirm(self, id: int) -> None:
         """Confirm at the member that handed the message out; as `GroupClient.confirm`."""
-        await self._on_member(self._members.holder(id), lambda client: client.confirm(id))
+        await self._on_member(self._members.holder(id), lambda client: client.confirm(id), holder=True)
 
     async def touch(self, id: int, *, visibility_timeout: float | None = None) -> None:
         """Touch at the member that handed the message out; as `GroupClient.touch`."""
         await self._on_member(
-            self._members.holder(id), lambda client: client.touch(id, visibility_timeout=visibility_timeout)
+            self._members.holder(id),
+            lambda client: client.touch(id, visibility_timeout=visibility_timeout),
+            holder=True,
         )
 
     async def release(self, id: int, *, delay: float = 0.0) -> None:
         """Release at the member that handed the message out; as `GroupClient.release`."""
-        await self._on_member(self._members.holder(id), lambda client: client.release(id, delay=delay))
+        await self._on_member(self._members.holder(id), lambda client: client.release(id, delay=delay), holder=True)
 
     async def confirm_batch(self, ids: Iterable[int]) -> list[RequestError | None]:
         """Confirm each id at its member; one result per id, in order. As `GroupClient.confirm_batch`."""
@@ -307,11 +342,12 @@ class AsyncGroupClient:
         return batch.results()
 
     async def _confirm_at(self, position: int, ids: list[int]) -> list[RequestError | None]:
-        return await self._on_member(position, lambda client: client.confirm_batch(ids))
+        return await self._on_member(position, lambda client: client.confirm_batch(ids), holder=True)
 
     async def close(self) -> None:
         """Stop reconnecting and close every member's connection; messages they hold in flight go
         back to their queues. Returns None; raises nothing."""
+        self._closed = True
         for attempt in list(self._attempts):
             attempt.cancel()
         for position in self._members.up():

@@ -12,7 +12,11 @@ avoids). A client's own code is only its I/O loop around them:
   when to retry them (backoff doubling up to `MAX_RETRY_SECONDS`), which
   member *index* (the top byte of the ids it hands out) sits at which
   *position* (the order of the addresses given), and the queues to create
-  again on a member that comes back. Time is passed in.
+  again on a member that comes back. Time is passed in. While a member is
+  down, a live one is asked for MEMBERS at most every
+  `MEMBERS_CHECK_SECONDS` (`claim_members_check`); `follow` moves a down
+  member to the address its part is served at now (a standby took it over,
+  on a PostgreSQL store), due for a reconnect at once.
 * `member_for_send` and `Failover` pick the member for a send, then another
   for each that fails.
 * `ReadPass` and `WaitingRead` decide a read: which member to ask next, what
@@ -35,11 +39,13 @@ from typing import Any, Generic, NamedTuple, TypeVar
 from ...errors import AuthenticationFailed, ConnectionLost, NoSuchMessage, NoSuchQueue, ProtocolError, RequestError
 from ...protocol import messages as msg
 from ...protocol.frames import MEMBER_SHIFT
+from ..commands import parse_address
 
 __all__ = [
     "CONNECTION_FAILURES",
     "ANSWERS_AS_VALUES",
     "MAX_RETRY_SECONDS",
+    "MEMBERS_CHECK_SECONDS",
     "MEMBER_SHIFT",
     "RETRY_SECONDS",
     "ConfirmBatch",
@@ -68,6 +74,9 @@ C = TypeVar("C")  # a member's client: `Client` or `AsyncClient`
 
 RETRY_SECONDS = 1.0  # first wait before reconnecting to a member that went down; doubles up to:
 MAX_RETRY_SECONDS = 30.0
+# While a member is down: how often to ask a live one who serves its part now. A standby takes a part over
+# within seconds; asking more often would only load the members, less often would delay the follow.
+MEMBERS_CHECK_SECONDS = 1.0
 
 # A member that fails so is down, not refusing: the caller goes on with the others.
 CONNECTION_FAILURES = (ConnectionLost, ProtocolError, OSError)
@@ -408,6 +417,7 @@ class Members(Generic[C]):
         self.created: dict[str, QueueOptions] = {}
         self.turn = 0
         self.refusal: AuthenticationFailed | None = None  # kept to explain a group that no member lets in
+        self.members_check_at = 0.0  # when a live member may next be asked who serves the down ones' parts
 
     def up(self) -> list[int]:
         """Return the positions of the members connected now."""
@@ -432,17 +442,66 @@ class Members(Generic[C]):
             self.retry_at[position] = float("inf")
         return due
 
+    def claim_members_check(self, now: float) -> C | None:
+        """Return a live member's client to ask for MEMBERS, or None: only while some member is down and
+        another up, and at most once every `MEMBERS_CHECK_SECONDS` (the answer goes to `follow`)."""
+        up = self.up()
+        if not up or len(up) == len(self.clients) or now < self.members_check_at:
+            return None
+        self.members_check_at = now + MEMBERS_CHECK_SECONDS
+        client = self.clients[up[self.next_turn() % len(up)]]
+        assert client is not None  # up() lists connected members only
+        return client
+
+    def follow(self, owners: Iterable[str], now: float) -> list[int]:
+        """Take a MEMBERS answer (part ``i`` served at ``owners[i]``; empty: nobody) and return the
+        positions whose address changed.
+
+        A member that is down while its part is served at another address (a
+        standby took it over) moves there, due for a reconnect at ``now`` with
+        its backoff reset: the ids consumers hold keep routing to that part. A
+        member that is up keeps its connection: if it lost its part it stops
+        serving, is marked down, and is followed then. A part this client has
+        never seen, at an address it does not know, becomes a new member.
+        """
+        changed: list[int] = []
+        known = {parse_address(address) for address in self.addresses}
+        for index, owner in enumerate(owners):
+            if not owner:
+                continue
+            host, port = parse_address(owner)
+            address = f"{host}:{port}"
+            position = self.position_of_index.get(index)
+            if position is None:
+                if (host, port) in known:
+                    continue  # a member given to this client that it has not reached yet
+                self.addresses.append(address)
+                self.clients.append(None)
+                self.retry_at.append(now)
+                self.backoff.append(RETRY_SECONDS)
+                changed.append(len(self.addresses) - 1)
+            elif self.clients[position] is None and (host, port) != parse_address(self.addresses[position]):
+                self.addresses[position] = address
+                if self.retry_at[position] != float("inf"):  # not while an attempt at the old address runs
+                    self.retry_at[position] = now
+                self.backoff[position] = RETRY_SECONDS
+                changed.append(position)
+        return changed
+
     def connected(self, position: int, client: C, index: int) -> None:
         """Record that the member at ``position`` is up, with ``client``; it says it is member ``index``."""
         self.clients[position] = client
         self.position_of_index[index] = position
         self.backoff[position] = RETRY_SECONDS
 
-    def connect_failed(self, position: int, exc: BaseException, now: float) -> None:
-        """Record a failed (re)connect: the member stays down until its next retry."""
+    def connect_failed(self, position: int, exc: BaseException, now: float, address: str | None = None) -> None:
+        """Record a failed (re)connect to ``address``: the member stays down until its next retry, or
+        at once if `follow` moved it to another address meanwhile."""
         if isinstance(exc, AuthenticationFailed):
             self.refusal = exc
         self.mark_down(position, now)
+        if address is not None and address != self.addresses[position]:
+            self.retry_at[position] = now
 
     def mark_down(self, position: int, now: float) -> None:
         """Forget the member's client; retry it after its backoff, which doubles while it stays down.

@@ -13,6 +13,17 @@ the plans leave to their caller to guard. It is read and changed under one
 lock, held only while no I/O runs. A member found broken is marked down only
 if it still has the client that failed: a thread that fails late on a member's
 old connection must not mark down the new one another thread made meanwhile.
+
+Following a part (a group on a PostgreSQL store with a standby): while a
+member is down, every call that starts the due reconnects also asks a live
+member for MEMBERS, once a second at most, on a thread (`_follow`); a down
+member whose part is now served at another address is moved there and
+connected at once (its queues created again). A confirm, touch or release
+names a message by id, so its member cannot be skipped: while it is down the
+call waits for it, up to the client's timeout, then raises `ConnectionLost`
+(nothing was sent). A confirm sent to the new owner for a message that was in
+flight at the death is answered `NoSuchMessage` or `Requeued`: the new owner
+restored it as ready, so it will be delivered again; never a false success.
 """
 
 from __future__ import annotations
@@ -52,6 +63,9 @@ from .plans import (
 __all__ = ["GroupClient", "GroupPipeline"]
 
 T = TypeVar("T")
+
+HOLDER_POLL_SECONDS = 0.05  # while waiting for a message's member to come back: how often to look
+MAX_HOLDER_WAIT = 10.0  # that wait, for a client made without a timeout
 
 
 class GroupClient:
@@ -114,20 +128,56 @@ class GroupClient:
 
     def _reconnect(self, wait: bool = False) -> None:
         """Reconnect to members due for a retry: in the background, so that a member that
-        accepts connections but does not answer never stalls a call (``wait``: inline, at connect)."""
+        accepts connections but does not answer never stalls a call (``wait``: inline, at connect).
+        While a member is down, also ask a live one (`Members.claim_members_check`) who serves its part now."""
+        now = time.monotonic()
         with self._lock:
-            due = [] if self._closed else self._members.claim_retries(time.monotonic())
+            due = [] if self._closed else self._members.claim_retries(now)
+            asked = None if self._closed else self._members.claim_members_check(now)
         for position in due:
             if wait:
                 self._connect_member(position)
             else:
                 threading.Thread(target=self._connect_member, args=(position,), daemon=True).start()
+        if asked is not None:
+            threading.Thread(target=self._follow, args=(asked,), daemon=True).start()
+
+    def _follow(self, asked: Client) -> None:
+        """Ask ``asked`` for MEMBERS; a down member whose part is served elsewhere now is reconnected there."""
+        try:
+            owners = asked.members().members
+        except (DbQueueError, OSError):
+            return  # that member failed too: its caller marks it down; the next check asks another
+        with self._lock:
+            moved = self._members.follow(owners, time.monotonic())
+        if moved:
+            self._reconnect()
+
+    def _wait_for_holder(self, position: int) -> Client:
+        """The client of the member at ``position``, which holds messages by their ids; while it is down,
+        wait for it (its part may be taken over by a standby, `_follow`) at most the client's timeout.
+
+        Raises `ConnectionLost` if it is still down then: nothing was sent, so nothing took effect.
+        """
+        deadline = time.monotonic() + (self._timeout if self._timeout is not None else MAX_HOLDER_WAIT)
+        while True:
+            with self._lock:
+                client = self._members.clients[position]
+                closed = self._closed
+            if client is not None:
+                return client
+            if closed or time.monotonic() >= deadline:
+                return self._client(position)  # raises ConnectionLost, naming the member
+            self._reconnect()
+            time.sleep(HOLDER_POLL_SECONDS)
 
     def _connect_member(self, position: int) -> None:
         members = self._members
         client = None
+        with self._lock:
+            address = members.addresses[position]
         try:
-            client = Client.connect(members.addresses[position], self._timeout, token=self._token, tls=self._tls)
+            client = Client.connect(address, self._timeout, token=self._token, tls=self._tls)
             index = client.members().index
             created: dict[str, QueueOptions] = {}
             while True:
@@ -148,7 +198,7 @@ class GroupClient:
             if client is not None:  # connected, then refused: the next retry opens a new one
                 client.close()
             with self._lock:
-                members.connect_failed(position, exc, time.monotonic())
+                members.connect_failed(position, exc, time.monotonic(), address)
             return
         client.close()  # the group was closed while this member was connecting
 
@@ -178,10 +228,11 @@ class GroupClient:
             if self._members.clients[position] is client:
                 self._members.mark_down(position, time.monotonic())
 
-    def _on_member(self, position: int, call: Callable[[Client], T]) -> T:
+    def _on_member(self, position: int, call: Callable[[Client], T], holder: bool = False) -> T:
         """Return ``call`` of the member at ``position``'s client; a connection failure marks it down
-        and is raised, as is a refusal."""
-        client = self._client(position)
+        and is raised, as is a refusal. ``holder``: the call names messages by id, so a member that is
+        down is waited for (`_wait_for_holder`) rather than skipped."""
+        client = self._wait_for_holder(position) if holder else self._client(position)
         try:
             return call(client)
         except CONNECTION_FAILURES:
@@ -394,15 +445,17 @@ class GroupClient:
     def confirm(self, id: int) -> None:
         """Confirm at the member that handed the message out. Returns None. Raises as `Client.confirm`
         (`NoSuchMessage` also for an id from a member this client does not know)."""
-        self._on_member(self._holder(id), lambda client: client.confirm(id))
+        self._on_member(self._holder(id), lambda client: client.confirm(id), holder=True)
 
     def touch(self, id: int, *, visibility_timeout: float | None = None) -> None:
         """Touch at the member that handed the message out. Returns None. Raises as `Client.touch`."""
-        self._on_member(self._holder(id), lambda client: client.touch(id, visibility_timeout=visibility_timeout))
+        self._on_member(
+            self._holder(id), lambda client: client.touch(id, visibility_timeout=visibility_timeout), holder=True
+        )
 
     def release(self, id: int, *, delay: float = 0.0) -> None:
         """Release at the member that handed the message out. Returns None. Raises as `Client.release`."""
-        self._on_member(self._holder(id), lambda client: client.release(id, delay=delay))
+        self._on_member(self._holder(id), lambda client: client.release(id, delay=delay), holder=True)
 
     def confirm_batch(self, ids: Iterable[int]) -> list[RequestError | None]:
         """Confirm each id at its member; return one result per id, in order (as `Client.confirm_batch`).
@@ -416,7 +469,7 @@ class GroupClient:
         return batch.results()
 
     def _confirm_at(self, position: int, ids: list[int]) -> list[RequestError | None]:
-        return self._on_member(position, lambda client: client.confirm_batch(ids))
+        return self._on_member(position, lambda client: client.confirm_batch(ids), holder=True)
 
     def pipeline(self) -> GroupPipeline:
         """Return a new pipeline: queue commands without waiting; `GroupPipeline.execute` sends them
@@ -457,6 +510,7 @@ class GroupPipeline:
     def __init__(self, group: GroupClient) -> None:
         self._group = group
         self._queued: list[tuple[int, tuple[msg.Request, Decode[Any]]]] = []  # (member position, the command)
+        self._holders: set[int] = set()  # positions some queued command names messages of (by id)
 
     def send(self, queue: str, data: bytes, *, delay: float = 0.0, key: bytes | str | None = None) -> Self:
         """Queue a send to one member (by ``key``, else round-robin); its result is the id.
@@ -484,7 +538,9 @@ class GroupPipeline:
         Returns the pipeline. Raises `NoSuchMessage` for an id from a member
         this client does not know.
         """
-        self._queued.append((self._group._holder(id), REQUESTS.confirm(id)))
+        position = self._group._holder(id)
+        self._queued.append((position, REQUESTS.confirm(id)))
+        self._holders.add(position)
         return self
 
     def __len__(self) -> int:
@@ -498,6 +554,8 @@ class GroupPipeline:
         down or failed. Typed `object` as for `Pipeline.execute`. Raises nothing else.
         """
         queued, self._queued = self._queued, []
+        holders, self._holders = self._holders, set()
+        self._group._reconnect()  # members due for a retry, and the parts of down ones followed
         results: list[object] = [None] * len(queued)
         by_member: dict[int, list[int]] = {}  # member position -> places in the request order
         for place, (position, _) in enumerate(queued):
@@ -505,7 +563,8 @@ class GroupPipeline:
         group = self._group
         for position, places in by_member.items():
             try:
-                client = group._client(position)
+                # A member holding messages this pipeline confirms is waited for (its part may be taken over).
+                client = group._wait_for_holder(position) if position in holders else group._client(position)
             except ConnectionLost as down:
                 for place in places:
                     results[place] = down
@@ -527,3 +586,4 @@ class GroupPipeline:
 
     def __exit__(self, *exc_info: object) -> None:
         self._queued.clear()
+        self._holders.clear()
