@@ -9,7 +9,8 @@ Theory of operation
 the whole run: dbqueue with its HTTP listener (``dbqueue serve --http-port``
 when the CLI has the option, else a `Server` and an `HttpListener` started
 side by side on one uvloop loop by this script's ``--serve-dbqueue`` mode, as
-the listener's own tests start them), and moto (``python -m moto.server``,
+the listener's own tests start them; that mode also serves ``--fast-path off``,
+the listener without its SQS fast path), and moto (``python -m moto.server``,
 the ``moto_server`` command). Each round runs the same load against each,
 in turn (A B, then B A, so that a machine that drifts over the run
 favours neither), each on a fresh queue deleted afterwards.
@@ -559,13 +560,6 @@ def _serve_has_http_port(python: str) -> bool:
     return "--http-port" in done.stdout
 
 
-def _listener_is_fast() -> bool:
-    """Whether `HttpListener` serves its connections with the SQS fast path itself (`SqsConnection`)."""
-    import dbqueue.server.http
-
-    return "SqsConnection" in vars(dbqueue.server.http)
-
-
 def start_dbqueue(python: str, log_dir: Path, signed: bool, fast: str = "auto") -> SqsServer:
     """dbqueue with its HTTP listener: ``serve --http-port`` when the CLI has it, else this script's own mode.
 
@@ -575,10 +569,9 @@ def start_dbqueue(python: str, log_dir: Path, signed: bool, fast: str = "auto") 
     if signed:
         environment["DBQUEUE_SQS_ACCESS_KEY_ID"] = ACCESS_KEY
         environment["DBQUEUE_SQS_SECRET_ACCESS_KEY"] = SECRET_KEY
-    # "on": the fast path, through this script's own mode when the CLI's listener does not build it;
-    # "off": aiohttp alone (this script's mode, without it); "auto": whatever `serve --http-port` does.
-    has_http_port = fast == "auto" or (fast == "on" and _listener_is_fast())
-    has_http_port = has_http_port and _serve_has_http_port(python)
+    # "on" and "auto": the listener as `serve --http-port` runs it (the fast path on); "off": this script's own
+    # mode, the listener's fast path turned off (aiohttp alone), which `serve` has no option for.
+    has_http_port = fast != "off" and _serve_has_http_port(python)
     for attempt in range(3):
         port = free_port()
         if has_http_port:
@@ -739,8 +732,8 @@ def serve_floor(name: str, port: int) -> None:
 def serve_dbqueue(http_port: int, fast: bool) -> None:
     """``--serve-dbqueue PORT``: a `Server` (native port: any) and its `HttpListener` on ``PORT``, until SIGTERM.
 
-    Credentials come from ``DBQUEUE_SQS_ACCESS_KEY_ID`` / ``DBQUEUE_SQS_SECRET_ACCESS_KEY`` when set. With
-    ``fast``, the listener's connections are the SQS fast path's (`serve_fast_path`) if it does not build them.
+    Credentials come from ``DBQUEUE_SQS_ACCESS_KEY_ID`` / ``DBQUEUE_SQS_SECRET_ACCESS_KEY`` when set. ``fast``
+    is the listener's ``fast_path``: off, aiohttp serves every request (the general path alone).
     """
     from dbqueue import Server
     from dbqueue.server import new_event_loop
@@ -752,12 +745,8 @@ def serve_dbqueue(http_port: int, fast: bool) -> None:
     async def main() -> None:
         server = Server(port=0)
         await server.start()
-        listener = HttpListener(server, http_port, credentials=read_credentials(None, os.environ))
+        listener = HttpListener(server, http_port, credentials=read_credentials(None, os.environ), fast_path=fast)
         await listener.start()
-        if fast and not _listener_is_fast():
-            from dbqueue.server.sqs_api import serve_fast_path
-
-            await serve_fast_path(listener)
         stopping = asyncio.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stopping.set)
@@ -1338,8 +1327,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--fast-path",
         choices=("on", "off", "auto"),
         default="on",
-        help="dbqueue's SQS fast path: on (started by this script if `serve` lacks it), off (aiohttp alone), "
-        "auto (whatever `dbqueue serve --http-port` does)",
+        help="dbqueue's SQS fast path: on (as `dbqueue serve --http-port` runs it), off (the listener's general "
+        "path alone: aiohttp), auto (the same as on)",
     )
     parser.add_argument("--smoke", action="store_true", help="one short round: does the script still work?")
     parser.add_argument("--serve-dbqueue", type=int, metavar="HTTP_PORT", help=argparse.SUPPRESS)
@@ -1357,7 +1346,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.serve_dbqueue is not None:
-        serve_dbqueue(args.serve_dbqueue, args.fast_path == "on")
+        serve_dbqueue(args.serve_dbqueue, args.fast_path != "off")
         return 0
     if args.serve_floor is not None:
         serve_floor(args.serve_floor[0], int(args.serve_floor[1]))

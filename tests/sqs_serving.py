@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import time
 from collections.abc import Iterator
@@ -14,9 +13,6 @@ import pytest
 from child_server import ChildServer, free_port
 
 START_TIMEOUT = 15.0
-# The server's HTTP listener serves through the SQS fast path unless DBQUEUE_TEST_SQS_FAST=0 (see the folder's
-# sitecustomize, which does nothing once the listener builds the fast path's connections itself).
-FAST_SERVING = Path(__file__).parent / "sqs" / "fast_serving"
 
 
 class Serving:
@@ -43,8 +39,6 @@ def serve_sqs(tmp_path: Path, access_key: str, secret_key: str) -> Iterator[Serv
     """Start the server with one access key, yield it, and stop it, checking its log for unhandled errors."""
     http_port = free_port()
     env = {"DBQUEUE_SQS_ACCESS_KEY_ID": access_key, "DBQUEUE_SQS_SECRET_ACCESS_KEY": secret_key}
-    if os.environ.get("DBQUEUE_TEST_SQS_FAST", "1") != "0":
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(FAST_SERVING), os.environ.get("PYTHONPATH")]))
     child = ChildServer(tmp_path, "--http-port", str(http_port), "--log-level", "info", env=env)
     with child:  # started here, killed on the way out if it did not stop
         yield Serving(child, http_port)

@@ -23,9 +23,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
 
-import dbqueue.server.http
 from dbqueue.server.http import HttpListener
-from dbqueue.server.sqs_api import serve_fast_path
 
 T = TypeVar("T")
 
@@ -35,7 +33,6 @@ REGION = "us-east-1"
 START_TIMEOUT = 10.0
 # The SQS fast path serves the listeners of these tests unless DBQUEUE_TEST_SQS_FAST=0 asks for aiohttp alone.
 FAST_PATH = os.environ.get("DBQUEUE_TEST_SQS_FAST", "1") != "0"
-LISTENER_IS_FAST = "SqsConnection" in vars(dbqueue.server.http)  # the listener builds them itself
 
 
 class Listening:
@@ -49,15 +46,13 @@ class Listening:
     def start(cls, thread: Any, *, fast: bool = FAST_PATH, **options: Any) -> Listening:
         """Start an `HttpListener` (port 0, ``options`` as its keywords) on ``thread``'s loop.
 
-        With ``fast``, its connections are `SqsConnection`s (the SQS fast path), as
-        `serve_fast_path` makes them until the listener does it itself.
+        ``fast`` is the listener's ``fast_path``: its connections are `SqsConnection`s
+        (the SQS fast path), or, off, aiohttp's alone.
         """
 
         async def make() -> HttpListener:
-            listener = HttpListener(thread.server, 0, **options)
+            listener = HttpListener(thread.server, 0, fast_path=fast, **options)
             await listener.start()
-            if fast and not LISTENER_IS_FAST:
-                await serve_fast_path(listener)
             return listener
 
         return cls(thread, asyncio.run_coroutine_threadsafe(make(), thread.loop).result(START_TIMEOUT))

@@ -365,3 +365,41 @@ def test_requests_piled_behind_a_long_poll_are_read_no_further_than_a_limit(list
             reader.join(30)
             assert reader_done and reader_done[0].count(b"HTTP/1.1 200 OK") == count + 1
         assert native.stats("piled")["ready"] == count
+
+
+# --- who serves the connections ------------------------------------------------------------------------------------
+
+
+def _served_by_aiohttp(port: int, requests_count: Callable[[], int]) -> bool:
+    """Send one plain JSON request; return whether aiohttp's request machinery answered it."""
+    before = requests_count()
+    headers = {"Content-Type": JSON, "X-Amz-Target": "AmazonSQS.SendMessage"}
+    body = json.dumps({"QueueUrl": f"http://127.0.0.1:{port}/000000000000/who", "MessageBody": "b"}).encode()
+    status, _, _ = listener_kit.exchange_port(port, "POST", "/", headers, body)
+    assert status == 200
+    return requests_count() != before
+
+
+def test_the_server_s_listener_serves_through_the_fast_path(server_factory: Callable[..., Any]) -> None:
+    """The listener `Server` starts for ``--http-port`` builds an `SqsConnection` per connection itself."""
+    thread = server_factory(http_port=0)
+    listener = thread.server._http
+    assert listener is not None and listener._web is not None
+    with Client.connect(thread.address) as native:
+        native.create("who")
+    web = listener._web
+    assert not _served_by_aiohttp(thread.server.http_port, lambda: web.requests_count)
+
+
+def test_a_listener_without_its_fast_path_leaves_every_request_to_aiohttp(
+    server_factory: Callable[..., Any],
+) -> None:
+    listening = listener_kit.Listening.start(server_factory(), fast=False)
+    try:
+        with Client.connect(listening.thread.address) as native:
+            native.create("who")
+        web = listening.listener._web
+        assert web is not None
+        assert _served_by_aiohttp(listening.port, lambda: web.requests_count)
+    finally:
+        listening.stop()

@@ -8,6 +8,12 @@ request is answered by `sqs_api.SqsService` between two of the sessions'
 callbacks, never beside them, so the broker needs no lock, and a message sent
 over SQS is read over dbqueue's own protocol and the other way round.
 
+Each accepted connection is an `sqs_api.SqsConnection` around the handler
+aiohttp would have used: plain JSON-protocol requests are answered straight
+from their bytes (the SQS fast path, `dbqueue.sqs.fastpath`), with the same
+answers and the same checks as below; the first request of any other shape
+hands the connection to aiohttp for good. What follows is that general path.
+
 Each request goes, in order, through:
 
 1. the body limit, checked against ``Content-Length`` before anything is
@@ -83,7 +89,7 @@ from ..sqs import (
 from .console import Console
 from .metrics import RequestStats, SqsStats, build_registry, serve_metrics
 from .security import is_loopback
-from .sqs_api import SqsHost, SqsService
+from .sqs_api import SqsConnection, SqsHost, SqsService
 
 __all__ = [
     "HttpHost",
@@ -248,6 +254,10 @@ class HttpListener:
     ``insecure``. TLS is the server's (``server.ssl``). ``receipt_secret`` keys
     the receipt handles (random by default: a restart invalidates the handles
     out, whose messages come back when their visibility timeout ends).
+    ``fast_path`` (on by default) makes each connection an `sqs_api.SqsConnection`,
+    which answers plain JSON requests from their bytes; off, aiohttp serves
+    every request (the general path alone: for comparisons, such as the SQS
+    benchmark's ``--fast-path off``).
 
     Raises `ValueError` for a non-loopback ``host`` without credentials or ``insecure``.
     """
@@ -262,8 +272,10 @@ class HttpListener:
         insecure: bool = False,
         settings: HttpSettings | None = None,
         receipt_secret: bytes | None = None,
+        fast_path: bool = True,
     ) -> None:
         self.server = server
+        self.fast_path = fast_path
         self.host = server.host if host is None else host
         self.port = port
         self.settings = settings or HttpSettings()
@@ -318,9 +330,14 @@ class HttpListener:
             logger=_peer_log,
         )
         limit = self.server.max_connections
+        fast_path = self.fast_path
 
         def protocol() -> asyncio.BaseProtocol:
-            return web_server() if web_server.open < limit else _Refused()
+            if web_server.open >= limit:
+                return _Refused()
+            if not fast_path:
+                return web_server()
+            return SqsConnection(web_server(), self, web_server.unproven)
 
         self._listener = await loop.create_server(
             protocol, self.host, self.port, reuse_address=True, ssl=self.server.ssl, backlog=4096

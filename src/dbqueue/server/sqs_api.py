@@ -53,8 +53,8 @@ so a message sent through either protocol is read through either.
   broker changed) drops what was held or parked on the old one.
 
 * **The fast path**: `SqsConnection` is the protocol of each HTTP connection
-  when the listener builds it (see its docstring): plain JSON requests are
-  framed from their bytes (`dbqueue.sqs.fastpath`) and the hot actions done by
+  (the listener builds one per connection it accepts; see its docstring):
+  plain JSON requests are framed from their bytes (`dbqueue.sqs.fastpath`) and the hot actions done by
   the ``fast_*`` methods, which act exactly as the general ones would or
   return None and leave the request to `act` (nothing changed before a None);
   the rest of a connection whose first odd request came goes to aiohttp.
@@ -199,7 +199,7 @@ __all__ = [
     "sqs_error",
     "SqsConnection",
     "FastListener",
-    "serve_fast_path",
+    "FastSettings",
 ]
 
 log = logging.getLogger("dbqueue.server")
@@ -1295,8 +1295,18 @@ _ACTIONS: dict[type, Action] = {
 # --- the fast path's connection ------------------------------------------------------------------------------------
 
 
+class FastSettings(Protocol):
+    """What `SqsConnection` uses of the listener's settings (`http.HttpSettings`)."""
+
+    @property
+    def max_body(self) -> int: ...
+
+    @property
+    def idle_timeout(self) -> float: ...
+
+
 class FastListener(Protocol):
-    """What `SqsConnection` uses of the HTTP listener (`http.HttpListener`)."""
+    """What `SqsConnection` uses of the HTTP listener (`http.HttpListener`, which builds one per connection)."""
 
     service: SqsService
     verifier: SignatureVerifier | None
@@ -1306,7 +1316,7 @@ class FastListener(Protocol):
     port: int
 
     @property
-    def settings(self) -> Any: ...  # `http.HttpSettings`: ``max_body``, ``idle_timeout``
+    def settings(self) -> FastSettings: ...
 
 
 _FAST: dict[str, Callable[[SqsService, dict[str, Any], str], bytes | None]] = {
@@ -1555,30 +1565,3 @@ class SqsConnection(asyncio.Protocol):
 
     def _peer(self) -> Any:
         return self.transport.get_extra_info("peername") if self.transport is not None else None
-
-
-async def serve_fast_path(listener: Any) -> None:
-    """Serve a started `http.HttpListener`'s connections with `SqsConnection` from now on.
-
-    For the tests and the benchmark until the listener builds `SqsConnection`
-    itself: its listening socket is closed and opened again on the same
-    address, with the same limit of connections and TLS, each new connection
-    an `SqsConnection` around the handler the listener would have used.
-    """
-    old = listener._listener
-    web_server = listener._web
-    old.close()
-    await old.wait_closed()
-    from .http import _Refused  # here: the listener's module imports this one
-
-    limit = listener.server.max_connections
-
-    def protocol() -> asyncio.BaseProtocol:
-        if web_server.open < limit:
-            return SqsConnection(web_server(), listener, web_server.unproven)
-        return _Refused()
-
-    listener._listener = await asyncio.get_running_loop().create_server(
-        protocol, listener.host, listener.port, reuse_address=True, ssl=listener.server.ssl, backlog=4096
-    )
-    log.info("SQS fast path on %s:%d", listener.host, listener.port)
