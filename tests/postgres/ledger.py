@@ -7,8 +7,11 @@ commit whose connection broke during COMMIT may have committed), is
 drain: acknowledged sends lost (neither confirmed nor drained), confirmed
 messages delivered again, and duplicates (a message delivered more than once
 without an acknowledged confirm in between: allowed for messages in flight at
-a fault). Clients are plain `Client`s that reconnect after any failure, to
+a fault). `Load`'s clients are plain `Client`s that reconnect after any failure, to
 ``addresses()`` (called again on each reconnect, so a test can follow MEMBERS).
+`GroupLoad`'s are `GroupClient`s, one per thread, that follow the group by
+themselves: producers send through a `GroupPipeline`, consumers read batches and
+confirm them through one.
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from dbqueue import Client, DbQueueError
-from dbqueue.errors import RequestError, StoreUnavailable
+from dbqueue import Client, DbQueueError, GroupClient
+from dbqueue.errors import NoSuchMessage, RequestError, Requeued, StoreUnavailable
 
 QUEUE = "ledger"
 PIPELINE = 8  # sends a producer pipelines at a time
@@ -176,6 +179,103 @@ class Load:
                 self.ledger.confirmed.add(message.id)
         if client is not None:
             client.close()
+
+
+class GroupLoad:
+    """Producer and consumer threads, each with its own `GroupClient` on the group, until `stop`.
+
+    Producers queue `PIPELINE` sends in a `GroupPipeline` and execute it: an
+    id is an acknowledged send, an error is not (a `ConnectionLost` send may
+    have been stored all the same). Consumers read up to `PIPELINE` messages
+    (2 s visibility timeout) and confirm them in one `GroupPipeline`: None is an
+    acknowledged confirm; `NoSuchMessage` or `Requeued` is a refusal (the
+    message comes back); anything else (no answer, `StoreUnavailable`) is
+    indeterminate. The application never reconnects: the group clients follow
+    the members, and the parts taken over, by themselves.
+    """
+
+    def __init__(
+        self, ledger: Ledger, seeds: list[str], producers: int = 3, consumers: int = 3, pause: float = 0.02
+    ) -> None:
+        self.ledger = ledger
+        self.pause = pause
+        self.stopping = threading.Event()
+        self.clients = [GroupClient.connect(seeds, timeout=5.0) for _ in range(producers + consumers)]
+        self.threads = [
+            threading.Thread(target=self._produce, args=(i, self.clients[i]), daemon=True) for i in range(producers)
+        ]
+        self.threads += [
+            threading.Thread(target=self._consume, args=(self.clients[producers + i],), daemon=True)
+            for i in range(consumers)
+        ]
+        self._counter = 0
+        self._counter_lock = threading.Lock()
+        self.refused_confirms: Counter[str] = Counter()
+
+    def start(self) -> GroupLoad:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(30)
+        for client in self.clients:
+            client.close()
+
+    def _produce(self, index: int, group: GroupClient) -> None:
+        while not self.stopping.is_set():
+            with self._counter_lock:
+                first = self._counter + 1
+                self._counter += PIPELINE
+            payloads = [b"g%d-%d" % (index, first + n) for n in range(PIPELINE)]
+            try:
+                with group.pipeline() as pipe:
+                    for payload in payloads:
+                        pipe.send(QUEUE, payload)
+                    results = pipe.execute()
+            except DbQueueError as exc:  # no member up to queue a send for
+                self.ledger.errors[type(exc).__name__] += 1
+                time.sleep(0.05)
+                continue
+            with self.ledger.lock:
+                for payload, result in zip(payloads, results, strict=True):
+                    if isinstance(result, int):
+                        self.ledger.sent[result] = payload
+                    else:
+                        self.ledger.errors[type(result).__name__] += 1
+            time.sleep(self.pause)
+
+    def _consume(self, group: GroupClient) -> None:
+        while not self.stopping.is_set():
+            try:
+                messages = group.read_batch(QUEUE, PIPELINE, visibility_timeout=2.0, wait=0.2)
+            except DbQueueError as exc:
+                self.ledger.errors[type(exc).__name__] += 1
+                time.sleep(0.05)
+                continue
+            for message in messages:
+                self.ledger.delivered(message.id)
+            if not messages:
+                continue
+            try:
+                with group.pipeline() as pipe:
+                    for message in messages:
+                        pipe.confirm(message.id)
+                    results = pipe.execute()
+            except DbQueueError as exc:  # a holder this client does not know: nothing was sent
+                self.ledger.errors[type(exc).__name__] += 1
+                continue
+            with self.ledger.lock:
+                for message, result in zip(messages, results, strict=True):
+                    if result is None:
+                        self.ledger.confirmed.add(message.id)
+                    elif isinstance(result, (NoSuchMessage, Requeued)):
+                        self.refused_confirms[type(result).__name__] += 1
+                    else:  # no answer, or the store could not tell: it may have taken effect
+                        self.ledger.errors[type(result).__name__] += 1
+                        self.ledger.confirms_unanswered.add(message.id)
 
 
 def drain(ledger: Ledger, addresses: list[str], quiet: float = 3.0) -> set[int]:
