@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import struct
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -202,3 +203,23 @@ def test_a_dead_letter_keeps_its_origin_on_the_wire_and_across_a_restart(
     again = msg.Message.from_origin_body(body)
     assert (again.data, again.origin) == (b"poison", origin)
     assert stats(peer, "jobs")["visibility_timeout_ms"] == 30_000
+
+
+def test_metrics_show_the_oldest_ready_age_and_moves(server_factory: Callable[..., ServerThread]) -> None:
+    server = server_factory(metrics_port=0)
+    peer = Peer(server.raw())
+    peer.call(msg.CreateQueue("q"))
+    peer.call(msg.CreateQueue("empty"))
+    peer.call(msg.CreateQueue("other"))
+    peer.call(msg.EnqueueBatch("q", (b"a", b"b")))
+    time.sleep(0.2)
+    assert peer.call(msg.Move("q", "other", 1)) == msg.Moved(1)
+    port = server.server.metrics_port
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    ages = {
+        line.split('"')[1]: float(line.split()[1])
+        for line in text.splitlines()
+        if line.startswith("dbqueue_queue_oldest_ready_age_seconds{")
+    }
+    assert ages["empty"] == 0.0 and 0.2 <= ages["q"] < 5 and 0.2 <= ages["other"] < 5, text
+    assert 'dbqueue_queue_moved_total{queue="q"} 1.0' in text.splitlines(), text
