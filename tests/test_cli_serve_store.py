@@ -124,3 +124,53 @@ def test_a_standby_takes_over_when_the_server_stops(pg_url: str, serving: Any) -
     standby.wait_serving(within=60.0)
     assert ok(run_cli("read", "handover", "--confirm", "--address", standby.address)) == "kept\n"
     assert standby.stop() == 0, standby.text()
+
+
+# --- what --standby, --peers and --workers say with --store ----------------------------------------------------
+
+
+def test_standby_with_workers_and_peers_with_store_are_usage_errors() -> None:
+    url = "postgresql://nowhere/db"  # refused before any connection is tried
+    both = run_cli("serve", "--port", "0", "--store", url, "--standby", "--workers", "2")
+    assert both.returncode == 2, both.stderr
+    assert b"--standby" in both.stderr and b"--workers" in both.stderr
+    peers = run_cli("serve", "--port", "3000", "--store", url, "--peers", "127.0.0.1:3000,127.0.0.1:3001")
+    assert peers.returncode == 2, peers.stderr
+    assert b"--peers" in peers.stderr and b"come from the database" in peers.stderr
+
+
+def test_serve_help_says_what_a_standby_takes_over_and_where_workers_serve_http() -> None:
+    from click.testing import CliRunner
+
+    from dbqueue.cli import main
+
+    help_text = " ".join(CliRunner().invoke(main, ["serve", "--help"], terminal_width=400).output.split())
+    assert "take over that part (whichever it is) and serve it under that part's member index" in help_text
+    assert "not with --workers" in help_text
+    assert "with --workers, worker I on PORT+I" in help_text.split("--http-port")[1]
+    assert "come from the database" in help_text.split("--peers")[1]
+
+
+def test_workers_on_one_database_each_own_a_part(pg_url: str, tmp_path: Path) -> None:
+    from dbqueue import Client
+    from test_workers import Supervised, answers, free_ports, serve_workers
+
+    def command(workers: int, port: int) -> list[str]:
+        return [*serve_workers(workers, port), "--store", pg_url]
+
+    tree = Supervised(tmp_path, workers=2, command=command, port=free_ports(2))
+    try:
+        tree.wait_until(lambda: all(answers(address) for address in tree.addresses), "every worker to answer", 30.0)
+        deadline = time.monotonic() + 10.0
+        while True:  # the members read from the database, every second
+            with Client.connect(tree.addresses[1]) as client:
+                reply = client.members()
+            if list(reply.members) == tree.addresses:
+                break
+            assert time.monotonic() < deadline, reply
+            time.sleep(0.2)
+        assert reply.index == 1
+        tree.process.send_signal(signal.SIGTERM)
+        assert tree.process.wait(timeout=20) == 0, tree.log()
+    finally:
+        tree.close()

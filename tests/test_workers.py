@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import random
 import signal
@@ -192,6 +193,45 @@ def test_workers_run_with_the_options_the_supervisor_was_given(tmp_path: Path) -
         assert tree.process.wait(timeout=10) == 0, tree.log()
     finally:
         tree.close()
+
+
+def test_each_worker_serves_its_http_listener_on_http_port_plus_its_index(tmp_path: Path) -> None:
+    """``--http-port H --workers 2``: worker I's console, SQS API and /metrics answer on H+I, each for its own part."""
+    http_port = free_ports(2)
+    tree = Supervised(
+        tmp_path,
+        workers=2,
+        command=lambda workers, port: [*serve_workers(workers, port), "--http-port", str(http_port)],
+    )
+    try:
+        tree.wait_until(lambda: all(answers(address) for address in tree.addresses), "every worker to answer")
+        for i, address in enumerate(tree.addresses):
+            with Client.connect(address) as client:
+                client.create(f"only-on-{i}")
+        for i in range(2):
+            tree.wait_until(lambda i=i: http_answers(http_port + i), f"worker {i}'s HTTP listener")
+            page = http.client.HTTPConnection("127.0.0.1", http_port + i, timeout=5)
+            page.request("GET", "/")
+            answer = page.getresponse()
+            assert answer.status == 200 and b"/console/static/console.js" in answer.read()
+            page.request("GET", "/?Action=ListQueues&Version=2012-11-05")
+            queues = page.getresponse().read()
+            assert f"only-on-{i}".encode() in queues and f"only-on-{1 - i}".encode() not in queues, queues
+            page.request("GET", "/metrics")
+            assert f'queue="only-on-{i}"'.encode() in page.getresponse().read()
+            page.close()
+        tree.process.send_signal(signal.SIGTERM)
+        assert tree.process.wait(timeout=10) == 0, tree.log()
+    finally:
+        tree.close()
+
+
+def http_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
+            return True
+    except OSError:
+        return False
 
 
 # --- workers die with their supervisor ----------------------------------------------------------------

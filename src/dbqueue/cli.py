@@ -9,8 +9,11 @@ made from the field's metadata (``max_in_flight`` -> ``--max-in-flight
 MESSAGES``, its bounds as the option's range), so a limit's default, bounds
 and help are written once, in `dbqueue/server/limits.py`. ``serve --workers
 N`` starts each worker with the options it was given itself, read back from
-click's context, plus the worker's own port, member index, data directory
-and metrics port (`dbqueue.server.workers` runs them).
+click's context, plus the worker's own port, member index, data directory,
+metrics port and HTTP port, each +I (`dbqueue.server.workers` runs them).
+With ``--store`` the group's members come from the database: ``--peers`` is
+refused there (each member names its part with ``--member-index``), and so
+is ``--standby`` with ``--workers`` (a standby is one server waiting).
 
 *The environment.* Every option of every command can also come from an
 environment variable: ``DBQUEUE_<COMMAND>_<OPTION>`` always
@@ -161,7 +164,8 @@ def main() -> None:
     "--http-port",
     type=click.IntRange(0, 65535),
     default=None,
-    help="Serve the SQS API and /metrics on http://HOST:PORT (off by default).",
+    help="Serve the SQS API, /metrics and the web console on http://HOST:PORT (off by default; with --workers, "
+    "worker I on PORT+I, each for its own part of the queues).",
 )
 @click.option(
     "--sqs-credentials",
@@ -186,7 +190,8 @@ def main() -> None:
 @click.option(
     "--standby",
     is_flag=True,
-    help="With --store: wait, and take over this member's part of the store when the server keeping it stops.",
+    help="With --store: serve nothing until some member's owner is gone, then take over that part (whichever it "
+    "is) and serve it under that part's member index at this server's address; not with --workers.",
 )
 @click.option(
     "--sync",
@@ -206,9 +211,16 @@ def main() -> None:
     "--peers",
     default=None,
     metavar="HOST:PORT,...",
-    help="Every member of a group spread over machines, this server included (for discovery and ids).",
+    help="Every member of a group spread over machines, this server included (for discovery and ids); not with "
+    "--store, where the members and their addresses come from the database.",
 )
-@click.option("--member-index", type=click.IntRange(0, 255), default=None, hidden=True)
+@click.option(
+    "--member-index",
+    type=click.IntRange(0, 255),
+    default=None,
+    help="With --store: the part of the group this server owns (default 0); each member of a group on one "
+    "database has its own.",
+)
 @click.option("--supervisor", default=None, hidden=True, metavar="PID:FD")  # set by --workers for each worker
 @click.option(
     "--auth-token-file",
@@ -292,9 +304,15 @@ def serve(
             "delete every message. Give it keys with --sqs-credentials FILE (or DBQUEUE_SQS_ACCESS_KEY_ID and "
             "DBQUEUE_SQS_SECRET_ACCESS_KEY), or pass --insecure if the network is trusted."
         )
-    if http_port is not None and workers > 1:
+    if standby and workers > 1:
         raise click.UsageError(
-            "--http-port serves one server's queues: a group's SQS API is not there yet (run it without --workers)"
+            "--standby runs one server that waits for a part whose owner is gone: not with --workers "
+            "(start one --standby per machine you can lose at once)"
+        )
+    if store is not None and peers and supervisor is None:
+        raise click.UsageError(
+            "--peers is for a group kept in memory or --data-dir: with --store the members and their addresses "
+            "come from the database (give each member its part with --member-index)"
         )
     if bool(tls_cert) != bool(tls_key):
         raise click.UsageError("--tls-cert and --tls-key go together")
@@ -303,7 +321,7 @@ def serve(
     stored = _store_options(Server, data_dir, store, standby)
     members = [part.strip() for part in peers.split(",") if part.strip()] if peers else []
     if workers > 1:
-        _supervise(context, host, port, workers, members, data_dir, metrics_port)
+        _supervise(context, host, port, workers, members, data_dir, metrics_port, http_port)
         return
     if member_index is None:
         own = f"{host}:{port}"
@@ -372,8 +390,13 @@ def _supervise(
     members: list[str],
     data_dir: str | None,
     metrics_port: int | None,
+    http_port: int | None,
 ) -> None:
-    """Run ``workers`` servers as a group (`dbqueue.server.workers`); return once they are stopped."""
+    """Run ``workers`` servers as a group (`dbqueue.server.workers`); return once they are stopped.
+
+    Ports of their own: worker I listens on PORT+I, and serves metrics and HTTP (the SQS API, /metrics, the
+    console: its own part of the queues) on their ports +I; 0 stays 0, each worker taking a free port.
+    """
     from .server.workers import WorkerSpec, supervise, worker_command
 
     local = [f"{host}:{port + i}" for i in range(workers)]
@@ -388,6 +411,8 @@ def _supervise(
         command = worker_command(index, port + i, members, shared, data_dir)
         if metrics_port is not None:
             command += ["--metrics-port", str(metrics_port and metrics_port + i)]
+        if http_port is not None:
+            command += ["--http-port", str(http_port and http_port + i)]
         specs.append(WorkerSpec(index, local[i], command))
     # Every option the workers share is on their command line already (`_given_options`): the environment
     # must not add what the supervisor was told (DBQUEUE_WORKERS would make each worker a supervisor).

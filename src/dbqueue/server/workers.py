@@ -8,8 +8,12 @@ own part of every queue, with no coordination on the hot path. The
 supervisor starts worker ``i`` as ``dbqueue serve <the supervisor's own
 options> --port PORT+i --member-index i --peers <every member>`` (and
 ``--data-dir DIR/worker-i`` when durable, ``--metrics-port MPORT+i`` with
-metrics). Which options the workers share is the command line's business
-(`dbqueue.cli`): here they are only passed on.
+metrics, ``--http-port HPORT+i`` with an HTTP listener: each worker's SQS
+API, /metrics and console serve its own part). Which options the workers
+share is the command line's business (`dbqueue.cli`): here they are only
+passed on. With ``--store`` the workers share one database, worker ``i``
+owning part ``i``; the ``--peers`` they are given is overridden by the
+members the database names.
 
 *Workers die with their supervisor.* A worker left behind by a supervisor
 that was killed (``kill -9``, the OOM killer) would keep its port and its
