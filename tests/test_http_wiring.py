@@ -49,6 +49,23 @@ def test_a_server_with_an_http_port_serves_sqs_and_metrics(server_factory: Calla
     assert thread.server.broker.queues[b"wired"].in_flight == 0
 
 
+def test_a_server_reached_only_over_sqs_gives_its_queues_its_default_visibility_timeout(
+    server_factory: Callable[..., Any],
+) -> None:
+    # No native connection is ever made: the default must come from the server's limits themselves.
+    thread = server_factory(
+        http_port=0,
+        sqs_credentials={listener_kit.ACCESS_KEY: listener_kit.SECRET_KEY},
+        default_visibility_timeout=2.5,
+    )
+    sqs = listener_kit.client(f"http://127.0.0.1:{thread.server.http_port}")
+    url = sqs.create_queue(QueueName="defaulted")["QueueUrl"]
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["VisibilityTimeout"])["Attributes"]
+    assert attributes["VisibilityTimeout"] == "3"  # SQS counts whole seconds: 2.5 s shown rounded up
+    assert thread.server.broker.queues[b"defaulted"].visibility_ms == 2500
+    sqs.close()
+
+
 def test_a_server_refuses_a_public_http_port_without_credentials() -> None:
     with pytest.raises(ValueError, match="without credentials"):
         Server("0.0.0.0", 0, http_port=0)

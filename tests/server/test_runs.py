@@ -169,6 +169,7 @@ class Side:
         self.server = Server(port=0, limits=Limits(max_message_size=MAX_SIZE, **options))
         self.server._loop = self.loop  # type: ignore[assignment]  # only schedule_expiry uses it without a store
         self.server.clock = self.loop.time
+        self.server.broker.set_clock(self.loop.time)  # as `Server.start` does with its loop's clock
         broker = self.server.broker
         broker.create_queue(b"x")
         broker.create_queue(b"a")

@@ -262,6 +262,7 @@ class Server:
             max_queues=limits.max_queues,
             max_queue_name=limits.max_queue_name,
             max_in_flight=limits.max_in_flight,
+            default_visibility_ms=limits.default_visibility_ms,
         )
 
     @property
@@ -292,6 +293,7 @@ class Server:
         """Bind and start accepting connections; raise `OSError` if the address is taken."""
         loop = self._loop = asyncio.get_running_loop()
         self.clock = loop.time
+        self.broker.set_clock(self.clock)  # its enqueue times and figures read the loop's clock
         self.failed = loop.create_future()
         self._number_from_now(self.broker)
         if self.data_dir is not None and self.store is None:

@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..protocol.frames import DEFAULT_MAX_MESSAGE_SIZE, MAX_MESSAGE_SIZE_LIMIT, MAX_QUEUE_NAME
+from ..protocol.frames import DEFAULT_MAX_MESSAGE_SIZE, MAX_MESSAGE_SIZE_LIMIT, MAX_QUEUE_NAME, NEVER_MS
 
 __all__ = ["LimitSpec", "LimitField", "Limits", "limit_fields"]
 
@@ -178,6 +179,11 @@ class Limits:
     reclaim_pages: int = _limit(
         256, LimitSpec("Freed store pages given back per round at most (--data-dir)", "pages", 1)
     )
+
+    @property
+    def default_visibility_ms(self) -> int:
+        """`default_visibility_timeout` in the wire's milliseconds, rounded up (at least 1, below `NEVER_MS`)."""
+        return min(NEVER_MS - 1, max(1, math.ceil(self.default_visibility_timeout * 1000.0)))
 
     def __post_init__(self) -> None:
         for described in limit_fields():

@@ -71,7 +71,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import math
 import weakref
 from collections.abc import Callable
 from functools import partial
@@ -179,11 +178,6 @@ class Session(FastPaths, asyncio.Protocol):
         limits = server.limits
         self.memory_budget = limits.memory_budget
         self.capacity_bytes = limits.default_capacity_bytes or _NO_BYTE_LIMIT
-        # The server's default visibility timeout, for queues created without one: the broker takes it
-        # from the limits its server was made with (idempotent, and cheap: once per connection).
-        self.broker.default_visibility_ms = visibility_ms(limits.default_visibility_timeout)
-        if self.broker.clock != server.clock:  # the clock of the ``now`` it is given (its figures read it)
-            self.broker.set_clock(server.clock)
 
     # --- asyncio callbacks -----------------------------------------------------------
 
@@ -736,11 +730,6 @@ _HANDLERS: dict[type, Handler] = {
     msg.Peek: Session._peek,
     msg.Move: Session._move,
 }
-
-
-def visibility_ms(seconds: float | None) -> int:
-    """A visibility timeout limit in the wire's ms: `NEVER_MS` for None (never), at least 1 ms."""
-    return NEVER_MS if seconds is None else min(NEVER_MS - 1, max(1, math.ceil(seconds * 1000.0)))
 
 
 def _too_many(limit: int) -> str:
