@@ -41,6 +41,8 @@ from dbqueue.protocol.messages import (
     Cancelled,
     ConfirmBatch,
     ConfirmResults,
+    DeadLetter,
+    DeadLettered,
     EnqueueBatch,
     EnqueueDelayed,
     ListQueues,
@@ -121,6 +123,8 @@ REQUESTS = [
     Peek(LONGEST_NAME, 1, False, True),
     Move("dead", "jobs"),
     Move(LONGEST_NAME, "名前", 0xFFFFFFFF),
+    DeadLetter(0),
+    DeadLetter(2**64 - 1),
 ]
 
 RESPONSES = [
@@ -167,6 +171,7 @@ RESPONSES = [
     ),
     Moved(0),
     Moved(2**64 - 1),
+    DeadLettered(),
 ]
 
 
@@ -336,6 +341,10 @@ MALFORMED = [
     (Op.RELEASE, bytes(11), InvalidRequest),
     (Op.RELEASE, bytes(8), InvalidRequest),  # id only: delay_ms is not optional on the wire
     (Op.RELEASE, bytes(13), InvalidRequest),
+    (Op.DEAD_LETTER, b"", InvalidRequest),
+    (Op.DEAD_LETTER, bytes(7), InvalidRequest),
+    (Op.DEAD_LETTER, bytes(12), InvalidRequest),  # no delay: the id and nothing else
+    (Op.DEAD_LETTERED, b"", UnknownOpcode),  # a response opcode is no request
     (Op.PURGED, bytes(8), UnknownOpcode),  # a response opcode is no request
     (Op.CONFIRM, b"", InvalidRequest),
     (Op.CONFIRM, bytes(7), InvalidRequest),

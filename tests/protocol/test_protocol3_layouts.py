@@ -159,3 +159,31 @@ def test_malformed_requests(opcode: int, body: bytes, error: type[Exception]) ->
 def test_malformed_responses(opcode: int, flags: int, body: bytes) -> None:
     with pytest.raises(InvalidRequest):
         msg.decode_response(opcode, body, flags)
+
+
+def test_dead_letter_layout() -> None:
+    """DEAD_LETTER is an id and nothing else, answered by a bare DEAD_LETTERED (docs/protocol.md 7.20, 13.18)."""
+    frame = msg.encode(12, msg.DeadLetter(0x0007189B45000001))
+    assert frame == bytes.fromhex("db 1c 0000 0000000c 00000008 0007189b45000001")
+    ((opcode, flags, request_id, body),) = frames_of(frame)
+    assert (opcode, flags, request_id) == (Op.DEAD_LETTER, 0, 12)
+    assert msg.decode_request(opcode, body) == msg.DeadLetter(1997379993600001)
+    answer = bytes.fromhex("db 9e 0000 0000000c 00000000")
+    assert msg.encode(12, msg.DeadLettered()) == answer
+    ((opcode, flags, request_id, body),) = frames_of(answer)
+    assert msg.decode_response(opcode, body, flags) is msg.DeadLettered.INSTANCE  # type: ignore[attr-defined]
+    for bad in (b"", bytes(7), bytes(9), bytes(12)):
+        with pytest.raises(InvalidRequest, match="DEAD_LETTER"):
+            msg.decode_request(Op.DEAD_LETTER, bad)
+    with pytest.raises(InvalidRequest):
+        msg.decode_response(Op.DEAD_LETTERED, b"\x00")
+
+
+def test_a_client_connection_answers_dead_letter_pipelined() -> None:
+    connection = ClientConnection()
+    first, _ = connection.send(msg.DeadLetter(5))
+    second, frame = connection.send(msg.DeadLetter(6))
+    assert frame == msg.encode(second, msg.DeadLetter(6))
+    replies = msg.encode(second, msg.Requeued()) + msg.encode(first, msg.DeadLettered())
+    answered = [event for i in range(len(replies)) for event in connection.receive_data(replies[i : i + 1])]
+    assert answered == [(second, msg.Requeued()), (first, msg.DeadLettered())]

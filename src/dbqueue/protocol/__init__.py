@@ -38,6 +38,8 @@ from .messages import (
     Confirmed,
     ConfirmResults,
     CreateQueue,
+    DeadLetter,
+    DeadLettered,
     DeleteQueue,
     Empty,
     Enqueue,
@@ -82,6 +84,8 @@ from .messages import (
 
 __all__ = [
     "NEVER_MS",
+    "DeadLetter",
+    "DeadLettered",
     "Flag",
     "Move",
     "Moved",

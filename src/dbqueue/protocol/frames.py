@@ -60,8 +60,8 @@ HEADER_RAW_ID = struct.Struct(">BBH4sI")
 # Version 2: a confirm, touch or release settles only a message in flight with the connection that
 # sends it (in version 1, any connection's). Version 3: a visibility timeout of 0 means the queue's
 # default (in version 2, never; `NEVER_MS` says never now), CREATE_QUEUE carries that default, and
-# PEEK, MOVE and dead letters' origins are new. A Hello below OLDEST_PROTOCOL_VERSION is refused, so
-# that a client written for an old rule learns at once that it does not hold here.
+# PEEK, MOVE, DEAD_LETTER and dead letters' origins are new. A Hello below OLDEST_PROTOCOL_VERSION
+# is refused, so that a client written for an old rule learns at once that it does not hold here.
 PROTOCOL_VERSION = 3
 OLDEST_PROTOCOL_VERSION = 3
 # A visibility timeout field (READ, READ_BATCH, TOUCH, CREATE_QUEUE) holding this never times out.
@@ -107,6 +107,7 @@ class Op(enum.IntEnum):
     CANCEL = 0x19
     PEEK = 0x1A
     MOVE = 0x1B
+    DEAD_LETTER = 0x1C
     # responses
     HELLO_OK = 0x81
     QUEUE_CREATED = 0x82
@@ -128,6 +129,7 @@ class Op(enum.IntEnum):
     CANCELLED = 0x9B
     PEEKED = 0x9C
     MOVED = 0x9D
+    DEAD_LETTERED = 0x9E
     ERROR = 0xFF
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "READ_TIMES",
     "READ_NAME",
     "CONFIRM_ID",
+    "DEAD_LETTER_ID",
     "HELLO_HEAD",
     "HELLO_OK_HEAD",
     "CREATE_OPTIONS",
@@ -94,6 +95,7 @@ READ_TIMES = struct.Struct(">II")
 READ_NAME = READ_TIMES.size  # where READ's queue name starts
 # CONFIRM: the message id, and nothing else.
 CONFIRM_ID = U64
+DEAD_LETTER_ID = U64  # DEAD_LETTER: the id of a message this connection holds in flight, nothing else
 
 # --- the other bodies with fixed fields -------------------------------------------------
 HELLO_HEAD = U16  # HELLO: the protocol version; the token follows to the end

@@ -21,6 +21,7 @@ from .layouts import (
     BATCH_COUNT,
     CONFIRM_ID,
     CREATE_OPTIONS,
+    DEAD_LETTER_ID,
     DELAY,
     ERROR_HEAD,
     HELLO_HEAD,
@@ -102,6 +103,8 @@ __all__ = [
     "Peeked",
     "Move",
     "Moved",
+    "DeadLetter",
+    "DeadLettered",
     "PEEK_STATES",
     "REQUEST_TYPES",
     "RESPONSE_TYPES",
@@ -478,6 +481,25 @@ class Move:
     def from_body(cls, body: bytes) -> Move:
         count, source, destination = split_move(body)
         return cls(decode_name(source), decode_name(destination), count)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """Move an in-flight message, held by this connection, to its queue's dead-letter queue now, in
+    one server step, as when its deliveries are spent: it gets a new id there and keeps its origin
+    (source queue, id, first enqueue time, delivery count). Answered `DeadLettered` once stored;
+    `Requeued` or NO_SUCH_MESSAGE as a `Release`; `Full` when the dead-letter queue has no room; an
+    InvalidRequest error when the queue has none. Refused, the message stays in flight as it was."""
+
+    OPCODE: ClassVar[int] = Op.DEAD_LETTER
+    id: int
+
+    def body(self) -> bytes:
+        return DEAD_LETTER_ID.pack(self.id)
+
+    @classmethod
+    def from_body(cls, body: bytes) -> DeadLetter:
+        return cls(*unpack_exact(DEAD_LETTER_ID, body, "DEAD_LETTER"))
 
 
 # --- responses -----------------------------------------------------------------------
@@ -890,29 +912,38 @@ class Cancelled(_Bare):
     OPCODE = Op.CANCELLED
 
 
-for _bare in (QueueCreated, QueueDeleted, Confirmed, Requeued, Full, Empty, Touched, Released, Cancelled):
+class DeadLettered(_Bare):
+    """The in-flight message is stored in its queue's dead-letter queue, under a new id, with its origin."""
+
+    OPCODE = Op.DEAD_LETTERED
+
+
+for _bare in (
+    QueueCreated, QueueDeleted, Confirmed, Requeued, Full, Empty, Touched, Released, Cancelled, DeadLettered,
+):  # fmt: skip
     _bare.INSTANCE = _bare()
 
 REQUEST_TYPES = (
     Hello, CreateQueue, DeleteQueue, Purge, Stats, ListQueues, Members,
     Enqueue, Read, Confirm, EnqueueBatch, ReadBatch, ConfirmBatch, Touch, Release, EnqueueDelayed, Cancel,
-    Peek, Move,
+    Peek, Move, DeadLetter,
 )  # fmt: skip
 RESPONSE_TYPES = (
     HelloOk, QueueCreated, QueueDeleted, Purged, StatsReply, MembersReply,
     ObjectQueued, Message, Confirmed, Requeued, Full, Empty,
-    ObjectsQueued, Messages, ConfirmResults, Touched, Released, Cancelled, Peeked, Moved, Error,
+    ObjectsQueued, Messages, ConfirmResults, Touched, Released, Cancelled, Peeked, Moved, DeadLettered, Error,
 )  # fmt: skip
 # The same types as unions, spelled out for type checkers (a test keeps them equal to the tuples).
 Request = (
     Hello | CreateQueue | DeleteQueue | Purge | Stats | ListQueues | Members
     | Enqueue | Read | Confirm | EnqueueBatch | ReadBatch | ConfirmBatch | Touch | Release | EnqueueDelayed | Cancel
-    | Peek | Move
+    | Peek | Move | DeadLetter
 )  # fmt: skip
 Response = (
     HelloOk | QueueCreated | QueueDeleted | Purged | StatsReply | MembersReply
     | ObjectQueued | Message | Confirmed | Requeued | Full | Empty
-    | ObjectsQueued | Messages | ConfirmResults | Touched | Released | Cancelled | Peeked | Moved | Error
+    | ObjectsQueued | Messages | ConfirmResults | Touched | Released | Cancelled | Peeked | Moved | DeadLettered
+    | Error
 )  # fmt: skip
 
 _REQUESTS: dict[int, type[Request]] = {cls.OPCODE: cls for cls in REQUEST_TYPES}
