@@ -144,8 +144,10 @@ class Server:
     ``http_port`` serves the SQS API and ``/metrics`` on ``host:http_port``
     (`http.HttpListener`; 0 picks a free port, `http_port` holds it after
     `start`): with ``sqs_credentials`` (access key id -> secret access key)
-    every SQS request must be signed with one of them; without, unsigned
-    requests are accepted and ``host`` must be loopback unless ``insecure``.
+    every SQS request must be signed with one of them; without them but with
+    ``auth_token``, signed with the token as the secret of access key id
+    ``dbqueue`` (`http.TOKEN_ACCESS_KEY_ID`); with neither, unsigned requests
+    are accepted and ``host`` must be loopback unless ``insecure``.
     ``data_dir`` keeps every queue and unconfirmed message in a SQLite store
     there; ``sync`` is "os" (a commit reaches the OS before the reply: survives
     a crash of the process) or "disk" (fsync first: survives a power cut).
@@ -248,7 +250,7 @@ class Server:
         # Made now, so that a listener refused (a public host without credentials) stops the server before it starts.
         self.http_port = http_port
         self._http: HttpListener | None = (
-            HttpListener(self, http_port, credentials=sqs_credentials, insecure=insecure)
+            HttpListener(self, http_port, credentials=sqs_credentials, token=self.auth_token, insecure=insecure)
             if http_port is not None
             else None
         )

@@ -21,15 +21,21 @@ Each request goes, in order, through:
    a body over it is refused with an SQS-shaped error and the connection closed;
 2. the body, read within `HttpSettings.body_timeout` (a slow body closes the
    connection);
-3. the signature (SigV4, `dbqueue.sqs.SignatureVerifier`) when credentials are
-   configured; without credentials the listener accepts unsigned requests, and
-   refuses to bind anything but loopback unless told it is on a trusted network
-   (the rule of the native port without a token);
+3. the signature (SigV4, `dbqueue.sqs.SignatureVerifier`) against the SQS
+   credentials; a server with a token and no SQS credentials takes its token as
+   the one secret (access key id `TOKEN_ACCESS_KEY_ID`), so that the SQS API is
+   no way around the token the native port and the console ask for; with
+   neither, the listener accepts unsigned requests, and refuses to bind
+   anything but loopback unless told it is on a trusted network (the rule of
+   the native port without a token);
 4. the SQS layer: `dbqueue.sqs.wire` decodes, `SqsService` acts, `wire` encodes;
    every refusal is answered in the request's protocol (JSON or XML).
 
 ``GET`` and ``HEAD /metrics`` answer from the metrics registry (`metrics`), with
-format and compression negotiated by prometheus_client.
+format and compression negotiated by prometheus_client. They ask for no
+signature and no token, as the ``--metrics-port`` endpoint: a Prometheus
+scrape is read-only (names and figures of queues, never a message) and
+scrapers are rarely set up to sign.
 
 The web console (`console`) answers ``GET``/``HEAD /`` without a query (an
 SQS request always has one: an action in its query or its body) and every
@@ -97,6 +103,8 @@ __all__ = [
     "HttpSettings",
     "MAX_BODY",
     "read_credentials",
+    "token_credentials",
+    "TOKEN_ACCESS_KEY_ID",
     "ACCESS_KEY_VARIABLE",
     "SECRET_KEY_VARIABLE",
 ]
@@ -113,6 +121,9 @@ for the parameters around it.
 
 ACCESS_KEY_VARIABLE = "DBQUEUE_SQS_ACCESS_KEY_ID"
 SECRET_KEY_VARIABLE = "DBQUEUE_SQS_SECRET_ACCESS_KEY"
+
+TOKEN_ACCESS_KEY_ID = "dbqueue"
+"""The access key id of the server's token when it is the SQS secret (a server with a token and no SQS credentials)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -184,6 +195,21 @@ def read_credentials(path: str | os.PathLike[str] | None, environment: Mapping[s
     return credentials
 
 
+def token_credentials(token: bytes) -> dict[str, str]:
+    """The SQS credentials of a server whose token is the secret: `TOKEN_ACCESS_KEY_ID` -> the token as text.
+
+    A token that is not UTF-8 cannot be an SDK's secret key: it gets no
+    credentials at all, so that every SQS request is refused (never accepted
+    unsigned). An empty one has none either (`read_token` refuses it anyway).
+    """
+    try:
+        secret = token.decode()
+    except UnicodeDecodeError:
+        log.warning("the server's token is not UTF-8: no SQS client can sign with it, every SQS request is refused")
+        return {}
+    return {TOKEN_ACCESS_KEY_ID: secret} if secret else {}
+
+
 class _PeerFaults(logging.Filter):
     """aiohttp logs a request it cannot parse as an error with a traceback; it is the peer's fault: one info line."""
 
@@ -249,9 +275,12 @@ class HttpListener:
     ``server`` is the `Server` (any `HttpHost`), started, whose loop runs this
     listener and whose broker it shares; ``host`` defaults to the server's.
     ``credentials`` maps access key ids to secret access keys: with any, every
-    SQS request must be signed (SigV4) with one of them; without, unsigned
-    requests are accepted, and a ``host`` that is not loopback is refused unless
-    ``insecure``. TLS is the server's (``server.ssl``). ``receipt_secret`` keys
+    SQS request must be signed (SigV4) with one of them. Without, ``token``
+    (the server's, the native port's Hello) stands for them: requests must be
+    signed with it as the secret of `TOKEN_ACCESS_KEY_ID`. With neither,
+    unsigned requests are accepted. Without credentials, a ``host`` that is
+    not loopback is refused unless ``insecure``. ``/metrics`` asks for
+    neither. TLS is the server's (``server.ssl``). ``receipt_secret`` keys
     the receipt handles (random by default: a restart invalidates the handles
     out, whose messages come back when their visibility timeout ends).
     ``fast_path`` (on by default) makes each connection an `sqs_api.SqsConnection`,
@@ -259,7 +288,8 @@ class HttpListener:
     every request (the general path alone: for comparisons, such as the SQS
     benchmark's ``--fast-path off``).
 
-    Raises `ValueError` for a non-loopback ``host`` without credentials or ``insecure``.
+    Raises `ValueError` for a non-loopback ``host`` without credentials or ``insecure`` (a token is not
+    enough there: the rule of ``dbqueue serve``, which asks for SQS keys on any public SQS API).
     """
 
     def __init__(
@@ -269,6 +299,7 @@ class HttpListener:
         *,
         host: str | None = None,
         credentials: Mapping[str, str] | None = None,
+        token: bytes | None = None,
         insecure: bool = False,
         settings: HttpSettings | None = None,
         receipt_secret: bytes | None = None,
@@ -285,8 +316,12 @@ class HttpListener:
                 "and delete every message. Give it keys with --sqs-credentials FILE (or DBQUEUE_SQS_ACCESS_KEY_ID and "
                 "DBQUEUE_SQS_SECRET_ACCESS_KEY), or pass --insecure if the network is trusted."
             )
+        # What signs: the SQS credentials, else the token (`token_credentials`; a token that cannot be a secret
+        # leaves the table empty, and every request is refused), else nothing (unsigned requests accepted).
+        self.signed_by = "credentials" if credentials else "token" if token else None
+        table = dict(credentials) if credentials else token_credentials(token) if token else None
         self.verifier = (
-            SignatureVerifier(dict(credentials), allow_unsigned_payload=server.ssl is not None) if credentials else None
+            SignatureVerifier(table, allow_unsigned_payload=server.ssl is not None) if table is not None else None
         )
         self.scheme = "https" if server.ssl is not None else "http"
         self.service = SqsService(server, ReceiptHandles(receipt_secret or secrets.token_bytes(32)))
@@ -351,7 +386,11 @@ class HttpListener:
             self.scheme,
             self.host,
             self.port,
-            "signed requests only" if self.verifier is not None else "unsigned requests accepted",
+            {
+                "credentials": "signed requests only",
+                "token": f"signed requests only: access key id {TOKEN_ACCESS_KEY_ID}, the server's token as secret key",
+                None: "unsigned requests accepted",
+            }[self.signed_by],
         )
 
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -432,7 +471,8 @@ class HttpListener:
         return _response(reply)
 
     def _authenticate(self, request: web.BaseRequest, path: str, query: str, body: bytes) -> str:
-        """Return the access key id that signed the request (`ACCOUNT_ID` when unsigned requests are accepted)."""
+        """Return the access key id that signed the request (`ACCOUNT_ID` when unsigned requests are accepted);
+        raise `SqsError` for a request unsigned or wrongly signed when a signature is asked for."""
         verifier = self.verifier
         if verifier is None:
             return ACCOUNT_ID
