@@ -181,6 +181,11 @@ class AsyncClient(Commands):
             raise ConnectionLost(f"no answer within {limit:g} s") from None
         return decode(response)
 
+    def _peer_closed(self) -> bool:
+        """Whether the connection is known to have failed or been closed (the loop saw it): a group client
+        then routes a call elsewhere before sending it. Raises nothing."""
+        return self._protocol.failure is not None
+
     async def close(self) -> None:
         """Close the connection; messages it holds in flight go back to their queues. Returns None;
         raises nothing."""

@@ -304,6 +304,22 @@ class PipelinedClient:
         response = call.response
         return self._settle(call, answered) if response is None else response
 
+    def _peer_closed(self) -> bool:
+        """Whether the server is known to have closed this connection, seen without taking a byte off
+        it: a failure met already, or (plain TCP) a peek that finds the end of the stream. Over TLS only
+        the first. Lets a group client route a call elsewhere before sending it on a dead connection,
+        rather than after, when its outcome would be unknown. Raises nothing."""
+        if self._failure is not None:
+            return True
+        if self._tls is not None:
+            return False
+        try:
+            return self.sock.recv(1, socket.MSG_PEEK) == b""
+        except BlockingIOError:
+            return False  # open, nothing to read
+        except OSError:
+            return True  # reset, or closed here
+
     def _exchange(self, requests: Sequence[msg.Request]) -> list[msg.Response]:
         """Send ``requests`` in one write and return their answers in request order (`Pipeline.execute`).
 

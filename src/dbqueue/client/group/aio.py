@@ -162,6 +162,12 @@ class AsyncGroupClient:
         marks it down and is raised, as is a refusal. ``holder``: the call names messages by id, so a
         member that is down is waited for (`_wait_for_holder`)."""
         client = await self._wait_for_holder(position) if holder else self._members.client(position)
+        if holder and client._peer_closed():
+            # The member closed the connection before this call went out: wait for the part's owner.
+            await client.close()
+            if self._members.clients[position] is client:
+                self._members.mark_down(position, time.monotonic())
+            client = await self._wait_for_holder(position)
         try:
             return await call(client)
         except CONNECTION_FAILURES:

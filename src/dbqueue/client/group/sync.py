@@ -153,6 +153,16 @@ class GroupClient:
         if moved:
             self._reconnect()
 
+    def _holder_client(self, position: int) -> Client:
+        """`_wait_for_holder`; and if the member has closed that connection already (killed, stopped),
+        nothing is sent on it: the member is marked down and waited for again, so the call reaches the
+        part's owner instead of failing with an unknown outcome. Raises `ConnectionLost`."""
+        client = self._wait_for_holder(position)
+        if client.connection._peer_closed():
+            self._member_failed(position, client)
+            client = self._wait_for_holder(position)
+        return client
+
     def _wait_for_holder(self, position: int) -> Client:
         """The client of the member at ``position``, which holds messages by their ids; while it is down,
         wait for it (its part may be taken over by a standby, `_follow`) at most the client's timeout.
@@ -232,7 +242,7 @@ class GroupClient:
         """Return ``call`` of the member at ``position``'s client; a connection failure marks it down
         and is raised, as is a refusal. ``holder``: the call names messages by id, so a member that is
         down is waited for (`_wait_for_holder`) rather than skipped."""
-        client = self._wait_for_holder(position) if holder else self._client(position)
+        client = self._holder_client(position) if holder else self._client(position)
         try:
             return call(client)
         except CONNECTION_FAILURES:
@@ -564,7 +574,7 @@ class GroupPipeline:
         for position, places in by_member.items():
             try:
                 # A member holding messages this pipeline confirms is waited for (its part may be taken over).
-                client = group._wait_for_holder(position) if position in holders else group._client(position)
+                client = group._holder_client(position) if position in holders else group._client(position)
             except ConnectionLost as down:
                 for place in places:
                     results[place] = down
