@@ -1,10 +1,16 @@
 """The Server: its limits, its one expiry timer (driven with a fake clock inside a real loop), its store
-reclaim timer and its metrics endpoint."""
+reclaim timer, its metrics endpoint, and the enqueue times it hands out (Unix time, within milliseconds)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import socket
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -271,3 +277,109 @@ def test_metrics_report_queues_connections_and_requests(server_factory: Callable
     requests = [line for line in lines if line.startswith("dbqueue_requests_total ")]
     assert requests and float(requests[0].split()[1]) >= 4, text  # hello, create, send_batch, read
     assert any(line.startswith('dbqueue_batch_seconds_bucket{le="+Inf"}') for line in lines), text
+
+
+# --- enqueue times ---------------------------------------------------------------------------------------------------
+# A message's enqueue time leaves the server in Unix ms (a peek, an origin): the loop's clock mapped by one offset
+# (`Broker.wall_offset_ms`). Ages read against the client's wall clock must agree with the server's own figure
+# (STATS' oldest_ready_age_ms) to within the 10 ms the figures are compared at.
+WITHIN = 0.010
+
+
+def sent_between(client: Client, queue: str, data: bytes) -> tuple[float, float, float]:
+    """Send ``data``; return the wall clock before and after, and the enqueue time a peek then reads."""
+    before = time.time()
+    client.send(queue, data)
+    after = time.time()
+    [peeked] = [message for message in client.peek(queue, 1000) if message.data == data]
+    return before, after, peeked.enqueued_at
+
+
+def test_enqueue_times_are_the_wall_clock_s_over_a_real_server(server_factory: Callable[..., Any]) -> None:
+    thread = server_factory()
+    with Client.connect(thread.address) as client:
+        client.create("times")
+        before, after, enqueued = sent_between(client, "times", b"right after start")
+        assert before - WITHIN <= enqueued <= after + WITHIN
+        # A long iteration of the server's loop (the loop's clock read late in it must still be now).
+        busy = threading.Event()
+
+        def hold_up() -> None:
+            busy.set()
+            time.sleep(0.3)
+
+        thread.loop.call_soon_threadsafe(hold_up)
+        assert busy.wait(5)
+        before, after, enqueued = sent_between(client, "times", b"behind a long iteration")
+        assert after - before >= 0.25 and before - WITHIN <= enqueued <= after + WITHIN
+        time.sleep(0.2)
+        age = time.time() - enqueued
+        oldest = client.stats("times")["oldest_ready_age_ms"] / 1000.0
+        assert oldest >= age - WITHIN  # the first message is older still
+        client.purge("times")
+        before, after, enqueued = sent_between(client, "times", b"alone")
+        age = time.time() - enqueued
+        assert abs(client.stats("times")["oldest_ready_age_ms"] / 1000.0 - age) <= WITHIN
+
+
+def test_a_step_of_the_wall_clock_is_followed(server_factory: Callable[..., Any]) -> None:
+    """A wall clock stepped after the mapping was taken (NTP, a VM resumed) puts every time off by the step until
+    the server's check (`Broker.follow_wall`, every `WALL_CHECK_INTERVAL`) takes the mapping again. The step is
+    played by moving the mapping itself by as much, the other way."""
+    from dbqueue.server.app import WALL_CHECK_INTERVAL
+
+    thread = server_factory()
+    with Client.connect(thread.address) as client:
+        client.create("stepped")
+        client.send("stepped", b"before the step")
+
+        def step() -> None:
+            thread.server.broker.wall_offset_ms -= 450.0
+
+        thread.call(step)
+        [message] = client.peek("stepped", 10)
+        assert time.time() - message.enqueued_at > 0.4  # off by the step, until the check
+        time.sleep(WALL_CHECK_INTERVAL * 1.5)
+        [message] = client.peek("stepped", 10)
+        age = time.time() - message.enqueued_at
+        assert abs(client.stats("stepped")["oldest_ready_age_ms"] / 1000.0 - age) <= WITHIN
+        before, after, enqueued = sent_between(client, "stepped", b"after the step")
+        assert before - WITHIN <= enqueued <= after + WITHIN
+
+
+def test_dbqueue_peek_shows_the_age_a_message_has_when_it_prints(tmp_path: Path) -> None:
+    """`dbqueue serve`, then `dbqueue send` and `dbqueue peek --json`: the age peek prints is the time since the send
+    by the wall clock when it prints, its own start-up included (a CLI takes a few hundred ms to start on a busy
+    machine: a message peeked "right after" it was sent is that old, and STATS read by the same command says as
+    much). A Client in the same process reads the enqueue time to the millisecond, right after start."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "dbqueue.cli", "serve", "--port", "0"], stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert server.stderr is not None
+        port = None
+        deadline = time.monotonic() + 20
+        while port is None and time.monotonic() < deadline:
+            found = re.search(r"dbqueue listening on 127\.0\.0\.1:(\d+)", server.stderr.readline())
+            port = int(found[1]) if found else None
+        assert port is not None, "the server's log line never came"
+        address = f"127.0.0.1:{port}"
+        with Client.connect(address) as client:
+            client.create("cli")
+            before, after, enqueued = sent_between(client, "cli", b"in process")
+            assert before - WITHIN <= enqueued <= after + WITHIN
+            client.purge("cli")
+        cli = [sys.executable, "-m", "dbqueue.cli"]
+        subprocess.run([*cli, "send", "cli", "by the CLI", "--address", address], check=True, capture_output=True)
+        sent = time.time()
+        peeked = subprocess.run(
+            [*cli, "peek", "cli", "--json", "--address", address], check=True, capture_output=True, text=True
+        )
+        printed = time.time()
+        [message] = json.loads(peeked.stdout)
+        assert message["enqueued_at"] <= sent + WITHIN
+        assert message["age"] <= printed - message["enqueued_at"] + WITHIN
+        assert message["age"] >= 0.0
+    finally:
+        server.terminate()
+        assert server.wait(20) == 0

@@ -42,7 +42,14 @@ replies. In memory the journal is None and costs one test per change.
 Every method takes ``now`` (seconds, monotonic) from the caller, so tests drive
 a fake clock. Enqueue times are kept in that clock too (see `queue`); they are
 turned into Unix milliseconds only where they leave: the journal, a peek, an
-origin.
+origin. The mapping is one offset (`Broker.wall_offset_ms`), taken from a wall
+reading on each side of a reading of the clock (`wall_offset`), so that one
+message's time reads the same each time it leaves. A monotonic clock and the
+wall clock run at one rate (NTP slews both), but the wall clock can step (NTP's
+step, a VM resumed, ``settimeofday``): a fixed mapping would then put every
+later time off by the step, for the life of the process. `Broker.follow_wall`
+takes the mapping again when the wall clock moved away from it by more than
+`WALL_STEP_MS`; the server calls it once a second.
 
 Looking and moving. `Broker.peek` lists a queue's messages without touching
 them: ready ones in queue order, then (if asked) in-flight ones in read order
@@ -77,13 +84,34 @@ from .deadlines import DeadlineLanes
 from .journal import Journal, Origin, Snapshot, now_ms
 from .queue import ID_BLOCK, Block, BlockIndex, Entry, Holding, Queue, Record, Waiter, read_order
 
-__all__ = ["Broker", "Outcome", "Peeked", "DEFAULT_VISIBILITY_MS"]
+__all__ = ["Broker", "Outcome", "Peeked", "DEFAULT_VISIBILITY_MS", "WALL_STEP_MS", "wall_offset"]
 
 log = logging.getLogger("dbqueue.server")
 
 GRANT_SPARE = 1 << 20  # bytes a queue's grant grows by beyond what a send needs (`Broker.make_room`)
 IDS_RESERVED_AHEAD = 16 * ID_BLOCK  # how far `Broker.allocate_ids` reserves ids in the journal ahead of its counter
 DEFAULT_VISIBILITY_MS = 30_000  # a queue's visibility timeout when neither it nor the server names one
+
+
+WALL_STEP_MS = 5.0
+"""How far the wall clock may move from a broker's mapping before `Broker.follow_wall` takes it again: above
+the mapping's own noise (the readings' millisecond steps), below the millisecond figures people compare."""
+
+
+def wall_offset(clock: Callable[[], float]) -> float:
+    """How far Unix time (ms) is from ``clock``'s readings (s, times 1000): ``wall - clock() * 1000``.
+
+    The clock is read between two readings of the wall clock, and the mapping is taken at their
+    middle; if the thread was held up between them (preempted, on a busy machine) for over a
+    millisecond, the three readings are taken again, a few times at most.
+    """
+    for _ in range(4):
+        before = time.time()
+        reading = clock()
+        after = time.time()
+        if after - before < 0.001:
+            break
+    return (before + after) * 500.0 - reading * 1000.0
 
 
 class Peeked(NamedTuple):
@@ -143,7 +171,7 @@ class Broker:
         # readings are from Unix time: times leave the broker as `wall_ms` of them, one fixed mapping,
         # so that two readings of the wall clock never disagree about one message.
         self.clock: Callable[[], float] = time.monotonic
-        self.wall_offset_ms = now_ms() - time.monotonic() * 1000.0
+        self.wall_offset_ms = wall_offset(time.monotonic)
         self.max_in_flight = max_in_flight  # per holder: waiting reads are woken with no more than this
         self.max_queues = max_queues
         self.max_queue_name = max_queue_name
@@ -191,7 +219,22 @@ class Broker:
     def set_clock(self, clock: Callable[[], float]) -> None:
         """Take ``clock`` as the clock of the ``now`` every caller passes, mapped to Unix time from now on."""
         self.clock = clock
-        self.wall_offset_ms = now_ms() - clock() * 1000.0
+        self.wall_offset_ms = wall_offset(clock)
+
+    def follow_wall(self) -> float:
+        """Take the mapping to Unix time again if the wall clock stepped away from it by more than
+        `WALL_STEP_MS`; return by how much it had (ms, later positive), or 0.0 if it had not.
+
+        Times already handed out (an origin, the journal) keep their value; every time that
+        leaves from now on, of old messages too, is mapped anew, so that ages read against the
+        wall clock stay right.
+        """
+        offset = wall_offset(self.clock)
+        moved = offset - self.wall_offset_ms
+        if -WALL_STEP_MS <= moved <= WALL_STEP_MS:
+            return 0.0
+        self.wall_offset_ms = offset
+        return moved
 
     def wall_ms(self, when: float) -> int:
         """A time of the broker's clock in Unix ms."""
@@ -204,7 +247,7 @@ class Broker:
         in the order it was added. Call before `attach`.
         """
         wall = now_ms()
-        self.wall_offset_ms = wall - now * 1000.0  # the mapping of ``now``'s clock, from the wall clock now
+        self.wall_offset_ms = time.time() * 1000.0 - now * 1000.0  # the mapping of ``now``'s clock, from now on
         restored = 0
         for stored in snapshot.queues:
             self.queues[stored.name] = Queue(

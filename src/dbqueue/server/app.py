@@ -14,7 +14,11 @@ kind for all connections, never one per message or per connection:
   nothing for that long;
 * with a store, the reclaimer gives freed pages back to the file system
   every `Limits.reclaim_interval` (and, while the store cannot write, probes
-  it instead: see below).
+  it instead: see below);
+* once every `WALL_CHECK_INTERVAL`, the broker's mapping from the loop's
+  clock to Unix time is checked against the wall clock and taken again if
+  the wall clock stepped (`Broker.follow_wall`): enqueue times, and the ages
+  clients read from them, stay right on a server up for months.
 
 Connections. Over TLS the listener is plain TCP and a `security.TlsGate`
 runs the handshakes: at most `Limits.max_unauthenticated` at once, each within
@@ -113,7 +117,15 @@ if TYPE_CHECKING:
 
     AnyStore: TypeAlias = Store | PostgresStore
 
-__all__ = ["Server", "run", "new_event_loop", "first_id", "PART_CHECK_INTERVAL", "STANDBY_POLL_INTERVAL"]
+__all__ = [
+    "Server",
+    "run",
+    "new_event_loop",
+    "first_id",
+    "PART_CHECK_INTERVAL",
+    "STANDBY_POLL_INTERVAL",
+    "WALL_CHECK_INTERVAL",
+]
 
 log = logging.getLogger("dbqueue.server")
 
@@ -127,6 +139,9 @@ log = logging.getLogger("dbqueue.server")
 ID_ORIGIN_MS = 1_735_689_600_000
 ID_STEPS_PER_MS = 1 << 15
 _ID_ROOM = 1 << MEMBER_SHIFT
+
+# Seconds between two checks of the broker's mapping to Unix time against the wall clock (`Broker.follow_wall`).
+WALL_CHECK_INTERVAL = 1.0
 
 # With a PostgreSQL store: seconds between two checks of the part and reads of the members,
 # and between two attempts of a standby to take a part whose owner is gone.
@@ -211,6 +226,7 @@ class Server:
         self.ssl = ssl
         self._tls: TlsGate | None = None
         self._reaper: asyncio.TimerHandle | None = None
+        self._wall_check: asyncio.TimerHandle | None = None
         # Set to the error when the server cannot go on (its store cannot be read back): `run` then stops.
         self.failed: asyncio.Future[BaseException] | None = None
         # Why the store cannot write (None: it can). While set, sends and creations are refused.
@@ -317,6 +333,7 @@ class Server:
         )
         if self.idle_timeout:
             self._reap_idle(self.idle_timeout, loop)
+        self._wall_check = loop.call_later(WALL_CHECK_INTERVAL, self._follow_wall, loop)
         self.port = self._listener.sockets[0].getsockname()[1]
         if self.store_url is not None:
             if self.standby:
@@ -368,6 +385,9 @@ class Server:
         if self._reaper is not None:
             self._reaper.cancel()
             self._reaper = None
+        if self._wall_check is not None:
+            self._wall_check.cancel()
+            self._wall_check = None
         if self._standby_task is not None:
             self._standby_task.cancel()
             self._standby_task = None
@@ -504,6 +524,12 @@ class Server:
                 log.info("closing %s: idle for %g s", session.peer, idle_timeout)
                 session.transport.close()
         self._reaper = loop.call_later(max(0.05, idle_timeout / 4), self._reap_idle, idle_timeout, loop)
+
+    def _follow_wall(self, loop: asyncio.AbstractEventLoop) -> None:
+        moved = self.broker.follow_wall()
+        if moved:
+            log.info("the wall clock stepped %+.0f ms: enqueue times are mapped to it anew", moved)
+        self._wall_check = loop.call_later(WALL_CHECK_INTERVAL, self._follow_wall, loop)
 
     def close_after_send(self, transport: asyncio.Transport) -> None:
         """Close a connection once the replies already sent to it are out."""
@@ -652,6 +678,7 @@ class Server:
             self._fail(exc)
             return
         self.broker = self._new_broker()
+        self.broker.set_clock(self.clock)
         self._number_from_now(self.broker)
         restored = self.broker.restore(snapshot, self.clock())
         self.broker.attach(store)
@@ -757,6 +784,7 @@ class Server:
         if store.part != self.member_index:
             self.member_index = store.part
             self.broker = self._new_broker()
+            self.broker.set_clock(self.clock)
             self._number_from_now(self.broker)
         self.store = store
         self._writes_async = True
