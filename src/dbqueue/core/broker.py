@@ -77,7 +77,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
-from ..errors import InvalidQueueName, InvalidRequest, LimitExceeded, NoSuchQueue
+from ..errors import InvalidQueueName, InvalidRequest, LimitExceeded, NoSuchQueue, QueueFull
 from ..protocol.frames import NEVER_MS
 from ..protocol.layouts import NAME_SIZE, ORIGIN_HEAD, PEEKED_ENTRY
 from .deadlines import DeadlineLanes
@@ -705,6 +705,45 @@ class Broker:
         if not isinstance(record, Record):
             return record
         self.requeue([record], now, delay_ms)
+        return Outcome.DONE
+
+    def dead_letter(self, id_: int, now: float, held: Holding) -> Outcome:
+        """Move message ``id_``, which ``held`` holds in flight, to the back of its queue's dead-letter
+        queue now, whatever its delivery count: the move `_dead_letter` makes when the deliveries are
+        spent (a new id there, its origin kept), answered like a release otherwise (`_in_flight`).
+
+        Raises `InvalidRequest` if its queue has no dead-letter queue, `NoSuchQueue` if that queue
+        was deleted since, `QueueFull` if it has no room: a refused message stays as it was, in
+        flight with ``held`` (checked before `_in_flight` splits it off a block, which drops its deadline).
+        """
+        entry = self.records.get(id_) or self.blocks.find(id_)
+        if (
+            entry is not None
+            and entry.held is held
+            and not entry.queue.deleted
+            and (isinstance(entry, Record) or entry.holds(id_))
+        ):
+            queue = entry.queue
+            name = queue.name.decode("utf-8", "replace")
+            if not queue.dead_letter:
+                raise InvalidRequest(f"queue {name!r} has no dead-letter queue: message {id_} stays in flight")
+            target = self.queues.get(queue.dead_letter)
+            if target is None:
+                raise NoSuchQueue(
+                    f"the dead-letter queue {queue.dead_letter.decode('utf-8', 'replace')!r} of {name!r} "
+                    f"was deleted: message {id_} stays in flight"
+                )
+            if not target.has_room():
+                raise QueueFull(f"the dead-letter queue of {name!r} is full: message {id_} stays in flight")
+        record = self._in_flight(id_, held)
+        if not isinstance(record, Record):
+            return record
+        del held[id_]
+        record.held = None
+        if record.lease:
+            self._timed -= 1
+            record.lease = 0  # its lane entry goes stale
+        self._dead_letter(record, now)
         return Outcome.DONE
 
     def _in_flight(self, id_: int, held: Holding) -> Record | Outcome:
