@@ -124,7 +124,9 @@ def test_many_waiting_reads_on_one_connection_leave_other_clients_served() -> No
             prober.join()
         rounds.sort()
         assert len(rounds) > 150
-        assert rounds[int(len(rounds) * 0.99)] < 0.010, f"p99 {rounds[int(len(rounds) * 0.99)]:.4f} s"
+        # A stall shows as seconds (parking 50,000 reads once took minutes); 0.1 s leaves room for a
+        # machine crowded by other work, where a round trip's p99 alone reaches 10-20 ms.
+        assert rounds[int(len(rounds) * 0.99)] < 0.100, f"p99 {rounds[int(len(rounds) * 0.99)]:.4f} s"
         # The oldest waiting read gets the next message; the rest go when the connection does.
         client.send("idle", b"wake")
         reader = RawConnection((host, int(port)))
