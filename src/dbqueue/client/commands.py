@@ -137,6 +137,12 @@ _touched = _nothing(msg.Touched)
 _released = _nothing(msg.Released)
 
 
+def _dead_lettered(response: object) -> None:
+    if isinstance(response, msg.Full):  # not a send refused: the dead-letter queue has no room
+        raise QueueFull("the dead-letter queue is at capacity: the message stays in flight")
+    result_of(response, msg.DeadLettered)
+
+
 def _queued_id(response: object) -> int:
     return result_of(response, msg.ObjectQueued).id
 
@@ -512,6 +518,19 @@ class Commands:
         Raises `Requeued` (too late), `NoSuchMessage`, `ValueError`.
         """
         return self._call(msg.Release(id, delay_ms(delay)), _released)
+
+    @command
+    def dead_letter(self, id: int) -> Result[None]:
+        """Move in-flight message ``id`` to its queue's dead-letter queue now, in one step on the
+        server, whatever its delivery count: once this returns it is stored there (a new id, its
+        origin kept: this queue, ``id``, its first enqueue time and delivery count), and a connection
+        lost meanwhile leaves it in one queue or the other, never both. Returns None.
+
+        Raises `Requeued` (too late), `NoSuchMessage`, `InvalidRequest` (its queue has no
+        dead-letter queue), `NoSuchQueue` (that queue was deleted), `QueueFull` (it has no room);
+        refused, the message stays in flight with this connection.
+        """
+        return self._call(msg.DeadLetter(id), _dead_lettered)
 
 
 class _Requests(Commands):

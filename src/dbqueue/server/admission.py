@@ -36,6 +36,11 @@ disagree on it.
   this connection does not hold in flight is an outcome of the request
   (Requeued or NoSuchMessage), not a refusal, so there is nothing to admit.
   They never change the store in a way a full disk forbids: they free room.
+* **a dead letter** (`admit_dead_letter`: DEAD_LETTER) names an id too, but
+  stores a new message (the dead letter, with its origin): the store can
+  commit. Whether the message's queue has a dead-letter queue with room is the
+  broker's to say (`Broker.dead_letter`), since only it finds the message's
+  queue; it refuses before changing anything, as admission does.
 
 What a fast path checks besides (a full queue, waiting reads, the output
 limit) are not refusals: they are the cases it leaves to the general path
@@ -60,8 +65,8 @@ from ..errors import (
 from .host import Host
 
 __all__ = [
-    "Connection", "admit_change", "admit_queue", "admit_send", "admit_read", "admit_wait", "no_such_queue",
-    "too_large", "too_many_in_flight",
+    "Connection", "admit_change", "admit_dead_letter", "admit_queue", "admit_send", "admit_read", "admit_wait",
+    "no_such_queue", "too_large", "too_many_in_flight",
 ]  # fmt: skip
 
 
@@ -96,6 +101,14 @@ def admit_change(connection: Connection) -> None:
     reason = connection.server.store_unavailable
     if reason is not None:
         raise store_unavailable(reason)
+
+
+def admit_dead_letter(connection: Connection) -> None:
+    """Admit a DEAD_LETTER: a change of the store (a dead letter added), like CREATE or MOVE.
+
+    Raises `StoreUnavailable` while the store cannot commit (the message stays in flight).
+    """
+    admit_change(connection)
 
 
 def admit_send(connection: Connection, name: bytes, largest: int, total: int) -> Queue:

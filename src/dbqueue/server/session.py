@@ -105,7 +105,7 @@ from ..protocol.frames import (
     framing_failure,
 )
 from ..protocol.layouts import MESSAGE_FIELDS, U32
-from .admission import admit_change, admit_queue, admit_read, admit_send, admit_wait
+from .admission import admit_change, admit_dead_letter, admit_queue, admit_read, admit_send, admit_wait
 from .fastpath import (
     FastPaths,
     confirm_reply,
@@ -646,6 +646,13 @@ class Session(FastPaths, asyncio.Protocol):
         outcome = self.broker.release(request.id, request.delay_ms, now, self.held)
         return _settled(outcome, request.id, msg.Released.INSTANCE)
 
+    def _dead_letter(self, request: msg.DeadLetter, request_id: int, now: float) -> msg.Response:
+        admit_dead_letter(self)
+        # The broker refuses (no dead-letter queue, or a full one) before it changes anything, so a
+        # refused message stays in flight with this connection, its deadline as it was.
+        outcome = self.broker.dead_letter(request.id, now, self.held)
+        return _settled(outcome, request.id, msg.DeadLettered.INSTANCE)
+
     def _peek(self, request: msg.Peek, request_id: int, now: float) -> msg.Response:
         queue = admit_queue(self, request.queue.encode())
         # Bounded as a batch read's reply is: the broker stops past its batch bytes, and a reply
@@ -726,6 +733,7 @@ _HANDLERS: dict[type, Handler] = {
     msg.ConfirmBatch: Session._confirm_batch,
     msg.Touch: Session._touch,
     msg.Release: Session._release,
+    msg.DeadLetter: Session._dead_letter,
     msg.Cancel: Session._cancel,
     msg.Peek: Session._peek,
     msg.Move: Session._move,
