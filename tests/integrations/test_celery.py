@@ -141,6 +141,10 @@ def test_a_task_that_always_fails_ends_in_the_dead_letter_queue(
     with Client.connect(address) as client:
         message = client.read("tasks-dead")
     assert message is not None and b"celery_dbqueue_app.fail" in message.data
+    # Moved by the server (a reject, before the queue's budget of 5 is spent), not copied: it keeps its origin.
+    assert message.origin is not None and (message.origin.queue, message.origin.deliveries) == ("tasks", 1)
+    figures = stats(address, "tasks")
+    assert (figures["dead_lettered"], figures["confirmed"]) == (1, 2)  # a Celery retry is a new message
     wait_for("the queue to empty", lambda: stats(address, "tasks")["in_flight"] == 0, [worker], timeout=20)
 
 

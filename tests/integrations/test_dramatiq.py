@@ -17,7 +17,8 @@ leave, one per execution.
   (its ``dead_lettered`` count, not a copy the client sent): the queue's
   budget of three deliveries comes from its actors' most retries.
 * A message of an actor with no retries on that queue fails for good before the
-  budget is spent: it reaches ``failing.XQ`` as a copy, the original confirmed.
+  budget is spent: the server moves it to ``failing.XQ`` all the same (a
+  DEAD_LETTER request), with its origin, never a copy.
 """
 
 from __future__ import annotations
@@ -154,10 +155,11 @@ def test_a_message_that_always_fails_is_dead_lettered_by_the_server(
     with Client.connect(address) as client:
         message = client.read("failing.XQ")
     assert message is not None and message.deliveries >= 1 and b"doomed" in message.data
+    assert message.origin is not None and (message.origin.queue, message.origin.deliveries) == ("failing", 3)
 
 
 @pytest.mark.timeout(120)
-def test_a_message_that_fails_before_its_queue_budget_is_copied_to_the_dead_letters(
+def test_a_message_that_fails_before_its_queue_budget_is_dead_lettered_by_the_server_too(
     address: str, out: Path, app: object, workers: Callable[..., Worker]
 ) -> None:
     worker = workers("one", environment(address, out), queues="failing")
@@ -165,5 +167,9 @@ def test_a_message_that_fails_before_its_queue_budget_is_copied_to_the_dead_lett
     wait_for("the dead letter", lambda: stats(address, "failing.XQ")["ready"] == 1, [worker], timeout=60)
     assert len(outcomes(out, "attempt-early-")) == 1
     figures = stats(address, "failing")
-    assert (figures["max_deliveries"], figures["dead_lettered"], figures["confirmed"]) == (3, 0, 1)
+    assert (figures["max_deliveries"], figures["dead_lettered"], figures["confirmed"]) == (3, 1, 0)
     assert "dbqueue: " not in worker.log_path.read_text()  # nothing refused (the actor's own error is logged)
+    with Client.connect(address) as client:
+        message = client.read("failing.XQ")
+    assert message is not None and b"early" in message.data
+    assert message.origin is not None and (message.origin.queue, message.origin.deliveries) == ("failing", 1)

@@ -78,7 +78,32 @@ def test_kombu_routes_fans_out_and_dead_letters_through_the_server(address: str)
     with Client.connect(address) as client:
         dead = client.read("work-dead")
         assert dead is not None and b"jobs" in dead.data
+        # Moved by the server, not copied: it keeps its origin.
+        assert dead.origin is not None and (dead.origin.queue, dead.origin.deliveries) == ("work", 1)
         figures = {entry["name"]: entry for entry in client.list_queues()}
     assert all(figures[name]["in_flight"] == figures[name]["ready"] == 0 for name in ("first", "second", "work"))
-    assert figures["work"]["confirmed"] == 1
+    assert (figures["work"]["dead_lettered"], figures["work"]["confirmed"]) == (1, 0)
     assert "_kombu.binding|fanout|news||first" in figures
+
+
+def test_a_kombu_reject_without_a_dead_letter_queue_drops_the_message(
+    address: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    pytest.importorskip("kombu")
+    from kombu import Connection, Exchange, Queue
+
+    import dbqueue.integrations.celery  # noqa: F401  # registers dbqueue://
+
+    got: list[object] = []
+    with Connection(f"dbqueue://{address}", transport_options={"wait_time_seconds": 0.5}) as connection:
+        queue = Queue("plain", Exchange("plain", type="direct"), routing_key="p")
+        with connection.Consumer([queue], callbacks=[lambda body, message: got.append(message)]):
+            connection.Producer().publish({"n": 1}, exchange="plain", routing_key="p")
+            while not got:
+                connection.drain_events(timeout=5)
+            with caplog.at_level("INFO", logger="dbqueue"):
+                got[0].reject(requeue=False)  # type: ignore[attr-defined]
+    assert "rejected message" in caplog.text and "no dead-letter queue" in caplog.text
+    with Client.connect(address) as client:
+        figures = client.stats("plain")
+    assert (figures["ready"], figures["in_flight"], figures["confirmed"], figures["dead_lettered"]) == (0, 0, 1, 0)

@@ -29,12 +29,16 @@ that acknowledge.
 * **Delays are the server's.** ``send_with_options(delay=...)`` sends the
   message with a dbqueue delay: there are no delay queues, and no worker holds
   a message before it is due.
-* **Rejects** (`Consumer.nack`): a message whose deliveries are spent is
-  released, which dead-letters it on the server. One that fails for good
-  earlier (``throws``, ``retry_when``, an actor's ``max_retries`` below the
-  queue's budget) cannot be dead-lettered by the server (dbqueue has no request
-  that moves one held message); it is copied to ``q.XQ`` and then confirmed, and
-  a crash between the two leaves it in both.
+* **Rejects** (`Consumer.nack`): the broker asks the server to dead-letter the
+  message it holds (`Client.dead_letter`), whatever its delivery count: one
+  whose deliveries are spent, and one that fails for good earlier (``throws``,
+  ``retry_when``, an actor's ``max_retries`` below the queue's budget, a
+  message that does not decode). The server moves it to ``q.XQ`` in one step,
+  with its origin (``q``, its id there, its first enqueue time and delivery
+  count): never in both queues, never in neither. A queue created elsewhere
+  without a dead-letter queue (or whose ``.XQ`` was deleted, or is full)
+  cannot take it: the message is then confirmed and the drop logged, as the
+  server drops a spent message it cannot dead-letter.
 * `DbQueueBroker.join` waits until a queue has nothing ready, delayed or in
   flight, as Dramatiq's tests expect.
 
@@ -62,7 +66,7 @@ from dramatiq.message import Message
 from dramatiq.middleware import Middleware, Retries
 
 from ..client import Client
-from ..errors import ConnectionLost, NoSuchMessage, NoSuchQueue, Requeued
+from ..errors import ConnectionLost, NoSuchMessage, NoSuchQueue, RequestError, Requeued
 from .address import parse_url
 from .reader import Reader
 
@@ -308,7 +312,7 @@ class _DbQueueConsumer(Consumer):
             try:
                 decoded = Message.decode(message.data)
             except DecodeError:
-                self._copy_to_dead_letters(message.data, message.id)
+                self._dead_letter(message.id)
                 self._done()
                 continue
             delivery = _Delivery(decoded, message.id, message.deliveries)
@@ -330,11 +334,7 @@ class _DbQueueConsumer(Consumer):
     def nack(self, message: MessageProxy) -> None:
         delivery = self._delivery(message)
         try:
-            budget = self.broker.max_deliveries(self.queue_name)
-            if budget and delivery.deliveries >= budget:
-                self._settle(self.client.release, delivery.dbqueue_id)  # the server moves it to the .XQ
-            else:
-                self._copy_to_dead_letters(delivery._message.encode(), delivery.dbqueue_id)
+            self._dead_letter(delivery.dbqueue_id)
         finally:
             self._forget(delivery)
 
@@ -369,12 +369,14 @@ class _DbQueueConsumer(Consumer):
             self.outstanding -= 1
         self.room.set()
 
-    def _copy_to_dead_letters(self, data: bytes, id_: int) -> None:
+    def _dead_letter(self, id_: int) -> None:
+        """Have the server move message ``id_`` to the queue's ``.XQ``, in one step and with its origin;
+        if the server cannot (no dead-letter queue, or a deleted or full one), confirm it and log the drop."""
         try:
-            self.client.send(xq_name(self.queue_name), data)
-        except ConnectionLost as exc:
-            raise self.broker._lost(exc) from exc
-        self._settle(self.client.confirm, id_)
+            self._settle(self.client.dead_letter, id_)
+        except RequestError as exc:
+            log.warning("dbqueue: message %d of %r dropped, not dead-lettered: %s", id_, self.queue_name, exc)
+            self._settle(self.client.confirm, id_)
 
     def _settle(self, call: Any, id_: int, delay: float | None = None) -> None:
         try:

@@ -32,12 +32,15 @@ kombu's usual JSON envelope (body, headers, properties) as the message's bytes.
 * **Dead letters.** A queue may be declared with ``max_deliveries`` and a
   ``dead_letter_queue`` (transport options, for every queue or per queue): a
   message handed out that many times without an acknowledgement (its workers
-  keep dying on it) is moved by the server, atomically. A reject with
+  keep dying on it) is moved by the server, atomically. So is a reject with
   ``requeue=False`` (Celery's final failure of an ``acks_late`` task with
-  ``task_acks_on_failure_or_timeout=False``) is different: dbqueue has no
-  request that dead-letters one held message, so the transport sends a copy
-  to the dead-letter queue and then confirms the original; a crash between the
-  two leaves the task both in the dead-letter queue and redelivered.
+  ``task_acks_on_failure_or_timeout=False``): the transport asks the server to
+  dead-letter the message it holds (`Client.dead_letter`), which moves it in
+  one step, with its origin (source queue, id, first enqueue time, deliveries),
+  never a copy. A queue the server knows no dead-letter queue for (or whose
+  dead-letter queue is deleted or full) cannot take it: the transport then
+  confirms it, as a reject without a dead-letter exchange drops a message in
+  AMQP, and logs it.
 * **Exchanges and bindings.** kombu's virtual exchanges (direct, topic,
   fanout) route in the publishing process, so every process must see the same
   bindings: each binding is kept on the server as an empty queue named
@@ -295,14 +298,17 @@ class Channel(_VirtualChannel):  # type: ignore[misc]  # subclassing Any: kombu'
         return id_
 
     def _dead_letter(self, message: Any, id_: int) -> None:
-        queue = (message.delivery_info or {}).get(QUEUE_KEY) or ""
-        target = self.connection.queue_option(queue, "dead_letter_queue")
-        if target:
-            payload = message.serializable()
-            payload["headers"]["x-dbqueue-dead-letter-from"] = queue
-            payload["properties"]["delivery_info"].pop(ID_KEY, None)
-            self.connection.send(target, json.dumps(payload).encode(), 0.0)
-        self.connection.settle("confirm", self.connection.dbqueue.confirm, id_)
+        """Have the server move rejected message ``id_`` to its queue's dead-letter queue, in one step and
+        with its origin; if the server has none for it, drop it (confirm) as AMQP drops a reject."""
+        connection = self.connection
+        try:
+            connection.settle("dead letter", connection.dbqueue.dead_letter, id_)
+        except RequestError as exc:  # no dead-letter queue on the server, or a deleted or full one
+            queue = (message.delivery_info or {}).get(QUEUE_KEY) or ""
+            # Expected when no dead-letter queue was asked for; worth a warning when one was.
+            level = logging.WARNING if connection.queue_option(queue, "dead_letter_queue") else logging.INFO
+            log.log(level, "dbqueue: rejected message %d of %r dropped: %s", id_, queue, exc)
+            connection.settle("confirm", connection.dbqueue.confirm, id_)
 
 
 class Transport(_VirtualTransport):  # type: ignore[misc]  # subclassing Any: kombu's untyped virtual transport
