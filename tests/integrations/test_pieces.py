@@ -107,3 +107,36 @@ def test_a_kombu_reject_without_a_dead_letter_queue_drops_the_message(
     with Client.connect(address) as client:
         figures = client.stats("plain")
     assert (figures["ready"], figures["in_flight"], figures["confirmed"], figures["dead_lettered"]) == (0, 0, 1, 0)
+
+
+def test_dramatiq_dead_letters_through_the_server_and_drops_without_a_dead_letter_queue(
+    address: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    pytest.importorskip("dramatiq")
+    from dbqueue.integrations.dramatiq import DbQueueBroker
+
+    broker = DbQueueBroker(f"dbqueue://{address}")
+    try:
+        broker.declare_queue("jobs")
+        consumer = broker.consume("jobs", prefetch=2, timeout=500)
+        with Client.connect(address) as client:
+            original = client.send("jobs", b"not a dramatiq message")
+            assert next(consumer) is None  # it does not decode: the server moves it to jobs.XQ
+            letter = client.read("jobs.XQ")
+            assert letter is not None and letter.data == b"not a dramatiq message" and letter.origin is not None
+            assert (letter.origin.queue, letter.origin.id, letter.origin.deliveries) == ("jobs", original, 1)
+            figures = client.stats("jobs")
+            assert (figures["dead_lettered"], figures["confirmed"], figures["in_flight"]) == (1, 0, 0)
+            # A queue made elsewhere without a dead-letter queue: the reject is confirmed and logged.
+            client.create("plain")
+            plain = broker.consume("plain", prefetch=2, timeout=500)
+            client.send("plain", b"garbage")
+            with caplog.at_level("WARNING", logger="dbqueue"):
+                assert next(plain) is None
+            assert "dropped, not dead-lettered" in caplog.text and "no dead-letter queue" in caplog.text
+            figures = client.stats("plain")
+            assert (figures["confirmed"], figures["in_flight"], figures["ready"]) == (1, 0, 0)
+            consumer.close()
+            plain.close()
+    finally:
+        broker.close()
