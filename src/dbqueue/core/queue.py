@@ -18,10 +18,11 @@ keep the read order). A batch read takes fresh messages as a `Block` instead:
 one object for a slice of a run or of a slab, with one deadline, held under
 itself and found from any member's id through `Broker.blocks` (a `BlockIndex`:
 buckets of id ranges), so a batch costs a few operations, not a dict entry per
-message. A block cut from a slab keeps the slab's columns: the reply is those
-columns joined, and a confirm of the block as it was read is recognised by
-comparing its ids column (`Broker.confirm_column`), so a batch sent, read and
-confirmed whole costs no step per message at all. Members that leave a block
+message. A block cut from a slab keeps the slab's columns and an id column
+built for it (a slab keeps only its first id): the reply is those columns
+joined, and a confirm of the block as it was read is recognised by comparing
+its ids column (`Broker.confirm_column`), so a batch sent, read and confirmed
+whole costs no Python step per message at all. Members that leave a block
 are marked in its ``gone`` set: a confirm marks them; a touch, release or
 return gives the member a `Record` of its own (`Broker._split`). A block is
 retired when its last member leaves.
@@ -73,6 +74,7 @@ from collections.abc import Callable, Iterator
 from itertools import islice, repeat, starmap
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..protocol.codecs import id_column
 from .segments import Run, Slab, cut_payloads
 
 if TYPE_CHECKING:
@@ -122,7 +124,7 @@ class Block:
     left (confirmed, or given a record of their own by `Broker._split`) are in ``gone``.
 
     Taken from a run, it holds its payloads as ``items``; taken from a slab, as ``slab``: the
-    columns of the batch they were sent in (u64 ids, u32 lengths, payloads back to back), from
+    columns of the batch they were sent in (u64 ids, built when taken, u32 lengths, payloads back to back), from
     which a batch reply is built and a batch confirm recognised without a step per message.
     ``held`` becomes None when the block is retired. Its type leaves None out: nearly every path
     handles blocks in flight and may take it as set; the few that may meet a retired block test
@@ -549,8 +551,8 @@ class Queue:
                 part_lengths = lengths[4 * placed : 4 * (placed + part)]
                 size = sum(struct.unpack(f">{part}I", part_lengths))
                 part_data, offset = data[offset : offset + size], offset + size
-            ids = struct.pack(f">{part}Q", *range(first, first + part))
-            self._segments.append(Slab(first, ids, part_lengths, part_data))
+            ids = id_column(first, part)  # the reply's; the slab keeps no copy (see `segments`)
+            self._segments.append(Slab(first, part_lengths, part_data))
             self._next_id = first + part
             if self.journal is not None:
                 self.journal.add_columns(self.name, first, part_lengths, part_data)

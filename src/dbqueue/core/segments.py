@@ -10,13 +10,18 @@ A queue's ready messages are a deque of segments, read from the front:
   handed to queues in blocks of `queue.ID_BLOCK`, so they stay unique for the
   server's lifetime across all queues;
 * a `Slab` holds the fresh messages of one sent batch (ENQUEUE_BATCH) as the
-  batch's columns, never cut apart: its ids (u64 each, the body of the reply
-  that gave them), its u32 length column and its payloads back to back;
+  batch's columns, never cut apart: its u32 length column and its payloads
+  back to back. Its ids are consecutive, so it keeps only the first: a queued
+  message costs its payload and its length, no more. The u64 id column a
+  batch read replies with (and a batch confirm sends back) is built for the
+  slice taken, when it is taken (`codecs.id_column`: a few C loops over the
+  column's bytes), rather than kept for every message while it waits;
 * a `queue.Record` is a message that has been read, or was delayed: it
   carries its own id and delivery count.
 
 A read takes from the first segment; a batch read takes a slice of a run or a
-slab as one `queue.Block` (a slab's slice keeps its columns). The segments
+slab as one `queue.Block` (a slab's slice keeps its columns, with the id
+column built for it). The segments
 know nothing of reads or holders: `queue.Queue` moves messages out of them.
 """
 
@@ -25,6 +30,8 @@ from __future__ import annotations
 import struct
 from collections import deque
 from itertools import accumulate
+
+from ..protocol.codecs import id_column
 
 __all__ = ["Run", "Slab", "cut_payloads"]
 
@@ -42,16 +49,15 @@ class Run:
 
 
 class Slab:
-    """Fresh messages sent in one batch, kept in the batch's columns: ``ids`` (u64 each, the
-    OBJECTS_QUEUED body), ``lengths`` (u32 each) and ``data`` (the payloads back to back). The
-    first ``taken`` have left; their payloads end at ``offset``."""
+    """Fresh messages sent in one batch, kept in the batch's columns: ``lengths`` (u32 each) and
+    ``data`` (the payloads back to back); their ids run from ``first_id``. The first ``taken``
+    have left; their payloads end at ``offset``."""
 
-    __slots__ = ("first_id", "count", "ids", "lengths", "data", "taken", "offset")
+    __slots__ = ("first_id", "count", "lengths", "data", "taken", "offset")
 
-    def __init__(self, first_id: int, ids: bytes, lengths: bytes, data: bytes) -> None:
+    def __init__(self, first_id: int, lengths: bytes, data: bytes) -> None:
         self.first_id = first_id
         self.count = len(lengths) // 4
-        self.ids = ids
         self.lengths = lengths
         self.data = data
         self.taken = 0
@@ -69,15 +75,16 @@ class Slab:
         return self.first_id + index, self.data[start:end]
 
     def take(self, count: int, size: int) -> tuple[int, tuple[bytes, bytes, bytes]]:
-        """The next ``count`` members, whose payloads take ``size`` bytes: (first id, their columns)."""
+        """The next ``count`` members, whose payloads take ``size`` bytes: (first id, their columns:
+        u64 ids, built here, u32 lengths and payloads)."""
         index, start = self.taken, self.offset
         end = start + size
         self.taken, self.offset = index + count, end
-        if index == 0 and count == self.count:  # the whole batch, as it was sent: nothing copied
-            return self.first_id, (self.ids, self.lengths, self.data)
+        first = self.first_id + index
+        if index == 0 and count == self.count:  # the whole batch, as it was sent: no payload copied
+            return first, (id_column(first, count), self.lengths, self.data)
         stop = index + count
-        columns = (self.ids[8 * index : 8 * stop], self.lengths[4 * index : 4 * stop], self.data[start:end])
-        return self.first_id + index, columns
+        return first, (id_column(first, count), self.lengths[4 * index : 4 * stop], self.data[start:end])
 
 
 def cut_payloads(lengths: bytes, data: bytes) -> list[bytes]:

@@ -13,6 +13,7 @@ size, each header checked, in one struct call (the load test uses it).
 
 from __future__ import annotations
 
+import struct
 from itertools import chain, repeat
 from operator import add
 from typing import Any, NamedTuple
@@ -50,6 +51,7 @@ __all__ = [
     "message_frames",
     "messages_frame",
     "messages_frame_of_columns",
+    "id_column",
     "objects_queued_frame",
     "confirm_results_frame",
     "error_frame",
@@ -274,6 +276,30 @@ def messages_frame_of_columns(
     size = sum(map(len, parts))
     parts[0] = HEADER.pack(MAGIC, _MESSAGES, 0, request_id, size)
     return b"".join(parts)
+
+
+# Per column length n: (ones, ramp), the integers whose 8n big-endian bytes are n u64s of 1 and of
+# 0, 1, ..., n - 1. Batches come in a few sizes, so the table stays small; it is emptied if not.
+_ID_PATTERNS: dict[int, tuple[int, int]] = {}
+_MAX_ID_PATTERNS = 256
+
+
+def id_column(first: int, count: int) -> bytes:
+    """The ids ``first`` to ``first + count - 1`` as a u64 column (big-endian), the OBJECTS_QUEUED
+    body and a MESSAGES reply's id column of a batch kept in columns.
+
+    Built as one integer, ``first * ones + ramp``, whose 8-byte digits are the ids (no digit
+    carries into the next while the last id fits in a u64), so it costs a few C loops over the
+    column's bytes instead of an int object and a conversion for each id: the server's slabs keep
+    no id column and build it again for each batch read (see `core.segments`)."""
+    patterns = _ID_PATTERNS.get(count)
+    if patterns is None:
+        if len(_ID_PATTERNS) >= _MAX_ID_PATTERNS:
+            _ID_PATTERNS.clear()
+        ramp = int.from_bytes(struct.pack(f">{count}Q", *range(count)), "big")
+        patterns = _ID_PATTERNS[count] = (int.from_bytes(b"\0\0\0\0\0\0\0\1" * count, "big"), ramp)
+    ones, ramp = patterns
+    return (first * ones + ramp).to_bytes(8 * count, "big")
 
 
 def objects_queued_frame(request_id: int, ids: bytes) -> bytes:
