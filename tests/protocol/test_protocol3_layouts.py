@@ -163,13 +163,13 @@ def test_malformed_responses(opcode: int, flags: int, body: bytes) -> None:
 
 def test_dead_letter_layout() -> None:
     """DEAD_LETTER is an id and nothing else, answered by a bare DEAD_LETTERED (docs/protocol.md 7.20, 13.18)."""
-    frame = msg.encode(12, msg.DeadLetter(0x0007189B45000001))
-    assert frame == bytes.fromhex("db 1c 0000 0000000c 00000008 0007189b45000001")
+    frame = msg.encode(6, msg.DeadLetter(1998348528189441))
+    assert frame == bytes.fromhex("db1c 0000 00000006 00000008 0007197cc6290001")
     ((opcode, flags, request_id, body),) = frames_of(frame)
-    assert (opcode, flags, request_id) == (Op.DEAD_LETTER, 0, 12)
-    assert msg.decode_request(opcode, body) == msg.DeadLetter(1997379993600001)
-    answer = bytes.fromhex("db 9e 0000 0000000c 00000000")
-    assert msg.encode(12, msg.DeadLettered()) == answer
+    assert (opcode, flags, request_id) == (Op.DEAD_LETTER, 0, 6)
+    assert msg.decode_request(opcode, body) == msg.DeadLetter(0x0007197CC6290001)
+    answer = bytes.fromhex("db9e 0000 00000006 00000000")
+    assert msg.encode(6, msg.DeadLettered()) == answer
     ((opcode, flags, request_id, body),) = frames_of(answer)
     assert msg.decode_response(opcode, body, flags) is msg.DeadLettered.INSTANCE  # type: ignore[attr-defined]
     for bad in (b"", bytes(7), bytes(9), bytes(12)):
@@ -177,6 +177,23 @@ def test_dead_letter_layout() -> None:
             msg.decode_request(Op.DEAD_LETTER, bad)
     with pytest.raises(InvalidRequest):
         msg.decode_response(Op.DEAD_LETTERED, b"\x00")
+
+
+def test_the_dead_letter_read_in_the_transcript_carries_its_origin() -> None:
+    """The Read("dead") answer of docs/protocol.md 13.18: a new id, and the origin in "jobs"."""
+    letter = bytes.fromhex(
+        "db91 0001 00000008 00000027 0007197cc62a0001 00000001"
+        "0007197cc6290001 000001a252230857 00000001 046a6f6273 6869"
+    )
+    ((opcode, flags, request_id, body),) = frames_of(letter)
+    message = msg.decode_response(opcode, body, flags)
+    assert isinstance(message, msg.Message) and (message.id, message.deliveries, message.data) == (
+        0x0007197CC62A0001,
+        1,
+        b"hi",
+    )
+    assert message.origin == msg.Origin("jobs", 1998348528189441, 0x000001A252230857 / 1000.0, 1)
+    assert msg.encode(8, message) == letter
 
 
 def test_a_client_connection_answers_dead_letter_pipelined() -> None:
