@@ -18,6 +18,7 @@ from holders import held_by
 
 from dbqueue.core import Block, Broker, Holding, Queue
 from dbqueue.core.segments import Slab
+from dbqueue.protocol import codecs
 from dbqueue.protocol.codecs import id_column
 
 
@@ -35,12 +36,30 @@ def send_columns(broker: Broker, queue: Queue, payloads: list[bytes]) -> bytes:
 
 @pytest.mark.parametrize(
     ("first", "count"),
-    [(0, 0), (1, 1), (7, 3), (1_000_000, 1000), ((1 << 32) - 5, 10), ((1 << 40) + 3, 257), ((1 << 64) - 100, 100)],
+    [
+        (0, 0),
+        (1, 1),
+        (7, 3),
+        (1_000_000, 1000),
+        ((1 << 32) - 5, 10),
+        ((1 << 40) + 3, 257),
+        ((1 << 64) - 100, 100),
+        (5, 2048),
+        (5, 2049),
+        (1 << 33, 65536),
+    ],
 )
 def test_an_id_column_is_the_ids_packed_one_by_one(first: int, count: int) -> None:
     expected = struct.pack(f">{count}Q", *range(first, first + count))
     assert id_column(first, count) == expected
-    assert id_column(first, count) == expected  # from the cached patterns too
+    assert id_column(first, count) == expected  # from the cached patterns too (up to a length)
+
+
+def test_the_id_patterns_held_stay_bounded() -> None:
+    for count in range(1, 3000):
+        id_column(count, count)
+    assert len(codecs._ID_PATTERNS) <= codecs._MAX_ID_PATTERNS
+    assert max(codecs._ID_PATTERNS) <= codecs._MAX_PATTERN_IDS
 
 
 def test_a_slab_keeps_no_id_column() -> None:

@@ -279,9 +279,11 @@ def messages_frame_of_columns(
 
 
 # Per column length n: (ones, ramp), the integers whose 8n big-endian bytes are n u64s of 1 and of
-# 0, 1, ..., n - 1. Batches come in a few sizes, so the table stays small; it is emptied if not.
+# 0, 1, ..., n - 1. Batches come in a few sizes, so the table stays small; it is emptied if not,
+# and longer columns are packed id by id, so that what it holds stays bounded whatever clients send.
 _ID_PATTERNS: dict[int, tuple[int, int]] = {}
-_MAX_ID_PATTERNS = 256
+_MAX_ID_PATTERNS = 64
+_MAX_PATTERN_IDS = 2048
 
 
 def id_column(first: int, count: int) -> bytes:
@@ -294,6 +296,8 @@ def id_column(first: int, count: int) -> bytes:
     no id column and build it again for each batch read (see `core.segments`)."""
     patterns = _ID_PATTERNS.get(count)
     if patterns is None:
+        if count > _MAX_PATTERN_IDS:
+            return struct.pack(f">{count}Q", *range(first, first + count))
         if len(_ID_PATTERNS) >= _MAX_ID_PATTERNS:
             _ID_PATTERNS.clear()
         ramp = int.from_bytes(struct.pack(f">{count}Q", *range(count)), "big")
