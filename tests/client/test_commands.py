@@ -55,8 +55,8 @@ COMMANDS = sorted(
 
 def test_the_command_list_is_the_wire_operations() -> None:
     assert COMMANDS == [
-        "confirm", "confirm_batch", "create", "delete", "list_queues", "members", "move", "peek", "purge",
-        "read", "read_batch", "release", "send", "send_batch", "stats", "touch",
+        "confirm", "confirm_batch", "create", "dead_letter", "delete", "list_queues", "members", "move", "peek",
+        "purge", "read", "read_batch", "release", "send", "send_batch", "stats", "touch",
     ]  # fmt: skip
 
 

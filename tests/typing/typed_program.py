@@ -140,6 +140,18 @@ def blocking(address: str) -> None:
         else:
             raise AssertionError("deleting a queue twice must raise NoSuchQueue")
 
+        client.create("dl-dead")
+        client.create("dl", dead_letter_queue="dl-dead")
+        poison = client.send("dl", b"poison")
+        held = client.read("dl", visibility_timeout=30.0)
+        assert held is not None and held.id == poison
+        assert assert_type(client.dead_letter(held.id), None) is None
+        dead = client.read("dl-dead", visibility_timeout=30.0)
+        assert dead is not None and dead.data == b"poison"
+        assert dead.origin is not None and (dead.origin.queue, dead.origin.id) == ("dl", poison)
+        client.delete("dl")
+        client.delete("dl-dead")
+
 
 def pipelined(address: str) -> None:
     """The raw `PipelinedClient`: protocol messages in, request ids and protocol messages out."""
@@ -197,6 +209,16 @@ async def asynchronous(address: str) -> None:
         await client.delete("async-too")
         assert assert_type(await client.purge("async"), int) == 1
         assert_type(await client.delete("async"), None)
+        await client.create("adl-dead")
+        await client.create("adl", dead_letter_queue="adl-dead")
+        poison = await client.send("adl", b"poison")
+        held = await client.read("adl", visibility_timeout=30.0)
+        assert held is not None and held.id == poison
+        assert_type(await client.dead_letter(held.id), None)
+        dead = await client.read("adl-dead", visibility_timeout=30.0)
+        assert dead is not None and dead.origin is not None and (dead.origin.queue, dead.origin.id) == ("adl", poison)
+        await client.delete("adl")
+        await client.delete("adl-dead")
         assert_type(await client.close(), None)
 
 
@@ -244,6 +266,20 @@ def group(addresses: list[str]) -> None:
             assert pipeline.execute() == [None, None]
         assert_type(client.delete("g"), None)
         client.delete("dead")
+        client.create("gdl-dead")
+        client.create("gdl", dead_letter_queue="gdl-dead")
+        poisons = [client.send("gdl", b"poison", key=str(i)) for i in range(4)]
+        held_all: list[Message] = []
+        for _ in range(10):  # a read takes from one member at a time
+            held_all += client.read_batch("gdl", 4 - len(held_all), visibility_timeout=30.0, wait=0.1)
+            if len(held_all) == 4:
+                break
+        assert sorted(m.id for m in held_all) == sorted(poisons)
+        for message in held_all:  # each at the member holding it
+            assert_type(client.dead_letter(message.id), None)
+        assert client.stats("gdl-dead")["ready"] == 4 and client.stats("gdl")["in_flight"] == 0
+        client.delete("gdl")
+        client.delete("gdl-dead")
         assert_type(client.close(), None)
 
 
@@ -274,6 +310,20 @@ async def asynchronous_group(addresses: list[str]) -> None:
         await client.delete("ag-too")
         assert assert_type(await client.purge("ag"), int) == 1
         assert_type(await client.delete("ag"), None)
+        await client.create("agdl-dead")
+        await client.create("agdl", dead_letter_queue="agdl-dead")
+        poisons = [await client.send("agdl", b"poison", key=str(i)) for i in range(4)]
+        held: list[Message] = []
+        for _ in range(10):  # a read takes from one member at a time
+            held += await client.read_batch("agdl", 4 - len(held), visibility_timeout=30.0, wait=0.1)
+            if len(held) == 4:
+                break
+        assert sorted(m.id for m in held) == sorted(poisons)
+        for message in held:  # each at the member holding it
+            assert_type(await client.dead_letter(message.id), None)
+        assert (await client.stats("agdl-dead"))["ready"] == 4 and (await client.stats("agdl"))["in_flight"] == 0
+        await client.delete("agdl")
+        await client.delete("agdl-dead")
         assert_type(await client.close(), None)
 
 

@@ -340,6 +340,10 @@ class AsyncGroupClient:
         """Release at the member that handed the message out; as `GroupClient.release`."""
         await self._on_member(self._members.holder(id), lambda client: client.release(id, delay=delay), holder=True)
 
+    async def dead_letter(self, id: int) -> None:
+        """Dead-letter at the member that handed the message out; as `GroupClient.dead_letter`."""
+        await self._on_member(self._members.holder(id), lambda client: client.dead_letter(id), holder=True)
+
     async def confirm_batch(self, ids: Iterable[int]) -> list[RequestError | None]:
         """Confirm each id at its member; one result per id, in order. As `GroupClient.confirm_batch`."""
         batch = ConfirmBatch(self._members, ids)

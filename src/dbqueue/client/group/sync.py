@@ -467,6 +467,11 @@ class GroupClient:
         """Release at the member that handed the message out. Returns None. Raises as `Client.release`."""
         self._on_member(self._holder(id), lambda client: client.release(id, delay=delay), holder=True)
 
+    def dead_letter(self, id: int) -> None:
+        """Move the message to its queue's dead-letter queue at the member that handed it out (the
+        dead letter stays on that member). Returns None. Raises as `Client.dead_letter`."""
+        self._on_member(self._holder(id), lambda client: client.dead_letter(id), holder=True)
+
     def confirm_batch(self, ids: Iterable[int]) -> list[RequestError | None]:
         """Confirm each id at its member; return one result per id, in order (as `Client.confirm_batch`).
 
