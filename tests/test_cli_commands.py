@@ -338,7 +338,9 @@ def test_every_option_of_every_command_can_come_from_the_environment(
     checked = 0
     for path, command, option in every_option():
         assert option.name is not None
-        scoped = "_".join(["DBQUEUE", *path, option.name]).upper().replace("-", "_")
+        # Named after the option as the user types it (--json: DBQUEUE_LIST_JSON), not its Python parameter.
+        long_option = next(spelling for spelling in option.opts if spelling.startswith("--"))
+        scoped = "_".join(["DBQUEUE", *path, long_option[2:]]).upper().replace("-", "_")
         envvars = option.envvar if isinstance(option.envvar, list) else [option.envvar]
         assert envvars[0] == scoped, (path, option.name, envvars)
         for name in envvars:

@@ -213,7 +213,12 @@ def test_watch_as_json_lines(server: ServerThread, tmp_path: Path) -> None:
     assert watch.returncode == 0 and not stderr, stderr
     shown = [json.loads(line) for line in lines]
     assert all(sample["queues"][0]["name"] == "jobs" and sample["queues"][0]["ready"] == 1 for sample in shown)
-    assert all(len(sample["time"]) == len("2026-05-01T12:34:56") for sample in shown)
+    # ISO 8601 to the second, with the local time's offset (2026-05-01T12:34:56+02:00): comparable across machines.
+    import datetime
+
+    stamps = [datetime.datetime.fromisoformat(sample["time"]) for sample in shown]
+    assert all(stamp.tzinfo is not None and stamp.microsecond == 0 for stamp in stamps), shown
+    assert all(abs(stamp.timestamp() - time.time()) < 60 for stamp in stamps)
 
 
 def test_the_watch_shows_the_age_of_each_queues_oldest_ready_message() -> None:

@@ -69,13 +69,13 @@ if TYPE_CHECKING:
     from .client import Client, GroupClient
     from .report import Sample
 
-__all__ = ["main", "option_name"]
+__all__ = ["main", "option_key", "option_name"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 # `serve` options each worker of a group gets a value of its own for (or, for --workers, none).
 _PER_WORKER = frozenset(
-    {"port", "workers", "peers", "member_index", "data_dir", "metrics_port", "supervisor", "http_port"}
+    {"port", "workers", "peers", "member_index", "data_dir", "metrics_port", "supervisor", "http_port", "advertise"}
 )
 
 DEFAULT_ADDRESS = "127.0.0.1:3003"
@@ -172,7 +172,8 @@ def main() -> None:
     type=click.Path(dir_okay=False, exists=True),
     default=None,
     help="SQS requests must be signed with a key of this file, one ACCESS_KEY_ID:SECRET a line (or set "
-    "DBQUEUE_SQS_ACCESS_KEY_ID and DBQUEUE_SQS_SECRET_ACCESS_KEY); without, unsigned requests on loopback only.",
+    "DBQUEUE_SQS_ACCESS_KEY_ID and DBQUEUE_SQS_SECRET_ACCESS_KEY). Without: with --auth-token-file, signed with "
+    "access key id 'dbqueue' and the token as secret; with no token either, unsigned requests on loopback only.",
 )
 @click.option(
     "--data-dir",
@@ -221,12 +222,21 @@ def main() -> None:
     help="With --store: the part of the group this server owns (default 0); each member of a group on one "
     "database has its own.",
 )
+@click.option(
+    "--advertise",
+    default=None,
+    metavar="HOST:PORT",
+    help="The address clients are given for this server in MEMBERS, and a group on --store records (default: "
+    "HOST:PORT as bound; set it with --host 0.0.0.0 so that clients on other machines can follow the group). With "
+    "--workers, worker I advertises HOST:PORT+I.",
+)
 @click.option("--supervisor", default=None, hidden=True, metavar="PID:FD")  # set by --workers for each worker
 @click.option(
     "--auth-token-file",
     type=click.Path(dir_okay=False, exists=True),
     default=None,
-    help="Clients must send this file's token in their Hello (or set DBQUEUE_AUTH_TOKEN).",
+    help="Clients must send this file's token in their Hello (or set DBQUEUE_AUTH_TOKEN). Without "
+    "--sqs-credentials it also signs the SQS API: access key id 'dbqueue', the token as secret access key.",
 )
 @click.option("--insecure", is_flag=True, help="Allow a non-loopback address without a token.")
 @click.option(
@@ -262,6 +272,7 @@ def serve(
     workers: int,
     peers: str | None,
     member_index: int | None,
+    advertise: str | None,
     supervisor: str | None,
     auth_token_file: str | None,
     insecure: bool,
@@ -319,12 +330,15 @@ def serve(
     if tls_ca and not tls_cert:
         raise click.UsageError("--tls-ca checks client certificates over TLS: it needs --tls-cert and --tls-key")
     stored = _store_options(Server, data_dir, store, standby)
+    advertised = _advertised(Server, advertise)
     members = [part.strip() for part in peers.split(",") if part.strip()] if peers else []
     if workers > 1:
-        _supervise(context, host, port, workers, members, data_dir, metrics_port, http_port)
+        _supervise(context, host, port, workers, members, data_dir, metrics_port, http_port, advertised)
         return
+    if advertised is not None:
+        stored["advertise"] = f"{advertised[0]}:{advertised[1]}"
     if member_index is None:
-        own = f"{host}:{port}"
+        own = stored.get("advertise", f"{host}:{port}")
         if members and own not in members:
             raise click.BadParameter(f"--peers must list this server ({own})", param_hint="--peers")
         member_index = members.index(own) if members else 0
@@ -370,6 +384,28 @@ def _store_options(server: type, data_dir: str | None, store: str | None, standb
     return {"store": store, "standby": True} if standby else {"store": store}
 
 
+def _advertised(server: type, advertise: str | None) -> tuple[str, int] | None:
+    """``--advertise`` as (host, port), or None if not given; a usage error if it is no HOST:PORT, or
+    this build's server cannot advertise an address of its own."""
+    import inspect
+
+    from .client import parse_address
+
+    if advertise is None:
+        return None
+    try:
+        host, port = parse_address(advertise)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--advertise") from exc
+    if not 0 < port <= 65535:
+        raise click.BadParameter(
+            f"expected HOST:PORT with a port 1 .. 65535, got {advertise!r}", param_hint="--advertise"
+        )
+    if "advertise" not in inspect.signature(server).parameters:
+        raise click.UsageError(f"--advertise is not supported by this build of the server (dbqueue {__version__})")
+    return host, port
+
+
 def _tie_to_supervisor(supervisor: str) -> None:
     from .server.workers import SupervisorGone, die_with_supervisor
 
@@ -391,15 +427,20 @@ def _supervise(
     data_dir: str | None,
     metrics_port: int | None,
     http_port: int | None,
+    advertised: tuple[str, int] | None,
 ) -> None:
     """Run ``workers`` servers as a group (`dbqueue.server.workers`); return once they are stopped.
 
     Ports of their own: worker I listens on PORT+I, and serves metrics and HTTP (the SQS API, /metrics, the
-    console: its own part of the queues) on their ports +I; 0 stays 0, each worker taking a free port.
+    console: its own part of the queues) on their ports +I; 0 stays 0, each worker taking a free port. With
+    ``advertised`` (HOST, APORT), worker I is known to the group and its clients as HOST:APORT+I.
     """
     from .server.workers import WorkerSpec, supervise, worker_command
 
-    local = [f"{host}:{port + i}" for i in range(workers)]
+    if advertised is None:
+        local = [f"{host}:{port + i}" for i in range(workers)]
+    else:
+        local = [f"{advertised[0]}:{advertised[1] + i}" for i in range(workers)]
     members = members or local
     missing = [address for address in local if address not in members]
     if missing:
@@ -413,6 +454,8 @@ def _supervise(
             command += ["--metrics-port", str(metrics_port and metrics_port + i)]
         if http_port is not None:
             command += ["--http-port", str(http_port and http_port + i)]
+        if advertised is not None:
+            command += ["--advertise", local[i]]
         specs.append(WorkerSpec(index, local[i], command))
     # Every option the workers share is on their command line already (`_given_options`): the environment
     # must not add what the supervisor was told (DBQUEUE_WORKERS would make each worker a supervisor).
@@ -421,163 +464,6 @@ def _supervise(
     reason = supervise(specs, env=environment)
     if reason is not None:
         raise click.ClickException(reason)
-
-
-# --- bench ---------------------------------------------------------------------------------------
-
-
-def _addresses(value: str) -> list[tuple[str, int]]:
-    from .client import parse_address
-
-    try:
-        return [parse_address(part.strip()) for part in value.split(",") if part.strip()]
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from exc
-
-
-@main.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=3003, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--address", "addresses", help="host:port[,host:port...] (overrides --host/--port): spread connections.")
-@click.option("--producers", default=16, show_default=True, type=click.IntRange(0))
-@click.option("--consumers", default=16, show_default=True, type=click.IntRange(0))
-@click.option("--pipeline", default=32, show_default=True, type=click.IntRange(1), help="Requests per batch.")
-@click.option("--iterations", default=1000, show_default=True, type=click.IntRange(1), help="Batches per producer.")
-@click.option("--payload", default=128, show_default=True, type=click.IntRange(0), help="Message size in bytes.")
-@click.option("--queue", default="foo", show_default=True)
-@click.option("--time-limit", default=120.0, show_default=True, help="Seconds before an unfinished run fails.")
-@click.option(
-    "--batch",
-    default=1,
-    show_default=True,
-    type=click.IntRange(1, 65535),
-    help="Messages per request (send_batch / read_batch / confirm_batch).",
-)
-@click.option("--latency", is_flag=True, help="Unpipelined round trips on one connection instead of the load test.")
-@click.option(
-    "--fan-in",
-    "fan_in",
-    default=None,
-    metavar="P,C",
-    help="P producers and C consumers with one request in flight each (send; read with a visibility timeout, then "
-    "confirm), --iterations messages per producer; reports confirmed msgs/s and round-trip percentiles.",
-)
-@click.option(
-    "--processes",
-    default=1,
-    show_default=True,
-    type=click.IntRange(1, 64),
-    help="With --fan-in: client processes the connections are dealt over.",
-)
-@click.option("--keep-queue", is_flag=True, help="Leave the queue on the server after the run (it is deleted).")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-def bench(
-    host: str,
-    port: int,
-    addresses: str | None,
-    producers: int,
-    consumers: int,
-    pipeline: int,
-    iterations: int,
-    payload: int,
-    queue: str,
-    time_limit: float,
-    batch: int,
-    latency: bool,
-    fan_in: str | None,
-    processes: int,
-    keep_queue: bool,
-    as_json: bool,
-) -> None:
-    """Load-test a running server.
-
-    The original's workload: producers send, consumers read and confirm; every reply is checked.
-    With --fan-in, many workers with one request in flight each. The queue (--queue) is created
-    afresh, and deleted after the run unless --keep-queue.
-    """
-    from .errors import DbQueueError
-    from .loadtest import BenchConfig, BenchFailure, BenchResult, DbQueueDriver, run_fan_in, run_load, run_round_trips
-    from .report import bench_table, progress_bar
-    from .server import new_event_loop
-
-    if fan_in is not None:
-        if latency:
-            raise click.UsageError("--fan-in and --latency are two different runs: pick one")
-        producers, consumers = _fan_in_shape(fan_in)
-        pipeline = batch = 1
-    if consumers == 0 and producers and not latency:
-        raise click.BadParameter("a load test needs consumers to confirm what producers send", param_hint="--consumers")
-    config = BenchConfig(
-        _addresses(addresses) if addresses else [(host, port)],
-        producers,
-        consumers,
-        pipeline,
-        iterations,
-        payload,
-        queue,
-        time_limit=time_limit,
-        batch=batch,
-        # Fan-in consumers read as workers do: a message they are slow to confirm must not come back meanwhile.
-        visibility_timeout=30.0 if fan_in is not None else 1.0,
-    )
-    driver = DbQueueDriver(config)
-    try:
-        if fan_in is not None:
-            if not as_json:
-                click.echo(
-                    f"fan-in: {producers} producers, {consumers} consumers, {config.messages:,} messages…", err=True
-                )
-            result: BenchResult = run_fan_in(DbQueueDriver, config, new_event_loop, processes)
-        else:
-            loop = new_event_loop()
-            try:
-                if latency:
-                    result = loop.run_until_complete(run_round_trips(driver))
-                elif as_json:
-                    result = loop.run_until_complete(run_load(driver))
-                else:
-                    with progress_bar("messages confirmed") as update:
-                        result = loop.run_until_complete(run_load(driver, update))
-            finally:
-                loop.close()
-    except (BenchFailure, DbQueueError, OSError) as exc:
-        raise click.ClickException(f"benchmark failed: {exc}") from exc
-    finally:
-        if not keep_queue:
-            _delete_bench_queue(config.addresses, queue)
-    if as_json:
-        figures = result.as_dict()
-        if fan_in is not None:
-            figures.update(mode="fan-in", producers=producers, consumers=consumers)
-        click.echo(json.dumps(figures))
-    else:
-        bench_table(result, "round trips" if latency else "fan-in" if fan_in is not None else "load test")
-
-
-def _fan_in_shape(value: str) -> tuple[int, int]:
-    """The (producers, consumers) of ``--fan-in P,C``. Raises `click.BadParameter`."""
-    try:
-        producers, consumers = (int(part) for part in value.split(","))
-    except ValueError:
-        raise click.BadParameter(f"expected P,C (producers,consumers), got {value!r}", param_hint="--fan-in") from None
-    if producers < 1 or consumers < 1:
-        raise click.BadParameter("a fan-in run needs at least one producer and one consumer", param_hint="--fan-in")
-    return producers, consumers
-
-
-def _delete_bench_queue(addresses: Iterable[tuple[str, int]], queue: str) -> None:
-    """Delete the load test's queue on every server it ran against; say so on stderr where it cannot."""
-    from .client import Client
-    from .errors import DbQueueError, NoSuchQueue
-
-    for host, port in addresses:
-        try:
-            with Client.connect((host, port), timeout=10.0) as client:
-                client.delete(queue)
-        except NoSuchQueue:
-            pass
-        except (DbQueueError, OSError) as exc:
-            click.echo(f"warning: could not delete the queue {queue!r} on {host}:{port}: {exc}", err=True)
 
 
 # --- reaching a server ---------------------------------------------------------------------------
@@ -1081,8 +967,12 @@ def read(
             outcomes = client.confirm_batch([message.id for message in messages])
             failed = [(message.id, outcome) for message, outcome in zip(messages, outcomes) if outcome is not None]
             if failed:
+                from .report import plural
+
                 id_, outcome = failed[0]
-                raise click.ClickException(f"{len(failed)} messages not confirmed; message {id_}: {outcome.message}")
+                raise click.ClickException(
+                    f"{plural(len(failed), 'message')} not confirmed; message {id_}: {outcome.message}"
+                )
 
 
 @main.command()
@@ -1136,12 +1026,14 @@ def move(target: _Target, source: str, destination: str, count: int | None, as_j
     step on the server (a lost connection leaves each message in one queue or the other). Against a
     group, each member moves its own messages.
     """
+    from .report import plural
+
     with _session(target) as client:
         moved = client.move(source, destination, count=count)
     if as_json:
         _echo_json({"source": source, "destination": destination, "moved": moved})
     else:
-        click.echo(f"moved {moved} messages from {source} to {destination}")
+        click.echo(f"moved {plural(moved, 'message')} from {source} to {destination}")
 
 
 @main.command()
@@ -1219,12 +1111,14 @@ def purge(target: _Target, queue: str, as_json: bool) -> None:
 
     Messages in flight stay. Prints how many were dropped.
     """
+    from .report import plural
+
     with _session(target) as client:
         count = client.purge(queue)
     if as_json:
         _echo_json({"queue": queue, "purged": count})
     else:
-        click.echo(f"purged {count} messages from {queue}")
+        click.echo(f"purged {plural(count, 'message')} from {queue}")
 
 
 @main.command(name="list")
@@ -1288,8 +1182,12 @@ def stats(
     """Show queue figures; --watch keeps them up.
 
     Every queue's figures (or QUEUE's): ready, in flight, delayed, and their totals. Against a group,
-    the figures are summed over its members.
+    the figures are summed over its members. With a member down they are the others' sums: a line on
+    stderr says so ("1 of 2 members down (ADDRESS: REASON): figures are partial"), --json gives each
+    queue's figures a "members_down" list of {address, reason}, and the exit status stays 0.
     """
+    from .client import GroupClient
+
     queue = queue or queue_option
     if host is not None or port is not None:
         target.addresses = [f"{host or '127.0.0.1'}:{port or 3003}"]
@@ -1300,7 +1198,14 @@ def stats(
         return
     with _session(target) as client:
         figures = _figures(client, queue)
+        down = _down_members(target, client)
         per_member = _per_member(target, client, queue) if members else []
+    if down:
+        total = len(client.addresses) if isinstance(client, GroupClient) else 1
+        reasons = "; ".join(f"{address}: {reason}" for address, reason in down)
+        click.echo(f"{len(down)} of {total} members down ({reasons}): figures are partial", err=True)
+        for summed in figures:
+            summed["members_down"] = [{"address": address, "reason": reason} for address, reason in down]
     if as_json:
         if members:
             shown = [
@@ -1339,6 +1244,28 @@ def _width() -> int:
     return max(69, shutil.get_terminal_size().columns)
 
 
+def _down_members(target: _Target, client: Client | GroupClient) -> list[tuple[str, str]]:
+    """The members of a group whose figures are missing from its sums, each with why (asked again
+    alone, to say it: a member that answers by then is said not to have answered)."""
+    from .client import GroupClient
+    from .errors import DbQueueError
+
+    if not isinstance(client, GroupClient):
+        return []
+    down: list[tuple[str, str]] = []
+    for address in client.down:
+        try:
+            target.connect_member(address).close()
+        except click.ClickException as exc:
+            reason = exc.message.removeprefix(f"cannot connect to {address}: ")
+        except (DbQueueError, OSError) as exc:
+            reason = str(exc)
+        else:
+            reason = "did not answer in time (it answers now)"
+        down.append((address, reason))
+    return down
+
+
 def _per_member(
     target: _Target, client: Client | GroupClient, queue: str | None
 ) -> list[tuple[str, list[dict[str, Any]] | str]]:
@@ -1363,6 +1290,7 @@ def _watch(target: _Target, queue: str | None, interval: float, as_json: bool) -
     """`stats --watch`: a screen a refresh, until Ctrl-C; a lost server is waited for, not fatal."""
     import datetime
 
+    from .client import GroupClient
     from .errors import ConnectionLost, ProtocolError, RequestError
     from .report import Sample, watch_frame
 
@@ -1373,7 +1301,7 @@ def _watch(target: _Target, queue: str | None, interval: float, as_json: bool) -
 
     def draw(sample: Sample | None, previous: Sample | None, status: str, fresh: bool = False) -> None:
         """Show ``sample`` (``fresh``: just taken; else the last one known, or None) and ``status``."""
-        now = datetime.datetime.now()
+        now = datetime.datetime.now().astimezone()  # local time, with its offset: ISO 8601 a script can compare
         if as_json:
             if sample is not None and fresh:
                 _echo_json({"time": now.isoformat(timespec="seconds"), "queues": list(sample.queues)})
@@ -1430,7 +1358,10 @@ def _watch(target: _Target, queue: str | None, interval: float, as_json: bool) -
                     reason = str(exc)
                 else:
                     down_since = None
-                    draw(sample, previous, every, fresh=True)
+                    status = every
+                    if isinstance(client, GroupClient) and client.down:
+                        status = f"{len(client.down)} of {len(client.addresses)} members down: partial; {every}"
+                    draw(sample, previous, status, fresh=True)
                     previous = last = sample
             if reason is not None:
                 down_since = down_since or datetime.datetime.now().strftime("%H:%M:%S")
@@ -1441,6 +1372,189 @@ def _watch(target: _Target, queue: str | None, interval: float, as_json: bool) -
     finally:
         if client is not None:
             client.close()
+
+
+# --- bench ---------------------------------------------------------------------------------------
+
+
+def _addresses(value: str) -> list[tuple[str, int]]:
+    from .client import parse_address
+
+    try:
+        return [parse_address(part.strip()) for part in value.split(",") if part.strip()]
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="The server, unless --address is given.")
+@click.option("--port", default=3003, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--producers", default=16, show_default=True, type=click.IntRange(0))
+@click.option("--consumers", default=16, show_default=True, type=click.IntRange(0))
+@click.option("--pipeline", default=32, show_default=True, type=click.IntRange(1), help="Requests per batch.")
+@click.option("--iterations", default=1000, show_default=True, type=click.IntRange(1), help="Batches per producer.")
+@click.option("--payload", default=128, show_default=True, type=click.IntRange(0), help="Message size in bytes.")
+@click.option(
+    "--queue",
+    default=None,
+    help="The queue to load (default: a new one, bench-XXXXXXXX). Created if missing; used if empty; "
+    "refused if it holds messages.",
+)
+@click.option("--time-limit", default=120.0, show_default=True, help="Seconds before an unfinished run fails.")
+@click.option(
+    "--batch",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 65535),
+    help="Messages per request (send_batch / read_batch / confirm_batch).",
+)
+@click.option("--latency", is_flag=True, help="Unpipelined round trips on one connection instead of the load test.")
+@click.option(
+    "--fan-in",
+    "fan_in",
+    default=None,
+    metavar="P,C",
+    help="P producers and C consumers with one request in flight each (send; read with a visibility timeout, then "
+    "confirm), --iterations messages per producer; reports confirmed msgs/s and round-trip percentiles.",
+)
+@click.option(
+    "--processes",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="With --fan-in: client processes the connections are dealt over.",
+)
+@click.option(
+    "--keep-queue",
+    is_flag=True,
+    help="Leave the queue the run created on the server (by default it is deleted; a queue that existed before "
+    "the run is never deleted).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@_connects
+def bench(
+    target: _Target,
+    host: str,
+    port: int,
+    producers: int,
+    consumers: int,
+    pipeline: int,
+    iterations: int,
+    payload: int,
+    queue: str | None,
+    time_limit: float,
+    batch: int,
+    latency: bool,
+    fan_in: str | None,
+    processes: int,
+    keep_queue: bool,
+    as_json: bool,
+) -> None:
+    """Load-test a running server.
+
+    The original's workload: producers send, consumers read and confirm; every reply is checked.
+    With --fan-in, many workers with one request in flight each. The queue is a new one unless
+    --queue names one: a queue that holds messages is refused (they are somebody's), and only a
+    queue the run created is deleted after it (unless --keep-queue). --address (several: the
+    connections are spread over them), --token and --tls reach the server as for every command.
+    """
+    from .errors import DbQueueError
+    from .loadtest import BenchConfig, BenchFailure, BenchResult, DbQueueDriver, run_fan_in, run_load, run_round_trips
+    from .report import bench_table, progress_bar
+    from .server import new_event_loop
+
+    if fan_in is not None:
+        if latency:
+            raise click.UsageError("--fan-in and --latency are two different runs: pick one")
+        producers, consumers = _fan_in_shape(fan_in)
+        pipeline = batch = 1
+    if consumers == 0 and producers and not latency:
+        raise click.BadParameter("a load test needs consumers to confirm what producers send", param_hint="--consumers")
+    if click.get_current_context().get_parameter_source("address") is ParameterSource.DEFAULT:
+        addresses = [(host, port)]  # --host and --port, the spelling before --address
+    else:
+        addresses = [_host_port(address) for address in target.addresses]
+    queue = queue if queue is not None else f"bench-{os.urandom(4).hex()}"
+    config = BenchConfig(
+        addresses,
+        producers,
+        consumers,
+        pipeline,
+        iterations,
+        payload,
+        queue,
+        time_limit=time_limit,
+        batch=batch,
+        # Fan-in consumers read as workers do: a message they are slow to confirm must not come back meanwhile.
+        visibility_timeout=30.0 if fan_in is not None else 1.0,
+        token=target.token,
+        tls=target.tls,
+    )
+    drivers: list[DbQueueDriver] = []  # those made in this process: their `prepare` knows where it created the queue
+
+    def make_driver(config: BenchConfig) -> DbQueueDriver:
+        drivers.append(DbQueueDriver(config))
+        return drivers[-1]
+
+    driver = make_driver(config)
+    try:
+        if fan_in is not None:
+            if not as_json:
+                click.echo(
+                    f"fan-in: {producers} producers, {consumers} consumers, {config.messages:,} messages…", err=True
+                )
+            result: BenchResult = run_fan_in(make_driver, config, new_event_loop, processes)
+        else:
+            loop = new_event_loop()
+            try:
+                if latency:
+                    result = loop.run_until_complete(run_round_trips(driver))
+                elif as_json:
+                    result = loop.run_until_complete(run_load(driver))
+                else:
+                    with progress_bar("messages confirmed") as update:
+                        result = loop.run_until_complete(run_load(driver, update))
+            finally:
+                loop.close()
+    except (BenchFailure, DbQueueError, OSError, ssl.SSLError) as exc:
+        raise click.ClickException(f"benchmark failed: {exc}") from exc
+    finally:
+        if not keep_queue:
+            created = sorted({address for made in drivers for address in made.created})
+            _delete_bench_queue(target, created, queue)
+    if as_json:
+        figures = result.as_dict()
+        if fan_in is not None:
+            figures.update(mode="fan-in", producers=producers, consumers=consumers)
+        _echo_json(figures)
+    else:
+        bench_table(result, "round trips" if latency else "fan-in" if fan_in is not None else "load test")
+
+
+def _fan_in_shape(value: str) -> tuple[int, int]:
+    """The (producers, consumers) of ``--fan-in P,C``. Raises `click.BadParameter`."""
+    try:
+        producers, consumers = (int(part) for part in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected P,C (producers,consumers), got {value!r}", param_hint="--fan-in") from None
+    if producers < 1 or consumers < 1:
+        raise click.BadParameter("a fan-in run needs at least one producer and one consumer", param_hint="--fan-in")
+    return producers, consumers
+
+
+def _delete_bench_queue(target: _Target, addresses: Iterable[tuple[str, int]], queue: str) -> None:
+    """Delete the load test's queue on every server it created it on; say so on stderr where it cannot."""
+    from .client import Client
+    from .errors import DbQueueError, NoSuchQueue
+
+    for host, port in addresses:
+        try:
+            with Client.connect((host, port), target.timeout, token=target.token, tls=target.tls) as client:
+                client.delete(queue)
+        except NoSuchQueue:
+            pass
+        except (DbQueueError, OSError, ssl.SSLError) as exc:
+            click.echo(f"warning: could not delete the queue {queue!r} on {host}:{port}: {exc}", err=True)
 
 
 # --- store ---------------------------------------------------------------------------------------
@@ -1518,12 +1632,17 @@ def _short_names(path: tuple[str, ...], option: str, connects: bool) -> tuple[st
         return (_SERVE_RENAMED.get(option, "DBQUEUE_" + option.upper()),)
     if connects and option in _CONNECTION_NAMES:
         return _CONNECTION_NAMES[option]
-    if path == ("bench",) and option == "addresses":
-        return ("DBQUEUE_ADDRESS",)
     return ()
 
 
-def _environment_epilog(path: tuple[str, ...], connects: bool) -> str:
+def option_key(param: click.Option) -> str:
+    """The name an option's environment variables are made of: its first long option's, not the Python
+    parameter's (``--json`` -> ``json``, whatever name the command's function gives it)."""
+    longs = [spelling for spelling in param.opts if spelling.startswith("--")]
+    return (longs or param.opts)[0].lstrip("-").replace("-", "_")
+
+
+def _environment_epilog(path: tuple[str, ...], connects: bool, options: set[str]) -> str:
     """What --help says of the environment variables of the command at ``path``."""
     scoped = "_".join(("DBQUEUE", *path)).upper().replace("-", "_") + "_<OPTION>"
     text = f"Environment: each option can also be set as {scoped}"
@@ -1533,7 +1652,11 @@ def _environment_epilog(path: tuple[str, ...], connects: bool) -> str:
             f"{_SERVE_RENAMED['tls_ca']}; the token itself as DBQUEUE_AUTH_TOKEN."
         )
     if connects:
-        short = ", ".join(f"{option_name(option)}: {' or '.join(names)}" for option, names in _CONNECTION_NAMES.items())
+        short = ", ".join(
+            f"{option_name(option)}: {' or '.join(names)}"
+            for option, names in _CONNECTION_NAMES.items()
+            if option in options
+        )
         return f"{text}; the connection's options also as {short}."
     return text + "."
 
@@ -1555,17 +1678,18 @@ def _name_environment_variables(group: click.Group, path: tuple[str, ...] = ()) 
         if isinstance(command, click.Group):
             _name_environment_variables(command, here)
             continue
-        connects = any(param.name == "address" for param in command.params) and command.name != "bench"
-        command.epilog = _environment_epilog(here, connects)
-        for param in command.params:
-            if not isinstance(param, click.Option) or param.name is None:
-                continue
+        options = [param for param in command.params if isinstance(param, click.Option) and param.name is not None]
+        keys = {option_key(param) for param in options if not param.hidden}
+        connects = "address" in keys
+        command.epilog = _environment_epilog(here, connects, keys)
+        for param in options:
             if param.hidden:  # set by the program itself, or kept for old command lines
                 param.envvar = None
                 param.allow_from_autoenv = False
                 continue
-            scoped = "_".join(("DBQUEUE", *here, param.name)).upper().replace("-", "_")
-            param.envvar = [scoped, *_short_names(here, param.name, connects)]
+            key = option_key(param)
+            scoped = "_".join(("DBQUEUE", *here, key)).upper().replace("-", "_")
+            param.envvar = [scoped, *_short_names(here, key, connects)]
 
 
 _name_environment_variables(main)

@@ -39,6 +39,16 @@ client processes (forked), so that the load generator is not what limits the
 run; the processes share one count of confirmed messages (`Ledger`), so that
 every consumer goes on until the whole run's messages are confirmed, whoever
 sent them.
+
+*Reaching a server.* Every connection (the load's and `DbQueueDriver.prepare`'s)
+is made with ``config.tls`` (an `ssl.SSLContext`, or None for plain TCP) and,
+where the driver has one, opens with its greeting (`Driver.greeting`: dbqueue's
+Hello with ``config.token``) before the run uses it.
+
+*The queue.* `DbQueueDriver.prepare` never deletes anything: it creates the
+queue where it does not exist (and records that in ``created``), uses it where
+it exists and is empty, and refuses (`BenchFailure`) where it holds messages:
+those are somebody's, and the run's checks would count them as lost or stray.
 """
 
 from __future__ import annotations
@@ -48,6 +58,7 @@ import contextlib
 import multiprocessing
 import multiprocessing.connection
 import os
+import ssl
 import struct
 import sys
 import time
@@ -62,7 +73,7 @@ from operator import itemgetter
 from typing import Any, NamedTuple, Protocol, cast
 
 from .client.commands import visibility_ms
-from .errors import DbQueueError, InvalidRequest
+from .errors import DbQueueError, InvalidRequest, NoSuchQueue, error_for_code
 from .protocol import codecs
 from .protocol import frames as fr
 from .protocol import messages as msg
@@ -94,6 +105,8 @@ class BenchConfig:
     batch: int = 1  # messages per request: >1 sends, reads and confirms in batches
     fan_in: bool = False  # time every round trip (a send, a read, a confirm), not every batch: for pipeline 1
     first_label: int = 0  # the number in the first payload sent (processes of one run start far apart)
+    token: bytes | None = field(default=None, repr=False)  # sent in a Hello on every connection when given
+    tls: ssl.SSLContext | None = None  # every connection over TLS with this context when given
 
     @property
     def messages(self) -> int:
@@ -196,6 +209,14 @@ class Driver(ABC):
     @abstractmethod
     async def prepare(self, address: tuple[str, int]) -> None:
         """Make the queue exist and be empty on one server."""
+
+    def greeting(self) -> bytes | None:
+        """The frame a new connection opens with, whose one reply `check_greeting` judges; None: none."""
+        return None
+
+    def check_greeting(self, reply: bytes) -> None:
+        """Raise if ``reply`` (the whole reply to `greeting`) refuses the connection."""
+        return None  # a driver without a greeting has nothing to check
 
     def new_parser(self) -> Callable[[bytes], list[Any]]:
         """Return a function that takes received bytes and returns the replies they complete
@@ -326,6 +347,7 @@ class DbQueueDriver(Driver):
 
     def __init__(self, config: BenchConfig) -> None:
         super().__init__(config)
+        self.created: set[tuple[str, int]] = set()  # where `prepare` created the queue (the others had it)
         self.request_ids = list(range(1, config.pipeline + 1))  # every batch numbers its requests 1..n
         self.confirm_heads = [fr.HEADER.pack(fr.MAGIC, fr.Op.CONFIRM, 0, i, CONFIRM_ID.size) for i in self.request_ids]
         self.length_column = U32.pack(config.payload) * config.batch  # a full MESSAGES body's lengths
@@ -343,15 +365,42 @@ class DbQueueDriver(Driver):
             self.send_heads.append(frame[: len(frame) - payload_bytes])
 
     async def prepare(self, address: tuple[str, int]) -> None:
+        """Create the queue on ``address``, or use it there if it exists and is empty; raise
+        `BenchFailure` if it holds messages (see the module docstring). Deletes nothing."""
         from .client import AsyncClient
+        from .report import plural
 
-        client = await AsyncClient.connect(address)
+        config = self.config
+        client = await AsyncClient.connect(address, token=config.token, tls=config.tls or None)
         try:
-            with contextlib.suppress(DbQueueError):
-                await client.delete(self.config.queue)
-            await client.create(self.config.queue)
+            try:
+                figures = await client.stats(config.queue)
+            except NoSuchQueue:
+                await client.create(config.queue)
+                self.created.add(address)
+                return
+            held = sum(int(figures.get(state, 0)) for state in ("ready", "in_flight", "delayed"))
+            if held:
+                host, port = address
+                raise BenchFailure(
+                    f"the queue {config.queue!r} on {host}:{port} holds {plural(held, 'message')}: the load test "
+                    "will not use it (pick another queue with --queue, or leave --queue out for a new one)"
+                )
         finally:
             await client.close()
+
+    def greeting(self) -> bytes | None:
+        if self.config.token is None:
+            return None
+        return msg.encode(1, msg.Hello(token=self.config.token))
+
+    def check_greeting(self, reply: bytes) -> None:
+        _, opcode, flags, _, _ = fr.HEADER.unpack_from(reply)
+        answer = msg.decode_response(opcode, reply[fr.HEADER_SIZE :], flags)
+        if isinstance(answer, msg.Error):
+            raise error_for_code(answer.code, answer.message)
+        if not isinstance(answer, msg.HelloOk):
+            raise BenchFailure(f"expected HELLO_OK to the Hello, got {type(answer).__name__}")
 
     def new_reader(self) -> ReplyReader:
         config = self.config
@@ -540,9 +589,41 @@ class _Link(asyncio.Protocol):
 
 
 async def _open(driver: Driver, address: tuple[str, int]) -> _Link:
+    """A link to ``address`` (over TLS with ``config.tls``), greeted (`Driver.greeting`) if the driver says so."""
     loop = asyncio.get_running_loop()
-    _, link = await loop.create_connection(lambda: _Link(driver.new_reader()), *address)
+    host, port = address
+    tls = driver.config.tls
+    greeting = driver.greeting()
+    reader: ReplyReader = driver.new_reader() if greeting is None else _GreetingReader(driver.new_reader())
+    _, link = await loop.create_connection(
+        lambda: _Link(reader), host, port, ssl=tls, server_hostname=host if tls is not None else None
+    )
+    if greeting is not None:
+        try:
+            driver.check_greeting(await link.exchange(greeting, 1))
+        except BaseException:
+            link.transport.close()
+            raise
+        link.reader = cast(_GreetingReader, reader).after
     return link
+
+
+class _GreetingReader:
+    """Reads the one reply to a greeting (a whole frame, as bytes), then hands over to ``after``."""
+
+    def __init__(self, after: ReplyReader) -> None:
+        self.after = after
+        self.buffer = bytearray()
+
+    def feed(self, data: bytes) -> int:
+        self.buffer += data
+        if len(self.buffer) < fr.HEADER_SIZE:
+            return 0
+        length = fr.HEADER.unpack_from(self.buffer)[4]
+        return 1 if len(self.buffer) >= fr.HEADER_SIZE + length else 0
+
+    def take(self) -> bytes:
+        return bytes(self.buffer)
 
 
 class Ledger:

@@ -37,6 +37,7 @@ __all__ = [
     "fit_number",
     "message_json",
     "peek_lines",
+    "plural",
     "render_data",
     "printable",
     "progress_bar",
@@ -45,6 +46,11 @@ __all__ = [
     "queue_lines",
     "watch_frame",
 ]
+
+
+def plural(count: int, noun: str) -> str:
+    """``count`` and ``noun``, the noun in the plural unless the count is one: ``1 message``, ``2 messages``."""
+    return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
 
 
 ELLIPSIS = "…"

@@ -124,6 +124,14 @@ class GroupClient:
         """The members' addresses, ``"host:port"``, in the order given."""
         return list(self._members.addresses)
 
+    @property
+    def down(self) -> list[str]:
+        """The addresses of the members not connected now (down, or not reached yet): a call that
+        fans out over the group (``stats``, ``list_queues``, ``purge``...) answered for the others only."""
+        members = self._members
+        with self._lock:
+            return [address for address, client in zip(members.addresses, members.clients) if client is None]
+
     # --- plumbing ----------------------------------------------------------------------
 
     def _reconnect(self, wait: bool = False) -> None:
