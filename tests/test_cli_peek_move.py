@@ -70,7 +70,7 @@ def redrive(at: list[str]) -> None:
     assert f"  origin: jobs id {sent}, 1 delivery, enqueued " in ok(run_cli("peek", "dead", *at))
 
     # The redrive: back to the end of its queue, origin kept.
-    assert ok(run_cli("move", "dead", "jobs", *at)) == "moved 1 messages from dead to jobs\n"
+    assert ok(run_cli("move", "dead", "jobs", *at)) == "moved 1 message from dead to jobs\n"
     assert json.loads(ok(run_cli("move", "dead", "jobs", "--json", *at))) == {
         "source": "dead",
         "destination": "jobs",

@@ -1257,7 +1257,7 @@ def _down_members(target: _Target, client: Client | GroupClient) -> list[tuple[s
         try:
             target.connect_member(address).close()
         except click.ClickException as exc:
-            reason = exc.message.removeprefix(f"cannot connect to {address}: ")
+            reason = exc.message.removeprefix(f"cannot connect to {address}: ").removeprefix(f"{address} ")
         except (DbQueueError, OSError) as exc:
             reason = str(exc)
         else:
