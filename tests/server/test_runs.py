@@ -184,7 +184,7 @@ class Side:
         session = Session(self.server)
         if self.feeding == "declined":
             session.handle_run = lambda run: None  # type: ignore[method-assign]
-            session.handle_one = lambda data: None  # type: ignore[method-assign]
+            session.handle_one = lambda data, header: None  # type: ignore[method-assign]
             session.in_columns = {}  # batches decoded, never answered from their columns
         elif self.feeding == "run":
             session.handle_run = self._counted(session.handle_run)  # type: ignore[method-assign]

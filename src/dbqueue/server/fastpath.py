@@ -125,12 +125,13 @@ class FastPaths:
 
         def _overflow(self, size: int) -> None: ...
 
-    def handle_one(self, data: bytes) -> bytes | None:
+    def handle_one(self, data: bytes, header: tuple[int, int, int, int, int]) -> bytes | None:
         """Answer one whole frame (an unpipelined client's request) if it is a plain ENQUEUE,
         READ or CONFIRM: the reply `handle` would give, without cutting it into a request first.
-        None, having changed nothing, for anything else (a wait, a refusal, a full in-flight
-        allowance, a queue with waiting reads), which then goes through `handle`."""
-        magic, opcode, flags, request_id, length = _unpack_header(data)
+        ``header`` is the frame's header as `frames.HEADER` unpacks it (the caller unpacked it to
+        find the frame whole). None, having changed nothing, for anything else (a wait, a refusal,
+        a full in-flight allowance, a queue with waiting reads), which then goes through `handle`."""
+        magic, opcode, flags, request_id, length = header
         if magic != MAGIC or flags:
             return None
         server = self.server
@@ -139,9 +140,9 @@ class FastPaths:
             if not 0 < size < length:
                 return None
             name_end = _ENQUEUE_NAME + size
-            payload = length - NAME_SIZE - size
+            payload_size = length - NAME_SIZE - size
             try:
-                queue = admit_send(self, data[_ENQUEUE_NAME:name_end], payload, payload)
+                queue = admit_send(self, data[_ENQUEUE_NAME:name_end], payload_size, payload_size)
             except RequestError:
                 return None
             if queue.waiters:

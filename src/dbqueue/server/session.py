@@ -95,7 +95,6 @@ from ..protocol.frames import (
     BODY_OVERHEAD,
     HEADER,
     HEADER_SIZE,
-    LENGTH_OFFSET,
     MAGIC,
     NEVER_MS,
     OLDEST_PROTOCOL_VERSION,
@@ -104,7 +103,7 @@ from ..protocol.frames import (
     Op,
     framing_failure,
 )
-from ..protocol.layouts import MESSAGE_FIELDS, U32
+from ..protocol.layouts import MESSAGE_FIELDS
 from .admission import admit_change, admit_dead_letter, admit_queue, admit_read, admit_send, admit_wait
 from .fastpath import (
     FastPaths,
@@ -127,7 +126,7 @@ log = logging.getLogger("dbqueue.server")
 _ENQUEUE, _READ, _CONFIRM = int(Op.ENQUEUE), int(Op.READ), int(Op.CONFIRM)  # as RequestReader tags them
 _OBJECT_QUEUED, _MESSAGE, _FULL, _EMPTY = int(Op.OBJECT_QUEUED), int(Op.MESSAGE), int(Op.FULL), int(Op.EMPTY)
 _MESSAGE_FIXED = MESSAGE_FIELDS.size  # a MESSAGE body's length besides its payload
-_body_length = U32.unpack_from  # (a struct call costs half of int.from_bytes on a slice)
+_unpack_header = HEADER.unpack_from
 _NO_BYTE_LIMIT = 1 << 62  # a byte limit that is off, as a number every sum stays below
 # Requests one connection has handled in one turn of the loop at most, when a received buffer holds
 # more (a turn of waiting reads costs a few milliseconds): the rest wait for the next turn.
@@ -262,11 +261,12 @@ class Session(FastPaths, asyncio.Protocol):
         if not reader.buffered:
             size = len(data)
             try:  # (free in the usual case, where a test of the size would not be)
-                whole = HEADER_SIZE + _body_length(data, LENGTH_OFFSET)[0]  # what the first frame takes
+                header = _unpack_header(data)  # unpacked once: `handle_one` takes it as it is
+                whole = HEADER_SIZE + header[4]  # what the first frame takes
             except struct_error:  # not even a header: the reader keeps it
                 whole = size + 1
             if size == whole:  # one whole frame: what an unpipelined client sends
-                answer = self.handle_one(data)
+                answer = self.handle_one(data, header)
                 count = 1
             elif size > whole:
                 run = cut_run(data)
