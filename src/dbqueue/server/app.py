@@ -516,14 +516,21 @@ class Server:
         self._drained(transport)
 
     def _reap_idle(self, idle_timeout: float, loop: asyncio.AbstractEventLoop) -> None:
-        # Close connections that sent nothing for idle_timeout seconds: one timer for all, run every
-        # quarter of the timeout (0.05 s at the shortest), so a connection goes that much late at most.
-        cutoff = self.clock() - idle_timeout
+        # Close connections that sent nothing for idle_timeout seconds: one timer for all. A lone
+        # CONFIRM does not read the clock: it marks its session stirred, and this sweep dates the
+        # request to now (it came since the last sweep): never early, and late by at most a sweep's
+        # interval more. Run every eighth of the timeout (0.05 s at the shortest), a connection
+        # goes a quarter of the timeout late at most.
+        now = self.clock()
+        cutoff = now - idle_timeout
         for session in list(self.sessions):
-            if session.last_active < cutoff and session.transport is not None and not session.waiters_active():
+            if session.stirred:
+                session.stirred = False
+                session.last_active = now
+            elif session.last_active < cutoff and session.transport is not None and not session.waiters_active():
                 log.info("closing %s: idle for %g s", session.peer, idle_timeout)
                 session.transport.close()
-        self._reaper = loop.call_later(max(0.05, idle_timeout / 4), self._reap_idle, idle_timeout, loop)
+        self._reaper = loop.call_later(max(0.05, idle_timeout / 8), self._reap_idle, idle_timeout, loop)
 
     def _follow_wall(self, loop: asyncio.AbstractEventLoop) -> None:
         moved = self.broker.follow_wall()

@@ -170,6 +170,7 @@ class Session(FastPaths, asyncio.Protocol):
         self.done = False  # failed authentication or lost framing: read nothing more
         self.answer_now = False  # with a store: the answer just built is reads' of stored messages only
         self.last_active = 0.0
+        self.stirred = False  # a request came that did not read the clock (see `Server._reap_idle`)
         self.handshake: asyncio.TimerHandle | None = None  # the Hello's deadline, while it has not passed
         self.loop: asyncio.AbstractEventLoop | None = None  # set when made by a running loop
         self.writing_paused = False
