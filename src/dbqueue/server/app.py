@@ -139,6 +139,7 @@ log = logging.getLogger("dbqueue.server")
 ID_ORIGIN_MS = 1_735_689_600_000
 ID_STEPS_PER_MS = 1 << 15
 _ID_ROOM = 1 << MEMBER_SHIFT
+_NEVER = float("inf")  # `Server.expiry_due` with no sweep pending
 
 # Seconds between two checks of the broker's mapping to Unix time against the wall clock (`Broker.follow_wall`).
 WALL_CHECK_INTERVAL = 1.0
@@ -241,6 +242,8 @@ class Server:
         self._listener: asyncio.base_events.Server | None = None
         self._expiry: asyncio.TimerHandle | None = None
         self._expiry_at = 0.0
+        # When the pending expiry sweep fires; infinity with none pending (read in place by `fastpath`).
+        self.expiry_due = _NEVER
         self.metrics_port = metrics_port
         self.request_stats: RequestStats | None = (
             RequestStats() if metrics_port is not None or http_port is not None else None
@@ -382,6 +385,7 @@ class Server:
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
+            self.expiry_due = _NEVER
         if self._reaper is not None:
             self._reaper.cancel()
             self._reaper = None
@@ -679,6 +683,7 @@ class Server:
         if self._expiry is not None:
             self._expiry.cancel()
             self._expiry = None
+            self.expiry_due = _NEVER
         try:
             snapshot = store.reload()
         except StoreError as exc:
@@ -881,7 +886,7 @@ class Server:
     def expire_by(self, deadline: float) -> None:
         """Make sure the timer fires by ``deadline``, one just set: usually a timer is
         already due sooner, and nothing needs computing."""
-        if self._expiry is None or self._expiry_at > deadline:
+        if deadline < self.expiry_due:
             self.schedule_expiry()
 
     def schedule_expiry(self) -> None:
@@ -891,14 +896,15 @@ class Server:
             return
         when = max(deadline, self.clock() + self.limits.sweep_resolution)
         if self._expiry is not None:
-            if self._expiry_at <= when:  # never postpone a pending sweep
+            if self.expiry_due <= when:  # never postpone a pending sweep
                 return
             self._expiry.cancel()
-        self._expiry_at = when
+        self._expiry_at = self.expiry_due = when
         self._expiry = self._loop.call_at(when, self._expire)  # type: ignore[union-attr]  # set by start
 
     def _expire(self) -> None:
         self._expiry = None
+        self.expiry_due = _NEVER
         count = self.broker.expire(self.clock())
         if count:
             log.debug("requeued %d messages whose timeout passed", count)

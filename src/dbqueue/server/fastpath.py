@@ -168,8 +168,8 @@ class FastPaths:
             if record is None:
                 return pack_bare_frame(MAGIC, _EMPTY, 0, request_id, 0)
             timeout_ms = (timeout_ms or queue.visibility_ms) % NEVER_MS  # see `visibility`
-            if timeout_ms:
-                server.expire_by(self.broker.set_deadline(record, timeout_ms, now))
+            if timeout_ms and self.broker.set_deadline(record, timeout_ms, now) < server.expiry_due:
+                server.schedule_expiry()  # (`Host.expire_by`, inlined: its call costs more than its test)
             payload = record.data
             if len(payload) > server.max_output_buffer:
                 self._overflow(len(payload))

@@ -108,6 +108,8 @@ class Host(Protocol):
         ...
 
     # --- the one expiry timer
+    expiry_due: float  # when the pending sweep fires; infinity with none pending
+
     def expire_by(self, deadline: float) -> None:
         """Make sure the timer fires by ``deadline``, one just set."""
         ...
