@@ -200,6 +200,7 @@ class Server:
         insecure: bool = False,
         store: str | None = None,
         standby: bool = False,
+        advertise: str | None = None,
     ) -> None:
         if data_dir is not None and store is not None:
             raise ValueError("data_dir and store are exclusive: a server keeps its messages in one store")
@@ -207,10 +208,15 @@ class Server:
             raise ValueError("standby needs a PostgreSQL store: it takes over a part kept there")
         if sync not in ("os", "disk"):
             raise ValueError(f"sync must be 'os' or 'disk', got {sync!r}")
+        if advertise is not None and not _is_host_port(advertise):
+            raise ValueError(f"advertise must be HOST:PORT, got {advertise!r}")
         if not 0 <= member_index < MAX_MEMBERS:
             raise ValueError(f"member_index must be 0 .. {MAX_MEMBERS - 1}, got {member_index}")
         self.host = host
         self.port = port
+        # The address clients are told (MEMBERS, a PostgreSQL group's table): the bound one unless given,
+        # which a server bound to 0.0.0.0 or behind a NAT must be.
+        self.advertise = advertise
         self.limits = limits = limits or Limits()
         # Copies of the limits read most often (sessions read the first four on every request).
         self.max_message_size = limits.max_message_size
@@ -288,8 +294,13 @@ class Server:
 
     @property
     def address(self) -> str:
-        """``host:port`` as a client would connect to it."""
+        """``host:port`` the server listens on."""
         return f"{self.host}:{self.port}"
+
+    @property
+    def advertised(self) -> str:
+        """The address clients are given for this server: ``advertise`` if set, else `address`."""
+        return self.advertise or self.address
 
     @property
     def tls_handshakes(self) -> int:
@@ -345,7 +356,7 @@ class Server:
                 self._open_postgres(self._claim(self.store_url), loop)
                 await self._listener.start_serving()
         if not self.members:
-            self.members = [self.address]
+            self.members = [self.advertised]
         if self.metrics_port is not None:
             assert self.request_stats is not None  # made with a metrics port
             self._metrics = MetricsEndpoint(
@@ -356,7 +367,8 @@ class Server:
         if self._http is not None:
             await self._http.start()
             self.http_port = self._http.port
-        log.info("dbqueue listening on %s (max message %d bytes)", self.address, self.max_message_size)
+        advertised = f", advertised as {self.advertise}" if self.advertise else ""
+        log.info("dbqueue listening on %s%s (max message %d bytes)", self.address, advertised, self.max_message_size)
 
     def _session(self) -> Session:
         return Session(self)
@@ -789,7 +801,7 @@ class Server:
     def _claim(self, url: str) -> PostgresStore:
         from ..store.postgres import PostgresStore  # psycopg is needed only with a PostgreSQL store
 
-        return PostgresStore.open(url, part=self.member_index, address=self.address)
+        return PostgresStore.open(url, part=self.member_index, address=self.advertised)
 
     def _open_postgres(self, store: PostgresStore, loop: asyncio.AbstractEventLoop) -> None:
         # The part is ours: serve it under its member index, restored from the database.
@@ -827,7 +839,7 @@ class Server:
                 try:
                     if watch is None:
                         watch = PostgresStore.watch(url)
-                    store = watch.poll(self.address, time.monotonic())
+                    store = watch.poll(self.advertised, time.monotonic())
                 except StoreError as exc:
                     log.warning("standby: %s", exc)
                 if store is None:
@@ -1016,3 +1028,8 @@ def run(server: Server) -> None:
         loop.run_until_complete(main())
     finally:
         loop.close()
+
+
+def _is_host_port(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    return bool(host) and port.isdigit() and 0 < int(port) < 65536
