@@ -368,7 +368,6 @@ class DbQueueDriver(Driver):
         """Create the queue on ``address``, or use it there if it exists and is empty; raise
         `BenchFailure` if it holds messages (see the module docstring). Deletes nothing."""
         from .client import AsyncClient
-        from .report import plural
 
         config = self.config
         client = await AsyncClient.connect(address, token=config.token, tls=config.tls or None)
@@ -383,8 +382,8 @@ class DbQueueDriver(Driver):
             if held:
                 host, port = address
                 raise BenchFailure(
-                    f"the queue {config.queue!r} on {host}:{port} holds {plural(held, 'message')}: the load test "
-                    "will not use it (pick another queue with --queue, or leave --queue out for a new one)"
+                    f"the queue {config.queue!r} on {host}:{port} holds {held:,} message{'' if held == 1 else 's'}: "
+                    "the load test will not use it (pick another queue with --queue, or leave --queue out for a new one)"
                 )
         finally:
             await client.close()
@@ -619,7 +618,7 @@ class _GreetingReader:
         self.buffer += data
         if len(self.buffer) < fr.HEADER_SIZE:
             return 0
-        length = fr.HEADER.unpack_from(self.buffer)[4]
+        length = fr.HEADER.unpack_from(self.buffer)[fr.LENGTH_INDEX]
         return 1 if len(self.buffer) >= fr.HEADER_SIZE + length else 0
 
     def take(self) -> bytes:

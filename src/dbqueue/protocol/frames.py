@@ -55,6 +55,7 @@ HEADER = struct.Struct(">BBHII")
 HEADER_SIZE = HEADER.size  # 12
 LENGTH_OFFSET = HEADER_SIZE - 4  # where a header holds body_length (a u32, last)
 LENGTH_FIELD = slice(LENGTH_OFFSET, HEADER_SIZE)
+LENGTH_INDEX = 4  # body_length's place in a header unpacked by HEADER
 # The same header with the request id as its 4 wire bytes: what bulk codecs cut and copy into replies.
 HEADER_RAW_ID = struct.Struct(">BBH4sI")
 # Version 2: a confirm, touch or release settles only a message in flight with the connection that

@@ -95,6 +95,7 @@ from ..protocol.frames import (
     BODY_OVERHEAD,
     HEADER,
     HEADER_SIZE,
+    LENGTH_INDEX,
     MAGIC,
     NEVER_MS,
     OLDEST_PROTOCOL_VERSION,
@@ -263,7 +264,7 @@ class Session(FastPaths, asyncio.Protocol):
             size = len(data)
             try:  # (free in the usual case, where a test of the size would not be)
                 header = _unpack_header(data)  # unpacked once: `handle_one` takes it as it is
-                whole = HEADER_SIZE + header[4]  # what the first frame takes
+                whole = HEADER_SIZE + header[LENGTH_INDEX]  # what the first frame takes
             except struct_error:  # not even a header: the reader keeps it
                 whole = size + 1
             if size == whole:  # one whole frame: what an unpipelined client sends
