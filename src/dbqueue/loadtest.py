@@ -383,7 +383,8 @@ class DbQueueDriver(Driver):
                 host, port = address
                 raise BenchFailure(
                     f"the queue {config.queue!r} on {host}:{port} holds {held:,} message{'' if held == 1 else 's'}: "
-                    "the load test will not use it (pick another queue with --queue, or leave --queue out for a new one)"
+                    "the load test will not use it (pick another queue with --queue, or leave --queue out for a new"
+                    " one)"
                 )
         finally:
             await client.close()
