@@ -149,7 +149,7 @@ def save_screenshot(driver: Any, directory: Path, name: str) -> Path:
     return path
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
     """Poll ``predicate`` until it returns something true; return it, or fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     last: Any = None

@@ -70,6 +70,8 @@ def number(text: str) -> int:
 def confirm(driver: Any) -> None:
     wait_for(lambda: by(driver, "#confirm").get_attribute("open") is not None, what="the confirmation")
     by(driver, "#confirm-ok").click()
+    # Closed before the test goes on, so the next confirmation found open is the next action's own.
+    wait_for(lambda: by(driver, "#confirm").get_attribute("open") is None, what="the confirmation closed")
 
 
 def flash(driver: Any, containing: str) -> str:
