@@ -296,6 +296,30 @@ def test_create_and_send_by_clicking(page: Any, server_factory: Callable[..., An
         assert flash(page, "1-255 bytes").startswith("Refused: ")
 
 
+def test_long_names_wrap_and_the_page_never_scrolls_sideways(page: Any, server_factory: Callable[..., Any]) -> None:
+    thread = server_factory(http_port=0)
+    long_names = ["_kombu.binding|celery.pidbox.a-long-exchange-name-" + "x" * 40, "notifications-" * 8 + "dead"]
+    with Client.connect(thread.address) as native:
+        for name in long_names:
+            native.create(name)
+    try:
+        for width in (1400, 1000):
+            page.set_window_size(width, 800)
+            page.get(f"http://127.0.0.1:{thread.server.http_port}/")
+            wait_for(lambda: len(all_by(page, "#queues tbody tr")) == 2, what="both rows")
+            # The page is never wider than its window (a wide table scrolls inside its own box) ...
+            assert page.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+            # ... and a long name wraps inside its cell instead of running over the next one.
+            for name in long_names:
+                name_cell = by(page, f'tr[data-queue="{key(name)}"] td.name')
+                ready_cell = by(page, f'tr[data-queue="{key(name)}"] td.f-ready')
+                assert name_cell.rect["x"] + name_cell.rect["width"] <= ready_cell.rect["x"] + 1
+                link = by(page, f'tr[data-queue="{key(name)}"] td.name a')
+                assert link.rect["x"] + link.rect["width"] <= ready_cell.rect["x"] + 1, f"{name} overflows its cell"
+    finally:
+        page.set_window_size(1440, 1000)  # start_browser's size, for the tests after this one
+
+
 def test_the_login_blocks_a_wrong_token(page: Any, server_factory: Callable[..., Any], tmp_path: Path) -> None:
     thread = server_factory(http_port=0, auth_token=TOKEN.encode())
     with Client.connect(thread.address, token=TOKEN) as native:

@@ -355,7 +355,7 @@
       el("tbody", {}, ...memberRows));
     const indexes = group.members.map((m) => String(m.index));
     const rows = group.queues.map((q) => el("tr", { "data-queue": hexOf(q.name) },
-      el("td", { class: "text" }, q.name),
+      el("td", { class: "text name" }, q.name),
       el("td", { class: "f-ready" }, number(q.ready)),
       el("td", { class: "f-in_flight" }, number(q.in_flight)),
       el("td", {}, number(q.delayed)),
