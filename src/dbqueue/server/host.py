@@ -9,6 +9,12 @@ makes a session).
 
 Members are read-only properties here unless a session assigns them: the server
 may keep them as plain attributes, of these types or narrower ones.
+
+`committed` is how a request served outside a session (the SQS API, the
+console) waits for the store's group commit: it hands `Host.send` a stand-in
+transport (`_CommitSignal`) and a frame of no request (id 0), which the
+server writes back as it is once its next commit is done, or turns into an
+error frame if that commit failed.
 """
 
 from __future__ import annotations
@@ -18,9 +24,10 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..core import Broker
+from ..protocol.frames import HEADER, MAGIC, Op
 from .limits import Limits
 
-__all__ = ["Host", "RequestRecorder", "CommitLog"]
+__all__ = ["Host", "RequestRecorder", "CommitLog", "committed"]
 
 
 class RequestRecorder(Protocol):
@@ -117,3 +124,56 @@ class Host(Protocol):
     def schedule_expiry(self) -> None:
         """Make sure the timer fires by the earliest in-flight deadline."""
         ...
+
+
+# The frame `committed` hands `Host.send`: of no request (id 0), so no client could be waiting for it.
+_COMMIT_MARK = HEADER.pack(MAGIC, int(Op.EMPTY), 0, 0, 0)
+
+
+class _CommitSignal(asyncio.Transport):
+    """A stand-in transport for `Host.send`: its ``write`` says how the server's next commit went."""
+
+    def __init__(self, done: asyncio.Future[bool]) -> None:
+        super().__init__()
+        self._done = done
+
+    def write(self, data: bytes | bytearray | memoryview[int]) -> None:
+        if not self._done.done():
+            self._done.set_result(bytes(data) == _COMMIT_MARK)  # anything else: the refusal of a failed commit
+
+    def is_closing(self) -> bool:
+        return self._done.done()
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def abort(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if not self._done.done():
+            self._done.set_result(False)
+
+
+async def committed(host: Host) -> bool:
+    """Wait for ``host``'s next commit of what was changed before the call; return whether it succeeded.
+
+    True at once without a store. False if the commit failed, or if the
+    server's store failed meanwhile (its ``failed`` future, which a server
+    with a store has and a test host need not have, is done): the caller
+    answers its request as refused (``host.store_unavailable`` says why).
+    Cancelling the caller cancels nothing of the server's.
+    """
+    if host.store is None:
+        return True
+    done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    host.send(_CommitSignal(done), _COMMIT_MARK)
+    if not done.done():
+        failed: asyncio.Future[Any] | None = getattr(host, "failed", None)
+        waiting: list[asyncio.Future[Any]] = [done] if failed is None else [done, failed]
+        try:
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not done.done():
+                done.set_result(False)
+    return done.result()

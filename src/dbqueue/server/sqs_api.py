@@ -43,11 +43,9 @@ so a message sent through either protocol is read through either.
   of one connection (here: of everything SQS holds), a store that cannot
   commit.
 * **Durability**: with a store, an answer is given only once the changes it
-  reports are committed. The service waits for the server's group commit by
-  handing `Host.send` a stand-in transport (`_CommitSignal`) and a frame of
-  no request: the server writes it back after the commit, or turns it into
-  an error if the commit failed, and the request is then answered
-  ``ServiceUnavailable``.
+  reports are committed. The service waits for the server's group commit
+  (`host.committed`, as the console does); if the commit failed, the request
+  is answered ``ServiceUnavailable``.
 * **A reloaded store**: a server whose commit failed reloads its store into a
   new broker; `rebind` (called by the server, and by `act` when it sees the
   broker changed) drops what was held or parked on the old one.
@@ -97,7 +95,7 @@ from ..errors import (
     RequestError,
     StoreUnavailable,
 )
-from ..protocol.frames import HEADER, MAGIC, NEVER_MS, Op
+from ..protocol.frames import NEVER_MS
 from ..sqs import (
     ACCOUNT_ID,
     DEFAULT_REGION,
@@ -188,7 +186,7 @@ from ..sqs.json_protocol import CONTENT_TYPE as JSON_CONTENT_TYPE
 from ..sqs.json_protocol import message_json
 from ..sqs.wire import REQUEST_ID_HEADER
 from .admission import admit_change, admit_read, admit_send, admit_wait
-from .host import Host
+from .host import Host, committed
 from .metrics import SqsStats
 
 __all__ = [
@@ -301,36 +299,6 @@ def _not_in_flight() -> SqsError:
     )
 
 
-# What the service hands `Host.send` to learn of the next commit: a frame of no request (id 0), which the
-# server writes back as it is once committed, or turns into an error frame if the commit failed.
-_COMMIT_MARK = HEADER.pack(MAGIC, int(Op.EMPTY), 0, 0, 0)
-
-
-class _CommitSignal(asyncio.Transport):
-    """A stand-in transport for `Host.send`: its ``write`` says how the server's next commit went."""
-
-    def __init__(self, done: asyncio.Future[bool]) -> None:
-        super().__init__()
-        self._done = done
-
-    def write(self, data: bytes | bytearray | memoryview[int]) -> None:
-        if not self._done.done():
-            self._done.set_result(bytes(data) == _COMMIT_MARK)  # anything else: the refusal of a failed commit
-
-    def is_closing(self) -> bool:
-        return self._done.done()
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def abort(self) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if not self._done.done():
-            self._done.set_result(False)
-
-
 Action = Callable[["SqsService", Any, str, str], Result]
 
 
@@ -357,7 +325,6 @@ class SqsService:
         region: str = DEFAULT_REGION,
     ) -> None:
         self.server: Host = server
-        self._server = server
         self.broker = server.broker
         self.handles = handles
         self.wall = wall
@@ -409,17 +376,7 @@ class SqsService:
 
     async def _committed(self) -> None:
         """Return once the server's next commit is done; raise ``ServiceUnavailable`` if it failed instead."""
-        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self.server.send(_CommitSignal(done), _COMMIT_MARK)
-        if not done.done():
-            failed = self._server.failed
-            waiting: list[asyncio.Future[Any]] = [done] if failed is None else [done, failed]
-            try:
-                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                if not done.done():
-                    done.set_result(False)
-        if not done.result():
+        if not await committed(self.server):
             reason = self.server.store_unavailable or "the store failed"
             raise SqsError(ErrorCode.SERVICE_UNAVAILABLE, f"The server's store cannot commit ({reason}).")
 

@@ -17,10 +17,9 @@ in flight and never waits (peeking delivers nothing), so the only limits that
 apply to it are those of sends and of changes to the store.
 
 With a store, an action is answered only once what it changed is committed:
-`committed` hands `Host.send` a stand-in transport and a frame of no request,
-which the server writes back after its next group commit, or turns into an
-error if that commit failed (then the action is answered as refused:
-`StoreUnavailable`), as the SQS API does.
+`committed` waits for the server's next group commit (`host.committed`, as
+the SQS API does); if that commit failed, the action is answered as refused
+(`StoreUnavailable`).
 
 Refusals are the broker's and admission's own `RequestError`s, whose
 messages are the ones a native client reads; the web layer shows them as
@@ -29,65 +28,27 @@ they are.
 
 from __future__ import annotations
 
-import asyncio
 import math
 from typing import Any
 
 from ...core import NO_BYTE_LIMIT, Broker, Holding, Queue
 from ...core.broker import Peeked
 from ...errors import InvalidRequest, NoSuchQueue, QueueFull, RequestError, StoreUnavailable
-from ...protocol.frames import HEADER, MAGIC, NEVER_MS, Op
+from ...protocol.frames import NEVER_MS
 from ...protocol.layouts import encode_name
 from ..admission import admit_change, admit_queue, admit_send
 from ..host import Host
+from ..host import committed as host_committed
 
 __all__ = ["Actions", "committed"]
 
-_COMMIT_MARK = HEADER.pack(MAGIC, int(Op.EMPTY), 0, 0, 0)
 _MS_MAX = 0xFFFFFFFF  # the wire's 32-bit milliseconds: the longest delay a native client can ask for
-
-
-class _CommitSignal(asyncio.Transport):
-    """A stand-in transport for `Host.send`: its ``write`` says how the server's next commit went."""
-
-    def __init__(self, done: asyncio.Future[bool]) -> None:
-        super().__init__()
-        self._done = done
-
-    def write(self, data: bytes | bytearray | memoryview[int]) -> None:
-        if not self._done.done():
-            self._done.set_result(bytes(data) == _COMMIT_MARK)  # anything else: the refusal of a failed commit
-
-    def is_closing(self) -> bool:
-        return self._done.done()
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def abort(self) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if not self._done.done():
-            self._done.set_result(False)
 
 
 async def committed(server: Host) -> None:
     """Return once ``server``'s next commit is done (at once without a store); raise `StoreUnavailable` if it
     failed."""
-    if server.store is None:
-        return
-    done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-    server.send(_CommitSignal(done), _COMMIT_MARK)
-    if not done.done():
-        failed: asyncio.Future[Any] | None = getattr(server, "failed", None)
-        waiting: list[asyncio.Future[Any]] = [done] if failed is None else [done, failed]
-        try:
-            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not done.done():
-                done.set_result(False)
-    if not done.result():
+    if not await host_committed(server):
         reason = server.store_unavailable or "the store failed"
         raise StoreUnavailable(f"the store cannot commit ({reason}): the change may not have been kept")
 
