@@ -282,11 +282,11 @@ def build_version_2_store(directory: Path) -> None:
 
 
 def test_a_version_2_store_is_upgraded_in_place_with_checksums(tmp_path: Path) -> None:
-    assert FORMAT_VERSION == 4  # version 4: enqueue times, origins, visibility timeouts
+    assert FORMAT_VERSION == 5  # version 4: enqueue times, origins, visibility timeouts; 5: annotations
     build_version_2_store(tmp_path)
     Path(tmp_path / LOCK_NAME).touch()  # as the previous dbqueue left it
     store = Store.open(tmp_path)
-    assert schema.pragma(store._connection(), "user_version") == 4  # upgraded through every version
+    assert schema.pragma(store._connection(), "user_version") == 5  # upgraded through every version
     snapshot = store.load()
     assert snapshot.next_id == 500
     assert [(q.name, q.capacity, q.max_deliveries, q.dead_letter, q.messages) for q in snapshot.queues] == [

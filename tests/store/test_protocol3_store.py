@@ -44,7 +44,7 @@ def test_a_version_3_store_is_upgraded_in_place(tmp_path: Path) -> None:
     (tmp_path / LOCK_NAME).touch()
     before = now_ms()
     with Store.open(tmp_path) as store:
-        assert FORMAT_VERSION == 4 and pragma(store._connection(), "user_version") == 4
+        assert FORMAT_VERSION == 5 and pragma(store._connection(), "user_version") == 5  # through version 4
         snapshot = store.load()
         jobs, dead = snapshot.queues
         assert (jobs.messages, dead.messages) == ([(7, b"7", 2, 99)], [(20, b"20", 0, 0), (21, b"21", 0, 0)])

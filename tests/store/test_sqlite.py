@@ -29,6 +29,7 @@ from dbqueue.core import Snapshot, now_ms
 from dbqueue.errors import DbQueueError
 from dbqueue.store import DB_NAME, FORMAT_VERSION, LOCK_NAME, Store, StoreError, packs, room, schema
 from dbqueue.store import sqlite as storage
+from dbqueue.store.queue_ops import Create
 
 
 def contents(snapshot: Snapshot) -> dict[bytes, list[int]]:
@@ -798,7 +799,7 @@ class StoreModel(RuleBasedStateMachine):
         if fail and self.store.pending():
             name = next(iter(self.now), None)
             if name is not None:
-                self.store._queue_ops.append((10**6, name, 0, 0, None))  # a queue stored twice: refused
+                self.store._queues.ops.append(Create(10**6, name, 0, 0, None, 0))  # a queue stored twice: refused
                 with pytest.raises(StoreError, match="commit failed"):
                     self.store.commit()
         self.back_to_the_last_commit(self.store.reload())
@@ -888,7 +889,7 @@ def test_a_reload_after_a_failed_commit_is_the_last_commit_and_the_store_goes_on
     store.commit()
     store.remove_many(range(1, 17))  # half the pack gone, in the buffer
     store.add(b"q", 40, b"new")
-    store._queue_ops.append((99, b"q", 0, 0, None))  # and something SQLite refuses
+    store._queues.ops.append(Create(99, b"q", 0, 0, None, 0))  # and something SQLite refuses
     with pytest.raises(StoreError, match="commit failed"):
         store.commit()
     assert contents(store.reload()) == {b"q": list(range(1, 33))}

@@ -61,6 +61,14 @@ delivery counts, enqueue times and origins. A destination with a capacity
 takes what fits; the rest stay where they were. The journal sees each as a
 removal and an addition of the same id, committed together.
 
+Settings. A queue's capacity is fixed at its creation; its other settings
+(max deliveries, dead-letter queue, default visibility timeout) may change
+while it lives (`Broker.alter_queue`, with the checks its creation makes). A
+layer above the broker (the SQS listener) may keep opaque bytes with a queue,
+its *annotations* (`Broker.annotate`), which the broker never reads: they are
+kept and restored with the queue and go with it. Either change is journaled as
+one `Journal.alter_queue` that carries every setting and the annotations.
+
 Dead letters. A message that has used up its deliveries goes to the back of
 its queue's dead-letter queue with a new id, carrying its `journal.Origin`
 (its source queue, its id there, its first enqueue time and delivery count);
@@ -189,6 +197,8 @@ class Broker:
         self._next_id = first_id
         self._reserved = first_id  # ids below this are reserved in the journal
         self.journal: Journal | None = None
+        # What a layer above the broker keeps with a queue, by queue name (absent: b""): see `annotate`.
+        self.annotations: dict[bytes, bytes] = {}
 
     def entries(self) -> dict[int, Entry]:
         """Every message with a record or held in a block, by id, to what holds it (for inspection: O(n))."""
@@ -270,6 +280,8 @@ class Broker:
             if stored.origins:
                 queue.origins.update(stored.origins)
                 queue.has_origins = True
+            if stored.annotations:
+                self.annotations[stored.name] = stored.annotations
         self._next_id = max(self._next_id, snapshot.next_id)
         self._reclaim()  # each queue granted what it holds (a store may hold more than the budget)
         return restored
@@ -309,6 +321,66 @@ class Broker:
             self.journal.create_queue(name, queue.capacity, max_deliveries, dead_letter, visibility_timeout_ms)
         return queue
 
+    def alter_queue(
+        self, name: bytes, max_deliveries: int, dead_letter: bytes | None, visibility_timeout_ms: int
+    ) -> Queue:
+        """Give the live queue called ``name`` these settings, as `create_queue` takes them (its capacity
+        stays as created); return it.
+
+        What changes applies from now on: a message in flight keeps the deadline it has, and is
+        dead-lettered, when it comes back, by the settings it then finds; a message already returned
+        the new ``max_deliveries`` times or more goes on its next return. Journaled with the queue's
+        annotations (`Journal.alter_queue`).
+
+        Raises `NoSuchQueue` if there is no queue ``name`` or ``dead_letter`` names no queue,
+        `InvalidRequest` if ``dead_letter`` would close a loop of dead-letter queues; nothing changes then.
+        """
+        queue = self.queues.get(name)
+        if queue is None:
+            raise NoSuchQueue(f"no queue named {name.decode('utf-8', 'replace')!r}")
+        dead_letter = dead_letter or None
+        if dead_letter and dead_letter != queue.dead_letter:
+            self._check_dead_letter(name, dead_letter)
+        counted = queue.max_deliveries
+        queue.max_deliveries = max_deliveries
+        queue.dead_letter = dead_letter
+        queue.visibility_asked = visibility_timeout_ms
+        self._journal_settings(queue)
+        if max_deliveries and not counted and self.journal is not None:
+            # Delivery counts are journaled only for a queue with a limit (`requeue`): from now on they
+            # count, so those of its messages delivered before are stored too.
+            for record in self.records.values():
+                if record.queue is queue and record.deliveries:
+                    self.journal.set_deliveries(record.id, record.deliveries)
+        return queue
+
+    def annotate(self, name: bytes, annotations: bytes) -> None:
+        """Keep ``annotations`` with the live queue called ``name`` in place of what it had (b"": nothing).
+
+        They are the business of a layer above the broker (the SQS listener keeps its queue attributes
+        there), which the broker never reads: kept and journaled (`Journal.alter_queue`), given back by
+        `annotations` (after a restart too), dropped with the queue. Raises `NoSuchQueue` if there is no
+        queue ``name``.
+        """
+        queue = self.queues.get(name)
+        if queue is None:
+            raise NoSuchQueue(f"no queue named {name.decode('utf-8', 'replace')!r}")
+        if annotations:
+            self.annotations[name] = annotations
+        else:
+            self.annotations.pop(name, None)
+        self._journal_settings(queue)
+
+    def _journal_settings(self, queue: Queue) -> None:
+        if self.journal is not None:
+            self.journal.alter_queue(
+                queue.name,
+                queue.max_deliveries,
+                queue.dead_letter,
+                queue.visibility_asked,
+                self.annotations.get(queue.name, b""),
+            )
+
     def _check_dead_letter(self, name: bytes, dead_letter: bytes) -> None:
         seen = {name}
         hop: bytes | None = dead_letter
@@ -334,6 +406,7 @@ class Broker:
         if queue is None:
             return False
         queue.deleted = True
+        self.annotations.pop(name, None)
         self.granted -= queue.grant  # its records are not counted again as they go
         if self.journal is not None:
             self.journal.delete_queue(name)

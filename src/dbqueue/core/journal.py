@@ -43,6 +43,8 @@ class StoredQueue:
     # does not know them (they are then taken as the time of the restore).
     enqueued_ms: list[int] = field(default_factory=list)
     origins: dict[int, Origin] = field(default_factory=dict)  # the dead letters' origins, by id
+    # What a layer above the broker keeps with the queue (`Broker.annotations`): opaque bytes, b"" for none.
+    annotations: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,12 +67,25 @@ class Journal(Protocol):
     time of the batch it is committed with). A message that moves to another queue (`Broker.move`)
     is a `remove` of its id followed, in the same batch, by an `add` of the same id to its new queue
     with everything it carries: the journal applies removals before additions. A message added
-    with an ``origin`` is a dead letter, which keeps it across restarts.
+    with an ``origin`` is a dead letter, which keeps it across restarts. A queue's settings
+    changed while it lives (`Broker.alter_queue`, `Broker.annotate`) are an `alter_queue` with all
+    of them, in call order with the queue's creation, deletion and purges.
     """
 
     def create_queue(
         self, name: bytes, capacity: int, max_deliveries: int, dead_letter: bytes | None, visibility_timeout_ms: int = 0
     ) -> None: ...
+
+    def alter_queue(
+        self,
+        name: bytes,
+        max_deliveries: int,
+        dead_letter: bytes | None,
+        visibility_timeout_ms: int,
+        annotations: bytes,
+    ) -> None:
+        """The settings of queue ``name`` are these from now on (its capacity stays as created), and so is
+        what a layer above the broker keeps with it (``annotations``, opaque, b"" for none)."""
 
     def delete_queue(self, name: bytes) -> None: ...
 

@@ -103,7 +103,7 @@ def check(directory: str | os.PathLike[str]) -> CheckReport:
 def salvage(directory: str | os.PathLike[str], into_directory: str | os.PathLike[str]) -> CheckReport:
     """Copy every intact queue and message of the store in ``directory`` into a new store in ``into_directory``.
 
-    Queue options, message ids, delivery counts, due times and each queue's
+    Queue options and annotations, message ids, delivery counts, due times and each queue's
     order are kept, and the new store will not hand out an id the old one
     may have. ``directory`` is left untouched. Returns the report of what was
     found and copied (``salvaged_into`` set). Raises `StoreError` as `check`
@@ -123,6 +123,10 @@ def salvage(directory: str | os.PathLike[str], into_directory: str | os.PathLike
             store.create_queue(
                 queue.name, queue.capacity, queue.max_deliveries, queue.dead_letter, queue.visibility_timeout_ms
             )
+            if queue.annotations:
+                store.alter_queue(
+                    queue.name, queue.max_deliveries, queue.dead_letter, queue.visibility_timeout_ms, queue.annotations
+                )
             times = queue.enqueued_ms or [0] * len(queue.messages)
             for (id_, data, deliveries, due_ms), enqueued_ms in zip(queue.messages, times, strict=True):
                 origin = queue.origins.get(id_)

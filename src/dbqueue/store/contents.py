@@ -10,7 +10,8 @@ a pack's members share its ``seq`` and follow in id order.
 
 It reads every format version (`store.schema`): version 1 has no pack
 tables, version 2 no checksums (its payloads are taken as they are), version
-3 no enqueue times, origins or visibility timeouts (read as 0, none and 0). The
+3 no enqueue times, origins or visibility timeouts (read as 0, none and 0),
+version 4 no queue annotations (read as b""). The
 `Store` reads only the current version, having upgraded the file at open;
 `store.check` reads any version without changing it.
 
@@ -51,8 +52,9 @@ def read(con: sqlite3.Connection, version: int, tolerant: bool = False) -> Conte
     checked = version >= 3
     timed = version >= 4
     visibility = "visibility_timeout_ms" if timed else "0"
+    annotations = "annotations" if version >= 5 else "x''"
     queues = con.execute(
-        f"SELECT qid, name, capacity, max_deliveries, dead_letter, {visibility} FROM queues ORDER BY qid"
+        f"SELECT qid, name, capacity, max_deliveries, dead_letter, {visibility}, {annotations} FROM queues ORDER BY qid"
     ).fetchall()
     # (seq, id, message, enqueue time) for each queue, to sort; the dead letters' origins by queue.
     by_qid: dict[int, list[tuple[int, int, StoredMessage, int]]] = {row[0]: [] for row in queues}
@@ -98,8 +100,9 @@ def read(con: sqlite3.Connection, version: int, tolerant: bool = False) -> Conte
                 visibility_ms,
                 [enqueued_ms for _, _, _, enqueued_ms in by_qid[qid]] if timed else [],
                 origins[qid],
+                bytes(notes),
             )
-            for qid, name, cap, maxd, dlq, visibility_ms in queues
+            for qid, name, cap, maxd, dlq, visibility_ms, notes in queues
         ],
         next_id=max(int(reserved), max_id + 1, 1),
         damaged=damaged,

@@ -17,15 +17,19 @@ SQLite file is refused rather than adopted) and ``PRAGMA user_version`` =
 * A file whose version is above `FORMAT_VERSION` was written by a newer
   server: opening it raises `StoreError`; there is no downgrade.
 
-Version 4 schema (version 3 had no ``enqueued_ms``, ``origin_*`` and
-``visibility_timeout_ms`` columns, version 2 no ``crc`` columns, version 1 no
-``packs`` and ``pack_gone``)::
+Version 5 schema (version 4 had no ``annotations`` column, version 3 no
+``enqueued_ms``, ``origin_*`` and ``visibility_timeout_ms`` columns, version 2
+no ``crc`` columns, version 1 no ``packs`` and ``pack_gone``)::
 
     meta(key TEXT PRIMARY KEY, value INTEGER)   -- 'next_id': id high-water mark
     queues(qid INTEGER PRIMARY KEY, name BLOB UNIQUE, capacity, max_deliveries,
            dead_letter BLOB NULL,
-           visibility_timeout_ms)               -- qid is creation order; visibility:
-                                                -- ms as asked, 0 = the server's default
+           visibility_timeout_ms,               -- qid is creation order; visibility:
+           annotations BLOB)                    -- ms as asked, 0 = the server's default;
+                                                -- max_deliveries, dead_letter, visibility
+                                                -- and annotations as last changed;
+                                                -- annotations: the broker's opaque bytes
+                                                -- for a layer above it (x'' = none)
     messages(id INTEGER PRIMARY KEY, qid, seq, data BLOB, deliveries,
              due_ms, crc, enqueued_ms,          -- due_ms: Unix ms, 0 = now;
              origin_queue BLOB NULL,            -- crc: checksums.row_crc(id, data);
@@ -63,7 +67,7 @@ from pathlib import Path
 from ..errors import StoreError
 from .checksums import pack_crc, row_crc
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 APPLICATION_ID = 0x64627175  # b"dbqu"
 
 # 4 KiB pages: a batch of small messages dirties only a few of them, and larger pages write more WAL
@@ -149,8 +153,20 @@ def upgrade_v3(con: sqlite3.Connection) -> None:
         con.execute(f"ALTER TABLE {table}_v4 RENAME TO {table}")
 
 
+def upgrade_v4(con: sqlite3.Connection) -> None:
+    """Version 4 -> 5: queues' annotations (`core.broker.Broker.annotate`), none for every stored queue.
+    A queue's settings were already columns of their own; from version 5 they may change after its
+    creation (`core.journal.Journal.alter_queue`), which a version 4 reader would not know to expect."""
+    con.execute("ALTER TABLE queues ADD COLUMN annotations BLOB NOT NULL DEFAULT x''")
+
+
 # Version N -> N+1, run in place inside the opening transaction.
-UPGRADES: dict[int, Callable[[sqlite3.Connection], None]] = {1: upgrade_v1, 2: upgrade_v2, 3: upgrade_v3}
+UPGRADES: dict[int, Callable[[sqlite3.Connection], None]] = {
+    1: upgrade_v1,
+    2: upgrade_v2,
+    3: upgrade_v3,
+    4: upgrade_v4,
+}
 
 
 def create(con: sqlite3.Connection) -> None:

@@ -17,7 +17,8 @@ added and removed (sent and confirmed) within one batch never reaches SQLite.
 Whatever is left is applied in an order that gives the same result as applying
 every call in sequence::
 
-    extractions -> queue creations, deletions and purges (in call order)
+    extractions -> queue creations, changes of settings, deletions and purges
+    (in call order, `store.queue_ops`)
     -> id high-water mark -> delivery counts -> due times -> removals -> additions
     -> packs retired (freed or deleted) -> packs added (into free slots or new rows)
     -> packs' gone members
@@ -103,6 +104,7 @@ from .checksums import pack_crc, row_crc
 from .files import DB_NAME
 from .lock import LOCK_NAME, DirectoryLock
 from .packs import FREE_SLOT_BYTES, Pack, PackIndex, all_gone, sizes_layout
+from .queue_ops import Alter, Create, Delete, QueueOp, QueueOps
 from .room import Room
 from .schema import FORMAT_VERSION
 
@@ -161,9 +163,6 @@ _RESERVE = "UPDATE meta SET value = ? WHERE key = 'next_id' AND value < ?"
 # A write that changes nothing but still appends a page to the log: `probe`'s test of the disk.
 _PROBE = "UPDATE meta SET value = value WHERE key = 'next_id'"
 
-# Queue operations, kept in call order: (qid, name, capacity, max_deliveries, dead_letter,
-# visibility_timeout_ms) creates, (qid,) deletes, (qid, kept ids) purges.
-_QueueOp = tuple[int, bytes, int, int, bytes | None, int] | tuple[int] | tuple[int, frozenset[int]]
 # A message row as _INSERT binds it: (id, qid, data, deliveries, due_ms, seq, crc, enqueued_ms, origin_queue,
 # origin_id, origin_enqueued_ms, origin_deliveries).
 _Row = tuple[int, int, bytes, int, int, int, int, int, bytes | None, int, int, int]
@@ -205,9 +204,8 @@ class Store:
     def _read_state(self, con: sqlite3.Connection) -> None:
         # The bookkeeping of what the file holds (queue ids, sequence numbers, reserved ids,
         # packs and free slots), and an empty buffer.
-        qids = con.execute("SELECT name, qid FROM queues").fetchall()
-        self._qids: dict[bytes, int] = dict(qids)
-        self._next_qid = max((qid for _, qid in qids), default=0) + 1
+        self._queues = QueueOps(dict(con.execute("SELECT name, qid FROM queues").fetchall()))
+        self._qids = self._queues.qids  # the same dict, read by every addition
         (max_seq,) = con.execute(
             "SELECT max(seq) FROM (SELECT seq FROM messages UNION ALL SELECT seq FROM packs)"
         ).fetchone()
@@ -228,7 +226,7 @@ class Store:
         self._removes: list[int] = []
         self._deliveries: dict[int, int] = {}
         self._dues: dict[int, int] = {}
-        self._queue_ops: list[_QueueOp] = []
+        self._queues.clear()
         self._new_packs: dict[int, Pack] = {}  # first_id -> a pack not written yet
         self._dead_packs: list[Pack] = []  # written packs whose last member went
         self._gone_changed: dict[int, Pack] = {}  # first_id -> a written pack with newly gone members
@@ -421,19 +419,26 @@ class Store:
         visibility_timeout_ms: int = 0,
     ) -> None:
         """Record a new queue. Raises `ValueError` if the store already has a queue called ``name``."""
-        if name in self._qids:
-            raise ValueError(f"queue {name!r} is already stored")
-        qid = self._qids[name] = self._next_qid
-        self._next_qid = qid + 1
-        self._queue_ops.append((qid, name, capacity, max_deliveries, dead_letter, visibility_timeout_ms))
+        self._queues.create(name, capacity, max_deliveries, dead_letter, visibility_timeout_ms)
+
+    def alter_queue(
+        self,
+        name: bytes,
+        max_deliveries: int,
+        dead_letter: bytes | None,
+        visibility_timeout_ms: int,
+        annotations: bytes,
+    ) -> None:
+        """Record a queue's settings from now on (its capacity stays) and its annotations (b"": none).
+        Raises `KeyError` for an unknown queue."""
+        self._queues.alter(name, max_deliveries, dead_letter, visibility_timeout_ms, annotations)
 
     def delete_queue(self, name: bytes) -> None:
         """Record that a queue and every message in it are gone. Raises `KeyError` for an unknown queue."""
-        qid = self._qids.pop(name)
+        qid = self._queues.delete(name)
         self._drop_pending_adds(qid)
         self._drop_packs(qid)
         self._forget_rows_of(qid)
-        self._queue_ops.append((qid,))
 
     def purge(self, name: bytes, keep: Iterable[int] = ()) -> None:
         """Record that every message of a queue is gone except the ids in ``keep``; the queue stays.
@@ -442,12 +447,10 @@ class Store:
         (`queues.Broker.purge` drops only ready and delayed ones). Raises
         `KeyError` for an unknown queue.
         """
-        qid = self._qids[name]
-        kept = frozenset(keep)
+        qid, kept = self._queues.purge(name, keep)
         self._drop_pending_adds(qid, kept)
         self._drop_packs(qid, kept)
         self._forget_rows_of(qid)
-        self._queue_ops.append((qid, kept))
 
     def add(
         self,
@@ -659,7 +662,7 @@ class Store:
         return bool(
             self._adds
             or self._removes
-            or self._queue_ops
+            or self._queues.ops
             or self._deliveries
             or self._dues
             or self._new_packs
@@ -686,7 +689,7 @@ class Store:
             con.execute("BEGIN")
             if self._extracts:
                 con.executemany(_INSERT, self._extracted_rows(con))
-            for op in self._queue_ops:
+            for op in self._queues.ops:
                 _queue_op(con, op)
             if self._reserved != self._reserved_written:
                 con.execute(_RESERVE, (self._reserved, self._reserved))
@@ -852,26 +855,32 @@ def _pack_row(pack: Pack) -> tuple[int, int, int, int, bytes, bytes, int, int, i
     )
 
 
-def _queue_op(con: sqlite3.Connection, op: _QueueOp) -> None:
-    # A queue's creation, deletion or purge, as `_QueueOp` lays them out.
-    qid = op[0]
-    if len(op) >= 5:  # a creation (a version-3 one, without a visibility timeout, stands for 0)
+def _queue_op(con: sqlite3.Connection, op: QueueOp) -> None:
+    # A queue's creation, change of settings, deletion or purge (`store.queue_ops`).
+    if isinstance(op, Create):
         con.execute(
             "INSERT INTO queues (qid, name, capacity, max_deliveries, dead_letter, visibility_timeout_ms)"
             " VALUES (?, ?, ?, ?, ?, ?)",
-            (*op, 0)[:6],
+            op,
         )
-        return
-    _delete_packs_of(con, qid)
-    if len(op) == 1:
-        con.execute("DELETE FROM messages WHERE qid = ?", (qid,))
-        con.execute("DELETE FROM queues WHERE qid = ?", (qid,))
-    elif op[1]:
-        con.executemany("INSERT INTO temp.kept (id) VALUES (?)", zip(op[1]))
-        con.execute("DELETE FROM messages WHERE qid = ? AND id NOT IN temp.kept", (qid,))
-        con.execute("DELETE FROM temp.kept")
+    elif isinstance(op, Alter):
+        con.execute(
+            "UPDATE queues SET max_deliveries = ?, dead_letter = ?, visibility_timeout_ms = ?, annotations = ?"
+            " WHERE qid = ?",
+            (*op[1:], op.qid),
+        )
+    elif isinstance(op, Delete):
+        _delete_packs_of(con, op.qid)
+        con.execute("DELETE FROM messages WHERE qid = ?", (op.qid,))
+        con.execute("DELETE FROM queues WHERE qid = ?", (op.qid,))
     else:
-        con.execute("DELETE FROM messages WHERE qid = ?", (qid,))
+        _delete_packs_of(con, op.qid)
+        if op.kept:
+            con.executemany("INSERT INTO temp.kept (id) VALUES (?)", zip(op.kept))
+            con.execute("DELETE FROM messages WHERE qid = ? AND id NOT IN temp.kept", (op.qid,))
+            con.execute("DELETE FROM temp.kept")
+        else:
+            con.execute("DELETE FROM messages WHERE qid = ?", (op.qid,))
 
 
 def _delete_packs_of(con: sqlite3.Connection, qid: int) -> None:
