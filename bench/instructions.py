@@ -32,7 +32,11 @@ sends them). Every frame is built before the
 count starts, for both sizes alike, so only handling them differs.
 
 On a shared machine, timings move by ±20% from run to run; these counts
-move by about 1%, so a change of a few percent is visible.
+move by about 1%, so a change of a few percent is visible. Part of that 1%
+is the hash seed (string hashes decide where dict and set entries land, and
+so how many probes a lookup takes): every measured process runs with
+``PYTHONHASHSEED`` fixed (``--hash-seed``, 0 unless told), and the output says
+which, so two runs of the same code count the same.
 """
 
 from __future__ import annotations
@@ -80,6 +84,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--rounds", type=int, nargs=2, default=[200, 1000], metavar=("A", "B"), help="--direct: two sizes"
     )
+    parser.add_argument(
+        "--hash-seed", type=int, default=0, help="PYTHONHASHSEED of every measured process (counts move with it)"
+    )
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)  # --direct's measured process: this many rounds
     return parser.parse_args(argv)
 
@@ -100,7 +107,7 @@ def count(args: argparse.Namespace, iterations: int, src: Path | None) -> tuple[
         command += ["-m", "dbqueue.cli", "serve", "--port", str(port), "--log-level", "warning"]
     if args.metrics:
         command += ["--metrics-port", str(free_port())]
-    environment = dict(os.environ)
+    environment = measured_environment(args)
     if src is not None:
         environment["PYTHONPATH"] = f"{src}{os.pathsep}{environment.get('PYTHONPATH', '')}"
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=environment, text=True)
@@ -135,6 +142,11 @@ def count(args: argparse.Namespace, iterations: int, src: Path | None) -> tuple[
     if found is None:
         raise SystemExit(f"no instruction count in valgrind's output: {log[-500:]}")
     return int(found.group(1)), result.requests, result.messages
+
+
+def measured_environment(args: argparse.Namespace) -> dict[str, str]:
+    """The environment of a measured process: this one's, with the hash seed fixed."""
+    return {**os.environ, "PYTHONHASHSEED": str(args.hash_seed)}
 
 
 def wait_until_listening(port: int, server: subprocess.Popen[str]) -> None:
@@ -212,7 +224,7 @@ def count_direct(args: argparse.Namespace, rounds: int, src: Path | None) -> int
     command += [__file__]
     command += ["--child", str(rounds), "--rounds", *map(str, args.rounds), "--batch", str(args.batch)]
     command += ["--lone"] if args.lone else []
-    environment = dict(os.environ)
+    environment = measured_environment(args)
     if src is not None:
         environment["PYTHONPATH"] = f"{src}{os.pathsep}{environment.get('PYTHONPATH', '')}"
     log = subprocess.run(command, capture_output=True, text=True, env=environment, check=True).stderr
@@ -263,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     for line in context_lines(run_context(args.server_python)):
         print(line)
     what = f"batch {args.batch}" if args.batch > 1 else "lone frames" if args.lone else "single requests"
+    what += f", PYTHONHASHSEED={args.hash_seed}"
     what += ", metrics served" if args.metrics else ""
     what += ", fan-in: 4 producers and 4 consumers, one request in flight each" if args.fan_in else ""
     what += ", floor.py instead of the server" if args.floor else ""

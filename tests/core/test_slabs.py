@@ -5,7 +5,9 @@ u64 id column that the send's reply, a batch read's reply and a batch confirm
 carry is built when needed (`codecs.id_column`). These tests check that
 column against ids packed one by one, that every slice a read takes carries
 the ids its members were given, and that a queued message costs the memory
-of its payload and its length and nothing more of note.
+of its payload and its length and nothing more of note. Single sends are
+sealed into slabs as their run ends (`segments.seal`): the same ids and
+payloads come out, in order, one by one or in batches, at a slab's cost.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ import tracemalloc
 import pytest
 from holders import held_by
 
-from dbqueue.core import Block, Broker, Holding, Queue
-from dbqueue.core.segments import Slab
+from dbqueue.core import Block, Broker, Holding, Outcome, Queue
+from dbqueue.core.segments import RUN_LIMIT, Run, Slab
 from dbqueue.protocol import codecs
 from dbqueue.protocol.codecs import id_column
 
@@ -103,3 +105,81 @@ def test_a_queued_message_of_a_slab_costs_its_payload_and_its_length() -> None:
     assert queue.ready == batches * size
     # The payload and its u32 length, plus the slab's own object and headers shared by a thousand.
     assert grown / (batches * size) < payload + 4 + 1
+
+
+# --- single sends sealed into slabs ---------------------------------------------------------------
+
+
+def test_single_sends_past_a_run_are_sealed_into_slabs_with_their_ids() -> None:
+    broker, queue = make()
+    count = 3 * RUN_LIMIT + 7
+    payloads = [b"m%d" % number for number in range(count)]
+    ids = [broker.enqueue(queue, payload, 0.0) for payload in payloads]
+    assert ids == list(range(ids[0], ids[0] + count))
+    kinds = [type(segment) for segment in queue._segments]
+    assert kinds == [Slab, Slab, Slab, Run]  # the tail run is open: it is sealed when the next one starts
+    assert queue.ready == count and queue.payload_bytes == sum(map(len, payloads))
+    held = Holding()
+    seen: list[tuple[int, bytes]] = []
+    while queue.ready:  # one by one and in batches, across the slabs' and the run's bounds
+        if len(seen) % 3:
+            record = broker.deliver(queue, 100, held, 0.0)
+            assert record is not None
+            seen.append((record.id, record.data))
+        else:
+            for entry in broker.deliver_many(queue, 100, 100, held, 0.0):
+                if isinstance(entry, Block):
+                    seen += zip(range(entry.first_id, entry.end), entry.payloads)
+                else:
+                    seen.append((entry.id, entry.data))
+    assert seen == list(zip(ids, payloads))
+    assert {broker.confirm(id_, held) for id_ in ids} == {Outcome.DONE}
+    assert queue.count == 0 and queue.payload_bytes == 0
+
+
+def test_a_run_partly_read_is_sealed_with_what_it_still_holds() -> None:
+    broker, queue = make()
+    first = broker.enqueue(queue, b"a", 0.0)
+    held = Holding()
+    for number in range(1, RUN_LIMIT):
+        broker.enqueue(queue, b"x%d" % number, 0.0)
+    for _ in range(RUN_LIMIT - 2):  # all but the last two leave before the run ends
+        assert broker.deliver(queue, 100, held, 0.0) is not None
+    after = broker.enqueue(queue, b"next", 0.0)  # the run is full: this starts the next one
+    slab, run = queue._segments
+    assert isinstance(slab, Slab) and isinstance(run, Run)
+    assert slab.first_id == first + RUN_LIMIT - 2 and slab.count == 2
+    assert slab.data == b"x%dx%d" % (RUN_LIMIT - 2, RUN_LIMIT - 1)
+    taken = [broker.deliver(queue, 100, held, 0.0) for _ in range(3)]
+    assert [(record.id, record.data) for record in taken if record is not None] == [
+        (first + RUN_LIMIT - 2, b"x%d" % (RUN_LIMIT - 2)),
+        (first + RUN_LIMIT - 1, b"x%d" % (RUN_LIMIT - 1)),
+        (after, b"next"),
+    ]
+
+
+def test_a_run_read_to_its_end_leaves_no_segment_behind() -> None:
+    broker, queue = make()
+    held = Holding()
+    for _ in range(2 * RUN_LIMIT + 1):  # what a queue kept nearly empty sees: each message read at once
+        broker.enqueue(queue, b"m", 0.0)
+        record = broker.deliver(queue, 100, held, 0.0)
+        assert record is not None and broker.confirm(record.id, held) == Outcome.DONE
+    assert [type(segment) for segment in queue._segments] == [Run]
+
+
+def test_a_single_send_queued_long_costs_about_its_payload_and_its_length() -> None:
+    broker, queue = make()
+    count, payload = 50 * RUN_LIMIT, 128
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for number in range(count):
+            broker.enqueue(queue, number.to_bytes(8, "big") * (payload // 8), 0.0)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert queue.ready == count
+    # The payload and its u32 length, the slabs' objects and headers, and one run left open (the last
+    # RUN_LIMIT messages as bytes objects, about 1/50 of them: a few bytes a message).
+    assert grown / count < payload + 4 + 6

@@ -10,7 +10,11 @@ over). A `Queue` holds its ready messages itself, as a deque of segments (see
 others. A fresh message is appended to the tail run; its id is the next of the
 queue's current id block, a range of `ID_BLOCK` ids taken from the broker's
 server-wide counter, so a queue takes from the counter once per block, not
-once per message. A batch sent in columns is kept whole as a slab.
+once per message. A batch sent in columns is kept whole as a slab. A tail run
+ends after `segments.RUN_LIMIT` messages (or at its id block's end: the
+send that finds ``_run_end`` reached, one comparison it makes anyway, starts
+the next run), and what it still holds is then sealed into a slab, so that
+single sends left waiting cost what batches cost.
 
 A read turns the first ready message into a `Record`, kept in `Broker.records`
 (by id) and in its holder's `Holding` (one per connection; ``read`` numbers
@@ -75,7 +79,7 @@ from itertools import islice, repeat, starmap
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..protocol.codecs import id_column
-from .segments import Run, Slab, cut_payloads
+from .segments import RUN_LIMIT, Run, Slab, cut_payloads, seal
 
 if TYPE_CHECKING:
     from .journal import Journal, Origin
@@ -374,7 +378,7 @@ class Queue:
     __slots__ = (
         "name", "capacity", "max_deliveries", "dead_letter", "deleted", "payload_bytes", "grant",
         "ready", "delayed", "enqueued", "confirmed", "requeued", "dead_lettered", "purged", "moved", "consumers",
-        "waiters", "waiting", "_segments", "_tail", "_next_id", "_block_end",
+        "waiters", "waiting", "_segments", "_tail", "_next_id", "_block_end", "_run_end",
         "_broker", "_records", "_blocks", "journal", "visibility_asked", "has_origins", "origins",
         "_marks", "_mark_end",
     )  # fmt: skip
@@ -421,6 +425,7 @@ class Queue:
         self._tail: Run | None = None  # the run `push` appends to
         self._next_id = 0
         self._block_end = 0
+        self._run_end = 0  # where the tail run ends: its id block's end or `RUN_LIMIT` ids after its start
 
     @property
     def count(self) -> int:
@@ -490,7 +495,7 @@ class Queue:
             return -1
         id_ = self._next_id
         tail = self._tail
-        if tail is None or id_ == self._block_end:
+        if tail is None or id_ == self._run_end:
             tail = self._start_run()
             id_ = self._next_id
         if now >= self._mark_end:
@@ -511,13 +516,13 @@ class Queue:
         start = 0
         while start < len(items):
             tail = self._tail
-            if tail is None or self._next_id == self._block_end:
+            if tail is None or self._next_id == self._run_end:
                 tail = self._start_run()
             first = self._next_id
             if not start and now >= self._mark_end:  # (`mark`, inlined: once per batch sent)
                 self._marks.append((first, now))
                 self._mark_end = now + MARK_RESOLUTION
-            chunk = items[start : start + self._block_end - first]
+            chunk = items[start : start + self._run_end - first]
             tail.items.extend(chunk)
             self._next_id = first + len(chunk)
             ids += range(first, self._next_id)
@@ -817,9 +822,18 @@ class Queue:
         }
 
     def _start_run(self) -> Run:
+        """Start a new tail run, sealing the one that reached its end (see `segments`)."""
+        segments = self._segments
+        ended = self._tail
+        if ended is not None and segments and segments[-1] is ended:  # the tail is always the last segment
+            if ended.items:
+                segments[-1] = seal(ended)
+            else:  # read to its end already
+                segments.pop()
         if self._next_id == self._block_end:
             self._next_id = self._broker.allocate_ids(ID_BLOCK)
             self._block_end = self._next_id + ID_BLOCK
         run = self._tail = Run(self._next_id)
-        self._segments.append(run)
+        self._run_end = min(self._block_end, self._next_id + RUN_LIMIT)
+        segments.append(run)
         return run

@@ -8,7 +8,13 @@ A queue's ready messages are a deque of segments, read from the front:
   consecutive ids, so a queued message costs its payload plus one deque slot:
   the id is implied by its position. Ids come from one server-wide counter,
   handed to queues in blocks of `queue.ID_BLOCK`, so they stay unique for the
-  server's lifetime across all queues;
+  server's lifetime across all queues. A run takes at most `RUN_LIMIT`
+  messages; when the next send finds it full, the messages it still holds are
+  *sealed* into a slab (`seal`): single sends that pile up then cost what a
+  batch costs, their payload and its u32 length, instead of a ``bytes``
+  object's header, its allocator's rounding and a deque slot each. A send
+  still only appends to a deque, and a queue that its consumers keep nearly
+  empty has little or nothing left to seal;
 * a `Slab` holds the fresh messages of one sent batch (ENQUEUE_BATCH) as the
   batch's columns, never cut apart: its u32 length column and its payloads
   back to back. Its ids are consecutive, so it keeps only the first: a queued
@@ -33,9 +39,13 @@ from itertools import accumulate
 
 from ..protocol.codecs import id_column
 
-__all__ = ["Run", "Slab", "cut_payloads"]
+__all__ = ["RUN_LIMIT", "Run", "Slab", "cut_payloads", "seal"]
 
 _U32 = struct.Struct(">I")
+# Messages a run takes before the next send seals what it still holds into a slab: enough that a
+# slab's own object and headers are spread thin, few enough that an unsealed run's bytes objects
+# are a small part of a long queue.
+RUN_LIMIT = 512
 
 
 class Run:
@@ -85,6 +95,13 @@ class Slab:
             return first, (id_column(first, count), self.lengths, self.data)
         stop = index + count
         return first, (id_column(first, count), self.lengths[4 * index : 4 * stop], self.data[start:end])
+
+
+def seal(run: Run) -> Slab:
+    """The messages ``run`` still holds as one slab (its columns), with the same ids: the run is
+    left to go, and its deque's payloads with it."""
+    items = run.items
+    return Slab(run.next_id, struct.pack(f">{len(items)}I", *map(len, items)), b"".join(items))
 
 
 def cut_payloads(lengths: bytes, data: bytes) -> list[bytes]:
