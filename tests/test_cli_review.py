@@ -105,6 +105,41 @@ def test_list_json_store_check_salvage_and_bench_address_from_the_environment(
     assert json.loads(ok(checked))["salvaged_into"] == str(tmp_path / "again")
 
 
+def test_the_connection_options_have_the_same_short_names_in_every_command_that_connects() -> None:
+    short: dict[str, set[tuple[str, ...]]] = {}
+    for path, option in options_of(main):
+        envvars = [option.envvar] if isinstance(option.envvar, str) else list(option.envvar or [])
+        if path != ("serve",) and len(envvars) > 1:
+            short.setdefault(option_key(option), set()).add(tuple(envvars[1:]))
+    assert short == {
+        "address": {("DBQUEUE_ADDRESS",)},
+        "token": {("DBQUEUE_TOKEN", "DBQUEUE_AUTH_TOKEN")},
+        "token_file": {("DBQUEUE_TOKEN_FILE", "DBQUEUE_AUTH_TOKEN_FILE")},
+        "tls": {("DBQUEUE_TLS",)},
+        "tls_ca": {("DBQUEUE_TLS_CA",)},
+        "tls_cert": {("DBQUEUE_CLIENT_CERT",)},
+        "tls_key": {("DBQUEUE_CLIENT_KEY",)},
+        "timeout": {("DBQUEUE_TIMEOUT",)},
+    }
+    serve = main.commands["serve"]
+    tls_ca = next(param for param in serve.params if param.name == "tls_ca")
+    assert tls_ca.envvar == ["DBQUEUE_SERVE_TLS_CA", "DBQUEUE_CLIENT_CA"]  # a client's DBQUEUE_TLS_CA means another CA
+
+
+def test_host_and_port_the_spelling_before_address_name_the_server_unless_address_is_given(
+    server: ServerThread,
+) -> None:
+    host, port = server.host_port
+    ok(run_cli("create", "jobs", "--address", server.address))
+    old = ["--host", host, "--port", str(port)]
+    assert [queue["name"] for queue in json.loads(ok(run_cli("stats", *old, "--json")))] == ["jobs"]
+    nowhere = ["--host", "127.0.0.1", "--port", closed_address().rpartition(":")[2]]
+    assert json.loads(ok(run_cli("stats", "--address", server.address, *nowhere, "--json")))[0]["name"] == "jobs"
+    assert json.loads(ok(run_cli("bench", *old, *SMALL)))["messages"] == 6
+    assert json.loads(ok(run_cli("bench", "--address", server.address, *nowhere, *SMALL)))["messages"] == 6
+    assert "--host" not in ok(run_cli("stats", "--help"))  # kept for old command lines, not shown
+
+
 # --- 2, 3. bench with a token and TLS, and never on somebody's queue -----------------------------------------
 
 

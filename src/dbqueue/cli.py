@@ -20,7 +20,8 @@ environment variable: ``DBQUEUE_<COMMAND>_<OPTION>`` always
 (``DBQUEUE_SERVE_MAX_IN_FLIGHT``, ``DBQUEUE_STATS_ADDRESS``), and a shorter
 name where an option means the same wherever it appears: serve's own options
 as ``DBQUEUE_<OPTION>`` (``DBQUEUE_PORT``), and the options that say how to
-reach a server as ``DBQUEUE_ADDRESS``, ``DBQUEUE_TOKEN`` and so on (see
+reach a server as ``DBQUEUE_ADDRESS``, ``DBQUEUE_TOKEN`` and so on, declared
+with the option itself (click's ``envvar``: see `_CONNECTION_OPTIONS` and
 `_short_names`). No short name has two meanings: the CA a server checks
 client certificates with is ``DBQUEUE_CLIENT_CA``, the CA a client trusts a
 server's certificate with ``DBQUEUE_TLS_CA``. `_name_environment_variables`
@@ -252,6 +253,7 @@ def main() -> None:
     "--tls-ca",
     type=click.Path(dir_okay=False, exists=True),
     default=None,
+    envvar="DBQUEUE_CLIENT_CA",  # not DBQUEUE_TLS_CA: that is the CA a client trusts a server's certificate with
     help="Require client certificates signed by this CA (PEM).",
 )
 @_limit_options
@@ -645,38 +647,51 @@ def _client_token(context: click.Context, token: str | None, token_file: str | N
     return None
 
 
+# The options that say how to reach a server, each declared once for every command that connects (`_connects`).
+# ``envvar`` is the option's short environment name, the same in every such command; `_name_environment_variables`
+# puts DBQUEUE_<COMMAND>_<OPTION> before it.
 _CONNECTION_OPTIONS = (
     click.option(
         "--address",
         default=DEFAULT_ADDRESS,
         show_default=True,
         metavar="HOST:PORT[,HOST:PORT...]",
+        envvar="DBQUEUE_ADDRESS",
         help="The server; several, or one member of a group, for a group (its other members are asked of it).",
     ),
-    click.option("--token", default=None, help="The server's token (a command line is visible to all: prefer a file)."),
+    click.option(
+        "--token",
+        default=None,
+        envvar=("DBQUEUE_TOKEN", "DBQUEUE_AUTH_TOKEN"),  # the server's own variable lets a local client in
+        help="The server's token (a command line is visible to all: prefer a file).",
+    ),
     click.option(
         "--token-file",
         type=click.Path(dir_okay=False, exists=True),
         default=None,
+        envvar=("DBQUEUE_TOKEN_FILE", "DBQUEUE_AUTH_TOKEN_FILE"),
         help="Read the token from this file.",
     ),
-    click.option("--tls", is_flag=True, help="Connect over TLS, trusting the system's CAs."),
+    click.option("--tls", is_flag=True, envvar="DBQUEUE_TLS", help="Connect over TLS, trusting the system's CAs."),
     click.option(
         "--tls-ca",
         type=click.Path(dir_okay=False, exists=True),
         default=None,
+        envvar="DBQUEUE_TLS_CA",
         help="Connect over TLS, trusting only this CA (PEM) for the server's certificate.",
     ),
     click.option(
         "--tls-cert",
         type=click.Path(dir_okay=False, exists=True),
         default=None,
+        envvar="DBQUEUE_CLIENT_CERT",
         help="Present this client certificate (PEM) over TLS.",
     ),
     click.option(
         "--tls-key",
         type=click.Path(dir_okay=False, exists=True),
         default=None,
+        envvar="DBQUEUE_CLIENT_KEY",
         help="The client certificate's private key (PEM).",
     ),
     click.option(
@@ -685,9 +700,24 @@ _CONNECTION_OPTIONS = (
         default=10.0,
         show_default=True,
         metavar="SECONDS",
+        envvar="DBQUEUE_TIMEOUT",
         help="Seconds to wait for a connection or an answer.",
     ),
 )
+
+
+def _old_host_port(*, hidden: bool) -> Callable[[F], F]:
+    """``--host`` and ``--port``, the spelling before ``--address``, for a command that `_connects`: they
+    name the server when ``--address`` is not given. ``hidden``: kept for old command lines only."""
+    host = click.option(
+        "--host", default="127.0.0.1", show_default=True, hidden=hidden, help="The server, unless --address is given."
+    )
+    port = click.option("--port", default=3003, show_default=True, type=click.IntRange(1, 65535), hidden=hidden)
+
+    def declare(command: F) -> F:
+        return host(port(command))
+
+    return declare
 
 
 def _connects(command: Callable[..., None]) -> Callable[..., None]:
@@ -709,6 +739,9 @@ def _connects(command: Callable[..., None]) -> Callable[..., None]:
         from .client import parse_address
 
         context = click.get_current_context()
+        host, port = arguments.pop("host", None), arguments.pop("port", None)  # `_old_host_port`, if it has them
+        if host is not None and context.get_parameter_source("address") is ParameterSource.DEFAULT:
+            address = f"{host}:{port}"
         addresses = [part.strip() for part in address.split(",") if part.strip()]
         try:
             for part in addresses:
@@ -1155,8 +1188,7 @@ def _title(client: Client | GroupClient, target: _Target) -> str:
 @main.command()
 @click.argument("queue", required=False)
 @click.option("--queue", "queue_option", default=None, hidden=True)  # the spelling before QUEUE
-@click.option("--host", default=None, hidden=True)  # before --address
-@click.option("--port", type=click.IntRange(1, 65535), default=None, hidden=True)
+@_old_host_port(hidden=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table (with --watch: a line a refresh).")
 @click.option("--members", is_flag=True, help="Each member's figures beside the group's sums.")
 @click.option(
@@ -1173,8 +1205,6 @@ def stats(
     target: _Target,
     queue: str | None,
     queue_option: str | None,
-    host: str | None,
-    port: int | None,
     as_json: bool,
     members: bool,
     watch: float | None,
@@ -1189,8 +1219,6 @@ def stats(
     from .client import GroupClient
 
     queue = queue or queue_option
-    if host is not None or port is not None:
-        target.addresses = [f"{host or '127.0.0.1'}:{port or 3003}"]
     if watch is not None:
         if members:
             raise click.UsageError("--members and --watch do not go together")
@@ -1377,18 +1405,8 @@ def _watch(target: _Target, queue: str | None, interval: float, as_json: bool) -
 # --- bench ---------------------------------------------------------------------------------------
 
 
-def _addresses(value: str) -> list[tuple[str, int]]:
-    from .client import parse_address
-
-    try:
-        return [parse_address(part.strip()) for part in value.split(",") if part.strip()]
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from exc
-
-
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="The server, unless --address is given.")
-@click.option("--port", default=3003, show_default=True, type=click.IntRange(1, 65535))
+@_old_host_port(hidden=False)
 @click.option("--producers", default=16, show_default=True, type=click.IntRange(0))
 @click.option("--consumers", default=16, show_default=True, type=click.IntRange(0))
 @click.option("--pipeline", default=32, show_default=True, type=click.IntRange(1), help="Requests per batch.")
@@ -1434,8 +1452,6 @@ def _addresses(value: str) -> list[tuple[str, int]]:
 @_connects
 def bench(
     target: _Target,
-    host: str,
-    port: int,
     producers: int,
     consumers: int,
     pipeline: int,
@@ -1470,10 +1486,7 @@ def bench(
         pipeline = batch = 1
     if consumers == 0 and producers and not latency:
         raise click.BadParameter("a load test needs consumers to confirm what producers send", param_hint="--consumers")
-    if click.get_current_context().get_parameter_source("address") is ParameterSource.DEFAULT:
-        addresses = [(host, port)]  # --host and --port, the spelling before --address
-    else:
-        addresses = [_host_port(address) for address in target.addresses]
+    addresses = [_host_port(address) for address in target.addresses]
     queue = queue if queue is not None else f"bench-{os.urandom(4).hex()}"
     config = BenchConfig(
         addresses,
@@ -1611,28 +1624,15 @@ def check(directory: str, into: str | None, as_json: bool) -> None:
 
 # --- the environment -----------------------------------------------------------------------------
 
-# Options that say how to reach a server, by the names they have in every client command.
-_CONNECTION_NAMES: dict[str, tuple[str, ...]] = {
-    "address": ("DBQUEUE_ADDRESS",),
-    "token": ("DBQUEUE_TOKEN", "DBQUEUE_AUTH_TOKEN"),  # the server's own variable lets a local client in
-    "token_file": ("DBQUEUE_TOKEN_FILE", "DBQUEUE_AUTH_TOKEN_FILE"),
-    "tls": ("DBQUEUE_TLS",),
-    "tls_ca": ("DBQUEUE_TLS_CA",),
-    "tls_cert": ("DBQUEUE_CLIENT_CERT",),
-    "tls_key": ("DBQUEUE_CLIENT_KEY",),
-    "timeout": ("DBQUEUE_TIMEOUT",),
-}
-# serve's options whose short name is not DBQUEUE_<OPTION>: it would mean something else for a client.
-_SERVE_RENAMED = {"tls_ca": "DBQUEUE_CLIENT_CA"}
 
-
-def _short_names(path: tuple[str, ...], option: str, connects: bool) -> tuple[str, ...]:
-    """The environment names of ``option`` of the command at ``path`` besides DBQUEUE_<COMMAND>_<OPTION>."""
-    if path == ("serve",):
-        return (_SERVE_RENAMED.get(option, "DBQUEUE_" + option.upper()),)
-    if connects and option in _CONNECTION_NAMES:
-        return _CONNECTION_NAMES[option]
-    return ()
+def _short_names(path: tuple[str, ...], param: click.Option) -> list[str]:
+    """The environment names of an option of the command at ``path`` besides DBQUEUE_<COMMAND>_<OPTION>: those
+    it declares (click's ``envvar``: the connection's options, serve's --tls-ca), else for serve's own options
+    DBQUEUE_<OPTION>."""
+    declared = _envvars(param)
+    if declared or path != ("serve",):
+        return declared
+    return ["DBQUEUE_" + option_key(param).upper()]
 
 
 def option_key(param: click.Option) -> str:
@@ -1642,21 +1642,19 @@ def option_key(param: click.Option) -> str:
     return (longs or param.opts)[0].lstrip("-").replace("-", "_")
 
 
-def _environment_epilog(path: tuple[str, ...], connects: bool, options: set[str]) -> str:
-    """What --help says of the environment variables of the command at ``path``."""
+def _environment_epilog(path: tuple[str, ...], declared: list[tuple[str, list[str]]]) -> str:
+    """What --help says of the environment variables of the command at ``path``, whose shown options
+    declare the short names in ``declared`` ((option, names), in the order of --help)."""
     scoped = "_".join(("DBQUEUE", *path)).upper().replace("-", "_") + "_<OPTION>"
     text = f"Environment: each option can also be set as {scoped}"
     if path == ("serve",):
+        renamed = ", ".join(f"{option} as {' or '.join(names)}" for option, names in declared)
         return (
-            f"{text} or DBQUEUE_<OPTION> (--max-in-flight: DBQUEUE_MAX_IN_FLIGHT), --tls-ca as "
-            f"{_SERVE_RENAMED['tls_ca']}; the token itself as DBQUEUE_AUTH_TOKEN."
+            f"{text} or DBQUEUE_<OPTION> (--max-in-flight: DBQUEUE_MAX_IN_FLIGHT), {renamed}; the token itself as "
+            "DBQUEUE_AUTH_TOKEN."
         )
-    if connects:
-        short = ", ".join(
-            f"{option_name(option)}: {' or '.join(names)}"
-            for option, names in _CONNECTION_NAMES.items()
-            if option in options
-        )
+    if declared:
+        short = ", ".join(f"{option}: {' or '.join(names)}" for option, names in declared)
         return f"{text}; the connection's options also as {short}."
     return text + "."
 
@@ -1679,17 +1677,16 @@ def _name_environment_variables(group: click.Group, path: tuple[str, ...] = ()) 
             _name_environment_variables(command, here)
             continue
         options = [param for param in command.params if isinstance(param, click.Option) and param.name is not None]
-        keys = {option_key(param) for param in options if not param.hidden}
-        connects = "address" in keys
-        command.epilog = _environment_epilog(here, connects, keys)
+        shown = [param for param in options if not param.hidden]
+        declared = [(option_name(option_key(param)), _envvars(param)) for param in shown if _envvars(param)]
+        command.epilog = _environment_epilog(here, declared)
         for param in options:
             if param.hidden:  # set by the program itself, or kept for old command lines
                 param.envvar = None
                 param.allow_from_autoenv = False
                 continue
-            key = option_key(param)
-            scoped = "_".join(("DBQUEUE", *here, key)).upper().replace("-", "_")
-            param.envvar = [scoped, *_short_names(here, key, connects)]
+            scoped = "_".join(("DBQUEUE", *here, option_key(param))).upper().replace("-", "_")
+            param.envvar = [scoped, *_short_names(here, param)]
 
 
 _name_environment_variables(main)
