@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
 from ..errors import InvalidRequest, UnknownOpcode
+from .envelope import MessageAttributeValue
+from .envelope import message_attributes as _attributes_of
+from .envelope import message_body as _body_of
 from .frames import HEADER, MAGIC, PROTOCOL_VERSION, Flag, Op
 from .layouts import (
     BATCH_COUNT,
@@ -572,6 +576,10 @@ class Message:
     ``deliveries`` counts how many times it has been handed out, this time included.
     ``origin`` says where a dead letter came from (None for any other message); a frame
     that carries one has the ORIGIN flag (`encode` sets it).
+
+    ``data`` is the payload as stored. A message sent through the SQS API is
+    stored as an envelope (`dbqueue.protocol.envelope`) that carries its body
+    and its message attributes: `attributes` and `message_body` read them.
     """
 
     OPCODE: ClassVar[int] = Op.MESSAGE
@@ -579,6 +587,29 @@ class Message:
     data: bytes
     deliveries: int = 1
     origin: Origin | None = None
+
+    @property
+    def attributes(self) -> Mapping[str, MessageAttributeValue]:
+        """The SQS message attributes this message was sent with, as a read-only mapping name -> value.
+
+        Each value has its ``data_type`` (``String``, ``Number``, ``Binary``,
+        with any custom label) and either ``string_value`` or ``binary_value``.
+        Empty for a message sent by dbqueue's own clients (a payload that is no
+        envelope) and for an SQS message sent without attributes. Read from
+        ``data`` at each call; never raises.
+        """
+        return _attributes_of(self.data)
+
+    @property
+    def message_body(self) -> bytes:
+        """The body alone: an SQS message's ``MessageBody`` (its UTF-8 bytes), else ``data`` as it is.
+
+        A message sent through the SQS API carries its body in an envelope with
+        its attributes and send time (``data`` is the envelope); one sent by
+        dbqueue's own clients is its payload. Read from ``data`` at each call;
+        never raises.
+        """
+        return _body_of(self.data)
 
     def body(self) -> bytes:
         if self.origin is not None:

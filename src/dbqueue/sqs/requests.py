@@ -20,6 +20,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+# Defined with the envelope's layout, below the SQS front end, so that dbqueue's own clients read the same values.
+from ..protocol.envelope import MessageAttributeValue
+
 __all__ = [
     "MessageAttributeValue",
     "RedrivePolicy",
@@ -49,20 +52,6 @@ __all__ = [
     "ListMessageMoveTasks",
     "Request",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class MessageAttributeValue:
-    """One message attribute (or message system attribute) value.
-
-    ``data_type`` is ``String``, ``Number`` or ``Binary``, optionally followed by
-    a custom label (``Number.int``, ``String.json``). String and Number values
-    are in ``string_value``, Binary ones in ``binary_value``: exactly one is set.
-    """
-
-    data_type: str
-    string_value: str | None = None
-    binary_value: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
