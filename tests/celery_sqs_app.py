@@ -19,18 +19,18 @@ receives, acknowledges (DeleteMessage) and long-polls through kombu's
 asynchronous client (pycurl). Tasks are acknowledged late, after they ran, so a
 task whose worker is killed mid-run is not lost.
 
-Each task leaves files, one per execution, so the test counts what ran, not
-log lines: ``done-NAME-PID-NONCE`` for `write`; ``started-NAME-PID`` and
-``done-NAME-PID`` for `hold`, which waits for ``release-NAME`` to appear
-before finishing (the test kills its worker in between). Each file holds the
-writing process's group id, which tells the two workers of a test apart.
+Each task leaves files, one per execution (`side_effects`), so the test
+counts what ran, not log lines: ``done-NAME-PID-NONCE`` for `write`;
+``started-NAME-PID`` and ``done-NAME-PID`` for `hold`, which waits for
+``release-NAME`` to appear before finishing (the test kills its worker in
+between). Each file holds the writing process's group id, which tells the two
+workers of a test apart.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -38,8 +38,10 @@ from urllib.parse import quote
 
 from celery import Celery
 
+import side_effects
+from side_effects import leave
+
 REGION = "us-east-1"
-HOLD_LIMIT = 60.0  # seconds `hold` waits for its release file before giving up
 
 
 def settings(environment: Mapping[str, str]) -> dict[str, Any]:
@@ -68,33 +70,19 @@ def settings(environment: Mapping[str, str]) -> dict[str, Any]:
     }
 
 
-def _leave(name: str, content: str = "") -> None:
-    """Write one side-effect file in the output folder, whole or not at all (written aside, then renamed)."""
-    out = Path(os.environ["DBQUEUE_CELERY_OUT"])
-    aside = out / f".{name}.partial"
-    aside.write_text(f"{os.getpgrp()}\n{content}")
-    aside.rename(out / name)
-
-
 def make_app(environment: Mapping[str, str]) -> Celery:
     """A Celery app configured from ``environment``, with the tasks the test sends."""
     app = Celery("celery_sqs_app")
     app.conf.update(settings(environment))
+    out = Path(environment.get("DBQUEUE_CELERY_OUT", "."))
 
     @app.task(name="celery_sqs_app.write")
     def write(name: str) -> None:
-        _leave(f"done-{name}-{os.getpid()}-{secrets.token_hex(4)}")
+        leave(out, f"done-{name}-{os.getpid()}-{secrets.token_hex(4)}")
 
     @app.task(name="celery_sqs_app.hold")
     def hold(name: str) -> None:
-        _leave(f"started-{name}-{os.getpid()}")
-        release = Path(os.environ["DBQUEUE_CELERY_OUT"]) / f"release-{name}"
-        deadline = time.monotonic() + HOLD_LIMIT
-        while not release.exists():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{release} did not appear within {HOLD_LIMIT} s")
-            time.sleep(0.05)
-        _leave(f"done-{name}-{os.getpid()}")
+        side_effects.hold(out, name)
 
     return app
 

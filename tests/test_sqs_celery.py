@@ -30,11 +30,6 @@ both: ``pip install "celery[sqs]"``) cannot be imported.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -47,11 +42,11 @@ pytest.importorskip("pycurl", reason='pycurl is not installed (kombu\'s SQS tran
 
 import celery_sqs_app
 from dbqueue import Client
+from framework_worker import Worker, environment, started_workers, wait_for
+from side_effects import left_by, outcomes
 from sqs_serving import Serving, serve_sqs
 
-TESTS = Path(__file__).resolve().parent
 QUEUE = "celery-tasks"
-WAIT = 60.0  # seconds for a worker to get through what a test sends
 ACCESS_KEY = "AKIDCELERYWORKER"
 SECRET_KEY = "celery/worker+secret"  # "/" and "+": kombu wants them percent-encoded in the broker URL
 
@@ -64,105 +59,34 @@ def serving(tmp_path: Path) -> Iterator[Serving]:
 
 def environment_for(serving: Serving, out: Path, visibility: int) -> dict[str, str]:
     """The worker's environment: the ``DBQUEUE_CELERY_*`` variables `celery_sqs_app` reads, and no AWS settings."""
-    environment = {
-        key: value for key, value in os.environ.items() if not key.startswith(("AWS_", "DBQUEUE_", "CELERY_"))
+    variables = {
+        "AWS_CONFIG_FILE": str(out / "no-such-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(out / "no-such-credentials"),
+        "DBQUEUE_CELERY_ENDPOINT": f"127.0.0.1:{serving.http_port}",
+        "DBQUEUE_CELERY_ACCESS_KEY": ACCESS_KEY,
+        "DBQUEUE_CELERY_SECRET_KEY": SECRET_KEY,
+        "DBQUEUE_CELERY_QUEUE": QUEUE,
+        "DBQUEUE_CELERY_VISIBILITY": str(visibility),
+        "DBQUEUE_CELERY_OUT": str(out),
     }
-    environment.update(
-        {
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])),
-            "AWS_CONFIG_FILE": str(out / "no-such-config"),
-            "AWS_SHARED_CREDENTIALS_FILE": str(out / "no-such-credentials"),
-            "DBQUEUE_CELERY_ENDPOINT": f"127.0.0.1:{serving.http_port}",
-            "DBQUEUE_CELERY_ACCESS_KEY": ACCESS_KEY,
-            "DBQUEUE_CELERY_SECRET_KEY": SECRET_KEY,
-            "DBQUEUE_CELERY_QUEUE": QUEUE,
-            "DBQUEUE_CELERY_VISIBILITY": str(visibility),
-            "DBQUEUE_CELERY_OUT": str(out),
-        }
-    )
-    return environment
-
-
-class Worker:
-    """One ``celery worker`` subprocess in a process group of its own, its log in a file."""
-
-    def __init__(self, name: str, environment: dict[str, str], log_dir: Path, concurrency: int) -> None:
-        self.name = name
-        self.log_path = log_dir / f"worker-{name}.log"
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable, "-m", "celery", "-A", "celery_sqs_app", "worker",
-                    "--loglevel", "INFO", "--pool", "prefork", "--concurrency", str(concurrency),
-                    "--hostname", f"{name}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
-                ],
-                env=environment,
-                cwd=log_dir,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: a kill takes the pool processes with it
-            )  # fmt: skip
-        self.group = self.process.pid
-
-    def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def check_alive(self) -> None:
-        if self.process.poll() is not None:
-            pytest.fail(f"worker {self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
-
-    def check_log(self) -> None:
-        """Fail if the log holds an error or a traceback (kombu logs a refused request and goes on)."""
-        text = self.log_path.read_text(errors="replace")
-        assert "Traceback" not in text and "ERROR/" not in text and "CRITICAL/" not in text, self.log_tail(80)
-
-    def kill(self) -> None:
-        """SIGKILL the worker and its pool processes at once, and wait for the main process."""
-        os.killpg(self.group, signal.SIGKILL)
-        self.process.wait(10)
-
-    def stop(self) -> None:
-        """Warm shutdown (SIGTERM), then SIGKILL to the group if it takes more than 20 s; no process stays behind."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(20)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.group, signal.SIGKILL)
-        if self.process.poll() is None:
-            self.process.wait(10)
+    return environment([], variables, drop=("AWS_", "DBQUEUE_", "CELERY_"))
 
 
 @pytest.fixture
 def workers(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
-    started: list[Worker] = []
+    """``start(name, environment, concurrency=2)``: a ``celery worker`` of `celery_sqs_app`; a warm shutdown
+    (SIGTERM) gets 20 s before its process group is killed."""
+    with started_workers(tmp_path, stop_grace=20.0) as start_worker:
 
-    def start(name: str, environment: dict[str, str], concurrency: int = 2) -> Worker:
-        worker = Worker(name, environment, tmp_path, concurrency)
-        started.append(worker)
-        return worker
+        def start(name: str, environment: dict[str, str], concurrency: int = 2) -> Worker:
+            args = [
+                "celery", "-A", "celery_sqs_app", "worker",
+                "--loglevel", "INFO", "--pool", "prefork", "--concurrency", str(concurrency),
+                "--hostname", f"{name}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
+            ]  # fmt: skip
+            return start_worker(name, args, environment)
 
-    yield start
-    for worker in started:
-        worker.stop()
-
-
-def files(out: Path, prefix: str) -> list[Path]:
-    return sorted(path for path in out.iterdir() if path.name.startswith(prefix))
-
-
-def wait_for(
-    what: str, predicate: Callable[[], bool], alive: list[Worker], timeout: float = WAIT, interval: float = 0.05
-) -> None:
-    """Poll ``predicate`` until it holds; fail at ``timeout``, or as soon as a worker in ``alive`` has exited."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        for worker in alive:
-            worker.check_alive()
-        if time.monotonic() > deadline:
-            logs = "\n".join(f"--- worker {worker.name}:\n{worker.log_tail()}" for worker in alive)
-            pytest.fail(f"timed out after {timeout} s waiting for {what}\n{logs}")
-        time.sleep(interval)
+        yield start
 
 
 def queue_stats(serving: Serving) -> dict[str, Any]:
@@ -185,11 +109,11 @@ def test_tasks_run_end_to_end_on_a_celery_worker(
         worker = workers("one", environment)  # the first twenty wait in the queue for it
         for name in names[20:]:
             producer.send_task("celery_sqs_app.write", args=(name,))
-        wait_for("forty tasks to run", lambda: len(files(out, "done-")) >= len(names), [worker])
+        wait_for("forty tasks to run", lambda: len(outcomes(out, "done-")) >= len(names), [worker])
         time.sleep(1.0)  # long enough for a duplicate to show up, if there were one
-        done = [path.name.split("-")[1] for path in files(out, "done-")]
+        done = [name.split("-")[1] for name in outcomes(out, "done-")]
         assert sorted(done) == sorted(names)  # each task ran, and ran once
-        assert {path.read_text().split()[0] for path in files(out, "done-")} == {str(worker.group)}
+        assert {left_by(out, name) for name in outcomes(out, "done-")} == {worker.group}
         # Each acknowledgement was a DeleteMessage of a current receipt: confirmed, nothing left.
         wait_for(
             "the acknowledgements",
@@ -218,26 +142,26 @@ def test_a_task_of_a_worker_killed_mid_task_completes_on_another(
     try:
         first = workers("first", environment, concurrency=1)
         producer.send_task("celery_sqs_app.hold", args=("x",))
-        wait_for("the held task to start", lambda: len(files(out, "started-x-")) == 1, [first])
+        wait_for("the held task to start", lambda: len(outcomes(out, "started-x-")) == 1, [first])
         producer.send_task("celery_sqs_app.write", args=("after",))  # prefetched by the busy worker, or not
         wait_for("the held task's message in flight", lambda: queue_stats(serving)["in_flight"] >= 1, [first])
-        (started,) = files(out, "started-x-")
-        assert started.read_text().split()[0] == str(first.group)
+        (started,) = outcomes(out, "started-x-")
+        assert left_by(out, started) == first.group
         first.kill()
         killed_at = time.monotonic()
-        assert files(out, "done-") == []  # it died mid-task
+        assert outcomes(out, "done-") == []  # it died mid-task
         (out / "release-x").write_text("")
 
         second = workers("second", environment, concurrency=1)
-        wait_for("the held task to finish again", lambda: len(files(out, "done-")) == 2, [second])
+        wait_for("the held task to finish again", lambda: len(outcomes(out, "done-")) == 2, [second])
         assert time.monotonic() - killed_at >= visibility - 0.5  # not before its visibility timeout ended
-        (done_x,) = files(out, "done-x-")
-        assert done_x.read_text().split()[0] == str(second.group)
-        (done_after,) = files(out, "done-after-")
-        assert done_after.read_text().split()[0] == str(second.group)
-        starts = files(out, "started-x-")
+        (done_x,) = outcomes(out, "done-x-")
+        assert left_by(out, done_x) == second.group
+        (done_after,) = outcomes(out, "done-after-")
+        assert left_by(out, done_after) == second.group
+        starts = outcomes(out, "started-x-")
         assert len(starts) == 2  # once on each worker
-        assert {path.read_text().split()[0] for path in starts} == {str(first.group), str(second.group)}
+        assert {left_by(out, name) for name in starts} == {first.group, second.group}
         wait_for("the acknowledgements", lambda: queue_stats(serving)["confirmed"] == 2, [second], timeout=10)
         stats = queue_stats(serving)
         assert (stats["ready"], stats["in_flight"], stats["enqueued"]) == (0, 0, 2)

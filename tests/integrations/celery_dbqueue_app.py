@@ -1,8 +1,9 @@
 """A Celery app on dbqueue's kombu transport: what tests/integrations/test_celery.py runs.
 
 ``python -m celery -A celery_dbqueue_app worker`` with this folder on
-``PYTHONPATH`` and ``DBQUEUE_TEST_ADDRESS`` (``host:port`` of the server) and
-``DBQUEUE_TEST_OUT`` (the folder the tasks leave their side effects in). Tasks
+``PYTHONPATH`` (and tests/, for `side_effects`) and ``DBQUEUE_TEST_ADDRESS``
+(``host:port`` of the server) and ``DBQUEUE_TEST_OUT`` (the folder the tasks
+leave their side effects in: see `side_effects`). Tasks
 are acknowledged late; the queue ``tasks`` has a dead-letter queue,
 ``tasks-dead``, which takes a task that failed for good.
 """
@@ -17,11 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
-from worker_process import leave
 
 import dbqueue.integrations.celery  # noqa: F401  # registers dbqueue:// with kombu
-
-HOLD_LIMIT = 60.0
+import side_effects
+from side_effects import leave
 
 
 def make_app(environment: Mapping[str, str]) -> Celery:
@@ -61,13 +61,7 @@ def make_app(environment: Mapping[str, str]) -> Celery:
 
     @app.task(name="celery_dbqueue_app.hold")
     def hold(name: str) -> None:
-        leave(out, f"started-{name}-{os.getpid()}")
-        deadline = time.monotonic() + HOLD_LIMIT
-        while not (out / f"release-{name}").exists():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"release-{name} did not appear within {HOLD_LIMIT} s")
-            time.sleep(0.05)
-        leave(out, f"done-{name}-{os.getpid()}")
+        side_effects.hold(out, name)
 
     @app.task(name="celery_dbqueue_app.fail", bind=True, max_retries=2, default_retry_delay=0.3)
     def fail(self: Any, name: str) -> None:

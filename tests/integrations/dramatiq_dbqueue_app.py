@@ -1,8 +1,9 @@
 """A Dramatiq app on dbqueue's broker: what tests/integrations/test_dramatiq.py runs.
 
 ``python -m dramatiq dramatiq_dbqueue_app`` with this folder on ``PYTHONPATH``
-and ``DBQUEUE_TEST_ADDRESS`` (``host:port`` of the server) and
-``DBQUEUE_TEST_OUT`` (the folder the actors leave their side effects in). The
+(and tests/, for `side_effects`) and ``DBQUEUE_TEST_ADDRESS`` (``host:port``
+of the server) and ``DBQUEUE_TEST_OUT`` (the folder the actors leave their
+side effects in: see `side_effects`). The
 queue ``failing`` gets a budget of three deliveries from its actors' most
 retries (`fail`'s two); `fail_at_once` (no retries) fails for good before
 that budget is spent.
@@ -16,11 +17,10 @@ import time
 from pathlib import Path
 
 import dramatiq
-from worker_process import leave
 
+import side_effects
 from dbqueue.integrations.dramatiq import DbQueueBroker
-
-HOLD_LIMIT = 60.0
+from side_effects import leave
 
 broker = DbQueueBroker(f"dbqueue://{os.environ.get('DBQUEUE_TEST_ADDRESS', '127.0.0.1:3003')}")
 dramatiq.set_broker(broker)
@@ -39,13 +39,7 @@ def stamp(name: str) -> None:
 
 @dramatiq.actor(queue_name="tasks")
 def hold(name: str) -> None:
-    leave(out, f"started-{name}-{os.getpid()}")
-    deadline = time.monotonic() + HOLD_LIMIT
-    while not (out / f"release-{name}").exists():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"release-{name} did not appear within {HOLD_LIMIT} s")
-        time.sleep(0.05)
-    leave(out, f"done-{name}-{os.getpid()}")
+    side_effects.hold(out, name)
 
 
 @dramatiq.actor(queue_name="failing", max_retries=2, min_backoff=300, max_backoff=600)

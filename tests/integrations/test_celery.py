@@ -30,9 +30,11 @@ import pytest
 pytest.importorskip("celery", reason="Celery is not installed (pip install 'dbqueue[celery]')")
 
 import celery_dbqueue_app
-from worker_process import Worker, environment, outcomes, wait_for
+from app_environment import environment
 
 from dbqueue import Client
+from framework_worker import Worker, started_workers, wait_for
+from side_effects import outcomes
 
 
 @pytest.fixture
@@ -44,20 +46,16 @@ def out(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def workers(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
-    started: list[Worker] = []
+    with started_workers(tmp_path) as start_worker:
 
-    def start(name: str, env: dict[str, str], concurrency: int = 2, queues: str = "tasks") -> Worker:
-        args = [
-            "celery", "-A", "celery_dbqueue_app", "worker", "--loglevel", "INFO", "--pool", "prefork",
-            "--concurrency", str(concurrency), "--hostname", f"{name}@%h", "--queues", queues,
-        ]  # fmt: skip
-        worker = Worker(name, args, env, tmp_path)
-        started.append(worker)
-        return worker
+        def start(name: str, env: dict[str, str], concurrency: int = 2, queues: str = "tasks") -> Worker:
+            args = [
+                "celery", "-A", "celery_dbqueue_app", "worker", "--loglevel", "INFO", "--pool", "prefork",
+                "--concurrency", str(concurrency), "--hostname", f"{name}@%h", "--queues", queues,
+            ]  # fmt: skip
+            return start_worker(name, args, env)
 
-    yield start
-    for worker in started:
-        worker.stop()
+        yield start
 
 
 def stats(address: str, queue: str) -> dict[str, int]:

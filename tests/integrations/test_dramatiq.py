@@ -31,10 +31,12 @@ import pytest
 
 pytest.importorskip("dramatiq", reason="Dramatiq is not installed (pip install 'dbqueue[dramatiq]')")
 
-from worker_process import Worker, environment, outcomes, wait_for
+from app_environment import environment
 
 from dbqueue import Client
 from dbqueue.integrations.dramatiq import DbQueueBroker
+from framework_worker import Worker, started_workers, wait_for
+from side_effects import outcomes
 
 
 @pytest.fixture
@@ -61,20 +63,18 @@ def app(address: str, out: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ob
 
 @pytest.fixture
 def workers(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
-    started: list[Worker] = []
+    with started_workers(tmp_path) as start_worker:
 
-    def start(name: str, env: dict[str, str], processes: int = 1, threads: int = 2, queues: str = "tasks") -> Worker:
-        args = [
-            "dramatiq", "dramatiq_dbqueue_app", "--processes", str(processes), "--threads", str(threads),
-            "--queues", *queues.split(","),
-        ]  # fmt: skip
-        worker = Worker(name, args, env, tmp_path)
-        started.append(worker)
-        return worker
+        def start(
+            name: str, env: dict[str, str], processes: int = 1, threads: int = 2, queues: str = "tasks"
+        ) -> Worker:
+            args = [
+                "dramatiq", "dramatiq_dbqueue_app", "--processes", str(processes), "--threads", str(threads),
+                "--queues", *queues.split(","),
+            ]  # fmt: skip
+            return start_worker(name, args, env)
 
-    yield start
-    for worker in started:
-        worker.stop()
+        yield start
 
 
 def stats(address: str, queue: str) -> dict[str, int]:

@@ -16,9 +16,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from worker_process import Worker, environment, outcomes, wait_for
+from app_environment import environment
 
+from framework_worker import Worker, wait_for
 from server_process import ServerProcess
+from side_effects import outcomes
 
 FIRST, DELAYED, AFTER = 20, 10, 20
 

@@ -2,8 +2,10 @@
 
 Each worker runs in a process group of its own, so a kill takes its pool
 processes with it (as an OOM kill or a container stop would); its log goes to
-a file. Tasks leave one file per execution in an output folder, so tests count
-what ran, never log lines: `outcomes` lists them.
+a file, which `Worker.check_log` reads for errors a framework logs and goes
+on from. What the worker's tasks did is counted from the files they leave
+(`side_effects`), never from log lines. `started_workers` stops, at the end
+of a test, every worker the test started.
 """
 
 from __future__ import annotations
@@ -14,35 +16,43 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parent
 
-__all__ = ["HERE", "Worker", "environment", "outcomes", "wait_for"]
+__all__ = ["TESTS", "Worker", "environment", "started_workers", "wait_for"]
+
+# What a worker's log must not hold: Celery's and Dramatiq's error levels, a traceback, and dbqueue's
+# transport's own complaints.
+ERROR_MARKS = ("Traceback", "ERROR/", "CRITICAL/", "[ERROR]", "[CRITICAL]", "dbqueue: ")
 
 
-def environment(address: str, out: Path, **extra: str) -> dict[str, str]:
-    """A worker's environment: this folder importable, the server's address and the output folder."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("DBQUEUE_", "CELERY_"))}
-    env.update(
-        {
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])),
-            "DBQUEUE_TEST_ADDRESS": address,
-            "DBQUEUE_TEST_OUT": str(out),
-            **extra,
-        }
-    )
+def environment(
+    importable: Sequence[Path], variables: dict[str, str], drop: Sequence[str] = ("DBQUEUE_", "CELERY_")
+) -> dict[str, str]:
+    """A worker's environment: this process's without the variables that start with one of ``drop``,
+    ``importable`` folders (the app's) and this one (`side_effects`) first on PYTHONPATH, and ``variables``."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(tuple(drop))}
+    folders = dict.fromkeys([*(str(folder) for folder in importable), str(TESTS)])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [*folders, os.environ.get("PYTHONPATH")]))
+    env.update(variables)
     return env
 
 
 class Worker:
-    """One worker subprocess (``python -m <args>``) in its own process group, its log in a file."""
+    """One worker subprocess (``python -m <args>``) in its own process group, its log in a file.
 
-    def __init__(self, name: str, args: Sequence[str], env: dict[str, str], log_dir: Path) -> None:
+    ``stop_grace``: seconds a warm shutdown (SIGTERM) is given before the group is killed.
+    """
+
+    def __init__(
+        self, name: str, args: Sequence[str], env: dict[str, str], log_dir: Path, stop_grace: float = 15.0
+    ) -> None:
         self.name = name
+        self.stop_grace = stop_grace
         self.log_path = log_dir / f"worker-{name}.log"
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
@@ -51,7 +61,7 @@ class Worker:
                 cwd=log_dir,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
+                start_new_session=True,  # its own process group: a kill takes the pool processes with it
             )
         self.group = self.process.pid
 
@@ -66,7 +76,7 @@ class Worker:
         """Fail if the log holds an error or a traceback: a refused acknowledgement is logged and
         the worker goes on, which would otherwise pass unseen."""
         text = self.log_path.read_text(errors="replace")
-        for mark in ("Traceback", "ERROR/", "CRITICAL/", "[ERROR]", "[CRITICAL]", "dbqueue: "):
+        for mark in ERROR_MARKS:
             assert mark not in text, f"{mark!r} in the log of worker {self.name}:\n{self.log_tail(80)}"
 
     def kill(self) -> None:
@@ -75,20 +85,34 @@ class Worker:
         self.process.wait(10)
 
     def stop(self) -> None:
-        """SIGTERM (a warm shutdown), then SIGKILL to the group after 15 s; no process stays behind."""
+        """SIGTERM (a warm shutdown), then SIGKILL to the group after `stop_grace`; no process stays behind."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(15)
+                self.process.wait(self.stop_grace)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.group, signal.SIGKILL)
         if self.process.poll() is None:
             self.process.wait(10)
 
 
-def outcomes(out: Path, prefix: str) -> list[str]:
-    """Names of the side-effect files starting with ``prefix`` (one per execution)."""
-    return sorted(path.name for path in out.iterdir() if path.name.startswith(prefix))
+@contextlib.contextmanager
+def started_workers(
+    log_dir: Path, stop_grace: float = 15.0
+) -> Iterator[Callable[[str, Sequence[str], dict[str, str]], Worker]]:
+    """``start(name, args, env)``, which starts a `Worker`; each one started is stopped on the way out."""
+    started: list[Worker] = []
+
+    def start(name: str, args: Sequence[str], env: dict[str, str]) -> Worker:
+        worker = Worker(name, args, env, log_dir, stop_grace)
+        started.append(worker)
+        return worker
+
+    try:
+        yield start
+    finally:
+        for worker in started:
+            worker.stop()
 
 
 def wait_for(what: str, predicate: Callable[[], bool], alive: Sequence[Worker], timeout: float = 60.0) -> None:
@@ -101,10 +125,3 @@ def wait_for(what: str, predicate: Callable[[], bool], alive: Sequence[Worker], 
             logs = "\n".join(f"--- worker {worker.name}:\n{worker.log_tail()}" for worker in alive)
             pytest.fail(f"timed out after {timeout} s waiting for {what}\n{logs}")
         time.sleep(0.05)
-
-
-def leave(out: Path, name: str, content: str = "") -> None:
-    """Write one side-effect file, whole or not at all (written aside, then renamed)."""
-    aside = out / f".{name}.partial"
-    aside.write_text(f"{os.getpgrp()}\n{content}")
-    aside.rename(out / name)
