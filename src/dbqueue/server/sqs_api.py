@@ -170,6 +170,7 @@ from ..sqs.fastpath import (
     OTHER,
     HttpRequest,
     batch_reply,
+    decode_params,
     frame,
     ok_head,
     plain_delete_entries,
@@ -201,7 +202,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("dbqueue.server")
-_decode_json = json.JSONDecoder().decode
 
 DEFAULT_ATTRIBUTES: Mapping[str, str] = {
     "VisibilityTimeout": "30",
@@ -1441,7 +1441,7 @@ class SqsConnection(asyncio.Protocol):
                 if service.server.broker is not service.broker:
                     service.rebind()
                 try:
-                    params = _decode_json(request.body.decode())
+                    params = decode_params(request.body)
                     if type(params) is dict:
                         reply = fast(service, params, sender)
                 except (ValueError, SqsError, RequestError):

@@ -30,6 +30,7 @@ digits in the last two groups), so SDKs and tools that expect a UUID accept it.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import re
@@ -66,14 +67,17 @@ class ReceiptHandles:
     shared by the members of a group). The object holds no other state.
     """
 
-    __slots__ = ("_mac", "_key")
+    __slots__ = ("_mac", "_keyed")
 
     def __init__(self, secret: bytes) -> None:
         if len(secret) < 16:
             raise ValueError("the receipt-handle secret must be at least 16 bytes")
         self._mac = hmac.new(secret, digestmod=hashlib.sha256)
         # BLAKE2b takes keys of up to 64 bytes: a longer secret is hashed to one.
-        self._key = secret if len(secret) <= 64 else hashlib.sha256(secret).digest()
+        key = secret if len(secret) <= 64 else hashlib.sha256(secret).digest()
+        # The keyed hash before any message: a copy of it hashes a handle as a new keyed hash would, without
+        # hashing the key's block again.
+        self._keyed = hashlib.blake2b(key=key, digest_size=_MAC_SIZE)
 
     def issue(self, queue: str, message_id: int, delivery: int) -> str:
         """Return the receipt handle of delivery ``delivery`` of message ``message_id`` in ``queue``.
@@ -84,8 +88,9 @@ class ReceiptHandles:
             signed = _HEAD.pack(_VERSION, message_id, delivery) + queue.encode()
         except struct.error as error:
             raise ValueError(f"message id {message_id} or delivery {delivery} out of range") from error
-        tag = _blake2b(signed, key=self._key, digest_size=_MAC_SIZE).digest()
-        return _urlsafe_b64encode(signed + tag).rstrip(b"=").decode("ascii")
+        mac = self._keyed.copy()
+        mac.update(signed)
+        return _b2a_base64(signed + mac.digest(), newline=False).translate(_URL_SAFE).rstrip(b"=").decode("ascii")
 
     def open(self, handle: str, queue: str | None = None) -> Receipt:
         """Return what ``handle`` names, after checking its MAC (in constant time).
@@ -108,7 +113,9 @@ class ReceiptHandles:
         signed, tag = raw[:-_MAC_SIZE], raw[-_MAC_SIZE:]
         version, message_id, delivery = _HEAD.unpack_from(signed)
         if version == _VERSION:
-            expected = _blake2b(signed, key=self._key, digest_size=_MAC_SIZE).digest()
+            keyed = self._keyed.copy()
+            keyed.update(signed)
+            expected = keyed.digest()
         elif version == _HMAC_VERSION:
             mac = self._mac.copy()
             mac.update(signed)
@@ -133,8 +140,8 @@ def _invalid(handle: str) -> SqsError:
     )
 
 
-_blake2b = hashlib.blake2b
-_urlsafe_b64encode = base64.urlsafe_b64encode
+_b2a_base64 = binascii.b2a_base64
+_URL_SAFE = bytes.maketrans(b"+/", b"-_")  # base64's alphabet to the URL-safe one, as `base64.urlsafe_b64encode`
 
 
 def message_id_text(message_id: int) -> str:
