@@ -56,6 +56,7 @@ __all__ = [
     "plain_prefix",
     "seal_plain",
     "open_plain",
+    "plain_body",
 ]
 
 MAGIC = b"\xffSQS"
@@ -157,6 +158,28 @@ def open_plain(payload: bytes) -> tuple[int, bytes, str] | None:
     except (IndexError, UnicodeDecodeError):
         return None
     return _HEAD.unpack_from(payload)[2], queue, body
+
+
+def plain_body(payload: bytes) -> tuple[bytes, str] | None:
+    """The body of an envelope with no attributes, as its UTF-8 bytes and as text; None for any other payload.
+
+    The body `open_plain` reads, for a receive that reports nothing else of
+    the message (the send time and the queue are not read); checked as
+    `open_envelope` checks it.
+    """
+    if not payload.startswith(_PLAIN_START):
+        return None
+    try:
+        queue_end = 15 + (payload[13] << 8 | payload[14])
+        sender_end = queue_end + 2 + (payload[queue_end] << 8 | payload[queue_end + 1])
+        if payload[sender_end] or payload[sender_end + 1]:
+            return None
+        payload[15:queue_end].decode()  # a name or sender that is not UTF-8 makes no envelope
+        payload[queue_end + 2 : sender_end].decode()
+        body = payload[sender_end + 2 :]
+        return body, body.decode()
+    except (IndexError, UnicodeDecodeError):
+        return None
 
 
 def _text(text: str) -> tuple[bytes, bytes]:

@@ -78,7 +78,6 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from hashlib import md5 as _md5
 from http import HTTPStatus
 from typing import Any, Protocol
 
@@ -164,7 +163,8 @@ from ..sqs import (
     select_attributes,
 )
 from ..sqs import Protocol as WireProtocol
-from ..sqs.envelope import open_plain, plain_prefix, seal_plain
+from ..sqs.digests import md5 as _md5
+from ..sqs.envelope import plain_body, plain_prefix, seal_plain
 from ..sqs.fastpath import (
     MORE,
     OTHER,
@@ -1136,8 +1136,8 @@ class SqsService:
         limit = self.server.max_in_flight
         text = queue.name.decode()
         for record_ in records:
-            opened = open_plain(record_.data)
-            if opened is not None:
+            plain_ = plain_body(record_.data)
+            if plain_ is not None:
                 id_ = record_.id
                 deliveries = record_.deliveries
                 if deliveries <= 1:
@@ -1148,10 +1148,15 @@ class SqsService:
                 if len(issued) >= limit:
                     del issued[next(iter(issued))]
                 issued[handle] = (queue, id_, deliveries)
-                body = opened[2]
-                md5 = _md5(body.encode(), usedforsecurity=False).hexdigest()
-                message_id = f"00000000-0000-0000-{id_ >> 48:04x}-{id_ & _LOW_48:012x}"  # `message_id_text`
-                messages.append(received_message(message_id, handle, md5, body))
+                raw, body = plain_
+                messages.append(
+                    received_message(
+                        f"00000000-0000-0000-{id_ >> 48:04x}-{id_ & _LOW_48:012x}",  # `message_id_text`
+                        handle,
+                        _md5(raw, usedforsecurity=False).hexdigest(),
+                        body,
+                    )
+                )
             else:
                 if request is None:
                     request = ReceiveMessage(name, count, seconds, wait, frozenset(), (), None)

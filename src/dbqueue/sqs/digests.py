@@ -20,12 +20,26 @@ code units; the two orders differ only above U+FFFF, which attribute names
 from __future__ import annotations
 
 import hashlib
+import importlib
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from .requests import MessageAttributeValue
 
-__all__ = ["md5_of_body", "md5_of_attributes", "attributes_size", "select_attributes"]
+if TYPE_CHECKING:
+    from hashlib import _Hash
+
+__all__ = ["md5", "md5_of_body", "md5_of_attributes", "attributes_size", "select_attributes"]
+
+md5: Callable[..., _Hash]
+"""The MD5 constructor the listener uses: ``md5(data, usedforsecurity=False).hexdigest()``."""
+try:
+    # CPython's own MD5: for the small bodies of most messages about half the cost of OpenSSL's (no EVP set-up),
+    # and about the same for large ones. The digests are MD5's either way.
+    md5 = importlib.import_module("_md5").md5
+except ImportError:  # an interpreter built without it
+    md5 = hashlib.md5
 
 _LENGTH = struct.Struct(">I")
 _STRING = b"\x01"
@@ -34,7 +48,7 @@ _BINARY = b"\x02"
 
 def md5_of_body(body: str) -> str:
     """Return ``MD5OfMessageBody``: the hex MD5 of the body's UTF-8 encoding."""
-    return hashlib.md5(body.encode(), usedforsecurity=False).hexdigest()
+    return md5(body.encode(), usedforsecurity=False).hexdigest()
 
 
 def md5_of_attributes(attributes: Mapping[str, MessageAttributeValue]) -> str:
@@ -64,7 +78,7 @@ def md5_of_attributes(attributes: Mapping[str, MessageAttributeValue]) -> str:
             pack(len(payload)),
             payload,
         )
-    return hashlib.md5(b"".join(parts), usedforsecurity=False).hexdigest()
+    return md5(b"".join(parts), usedforsecurity=False).hexdigest()
 
 
 def attributes_size(attributes: Mapping[str, MessageAttributeValue]) -> int:

@@ -18,6 +18,7 @@ from ..protocol.envelope import (
     MessageAttributeValue,
     open_envelope,
     open_plain,
+    plain_body,
     plain_prefix,
     seal,
     seal_plain,
@@ -35,6 +36,7 @@ __all__ = [
     "plain_prefix",
     "seal_plain",
     "open_plain",
+    "plain_body",
 ]
 
 ENCODING_ATTRIBUTE = "DbQueue.Encoding"
