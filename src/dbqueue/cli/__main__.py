@@ -1,0 +1,5 @@
+"""``python -m dbqueue.cli``: the `dbqueue` command."""
+
+from . import main
+
+main()
