@@ -55,6 +55,7 @@ __all__ = [
     "message_body",
     "plain_prefix",
     "seal_plain",
+    "seal_plain_many",
     "open_plain",
     "plain_body",
 ]
@@ -132,6 +133,11 @@ def plain_prefix(queue: str, sender: str) -> bytes:
 def seal_plain(prefix: bytes, sent_ms: int, body: bytes) -> bytes:
     """``seal(Envelope(body.decode(), sent_ms, queue, sender))`` for ``prefix = plain_prefix(queue, sender)``."""
     return _HEAD.pack(MAGIC, _VERSION, sent_ms) + prefix + body
+
+
+def seal_plain_many(prefix: bytes, sent_ms: int, bodies: list[bytes]) -> list[bytes]:
+    """`seal_plain` of each of ``bodies``, all sent at ``sent_ms``."""
+    return list(map((_HEAD.pack(MAGIC, _VERSION, sent_ms) + prefix).__add__, bodies))
 
 
 _PLAIN_START = MAGIC + _U8.pack(_VERSION)

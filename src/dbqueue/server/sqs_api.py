@@ -164,7 +164,7 @@ from ..sqs import (
 )
 from ..sqs import Protocol as WireProtocol
 from ..sqs.digests import md5 as _md5
-from ..sqs.envelope import plain_body, plain_prefix, seal_plain
+from ..sqs.envelope import plain_body, plain_prefix, seal_plain, seal_plain_many
 from ..sqs.fastpath import (
     MORE,
     OTHER,
@@ -1038,11 +1038,10 @@ class SqsService:
         plain = plain_send_entries(params, record.number("MaximumMessageSize"))
         if plain is None:
             return None
+        _, entry_ids, bodies = plain
         queue = record.queue
-        prefix = self._prefix(name, sender)
-        sent_ms = int(self.wall() * 1000)
-        payloads = [seal_plain(prefix, sent_ms, body) for _, body in plain[1]]
-        sizes = [len(payload) for payload in payloads]
+        payloads = seal_plain_many(self._prefix(name, sender), int(self.wall() * 1000), bodies)
+        sizes = list(map(len, payloads))
         admit_send(self, queue.name, max(sizes), sum(sizes))
         woken = bool(queue.waiters)
         ids = self.broker.enqueue_batch(queue, payloads, self.server.clock())
@@ -1051,15 +1050,10 @@ class SqsService:
         if woken:  # the reads handed these messages have deadlines the timer must cover
             self.server.schedule_expiry()
         return send_batch_reply(
-            [
-                # `message_id_text`, inlined (the broker's ids are in its range)
-                (
-                    entry_id,
-                    f"00000000-0000-0000-{id_ >> 48:04x}-{id_ & _LOW_48:012x}",
-                    _md5(body, usedforsecurity=False).hexdigest(),
-                )
-                for (entry_id, body), id_ in zip(plain[1], ids)
-            ]
+            entry_ids,
+            # `message_id_text`, inlined (the broker's ids are in its range)
+            [f"00000000-0000-0000-{id_ >> 48:04x}-{id_ & _LOW_48:012x}" for id_ in ids],
+            [_md5(body, usedforsecurity=False).hexdigest() for body in bodies],
         )
 
     def fast_send(self, params: dict[str, Any], sender: str) -> bytes | None:
@@ -1168,18 +1162,19 @@ class SqsService:
         plain = plain_delete_entries(params)
         if plain is None:
             return None
-        queue = self.record(queue_of_url(plain[0])).queue
+        url, entry_ids, handles = plain
+        queue = self.record(queue_of_url(url)).queue
         issued = self._issued
         named = []
-        for _, handle in plain[1]:
+        for handle in handles:
             receipt = issued.get(handle)
             if receipt is None or receipt[0] is not queue:
                 return None
             named.append(receipt)
         self._confirm_current(named)
-        for _, handle in plain[1]:
+        for handle in handles:
             issued.pop(handle, None)
-        return batch_reply([entry_id for entry_id, _ in plain[1]])
+        return batch_reply(entry_ids)
 
     def fast_delete(self, params: dict[str, Any], sender: str) -> bytes | None:
         """``DeleteMessage`` of a handle this service issued."""

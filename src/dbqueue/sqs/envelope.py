@@ -22,6 +22,7 @@ from ..protocol.envelope import (
     plain_prefix,
     seal,
     seal_plain,
+    seal_plain_many,
 )
 from .decoding import check_body
 from .errors import SqsError
@@ -35,6 +36,7 @@ __all__ = [
     "bare_body",
     "plain_prefix",
     "seal_plain",
+    "seal_plain_many",
     "open_plain",
     "plain_body",
 ]

@@ -47,7 +47,9 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Sequence
+from itertools import repeat
 from json.encoder import encode_basestring  # the C escaper json.dumps uses
+from operator import eq, itemgetter
 from typing import Any
 
 from .decoding import _BATCH_ENTRY_ID, _FORBIDDEN_CHARACTER, MAX_MESSAGE_SIZE
@@ -211,35 +213,59 @@ def _plain_body(body: object) -> bytes | None:
     return body.encode()
 
 
-def plain_send_entries(params: dict[str, Any], limit: int) -> tuple[str, list[tuple[str, bytes]]] | None:
-    """The queue URL and the (id, UTF-8 body) of each entry of a ``SendMessageBatch`` of the common shape.
+# The ids of a batch, each followed by a line feed (which no id may hold): all checked by one match.
+_ID_LINES = re.compile(f"(?:{_BATCH_ENTRY_ID.pattern}\n)+")
+_ONLY_TEXT = {str}
+_ID = itemgetter("Id")
+_KEYS_OF = dict.keys
+
+
+def _entry_fields(entries: object, keys: frozenset[str], field: str) -> tuple[list[str], list[Any]] | None:
+    """The ids, and the values of ``field``, of a batch's entries: each entry an object of exactly ``keys``,
+    1 to 10 of them, their ids distinct and each of `decoding`'s id pattern; else None.
+
+    Each check is made over the whole batch at once (``map`` and one match
+    of the joined ids), not entry by entry: the same rules as the general
+    path's, at a fraction of the cost.
+    """
+    if type(entries) is not list or not 0 < len(entries) <= 10:
+        return None
+    try:
+        if not all(map(eq, map(_KEYS_OF, entries), repeat(keys))):
+            return None
+    except TypeError:  # an entry that is not an object
+        return None
+    ids = list(map(_ID, entries))
+    if set(map(type, ids)) != _ONLY_TEXT or len(set(ids)) != len(ids):
+        return None
+    if _ID_LINES.fullmatch("\n".join(ids) + "\n") is None:
+        return None
+    return ids, list(map(itemgetter(field), entries))
+
+
+def plain_send_entries(params: dict[str, Any], limit: int) -> tuple[str, list[str], list[bytes]] | None:
+    """The queue URL, the entries' ids and their UTF-8 bodies, of a ``SendMessageBatch`` of the common shape.
 
     ``limit`` is the queue's ``MaximumMessageSize``. None for any other
     shape, and for anything the general path would refuse or fail an entry
     for (ids, bodies, sizes), so that it answers those.
     """
     url = _queue_url(params, _SEND_BATCH_KEYS)
-    entries = params.get("Entries")
-    if url is None or type(entries) is not list or not 0 < len(entries) <= 10:
+    if url is None:
         return None
-    plain = []
-    seen = set()
-    total = 0
-    for entry in entries:
-        if type(entry) is not dict or entry.keys() != _SEND_ENTRY_KEYS:
-            return None
-        entry_id = entry["Id"]
-        if type(entry_id) is not str or entry_id in seen or _BATCH_ENTRY_ID.fullmatch(entry_id) is None:
-            return None
-        seen.add(entry_id)
-        body = _plain_body(entry["MessageBody"])
-        if body is None or len(body) > limit:
-            return None
-        total += len(body)
-        plain.append((entry_id, body))
-    if total > MAX_MESSAGE_SIZE:
+    fields = _entry_fields(params.get("Entries"), _SEND_ENTRY_KEYS, "MessageBody")
+    if fields is None:
         return None
-    return url, plain
+    ids, bodies = fields
+    # Text, not empty, no character SQS forbids (the pattern is of one character: joining the bodies makes
+    # no match that one of them has not).
+    if set(map(type, bodies)) != _ONLY_TEXT or not all(bodies) or _FORBIDDEN_CHARACTER.search("".join(bodies)):
+        return None
+    encoded = list(map(str.encode, bodies))
+    sizes = list(map(len, encoded))
+    if max(sizes) > limit or sum(sizes) > MAX_MESSAGE_SIZE:
+        return None
+    return url, ids, encoded
 
 
 def plain_send(params: dict[str, Any], limit: int) -> tuple[str, bytes] | None:
@@ -253,30 +279,18 @@ def plain_send(params: dict[str, Any], limit: int) -> tuple[str, bytes] | None:
     return url, body
 
 
-def plain_delete_entries(params: dict[str, Any]) -> tuple[str, list[tuple[str, str]]] | None:
-    """The queue URL and the (id, receipt handle) of each entry of a ``DeleteMessageBatch``, or None."""
+def plain_delete_entries(params: dict[str, Any]) -> tuple[str, list[str], list[str]] | None:
+    """The queue URL, the entries' ids and their receipt handles, of a ``DeleteMessageBatch``; or None."""
     url = _queue_url(params, _SEND_BATCH_KEYS)
-    entries = params.get("Entries")
-    if url is None or type(entries) is not list or not 0 < len(entries) <= 10:
+    if url is None:
         return None
-    plain = []
-    seen = set()
-    for entry in entries:
-        if type(entry) is not dict or entry.keys() != _DELETE_ENTRY_KEYS:
-            return None
-        entry_id = entry["Id"]
-        handle = entry["ReceiptHandle"]
-        if (
-            type(entry_id) is not str
-            or type(handle) is not str
-            or not handle
-            or entry_id in seen
-            or _BATCH_ENTRY_ID.fullmatch(entry_id) is None
-        ):
-            return None
-        seen.add(entry_id)
-        plain.append((entry_id, handle))
-    return url, plain
+    fields = _entry_fields(params.get("Entries"), _DELETE_ENTRY_KEYS, "ReceiptHandle")
+    if fields is None:
+        return None
+    ids, handles = fields
+    if set(map(type, handles)) != _ONLY_TEXT or not all(handles):
+        return None
+    return url, ids, handles
 
 
 def plain_receive(params: dict[str, Any]) -> tuple[str, int, int | None, int | None] | None:
@@ -303,13 +317,15 @@ def plain_receive(params: dict[str, Any]) -> tuple[str, int, int | None, int | N
 # --- answers ----------------------------------------------------------------------------------------------------
 
 
-def send_batch_reply(entries: Sequence[tuple[str, str, str]]) -> bytes:
-    """The ``SendMessageBatch`` answer of entries (id, message id, body MD5), all successful."""
+def send_batch_reply(entry_ids: Sequence[str], message_ids: Sequence[str], md5s: Sequence[str]) -> bytes:
+    """The ``SendMessageBatch`` answer of entries (their ids, message ids and body MD5s), all successful."""
     return (
         '{"Successful":['
         + ",".join(
-            f'{{"Id":"{entry_id}","MessageId":"{message_id}","MD5OfMessageBody":"{md5}"}}'
-            for entry_id, message_id, md5 in entries
+            [
+                f'{{"Id":"{entry_id}","MessageId":"{message_id}","MD5OfMessageBody":"{md5}"}}'
+                for entry_id, message_id, md5 in zip(entry_ids, message_ids, md5s)
+            ]
         )
         + '],"Failed":[]}'
     ).encode()
@@ -335,4 +351,4 @@ def receive_reply(messages: Sequence[str]) -> bytes:
 
 def batch_reply(ids: Sequence[str]) -> bytes:
     """The answer of a ``DeleteMessageBatch`` whose entries all succeeded."""
-    return ('{"Successful":[' + ",".join(f'{{"Id":"{entry_id}"}}' for entry_id in ids) + '],"Failed":[]}').encode()
+    return ('{"Successful":[{"Id":"' + '"},{"Id":"'.join(ids) + '"}],"Failed":[]}').encode()
