@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,31 +21,12 @@ import pytest
 from test_cli_commands import clean_environment, ok, run_cli
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "postgres"))
-from pg_cluster import Cluster, bin_dir  # beside the PostgreSQL tests, on the path above
+import pg_fixtures  # beside the PostgreSQL tests, on the path above
+from pg_cluster import free_port
 
-
-@pytest.fixture(scope="module")
-def pg_cluster() -> Iterator[Cluster]:
-    if bin_dir() is None:
-        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
-    cluster = Cluster.create().start()
-    try:
-        yield cluster
-    finally:
-        cluster.remove()
-
-
-@pytest.fixture
-def pg_url(pg_cluster: Cluster, request: pytest.FixtureRequest) -> str:
-    """A new, empty database for the test."""
-    return pg_cluster.create_database(request.node.name.removeprefix("test_")[:40])
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+# The fixtures this module uses (pg_fixtures.py says why they are not in a conftest.py).
+pg_cluster = pg_fixtures.pg_cluster
+pg_url = pg_fixtures.pg_url
 
 
 class Serve:

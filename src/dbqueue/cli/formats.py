@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-__all__ = ["Seconds", "echo_json", "terminal_width"]
+__all__ = ["Seconds", "echo_json", "echo_outcome", "terminal_width"]
 
 
 _MS_MAX_SECONDS = 0xFFFFFFFF / 1000  # the wire carries milliseconds in 32 bits
@@ -47,7 +47,16 @@ class Seconds(click.ParamType[float, Any]):
 
 
 def echo_json(value: Any) -> None:
+    """Print ``value`` as JSON on one line."""
     click.echo(json.dumps(value))
+
+
+def echo_outcome(as_json: bool, figures: dict[str, Any], line: str) -> None:
+    """Print what a command did: ``figures`` as JSON with ``--json``, else ``line``."""
+    if as_json:
+        echo_json(figures)
+    else:
+        click.echo(line)
 
 
 def terminal_width() -> int:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import click
 
 from .connection import Target, connects, session
-from .formats import Seconds, echo_json, terminal_width
+from .formats import Seconds, echo_json, echo_outcome, terminal_width
 
 if TYPE_CHECKING:
     from ..client import Client, GroupClient
@@ -253,10 +253,8 @@ def move(target: Target, source: str, destination: str, count: int | None, as_js
 
     with session(target) as client:
         moved = client.move(source, destination, count=count)
-    if as_json:
-        echo_json({"source": source, "destination": destination, "moved": moved})
-    else:
-        click.echo(f"moved {plural(moved, 'message')} from {source} to {destination}")
+    figures = {"source": source, "destination": destination, "moved": moved}
+    echo_outcome(as_json, figures, f"moved {plural(moved, 'message')} from {source} to {destination}")
 
 
 @click.command()
@@ -305,10 +303,7 @@ def create(
             dead_letter_queue=dead_letter_queue,
             visibility_timeout=visibility_timeout,
         )
-    if as_json:
-        echo_json({"queue": queue, "created": True})
-    else:
-        click.echo(f"created {queue}")
+    echo_outcome(as_json, {"queue": queue, "created": True}, f"created {queue}")
 
 
 @click.command()
@@ -319,10 +314,7 @@ def delete(target: Target, queue: str, as_json: bool) -> None:
     """Delete QUEUE and every message it holds."""
     with session(target) as client:
         client.delete(queue)
-    if as_json:
-        echo_json({"queue": queue, "deleted": True})
-    else:
-        click.echo(f"deleted {queue}")
+    echo_outcome(as_json, {"queue": queue, "deleted": True}, f"deleted {queue}")
 
 
 @click.command()
@@ -338,10 +330,7 @@ def purge(target: Target, queue: str, as_json: bool) -> None:
 
     with session(target) as client:
         count = client.purge(queue)
-    if as_json:
-        echo_json({"queue": queue, "purged": count})
-    else:
-        click.echo(f"purged {plural(count, 'message')} from {queue}")
+    echo_outcome(as_json, {"queue": queue, "purged": count}, f"purged {plural(count, 'message')} from {queue}")
 
 
 @click.command(name="list")
