@@ -11,6 +11,7 @@ with the same status and headers, and the two queues must be in the same state.
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import re
@@ -26,8 +27,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dbqueue import Client
-from dbqueue.sqs import Envelope, MessageAttributeValue, open_envelope, seal
-from dbqueue.sqs.envelope import open_plain, plain_prefix, seal_plain
+from dbqueue.server import sqs_api
+from dbqueue.sqs import Envelope, MessageAttributeValue, fastpath, open_envelope, seal
+from dbqueue.sqs.digests import md5
+from dbqueue.sqs.envelope import open_plain, plain_body, plain_prefix, seal_plain, seal_plain_many
 from dbqueue.sqs.fastpath import MORE, OTHER, HttpRequest, frame, ok_head, response_head
 
 JSON = "application/x-amz-json-1.0"
@@ -52,6 +55,33 @@ def test_a_plain_json_request_is_framed() -> None:
     assert ("X-Amz-Target", "AmazonSQS.SendMessage") in framed.headers
     second = frame(raw + raw, len(raw), 1 << 20)
     assert isinstance(second, HttpRequest) and second.end == 2 * len(raw)
+
+
+def test_header_values_are_read_without_the_spaces_around_them() -> None:
+    raw = request(
+        "AmazonSQS.SendMessage", b"{}", "x-lower:  two  inner  spaces  ", "X-Empty:", "X-Spaces:   ", "X-Tight:v"
+    )
+    framed = frame(raw, 0, 1 << 20)
+    assert isinstance(framed, HttpRequest)
+    assert framed.headers[-4:] == [
+        ("x-lower", "two  inner  spaces"),
+        ("X-Empty", ""),
+        ("X-Spaces", ""),
+        ("X-Tight", "v"),
+    ]
+    assert framed.headers[:4] == [
+        ("Host", "127.0.0.1:9324"),
+        ("Content-Type", JSON),
+        ("X-Amz-Target", "AmazonSQS.SendMessage"),
+        ("Content-Length", "2"),
+    ]
+    # The same name twice in another case, or a name of a character outside the fast path's tokens: not ours.
+    assert frame(request("AmazonSQS.SendMessage", b"{}", "host: other"), 0, 1 << 20) == OTHER
+    assert frame(request("AmazonSQS.SendMessage", b"{}", "X_Under: v"), 0, 1 << 20) == OTHER
+    assert frame(request("AmazonSQS.SendMessage", b"{}", ": no name"), 0, 1 << 20) == OTHER
+    assert frame(request("AmazonSQS.SendMessage", b"{}", "X-Bare: a\rb"), 0, 1 << 20) == OTHER
+    assert frame(request("AmazonSQS.SendMessage", b"{}", path="/a b"), 0, 1 << 20) == OTHER
+    assert frame(request("AmazonSQS.SendMessage", b"{}", path="/#x"), 0, 1 << 20) == OTHER
 
 
 def test_a_request_in_pieces_asks_for_more() -> None:
@@ -118,6 +148,11 @@ def test_a_plain_envelope_is_the_envelope_of_a_message_without_attributes(
     payload = seal_plain(plain_prefix(queue, sender), sent_ms, body.encode())
     assert payload == seal(Envelope(body, sent_ms, queue, sender))
     assert open_plain(payload) == (sent_ms, queue.encode(), body)
+    assert plain_body(payload) == (body.encode(), body)
+    assert seal_plain_many(plain_prefix(queue, sender), sent_ms, [body.encode(), b"x"]) == [
+        payload,
+        seal(Envelope("x", sent_ms, queue, sender)),
+    ]
     assert open_envelope(payload) == Envelope(body, sent_ms, queue, sender)
 
 
@@ -126,7 +161,15 @@ def test_open_plain_leaves_every_other_payload_to_open_envelope() -> None:
     plain = seal(Envelope("body", 1, "q", "s"))
     for payload in (with_attributes, b"", b"text", plain[:14], plain[:-5] + b"\xff\xfe", b"\xffSQS\x02" + plain[5:]):
         assert open_plain(payload) is None
+        assert plain_body(payload) is None
     assert open_plain(plain) == (1, b"q", "body")
+    assert plain_body(plain) == (b"body", "body")
+
+
+@pytest.mark.parametrize("size", [0, 1, 55, 56, 64, 1000, 70_000])
+def test_the_listener_s_md5_is_md5(size: int) -> None:
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    assert md5(data, usedforsecurity=False).hexdigest() == hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
 # --- the same answers as the general path, on a real server --------------------------------------------------------
@@ -156,13 +199,18 @@ class Peer:
 
     def call(self, action: str, params: dict[str, Any]) -> tuple[int, dict[str, str], str, Any]:
         body = json.dumps({**params, "QueueUrl": self.url} if "QueueName" not in params else params).encode()
+        return self.raw_call(action, body)
+
+    def raw_call(self, action: str, body: bytes) -> tuple[int, dict[str, str], str, Any]:
+        """`call` of a body as it is (``{url}`` in it stands for the queue's URL)."""
+        body = body.replace(b"{url}", self.url.encode())
         self.connection.request(
             "POST", "/", body=body, headers={"Content-Type": JSON, "X-Amz-Target": f"AmazonSQS.{action}"}
         )
         response = self.connection.getresponse()
         text = response.read().decode()
         headers = {name.lower(): value for name, value in response.getheaders()}
-        return response.status, headers, text, json.loads(text)
+        return response.status, headers, text, json.loads(text, strict=False)
 
 
 def same_answer(fast: tuple[int, dict[str, str], str, Any], general: tuple[int, dict[str, str], str, Any]) -> None:
@@ -177,7 +225,15 @@ def same_answer(fast: tuple[int, dict[str, str], str, Any], general: tuple[int, 
 BODIES = ["plain", 'quotes " and \\ backslash', "caf\u00e9 \u2603 \U0001f600", "line\nfeed\r\ncr\ttab", "x" * 3000]
 
 
-def test_the_fast_path_answers_as_the_general_path(listening: listener_kit.Listening) -> None:
+@pytest.fixture(params=["installed", "json"])
+def json_reader(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The fast path's JSON reader: orjson when installed (else json), or the standard library's alone."""
+    if request.param == "json":
+        monkeypatch.setattr(sqs_api, "decode_params", fastpath._json_params)
+    return str(request.param)
+
+
+def test_the_fast_path_answers_as_the_general_path(listening: listener_kit.Listening, json_reader: str) -> None:
     web = listening.listener._web
     assert web is not None
     with Client.connect(listening.thread.address) as native:
@@ -253,8 +309,57 @@ def test_the_fast_path_answers_as_the_general_path(listening: listener_kit.Liste
             ("ReceiveMessage", {"MaxNumberOfMessages": 11}),
             ("DeleteMessageBatch", {"Entries": [{"Id": "a", "ReceiptHandle": "forged"}]}),
             ("DeleteMessage", {"ReceiptHandle": "forged"}),
+            # Batches whose entries are checked all at once on the fast path: each rule, in an entry not the first.
+            ("SendMessageBatch", {"Entries": [{"Id": "a", "MessageBody": "x"}, "not an object"]}),
+            ("SendMessageBatch", {"Entries": [{"Id": "a", "MessageBody": "x"}, {"Id": "b"}]}),
+            ("SendMessageBatch", {"Entries": [{"Id": "a", "MessageBody": "x"}, {"Id": 7, "MessageBody": "y"}]}),
+            ("SendMessageBatch", {"Entries": [{"Id": "a", "MessageBody": "x"}, {"Id": "b", "MessageBody": 7}]}),
+            ("SendMessageBatch", {"Entries": [{"Id": "a", "MessageBody": "x"}, {"Id": "b", "MessageBody": ""}]}),
+            ("SendMessageBatch", {"Entries": [{"Id": "a", "MessageBody": "x"}, {"Id": "b" * 81, "MessageBody": "y"}]}),
+            ("SendMessageBatch", {"Entries": [{"Id": "a", "MessageBody": "x"}, {"Id": "b\nc", "MessageBody": "y"}]}),
+            ("SendMessageBatch", {"Entries": [{"Id": "a", "MessageBody": "x"}, {"Id": "", "MessageBody": "y"}]}),
+            ("SendMessageBatch", {"Entries": [{"Id": "a", "MessageBody": "x"}, {"Id": "b", "MessageBody": "\ud800"}]}),
+            ("SendMessageBatch", {"Entries": [{"Id": "a", "MessageBody": "x"}, {"Id": "b", "MessageBody": "y\u0000"}]}),
+            ("SendMessageBatch", {"Entries": [{"Id": f"e{i}", "MessageBody": "x"} for i in range(11)]}),
+            (
+                "SendMessageBatch",
+                {"Entries": [{"Id": "a", "MessageBody": "x"}, {"Id": "b", "MessageBody": "y", "DelaySeconds": 900}]},
+            ),
+            (
+                "DeleteMessageBatch",
+                {"Entries": [{"Id": "a", "ReceiptHandle": "forged"}, {"Id": "a", "ReceiptHandle": "f"}]},
+            ),
+            (
+                "DeleteMessageBatch",
+                {"Entries": [{"Id": "a", "ReceiptHandle": "forged"}, {"Id": "b", "ReceiptHandle": ""}]},
+            ),
+            (
+                "DeleteMessageBatch",
+                {"Entries": [{"Id": "a", "ReceiptHandle": "forged"}, {"Id": "b", "ReceiptHandle": 1}]},
+            ),
+            ("DeleteMessageBatch", {"Entries": [{"Id": "a", "ReceiptHandle": "forged"}, ["b"]]}),
         ]:
             same_answer(fast.call(action, params), general.call(action, params))
+        # Bodies that JSON parsers may read differently (orjson on the fast path when installed, json on the
+        # general one): the same answers, whichever reads them.
+        for action, raw in [
+            ("ReceiveMessage", b'{"QueueUrl":"{url}","MaxNumberOfMessages":99999999999999999999}'),
+            ("ReceiveMessage", b'{"QueueUrl":"{url}","MaxNumberOfMessages":NaN}'),
+            ("ReceiveMessage", b'{"QueueUrl":"{url}","MaxNumberOfMessages":1e400}'),
+            ("ReceiveMessage", b'{"QueueUrl":"{url}","MaxNumberOfMessages":2.0}'),
+            ("SendMessage", b'{"QueueUrl":"{url}","MessageBody":"lone \\ud800 surrogate"}'),
+            ("SendMessage", b'\xef\xbb\xbf{"QueueUrl":"{url}","MessageBody":"after a BOM"}'),
+            ("SendMessage", b'{"QueueUrl":"{url}","MessageBody":"not UTF-8 \xff"}'),
+            ("SendMessage", b'{"QueueUrl":"{url}","MessageBody":"one","MessageBody":"two"} '),
+            ("SendMessage", b'{"QueueUrl":"{url}","MessageBody":"trailing"} x'),
+            ("SendMessage", b'[{"QueueUrl":"{url}","MessageBody":"an array"}]'),
+        ]:
+            same_answer(fast.raw_call(action, raw), general.raw_call(action, raw))
+        received, _ = both("ReceiveMessage", {"MaxNumberOfMessages": 10})
+        # Sent on both paths: "x" (with a delayed entry, which the general path takes), "after a BOM" (the general
+        # path's JSON reader skips one) and the duplicate key's last value.
+        assert [message["Body"] for message in received["Messages"]] == ["x", "after a BOM", "two"]
+        same_state()
         missing = {"QueueUrl": f"{listening.endpoint}/000000000000/missing"}
         one = fast.connection
         one.request(
@@ -265,6 +370,11 @@ def test_the_fast_path_answers_as_the_general_path(listening: listener_kit.Liste
         )
         response = one.getresponse()
         assert response.status == 400 and b"QueueDoesNotExist" in response.read()
+        same_state()
+        # Last, as its body is over what the fast path buffers (the connection is aiohttp's from then on): a batch
+        # whose bodies are each within the limit, together over it.
+        big = {"Entries": [{"Id": f"e{i}", "MessageBody": "x" * 200_000} for i in range(6)]}
+        same_answer(fast.call("SendMessageBatch", big), general.call("SendMessageBatch", big))
         same_state()
         fast.connection.close()
         general.connection.close()

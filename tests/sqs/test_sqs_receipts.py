@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import string
+import struct
 
 import pytest
 from hypothesis import given
@@ -129,3 +132,16 @@ def test_a_secret_longer_than_blake2b_keys_works() -> None:
     assert handles.open(handles.issue("q", 1, 1), "q") == Receipt("q", 1, 1)
     with pytest.raises(SqsError):
         ReceiptHandles(b"k" * 99 + b"j").open(handles.issue("q", 1, 1), "q")
+
+
+def test_a_handle_is_its_layout_and_a_keyed_blake2b_in_url_safe_base64() -> None:
+    # Written out again from the module's docstring: the handles issued do not depend on how the MAC is computed.
+    for secret in (b"s" * 16, bytes(range(64)), b"long" * 40):
+        key = secret if len(secret) <= 64 else hashlib.sha256(secret).digest()
+        handles = ReceiptHandles(secret)
+        for queue, message_id, delivery in [("q", 0, 1), ("jobs-\u00e9", 2**64 - 1, 2**32 - 1), ("x" * 255, 12345, 7)]:
+            signed = struct.pack(">BQI", 2, message_id, delivery) + queue.encode()
+            tag = hashlib.blake2b(signed, key=key, digest_size=16).digest()
+            expected = base64.urlsafe_b64encode(signed + tag).rstrip(b"=").decode()
+            assert handles.issue(queue, message_id, delivery) == expected
+            assert handles.open(expected, queue) == Receipt(queue, message_id, delivery)

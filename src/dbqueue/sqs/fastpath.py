@@ -213,7 +213,7 @@ def _plain_body(body: object) -> bytes | None:
     return body.encode()
 
 
-# The ids of a batch, each followed by a line feed (which no id may hold): all checked by one match.
+# The ids of a batch, each followed by a line feed (which no valid id holds): all checked by one match.
 _ID_LINES = re.compile(f"(?:{_BATCH_ENTRY_ID.pattern}\n)+")
 _ONLY_TEXT = {str}
 _ID = itemgetter("Id")
@@ -238,7 +238,9 @@ def _entry_fields(entries: object, keys: frozenset[str], field: str) -> tuple[li
     ids = list(map(_ID, entries))
     if set(map(type, ids)) != _ONLY_TEXT or len(set(ids)) != len(ids):
         return None
-    if _ID_LINES.fullmatch("\n".join(ids) + "\n") is None:
+    lines = "\n".join(ids) + "\n"
+    # As many line feeds as ids: an id that held one would otherwise read as two valid ids.
+    if lines.count("\n") != len(ids) or _ID_LINES.fullmatch(lines) is None:
         return None
     return ids, list(map(itemgetter(field), entries))
 
