@@ -681,7 +681,20 @@ class StoreModel(RuleBasedStateMachine):
         if name in self.now:
             return
         self.store.create_queue(name, capacity, 2, dlq)
-        self.now[name] = ((capacity, 2, dlq), {})
+        self.now[name] = ((capacity, 2, dlq, 0, b""), {})
+
+    @rule(
+        name=st.sampled_from(NAMES),
+        limit=st.integers(0, 3),
+        dlq=st.sampled_from([None, *NAMES]),
+        note=st.sampled_from([b"", b"a", b"bb"]),
+    )
+    def alter_queue(self, name: bytes, limit: int, dlq: bytes | None, note: bytes) -> None:
+        # A queue's settings changed while it lives, and its annotations (store format 5).
+        if name in self.now:
+            self.store.alter_queue(name, limit, dlq, limit * 1000, note)
+            opts, messages = self.now[name]
+            self.now[name] = ((opts[0], limit, dlq, limit * 1000, note), messages)
 
     @rule(name=st.sampled_from(NAMES))
     def delete_queue(self, name: bytes) -> None:
@@ -805,7 +818,10 @@ class StoreModel(RuleBasedStateMachine):
         self.back_to_the_last_commit(self.store.reload())
 
     def back_to_the_last_commit(self, snapshot: Snapshot) -> None:
-        got = {q.name: ((q.capacity, q.max_deliveries, q.dead_letter), q.messages) for q in snapshot.queues}
+        got = {
+            q.name: ((q.capacity, q.max_deliveries, q.dead_letter, q.visibility_timeout_ms, q.annotations), q.messages)
+            for q in snapshot.queues
+        }
         want = {
             name: (opts, [(id_, *message) for id_, message in msgs.items()])
             for name, (opts, msgs) in self.committed.items()
@@ -862,6 +878,12 @@ def test_long_random_histories_against_the_model(seed: int) -> None:
         (2, lambda: machine.delete_queue(rng.choice(NAMES))),
         (3, lambda: machine.create_queue(rng.choice(NAMES), rng.randint(0, 3), rng.choice([None, *NAMES]))),
         (2, lambda: machine.reserve(rng.randint(0, 100))),
+        (
+            2,
+            lambda: machine.alter_queue(
+                rng.choice(NAMES), rng.randint(0, 3), rng.choice([None, *NAMES]), b"%d" % rng.randint(0, 9)
+            ),
+        ),
         (10, machine.commit),
         (3, machine.crash_and_reopen),
         (2, lambda: machine.reload(rng.random() < 0.5)),
