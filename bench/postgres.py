@@ -1,14 +1,24 @@
 """dbqueue on PostgreSQL against its SQLite store, PgQueuer and a plain SKIP LOCKED queue, on one PostgreSQL.
 
-    python bench/postgres.py                          # every system, 2 rounds
+    python bench/postgres.py                          # every system, 3 rounds of about 5 s each
+    python bench/postgres.py --batch 100              # dbqueue sends, reads and confirms 100 at a time
     python bench/postgres.py --systems dbqueue-pg,skip-locked --rounds 1
     python bench/postgres.py --smoke                  # a few seconds: CI's check that it works
 
 One throwaway cluster (tests/postgres/pg_cluster.py, ``synchronous_commit=on``,
 ``fsync=on``) serves every PostgreSQL system in turn, each in a fresh database.
 The load is the same for all: ``--producers`` producers each send
-``--iterations`` batches of ``--pipeline`` messages of ``--payload`` bytes,
-``--consumers`` consumers receive and acknowledge until all are acknowledged.
+*iterations* pipelines of ``--pipeline`` messages (or batches) of ``--payload``
+bytes, ``--consumers`` consumers receive and acknowledge until all are acknowledged.
+
+How long a run lasts. A rate taken over a fraction of a second measures the
+start and the end more than the steady state, so each system's runs are sized
+to last about ``--seconds``: a first, short *sizing* run of
+``--sizing-messages`` (not counted) gives the system's rate, and every counted
+run of it sends what the rate of its previous run moves in ``--seconds`` (at
+most ``--max-messages``). ``--iterations`` fixes the size of every run instead.
+Systems therefore send different numbers of messages; every figure is per
+second or per message.
 
 * dbqueue-pg / dbqueue-sqlite / dbqueue-sqlite-disk: a dbqueue server process
   (``Server(store=URL)``, or ``--data-dir`` with sync "os", or "disk": an fsync per
@@ -27,6 +37,8 @@ server's CPU seconds per 1,000 messages (every backend's and the postmaster's
 user + system time, from /proc, over the run) and WAL bytes per message
 (``pg_current_wal_lsn`` before and after). The machine is shared: runs
 alternate between systems so drift moves all alike; medians over rounds.
+Everything printed is also written to ``--out`` (by default
+bench/results/postgres-<commit>.txt, ``-batch<N>`` added for batches).
 """
 
 from __future__ import annotations
@@ -125,7 +137,9 @@ def start_dbqueue(kind: str, url: str, workdir: Path, writers: int = 0) -> tuple
             time.sleep(0.05)
 
 
-async def run_dbqueue(kind: str, url: str, args: argparse.Namespace, workdir: Path) -> tuple[int, float]:
+async def run_dbqueue(
+    kind: str, url: str, args: argparse.Namespace, workdir: Path, iterations: int
+) -> tuple[int, float]:
     process, port = start_dbqueue(kind, url, workdir, args.writers)
     try:
         config = BenchConfig(
@@ -133,7 +147,7 @@ async def run_dbqueue(kind: str, url: str, args: argparse.Namespace, workdir: Pa
             producers=args.producers,
             consumers=args.consumers,
             pipeline=args.pipeline,
-            iterations=args.iterations,
+            iterations=iterations,
             payload=args.payload,
             batch=args.batch,
             visibility_timeout=30.0,
@@ -149,18 +163,18 @@ async def run_dbqueue(kind: str, url: str, args: argparse.Namespace, workdir: Pa
 # --- a plain SKIP LOCKED queue on asyncpg --------------------------------------------
 
 
-async def run_skip_locked(url: str, args: argparse.Namespace) -> tuple[int, float]:
+async def run_skip_locked(url: str, args: argparse.Namespace, iterations: int) -> tuple[int, float]:
     setup = await asyncpg.connect(url)
     await setup.execute("CREATE TABLE IF NOT EXISTS jobs (id bigserial PRIMARY KEY, payload bytea NOT NULL)")
     await setup.close()
-    total = args.producers * args.iterations * args.pipeline
+    total = args.producers * iterations * args.pipeline
     payload = b"x" * args.payload
     done = 0
 
     async def produce() -> None:
         con = await asyncpg.connect(url)
         rows = [(payload,)] * args.pipeline
-        for _ in range(args.iterations):
+        for _ in range(iterations):
             async with con.transaction():
                 await con.executemany("INSERT INTO jobs (payload) VALUES ($1)", rows)
         await con.close()
@@ -188,7 +202,7 @@ async def run_skip_locked(url: str, args: argparse.Namespace) -> tuple[int, floa
 # --- PgQueuer ------------------------------------------------------------------------
 
 
-async def run_pgqueuer(url: str, args: argparse.Namespace) -> tuple[int, float]:
+async def run_pgqueuer(url: str, args: argparse.Namespace, iterations: int) -> tuple[int, float]:
     from pgqueuer.db import AsyncpgDriver
     from pgqueuer.models import Job
     from pgqueuer.qm import QueueManager
@@ -197,7 +211,7 @@ async def run_pgqueuer(url: str, args: argparse.Namespace) -> tuple[int, float]:
     setup = await asyncpg.connect(url)
     await Queries(AsyncpgDriver(setup)).install()
     await setup.close()
-    total = args.producers * args.iterations * args.pipeline
+    total = args.producers * iterations * args.pipeline
     payload = b"x" * args.payload
     done = 0
     managers: list[QueueManager] = []
@@ -206,7 +220,7 @@ async def run_pgqueuer(url: str, args: argparse.Namespace) -> tuple[int, float]:
     async def produce() -> None:
         con = await asyncpg.connect(url)
         queries = Queries(AsyncpgDriver(con))
-        for _ in range(args.iterations):
+        for _ in range(iterations):
             await queries.enqueue(["bench"] * args.pipeline, [payload] * args.pipeline, [0] * args.pipeline)
         await con.close()
 
@@ -260,15 +274,15 @@ async def measure(
 
 
 def runner(
-    system: str, url: str, args: argparse.Namespace, workdir: Path
+    system: str, url: str, args: argparse.Namespace, workdir: Path, iterations: int
 ) -> Callable[[], Awaitable[tuple[int, float]]]:
-    """The run of ``system`` on the database at ``url``."""
+    """The run of ``system`` on the database at ``url``: ``iterations`` pipelines per producer."""
     if system.startswith("dbqueue-"):
-        return lambda: run_dbqueue(system, url, args, workdir)
+        return lambda: run_dbqueue(system, url, args, workdir, iterations)
     if system == "pgqueuer":
-        return lambda: run_pgqueuer(url, args)
+        return lambda: run_pgqueuer(url, args, iterations)
     if system == "skip-locked":
-        return lambda: run_skip_locked(url, args)
+        return lambda: run_skip_locked(url, args, iterations)
     raise ValueError(f"unknown system {system!r}; known: {', '.join(SYSTEMS)}")
 
 
@@ -286,14 +300,42 @@ def postgres_versions() -> dict[str, str]:
     return versions
 
 
+def messages_per_iteration(system: str, args: argparse.Namespace) -> int:
+    """Messages one producer's pipeline carries: dbqueue's batches hold ``--batch`` messages each."""
+    return args.producers * args.pipeline * (args.batch if system.startswith("dbqueue-") else 1)
+
+
+def sized_iterations(system: str, messages: float, args: argparse.Namespace) -> int:
+    """Iterations that send about ``messages`` (at least one pipeline each, at most ``--max-messages``)."""
+    per_iteration = messages_per_iteration(system, args)
+    return max(1, round(min(messages, args.max_messages) / per_iteration))
+
+
+def default_out(args: argparse.Namespace) -> Path:
+    """bench/results/postgres-<commit>.txt (``-batch<N>`` for batches, ``-smoke`` for a smoke run)."""
+    found = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True)
+    commit = found.stdout.strip() or "unknown"
+    suffix = (f"-batch{args.batch}" if args.batch > 1 else "") + ("-smoke" if args.smoke else "")
+    return HERE / "results" / f"postgres-{commit}{suffix}.txt"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--systems", default=",".join(SYSTEMS))
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--producers", type=int, default=8)
     parser.add_argument("--consumers", type=int, default=8)
     parser.add_argument("--pipeline", type=int, default=32)
-    parser.add_argument("--iterations", type=int, default=100)
+    parser.add_argument(
+        "--iterations", type=int, default=0, help="pipelines per producer in every run (default: sized by --seconds)"
+    )
+    parser.add_argument(
+        "--sizing-messages", type=int, default=25_600, help="messages of each system's first, uncounted run"
+    )
+    parser.add_argument("--seconds", type=float, default=5.0, help="how long each counted run should last")
+    parser.add_argument(
+        "--max-messages", type=int, default=3_000_000, help="messages a counted run sends at most (bounds its time)"
+    )
     parser.add_argument("--payload", type=int, default=128)
     parser.add_argument("--batch", type=int, default=1, help="dbqueue only: messages per send, read and confirm")
     parser.add_argument("--smoke", action="store_true", help="tiny runs, one round")
@@ -303,48 +345,77 @@ def main() -> None:
     parser.add_argument(
         "--pg-setting", action="append", default=[], metavar="NAME=VALUE", help="a postgresql.conf setting (repeat)"
     )
+    parser.add_argument(
+        "--out", type=Path, help="also write the output here (default: bench/results/postgres-<commit>.txt)"
+    )
     machine.add_run_options(parser)
     args = parser.parse_args()
     if args.smoke:
         args.rounds, args.iterations, args.producers, args.consumers, args.quiet_load = 1, 5, 2, 2, 0.0
+    out_path: Path = args.out or default_out(args)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out = out_path.open("w")
+
+    def say(line: str = "") -> None:
+        print(line, flush=True)
+        out.write(line + "\n")
+        out.flush()
+
     systems = args.systems.split(",")
-    context = machine.begin_run(args)
+    context = machine.begin_run(args, say)
     context["peers"].update(postgres_versions())
-    print("\n".join(machine.context_lines(context)), flush=True)
+    for line in machine.context_lines(context):
+        say(line)
     cluster = Cluster.create(**dict(setting.split("=", 1) for setting in args.pg_setting)).start()
     workdir = Path(tempfile.mkdtemp(prefix="dbqueue-bench-pg-"))
     results: dict[str, list[dict[str, Any]]] = {system: [] for system in systems}
+    sized = not args.iterations
+    iterations = {system: args.iterations or sized_iterations(system, args.sizing_messages, args) for system in systems}
+    runs = 0
+
+    def run(system: str, label: str) -> dict[str, Any]:
+        nonlocal runs
+        runs += 1
+        url = cluster.create_database(f"bench{runs}")
+        row = asyncio.run(measure(cluster, url, system, runner(system, url, args, workdir, iterations[system])))
+        say(
+            f"{label:8} {system:19} {row['rate']:9.0f} msg/s {row['messages']:8d} msg {row['seconds']:6.2f} s"
+            f"  PostgreSQL CPU {row['pg_cpu_ms_per_1k']:7.1f} ms/1k msg"
+            f"  WAL {row['wal_per_message']:6.0f} B/msg"
+        )
+        return row
+
     try:
-        runs = 0
+        if sized:
+            for system in systems:  # the sizing runs: each system's rate, for runs of about --seconds
+                iterations[system] = sized_iterations(system, run(system, "sizing")["rate"] * args.seconds, args)
         for round_ in range(args.rounds):
             for system in systems:
-                runs += 1
-                url = cluster.create_database(f"bench{runs}")
-                row = asyncio.run(measure(cluster, url, system, runner(system, url, args, workdir)))
+                row = run(system, f"round {round_}")
                 results[system].append(row)
-                print(
-                    f"round {round_} {system:15} {row['rate']:9.0f} msg/s  {row['seconds']:6.2f} s"
-                    f"  PostgreSQL CPU {row['pg_cpu_ms_per_1k']:7.1f} ms/1k msg"
-                    f"  WAL {row['wal_per_message']:6.0f} B/msg",
-                    flush=True,
-                )
+                if sized:  # the next run sized by this one's rate, which a short run overstates
+                    iterations[system] = sized_iterations(system, row["rate"] * args.seconds, args)
     finally:
         cluster.remove()
         with contextlib.suppress(OSError):
             subprocess.run(["rm", "-rf", str(workdir)], check=False)
-    print(
+    size = f"runs of about {args.seconds:g} s" if sized else f"{args.iterations} pipelines a producer"
+    say(
         f"\nmedians over {args.rounds} rounds ({args.producers} producers, {args.consumers} consumers,"
-        f" pipeline {args.pipeline}, batch {args.batch}, {args.payload}-byte payloads, synchronous_commit=on):"
+        f" pipeline {args.pipeline}, batch {args.batch}, {args.payload}-byte payloads, {size},"
+        f" synchronous_commit=on):"
     )
     base = statistics.median(r["rate"] for r in results.get("dbqueue-pg", [])) if "dbqueue-pg" in results else None
     for system, rows in results.items():
         rate = statistics.median(r["rate"] for r in rows)
         ratio = f"  dbqueue-pg = {base / rate:5.2f}x" if base and system != "dbqueue-pg" else ""
-        print(
-            f"  {system:15} {rate:9.0f} msg/s  PostgreSQL CPU"
-            f" {statistics.median(r['pg_cpu_ms_per_1k'] for r in rows):7.1f} ms/1k msg"
+        say(
+            f"  {system:19} {rate:9.0f} msg/s ({min(r['rate'] for r in rows):.0f}-{max(r['rate'] for r in rows):.0f})"
+            f"  PostgreSQL CPU {statistics.median(r['pg_cpu_ms_per_1k'] for r in rows):7.1f} ms/1k msg"
             f"  WAL {statistics.median(r['wal_per_message'] for r in rows):6.0f} B/msg{ratio}"
         )
+    say(f"(written to {out_path})")
+    out.close()
 
 
 if __name__ == "__main__":

@@ -14,9 +14,16 @@ order the SQLite store documents (queue operations in call order, the id
 high-water mark, delivery counts, due times, removals, additions), for the
 same reasons.
 
-One commit is one round trip: the statements go out in libpq's pipeline mode
-(psycopg 3), each change kind as one statement over arrays (``unnest``), all
-inside one transaction that starts with the *fence*. The server writes its
+One commit is one round trip and, commonly, one statement: ``dbqueue_commit``
+(`postgres_schema`), which checks the *fence* and then applies every change
+kind over arrays (``unnest``); a single statement in autocommit mode is a
+transaction of its own, answered once committed, so no BEGIN or COMMIT is
+sent, and its plan is prepared once per session. The arrays are packed into
+PostgreSQL's binary array format by `struct` (`pack_int8s`, `pack_byteas`...),
+not element by element by psycopg's list dumpers: the server's CPU per commit
+is what bounds a member's rate. A batch with queue operations or dead letters
+(rare) is a transaction of several statements in libpq's pipeline mode,
+starting with the fence, still one round trip. The server writes its
 group commits without blocking its event loop: `begin` takes the buffer as a
 `Batch` (its additions count as not committed until `finish`), `write` commits
 it on an asyncio session while the loop goes on handling requests into a fresh
@@ -59,13 +66,15 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Self
 
 import psycopg
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
 
 from ..core.journal import Journal, Origin, Snapshot, StoredMessage, StoredQueue, now_ms
 from ..errors import StoreError
 from ..protocol.frames import MEMBER_SHIFT
 from . import postgres_parts as parts
 from .postgres_parts import PartLost, PartOwned
-from .postgres_schema import SCHEMA_VERSION, adopt
+from .postgres_schema import FENCED_SQLSTATE, SCHEMA_VERSION, adopt
 
 __all__ = [
     "ORPHAN_GRACE",
@@ -93,24 +102,17 @@ ORPHAN_GRACE = 1.0
 WRITERS = 1
 
 _FENCE = b"SELECT dbqueue_fence(%s, %s)"
-_INSERT = (
-    b"INSERT INTO dbqueue_messages (id, qid, seq, data, deliveries, due_ms, enqueued_ms)"
-    b" SELECT * FROM unnest(%b::int8[], %b::int4[], %b::int8[], %b::bytea[], %b::int4[], %b::int8[], %b::int8[])"
-)
-# Dead letters, with their origin: rare, so the common insert above carries no origin columns.
+# Dead letters, with their origin: rare, so the common commit (`_COMMIT`) carries no origin columns.
 _INSERT_ORIGIN = (
     b"INSERT INTO dbqueue_messages (id, qid, seq, data, deliveries, due_ms, enqueued_ms,"
     b" origin_queue, origin_id, origin_enqueued_ms, origin_deliveries)"
     b" VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
-_DELETE = b"DELETE FROM dbqueue_messages WHERE id = ANY(%b::int8[])"
-_SET_DELIVERIES = (
-    b"UPDATE dbqueue_messages m SET deliveries = u.v FROM unnest(%b::int8[], %b::int4[]) AS u(id, v) WHERE m.id = u.id"
+# The common commit, one statement (`postgres_schema`'s ``dbqueue_commit``): the arrays go in binary (`_Packed`).
+_COMMIT = (
+    b"SELECT dbqueue_commit(%s, %s, %s::int8, %b::int8[], %b::int4[], %b::int8[], %b::int8[], %b::int8[],"
+    b" %b::int8[], %b::int4[], %b::int8[], %b::bytea[], %b::int4[], %b::int8[], %b::int8[])"
 )
-_SET_DUE = (
-    b"UPDATE dbqueue_messages m SET due_ms = u.v FROM unnest(%b::int8[], %b::int8[]) AS u(id, v) WHERE m.id = u.id"
-)
-_RESERVE = b"UPDATE dbqueue_parts SET next_id = %s WHERE part = %s AND next_id < %s"
 _CREATE_QUEUE = b"INSERT INTO dbqueue_queues VALUES (%s, %s, %s, %s, %s, %s, %s)"  # (part, qid, name, ...) as created
 _DELETE_MESSAGES_OF = b"DELETE FROM dbqueue_messages WHERE qid = %s AND id >= %s AND id < %s"
 _PURGE_MESSAGES_OF = b"DELETE FROM dbqueue_messages WHERE qid = %s AND id >= %s AND id < %s AND id <> ALL(%b::int8[])"
@@ -119,7 +121,7 @@ _DELETE_QUEUE = b"DELETE FROM dbqueue_queues WHERE part = %s AND qid = %s"
 # Queue operations, in call order: (qid, name, capacity, max_deliveries, dead_letter, visibility_timeout_ms)
 # creates, (qid,) deletes, (qid, kept ids) purges.
 _QueueOp = tuple[int, bytes, int, int, bytes | None, int] | tuple[int] | tuple[int, frozenset[int]]
-# A message row as _INSERT takes it: (id, qid, seq, data, deliveries, due_ms, enqueued_ms).
+# A message row as ``dbqueue_commit`` takes it: (id, qid, seq, data, deliveries, due_ms, enqueued_ms).
 _Row = tuple[int, int, int, bytes, int, int, int]
 
 
@@ -140,12 +142,104 @@ _KEEPALIVES = (
 )
 
 
+# --- arrays in PostgreSQL's binary format, packed by struct (psycopg's list dumpers go element by element) ---
+
+
+class _Packed:
+    """An array already in PostgreSQL's binary array format (`pack_int8s`, `pack_int4s`, `pack_byteas`)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+class _Int8s(_Packed):
+    __slots__ = ()
+
+
+class _Int4s(_Packed):
+    __slots__ = ()
+
+
+class _Byteas(_Packed):
+    __slots__ = ()
+
+
+class _PackedDumper(Dumper):
+    format = Format.BINARY
+
+    def dump(self, obj: Any) -> bytes:
+        return obj.data  # type: ignore[no-any-return]  # a _Packed, by its registration
+
+
+class _Int8sDumper(_PackedDumper):
+    oid = 1016  # int8[]
+
+
+class _Int4sDumper(_PackedDumper):
+    oid = 1007  # int4[]
+
+
+class _ByteasDumper(_PackedDumper):
+    oid = 1001  # bytea[]
+
+
+# An array header: dimensions, a has-nulls flag, the element type, then (size, lower bound) of its one dimension.
+_ARRAY = struct.Struct(">iiIii")
+_EMPTY = struct.Struct(">iiI")
+_LENGTH = struct.Struct(">i")
+
+
+def _pack_ints(values: Sequence[int], oid: int, size: int, code: str) -> bytes:
+    # Each element is its length (``size``) then its big-endian value: the values packed at once, then
+    # interleaved with the lengths byte column by byte column (slices run in C).
+    count = len(values)
+    if not count:
+        return _EMPTY.pack(0, 0, oid)
+    stride = 4 + size
+    body = bytearray(stride * count)
+    body[3::stride] = bytes([size]) * count
+    packed = struct.pack(f">{count}{code}", *values)
+    for byte in range(size):
+        body[4 + byte :: stride] = packed[byte::size]
+    return _ARRAY.pack(1, 0, oid, count, 1) + body
+
+
+def pack_int8s(values: Sequence[int]) -> _Int8s:
+    """``values`` as an ``int8[]`` parameter."""
+    return _Int8s(_pack_ints(values, 20, 8, "q"))
+
+
+def pack_int4s(values: Sequence[int]) -> _Int4s:
+    """``values`` as an ``int4[]`` parameter."""
+    return _Int4s(_pack_ints(values, 23, 4, "i"))
+
+
+def pack_byteas(values: Sequence[bytes]) -> _Byteas:
+    """``values`` as a ``bytea[]`` parameter."""
+    if not values:
+        return _Byteas(_EMPTY.pack(0, 0, 17))
+    pack = _LENGTH.pack
+    parts = [_ARRAY.pack(1, 0, 17, len(values), 1)]
+    for value in values:
+        parts += (pack(len(value)), value)
+    return _Byteas(b"".join(parts))
+
+
+def _register_packed(con: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
+    con.adapters.register_dumper(_Int8s, _Int8sDumper)
+    con.adapters.register_dumper(_Int4s, _Int4sDumper)
+    con.adapters.register_dumper(_Byteas, _ByteasDumper)
+
+
 def connect(url: str) -> psycopg.Connection[Any]:
     """A connection to ``url`` in autocommit mode, with keepalives both ways so a dead link is noticed in seconds.
 
     Raises `psycopg.Error`.
     """
     con = psycopg.connect(url, **_CONNECT_OPTIONS)
+    _register_packed(con)
     con.execute(_KEEPALIVES)
     return con
 
@@ -178,6 +272,7 @@ class Batch:
 async def connect_async(url: str) -> psycopg.AsyncConnection[Any]:
     """`connect`'s settings on an asyncio connection (the session `PostgresStore.write` commits on)."""
     con = await psycopg.AsyncConnection.connect(url, **_CONNECT_OPTIONS)
+    _register_packed(con)
     await con.execute(_KEEPALIVES)
     return con
 
@@ -403,10 +498,9 @@ class PostgresStore:
             try:
                 con.execute(_FENCE, (self.part, self.epoch))
                 return con
-            except psycopg.errors.RaiseException as exc:
-                raise PartLost(f"{self.where}: {exc}") from exc
-            except psycopg.Error:
-                pass
+            except psycopg.Error as exc:
+                if _fenced(exc):
+                    raise PartLost(f"{self.where}: {exc}") from exc
         self._drop_connection()
         con = connect(self.url)
         try:
@@ -451,9 +545,9 @@ class PostgresStore:
         con = self._connection()
         try:
             con.execute(_FENCE, (self.part, self.epoch))
-        except psycopg.errors.RaiseException as exc:
-            raise PartLost(f"{self.where}: {exc}") from exc
         except psycopg.Error as exc:
+            if _fenced(exc):
+                raise PartLost(f"{self.where}: {exc}") from exc
             raise StoreError(f"{self.where}: the database cannot be reached: {exc}") from exc
 
     # --- room (the SQLite store's disk reserve; PostgreSQL manages its own) ------------
@@ -471,9 +565,9 @@ class PostgresStore:
             with con.transaction():
                 con.execute(_FENCE, (self.part, self.epoch))
                 con.execute(b"UPDATE dbqueue_parts SET next_id = next_id WHERE part = %s", (self.part,))
-        except psycopg.errors.RaiseException as exc:
-            raise PartLost(f"{self.where}: {exc}") from exc
         except psycopg.Error as exc:
+            if _fenced(exc):
+                raise PartLost(f"{self.where}: {exc}") from exc
             raise StoreError(f"{self.where}: a write fails: {exc}") from exc
 
     def _reconnected_or_raise(self) -> psycopg.Connection[Any]:
@@ -628,13 +722,17 @@ class PostgresStore:
         if not self.pending():
             return
         con = self._connection()
+        statements = self._statements()
         try:
-            with con.pipeline(), con.transaction():
-                for statement, params in self._statements():
-                    con.execute(statement, params)
-        except psycopg.errors.RaiseException as exc:
-            raise PartLost(f"{self.where}: {exc}") from exc
+            if len(statements) == 1:  # the common commit: one statement is one transaction
+                con.execute(*statements[0], prepare=True)
+            else:
+                with con.pipeline(), con.transaction():
+                    for statement, params in statements:
+                        con.execute(statement, params)
         except psycopg.Error as exc:
+            if _fenced(exc):
+                raise PartLost(f"{self.where}: {exc}") from exc
             raise StoreError(f"{self.where}: commit failed, nothing of the batch was written: {exc}") from exc
         self._clear_buffer()
         self._reserved_written = self._reserved
@@ -685,16 +783,20 @@ class PostgresStore:
             if con is None or con.closed or con.broken:
                 self._acons[batch.slot] = None
                 con = self._acons[batch.slot] = await connect_async(self.url)
-            async with con.pipeline(), con.transaction():
-                for statement, params in batch.statements:
-                    await con.execute(statement, params)
-        except psycopg.errors.RaiseException as exc:
-            raise PartLost(f"{self.where}: {exc}") from exc
+            statements = batch.statements
+            if len(statements) == 1:  # the common commit: one statement is one transaction
+                await con.execute(*statements[0], prepare=True)
+            else:
+                async with con.pipeline(), con.transaction():
+                    for statement, params in statements:
+                        await con.execute(statement, params)
         except psycopg.OperationalError as exc:
             raise StoreError(
                 f"{self.where}: the connection failed during a commit, which may or may not have been written: {exc}"
             ) from exc
         except psycopg.Error as exc:
+            if _fenced(exc):
+                raise PartLost(f"{self.where}: {exc}") from exc
             raise StoreError(f"{self.where}: commit failed, nothing of the batch was written: {exc}") from exc
 
     def finish(self, batch: Batch, written: bool) -> None:
@@ -706,27 +808,51 @@ class PostgresStore:
             self._reserved_written = max(self._reserved_written, batch.reserved)
 
     def _statements(self) -> list[tuple[bytes, Sequence[Any]]]:
-        # The buffered changes as statements, in the order the module's docstring gives, the fence first.
+        # The buffered changes as statements, in the order the module's docstring gives. Commonly one: the
+        # fenced ``dbqueue_commit``, a transaction of its own. Queue operations and dead letters (rare) make it
+        # a transaction of several: the fence, the queue operations, ``dbqueue_commit``, the dead letters.
         part = self.part
+        reserve = self._reserved if self._reserved != self._reserved_written else None
+        deliveries, dues, removes = self._deliveries, self._dues, self._removes
+        adds = self._adds
+        origins = self._origins
+        rows = list(adds.values())
+        if origins:
+            rows = [row for row in rows if row[0] not in origins]
+        if rows:
+            ids, qids, seqs, datas, counts, due_ms, enqueued = zip(*rows, strict=True)
+            added: tuple[Any, ...] = (
+                pack_int8s(ids),
+                pack_int4s(qids),
+                pack_int8s(seqs),
+                pack_byteas(datas),
+                pack_int4s(counts),
+                pack_int8s(due_ms),
+                pack_int8s(enqueued),
+            )
+        else:
+            added = (None,) * 7
+        commit = (
+            _COMMIT,
+            (
+                part,
+                self.epoch,
+                reserve,
+                pack_int8s(list(deliveries)) if deliveries else None,
+                pack_int4s(list(deliveries.values())) if deliveries else None,
+                pack_int8s(list(dues)) if dues else None,
+                pack_int8s(list(dues.values())) if dues else None,
+                pack_int8s(removes) if removes else None,
+                *added,
+            ),
+        )
+        if not self._queue_ops and not origins:
+            return [commit]
         statements: list[tuple[bytes, Sequence[Any]]] = [(_FENCE, (part, self.epoch))]
         for op in self._queue_ops:
             statements += self._queue_op(op)
-        if self._reserved != self._reserved_written:
-            statements.append((_RESERVE, (self._reserved, part, self._reserved)))
-        if self._deliveries:
-            statements.append((_SET_DELIVERIES, (list(self._deliveries), list(self._deliveries.values()))))
-        if self._dues:
-            statements.append((_SET_DUE, (list(self._dues), list(self._dues.values()))))
-        if self._removes:
-            statements.append((_DELETE, (self._removes,)))
-        if self._adds:
-            rows = list(self._adds.values())
-            origins = self._origins
-            if origins:
-                statements += [(_INSERT_ORIGIN, (*self._adds[id_], *origin)) for id_, origin in origins.items()]
-                rows = [row for row in rows if row[0] not in origins]
-            if rows:
-                statements.append((_INSERT, [list(column) for column in zip(*rows, strict=True)]))
+        statements.append(commit)
+        statements += [(_INSERT_ORIGIN, (*adds[id_], *origin)) for id_, origin in origins.items()]
         return statements
 
     def _queue_op(self, op: _QueueOp) -> list[tuple[bytes, Sequence[Any]]]:
@@ -793,6 +919,11 @@ class OrphanWatch:
         if con is not None:
             with contextlib.suppress(psycopg.Error):
                 con.close()
+
+
+def _fenced(exc: psycopg.Error) -> bool:
+    # Whether ``exc`` is ``dbqueue_fence``'s refusal (its own SQLSTATE, which psycopg maps to no subclass).
+    return exc.sqlstate == FENCED_SQLSTATE
 
 
 def _redacted(url: str) -> str:

@@ -12,9 +12,13 @@ Tables (every name starts with ``dbqueue_``, so the store can share a database):
   part (`protocol.frames.MEMBER_SHIFT`), so a part's messages are a range of the
   primary key; ``seq`` is the order in which they were added.
 
+Functions: ``dbqueue_fence`` (the fencing check every commit transaction
+starts with) and ``dbqueue_commit`` (the common group commit as one statement).
+
 Versions. `SCHEMA_VERSION` is bumped whenever a table changes in a way an
-older server could not read, and `UPGRADES` gains the statements that bring the
-previous version to the new one. A server creates the tables in an empty
+older server could not read, or a server needs a function an older database
+lacks, and `UPGRADES` gains the statements that bring the previous version to
+the new one. 1: the tables and ``dbqueue_fence``; 2: ``dbqueue_commit``. A server creates the tables in an empty
 database, upgrades an older one in one transaction, and refuses one whose
 version is newer than its own (`StoreError` naming both versions). Creation and
 upgrade hold a transaction-level advisory lock, so members starting together
@@ -30,9 +34,11 @@ import psycopg
 from ..errors import StoreError
 from .postgres_parts import LOCK_CLASS
 
-__all__ = ["SCHEMA_VERSION", "UPGRADES", "adopt", "LOCK_CLASS"]
+__all__ = ["FENCED_SQLSTATE", "SCHEMA_VERSION", "UPGRADES", "adopt", "LOCK_CLASS"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# The SQLSTATE of ``dbqueue_fence``'s refusal: the part's epoch moved on (`store.postgres` raises `PartLost`).
+FENCED_SQLSTATE = "DQ001"
 
 _SCHEMA_LOCK = -1
 
@@ -83,8 +89,39 @@ _CREATE = [
     END $$""",
 ]
 
+# The common group commit as one statement (version 2): fenced, then the id high-water mark, delivery counts,
+# due times, removals and additions, each a no-op when its argument is NULL. One statement in autocommit mode is
+# one transaction, answered after it commits: no BEGIN and COMMIT to send, parse and run, and one plan cached
+# per session for the lot. The arrays come in binary from `store.postgres` (``pack_*``).
+_COMMIT_FUNCTION = """CREATE OR REPLACE FUNCTION dbqueue_commit(
+        p int, e bigint, reserve bigint,
+        delivery_ids int8[], delivery_counts int4[], due_ids int8[], due_times int8[], removed int8[],
+        ids int8[], qids int4[], seqs int8[], datas bytea[], deliveries int4[], dues int8[], enqueued int8[]
+    ) RETURNS void LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM dbqueue_fence(p, e);
+        IF reserve IS NOT NULL THEN
+            UPDATE dbqueue_parts SET next_id = reserve WHERE part = p AND next_id < reserve;
+        END IF;
+        IF delivery_ids IS NOT NULL THEN
+            UPDATE dbqueue_messages m SET deliveries = u.v FROM unnest(delivery_ids, delivery_counts) AS u(id, v)
+                WHERE m.id = u.id;
+        END IF;
+        IF due_ids IS NOT NULL THEN
+            UPDATE dbqueue_messages m SET due_ms = u.v FROM unnest(due_ids, due_times) AS u(id, v) WHERE m.id = u.id;
+        END IF;
+        IF removed IS NOT NULL THEN
+            DELETE FROM dbqueue_messages WHERE id = ANY(removed);
+        END IF;
+        IF ids IS NOT NULL THEN
+            INSERT INTO dbqueue_messages (id, qid, seq, data, deliveries, due_ms, enqueued_ms)
+                SELECT * FROM unnest(ids, qids, seqs, datas, deliveries, dues, enqueued);
+        END IF;
+    END $$"""
+_CREATE.append(_COMMIT_FUNCTION)
+
 # UPGRADES[v] brings a database at version v to v + 1.
-UPGRADES: dict[int, list[str]] = {}
+UPGRADES: dict[int, list[str]] = {1: [_COMMIT_FUNCTION]}
 
 
 def adopt(con: psycopg.Connection[Any], where: str) -> None:
