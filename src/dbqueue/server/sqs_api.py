@@ -1051,8 +1051,8 @@ class SqsService:
             self.server.schedule_expiry()
         return send_batch_reply(
             entry_ids,
-            # `message_id_text`, inlined (the broker's ids are in its range)
-            [f"00000000-0000-0000-{id_ >> 48:04x}-{id_ & _LOW_48:012x}" for id_ in ids],
+            # `message_id_text`, inlined (the broker's ids are in its range); % formats faster than an f-string
+            ["00000000-0000-0000-%04x-%012x" % (id_ >> 48, id_ & _LOW_48) for id_ in ids],  # noqa: UP031
             [_md5(body, usedforsecurity=False).hexdigest() for body in bodies],
         )
 
@@ -1145,7 +1145,7 @@ class SqsService:
                 raw, body = plain_
                 messages.append(
                     received_message(
-                        f"00000000-0000-0000-{id_ >> 48:04x}-{id_ & _LOW_48:012x}",  # `message_id_text`
+                        "00000000-0000-0000-%04x-%012x" % (id_ >> 48, id_ & _LOW_48),  # noqa: UP031 `message_id_text`
                         handle,
                         _md5(raw, usedforsecurity=False).hexdigest(),
                         body,

@@ -47,9 +47,8 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Sequence
-from itertools import repeat
 from json.encoder import encode_basestring  # the C escaper json.dumps uses
-from operator import eq, itemgetter
+from operator import itemgetter
 from typing import Any
 
 from .decoding import _BATCH_ENTRY_ID, _FORBIDDEN_CHARACTER, MAX_MESSAGE_SIZE
@@ -106,9 +105,9 @@ class HttpRequest:
 
 # The head's shape, checked by one match: the request line, then header lines of a name (letters, digits and
 # dashes: a subset of HTTP's tokens), a colon and a value of printable ASCII (no tab, no bare CR or LF, no
-# control character). `_FIELD` then reads each (name, value), the value without the spaces around it.
+# control character). `_FIELD` then reads each (name, value), the one space after the colon left out.
 _HEAD = re.compile(r"POST (/[!-~]*) HTTP/1\.1(?:\r\n[A-Za-z0-9-]+:[ -~]*)+")
-_FIELD = re.compile(r"\r\n([A-Za-z0-9-]+): *((?:[!-~]+(?: +[!-~]+)*)?) *")
+_FIELD = re.compile(r"\r\n([A-Za-z0-9-]+): ?([ -~]*)")
 
 
 def frame(buffer: bytes | bytearray, start: int, max_body: int) -> HttpRequest | int:
@@ -132,6 +131,8 @@ def frame(buffer: bytes | bytearray, start: int, max_body: int) -> HttpRequest |
     if "?" in path or "#" in path or path == "/metrics":
         return OTHER
     headers = _FIELD.findall(text)
+    if ":  " in text or " \r\n" in text or text[-1] == " ":  # a value with spaces around it: rare, and taken off
+        headers = [(name, value.strip(" ")) for name, value in headers]
     named = {name.lower(): value for name, value in headers}
     # No name twice (whatever its case), and none of a rule the general stack applies.
     if len(named) != len(headers) or not _NOT_OURS.isdisjoint(named):
@@ -201,8 +202,6 @@ def _queue_url(params: dict[str, Any], allowed: frozenset[str]) -> str | None:
 
 
 _SEND_BATCH_KEYS = frozenset({"QueueUrl", "Entries"})
-_SEND_ENTRY_KEYS = frozenset({"Id", "MessageBody"})
-_DELETE_ENTRY_KEYS = frozenset({"Id", "ReceiptHandle"})
 _RECEIVE_KEYS = frozenset({"QueueUrl", "MaxNumberOfMessages", "WaitTimeSeconds", "VisibilityTimeout"})
 _SEND_KEYS = frozenset({"QueueUrl", "MessageBody"})
 
@@ -217,11 +216,11 @@ def _plain_body(body: object) -> bytes | None:
 _ID_LINES = re.compile(f"(?:{_BATCH_ENTRY_ID.pattern}\n)+")
 _ONLY_TEXT = {str}
 _ID = itemgetter("Id")
-_KEYS_OF = dict.keys
+_TWO = {2}
 
 
-def _entry_fields(entries: object, keys: frozenset[str], field: str) -> tuple[list[str], list[Any]] | None:
-    """The ids, and the values of ``field``, of a batch's entries: each entry an object of exactly ``keys``,
+def _entry_fields(entries: object, field: str) -> tuple[list[str], list[Any]] | None:
+    """The ids, and the values of ``field``, of a batch's entries: each entry an object of ``Id`` and ``field``,
     1 to 10 of them, their ids distinct and each of `decoding`'s id pattern; else None.
 
     Each check is made over the whole batch at once (``map`` and one match
@@ -230,19 +229,21 @@ def _entry_fields(entries: object, keys: frozenset[str], field: str) -> tuple[li
     """
     if type(entries) is not list or not 0 < len(entries) <= 10:
         return None
+    # Objects of two members each, both of them found: exactly ``Id`` and ``field``.
     try:
-        if not all(map(eq, map(_KEYS_OF, entries), repeat(keys))):
+        if set(map(len, entries)) != _TWO:
             return None
-    except TypeError:  # an entry that is not an object
+        ids = list(map(_ID, entries))
+        values = list(map(itemgetter(field), entries))
+    except (TypeError, KeyError):  # an entry that is not an object (or has no length), or lacks a member
         return None
-    ids = list(map(_ID, entries))
     if set(map(type, ids)) != _ONLY_TEXT or len(set(ids)) != len(ids):
         return None
     lines = "\n".join(ids) + "\n"
     # As many line feeds as ids: an id that held one would otherwise read as two valid ids.
     if lines.count("\n") != len(ids) or _ID_LINES.fullmatch(lines) is None:
         return None
-    return ids, list(map(itemgetter(field), entries))
+    return ids, values
 
 
 def plain_send_entries(params: dict[str, Any], limit: int) -> tuple[str, list[str], list[bytes]] | None:
@@ -255,7 +256,7 @@ def plain_send_entries(params: dict[str, Any], limit: int) -> tuple[str, list[st
     url = _queue_url(params, _SEND_BATCH_KEYS)
     if url is None:
         return None
-    fields = _entry_fields(params.get("Entries"), _SEND_ENTRY_KEYS, "MessageBody")
+    fields = _entry_fields(params.get("Entries"), "MessageBody")
     if fields is None:
         return None
     ids, bodies = fields
@@ -286,7 +287,7 @@ def plain_delete_entries(params: dict[str, Any]) -> tuple[str, list[str], list[s
     url = _queue_url(params, _SEND_BATCH_KEYS)
     if url is None:
         return None
-    fields = _entry_fields(params.get("Entries"), _DELETE_ENTRY_KEYS, "ReceiptHandle")
+    fields = _entry_fields(params.get("Entries"), "ReceiptHandle")
     if fields is None:
         return None
     ids, handles = fields
