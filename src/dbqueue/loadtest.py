@@ -267,6 +267,10 @@ class Replies(NamedTuple):
     bodies: list[bytes]
 
 
+_unpack_header = fr.HEADER.unpack_from
+_HEADER_SIZE, _MAGIC, _MESSAGE = fr.HEADER_SIZE, fr.MAGIC, int(fr.Op.MESSAGE)
+
+
 class _ColumnReader:
     """A `ReplyReader` for dbqueue frames.
 
@@ -281,19 +285,30 @@ class _ColumnReader:
     def __init__(self, max_body: int) -> None:
         self.reader = fr.FrameReader(max_body)
         self.layouts: dict[tuple[int, int], struct.Struct] = {}  # `cut_alike`'s, by (body length, count)
-        self.columns = Replies([], [], [], [])
+        # None until a reply comes: a lone reply's columns are then made with it, one item each.
+        self.pending: Replies | None = None
+
+    @property
+    def columns(self) -> Replies:
+        """The replies collected since the last `take`."""
+        if self.pending is None:
+            self.pending = Replies([], [], [], [])
+        return self.pending
 
     def feed(self, data: bytes) -> int:
-        columns = self.columns
         reader = self.reader
         if reader.failure is not None:
             raise BenchFailure(f"bad reply framing: {reader.failure.message}")
         if reader.buffered:
             values: codecs.Alike | None = None
-        elif len(data) == fr.HEADER_SIZE + int.from_bytes(data[fr.LENGTH_FIELD], "big") and self._add_one(data):
-            return len(columns.opcodes)  # one whole frame: an unpipelined round trip
         else:
+            if self.pending is None and len(data) >= _HEADER_SIZE:  # an unpipelined round trip's reply
+                magic, opcode, flags, request_id, length = _unpack_header(data)
+                if len(data) == _HEADER_SIZE + length and magic == _MAGIC and not flags and length <= reader.max_body:
+                    self.pending = Replies([opcode], [request_id], [length], [data[_HEADER_SIZE:]])
+                    return 1
             values = codecs.cut_alike(data, reader.max_body, self.layouts)
+        columns = self.columns
         if values is not None:
             columns.opcodes.extend(values.opcodes)
             columns.request_ids.extend(values.request_ids)
@@ -312,21 +327,9 @@ class _ColumnReader:
             columns.bodies.append(body)
         return len(columns.opcodes)
 
-    def _add_one(self, data: bytes) -> bool:
-        """Add ``data``, one whole frame, if it is well-formed (else the caller's general path
-        reports what is wrong)."""
-        magic, opcode, flags, request_id, length = fr.HEADER.unpack_from(data)
-        if magic != fr.MAGIC or flags or length > self.reader.max_body:
-            return False
-        columns = self.columns
-        columns.opcodes.append(opcode)
-        columns.request_ids.append(request_id)
-        columns.lengths.append(length)
-        columns.bodies.append(data[fr.HEADER_SIZE :])
-        return True
-
     def take(self) -> Replies:
-        columns, self.columns = self.columns, Replies([], [], [], [])
+        columns = self.columns
+        self.pending = None
         return columns
 
 
@@ -414,7 +417,10 @@ class DbQueueDriver(Driver):
         """Raise unless every reply has ``opcode``, a body of ``length`` bytes (None: any), and
         request ids 1..n in order."""
         count = len(replies.opcodes)
-        if (
+        if count == 1:  # an unpipelined round trip's one reply: the same tests, item by item
+            if replies.opcodes[0] == opcode and length in (None, replies.lengths[0]) and replies.request_ids[0] == 1:
+                return
+        elif (
             replies.opcodes.count(opcode) == count
             and (length is None or replies.lengths.count(length) == count)
             and replies.request_ids == self.request_ids[:count]
@@ -429,6 +435,8 @@ class DbQueueDriver(Driver):
     def send_frames(self, count: int) -> bytes:
         batch = self.config.batch
         payloads = self.payloads(count * batch)
+        if count * batch == 1:  # an unpipelined send: its head and its payload
+            return self.send_heads[0] + payloads[0]
         if batch > 1:
             groups = [b"".join(payloads[start : start + batch]) for start in range(0, len(payloads), batch)]
             return b"".join(chain.from_iterable(zip(self.send_heads, groups)))
@@ -455,7 +463,12 @@ class DbQueueDriver(Driver):
         count = len(replies.opcodes)
         head = self.payload_head
         size = MESSAGE_FIELDS.size + len(self.payload)
-        if replies.opcodes.count(fr.Op.MESSAGE) == count:  # the usual case: every read found a message
+        if count == 1 and replies.opcodes[0] == _MESSAGE:  # an unpipelined read that found a message
+            body = replies.bodies[0]
+            if replies.request_ids[0] == 1 and len(body) == size and body.startswith(head, MESSAGE_FIELDS.size):
+                return [body[MESSAGE_ID]]
+            # else the loop below says what is wrong
+        elif replies.opcodes.count(fr.Op.MESSAGE) == count:  # the usual case: every read found a message
             self._check(replies, fr.Op.MESSAGE, size, "read")
             intact = list(map(bytes.startswith, replies.bodies, repeat(head), repeat(MESSAGE_FIELDS.size)))
             if intact.count(True) != count:
@@ -504,6 +517,8 @@ class DbQueueDriver(Driver):
     def confirm_frames(self, handles: list[bytes]) -> bytes:
         batch = self.config.batch
         if batch == 1:
+            if len(handles) == 1:  # an unpipelined confirm: its head and the id
+                return self.confirm_heads[0] + handles[0]
             return b"".join(chain.from_iterable(zip(self.confirm_heads, handles)))
         frames: list[bytes] = []
         for number, start in enumerate(range(0, len(handles), batch), 1):
