@@ -66,7 +66,10 @@ store a `PostgresStore` holding the part of the group numbered
 anything). The group's addresses live in the database: every
 `PART_CHECK_INTERVAL` a timer checks that the part is still ours (a fenced
 round trip) and reads every part's owner into `members`, so MEMBERS from any
-member names the current owners. A part taken over by another server
+member names the current owners. That check, the start's claim and read,
+and a standby's watch run on a thread of their own (`_off_loop`), so a slow
+or unreachable database does not stall the clients of a loop that does not
+need it meanwhile (commits are asyncio calls already). A part taken over by another server
 (`PartLost`) stops this one, like a damaged store: it must not serve what it
 no longer owns. A database that cannot be reached is handled as a failed
 commit: sends refused, connections cut, and the part read back once the
@@ -87,16 +90,18 @@ retried across a restart can never name another message, even in memory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import operator
 import os
 import signal
 import ssl as ssl_module
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 from .._version import __version__
 from ..core import Broker
@@ -148,6 +153,11 @@ WALL_CHECK_INTERVAL = 1.0
 # and between two attempts of a standby to take a part whose owner is gone.
 PART_CHECK_INTERVAL = 1.0
 STANDBY_POLL_INTERVAL = 0.2
+# A PostgreSQL call off the loop (`_off_loop`) that has not answered after this many seconds is logged, again
+# every as many seconds, while the loop goes on serving; keepalives and tcp_user_timeout end it on a dead link.
+PG_CALL_WARNING = 5.0
+
+T = TypeVar("T")
 
 
 class Server:
@@ -261,6 +271,8 @@ class Server:
         self.store_url = store
         self.standby = standby
         self._part_check: asyncio.TimerHandle | None = None
+        self._part_checking: asyncio.Task[None] | None = None
+        self._pg_calls: set[asyncio.Future[Any]] = set()  # PostgreSQL calls under way on threads (`_off_loop`)
         # PostgreSQL: commits are written without blocking the loop (`_write`), one at a time; meanwhile,
         # `_held` counts each connection's replies waiting for a commit, so that `write` keeps their order.
         self._writes_async = False
@@ -353,7 +365,13 @@ class Server:
             if self.standby:
                 self._standby_task = loop.create_task(self._await_part(self.store_url, loop))
             else:
-                self._open_postgres(self._claim(self.store_url), loop)
+                store = await self._off_loop(self._claim, self.store_url, what="taking the part")
+                try:
+                    snapshot, members = await self._off_loop(_read_part, store, what="reading the part")
+                except BaseException:
+                    store.close()
+                    raise
+                self._open_postgres(store, snapshot, members, loop)
                 await self._listener.start_serving()
         if not self.members:
             self.members = [self.advertised]
@@ -410,6 +428,11 @@ class Server:
         if self._part_check is not None:
             self._part_check.cancel()
             self._part_check = None
+        if self._part_checking is not None:
+            self._part_checking.cancel()
+            self._part_checking = None
+        if self._pg_calls:  # the store's session is free again before it commits and closes (bounded: keepalives)
+            await asyncio.wait(list(self._pg_calls), timeout=2 * PG_CALL_WARNING)
         while self._writes:  # their replies go out (or their errors) before the store closes
             await asyncio.wait([record.task for record in self._writes if record.task is not None])
         if self.store is not None:
@@ -803,8 +826,10 @@ class Server:
 
         return PostgresStore.open(url, part=self.member_index, address=self.advertised)
 
-    def _open_postgres(self, store: PostgresStore, loop: asyncio.AbstractEventLoop) -> None:
-        # The part is ours: serve it under its member index, restored from the database.
+    def _open_postgres(
+        self, store: PostgresStore, snapshot: Snapshot, members: list[str], loop: asyncio.AbstractEventLoop
+    ) -> None:
+        # The part is ours, read by `_read_part` off the loop: serve it under its member index.
         if store.part != self.member_index:
             self.member_index = store.part
             self.broker = self._new_broker()
@@ -812,10 +837,9 @@ class Server:
             self._number_from_now(self.broker)
         self.store = store
         self._writes_async = True
-        snapshot = store.load()
         restored = self.broker.restore(snapshot, self.clock())
         self.broker.attach(store)
-        self.members = store.members()
+        self.members = members
         log.info(
             "store %s: %d queues and %d messages restored (epoch %d)",
             store.where,
@@ -826,6 +850,42 @@ class Server:
         self.schedule_expiry()
         self._reclaim(loop)
         self._part_check = loop.call_later(PART_CHECK_INTERVAL, self._check_part, loop)
+
+    async def _off_loop(self, call: Callable[..., T], *args: Any, what: str) -> T:
+        # ``call(*args)`` on a daemon thread of its own (a psycopg call that may wait on the database), while
+        # the loop goes on; logged every PG_CALL_WARNING seconds it has not answered. A daemon thread, not the
+        # loop's executor: one stuck on a dead database must not hold the process at exit. Cancelling the
+        # awaiting task leaves the call to finish (`stop` waits for it a while before closing the store).
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+
+        def settle(result: T | None, error: BaseException | None) -> None:
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)  # type: ignore[arg-type]  # call's own result: T, None only if T is
+
+        def target() -> None:
+            try:
+                result = call(*args)
+            except BaseException as exc:  # handed to the loop, which raises it in the awaiting task
+                deliver: tuple[T | None, BaseException | None] = (None, exc)
+            else:
+                deliver = (result, None)
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits any more
+                loop.call_soon_threadsafe(settle, *deliver)
+
+        self._pg_calls.add(future)
+        future.add_done_callback(self._pg_calls.discard)
+        threading.Thread(target=target, name=f"dbqueue-postgres: {what}", daemon=True).start()
+        started = time.monotonic()
+        while True:
+            try:
+                return await asyncio.wait_for(asyncio.shield(future), PG_CALL_WARNING)
+            except TimeoutError:
+                log.warning("%s: the database has not answered for %.0f s", what, time.monotonic() - started)
 
     async def _await_part(self, url: str, loop: asyncio.AbstractEventLoop) -> None:
         # A standby: watch for a part whose owner has been gone for the grace period, take it, serve it.
@@ -838,8 +898,10 @@ class Server:
             while store is None:
                 try:
                     if watch is None:
-                        watch = PostgresStore.watch(url)
-                    store = watch.poll(self.advertised, time.monotonic())
+                        watch = await self._off_loop(PostgresStore.watch, url, what="standby: watching")
+                    store = await self._off_loop(
+                        watch.poll, self.advertised, time.monotonic(), what="standby: looking for a part"
+                    )
                 except StoreError as exc:
                     log.warning("standby: %s", exc)
                 if store is None:
@@ -849,7 +911,8 @@ class Server:
                 watch.close()
         log.warning("standby on %s: taking over part %d (epoch %d)", self.address, store.part, store.epoch)
         try:
-            self._open_postgres(store, loop)
+            snapshot, members = await self._off_loop(_read_part, store, what="reading the part taken over")
+            self._open_postgres(store, snapshot, members, loop)
         except StoreError as exc:
             self._fail(exc)
             return
@@ -858,8 +921,7 @@ class Server:
         await self._listener.start_serving()
 
     def _check_part(self, loop: asyncio.AbstractEventLoop) -> None:
-        # Is the part still ours, and who owns the others? A part taken over stops this server; a database
-        # that does not answer is handled as a failed commit (sends refused, reloaded once it answers).
+        # Is the part still ours, and who owns the others? Asked off the loop (`_check_part_now`).
         self._part_check = None
         store = self.store
         if store is None or (self.failed is not None and self.failed.done()):
@@ -867,20 +929,29 @@ class Server:
         from ..store.postgres import PostgresStore
 
         assert isinstance(store, PostgresStore)  # the timer runs with a PostgreSQL store only
+        self._part_checking = loop.create_task(self._check_part_now(store, loop))
+
+    async def _check_part_now(self, store: PostgresStore, loop: asyncio.AbstractEventLoop) -> None:
+        # A part taken over stops this server; a database that does not answer is handled as a failed commit
+        # (sends refused, reloaded once it answers). The next check is due PART_CHECK_INTERVAL after this one ends.
         try:
-            store.heartbeat()
-            members = store.members()
+            members = await self._off_loop(store.check, what="checking the part")
         except PartLost as exc:
-            self._fail(exc)
+            if self.store is store:
+                self._fail(exc)
             return
         except StoreError as exc:
+            if self.store is not store:
+                return
             self._degrade(store, str(exc))
             if not self._writes:  # else the writes under way fail too, and reload
                 self._reload(store)
         else:
-            if members:
+            if members and self.store is store:
                 self.members = members
-        if self.failed is None or not self.failed.done():
+        finally:
+            self._part_checking = None
+        if self.store is store and (self.failed is None or not self.failed.done()):
             self._part_check = loop.call_later(PART_CHECK_INTERVAL, self._check_part, loop)
 
     def stats(self) -> dict[str, object]:
@@ -1028,6 +1099,11 @@ def run(server: Server) -> None:
         loop.run_until_complete(main())
     finally:
         loop.close()
+
+
+def _read_part(store: PostgresStore) -> tuple[Snapshot, list[str]]:
+    # What a server needs of a part it took, read on a thread (`Server._off_loop`): its contents, the members.
+    return store.load(), store.members()
 
 
 def _is_host_port(address: str) -> bool:

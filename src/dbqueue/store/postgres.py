@@ -280,7 +280,11 @@ async def connect_async(url: str) -> psycopg.AsyncConnection[Any]:
 class PostgresStore:
     """The open store of one part (member index) in a PostgreSQL database. Create with `PostgresStore.open`.
 
-    Change methods buffer; `commit` writes. Every method must be called from the thread that opened it.
+    Change methods buffer; `commit` writes. Not thread-safe: the buffer belongs to the event loop's thread.
+    The calls that only read or check the database (`load`, `members`, `heartbeat`, `check`) may run on a
+    worker thread, so that a slow database does not stall the loop (the server does so); psycopg's
+    connection lock makes a blocking call of the loop's on the same session (`reload`, `probe`, `commit`,
+    `close`) wait for them.
     """
 
     sync = "postgresql"
@@ -549,6 +553,14 @@ class PostgresStore:
             if _fenced(exc):
                 raise PartLost(f"{self.where}: {exc}") from exc
             raise StoreError(f"{self.where}: the database cannot be reached: {exc}") from exc
+
+    def check(self) -> list[str]:
+        """`heartbeat`, then `members`: what the server's periodic check asks, on a worker thread.
+
+        Raises `PartLost` if the part was taken over, `StoreError` if the database cannot be reached.
+        """
+        self.heartbeat()
+        return self.members()
 
     # --- room (the SQLite store's disk reserve; PostgreSQL manages its own) ------------
 
