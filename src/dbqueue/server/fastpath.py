@@ -184,7 +184,10 @@ class FastPaths:
         if opcode == _CONFIRM and length == _CONFIRM_BODY:
             self.stirred = True  # (a confirm needs no time: a clock read only for the idle reaper costs more)
             (id_,) = _unpack_id(data, HEADER_SIZE)
-            return confirm_reply(request_id, id_, self.broker.confirm(id_, self.held))
+            outcome = self.broker.confirm(id_, self.held)
+            if outcome == _DONE:  # (`confirm_reply`'s first case, inlined: the usual one)
+                return pack_bare_frame(MAGIC, _CONFIRMED, 0, request_id, 0)
+            return confirm_reply(request_id, id_, outcome)
         return None
 
     def handle_run(self, run: Run) -> bytes | None:

@@ -269,7 +269,16 @@ class Session(FastPaths, asyncio.Protocol):
                 whole = size + 1
             if size == whole:  # one whole frame: what an unpipelined client sends
                 answer = self.handle_one(data, header)
-                count = 1
+                if answer is not None:  # answered in place: the reader has seen none of it
+                    if stats is not None:
+                        stats.record(1, perf_counter() - began)
+                    if answer and not self.done:
+                        if self.answer_now:  # see `fastpath._all_stored`
+                            self.answer_now = False
+                            self.server.write(transport, answer)
+                        else:
+                            self.server.send(transport, answer)
+                    return
             elif size > whole:
                 run = cut_run(data)
                 if run is not None:
