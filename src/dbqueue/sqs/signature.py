@@ -57,6 +57,7 @@ MAX_SKEW = 900.0
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 MAX_EXPIRES = 604_800
 _MAX_CACHED_KEYS = 4096
+_MAX_CACHED_DATES = 256
 
 _AMZ_DATE = re.compile(r"(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z")
 _HEX_SIGNATURE = re.compile(r"[0-9a-f]{64}")
@@ -75,7 +76,7 @@ class SignatureVerifier:
     TLS). The table is read at each request, so a caller may update it in place.
     """
 
-    __slots__ = ("_credentials", "_service", "_max_skew", "_allow_unsigned", "_keys", "_last_date", "_authorizations")
+    __slots__ = ("_credentials", "_service", "_max_skew", "_allow_unsigned", "_keys", "_dates", "_authorizations")
 
     def __init__(
         self,
@@ -90,8 +91,9 @@ class SignatureVerifier:
         self._max_skew = max_skew
         self._allow_unsigned = allow_unsigned_payload
         self._keys: dict[tuple[str, str, str, str], bytes] = {}
-        # The last request time read, and its epoch seconds: clients sign many requests within one second.
-        self._last_date: tuple[str, float] = ("", 0.0)
+        # Request times read, and their epoch seconds: clients sign many requests within one second, and requests
+        # signed at a few different seconds arrive interleaved (one kept time would be read again at each).
+        self._dates: dict[str, float] = {}
         # An Authorization header up to its signature -> its credential and signed names: a client's headers
         # differ in the signature alone, request after request.
         self._authorizations: dict[str, tuple[str, list[str]]] = {}
@@ -196,10 +198,13 @@ class SignatureVerifier:
         return parsed
 
     def _check_time(self, amz_date: str, presigned: dict[str, str] | None, now: float) -> None:
-        last, signed_at = self._last_date
-        if amz_date != last:
+        dates = self._dates
+        signed_at = dates.get(amz_date)
+        if signed_at is None:
             signed_at = _signed_at(amz_date)
-            self._last_date = (amz_date, signed_at)
+            if len(dates) >= _MAX_CACHED_DATES:
+                dates.clear()
+            dates[amz_date] = signed_at
         if signed_at > now + self._max_skew:
             raise SqsError(
                 ErrorCode.REQUEST_EXPIRED,
@@ -260,7 +265,8 @@ def _amz(seconds: float) -> str:
 
 def _header_fields(headers: Headers) -> dict[str, list[str]]:
     fields: dict[str, list[str]] = {}
-    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    # A list (the fast path's) is checked first: isinstance against an ABC costs more than the rest of a header.
+    pairs = headers if type(headers) is list else headers.items() if isinstance(headers, Mapping) else headers
     for name, value in pairs:
         fields.setdefault(name.lower(), []).append(value)
     return fields
