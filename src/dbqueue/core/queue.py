@@ -95,6 +95,7 @@ BATCH_ENTRY_OVERHEAD = 16  # a batch reply's id, deliveries and length for each 
 NO_BYTE_LIMIT = 1 << 62  # `Queue.take_many`'s limit for reads answered one frame each
 MARK_RESOLUTION = 0.01  # seconds a queue's enqueue-time mark covers at most (see the module's docstring)
 Mark = tuple[int, float]  # (the first id it covers, its enqueue time)
+_unpack_u32 = struct.Struct(">I").unpack_from  # a slab's length column, one member's
 _next_read = itertools.count(1).__next__  # numbers every read server-wide, so a holder's reads sort in read order
 
 
@@ -593,11 +594,21 @@ class Queue:
                     return None
                 segments.popleft()
             elif segment.__class__ is Slab:
-                id_, data = segment.take_one()
-                if segment.taken == segment.count:
+                # `Slab.take_one` and `_time_taken`, inlined: the lone read's path through a backlog of single
+                # sends, sealed into slabs.
+                index, start = segment.taken, segment.offset
+                end = start + _unpack_u32(segment.lengths, 4 * index)[0]
+                segment.taken, segment.offset = index + 1, end
+                if index + 1 == segment.count:
                     segments.popleft()
+                id_ = segment.first_id + index
                 self.ready -= 1
-                record = held[id_] = self._records[id_] = Record(id_, self, data, held, self._time_taken(id_))
+                marks = self._marks
+                while len(marks) > 1 and marks[1][0] <= id_:
+                    marks.popleft()
+                record = held[id_] = self._records[id_] = Record(
+                    id_, self, segment.data[start:end], held, marks[0][1] if marks else 0.0
+                )
                 return record
             else:
                 # Neither a run nor a slab: a record (mypy narrows `x.__class__ is C` in its if branch only).
