@@ -113,7 +113,10 @@ class AsyncGroupClient:
     # --- plumbing ----------------------------------------------------------------------
 
     async def _reconnect(self, wait: bool = False) -> None:
-        """Reconnect to members due for a retry, as background tasks (``wait``: awaited, at connect)."""
+        """Reconnect to members due for a retry, as background tasks (``wait``: awaited, at connect).
+        While a member is down, also ask a live one (`Members.claim_members_check`) who serves its part now."""
+        if self._closed:
+            return
         now = time.monotonic()
         positions = self._members.claim_retries(now)
         attempts = [asyncio.ensure_future(self._connect_member(position)) for position in positions]
@@ -162,7 +165,8 @@ class AsyncGroupClient:
                 await client.close()
             members.connect_failed(position, exc, time.monotonic(), address)
             return
-        members.connected(position, client, index)
+        if self._closed or not members.connected(position, client, index, address):
+            await client.close()  # closed, or the member moved (or was reached) meanwhile: not this client
 
     async def _on_member(self, position: int, call: Callable[[AsyncClient], Awaitable[T]], holder: bool = False) -> T:
         """Return what ``call`` of the member at ``position``'s client awaits to; a connection failure
@@ -179,7 +183,8 @@ class AsyncGroupClient:
             return await call(client)
         except CONNECTION_FAILURES:
             await client.close()
-            self._members.mark_down(position, time.monotonic())
+            if self._members.clients[position] is client:  # not a connection made since by another task
+                self._members.mark_down(position, time.monotonic())
             raise
 
     async def _answer(self, position: int, call: Callable[[AsyncClient], Awaitable[T]]) -> T | Exception:

@@ -16,7 +16,11 @@ avoids). A client's own code is only its I/O loop around them:
   down, a live one is asked for MEMBERS at most every
   `MEMBERS_CHECK_SECONDS` (`claim_members_check`); `follow` moves a down
   member to the address its part is served at now (a standby took it over,
-  on a PostgreSQL store), due for a reconnect at once.
+  on a PostgreSQL store), due for a reconnect at once, whatever its backoff
+  and even while an attempt at its old address is still under way (a dead
+  machine's address may take the whole connect timeout to fail). An attempt
+  that ends at an address the member has left since changes nothing: its
+  failure marks nothing down, its connection is refused (`connected`).
 * `member_for_send` and `Failover` pick the member for a send, then another
   for each that fails.
 * `ReadPass` and `WaitingRead` decide a read: which member to ask next, what
@@ -459,10 +463,12 @@ class Members(Generic[C]):
 
         A member that is down while its part is served at another address (a
         standby took it over) moves there, due for a reconnect at ``now`` with
-        its backoff reset: the ids consumers hold keep routing to that part. A
-        member that is up keeps its connection: if it lost its part it stops
-        serving, is marked down, and is followed then. A part this client has
-        never seen, at an address it does not know, becomes a new member.
+        its backoff reset, even while an attempt at its old address is under
+        way (that one's outcome is then ignored: `connect_failed`, `connected`):
+        the ids consumers hold keep routing to that part. A member that is up
+        keeps its connection: if it lost its part it stops serving, is marked
+        down, and is followed then. A part this client has never seen, at an
+        address it does not know, becomes a new member.
         """
         changed: list[int] = []
         known = {parse_address(address) for address in self.addresses}
@@ -482,26 +488,31 @@ class Members(Generic[C]):
                 changed.append(len(self.addresses) - 1)
             elif self.clients[position] is None and (host, port) != parse_address(self.addresses[position]):
                 self.addresses[position] = address
-                if self.retry_at[position] != float("inf"):  # not while an attempt at the old address runs
-                    self.retry_at[position] = now
+                self.retry_at[position] = now  # an attempt at the old address may still run: it is stale now
                 self.backoff[position] = RETRY_SECONDS
                 changed.append(position)
         return changed
 
-    def connected(self, position: int, client: C, index: int) -> None:
-        """Record that the member at ``position`` is up, with ``client``; it says it is member ``index``."""
+    def connected(self, position: int, client: C, index: int, address: str | None = None) -> bool:
+        """Record that the member at ``position`` is up, with ``client`` (connected to ``address``); it says
+        it is member ``index``. Return False, recording nothing, if the member has moved to another address
+        since (`follow`) or another attempt connected it first: the caller closes ``client``."""
+        if self.clients[position] is not None or (address is not None and address != self.addresses[position]):
+            return False
         self.clients[position] = client
         self.position_of_index[index] = position
         self.backoff[position] = RETRY_SECONDS
+        return True
 
     def connect_failed(self, position: int, exc: BaseException, now: float, address: str | None = None) -> None:
-        """Record a failed (re)connect to ``address``: the member stays down until its next retry, or
-        at once if `follow` moved it to another address meanwhile."""
+        """Record a failed (re)connect to ``address``: the member stays down until its next retry. An
+        attempt at an address the member has left since (`follow`), or one that another attempt beat,
+        changes nothing."""
         if isinstance(exc, AuthenticationFailed):
             self.refusal = exc
+        if self.clients[position] is not None or (address is not None and address != self.addresses[position]):
+            return
         self.mark_down(position, now)
-        if address is not None and address != self.addresses[position]:
-            self.retry_at[position] = now
 
     def mark_down(self, position: int, now: float) -> None:
         """Forget the member's client; retry it after its backoff, which doubles while it stays down.

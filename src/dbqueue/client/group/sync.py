@@ -205,9 +205,8 @@ class GroupClient:
                         name: options for name, options in members.created.items() if created.get(name) != options
                     }
                     if not missing:
-                        if self._closed:
-                            break
-                        members.connected(position, client, index)
+                        if self._closed or not members.connected(position, client, index, address):
+                            break  # closed, or the member moved (or was reached) meanwhile: not this client
                         return
                 for name, options in missing.items():
                     client.create(name, **options._asdict())
@@ -218,7 +217,7 @@ class GroupClient:
             with self._lock:
                 members.connect_failed(position, exc, time.monotonic(), address)
             return
-        client.close()  # the group was closed while this member was connecting
+        client.close()  # the group was closed, or the member moved, while this attempt was connecting
 
     def _client(self, position: int) -> Client:
         """The client of the member at ``position``. Raises `ConnectionLost` if it is down."""
