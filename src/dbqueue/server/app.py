@@ -273,8 +273,9 @@ class Server:
         self._part_check: asyncio.TimerHandle | None = None
         self._part_checking: asyncio.Task[None] | None = None
         self._pg_calls: set[asyncio.Future[Any]] = set()  # PostgreSQL calls under way on threads (`_off_loop`)
-        # PostgreSQL: commits are written without blocking the loop (`_write`), one at a time; meanwhile,
-        # `_held` counts each connection's replies waiting for a commit, so that `write` keeps their order.
+        # PostgreSQL: commits are written without blocking the loop (`_write`), up to `store.postgres.WRITERS` at
+        # once; meanwhile, `_held` counts each connection's replies waiting for a commit, so that `write` keeps
+        # their order.
         self._writes_async = False
         self._writes: deque[_Write] = deque()  # in the order they began
         self._write_error: StoreError | None = None
