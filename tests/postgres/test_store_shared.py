@@ -1,5 +1,6 @@
 """The store contract, run against both stores (SQLite and PostgreSQL): what `load` gives back after a
-reopen, the buffer's cancellation rules, queue deletions and purges, delays and delivery counts, ids.
+reopen, the buffer's cancellation rules, queue deletions and purges, delays and delivery counts, ids, a
+queue's settings changed while it lives and its annotations (`Journal.alter_queue`).
 
 Each test is parametrized by `conftest.harness`: the same calls, the same assertions, two implementations.
 """
@@ -7,12 +8,15 @@ Each test is parametrized by `conftest.harness`: the same calls, the same assert
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import pg_fixtures
+import psycopg
 from pg_harness import Harness
 
 from dbqueue.core import Snapshot, now_ms
 from dbqueue.core.journal import Origin, StoredMessage
+from dbqueue.store.postgres import SCHEMA_VERSION, PostgresStore
 
 # The fixtures this module uses (pg_fixtures.py says why they are not in a conftest.py).
 harness = pg_fixtures.harness
@@ -186,4 +190,87 @@ def test_enqueue_times_origins_visibility_timeouts_and_moves(harness: Harness) -
     assert dead.messages == [(100, b"given", 0, 0)]
     assert dead.enqueued_ms == [1_700_000_000_500] and dead.origins == {100: origin}
     assert other.messages == [(3, b"a", 0, 0)] and other.enqueued_ms == [1_700_000_000_001]
+    store.close()
+
+
+def settings(store: Any) -> dict[bytes, tuple[int, int, bytes | None, int, bytes]]:
+    """Queue name -> (capacity, max_deliveries, dead_letter, visibility_timeout_ms, annotations), as loaded."""
+    return {
+        q.name: (q.capacity, q.max_deliveries, q.dead_letter, q.visibility_timeout_ms, q.annotations)
+        for q in store.load().queues
+    }
+
+
+def test_a_queue_changed_while_it_lives_is_restored_with_its_annotations(harness: Harness) -> None:
+    store = harness.open()
+    store.create_queue(b"dead")
+    store.create_queue(b"work", capacity=10, visibility_timeout_ms=5_000)
+    store.add(b"work", 1, b"kept")
+    store.commit()
+    store.alter_queue(b"work", 3, b"dead", 0xFFFFFFFF, b'{"sqs":{}}')
+    store.create_queue(b"new")  # created and changed twice in one batch: the last change holds
+    store.alter_queue(b"new", 1, None, 100, b"first")
+    store.alter_queue(b"new", 2, None, 200, b"second")
+    store.commit()
+    store = harness.reopen(store)
+    assert settings(store) == {
+        b"dead": (0, 0, None, 0, b""),
+        b"work": (10, 3, b"dead", 0xFFFFFFFF, b'{"sqs":{}}'),  # the capacity stays as created
+        b"new": (0, 2, None, 200, b"second"),
+    }
+    assert fields(store.load().queues[1].messages) == [(1, b"kept", 0, 0)]
+    store.alter_queue(b"work", 0, None, 0, b"")  # taken away again
+    store.commit()
+    store = harness.reopen(store)
+    assert settings(store)[b"work"] == (10, 0, None, 0, b"")
+    store.close()
+
+
+def test_a_deleted_queue_takes_its_settings_and_annotations_along(harness: Harness) -> None:
+    store = harness.open()
+    store.create_queue(b"a")
+    store.create_queue(b"b")
+    store.alter_queue(b"a", 2, None, 0, b"of a")
+    store.alter_queue(b"b", 3, None, 0, b"of b")
+    store.add(b"b", 1, b"m")
+    store.commit()
+    store.delete_queue(b"a")
+    store.purge(b"b")  # a purge keeps them
+    store.create_queue(b"gone")
+    store.alter_queue(b"gone", 1, None, 0, b"never seen")
+    store.delete_queue(b"gone")
+    store.commit()
+    store.create_queue(b"a")  # the same name again: a new queue, with nothing
+    store.commit()
+    store = harness.reopen(store)
+    assert settings(store) == {b"b": (0, 3, None, 0, b"of b"), b"a": (0, 0, None, 0, b"")}
+    assert contents(store.load()) == {b"b": [], b"a": []}
+    store.close()
+
+
+def test_a_database_of_the_previous_schema_is_upgraded_keeping_every_message(pg_url: str) -> None:
+    # The previous version's tables: the current ones without the annotations column (all that version adds).
+    store = PostgresStore.open(pg_url, part=0, address="127.0.0.1:1")
+    store.create_queue(b"jobs", 10, 3, b"dead", 2_500)
+    store.create_queue(b"dead")
+    store.add(b"jobs", 7, b"seven", due_ms=99, deliveries=2, enqueued_ms=1_000)
+    store.add_many(b"dead", [20, 21], [b"20", b"21"], enqueued_ms=2_000)
+    store.commit()
+    store.close()
+    with psycopg.connect(pg_url, autocommit=True) as con:
+        con.execute("ALTER TABLE dbqueue_queues DROP COLUMN annotations")
+        con.execute("UPDATE dbqueue_meta SET value = %s WHERE key = 'schema_version'", (SCHEMA_VERSION - 1,))
+    store = PostgresStore.open(pg_url, part=0, address="127.0.0.1:1")
+    snapshot = store.load()
+    assert contents(snapshot) == {b"jobs": [7], b"dead": [20, 21]}
+    assert fields(snapshot.queues[0].messages) == [(7, b"seven", 2, 99)]
+    assert settings(store) == {b"jobs": (10, 3, b"dead", 2_500, b""), b"dead": (0, 0, None, 0, b"")}
+    store.alter_queue(b"jobs", 1, None, 0, b"new")  # the upgraded tables take the new change
+    store.commit()
+    store.close()
+    with psycopg.connect(pg_url, autocommit=True) as con:
+        row = con.execute("SELECT value FROM dbqueue_meta WHERE key = 'schema_version'").fetchone()
+        assert row is not None and row[0] == SCHEMA_VERSION
+    store = PostgresStore.open(pg_url, part=0, address="127.0.0.1:1")
+    assert settings(store)[b"jobs"] == (10, 1, None, 0, b"new")
     store.close()

@@ -10,9 +10,9 @@ it is on the primary's disk, and on a synchronous replica's if one is
 configured). The server commits once per loop iteration and sends the replies
 of that batch only after `commit` returns. A message sent and confirmed within
 one batch never reaches the database. The buffered changes are applied in the
-order the SQLite store documents (queue operations in call order, the id
-high-water mark, delivery counts, due times, removals, additions), for the
-same reasons.
+order the SQLite store documents (queue operations in call order, kept by
+`store.queue_ops` as the SQLite store keeps them, the id high-water mark,
+delivery counts, due times, removals, additions), for the same reasons.
 
 One commit is one round trip and, commonly, one statement: ``dbqueue_commit``
 (`postgres_schema`), which checks the *fence* and then applies every change
@@ -76,6 +76,7 @@ from ..protocol.frames import MEMBER_SHIFT
 from . import postgres_parts as parts
 from .postgres_parts import PartLost, PartOwned
 from .postgres_schema import FENCED_SQLSTATE, SCHEMA_VERSION, adopt
+from .queue_ops import Alter, Create, Delete, QueueOp, QueueOps
 
 __all__ = [
     "ORPHAN_GRACE",
@@ -115,14 +116,18 @@ _COMMIT = (
     b"SELECT dbqueue_commit(%s, %s, %s::int8, %b::int8[], %b::int4[], %b::int8[], %b::int8[], %b::int8[],"
     b" %b::int8[], %b::int4[], %b::int8[], %b::bytea[], %b::int4[], %b::int8[], %b::int8[])"
 )
-_CREATE_QUEUE = b"INSERT INTO dbqueue_queues VALUES (%s, %s, %s, %s, %s, %s, %s)"  # (part, qid, name, ...) as created
+_CREATE_QUEUE = (
+    b"INSERT INTO dbqueue_queues (part, qid, name, capacity, max_deliveries, dead_letter, visibility_timeout_ms)"
+    b" VALUES (%s, %s, %s, %s, %s, %s, %s)"
+)
+_ALTER_QUEUE = (
+    b"UPDATE dbqueue_queues SET max_deliveries = %s, dead_letter = %s, visibility_timeout_ms = %s, annotations = %s"
+    b" WHERE part = %s AND qid = %s"
+)
 _DELETE_MESSAGES_OF = b"DELETE FROM dbqueue_messages WHERE qid = %s AND id >= %s AND id < %s"
 _PURGE_MESSAGES_OF = b"DELETE FROM dbqueue_messages WHERE qid = %s AND id >= %s AND id < %s AND id <> ALL(%b::int8[])"
 _DELETE_QUEUE = b"DELETE FROM dbqueue_queues WHERE part = %s AND qid = %s"
 
-# Queue operations, in call order: (qid, name, capacity, max_deliveries, dead_letter, visibility_timeout_ms)
-# creates, (qid,) deletes, (qid, kept ids) purges.
-_QueueOp = tuple[int, bytes, int, int, bytes | None, int] | tuple[int] | tuple[int, frozenset[int]]
 # A message row as ``dbqueue_commit`` takes it: (id, qid, seq, data, deliveries, due_ms, enqueued_ms).
 _Row = tuple[int, int, int, bytes, int, int, int]
 
@@ -402,8 +407,8 @@ class PostgresStore:
 
     def _read_state(self, con: psycopg.Connection[Any]) -> None:
         rows = con.execute(b"SELECT name, qid FROM dbqueue_queues WHERE part = %s", (self.part,)).fetchall()
-        self._qids: dict[bytes, int] = {bytes(name): qid for name, qid in rows}
-        self._next_qid = max(self._qids.values(), default=0) + 1
+        self._queues = QueueOps({bytes(name): qid for name, qid in rows})
+        self._qids = self._queues.qids  # the same dict, read by every addition
         row = con.execute(
             b"SELECT max(seq), max(id) FROM dbqueue_messages WHERE id >= %s AND id < %s", (self._low, self._high)
         ).fetchone()
@@ -420,7 +425,7 @@ class PostgresStore:
         self._removes: list[int] = []
         self._deliveries: dict[int, int] = {}
         self._dues: dict[int, int] = {}
-        self._queue_ops: list[_QueueOp] = []
+        self._queues.clear()
 
     def load(self) -> Snapshot:
         """Return the part's queues (in creation order) and messages (in the order added), as last committed.
@@ -430,7 +435,7 @@ class PostgresStore:
         con = self._connection()
         try:
             queues = con.execute(
-                b"SELECT qid, name, capacity, max_deliveries, dead_letter, visibility_timeout_ms"
+                b"SELECT qid, name, capacity, max_deliveries, dead_letter, visibility_timeout_ms, annotations"
                 b" FROM dbqueue_queues WHERE part = %s ORDER BY qid",
                 (self.part,),
             ).fetchall()
@@ -463,8 +468,9 @@ class PostgresStore:
                 visibility_timeout_ms=visibility_timeout_ms,
                 enqueued_ms=times[qid],
                 origins=origins[qid],
+                annotations=bytes(annotations),
             )
-            for qid, name, capacity, max_deliveries, dead_letter, visibility_timeout_ms in queues
+            for qid, name, capacity, max_deliveries, dead_letter, visibility_timeout_ms, annotations in queues
         ]
         return Snapshot(queues=stored, next_id=self._reserved)
 
@@ -604,24 +610,28 @@ class PostgresStore:
         visibility_timeout_ms: int = 0,
     ) -> None:
         """Record a new queue. Raises `ValueError` if the part already has a queue called ``name``."""
-        if name in self._qids:
-            raise ValueError(f"queue {name!r} is already stored")
-        qid = self._qids[name] = self._next_qid
-        self._next_qid = qid + 1
-        self._queue_ops.append((qid, name, capacity, max_deliveries, dead_letter, visibility_timeout_ms))
+        self._queues.create(name, capacity, max_deliveries, dead_letter, visibility_timeout_ms)
+
+    def alter_queue(
+        self,
+        name: bytes,
+        max_deliveries: int,
+        dead_letter: bytes | None,
+        visibility_timeout_ms: int,
+        annotations: bytes,
+    ) -> None:
+        """Record a queue's settings from now on (its capacity stays) and its annotations (b"": none).
+        Raises `KeyError` for an unknown queue."""
+        self._queues.alter(name, max_deliveries, dead_letter, visibility_timeout_ms, annotations)
 
     def delete_queue(self, name: bytes) -> None:
         """Record that a queue and every message in it are gone. Raises `KeyError` for an unknown queue."""
-        qid = self._qids.pop(name)
-        self._drop_pending_adds(qid)
-        self._queue_ops.append((qid,))
+        self._drop_pending_adds(self._queues.delete(name))
 
     def purge(self, name: bytes, keep: Iterable[int] = ()) -> None:
         """Record that every message of a queue is gone except the ids in ``keep``. Raises `KeyError`."""
-        qid = self._qids[name]
-        kept = frozenset(keep)
+        qid, kept = self._queues.purge(name, keep)
         self._drop_pending_adds(qid, kept)
-        self._queue_ops.append((qid, kept))
 
     def add(
         self,
@@ -714,7 +724,7 @@ class PostgresStore:
         return bool(
             self._adds
             or self._removes
-            or self._queue_ops
+            or self._queues.ops
             or self._deliveries
             or self._dues
             or self._reserved != self._reserved_written
@@ -757,7 +767,7 @@ class PostgresStore:
         if (
             self._alone
             or len(self._in_flight) >= WRITERS
-            or self._queue_ops
+            or self._queues.ops
             or self._reserved != self._reserved_written
         ):
             return False
@@ -775,7 +785,7 @@ class PostgresStore:
         ids: set[int] = set()
         if WRITERS > 1:  # with one writer, `can_begin` never compares ids
             ids.update(self._adds, self._removes, self._deliveries, self._dues)
-        alone = bool(self._queue_ops) or self._reserved != self._reserved_written
+        alone = bool(self._queues.ops) or self._reserved != self._reserved_written
         batch = Batch(self._statements(), self._adds, ids, self._reserved, alone)
         used = {other.slot for other in self._in_flight}
         batch.slot = next(slot for slot in range(WRITERS) if slot not in used)
@@ -859,22 +869,24 @@ class PostgresStore:
                 *added,
             ),
         )
-        if not self._queue_ops and not origins:
+        if not self._queues.ops and not origins:
             return [commit]
         statements: list[tuple[bytes, Sequence[Any]]] = [(_FENCE, (part, self.epoch))]
-        for op in self._queue_ops:
+        for op in self._queues.ops:
             statements += self._queue_op(op)
         statements.append(commit)
         statements += [(_INSERT_ORIGIN, (*adds[id_], *origin)) for id_, origin in origins.items()]
         return statements
 
-    def _queue_op(self, op: _QueueOp) -> list[tuple[bytes, Sequence[Any]]]:
-        qid = op[0]
-        if len(op) == 6:
+    def _queue_op(self, op: QueueOp) -> list[tuple[bytes, Sequence[Any]]]:
+        # A queue's creation, change of settings, deletion or purge (`store.queue_ops`).
+        if isinstance(op, Create):
             return [(_CREATE_QUEUE, (self.part, *op))]
-        if len(op) == 1:
-            return [(_DELETE_MESSAGES_OF, (qid, self._low, self._high)), (_DELETE_QUEUE, (self.part, qid))]
-        return [(_PURGE_MESSAGES_OF, (qid, self._low, self._high, sorted(op[1])))]
+        if isinstance(op, Alter):
+            return [(_ALTER_QUEUE, (*op[1:], self.part, op.qid))]
+        if isinstance(op, Delete):
+            return [(_DELETE_MESSAGES_OF, (op.qid, self._low, self._high)), (_DELETE_QUEUE, (self.part, op.qid))]
+        return [(_PURGE_MESSAGES_OF, (op.qid, self._low, self._high, sorted(op.kept)))]
 
     # --- internals -------------------------------------------------------------------
 

@@ -6,7 +6,9 @@ Tables (every name starts with ``dbqueue_``, so the store can share a database):
 * ``dbqueue_parts``: one row per member index of the group (a *part*): the
   fencing ``epoch`` its owner holds, the owner's ``address`` (what MEMBERS
   answers), when it was claimed, and ``next_id``, the ids reserved so far;
-* ``dbqueue_queues (part, qid, ...)``: each part's queues, in creation order (``qid``);
+* ``dbqueue_queues (part, qid, ...)``: each part's queues, in creation order (``qid``), with their
+  settings as last changed (`core.journal.Journal.alter_queue`) and their ``annotations``
+  (`core.broker.Broker.annotate`: opaque bytes, empty for none);
 * ``dbqueue_messages``: one row per stored message, with its first enqueue time
   and, for a dead letter, its origin (``origin_*``, NULL otherwise). The id's top byte is its
   part (`protocol.frames.MEMBER_SHIFT`), so a part's messages are a range of the
@@ -18,7 +20,8 @@ starts with) and ``dbqueue_commit`` (the common group commit as one statement).
 Versions. `SCHEMA_VERSION` is bumped whenever a table changes in a way an
 older server could not read, or a server needs a function an older database
 lacks, and `UPGRADES` gains the statements that bring the previous version to
-the new one. 1: the tables and ``dbqueue_fence``; 2: ``dbqueue_commit``. A server creates the tables in an empty
+the new one. 1: the tables and ``dbqueue_fence``; 2: ``dbqueue_commit``; 3: queues'
+``annotations`` (and their settings may change after creation). A server creates the tables in an empty
 database, upgrades an older one in one transaction, and refuses one whose
 version is newer than its own (`StoreError` naming both versions). Creation and
 upgrade hold a transaction-level advisory lock, so members starting together
@@ -36,7 +39,7 @@ from .postgres_parts import LOCK_CLASS
 
 __all__ = ["FENCED_SQLSTATE", "SCHEMA_VERSION", "UPGRADES", "adopt", "LOCK_CLASS"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # The SQLSTATE of ``dbqueue_fence``'s refusal: the part's epoch moved on (`store.postgres` raises `PartLost`).
 FENCED_SQLSTATE = "DQ001"
 
@@ -59,6 +62,7 @@ _CREATE = [
         max_deliveries int NOT NULL,
         dead_letter bytea,
         visibility_timeout_ms bigint NOT NULL DEFAULT 0,
+        annotations bytea NOT NULL DEFAULT '',
         PRIMARY KEY (part, qid)
     )""",
     """CREATE TABLE dbqueue_messages (
@@ -121,7 +125,11 @@ _COMMIT_FUNCTION = """CREATE OR REPLACE FUNCTION dbqueue_commit(
 _CREATE.append(_COMMIT_FUNCTION)
 
 # UPGRADES[v] brings a database at version v to v + 1.
-UPGRADES: dict[int, list[str]] = {1: [_COMMIT_FUNCTION]}
+UPGRADES: dict[int, list[str]] = {
+    1: [_COMMIT_FUNCTION],
+    # IF NOT EXISTS: a database whose version number was set back (by hand, or a test) still upgrades.
+    2: ["ALTER TABLE dbqueue_queues ADD COLUMN IF NOT EXISTS annotations bytea NOT NULL DEFAULT ''"],
+}
 
 
 def adopt(con: psycopg.Connection[Any], where: str) -> None:
