@@ -26,7 +26,10 @@ The paths
   messages were sent in.
 
 They decline whatever could make the replies differ from the general path's:
-a refused request (`admission`), a full queue, sends to a queue with waiting
+a refused request (`admission`), a full queue, a run of sends that would
+make the broker take back the queues' spare byte grants (near the memory
+budget: room is then asked for one send at a time, as the general path asks
+it), sends to a queue with waiting
 reads (one by one, each message would wake a read of its own), reads that
 would wait, or whose replies could pass the output limit, and reads of a
 queue that has held a dead letter (``Queue.has_origins``: only the general
@@ -207,6 +210,15 @@ class FastPaths:
     def _enqueue_run(self, request_ids: tuple[bytes, ...], name: bytes, payloads: tuple[bytes, ...]) -> bytes | None:
         size = len(payloads[0])  # every payload has the first one's size
         total = size * len(payloads)
+        queue = self.broker.queues.get(name)
+        if queue is None:
+            return None
+        missing = queue.payload_bytes + total - queue.grant
+        if missing > 0 and self.broker.granted + missing > self.memory_budget:
+            # Near the memory budget the broker, asked for room for the whole run, would take back
+            # every queue's spare grant before it decides (`Broker.make_room`), which sends admitted
+            # one by one need not have made it do (the first may fit this queue's spare): left to them.
+            return None
         try:
             queue = admit_send(self, name, size, total)
         except RequestError:
