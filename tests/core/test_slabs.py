@@ -7,7 +7,8 @@ column against ids packed one by one, that every slice a read takes carries
 the ids its members were given, and that a queued message costs the memory
 of its payload and its length and nothing more of note. Single sends are
 sealed into slabs as their run ends (`segments.seal`): the same ids and
-payloads come out, in order, one by one or in batches, at a slab's cost.
+payloads come out, in order, one by one or in batches, at a slab's cost;
+behind a short backlog, a run stays a run (`segments.SEAL_BACKLOG`).
 """
 
 from __future__ import annotations
@@ -19,14 +20,17 @@ import pytest
 from holders import held_by
 
 from dbqueue.core import Block, Broker, Holding, Outcome, Queue
-from dbqueue.core.segments import RUN_LIMIT, Run, Slab
+from dbqueue.core.segments import RUN_LIMIT, SEAL_BACKLOG, Run, Slab
 from dbqueue.protocol import codecs
 from dbqueue.protocol.codecs import id_column
 
 
-def make() -> tuple[Broker, Queue]:
+def make(seal_backlog: int = 0) -> tuple[Broker, Queue]:
+    """A broker and its queue ``q``, whose runs are sealed past ``seal_backlog`` ready messages."""
     broker = Broker()
-    return broker, broker.create_queue(b"q", 0)
+    queue = broker.create_queue(b"q", 0)
+    queue.seal_backlog = seal_backlog
+    return broker, queue
 
 
 def send_columns(broker: Broker, queue: Queue, payloads: list[bytes]) -> bytes:
@@ -183,3 +187,17 @@ def test_a_single_send_queued_long_costs_about_its_payload_and_its_length() -> N
     # The payload and its u32 length, the slabs' objects and headers, and one run left open (the last
     # RUN_LIMIT messages as bytes objects, about 1/50 of them: a few bytes a message).
     assert grown / count < payload + 4 + 6
+
+
+def test_a_run_behind_a_short_backlog_is_left_a_run() -> None:
+    broker, queue = make(seal_backlog=RUN_LIMIT + 10)
+    assert Broker().create_queue(b"other", 0).seal_backlog == SEAL_BACKLOG  # the default
+    payloads = [b"m%d" % number for number in range(3 * RUN_LIMIT + 1)]
+    for payload in payloads:
+        broker.enqueue(queue, payload, 0.0)
+    # The first run ended with RUN_LIMIT ready (not past the backlog): left as it is; the next two
+    # ended behind more and were sealed; the last is open.
+    assert [type(segment) for segment in queue._segments] == [Run, Slab, Slab, Run]
+    held = Holding()
+    read = [broker.deliver(queue, 100, held, 0.0) for _ in payloads]
+    assert [record.data for record in read if record is not None] == payloads

@@ -13,8 +13,9 @@ server-wide counter, so a queue takes from the counter once per block, not
 once per message. A batch sent in columns is kept whole as a slab. A tail run
 ends after `segments.RUN_LIMIT` messages (or at its id block's end: the
 send that finds ``_run_end`` reached, one comparison it makes anyway, starts
-the next run), and what it still holds is then sealed into a slab, so that
-single sends left waiting cost what batches cost.
+the next run), and what it still holds is then sealed into a slab when the
+queue holds a long backlog (``seal_backlog``, `segments.SEAL_BACKLOG`), so
+that single sends left waiting cost what batches cost.
 
 A read turns the first ready message into a `Record`, kept in `Broker.records`
 (by id) and in its holder's `Holding` (one per connection; ``read`` numbers
@@ -79,7 +80,7 @@ from itertools import islice, repeat, starmap
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..protocol.codecs import id_column
-from .segments import RUN_LIMIT, Run, Slab, cut_payloads, seal
+from .segments import RUN_LIMIT, SEAL_BACKLOG, Run, Slab, cut_payloads, seal
 
 if TYPE_CHECKING:
     from .journal import Journal, Origin
@@ -379,7 +380,7 @@ class Queue:
     __slots__ = (
         "name", "capacity", "max_deliveries", "dead_letter", "deleted", "payload_bytes", "grant",
         "ready", "delayed", "enqueued", "confirmed", "requeued", "dead_lettered", "purged", "moved", "consumers",
-        "waiters", "waiting", "_segments", "_tail", "_next_id", "_block_end", "_run_end",
+        "waiters", "waiting", "_segments", "_tail", "_next_id", "_block_end", "_run_end", "seal_backlog",
         "_broker", "_records", "_blocks", "journal", "visibility_asked", "has_origins", "origins",
         "_marks", "_mark_end",
     )  # fmt: skip
@@ -427,6 +428,7 @@ class Queue:
         self._next_id = 0
         self._block_end = 0
         self._run_end = 0  # where the tail run ends: its id block's end or `RUN_LIMIT` ids after its start
+        self.seal_backlog = SEAL_BACKLOG  # ready messages past which a run that ends is sealed
 
     @property
     def count(self) -> int:
@@ -837,10 +839,10 @@ class Queue:
         segments = self._segments
         ended = self._tail
         if ended is not None and segments and segments[-1] is ended:  # the tail is always the last segment
-            if ended.items:
-                segments[-1] = seal(ended)
-            else:  # read to its end already
+            if not ended.items:  # read to its end already
                 segments.pop()
+            elif self.ready > self.seal_backlog:  # behind a long backlog (see `segments`)
+                segments[-1] = seal(ended)
         if self._next_id == self._block_end:
             self._next_id = self._broker.allocate_ids(ID_BLOCK)
             self._block_end = self._next_id + ID_BLOCK

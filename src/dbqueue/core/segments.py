@@ -9,12 +9,15 @@ A queue's ready messages are a deque of segments, read from the front:
   the id is implied by its position. Ids come from one server-wide counter,
   handed to queues in blocks of `queue.ID_BLOCK`, so they stay unique for the
   server's lifetime across all queues. A run takes at most `RUN_LIMIT`
-  messages; when the next send finds it full, the messages it still holds are
-  *sealed* into a slab (`seal`): single sends that pile up then cost what a
-  batch costs, their payload and its u32 length, instead of a ``bytes``
-  object's header, its allocator's rounding and a deque slot each. A send
-  still only appends to a deque, and a queue that its consumers keep nearly
-  empty has little or nothing left to seal;
+  messages; when the next send finds it full and the queue holds a long
+  backlog (more than `SEAL_BACKLOG` ready messages), the messages the run
+  still holds are *sealed* into a slab (`seal`): single sends that pile up
+  then cost what a batch costs, their payload and its u32 length, instead of
+  a ``bytes`` object's header, its allocator's rounding and a deque slot each.
+  A send still only appends to a deque. A run behind a short backlog is left
+  as it is: it will be read soon, and reading a run one message at a time is
+  cheaper than reading a slab (no length to unpack, no payload to slice out),
+  while what sealing it would save is bounded by the backlog's length;
 * a `Slab` holds the fresh messages of one sent batch (ENQUEUE_BATCH) as the
   batch's columns, never cut apart: its u32 length column and its payloads
   back to back. Its ids are consecutive, so it keeps only the first: a queued
@@ -39,13 +42,16 @@ from itertools import accumulate
 
 from ..protocol.codecs import id_column
 
-__all__ = ["RUN_LIMIT", "Run", "Slab", "cut_payloads", "seal"]
+__all__ = ["RUN_LIMIT", "SEAL_BACKLOG", "Run", "Slab", "cut_payloads", "seal"]
 
 _U32 = struct.Struct(">I")
 # Messages a run takes before the next send seals what it still holds into a slab: enough that a
 # slab's own object and headers are spread thin, few enough that an unsealed run's bytes objects
 # are a small part of a long queue.
 RUN_LIMIT = 512
+# Ready messages a queue holds, at least, before a run that ends is sealed: below it, a backlog's
+# bytes objects cost a few MiB at most, and its reads stay on runs.
+SEAL_BACKLOG = 1 << 16
 
 
 class Run:
