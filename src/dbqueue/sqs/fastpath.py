@@ -29,9 +29,11 @@ I/O like the rest of the package:
 * `plain_send_entries`, `plain_delete_entries` and `plain_receive` read the
   decoded JSON parameters of the hot actions when they are of the common
   shape (no message attributes, no per-entry delay, no FIFO fields), checked
-  by the same rules and the same compiled patterns as `decoding`; they
-  return None for any other shape *and for anything the general path would
-  refuse*, so that errors are always written by the general path.
+  by the same rules and patterns as `decoding` (a batch's entries all at
+  once: its ids by one match of a pattern built from `decoding`'s, its
+  bodies by one search); they return None for any other shape *and for
+  anything the general path would refuse*, so that errors are always
+  written by the general path.
 * ``*_reply`` functions write the answers' JSON, byte for byte what
   `json_protocol` writes for the same result.
 
