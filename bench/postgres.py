@@ -36,7 +36,8 @@ Reported per run: messages/s (sent, received and acknowledged), the PostgreSQL
 server's CPU seconds per 1,000 messages (every backend's and the postmaster's
 user + system time, from /proc, over the run) and WAL bytes per message
 (``pg_current_wal_lsn`` before and after). The machine is shared: runs
-alternate between systems so drift moves all alike; medians over rounds.
+alternate between systems so drift moves all alike; medians over rounds, and
+dbqueue-pg's ratio to each system as the median of the ratios within a round.
 Everything printed is also written to ``--out`` (by default
 bench/results/postgres-<commit>.txt, ``-batch<N>`` added for batches).
 """
@@ -405,10 +406,14 @@ def main() -> None:
         f" pipeline {args.pipeline}, batch {args.batch}, {args.payload}-byte payloads, {size},"
         f" synchronous_commit=on):"
     )
-    base = statistics.median(r["rate"] for r in results.get("dbqueue-pg", [])) if "dbqueue-pg" in results else None
+    ours = results.get("dbqueue-pg", [])
     for system, rows in results.items():
         rate = statistics.median(r["rate"] for r in rows)
-        ratio = f"  dbqueue-pg = {base / rate:5.2f}x" if base and system != "dbqueue-pg" else ""
+        ratio = ""
+        if ours and system != "dbqueue-pg":
+            # Each round's runs are minutes apart at most: their ratio is steadier than a ratio of medians.
+            paired = [mine["rate"] / theirs["rate"] for mine, theirs in zip(ours, rows, strict=True)]
+            ratio = f"  dbqueue-pg = {statistics.median(paired):5.2f}x ({min(paired):.2f}-{max(paired):.2f})"
         say(
             f"  {system:19} {rate:9.0f} msg/s ({min(r['rate'] for r in rows):.0f}-{max(r['rate'] for r in rows):.0f})"
             f"  PostgreSQL CPU {statistics.median(r['pg_cpu_ms_per_1k'] for r in rows):7.1f} ms/1k msg"
