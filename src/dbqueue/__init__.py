@@ -36,6 +36,7 @@ from .errors import (
     UnknownOpcode,
     UnsupportedVersion,
 )
+from .protocol.envelope import MessageAttributeValue
 from .protocol.messages import Message, Move, Moved, Origin, Peek, Peeked, PeekedMessage
 
 NEVER = math.inf
@@ -54,6 +55,7 @@ __all__ = [
     "GroupClient",
     "AsyncGroupClient",
     "Message",
+    "MessageAttributeValue",
     "Origin",
     "PeekedMessage",
     "Peek",
