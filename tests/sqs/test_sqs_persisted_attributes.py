@@ -1,15 +1,18 @@
-"""With --data-dir, a queue's SQS attributes survive a restart: those SetQueueAttributes changes on the broker
-queue itself (``RedrivePolicy``, ``VisibilityTimeout``: `Broker.alter_queue`) and those the listener keeps in the
-queue's annotations (`Broker.annotate`: the other attributes, tags, created and modified times).
+"""With --data-dir or --store postgresql://..., a queue's SQS attributes survive a restart: those
+SetQueueAttributes changes on the broker queue itself (``RedrivePolicy``, ``VisibilityTimeout``:
+`Broker.alter_queue`) and those the listener keeps in the queue's annotations (`Broker.annotate`: the other
+attributes, tags, created and modified times).
 
-A real server with a store, its HTTP listener (`listener_kit`), boto3 over real HTTP; each restart is a new
-server on the same directory. Needs the SQS listener's use of the broker's journaled settings
-(/work/notes/q5-sqs_api.patch): without it, SetQueueAttributes of a RedrivePolicy is refused with a store and
-the other attributes are lost at a restart.
+A real server with a store (SQLite in a directory, or PostgreSQL on the throwaway cluster of
+tests/postgres/pg_fixtures.py, skipped without PostgreSQL), its HTTP listener (`listener_kit`), boto3 over
+real HTTP; each restart is a new server on the same store. Needs the SQS listener's use of the broker's
+journaled settings (/work/notes/q5-sqs_api.patch): without it, SetQueueAttributes of a RedrivePolicy is
+refused with a store and the other attributes are lost at a restart.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,24 +23,32 @@ from botocore.exceptions import ClientError
 
 from dbqueue import Client
 
+# The PostgreSQL fixtures live beside the PostgreSQL tests (pg_fixtures.py says why they are no conftest.py).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "postgres"))
+import pg_fixtures
+
+pg_cluster = pg_fixtures.pg_cluster
+pg_url = pg_fixtures.pg_url
+
 ARN = "arn:aws:sqs:us-east-1:000000000000:"
 # What a queue reports that changes by itself (the counts): left out when two reports are compared.
 COUNTS = {"ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible", "ApproximateNumberOfMessagesDelayed"}
 
 
 class Restarting:
-    """A server with a store in ``directory``, its listener and a boto3 client; `restart` makes them anew."""
+    """A server with a store (``store``: its `Server` option, ``data_dir`` or ``store``), its listener and a boto3
+    client; `restart` makes them anew on the same store."""
 
-    def __init__(self, server_factory: Callable[..., Any], directory: Path) -> None:
+    def __init__(self, server_factory: Callable[..., Any], store: dict[str, Any]) -> None:
         self.server_factory = server_factory
-        self.directory = directory
+        self.store = store
         self.thread: Any = None
         self.listening: listener_kit.Listening | None = None
         self.sqs: Any = None
         self.start()
 
     def start(self) -> None:
-        self.thread = self.server_factory(data_dir=self.directory)
+        self.thread = self.server_factory(**self.store)
         self.listening = listener_kit.Listening.start(self.thread)
         self.sqs = listener_kit.client(self.listening.endpoint)
 
@@ -56,9 +67,10 @@ class Restarting:
         return {name: value for name, value in reported.items() if name not in COUNTS}
 
 
-@pytest.fixture
-def durable(server_factory: Callable[..., Any], tmp_path: Path) -> Any:
-    restarting = Restarting(server_factory, tmp_path)
+@pytest.fixture(params=["data_dir", "postgresql"])
+def durable(request: pytest.FixtureRequest, server_factory: Callable[..., Any], tmp_path: Path) -> Any:
+    store = {"data_dir": tmp_path} if request.param == "data_dir" else {"store": request.getfixturevalue("pg_url")}
+    restarting = Restarting(server_factory, store)
     yield restarting
     restarting.stop()
 
