@@ -273,6 +273,7 @@ class Server:
         self._part_check: asyncio.TimerHandle | None = None
         self._part_checking: asyncio.Task[None] | None = None
         self._pg_calls: set[asyncio.Future[Any]] = set()  # PostgreSQL calls under way on threads (`_off_loop`)
+        self._pg_threads: set[threading.Thread] = set()  # their threads, while they run
         # PostgreSQL: commits are written without blocking the loop (`_write`), up to `store.postgres.WRITERS` at
         # once; meanwhile, `_held` counts each connection's replies waiting for a commit, so that `write` keeps
         # their order.
@@ -700,10 +701,18 @@ class Server:
         self.store_unavailable = reason
         store.release_room()
 
+    def _join_pg_threads(self) -> None:
+        # Before the loop's own blocking calls on the store's session (a reload or a probe may close it and open
+        # another): the calls on threads end first, so that no thread is inside libpq on a connection the loop
+        # closes. Bounded: a dead link fails them within seconds (keepalives, tcp_user_timeout).
+        for thread in list(self._pg_threads):
+            thread.join(2 * PG_CALL_WARNING)
+
     def _reload(self, store: AnyStore) -> None:
         # Bring the memory back to the store's last commit, as a start does. Every connection is
         # cut first (its messages in flight would come back anyway): none may go on with a broker
         # that is gone. The old broker is detached from the store before they give back what they held.
+        self._join_pg_threads()
         old = self.broker
         old.journal = None
         for queue in old.queues.values():
@@ -808,6 +817,7 @@ class Server:
 
     def _probe(self, store: AnyStore) -> None:
         # Degraded: can the store write again, with its room kept? Then sends are accepted again.
+        self._join_pg_threads()
         try:
             store.probe()
         except PartLost as exc:
@@ -880,7 +890,10 @@ class Server:
 
         self._pg_calls.add(future)
         future.add_done_callback(self._pg_calls.discard)
-        threading.Thread(target=target, name=f"dbqueue-postgres: {what}", daemon=True).start()
+        thread = threading.Thread(target=target, name=f"dbqueue-postgres: {what}", daemon=True)
+        self._pg_threads.add(thread)
+        future.add_done_callback(lambda _: self._pg_threads.discard(thread))
+        thread.start()
         started = time.monotonic()
         while True:
             try:
