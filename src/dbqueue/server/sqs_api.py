@@ -8,12 +8,16 @@ The listener (`http`) hands it each decoded request; it acts on the same
 so a message sent through either protocol is read through either.
 
 * **Queues** are the broker's. What SQS says about a queue that dbqueue's
-  queues have no field for (a ``VisibilityTimeout`` set later, ``DelaySeconds``,
-  ``MaximumMessageSize``, ``ReceiveMessageWaitTimeSeconds``, the policies,
-  tags, the creation time) is kept here, in a `QueueRecord` per queue, in
-  memory; a queue created through dbqueue's own protocol gets one with SQS's
-  defaults when SQS first names it. ``RedrivePolicy`` is no attribute of ours:
-  it is the broker queue's ``max_deliveries`` and ``dead_letter`` itself.
+  queues have no field for (``DelaySeconds``, ``MaximumMessageSize``,
+  ``ReceiveMessageWaitTimeSeconds``, the policies, tags, the creation and
+  modification times) is kept here, in a `QueueRecord` per queue, and written
+  as JSON into the broker queue's *annotations* (`Broker.annotate`) at each
+  change (`SqsService._keep`), so that the store keeps it with the queue and a
+  restart gives it back (`SqsService._kept`). A queue created through dbqueue's
+  own protocol gets a record with SQS's defaults when SQS first names it.
+  ``RedrivePolicy`` and ``VisibilityTimeout`` are the broker queue's own
+  ``max_deliveries``, ``dead_letter`` and default visibility timeout, changed
+  by `Broker.alter_queue` (journaled, with the checks a creation makes).
 * **Messages** are stored as an envelope (`dbqueue.sqs.envelope`): the body,
   its attributes, the send time, the sender and the queue it was sent to, so
   all of it moves with the message (back to the front of its queue, into a
@@ -58,10 +62,12 @@ so a message sent through either protocol is read through either.
   the rest of a connection whose first odd request came goes to aiohttp.
   The handles issued are remembered (``_issued``, bounded by the messages in
   flight) so that a delete with one needs no MAC; any other is opened.
-* **Queue attributes**: ``VisibilityTimeout`` given to ``CreateQueue`` is the
-  broker queue's own default visibility timeout (kept by the store); a record
-  made for a queue SQS did not create here (`QueueRecord.restored`) takes
-  the attributes of the next ``CreateQueue`` naming it.
+* **Queue attributes**: ``VisibilityTimeout`` given to ``CreateQueue`` or
+  ``SetQueueAttributes`` is the broker queue's own default visibility timeout
+  too (kept by the store; an SQS 0, visible again at once, is the record's
+  alone); a record made for a queue SQS has no attributes kept for
+  (`QueueRecord.restored`: made natively, or by a dbqueue before format 5's
+  annotations) takes the attributes of the next ``CreateQueue`` naming it.
 
 Refusals are `SqsError`; the broker's own (`RequestError`) are translated by
 one table (`sqs_error`).
@@ -240,8 +246,8 @@ class QueueRecord:
     attributes: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     restored: bool = False
-    """Made for a queue SQS did not create in this process (created natively, or before a restart): its
-    attributes but the broker's are unknown, so a ``CreateQueue`` naming it adopts those it gives."""
+    """Made for a queue SQS kept no attributes for (created natively, or by a dbqueue that did not keep them):
+    its attributes but the broker's are unknown, so a ``CreateQueue`` naming it adopts those it gives."""
 
     def number(self, name: str) -> int:
         """The value of integer attribute ``name``, set or default."""
@@ -384,8 +390,10 @@ class SqsService:
         """Follow the server to a new broker (it reloaded its store): what was held or parked on the old one is gone.
 
         Parked receives are answered with nothing; messages in flight are back
-        in the new broker's queues, as the store held them; queue records move
-        to the queues of the same names.
+        in the new broker's queues, as the store held them; queue records are
+        read again from what the store kept with their queues (`_kept`: the
+        last commit), or, where it kept nothing, move as they are to the queues
+        of the same names.
         """
         self.stop_waiting()
         broker = self.broker = self.server.broker
@@ -397,6 +405,8 @@ class SqsService:
             queue = broker.queues.get(key)
             if queue is None:
                 del self.records[key]
+            elif broker.annotations.get(key):
+                self.records[key] = self._kept(queue)
             else:
                 record.queue = queue
 
@@ -435,9 +445,41 @@ class SqsService:
                 del self.records[key]
             raise SqsError(ErrorCode.QUEUE_DOES_NOT_EXIST)
         if record is None or record.queue is not queue:
-            now = int(self.wall())
-            record = self.records[key] = QueueRecord(queue, now, now, restored=True)
+            record = self.records[key] = self._kept(queue)
         return record
+
+    def _kept(self, queue: Queue) -> QueueRecord:
+        """The record of ``queue`` as `_keep` last wrote it into its annotations (after a restart, or a reload
+        of the store), else one with SQS's defaults, ``restored``."""
+        saved = _annotations(self.broker.annotations.get(queue.name, b"")).get(_ANNOTATION_KEY)
+        if isinstance(saved, dict):
+            try:
+                return QueueRecord(
+                    queue,
+                    int(saved["created"]),
+                    int(saved["modified"]),
+                    {str(k): str(v) for k, v in saved["attributes"].items()},
+                    {str(k): str(v) for k, v in saved["tags"].items()},
+                    restored=bool(saved.get("restored", False)),
+                )
+            except (KeyError, TypeError, ValueError, AttributeError):
+                log.warning("queue %r: the SQS attributes kept with it cannot be read: SQS's defaults", queue.name)
+        now = int(self.wall())
+        return QueueRecord(queue, now, now, restored=True)
+
+    def _keep(self, record: QueueRecord) -> None:
+        """Write ``record`` into its queue's annotations (journaled by the broker, committed before the answer):
+        under its own key, beside whatever another layer keeps there."""
+        name = record.queue.name
+        kept = _annotations(self.broker.annotations.get(name, b""))
+        kept[_ANNOTATION_KEY] = {
+            "created": record.created,
+            "modified": record.modified,
+            "attributes": record.attributes,
+            "tags": record.tags,
+            "restored": record.restored,
+        }
+        self.broker.annotate(name, json.dumps(kept, separators=(",", ":"), sort_keys=True).encode())
 
     def _create_queue(self, request: CreateQueue, endpoint: str, sender: str) -> CreateQueueResult:
         url = queue_url(endpoint, request.queue)
@@ -450,9 +492,11 @@ class SqsService:
                     record, "RedrivePolicy", request.attributes["RedrivePolicy"]
                 ):
                     raise SqsError(ErrorCode.QUEUE_NAME_EXISTS)
+                admit_change(self)
                 record.attributes.update((k, v) for k, v in request.attributes.items() if k != "RedrivePolicy")
                 record.tags.update(request.tags)
                 record.restored = False
+                self._keep(record)
                 return CreateQueueResult(url)
             for name, value in request.attributes.items():
                 if not self._same_attribute(record, name, value):
@@ -479,7 +523,8 @@ class SqsService:
                 raise
             raise _bad_redrive(text, str(error)) from None  # a loop of dead-letter queues
         now = int(self.wall())
-        self.records[queue.name] = QueueRecord(queue, now, now, attributes, dict(request.tags))
+        record = self.records[queue.name] = QueueRecord(queue, now, now, attributes, dict(request.tags))
+        self._keep(record)
         return CreateQueueResult(url)
 
     def _same_attribute(self, record: QueueRecord, name: str, value: str) -> bool:
@@ -579,52 +624,53 @@ class SqsService:
         return GetQueueAttributesResult({name: values[name] for name in request.names if name in values})
 
     def _set_queue_attributes(self, request: SetQueueAttributes, endpoint: str, sender: str) -> None:
+        """Set the attributes given: ``RedrivePolicy`` ("" removes it) and ``VisibilityTimeout`` change the broker
+        queue's own settings (`Broker.alter_queue`, journaled), the others the record (kept by `_keep`).
+        Everything is checked before anything changes."""
         record = self.record(request.queue)
+        queue = record.queue
         attributes = dict(request.attributes)
-        if "RedrivePolicy" in attributes:
-            self._set_redrive(record, request.queue, attributes.pop("RedrivePolicy"))
+        text = attributes.pop("RedrivePolicy", None)
+        dead_letter, max_deliveries = queue.dead_letter, queue.max_deliveries
+        if text is not None:
+            policy = redrive_policy(text) if text else None
+            if policy is not None:
+                dead_letter, max_deliveries = policy.dead_letter_queue.encode(), policy.max_receive_count
+                if (dead_letter, max_deliveries) != (queue.dead_letter, queue.max_deliveries):
+                    self._check_target(request.queue, policy, text)
+            else:
+                dead_letter, max_deliveries = None, 0
+        visibility_ms = queue.visibility_asked
+        if "VisibilityTimeout" in attributes:
+            # The queue's own default visibility timeout (0: the server's default; an SQS 0 stays the record's).
+            visibility_ms = int(attributes["VisibilityTimeout"] or 0) * 1000
+        admit_change(self)
+        settings = (max_deliveries, dead_letter, visibility_ms)
+        if settings != (queue.max_deliveries, queue.dead_letter, queue.visibility_asked):
+            try:
+                self.broker.alter_queue(queue.name, *settings)
+            except InvalidRequest:
+                if text is None:
+                    raise
+                raise _bad_redrive(text, "The dead-letter queues would form a loop.") from None
         record.attributes.update(attributes)
         record.modified = int(self.wall())
-
-    def _set_redrive(self, record: QueueRecord, name: str, text: str) -> None:
-        """Give an existing queue a new ``RedrivePolicy`` ("" removes it): the broker queue's own options."""
-        queue = record.queue
-        policy = redrive_policy(text) if text else None
-        wanted = (policy.dead_letter_queue.encode(), policy.max_receive_count) if policy is not None else (None, 0)
-        if wanted == (queue.dead_letter, queue.max_deliveries):
-            return
-        if self.server.store is not None:
-            # The store keeps a queue's options as created; the broker has no change of them it journals yet.
-            raise SqsError(
-                ErrorCode.INVALID_ATTRIBUTE_VALUE,
-                "Changing the RedrivePolicy of an existing queue is not supported with --data-dir yet: give it to"
-                " CreateQueue.",
-            )
-        if policy is not None:
-            self._check_target(name, policy, text)
-            hop: bytes | None = wanted[0]
-            seen = {queue.name}
-            while hop:
-                if hop in seen:
-                    raise _bad_redrive(text, "The dead-letter queues would form a loop.")
-                seen.add(hop)
-                target = self.broker.queues.get(hop)
-                hop = target.dead_letter if target is not None else None
-        # Until the broker has a journaled operation for it (in memory, nothing else to tell).
-        queue.dead_letter, queue.max_deliveries = wanted
+        self._keep(record)
 
     def _tag_queue(self, request: TagQueue, endpoint: str, sender: str) -> None:
         record = self.record(request.queue)
-        record.tags.update(request.tags)
-        if len(record.tags) > 50:
-            for key in request.tags:
-                record.tags.pop(key, None)
+        if len(record.tags.keys() | request.tags.keys()) > 50:
             raise SqsError(ErrorCode.INVALID_PARAMETER_VALUE, "Too many tags: a queue has at most 50.")
+        admit_change(self)
+        record.tags.update(request.tags)
+        self._keep(record)
 
     def _untag_queue(self, request: UntagQueue, endpoint: str, sender: str) -> None:
-        tags = self.record(request.queue).tags
+        record = self.record(request.queue)
+        admit_change(self)
         for key in request.keys:
-            tags.pop(key, None)
+            record.tags.pop(key, None)
+        self._keep(record)
 
     def _list_queue_tags(self, request: ListQueueTags, endpoint: str, sender: str) -> ListQueueTagsResult:
         return ListQueueTagsResult(dict(self.record(request.queue).tags))
@@ -1215,6 +1261,18 @@ def _batch(entries: Iterable[Any], act: Callable[[Any], None]) -> BatchResult:
         else:
             successful.append(entry.id)
     return BatchResult(tuple(successful), tuple(failed))
+
+
+_ANNOTATION_KEY = "sqs"  # the listener's key in a queue's annotations (a JSON object: other layers may keep theirs)
+
+
+def _annotations(data: bytes) -> dict[str, Any]:
+    """A queue's annotations as the JSON object they hold; empty if they hold none (or anything else)."""
+    try:
+        kept = json.loads(data) if data else {}
+    except ValueError:
+        return {}
+    return kept if isinstance(kept, dict) else {}
 
 
 def _bad_redrive(text: str, reason: str) -> SqsError:
