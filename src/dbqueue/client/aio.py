@@ -120,6 +120,10 @@ class AsyncClient(Commands):
     """
 
     def __init__(self, protocol: _ClientProtocol, timeout: float | None = None) -> None:
+        if isinstance(protocol, (str, bytes, tuple)):  # `AsyncClient("host:port")`: say how to connect
+            raise TypeError(
+                f"AsyncClient() wraps an open connection; to connect, use await AsyncClient.connect({protocol!r})"
+            )
         self._protocol = protocol
         self._timeout = timeout  # for each answer (plus a waiting read's wait); None: wait for ever
 

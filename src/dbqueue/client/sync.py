@@ -886,6 +886,7 @@ class Client(Commands):
     """
 
     def __init__(self, connection: PipelinedClient) -> None:
+        _refuse_address(type(self), connection)
         self.connection = connection
 
     @classmethod
@@ -937,6 +938,7 @@ class Pipeline(Commands):
     """
 
     def __init__(self, connection: PipelinedClient) -> None:
+        _refuse_address(type(self), connection)
         self.connection = connection
         self._queued: list[tuple[msg.Request, Decode[Any]]] = []
 
@@ -979,3 +981,11 @@ class Pipeline(Commands):
 
     def __exit__(self, *exc_info: object) -> None:
         self._queued.clear()
+
+
+def _refuse_address(kind: type, connection: object) -> None:
+    """``Client("host:port")`` is a natural first guess: say how to connect instead of failing at the first call."""
+    if isinstance(connection, (str, bytes, tuple)):
+        raise TypeError(
+            f"{kind.__name__}() wraps an open connection; to connect, use {kind.__name__}.connect({connection!r})"
+        )
