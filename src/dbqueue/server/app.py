@@ -67,11 +67,11 @@ anything). The group's addresses live in the database: every
 `PART_CHECK_INTERVAL` a timer checks that the part is still ours (a fenced
 round trip) and reads every part's owner into `members`, so MEMBERS from any
 member names the current owners. That check, the start's claim and read,
-and a standby's watch run on a thread of their own (`_off_loop`), so a slow
-or unreachable database does not stall the clients of a loop that does not
-need it meanwhile (commits are asyncio calls already). A part taken over by another server
-(`PartLost`) stops this one, like a damaged store: it must not serve what it
-no longer owns. A database that cannot be reached is handled as a failed
+and a standby's watch and takeover run on threads of their own
+(`_off_loop`): a slow or unreachable database does not stall the clients
+meanwhile (commits are asyncio calls already). A part taken over by another
+server (`PartLost`) stops this one, like a damaged store: it must not serve
+what it no longer owns. A database that cannot be reached is handled as a failed
 commit: sends refused, connections cut, and the part read back once the
 database answers again (`PostgresStore.reload` retries for
 `store.postgres.RECONNECT_SECONDS`, through every host of a multi-host URL,
