@@ -39,7 +39,8 @@ user + system time, from /proc, over the run) and WAL bytes per message
 alternate between systems so drift moves all alike; medians over rounds, and
 dbqueue-pg's ratio to each system as the median of the ratios within a round.
 Everything printed is also written to ``--out`` (by default
-bench/results/postgres-<commit>.txt, ``-batch<N>`` added for batches).
+bench/results/postgres-<commit>.txt, ``-batch<N>`` added for batches; a
+``--smoke`` run writes no file unless given ``--out``).
 """
 
 from __future__ import annotations
@@ -312,11 +313,13 @@ def sized_iterations(system: str, messages: float, args: argparse.Namespace) -> 
     return max(1, round(min(messages, args.max_messages) / per_iteration))
 
 
-def default_out(args: argparse.Namespace) -> Path:
-    """bench/results/postgres-<commit>.txt (``-batch<N>`` for batches, ``-smoke`` for a smoke run)."""
+def default_out(args: argparse.Namespace) -> Path | None:
+    """bench/results/postgres-<commit>.txt (``-batch<N>`` for batches); None for a smoke run (CI's tree stays clean)."""
+    if args.smoke:
+        return None
     found = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True)
     commit = found.stdout.strip() or "unknown"
-    suffix = (f"-batch{args.batch}" if args.batch > 1 else "") + ("-smoke" if args.smoke else "")
+    suffix = f"-batch{args.batch}" if args.batch > 1 else ""
     return HERE / "results" / f"postgres-{commit}{suffix}.txt"
 
 
@@ -353,14 +356,16 @@ def main() -> None:
     args = parser.parse_args()
     if args.smoke:
         args.rounds, args.iterations, args.producers, args.consumers, args.quiet_load = 1, 5, 2, 2, 0.0
-    out_path: Path = args.out or default_out(args)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out = out_path.open("w")
+    out_path: Path | None = args.out or default_out(args)
+    if out_path is not None:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+    out = out_path.open("w") if out_path is not None else None
 
     def say(line: str = "") -> None:
         print(line, flush=True)
-        out.write(line + "\n")
-        out.flush()
+        if out is not None:
+            out.write(line + "\n")
+            out.flush()
 
     systems = args.systems.split(",")
     context = machine.begin_run(args, say)
@@ -419,8 +424,9 @@ def main() -> None:
             f"  PostgreSQL CPU {statistics.median(r['pg_cpu_ms_per_1k'] for r in rows):7.1f} ms/1k msg"
             f"  WAL {statistics.median(r['wal_per_message'] for r in rows):6.0f} B/msg{ratio}"
         )
-    say(f"(written to {out_path})")
-    out.close()
+    if out is not None:
+        say(f"(written to {out_path})")
+        out.close()
 
 
 if __name__ == "__main__":
