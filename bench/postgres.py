@@ -7,6 +7,10 @@
 
 One throwaway cluster (tests/postgres/pg_cluster.py, ``synchronous_commit=on``,
 ``fsync=on``) serves every PostgreSQL system in turn, each in a fresh database.
+It is set up as a write-heavy database is (`TUNING`, printed; ``--pg-setting``
+overrides): the test fixture's 64 MB of shared buffers and PostgreSQL's default
+1 GB ``max_wal_size`` would make the runs checkpoint every few seconds, and each
+checkpoint's full-page images add a fifth to the WAL per message.
 The load is the same for all: ``--producers`` producers each send
 *iterations* pipelines of ``--pipeline`` messages (or batches) of ``--payload``
 bytes, ``--consumers`` consumers receive and acknowledge until all are acknowledged.
@@ -70,6 +74,7 @@ import machine  # noqa: E402
 from dbqueue import Client, ConnectionLost  # noqa: E402
 from dbqueue.loadtest import BenchConfig, DbQueueDriver, run_load  # noqa: E402
 
+TUNING = {"shared_buffers": "256MB", "max_wal_size": "4GB"}  # a write-heavy database's, for every system alike
 SYSTEMS = ("dbqueue-pg", "dbqueue-sqlite", "dbqueue-sqlite-disk", "pgqueuer", "skip-locked")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -372,7 +377,9 @@ def main() -> None:
     context["peers"].update(postgres_versions())
     for line in machine.context_lines(context):
         say(line)
-    cluster = Cluster.create(**dict(setting.split("=", 1) for setting in args.pg_setting)).start()
+    settings = {**TUNING, **dict(setting.split("=", 1) for setting in args.pg_setting)}
+    say("postgresql.conf beyond the fixture's: " + ", ".join(f"{name}={value}" for name, value in settings.items()))
+    cluster = Cluster.create(**settings).start()
     workdir = Path(tempfile.mkdtemp(prefix="dbqueue-bench-pg-"))
     results: dict[str, list[dict[str, Any]]] = {system: [] for system in systems}
     sized = not args.iterations
