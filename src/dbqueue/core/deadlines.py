@@ -51,6 +51,8 @@ class DeadlineLanes:
             yield from lane
 
     def push(self, timeout_ms: int, deadline: float, lease: int, entry: Entry) -> None:
+        """Add a lane entry. (`Broker.set_deadline` inlines the case of a lane already there, a read's
+        usual one; the broker's model test, tests/core/test_broker_model.py, holds both to one result.)"""
         lane = self.lanes.get(timeout_ms)
         if lane is None:
             lane = self.lanes[timeout_ms] = deque()
