@@ -9,6 +9,10 @@ it prints the largest store size against the bound the durability issue sets:
 twice the live data plus a fixed floor.
 
     python bench/store_churn.py --seconds 600 --live 100000 --payload 128
+
+Every payload is unique (a running number in its last 8 bytes), as in the other
+benchmarks; the output begins with the machine, the interpreters and the
+dbqueue commit (`machine.context_lines`).
 """
 
 from __future__ import annotations
@@ -23,9 +27,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the modules beside t
 
 from dbqueue import Client, PipelinedClient
 from dbqueue.protocol import Confirm, Confirmed, Enqueue, Message, ObjectQueued, Read
+from machine import add_run_options, begin_run, context_lines
 from peers import DbQueueServer, ServerUnavailable
 
 FLOOR = 8 * 1024 * 1024  # bytes: SQLite's fixed costs plus one WAL's worth
+
+
+def unique_payloads(template: bytes, first: int, count: int) -> list[bytes]:
+    """``count`` payloads of ``template``'s size, numbered from ``first`` in their last 8 bytes."""
+    head = template[:-8]
+    return [head + number.to_bytes(8, "big") for number in range(first, first + count)]
 
 
 def store_bytes(directory: Path) -> int:
@@ -39,11 +50,18 @@ def main() -> None:
     parser.add_argument("--payload", type=int, default=128)
     parser.add_argument("--batch", type=int, default=64, help="messages per pipelined batch")
     parser.add_argument("--sample", type=float, default=10.0, help="seconds between samples")
+    add_run_options(parser)
     args = parser.parse_args()
+    if args.payload < 8:
+        parser.error("--payload: at least 8 bytes (each payload carries a running number)")
 
+    context = begin_run(args)
+    for line in context_lines(context):
+        print(line, flush=True)
     payload = os.urandom(args.payload)
     try:
-        server = DbQueueServer(durable=True).start()  # serve --data-dir <its temporary directory>/data --sync os
+        # serve --data-dir <its temporary directory>/data --sync os
+        server = DbQueueServer(durable=True, python=args.server_python).start()
     except ServerUnavailable as exc:
         raise SystemExit(f"the server did not start: {exc}") from None
     [data_dir] = server.data_paths()
@@ -52,8 +70,8 @@ def main() -> None:
         with Client.connect(address) as admin:
             admin.create("churn")
             for start in range(0, args.live, 1000):
-                admin.send_batch("churn", [payload] * min(1000, args.live - start))
-        sends = [Enqueue("churn", payload)] * args.batch
+                admin.send_batch("churn", unique_payloads(payload, start, min(1000, args.live - start)))
+        sent = args.live  # payloads numbered so far
         reads = [Read("churn", 60_000)] * args.batch
         churned = 0
         largest = 0
@@ -66,7 +84,8 @@ def main() -> None:
                 link.send_many(Confirm(id_) for id_ in ids)
                 if not all(isinstance(r, Confirmed) for _, r in link.receive(len(ids))):
                     raise SystemExit("a confirm failed")
-                link.send_many(sends[: len(ids)])
+                link.send_many(Enqueue("churn", data) for data in unique_payloads(payload, sent, len(ids)))
+                sent += len(ids)
                 if not all(isinstance(r, ObjectQueued) for _, r in link.receive(len(ids))):
                     raise SystemExit("a send failed")
                 churned += len(ids)
