@@ -11,6 +11,7 @@ import asyncio
 import http.client
 import json
 import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +24,7 @@ from dbqueue.server.console import BYTES_PER_QUEUE, Sampler
 from dbqueue.server.console.sampler import COARSE_SAMPLES, COARSE_STEP, FINE_SAMPLES, History
 from dbqueue.server.console.sessions import host_allowed
 from dbqueue.server.http import HttpListener
+from dbqueue.server.mover import MOVE_STEP
 
 TOKEN = "console-secret-token"
 
@@ -355,6 +357,39 @@ def test_redrive_moves_dead_letters_back_with_their_origin(served: Any) -> None:
         assert [native.read("jobs").data for _ in range(3)] == [b"a", b"b", b"c"]  # type: ignore[union-attr]
     assert api.post("redrive", {"q": key("jobs-dlq"), "to": key("jobs"), "count": 0})[0] == 400
     assert api.post("redrive", {"q": key("jobs"), "to": key("jobs")})[0] == 409
+
+
+def test_a_long_redrive_lets_the_others_in_between(served: Any) -> None:
+    """A redrive of more than a step's worth (`server.mover.MOVE_STEP`) moves a step a turn of the loop: another
+    connection is answered meanwhile and sees it partly done; the answer counts every message."""
+    api = api_of(served)
+    api.open()
+    total = 10 * MOVE_STEP
+    with Client.connect(served.address) as native:
+        native.create("dead")
+        native.create("jobs")
+        for start in range(0, total, 5_000):
+            native.send_batch("dead", [b"%d" % n for n in range(start, start + 5_000)])
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        with Client.connect(served.address) as watcher:
+            while not stop.is_set():
+                seen.append(int(watcher.stats("jobs")["ready"]))
+
+    watching = threading.Thread(target=watch)
+    watching.start()
+    try:
+        wait_for(lambda: seen, what="the watcher's first answer")
+        status, answer = api.post("redrive", {"q": key("dead"), "to": key("jobs"), "count": None})
+    finally:
+        stop.set()
+        watching.join(10)
+    assert (status, answer["moved"]) == (200, total)
+    assert any(0 < ready < total for ready in seen), sorted(set(seen))
+    with Client.connect(served.address) as native:
+        assert (native.stats("dead")["ready"], native.stats("jobs")["ready"]) == (0, total)
 
 
 def test_create_with_a_visibility_timeout_or_never(served: Any) -> None:

@@ -20,6 +20,7 @@ import sqs_kit
 from botocore.exceptions import ClientError
 
 from dbqueue import Client
+from dbqueue.server.mover import MOVE_STEP
 
 
 @pytest.fixture
@@ -518,8 +519,8 @@ def test_with_a_store_the_visibility_timeout_is_the_queues_own_and_create_queue_
 
 
 def test_start_message_move_task_returns_dead_letters_to_their_sources(sqs: Any, listening: Any) -> None:
-    """StartMessageMoveTask: each dead letter back to the queue it came from (or to DestinationArn), in order,
-    at once: the task is COMPLETED by the time it is listed."""
+    """StartMessageMoveTask: each dead letter back to the queue it came from (or to DestinationArn), in order;
+    a task of at most a step's worth of messages is COMPLETED by the time it is listed."""
     sqs.create_queue(QueueName="dlq")
     dead_arn = "arn:aws:sqs:us-east-1:000000000000:dlq"
     policy = f'{{"deadLetterTargetArn":"{dead_arn}","maxReceiveCount":1}}'
@@ -588,3 +589,37 @@ def test_a_natively_sent_dead_letter_names_its_source_queue(sqs: Any, listening:
     moved = sqs.receive_message(QueueUrl=dead, AttributeNames=["All"])["Messages"][0]
     assert moved["Body"] == "sent natively"
     assert moved["Attributes"]["DeadLetterQueueSourceArn"] == "arn:aws:sqs:us-east-1:000000000000:native-src"
+
+
+def test_a_long_move_task_is_running_until_it_is_cancelled(sqs: Any, listening: Any) -> None:
+    """A task of more than a step's worth (`server.mover.MOVE_STEP`) runs in the background, as in SQS: RUNNING,
+    one at a time a queue, and cancelled keeping what it moved; the rest stay in the dead-letter queue."""
+    dead_arn = "arn:aws:sqs:us-east-1:000000000000:dlq"
+    sqs.create_queue(QueueName="dlq")
+    policy = f'{{"deadLetterTargetArn":"{dead_arn}","maxReceiveCount":1}}'
+    sqs.create_queue(QueueName="jobs", Attributes={"RedrivePolicy": policy})
+    sqs.create_queue(QueueName="elsewhere")
+    total = 100 * MOVE_STEP
+    with Client.connect(listening.thread.address) as native:
+        for start in range(0, total, 5_000):
+            native.send_batch("dlq", [b"%d" % n for n in range(start, start + 5_000)])
+        handle = sqs.start_message_move_task(
+            SourceArn=dead_arn, DestinationArn="arn:aws:sqs:us-east-1:000000000000:elsewhere"
+        )["TaskHandle"]
+        task = sqs.list_message_move_tasks(SourceArn=dead_arn)["Results"][0]
+        assert (task["TaskHandle"], task["Status"], task["ApproximateNumberOfMessagesToMove"]) == (
+            handle,
+            "RUNNING",
+            total,
+        )
+        assert 0 < task["ApproximateNumberOfMessagesMoved"] < total
+        assert error_of(sqs.start_message_move_task, SourceArn=dead_arn)["class"] == "UnsupportedOperation"
+        moved = sqs.cancel_message_move_task(TaskHandle=handle)["ApproximateNumberOfMessagesMoved"]
+        task = sqs.list_message_move_tasks(SourceArn=dead_arn)["Results"][0]
+        assert (task["Status"], task["ApproximateNumberOfMessagesMoved"]) == ("CANCELLED", moved)
+        assert error_of(sqs.cancel_message_move_task, TaskHandle=handle)["class"] == "UnsupportedOperation"
+        time.sleep(0.2)  # a step after the cancel would show here
+        assert (native.stats("elsewhere")["ready"], native.stats("dlq")["ready"]) == (moved, total - moved)
+        assert 0 < moved < total
+        first = native.read("elsewhere")
+        assert first is not None and first.data == b"0"  # from the front, in order

@@ -465,15 +465,17 @@ class Commands:
 
     @command
     def move(self, source: str, destination: str, *, count: int | None = None) -> Result[int]:
-        """Move up to ``count`` ready messages (None: all of them) from the front of ``source`` to the
-        back of ``destination``, in one step on the server: once it answers they are stored in
-        ``destination``, and a connection lost meanwhile leaves each message in one queue or the
-        other, never both or neither. Redrives a dead-letter queue: ``move("jobs-dead", "jobs")``.
+        """Move up to ``count`` ready messages (None: all those ready when it begins) from the front of
+        ``source`` to the back of ``destination``, 10,000 a step on the server (other clients are served
+        between steps; up to 10,000 is one step): once it answers they are stored in ``destination``,
+        and a connection lost meanwhile leaves each message in one queue or the other, never both or
+        neither. Redrives a dead-letter queue: ``move("jobs-dead", "jobs")``.
 
         Moved messages keep their ids, data, delivery counts, enqueue times and
         origins. A ``destination`` with a capacity takes what fits; the rest
         stay in ``source``. Returns how many moved. Raises `NoSuchQueue`,
-        `InvalidRequest` (the same queue twice), `ValueError`.
+        `InvalidRequest` (the same queue twice), `StoreUnavailable` (the store stopped committing
+        during the move: the message says how far it got), `ValueError`.
         """
         if count is not None and (not isinstance(count, int) or not 1 <= count <= _U32_MAX):
             raise ValueError(f"count must be None (all) or 1 .. {_U32_MAX}, got {count!r}")

@@ -59,7 +59,8 @@ for the in-flight and delayed ones (an operator's request, not a hot one).
 another in one step: they keep their ids (ids are unique server-wide), their
 delivery counts, enqueue times and origins. A destination with a capacity
 takes what fits; the rest stay where they were. The journal sees each as a
-removal and an addition of the same id, committed together.
+removal and an addition of the same id, committed together. The server asks
+for a long move a step at a time, serving others between (`server.mover`).
 
 Settings. A queue's capacity is fixed at its creation; its other settings
 (max deliveries, dead-letter queue, default visibility timeout) may change

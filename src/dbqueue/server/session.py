@@ -117,6 +117,7 @@ from .fastpath import (
     visibility,
 )
 from .host import Host
+from .mover import Mover
 from .security import PRE_AUTH_MAX_BODY
 
 __all__ = ["Session"]
@@ -683,12 +684,26 @@ class Session(FastPaths, asyncio.Protocol):
             )
         )
 
-    def _move(self, request: msg.Move, request_id: int, now: float) -> msg.Response:
+    def _move(self, request: msg.Move, request_id: int, now: float) -> msg.Response | None:
         source = admit_queue(self, request.source.encode())
         destination = admit_queue(self, request.destination.encode())
         admit_change(self)
-        moved = self.broker.move(source, destination, request.count or None, now)
-        return msg.Moved(moved)
+        mover = Mover.between(self.server, source, destination, request.count or None)
+        if mover.step():  # one step's worth: answered now, in order, as every other request
+            return _moved(mover)
+        # More: the rest a step a turn of the loop, the others' requests in between (`mover`); answered by id.
+        mover.finish(self.loop, lambda mover: self._answer_move(request_id, mover))
+        return None
+
+    def _answer_move(self, request_id: int, mover: Mover) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return  # the move went on without its client: what moved stays moved (Stats tell)
+        try:
+            reply = msg.encode(request_id, _moved(mover))
+        except RequestError as exc:
+            reply = refusal(request_id, exc)
+        self.server.send(transport, reply)
 
     # --- waiting reads ---------------------------------------------------------------
 
@@ -728,6 +743,13 @@ class Session(FastPaths, asyncio.Protocol):
         else:
             reply = pack_bare_frame(MAGIC, _EMPTY, 0, request_id, 0)
         self.server.send(transport, reply)
+
+
+def _moved(mover: Mover) -> msg.Moved:
+    """A finished move's answer: how many moved; a StoreUnavailable refusal if the store stopped it."""
+    if mover.store_failed:
+        raise mover.store_error()
+    return msg.Moved(mover.moved)
 
 
 _HANDLERS: dict[type, Handler] = {

@@ -195,6 +195,7 @@ from ..sqs.wire import REQUEST_ID_HEADER
 from .admission import admit_change, admit_read, admit_send, admit_wait
 from .host import Host, committed
 from .metrics import SqsStats
+from .mover import Mover, Route
 
 __all__ = [
     "SqsHost",
@@ -308,6 +309,43 @@ def _not_in_flight() -> SqsError:
 Action = Callable[["SqsService", Any, str, str], Result]
 
 
+@dataclass(slots=True)
+class MoveTask:
+    """A message move task (`StartMessageMoveTask`): its `Mover` and what ``ListMessageMoveTasks`` says of it."""
+
+    mover: Mover
+    handle: str
+    source_arn: str
+    destination_arn: str | None
+    started_ms: int
+    max_per_second: int | None
+    to_move: int
+
+    def view(self) -> MessageMoveTask:
+        """The task as SQS reports it: ``RUNNING`` while it moves, then ``COMPLETED``, ``FAILED`` or ``CANCELLED``."""
+        mover = self.mover
+        status = (
+            "RUNNING"
+            if not mover.done
+            else "CANCELLED"
+            if mover.cancelled
+            else "FAILED"
+            if mover.failure
+            else "COMPLETED"
+        )
+        return MessageMoveTask(
+            status,
+            self.source_arn,
+            self.started_ms,
+            mover.moved,
+            self.handle,
+            self.destination_arn,
+            self.max_per_second,
+            self.to_move,
+            mover.failure if status == "FAILED" else None,
+        )
+
+
 class SqsService:
     """The SQS API's actions on ``server``'s broker.
 
@@ -349,7 +387,7 @@ class SqsService:
         # answered without opening it (base64 and an HMAC); any other handle is opened.
         self._issued: dict[str, tuple[Queue, int, int]] = {}
         self._prefixes: dict[tuple[str, str], bytes] = {}  # (queue, sender) -> `plain_prefix`
-        self._moves: dict[bytes, list[MessageMoveTask]] = {}  # a dead-letter queue's move tasks, newest first
+        self._moves: dict[bytes, list[MoveTask]] = {}  # a dead-letter queue's move tasks, newest first
 
     # --- the entry point -------------------------------------------------------------
 
@@ -988,12 +1026,12 @@ class SqsService:
     def _start_message_move_task(
         self, request: StartMessageMoveTask, endpoint: str, sender: str
     ) -> StartMessageMoveTaskResult:
-        """Move a dead-letter queue's ready messages, at once, to ``DestinationArn`` or each to its source.
+        """Start moving a dead-letter queue's ready messages to ``DestinationArn``, or each back to its source.
 
-        SQS runs the task in the background at up to ``MaxNumberOfMessagesPerSecond``;
-        dbqueue's move is one step per destination (`Broker.move`), so the task is
-        over when this answers: ``ListMessageMoveTasks`` reports it ``COMPLETED``
-        (or ``FAILED``, with what was moved before a message found no way back).
+        As in SQS the task runs in the background: `server.mover` moves a step of messages a turn of the loop,
+        the other requests in between, and ``ListMessageMoveTasks`` reports it ``RUNNING`` until it is
+        ``COMPLETED`` (or ``FAILED``, with what was moved before; or ``CANCELLED``). A move of at most one step
+        is over when this answers. ``MaxNumberOfMessagesPerSecond`` is accepted and not used.
         """
         source = self.record(request.source_queue).queue
         if not any(queue.dead_letter == source.name for queue in self.broker.queues.values()):
@@ -1004,66 +1042,81 @@ class SqsService:
             if destination is source:
                 raise SqsError(ErrorCode.INVALID_PARAMETER_VALUE, "The destination cannot be the source queue.")
         tasks = self._moves.setdefault(source.name, [])
+        if any(not task.mover.done for task in tasks):
+            raise SqsError(ErrorCode.UNSUPPORTED_OPERATION, "A message move task is already running on the queue.")
         admit_change(self)
-        now = self.server.clock()
-        to_move = source.ready
-        failure = None
         if destination is not None:
-            moved = self.broker.move(source, destination, None, now)
-            if moved < to_move:
-                failure = "The destination queue is full."
+            mover = Mover(self.server, source, self._route_to(source, destination), None, also=(destination,))
         else:
-            moved, failure = self._move_home(source, now)
-        self.server.schedule_expiry()
-        handle = f"{uuid.uuid4()}"
-        task = MessageMoveTask(
-            "FAILED" if failure else "COMPLETED",
+            mover = Mover(self.server, source, self._route_home(source), None)
+        task = MoveTask(
+            mover,
+            f"{uuid.uuid4()}",
             queue_arn(request.source_queue, self.region),
-            int(self.wall() * 1000),
-            moved,
-            handle,
             queue_arn(request.destination_queue, self.region) if request.destination_queue is not None else None,
+            int(self.wall() * 1000),
             request.max_per_second,
-            to_move,
-            failure,
+            mover.left,
         )
+        if not mover.step():
+            mover.finish(asyncio.get_running_loop(), lambda _: None)
         tasks.insert(0, task)
-        del tasks[10:]  # SQS lists a queue's tasks of the last 14 days, at most 10
-        return StartMessageMoveTaskResult(handle)
+        del tasks[10:]  # SQS lists a queue's tasks of the last 14 days, at most 10 (only the newest can be running)
+        return StartMessageMoveTaskResult(task.handle)
 
-    def _move_home(self, source: Queue, now: float) -> tuple[int, str | None]:
-        """Move each ready message of ``source`` back to the queue it came from, in order: the broker's origin
-        of a dead letter, else the queue its envelope was sent to. Returns how many moved and why it stopped early."""
-        moved = 0
+    def _route_to(self, source: Queue, destination: Queue) -> Route:
+        """A move task's route to ``DestinationArn``: the front of ``source`` to the back of ``destination``."""
         broker = self.broker
-        while source.ready:
-            front = broker.peek(source, 1, now)[0]
-            home = front.origin.queue if front.origin is not None else None
-            if home is None:
-                envelope = open_envelope(front.data)
-                home = envelope.queue.encode() if envelope is not None else None
-            target = broker.queues.get(home) if home is not None else None
-            if target is None or target is source:
-                return moved, f"Message {message_id_text(front.id)} has no source queue to go back to."
-            if broker.move(source, target, 1, now) != 1:
-                return moved, f"The queue {target.name.decode(errors='replace')} is full."
-            moved += 1
-        return moved, None
+
+        def route(limit: int) -> tuple[int, str | None]:
+            moved = broker.move(source, destination, limit, self.server.clock())
+            if moved < limit and source.ready:
+                return moved, "The destination queue is full."
+            return moved, None if moved == limit else ""
+
+        return route
+
+    def _route_home(self, source: Queue) -> Route:
+        """A move task's route without ``DestinationArn``: each ready message of ``source``, in order, back to the
+        queue it came from (the broker's origin of a dead letter, else the queue its envelope was sent to)."""
+        broker = self.broker
+
+        def route(limit: int) -> tuple[int, str | None]:
+            now = self.server.clock()
+            for moved in range(limit):
+                if not source.ready:
+                    return moved, ""
+                front = broker.peek(source, 1, now)[0]
+                home = front.origin.queue if front.origin is not None else None
+                if home is None:
+                    envelope = open_envelope(front.data)
+                    home = envelope.queue.encode() if envelope is not None else None
+                target = broker.queues.get(home) if home is not None else None
+                if target is None or target is source:
+                    return moved, f"Message {message_id_text(front.id)} has no source queue to go back to."
+                if broker.move(source, target, 1, now) != 1:
+                    return moved, f"The queue {target.name.decode(errors='replace')} is full."
+            return limit, None
+
+        return route
 
     def _list_message_move_tasks(
         self, request: ListMessageMoveTasks, endpoint: str, sender: str
     ) -> ListMessageMoveTasksResult:
         source = self.record(request.source_queue).queue
         tasks = self._moves.get(source.name, [])
-        return ListMessageMoveTasksResult(tuple(tasks[: request.max_results or 1]))
+        return ListMessageMoveTasksResult(tuple(task.view() for task in tasks[: request.max_results or 1]))
 
     def _cancel_message_move_task(
         self, request: CancelMessageMoveTask, endpoint: str, sender: str
     ) -> CancelMessageMoveTaskResult:
-        # Every task is over by the time its start is answered: there is never one running to cancel.
         for tasks in self._moves.values():
-            if any(task.task_handle == request.task_handle for task in tasks):
-                raise SqsError(ErrorCode.UNSUPPORTED_OPERATION, "The message move task is not running.")
+            for task in tasks:
+                if task.handle == request.task_handle:
+                    if task.mover.done:
+                        raise SqsError(ErrorCode.UNSUPPORTED_OPERATION, "The message move task is not running.")
+                    task.mover.cancel()  # what it moved stays moved
+                    return CancelMessageMoveTaskResult(task.mover.moved)
         raise SqsError(ErrorCode.RESOURCE_NOT_FOUND, "The task handle does not name a message move task.")
 
     # --- the fast path (see `SqsConnection` and `dbqueue.sqs.fastpath`) ---------------

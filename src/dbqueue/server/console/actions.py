@@ -28,6 +28,7 @@ they are.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from typing import Any
 
@@ -39,6 +40,7 @@ from ...protocol.layouts import encode_name
 from ..admission import admit_change, admit_queue, admit_send
 from ..host import Host
 from ..host import committed as host_committed
+from ..mover import Mover
 
 __all__ = ["Actions", "committed"]
 
@@ -166,16 +168,25 @@ class Actions:
     async def move(self, source: bytes, destination: bytes, *, count: int | None = None) -> int:
         """MOVE: up to ``count`` ready messages (None: every one) from the front of queue ``source`` to the back
         of ``destination``; return how many moved (a destination with a capacity takes what fits)."""
-        broker = self._follow()
+        self._follow()
         taken = admit_queue(self, source)
         given = admit_queue(self, destination)
         admit_change(self)
-        try:
-            moved = broker.move(taken, given, count, self.server.clock())
-        finally:
-            self.server.schedule_expiry()  # moved messages may have woken reads, whose deadlines the timer must cover
+        mover = Mover.between(self.server, taken, given, count)
+        if not mover.step():  # more than a step's worth: the rest a step a turn of the loop (`server.mover`)
+            loop = asyncio.get_running_loop()
+            over: asyncio.Future[None] = loop.create_future()
+
+            def finished(_: Mover) -> None:
+                if not over.done():  # (a page that went away meanwhile cancelled it)
+                    over.set_result(None)
+
+            mover.finish(loop, finished)
+            await over
+        if mover.store_failed:
+            raise mover.store_error()
         await committed(self.server)
-        return moved
+        return mover.moved
 
     def sources_of(self, name: bytes) -> list[bytes]:
         """The queues whose dead-letter queue is ``name``, by name."""
