@@ -14,11 +14,13 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from console_kit import Api, figures, key, wait_for
 
+from child_server import ChildServer, free_port
 from dbqueue import Client
 from dbqueue.server.console import BYTES_PER_QUEUE, Sampler
 from dbqueue.server.console.sampler import COARSE_SAMPLES, COARSE_STEP, FINE_SAMPLES, History
@@ -359,12 +361,21 @@ def test_redrive_moves_dead_letters_back_with_their_origin(served: Any) -> None:
     assert api.post("redrive", {"q": key("jobs"), "to": key("jobs")})[0] == 409
 
 
-def test_a_long_redrive_lets_the_others_in_between(served: Any) -> None:
+def test_a_long_redrive_lets_the_others_in_between(tmp_path: Path) -> None:
     """A redrive of more than a step's worth (`server.mover.MOVE_STEP`) moves a step a turn of the loop: another
-    connection is answered meanwhile and sees it partly done; the answer counts every message."""
-    api = api_of(served)
+    connection is answered meanwhile and sees it partly done; the answer counts every message. (The server is a
+    child process: in this one, its steps and the watcher would take turns at the interpreter lock instead.)"""
+    http_port = free_port()
+    served = ChildServer(tmp_path, "--http-port", str(http_port)).start()
+    try:
+        redrive_while_watching(served, Api(http_port))
+    finally:
+        served.stop()
+
+
+def redrive_while_watching(served: ChildServer, api: Api) -> None:
     api.open()
-    total = 10 * MOVE_STEP
+    total = 50 * MOVE_STEP
     with Client.connect(served.address) as native:
         native.create("dead")
         native.create("jobs")

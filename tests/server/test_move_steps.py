@@ -1,16 +1,23 @@
 """A MOVE of more than a step's worth of messages (`server.mover`), against real servers over real sockets:
 other connections are served between its steps and see it partly done, every message is in exactly one
 queue at every moment (also across a kill -9 in the middle of it), order and ids are kept, and a queue
-deleted meanwhile stops it. (The console's redrive and the SQS move task: in their own tests.)"""
+deleted meanwhile stops it. (The console's redrive and the SQS move task: in their own tests.)
+
+The servers are child processes: a server thread in the test's process would share its interpreter lock
+with the test's connections, which would then wait on the lock, not on the server's steps."""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from conftest import RawConnection, ServerThread
+import pytest
+
+from child_server import ChildServer
+from conftest import RawConnection
 from dbqueue import Client
 from dbqueue.protocol import messages as msg
 from dbqueue.server.mover import MOVE_STEP
@@ -56,15 +63,27 @@ def ready_in_both(peer: Peer, first: str, second: str) -> tuple[int, int]:
     return counts[first], counts[second]
 
 
-def test_a_long_move_lets_the_others_in_between_and_keeps_every_message_in_one_queue(server: ServerThread) -> None:
-    total = 5 * MOVE_STEP + 7
-    with Client.connect(server.address) as client:
+@pytest.fixture
+def child(tmp_path: Path) -> Iterator[ChildServer]:
+    """A server in memory, in a process of its own."""
+    server = ChildServer(tmp_path).start()
+    yield server
+    server.stop()
+
+
+def connect(server: ChildServer) -> Peer:
+    return Peer(RawConnection(("127.0.0.1", server.port), timeout=30))
+
+
+def test_a_long_move_lets_the_others_in_between_and_keeps_every_message_in_one_queue(child: ChildServer) -> None:
+    total = 50 * MOVE_STEP + 7
+    with Client.connect(child.address) as client:
         client.create("dead")
         client.create("jobs")
         fill(client, "dead", total)
         sent_ids = [m.id for m in client.peek("dead", 3)]
-    mover = Peer(server.raw())
-    watcher = Peer(server.raw())
+    mover = connect(child)
+    watcher = connect(child)
     mover.connection.send(msg.encode(99, msg.Move("dead", "jobs")))  # count 0: every ready message
     seen: list[tuple[int, int]] = []
     deadline = time.monotonic() + 30
@@ -80,24 +99,25 @@ def test_a_long_move_lets_the_others_in_between_and_keeps_every_message_in_one_q
     assert len(partly) >= 2, seen
     # ... but never a message in both queues or in neither (each ListQueues is one state of the server).
     assert {sum(state) for state in seen} == {total}
-    with Client.connect(server.address) as client:
+    with Client.connect(child.address) as client:
         assert [m.id for m in client.peek("jobs", 3)] == sent_ids  # the same messages, ids kept, in order
         got: list[bytes] = []
         while len(got) < total:
             batch = client.read_batch("jobs", 10_000, visibility_timeout=60)
             assert batch
             got += [m.data for m in batch]
+            client.confirm_batch([m.id for m in batch])
         assert got == [b"%d" % n for n in range(total)]
 
 
-def test_a_queue_deleted_during_a_move_stops_it(server: ServerThread) -> None:
-    total = 30 * MOVE_STEP
-    with Client.connect(server.address) as client:
+def test_a_queue_deleted_during_a_move_stops_it(child: ChildServer) -> None:
+    total = 100 * MOVE_STEP
+    with Client.connect(child.address) as client:
         client.create("dead")
         client.create("jobs")
         fill(client, "dead", total)
-    mover = Peer(server.raw())
-    other = Peer(server.raw())
+    mover = connect(child)
+    other = connect(child)
     mover.connection.send(msg.encode(7, msg.Move("dead", "jobs")))
     while ready(other, "jobs") == 0:
         pass

@@ -599,7 +599,7 @@ def test_a_long_move_task_is_running_until_it_is_cancelled(sqs: Any, listening: 
     policy = f'{{"deadLetterTargetArn":"{dead_arn}","maxReceiveCount":1}}'
     sqs.create_queue(QueueName="jobs", Attributes={"RedrivePolicy": policy})
     sqs.create_queue(QueueName="elsewhere")
-    total = 100 * MOVE_STEP
+    total = 250 * MOVE_STEP
     with Client.connect(listening.thread.address) as native:
         for start in range(0, total, 5_000):
             native.send_batch("dlq", [b"%d" % n for n in range(start, start + 5_000)])

@@ -466,8 +466,8 @@ class Commands:
     @command
     def move(self, source: str, destination: str, *, count: int | None = None) -> Result[int]:
         """Move up to ``count`` ready messages (None: all those ready when it begins) from the front of
-        ``source`` to the back of ``destination``, 10,000 a step on the server (other clients are served
-        between steps; up to 10,000 is one step): once it answers they are stored in ``destination``,
+        ``source`` to the back of ``destination``, 2,000 a step on the server (other clients are served
+        between steps; up to 2,000 is one step): once it answers they are stored in ``destination``,
         and a connection lost meanwhile leaves each message in one queue or the other, never both or
         neither. Redrives a dead-letter queue: ``move("jobs-dead", "jobs")``.
 

@@ -39,7 +39,7 @@ from .host import Host
 
 __all__ = ["MOVE_STEP", "Mover", "Route"]
 
-MOVE_STEP = 10_000  # messages a turn of the loop moves: a few milliseconds of server time
+MOVE_STEP = 2_000  # messages a turn of the loop moves: a few milliseconds of server time in memory
 
 # A route moves up to ``limit`` messages (a step's worth) and returns how many it moved and, if it cannot
 # go on (the source has no ready message left, the destination is full, a message has nowhere to go),
