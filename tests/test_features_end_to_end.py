@@ -427,6 +427,7 @@ def test_purge_stats_and_list_queues(server: ServerThread, connect: Callable[[st
         "confirmed": 0,
         "requeued": 0,
         "dead_lettered": 0,
+        "dropped": 0,
         "purged": 3,
         "consumers": 1,
         "waiting": 0,

@@ -370,6 +370,7 @@ _DETAILS = (
     ("confirmed", "confirmed"),
     ("requeued", "requeued"),
     ("dead-lettered", "dead_lettered"),
+    ("dropped", "dropped"),
     ("purged", "purged"),
 )
 

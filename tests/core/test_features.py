@@ -731,6 +731,7 @@ def test_stats_counters_are_exact() -> None:
         "confirmed": 1,
         "requeued": 1,
         "dead_lettered": 1,
+        "dropped": 0,
         "purged": 0,
         "consumers": 0,  # counted by the sessions, see the end-to-end tests
         "waiting": 0,
@@ -747,6 +748,7 @@ def test_stats_counters_are_exact() -> None:
         "confirmed": 0,
         "requeued": 0,
         "dead_lettered": 0,
+        "dropped": 0,
         "purged": 0,
         "consumers": 0,
         "waiting": 0,

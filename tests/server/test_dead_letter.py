@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -208,3 +209,30 @@ def test_the_dead_letter_keeps_its_origin_across_a_restart_in_process(
         assert [(m.id, m.data, m.origin) for m in after] == [(m.id, m.data, m.origin) for m in before]
         assert after[0].origin is not None and after[0].origin.id == original
         assert client.stats("jobs")["ready"] == client.stats("jobs")["in_flight"] == 0
+
+
+def test_a_spent_message_no_dead_letter_queue_takes_is_counted_dropped(
+    server_factory: Callable[..., ServerThread],
+) -> None:
+    """Dropped, not lost in silence: Stats (and the metrics) count what a full or deleted dead-letter queue, or
+    none at all, could not take, beside the log line."""
+    server = server_factory(metrics_port=0)
+    with Client.connect(server.address) as client:
+        client.create("full-dead", capacity=1)
+        client.create("full", max_deliveries=1, dead_letter_queue="full-dead")
+        client.create("gone-dead")
+        client.create("gone", max_deliveries=1, dead_letter_queue="gone-dead")
+        client.delete("gone-dead")
+        client.create("none", max_deliveries=1)
+        for name, count in (("full", 3), ("gone", 2), ("none", 1)):
+            for number in range(count):
+                client.send(name, b"job%d" % number)
+            for _ in range(count):
+                taken = client.read(name)
+                assert taken is not None
+                client.release(taken.id)  # its one delivery spent
+        figures = {name: client.stats(name) for name in ("full", "gone", "none")}
+        assert [(f["dead_lettered"], f["dropped"]) for f in figures.values()] == [(3, 2), (2, 2), (1, 1)]
+        assert client.stats("full-dead")["ready"] == 1
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{server.server.metrics_port}/metrics", timeout=5).read()
+    assert b'dbqueue_queue_dropped_total{queue="full"} 2.0' in metrics

@@ -898,20 +898,21 @@ class Broker:
         if self.journal is not None:
             self.journal.remove(record.id)
         target = self.queues.get(queue.dead_letter) if queue.dead_letter else None
-        name = queue.name.decode("utf-8", "replace")
-        if target is None:
-            log.warning(
-                "message %d of %r dropped after %d deliveries (no dead-letter queue)",
-                record.id,
-                name,
-                record.deliveries,
+        if target is None or not target.has_room():
+            # Dropped, and counted where Stats shows it (``dropped``), besides this line of the log.
+            queue.dropped += 1
+            why = (
+                "it has no dead-letter queue"
+                if not queue.dead_letter
+                else f"its dead-letter queue {queue.dead_letter.decode('utf-8', 'replace')!r} "
+                + ("was deleted" if target is None else "is full")
             )
-        elif not target.has_room():
             log.warning(
-                "message %d of %r dropped after %d deliveries: its dead-letter queue is full",
+                "message %d of %r dropped after %d deliveries: %s",
                 record.id,
-                name,
+                queue.name.decode("utf-8", "replace"),
                 record.deliveries,
+                why,
             )
         else:
             first = queue.origins.pop(record.id, None) if queue.has_origins else None

@@ -379,7 +379,8 @@ class Queue:
 
     __slots__ = (
         "name", "capacity", "max_deliveries", "dead_letter", "deleted", "payload_bytes", "grant",
-        "ready", "delayed", "enqueued", "confirmed", "requeued", "dead_lettered", "purged", "moved", "consumers",
+        "ready", "delayed", "enqueued", "confirmed", "requeued", "dead_lettered", "dropped", "purged", "moved",
+        "consumers",
         "waiters", "waiting", "_segments", "_tail", "_next_id", "_block_end", "_run_end", "seal_backlog",
         "_broker", "_records", "_blocks", "journal", "visibility_asked", "has_origins", "origins",
         "_marks", "_mark_end",
@@ -414,6 +415,7 @@ class Queue:
         self.confirmed = 0
         self.requeued = 0
         self.dead_lettered = 0
+        self.dropped = 0  # of the dead-lettered: those no dead-letter queue took (none, deleted, or full)
         self.purged = 0
         self.moved = 0  # messages moved out to another queue (`Broker.move`)
         self.consumers = 0  # open connections that have read from this queue
@@ -826,6 +828,7 @@ class Queue:
             "confirmed": self.confirmed,
             "requeued": self.requeued,
             "dead_lettered": self.dead_lettered,
+            "dropped": self.dropped,
             "purged": self.purged,
             "consumers": self.consumers,
             "waiting": self.waiting,

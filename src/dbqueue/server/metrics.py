@@ -62,6 +62,7 @@ _QUEUE_COUNTERS = {
     "confirmed": "Messages confirmed",
     "requeued": "Messages put back after a timeout, a release or a disconnect",
     "dead_lettered": "Messages moved to the dead-letter queue or dropped after max_deliveries",
+    "dropped": "Of those, messages dropped: no dead-letter queue took them (none, deleted, or full)",
     "purged": "Messages dropped by a purge",
     "moved": "Messages moved out to another queue by MOVE",
 }

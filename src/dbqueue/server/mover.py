@@ -79,7 +79,7 @@ class Mover:
             moved = broker.move(source, destination, limit, host.clock())
             if moved == limit:
                 return moved, None
-            return moved, "" if not source.ready else f"the queue {destination.name.decode(errors='replace')} is full"
+            return moved, "" if not source.ready else f"The queue {destination.name.decode(errors='replace')} is full."
 
         return cls(host, source, route, count, also=(destination,))
 
@@ -131,8 +131,8 @@ class Mover:
     def store_error(self) -> StoreUnavailable:
         """What a move the store stopped answers (`store_failed`): how far it got, and that it may be less."""
         return StoreUnavailable(
-            f"{self.failure} (the move stopped after {self.moved} messages; those of its last steps may be back"
-            " in the source if their commit failed)"
+            f"{(self.failure or '').rstrip('.')} (the move stopped after {self.moved} messages; those of its last"
+            " steps may be back in the source if their commit failed)"
         )
 
     def _cannot_go_on(self) -> str | None:
@@ -140,10 +140,10 @@ class Mover:
         if host.broker is not self.broker or host.store_unavailable is not None:
             self.store_failed = True
             reason = host.store_unavailable or "it failed, and the server went back to its last commit"
-            return f"the store cannot commit: {reason}"
+            return f"The store cannot commit: {reason}."
         for queue in self.queues:
             if queue.deleted:
-                return f"the queue {queue.name.decode(errors='replace')} was deleted"
+                return f"The queue {queue.name.decode(errors='replace')} was deleted."
         return None
 
     def _stop(self, why: str) -> bool:
