@@ -54,6 +54,16 @@ others; beyond the server's ``max_connections`` open HTTP connections, a new
 one is answered 503 and closed. A long poll is a parked future (see
 `sqs_api`): it holds nothing else up either.
 
+Receipt handles are authenticated under a secret (`dbqueue.sqs.ReceiptHandles`)
+that must outlive the process, or every handle out becomes invalid at a
+restart (a delete with one refused, where SQS answers success). `receipt_secret`
+says where it comes from: given; else a file named by ``receipt_secret_file``
+or ``DBQUEUE_SQS_RECEIPT_SECRET_FILE`` (servers given one file share their
+handles); else ``sqs-receipt-secret`` in the server's data directory; else, a
+server that keeps nothing, fresh randomness (its messages do not outlive it
+either). A file missing is created once, from `os.urandom`, readable by its
+owner alone.
+
 Stopping: the listening socket closes, parked receives are answered with no
 messages, open requests get `HttpSettings.shutdown_timeout` to finish, and
 every message in flight through SQS goes back to its queue.
@@ -62,6 +72,7 @@ every message in flight through SQS goes back to its queue.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -107,6 +118,9 @@ __all__ = [
     "TOKEN_ACCESS_KEY_ID",
     "ACCESS_KEY_VARIABLE",
     "SECRET_KEY_VARIABLE",
+    "RECEIPT_SECRET_VARIABLE",
+    "RECEIPT_SECRET_NAME",
+    "receipt_secret",
 ]
 
 log = logging.getLogger("dbqueue.server")
@@ -121,6 +135,10 @@ for the parameters around it.
 
 ACCESS_KEY_VARIABLE = "DBQUEUE_SQS_ACCESS_KEY_ID"
 SECRET_KEY_VARIABLE = "DBQUEUE_SQS_SECRET_ACCESS_KEY"
+RECEIPT_SECRET_VARIABLE = "DBQUEUE_SQS_RECEIPT_SECRET_FILE"
+RECEIPT_SECRET_NAME = "sqs-receipt-secret"
+"""The receipt-handle secret's file in a server's data directory (see `receipt_secret`)."""
+_MIN_SECRET = 16
 
 TOKEN_ACCESS_KEY_ID = "dbqueue"
 """The access key id of the server's token when it is the SQS secret (a server with a token and no SQS credentials)."""
@@ -259,6 +277,45 @@ class _Connections(web.Server):
             handler.force_close()
 
 
+def receipt_secret(
+    file: str | os.PathLike[str] | None, data_dir: str | os.PathLike[str] | None, environment: Mapping[str, str]
+) -> bytes:
+    """The secret that keys the receipt handles: read from a file kept across restarts, made there the first time.
+
+    The file is ``file``, else ``environment``'s `RECEIPT_SECRET_VARIABLE`, else
+    `RECEIPT_SECRET_NAME` in ``data_dir``; with none of them the secret is
+    random (a server without a store loses its messages at a restart anyway).
+    Its bytes, surrounding whitespace stripped, are the secret (any file of at
+    least 16 bytes, such as ``openssl rand -hex 32``'s output). A file missing
+    is written with 32 random bytes in hex, mode 0600, and linked into place in
+    one step, so that servers starting together on one file all read the same.
+    Raises `ValueError` for a file shorter than 16 bytes, `OSError` for one
+    that cannot be read or made.
+    """
+    chosen = file or environment.get(RECEIPT_SECRET_VARIABLE) or None
+    if chosen is None:
+        if data_dir is None:
+            return secrets.token_bytes(32)
+        chosen = Path(data_dir) / RECEIPT_SECRET_NAME
+    path = Path(chosen)
+    if not path.exists():
+        draft = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(descriptor, "w") as out:
+                out.write(os.urandom(32).hex() + "\n")
+                out.flush()
+                os.fsync(out.fileno())
+            with contextlib.suppress(FileExistsError):  # another server made it first: theirs is the one
+                os.link(draft, path)
+        finally:
+            draft.unlink(missing_ok=True)
+    secret = path.read_bytes().strip()
+    if len(secret) < _MIN_SECRET:
+        raise ValueError(f"the SQS receipt-handle secret in {path} is shorter than {_MIN_SECRET} bytes")
+    return secret
+
+
 class _Refused(asyncio.Protocol):
     """A connection over the limit: answered 503 and closed before anything is read."""
 
@@ -281,8 +338,9 @@ class HttpListener:
     unsigned requests are accepted. Without credentials, a ``host`` that is
     not loopback is refused unless ``insecure``. ``/metrics`` asks for
     neither. TLS is the server's (``server.ssl``). ``receipt_secret`` keys
-    the receipt handles (random by default: a restart invalidates the handles
-    out, whose messages come back when their visibility timeout ends).
+    the receipt handles; without it, `start` reads the secret from
+    ``receipt_secret_file`` (or `RECEIPT_SECRET_VARIABLE`, or the server's
+    data directory; see `receipt_secret`), so that handles outlive a restart.
     ``fast_path`` (on by default) makes each connection an `sqs_api.SqsConnection`,
     which answers plain JSON requests from their bytes; off, aiohttp serves
     every request (the general path alone: for comparisons, such as the SQS
@@ -303,6 +361,7 @@ class HttpListener:
         insecure: bool = False,
         settings: HttpSettings | None = None,
         receipt_secret: bytes | None = None,
+        receipt_secret_file: str | os.PathLike[str] | None = None,
         fast_path: bool = True,
     ) -> None:
         self.server = server
@@ -324,6 +383,9 @@ class HttpListener:
             SignatureVerifier(table, allow_unsigned_payload=server.ssl is not None) if table is not None else None
         )
         self.scheme = "https" if server.ssl is not None else "http"
+        # The secret is read at `start`, once the server has made its data directory; none is issued before.
+        self._receipt_secret = receipt_secret
+        self.receipt_secret_file = receipt_secret_file
         self.service = SqsService(server, ReceiptHandles(receipt_secret or secrets.token_bytes(32)))
         self.stats = SqsStats(self.connection_count)
         self.registry = build_registry(
@@ -342,8 +404,13 @@ class HttpListener:
         return self._web.open if self._web is not None else 0
 
     async def start(self) -> None:
-        """Bind and start answering; raise `OSError` if the address is taken."""
+        """Bind and start answering; raise `OSError` if the address is taken or the receipt secret's file cannot be
+        read or made, `ValueError` if it is too short."""
         loop = asyncio.get_running_loop()
+        if self._receipt_secret is None:
+            data_dir = getattr(self.server, "data_dir", None)
+            secret = receipt_secret(self.receipt_secret_file, data_dir, os.environ)
+            self.service.handles = ReceiptHandles(secret)
         max_body = self.settings.max_body
 
         def make_request(

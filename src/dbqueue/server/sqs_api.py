@@ -255,14 +255,21 @@ class QueueRecord:
         return int(self.attributes.get(name) or DEFAULT_ATTRIBUTES[name])
 
     def visibility_ms(self) -> int:
-        """The visibility timeout of a receive that names none, in ms (`NEVER_MS`: never).
+        """The visibility timeout of a receive that names none, in ms: what `visibility_text` reports.
 
         ``VisibilityTimeout`` when SQS set it, else the broker queue's own
         default (given at its creation, kept by the store; the server's default
-        when none was given).
+        when none was given). A queue that never times out (made natively with
+        ``NEVER``) gives SQS's longest timeout, the 12 hours GetQueueAttributes
+        reports: SQS has no "never", and the listener's one broker connection
+        never closes, so a message received by an SQS consumer that died would
+        otherwise stay in flight until the server stops.
         """
         value = self.attributes.get("VisibilityTimeout")
-        return int(value) * 1000 if value else self.queue.visibility_ms
+        if value:
+            return int(value) * 1000
+        ms = self.queue.visibility_ms
+        return _MAX_VISIBILITY * 1000 if ms == NEVER_MS else ms
 
     def visibility_text(self) -> str:
         """``VisibilityTimeout`` as GetQueueAttributes reports it (a queue that never times out: SQS's maximum)."""
