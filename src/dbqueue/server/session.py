@@ -70,6 +70,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import logging
 import weakref
 from collections.abc import Callable
@@ -613,7 +614,11 @@ class Session(FastPaths, asyncio.Protocol):
         return msg.StatsReply(self.server.stats())
 
     def _members(self, request: msg.Members, request_id: int, now: float) -> msg.Response:
-        return msg.MembersReply(tuple(self.server.members), self.server.member_index)
+        members = self.server.members
+        if any(map(_wildcard, members)):  # bound to 0.0.0.0 or ::, and not told an address to advertise
+            sockname = None if self.transport is None else self.transport.get_extra_info("sockname")
+            members = as_reached(members, sockname)
+        return msg.MembersReply(tuple(members), self.server.member_index)
 
     def _enqueue_delayed(self, request: msg.EnqueueDelayed, request_id: int, now: float) -> msg.Response:
         queue = admit_send(self, request.queue.encode(), len(request.data), len(request.data))
@@ -743,6 +748,40 @@ class Session(FastPaths, asyncio.Protocol):
         else:
             reply = pack_bare_frame(MAGIC, _EMPTY, 0, request_id, 0)
         self.server.send(transport, reply)
+
+
+def as_reached(members: list[str], sockname: Any) -> list[str]:
+    """``members`` ("host:port") as a client that reached this server at ``sockname`` (the connection's local
+    address) can use them: a member whose host is a wildcard (``0.0.0.0``, ``::``, empty) gets the host the
+    client reached, with its own port. Raises nothing; ``members`` as they are if ``sockname`` is no IP address.
+
+    A server bound to every address and given no ``--advertise`` knows no address of its own to tell; a client
+    on another machine that follows ``0.0.0.0`` connects to itself. The address the client reached is one it can
+    reach again, whatever language it is written in; for the workers of one machine, every one of them.
+    """
+    if not isinstance(sockname, tuple) or not sockname or not isinstance(sockname[0], str):
+        return members
+    host = sockname[0]
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return members
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        host = str(address.ipv4_mapped)  # an IPv4 client of a dual-stack socket reached an IPv4 address
+    elif isinstance(address, ipaddress.IPv6Address):
+        host = f"[{host}]"
+    return [f"{host}:{member.rpartition(':')[2]}" if _wildcard(member) else member for member in members]
+
+
+def _wildcard(member: str) -> bool:
+    # Whether a member's host ("host:port", IPv6 in brackets or not) is no address a client can reach.
+    host = member.rpartition(":")[0].strip("[]")
+    if not host:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False  # a name
 
 
 def _moved(mover: Mover) -> msg.Moved:
