@@ -33,6 +33,8 @@ from .errors import (
     RequestError,
     Requeued,
     StoreUnavailable,
+    Timeout,
+    TlsHandshakeFailed,
     UnknownOpcode,
     UnsupportedVersion,
 )
@@ -78,6 +80,8 @@ __all__ = [
     "UnsupportedVersion",
     "ProtocolError",
     "ConnectionLost",
+    "Timeout",
+    "TlsHandshakeFailed",
     "LimitExceeded",
     "OverMemoryBudget",
     "StoreUnavailable",

@@ -6,6 +6,11 @@ Errors fall in two families, as in trio and h11:
   connection is fine and the caller may go on using it;
 * *the connection is unusable* (`ProtocolError`, `ConnectionLost`): the peer
   sent bytes that break the framing, or the socket went away.
+
+Two kinds of `ConnectionLost` say more: `Timeout`, no answer came in time (the
+blocking clients' connection stays usable, and the request may still have
+been carried out), and `TlsHandshakeFailed`, the connection never came up
+because TLS failed (the `ssl` error is its ``__cause__``).
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ __all__ = [
     "AuthenticationFailed",
     "ProtocolError",
     "ConnectionLost",
+    "Timeout",
+    "TlsHandshakeFailed",
     "StoreError",
     "ErrorCode",
     "error_for_code",
@@ -157,6 +164,21 @@ class ProtocolError(DbQueueError):
 
 class ConnectionLost(DbQueueError, ConnectionError):
     """The connection closed or failed before the answer arrived."""
+
+
+class Timeout(ConnectionLost, TimeoutError):
+    """No answer came in time. The request may still have been carried out: a send that timed out
+    may be queued (a retry may queue it twice), a confirm done. The blocking clients' connection
+    stays usable (the late answer is dropped); the asyncio client's is closed.
+
+    A `ConnectionLost`, so that ``except ConnectionLost`` still catches it, and a `TimeoutError`."""
+
+
+class TlsHandshakeFailed(ConnectionLost):
+    """The TLS handshake failed while connecting (an untrusted certificate, a server that does not
+    speak TLS, a client certificate refused): nothing was sent. The `ssl.SSLError` is the
+    ``__cause__``; what the clients raise is also an instance of that error's class, for code
+    that catches `ssl.SSLError`."""
 
 
 class StoreError(DbQueueError):

@@ -7,19 +7,31 @@ frame. Frames queued during one loop iteration leave in one write (flushed by
 a single ``call_soon``), so concurrent coroutines pipeline without asking.
 Responses are matched to futures by request id, in whatever order they come.
 If the connection fails, every waiting future gets `ConnectionLost`.
+
+A request not answered in time raises `Timeout` and closes the connection (a
+server that does not answer is not trusted with the next request). A child
+process forked while a client is connected must not use it: the socket, the
+request ids and the TLS state are the parent's. A hook run in the child
+(`os.register_at_fork`) marks every client alive then as failed, so its first
+command raises `ConnectionLost` saying so, and its `close` leaves the
+transport alone (closing it would shut the parent's TLS session down, and the
+event loop is the parent's anyway).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
+import weakref
 from functools import partial
 from typing import Self, TypeVar, cast
 
-from ..errors import ConnectionLost, DbQueueError, error_for_code
+from ..errors import ConnectionLost, DbQueueError, Timeout, error_for_code
 from ..protocol import messages as msg
 from ..protocol.connection import ClientConnection
-from .commands import Commands, Decode, as_token, parse_address, result_of, tls_context
+from .commands import Commands, Decode, as_token, parse_address, result_of, tls_context, tls_failure
+from .sync import FORKED
 
 __all__ = ["AsyncClient"]
 
@@ -36,6 +48,8 @@ class _ClientProtocol(asyncio.Protocol):
         self.failure: DbQueueError | None = None
         self.closing = False  # set by AsyncClient.close: "you closed it", not "the peer broke it"
         self._flush_scheduled = False
+        self.forked = False  # set in a child process after a fork: the transport is the parent's
+        _live.add(self)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio.Transport subclasses
@@ -108,6 +122,23 @@ class _ClientProtocol(asyncio.Protocol):
             self.transport.write(data)
 
 
+_live: weakref.WeakSet[_ClientProtocol] = weakref.WeakSet()
+"""Every connection alive in this process: those a fork's child must fail."""
+
+
+def _fail_inherited() -> None:
+    for protocol in list(_live):
+        protocol.forked = True
+        if protocol.failure is None:
+            protocol.failure = ConnectionLost(FORKED)
+        protocol.pending = {}  # the parent's futures, on the parent's loop
+        protocol.outgoing = []
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_fail_inherited)
+
+
 class AsyncClient(Commands):
     """An asyncio client; every command is a coroutine.
 
@@ -117,6 +148,11 @@ class AsyncClient(Commands):
     it is not thread-safe. Threads share a blocking `Client` instead; a
     thread that must reach an async client hands it a coroutine with
     `asyncio.run_coroutine_threadsafe`.
+
+    A command not answered within ``timeout`` (plus its ``wait``) raises
+    `Timeout` (a `ConnectionLost`) and closes the connection; the request may
+    still have been carried out (a send queued). After ``os.fork()`` the
+    child's first command raises `ConnectionLost`: connect anew there.
     """
 
     def __init__(self, protocol: _ClientProtocol, timeout: float | None = None) -> None:
@@ -140,9 +176,10 @@ class AsyncClient(Commands):
         return the connected client.
 
         ``timeout`` bounds the connect and each answer (a waiting read gets its
-        ``wait`` on top); on expiry the connection is closed and `ConnectionLost` raised.
+        ``wait`` on top); on expiry the connection is closed and `Timeout` (a `ConnectionLost`) raised.
 
-        Raises `ConnectionLost` (a `ConnectionError`), `AuthenticationFailed`, `ssl.SSLError`.
+        Raises `ConnectionLost` (a `ConnectionError`), `AuthenticationFailed`, `TlsHandshakeFailed`
+        (a `ConnectionLost`, and an `ssl.SSLError` too, its ``__cause__``).
         """
         host, port = parse_address(address)
         loop = asyncio.get_running_loop()
@@ -154,8 +191,8 @@ class AsyncClient(Commands):
                 ),
                 timeout,
             )
-        except ssl.SSLError:
-            raise
+        except ssl.SSLError as exc:
+            raise tls_failure(exc, host, port) from exc
         except (TimeoutError, OSError) as exc:
             raise ConnectionLost(f"cannot connect to {host}:{port}: {exc!r}") from exc
         client = cls(protocol, timeout)
@@ -182,7 +219,10 @@ class AsyncClient(Commands):
             self._protocol.abandon(request_id, future, cancel=False)
             # A server that does not answer is not to be trusted with the next request.
             self._protocol.transport.close()
-            raise ConnectionLost(f"no answer within {limit:g} s") from None
+            raise Timeout(
+                f"no answer within {limit:g} s: it may still have been carried out (a send may be queued); "
+                "the connection is closed"
+            ) from None
         return decode(response)
 
     def _peer_closed(self) -> bool:
@@ -193,6 +233,8 @@ class AsyncClient(Commands):
     async def close(self) -> None:
         """Close the connection; messages it holds in flight go back to their queues. Returns None;
         raises nothing."""
+        if self._protocol.forked:
+            return  # the transport is the parent process's: leave it to the parent
         transport = self._protocol.transport
         self._protocol.closing = True
         if not transport.is_closing():

@@ -38,7 +38,15 @@ import ssl
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Concatenate, ParamSpec, Protocol, Self, TypeAlias, TypeVar, cast, overload
 
-from ..errors import NoSuchMessage, ProtocolError, QueueFull, RequestError, Requeued, error_for_code
+from ..errors import (
+    NoSuchMessage,
+    ProtocolError,
+    QueueFull,
+    RequestError,
+    Requeued,
+    TlsHandshakeFailed,
+    error_for_code,
+)
 from ..protocol import messages as msg
 
 __all__ = [
@@ -51,9 +59,11 @@ __all__ = [
     "as_token",
     "command",
     "delay_ms",
+    "message_id",
     "parse_address",
     "result_of",
     "tls_context",
+    "tls_failure",
     "visibility_ms",
     "wait_ms",
 ]
@@ -99,6 +109,45 @@ def tls_context(tls: bool | ssl.SSLContext | None) -> ssl.SSLContext | None:
     if tls is True:
         return ssl.create_default_context()
     return tls
+
+
+class _TlsRefused(TlsHandshakeFailed, ssl.SSLError):
+    """A TLS handshake that failed, as raised: a `TlsHandshakeFailed`, and an `ssl.SSLError` as it
+    was before dbqueue wrapped it."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])  # not `ssl.SSLError`'s, which shows the arguments tuple
+
+
+class _TlsUntrusted(TlsHandshakeFailed, ssl.SSLCertVerificationError):
+    """An untrusted server certificate, as raised: a `TlsHandshakeFailed`, and an
+    `ssl.SSLCertVerificationError` as it was before dbqueue wrapped it."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def tls_failure(error: ssl.SSLError, host: str, port: int) -> TlsHandshakeFailed:
+    """The `TlsHandshakeFailed` to raise (``from error``) for a TLS handshake with ``host:port``
+    that failed with ``error``: a message that says what failed, and the ssl attributes
+    (``reason``, ``verify_message``...) copied, as code that caught the ssl error reads them.
+    Raises nothing."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        failure: TlsHandshakeFailed = _TlsUntrusted(
+            f"TLS: the certificate of {host}:{port} is not trusted ({error.verify_message}): pass tls= an "
+            "ssl.SSLContext that trusts the CA that signed it (ssl.create_default_context(cafile=...))"
+        )
+    else:
+        reason = getattr(error, "reason", None)
+        if reason == "WRONG_VERSION_NUMBER":
+            hint = ": the server does not seem to speak TLS there (connect without tls)"
+        else:
+            hint = " (does the server require a client certificate? load one into the ssl.SSLContext)"
+        failure = _TlsRefused(f"TLS handshake with {host}:{port} failed: {reason or error}{hint}")
+    for name in ("library", "reason", "verify_code", "verify_message"):
+        if hasattr(error, name):
+            setattr(failure, name, getattr(error, name))
+    return failure
 
 
 def result_of(response: object, expected: type[R]) -> R:
@@ -217,13 +266,24 @@ def _ms_up(seconds: float) -> float:
     return seconds if seconds == math.inf else math.ceil(round(seconds * 1000, 6))
 
 
-def _finite_ms(name: str, ms: float, seconds: float, top: int) -> int:
+def _finite_ms(name: str, ms: float, seconds: float, top: int, never: bool = False) -> int:
+    """``ms`` as an int, if at most ``top``; ``never``: whether this duration may be `NEVER` instead
+    (a visibility timeout), which the error then says. Raises `ValueError`."""
     if not ms <= top:  # inf included: only a visibility timeout may be NEVER
-        largest = f"{top / 1000:g} s"
-        raise ValueError(
-            f"{name} must be at most {largest} (dbqueue.NEVER is only a visibility timeout), got {seconds!r}"
-        )
+        hint = "for no timeout, use dbqueue.NEVER" if never else "dbqueue.NEVER is only a visibility timeout"
+        raise ValueError(f"{name} must be at most {top / 1000} s ({hint}), got {seconds!r}")
     return int(ms)
+
+
+_U64_MAX = 2**64 - 1  # message ids are 64-bit unsigned on the wire
+
+
+def message_id(id: int) -> int:
+    """``id`` checked as a message id: an int 0 .. 2**64-1. Raises `ValueError` out of range (the
+    wire would refuse it with a message about its own encoding)."""
+    if isinstance(id, int) and not 0 <= id <= _U64_MAX:
+        raise ValueError(f"message id must be 0 .. 2**64-1, got {id!r}")
+    return id
 
 
 def visibility_ms(seconds: float | None, name: str = "visibility_timeout") -> int:
@@ -241,7 +301,7 @@ def visibility_ms(seconds: float | None, name: str = "visibility_timeout") -> in
     if value == 0:
         # 0 on the wire means the queue's default: a zero timeout would be read as something else.
         raise ValueError(f"{name} must be more than 0 seconds (None: the queue's default; dbqueue.NEVER: never)")
-    return _finite_ms(name, _ms_up(value), value, _NEVER_MS - 1)
+    return _finite_ms(name, _ms_up(value), value, _NEVER_MS - 1, never=True)
 
 
 def delay_ms(seconds: float, name: str = "delay") -> int:
@@ -413,7 +473,7 @@ class Commands:
         """
         batch = tuple(bytes(item) for item in items)
         if not batch:
-            raise ValueError("send_batch needs at least one message")
+            raise ValueError("send_batch needs at least one message (an empty batch: skip the call)")
         return self._call(msg.EnqueueBatch(queue, batch), _queued_ids)
 
     # --- reading ---------------------------------------------------------------------
@@ -487,20 +547,23 @@ class Commands:
     def confirm(self, id: int) -> Result[None]:
         """Confirm message ``id``: the server forgets it. Returns None.
 
-        Raises `Requeued` (its timeout passed first) or `NoSuchMessage`.
+        Raises `Requeued` (its timeout passed first), `NoSuchMessage`, `ValueError` (``id`` is not
+        0 .. 2**64-1).
         """
-        return self._call(msg.Confirm(id), _confirmed)
+        return self._call(msg.Confirm(message_id(id)), _confirmed)
 
     @command
     def confirm_batch(self, ids: Iterable[int]) -> Result[list[RequestError | None]]:
         """Confirm several messages in one request. Returns one result per id, in order:
         None when confirmed, else the `Requeued` or `NoSuchMessage` instance (not raised).
 
-        Raises `ValueError` if ``ids`` is empty.
+        Raises `ValueError` if ``ids`` is empty (as `send_batch`: skip the call) or an id is out of range.
         """
         batch = tuple(ids)
         if not batch:
-            raise ValueError("confirm_batch needs at least one id")
+            raise ValueError("confirm_batch needs at least one id (an empty batch: skip the call)")
+        for id in batch:
+            message_id(id)
         return self._call(msg.ConfirmBatch(batch), _confirm_results)
 
     @command
@@ -510,7 +573,7 @@ class Commands:
 
         Raises `Requeued` (too late), `NoSuchMessage`, `ValueError`.
         """
-        return self._call(msg.Touch(id, visibility_ms(visibility_timeout)), _touched)
+        return self._call(msg.Touch(message_id(id), visibility_ms(visibility_timeout)), _touched)
 
     @command
     def release(self, id: int, *, delay: float = 0.0) -> Result[None]:
@@ -519,7 +582,7 @@ class Commands:
 
         Raises `Requeued` (too late), `NoSuchMessage`, `ValueError`.
         """
-        return self._call(msg.Release(id, delay_ms(delay)), _released)
+        return self._call(msg.Release(message_id(id), delay_ms(delay)), _released)
 
     @command
     def dead_letter(self, id: int) -> Result[None]:
@@ -532,7 +595,7 @@ class Commands:
         dead-letter queue), `NoSuchQueue` (that queue was deleted), `QueueFull` (it has no room);
         refused, the message stays in flight with this connection.
         """
-        return self._call(msg.DeadLetter(id), _dead_lettered)
+        return self._call(msg.DeadLetter(message_id(id)), _dead_lettered)
 
 
 class _Requests(Commands):

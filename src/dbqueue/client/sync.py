@@ -32,8 +32,8 @@ one sends and waits, the other queues.
   read's ``wait``, from the moment it is sent. A request not answered in
   time is *abandoned* (`ClientConnection.abandon`): its late answer is
   dropped when it comes, the messages it brings are released, and a waiting
-  read is cancelled on the server. Its thread gets `ConnectionLost`; the
-  others go on. Sends are bounded by ``timeout`` too; one that cannot finish
+  read is cancelled on the server. Its thread gets `Timeout` (a
+  `ConnectionLost`); the others go on. Sends are bounded by ``timeout`` too; one that cannot finish
   leaves a partial frame behind, so it fails the connection.
 * **Failure.** A socket error, the end of the stream, broken framing or a
   refusal of the whole connection (request id 0) fails every waiting thread
@@ -41,6 +41,13 @@ one sends and waits, the other queues.
   (with `ConnectionLost`). The file descriptor itself is closed by the last
   thread that is inside a read or a write, so that it is never reused while
   one of them still polls it.
+* **Fork.** A child process inherits the socket and the request-id counter:
+  using them from both processes would mix their answers. A hook run in the
+  child after each ``fork`` (`os.register_at_fork`) fails every connection
+  alive then (they are kept in a `weakref.WeakSet`), so the child's first use
+  raises `ConnectionLost` saying so, and no request pays a check; it closes
+  the child's copy of the descriptor, never shuts the socket down, so the
+  parent's connection goes on untouched.
 * **Sockets are non-blocking**, and each wait is a ``poll`` with the waiting
   thread's own deadline: a socket timeout is one value for all threads.
   OpenSSL forbids using one TLS connection from two threads at once, so each
@@ -67,18 +74,20 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import os
 import select
 import socket
 import ssl
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal, Self, TypeVar
 
-from ..errors import ConnectionLost, DbQueueError, ProtocolError, RequestError, error_for_code
+from ..errors import ConnectionLost, DbQueueError, ProtocolError, RequestError, Timeout, error_for_code
 from ..protocol import messages as msg
 from ..protocol.connection import ClientConnection
-from .commands import Commands, Decode, as_token, parse_address, result_of, tls_context
+from .commands import Commands, Decode, as_token, parse_address, result_of, tls_context, tls_failure
 
 __all__ = ["PipelinedClient", "Client", "Pipeline"]
 
@@ -90,6 +99,9 @@ _monotonic = time.monotonic  # looked up once: every request reads the clock
 _TLS_RETRY_SECONDS = 0.01
 
 T = TypeVar("T")
+
+FORKED = "this client was connected in another process before a fork: connect anew in this one"
+"""The failure of every connection a child process inherits (see the module docstring)."""
 
 
 class _Default(enum.Enum):
@@ -199,6 +211,7 @@ class PipelinedClient:
         self._poll_out.register(sock, select.POLLOUT)
         self._poll_both = select.poll()  # a thread's that holds both
         self._poll_both.register(sock, select.POLLIN | select.POLLOUT)
+        _live.add(self)
 
     @classmethod
     def connect(
@@ -210,7 +223,8 @@ class PipelinedClient:
         tls: bool | ssl.SSLContext | None = None,
     ) -> Self:
         """Connect, say Hello and return the connection. Raises `ConnectionLost` (an `OSError`) if the
-        server is not there, `AuthenticationFailed` if it wants another ``token``, `ssl.SSLError` if TLS fails.
+        server is not there, `AuthenticationFailed` if it wants another ``token``, `TlsHandshakeFailed`
+        (a `ConnectionLost`, and an `ssl.SSLError` too, its ``__cause__``) if TLS fails.
 
         ``timeout`` bounds the connect, each send, and each wait for an answer
         (plus the ``wait`` of a waiting read); None waits for ever. ``tls``:
@@ -225,9 +239,17 @@ class PipelinedClient:
         context = tls_context(tls)
         try:
             if context is not None:
-                sock = context.wrap_socket(sock, server_hostname=host)
+                try:
+                    sock = context.wrap_socket(sock, server_hostname=host)
+                except ssl.SSLError as exc:
+                    raise tls_failure(exc, host, port) from exc
+                except OSError as exc:  # a timeout or a reset during the handshake
+                    raise ConnectionLost(f"cannot connect to {host}:{port}: TLS handshake: {exc}") from exc
             client = cls(sock)
             client.hello(token)
+        except Timeout as exc:
+            sock.close()
+            raise Timeout(f"{host}:{port} did not answer the handshake within {timeout} s") from exc
         except BaseException:
             sock.close()
             raise
@@ -257,8 +279,9 @@ class PipelinedClient:
         comes later is dropped (and the messages it brings released).
 
         Raises `MessageTooLarge` (nothing is sent), `ConnectionLost` (the
-        connection failed or was closed, or no answer came in time; the
-        connection stays usable in that last case), `ProtocolError`.
+        connection failed or was closed), `Timeout` (a `ConnectionLost`: no
+        answer came in time; the connection stays usable, and the request may
+        have been carried out), `ProtocolError`.
         """
         wait_ms = getattr(request, "wait_ms", 0)
         if timeout is _Default.TIMEOUT:
@@ -377,9 +400,12 @@ class PipelinedClient:
 
     def _settle(self, call: _Call, answered: bool) -> msg.Response:
         """Return ``call``'s answer, or raise its error; ``answered``: whether the wait for it ended
-        in time (if not, it is abandoned, unless the answer came meanwhile, and `ConnectionLost` raised)."""
+        in time (if not, it is abandoned, unless the answer came meanwhile, and `Timeout` raised)."""
         if not answered and not self._forsake(call):
-            raise ConnectionLost(f"no answer to request {call.request_id} in time")
+            raise Timeout(
+                f"no answer to request {call.request_id} in time: it may still have been carried out "
+                "(a send may be queued); the connection stays usable"
+            )
         if call.error is not None:
             raise _fresh(call.error)
         assert call.response is not None
@@ -443,13 +469,13 @@ class PipelinedClient:
         """Block until ``count`` answers to raw requests (`send_many`, `send_bytes`) have arrived; return
         them in arrival order.
 
-        Raises `ConnectionLost` if the connection fails or no answer comes in
+        Raises `ConnectionLost` if the connection fails, `Timeout` if no answer comes in
         time (the connection's ``timeout`` plus the longest wait outstanding),
         `ProtocolError` if the server breaks the framing.
         """
         ready = self._ready
         if len(ready) < count and not self._wait(_Call(0), self._raw_deadline(), lambda: len(ready) >= count):
-            raise ConnectionLost("no response came in time")
+            raise Timeout("no response came in time (the connection stays usable)")
         with self._lock:
             taken, self._ready[:count] = ready[:count], []
             self._outstanding -= count
@@ -467,7 +493,7 @@ class PipelinedClient:
         """
         ready = self._ready
         if not ready and not self._wait(_Call(0), self._raw_deadline(), lambda: bool(ready), once=True):
-            raise ConnectionLost("no response came in time")
+            raise Timeout("no response came in time (the connection stays usable)")
         with self._lock:
             taken, self._ready[:] = ready[:], []
         return taken
@@ -508,6 +534,23 @@ class PipelinedClient:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    def _forked(self) -> None:
+        """In a child process, just forked: fail this connection with `FORKED` and close this process's
+        copy of the socket (no shutdown, which would end the parent's connection too). The locks may
+        have been held by threads that do not exist here: they are made anew. Raises nothing."""
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._tls_lock = threading.Lock()
+        self._calls = {}
+        self._sleepers = {}
+        self._outbox = []
+        self._ready = []
+        self._reading = False
+        if self._failure is None:
+            self._failure = ConnectionLost(FORKED)
+        with contextlib.suppress(OSError):
+            self.sock.close()  # the descriptor only: an SSLSocket's close sends no TLS close_notify
 
     def _fail(self, error: DbQueueError) -> DbQueueError:
         """Mark the connection failed (the first failure stays), fail every call and wake every
@@ -802,6 +845,19 @@ class PipelinedClient:
             return self._tls.pending() > 0
 
 
+_live: weakref.WeakSet[PipelinedClient] = weakref.WeakSet()
+"""Every connection alive in this process: those a fork's child must fail (`PipelinedClient._forked`)."""
+
+
+def _fail_inherited() -> None:
+    for connection in list(_live):
+        connection._forked()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_fail_inherited)
+
+
 def wait_for_any(pending: Sequence[tuple[PipelinedClient, _Call]], deadline: float | None) -> bool:
     """Wait until one of several calls, on one connection or several, is done; return False if
     ``deadline`` passes first. For the group's waiting read on every member at once.
@@ -874,8 +930,13 @@ class Client(Commands):
     waiting read in one thread does not hold up the others, and `close` from
     any thread fails the commands still waiting with `ConnectionLost`. A
     command not answered within ``timeout`` (plus its ``wait``) raises
-    `ConnectionLost`; the connection stays usable for the others, and the
-    late answer is dropped.
+    `Timeout` (a `ConnectionLost`): the request may still have been carried
+    out (a send queued), the connection stays usable, and the late answer is
+    dropped.
+
+    A client belongs to the process that connected it: after ``os.fork()``
+    (multiprocessing, prefork servers) the child's first command raises
+    `ConnectionLost`, and the child connects its own; the parent's goes on.
 
     >>> with Client.connect("127.0.0.1:3003") as client:
     ...     client.create("jobs")
@@ -901,7 +962,8 @@ class Client(Commands):
         """Connect to ``"host:port"`` and return the client (see `PipelinedClient.connect` for
         ``timeout``, ``token`` and ``tls``).
 
-        Raises `ConnectionLost` (a `ConnectionError`) or `AuthenticationFailed`.
+        Raises `ConnectionLost` (a `ConnectionError`), `TlsHandshakeFailed` (a `ConnectionLost`) or
+        `AuthenticationFailed`.
         """
         return cls(PipelinedClient.connect(address, timeout, token=token, tls=tls))
 
@@ -958,9 +1020,10 @@ class Pipeline(Commands):
         follow, so narrow each (``isinstance(result, Message)``) before use.
 
         Raises the first refused request's error if ``raise_on_error``; raises
-        `ConnectionLost` if the connection fails, or an answer does not come
-        within the connection's ``timeout`` plus the longest ``wait``
-        queued (the results are then lost).
+        `ConnectionLost` if the connection fails, or `Timeout` (a `ConnectionLost`)
+        if an answer does not come within the connection's ``timeout`` plus the
+        longest ``wait`` queued (the results are then lost; the requests may
+        have been carried out).
         """
         queued, self._queued = self._queued, []
         if not queued:
