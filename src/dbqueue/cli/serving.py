@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -270,6 +271,7 @@ def serve(
         raise click.UsageError("--tls-ca checks client certificates over TLS: it needs --tls-cert and --tls-key")
     stored = _store_options(Server, data_dir, store, standby)
     advertised = _advertised(Server, advertise)
+    ports = _ports(port, metrics_port, http_port, workers, advertised)
     members = [part.strip() for part in peers.split(",") if part.strip()] if peers else []
     if workers > 1:
         _supervise(context, host, port, workers, members, data_dir, metrics_port, http_port, advertised)
@@ -302,7 +304,59 @@ def serve(
     except StoreError as exc:
         raise click.ClickException(str(exc)) from exc
     except OSError as exc:
-        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+        raise click.ClickException(_bind_error(exc, host, port, ports)) from exc
+
+
+def _ports(
+    port: int, metrics_port: int | None, http_port: int | None, workers: int, advertised: tuple[str, int] | None
+) -> dict[int, str]:
+    """Each port the server (or the group: ports +I) will listen on, as given, -> the option that gives it;
+    a usage error if two options give one port, a group is given port 0, or a group's ports pass 65535."""
+    if port == 0 and workers > 1:
+        raise click.BadParameter(
+            f"with --workers, worker I listens on PORT+I and is advertised there: give a port (e.g. --port 3003 for "
+            f"3003 .. {3003 + workers - 1})",
+            param_hint="--port",
+        )
+    named = {"--port": port, "--metrics-port": metrics_port, "--http-port": http_port}
+    ports: dict[int, str] = {}
+    for option, first in named.items():
+        if not first:  # none, or 0: any free port, each worker its own
+            continue
+        if first + workers - 1 > 65535:
+            raise click.BadParameter(
+                f"with --workers {workers} the ports are {first} .. {first + workers - 1}: past 65535",
+                param_hint=option,
+            )
+        for number in range(first, first + workers):
+            if number in ports:
+                raise click.UsageError(
+                    f"{ports[number]} and {option} both name port {number}: each listener needs a port of its own"
+                )
+            ports[number] = option
+    if advertised is not None and advertised[1] + workers - 1 > 65535:
+        raise click.BadParameter(
+            f"with --workers {workers} the advertised ports are {advertised[1]} .. {advertised[1] + workers - 1}: "
+            "past 65535",
+            param_hint="--advertise",
+        )
+    return ports
+
+
+# What asyncio says when a listener cannot bind: the address it tried, then why.
+_BIND_FAILURE = re.compile(r"error while attempting to bind on address \('(?P<host>[^']*)', (?P<port>\d+)[^)]*\): (.*)")
+
+
+def _bind_error(exc: OSError, host: str, port: int, ports: dict[int, str]) -> str:
+    """The one line `serve` fails with when a listener cannot start: the address that failed (the server's, its
+    metrics' or its HTTP listener's) and the option that gave its port."""
+    failed = _BIND_FAILURE.fullmatch(exc.strerror or "")
+    if failed is None:  # a host that does not resolve, say: the server's own address was the first tried
+        return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    address, number, reason = failed.group("host"), int(failed.group("port")), failed.group(3)
+    address = f"[{address}]" if ":" in address else address
+    option = f" ({ports[number]})" if number in ports else ""
+    return f"cannot listen on {address}:{number}{option}: {reason}"
 
 
 def _store_options(server: type, data_dir: str | None, store: str | None, standby: bool) -> dict[str, Any]:
