@@ -292,7 +292,9 @@ def test_requests_work_without_hello_and_split_across_writes(raw: Raw) -> None:
 
 # --- pipelined runs: 32 like requests in one write, every reply byte checked -----------------------
 
-NO_SUCH_MESSAGE_TEXT = "message {} is not in flight (never read, already confirmed, or its queue was deleted)"
+NO_SUCH_MESSAGE_TEXT = (
+    "message {} is not in flight (never read, already confirmed, held by another connection, or its queue was deleted)"
+)
 
 
 def bare(opcode: int, request_id: int) -> bytes:

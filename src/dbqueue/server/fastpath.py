@@ -371,4 +371,7 @@ def refusal(request_id: int, error: RequestError) -> bytes:
 def no_such_message(id_: int) -> NoSuchMessage:
     """The refusal of a request naming a message that this connection does not hold in flight
     (nor held before it went back or on: then the answer is Requeued)."""
-    return NoSuchMessage(f"message {id_} is not in flight (never read, already confirmed, or its queue was deleted)")
+    return NoSuchMessage(
+        f"message {id_} is not in flight (never read, already confirmed, held by another connection,"
+        " or its queue was deleted)"
+    )
