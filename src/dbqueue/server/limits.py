@@ -32,7 +32,7 @@ from typing import Any
 
 from ..protocol.frames import DEFAULT_MAX_MESSAGE_SIZE, MAX_MESSAGE_SIZE_LIMIT, MAX_QUEUE_NAME, NEVER_MS
 
-__all__ = ["LimitSpec", "LimitField", "Limits", "limit_fields"]
+__all__ = ["LimitSpec", "LimitField", "Limits", "cgroup_memory_limit", "limit_fields"]
 
 Number = int | float
 
@@ -63,11 +63,59 @@ _MIB = 1 << 20
 
 
 def _physical_memory() -> int:
-    # The machine's memory, for the defaults sized from it (a guess of 4 GiB where it cannot be read).
+    # The memory the server may use, for the defaults sized from it: the machine's (a guess of 4 GiB where it
+    # cannot be read), or its cgroup's limit if lower. In a container with a memory limit the machine's memory is
+    # the host's, and a budget sized from it would let the kernel kill the server before a send is refused.
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        machine = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
-        return 4 << 30
+        machine = 4 << 30
+    limit = cgroup_memory_limit()
+    return machine if limit is None else min(machine, limit)
+
+
+def cgroup_memory_limit(root: str = "/") -> int | None:
+    """The smallest memory limit set on this process's cgroup or any cgroup above it, in bytes; None if there is
+    none, or it cannot be read.
+
+    Reads ``/proc/self/cgroup`` for the process's own cgroup, then ``memory.max`` (cgroup v2, where "max" means
+    none) or ``memory.limit_in_bytes`` (v1, where no limit reads as a huge number: a caller takes the smaller of
+    this and the machine's memory) from that cgroup's directory up to its hierarchy's root: a parent's limit binds
+    its children too, and a container that sees only its own cgroup (mounted as the root, while
+    ``/proc/self/cgroup`` names its path on the host) finds its limit at the root. ``root`` is where the
+    filesystem starts (tests give a directory of fake files). Raises nothing.
+    """
+    try:
+        with open(os.path.join(root, "proc/self/cgroup"), encoding="ascii", errors="replace") as file:
+            lines = file.read().splitlines()
+    except OSError:
+        return None
+    limits: list[int] = []
+    for line in lines:
+        number, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if number == "0" and not controllers:  # v2: one hierarchy, every controller
+            base, name = os.path.join(root, "sys/fs/cgroup"), "memory.max"
+        elif "memory" in controllers.split(","):
+            base, name = os.path.join(root, "sys/fs/cgroup/memory"), "memory.limit_in_bytes"
+        else:
+            continue
+        parts = [part for part in path.split("/") if part and part != ".."]
+        for depth in range(len(parts), -1, -1):
+            limit = _read_limit(os.path.join(base, *parts[:depth], name))
+            if limit is not None:
+                limits.append(limit)
+    return min(limits) if limits else None
+
+
+def _read_limit(path: str) -> int | None:
+    # One cgroup's limit: None where there is no such file (the v2 root has none) or it says "max".
+    try:
+        with open(path, encoding="ascii", errors="replace") as file:
+            text = file.read().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() and int(text) > 0 else None
 
 
 def _default_memory_budget() -> int:
@@ -117,7 +165,7 @@ class Limits:
             "Unread replies over all connections; past it the largest offenders are cut off first",
             "bytes",
             1,
-            default_text="1/8 of the machine's memory",
+            default_text="1/8 of the machine's memory or of the cgroup's memory limit if lower",
         ),
     )
     memory_budget: int = _limit(
@@ -127,7 +175,7 @@ class Limits:
             "confirms go on",
             "bytes",
             1,
-            default_text="1/2 of the machine's memory",
+            default_text="1/2 of the machine's memory or of the cgroup's memory limit if lower",
         ),
     )
     default_capacity_bytes: int = _limit(
