@@ -50,7 +50,9 @@ class LimitSpec:
     low: Number
     high: Number | None = None
     off: str | None = None
-    default_text: str | None = None  # a default sized from the machine, in words ("half of the memory")
+    # A default sized from the machine, in words ("half of the memory"). The machine's memory is the smaller of
+    # its physical memory and its cgroup's limit (`cgroup_memory_limit`): in a container, the container's.
+    default_text: str | None = None
 
 
 def _limit(default: Any, spec: LimitSpec) -> Any:
@@ -165,7 +167,7 @@ class Limits:
             "Unread replies over all connections; past it the largest offenders are cut off first",
             "bytes",
             1,
-            default_text="1/8 of the machine's memory or of the cgroup's memory limit if lower",
+            default_text="1/8 of the machine's memory",
         ),
     )
     memory_budget: int = _limit(
@@ -175,7 +177,7 @@ class Limits:
             "confirms go on",
             "bytes",
             1,
-            default_text="1/2 of the machine's memory or of the cgroup's memory limit if lower",
+            default_text="1/2 of the machine's memory",
         ),
     )
     default_capacity_bytes: int = _limit(
