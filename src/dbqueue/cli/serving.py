@@ -86,7 +86,13 @@ def _given_options(context: click.Context, leave_out: frozenset[str]) -> list[st
 
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
-@click.option("--port", default=3003, show_default=True, type=click.IntRange(0, 65535), help="Port (0: any free port).")
+@click.option(
+    "--port",
+    default=3003,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port (0: any free port; not with --workers, whose ports are PORT .. PORT+N-1).",
+)
 @click.option(
     "--log-level",
     default="info",
