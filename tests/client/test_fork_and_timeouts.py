@@ -18,7 +18,9 @@ import json
 import os
 import signal
 import ssl
+import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -152,6 +154,29 @@ def test_a_client_used_after_a_fork_fails_in_the_child_and_the_parent_goes_on(
         client.send("fork", f"parent-{i}".encode())
     got = [message.data for message in client.read_batch("fork", 100)]
     assert sorted(got) == sorted([f"parent-{i}".encode() for i in range(60)] + [b"child-own"])
+    client.close()
+
+
+def test_a_fork_while_another_thread_waits_on_the_client_does_not_hang_the_child(
+    child_server: Callable[..., ChildServer],
+) -> None:
+    """A thread of the parent holds the read role in a waiting read when the fork comes: the child, which
+    has no such thread, still gets its error at once (its state and locks are made anew)."""
+    server = child_server()
+    client = Client.connect(server.address, timeout=5)
+    client.create("waiting")
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(lambda: client.read("waiting", wait=10))
+        time.sleep(0.3)  # the read is on the server, its thread polling the socket
+
+        def child() -> dict[str, Any]:
+            return {"first": attempt(lambda: client.send("waiting", b"child"))}
+
+        report = in_child(child, lambda: None)
+        client.send("waiting", b"parent")
+        message = waiting.result(timeout=5)
+    assert report["first"]["type"] == "ConnectionLost" and FORKED in report["first"]["message"], report
+    assert message is not None and message.data == b"parent"
     client.close()
 
 
