@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 import click
 
-from .connection import Target, connects, host_port, old_host_port
+from .connection import Target, connects, host_port, old_host_port, one_line_errors
 from .formats import echo_json
 
 __all__ = ["bench"]
@@ -98,6 +98,14 @@ def bench(
     if consumers == 0 and producers and not latency:
         raise click.BadParameter("a load test needs consumers to confirm what producers send", param_hint="--consumers")
     addresses = [host_port(address) for address in target.addresses]
+    # Each server is reached first as every client command reaches it, so that a failure to connect is
+    # explained in the same words (nothing listening, a token to check, TLS).
+    try:
+        with one_line_errors():
+            for address in target.addresses:
+                target.connect_member(address).close()
+    except click.ClickException as exc:
+        raise click.ClickException(f"benchmark failed: {exc.message}") from exc
     queue = queue if queue is not None else f"bench-{os.urandom(4).hex()}"
     config = BenchConfig(
         addresses,

@@ -18,6 +18,13 @@ server says it belongs to a group, or several addresses were given, the
 command goes on with a `GroupClient` over every member: a send goes to one
 member, a read takes from any, ``stats`` sums them.
 
+A command that changes a group its servers know of (``create``,
+``delete``, ``purge``, ``move``; a group made with ``--peers`` or
+``--workers``) and misses a member fails (exit status 1), naming the members it
+could not reach and why (`Target.why_down`): the group is left half-done
+until the command is run again with every member up. ``stats`` says the same
+of its figures, and exits 0.
+
 *Errors* are one line (click's ``Error: ...``) with the cause, and exit
 status 1 (`one_line_errors`); a usage error exits 2. No expected failure
 shows a traceback.
@@ -87,15 +94,38 @@ class Target:
 
         first = self._connect_first()
         addresses = self.addresses
-        if len(addresses) == 1:
-            group = first.members().members
-            if len(group) > 1:  # a member of a group: the others are known to it
-                addresses = list(group)
+        group = first.members().members
+        if len(addresses) == 1 and len(group) > 1:  # a member of a group: the others are known to it
+            addresses = list(group)
         if len(addresses) == 1:
             return first
         first.close()
         # One member let this client in: the others, if down, are retried by the group client itself.
-        return GroupClient.connect(addresses, self.timeout, token=self.token, tls=self.tls)
+        # In a group its servers know of (--peers, --workers), a create, delete, purge or move that misses
+        # a member must say so (`MembersUnreached`): the group is left half-done, and this short-lived
+        # client will not finish it later. Addresses given of servers that each stand alone are
+        # alternatives: one that is down is skipped.
+        return GroupClient.connect(
+            addresses, self.timeout, token=self.token, tls=self.tls, require_every_member=len(group) > 1
+        )
+
+    def why_down(self, addresses: list[str]) -> list[tuple[str, str]]:
+        """Each of ``addresses`` (members a group call could not reach) with why: each is asked again
+        alone, to say it (a member that answers by then is said not to have answered in time)."""
+        from ..errors import DbQueueError
+
+        down: list[tuple[str, str]] = []
+        for address in addresses:
+            try:
+                self.connect_member(address).close()
+            except click.ClickException as exc:
+                reason = exc.message.removeprefix(f"cannot connect to {address}: ").removeprefix(f"{address} ")
+            except (DbQueueError, OSError) as exc:
+                reason = str(exc)
+            else:
+                reason = "did not answer in time (it answers now)"
+            down.append((address, reason))
+        return down
 
     def connect_member(self, address: str) -> Client:
         """A `Client` of the member at ``address`` alone. Raises as `connect`."""

@@ -113,25 +113,12 @@ def stats(
 
 
 def _down_members(target: Target, client: Client | GroupClient) -> list[tuple[str, str]]:
-    """The members of a group whose figures are missing from its sums, each with why (asked again
-    alone, to say it: a member that answers by then is said not to have answered)."""
+    """The members of a group whose figures are missing from its sums, each with why (`Target.why_down`)."""
     from ..client import GroupClient
-    from ..errors import DbQueueError
 
     if not isinstance(client, GroupClient):
         return []
-    down: list[tuple[str, str]] = []
-    for address in client.down:
-        try:
-            target.connect_member(address).close()
-        except click.ClickException as exc:
-            reason = exc.message.removeprefix(f"cannot connect to {address}: ").removeprefix(f"{address} ")
-        except (DbQueueError, OSError) as exc:
-            reason = str(exc)
-        else:
-            reason = "did not answer in time (it answers now)"
-        down.append((address, reason))
-    return down
+    return target.why_down(client.down)
 
 
 def _per_member(

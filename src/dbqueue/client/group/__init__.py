@@ -6,10 +6,14 @@ A group is independent servers, each holding its own part of every queue
 (NSQ's model): there is no coordination between members on the hot path. The
 group client makes them look like one server:
 
-* ``create`` / ``delete`` / ``purge`` reach every member (the queue is
-  remembered and created again on a member that comes back);
+* ``create`` / ``delete`` / ``purge`` / ``move`` reach every member that is
+  up (the queue is remembered and created again on a member that comes
+  back); with ``require_every_member=True`` they raise `MembersUnreached`
+  when a member was down, so that a one-shot tool can say the group is
+  left half-done;
 * ``send`` picks a member round-robin, or by ``key`` so that related messages
-  stay in order on one member; a member that is down is skipped;
+  stay in order on one member; a member that is down, or that has no such
+  queue (created or deleted while it was down), is skipped;
 * ``read`` asks the members in turn without waiting; when none has a message
   and ``wait`` is set, it waits on *every* member at once and takes the
   first message; a message another member hands out meanwhile is released at
@@ -40,7 +44,7 @@ clients; `sync` holds the blocking `GroupClient` and its `GroupPipeline`,
 """
 
 from .aio import AsyncGroupClient
-from .plans import MEMBER_SHIFT, member_of
+from .plans import MEMBER_SHIFT, MembersUnreached, member_of
 from .sync import GroupClient, GroupPipeline
 
-__all__ = ["GroupClient", "GroupPipeline", "AsyncGroupClient", "MEMBER_SHIFT", "member_of"]
+__all__ = ["GroupClient", "GroupPipeline", "AsyncGroupClient", "MEMBER_SHIFT", "MembersUnreached", "member_of"]

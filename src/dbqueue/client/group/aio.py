@@ -26,6 +26,7 @@ from .plans import (
     ConfirmBatch,
     Failover,
     Members,
+    MembersUnreached,
     MovePass,
     QueueOptions,
     ReadPass,
@@ -39,6 +40,7 @@ from .plans import (
     purge_result,
     raise_or,
     stats_result,
+    unreached_members,
 )
 
 __all__ = ["AsyncGroupClient"]
@@ -54,7 +56,9 @@ class AsyncGroupClient:
 
     Any number of tasks may use one client at once. Like `AsyncClient`, it
     belongs to the event loop it was connected on and is not thread-safe;
-    threads share a `GroupClient` instead.
+    threads share a `GroupClient` instead. ``require_every_member``: as for
+    `GroupClient` (``create``, ``delete``, ``purge``, ``move`` raise
+    `MembersUnreached` when they missed a member).
     """
 
     def __init__(
@@ -64,11 +68,13 @@ class AsyncGroupClient:
         *,
         token: str | bytes | None = None,
         tls: bool | ssl.SSLContext | None = None,
+        require_every_member: bool = False,
     ) -> None:
         self._members = members
         self._timeout = timeout
         self._token = token  # for every member
         self._tls = tls
+        self._require_every_member = require_every_member
         self._attempts: set[asyncio.Future[None]] = set()  # reconnects under way
         self._closed = False
 
@@ -80,6 +86,7 @@ class AsyncGroupClient:
         *,
         token: str | bytes | None = None,
         tls: bool | ssl.SSLContext | None = None,
+        require_every_member: bool = False,
     ) -> Self:
         """Connect to every member and return the group client; as `GroupClient.connect`.
 
@@ -93,7 +100,7 @@ class AsyncGroupClient:
             finally:
                 await first.close()
         members: Members[AsyncClient] = Members([f"{host}:{port}" for host, port in map(parse_address, addresses)])
-        group = cls(members, timeout, token=token, tls=tls)
+        group = cls(members, timeout, token=token, tls=tls, require_every_member=require_every_member)
         await group._reconnect(wait=True)
         members.raise_if_unreachable(addresses)
         return group
@@ -196,9 +203,23 @@ class AsyncGroupClient:
 
     async def _on_every_member(self, call: Callable[[AsyncClient], Awaitable[T]]) -> list[T | RequestError]:
         """``call`` on every live member at once; see `plans.fan_out_answers`."""
+        return (await self._fan_out(call))[0]
+
+    async def _fan_out(
+        self, call: Callable[[AsyncClient], Awaitable[T]]
+    ) -> tuple[list[T | RequestError], list[tuple[str, str]]]:
+        """`_on_every_member`, and the members it did not reach (`plans.unreached_members`)."""
         await self._reconnect()
-        calls = (self._on_member(position, call) for position in self._members.up())
-        return fan_out_answers(await asyncio.gather(*calls, return_exceptions=True))
+        addresses = list(self._members.addresses)
+        up = self._members.up()
+        outcomes = await asyncio.gather(*(self._on_member(position, call) for position in up), return_exceptions=True)
+        return fan_out_answers(outcomes), unreached_members(addresses, up, list(outcomes))
+
+    def _whole(self, operation: str, result: T, unreached: list[tuple[str, str]]) -> T:
+        """Return ``result``; raise `MembersUnreached` if a member was missed and every one is required."""
+        if unreached and self._require_every_member:
+            raise MembersUnreached(operation, result, unreached)
+        return result
 
     # --- queues ------------------------------------------------------------------------
 
@@ -215,16 +236,21 @@ class AsyncGroupClient:
         options = QueueOptions(capacity, max_deliveries, dead_letter_queue, visibility_timeout)
         REQUESTS.create(name, **options._asdict())  # a bad option raises here, before any member is asked
         self._members.created[name] = options
-        create_result(await self._on_every_member(lambda client: client.create(name, **options._asdict())))
+        answers, unreached = await self._fan_out(lambda client: client.create(name, **options._asdict()))
+        create_result(answers)
+        self._whole(f"create {name}", None, unreached)
 
     async def delete(self, name: str) -> None:
         """Delete the queue on every member; as `GroupClient.delete`."""
         self._members.created.pop(name, None)
-        delete_result(await self._on_every_member(lambda client: client.delete(name)))
+        answers, unreached = await self._fan_out(lambda client: client.delete(name))
+        delete_result(answers)
+        self._whole(f"delete {name}", None, unreached)
 
     async def purge(self, name: str) -> int:
         """Purge the queue on every member and return how many were dropped; as `GroupClient.purge`."""
-        return purge_result(await self._on_every_member(lambda client: client.purge(name)))
+        answers, unreached = await self._fan_out(lambda client: client.purge(name))
+        return self._whole(f"purge {name}", purge_result(answers), unreached)
 
     async def stats(self, name: str) -> dict[str, Any]:
         """Return the queue's figures summed over the group; as `GroupClient.stats`."""
@@ -251,7 +277,7 @@ class AsyncGroupClient:
         failover = Failover(self._members, key)
         while True:
             answer = await self._answer(failover.next_member(), call)
-            if not failover.failed(answer):
+            if not (failover.failed(answer) or failover.missing(answer)):
                 return raise_or(answer)
 
     async def read(
@@ -325,6 +351,9 @@ class AsyncGroupClient:
         REQUESTS.move(source, destination, count=count)  # a bad argument raises here
         await self._reconnect()
         plan = MovePass(count)
+        addresses = list(self._members.addresses)
+        asked: list[int] = []
+        outcomes: list[object] = []
         for position in self._members.up():
             wanted = plan.wanted()
             if wanted == 0:
@@ -333,8 +362,14 @@ class AsyncGroupClient:
             def move_there(client: AsyncClient, wanted: int | None = wanted) -> Awaitable[int]:
                 return client.move(source, destination, count=wanted)
 
-            plan.take(await self._answer(position, move_there))
-        return plan.result()
+            answer = await self._answer(position, move_there)
+            asked.append(position)
+            outcomes.append(answer)
+            plan.take(answer)
+        moved = plan.result()
+        # Once the count has moved, a member missed does not matter: nothing more was to move.
+        unreached = [] if plan.wanted() == 0 else unreached_members(addresses, asked, outcomes)
+        return self._whole(f"move {source} to {destination}", moved, unreached)
 
     async def confirm(self, id: int) -> None:
         """Confirm at the member that handed the message out; as `GroupClient.confirm`."""

@@ -37,10 +37,18 @@ down, not that it refused: the plans go on with the others.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Generic, NamedTuple, TypeVar
 
-from ...errors import AuthenticationFailed, ConnectionLost, NoSuchMessage, NoSuchQueue, ProtocolError, RequestError
+from ...errors import (
+    AuthenticationFailed,
+    ConnectionLost,
+    DbQueueError,
+    NoSuchMessage,
+    NoSuchQueue,
+    ProtocolError,
+    RequestError,
+)
 from ...protocol import messages as msg
 from ...protocol.frames import MEMBER_SHIFT
 from ..commands import parse_address
@@ -55,6 +63,7 @@ __all__ = [
     "ConfirmBatch",
     "Failover",
     "Members",
+    "MembersUnreached",
     "MovePass",
     "QueueOptions",
     "ReadPass",
@@ -71,6 +80,7 @@ __all__ = [
     "purge_result",
     "raise_or",
     "stats_result",
+    "unreached_members",
 ]
 
 T = TypeVar("T")
@@ -145,6 +155,42 @@ def fan_out_answers(outcomes: Iterable[T | BaseException]) -> list[T | RequestEr
     if not answers:
         raise ConnectionLost("no member of the group is reachable")
     return answers
+
+
+class MembersUnreached(DbQueueError):
+    """A call meant for every member of the group (``create``, ``delete``, ``purge``, ``move``) reached
+    only some of them; raised only by a group client made with ``require_every_member=True``.
+
+    The members reached did their part: ``result`` is what they answered
+    together (how many were purged or moved; None for ``create`` and
+    ``delete``). ``unreached`` holds the ``(address, reason)`` of each member
+    that was down or failed: until the call is made again with every member
+    up, the group is not what it was asked to be (a queue missing on, or left
+    on, those members; their messages not purged or moved).
+    """
+
+    def __init__(self, operation: str, result: object, unreached: list[tuple[str, str]]) -> None:
+        where = "; ".join(f"{address}: {reason}" for address, reason in unreached)
+        super().__init__(f"{operation} did not reach {len(unreached)} member(s) of the group ({where})")
+        self.operation = operation
+        self.result = result
+        self.unreached = unreached
+
+
+def unreached_members(addresses: list[str], asked: list[int], outcomes: Sequence[object]) -> list[tuple[str, str]]:
+    """Return the ``(address, reason)`` of each member a call on every member did not reach: those not
+    ``asked`` (down when it started) and those whose outcome (in the order of ``asked``) is a connection
+    failure. ``addresses``: every member's, by position."""
+    failed = {
+        position: outcome for position, outcome in zip(asked, outcomes) if isinstance(outcome, CONNECTION_FAILURES)
+    }
+    missed: list[tuple[str, str]] = []
+    for position, address in enumerate(addresses):
+        if position in failed:
+            missed.append((address, str(failed[position]) or type(failed[position]).__name__))
+        elif position not in asked:
+            missed.append((address, "down"))
+    return missed
 
 
 def create_result(answers: list[None | RequestError]) -> None:
@@ -255,24 +301,44 @@ class MovePass:
 
 
 class Failover:
-    """Where a send goes: a live member (by key, else round-robin), then another for each that fails."""
+    """Where a send goes: a live member (by key, else round-robin), then another for each that fails.
+
+    A member that is down, or that answers `NoSuchQueue` (a group left
+    inconsistent: the queue was created, or deleted, while some member was
+    down), is passed over for the next: neither answer means anything was
+    queued, so trying another cannot send a message twice. The send fails
+    with `NoSuchQueue` only if no member reached has the queue.
+    """
 
     def __init__(self, members: Members[Any], key: bytes | str | None) -> None:
         self._members = members
         self._key = key
         self._tried: set[int] = set()
         self._current = -1
+        self._missing: NoSuchQueue | None = None  # a member's answer that it has no such queue
 
     def next_member(self) -> int:
-        """Return the position of a live member not tried yet. Raises `ConnectionLost` when none is left."""
+        """Return the position of a live member not tried yet. Raises `NoSuchQueue` when none is left and
+        some member said it has no such queue, else `ConnectionLost` when none is left."""
         untried = [position for position in self._members.up() if position not in self._tried]
+        if not untried and self._missing is not None:
+            raise self._missing
         self._current = member_for_send(self._key, self._members.next_turn(), untried)
         return self._current
 
     def failed(self, answer: object) -> bool:
         """Whether ``answer`` (the last member's result or error) is a connection failure: then try
-        another member. Anything else ends the send (`raise_or` gives its result)."""
+        another member. Anything else ends the send (`raise_or` gives its result), unless `missing`."""
         if isinstance(answer, CONNECTION_FAILURES):
+            self._tried.add(self._current)
+            return True
+        return False
+
+    def missing(self, answer: object) -> bool:
+        """Whether ``answer`` is `NoSuchQueue`: then try another member, which may have the queue
+        (`next_member` raises this answer once none is left)."""
+        if isinstance(answer, NoSuchQueue):
+            self._missing = answer
             self._tried.add(self._current)
             return True
         return False

@@ -44,6 +44,7 @@ from .plans import (
     ConfirmBatch,
     Failover,
     Members,
+    MembersUnreached,
     MovePass,
     QueueOptions,
     ReadPass,
@@ -58,6 +59,7 @@ from .plans import (
     purge_result,
     raise_or,
     stats_result,
+    unreached_members,
 )
 
 __all__ = ["GroupClient", "GroupPipeline"]
@@ -75,6 +77,13 @@ class GroupClient:
     may a `Client`; a waiting read in one thread holds up none of the others,
     and `close` from any thread fails the calls still waiting with `ConnectionLost`.
 
+    ``create``, ``delete``, ``purge`` and ``move`` go to every member that is
+    up and, by default, succeed with what those did (a long-lived client
+    creates its queues again on a member that comes back). Made with
+    ``require_every_member=True`` (a one-shot tool such as the ``dbqueue``
+    command), they raise `MembersUnreached` instead when some member was
+    down or failed, carrying the others' result and the members missed.
+
     >>> group = GroupClient.connect(["127.0.0.1:3000", "127.0.0.1:3001"])
     >>> group.create("jobs"); group.send("jobs", b"x"); message = group.read("jobs", wait=5.0)
     """
@@ -86,6 +95,7 @@ class GroupClient:
         *,
         token: str | bytes | None = None,
         tls: bool | ssl.SSLContext | None = None,
+        require_every_member: bool = False,
     ) -> None:
         self._members = members  # read and changed under _lock only
         self._lock = threading.Lock()  # never held across I/O
@@ -93,6 +103,7 @@ class GroupClient:
         self._timeout = timeout
         self._token = token  # for every member
         self._tls = tls
+        self._require_every_member = require_every_member
 
     @classmethod
     def connect(
@@ -102,19 +113,21 @@ class GroupClient:
         *,
         token: str | bytes | None = None,
         tls: bool | ssl.SSLContext | None = None,
+        require_every_member: bool = False,
     ) -> Self:
         """Connect to every member and return the group client. One address: ask it for the group
         (MEMBERS) first.
 
         ``timeout``, ``token`` and ``tls`` apply to every member, as for
-        `Client.connect`. Raises `ConnectionLost` if no member can be reached,
-        `AuthenticationFailed` if none lets this client in.
+        `Client.connect`. ``require_every_member``: see the class. Raises
+        `ConnectionLost` if no member can be reached, `AuthenticationFailed`
+        if none lets this client in.
         """
         if isinstance(addresses, str):
             with Client.connect(addresses, timeout, token=token, tls=tls) as first:
                 addresses = discovered(first.members(), addresses)
         members: Members[Client] = Members([f"{host}:{port}" for host, port in map(parse_address, addresses)])
-        group = cls(members, timeout, token=token, tls=tls)
+        group = cls(members, timeout, token=token, tls=tls, require_every_member=require_every_member)
         group._reconnect(wait=True)
         members.raise_if_unreachable(addresses)
         return group
@@ -265,8 +278,22 @@ class GroupClient:
 
     def _on_every_member(self, call: Callable[[Client], T]) -> list[T | RequestError]:
         """``call`` on every live member, one after the other; see `plans.fan_out_answers`."""
+        return self._fan_out(call)[0]
+
+    def _fan_out(self, call: Callable[[Client], T]) -> tuple[list[T | RequestError], list[tuple[str, str]]]:
+        """`_on_every_member`, and the members it did not reach (`plans.unreached_members`)."""
         self._reconnect()
-        return fan_out_answers([self._answer(position, call) for position in self._up()])
+        with self._lock:
+            addresses = list(self._members.addresses)
+            up = self._members.up()
+        outcomes = [self._answer(position, call) for position in up]
+        return fan_out_answers(outcomes), unreached_members(addresses, up, outcomes)
+
+    def _whole(self, operation: str, result: T, unreached: list[tuple[str, str]]) -> T:
+        """Return ``result``; raise `MembersUnreached` if a member was missed and every one is required."""
+        if unreached and self._require_every_member:
+            raise MembersUnreached(operation, result, unreached)
+        return result
 
     # --- queues ------------------------------------------------------------------------
 
@@ -280,27 +307,33 @@ class GroupClient:
         visibility_timeout: float | None = None,
     ) -> None:
         """Create the queue on every member (``capacity`` applies per member); a member that comes
-        back gets it again. Returns None. Raises as `Client.create`, or `ConnectionLost` if no
-        member is reachable."""
+        back gets it again. Returns None. Raises as `Client.create`, `ConnectionLost` if no
+        member is reachable, `MembersUnreached` (see the class) if one was not."""
         options = QueueOptions(capacity, max_deliveries, dead_letter_queue, visibility_timeout)
         REQUESTS.create(name, **options._asdict())  # a bad option raises here, before any member is asked
         with self._lock:
             self._members.created[name] = options
-        create_result(self._on_every_member(lambda client: client.create(name, **options._asdict())))
+        answers, unreached = self._fan_out(lambda client: client.create(name, **options._asdict()))
+        create_result(answers)
+        self._whole(f"create {name}", None, unreached)
 
     def delete(self, name: str) -> None:
         """Delete the queue on every member. Returns None. Raises `NoSuchQueue` only if no member had
-        it, `ConnectionLost` if no member is reachable."""
+        it, `ConnectionLost` if no member is reachable, `MembersUnreached` (see the class) if one was not."""
         with self._lock:
             self._members.created.pop(name, None)
-        delete_result(self._on_every_member(lambda client: client.delete(name)))
+        answers, unreached = self._fan_out(lambda client: client.delete(name))
+        delete_result(answers)
+        self._whole(f"delete {name}", None, unreached)
 
     def purge(self, name: str) -> int:
         """Purge the queue on every member; return how many messages were dropped in all.
 
-        Raises `NoSuchQueue`, `ConnectionLost` if no member is reachable.
+        Raises `NoSuchQueue`, `ConnectionLost` if no member is reachable, `MembersUnreached` (see the
+        class) if one was not.
         """
-        return purge_result(self._on_every_member(lambda client: client.purge(name)))
+        answers, unreached = self._fan_out(lambda client: client.purge(name))
+        return self._whole(f"purge {name}", purge_result(answers), unreached)
 
     def stats(self, name: str) -> dict[str, Any]:
         """Return the queue's figures summed over the group (``members``: how many answered).
@@ -341,7 +374,7 @@ class GroupClient:
             with self._lock:
                 position = failover.next_member()
             answer = self._answer(position, call)
-            if not failover.failed(answer):
+            if not (failover.failed(answer) or failover.missing(answer)):
                 return raise_or(answer)
 
     def read(self, queue: str, *, visibility_timeout: float | None = None, wait: float = 0.0) -> msg.Message | None:
@@ -444,11 +477,17 @@ class GroupClient:
         how many moved. Each member moves its own part, in one step of its own, one member after the
         other until ``count`` have moved (see `plans.MovePass`): a message never changes member, and
         a member that is down keeps its part. Raises as `Client.move`, `NoSuchQueue` only if no
-        member has the queue, `ConnectionLost` if none is reachable."""
+        member has the queue, `ConnectionLost` if none is reachable, `MembersUnreached` (see the
+        class) if one was not while messages were still to move."""
         REQUESTS.move(source, destination, count=count)  # a bad argument raises here
         self._reconnect()
         plan = MovePass(count)
-        for position in self._up():
+        with self._lock:
+            addresses = list(self._members.addresses)
+            up = self._members.up()
+        asked: list[int] = []
+        outcomes: list[object] = []
+        for position in up:
             wanted = plan.wanted()
             if wanted == 0:
                 break
@@ -456,8 +495,14 @@ class GroupClient:
             def move_there(client: Client, wanted: int | None = wanted) -> int:
                 return client.move(source, destination, count=wanted)
 
-            plan.take(self._answer(position, move_there))
-        return plan.result()
+            answer = self._answer(position, move_there)
+            asked.append(position)
+            outcomes.append(answer)
+            plan.take(answer)
+        moved = plan.result()
+        # Once the count has moved, a member missed does not matter: nothing more was to move.
+        unreached = [] if plan.wanted() == 0 else unreached_members(addresses, asked, outcomes)
+        return self._whole(f"move {source} to {destination}", moved, unreached)
 
     def confirm(self, id: int) -> None:
         """Confirm at the member that handed the message out. Returns None. Raises as `Client.confirm`
