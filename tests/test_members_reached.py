@@ -14,15 +14,21 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from child_server import ChildServer
 from dbqueue import Client
+from dbqueue.server.security import server_tls_context
 from dbqueue.server.session import as_reached
+from pki import make_pki
 from test_workers import Supervised, answers, free_ports
+
+if TYPE_CHECKING:
+    from conftest import ServerThread
 
 
 def other_local_ipv4() -> str | None:
@@ -141,3 +147,21 @@ def test_as_reached_replaces_only_wildcard_hosts() -> None:
     assert as_reached(["[::]:3003"], ("fd00::2", 3003, 0, 0)) == ["[fd00::2]:3003"]
     assert as_reached(["0.0.0.0:3003"], ("::ffff:192.0.2.7", 3003, 0, 0)) == ["192.0.2.7:3003"]
     assert as_reached(["0.0.0.0:3003"], None) == ["0.0.0.0:3003"]  # no address known: as they are
+
+
+def test_over_tls_the_address_reached_is_the_tls_connection_s(
+    server_factory: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    pki = make_pki(tmp_path / "pki")
+    server = server_factory(
+        host="0.0.0.0",
+        ssl=server_tls_context(pki.cert("server"), pki.key("server")),
+        members=["0.0.0.0:3003", "db2.example:3003"],  # as --peers may give them: only the wildcard changes
+        member_index=0,
+    )
+    context = pki.client_context()
+    context.check_hostname = False  # the leaf names "localhost"; the address is what this test is about
+    for host in REACHED:
+        with Client.connect(f"{host}:{server.server.port}", tls=context, timeout=5.0) as client:
+            reply = client.members()
+        assert (tuple(reply.members), reply.index) == ((f"{host}:3003", "db2.example:3003"), 0)
