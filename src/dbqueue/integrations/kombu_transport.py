@@ -29,6 +29,17 @@ kombu's usual JSON envelope (body, headers, properties) as the message's bytes.
   costs one request per wait. While a channel's prefetch is full (its tasks
   run), the loop reads the other channels' queues without waiting and sleeps
   until an acknowledgement makes room (or ``FULL_POLL``).
+* **Shutdown.** A batch read is handed to kombu one message at a time, and
+  Celery's synchronous loop may block in a hand-off (its pool full: the task
+  waits for a process), so the rest of a batch is read but not handed over.
+  When Celery's worker begins to shut down (its ``worker_shutting_down``
+  signal, sent by the SIGTERM handler, or its ``should_stop`` flag, seen at
+  the next drain) the transport takes nothing more, and what it read and has
+  not handed over goes back to the server at once (released: to the front of
+  its queue, from a thread of its own, since the main thread may be blocked in
+  that hand-off). What Celery was already handed is Celery's: it runs or is
+  restored when the channel closes. Celery's Redis transport gives back the
+  same messages, but only at the exit.
 * **Dead letters.** A queue may be declared with ``max_deliveries`` and a
   ``dead_letter_queue`` (transport options, for every queue or per queue): a
   message handed out that many times without an acknowledgement (its workers
@@ -72,8 +83,11 @@ import contextlib
 import json
 import logging
 import ssl
+import sys
 import threading
 import time
+import weakref
+from collections import deque
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from queue import Empty
@@ -104,6 +118,38 @@ FULL_POLL = 0.25  # seconds between looks at the other queues while a channel's 
 TRANSIENT_CAPACITY = 1000  # most messages an auto-delete queue holds (its consumer may die without deleting it)
 Table = list[tuple[str, str | None, str]]  # kombu's routing table: (routing key, pattern, queue)
 _TYPES = {"DirectExchange": "direct", "TopicExchange": "topic", "FanoutExchange": "fanout"}
+_LIVE: weakref.WeakSet[Transport] = weakref.WeakSet()  # this process's transports: Celery's shutdown stops them
+_HOOKED = False  # whether `_celery_shutting_down` is connected to Celery's signal
+
+
+def _celery_stopping() -> bool:
+    """Whether this process is a Celery worker that has begun to shut down (its SIGTERM, SIGINT or SIGQUIT).
+
+    Celery's flags hold the exit code, 0 for a warm shutdown: set is "not None and not False".
+    """
+    state = sys.modules.get("celery.worker.state")
+    if state is None:
+        return False
+    return any(getattr(state, flag, None) not in (None, False) for flag in ("should_stop", "should_terminate"))
+
+
+def _celery_shutting_down(**_: Any) -> None:
+    """Celery's ``worker_shutting_down`` receiver: every transport of the process stops taking messages."""
+    for transport in list(_LIVE):
+        transport.stop_taking()
+
+
+def _hook_celery() -> None:
+    """Connect `_celery_shutting_down` to Celery's signal, once, if Celery is there."""
+    global _HOOKED
+    if _HOOKED:
+        return
+    try:
+        from celery.signals import worker_shutting_down  # type: ignore[import-untyped]  # Celery ships no types
+    except ImportError:  # kombu without Celery: only `stop_taking` stops a transport
+        return
+    worker_shutting_down.connect(_celery_shutting_down, weak=False, dispatch_uid="dbqueue.kombu_transport")
+    _HOOKED = True
 
 
 def delay_of(payload: Mapping[str, Any], now: datetime | None = None) -> float:
@@ -347,6 +393,12 @@ class Transport(_VirtualTransport):  # type: ignore[misc]  # subclassing Any: ko
         self._tables: dict[str, tuple[float, Table]] = {}  # exchange -> (listed at, bindings)
         self._turn = 0  # which queue of a channel is asked first: turns round, so none starves
         self.no_ack: set[str] = set()  # queues consumed without acknowledgements: confirmed as they are read
+        self.stopped = threading.Event()  # set by `stop_taking`: nothing more is read
+        # Read and not yet handed to kombu (the rest of a batch): given back if the transport stops meanwhile.
+        self._unsent: deque[tuple[str, Message]] = deque()
+        self._unsent_lock = threading.Lock()
+        _LIVE.add(self)
+        _hook_celery()
 
     # --- the connection ------------------------------------------------------------------
 
@@ -378,6 +430,31 @@ class Transport(_VirtualTransport):  # type: ignore[misc]  # subclassing Any: ko
 
     def verify_connection(self, connection: Any) -> bool:
         return self._client is not None
+
+    def stop_taking(self) -> None:
+        """Read nothing more, and give back at once what was read and not yet handed to kombu.
+
+        Called when Celery's worker begins to shut down; safe from a signal
+        handler: the messages are released by a thread of its own (the main
+        thread may hold the connection, or be blocked handing a task over).
+        """
+        if self.stopped.is_set():
+            return
+        self.stopped.set()
+        self.room.set()  # a drain waiting for room looks again, and stops
+        threading.Thread(target=self._give_back, name="dbqueue-give-back", daemon=True).start()
+
+    def _give_back(self) -> None:
+        """Release every message read and not handed over (to the front of its queue)."""
+        with self._unsent_lock:
+            unsent = list(self._unsent)
+            self._unsent.clear()
+        client = self._client
+        if client is None or not unsent:
+            return  # closed: the server gave them back with the connection
+        for _, message in unsent:
+            self.settle("release", client.release, message.id)
+        log.info("gave back %d message(s) read and not yet handed over: the worker is stopping", len(unsent))
 
     # --- queues --------------------------------------------------------------------------
 
@@ -513,6 +590,11 @@ class Transport(_VirtualTransport):  # type: ignore[misc]  # subclassing Any: ko
         comes). Raises `socket.timeout` when nothing came in time, `ConnectionLost` if the connection fails."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            if self.stopped.is_set() or _celery_stopping():
+                self.stop_taking()
+                pause = FULL_POLL if deadline is None else min(FULL_POLL, max(0.0, deadline - time.monotonic()))
+                time.sleep(pause)  # nothing will come: not a busy loop for a caller that keeps draining
+                raise TimeoutError()
             wait = self.wait if deadline is None else min(self.wait, max(0.0, deadline - time.monotonic()))
             self.room.clear()  # before the prefetch is looked at: an ack from now on wakes the wait below
             plan, full = self._plan()
@@ -553,7 +635,17 @@ class Transport(_VirtualTransport):  # type: ignore[misc]  # subclassing Any: ko
         return list(plan.items()), full
 
     def _deliver_all(self, found: list[tuple[str, Message]]) -> None:
-        for position, (queue, message) in enumerate(found):
+        """Hand ``found`` to kombu one message at a time, until the transport stops (the rest is given back)."""
+        unsent, lock = self._unsent, self._unsent_lock
+        with lock:
+            unsent.extend(found)
+        while True:
+            if _celery_stopping():  # Celery's flag, for a process whose signal receiver is not connected
+                self.stop_taking()
+            with lock:
+                if self.stopped.is_set() or not unsent:
+                    break
+                queue, message = unsent.popleft()
             try:
                 payload = self.payload(queue, message)
                 if queue in self.no_ack or self._expired(queue, payload):
@@ -562,12 +654,13 @@ class Transport(_VirtualTransport):  # type: ignore[misc]  # subclassing Any: ko
                     payload["properties"]["delivery_info"].pop(ID_KEY, None)
                     if queue not in self.no_ack:
                         continue
-                self._deliver(payload, queue)
+                self._deliver(payload, queue)  # Celery's synchronous loop may block here (its pool is full)
             except BaseException:
                 # Hand back what this read took and nobody got, rather than hold it a visibility timeout.
-                for _, rest in found[position + 1 :]:
-                    self.settle("release", self.dbqueue.release, rest.id)
+                self._give_back()
                 raise
+        if self.stopped.is_set():
+            self._give_back()  # whatever `stop_taking`'s thread has not taken yet
 
     def _expired(self, queue: str, payload: dict[str, Any]) -> bool:
         return any(channel.expired(queue, payload) for channel in self.channels)
