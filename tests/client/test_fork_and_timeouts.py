@@ -305,6 +305,22 @@ def test_tls_to_a_plain_server_is_a_dbqueue_error(server: ServerThread, pki: Pki
     assert str(caught.value).startswith(f"TLS handshake with {server.address} failed: ")
 
 
+def test_a_plain_client_on_a_tls_port_is_told_to_try_tls(server_factory: Callable[..., ServerThread], pki: Pki) -> None:
+    server = tls_server(server_factory, pki)
+    with pytest.raises(ConnectionLost, match=r"does it serve TLS\? connect with tls=True or an ssl\.SSLContext"):
+        Client.connect(server.address, timeout=3)
+
+
+def test_a_tls_client_without_the_certificate_the_server_requires_is_told_so(
+    server_factory: Callable[..., ServerThread], pki: Pki
+) -> None:
+    server = server_factory(ssl=server_tls_context(pki.cert("server"), pki.key("server"), pki.cert("ca")))
+    with pytest.raises(ConnectionLost, match=r"does it require a client certificate\?"):
+        Client.connect(server.address, tls=pki.client_context(), timeout=3)
+    with Client.connect(server.address, tls=pki.client_context("client"), timeout=3) as client:
+        client.create("with-a-certificate")
+
+
 # --- arguments -----------------------------------------------------------------------------------------
 
 

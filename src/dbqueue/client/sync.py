@@ -236,8 +236,8 @@ class PipelinedClient:
         except OSError as exc:
             raise ConnectionLost(f"cannot connect to {host}:{port}: {exc}") from exc
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        context = tls_context(tls)
         try:
+            context = tls_context(tls)
             if context is not None:
                 try:
                     sock = context.wrap_socket(sock, server_hostname=host)
@@ -245,11 +245,25 @@ class PipelinedClient:
                     raise tls_failure(exc, host, port) from exc
                 except OSError as exc:  # a timeout or a reset during the handshake
                     raise ConnectionLost(f"cannot connect to {host}:{port}: TLS handshake: {exc}") from exc
+        except BaseException:
+            sock.close()
+            raise
+        try:
             client = cls(sock)
             client.hello(token)
         except Timeout as exc:
             sock.close()
             raise Timeout(f"{host}:{port} did not answer the handshake within {timeout} s") from exc
+        except ConnectionLost as exc:
+            sock.close()
+            # The usual causes, which the server cannot say on a connection it will not speak on.
+            if context is None:
+                hint = "does it serve TLS? connect with tls=True or an ssl.SSLContext"
+            else:
+                hint = "does it require a client certificate? load one into the ssl.SSLContext"
+            raise ConnectionLost(
+                f"{host}:{port} ended the connection during the dbqueue handshake ({hint}): {exc}"
+            ) from exc
         except BaseException:
             sock.close()
             raise
