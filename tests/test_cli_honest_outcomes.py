@@ -18,7 +18,9 @@ import asyncio
 import functools
 import json
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -263,3 +265,31 @@ def test_peek_and_read_show_an_sqs_message_as_its_body(server: ServerThread) -> 
     read = json.loads(ok(run_cli("read", "qq", "--count", "2", "--json", *at)))
     assert [message["data"] for message in read] == ['{"job": 7}', "native"]
     assert read[0]["attributes"]["color"] == {"data_type": "String", "string_value": "blue"}
+
+
+def test_a_message_sent_through_the_sqs_api_peeks_as_its_body(server: ServerThread) -> None:
+    sys.path.insert(0, str(Path(__file__).parent / "sqs"))
+    import listener_kit  # the kit lives with the SQS tests (tests/sqs)
+
+    listening = listener_kit.Listening.start(server)
+    try:
+
+        def call(action: str, body: dict[str, object]) -> dict[str, object]:
+            headers = {"Content-Type": "application/x-amz-json-1.0", "X-Amz-Target": f"AmazonSQS.{action}"}
+            status, _, answer = listener_kit.exchange(listening, "POST", "/", headers, json.dumps(body).encode())
+            assert status == 200, answer
+            reply: dict[str, object] = json.loads(answer)
+            return reply
+
+        url = call("CreateQueue", {"QueueName": "viasqs"})["QueueUrl"]
+        attributes = {"kind": {"DataType": "String", "StringValue": "resize"}}
+        call("SendMessage", {"QueueUrl": url, "MessageBody": "hello\r", "MessageAttributes": attributes})
+    finally:
+        listening.stop()
+    at = ["--address", server.address]
+    text = ok(run_cli("peek", "viasqs", *at)).splitlines()
+    assert text[0].endswith("  6 bytes") and text[1] == "  SQS message, attributes: kind=resize (String)", text
+    (peeked,) = json.loads(ok(run_cli("peek", "viasqs", "--json", *at)))
+    assert peeked["data"] == "hello\r"
+    assert peeked["attributes"] == {"kind": {"data_type": "String", "string_value": "resize"}}
+    assert run_cli("read", "viasqs", *at).stdout == b"hello\r\n"
