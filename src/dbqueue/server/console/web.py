@@ -23,7 +23,10 @@ origin:
   as server-sent events, one a second, the same bytes for every viewer;
 * ``GET queue?q=KEY``: a queue's options, figures and samples of the last hour;
 * ``GET peek?q=KEY&count=N&in_flight=0|1&delayed=0|1``: its first messages,
-  delivered to no one;
+  delivered to no one. A message sent over SQS is stored in an envelope
+  (`dbqueue.protocol.envelope`): its ``data`` is the SQS body, and ``sqs``
+  says the rest (sender, send time, message and system attributes), so the
+  page shows what the producer sent, never the envelope's bytes;
 * ``POST create``, ``send``, ``purge``, ``delete``, ``redrive``: `Actions`.
 
 A queue is named in the API by the hex of its name's bytes (``KEY``), so any
@@ -41,7 +44,7 @@ import logging
 import math
 import ssl as ssl_module
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from importlib import resources
 from typing import Any, Protocol
 from urllib.parse import parse_qs
@@ -51,6 +54,7 @@ from aiohttp import web
 from ..._version import __version__
 from ...core import Queue
 from ...errors import NoSuchQueue, RequestError
+from ...protocol.envelope import MAGIC, MessageAttributeValue, open_envelope
 from ..host import Host
 from ..security import is_loopback
 from .actions import Actions, refusal_text
@@ -123,6 +127,20 @@ def _key(query: Query, name: str = "q") -> bytes:
     if not values:
         raise Refused(400, f"the parameter {name!r} (a queue's key) is missing")
     return _unhex(values[0])
+
+
+def _attributes(attributes: Mapping[str, MessageAttributeValue]) -> list[dict[str, str]]:
+    """An envelope's attributes for the page, in name order: name, data type, and ``text`` or ``base64``."""
+    shown = []
+    for name in sorted(attributes):
+        value = attributes[name]
+        entry = {"name": name, "type": value.data_type}
+        if value.binary_value is not None:
+            entry["base64"] = base64.b64encode(value.binary_value).decode("ascii")
+        else:
+            entry["text"] = value.string_value or ""
+        shown.append(entry)
+    return shown
 
 
 def _unhex(text: Any) -> bytes:
@@ -517,7 +535,9 @@ class Console:
         wall_ms = time.time() * 1000.0
         messages = []
         for message in peeked:
-            data = message.data
+            size = len(message.data)
+            envelope = open_envelope(message.data) if message.data.startswith(MAGIC) else None
+            data = message.data if envelope is None else envelope.body.encode()
             origin = message.origin
             messages.append(
                 {
@@ -525,9 +545,19 @@ class Console:
                     "state": message.state,
                     "deliveries": message.deliveries,
                     "age": max(0.0, wall_ms - message.enqueued_ms) / 1000.0 if message.enqueued_ms else None,
-                    "size": len(data),
+                    "size": size,
                     "data": base64.b64encode(data[:PEEK_BYTES]).decode("ascii"),
                     "truncated": len(data) > PEEK_BYTES,
+                    "sqs": None
+                    if envelope is None
+                    else {
+                        "body_size": len(data),
+                        "sent_to": envelope.queue,
+                        "sender": envelope.sender,
+                        "sent_age": max(0.0, wall_ms - envelope.sent_ms) / 1000.0,
+                        "attributes": _attributes(envelope.message_attributes),
+                        "system_attributes": _attributes(envelope.system_attributes),
+                    },
                     "origin": None
                     if origin is None
                     else {

@@ -656,6 +656,16 @@
         ? el("span", { class: "origin" }, `dead letter of “${m.origin.queue}” (id ${m.origin.id}, `
             + `${m.origin.deliveries} deliveries there, first enqueued ${age(m.origin.age)} ago)`)
         : null;
+      // A message sent over SQS: `data` is its body (the envelope opened on the server), `sqs` the rest.
+      const sqs = m.sqs
+        ? el("span", { class: "origin" }, `sent over SQS by “${m.sqs.sender}” ${age(m.sqs.sent_age)} ago, `
+            + `body ${bytes(m.sqs.body_size)}`)
+        : null;
+      const attributeLine = (a) => `${a.name} (${a.type}): ${a.text !== undefined ? a.text : `base64 ${a.base64}`}`;
+      const attributes = m.sqs && (m.sqs.attributes.length || m.sqs.system_attributes.length)
+        ? el("pre", { class: "attributes" },
+            [...m.sqs.attributes, ...m.sqs.system_attributes].map(attributeLine).join("\n"))
+        : null;
       return el("article", { class: `message ${m.state}`, "data-id": m.id },
         el("div", { class: "head" },
           el("span", { class: "badge" }, m.state.replace("_", " ")),
@@ -664,7 +674,9 @@
           el("span", {}, m.age === null ? "" : `age ${age(m.age)}`),
           el("span", {}, `${bytes(m.size)}${m.truncated ? " (first 64 KiB shown)" : ""}`),
           el("span", { class: "muted" }, shownAs),
+          sqs,
           origin),
+        attributes,
         el("pre", {}, text));
     }));
   });
