@@ -120,9 +120,9 @@ def test_commands_that_change_a_group_name_the_member_they_missed(pair: Pair) ->
     line = partial(run_cli("purge", "src", *at), "purged 3 messages from src\n")
     assert "figures are partial" in line, line
     line = partial(run_cli("delete", "dst", *at), "")
-    assert "dst is still there" in line, line
+    assert "dst is still on them" in line, line
     line = partial(run_cli("create", "newq", *at), "")
-    assert "newq may be missing there" in line, line
+    assert "newq may be missing on them" in line, line
     assert "run the command again once every member is up" in line
 
     # The lost member comes back empty: newq is on the live member only (sends: the next test).

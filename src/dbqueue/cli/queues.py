@@ -465,7 +465,7 @@ def create(
             ),
         )
     if missed:
-        raise click.ClickException(f"{_not_reached(client, missed)}: {queue} may be missing there; {_AGAIN}")
+        raise click.ClickException(f"{_not_reached(client, missed)}: {queue} may be missing on them; {_AGAIN}")
     if existing is None:
         echo_outcome(as_json, {"queue": queue, "created": True}, f"created {queue}")
     else:
@@ -529,7 +529,7 @@ def delete(target: Target, queue: str, as_json: bool) -> None:
     with session(target) as client:
         _, missed = _on_every_member(target, lambda: client.delete(queue))
     if missed:
-        raise click.ClickException(f"{_not_reached(client, missed)}: {queue} is still there; {_AGAIN}")
+        raise click.ClickException(f"{_not_reached(client, missed)}: {queue} is still on them; {_AGAIN}")
     echo_outcome(as_json, {"queue": queue, "deleted": True}, f"deleted {queue}")
 
 
