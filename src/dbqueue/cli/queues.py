@@ -135,7 +135,9 @@ def send(
     """Send DATA, or each line of stdin, to QUEUE.
 
     DATA omitted or -: each non-empty line of stdin is a message (--whole: all of it). Prints each
-    message's id.
+    message's id. A refused line ends the command (exit status 1), saying which lines were sent: a
+    line too large for the server stops it there; a refusal by the server comes after its whole batch
+    of 256 lines went out, and the lines of that batch accepted after it are named.
     """
     from ..errors import ConnectionLost, RequestError
 
