@@ -137,7 +137,8 @@ def test_a_too_short_secret_file_stops_the_start(tmp_path: Path) -> None:
     short.write_text("tiny\n")
     code, output = serve_refusal("--http-port", str(free_port()), env={RECEIPT_SECRET_VARIABLE: str(short)})
     assert code != 0
-    assert "shorter than 16 bytes" in output
+    assert "Error: cannot use the SQS receipt-handle secret" in output and "shorter than 16 bytes" in output
+    assert "Traceback" not in output
 
 
 def test_a_queue_that_never_times_out_gives_sqs_receives_twelve_hours(server_factory: Callable[..., Any]) -> None:

@@ -90,6 +90,7 @@ from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
+from ..errors import StoreError
 from ..sqs import (
     ACCOUNT_ID,
     MAX_MESSAGE_SIZE,
@@ -404,12 +405,16 @@ class HttpListener:
         return self._web.open if self._web is not None else 0
 
     async def start(self) -> None:
-        """Bind and start answering; raise `OSError` if the address is taken or the receipt secret's file cannot be
-        read or made, `ValueError` if it is too short."""
+        """Bind and start answering; raise `OSError` if the address is taken, `StoreError` if the receipt
+        secret's file cannot be read or made, or is too short."""
         loop = asyncio.get_running_loop()
         if self._receipt_secret is None:
-            data_dir = getattr(self.server, "data_dir", None)
-            secret = receipt_secret(self.receipt_secret_file, data_dir, os.environ)
+            data_dir = getattr(self.server, "data_dir", None)  # a `Server`'s; a test host may have none
+            try:
+                secret = receipt_secret(self.receipt_secret_file, data_dir, os.environ)
+            except (OSError, ValueError) as exc:
+                # A file the server keeps across restarts, as its store: refused as the store would be.
+                raise StoreError(f"cannot use the SQS receipt-handle secret: {exc}") from exc
             self.service.handles = ReceiptHandles(secret)
         max_body = self.settings.max_body
 
