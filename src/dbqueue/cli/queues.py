@@ -174,9 +174,12 @@ def send(
                 elif isinstance(result, ConnectionLost):
                     if from_argument:
                         raise result
+                    # One by one, the results end at the loss; pipelined, every later line shares its doubt.
+                    last = chunk[-1][0] if len(results) == len(chunk) else number
+                    unknown = f"line {number}" if last == number else f"lines {number}-{last}"
                     raise click.ClickException(
-                        f"connection lost at line {number}, which may or may not have been sent ({len(ids)} were "
-                        f"before it; none after it): {result}"
+                        f"connection lost at {unknown}, which may or may not have been sent ({len(ids)} were "
+                        f"before; none after): {result}"
                     )
                 else:
                     refused.append(number)
