@@ -1,7 +1,8 @@
 """A Celery warm shutdown (SIGTERM) on dbqueue's transport finishes the running task and gives the prefetched
 ones back at once, as Celery's Redis transport does.
 
-A worker of concurrency 1 and prefetch 4 (`celery_prefetch_app`) starts a task that runs until the test
+A worker of concurrency 1 and prefetch 4 (`celery_prefetch_app`; prefork, or solo: the task runs in the
+main process, inside the transport's hand-off) starts a task that runs until the test
 lets it finish, with ten quick tasks queued behind it; it has taken the running one and prefetched more.
 On SIGTERM (``Warm shutdown``), while the first task still runs:
 
@@ -46,9 +47,9 @@ def out(tmp_path: Path) -> Path:
 def workers(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
     with started_workers(tmp_path) as start_worker:
 
-        def start(name: str, env: dict[str, str]) -> Worker:
+        def start(name: str, env: dict[str, str], pool: str = "prefork") -> Worker:
             args = [
-                "celery", "-A", "celery_prefetch_app", "worker", "--loglevel", "INFO", "--pool", "prefork",
+                "celery", "-A", "celery_prefetch_app", "worker", "--loglevel", "INFO", "--pool", pool,
                 "--concurrency", "1", "--hostname", f"{name}@%h", "--queues", "tasks",
             ]  # fmt: skip
             return start_worker(name, args, env)
@@ -62,8 +63,9 @@ def stats(address: str) -> dict[str, int]:
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.parametrize("pool", ["prefork", "solo"])
 def test_a_warm_shutdown_gives_the_prefetched_tasks_back_at_once(
-    address: str, out: Path, workers: Callable[..., Worker]
+    address: str, out: Path, workers: Callable[..., Worker], pool: str
 ) -> None:
     env = environment(address, out)
     producer = celery_dbqueue_app.make_app(env)
@@ -71,7 +73,7 @@ def test_a_warm_shutdown_gives_the_prefetched_tasks_back_at_once(
     producer.send_task("celery_dbqueue_app.hold", args=("held",))
     for name in behind:
         producer.send_task("celery_dbqueue_app.record", args=(name,))
-    first = workers("first", env)
+    first = workers("first", env, pool)
     wait_for("the held task to start", lambda: bool(outcomes(out, "started-held-")), [first])
     wait_for("the prefetch", lambda: stats(address)["in_flight"] > 1, [first], timeout=20)
     first.process.send_signal(signal.SIGTERM)
