@@ -1053,7 +1053,7 @@ class SqsService:
             raise SqsError(ErrorCode.UNSUPPORTED_OPERATION, "A message move task is already running on the queue.")
         admit_change(self)
         if destination is not None:
-            mover = Mover(self.server, source, self._route_to(source, destination), None, also=(destination,))
+            mover = Mover.between(self.server, source, destination, None)
         else:
             mover = Mover(self.server, source, self._route_home(source), None)
         task = MoveTask(
@@ -1070,18 +1070,6 @@ class SqsService:
         tasks.insert(0, task)
         del tasks[10:]  # SQS lists a queue's tasks of the last 14 days, at most 10 (only the newest can be running)
         return StartMessageMoveTaskResult(task.handle)
-
-    def _route_to(self, source: Queue, destination: Queue) -> Route:
-        """A move task's route to ``DestinationArn``: the front of ``source`` to the back of ``destination``."""
-        broker = self.broker
-
-        def route(limit: int) -> tuple[int, str | None]:
-            moved = broker.move(source, destination, limit, self.server.clock())
-            if moved < limit and source.ready:
-                return moved, "The destination queue is full."
-            return moved, None if moved == limit else ""
-
-        return route
 
     def _route_home(self, source: Queue) -> Route:
         """A move task's route without ``DestinationArn``: each ready message of ``source``, in order, back to the

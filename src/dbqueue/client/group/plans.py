@@ -99,7 +99,7 @@ ANSWERS_AS_VALUES = (RequestError, *CONNECTION_FAILURES)
 
 _SUMMED = (
     "ready", "in_flight", "delayed", "waiting", "consumers",
-    "enqueued", "confirmed", "requeued", "dead_lettered", "purged", "moved",
+    "enqueued", "confirmed", "requeued", "dead_lettered", "dropped", "purged", "moved",
 )  # fmt: skip
 _OLDEST = ("oldest_ready_age_ms",)  # the group's is its oldest member's
 
