@@ -770,7 +770,7 @@ def as_reached(members: list[str], sockname: Any) -> list[str]:
         host = str(address.ipv4_mapped)  # an IPv4 client of a dual-stack socket reached an IPv4 address
     elif isinstance(address, ipaddress.IPv6Address):
         host = f"[{host}]"
-    return [f"{host}:{member.rpartition(':')[2]}" if _wildcard(member) else member for member in members]
+    return [f"{host}:{member.rsplit(':', 1)[-1]}" if _wildcard(member) else member for member in members]
 
 
 def _wildcard(member: str) -> bool:
