@@ -21,6 +21,7 @@ import pytest
 
 from dbqueue import Limits, Server
 from dbqueue.protocol import HEADER, HEADER_SIZE, MAGIC
+from dbqueue.protocol import messages as msg
 from dbqueue.server import new_event_loop
 
 pytest_plugins = ["pytester"]  # test_fixtures.py runs a small session against this conftest
@@ -184,6 +185,23 @@ class RawConnection:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class Peer:
+    """A raw connection that has said Hello (version 3) and answers requests one at a time."""
+
+    def __init__(self, connection: RawConnection) -> None:
+        self.connection = connection
+        self.next_id = 1
+        assert isinstance(self.call(msg.Hello()), msg.HelloOk)
+
+    def call(self, request: Any) -> Any:
+        request_id = self.next_id
+        self.next_id += 1
+        self.connection.send(msg.encode(request_id, request))
+        opcode, flags, answered, body = self.connection.recv_frame()
+        assert answered == request_id
+        return msg.decode_response(opcode, body, flags)
 
 
 @pytest.fixture

@@ -12,35 +12,17 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from child_server import ChildServer
-from conftest import RawConnection
+from conftest import Peer, RawConnection
 from dbqueue import Client
 from dbqueue.protocol import messages as msg
 from dbqueue.server.mover import MOVE_STEP
 from server_process import ServerProcess
 
 BATCH = 5_000
-
-
-class Peer:
-    """A raw connection that has said Hello and answers requests one at a time."""
-
-    def __init__(self, connection: RawConnection) -> None:
-        self.connection = connection
-        self.next_id = 1
-        assert isinstance(self.call(msg.Hello()), msg.HelloOk)
-
-    def call(self, request: Any) -> Any:
-        request_id = self.next_id
-        self.next_id += 1
-        self.connection.send(msg.encode(request_id, request))
-        opcode, flags, answered, body = self.connection.recv_frame()
-        assert answered == request_id
-        return msg.decode_response(opcode, body, flags)
 
 
 def fill(client: Client, queue: str, total: int) -> None:

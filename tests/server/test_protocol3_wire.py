@@ -12,27 +12,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conftest import RawConnection, ServerThread
+import conftest
+from conftest import ServerThread
 from dbqueue.errors import ErrorCode
 from dbqueue.protocol import NEVER_MS, Flag, Op
 from dbqueue.protocol import messages as msg
 
 
-class Peer:
-    """A raw connection that has said Hello (version 3) and answers requests one at a time."""
-
-    def __init__(self, connection: RawConnection) -> None:
-        self.connection = connection
-        self.next_id = 1
-        assert isinstance(self.call(msg.Hello()), msg.HelloOk)
-
-    def call(self, request: Any) -> Any:
-        request_id = self.next_id
-        self.next_id += 1
-        self.connection.send(msg.encode(request_id, request))
-        opcode, flags, answered, body = self.connection.recv_frame()
-        assert answered == request_id
-        return msg.decode_response(opcode, body, flags)
+class Peer(conftest.Peer):
+    """`conftest.Peer`, and the raw answer of a request."""
 
     def frame(self, request: Any) -> tuple[int, int, bytes]:
         """Send ``request`` and return the raw (opcode, flags, body) of its answer."""
